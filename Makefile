@@ -1,0 +1,63 @@
+# berth: see README.md. Everything that touches the network runs inside
+# network namespaces the target creates; nothing changes the machine's own.
+
+GO        ?= go
+BINARIES  := berth-bridge berth-vxlan berth-hostgw berth-bgp berth-ipam netd runner
+BIN_DIR   := $(CURDIR)/bin
+
+# install layout, overridable the usual way: make install DESTDIR=/tmp/pkg PREFIX=/usr
+DESTDIR      ?=
+PREFIX       ?= /usr/local
+CNI_BIN_DIR  ?= /opt/cni/bin
+CNI_CONF_DIR ?= /etc/cni/net.d
+
+# Plugins are exec'd on every container start: static, stripped, no VCS stamp.
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+export CGO_ENABLED = 0
+
+# Tests need the binaries and find them here.
+export BERTH_BIN_DIR = $(BIN_DIR)
+TEST_TIMEOUT ?= 20m
+FUZZTIME     ?= 5s
+
+.PHONY: all build test test-unit lint demo demo-clean bench install clean deps
+
+all: build
+
+build:
+	@mkdir -p $(BIN_DIR)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN_DIR)/ $(addprefix ./cmd/,$(BINARIES))
+
+# Unit, integration and end-to-end tests. They need root, the Debian
+# packages .ci/run installs, and create their own namespaces.
+test: build
+	$(GO) test -count=1 -p 2 -timeout $(TEST_TIMEOUT) ./...
+
+test-unit:
+	$(GO) test -count=1 -short ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Installs the Debian packages the demo and tests use, when missing.
+deps:
+	@./.ci/deps
+
+demo: deps build
+	@./test/demo/demo.sh $(MODE)
+
+demo-clean:
+	@./test/demo/demo.sh clean
+
+bench: deps build
+	$(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick)
+
+install: build
+	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)
+	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
+	install -m 0755 $(BIN_DIR)/netd $(BIN_DIR)/runner $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
+
+clean:
+	rm -rf $(BIN_DIR)
