@@ -91,11 +91,8 @@ func startOnThisThread(b birth, build func() (*exec.Cmd, error)) (*exec.Cmd, err
 			return nil, fmt.Errorf("unsharing filesystem attributes: %w", err)
 		}
 	}
-	for _, n := range join {
-		if err := unix.Setns(int(n.f.Fd()), n.flag); err != nil {
-			return nil, fmt.Errorf("entering namespace %s: %w", n.f.Name(), err)
-		}
-	}
+	// Cgroups before namespaces: cgroupfs is not mounted in the
+	// container's mount namespace.
 	var cgroupFD *os.File
 	if b.cgroup != nil {
 		if err := b.cgroup.JoinThread(); err != nil {
@@ -107,6 +104,11 @@ func startOnThisThread(b birth, build func() (*exec.Cmd, error)) (*exec.Cmd, err
 		}
 		if cgroupFD != nil {
 			defer cgroupFD.Close()
+		}
+	}
+	for _, n := range join {
+		if err := unix.Setns(int(n.f.Fd()), n.flag); err != nil {
+			return nil, fmt.Errorf("entering namespace %s: %w", n.f.Name(), err)
 		}
 	}
 	cmd, err := build()

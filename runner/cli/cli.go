@@ -37,12 +37,21 @@ type globals struct {
 	debug                                    bool
 }
 
+var defaultGlobals = globals{
+	stateDir:     runner.DefaultStateDir,
+	confDir:      runner.DefaultCNIConfDir,
+	binDirs:      runner.DefaultCNIBinDirs,
+	cgroupParent: runner.DefaultCgroupParent,
+}
+
+// register adds the global flags to fs with g's current values as their
+// defaults, so that values given before the command name survive.
 func (g *globals) register(fs *pflag.FlagSet) {
-	fs.StringVar(&g.stateDir, "state-dir", runner.DefaultStateDir, "where containers' state, logs and layers live (one per node)")
-	fs.StringVar(&g.confDir, "cni-conf-dir", runner.DefaultCNIConfDir, "directory of CNI network configurations (.conflist, .conf, .json)")
-	fs.StringVar(&g.binDirs, "cni-bin-dir", runner.DefaultCNIBinDirs, "colon-separated directories searched for CNI plugins")
-	fs.StringVar(&g.cgroupParent, "cgroup-parent", runner.DefaultCgroupParent, "cgroup under which each container gets its own")
-	fs.BoolVar(&g.debug, "debug", false, "log what the runner does")
+	fs.StringVar(&g.stateDir, "state-dir", g.stateDir, "where containers' state, logs and layers live (one per node)")
+	fs.StringVar(&g.confDir, "cni-conf-dir", g.confDir, "directory of CNI network configurations (.conflist, .conf, .json)")
+	fs.StringVar(&g.binDirs, "cni-bin-dir", g.binDirs, "colon-separated directories searched for CNI plugins")
+	fs.StringVar(&g.cgroupParent, "cgroup-parent", g.cgroupParent, "cgroup under which each container gets its own")
+	fs.BoolVar(&g.debug, "debug", g.debug, "log what the runner does")
 }
 
 func (g *globals) config() runner.Config {
@@ -82,7 +91,7 @@ func Main(args []string) int {
 			return runner.SupervisorMain(args[1])
 		}
 	}
-	var g globals
+	g := defaultGlobals
 	top := pflag.NewFlagSet("runner", pflag.ContinueOnError)
 	top.SetInterspersed(false)
 	top.SetOutput(io.Discard)
@@ -182,7 +191,7 @@ func (c *command) main(g *globals, args []string) int {
 
 func globalFlagUsages() string {
 	fs := pflag.NewFlagSet("", pflag.ContinueOnError)
-	var g globals
+	g := defaultGlobals
 	g.register(fs)
 	return fs.FlagUsages()
 }
