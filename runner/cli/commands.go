@@ -291,7 +291,9 @@ func eachContainer(args []string, cmd string, f func(string) error) (int, error)
 		if err := f(name); err != nil {
 			fmt.Fprintf(os.Stderr, "runner %s: %v\n", cmd, err)
 			code = 1
+			continue
 		}
+		fmt.Println(name)
 	}
 	return code, nil
 }

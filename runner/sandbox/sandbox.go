@@ -45,19 +45,19 @@ const EnvSpec = "_BERTH_SANDBOX_SPEC"
 // with no message knows the command is running.
 const ErrorFD = 3
 
-// CommandError is a command that could not be executed; its Code follows
-// the shell (and Docker): 127 not found, 126 not executable.
+// CommandError is a command that could not be executed.
 type CommandError struct {
-	Name string
-	Err  error
+	Name     string
+	Reason   string
+	NotFound bool
 }
 
-func (e *CommandError) Error() string { return fmt.Sprintf("exec %q: %v", e.Name, e.Err) }
-func (e *CommandError) Unwrap() error { return e.Err }
+func (e *CommandError) Error() string { return fmt.Sprintf("exec %q: %s", e.Name, e.Reason) }
 
-// Code is the exit status a shell would give for this failure.
+// Code is the exit status a shell (and Docker) gives for this failure:
+// 127 not found, 126 not executable.
 func (e *CommandError) Code() int {
-	if errors.Is(e.Err, fs.ErrNotExist) {
+	if e.NotFound {
 		return 127
 	}
 	return 126
@@ -157,10 +157,8 @@ func Run(s *Spec) error {
 		return err
 	}
 	unix.Umask(0o022)
-	if err := unix.Exec(path, s.Args, s.Env); err != nil {
-		return &CommandError{Name: s.Args[0], Err: err}
-	}
-	return nil
+	err = unix.Exec(path, s.Args, s.Env)
+	return &CommandError{Name: s.Args[0], Reason: err.Error(), NotFound: err == unix.ENOENT}
 }
 
 type mount struct {
@@ -276,14 +274,14 @@ func pivotRoot(root string) error {
 func LookPath(name, path string) (string, error) {
 	if strings.Contains(name, "/") {
 		if err := executable(name); err != nil {
-			return "", &CommandError{Name: name, Err: err}
+			return "", commandError(name, err)
 		}
 		return name, nil
 	}
 	if path == "" {
 		path = DefaultPath
 	}
-	lastErr := error(fs.ErrNotExist)
+	var lastErr error
 	for _, dir := range filepath.SplitList(path) {
 		if dir == "" {
 			dir = "."
@@ -297,7 +295,17 @@ func LookPath(name, path string) (string, error) {
 			lastErr = err
 		}
 	}
-	return "", &CommandError{Name: name, Err: fmt.Errorf("executable file not found in $PATH: %w", lastErr)}
+	if lastErr != nil {
+		return "", commandError(name, lastErr)
+	}
+	return "", &CommandError{Name: name, Reason: "executable file not found in $PATH", NotFound: true}
+}
+
+func commandError(name string, err error) *CommandError {
+	if errors.Is(err, fs.ErrNotExist) {
+		return &CommandError{Name: name, Reason: "no such file", NotFound: true}
+	}
+	return &CommandError{Name: name, Reason: "permission denied (not an executable file)"}
 }
 
 // DefaultPath is the PATH a container gets unless told otherwise.
