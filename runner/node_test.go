@@ -39,6 +39,7 @@ type node struct {
 	dataDir      string
 	cgroupParent string
 	network      string
+	bridge       string // the bridge link the conflist names
 	gateway      string // the bridge's address: the node's side of the network
 }
 
@@ -74,13 +75,14 @@ func newNode(t *testing.T, conf conflist) *node {
 		dataDir:      filepath.Join(dir, "ipam"),
 		cgroupParent: "/berth-test-" + suffix,
 		network:      "testnet",
+		bridge:       "rt" + suffix,
 		gateway:      "10.99.0.1",
 	}
 	if err := os.MkdirAll(n.confDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if conf != nil {
-		if err := os.WriteFile(filepath.Join(n.confDir, "10-test.conflist"), []byte(conf(n, "rt"+suffix)), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(n.confDir, "10-test.conflist"), []byte(conf(n, n.bridge)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -121,13 +123,20 @@ func (n *node) runner(args ...string) result {
 
 func (n *node) runnerStdin(stdin []byte, args ...string) result {
 	n.t.Helper()
+	return n.runnerIn(n.ns, stdin, args...)
+}
+
+// runnerIn runs the runner with n's directories but in network namespace
+// netns.
+func (n *node) runnerIn(netns ns.NetNS, stdin []byte, args ...string) result {
+	n.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	full := append([]string{"--state-dir", n.stateDir, "--cni-conf-dir", n.confDir,
 		"--cni-bin-dir", "/usr/lib/cni", "--cgroup-parent", n.cgroupParent}, args...)
 	var stdout, stderr bytes.Buffer
 	var res result
-	err := n.ns.Do(func(ns.NetNS) error {
+	err := netns.Do(func(ns.NetNS) error {
 		cmd := exec.CommandContext(ctx, n.bin, full...)
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		if stdin != nil {

@@ -117,6 +117,9 @@ func (r *Runtime) Stop(ctx context.Context, ref string, timeout time.Duration) e
 	if err != nil {
 		return err
 	}
+	if err := r.checkUnsupervised(c); err != nil {
+		return err
+	}
 	st := &c.State
 	if err := sendSignal(st.Pid, st.PidStart, syscall.SIGTERM); err != nil {
 		return err
@@ -130,6 +133,16 @@ func (r *Runtime) Stop(ctx context.Context, ref string, timeout time.Duration) e
 		waitGone(st.Pid, st.PidStart, 5*time.Second)
 	}
 	return r.finish(ctx, c)
+}
+
+// checkUnsupervised refuses to touch an attached container whose
+// supervisor is gone from the wrong network namespace: this runner would
+// have to run CNI DEL itself, and there it would remove nothing.
+func (r *Runtime) checkUnsupervised(c *Container) error {
+	if c.State.Attached && !alive(c.State.Supervisor, c.State.SupervisorStart) {
+		return checkNode(c)
+	}
+	return nil
 }
 
 // finish waits for the supervisor to record the exit and clean up, and
@@ -166,6 +179,9 @@ func (r *Runtime) finish(ctx context.Context, c *Container) error {
 func (r *Runtime) Remove(ctx context.Context, ref string, force bool) error {
 	c, err := r.store.resolve(ref)
 	if err != nil {
+		return err
+	}
+	if err := r.checkUnsupervised(c); err != nil {
 		return err
 	}
 	if ph := c.Phase(); ph == PhaseRunning || ph == PhaseCreated {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/internal/testenv"
 )
 
 // The same flow on every network configuration the runner must support.
@@ -222,7 +224,7 @@ func TestResourceLimits(t *testing.T) {
 			}
 		}
 		// The pids limit holds for exec'd processes too.
-		res := n.runner("exec", "lim", "sh", "-c", "for i in $(seq 20); do sleep 5 & done; wait")
+		res := n.runner("exec", "lim", "sh", "-c", "for i in $(seq 20); do sleep 1 & done; wait")
 		if res.code == 0 || !strings.Contains(res.stderr, "fork") {
 			t.Errorf("20 processes in a 16-pid container: exit %d, stderr %q; want fork failures", res.code, res.stderr)
 		}
@@ -322,6 +324,7 @@ func startNodeListener(t *testing.T, n *node, port int) func() {
 func TestSupervisorKilled(t *testing.T) {
 	n := newNode(t, referenceBridge)
 	n.ok("run", "--rm", "--net", n.network, "-p", "8079:80", "--", "true")
+	elsewhere := testenv.NewNS(t)
 	before := n.snapshot()
 	for _, cleanup := range []string{"rm", "gc"} {
 		t.Run(cleanup, func(t *testing.T) {
@@ -331,6 +334,11 @@ func TestSupervisorKilled(t *testing.T) {
 			killPid(t, c.State.Supervisor)
 			if ps := n.ok("ps"); !regexp.MustCompile(`orphan\s+Up`).MatchString(ps) {
 				t.Errorf("container runs on without its supervisor, but ps says:\n%s", ps)
+			}
+			// From another node's namespace, CNI DEL would remove nothing:
+			// rm must refuse before it kills anything.
+			if res := n.runnerIn(elsewhere, nil, "rm", "-f", "orphan"); res.code == 0 || !strings.Contains(res.stderr, "wrong network namespace") {
+				t.Errorf("rm -f from another namespace: exit %d, stderr %q; want a wrong-namespace error", res.code, res.stderr)
 			}
 			n.ok("exec", "orphan", "true")
 			killPid(t, c.State.Pid)
@@ -382,4 +390,8 @@ func TestNetworks(t *testing.T) {
 	}
 	// A broken file elsewhere in the dir does not stop the good network.
 	n.ok("run", "--rm", "--net", n.network, "--", "true")
+	// --net host: the node's own namespace, where the bridge now is.
+	if links := n.ok("run", "--rm", "--net", "host", "--", "ls", "/sys/class/net"); !strings.Contains(links, n.bridge) {
+		t.Errorf("--net host sees links %q, not the node's bridge %s", links, n.bridge)
+	}
 }

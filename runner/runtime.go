@@ -109,6 +109,9 @@ func (r *Runtime) Create(ctx context.Context, spec Spec) (*Container, error) {
 		}
 		c.State.Network = &Attachment{Network: n, IfName: ifName, ConfList: net.list.Bytes}
 	}
+	if _, err := r.hierarchy(); err != nil {
+		return nil, err
+	}
 	if c.Rootfs = spec.Rootfs; c.Rootfs == "" {
 		bb, err := rootfs.FindBusybox()
 		if err != nil {
@@ -185,6 +188,13 @@ func (r *Runtime) discard(c *Container) {
 func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 	var errs []error
 	st := &c.State
+	if st.Attached {
+		// Refuse before killing anything: the plugins' rules can only be
+		// removed from the namespace they were added in.
+		if err := checkNode(c); err != nil {
+			return err
+		}
+	}
 	if err := sendSignal(st.Pid, st.PidStart, syscall.SIGKILL); err != nil {
 		errs = append(errs, err)
 	}
@@ -197,7 +207,7 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 	}
 	netFreed := !st.Attached
 	if st.Attached {
-		if err := r.detachHere(ctx, c); err != nil {
+		if err := r.detach(ctx, c); err != nil {
 			errs = append(errs, err)
 		} else {
 			netFreed, st.Attached = true, false
@@ -228,19 +238,28 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 // network namespace than the one it was attached in.
 var ErrWrongNode = errors.New("wrong network namespace")
 
-func (r *Runtime) detachHere(ctx context.Context, c *Container) error {
+// checkNode fails unless this runner runs in the network namespace c
+// was attached in.
+func checkNode(c *Container) error {
 	here, err := currentNetNS()
 	if err != nil {
 		return err
 	}
 	if here != c.NodeNetNS {
-		return fmt.Errorf("%w: container %s was attached in network namespace %s but this runner runs in %s; run it there (e.g. with ip netns exec) so CNI DEL removes the right rules",
+		return fmt.Errorf("%w: container %s was attached in network namespace %s but this runner runs in %s; run it there (nsenter --net=...) so that CNI DEL removes the right rules",
 			ErrWrongNode, c.Name, c.NodeNetNS, here)
 	}
-	return r.detach(ctx, c)
+	return nil
 }
 
-func (r *Runtime) hierarchy() (*cgroups.Hierarchy, error) { return cgroups.Detect() }
+func (r *Runtime) hierarchy() (*cgroups.Hierarchy, error) {
+	h, err := cgroups.Detect()
+	if err != nil {
+		// ip netns exec mounts a fresh /sys, hiding /sys/fs/cgroup.
+		return nil, fmt.Errorf("%w (started with ip netns exec, which remounts /sys? use nsenter --net=/run/netns/NAME runner ... to enter a node's network namespace)", err)
+	}
+	return h, nil
+}
 
 // configEnv carries Config to re-executed runner processes.
 const configEnv = "_BERTH_RUNNER_CONFIG"
