@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -26,6 +27,15 @@ import (
 	"github.com/berthnet/berth/runner/cgroups"
 	"github.com/berthnet/berth/runner/rootfs"
 )
+
+func init() {
+	// The runner leaves threads in other namespaces and cgroups (see
+	// startIn and newNetNS) and relies on Go ending them with their
+	// goroutine. Go never ends the main thread, so no such goroutine may
+	// run on it: locking the main goroutine to it here keeps every other
+	// goroutine off the main thread for the life of the program.
+	runtime.LockOSThread()
+}
 
 // Defaults of Config.
 const (

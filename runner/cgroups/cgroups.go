@@ -254,9 +254,10 @@ func settings(r Resources, unified []string) []setting {
 // JoinThread moves the calling OS thread into the cgroup's v1 hierarchies.
 // A child forked from that thread starts inside them, so no process of
 // the container ever runs outside its limits. The caller must have locked
-// the goroutine to its thread and must let the thread die afterwards
-// (cgroup v2 cannot place single threads: use UnifiedFD with
-// CLONE_INTO_CGROUP for it instead).
+// the goroutine to its thread and must let the thread die afterwards, and
+// the program's main goroutine must be locked to the main thread (see
+// runner's init), which Go never ends (cgroup v2 cannot place single
+// threads: use OpenUnified with CLONE_INTO_CGROUP for it instead).
 func (cg *Cgroup) JoinThread() error {
 	tid := strconv.Itoa(unix.Gettid())
 	for _, c := range controllers {
@@ -333,6 +334,7 @@ func (cg *Cgroup) Destroy(ctx context.Context) error {
 }
 
 func (cg *Cgroup) kill(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		pids, err := cg.Procs()
 		if err != nil {
@@ -342,13 +344,19 @@ func (cg *Cgroup) kill(ctx context.Context) error {
 			return nil
 		}
 		if cg.Unified != "" {
-			// cgroup.kill (Linux 5.14) kills atomically, racing no fork.
-			if err := writeFile(filepath.Join(cg.Unified, "cgroup.kill"), "1"); err == nil {
-				pids = nil
-			}
+			// cgroup.kill (Linux 5.14) kills atomically, racing no fork;
+			// it reaches only what is in the v2 cgroup, hence the loop.
+			_ = writeFile(filepath.Join(cg.Unified, "cgroup.kill"), "1")
 		}
 		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
+			// A thread of this very process lingers in a v1 cgroup for
+			// a moment after JoinThread's goroutine ended: wait for it.
+			if pid != os.Getpid() {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("processes %v of the container survive SIGKILL", pids)
 		}
 		select {
 		case <-ctx.Done():
