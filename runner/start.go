@@ -97,12 +97,27 @@ func (r *Runtime) Start(ctx context.Context, c *Container, stdio Stdio) (p *Proc
 	if err := r.step(c, func() { st.Cgroup = h.Cgroup(cgPath) }); err != nil {
 		return nil, err
 	}
-	if _, err := h.Create(cgPath, c.Spec.Resources); err != nil {
+	// The first process is the runner itself until it execs the command,
+	// and the Go runtime starts several threads, each counted as a pid:
+	// a tight --pids-limit applies only once the command runs.
+	res := c.Spec.Resources
+	res.PidsLimit = max(res.PidsLimit, startupPids)
+	if c.Spec.Resources.PidsLimit == 0 {
+		res.PidsLimit = 0
+	}
+	if _, err := h.Create(cgPath, res); err != nil {
 		return nil, err
 	}
 	cmd, err := r.startInit(c, stdio)
 	if err != nil {
 		return nil, err
+	}
+	if limit := c.Spec.Resources.PidsLimit; limit != 0 && limit != res.PidsLimit {
+		if err := st.Cgroup.SetPidsLimit(limit); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, err
+		}
 	}
 	st.Pid = cmd.Process.Pid
 	st.PidStart, _, _ = procStart(st.Pid)
@@ -116,6 +131,10 @@ func (r *Runtime) Start(ctx context.Context, c *Container, stdio Stdio) (p *Proc
 	r.log.Debug("container started", "container", c.Name, "pid", st.Pid, "ips", st.Network)
 	return &Process{cmd: cmd}, nil
 }
+
+// startupPids is the pids limit while the runner's own first process
+// starts, enough for the threads of the Go runtime.
+const startupPids = 64
 
 // step records a resource in c's state before it is created.
 func (r *Runtime) step(c *Container, record func()) error {

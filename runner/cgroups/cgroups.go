@@ -251,6 +251,18 @@ func settings(r Resources, unified []string) []setting {
 	return out
 }
 
+// SetPidsLimit changes the pids limit of a created cgroup.
+func (cg *Cgroup) SetPidsLimit(n int64) error {
+	dir := cg.V1["pids"]
+	if dir == "" {
+		dir = cg.Unified
+	}
+	if err := writeFile(filepath.Join(dir, "pids.max"), strconv.FormatInt(n, 10)); err != nil {
+		return fmt.Errorf("setting pids limit: %w", err)
+	}
+	return nil
+}
+
 // JoinThread moves the calling OS thread into the cgroup's v1 hierarchies.
 // A child forked from that thread starts inside them, so no process of
 // the container ever runs outside its limits. The caller must have locked
