@@ -2,7 +2,8 @@
 # network namespaces the target creates; nothing changes the machine's own.
 
 GO        ?= go
-BINARIES  := berth-bridge berth-vxlan berth-hostgw berth-bgp berth-ipam netd runner
+# Every ./cmd/<name> is a binary; bin/<name> is where tests find it.
+BINARIES  := $(notdir $(wildcard cmd/*))
 BIN_DIR   := $(CURDIR)/bin
 
 # install layout, overridable the usual way: make install DESTDIR=/tmp/pkg PREFIX=/usr
@@ -56,7 +57,7 @@ bench: deps build
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
-	install -m 0755 $(BIN_DIR)/netd $(BIN_DIR)/runner $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/
 	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
 
 clean:
