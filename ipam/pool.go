@@ -267,7 +267,6 @@ func (p *Pool) Status() error {
 	return nil
 }
 
-
 func rangeOf(ranges []conf.Range, a netip.Addr) conf.Range {
 	for _, r := range ranges {
 		if r.Contains(a) {
