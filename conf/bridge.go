@@ -45,9 +45,9 @@ type Bridge struct {
 
 	// Filled by Parse.
 	IPAMConf *IPAM `json:"-"`
-	// MasqExcept is the destination that is not masqueraded: the network's
-	// own subnet for bridge, the cluster CIDR for overlay modes.
-	MasqExcept netip.Prefix `json:"-"`
+	// Scope is the whole network: its traffic is neither masqueraded nor
+	// isolated. The subnet for bridge, the cluster CIDR for overlay modes.
+	Scope netip.Prefix `json:"-"`
 }
 
 // RuntimeConfig holds the capabilities a runtime passes.
@@ -145,7 +145,12 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 	if c.IPAMConf.Type == "" {
 		c.IPAMConf.Type = IPAMType
 	}
-	c.MasqExcept = ic.RangeSets[0][0].Subnet
+	for _, set := range ic.RangeSets {
+		if set[0].Subnet.Addr().Is4() {
+			c.Scope = set[0].Subnet // iptables rules are IPv4-only
+			break
+		}
+	}
 	return nil
 }
 
