@@ -76,4 +76,3 @@ func hasRoute(routes []netlink.Route, dst net.IPNet, gw net.IP) bool {
 	}
 	return false
 }
-
