@@ -42,6 +42,12 @@ func (n *node) conflist(name, bridge, subnet, extra string) string {
 		name, bridge, n.stateDir, extra, n.dataDir, subnet)
 }
 
+// conflistPlugin is the same network as one plugin config, for direct exec.
+func (n *node) conflistPlugin(name, bridge, subnet string) string {
+	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"type":"berth-bridge","bridge":%q,"stateDir":%q,
+		"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]}}`, name, bridge, n.stateDir, n.dataDir, subnet)
+}
+
 func (n *node) snapshot(t *testing.T) string { return testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir) }
 
 func container(t *testing.T, id string, ports ...map[string]any) *testenv.Attachment {
