@@ -84,7 +84,6 @@ type requestSources struct {
 func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 	var outer struct {
 		IPAM *rawIPAM `json:"ipam"`
-		requestSources
 	}
 	if err := json.Unmarshal(stdin, &outer); err != nil {
 		return nil, fmt.Errorf("%w: parsing ipam: %v", cnierr.ErrDecode, err)
@@ -133,17 +132,30 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 			return nil, invalid(fmt.Sprintf("ipam.routes[%d].dst", i), "missing destination CIDR")
 		}
 	}
-	requested, err := requestedIPs(outer.requestSources, cniArgs)
-	if err != nil {
+	if err := c.SetRequested(stdin, cniArgs); err != nil {
 		return nil, err
+	}
+	return c, nil
+}
+
+// SetRequested reads the addresses the runtime asked for (ips capability,
+// args.cni.ips, CNI_ARGS IP=) and checks each is in a range set.
+func (c *IPAM) SetRequested(stdin []byte, cniArgs string) error {
+	var src requestSources
+	if err := json.Unmarshal(stdin, &src); err != nil {
+		return fmt.Errorf("%w: parsing requested addresses: %v", cnierr.ErrDecode, err)
+	}
+	requested, err := requestedIPs(src, cniArgs)
+	if err != nil {
+		return err
 	}
 	for _, a := range requested {
 		if c.SetFor(a) < 0 {
-			return nil, invalid("ips", fmt.Sprintf("requested address %s is in none of the configured ranges", a))
+			return invalid("ips", fmt.Sprintf("requested address %s is in none of the configured ranges", a))
 		}
 	}
 	c.Requested = requested
-	return c, nil
+	return nil
 }
 
 func parseRange(field string, rr rawRange) (Range, error) {
@@ -159,7 +171,7 @@ func parseRange(field string, rr rawRange) (Range, error) {
 	r := Range{Subnet: p}
 	// Network address and (for IPv4) broadcast are never handed out.
 	r.Start = p.Addr().Next()
-	r.End = lastAddr(p)
+	r.End = LastAddr(p)
 	if p.Addr().Is4() {
 		r.End = r.End.Prev()
 	}
@@ -261,7 +273,8 @@ func requestedIPs(src requestSources, cniArgs string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-func lastAddr(p netip.Prefix) netip.Addr {
+// LastAddr is the highest address of p (the IPv4 broadcast address).
+func LastAddr(p netip.Prefix) netip.Addr {
 	b := p.Addr().AsSlice()
 	for i := range b {
 		bit := i * 8
