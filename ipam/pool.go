@@ -170,8 +170,13 @@ func (p *Pool) matchSets(addrs []netip.Addr) ([]Allocation, bool) {
 func (p *Pool) Release(att Attachment) error {
 	return p.store.withLock(func() error {
 		rec, err := p.store.readRecord(att)
-		if err != nil || rec == nil {
+		if err != nil {
 			return err
+		}
+		if rec == nil {
+			// Killed before its pending record was in place: nothing was
+			// reserved, only temp files may be left.
+			return p.store.removeRecord(att)
 		}
 		return p.releaseLocked(att, rec)
 	})

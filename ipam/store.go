@@ -174,17 +174,18 @@ type reserver struct {
 }
 
 func (s *store) newReserver(att Attachment) (*reserver, error) {
-	f, err := os.CreateTemp(s.dir, tmpPrefix)
-	if err != nil {
+	// One fixed temp name per attachment (we hold the lock), so that a DEL
+	// after a kill can remove it without a scan.
+	tmp := s.reserverPath(att)
+	if err := os.WriteFile(tmp, att.owner(), 0o644); err != nil {
+		os.Remove(tmp)
 		return nil, fmt.Errorf("%w: preparing reservation in %s: %v", cnierr.ErrIO, s.dir, err)
 	}
-	_, werr := f.Write(att.owner())
-	cerr := f.Close()
-	if werr != nil || cerr != nil {
-		os.Remove(f.Name())
-		return nil, fmt.Errorf("%w: writing reservation in %s: %v", cnierr.ErrIO, s.dir, errors.Join(werr, cerr))
-	}
-	return &reserver{s: s, tmp: f.Name()}, nil
+	return &reserver{s: s, tmp: tmp}, nil
+}
+
+func (s *store) reserverPath(att Attachment) string {
+	return filepath.Join(s.dir, tmpPrefix+att.key())
 }
 
 // reserve claims a; it reports false when a is already reserved.
@@ -252,6 +253,9 @@ func (s *store) writeRecord(r *record) error {
 }
 
 func (s *store) removeRecord(att Attachment) error {
+	// Leftovers of this attachment's writers killed midway.
+	os.Remove(s.recordPath(att) + ".tmp")
+	os.Remove(s.reserverPath(att))
 	if err := os.Remove(s.recordPath(att)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: removing IPAM record: %v", cnierr.ErrIO, err)
 	}
