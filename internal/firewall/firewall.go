@@ -142,49 +142,44 @@ func (a *Attachment) dnatRules() []string {
 }
 
 // Ensure installs the network's rules and, when a has ports, a's port
-// mappings, in one transaction per table.
+// mappings: one iptables-save and at most one iptables-restore.
 func Ensure(stateDir string, n Network, a *Attachment) error {
 	lock, err := iptables.Acquire(stateDir)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-
-	nat, err := iptables.Save("nat")
+	tables, err := iptables.Save()
 	if err != nil {
 		return err
 	}
+
+	nat := tables.Get("nat")
 	b := iptables.NewBatch("nat")
 	ensureChain(b, nat, chainHostPorts)
 	ensureChain(b, nat, chainPostrouting)
-	owned(b, natChain(n.Name), n.natRules())
+	b.Owned(nat, natChain(n.Name), n.natRules())
 	if a != nil && len(a.Ports) > 0 {
-		owned(b, dnatChain(a.Key), a.dnatRules())
+		b.Owned(nat, dnatChain(a.Key), a.dnatRules())
 		ensureJump(b, nat, chainHostPorts, "-j "+dnatChain(a.Key))
 	}
 	ensureJump(b, nat, chainPostrouting, "-j "+natChain(n.Name))
 	ensureJump(b, nat, "PREROUTING", jumpHostPorts)
 	ensureJump(b, nat, "OUTPUT", jumpHostPorts)
 	ensureJump(b, nat, "POSTROUTING", "-j "+chainPostrouting)
-	if err := b.Apply(); err != nil {
-		return err
-	}
 
-	filter, err := iptables.Save("filter")
-	if err != nil {
-		return err
-	}
+	filter := tables.Get("filter")
 	f := iptables.NewBatch("filter")
 	ensureChain(f, filter, chainIsolation)
 	ensureChain(f, filter, chainIsolation2)
 	ensureChain(f, filter, chainForward)
-	owned(f, fwdChain(n.Name), n.fwdRules())
+	f.Owned(filter, fwdChain(n.Name), n.fwdRules())
 	// Stage 1 applies to every network, stage 2 only protects isolated
 	// ones: "isolation": false means other networks may reach this one.
-	owned(f, isoChain(n.Name), n.isoRules())
+	f.Owned(filter, isoChain(n.Name), n.isoRules())
 	ensureJump(f, filter, chainIsolation, "-j "+isoChain(n.Name))
 	if n.Isolated {
-		owned(f, isdChain(n.Name), n.isdRules())
+		f.Owned(filter, isdChain(n.Name), n.isdRules())
 		ensureJump(f, filter, chainIsolation2, "-j "+isdChain(n.Name))
 	} else {
 		removeOwned(f, filter, chainIsolation2, isdChain(n.Name))
@@ -196,7 +191,7 @@ func Ensure(stateDir string, n Network, a *Attachment) error {
 	if !filter.Jumps("FORWARD", chainForward) {
 		f.Insert("FORWARD", "-j "+chainForward)
 	}
-	return f.Apply()
+	return iptables.Apply(b, f)
 }
 
 // RemoveAttachment deletes the port mappings of the attachment key and,
@@ -204,20 +199,24 @@ func Ensure(stateDir string, n Network, a *Attachment) error {
 // rules; when no berth network is left at all, the shared chains and
 // builtin jumps go too. isLast runs under the lock, so a parallel ADD
 // either sees the network's rules gone or keeps them.
-func RemoveAttachment(stateDir, network, key string, isLast func() bool) error {
+func RemoveAttachment(stateDir, network, key string, hasPorts bool, isLast func() bool) error {
 	lock, err := iptables.Acquire(stateDir)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
 	last := isLast()
-
-	nat, err := iptables.Save("nat")
+	if !last && !hasPorts {
+		return nil // nothing of this container is in iptables
+	}
+	tables, err := iptables.Save()
 	if err != nil {
 		return err
 	}
+	nat := tables.Get("nat")
 	b := iptables.NewBatch("nat")
 	removeOwned(b, nat, chainHostPorts, dnatChain(key))
+	f := iptables.NewBatch("filter")
 	if last {
 		removeOwned(b, nat, chainPostrouting, natChain(network))
 		if onlyJumpsTo(nat, chainHostPorts, dnatChain(key)) && onlyJumpsTo(nat, chainPostrouting, natChain(network)) {
@@ -225,42 +224,28 @@ func RemoveAttachment(stateDir, network, key string, isLast func() bool) error {
 			removeOwned(b, nat, "PREROUTING", chainHostPorts)
 			removeOwned(b, nat, "POSTROUTING", chainPostrouting)
 		}
-	}
-	if err := b.Apply(); err != nil {
-		return err
-	}
-	if !last {
-		return nil
-	}
-
-	filter, err := iptables.Save("filter")
-	if err != nil {
-		return err
-	}
-	f := iptables.NewBatch("filter")
-	removeOwned(f, filter, chainForward, fwdChain(network))
-	removeOwned(f, filter, chainIsolation, isoChain(network))
-	removeOwned(f, filter, chainIsolation2, isdChain(network))
-	if onlyJumpsTo(filter, chainForward, fwdChain(network), chainIsolation) {
-		removeOwned(f, filter, chainForward, chainIsolation)
-		removeOwned(f, filter, "FORWARD", chainForward)
-		if filter.HasChain(chainIsolation2) {
-			f.DeleteChain(filter, chainIsolation2)
+		filter := tables.Get("filter")
+		removeOwned(f, filter, chainForward, fwdChain(network))
+		removeOwned(f, filter, chainIsolation, isoChain(network))
+		removeOwned(f, filter, chainIsolation2, isdChain(network))
+		if onlyJumpsTo(filter, chainForward, fwdChain(network), chainIsolation) {
+			removeOwned(f, filter, chainForward, chainIsolation)
+			removeOwned(f, filter, "FORWARD", chainForward)
+			if filter.HasChain(chainIsolation2) {
+				f.DeleteChain(filter, chainIsolation2)
+			}
 		}
 	}
-	return f.Apply()
+	return iptables.Apply(b, f)
 }
 
 // Check reports the first rule of n (and a) that is missing or altered.
 func Check(n Network, a *Attachment) error {
-	nat, err := iptables.Save("nat")
+	tables, err := iptables.Save()
 	if err != nil {
 		return err
 	}
-	filter, err := iptables.Save("filter")
-	if err != nil {
-		return err
-	}
+	nat, filter := tables.Get("nat"), tables.Get("filter")
 	type want struct {
 		t     *iptables.Table
 		chain string
@@ -297,34 +282,9 @@ func Check(n Network, a *Attachment) error {
 	return nil
 }
 
-// AttachmentChains lists the per-container DNAT chains installed, for GC.
-func AttachmentChains() (map[string]bool, error) {
-	nat, err := iptables.Save("nat")
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]bool{}
-	for _, c := range nat.Chains("BERTH-DN-") {
-		out[c] = true
-	}
-	return out, nil
-}
-
-// DNATChainOf names the chain holding key's port mappings.
-func DNATChainOf(key string) string { return dnatChain(key) }
-
 func ensureChain(b *iptables.Batch, t *iptables.Table, chain string) {
 	if !t.HasChain(chain) {
 		b.Chain(chain)
-	}
-}
-
-// owned (re)writes a chain berth owns: declared (created or flushed) and
-// filled in the same transaction, so traffic never sees it half-written.
-func owned(b *iptables.Batch, chain string, rules []string) {
-	b.Chain(chain)
-	for _, r := range rules {
-		b.Append(chain, r)
 	}
 }
 

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -74,18 +75,34 @@ func JumpTarget(spec string) string {
 	return ""
 }
 
-// Save reads table with iptables-save.
-func Save(table string) (*Table, error) {
-	out, err := exec.Command("iptables-save", "-t", table).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%w: iptables-save -t %s: %v", cnierr.ErrDatapath, table, exitDetail(err))
+// Tables is a snapshot of every table.
+type Tables map[string]*Table
+
+// Get returns the named table, empty when the snapshot has none.
+func (ts Tables) Get(name string) *Table {
+	if t, ok := ts[name]; ok {
+		return t
 	}
-	t := &Table{Name: table, chains: map[string][]string{}}
+	return &Table{Name: name, chains: map[string][]string{}}
+}
+
+// Save reads all tables with one iptables-save.
+func Save() (Tables, error) {
+	out, err := exec.Command("iptables-save").Output()
+	if err != nil {
+		return nil, fmt.Errorf("%w: iptables-save: %v", cnierr.ErrDatapath, exitDetail(err))
+	}
+	ts := Tables{}
+	var t *Table
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
+		case strings.HasPrefix(line, "*"):
+			t = &Table{Name: line[1:], chains: map[string][]string{}}
+			ts[t.Name] = t
+		case t == nil:
 		case strings.HasPrefix(line, ":"):
 			name, _, _ := strings.Cut(line[1:], " ")
 			if _, ok := t.chains[name]; !ok {
@@ -96,10 +113,10 @@ func Save(table string) (*Table, error) {
 			t.chains[chain] = append(t.chains[chain], spec)
 		}
 	}
-	return t, sc.Err()
+	return ts, sc.Err()
 }
 
-// Batch collects the changes to one table, applied atomically by Apply.
+// Batch collects the changes to one table, applied by Apply.
 type Batch struct {
 	table   string
 	lines   []string
@@ -115,6 +132,19 @@ func (b *Batch) Empty() bool { return len(b.lines) == 0 }
 // Chain creates chain, or flushes it when it exists: the rules that follow
 // are then its whole content.
 func (b *Batch) Chain(chain string) { b.lines = append(b.lines, ":"+chain+" - [0:0]") }
+
+// Owned makes chain hold exactly rules, given in iptables-save's form.
+// When t shows it already does, nothing is written: the common ADD on a
+// network that exists costs no kernel transaction for it.
+func (b *Batch) Owned(t *Table, chain string, rules []string) {
+	if t.HasChain(chain) && slices.Equal(t.Rules(chain), rules) {
+		return
+	}
+	b.Chain(chain)
+	for _, r := range rules {
+		b.Append(chain, r)
+	}
+}
 
 // Append adds a rule at the end of chain.
 func (b *Batch) Append(chain, spec string) { b.lines = append(b.lines, "-A "+chain+" "+spec) }
@@ -151,21 +181,25 @@ func (b *Batch) DeleteJumps(t *Table, chain, target string) {
 	}
 }
 
-// Apply commits the batch with one iptables-restore --noflush, which the
-// kernel applies as one transaction: all of it or nothing.
-func (b *Batch) Apply() error {
-	if b.Empty() {
+// Apply commits the batches with one iptables-restore --noflush: one exec
+// and one kernel transaction per table, whatever the number of rules.
+func Apply(batches ...*Batch) error {
+	var in bytes.Buffer
+	for _, b := range batches {
+		if !b.Empty() {
+			fmt.Fprintf(&in, "*%s\n%s\nCOMMIT\n", b.table, strings.Join(b.lines, "\n"))
+		}
+	}
+	if in.Len() == 0 {
 		return nil
 	}
-	var in bytes.Buffer
-	fmt.Fprintf(&in, "*%s\n%s\nCOMMIT\n", b.table, strings.Join(b.lines, "\n"))
-	cmd := exec.Command("iptables-restore", "--noflush", "-w", "5")
 	input := in.String()
+	cmd := exec.Command("iptables-restore", "--noflush", "-w", "5")
 	cmd.Stdin = &in
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%w: iptables-restore (%s table): %v: %s\ninput:\n%s", cnierr.ErrDatapath, b.table, err, strings.TrimSpace(stderr.String()), input)
+		return fmt.Errorf("%w: iptables-restore: %v: %s\ninput:\n%s", cnierr.ErrDatapath, err, strings.TrimSpace(stderr.String()), input)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -121,35 +122,18 @@ func Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	}
 	undo = append(undo, func() { unclaimPorts(c.StateDir, k.rec) })
 
-	mtu := c.MTU
-	if mtu == 0 {
-		mtu = 1500
-	}
-	hostIf, contIf, err := setupVeth(vethSpec{netns: netns, ifName: args.IfName, hostName: k.rec.HostVeth,
-		mtu: mtu, mac: c.RuntimeConfig.MAC, hairpin: c.Hairpin(), bridge: br})
-	if err != nil {
-		return err
-	}
-	undo = append(undo, func() { delLink(k.rec.HostVeth) })
-
-	result := buildResult(res, br, hostIf, contIf, netns.Path(), c)
-	if err := netns.Do(func(ns.NetNS) error { return configureIface(args.IfName, result) }); err != nil {
-		return err
-	}
-	if c.Gateway() {
-		if err := ensureGateway(c, br, gateways(result)); err != nil {
-			return err
-		}
-	}
-	if err := enableForwarding(c.BridgeName); err != nil {
-		return err
-	}
-	if err := k.setupFirewall(result); err != nil {
-		return err
-	}
+	// The iptables commit and the veth setup both wait on the kernel;
+	// side by side they cost the longer of the two, not the sum.
+	fwDone := make(chan error, 1)
+	go func() { fwDone <- k.setupFirewall(res) }()
 	undo = append(undo, func() {
-		firewall.RemoveAttachment(c.StateDir, c.Name, k.rec.key(), func() bool { return networkEmpty(c.StateDir, c.Name) })
+		firewall.RemoveAttachment(c.StateDir, c.Name, k.rec.key(), len(k.rec.Ports) > 0,
+			func() bool { return networkEmpty(c.StateDir, c.Name, k.rec.key()) })
 	})
+	result, linkErr := k.setupLinks(netns, br, res, &undo)
+	if err := errors.Join(linkErr, <-fwDone); err != nil {
+		return err
+	}
 	flushUDPConntrack(k.rec.Ports)
 	return types.PrintResult(result, c.CNIVersion)
 }
@@ -183,6 +167,32 @@ func openNetns(path string) (ns.NetNS, error) {
 		return nil, fmt.Errorf("%w: CNI_NETNS %q: %v", cnierr.ErrInvalidEnv, path, err)
 	}
 	return n, nil
+}
+
+// setupLinks creates the veth pair, configures the container side and the
+// gateway on the bridge, and returns the CNI result.
+func (k *call) setupLinks(netns ns.NetNS, br *netlink.Bridge, res *current.Result, undo *[]func()) (*current.Result, error) {
+	c := k.c
+	mtu := c.MTU
+	if mtu == 0 {
+		mtu = 1500
+	}
+	hostIf, contIf, err := setupVeth(vethSpec{netns: netns, ifName: k.args.IfName, hostName: k.rec.HostVeth,
+		mtu: mtu, mac: c.RuntimeConfig.MAC, hairpin: c.Hairpin(), bridge: br})
+	if err != nil {
+		return nil, err
+	}
+	*undo = append(*undo, func() { delLink(k.rec.HostVeth) })
+	result := buildResult(res, br, hostIf, contIf, netns.Path(), c)
+	if err := netns.Do(func(ns.NetNS) error { return configureIface(k.args.IfName, result) }); err != nil {
+		return nil, err
+	}
+	if c.Gateway() {
+		if err := ensureGateway(c, br, gateways(result)); err != nil {
+			return nil, err
+		}
+	}
+	return result, enableForwarding(c.BridgeName)
 }
 
 // setupFirewall records the container address and installs the rules.
@@ -281,20 +291,31 @@ func Del(args *skel.CmdArgs, c *conf.Bridge) error {
 }
 
 // teardown removes everything of k's attachment; shared by DEL and GC.
+// The record goes last, so that a DEL killed midway can be repeated.
 func (k *call) teardown() error {
 	c := k.c
 	if err := k.ipam.del(); err != nil {
 		return err
 	}
-	// Deleting the host end removes the pair, wherever the other end is.
-	if err := delLink(k.rec.HostVeth); err != nil {
+	// Deleting a veth waits for an RCU grace period, and so does the
+	// nf_tables commit: done side by side they cost one wait, not two.
+	var linkErr, fwErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// Deleting the host end removes the pair, wherever the other end is.
+		linkErr = delLink(k.rec.HostVeth)
+	}()
+	key := k.rec.key()
+	fwErr = firewall.RemoveAttachment(c.StateDir, c.Name, key, len(k.rec.Ports) > 0,
+		func() bool { return networkEmpty(c.StateDir, c.Name, key) })
+	wg.Wait()
+	if err := errors.Join(linkErr, fwErr); err != nil {
 		return err
 	}
 	unclaimPorts(c.StateDir, k.rec)
-	if err := removeRecord(c.StateDir, k.rec); err != nil {
-		return err
-	}
-	return firewall.RemoveAttachment(c.StateDir, c.Name, k.rec.key(), func() bool { return networkEmpty(c.StateDir, c.Name) })
+	return removeRecord(c.StateDir, k.rec)
 }
 
 // Check verifies that what ADD made is still there: the link in the

@@ -82,20 +82,22 @@ func removeRecord(stateDir string, r *record) error {
 	return nil
 }
 
-// networkEmpty reports whether no attachment of network is left. It reads
-// at most one directory entry, whatever the number of containers.
-func networkEmpty(stateDir, network string) bool {
+// networkEmpty reports whether no attachment of network is left but the
+// one with key except. It reads at most a few directory entries, whatever
+// the number of containers.
+func networkEmpty(stateDir, network, except string) bool {
 	d, err := os.Open(networkDir(stateDir, network))
 	if err != nil {
 		return true
 	}
 	defer d.Close()
+	mine := except[:24] + ".json"
 	for {
 		names, err := d.Readdirnames(1)
 		if errors.Is(err, io.EOF) || len(names) == 0 {
 			return true
 		}
-		if filepath.Ext(names[0]) == ".json" {
+		if filepath.Ext(names[0]) == ".json" && names[0] != mine {
 			return false
 		}
 	}

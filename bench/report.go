@@ -1,0 +1,121 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// Report is everything one `make bench` run measured.
+type Report struct {
+	When       time.Time `json:"when"`
+	Quick      bool      `json:"quick"`
+	CNILatency []Latency `json:"cniLatency"`
+}
+
+// WriteJSON stores r under dir as results.json.
+func (r *Report) WriteJSON(dir string) error {
+	data, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "results.json"), append(data, '\n'), 0o644)
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+
+// Markdown renders the tables; ratios are berth over its baseline from the
+// same run.
+func (r *Report) Markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Measured %s%s. Ratios compare figures of the same run.\n\n",
+		r.When.Format("2006-01-02"), map[bool]string{true: " (quick mode)", false: ""}[r.Quick])
+	b.WriteString("**CNI latency** (berth-bridge with ipMasq and one port mapping vs the reference bridge + host-local + portmap chain doing the same, through libcni)\n\n")
+	b.WriteString("| plugin | operation | runs | p50 | p99 | p50 vs reference |\n|---|---|---|---|---|---|\n")
+	ref := map[string]Latency{}
+	for _, l := range r.CNILatency {
+		if strings.HasPrefix(l.Name, "reference") {
+			ref[l.Op] = l
+		}
+	}
+	for _, l := range r.CNILatency {
+		ratio := ""
+		if base, ok := ref[l.Op]; ok && base.P50 > 0 && !strings.HasPrefix(l.Name, "reference") {
+			ratio = fmt.Sprintf("%.2f× (%.1f× faster)", float64(l.P50)/float64(base.P50), float64(base.P50)/float64(l.P50))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s |\n", l.Name, l.Op, l.Runs, ms(l.P50), ms(l.P99), ratio)
+	}
+	return b.String()
+}
+
+// UpdateREADME replaces the text between the bench markers in path.
+func (r *Report) UpdateREADME(path string) error {
+	const begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	s := string(data)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		return fmt.Errorf("%s has no %s ... %s section", path, begin, end)
+	}
+	s = s[:i+len(begin)] + "\n" + r.Markdown() + "\n![CNI latency](bench/results/cni-latency.png)\n" + s[j:]
+	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// PlotCNI draws p50/p99 bars per operation and plugin.
+func (r *Report) PlotCNI(path string) error {
+	p := plot.New()
+	p.Title.Text = "CNI operation latency (lower is better)"
+	p.Y.Label.Text = "milliseconds"
+	var ops []string
+	seen := map[string]bool{}
+	byName := map[string]map[string]Latency{}
+	var names []string
+	for _, l := range r.CNILatency {
+		if !seen[l.Op] {
+			seen[l.Op] = true
+			ops = append(ops, l.Op)
+		}
+		if byName[l.Name] == nil {
+			byName[l.Name] = map[string]Latency{}
+			names = append(names, l.Name)
+		}
+		byName[l.Name][l.Op] = l
+	}
+	w := vg.Points(18)
+	for i, name := range names {
+		for k, pct := range []string{"p50", "p99"} {
+			vals := make(plotter.Values, len(ops))
+			for j, op := range ops {
+				l := byName[name][op]
+				d := l.P50
+				if pct == "p99" {
+					d = l.P99
+				}
+				vals[j] = float64(d) / 1e6
+			}
+			bars, err := plotter.NewBarChart(vals, w)
+			if err != nil {
+				return err
+			}
+			bars.Color = plotutil.Color(i*2 + k)
+			bars.LineStyle.Width = 0
+			bars.Offset = w * vg.Length(float64(i*2+k)-1.5)
+			p.Add(bars)
+			p.Legend.Add(name+" "+pct, bars)
+		}
+	}
+	p.Legend.Top = true
+	p.NominalX(ops...)
+	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+}
