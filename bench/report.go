@@ -116,6 +116,10 @@ func (r *Report) PlotCNI(path string) error {
 		}
 	}
 	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(40)
 	p.NominalX(ops...)
+	p.Y.Min = 0
+	p.Y.Max *= 1.35 // room for the legend above the bars
 	return p.Save(9*vg.Inch, 5*vg.Inch, path)
 }
