@@ -57,7 +57,7 @@ bench: deps build
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
-	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/
+	$(if $(filter-out berth-%,$(BINARIES)),install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/)
 	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
 
 clean:

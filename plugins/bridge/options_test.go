@@ -1,0 +1,68 @@
+package bridge_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+func TestCNIVersionsAndMAC(t *testing.T) {
+	n := newNode(t)
+	for i, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
+		t.Run(v, func(t *testing.T) {
+			list := strings.Replace(n.conflist("ver", "berth0", "10.90.0.0/24", `"promiscMode":true,`), `"cniVersion":"1.1.0"`, `"cniVersion":"`+v+`"`, 1)
+			rt := testenv.NewRuntime(t, n.ns, list)
+			mac := fmt.Sprintf("02:42:ac:11:00:%02x", i+1)
+			c := container(t, "v"+v)
+			c.Caps = map[string]any{"mac": mac}
+			res, err := rt.Add(c)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			if res.Interfaces[2].Mac != mac {
+				t.Errorf("container MAC %s, want %s from the mac capability", res.Interfaces[2].Mac, mac)
+			}
+			out, _ := testenv.InNS(n.ns, "ip", "link", "show", "berth0")
+			if !strings.Contains(string(out), "PROMISC") {
+				t.Errorf("promiscMode: bridge is %s", out)
+			}
+			if err := rt.Check(c); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := rt.Del(c); err != nil {
+				t.Errorf("DEL: %v", err)
+			}
+		})
+	}
+}
+
+func TestForceAddress(t *testing.T) {
+	n := newNode(t)
+	mustRun(t, n.ns, "ip", "link", "add", "berth0", "type", "bridge")
+	mustRun(t, n.ns, "ip", "addr", "add", "10.91.0.200/24", "dev", "berth0")
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("force", "berth0", "10.91.0.0/24", ""))
+	before := n.snapshot(t)
+	_, err := rt.Add(container(t, "f1"))
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != 103 || !strings.Contains(err.Error(), "forceAddress") {
+		t.Fatalf("ADD onto a bridge with another address of the subnet: %v, want 103 naming forceAddress", err)
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("failed ADD left:\n%s\nvs\n%s", after, before)
+	}
+	forced := testenv.NewRuntime(t, n.ns, n.conflist("force", "berth0", "10.91.0.0/24", `"forceAddress":true,`))
+	c := container(t, "f2")
+	if _, err := forced.Add(c); err != nil {
+		t.Fatalf("ADD with forceAddress: %v", err)
+	}
+	out, _ := testenv.InNS(n.ns, "ip", "-4", "-br", "addr", "show", "berth0")
+	if strings.Contains(string(out), "10.91.0.200") || !strings.Contains(string(out), "10.91.0.1/24") {
+		t.Errorf("bridge addresses after forceAddress: %s", out)
+	}
+	forced.Del(c)
+}
