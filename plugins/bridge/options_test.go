@@ -1,8 +1,12 @@
 package bridge_test
 
 import (
+	"net"
+	"time"
+
 	"errors"
 	"fmt"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"strings"
 	"testing"
 
@@ -65,4 +69,52 @@ func TestForceAddress(t *testing.T) {
 		t.Errorf("bridge addresses after forceAddress: %s", out)
 	}
 	forced.Del(c)
+}
+
+// A client that sent UDP to a host port before it was published keeps its
+// conntrack entry (to the node itself) unless ADD flushes it.
+func TestUDPConntrackFlushedOnPublish(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("udp", "berth0", "10.92.0.0/24", ""))
+	// A resident container: the network's NAT rules, and with them
+	// conntrack in the node namespace, exist before the client sends.
+	resident := container(t, "resident")
+	if _, err := rt.Add(resident); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Del(resident)
+	var client *net.UDPConn
+	err := n.outside.Do(func(ns.NetNS) error {
+		var err error
+		client, err = net.DialUDP("udp4", &net.UDPAddr{Port: 40000}, &net.UDPAddr{IP: net.ParseIP(nodeIP), Port: 5353})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	client.Write([]byte("before")) // nothing listens on the node: an entry towards the node is created
+
+	c := container(t, "u1", port(5353, 53, "udp"))
+	if _, err := rt.Add(c); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Del(c)
+	var server *net.UDPConn
+	c.Netns.Do(func(ns.NetNS) error {
+		server, err = net.ListenUDP("udp4", &net.UDPAddr{Port: 53})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	// The first write may only return the ICMP error of "before".
+	client.Write([]byte("after"))
+	client.Write([]byte("after"))
+	server.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 16)
+	if m, _, err := server.ReadFromUDP(buf); err != nil || string(buf[:m]) != "after" {
+		t.Errorf("datagram from the same client port after publishing: %q, %v", buf[:m], err)
+	}
 }
