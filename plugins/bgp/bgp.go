@@ -22,8 +22,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/plugins/bridge"
 )
@@ -180,4 +180,3 @@ func (routedLinks) Check(r bridge.LinkRequest, prev *current.Result) error {
 	}
 	return r.Netns.Do(func(ns.NetNS) error { return bridge.CheckContainerSide(r.IfName, prev) })
 }
-
