@@ -183,11 +183,15 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 	return host, cont, nil
 }
 
-// EnableForwarding turns on routing in the node's namespace, and
-// route_localnet on iface (the bridge, or a routed host veth) so that DNAT
-// of connections from 127.0.0.1 to a container is not dropped as a martian.
+// EnableForwarding turns on routing in the node's namespace and prepares
+// iface (the bridge, or a routed host veth) for containers:
+//   - route_localnet, so that DNAT of connections from 127.0.0.1 to a
+//     container is not dropped as a martian;
+//   - strict reverse-path filtering, so that a container cannot send with a
+//     source address that the node does not route back through iface (no
+//     spoofing; in routed mode that pins each container to its own /32).
 func EnableForwarding(iface string) error {
-	for _, s := range []string{"net.ipv4.ip_forward", "net.ipv4.conf." + iface + ".route_localnet"} {
+	for _, s := range []string{"net.ipv4.ip_forward", "net.ipv4.conf." + iface + ".route_localnet", "net.ipv4.conf." + iface + ".rp_filter"} {
 		if v, _ := sysctl.Sysctl(s); v == "1" {
 			continue
 		}

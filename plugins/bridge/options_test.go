@@ -118,3 +118,38 @@ func TestUDPConntrackFlushedOnPublish(t *testing.T) {
 		t.Errorf("datagram from the same client port after publishing: %q, %v", buf[:m], err)
 	}
 }
+
+// A container sending with a source address that is not its own has the
+// packet dropped at the node: it never reaches the outside world.
+func TestSpoofedSourceDropped(t *testing.T) {
+	n := newNode(t)
+	// A node whose distribution leaves reverse-path filtering off.
+	for _, k := range []string{"all", "default"} {
+		mustRun(t, n.ns, "sysctl", "-qw", "net.ipv4.conf."+k+".rp_filter=0")
+	}
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("spoof", "berth0", "10.93.0.0/24", ""))
+	c := container(t, "s1")
+	if _, err := rt.Add(c); err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Del(c)
+	// The outside world counts what arrives from each source.
+	for _, src := range []string{"192.0.2.2", "10.66.6.6"} {
+		mustRun(t, n.outside, "iptables", "-A", "INPUT", "-s", src, "-p", "icmp", "-j", "ACCEPT")
+	}
+	mustRun(t, c.Netns, "ip", "addr", "add", "10.66.6.6/32", "dev", "eth0")
+	testenv.InNS(c.Netns, "ping", "-c", "2", "-W", "1", "-I", "10.66.6.6", outsideIP)
+	if err := testenv.Ping(c.Netns, outsideIP); err != nil {
+		t.Fatalf("control: the container's own address does get out: %v", err)
+	}
+	out, _ := testenv.InNS(n.outside, "iptables", "-L", "INPUT", "-v", "-x", "-n")
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 7 && f[7] == "10.66.6.6" && f[0] != "0" {
+			t.Errorf("spoofed packets reached the outside:\n%s", out)
+		}
+		if len(f) > 7 && f[7] == "192.0.2.2" && f[0] == "0" {
+			t.Errorf("control packets (masqueraded to the node) did not arrive:\n%s", out)
+		}
+	}
+}
