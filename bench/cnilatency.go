@@ -1,0 +1,217 @@
+// Package bench measures berth against its baselines on this machine, side
+// by side in one run, inside network namespaces it creates and removes.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
+)
+
+// Latency is the distribution of one CNI operation.
+type Latency struct {
+	Name string        `json:"name"`
+	Op   string        `json:"op"`
+	Runs int           `json:"runs"`
+	P50  time.Duration `json:"p50"`
+	P99  time.Duration `json:"p99"`
+}
+
+// CNIConfig says what to measure and where the plugins are.
+type CNIConfig struct {
+	Runs     int      // ADD/DEL pairs per network
+	Parallel int      // parallel ADDs in the burst measurement
+	BinDirs  []string // berth's bin dir and the reference plugins' dir
+	Progress func(format string, args ...any)
+}
+
+// network is one conflist under test.
+type network struct {
+	name string
+	list func(work string) string
+}
+
+// CNINetworks are the jobs compared: berth-bridge and the reference chain
+// doing the same thing (masquerade, one port mapping).
+var CNINetworks = []network{
+	{"berth-bridge", func(work string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-berth","plugins":[{"type":"berth-bridge","bridge":"bench0",
+			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.200.0.0/16"}]]},
+			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam"))
+	}},
+	{"reference bridge+host-local+portmap", func(work string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-ref","plugins":[{"type":"bridge","bridge":"benchref0",
+			"isGateway":true,"isDefaultGateway":true,"ipMasq":true,
+			"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.201.0.0/16"}]]}},
+			{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(work, "ipam"))
+	}},
+}
+
+// MeasureCNI runs cfg.Runs ADD+DEL pairs of every network, interleaved so
+// that both see the same machine load, then a burst of parallel ADDs.
+func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
+	node, err := testutils.NewNS()
+	if err != nil {
+		return nil, fmt.Errorf("creating node namespace: %w", err)
+	}
+	defer testutils.UnmountNS(node)
+	defer node.Close()
+	work, err := os.MkdirTemp("", "berth-bench-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+
+	type target struct {
+		name  string
+		list  *libcni.NetworkConfigList
+		cni   *libcni.CNIConfig
+		add   []time.Duration
+		del   []time.Duration
+		burst []time.Duration
+	}
+	var targets []*target
+	for i, n := range CNINetworks {
+		dir := filepath.Join(work, fmt.Sprint(i))
+		list, err := libcni.ConfListFromBytes([]byte(n.list(dir)))
+		if err != nil {
+			return nil, fmt.Errorf("%s conflist: %w", n.name, err)
+		}
+		targets = append(targets, &target{name: n.name, list: list,
+			cni: libcni.NewCNIConfigWithCacheDir(cfg.BinDirs, filepath.Join(dir, "cache"), nil)})
+	}
+	rt := func(id string, c ns.NetNS, port int) *libcni.RuntimeConf {
+		return &libcni.RuntimeConf{ContainerID: id, NetNS: c.Path(), IfName: "eth0",
+			CapabilityArgs: map[string]any{"portMappings": []map[string]any{{"hostPort": port, "containerPort": 80, "protocol": "tcp"}}}}
+	}
+	timed := func(f func() error) (time.Duration, error) {
+		var d time.Duration
+		err := node.Do(func(ns.NetNS) error {
+			start := time.Now()
+			err := f()
+			d = time.Since(start)
+			return err
+		})
+		return d, err
+	}
+
+	// A resident container keeps each network alive, as on a real node:
+	// the timed ADDs and DELs are neither a network's first nor its last.
+	for _, t := range targets {
+		c, err := testutils.NewNS()
+		if err != nil {
+			return nil, err
+		}
+		defer closeNS(c)
+		conf := &libcni.RuntimeConf{ContainerID: "resident", NetNS: c.Path(), IfName: "eth0"}
+		if _, err := timed(func() error { _, err := t.cni.AddNetworkList(ctx, t.list, conf); return err }); err != nil {
+			return nil, fmt.Errorf("%s resident ADD: %w", t.name, err)
+		}
+		defer node.Do(func(ns.NetNS) error { return t.cni.DelNetworkList(ctx, t.list, conf) })
+	}
+
+	for i := 0; i < cfg.Runs; i++ {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if i%20 == 0 {
+			cfg.Progress("CNI latency: run %d/%d", i, cfg.Runs)
+		}
+		for _, t := range targets {
+			c, err := testutils.NewNS()
+			if err != nil {
+				return nil, err
+			}
+			conf := rt(fmt.Sprintf("bench-%d", i), c, 30000+i%1000)
+			d, err := timed(func() error { _, err := t.cni.AddNetworkList(ctx, t.list, conf); return err })
+			if err != nil {
+				closeNS(c)
+				return nil, fmt.Errorf("%s ADD: %w", t.name, err)
+			}
+			t.add = append(t.add, d)
+			d, err = timed(func() error { return t.cni.DelNetworkList(ctx, t.list, conf) })
+			closeNS(c)
+			if err != nil {
+				return nil, fmt.Errorf("%s DEL: %w", t.name, err)
+			}
+			t.del = append(t.del, d)
+		}
+	}
+
+	// Burst: Parallel ADDs at once, each timed on its own, then their DELs.
+	for _, t := range targets {
+		cfg.Progress("CNI latency: %d parallel ADDs on %s", cfg.Parallel, t.name)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		var firstErr error
+		conts := make([]ns.NetNS, cfg.Parallel)
+		for w := range conts {
+			if conts[w], err = testutils.NewNS(); err != nil {
+				return nil, err
+			}
+		}
+		for w := range conts {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				conf := rt(fmt.Sprintf("burst-%d", w), conts[w], 31000+w)
+				d, err := timed(func() error { _, err := t.cni.AddNetworkList(ctx, t.list, conf); return err })
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil && firstErr == nil {
+					firstErr = fmt.Errorf("%s parallel ADD: %w", t.name, err)
+				}
+				t.burst = append(t.burst, d)
+			}(w)
+		}
+		wg.Wait()
+		for w, c := range conts {
+			node.Do(func(ns.NetNS) error {
+				return t.cni.DelNetworkList(ctx, t.list, rt(fmt.Sprintf("burst-%d", w), c, 31000+w))
+			})
+			closeNS(c)
+		}
+		if firstErr != nil {
+			return nil, firstErr
+		}
+	}
+
+	var out []Latency
+	for _, t := range targets {
+		out = append(out,
+			summarize(t.name, "ADD", t.add),
+			summarize(t.name, "DEL", t.del),
+			summarize(t.name, fmt.Sprintf("ADD x%d parallel", cfg.Parallel), t.burst))
+	}
+	return out, nil
+}
+
+func closeNS(n ns.NetNS) {
+	n.Close()
+	testutils.UnmountNS(n)
+}
+
+func summarize(name, op string, ds []time.Duration) Latency {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return Latency{Name: name, Op: op, Runs: len(ds), P50: percentile(ds, 50), P99: percentile(ds, 99)}
+}
+
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := (len(sorted)*p + 99) / 100
+	if i > 0 {
+		i--
+	}
+	return sorted[i]
+}

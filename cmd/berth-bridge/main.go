@@ -1,0 +1,53 @@
+// Command berth-bridge attaches containers to a Linux bridge on one node,
+// with NAT, port mapping and isolation from other networks.
+package main
+
+import (
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/berthnet/berth/internal/cniplugin"
+	"github.com/berthnet/berth/plugins/bridge"
+)
+
+const help = `Configuration (a plugin in a conflist; every field but "type" and "ipam" optional):
+
+  {"type": "berth-bridge",
+   "bridge": "berth0",          bridge name; one bridge per network
+   "isGateway": true,           put the gateway address on the bridge
+   "isDefaultGateway": false,   also add a default route via the gateway
+   "forceAddress": false,       replace another address of the same subnet on the bridge
+   "ipMasq": true,              masquerade traffic leaving the network
+   "mtu": 1500,                 container interface MTU (576..65535)
+   "hairpinMode": true,         a container can reach its own published ports
+   "promiscMode": false,        bridge in promiscuous mode
+   "isolation": true,           no traffic to or from other berth networks on this node
+   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "ipam": {"type": "berth-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
+   "capabilities": {"portMappings": true, "ips": true, "mac": true}}
+
+Any IPAM plugin works; berth-ipam is linked in and not exec'd.
+Port mappings: runtimeConfig.portMappings [{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}]
+answer on every node address and on 127.0.0.1.`
+
+func main() {
+	cniplugin.Main(cniplugin.Plugin{
+		Name:  "berth-bridge",
+		About: "bridge networking with NAT, port mapping and isolation",
+		Help:  help,
+		Funcs: skel.CNIFuncs{
+			Add:    func(a *skel.CmdArgs) error { return with(a, bridge.Add) },
+			Del:    func(a *skel.CmdArgs) error { return with(a, bridge.Del) },
+			Check:  func(a *skel.CmdArgs) error { return with(a, bridge.Check) },
+			GC:     func(a *skel.CmdArgs) error { return with(a, bridge.GC) },
+			Status: func(a *skel.CmdArgs) error { return with(a, bridge.Status) },
+		},
+	})
+}
+
+func with(args *skel.CmdArgs, op bridge.Op) error {
+	c, err := bridge.Load(args)
+	if err != nil {
+		return err
+	}
+	return op(args, c)
+}

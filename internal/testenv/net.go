@@ -1,0 +1,132 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+)
+
+// Serve listens on addr (e.g. "0.0.0.0:80") inside netns n and answers
+// every TCP connection with the address it came from, so that a test sees
+// whether and how the traffic was NATed. It stops when t ends.
+func Serve(t testing.TB, n ns.NetNS, addr string) {
+	t.Helper()
+	var l net.Listener
+	// A socket belongs to the namespace it was created in, whichever
+	// thread later accepts on it.
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		l, err = net.Listen("tcp4", addr)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("listening on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintf(c, "%s\n", c.RemoteAddr().(*net.TCPAddr).IP)
+			c.Close()
+		}
+	}()
+}
+
+// Dial connects from netns n to addr and returns what a Serve server
+// answered: the source address it saw.
+func Dial(n ns.NetNS, addr string) (string, error) {
+	var c net.Conn
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		d := net.Dialer{Timeout: 2 * time.Second}
+		c, err = d.DialContext(context.Background(), "tcp4", addr)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// Ping sends one ICMP echo from n to addr.
+func Ping(n ns.NetNS, addr string) error {
+	out, err := InNS(n, "ping", "-c", "1", "-W", "2", addr)
+	if err != nil {
+		return fmt.Errorf("ping %s: %v: %s", addr, err, out)
+	}
+	return nil
+}
+
+// Link connects netns a and b with a veth pair named ifA/ifB and gives
+// them the addresses cidrA/cidrB ("192.0.2.2/24"), both up. Deleting a
+// namespace removes the pair.
+func Link(t testing.TB, a ns.NetNS, ifA, cidrA string, b ns.NetNS, ifB, cidrB string) {
+	t.Helper()
+	err := a.Do(func(ns.NetNS) error {
+		la := netlink.NewLinkAttrs()
+		la.Name = ifA
+		// The peer gets a temporary name: ifB may equal ifA.
+		tmp := fmt.Sprintf("tmp%d", time.Now().UnixNano()%1e9)
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: la, PeerName: tmp}); err != nil {
+			return fmt.Errorf("creating veth %s: %w", ifA, err)
+		}
+		peer, err := netlink.LinkByName(tmp)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetNsFd(peer, int(b.Fd())); err != nil {
+			return err
+		}
+		if err := addrUp(ifA, cidrA); err != nil {
+			return err
+		}
+		return b.Do(func(ns.NetNS) error {
+			l, err := netlink.LinkByName(tmp)
+			if err == nil {
+				err = netlink.LinkSetName(l, ifB)
+			}
+			if err != nil {
+				return err
+			}
+			return addrUp(ifB, cidrB)
+		})
+	})
+	if err != nil {
+		t.Fatalf("linking namespaces: %v", err)
+	}
+}
+
+func addrUp(ifName, cidr string) error {
+	l, err := netlink.LinkByName(ifName)
+	if err != nil {
+		return err
+	}
+	if cidr != "" {
+		a, err := netlink.ParseAddr(cidr)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(l, a); err != nil {
+			return err
+		}
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetUp(lo)
+	}
+	return errors.Join(err, netlink.LinkSetUp(l))
+}

@@ -1,0 +1,94 @@
+package testenv
+
+import (
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+)
+
+// Snapshot describes what a leak would change in netns n: its links, its
+// iptables rules and chains, and the files under dirs (IPAM and state).
+// Compare a snapshot before and after a test's containers come and go.
+func Snapshot(t testing.TB, n ns.NetNS, dirs ...string) string {
+	t.Helper()
+	var b strings.Builder
+	err := n.Do(func(ns.NetNS) error {
+		links, err := netlink.LinkList()
+		if err != nil {
+			return err
+		}
+		for _, l := range links {
+			fmt.Fprintf(&b, "link %s\n", l.Attrs().Name)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("listing links: %v", err)
+	}
+	for _, table := range []string{"nat", "filter"} {
+		out, err := InNS(n, "iptables-save", "-t", table)
+		if err != nil {
+			t.Fatalf("iptables-save: %v: %s", err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "-A") || strings.HasPrefix(line, ":") {
+				fmt.Fprintf(&b, "%s %s\n", table, line)
+			}
+		}
+	}
+	var files []string
+	for _, d := range dirs {
+		filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
+			if err == nil && !e.IsDir() && !strings.HasSuffix(p, ".lock") && filepath.Base(p) != "lock" &&
+				!strings.HasPrefix(filepath.Base(p), "last_reserved_ip") && filepath.Base(p) != ".berth-index" {
+				files = append(files, p)
+			}
+			return nil
+		})
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		fmt.Fprintf(&b, "file %s\n", f)
+	}
+	return stripCounters(b.String())
+}
+
+// stripCounters removes the packet counters iptables-save prints on chains.
+func stripCounters(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if j := strings.Index(l, " ["); j > 0 && strings.Contains(l, " :") {
+			lines[i] = l[:j]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Diff lists the lines only in before (-) or only in after (+): what a
+// leak or an over-eager cleanup changed. Empty when they match.
+func Diff(before, after string) string {
+	count := map[string]int{}
+	for _, l := range strings.Split(before, "\n") {
+		count[l]--
+	}
+	for _, l := range strings.Split(after, "\n") {
+		count[l]++
+	}
+	var out []string
+	for l, c := range count {
+		switch {
+		case c < 0:
+			out = append(out, "- "+l)
+		case c > 0:
+			out = append(out, "+ "+l)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
+}

@@ -1,0 +1,314 @@
+// Package bridge is berth's bridge datapath: a Linux bridge per network,
+// a veth pair per container, addresses from IPAM, masquerade, port mapping
+// and isolation from other networks. berth-bridge uses it with addresses
+// from its ipam config; berth-vxlan and berth-hostgw with the node's
+// leased subnet.
+package bridge
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/firewall"
+)
+
+// Load parses a berth-bridge config: the shared fields and the ipam object.
+func Load(args *skel.CmdArgs) (*conf.Bridge, error) {
+	c, err := conf.ParseBridge(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ParseIPAMFor(args.StdinData, args.Args); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// call is one CNI operation on one attachment.
+type call struct {
+	args *skel.CmdArgs
+	c    *conf.Bridge
+	rec  *record
+	ipam addresser
+}
+
+func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
+	if err := conf.ValidIfName("CNI_IFNAME", args.IfName); err != nil {
+		return nil, fmt.Errorf("%w: %v", cnierr.ErrInvalidEnv, errors.Unwrap(err))
+	}
+	rec := &record{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Ports: c.Ports()}
+	rec.HostVeth = hostVethName(rec.key())
+	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
+}
+
+func (k *call) fwNetwork() firewall.Network {
+	return firewall.Network{Name: k.c.Name, Local: k.local(), Scope: k.c.Scope, Masq: k.c.Masq(), Isolated: k.c.Isolated()}
+}
+
+// local is this node's part of the network: the IPv4 subnet IPAM hands
+// out (for bridge mode the same as Scope).
+func (k *call) local() netip.Prefix {
+	for _, set := range k.c.IPAMConf.RangeSets {
+		if set[0].Subnet.Addr().Is4() {
+			return set[0].Subnet
+		}
+	}
+	return netip.Prefix{}
+}
+
+func (k *call) fwAttachment() *firewall.Attachment {
+	return &firewall.Attachment{Key: k.rec.key(), ContainerIP: k.rec.ContainerIP, Ports: firewallPorts(k.rec.Ports)}
+}
+
+// Add attaches the container to the network's bridge.
+func Add(args *skel.CmdArgs, c *conf.Bridge) error { return AddVia(args, c, bridgeLinks{}) }
+
+// AddVia attaches the container: allocate, claim host ports, then plug it
+// in with links while the firewall is set up. Whatever fails, everything
+// this call made is undone before it returns.
+func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
+	k, err := newCall(args, c)
+	if err != nil {
+		return err
+	}
+	netns, err := openNetns(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	if err := k.refuseDuplicate(netns); err != nil {
+		return err // before any undo is registered: the first ADD's work stays
+	}
+	// The record goes first: if this process is killed below, a DEL or GC
+	// finds it and removes what was made.
+	if err := saveRecord(c.StateDir, k.rec); err != nil {
+		return err
+	}
+	undo = append(undo, func() { removeRecord(c.StateDir, k.rec) })
+
+	res, err := k.ipam.add()
+	if err != nil {
+		return err
+	}
+	undo = append(undo, func() { k.ipam.del() })
+	if err := claimPorts(c.StateDir, k.rec); err != nil {
+		return err
+	}
+	undo = append(undo, func() { unclaimPorts(c.StateDir, k.rec) })
+
+	// The iptables commit and the veth setup both wait on the kernel;
+	// side by side they cost the longer of the two, not the sum.
+	fwDone := make(chan error, 1)
+	go func() { fwDone <- k.setupFirewall(res) }()
+	undo = append(undo, func() {
+		firewall.RemoveAttachment(c.StateDir, c.Name, k.rec.key(), len(k.rec.Ports) > 0,
+			func() bool { return networkEmpty(c.StateDir, c.Name, k.rec.key()) })
+	})
+	undo = append(undo, func() { delLink(k.rec.HostVeth) })
+	result, linkErr := links.Setup(k.linkRequest(netns, res))
+	if err := errors.Join(linkErr, <-fwDone); err != nil {
+		return err
+	}
+	flushUDPConntrack(k.rec.Ports)
+	return types.PrintResult(result, c.CNIVersion)
+}
+
+// refuseDuplicate fails a second ADD of a live attachment (the spec asks
+// runtimes to DEL first), and clears the remains of an ADD that was killed
+// midway so that this one starts clean.
+func (k *call) refuseDuplicate(netns ns.NetNS) error {
+	saved, err := loadRecord(recordPath(k.c.StateDir, k.rec))
+	if err != nil || saved == nil {
+		return err
+	}
+	exists := netns.Do(func(ns.NetNS) error {
+		_, err := netlinksafe.LinkByName(k.args.IfName)
+		return err
+	}) == nil
+	if exists {
+		return fmt.Errorf("%w: container %s already has %s on network %s; DEL it first",
+			cnierr.ErrLinkInUse, k.args.ContainerID, k.args.IfName, k.c.Name)
+	}
+	old := &call{args: k.args, c: k.c, rec: saved, ipam: k.ipam}
+	return old.teardown()
+}
+
+func openNetns(path string) (ns.NetNS, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: CNI_NETNS is empty; ADD needs the container's network namespace", cnierr.ErrInvalidEnv)
+	}
+	n, err := ns.GetNS(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: CNI_NETNS %q: %v", cnierr.ErrInvalidEnv, path, err)
+	}
+	return n, nil
+}
+
+func (k *call) linkRequest(netns ns.NetNS, res *current.Result) LinkRequest {
+	return LinkRequest{Conf: k.c, Netns: netns, IfName: k.args.IfName, HostVeth: k.rec.HostVeth, IPAM: res}
+}
+
+// setupFirewall records the container address and installs the rules.
+func (k *call) setupFirewall(res *current.Result) error {
+	for _, ipc := range res.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
+			k.rec.ContainerIP = a.Unmap()
+			break
+		}
+	}
+	if !k.rec.ContainerIP.IsValid() || !k.c.Scope.IsValid() {
+		return nil // IPv6-only: no IPv4 rules to install
+	}
+	if err := saveRecord(k.c.StateDir, k.rec); err != nil {
+		return err
+	}
+	return firewall.Ensure(k.c.StateDir, k.fwNetwork(), k.fwAttachment())
+}
+
+// Del detaches the container. It forgives what is already gone: the netns,
+// the veth, the addresses, the rules, or the whole attachment.
+func Del(args *skel.CmdArgs, c *conf.Bridge) error {
+	k, err := newCall(args, c)
+	if err != nil {
+		return err
+	}
+	if saved, err := loadRecord(recordPath(c.StateDir, k.rec)); err != nil {
+		return err
+	} else if saved != nil {
+		k.rec = saved // knows the ports of the ADD, which a DEL may not repeat
+	}
+	return k.teardown()
+}
+
+// teardown removes everything of k's attachment; shared by DEL and GC.
+// The record goes last, so that a DEL killed midway can be repeated.
+func (k *call) teardown() error {
+	c := k.c
+	if err := k.ipam.del(); err != nil {
+		return err
+	}
+	// Deleting a veth waits for an RCU grace period, and so does the
+	// nf_tables commit: done side by side they cost one wait, not two.
+	var linkErr, fwErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		// Deleting the host end removes the pair, wherever the other end is.
+		linkErr = delLink(k.rec.HostVeth)
+	}()
+	key := k.rec.key()
+	fwErr = firewall.RemoveAttachment(c.StateDir, c.Name, key, len(k.rec.Ports) > 0,
+		func() bool { return networkEmpty(c.StateDir, c.Name, key) })
+	wg.Wait()
+	if err := errors.Join(linkErr, fwErr); err != nil {
+		return err
+	}
+	unclaimPorts(c.StateDir, k.rec)
+	return removeRecord(c.StateDir, k.rec)
+}
+
+// Check verifies a bridge attachment.
+func Check(args *skel.CmdArgs, c *conf.Bridge) error { return CheckVia(args, c, bridgeLinks{}) }
+
+// CheckVia verifies that what ADD made is still there: the links (as links
+// checks them), the IPAM reservation and the iptables rules.
+func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
+	k, err := newCall(args, c)
+	if err != nil {
+		return err
+	}
+	if c.RawPrevResult == nil {
+		return fmt.Errorf("%w: CHECK needs prevResult", cnierr.ErrInvalidConfig)
+	}
+	if err := version.ParsePrevResult(&c.NetConf); err != nil {
+		return fmt.Errorf("%w: prevResult: %v", cnierr.ErrDecode, err)
+	}
+	prev, err := current.NewResultFromResult(c.PrevResult)
+	if err != nil {
+		return fmt.Errorf("%w: prevResult: %v", cnierr.ErrDecode, err)
+	}
+	saved, err := loadRecord(recordPath(c.StateDir, k.rec))
+	if err != nil {
+		return err
+	}
+	if saved == nil {
+		return fmt.Errorf("%w: no attachment of container %s (%s) on network %s", cnierr.ErrCheckFailed, args.ContainerID, args.IfName, c.Name)
+	}
+	k.rec = saved
+	netns, err := openNetns(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer netns.Close()
+	if err := links.Check(k.linkRequest(netns, nil), prev); err != nil {
+		return err
+	}
+	if err := k.ipam.check(); err != nil {
+		return err
+	}
+	if !k.rec.ContainerIP.IsValid() || !c.Scope.IsValid() {
+		return nil
+	}
+	return firewall.Check(k.fwNetwork(), k.fwAttachment())
+}
+
+// GC removes every attachment of the network that the runtime no longer
+// lists: its veth, port mappings, rules and addresses.
+func GC(args *skel.CmdArgs, c *conf.Bridge) error {
+	var gcConf types.NetConf
+	if err := json.Unmarshal(args.StdinData, &gcConf); err != nil {
+		return fmt.Errorf("%w: %v", cnierr.ErrDecode, err)
+	}
+	valid := map[[2]string]bool{}
+	for _, a := range gcConf.ValidAttachments {
+		valid[[2]string{a.ContainerID, a.IfName}] = true
+	}
+	recs, err := records(c.StateDir, c.Name)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		if valid[[2]string{r.ContainerID, r.IfName}] {
+			continue
+		}
+		a := *args
+		a.ContainerID, a.IfName = r.ContainerID, r.IfName
+		k := &call{args: &a, c: c, rec: r, ipam: newAddresser(&a, c)}
+		errs = append(errs, k.teardown())
+	}
+	// Addresses whose attachment left no record (or was never berth's).
+	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments))
+	return errors.Join(errs...)
+}
+
+// Status reports whether the network can take new containers.
+func Status(args *skel.CmdArgs, c *conf.Bridge) error {
+	return newAddresser(args, c).status()
+}
+
+// Op is one CNI operation of the datapath, for the plugin mains.
+type Op func(*skel.CmdArgs, *conf.Bridge) error

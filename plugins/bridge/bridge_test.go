@@ -1,0 +1,394 @@
+package bridge_test
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// node is a network namespace standing in for a machine, linked to an
+// "outside" namespace 192.0.2.1 that plays the rest of the world.
+type node struct {
+	ns, outside ns.NetNS
+	stateDir    string
+	dataDir     string
+}
+
+const nodeIP, outsideIP = "192.0.2.2", "192.0.2.1"
+
+func newNode(t *testing.T) *node {
+	t.Helper()
+	testenv.BinDir(t, "berth-bridge", "berth-ipam")
+	n := &node{ns: testenv.NewNS(t), outside: testenv.NewNS(t), stateDir: t.TempDir(), dataDir: t.TempDir()}
+	testenv.Link(t, n.ns, "eth0", nodeIP+"/24", n.outside, "eth0", outsideIP+"/24")
+	return n
+}
+
+// conflist is a berth-bridge network; extra is spliced into the plugin.
+func (n *node) conflist(name, bridge, subnet, extra string) string {
+	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"berth-bridge","bridge":%q,
+		"isDefaultGateway":true,"stateDir":%q,%s
+		"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]},
+		"capabilities":{"portMappings":true,"ips":true,"mac":true}}]}`,
+		name, bridge, n.stateDir, extra, n.dataDir, subnet)
+}
+
+// conflistPlugin is the same network as one plugin config, for direct exec.
+func (n *node) conflistPlugin(name, bridge, subnet string) string {
+	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"type":"berth-bridge","bridge":%q,"stateDir":%q,
+		"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]}}`, name, bridge, n.stateDir, n.dataDir, subnet)
+}
+
+func (n *node) snapshot(t *testing.T) string { return testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir) }
+
+func container(t *testing.T, id string, ports ...map[string]any) *testenv.Attachment {
+	a := &testenv.Attachment{ID: id, Netns: testenv.NewNS(t)}
+	if len(ports) > 0 {
+		a.Caps = map[string]any{"portMappings": ports}
+	}
+	return a
+}
+
+func port(host, cont int, proto string) map[string]any {
+	return map[string]any{"hostPort": host, "containerPort": cont, "protocol": proto}
+}
+
+func ipOf(t *testing.T, res *current.Result) string {
+	t.Helper()
+	if len(res.IPs) == 0 {
+		t.Fatalf("result has no IP: %+v", res)
+	}
+	return res.IPs[0].Address.IP.String()
+}
+
+func TestBridgeEndToEnd(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("e2e", "berth0", "10.10.0.0/24", ""))
+	before := n.snapshot(t)
+
+	c1 := container(t, "c1", port(8080, 80, "tcp"))
+	c2 := container(t, "c2")
+	r1, err := rt.Add(c1)
+	if err != nil {
+		t.Fatalf("ADD c1: %v", err)
+	}
+	r2, err := rt.Add(c2)
+	if err != nil {
+		t.Fatalf("ADD c2: %v", err)
+	}
+	ip1, ip2 := ipOf(t, r1), ipOf(t, r2)
+	if len(r1.Interfaces) != 3 || r1.Interfaces[2].Sandbox != c1.Netns.Path() {
+		t.Errorf("interfaces = %+v", r1.Interfaces)
+	}
+	testenv.Serve(t, c1.Netns, "0.0.0.0:80")
+	testenv.Serve(t, n.outside, outsideIP+":9000")
+
+	t.Run("containers reach each other and the gateway", func(t *testing.T) {
+		for _, c := range []struct {
+			from ns.NetNS
+			to   string
+		}{{c1.Netns, ip2}, {c2.Netns, ip1}, {c1.Netns, "10.10.0.1"}} {
+			if err := testenv.Ping(c.from, c.to); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	t.Run("outbound traffic leaves masqueraded with the node address", func(t *testing.T) {
+		src, err := testenv.Dial(c2.Netns, outsideIP+":9000")
+		if err != nil || src != nodeIP {
+			t.Errorf("outside saw %q, %v; want %s", src, err, nodeIP)
+		}
+	})
+	t.Run("published port answers on the node address", func(t *testing.T) {
+		src, err := testenv.Dial(n.outside, nodeIP+":8080")
+		if err != nil || src != outsideIP {
+			t.Errorf("container saw %q, %v; want the client %s unchanged", src, err, outsideIP)
+		}
+	})
+	t.Run("published port answers on localhost", func(t *testing.T) {
+		if _, err := testenv.Dial(n.ns, "127.0.0.1:8080"); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("hairpin: a container reaches its own published port", func(t *testing.T) {
+		if _, err := testenv.Dial(c1.Netns, nodeIP+":8080"); err != nil {
+			t.Error(err)
+		}
+		if _, err := testenv.Dial(c2.Netns, nodeIP+":8080"); err != nil {
+			t.Errorf("neighbour via published port: %v", err)
+		}
+	})
+	t.Run("CHECK passes on an intact attachment", func(t *testing.T) {
+		if err := rt.Check(c1); err != nil {
+			t.Error(err)
+		}
+	})
+	t.Run("a second ADD is refused and keeps the first", func(t *testing.T) {
+		_, err := rt.Add(c2)
+		var ce *types.Error
+		if !errors.As(err, &ce) || ce.Code != 103 {
+			t.Errorf("second ADD: %v, want code 103", err)
+		}
+		if err := rt.Check(c2); err != nil {
+			t.Errorf("first ADD damaged: %v", err)
+		}
+	})
+	t.Run("DEL leaves nothing behind and is idempotent", func(t *testing.T) {
+		for _, c := range []*testenv.Attachment{c1, c2, c1} {
+			if err := rt.Del(c); err != nil {
+				t.Fatalf("DEL %s: %v", c.ID, err)
+			}
+		}
+		after := n.snapshot(t)
+		// The bridge stays, as with the reference plugin and docker0.
+		after = strings.Replace(after, "link berth0\n", "", 1)
+		if after != before {
+			t.Errorf("leftovers:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
+}
+
+func TestDelAfterNetnsGone(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("gone", "berth0", "10.11.0.0/24", ""))
+	before := n.snapshot(t)
+	c := container(t, "c1", port(8081, 80, "udp"))
+	if _, err := rt.Add(c); err != nil {
+		t.Fatal(err)
+	}
+	c.Netns.Close()
+	if err := rt.Del(c); err != nil {
+		t.Fatalf("DEL with the netns gone: %v", err)
+	}
+	if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
+		t.Errorf("leftovers:\n%s\nvs\n%s", after, before)
+	}
+}
+
+func TestIsolationBetweenNetworks(t *testing.T) {
+	n := newNode(t)
+	a := testenv.NewRuntime(t, n.ns, n.conflist("net-a", "berth-a", "10.20.0.0/24", ""))
+	b := testenv.NewRuntime(t, n.ns, n.conflist("net-b", "berth-b", "10.21.0.0/24", ""))
+	open := testenv.NewRuntime(t, n.ns, n.conflist("net-c", "berth-c", "10.22.0.0/24", `"isolation":false,`))
+	ca, cb, cc := container(t, "a1"), container(t, "b1"), container(t, "c1")
+	ra, err := a.Add(ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := b.Add(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open.Add(cc); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Serve(t, cb.Netns, "0.0.0.0:80")
+	testenv.Serve(t, ca.Netns, "0.0.0.0:80")
+	if _, err := testenv.Dial(ca.Netns, ipOf(t, rb)+":80"); err == nil {
+		t.Error("container on net-a reached net-b")
+	}
+	if _, err := testenv.Dial(cb.Netns, ipOf(t, ra)+":80"); err == nil {
+		t.Error("container on net-b reached net-a")
+	}
+	if _, err := testenv.Dial(cc.Netns, ipOf(t, ra)+":80"); err == nil {
+		t.Error("a non-isolated network reached an isolated one")
+	}
+	testenv.Serve(t, n.outside, outsideIP+":9000")
+	if _, err := testenv.Dial(ca.Netns, outsideIP+":9000"); err != nil {
+		t.Errorf("isolated network cannot reach the outside: %v", err)
+	}
+	for _, c := range []struct {
+		rt *testenv.Runtime
+		a  *testenv.Attachment
+	}{{a, ca}, {b, cb}, {open, cc}} {
+		if err := c.rt.Del(c.a); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestCheckDetectsTampering(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("chk", "berth0", "10.30.0.0/24", ""))
+	tests := []struct {
+		name   string
+		tamper func(t *testing.T, c *testenv.Attachment, res *current.Result)
+	}{
+		{"address removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, c.Netns, "ip", "addr", "del", res.IPs[0].Address.String(), "dev", "eth0")
+		}},
+		{"route removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, c.Netns, "ip", "route", "del", "default")
+		}},
+		{"host veth removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, n.ns, "ip", "link", "del", res.Interfaces[1].Name)
+		}},
+		{"masquerade rule removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			out, _ := testenv.InNS(n.ns, "iptables-save", "-t", "nat")
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "-j MASQUERADE") && strings.HasPrefix(l, "-A BERTH-NAT-") && !strings.Contains(l, "ctstate") {
+					mustRun(t, n.ns, "sh", "-c", "iptables -t nat "+strings.Replace(l, "-A ", "-D ", 1))
+					return
+				}
+			}
+			t.Fatal("no masquerade rule found")
+		}},
+		{"port mapping removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			out, _ := testenv.InNS(n.ns, "iptables-save", "-t", "nat")
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.HasPrefix(l, "-A BERTH-DN-") {
+					mustRun(t, n.ns, "sh", "-c", "iptables -t nat "+strings.Replace(l, "-A ", "-D ", 1))
+					return
+				}
+			}
+			t.Fatal("no DNAT rule found")
+		}},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := container(t, fmt.Sprintf("chk%d", i), port(9100+i, 80, "tcp"))
+			res, err := rt.Add(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rt.Del(c)
+			if err := rt.Check(c); err != nil {
+				t.Fatalf("CHECK before tampering: %v", err)
+			}
+			tt.tamper(t, c, res)
+			err = rt.Check(c)
+			var ce *types.Error
+			if !errors.As(err, &ce) || ce.Code != 104 {
+				t.Errorf("CHECK after %s: %v, want code 104", tt.name, err)
+			}
+		})
+	}
+}
+
+func mustRun(t *testing.T, n ns.NetNS, name string, args ...string) {
+	t.Helper()
+	if out, err := testenv.InNS(n, name, args...); err != nil {
+		t.Fatalf("%s %v: %v: %s", name, args, err, out)
+	}
+}
+
+func TestGCRemovesStaleAttachments(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("gc", "berth0", "10.40.0.0/24", ""))
+	keep := container(t, "keep", port(7001, 80, "tcp"))
+	if _, err := rt.Add(keep); err != nil {
+		t.Fatal(err)
+	}
+	before := n.snapshot(t)
+	stale := container(t, "stale", port(7002, 80, "tcp"))
+	if _, err := rt.Add(stale); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.GC(keep); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("GC left the stale attachment:\n%s\nvs\n%s", after, before)
+	}
+	if err := rt.Check(keep); err != nil {
+		t.Errorf("GC damaged a valid attachment: %v", err)
+	}
+	// The freed host port can be published again.
+	again := container(t, "again", port(7002, 80, "tcp"))
+	if _, err := rt.Add(again); err != nil {
+		t.Errorf("port freed by GC: %v", err)
+	}
+	rt.Del(again)
+	rt.Del(keep)
+}
+
+func TestParallelChurnNoDuplicatesNoLeaks(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("churn", "berth0", "10.50.0.0/24", ""))
+	warm := container(t, "warm")
+	if _, err := rt.Add(warm); err != nil {
+		t.Fatal(err)
+	}
+	before := n.snapshot(t)
+	const workers, perWorker = 8, 25 // 200 ADD/DEL pairs
+	var mu sync.Mutex
+	live := map[string]string{}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < perWorker; i++ {
+				c := &testenv.Attachment{ID: fmt.Sprintf("w%d-%d", w, i), Netns: testenv.NewNS(t),
+					Caps: map[string]any{"portMappings": []map[string]any{port(20000+w*100+i, 80, "tcp")}}}
+				res, err := rt.Add(c)
+				if err != nil {
+					t.Errorf("ADD %s: %v", c.ID, err)
+					return
+				}
+				ip := ipOf(t, res)
+				mu.Lock()
+				if other, dup := live[ip]; dup {
+					t.Errorf("%s given to %s while %s holds it", ip, c.ID, other)
+				}
+				live[ip] = c.ID
+				mu.Unlock()
+				if err := rt.Del(c); err != nil {
+					t.Errorf("DEL %s: %v", c.ID, err)
+				}
+				mu.Lock()
+				delete(live, ip)
+				mu.Unlock()
+				c.Netns.Close()
+			}
+		}(w)
+	}
+	wg.Wait()
+	if after := n.snapshot(t); after != before {
+		t.Errorf("leak after churn:\n%s\nvs\n%s", after, before)
+	}
+	rt.Del(warm)
+}
+
+func TestHostPortConflict(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("ports", "berth0", "10.60.0.0/24", ""))
+	first := container(t, "first", port(8080, 80, "tcp"))
+	if _, err := rt.Add(first); err != nil {
+		t.Fatal(err)
+	}
+	before := n.snapshot(t)
+	second := container(t, "second", port(8080, 81, "tcp"))
+	_, err := rt.Add(second)
+	var ce *types.Error
+	if !errors.As(err, &ce) || ce.Code != 102 {
+		t.Fatalf("second publish of 8080: %v, want code 102", err)
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("failed ADD left:\n%s\nvs\n%s", after, before)
+	}
+	// Another protocol on the same number is fine.
+	udp := container(t, "udp", port(8080, 80, "udp"))
+	if _, err := rt.Add(udp); err != nil {
+		t.Errorf("udp/8080 beside tcp/8080: %v", err)
+	}
+	// A process listening on the node's port blocks publishing it.
+	var l net.Listener
+	n.ns.Do(func(ns.NetNS) error { l, err = net.Listen("tcp4", "0.0.0.0:8090"); return err })
+	defer l.Close()
+	busy := container(t, "busy", port(8090, 80, "tcp"))
+	if _, err := rt.Add(busy); !errors.As(err, &ce) || ce.Code != 102 {
+		t.Errorf("port with a listener: %v, want code 102", err)
+	}
+	rt.Del(udp)
+	rt.Del(first)
+}

@@ -1,0 +1,113 @@
+package bridge_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// exec runs the plugin binary as a runtime would, inside the node.
+func execPlugin(t *testing.T, n *node, env map[string]string, stdin string) (map[string]any, error) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(testenv.BinDir(t, "berth-bridge"), "berth-bridge"))
+	cmd.Env = []string{"CNI_PATH=" + testenv.BinDir(t)}
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.Stdin = strings.NewReader(stdin)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	var err error
+	n.ns.Do(func(ns.NetNS) error { err = cmd.Run(); return nil })
+	var res map[string]any
+	json.Unmarshal(out.Bytes(), &res)
+	return res, err
+}
+
+func TestBadInputGivesErrorAndLeavesNothing(t *testing.T) {
+	n := newNode(t)
+	cont := testenv.NewNS(t)
+	good := func(mutate func(m map[string]any)) string {
+		m := map[string]any{}
+		json.Unmarshal([]byte(n.conflistPlugin("bad", "berth0", "10.70.0.0/24")), &m)
+		mutate(m)
+		b, _ := json.Marshal(m)
+		return string(b)
+	}
+	env := func(over map[string]string) map[string]string {
+		e := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad1", "CNI_NETNS": cont.Path(), "CNI_IFNAME": "eth0"}
+		for k, v := range over {
+			if v == "" {
+				delete(e, k)
+			} else {
+				e[k] = v
+			}
+		}
+		return e
+	}
+	notNS := filepath.Join(t.TempDir(), "plain-file")
+	os.WriteFile(notNS, nil, 0o644)
+	// A container that already has eth0 (a previous attachment).
+	busy := testenv.NewNS(t)
+	testenv.Link(t, busy, "eth0", "", testenv.NewNS(t), "x", "")
+
+	tests := []struct {
+		name  string
+		env   map[string]string
+		stdin string
+		code  float64
+		field string
+	}{
+		{"malformed JSON", env(nil), `{"cniVersion":"1.1.0",`, 6, "JSON"},
+		{"wrong cniVersion", env(nil), good(func(m map[string]any) { m["cniVersion"] = "0.2.0" }), 1, "0.2.0"},
+		{"bad CIDR", env(nil), good(func(m map[string]any) {
+			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "10.0.0.0/40"}}}
+		}), 7, "subnet"},
+		{"overlapping ranges", env(nil), good(func(m map[string]any) {
+			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "10.1.0.0/24"}}, {{"subnet": "10.1.0.0/16"}}}
+		}), 7, "overlaps"},
+		{"MTU out of range", env(nil), good(func(m map[string]any) { m["mtu"] = 99999 }), 7, "mtu"},
+		{"invalid port", env(nil), good(func(m map[string]any) {
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 70000, "containerPort": 80, "protocol": "tcp"}}}
+		}), 7, "hostPort"},
+		{"invalid protocol", env(nil), good(func(m map[string]any) {
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "protocol": "gre"}}}
+		}), 7, "protocol"},
+		{"unknown ipam type", env(nil), good(func(m map[string]any) { m["ipam"].(map[string]any)["type"] = "no-such-ipam" }), 0, "no-such-ipam"},
+		{"missing netns", env(map[string]string{"CNI_NETNS": "/proc/nonexistent/ns/net"}), good(func(map[string]any) {}), 4, "CNI_NETNS"},
+		{"netns not a namespace", env(map[string]string{"CNI_NETNS": notNS}), good(func(map[string]any) {}), 4, "CNI_NETNS"},
+		{"ifName too long", env(map[string]string{"CNI_IFNAME": "averyveryverylongname"}), good(func(map[string]any) {}), 4, "interface name"},
+		{"ifName odd characters", env(map[string]string{"CNI_IFNAME": "eth/0"}), good(func(map[string]any) {}), 4, "interface name"},
+		{"ifName in use", env(map[string]string{"CNI_NETNS": busy.Path()}), good(func(map[string]any) {}), 103, "eth0"},
+		{"missing container id", env(map[string]string{"CNI_CONTAINERID": ""}), good(func(map[string]any) {}), 4, "CNI_CONTAINERID"},
+	}
+	before := n.snapshot(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := execPlugin(t, n, tt.env, tt.stdin)
+			if err == nil {
+				t.Fatalf("ADD succeeded: %v", res)
+			}
+			code, _ := res["code"].(float64)
+			text, _ := res["details"].(string)
+			text += " " + res["msg"].(string)
+			if tt.code != 0 && code != tt.code {
+				t.Errorf("code = %v, want %v (%v)", code, tt.code, res)
+			}
+			if !strings.Contains(text, tt.field) {
+				t.Errorf("message %q does not name %q", text, tt.field)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
+				t.Errorf("failed ADD left:\n%s\nvs\n%s", after, before)
+			}
+		})
+	}
+}

@@ -1,0 +1,82 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	cniipam "github.com/containernetworking/plugins/pkg/ipam"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/ipam"
+)
+
+// addresser is where an attachment's addresses come from: berth-ipam
+// linked in (no exec), or any other IPAM plugin exec'd the CNI way.
+type addresser interface {
+	add() (*current.Result, error)
+	del() error
+	check() error
+	gc(valid []types.GCAttachment) error
+	status() error
+}
+
+func newAddresser(args *skel.CmdArgs, c *conf.Bridge) addresser {
+	if c.IPAMConf.Type == conf.IPAMType {
+		return &inProcess{req: &ipam.Request{Network: c.Name, Conf: c.IPAMConf,
+			Attachment: ipam.Attachment{ContainerID: args.ContainerID, IfName: args.IfName}}}
+	}
+	return &delegated{plugin: c.IPAMConf.Type, stdin: args.StdinData}
+}
+
+type inProcess struct{ req *ipam.Request }
+
+func (p *inProcess) add() (*current.Result, error) { return ipam.Add(p.req) }
+func (p *inProcess) del() error                    { return ipam.Del(p.req) }
+func (p *inProcess) check() error                  { return ipam.Check(p.req) }
+func (p *inProcess) status() error                 { return ipam.Status(p.req) }
+func (p *inProcess) gc(valid []types.GCAttachment) error {
+	return ipam.GC(p.req, valid)
+}
+
+type delegated struct {
+	plugin string
+	stdin  []byte
+}
+
+func (d *delegated) add() (*current.Result, error) {
+	r, err := cniipam.ExecAdd(d.plugin, d.stdin)
+	if err != nil {
+		return nil, fmt.Errorf("ipam plugin %s: %w", d.plugin, err)
+	}
+	res, err := current.NewResultFromResult(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: result of ipam plugin %s: %v", cnierr.ErrDecode, d.plugin, err)
+	}
+	if len(res.IPs) == 0 {
+		return nil, fmt.Errorf("%w: ipam plugin %s returned no address", cnierr.ErrInvalidConfig, d.plugin)
+	}
+	return res, nil
+}
+
+func (d *delegated) del() error   { return wrap(d.plugin, cniipam.ExecDel(d.plugin, d.stdin)) }
+func (d *delegated) check() error { return wrap(d.plugin, cniipam.ExecCheck(d.plugin, d.stdin)) }
+func (d *delegated) status() error {
+	return wrap(d.plugin, cniipam.ExecStatus(d.plugin, d.stdin))
+}
+
+// gc passes the GC call (with its valid attachments, already in stdin) on.
+func (d *delegated) gc([]types.GCAttachment) error {
+	return wrap(d.plugin, invoke.DelegateGC(context.TODO(), d.plugin, d.stdin, nil))
+}
+
+func wrap(plugin string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("ipam plugin %s: %w", plugin, err)
+}

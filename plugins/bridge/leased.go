@@ -1,0 +1,112 @@
+package bridge
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/skel"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/lease"
+)
+
+// LoadLeased builds the config of berth-vxlan and berth-hostgw: the
+// bridge fields from stdin, the addressing from the node lease netd wrote.
+// When the lease is missing or stale, ADD and CHECK get error 11 naming
+// netd and STATUS gets 50; DEL and GC work without it, because a runtime
+// must be able to clean up while netd is down.
+func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, error) {
+	c, err := conf.ParseBridge(args.StdinData)
+	if err != nil {
+		return nil, err
+	}
+	var raw struct {
+		IPAM struct {
+			DataDir string `json:"dataDir"`
+		} `json:"ipam"`
+	}
+	json.Unmarshal(args.StdinData, &raw)
+	c.IPAMConf = &conf.IPAM{Type: conf.IPAMType, DataDir: raw.IPAM.DataDir}
+	if c.IPAMConf.DataDir == "" {
+		c.IPAMConf.DataDir = conf.DefaultIPAMDataDir
+	}
+	if c.LeaseDir == "" {
+		c.LeaseDir = lease.DefaultDir
+	}
+	node, err := lease.Read(lease.Path(c.LeaseDir, c.Name), time.Now())
+	if err != nil {
+		if !needLease {
+			return c, nil
+		}
+		return nil, fmt.Errorf("%w: network %s: %w", cnierr.ErrTryAgainLater, c.Name, err)
+	}
+	if node.Mode != mode {
+		return nil, fmt.Errorf("%w: network %s runs in %s mode (lease %s) but this is the %s plugin; use \"type\": \"berth-%s\"",
+			cnierr.ErrInvalidConfig, c.Name, node.Mode, lease.Path(c.LeaseDir, c.Name), mode, node.Mode)
+	}
+	gw := node.Gateway()
+	c.IPAMConf.RangeSets = [][]conf.Range{{{
+		Subnet:  node.Subnet.Masked(),
+		Start:   gw.Next(),
+		End:     conf.LastAddr(node.Subnet).Prev(), // not the broadcast address
+		Gateway: gw,
+	}}}
+	if err := c.IPAMConf.SetRequested(args.StdinData, args.Args); err != nil {
+		return nil, err
+	}
+	c.Scope = node.NetworkCIDR.Masked()
+	c.MTU = node.MTU
+	c.IPMasq = &node.IPMasq
+	c.IsDefaultGateway = true
+	return c, nil
+}
+
+// LeasedFuncs are the CNI operations of a plugin whose addressing comes
+// from the node lease of mode.
+func LeasedFuncs(mode string) skel.CNIFuncs {
+	run := func(op Op, needLease bool) func(*skel.CmdArgs) error {
+		return func(args *skel.CmdArgs) error {
+			c, err := LoadLeased(args, mode, needLease)
+			if err != nil {
+				return err
+			}
+			return op(args, c)
+		}
+	}
+	return skel.CNIFuncs{
+		Add:   run(Add, true),
+		Del:   run(Del, false),
+		Check: run(Check, true),
+		GC:    run(GC, false),
+		Status: func(args *skel.CmdArgs) error {
+			c, err := LoadLeased(args, mode, true)
+			if errors.Is(err, cnierr.ErrTryAgainLater) {
+				return fmt.Errorf("%w: %w", cnierr.ErrUnavailable, err)
+			}
+			if err != nil {
+				return err
+			}
+			return Status(args, c)
+		},
+	}
+}
+
+// LeasedHelp is the configuration reference of berth-vxlan and berth-hostgw.
+const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf dir for you):
+
+  {"type": "berth-MODE",
+   "leaseDir": "/run/berth",    where netd writes the node lease <leaseDir>/<network name>.json
+   "bridge": "berth0",          bridge name on the node
+   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "isolation": true,           no traffic to or from other berth networks on this node
+   "hairpinMode": true,
+   "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
+   "capabilities": {"portMappings": true, "ips": true, "mac": true}}
+
+The node's subnet, gateway (its first address), MTU and masquerade policy come
+from the lease; addresses are allocated in-process by berth-ipam. Without a
+lease (netd not running or not connected) ADD fails with error 11 and STATUS
+with 50; DEL and GC still clean up.`

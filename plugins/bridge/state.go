@@ -1,0 +1,139 @@
+package bridge
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
+)
+
+// record is what berth remembers of one attachment, written before ADD
+// changes anything so that DEL and GC can undo an ADD that was killed
+// midway, and so that DEL works when the netns is already gone.
+type record struct {
+	Network     string             `json:"network"`
+	ContainerID string             `json:"containerID"`
+	IfName      string             `json:"ifName"`
+	Netns       string             `json:"netns"`
+	HostVeth    string             `json:"hostVeth"`
+	ContainerIP netip.Addr         `json:"containerIP,omitzero"`
+	Ports       []conf.PortMapping `json:"ports,omitempty"`
+}
+
+// key identifies the attachment in chain, veth and file names.
+func (r *record) key() string { return attachmentKey(r.Network, r.ContainerID, r.IfName) }
+
+func attachmentKey(network, containerID, ifName string) string {
+	h := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifName))
+	return hex.EncodeToString(h[:])
+}
+
+// hostVethName is deterministic so that DEL finds the link without state.
+func hostVethName(key string) string { return "bv" + key[:11] }
+
+func networkDir(stateDir, network string) string {
+	return filepath.Join(stateDir, "networks", network)
+}
+
+func recordPath(stateDir string, r *record) string {
+	return filepath.Join(networkDir(stateDir, r.Network), r.key()[:24]+".json")
+}
+
+func saveRecord(stateDir string, r *record) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	// A fixed temp name, so that a DEL after a kill mid-write removes it.
+	path := recordPath(stateDir, r)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("%w: creating state dir: %v", cnierr.ErrIO, err)
+	}
+	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+	}
+	return nil
+}
+
+func loadRecord(path string) (*record, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: reading attachment state: %v", cnierr.ErrIO, err)
+	}
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, nil // torn by a crash before rename cannot happen; foreign junk is ignored
+	}
+	return &r, nil
+}
+
+func removeRecord(stateDir string, r *record) error {
+	os.Remove(recordPath(stateDir, r) + ".tmp")
+	if err := os.Remove(recordPath(stateDir, r)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: removing attachment state: %v", cnierr.ErrIO, err)
+	}
+	return nil
+}
+
+// networkEmpty reports whether no attachment of network is left but the
+// one with key except. It reads at most a few directory entries, whatever
+// the number of containers.
+func networkEmpty(stateDir, network, except string) bool {
+	d, err := os.Open(networkDir(stateDir, network))
+	if err != nil {
+		return true
+	}
+	defer d.Close()
+	mine := except[:24] + ".json"
+	for {
+		names, err := d.Readdirnames(1)
+		if errors.Is(err, io.EOF) || len(names) == 0 {
+			return true
+		}
+		if filepath.Ext(names[0]) == ".json" && names[0] != mine {
+			return false
+		}
+	}
+}
+
+// records lists the attachments of network (GC only), and removes temp
+// files that writers killed long ago left.
+func records(stateDir, network string) ([]*record, error) {
+	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
+	for _, p := range temps {
+		if info, err := os.Stat(p); err == nil && time.Since(info.ModTime()) > time.Minute {
+			os.Remove(p)
+		}
+	}
+	paths, err := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	var out []*record
+	for _, p := range paths {
+		r, err := loadRecord(p)
+		if err != nil {
+			return nil, err
+		}
+		if r != nil {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
