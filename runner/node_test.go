@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -30,17 +29,20 @@ import (
 // rules there, never in the machine's namespace), with its own CNI conf
 // dir, IPAM data dir, state dir and cgroup parent.
 type node struct {
-	t            *testing.T
-	ns           ns.NetNS
-	bin          string
-	dir          string
-	stateDir     string
-	confDir      string
-	dataDir      string
-	cgroupParent string
-	network      string
-	bridge       string // the bridge link the conflist names
-	gateway      string // the bridge's address: the node's side of the network
+	t        *testing.T
+	ns       ns.NetNS
+	bin      string
+	binDirs  string // --cni-bin-dir
+	dir      string
+	stateDir string
+	confDir  string
+	dataDir  string
+	// pluginStateDir is for plugins that keep state (berth-bridge).
+	pluginStateDir string
+	cgroupParent   string
+	network        string
+	bridge         string // the bridge link the conflist names
+	gateway        string // the bridge's address: the node's side of the network
 }
 
 // conflist writes the network configuration for n into n.confDir.
@@ -60,23 +62,37 @@ func referenceBridge(n *node, bridge string) string {
 }`, n.network, bridge, n.dataDir)
 }
 
+// berthBridge is berth's own bridge plugin with berth-ipam linked in.
+func berthBridge(n *node, bridge string) string {
+	return fmt.Sprintf(`{
+  "cniVersion": "1.1.0",
+  "name": %q,
+  "plugins": [
+    {"type": "berth-bridge", "bridge": %q, "isDefaultGateway": true, "ipMasq": true, "stateDir": %q,
+     "ipam": {"type": "berth-ipam", "ranges": [[{"subnet": "10.99.0.0/24", "gateway": "10.99.0.1"}]], "dataDir": %q},
+     "capabilities": {"portMappings": true}}
+  ]
+}`, n.network, bridge, n.pluginStateDir, n.dataDir)
+}
+
 func newNode(t *testing.T, conf conflist) *node {
 	t.Helper()
 	testenv.RequireRoot(t)
-	testenv.ReferenceCNIDir(t, "bridge", "host-local", "portmap")
 	dir := t.TempDir()
 	suffix := randHex(3)
 	n := &node{
-		t:            t,
-		bin:          filepath.Join(testenv.BinDir(t, "runner"), "runner"),
-		dir:          dir,
-		stateDir:     filepath.Join(dir, "state"),
-		confDir:      filepath.Join(dir, "conf"),
-		dataDir:      filepath.Join(dir, "ipam"),
-		cgroupParent: "/berth-test-" + suffix,
-		network:      "testnet",
-		bridge:       "rt" + suffix,
-		gateway:      "10.99.0.1",
+		t:              t,
+		bin:            filepath.Join(testenv.BinDir(t, "runner"), "runner"),
+		binDirs:        testenv.BinDir(t) + ":" + testenv.ReferenceCNIDir(t, "bridge", "host-local", "portmap"),
+		dir:            dir,
+		stateDir:       filepath.Join(dir, "state"),
+		confDir:        filepath.Join(dir, "conf"),
+		dataDir:        filepath.Join(dir, "ipam"),
+		pluginStateDir: filepath.Join(dir, "plugin-state"),
+		cgroupParent:   "/berth-test-" + suffix,
+		network:        "testnet",
+		bridge:         "rt" + suffix,
+		gateway:        "10.99.0.1",
 	}
 	if err := os.MkdirAll(n.confDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -133,7 +149,7 @@ func (n *node) runnerIn(netns ns.NetNS, stdin []byte, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	full := append([]string{"--state-dir", n.stateDir, "--cni-conf-dir", n.confDir,
-		"--cni-bin-dir", "/usr/lib/cni", "--cgroup-parent", n.cgroupParent}, args...)
+		"--cni-bin-dir", n.binDirs, "--cgroup-parent", n.cgroupParent}, args...)
 	var stdout, stderr bytes.Buffer
 	var res result
 	err := netns.Do(func(ns.NetNS) error {
@@ -188,61 +204,35 @@ func (n *node) inNode(name string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// snapshot is everything a container may leave behind on its node.
-type snapshot struct {
-	Links, Rules, IPAM, Mounts, Cgroups, State []string
-}
-
-func (n *node) snapshot() snapshot {
+// snapshot is everything a container may leave behind on its node: links,
+// iptables rules and IPAM/state files (testenv.Snapshot), plus the host's
+// mounts under the node's directory and its containers' cgroups.
+func (n *node) snapshot() string {
 	n.t.Helper()
-	var s snapshot
-	links, err := n.inNode("ip", "-o", "link", "show")
-	if err != nil {
-		n.t.Fatalf("ip link: %v", err)
+	var dirs []string
+	for _, sub := range []string{"containers", "names", "ports", "netns", "cni"} {
+		dirs = append(dirs, filepath.Join(n.stateDir, sub))
 	}
-	for _, l := range strings.Split(strings.TrimSpace(links), "\n") {
-		if f := strings.Fields(l); len(f) > 1 {
-			s.Links = append(s.Links, strings.TrimSuffix(f[1], ":"))
-		}
+	s := testenv.Snapshot(n.t, n.ns, append(dirs, n.dataDir, n.pluginStateDir)...)
+	for _, m := range n.mounts() {
+		s += "mount " + m + "\n"
 	}
-	rules, err := n.inNode("iptables-save")
-	if err != nil {
-		n.t.Fatalf("iptables-save: %v", err)
-	}
-	for _, l := range strings.Split(rules, "\n") {
-		switch {
-		case strings.HasPrefix(l, "-"):
-			s.Rules = append(s.Rules, l)
-		case strings.HasPrefix(l, ":"): // a chain; drop its packet counters
-			s.Rules = append(s.Rules, strings.Fields(l)[0])
-		}
-	}
-	filepath.WalkDir(n.dataDir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() && d.Name() != "lock" && !strings.HasPrefix(d.Name(), "last_reserved_ip") {
-			s.IPAM = append(s.IPAM, p)
-		}
-		return nil
-	})
-	s.Mounts = n.mounts()
-	s.Cgroups = n.cgroupDirs(false)
-	for _, sub := range []string{"containers", "names", "ports", "netns", "cni/results"} {
-		entries, _ := os.ReadDir(filepath.Join(n.stateDir, sub))
-		for _, e := range entries {
-			s.State = append(s.State, sub+"/"+e.Name())
-		}
-	}
-	for _, l := range [][]string{s.Links, s.Rules, s.IPAM, s.Mounts, s.Cgroups, s.State} {
-		sort.Strings(l)
+	for _, cg := range n.cgroupDirs(false) {
+		s += "cgroup " + cg + "\n"
 	}
 	return s
 }
 
-func (s snapshot) String() string {
-	data, _ := json.MarshalIndent(s, "", "  ")
-	return string(data)
+// count is how many snapshot lines start with kind ("link", "file", ...).
+func count(snapshot, kind string) int {
+	n := 0
+	for _, l := range strings.Split(snapshot, "\n") {
+		if strings.HasPrefix(l, kind+" ") {
+			n++
+		}
+	}
+	return n
 }
-
-func (s snapshot) equal(o snapshot) bool { return s.String() == o.String() }
 
 // mounts lists the host's mounts under the node's state dir.
 func (n *node) mounts() []string {
@@ -290,10 +280,10 @@ func (n *node) cgroupDirs(parents bool) []string {
 }
 
 // expectClean fails unless the node is back to before.
-func (n *node) expectClean(before snapshot) {
+func (n *node) expectClean(before string) {
 	n.t.Helper()
-	if after := n.snapshot(); !after.equal(before) {
-		n.t.Fatalf("leftovers:\nbefore: %s\nafter: %s", before, after)
+	if diff := testenv.Diff(before, n.snapshot()); diff != "" {
+		n.t.Fatalf("left behind (+) or removed (-):\n%s", diff)
 	}
 }
 

@@ -17,12 +17,12 @@ import (
 )
 
 // The same flow on every network configuration the runner must support.
-// (berth-bridge joins this table once it lands.)
 func TestNetworkFlow(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		conf conflist
 	}{
+		{"berth-bridge", berthBridge},
 		{"reference-bridge", referenceBridge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -95,18 +95,23 @@ func TestNetworkFlow(t *testing.T) {
 			})
 
 			during := n.snapshot()
-			for _, what := range []struct {
-				name           string
-				before, during []string
-			}{
-				{"links", before.Links, during.Links}, {"iptables rules", before.Rules, during.Rules},
-				{"IPAM files", before.IPAM, during.IPAM}, {"mounts", before.Mounts, during.Mounts},
-				{"cgroups", before.Cgroups, during.Cgroups},
-			} {
-				if len(what.during) <= len(what.before) {
-					t.Errorf("running containers added no %s: the leak check below would prove nothing", what.name)
+			for _, kind := range []string{"link", "file", "mount", "cgroup"} {
+				if count(during, kind) <= count(before, kind) {
+					t.Errorf("running containers added no %s line to the snapshot: the leak check below would prove nothing", kind)
 				}
 			}
+			if testenv.Diff(before, during) == "" || !strings.Contains(testenv.Diff(before, during), "-A") {
+				t.Errorf("running containers added no iptables rule: the leak check below would prove nothing")
+			}
+
+			t.Run("gc keeps live containers", func(t *testing.T) {
+				n := parent.at(t)
+				n.ok("gc")
+				n.ok("exec", "a", "ping", "-c", "1", "-W", "5", ipB)
+				if got := n.waitHTTP(fmt.Sprintf("http://%s:8080/", n.gateway)); got != "hello-from-web\n" {
+					t.Errorf("GET via the published port after gc: %q", got)
+				}
+			})
 
 			t.Run("stop releases the network, rm the rest", func(t *testing.T) {
 				n := parent.at(t)
