@@ -73,67 +73,86 @@ func (r *Runtime) Start(ctx context.Context, c *Container, stdio Stdio) (p *Proc
 	if st.SupervisorStart, _, err = procStart(st.Supervisor); err != nil {
 		return nil, err
 	}
-	if c.Spec.Network != NetHost {
-		if err := r.step(c, func() { st.NetNS = r.store.netnsPath(c.ID) }); err != nil {
-			return nil, err
-		}
-		if err := newNetNS(st.NetNS); err != nil {
-			return nil, err
-		}
-	}
-	if st.Network != nil {
-		if err := r.step(c, func() { st.Attached = true }); err != nil {
-			return nil, err
-		}
-		if err := r.attach(ctx, c); err != nil {
-			return nil, err
-		}
-	}
-	h, err := r.hierarchy()
-	if err != nil {
+	if err := r.setupNetwork(ctx, c); err != nil {
 		return nil, err
 	}
-	cgPath := filepath.Join(r.cfg.CgroupParent, c.ID)
-	if err := r.step(c, func() { st.Cgroup = h.Cgroup(cgPath) }); err != nil {
-		return nil, err
-	}
-	// The first process is the runner itself until it execs the command,
-	// and the Go runtime starts several threads, each counted as a pid:
-	// a tight --pids-limit applies only once the command runs.
-	res := c.Spec.Resources
-	res.PidsLimit = max(res.PidsLimit, startupPids)
-	if c.Spec.Resources.PidsLimit == 0 {
-		res.PidsLimit = 0
-	}
-	if _, err := h.Create(cgPath, res); err != nil {
+	if err := r.setupCgroup(c); err != nil {
 		return nil, err
 	}
 	cmd, err := r.startInit(c, stdio)
 	if err != nil {
 		return nil, err
 	}
-	if limit := c.Spec.Resources.PidsLimit; limit != 0 && limit != res.PidsLimit {
-		if err := st.Cgroup.SetPidsLimit(limit); err != nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-			return nil, err
-		}
-	}
 	st.Pid = cmd.Process.Pid
 	st.PidStart, _, _ = procStart(st.Pid)
 	st.Status = StatusRunning
 	st.StartedAt = time.Now().UTC()
-	if err := r.store.save(c); err != nil {
+	err = r.tightenPidsLimit(c)
+	if err == nil {
+		err = r.store.save(c)
+	}
+	if err != nil {
 		cmd.Process.Kill()
 		cmd.Wait()
 		return nil, err
 	}
-	r.log.Debug("container started", "container", c.Name, "pid", st.Pid, "ips", st.Network)
+	r.log.Debug("container started", "container", c.Name, "pid", st.Pid, "ips", c.IPs())
 	return &Process{cmd: cmd}, nil
 }
 
-// startupPids is the pids limit while the runner's own first process
-// starts, enough for the threads of the Go runtime.
+// setupNetwork pins a new network namespace (unless --net host) and
+// attaches it to the CNI network (unless --net none).
+func (r *Runtime) setupNetwork(ctx context.Context, c *Container) error {
+	st := &c.State
+	if c.Spec.Network == NetHost {
+		return nil
+	}
+	if err := r.step(c, func() { st.NetNS = r.store.netnsPath(c.ID) }); err != nil {
+		return err
+	}
+	if err := newNetNS(st.NetNS); err != nil {
+		return err
+	}
+	if st.Network == nil {
+		return nil
+	}
+	if err := r.step(c, func() { st.Attached = true }); err != nil {
+		return err
+	}
+	return r.attach(ctx, c)
+}
+
+// setupCgroup creates the container's cgroup with its limits.
+func (r *Runtime) setupCgroup(c *Container) error {
+	h, err := r.hierarchy()
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(r.cfg.CgroupParent, c.ID)
+	if err := r.step(c, func() { c.State.Cgroup = h.Cgroup(path) }); err != nil {
+		return err
+	}
+	res := c.Spec.Resources
+	if res.PidsLimit > 0 {
+		res.PidsLimit = max(res.PidsLimit, startupPids)
+	}
+	_, err = h.Create(path, res)
+	return err
+}
+
+// tightenPidsLimit applies a --pids-limit below startupPids, now that the
+// command runs.
+func (r *Runtime) tightenPidsLimit(c *Container) error {
+	if limit := c.Spec.Resources.PidsLimit; limit > 0 && limit < startupPids {
+		return c.State.Cgroup.SetPidsLimit(limit)
+	}
+	return nil
+}
+
+// startupPids is the pids limit while the container's first process is
+// still the runner itself: the Go runtime starts several threads, each
+// counted as a pid. A tighter --pids-limit applies once the command runs
+// (at most startupPids tasks can slip in between).
 const startupPids = 64
 
 // step records a resource in c's state before it is created.
