@@ -124,13 +124,13 @@ func (r *Runtime) Stop(ctx context.Context, ref string, timeout time.Duration) e
 	if err := sendSignal(st.Pid, st.PidStart, syscall.SIGTERM); err != nil {
 		return err
 	}
-	if !waitGone(st.Pid, st.PidStart, timeout) {
+	if !waitGone(ctx, st.Pid, st.PidStart, timeout) {
 		// pid 1 of a namespace ignores signals it has no handler for,
 		// so a plain `sleep` lands here.
 		if err := sendSignal(st.Pid, st.PidStart, syscall.SIGKILL); err != nil {
 			return err
 		}
-		waitGone(st.Pid, st.PidStart, 5*time.Second)
+		waitGone(ctx, st.Pid, st.PidStart, 5*time.Second)
 	}
 	return r.finish(ctx, c)
 }
@@ -148,9 +148,9 @@ func (r *Runtime) checkUnsupervised(c *Container) error {
 // finish waits for the supervisor to record the exit and clean up, and
 // does the cleanup itself when the supervisor is gone.
 func (r *Runtime) finish(ctx context.Context, c *Container) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for c.Phase() != PhaseExited && alive(c.State.Supervisor, c.State.SupervisorStart) && time.Now().Before(deadline) {
-		time.Sleep(25 * time.Millisecond)
+	wait, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	for c.Phase() != PhaseExited && alive(c.State.Supervisor, c.State.SupervisorStart) && sleep(wait, 25*time.Millisecond) {
 		latest, err := r.store.load(c.ID)
 		if err != nil {
 			return nil // removed meanwhile (--rm)
@@ -191,7 +191,7 @@ func (r *Runtime) Remove(ctx context.Context, ref string, force bool) error {
 		if err := sendSignal(c.State.Pid, c.State.PidStart, syscall.SIGKILL); err != nil {
 			return err
 		}
-		waitGone(c.State.Pid, c.State.PidStart, 5*time.Second)
+		waitGone(ctx, c.State.Pid, c.State.PidStart, 5*time.Second)
 	}
 	if err := r.finish(ctx, c); err != nil {
 		return fmt.Errorf("removing %s: %w (its record is kept: fix the cause and run rm again)", c.Name, err)
@@ -275,10 +275,8 @@ func (r *Runtime) Logs(ctx context.Context, ref string, follow bool, w io.Writer
 			_, err := io.Copy(w, f) // what was written before the end
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, 100*time.Millisecond) {
 			return nil
-		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package runner
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -48,16 +49,26 @@ func sendSignal(pid int, start uint64, sig syscall.Signal) error {
 	return nil
 }
 
-// waitGone polls until the process is gone or d passed.
-func waitGone(pid int, start uint64, d time.Duration) bool {
-	deadline := time.Now().Add(d)
+// waitGone polls until the process is gone, d passed or ctx is done.
+func waitGone(ctx context.Context, pid int, start uint64, d time.Duration) bool {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
 	for alive(pid, start) {
-		if time.Now().After(deadline) {
+		if !sleep(ctx, 25*time.Millisecond) {
 			return false
 		}
-		time.Sleep(25 * time.Millisecond)
 	}
 	return true
+}
+
+// sleep waits d; it returns false when ctx ended first.
+func sleep(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(d):
+		return true
+	}
 }
 
 // currentNetNS names the network namespace this process runs in.
