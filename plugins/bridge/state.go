@@ -11,7 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"time"
+	"syscall"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
@@ -54,12 +54,22 @@ func saveRecord(stateDir string, r *record) error {
 	if err != nil {
 		return err
 	}
-	// A fixed temp name, so that a DEL after a kill mid-write removes it.
+	// A fixed temp name, so that a DEL after a kill mid-write removes it,
+	// held under flock while written so that GC can tell a dead writer's
+	// leftover (lock free) from a write in progress.
 	path := recordPath(stateDir, r)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("%w: creating state dir: %v", cnierr.ErrIO, err)
 	}
-	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+	f, err := os.OpenFile(path+".tmp", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("%w: locking attachment state: %v", cnierr.ErrIO, err)
+	}
+	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
 	}
 	if err := os.Rename(path+".tmp", path); err != nil {
@@ -112,13 +122,16 @@ func networkEmpty(stateDir, network, except string) bool {
 	}
 }
 
-// records lists the attachments of network (GC only), and removes temp
-// files that writers killed long ago left.
+// records lists the attachments of network (GC only), and removes the
+// temp files of writers that died (their flock is free).
 func records(stateDir, network string) ([]*record, error) {
 	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
 	for _, p := range temps {
-		if info, err := os.Stat(p); err == nil && time.Since(info.ModTime()) > time.Minute {
-			os.Remove(p)
+		if f, err := os.Open(p); err == nil {
+			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+				os.Remove(p)
+			}
+			f.Close()
 		}
 	}
 	paths, err := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.json"))
