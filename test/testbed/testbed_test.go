@@ -172,7 +172,12 @@ func TestEtcdCluster(t *testing.T) {
 	}
 	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	if _, err := cli.Put(wctx, "/k", "with one member down"); err != nil {
+	// A request in flight to a killed leader times out; clients retry.
+	err = waitFor(20*time.Second, func() error {
+		_, err := cli.Put(wctx, "/k", "with one member down")
+		return err
+	})
+	if err != nil {
 		t.Fatalf("put with one member down: %v", err)
 	}
 	if err := c.Members[0].Restart(ctx); err != nil {
