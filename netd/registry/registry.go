@@ -79,7 +79,7 @@ func New(cli *clientv3.Client, prefix, network string) *Registry {
 	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/") + "/networks/" + network + "/", Log: slog.Default()}
 }
 
-func (r *Registry) configKey() string   { return r.prefix + "config" }
+func (r *Registry) configKey() string    { return r.prefix + "config" }
 func (r *Registry) leasesPrefix() string { return r.prefix + "leases/" }
 
 func (r *Registry) leaseKey(subnet netip.Prefix) string {
