@@ -54,6 +54,9 @@ type Backend interface {
 	// an existing one with the right settings is kept, so a restart does
 	// not disturb traffic).
 	Register(ctx context.Context, node Node) (Network, error)
+	// Teardown removes everything the backend made for node's network,
+	// registered or not (netd leave runs without a registered network).
+	Teardown(ctx context.Context, node Node) error
 }
 
 // Network is a backend registered on this node.
@@ -70,8 +73,6 @@ type Network interface {
 	Desired(self netip.Prefix, peers []Peer) (State, []Problem)
 	// Owned is the part of the kernel Desired describes completely.
 	Owned() Owned
-	// Teardown removes everything the network made on this node.
-	Teardown(ctx context.Context) error
 }
 
 // Problem is a peer a backend cannot connect.
@@ -124,6 +125,15 @@ func Underlay(node Node, ip netip.Addr) (direct bool, via string, err error) {
 		return false, "dev " + dev, nil
 	}
 	return true, "dev " + dev, nil
+}
+
+// RemoveRoutes removes every route netd made for the network of cidr.
+func RemoveRoutes(cidr netip.Prefix) error {
+	changes, err := Diff(Owned{CIDR: cidr}, State{})
+	if err != nil {
+		return err
+	}
+	return Apply(changes)
 }
 
 // SortProblems orders problems by peer, for stable status output.

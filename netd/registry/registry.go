@@ -37,8 +37,8 @@ var (
 	ErrConflict = errors.New("network config conflict")
 	// ErrExhausted: every subnet of the network is leased.
 	ErrExhausted = errors.New("no free subnet")
-	// ErrNotFound: no lease held by the node.
-	ErrNotFound = errors.New("no lease")
+	// ErrNotFound: no such network or lease.
+	ErrNotFound = errors.New("not found")
 )
 
 // Record is what a node publishes about itself with its subnet.
@@ -139,6 +139,23 @@ func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.
 	return stored, nil
 }
 
+// Config reads the network's stored config.
+func (r *Registry) Config(ctx context.Context) (*conf.Network, error) {
+	key := r.configKey()
+	resp, err := r.cli.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading network config %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%w: no network config at %s", ErrNotFound, key)
+	}
+	n, err := conf.ParseNetwork(resp.Kvs[0].Value)
+	if err != nil {
+		return nil, fmt.Errorf("network config at %s: %w", key, err)
+	}
+	return n, nil
+}
+
 // Snapshot is every lease of the network at one etcd revision.
 type Snapshot struct {
 	Leases   []Lease // ordered by key
@@ -203,7 +220,7 @@ func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error)
 		}
 		return &l, nil
 	}
-	return nil, fmt.Errorf("%w for node %s under %s", ErrNotFound, nodeName, r.leasesPrefix())
+	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.leasesPrefix())
 }
 
 func isLeaseNotFound(err error) bool {

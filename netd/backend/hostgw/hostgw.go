@@ -70,10 +70,6 @@ func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.Sta
 }
 
 // Teardown removes the routes to the peers.
-func (nw *network) Teardown(ctx context.Context) error {
-	changes, err := backend.Diff(nw.Owned(), backend.State{})
-	if err != nil {
-		return err
-	}
-	return backend.Apply(changes)
+func (Backend) Teardown(ctx context.Context, node backend.Node) error {
+	return backend.RemoveRoutes(node.Network.CIDR)
 }

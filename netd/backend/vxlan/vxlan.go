@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
 
@@ -39,7 +40,7 @@ type network struct {
 	mtu    int // VTEP MTU
 	podMTU int
 	log    *slog.Logger
-	vtep   int // VTEP link index, updated by Ensure
+	vtep   atomic.Int32 // VTEP link index, updated by Ensure
 }
 
 // VTEPName is the VTEP of a VNI.
@@ -139,7 +140,7 @@ func (nw *network) Ensure(ctx context.Context) error {
 			return fmt.Errorf("setting %s up: %w", nw.name, err)
 		}
 	}
-	nw.vtep = a.Index
+	nw.vtep.Store(int32(a.Index))
 	return nil
 }
 
@@ -177,14 +178,15 @@ func mismatch(link netlink.Link, want *netlink.Vxlan) string {
 }
 
 func (nw *network) Owned() backend.Owned {
-	return backend.Owned{CIDR: nw.node.Network.CIDR, Links: []int{nw.vtep}}
+	return backend.Owned{CIDR: nw.node.Network.CIDR, Links: []int{int(nw.vtep.Load())}}
 }
 
 func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.State, []backend.Problem) {
 	var s backend.State
 	var problems []backend.Problem
+	vtep := int(nw.vtep.Load())
 	if self.IsValid() {
-		s.Addrs = append(s.Addrs, netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(self.Masked().Addr(), 32)), LinkIndex: nw.vtep})
+		s.Addrs = append(s.Addrs, netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(self.Masked().Addr(), 32)), LinkIndex: vtep})
 	}
 	for _, p := range peers {
 		if nw.node.Network.Direct() {
@@ -205,10 +207,10 @@ func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.Sta
 			continue
 		}
 		gw := p.Subnet.Masked().Addr()
-		s.Neighs = append(s.Neighs, netlink.Neigh{LinkIndex: nw.vtep, IP: gw.AsSlice(), HardwareAddr: p.VTEPMAC})
-		s.FDB = append(s.FDB, netlink.Neigh{LinkIndex: nw.vtep, IP: p.IP.AsSlice(), HardwareAddr: p.VTEPMAC})
+		s.Neighs = append(s.Neighs, netlink.Neigh{LinkIndex: vtep, IP: gw.AsSlice(), HardwareAddr: p.VTEPMAC})
+		s.FDB = append(s.FDB, netlink.Neigh{LinkIndex: vtep, IP: p.IP.AsSlice(), HardwareAddr: p.VTEPMAC})
 		s.Routes = append(s.Routes, netlink.Route{
-			Dst: backend.IPNet(p.Subnet), Gw: gw.AsSlice(), LinkIndex: nw.vtep, Flags: int(netlink.FLAG_ONLINK),
+			Dst: backend.IPNet(p.Subnet), Gw: gw.AsSlice(), LinkIndex: vtep, Flags: int(netlink.FLAG_ONLINK),
 		})
 	}
 	return s, problems
@@ -216,16 +218,13 @@ func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.Sta
 
 // Teardown deletes the VTEP, which takes its neighbours, FDB entries and
 // routes with it, and the direct routes.
-func (nw *network) Teardown(ctx context.Context) error {
+func (b *Backend) Teardown(ctx context.Context, node backend.Node) error {
 	var errs []error
-	if link, err := netlink.LinkByName(nw.name); err == nil {
+	name := VTEPName(node.Network.VNI)
+	if link, err := netlink.LinkByName(name); err == nil {
 		if err := netlink.LinkDel(link); err != nil {
-			errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", nw.name, err))
+			errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", name, err))
 		}
 	}
-	changes, err := backend.Diff(backend.Owned{CIDR: nw.node.Network.CIDR}, backend.State{})
-	if err == nil {
-		err = backend.Apply(changes)
-	}
-	return errors.Join(append(errs, err)...)
+	return errors.Join(append(errs, backend.RemoveRoutes(node.Network.CIDR))...)
 }
