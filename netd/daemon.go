@@ -230,7 +230,7 @@ func (d *daemon) acquire(ctx context.Context) error {
 	if old.IsValid() && old != l.Subnet {
 		d.log.Warn("subnet changed: the old one was taken while this node's lease was lost", "old", old, "new", l.Subnet)
 	}
-	d.log.Info("leased subnet", "subnet", l.Subnet, "reusedPrevious", l.Subnet == c.Previous, "ttl", d.cfg.LeaseTTL)
+	d.log.Info("leased subnet", "subnet", l.Subnet, "origin", l.Origin, "ttl", d.cfg.LeaseTTL)
 	return d.writeLeaseFile()
 }
 

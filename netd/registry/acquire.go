@@ -75,8 +75,9 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 		}
 		var ok bool
 		var subnet netip.Prefix
+		origin := OriginNew
 		if mine != nil {
-			subnet = mine.Subnet
+			subnet, origin = mine.Subnet, OriginKept
 			ok, err = r.moveLease(ctx, mine, value, grant.ID)
 		} else {
 			subnet, ok = pickFree(network, taken, c.Previous)
@@ -84,13 +85,16 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 				return nil, fmt.Errorf("%w in network %s: all %d subnets /%d of %s are leased; enlarge the network's CIDR, use longer subnets, or remove nodes (netd leave)",
 					ErrExhausted, network.Name, network.Subnets(), network.SubnetLen, network.CIDR)
 			}
+			if subnet == c.Previous {
+				origin = OriginPrevious
+			}
 			ok, err = r.create(ctx, subnet, value, grant.ID)
 		}
 		if err != nil {
 			return nil, err
 		}
 		if ok {
-			return &Lease{Subnet: subnet, Record: c.Record, ID: grant.ID}, nil
+			return &Lease{Subnet: subnet, Record: c.Record, ID: grant.ID, Origin: origin}, nil
 		}
 	}
 	return nil, fmt.Errorf("leasing a subnet of network %s: lost the race to other nodes %d times in a row; try again", network.Name, maxAttempts)

@@ -60,7 +60,18 @@ type Lease struct {
 	ID clientv3.LeaseID
 	// ModRevision of the key, for compare-and-swap.
 	ModRevision int64
+	// Origin says how Acquire chose the subnet.
+	Origin Origin
 }
+
+// Origin is how Acquire chose a subnet.
+type Origin string
+
+const (
+	OriginKept     Origin = "kept"     // still held under the node's name
+	OriginPrevious Origin = "previous" // the node's local copy, still free
+	OriginNew      Origin = "new"      // a free subnet
+)
 
 // Registry reads and writes one network's keys.
 type Registry struct {

@@ -168,7 +168,7 @@ func TestAcquireReuse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.Subnet != first.Subnet || again.ID == first.ID {
+	if again.Subnet != first.Subnet || again.ID == first.ID || first.Origin != OriginNew || again.Origin != OriginKept {
 		t.Fatalf("restart: got %s (lease %x), had %s (lease %x)", again.Subnet, again.ID, first.Subnet, first.ID)
 	}
 	if ttl, err := cli.TimeToLive(ctx, first.ID); err != nil || ttl.TTL != -1 {
@@ -186,7 +186,7 @@ func TestAcquireReuse(t *testing.T) {
 	}
 	c.Previous = first.Subnet
 	back, err := r.Acquire(ctx, n, c)
-	if err != nil || back.Subnet != first.Subnet {
+	if err != nil || back.Subnet != first.Subnet || back.Origin != OriginPrevious {
 		t.Fatalf("from local copy: got %v, want %s (%v)", back, first.Subnet, err)
 	}
 	// The local copy names a subnet someone else holds now: another one.

@@ -149,7 +149,7 @@ func (nw *network) create(want *netlink.Vxlan) (netlink.Link, error) {
 		return nil, fmt.Errorf("creating VTEP %s (vni %d, local %s, dev %s, port %d): %w",
 			nw.name, want.VxlanId, nw.node.IP, nw.node.Link.Attrs().Name, want.Port, err)
 	}
-	nw.log.Info("created VTEP", "vtep", nw.name, "vni", want.VxlanId, "mac", nw.mac, "mtu", nw.mtu)
+	nw.log.Info("created VTEP", "vtep", nw.name, "vni", want.VxlanId, "mac", nw.mac.String(), "mtu", nw.mtu)
 	link, err := netlink.LinkByName(nw.name)
 	if err != nil {
 		return nil, fmt.Errorf("looking up new VTEP %s: %w", nw.name, err)
