@@ -76,6 +76,7 @@ func TestTestbed(t *testing.T) {
 		t.Errorf("sleeper runs in netns %d, node3 is %d (%v)", got, want, err)
 	}
 
+	cli.Close() // its reconnects would dial into namespaces being removed
 	if err := tb.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}
