@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -120,4 +122,31 @@ func TestEmbeddedEtcd(t *testing.T) {
 		t.Fatalf("both nodes hold %s", s1)
 	}
 	ping(t, tb.Node(2), gateway(t, tb.Node(2), s2, "gw"), gateway(t, tb.Node(1), s1, "gw"))
+}
+
+// netd talks to an etcd that requires TLS with client certificates.
+func TestEtcdTLS(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
+	e, err := tb.StartEtcdTLS(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, tb, []string{e.ClientURL}, "tls", 9472, "--mode", "hostgw",
+		"--etcd-cafile", e.TLS.CA, "--etcd-certfile", e.TLS.ClientCert, "--etcd-keyfile", e.TLS.ClientKey)
+	c.start(1)
+	c.start(2)
+	c.converged(1, 1)
+	c.converged(2, 1)
+	cli, err := e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(context.Background(), "/berth/v1/networks/tls/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil || len(resp.Kvs) != 3 {
+		t.Fatalf("keys under /berth/v1/networks/tls/: %v %v", resp, err)
+	}
+	for _, kv := range resp.Kvs {
+		t.Logf("%s", kv.Key)
+	}
 }

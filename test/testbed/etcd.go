@@ -3,8 +3,10 @@ package testbed
 import (
 	"context"
 	"errors"
+	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"os/exec"
 	"path/filepath"
@@ -25,6 +27,8 @@ type Etcd struct {
 	ClientURL string // http://<IP>:2379, what netd's --etcd-endpoints take
 	PeerURL   string
 	DataDir   string
+	// TLS is set when clients must use TLS with a client certificate.
+	TLS *TLSFiles
 
 	tb   *Testbed
 	args []string
@@ -48,7 +52,22 @@ func (c *EtcdCluster) Endpoints() []string {
 // StartEtcd starts a single-member etcd on UnderlayIP and waits until it
 // is healthy.
 func (tb *Testbed) StartEtcd(ctx context.Context) (*Etcd, error) {
-	c, err := tb.startEtcd(ctx, []netip.Addr{UnderlayIP})
+	c, err := tb.startEtcd(ctx, []netip.Addr{UnderlayIP}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return c.Members[0], nil
+}
+
+// StartEtcdTLS is StartEtcd with clients on https, verified against a
+// test CA, and required to present a client certificate (etcd's
+// --client-cert-auth). The files are in Etcd.TLS.
+func (tb *Testbed) StartEtcdTLS(ctx context.Context) (*Etcd, error) {
+	files, err := newTLSFiles(filepath.Join(tb.Dir, "etcd-tls"), []netip.Addr{UnderlayIP})
+	if err != nil {
+		return nil, err
+	}
+	c, err := tb.startEtcd(ctx, []netip.Addr{UnderlayIP}, files)
 	if err != nil {
 		return nil, err
 	}
@@ -70,22 +89,27 @@ func (tb *Testbed) StartEtcdCluster(ctx context.Context, n int) (*EtcdCluster, e
 		}
 		ips = append(ips, ip)
 	}
-	return tb.startEtcd(ctx, ips)
+	return tb.startEtcd(ctx, ips, nil)
 }
 
-func (tb *Testbed) startEtcd(ctx context.Context, ips []netip.Addr) (*EtcdCluster, error) {
+func (tb *Testbed) startEtcd(ctx context.Context, ips []netip.Addr, files *TLSFiles) (*EtcdCluster, error) {
 	bin, err := exec.LookPath("etcd")
 	if err != nil {
 		return nil, fmt.Errorf("testbed: the etcd server binary is not installed (apt-get install etcd-server): %w", err)
 	}
 	c := &EtcdCluster{}
 	var initial []string
+	scheme := "http"
+	if files != nil {
+		scheme = "https"
+	}
 	for i, ip := range ips {
 		m := &Etcd{
 			Name:      fmt.Sprintf("etcd%d", i+1),
 			IP:        ip,
-			ClientURL: "http://" + net.JoinHostPort(ip.String(), "2379"),
+			ClientURL: scheme + "://" + net.JoinHostPort(ip.String(), "2379"),
 			PeerURL:   "http://" + net.JoinHostPort(ip.String(), "2380"),
+			TLS:       files,
 			tb:        tb,
 		}
 		if len(ips) == 1 {
@@ -108,6 +132,10 @@ func (tb *Testbed) startEtcd(ctx context.Context, ips []netip.Addr) (*EtcdCluste
 			"--initial-cluster-token", tb.ID,
 			"--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn",
 		}
+		if files != nil {
+			m.args = append(m.args, "--cert-file", files.ServerCert, "--key-file", files.ServerKey,
+				"--trusted-ca-file", files.CA, "--client-cert-auth")
+		}
 		if m.proc, err = tb.Underlay.Start(ProcSpec{Name: m.Name, Path: bin, Args: m.args}); err != nil {
 			return nil, err
 		}
@@ -124,8 +152,16 @@ func (tb *Testbed) startEtcd(ctx context.Context, ips []netip.Addr) (*EtcdCluste
 func (e *Etcd) WaitHealthy(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	client := e.tb.Underlay.HTTPClient()
+	if e.TLS != nil {
+		cfg, err := e.TLS.ClientConfig()
+		if err != nil {
+			return fmt.Errorf("testbed: %s: %w", e.Name, err)
+		}
+		client.Transport.(*http.Transport).TLSClientConfig = cfg
+	}
 	for {
-		body, err := e.tb.Underlay.Get(ctx, e.ClientURL+"/health")
+		body, err := get(ctx, client, e.ClientURL+"/health")
 		if err == nil && strings.Contains(string(body), `"health":"true"`) {
 			return nil
 		}
@@ -164,16 +200,34 @@ func (e *Etcd) Restart(ctx context.Context) error {
 	return e.WaitHealthy(ctx)
 }
 
+// Client is an etcd client of this member for the test itself, with TLS
+// when the member requires it; see Testbed.Client.
+func (e *Etcd) Client() (*clientv3.Client, error) {
+	var cfg *tls.Config
+	if e.TLS != nil {
+		var err error
+		if cfg, err = e.TLS.ClientConfig(); err != nil {
+			return nil, err
+		}
+	}
+	return e.tb.client(cfg, e.ClientURL)
+}
+
 // Client is an etcd client for the test itself. Its connections start
 // inside the underlay namespace: the endpoints are not reachable from
 // the machine's own namespace.
 func (tb *Testbed) Client(endpoints ...string) (*clientv3.Client, error) {
+	return tb.client(nil, endpoints...)
+}
+
+func (tb *Testbed) client(tlsCfg *tls.Config, endpoints ...string) (*clientv3.Client, error) {
 	dial := func(ctx context.Context, addr string) (net.Conn, error) {
 		// grpc hands over "host:port" or a "unix://"-less address.
 		return tb.Underlay.DialContext(ctx, "tcp", addr)
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
+		TLS:         tlsCfg,
 		DialTimeout: 5 * time.Second,
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
 		Logger:      zap.NewNop(),

@@ -106,11 +106,15 @@ func (n *NetNS) HTTPClient() *http.Client {
 // Get fetches url from inside the namespace and returns the body; a
 // status other than 200 is an error carrying the body.
 func (n *NetNS) Get(ctx context.Context, url string) ([]byte, error) {
+	return get(ctx, n.HTTPClient(), url)
+}
+
+func get(ctx context.Context, client *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := n.HTTPClient().Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, err
 	}
