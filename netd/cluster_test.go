@@ -200,13 +200,13 @@ func ping(t *testing.T, from *testbed.Node, src, dst netip.Addr, args ...string)
 
 var lossRe = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 
-func startEtcd(t *testing.T, tb *testbed.Testbed) []string {
+func startEtcd(t *testing.T, tb *testbed.Testbed) *testbed.Etcd {
 	t.Helper()
 	e, err := tb.StartEtcd(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return []string{e.ClientURL}
+	return e
 }
 
 func readConflist(t *testing.T, n *testbed.Node, network string) map[string]any {

@@ -20,7 +20,7 @@ import (
 // neighbour, VXLAN across the router). Neither touches the other's routes.
 func TestSegments(t *testing.T) {
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 3, Segment2: []int{3}})
-	etcd := startEtcd(t, tb)
+	etcd := []string{startEtcd(t, tb).ClientURL}
 	hg := newCluster(t, tb, etcd, "hg", 9473, "--network-cidr", "10.10.0.0/16", "--mode", "hostgw")
 	dr := newCluster(t, tb, etcd, "dr", 9474, "--network-cidr", "10.20.0.0/16", "--mode", "vxlan", "--vni", "2", "--direct-routing")
 	for i := 1; i <= 3; i++ {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/test/testbed"
@@ -20,7 +21,8 @@ import (
 // kill -9 without packet loss, and a node leaving.
 func TestVXLAN(t *testing.T) {
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 3})
-	c := newCluster(t, tb, startEtcd(t, tb), "vx", 9472, "--network-cidr", "10.244.0.0/16", "--mode", "vxlan")
+	etcd := startEtcd(t, tb)
+	c := newCluster(t, tb, []string{etcd.ClientURL}, "vx", 9472, "--network-cidr", "10.244.0.0/16", "--mode", "vxlan")
 	for i := 1; i <= 3; i++ {
 		c.start(i)
 	}
@@ -143,6 +145,71 @@ func TestVXLAN(t *testing.T) {
 		out, err = n1.Run(ctx, c.bin, append(c.flags(1), "--network-name", "other", "--metrics-address", "", "--mode", "bgp")...)
 		if err == nil || !strings.Contains(string(out), "bgp backend not available in this build") {
 			t.Errorf("bgp mode: %v\n%s", err, out)
+		}
+	})
+	t.Run("lease file renewed", func(t *testing.T) {
+		// The lease file's expiry moves on with each etcd keepalive
+		// (every third of the 10s TTL).
+		first := c.lease(3).Expires
+		c.eventually("node3's lease file to be renewed", 10*time.Second, func() error {
+			if l := c.lease(3); !l.Expires.After(first) {
+				return fmt.Errorf("expires %s, was %s", l.Expires, first)
+			}
+			return nil
+		})
+	})
+	t.Run("lost etcd lease", func(t *testing.T) {
+		// The etcd lease vanishes (as when etcd was unreachable for
+		// longer than the TTL): netd leases the same subnet again.
+		cli, err := etcd.Client()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		resp, err := cli.Get(context.Background(), "/berth/v1/networks/vx/leases/"+strings.Replace(subnets[3].String(), "/", "-", 1))
+		if err != nil || len(resp.Kvs) != 1 {
+			t.Fatalf("node3's key: %v %v", resp, err)
+		}
+		if _, err := cli.Revoke(context.Background(), clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
+			t.Fatal(err)
+		}
+		c.eventually("node3 to lease again", 10*time.Second, func() error {
+			if !strings.Contains(c.netd[3].Log(), "lost the etcd lease") {
+				return fmt.Errorf("not noticed yet")
+			}
+			return nil
+		})
+		for i := 1; i <= 3; i++ {
+			c.converged(i, 2)
+		}
+		if l := c.lease(3); l.Subnet != subnets[3] {
+			t.Errorf("node3 leased %s, had %s", l.Subnet, subnets[3])
+		}
+	})
+	t.Run("etcd restart", func(t *testing.T) {
+		if err := etcd.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		c.eventually("node1 to see etcd down", 15*time.Second, func() error {
+			if st, err := c.status(1); err != nil || st.EtcdUp {
+				return fmt.Errorf("etcdUp %v, %v", st != nil && st.EtcdUp, err)
+			}
+			return nil
+		})
+		ping(t, n1, gws[1], gws[3]) // the datapath does not need etcd
+		if err := etcd.Restart(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		c.eventually("node1 to see etcd up", 15*time.Second, func() error {
+			if st, err := c.status(1); err != nil || !st.EtcdUp {
+				return fmt.Errorf("etcdUp %v, %v", st != nil && st.EtcdUp, err)
+			}
+			return nil
+		})
+		for i := 1; i <= 3; i++ {
+			if st := c.converged(i, 2); st.Subnet != subnets[i].String() {
+				t.Errorf("node%d holds %s after the etcd restart, had %s", i, st.Subnet, subnets[i])
+			}
 		}
 	})
 	t.Run("leave", func(t *testing.T) {
