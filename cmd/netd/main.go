@@ -76,14 +76,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if cmd == "status" {
 		fs.BoolVar(&asJSON, "json", false, "print /status as JSON, e.g. for jq")
 	}
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() {} // the full text only on --help, on stdout
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
 			return 0
 		}
+		fmt.Fprintf(stderr, "see netd --help\n")
 		return 2
 	}
 	if fs.NArg() > 0 {
