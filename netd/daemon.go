@@ -87,6 +87,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	httpListener, err := d.listen()
+	if err != nil {
+		return err
+	}
+	if httpListener != nil {
+		defer httpListener.Close() // no-op once served
+	}
 	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
 	d.endpoints = cfg.EtcdEndpoints
@@ -142,11 +149,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	d.setLeases(snap.Leases)
 	d.reconcile(ctx)
 
-	stopHTTP, err := d.serveHTTP()
-	if err != nil {
-		return err
-	}
-	defer stopHTTP()
+	defer d.serveHTTP(httpListener)()
 
 	var wg sync.WaitGroup
 	wg.Go(func() { d.keepAlive(ctx) })

@@ -58,14 +58,23 @@ func (s *Status) Healthy() bool {
 	return true
 }
 
-// serveHTTP serves /metrics, /healthz and /status on --metrics-address.
-func (d *daemon) serveHTTP() (stop func(), err error) {
+// listen binds --metrics-address early, so that a port in use stops netd
+// before it leases anything; nil when the address is empty.
+func (d *daemon) listen() (net.Listener, error) {
 	if d.cfg.MetricsAddr == "" {
-		return func() {}, nil
+		return nil, nil
 	}
 	l, err := net.Listen("tcp", d.cfg.MetricsAddr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-address %s: %w", d.cfg.MetricsAddr, err)
+	}
+	return l, nil
+}
+
+// serveHTTP serves /metrics, /healthz and /status on l.
+func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
+	if l == nil {
+		return func() {}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
@@ -94,7 +103,7 @@ func (d *daemon) serveHTTP() (stop func(), err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)
-	}, nil
+	}
 }
 
 // status compares the kernel with the leases now (without changing it)

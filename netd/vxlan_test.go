@@ -215,14 +215,18 @@ func TestVXLAN(t *testing.T) {
 	t.Run("leave", func(t *testing.T) {
 		// Node 1's netd is down while node 3 leaves: it catches up when it
 		// starts again. Node 2 sees it through the watch.
+		n3 := tb.Node(3)
+		out, err := n3.Run(context.Background(), c.bin, append([]string{"leave"}, c.flags(3)...)...)
+		if err == nil || !strings.Contains(string(out), "netd is still running") {
+			t.Fatalf("leave while netd runs: %v\n%s", err, out)
+		}
 		if err := c.netd[1].Stop(10 * time.Second); err != nil {
 			t.Fatalf("netd on node1 did not stop cleanly: %v", err)
 		}
 		if err := c.netd[3].Stop(10 * time.Second); err != nil {
 			t.Fatalf("netd on node3 did not stop cleanly: %v", err)
 		}
-		n3 := tb.Node(3)
-		out, err := n3.Run(context.Background(), c.bin, append([]string{"leave"}, c.flags(3)...)...)
+		out, err = n3.Run(context.Background(), c.bin, append([]string{"leave"}, c.flags(3)...)...)
 		if err != nil {
 			t.Fatalf("netd leave: %v\n%s", err, out)
 		}

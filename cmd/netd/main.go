@@ -129,9 +129,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	if err := netd.Run(ctx, &cfg, log); err != nil {
+	err := netd.Run(ctx, &cfg, log)
+	if err != nil && ctx.Err() == nil {
 		log.Error("netd stopped", "err", err)
 		return 1
 	}
-	return 0
+	return 0 // stopped by a signal, possibly while still starting
 }
