@@ -21,7 +21,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit lint demo demo-clean bench install clean deps
+.PHONY: all build test test-unit fuzz lint demo demo-clean bench install clean deps
 
 all: build
 
@@ -33,6 +33,15 @@ build:
 # packages .ci/run installs, and create their own namespaces.
 test: build
 	$(GO) test -count=1 -p 2 -timeout $(TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory fuzz
+
+# Fuzz targets, each for FUZZTIME (make test: 5s; e.g. make fuzz FUZZTIME=10m).
+FUZZ_TARGETS := FuzzParseBridge:./conf FuzzParseIPAM:./conf FuzzRead:./internal/lease
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
+		$(GO) test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) $${t#*:} >/tmp/berth-fuzz.log 2>&1 || { cat /tmp/berth-fuzz.log; exit 1; }; \
+	done
 
 test-unit:
 	$(GO) test -count=1 -short ./...
@@ -57,7 +66,7 @@ bench: deps build
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
-	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/
+	$(if $(filter-out berth-%,$(BINARIES)),install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/)
 	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
 
 clean:

@@ -16,9 +16,10 @@ import (
 
 // Report is everything one `make bench` run measured.
 type Report struct {
-	When       time.Time `json:"when"`
-	Quick      bool      `json:"quick"`
-	CNILatency []Latency `json:"cniLatency"`
+	When       time.Time  `json:"when"`
+	Quick      bool       `json:"quick"`
+	CNILatency []Latency  `json:"cniLatency"`
+	Datapath   []Datapath `json:"datapath"`
 }
 
 // WriteJSON stores r under dir as results.json.
@@ -53,6 +54,23 @@ func (r *Report) Markdown() string {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s |\n", l.Name, l.Op, l.Runs, ms(l.P50), ms(l.P99), ratio)
 	}
+	if len(r.Datapath) > 0 {
+		b.WriteString("\n**Datapath**, container to container (iperf3 TCP throughput; round trip of a 1-byte TCP request/response loop), against the raw limit: two namespaces joined by one veth, no CNI\n\n")
+		b.WriteString("| mode | 1 stream | 4 streams | 1 stream vs raw | RTT p50 | RTT p99 | p50 vs raw |\n|---|---|---|---|---|---|---|\n")
+		raw := map[string]Datapath{}
+		for _, d := range r.Datapath {
+			raw[d.Name] = d
+		}
+		for _, d := range r.Datapath {
+			ratioT, ratioL := "", ""
+			if base, ok := raw[d.Baseline]; ok && d.Baseline != "" {
+				ratioT = fmt.Sprintf("%.0f%%", 100*d.Gbps1/base.Gbps1)
+				ratioL = fmt.Sprintf("%.2f×", float64(d.RTTP50)/float64(base.RTTP50))
+			}
+			fmt.Fprintf(&b, "| %s | %.2f Gbit/s | %.2f Gbit/s | %s | %.0f µs | %.0f µs | %s |\n",
+				d.Name, d.Gbps1, d.Gbps4, ratioT, float64(d.RTTP50)/1e3, float64(d.RTTP99)/1e3, ratioL)
+		}
+	}
 	return b.String()
 }
 
@@ -68,7 +86,11 @@ func (r *Report) UpdateREADME(path string) error {
 	if i < 0 || j < i {
 		return fmt.Errorf("%s has no %s ... %s section", path, begin, end)
 	}
-	s = s[:i+len(begin)] + "\n" + r.Markdown() + "\n![CNI latency](bench/results/cni-latency.png)\n" + s[j:]
+	body := "\n" + r.Markdown() + "\n![CNI latency](bench/results/cni-latency.png)\n"
+	if len(r.Datapath) > 0 {
+		body += "![Datapath throughput](bench/results/datapath.png)\n"
+	}
+	s = s[:i+len(begin)] + body + s[j:]
 	return os.WriteFile(path, []byte(s), 0o644)
 }
 
@@ -116,6 +138,41 @@ func (r *Report) PlotCNI(path string) error {
 		}
 	}
 	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(40)
 	p.NominalX(ops...)
+	p.Y.Min = 0
+	p.Y.Max *= 1.35 // room for the legend above the bars
+	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+}
+
+// PlotDatapath draws the throughput of each mode next to its baseline.
+func (r *Report) PlotDatapath(path string) error {
+	p := plot.New()
+	p.Title.Text = "Container-to-container TCP throughput (higher is better)"
+	p.Y.Label.Text = "Gbit/s"
+	var names []string
+	one, four := plotter.Values{}, plotter.Values{}
+	for _, d := range r.Datapath {
+		names = append(names, d.Name)
+		one = append(one, d.Gbps1)
+		four = append(four, d.Gbps4)
+	}
+	w := vg.Points(20)
+	for k, v := range []plotter.Values{one, four} {
+		bars, err := plotter.NewBarChart(v, w)
+		if err != nil {
+			return err
+		}
+		bars.Color = plotutil.Color(k)
+		bars.LineStyle.Width = 0
+		bars.Offset = w * vg.Length(float64(k)-0.5)
+		p.Add(bars)
+		p.Legend.Add([]string{"1 stream", "4 streams"}[k], bars)
+	}
+	p.Legend.Top = true
+	p.NominalX(names...)
+	p.Y.Min = 0
+	p.Y.Max *= 1.25
 	return p.Save(9*vg.Inch, 5*vg.Inch, path)
 }

@@ -31,54 +31,39 @@ func main() {
 		Name:  "berth-ipam",
 		About: "host-local compatible IP address management",
 		Help:  help,
-		Funcs: skel.CNIFuncs{Add: add, Del: del, Check: check, GC: gc, Status: status},
+		Funcs: skel.CNIFuncs{
+			Add:    withRequest(add),
+			Del:    withRequest(func(r *ipam.Request, _ *skel.CmdArgs, _ string) error { return ipam.Del(r) }),
+			Check:  withRequest(func(r *ipam.Request, _ *skel.CmdArgs, _ string) error { return ipam.Check(r) }),
+			GC:     withRequest(gc),
+			Status: withRequest(func(r *ipam.Request, _ *skel.CmdArgs, _ string) error { return ipam.Status(r) }),
+		},
 	})
 }
 
-func add(args *skel.CmdArgs) error {
-	req, version, err := ipam.NewRequest(args)
-	if err != nil {
-		return err
+// withRequest parses the call's config before running op.
+func withRequest(op func(req *ipam.Request, args *skel.CmdArgs, cniVersion string) error) func(*skel.CmdArgs) error {
+	return func(args *skel.CmdArgs) error {
+		req, version, err := ipam.NewRequest(args)
+		if err != nil {
+			return err
+		}
+		return op(req, args, version)
 	}
+}
+
+func add(req *ipam.Request, _ *skel.CmdArgs, cniVersion string) error {
 	res, err := ipam.Add(req)
 	if err != nil {
 		return err
 	}
-	return types.PrintResult(res, version)
+	return types.PrintResult(res, cniVersion)
 }
 
-func del(args *skel.CmdArgs) error {
-	req, _, err := ipam.NewRequest(args)
-	if err != nil {
-		return err
-	}
-	return ipam.Del(req)
-}
-
-func check(args *skel.CmdArgs) error {
-	req, _, err := ipam.NewRequest(args)
-	if err != nil {
-		return err
-	}
-	return ipam.Check(req)
-}
-
-func gc(args *skel.CmdArgs) error {
-	req, _, err := ipam.NewRequest(args)
-	if err != nil {
-		return err
-	}
+func gc(req *ipam.Request, args *skel.CmdArgs, _ string) error {
 	valid, err := ipam.ValidAttachments(args.StdinData)
 	if err != nil {
 		return err
 	}
 	return ipam.GC(req, valid)
-}
-
-func status(args *skel.CmdArgs) error {
-	req, _, err := ipam.NewRequest(args)
-	if err != nil {
-		return err
-	}
-	return ipam.Status(req)
 }

@@ -88,7 +88,7 @@ func (ts Tables) Get(name string) *Table {
 
 // Save reads all tables with one iptables-save.
 func Save() (Tables, error) {
-	out, err := exec.Command("iptables-save").Output()
+	out, err := exec.Command(binary("iptables-save")).Output()
 	if err != nil {
 		return nil, fmt.Errorf("%w: iptables-save: %v", cnierr.ErrDatapath, exitDetail(err))
 	}
@@ -194,7 +194,7 @@ func Apply(batches ...*Batch) error {
 		return nil
 	}
 	input := in.String()
-	cmd := exec.Command("iptables-restore", "--noflush", "-w", "5")
+	cmd := exec.Command(binary("iptables-restore"), "--noflush", "-w", "5")
 	cmd.Stdin = &in
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -233,6 +233,25 @@ func Acquire(stateDir string) (*Lock, error) {
 
 // Release drops the lock.
 func (l *Lock) Release() { l.f.Close() }
+
+// binary finds an iptables tool. Runtimes may exec plugins without PATH
+// (the CNI spec does not promise one), so the usual places are tried too.
+func binary(name string) string {
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		if p := filepath.Join(dir, name); isExecutable(p) {
+			return p
+		}
+	}
+	return name // exec reports it missing, naming it
+}
+
+func isExecutable(p string) bool {
+	info, err := os.Stat(p)
+	return err == nil && !info.IsDir() && info.Mode()&0o111 != 0
+}
 
 func exitDetail(err error) string {
 	var ee *exec.ExitError

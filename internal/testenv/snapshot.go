@@ -69,3 +69,26 @@ func stripCounters(s string) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// Diff lists the lines only in before (-) or only in after (+): what a
+// leak or an over-eager cleanup changed. Empty when they match.
+func Diff(before, after string) string {
+	count := map[string]int{}
+	for _, l := range strings.Split(before, "\n") {
+		count[l]--
+	}
+	for _, l := range strings.Split(after, "\n") {
+		count[l]++
+	}
+	var out []string
+	for l, c := range count {
+		switch {
+		case c < 0:
+			out = append(out, "- "+l)
+		case c > 0:
+			out = append(out, "+ "+l)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
+}

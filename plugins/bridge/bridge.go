@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 
@@ -17,10 +16,8 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	cniipam "github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
-	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
@@ -75,10 +72,13 @@ func (k *call) fwAttachment() *firewall.Attachment {
 	return &firewall.Attachment{Key: k.rec.key(), ContainerIP: k.rec.ContainerIP, Ports: firewallPorts(k.rec.Ports)}
 }
 
-// Add attaches the container: ensureBridge, allocate, setupVeth,
-// configureIface, ensureGateway, setupFirewall. Whatever fails, everything
+// Add attaches the container to the network's bridge.
+func Add(args *skel.CmdArgs, c *conf.Bridge) error { return AddVia(args, c, bridgeLinks{}) }
+
+// AddVia attaches the container: allocate, claim host ports, then plug it
+// in with links while the firewall is set up. Whatever fails, everything
 // this call made is undone before it returns.
-func Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
+func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 	k, err := newCall(args, c)
 	if err != nil {
 		return err
@@ -108,10 +108,6 @@ func Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	}
 	undo = append(undo, func() { removeRecord(c.StateDir, k.rec) })
 
-	br, err := ensureBridge(c)
-	if err != nil {
-		return err
-	}
 	res, err := k.ipam.add()
 	if err != nil {
 		return err
@@ -130,7 +126,8 @@ func Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 		firewall.RemoveAttachment(c.StateDir, c.Name, k.rec.key(), len(k.rec.Ports) > 0,
 			func() bool { return networkEmpty(c.StateDir, c.Name, k.rec.key()) })
 	})
-	result, linkErr := k.setupLinks(netns, br, res, &undo)
+	undo = append(undo, func() { delLink(k.rec.HostVeth) })
+	result, linkErr := links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}
@@ -169,30 +166,8 @@ func openNetns(path string) (ns.NetNS, error) {
 	return n, nil
 }
 
-// setupLinks creates the veth pair, configures the container side and the
-// gateway on the bridge, and returns the CNI result.
-func (k *call) setupLinks(netns ns.NetNS, br *netlink.Bridge, res *current.Result, undo *[]func()) (*current.Result, error) {
-	c := k.c
-	mtu := c.MTU
-	if mtu == 0 {
-		mtu = 1500
-	}
-	hostIf, contIf, err := setupVeth(vethSpec{netns: netns, ifName: k.args.IfName, hostName: k.rec.HostVeth,
-		mtu: mtu, mac: c.RuntimeConfig.MAC, hairpin: c.Hairpin(), bridge: br})
-	if err != nil {
-		return nil, err
-	}
-	*undo = append(*undo, func() { delLink(k.rec.HostVeth) })
-	result := buildResult(res, br, hostIf, contIf, netns.Path(), c)
-	if err := netns.Do(func(ns.NetNS) error { return configureIface(k.args.IfName, result) }); err != nil {
-		return nil, err
-	}
-	if c.Gateway() {
-		if err := ensureGateway(c, br, gateways(result)); err != nil {
-			return nil, err
-		}
-	}
-	return result, enableForwarding(c.BridgeName)
+func (k *call) linkRequest(netns ns.NetNS, res *current.Result) LinkRequest {
+	return LinkRequest{Conf: k.c, Netns: netns, IfName: k.args.IfName, HostVeth: k.rec.HostVeth, IPAM: res}
 }
 
 // setupFirewall records the container address and installs the rules.
@@ -210,69 +185,6 @@ func (k *call) setupFirewall(res *current.Result) error {
 		return err
 	}
 	return firewall.Ensure(k.c.StateDir, k.fwNetwork(), k.fwAttachment())
-}
-
-func buildResult(ipamRes *current.Result, br *netlink.Bridge, hostIf, contIf net.Interface, netnsPath string, c *conf.Bridge) *current.Result {
-	res := &current.Result{
-		CNIVersion: current.ImplementedSpecVersion,
-		Interfaces: []*current.Interface{
-			{Name: br.Name, Mac: br.HardwareAddr.String()},
-			{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String()},
-			{Name: contIf.Name, Mac: contIf.HardwareAddr.String(), Sandbox: netnsPath},
-		},
-		Routes: ipamRes.Routes,
-		DNS:    ipamRes.DNS,
-	}
-	for _, ipc := range ipamRes.IPs {
-		ipc := *ipc
-		ipc.Interface = current.Int(2)
-		res.IPs = append(res.IPs, &ipc)
-	}
-	if c.IsDefaultGateway {
-		for _, ipc := range res.IPs {
-			if ipc.Gateway == nil || hasDefaultRoute(res.Routes, ipc.Gateway.To4() != nil) {
-				continue
-			}
-			dst := net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
-			if ipc.Gateway.To4() == nil {
-				dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
-			}
-			res.Routes = append(res.Routes, &types.Route{Dst: dst, GW: ipc.Gateway})
-		}
-	}
-	return res
-}
-
-func hasDefaultRoute(routes []*types.Route, v4 bool) bool {
-	for _, r := range routes {
-		ones, _ := r.Dst.Mask.Size()
-		if ones == 0 && (r.Dst.IP.To4() != nil) == v4 {
-			return true
-		}
-	}
-	return false
-}
-
-// gateways are the addresses the bridge answers on, with their prefix.
-func gateways(res *current.Result) []netip.Prefix {
-	var out []netip.Prefix
-	for _, ipc := range res.IPs {
-		gw, ok := netip.AddrFromSlice(ipc.Gateway)
-		if !ok {
-			continue
-		}
-		ones, _ := ipc.Address.Mask.Size()
-		out = append(out, netip.PrefixFrom(gw.Unmap(), ones))
-	}
-	return out
-}
-
-// configureIface runs inside the container namespace.
-func configureIface(ifName string, res *current.Result) error {
-	if err := cniipam.ConfigureIface(ifName, res); err != nil {
-		return fmt.Errorf("%w: configuring %s in the container: %v", cnierr.ErrDatapath, ifName, err)
-	}
-	return nil
 }
 
 // Del detaches the container. It forgives what is already gone: the netns,
@@ -318,10 +230,12 @@ func (k *call) teardown() error {
 	return removeRecord(c.StateDir, k.rec)
 }
 
-// Check verifies that what ADD made is still there: the link in the
-// container with its addresses and routes, the host veth on the bridge,
-// the IPAM reservation and the iptables rules.
-func Check(args *skel.CmdArgs, c *conf.Bridge) error {
+// Check verifies a bridge attachment.
+func Check(args *skel.CmdArgs, c *conf.Bridge) error { return CheckVia(args, c, bridgeLinks{}) }
+
+// CheckVia verifies that what ADD made is still there: the links (as links
+// checks them), the IPAM reservation and the iptables rules.
+func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
 	k, err := newCall(args, c)
 	if err != nil {
 		return err
@@ -344,15 +258,12 @@ func Check(args *skel.CmdArgs, c *conf.Bridge) error {
 		return fmt.Errorf("%w: no attachment of container %s (%s) on network %s", cnierr.ErrCheckFailed, args.ContainerID, args.IfName, c.Name)
 	}
 	k.rec = saved
-	if err := checkHostSide(c, k.rec.HostVeth); err != nil {
-		return err
-	}
 	netns, err := openNetns(args.Netns)
 	if err != nil {
 		return err
 	}
 	defer netns.Close()
-	if err := netns.Do(func(ns.NetNS) error { return checkContainerSide(args.IfName, prev) }); err != nil {
+	if err := links.Check(k.linkRequest(netns, nil), prev); err != nil {
 		return err
 	}
 	if err := k.ipam.check(); err != nil {

@@ -319,7 +319,7 @@ func TestParallelChurnNoDuplicatesNoLeaks(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := n.snapshot(t)
-	const workers, perWorker = 8, 13 // 104 ADD/DEL pairs
+	const workers, perWorker = 8, 25 // 200 ADD/DEL pairs
 	var mu sync.Mutex
 	live := map[string]string{}
 	var wg sync.WaitGroup

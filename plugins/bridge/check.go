@@ -30,8 +30,9 @@ func checkHostSide(c *conf.Bridge, hostVeth string) error {
 	return nil
 }
 
-// checkContainerSide runs inside the container namespace.
-func checkContainerSide(ifName string, prev *current.Result) error {
+// CheckContainerSide verifies the addresses and routes of prev on ifName;
+// it runs inside the container namespace.
+func CheckContainerSide(ifName string, prev *current.Result) error {
 	link, err := netlinksafe.LinkByName(ifName)
 	if err != nil {
 		return fmt.Errorf("%w: interface %s in the container: %v", cnierr.ErrCheckFailed, ifName, err)

@@ -131,35 +131,35 @@ func ensureGateway(c *conf.Bridge, br *netlink.Bridge, gws []netip.Prefix) error
 	return nil
 }
 
-// vethSpec is the veth pair of one attachment.
-type vethSpec struct {
-	netns    ns.NetNS
-	ifName   string
-	hostName string
-	mtu      int
-	mac      string
-	hairpin  bool
-	bridge   *netlink.Bridge
+// VethSpec is the veth pair of one attachment.
+type VethSpec struct {
+	Netns    ns.NetNS
+	IfName   string // container side
+	HostName string
+	MTU      int
+	MAC      string          // container side; random when empty
+	Hairpin  bool            // with Bridge
+	Bridge   *netlink.Bridge // nil: the host end stays unplugged (routed datapath)
 }
 
-// setupVeth creates the pair in the container namespace, moves the host end
-// out and plugs it into the bridge.
-func setupVeth(s vethSpec) (host, cont net.Interface, err error) {
+// SetupVeth creates the pair in the container namespace, moves the host end
+// out and, with a bridge, plugs it in.
+func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 	hostNS, err := ns.GetCurrentNS()
 	if err != nil {
 		return host, cont, fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
 	}
 	defer hostNS.Close()
-	err = s.netns.Do(func(ns.NetNS) error {
-		if _, err := netlinksafe.LinkByName(s.ifName); err == nil {
-			return fmt.Errorf("%w: ifName %q already exists in the container namespace", cnierr.ErrLinkInUse, s.ifName)
+	err = s.Netns.Do(func(ns.NetNS) error {
+		if _, err := netlinksafe.LinkByName(s.IfName); err == nil {
+			return fmt.Errorf("%w: ifName %q already exists in the container namespace", cnierr.ErrLinkInUse, s.IfName)
 		}
-		h, c, err := ip.SetupVethWithName(s.ifName, s.hostName, s.mtu, s.mac, hostNS)
+		h, c, err := ip.SetupVethWithName(s.IfName, s.HostName, s.MTU, s.MAC, hostNS)
 		if err != nil {
 			if errors.Is(err, unix.EEXIST) || os.IsExist(err) {
-				return fmt.Errorf("%w: creating veth %s: %v", cnierr.ErrLinkInUse, s.hostName, err)
+				return fmt.Errorf("%w: creating veth %s: %v", cnierr.ErrLinkInUse, s.HostName, err)
 			}
-			return fmt.Errorf("%w: creating veth %s/%s: %v", cnierr.ErrDatapath, s.hostName, s.ifName, err)
+			return fmt.Errorf("%w: creating veth %s/%s: %v", cnierr.ErrDatapath, s.HostName, s.IfName, err)
 		}
 		host, cont = h, c
 		return nil
@@ -167,24 +167,31 @@ func setupVeth(s vethSpec) (host, cont net.Interface, err error) {
 	if err != nil {
 		return host, cont, err
 	}
-	link, err := netlinksafe.LinkByName(s.hostName)
+	if s.Bridge == nil {
+		return host, cont, nil
+	}
+	link, err := netlinksafe.LinkByName(s.HostName)
 	if err != nil {
-		return host, cont, fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, s.hostName, err)
+		return host, cont, fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, s.HostName, err)
 	}
-	if err := netlink.LinkSetMaster(link, s.bridge); err != nil {
-		return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.hostName, s.bridge.Name, err)
+	if err := netlink.LinkSetMaster(link, s.Bridge); err != nil {
+		return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.HostName, s.Bridge.Name, err)
 	}
-	if err := netlink.LinkSetHairpin(link, s.hairpin); err != nil {
-		return host, cont, fmt.Errorf("%w: hairpinMode on %s: %v", cnierr.ErrDatapath, s.hostName, err)
+	if err := netlink.LinkSetHairpin(link, s.Hairpin); err != nil {
+		return host, cont, fmt.Errorf("%w: hairpinMode on %s: %v", cnierr.ErrDatapath, s.HostName, err)
 	}
 	return host, cont, nil
 }
 
-// enableForwarding turns on routing in the node's namespace, and
-// route_localnet on the bridge so that DNAT of connections from 127.0.0.1
-// to a container is not dropped as a martian.
-func enableForwarding(bridge string) error {
-	for _, s := range []string{"net.ipv4.ip_forward", "net.ipv4.conf." + bridge + ".route_localnet"} {
+// EnableForwarding turns on routing in the node's namespace and prepares
+// iface (the bridge, or a routed host veth) for containers:
+//   - route_localnet, so that DNAT of connections from 127.0.0.1 to a
+//     container is not dropped as a martian;
+//   - strict reverse-path filtering, so that a container cannot send with a
+//     source address that the node does not route back through iface (no
+//     spoofing; in routed mode that pins each container to its own /32).
+func EnableForwarding(iface string) error {
+	for _, s := range []string{"net.ipv4.ip_forward", "net.ipv4.conf." + iface + ".route_localnet", "net.ipv4.conf." + iface + ".rp_filter"} {
 		if v, _ := sysctl.Sysctl(s); v == "1" {
 			continue
 		}

@@ -78,7 +78,7 @@ func claimPort(stateDir, key string, p conf.PortMapping) error {
 	if err := portFree(p); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "."+key[:16])
+	tmp := claimTemp(stateDir, key, p)
 	if err := os.WriteFile(tmp, []byte(key), 0o644); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
@@ -117,11 +117,16 @@ func portFree(p conf.PortMapping) error {
 }
 
 func unclaimPort(stateDir, key string, p conf.PortMapping) {
+	os.Remove(claimTemp(stateDir, key, p)) // left by a claim killed midway
 	path := filepath.Join(portDir(stateDir, p), hostName(p))
 	if owner, err := os.ReadFile(path); err == nil && string(owner) == key {
 		os.Remove(path)
 		os.Remove(portDir(stateDir, p)) // only succeeds when empty
 	}
+}
+
+func claimTemp(stateDir, key string, p conf.PortMapping) string {
+	return filepath.Join(portDir(stateDir, p), "."+key[:16])
 }
 
 func unclaimPorts(stateDir string, r *record) {

@@ -11,10 +11,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
-	"github.com/berthnet/berth/internal/lease"
 )
 
 // record is what berth remembers of one attachment, written before ADD
@@ -54,7 +54,15 @@ func saveRecord(stateDir string, r *record) error {
 	if err != nil {
 		return err
 	}
-	if err := lease.WriteFileAtomic(recordPath(stateDir, r), data, 0o600); err != nil {
+	// A fixed temp name, so that a DEL after a kill mid-write removes it.
+	path := recordPath(stateDir, r)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("%w: creating state dir: %v", cnierr.ErrIO, err)
+	}
+	if err := os.WriteFile(path+".tmp", data, 0o600); err != nil {
+		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
 		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
 	}
 	return nil
@@ -76,6 +84,7 @@ func loadRecord(path string) (*record, error) {
 }
 
 func removeRecord(stateDir string, r *record) error {
+	os.Remove(recordPath(stateDir, r) + ".tmp")
 	if err := os.Remove(recordPath(stateDir, r)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: removing attachment state: %v", cnierr.ErrIO, err)
 	}
@@ -103,8 +112,15 @@ func networkEmpty(stateDir, network, except string) bool {
 	}
 }
 
-// records lists the attachments of network (GC only).
+// records lists the attachments of network (GC only), and removes temp
+// files that writers killed long ago left.
 func records(stateDir, network string) ([]*record, error) {
+	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
+	for _, p := range temps {
+		if info, err := os.Stat(p); err == nil && time.Since(info.ModTime()) > time.Minute {
+			os.Remove(p)
+		}
+	}
 	paths, err := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.json"))
 	if err != nil {
 		return nil, err

@@ -54,6 +54,33 @@ func run(quick bool, binDir, refDir, out, readme string) error {
 	if err != nil {
 		return fmt.Errorf("CNI latency: %w", err)
 	}
+	seconds, repeats, trips := 4, 3, 5000
+	if quick {
+		seconds, repeats, trips = 2, 1, 1000
+	}
+	dpCfg := bench.DatapathConfig{Seconds: seconds, Repeats: repeats, RoundTrips: trips, Progress: progress}
+	raw, rawDone, err := bench.RawVeth()
+	if err != nil {
+		return err
+	}
+	d, err := bench.MeasureDatapath(ctx, "raw veth", raw, dpCfg)
+	rawDone()
+	if err != nil {
+		return err
+	}
+	r.Datapath = append(r.Datapath, d)
+	br, brDone, err := bench.BridgeContainers(ctx, []string{abs, refDir})
+	if err != nil {
+		return err
+	}
+	d, err = bench.MeasureDatapath(ctx, "bridge (one node)", br, dpCfg)
+	brDone()
+	if err != nil {
+		return err
+	}
+	d.Baseline = "raw veth"
+	r.Datapath = append(r.Datapath, d)
+
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
 	}
@@ -61,6 +88,9 @@ func run(quick bool, binDir, refDir, out, readme string) error {
 		return err
 	}
 	if err := r.PlotCNI(filepath.Join(out, "cni-latency.png")); err != nil {
+		return fmt.Errorf("plotting: %w", err)
+	}
+	if err := r.PlotDatapath(filepath.Join(out, "datapath.png")); err != nil {
 		return fmt.Errorf("plotting: %w", err)
 	}
 	if err := r.UpdateREADME(readme); err != nil {
