@@ -24,7 +24,7 @@ import (
 )
 
 // ErrBackendUnavailable: the network's mode has no backend in this build.
-var ErrBackendUnavailable = errors.New("backend not available in this build")
+var ErrBackendUnavailable = errors.New("not available in this build")
 
 // newBackend returns the backend of mode.
 func newBackend(mode string, log *slog.Logger) (backend.Backend, error) {
@@ -34,7 +34,7 @@ func newBackend(mode string, log *slog.Logger) (backend.Backend, error) {
 	case lease.ModeHostGW:
 		return hostgw.Backend{}, nil
 	case lease.ModeBGP:
-		return nil, fmt.Errorf("mode bgp: %w: bgp backend not available in this build; use vxlan or hostgw for now", ErrBackendUnavailable)
+		return nil, fmt.Errorf("mode bgp: bgp backend %w; use vxlan or hostgw for now", ErrBackendUnavailable)
 	}
 	return nil, fmt.Errorf("mode %q: use vxlan, hostgw or bgp", mode)
 }
@@ -224,6 +224,7 @@ func (d *daemon) acquire(ctx context.Context) error {
 		return err
 	}
 	d.m.leaseAcquisitions.Inc()
+	d.m.etcdUp.Set(1)
 	d.mu.Lock()
 	old := d.self.Subnet
 	d.self = *l

@@ -32,8 +32,10 @@ func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change
 		cur[r.leaseKey(l.Subnet)] = l
 	}
 	rev := snap.Revision
+	wait := time.Second
 	for {
 		err := r.watch(ctx, rev, func(resp *clientv3.WatchResponse) error {
+			wait = time.Second // the watch works again
 			for _, ev := range resp.Events {
 				key := string(ev.Kv.Key)
 				switch ev.Type {
@@ -66,16 +68,18 @@ func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change
 				}
 				rev = s.Revision
 				update(Change{Snapshot: s, Resync: true})
+				wait = time.Second
 				continue
 			}
 			err = lerr
 		}
-		r.Log.Warn("lease watch broken, resuming in 1s", "revision", rev, "err", err)
+		r.Log.Warn("lease watch broken; resuming", "revision", rev, "in", wait, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(time.Second):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, 10*time.Second)
 	}
 }
 
