@@ -112,6 +112,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer cli.Close()
 	d.reg = registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
 	d.reg.Log = log
+	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 
 	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
 		d.network, err = d.reg.EnsureConfig(ctx, cfg.Network)

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -106,12 +107,19 @@ func TestSegments(t *testing.T) {
 }
 
 // Without --etcd-endpoints the first netd runs an embedded etcd that the
-// other nodes use; nothing else is needed.
+// other nodes use; nothing else is needed. Node 2 starts first and waits
+// for that etcd to come up.
 func TestEmbeddedEtcd(t *testing.T) {
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
 	c := newCluster(t, tb, nil, "berth", 9472)
+	early, err := tb.Node(2).Start(testbed.ProcSpec{Name: "netd-berth-node2", Path: c.bin, Args: c.flags(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.netd[2] = early
+	time.Sleep(time.Second)
 	c.start(1)
-	c.start(2)
+	c.lease(2)
 	c.converged(1, 1)
 	st := c.converged(2, 1)
 	if len(st.EtcdEndpoints) != 1 || st.EtcdEndpoints[0] != "http://192.168.50.1:2379" || st.Mode != "vxlan" || st.CIDR != "10.244.0.0/16" {
