@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -53,12 +55,8 @@ func (tb *Testbed) start(n *NetNS, spec ProcSpec) (*Process, error) {
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	// Pdeathsig fires when the forking thread dies; Do's thread lives as
-	// long as the test process unless a namespace switch fails, in which
-	// case the child dying is the safe outcome anyway.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	err = n.Do(cmd.Start)
-	if err != nil {
+	if err := spawn(n, cmd); err != nil {
 		return nil, fmt.Errorf("starting %s in %s: %w", spec.Name, n.Name, err)
 	}
 	p := &Process{Name: spec.Name, PID: cmd.Process.Pid, LogPath: logPath, cmd: cmd, done: make(chan struct{})}
@@ -70,6 +68,48 @@ func (tb *Testbed) start(n *NetNS, spec ProcSpec) (*Process, error) {
 	tb.procs = append(tb.procs, p)
 	tb.mu.Unlock()
 	return p, nil
+}
+
+// Pdeathsig fires when the thread that forked the child exits, not the
+// process. Go reuses threads, and some code (the CNI test utilities among
+// it) deliberately lets a locked thread die, so a child forked from an
+// ordinary thread could be killed at random. Children are therefore forked
+// from one thread that stays locked for the life of the test process.
+var (
+	spawnOnce sync.Once
+	spawnReqs chan spawnReq
+)
+
+type spawnReq struct {
+	n    *NetNS
+	cmd  *exec.Cmd
+	done chan error
+}
+
+// spawn starts cmd inside n from the spawner thread.
+func spawn(n *NetNS, cmd *exec.Cmd) error {
+	spawnOnce.Do(func() {
+		spawnReqs = make(chan spawnReq)
+		go spawner()
+	})
+	req := spawnReq{n: n, cmd: cmd, done: make(chan error, 1)}
+	spawnReqs <- req
+	return <-req.done
+}
+
+func spawner() {
+	// Never unlocked: this thread belongs to the spawner until the test
+	// process exits. Its namespace is set before every fork, so it need
+	// not be switched back.
+	runtime.LockOSThread()
+	for req := range spawnReqs {
+		err := req.n.Set()
+		if err == nil {
+			// Forked from this thread, so the child starts in n.
+			err = req.cmd.Start()
+		}
+		req.done <- err
+	}
 }
 
 // Signal sends sig to the process.
