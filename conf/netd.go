@@ -1,0 +1,225 @@
+package conf
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+
+	"github.com/berthnet/berth/internal/lease"
+)
+
+// Defaults of a cluster network, applied by the netd that creates it.
+var (
+	DefaultNetworkName = "berth"
+	DefaultNetworkCIDR = netip.MustParsePrefix("10.244.0.0/16")
+)
+
+const (
+	DefaultSubnetLen = 24
+	DefaultVNI       = 1
+	// DefaultVXLANPort is the Linux kernel's and flannel's VXLAN port, not
+	// IANA's 4789, so that berth replaces flannel without firewall changes.
+	DefaultVXLANPort = 8472
+	// VXLANOverhead is what VXLAN over IPv4 adds to a frame: outer IPv4
+	// (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
+	VXLANOverhead = 50
+	maxVNI        = 1<<24 - 1
+)
+
+// Network is a cluster network as netd keeps it in etcd at
+// <prefix>/networks/<name>/config. The first netd of the network writes
+// it; every other netd must agree with it. A zero field means "not
+// given": WithDefaults fills it when the network is created, and
+// Conflicts ignores it when a netd joins.
+type Network struct {
+	Name      string       `json:"name"`
+	CIDR      netip.Prefix `json:"cidr"`
+	SubnetLen int          `json:"subnetLen"` // prefix length of each node's subnet
+	Mode      string       `json:"mode"`      // vxlan | hostgw | bgp
+	VNI       int          `json:"vni,omitempty"`
+	Port      int          `json:"port,omitempty"` // VXLAN UDP port
+	// MTU of container interfaces; 0 derives it from each node's underlay
+	// (minus VXLANOverhead in vxlan mode).
+	MTU    int   `json:"mtu,omitempty"`
+	IPMasq *bool `json:"ipMasq,omitempty"` // masquerade traffic leaving CIDR (default true)
+	// DirectRouting (vxlan) routes to peers on the same L2 segment
+	// directly via their node IP, as hostgw does, and uses VXLAN only for
+	// the others.
+	DirectRouting *bool `json:"directRouting,omitempty"`
+}
+
+// WithDefaults returns n with every field that was not given set to its
+// default.
+func (n Network) WithDefaults() Network {
+	if n.Name == "" {
+		n.Name = DefaultNetworkName
+	}
+	if !n.CIDR.IsValid() {
+		n.CIDR = DefaultNetworkCIDR
+	}
+	if n.SubnetLen == 0 {
+		n.SubnetLen = DefaultSubnetLen
+	}
+	if n.Mode == "" {
+		n.Mode = lease.ModeVXLAN
+	}
+	if n.Mode == lease.ModeVXLAN {
+		if n.VNI == 0 {
+			n.VNI = DefaultVNI
+		}
+		if n.Port == 0 {
+			n.Port = DefaultVXLANPort
+		}
+		if n.DirectRouting == nil {
+			n.DirectRouting = new(bool)
+		}
+	}
+	if n.IPMasq == nil {
+		t := true
+		n.IPMasq = &t
+	}
+	return n
+}
+
+// Masq reports whether traffic leaving the network is masqueraded.
+func (n *Network) Masq() bool { return n.IPMasq == nil || *n.IPMasq }
+
+// Direct reports whether vxlan mode routes same-segment peers directly.
+func (n *Network) Direct() bool { return n.DirectRouting != nil && *n.DirectRouting }
+
+// Validate checks the fields that are given; field names in errors are
+// the JSON names, which match netd's flags (--network-<field>).
+func (n *Network) Validate() error {
+	switch {
+	case n.Name != "" && !nameRe.MatchString(n.Name):
+		return invalid("name", fmt.Sprintf("%q: use letters, digits, '-', '_' or '.'", n.Name))
+	case n.CIDR.IsValid() && !n.CIDR.Addr().Is4():
+		return invalid("cidr", fmt.Sprintf("%s: only IPv4 cluster networks are supported", n.CIDR))
+	case n.CIDR.IsValid() && n.CIDR != n.CIDR.Masked():
+		return invalid("cidr", fmt.Sprintf("%s has host bits set; did you mean %s?", n.CIDR, n.CIDR.Masked()))
+	case n.SubnetLen != 0 && (n.SubnetLen < 1 || n.SubnetLen > 30):
+		return invalid("subnetLen", fmt.Sprintf("%d: a node subnet needs a length of 1..30 to hold a gateway and containers", n.SubnetLen))
+	case n.Mode != "" && n.Mode != lease.ModeVXLAN && n.Mode != lease.ModeHostGW && n.Mode != lease.ModeBGP:
+		return invalid("mode", fmt.Sprintf("%q: use vxlan, hostgw or bgp", n.Mode))
+	case n.VNI != 0 && (n.VNI < 1 || n.VNI > maxVNI):
+		return invalid("vni", fmt.Sprintf("%d is outside 1..%d", n.VNI, maxVNI))
+	case n.Port != 0 && (n.Port < 1 || n.Port > 65535):
+		return invalid("port", fmt.Sprintf("%d is not a UDP port", n.Port))
+	case n.MTU != 0 && (n.MTU < MinMTU || n.MTU > MaxMTU):
+		return invalid("mtu", fmt.Sprintf("%d is outside %d..%d", n.MTU, MinMTU, MaxMTU))
+	}
+	if n.Mode != "" && n.Mode != lease.ModeVXLAN {
+		switch {
+		case n.VNI != 0:
+			return invalid("vni", "only used in vxlan mode")
+		case n.Port != 0:
+			return invalid("port", "only used in vxlan mode")
+		case n.Direct():
+			return invalid("directRouting", "only used in vxlan mode (hostgw always routes directly)")
+		}
+	}
+	if n.CIDR.IsValid() && n.SubnetLen != 0 && n.SubnetLen < n.CIDR.Bits() {
+		return invalid("subnetLen", fmt.Sprintf("/%d is larger than the network %s", n.SubnetLen, n.CIDR))
+	}
+	return nil
+}
+
+// Subnets is how many node subnets the network holds.
+func (n *Network) Subnets() uint64 {
+	return 1 << uint(n.SubnetLen-n.CIDR.Bits())
+}
+
+// Conflicts lists, field by field, where n (what a joining netd was
+// told) disagrees with stored (the network's config in etcd). Fields not
+// given in n never conflict.
+func (n *Network) Conflicts(stored *Network) []string {
+	var out []string
+	diff := func(field string, given bool, want, have any) {
+		if given && fmt.Sprint(want) != fmt.Sprint(have) {
+			out = append(out, fmt.Sprintf("%s: network has %v, this netd was given %v", field, have, want))
+		}
+	}
+	deref := func(b *bool) any {
+		if b == nil {
+			return "unset"
+		}
+		return *b
+	}
+	diff("cidr", n.CIDR.IsValid(), n.CIDR, stored.CIDR)
+	diff("subnetLen", n.SubnetLen != 0, n.SubnetLen, stored.SubnetLen)
+	diff("mode", n.Mode != "", n.Mode, stored.Mode)
+	diff("vni", n.VNI != 0, n.VNI, stored.VNI)
+	diff("port", n.Port != 0, n.Port, stored.Port)
+	diff("mtu", n.MTU != 0, n.MTU, stored.MTU)
+	diff("ipMasq", n.IPMasq != nil, deref(n.IPMasq), deref(stored.IPMasq))
+	diff("directRouting", n.DirectRouting != nil, deref(n.DirectRouting), deref(stored.DirectRouting))
+	return out
+}
+
+// ParseNetwork decodes a stored network config and checks it is complete.
+func ParseNetwork(data []byte) (*Network, error) {
+	var n Network
+	if err := json.Unmarshal(data, &n); err != nil {
+		return nil, invalid("network config", err.Error())
+	}
+	if err := n.Validate(); err != nil {
+		return nil, err
+	}
+	if n.Name == "" || !n.CIDR.IsValid() || n.SubnetLen == 0 || n.Mode == "" {
+		return nil, invalid("network config", "name, cidr, subnetLen and mode are required")
+	}
+	if n.Mode == lease.ModeVXLAN && (n.VNI == 0 || n.Port == 0) {
+		return nil, invalid("network config", "vni and port are required in vxlan mode")
+	}
+	return &n, nil
+}
+
+// NodeConflist describes the conflist netd writes for its network.
+type NodeConflist struct {
+	Network     string // also the CNI network name
+	Mode        string // selects the plugin: berth-<mode>
+	LeaseDir    string // where netd writes the node lease
+	StateDir    string // the plugin's state
+	IPAMDataDir string // berth-ipam's data
+}
+
+// ConflistPath is where netd writes the conflist of network in dir.
+func ConflistPath(dir, network string) string {
+	return filepath.Join(dir, "10-berth-"+network+".conflist")
+}
+
+// Marshal renders the conflist a runtime loads for the network.
+func (c NodeConflist) Marshal() ([]byte, error) {
+	type ipam struct {
+		Type    string `json:"type"`
+		DataDir string `json:"dataDir"`
+	}
+	type plugin struct {
+		Type         string          `json:"type"`
+		LeaseDir     string          `json:"leaseDir"`
+		StateDir     string          `json:"stateDir"`
+		IPAM         ipam            `json:"ipam"`
+		Capabilities map[string]bool `json:"capabilities"`
+	}
+	list := struct {
+		CNIVersion string   `json:"cniVersion"`
+		Name       string   `json:"name"`
+		Plugins    []plugin `json:"plugins"`
+	}{
+		CNIVersion: "1.1.0",
+		Name:       c.Network,
+		Plugins: []plugin{{
+			Type:         "berth-" + c.Mode,
+			LeaseDir:     c.LeaseDir,
+			StateDir:     c.StateDir,
+			IPAM:         ipam{Type: IPAMType, DataDir: c.IPAMDataDir},
+			Capabilities: map[string]bool{"portMappings": true},
+		}},
+	}
+	data, err := json.MarshalIndent(list, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	return append(data, '\n'), nil
+}

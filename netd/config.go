@@ -1,0 +1,202 @@
+// Package netd is berth's node daemon. It leases this node a subnet of
+// the cluster network in etcd, tells the CNI plugins about it through
+// the node lease file and a conflist, and keeps the kernel connected to
+// every other node's subnet (vxlan or hostgw backend) in a reconcile loop:
+// desired state = the leases in etcd, actual state = the kernel.
+package netd
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/netd/registry"
+)
+
+// Config is what netd is told on its command line (or config file).
+type Config struct {
+	NodeName string
+	NodeIP   netip.Addr // zero: the address of Iface, or of the default route's interface
+	Iface    string     // "": the interface holding NodeIP, or the default route's
+
+	EtcdEndpoints []string // none: start an embedded etcd on this node
+	EtcdCAFile    string
+	EtcdCertFile  string
+	EtcdKeyFile   string
+	EtcdPrefix    string
+	// Embedded etcd (only without EtcdEndpoints).
+	EtcdDataDir    string
+	EtcdClientPort int
+	EtcdPeerPort   int
+
+	// Network holds the network flags as given: zero fields were not
+	// given and are taken from etcd (or defaulted by the first netd).
+	Network conf.Network
+
+	LeaseTTL       time.Duration
+	LeaseDir       string
+	CNIConfDir     string
+	CNIStateDir    string
+	IPAMDataDir    string
+	MetricsAddr    string
+	ResyncInterval time.Duration
+	LogLevel       string
+}
+
+// Defaults.
+const (
+	DefaultLeaseTTL       = 5 * time.Minute
+	DefaultCNIConfDir     = "/etc/cni/net.d"
+	DefaultMetricsAddr    = "127.0.0.1:9472"
+	DefaultEtcdDataDir    = "/var/lib/berth/etcd"
+	DefaultResyncInterval = 30 * time.Second
+)
+
+// Flags registers every option on fs, with its default and an example.
+// The returned function finishes parsing: call it after fs.Parse; it
+// applies the config file (--config) and checks the values.
+func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
+	host, _ := os.Hostname()
+	var endpoints, nodeIP, cidr, configFile string
+	fs.StringVar(&configFile, "config", "", "JSON file of options: flag names as keys, e.g. {\"etcd-endpoints\": \"https://10.0.0.5:2379\", \"mode\": \"hostgw\"}; flags on the command line win")
+	fs.StringVar(&c.NodeName, "node-name", host, "this node's unique name in the network, e.g. worker-3")
+	fs.StringVar(&nodeIP, "node-ip", "", "address other nodes reach this node at, e.g. 192.168.50.3 (default: the address of --iface, or of the default route's interface)")
+	fs.StringVar(&c.Iface, "iface", "", "underlay interface, e.g. eth0 (default: the one holding --node-ip, or the default route's)")
+
+	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs, e.g. https://10.0.0.5:2379,https://10.0.0.6:2379 (default: start an embedded single-member etcd on this node that other nodes can use)")
+	fs.StringVar(&c.EtcdCAFile, "etcd-cafile", "", "CA bundle to verify etcd's certificate, e.g. /etc/berth/etcd-ca.pem")
+	fs.StringVar(&c.EtcdCertFile, "etcd-certfile", "", "client certificate for etcd, e.g. /etc/berth/etcd-client.pem")
+	fs.StringVar(&c.EtcdKeyFile, "etcd-keyfile", "", "client key for etcd, e.g. /etc/berth/etcd-client-key.pem")
+	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", registry.DefaultPrefix, "root of berth's keys in etcd, e.g. /berth/v1")
+	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", DefaultEtcdDataDir, "embedded etcd: data directory")
+	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on --node-ip and 127.0.0.1")
+	fs.IntVar(&c.EtcdPeerPort, "etcd-peer-port", 2380, "embedded etcd: peer port, served on 127.0.0.1 (single member)")
+
+	n := &c.Network
+	fs.StringVar(&n.Name, "network-name", conf.DefaultNetworkName, "network name: the CNI network name and lease file <lease-dir>/<name>.json, e.g. pods")
+	fs.StringVar(&cidr, "network-cidr", "", "cluster network, e.g. 10.244.0.0/16 (default 10.244.0.0/16 when this netd creates the network)")
+	fs.IntVar(&n.SubnetLen, "subnet-len", 0, fmt.Sprintf("prefix length of each node's subnet, e.g. 26 (default %d when creating)", conf.DefaultSubnetLen))
+	fs.StringVar(&n.Mode, "mode", "", "vxlan, hostgw or bgp, e.g. hostgw (default vxlan when creating)")
+	fs.IntVar(&n.VNI, "vni", 0, fmt.Sprintf("vxlan: VXLAN network identifier, e.g. 42 (default %d when creating)", conf.DefaultVNI))
+	fs.IntVar(&n.Port, "vxlan-port", 0, fmt.Sprintf("vxlan: UDP port, e.g. 4789 (default %d when creating)", conf.DefaultVXLANPort))
+	fs.IntVar(&n.MTU, "mtu", 0, "container MTU, e.g. 1400 (default: underlay MTU, minus 50 in vxlan mode)")
+	fs.Var(optBool{&n.IPMasq}, "ip-masq", "masquerade traffic leaving the network, e.g. --ip-masq=false (default true when creating)")
+	fs.Var(optBool{&n.DirectRouting}, "direct-routing", "vxlan: plain routes to nodes on the same L2 segment, VXLAN to the rest, e.g. --direct-routing (default false when creating)")
+
+	fs.DurationVar(&c.LeaseTTL, "lease-ttl", DefaultLeaseTTL, "how long a node's subnet stays reserved after its netd stops renewing it; peers drop its routes then, e.g. 10m")
+	fs.StringVar(&c.LeaseDir, "lease-dir", lease.DefaultDir, "where to write the node lease file for the plugins, e.g. /run/berth")
+	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
+	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
+	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
+	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+
+	return func() error {
+		if configFile != "" {
+			if err := applyConfigFile(fs, configFile); err != nil {
+				return err
+			}
+		}
+		if endpoints != "" {
+			c.EtcdEndpoints = strings.Split(endpoints, ",")
+		}
+		if nodeIP != "" {
+			a, err := netip.ParseAddr(nodeIP)
+			if err != nil || !a.Is4() {
+				return fmt.Errorf("--node-ip: %q is not an IPv4 address", nodeIP)
+			}
+			c.NodeIP = a
+		}
+		if cidr != "" {
+			p, err := netip.ParsePrefix(cidr)
+			if err != nil {
+				return fmt.Errorf("--network-cidr: %q is not a prefix like 10.244.0.0/16", cidr)
+			}
+			c.Network.CIDR = p
+		}
+		return c.Validate()
+	}
+}
+
+// Validate checks the values Flags could not check one by one.
+func (c *Config) Validate() error {
+	switch {
+	case c.NodeName == "":
+		return errors.New("--node-name: empty; give this node a unique name")
+	case c.LeaseTTL < 2*time.Second:
+		return fmt.Errorf("--lease-ttl: %s is shorter than etcd's minimum of 2s", c.LeaseTTL)
+	case c.ResyncInterval < 100*time.Millisecond:
+		return fmt.Errorf("--resync-interval: %s is too short", c.ResyncInterval)
+	case (c.EtcdCertFile == "") != (c.EtcdKeyFile == ""):
+		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	}
+	if err := c.Network.Validate(); err != nil {
+		return fmt.Errorf("network flags: %w", err)
+	}
+	return nil
+}
+
+// applyConfigFile sets the flags named in a JSON file that were not set on
+// the command line.
+func applyConfigFile(fs *flag.FlagSet, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("--config: %w", err)
+	}
+	var values map[string]any
+	if err := json.Unmarshal(data, &values); err != nil {
+		return fmt.Errorf("--config %s: %w", path, err)
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, v := range values {
+		if fs.Lookup(name) == nil {
+			return fmt.Errorf("--config %s: unknown option %q (use the flag names of netd --help)", path, name)
+		}
+		if given[name] {
+			continue
+		}
+		s := fmt.Sprint(v)
+		if list, ok := v.([]any); ok { // "etcd-endpoints": ["a", "b"]
+			var parts []string
+			for _, p := range list {
+				parts = append(parts, fmt.Sprint(p))
+			}
+			s = strings.Join(parts, ",")
+		}
+		if err := fs.Set(name, s); err != nil {
+			return fmt.Errorf("--config %s: %s: %w", path, name, err)
+		}
+	}
+	return nil
+}
+
+// optBool is a boolean flag that remembers whether it was given.
+type optBool struct{ p **bool }
+
+func (o optBool) String() string {
+	if o.p == nil || *o.p == nil {
+		return ""
+	}
+	return strconv.FormatBool(**o.p)
+}
+
+func (o optBool) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	*o.p = &v
+	return nil
+}
+
+func (o optBool) IsBoolFlag() bool { return true }

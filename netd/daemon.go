@@ -1,0 +1,388 @@
+package netd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/backend/hostgw"
+	"github.com/berthnet/berth/netd/backend/vxlan"
+	"github.com/berthnet/berth/netd/registry"
+)
+
+// ErrBackendUnavailable: the network's mode has no backend in this build.
+var ErrBackendUnavailable = errors.New("not available in this build")
+
+// newBackend returns the backend of mode.
+func newBackend(mode string, log *slog.Logger) (backend.Backend, error) {
+	switch mode {
+	case lease.ModeVXLAN:
+		return &vxlan.Backend{Log: log}, nil
+	case lease.ModeHostGW:
+		return hostgw.Backend{}, nil
+	case lease.ModeBGP:
+		return nil, fmt.Errorf("mode bgp: bgp backend %w; use vxlan or hostgw for now", ErrBackendUnavailable)
+	}
+	return nil, fmt.Errorf("mode %q: use vxlan, hostgw or bgp", mode)
+}
+
+// etcdTimeout bounds each etcd request, so a dead etcd shows as an error
+// that is retried rather than a hang.
+const etcdTimeout = 10 * time.Second
+
+type daemon struct {
+	cfg       *Config
+	log       *slog.Logger
+	endpoints []string
+	node      backend.Node
+	reg       *registry.Registry
+	network   *conf.Network
+	nw        backend.Network
+	m         *metrics
+	kick      chan struct{} // asks the reconcile loop for a pass
+
+	mu      sync.Mutex // guards the fields below
+	self    registry.Lease
+	expires time.Time
+	leases  []registry.Lease
+	etcdUp  bool
+	last    result
+
+	reconcileMu sync.Mutex // one reconcile or status check at a time
+}
+
+// result is what the last reconcile did.
+type result struct {
+	At       time.Time
+	Changes  []string
+	Err      error
+	Problems []backend.Problem
+}
+
+// Run is `netd run`. It returns when ctx ends (SIGTERM), leaving the
+// datapath and the lease in place: a restarted netd adopts both without
+// interrupting traffic, and a node that never comes back loses its lease
+// after --lease-ttl.
+func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+	if cfg.Network.Mode != "" {
+		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
+			return err // before writing a network config nobody can run
+		}
+	}
+	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	if err != nil {
+		return err
+	}
+	httpListener, err := d.listen()
+	if err != nil {
+		return err
+	}
+	if httpListener != nil {
+		defer httpListener.Close() // no-op once served
+	}
+	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
+
+	d.endpoints = cfg.EtcdEndpoints
+	if len(d.endpoints) == 0 {
+		emb, err := startEmbedded(ctx, cfg, u.IP, log)
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		d.endpoints = emb.Endpoints
+	}
+	cli, err := newClient(cfg, d.endpoints)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	d.reg = registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
+	d.reg.Log = log
+	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
+
+	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
+		d.network, err = d.reg.EnsureConfig(ctx, cfg.Network)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	n := d.network
+	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
+	be, err := newBackend(n.Mode, log)
+	if err != nil {
+		return fmt.Errorf("network %s: %w", n.Name, err)
+	}
+	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: n}
+	if d.nw, err = be.Register(ctx, d.node); err != nil {
+		return err
+	}
+	d.m = newMetrics(n.Name)
+
+	if err := d.acquire(ctx); err != nil {
+		return err
+	}
+	if err := d.writeConflist(); err != nil {
+		return err
+	}
+	var snap registry.Snapshot
+	err = d.retry(ctx, "listing leases", func(ctx context.Context) error {
+		snap, err = d.reg.List(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	d.setLeases(snap.Leases)
+	d.reconcile(ctx)
+
+	defer d.serveHTTP(httpListener)()
+
+	var wg sync.WaitGroup
+	wg.Go(func() { d.keepAlive(ctx) })
+	wg.Go(func() {
+		d.reg.Follow(ctx, snap, func(c registry.Change) {
+			if c.Resync {
+				d.m.resyncs.Inc()
+			}
+			d.setLeases(c.Leases)
+			d.poke()
+		})
+	})
+	wg.Go(func() { d.watchKernel(ctx) })
+	wg.Go(func() { d.probeEtcd(ctx, cli) })
+	wg.Go(func() { d.reconcileLoop(ctx) })
+	log.Info("running", "subnet", d.lease().Subnet, "endpoints", d.endpoints)
+	wg.Wait()
+	log.Info("stopped; datapath and lease left in place for the next start", "subnet", d.lease().Subnet)
+	return nil
+}
+
+// retry runs f (with a per-request timeout) until it succeeds, fails in
+// a way retrying cannot fix, or ctx ends. etcd may still be starting.
+func (d *daemon) retry(ctx context.Context, what string, f func(context.Context) error) error {
+	wait := 500 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+		err := f(rctx)
+		cancel()
+		if err == nil || ctx.Err() != nil || permanent(err) {
+			return err
+		}
+		d.log.Warn(what+" failed; retrying", "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 10*time.Second)
+	}
+}
+
+// permanent errors need a person: a conflicting or invalid config.
+func permanent(err error) bool {
+	return errors.Is(err, registry.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig)
+}
+
+// acquire leases a subnet, preferring the one this node held before.
+func (d *daemon) acquire(ctx context.Context) error {
+	attrs := d.nw.Attrs()
+	c := registry.Claim{
+		Record: registry.Record{NodeName: d.cfg.NodeName, NodeIP: d.node.IP, Mode: d.network.Mode, VNI: attrs.VNI},
+		TTL:    d.cfg.LeaseTTL,
+	}
+	if attrs.VTEPMAC != nil {
+		c.Record.VTEPMAC = attrs.VTEPMAC.String()
+	}
+	if prev, err := lease.Read(lease.Path(d.cfg.LeaseDir, d.network.Name), time.Time{}); err == nil &&
+		prev.NodeName == d.cfg.NodeName && prev.NetworkCIDR == d.network.CIDR {
+		c.Previous = prev.Subnet
+	}
+	if cur := d.lease(); cur.Subnet.IsValid() {
+		c.Previous = cur.Subnet
+	}
+	var l *registry.Lease
+	err := d.retry(ctx, "leasing a subnet", func(ctx context.Context) error {
+		var err error
+		l, err = d.reg.Acquire(ctx, d.network, c)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	d.m.leaseAcquisitions.Inc()
+	d.m.etcdUp.Set(1)
+	d.mu.Lock()
+	old := d.self.Subnet
+	d.self = *l
+	d.expires = time.Now().Add(d.cfg.LeaseTTL)
+	d.etcdUp = true
+	d.mu.Unlock()
+	if old.IsValid() && old != l.Subnet {
+		d.log.Warn("subnet changed: the old one was taken while this node's lease was lost", "old", old, "new", l.Subnet)
+	}
+	d.log.Info("leased subnet", "subnet", l.Subnet, "origin", l.Origin, "ttl", d.cfg.LeaseTTL)
+	return d.writeLeaseFile()
+}
+
+func (d *daemon) lease() registry.Lease {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.self
+}
+
+func (d *daemon) setLeases(ls []registry.Lease) {
+	d.mu.Lock()
+	d.leases = ls
+	d.mu.Unlock()
+	d.m.leases.Set(float64(len(ls)))
+}
+
+// poke asks the reconcile loop for a pass; pokes coalesce.
+func (d *daemon) poke() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// writeLeaseFile tells the plugins this node's subnet, until when to
+// trust it, and the MTU.
+func (d *daemon) writeLeaseFile() error {
+	d.mu.Lock()
+	n := &lease.Node{
+		Network:     d.network.Name,
+		Mode:        d.network.Mode,
+		NetworkCIDR: d.network.CIDR,
+		Subnet:      d.self.Subnet,
+		MTU:         d.nw.MTU(),
+		IPMasq:      d.network.Masq(),
+		NodeName:    d.cfg.NodeName,
+		NodeIP:      d.node.IP,
+		Expires:     d.expires.UTC().Truncate(time.Second),
+	}
+	d.m.leaseExpiry.Set(float64(d.expires.Unix()))
+	d.mu.Unlock()
+	path := lease.Path(d.cfg.LeaseDir, n.Network)
+	if err := lease.Write(path, n); err != nil {
+		return fmt.Errorf("writing node lease: %w", err)
+	}
+	return nil
+}
+
+// writeConflist writes the network's conflist, unless it is already
+// there: runtimes watch the directory.
+func (d *daemon) writeConflist() error {
+	data, err := conf.NodeConflist{
+		Network:     d.network.Name,
+		Mode:        d.network.Mode,
+		LeaseDir:    d.cfg.LeaseDir,
+		StateDir:    d.cfg.CNIStateDir,
+		IPAMDataDir: d.cfg.IPAMDataDir,
+	}.Marshal()
+	if err != nil {
+		return err
+	}
+	path := conf.ConflistPath(d.cfg.CNIConfDir, d.network.Name)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := lease.WriteFileAtomic(path, data, 0o644); err != nil {
+		return fmt.Errorf("writing conflist: %w", err)
+	}
+	d.log.Info("wrote conflist", "path", path)
+	return nil
+}
+
+// keepAlive renews the etcd lease and the lease file. When the etcd
+// lease is lost (etcd unreachable for longer than the TTL, or revoked),
+// it leases a subnet again, the same one if it is still free.
+func (d *daemon) keepAlive(ctx context.Context) {
+	for {
+		ch, err := d.reg.KeepAlive(ctx, d.lease().ID)
+		if err == nil {
+			for resp := range ch {
+				d.mu.Lock()
+				d.expires = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+				d.etcdUp = true
+				d.mu.Unlock()
+				if err := d.writeLeaseFile(); err != nil {
+					d.log.Error("renewing lease file", "err", err)
+				}
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("lost the etcd lease (etcd unreachable for longer than --lease-ttl, or the lease was revoked); leasing again", "subnet", d.lease().Subnet, "err", err)
+		if err := d.acquire(ctx); err != nil {
+			return // only ctx ends the retries
+		}
+		d.poke()
+	}
+}
+
+// probeEtcd keeps the etcd_up metric and status current.
+func (d *daemon) probeEtcd(ctx context.Context, cli *clientv3.Client) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := cli.Get(rctx, "health-probe", clientv3.WithCountOnly())
+		cancel()
+		d.mu.Lock()
+		d.etcdUp = err == nil
+		d.mu.Unlock()
+		if err == nil {
+			d.m.etcdUp.Set(1)
+		} else {
+			d.m.etcdUp.Set(0)
+		}
+	}
+}
+
+// peers are the other nodes' leases, as the backend takes them, and the
+// ones that cannot be used at all.
+func (d *daemon) peers() (self netip.Prefix, peers []backend.Peer, problems []backend.Problem) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.leases {
+		if l.Subnet == d.self.Subnet || l.NodeName == d.cfg.NodeName {
+			continue
+		}
+		if l.Mode != d.network.Mode {
+			problems = append(problems, backend.Problem{Peer: l.NodeName, Err: fmt.Errorf("its lease says mode %s, the network runs %s", l.Mode, d.network.Mode)})
+			continue
+		}
+		p := backend.Peer{Name: l.NodeName, IP: l.NodeIP, Subnet: l.Subnet}
+		if l.VTEPMAC != "" {
+			mac, err := net.ParseMAC(l.VTEPMAC)
+			if err != nil {
+				problems = append(problems, backend.Problem{Peer: l.NodeName, Err: fmt.Errorf("vtepMAC %q: %w", l.VTEPMAC, err)})
+				continue
+			}
+			p.VTEPMAC = mac
+		}
+		peers = append(peers, p)
+	}
+	return d.self.Subnet, peers, problems
+}

@@ -1,0 +1,156 @@
+package netd
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/berthnet/berth/netd/backend"
+)
+
+// Status is what /status returns and `netd status` prints.
+type Status struct {
+	Node          string       `json:"node"`
+	NodeIP        string       `json:"nodeIP"`
+	Iface         string       `json:"iface"`
+	Network       string       `json:"network"`
+	Mode          string       `json:"mode"`
+	CIDR          string       `json:"cidr"`
+	Subnet        string       `json:"subnet"`
+	MTU           int          `json:"mtu"`
+	LeaseExpires  time.Time    `json:"leaseExpires"`
+	EtcdEndpoints []string     `json:"etcdEndpoints"`
+	EtcdUp        bool         `json:"etcdUp"`
+	Peers         []PeerStatus `json:"peers"`
+	// KernelMatches: comparing the kernel with the leases right now found
+	// no difference; Pending lists the differences otherwise.
+	KernelMatches bool      `json:"kernelMatches"`
+	Pending       []string  `json:"pending,omitempty"`
+	LastReconcile time.Time `json:"lastReconcile"`
+	LastError     string    `json:"lastError,omitempty"`
+}
+
+// PeerStatus is one other node; Error says why it cannot be connected.
+type PeerStatus struct {
+	Name    string `json:"name"`
+	NodeIP  string `json:"nodeIP"`
+	Subnet  string `json:"subnet"`
+	VTEPMAC string `json:"vtepMAC,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// Healthy reports whether the status shows nothing a person must fix.
+func (s *Status) Healthy() bool {
+	if !s.KernelMatches || s.LastError != "" {
+		return false
+	}
+	for _, p := range s.Peers {
+		if p.Error != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// listen binds --metrics-address early, so that a port in use stops netd
+// before it leases anything; nil when the address is empty.
+func (d *daemon) listen() (net.Listener, error) {
+	if d.cfg.MetricsAddr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", d.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-address %s: %w", d.cfg.MetricsAddr, err)
+	}
+	return l, nil
+}
+
+// serveHTTP serves /metrics, /healthz and /status on l.
+func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
+	if l == nil {
+		return func() {}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		d.mu.Lock()
+		subnet, expires := d.self.Subnet, d.expires
+		d.mu.Unlock()
+		if !subnet.IsValid() || time.Now().After(expires) {
+			http.Error(w, "no valid lease: is etcd reachable?", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintf(w, "ok %s\n", subnet)
+	})
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(d.status())
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server", "err", err)
+		}
+	}()
+	d.log.Info("serving /metrics, /healthz and /status", "address", l.Addr().String())
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	}
+}
+
+// status compares the kernel with the leases now (without changing it)
+// and reports that with the lease and the peers.
+func (d *daemon) status() *Status {
+	d.reconcileMu.Lock()
+	self, peers, problems := d.peers()
+	want, more := d.nw.Desired(self, peers)
+	pending, diffErr := backend.Diff(d.nw.Owned(), want)
+	d.reconcileMu.Unlock()
+	problems = append(problems, more...)
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := &Status{
+		Node:          d.cfg.NodeName,
+		NodeIP:        d.node.IP.String(),
+		Iface:         d.node.Link.Attrs().Name,
+		Network:       d.network.Name,
+		Mode:          d.network.Mode,
+		CIDR:          d.network.CIDR.String(),
+		Subnet:        d.self.Subnet.String(),
+		MTU:           d.nw.MTU(),
+		LeaseExpires:  d.expires.UTC(),
+		EtcdEndpoints: d.endpoints,
+		EtcdUp:        d.etcdUp,
+		KernelMatches: diffErr == nil && len(pending) == 0,
+		LastReconcile: d.last.At.UTC(),
+	}
+	if d.last.Err != nil {
+		s.LastError = d.last.Err.Error()
+	}
+	if diffErr != nil {
+		s.Pending = []string{"cannot read the kernel: " + diffErr.Error()}
+	}
+	for _, c := range pending {
+		s.Pending = append(s.Pending, c.What)
+	}
+	why := map[string]string{}
+	for _, p := range problems {
+		why[p.Peer] = p.Err.Error()
+	}
+	for _, l := range d.leases {
+		if l.Subnet == d.self.Subnet {
+			continue
+		}
+		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: l.NodeIP.String(), Subnet: l.Subnet.String(), VTEPMAC: l.VTEPMAC, Error: why[l.NodeName]})
+	}
+	return s
+}

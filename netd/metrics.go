@@ -1,0 +1,55 @@
+package netd
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are netd's Prometheus metrics, all labelled with the network.
+type metrics struct {
+	reg *prometheus.Registry
+
+	leases            prometheus.Gauge
+	peers             prometheus.Gauge
+	peerErrors        prometheus.Gauge
+	etcdUp            prometheus.Gauge
+	leaseExpiry       prometheus.Gauge
+	kernelInSync      prometheus.Gauge
+	reconcileDuration prometheus.Histogram
+	reconcileErrors   prometheus.Counter
+	kernelChanges     prometheus.Counter
+	resyncs           prometheus.Counter
+	leaseAcquisitions prometheus.Counter
+}
+
+func newMetrics(network string) *metrics {
+	labels := prometheus.Labels{"network": network}
+	gauge := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "netd", Name: name, Help: help, ConstLabels: labels})
+	}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "berth", Subsystem: "netd", Name: name, Help: help, ConstLabels: labels})
+	}
+	m := &metrics{
+		reg:          prometheus.NewRegistry(),
+		leases:       gauge("leases", "Subnet leases in etcd, this node's included."),
+		peers:        gauge("peers", "Other nodes this node connects to."),
+		peerErrors:   gauge("peer_errors", "Peers the backend cannot connect (e.g. hostgw peers on another L2 segment)."),
+		etcdUp:       gauge("etcd_up", "1 when the last etcd request succeeded."),
+		leaseExpiry:  gauge("lease_expiry_timestamp_seconds", "When this node's lease expires unless renewed (Unix time)."),
+		kernelInSync: gauge("kernel_in_sync", "1 when the last reconcile found or left the kernel as desired."),
+		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "berth", Subsystem: "netd", Name: "reconcile_duration_seconds",
+			Help: "Time to compare the kernel with the leases and fix it.", ConstLabels: labels,
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		reconcileErrors:   counter("reconcile_errors_total", "Reconciles that failed to read or change the kernel."),
+		kernelChanges:     counter("kernel_changes_total", "Routes, neighbours, FDB entries and addresses added, replaced or removed."),
+		resyncs:           counter("etcd_resyncs_total", "Full re-reads of the leases after the watch fell behind a compaction."),
+		leaseAcquisitions: counter("lease_acquisitions_total", "Times this node (re)acquired its subnet lease."),
+	}
+	m.reg.MustRegister(m.leases, m.peers, m.peerErrors, m.etcdUp, m.leaseExpiry, m.kernelInSync,
+		m.reconcileDuration, m.reconcileErrors, m.kernelChanges, m.resyncs, m.leaseAcquisitions,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}

@@ -1,0 +1,245 @@
+// Package registry is a cluster network's state in etcd: its config and
+// the nodes' subnet leases.
+//
+//	<prefix>/networks/<name>/config            conf.Network (JSON), written once
+//	<prefix>/networks/<name>/leases/<subnet>   Record (JSON), attached to the
+//	                                           node's etcd lease (TTL, kept alive)
+//
+// <subnet> is written "10.244.3.0-24" so that it is one key segment.
+// Every write that could race another node is a transaction that only
+// succeeds if the key is as the writer last saw it, so two nodes never
+// hold the same subnet.
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthnet/berth/conf"
+)
+
+// DefaultPrefix is the default root of berth's keys.
+const DefaultPrefix = "/berth/v1"
+
+// Errors a caller acts on.
+var (
+	// ErrConflict: the network's stored config disagrees with what this
+	// netd was given.
+	ErrConflict = errors.New("network config conflict")
+	// ErrExhausted: every subnet of the network is leased.
+	ErrExhausted = errors.New("no free subnet")
+	// ErrNotFound: no such network or lease.
+	ErrNotFound = errors.New("not found")
+)
+
+// Record is what a node publishes about itself with its subnet.
+type Record struct {
+	NodeName string     `json:"nodeName"`
+	NodeIP   netip.Addr `json:"nodeIP"`
+	Mode     string     `json:"mode"`
+	VTEPMAC  string     `json:"vtepMAC,omitempty"` // vxlan
+	VNI      int        `json:"vni,omitempty"`     // vxlan
+	ASN      uint32     `json:"asn,omitempty"`     // bgp
+}
+
+// Lease is a subnet and the node holding it.
+type Lease struct {
+	Subnet netip.Prefix
+	Record
+	// ID is the etcd lease the key is attached to; the key disappears
+	// when it expires.
+	ID clientv3.LeaseID
+	// ModRevision of the key, for compare-and-swap.
+	ModRevision int64
+	// Origin says how Acquire chose the subnet.
+	Origin Origin
+}
+
+// Origin is how Acquire chose a subnet.
+type Origin string
+
+const (
+	OriginKept     Origin = "kept"     // still held under the node's name
+	OriginPrevious Origin = "previous" // the node's local copy, still free
+	OriginNew      Origin = "new"      // a free subnet
+)
+
+// Registry reads and writes one network's keys.
+type Registry struct {
+	cli    *clientv3.Client
+	prefix string // <prefix>/networks/<name>/
+	// Log gets what Follow recovers from on its own (broken watches).
+	Log *slog.Logger
+}
+
+// New returns the registry of network under prefix (DefaultPrefix when
+// empty).
+func New(cli *clientv3.Client, prefix, network string) *Registry {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/") + "/networks/" + network + "/", Log: slog.Default()}
+}
+
+func (r *Registry) configKey() string    { return r.prefix + "config" }
+func (r *Registry) leasesPrefix() string { return r.prefix + "leases/" }
+
+func (r *Registry) leaseKey(subnet netip.Prefix) string {
+	return r.leasesPrefix() + strings.Replace(subnet.String(), "/", "-", 1)
+}
+
+func (r *Registry) parseLease(key, value []byte, id, modRev int64) (Lease, error) {
+	s := strings.TrimPrefix(string(key), r.leasesPrefix())
+	subnet, err := netip.ParsePrefix(strings.Replace(s, "-", "/", 1))
+	if err != nil {
+		return Lease{}, fmt.Errorf("lease key %s: %w", key, err)
+	}
+	l := Lease{Subnet: subnet, ID: clientv3.LeaseID(id), ModRevision: modRev}
+	if err := json.Unmarshal(value, &l.Record); err != nil {
+		return Lease{}, fmt.Errorf("lease %s: %w", key, err)
+	}
+	return l, nil
+}
+
+// EnsureConfig returns the network's config. When there is none yet, it
+// stores given with defaults filled in (only if still absent, so two
+// first nodes agree on one). Otherwise it returns the stored config, or
+// ErrConflict naming each field where given disagrees with it.
+func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.Network, error) {
+	want := given.WithDefaults()
+	if err := want.Validate(); err != nil {
+		return nil, err
+	}
+	data, err := json.Marshal(want)
+	if err != nil {
+		return nil, err
+	}
+	key := r.configKey()
+	resp, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(data))).
+		Else(clientv3.OpGet(key)).
+		Commit()
+	if err != nil {
+		return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+	}
+	if resp.Succeeded {
+		return &want, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) == 0 {
+		return nil, fmt.Errorf("network config at %s vanished while reading it; try again", key)
+	}
+	stored, err := conf.ParseNetwork(kvs[0].Value)
+	if err != nil {
+		return nil, fmt.Errorf("network config at %s: %w", key, err)
+	}
+	if c := given.Conflicts(stored); len(c) > 0 {
+		return nil, fmt.Errorf("%w: network %s in etcd (%s) differs from this netd's flags: %s; start netd with the network's values, or remove the flags to adopt them",
+			ErrConflict, stored.Name, key, strings.Join(c, "; "))
+	}
+	return stored, nil
+}
+
+// Config reads the network's stored config.
+func (r *Registry) Config(ctx context.Context) (*conf.Network, error) {
+	key := r.configKey()
+	resp, err := r.cli.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("reading network config %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("%w: no network config at %s", ErrNotFound, key)
+	}
+	n, err := conf.ParseNetwork(resp.Kvs[0].Value)
+	if err != nil {
+		return nil, fmt.Errorf("network config at %s: %w", key, err)
+	}
+	return n, nil
+}
+
+// Snapshot is every lease of the network at one etcd revision.
+type Snapshot struct {
+	Leases   []Lease // ordered by key
+	Revision int64
+}
+
+// List reads every lease.
+func (r *Registry) List(ctx context.Context) (Snapshot, error) {
+	resp, err := r.cli.Get(ctx, r.leasesPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("listing leases under %s: %w", r.leasesPrefix(), err)
+	}
+	s := Snapshot{Revision: resp.Header.Revision}
+	for _, kv := range resp.Kvs {
+		l, err := r.parseLease(kv.Key, kv.Value, kv.Lease, kv.ModRevision)
+		if err != nil {
+			return Snapshot{}, err
+		}
+		s.Leases = append(s.Leases, l)
+	}
+	return s, nil
+}
+
+// KeepAlive keeps the etcd lease id alive until ctx ends; the channel
+// closes when that is no longer possible (the lease expired or ctx ended).
+func (r *Registry) KeepAlive(ctx context.Context, id clientv3.LeaseID) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
+	ch, err := r.cli.KeepAlive(ctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("keeping etcd lease %x alive: %w", id, err)
+	}
+	return ch, nil
+}
+
+// Release gives up the subnet held by nodeName: it revokes the etcd lease
+// (which deletes the key) after checking the key still belongs to the
+// node. It returns the released lease, or ErrNotFound.
+func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error) {
+	snap, err := r.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range snap.Leases {
+		if l.NodeName != nodeName {
+			continue
+		}
+		key := r.leaseKey(l.Subnet)
+		resp, err := r.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", l.ModRevision)).
+			Then(clientv3.OpDelete(key)).
+			Commit()
+		if err != nil {
+			return nil, fmt.Errorf("deleting lease %s: %w", key, err)
+		}
+		if !resp.Succeeded {
+			return nil, fmt.Errorf("lease %s changed while releasing it; try again", key)
+		}
+		if l.ID != clientv3.NoLease {
+			// Stops a keepalive elsewhere from holding a lease without keys.
+			if _, err := r.cli.Revoke(ctx, l.ID); err != nil && !isLeaseNotFound(err) {
+				return &l, fmt.Errorf("revoking etcd lease %x of %s: %w", l.ID, key, err)
+			}
+		}
+		return &l, nil
+	}
+	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.leasesPrefix())
+}
+
+func isLeaseNotFound(err error) bool {
+	return errors.Is(err, rpctypes.ErrLeaseNotFound)
+}
+
+// ttlSeconds rounds a TTL up to whole seconds, as etcd counts them.
+func ttlSeconds(d time.Duration) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	return max(s, 1)
+}

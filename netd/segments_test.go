@@ -1,0 +1,160 @@
+package netd_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/berthnet/berth/test/testbed"
+)
+
+// Nodes 1 and 2 share an L2 segment; node 3 is behind a router. Two
+// networks run side by side on the same nodes: hostgw (which cannot reach
+// node 3 and says so) and vxlan with directRouting (plain routes to the
+// neighbour, VXLAN across the router). Neither touches the other's routes.
+func TestSegments(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 3, Segment2: []int{3}})
+	etcd := []string{startEtcd(t, tb).ClientURL}
+	hg := newCluster(t, tb, etcd, "hg", 9473, "--network-cidr", "10.10.0.0/16", "--mode", "hostgw")
+	dr := newCluster(t, tb, etcd, "dr", 9474, "--network-cidr", "10.20.0.0/16", "--mode", "vxlan", "--vni", "2", "--direct-routing")
+	for i := 1; i <= 3; i++ {
+		hg.start(i)
+		dr.start(i)
+	}
+	sub := func(c *cluster, i int) netip.Prefix { return c.lease(i).Subnet }
+	for i := 1; i <= 3; i++ {
+		hg.converged(i, 2)
+		dr.converged(i, 2)
+	}
+	n1 := tb.Node(1)
+
+	t.Run("hostgw", func(t *testing.T) {
+		if l := hg.lease(1); l.MTU != 1500 || l.Mode != "hostgw" {
+			t.Errorf("lease: %+v", l)
+		}
+		r := routes(t, n1)
+		if got, want := r[sub(hg, 2).String()], fmt.Sprintf("%s via 192.168.50.2 dev eth0", sub(hg, 2)); got != want {
+			t.Errorf("route to node2: %q, want %q", got, want)
+		}
+		if got := r[sub(hg, 3).String()]; got != "" {
+			t.Errorf("route to node3 behind the router: %q", got)
+		}
+		st, err := hg.status(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Peers {
+			switch p.Name {
+			case "node2":
+				if p.Error != "" {
+					t.Errorf("node2: %s", p.Error)
+				}
+			case "node3":
+				if !strings.Contains(p.Error, "192.168.60.3 is not on this node's L2 segment") || !strings.Contains(p.Error, "via 192.168.50.254") {
+					t.Errorf("node3 error: %q", p.Error)
+				}
+			}
+		}
+		out, err := n1.Run(context.Background(), hg.bin, "status", "--metrics-address", hg.metricsAddr())
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "ERROR: node IP 192.168.60.3") {
+			t.Errorf("netd status should exit 2 naming node3: %v\n%s", err, out)
+		}
+		m, _ := n1.Get(context.Background(), "http://"+hg.metricsAddr()+"/metrics")
+		if !strings.Contains(string(m), `berth_netd_peer_errors{network="hg"} 1`) {
+			t.Errorf("peer_errors metric missing or wrong")
+		}
+		if !strings.Contains(hg.netd[1].Log(), "cannot connect peer") {
+			t.Errorf("node3's problem not logged")
+		}
+		ping(t, n1, gateway(t, n1, sub(hg, 1), "gw"), gateway(t, tb.Node(2), sub(hg, 2), "gw"))
+	})
+
+	t.Run("vxlan directRouting", func(t *testing.T) {
+		r := routes(t, n1)
+		if got, want := r[sub(dr, 2).String()], fmt.Sprintf("%s via 192.168.50.2 dev eth0", sub(dr, 2)); got != want {
+			t.Errorf("route to node2 (same segment): %q, want %q", got, want)
+		}
+		if got, want := r[sub(dr, 3).String()], fmt.Sprintf("%s via %s dev berth.2 onlink", sub(dr, 3), sub(dr, 3).Addr()); got != want {
+			t.Errorf("route to node3 (behind the router): %q, want %q", got, want)
+		}
+		gws := map[int]netip.Addr{}
+		for i := 1; i <= 3; i++ {
+			gws[i] = gateway(t, tb.Node(i), sub(dr, i), "gw")
+		}
+		for i := 1; i <= 3; i++ {
+			for j := 1; j <= 3; j++ {
+				if i != j {
+					ping(t, tb.Node(i), gws[i], gws[j])
+				}
+			}
+		}
+	})
+
+	// Both networks' routes are in place on every node and each netd
+	// still finds its part of the kernel as it wants it.
+	for i := 1; i <= 3; i++ {
+		hg.converged(i, 2)
+		dr.converged(i, 2)
+	}
+}
+
+// Without --etcd-endpoints the first netd runs an embedded etcd that the
+// other nodes use; nothing else is needed. Node 2 starts first and waits
+// for that etcd to come up.
+func TestEmbeddedEtcd(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
+	c := newCluster(t, tb, nil, "berth", 9472)
+	early, err := tb.Node(2).Start(testbed.ProcSpec{Name: "netd-berth-node2", Path: c.bin, Args: c.flags(2)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.netd[2] = early
+	time.Sleep(time.Second)
+	c.start(1)
+	c.lease(2)
+	c.converged(1, 1)
+	st := c.converged(2, 1)
+	if len(st.EtcdEndpoints) != 1 || st.EtcdEndpoints[0] != "http://192.168.50.1:2379" || st.Mode != "vxlan" || st.CIDR != "10.244.0.0/16" {
+		t.Errorf("status: %+v", st)
+	}
+	s1, s2 := c.lease(1).Subnet, c.lease(2).Subnet
+	if s1 == s2 {
+		t.Fatalf("both nodes hold %s", s1)
+	}
+	ping(t, tb.Node(2), gateway(t, tb.Node(2), s2, "gw"), gateway(t, tb.Node(1), s1, "gw"))
+}
+
+// netd talks to an etcd that requires TLS with client certificates.
+func TestEtcdTLS(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
+	e, err := tb.StartEtcdTLS(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, tb, []string{e.ClientURL}, "tls", 9472, "--mode", "hostgw",
+		"--etcd-cafile", e.TLS.CA, "--etcd-certfile", e.TLS.ClientCert, "--etcd-keyfile", e.TLS.ClientKey)
+	c.start(1)
+	c.start(2)
+	c.converged(1, 1)
+	c.converged(2, 1)
+	cli, err := e.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	resp, err := cli.Get(context.Background(), "/berth/v1/networks/tls/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil || len(resp.Kvs) != 3 {
+		t.Fatalf("keys under /berth/v1/networks/tls/: %v %v", resp, err)
+	}
+	for _, kv := range resp.Kvs {
+		t.Logf("%s", kv.Key)
+	}
+}

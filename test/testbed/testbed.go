@@ -1,0 +1,415 @@
+// Package testbed builds a cluster of berth nodes on one machine, inside
+// network namespaces it creates, and tears it down again:
+//
+//	underlay netns:  bridge br0 = segment 192.168.50.0/24 (address .250, etcd lives here)
+//	                 bridge br1 = segment 192.168.60.0/24 (only with a router)
+//	router netns:    192.168.50.254 on br0, 192.168.60.254 on br1, forwarding on
+//	node<N> netns:   eth0 = 192.168.50.N/24 (or 192.168.60.N/24), a veth into its
+//	                 segment's bridge, default route via the router (or the underlay)
+//
+// Each node has its own directories (lease, CNI conf, IPAM data, state) so
+// that several netd and CNI plugins run side by side. Processes (etcd,
+// netd, ...) run inside the namespaces and are stopped by PID.
+//
+// Everything the test bed makes on the machine is named with the prefix
+// "berthtb-<pid>x<random>-": namespaces in /run/netns and temporary
+// directories. Sweep removes what a crashed earlier run left behind.
+// Nothing here changes the machine's own network namespace.
+package testbed
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// Prefix starts the name of every namespace and directory a test bed makes.
+const Prefix = "berthtb-"
+
+// Addresses of the underlay. Node N is .N on its segment.
+var (
+	Segment1 = netip.MustParsePrefix("192.168.50.0/24")
+	Segment2 = netip.MustParsePrefix("192.168.60.0/24")
+	// UnderlayIP is the underlay's own address on segment 1; etcd listens here.
+	UnderlayIP = netip.MustParseAddr("192.168.50.250")
+	// RouterIP1 and RouterIP2 are the router's addresses on the segments.
+	RouterIP1 = netip.MustParseAddr("192.168.50.254")
+	RouterIP2 = netip.MustParseAddr("192.168.60.254")
+)
+
+// Options shape the test bed.
+type Options struct {
+	// Nodes is how many node namespaces to create (0..200).
+	Nodes int
+	// Segment2 lists nodes (1-based) that sit on the second segment,
+	// 192.168.60.0/24, reachable from the first only through the router.
+	Segment2 []int
+	// Router adds the router namespace even when no node is on segment 2.
+	Router bool
+}
+
+// Testbed is one cluster on this machine.
+type Testbed struct {
+	ID       string // berthtb-<pid>x<random>, prefix of every name it makes
+	Dir      string // temporary directory holding every node's directories and the logs
+	Underlay *NetNS
+	Router   *NetNS // nil without a router
+	Nodes    []*Node
+
+	mu         sync.Mutex
+	procs      []*Process
+	namespaces []*NetNS
+	closed     bool
+}
+
+// Node is one node of the cluster: a namespace with eth0 on the underlay.
+type Node struct {
+	*NetNS
+	Index   int          // 1-based
+	Host    string       // node1, node2, ...: use as the node name
+	IP      netip.Addr   // eth0's address
+	Prefix  netip.Prefix // eth0's address with its segment length
+	Iface   string       // "eth0"
+	Segment int          // 1 or 2
+	Gateway netip.Addr   // default route
+
+	Dir         string // this node's directory; the ones below are inside it
+	LeaseDir    string // node lease files (netd writes, plugins read)
+	CNIConfDir  string // conflists netd writes
+	IPAMDataDir string // berth-ipam's data
+	StateDir    string // plugin and daemon state
+}
+
+// New builds a test bed. On error everything made so far is removed.
+func New(opts Options) (tb *Testbed, err error) {
+	if opts.Nodes < 0 || opts.Nodes > 200 {
+		return nil, fmt.Errorf("testbed: Nodes %d is outside 0..200", opts.Nodes)
+	}
+	for _, i := range opts.Segment2 {
+		if i < 1 || i > opts.Nodes {
+			return nil, fmt.Errorf("testbed: Segment2 names node %d, there are %d nodes", i, opts.Nodes)
+		}
+	}
+	var rnd [3]byte
+	rand.Read(rnd[:])
+	tb = &Testbed{ID: fmt.Sprintf("%s%dx%s", Prefix, os.Getpid(), hex.EncodeToString(rnd[:]))}
+	defer func() {
+		if err != nil {
+			tb.Close()
+			tb = nil
+		}
+	}()
+	if tb.Dir, err = os.MkdirTemp("", tb.ID+"-"); err != nil {
+		return tb, fmt.Errorf("testbed: %w", err)
+	}
+	if err = tb.buildUnderlay(opts.Router || len(opts.Segment2) > 0); err != nil {
+		return tb, err
+	}
+	for i := 1; i <= opts.Nodes; i++ {
+		seg := 1
+		if slices.Contains(opts.Segment2, i) {
+			seg = 2
+		}
+		if err = tb.addNode(i, seg); err != nil {
+			return tb, err
+		}
+	}
+	return tb, nil
+}
+
+// ForTest builds a test bed for t and removes it when t ends, pass or
+// fail; when t failed it first logs the tail of every process's log. It
+// skips t unless it runs as root, and sweeps leftovers of crashed runs.
+func ForTest(t testing.TB, opts Options) *Testbed {
+	t.Helper()
+	testenv.RequireRoot(t)
+	if err := Sweep(); err != nil {
+		t.Logf("sweeping leftovers of earlier test beds: %v", err)
+	}
+	tb, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			tb.logTails(t)
+		}
+		if err := tb.Close(); err != nil {
+			t.Errorf("removing test bed: %v", err)
+		}
+	})
+	return tb
+}
+
+func (tb *Testbed) logTails(t testing.TB) {
+	tb.mu.Lock()
+	procs := slices.Clone(tb.procs)
+	tb.mu.Unlock()
+	seen := map[string]bool{}
+	for _, p := range procs {
+		if seen[p.LogPath] {
+			continue
+		}
+		seen[p.LogPath] = true
+		lines := strings.Split(strings.TrimRight(p.Log(), "\n"), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		t.Logf("--- last lines of %s:\n%s", p.LogPath, strings.Join(lines, "\n"))
+	}
+}
+
+// Close stops every process the test bed started (SIGKILL, by PID),
+// deletes its namespaces (their links go with them) and its directory.
+// It is safe to call more than once.
+func (tb *Testbed) Close() error {
+	tb.mu.Lock()
+	if tb.closed {
+		tb.mu.Unlock()
+		return nil
+	}
+	tb.closed = true
+	procs, namespaces := tb.procs, tb.namespaces
+	tb.mu.Unlock()
+
+	var errs []error
+	for _, p := range procs {
+		if err := p.Kill(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, n := range slices.Backward(namespaces) {
+		n.Close()
+		if err := deleteNetNS(n.Name); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if tb.Dir != "" {
+		if err := os.RemoveAll(tb.Dir); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (tb *Testbed) newNS(role string) (*NetNS, error) {
+	n, err := newNetNS(tb, tb.ID+"-"+role)
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %w", err)
+	}
+	tb.mu.Lock()
+	tb.namespaces = append(tb.namespaces, n)
+	tb.mu.Unlock()
+	return n, nil
+}
+
+// Bridge names in the underlay, per segment.
+const (
+	bridge1 = "br0"
+	bridge2 = "br1"
+)
+
+func (tb *Testbed) buildUnderlay(router bool) error {
+	var err error
+	if tb.Underlay, err = tb.newNS("underlay"); err != nil {
+		return err
+	}
+	err = tb.Underlay.Do(func() error {
+		for _, br := range []string{bridge1, bridge2} {
+			la := netlink.NewLinkAttrs()
+			la.Name = br
+			if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+				return fmt.Errorf("creating bridge %s: %w", br, err)
+			}
+			if err := linkUp(br); err != nil {
+				return err
+			}
+		}
+		return addAddr(bridge1, netip.PrefixFrom(UnderlayIP, Segment1.Bits()))
+	})
+	if err != nil {
+		return fmt.Errorf("testbed: underlay: %w", err)
+	}
+	if !router {
+		return nil
+	}
+	if tb.Router, err = tb.newNS("router"); err != nil {
+		return err
+	}
+	for _, leg := range []struct {
+		iface, port, bridge string
+		addr                netip.Addr
+		seg                 netip.Prefix
+	}{
+		{"eth0", "r0", bridge1, RouterIP1, Segment1},
+		{"eth1", "r1", bridge2, RouterIP2, Segment2},
+	} {
+		if err := tb.plug(tb.Router, leg.iface, leg.port, leg.bridge, netip.PrefixFrom(leg.addr, leg.seg.Bits())); err != nil {
+			return fmt.Errorf("testbed: router: %w", err)
+		}
+	}
+	err = tb.Router.Do(func() error {
+		// /proc/sys/net shows the namespace of the thread that opens it.
+		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+	})
+	if err != nil {
+		return fmt.Errorf("testbed: router: enabling forwarding: %w", err)
+	}
+	// etcd on the underlay answers nodes on segment 2 through the router.
+	err = tb.Underlay.Do(func() error { return addRoute(Segment2, RouterIP1) })
+	if err != nil {
+		return fmt.Errorf("testbed: underlay: route to segment 2: %w", err)
+	}
+	return nil
+}
+
+func (tb *Testbed) addNode(i, seg int) error {
+	host := fmt.Sprintf("node%d", i)
+	n, err := tb.newNS(host)
+	if err != nil {
+		return err
+	}
+	node := &Node{NetNS: n, Index: i, Host: host, Iface: "eth0", Segment: seg}
+	subnet, bridge, gw := Segment1, bridge1, UnderlayIP
+	if tb.Router != nil {
+		gw = RouterIP1
+	}
+	if seg == 2 {
+		subnet, bridge, gw = Segment2, bridge2, RouterIP2
+	}
+	node.IP = nthAddr(subnet, i)
+	node.Prefix = netip.PrefixFrom(node.IP, subnet.Bits())
+	node.Gateway = gw
+	if err := tb.plug(n, node.Iface, "n"+fmt.Sprint(i), bridge, node.Prefix); err != nil {
+		return fmt.Errorf("testbed: %s: %w", host, err)
+	}
+	if err := n.Do(func() error { return addRoute(netip.Prefix{}, gw) }); err != nil {
+		return fmt.Errorf("testbed: %s: default route: %w", host, err)
+	}
+	node.Dir = filepath.Join(tb.Dir, host)
+	node.LeaseDir = filepath.Join(node.Dir, "lease")
+	node.CNIConfDir = filepath.Join(node.Dir, "net.d")
+	node.IPAMDataDir = filepath.Join(node.Dir, "ipam")
+	node.StateDir = filepath.Join(node.Dir, "state")
+	for _, d := range []string{node.LeaseDir, node.CNIConfDir, node.IPAMDataDir, node.StateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("testbed: %s: %w", host, err)
+		}
+	}
+	tb.Nodes = append(tb.Nodes, node)
+	return nil
+}
+
+// Node returns node i (1-based).
+func (tb *Testbed) Node(i int) *Node { return tb.Nodes[i-1] }
+
+// plug connects namespace n to an underlay bridge: a veth named iface in
+// n with address addr, its peer port enslaved to bridge. The veth is made
+// inside n with its peer created directly in the underlay, so it never
+// appears in the machine's own namespace.
+func (tb *Testbed) plug(n *NetNS, iface, port, bridge string, addr netip.Prefix) error {
+	err := n.Do(func() error {
+		la := netlink.NewLinkAttrs()
+		la.Name = iface
+		veth := &netlink.Veth{LinkAttrs: la, PeerName: port, PeerNamespace: netlink.NsFd(int(tb.Underlay.Fd()))}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("creating veth %s: %w", iface, err)
+		}
+		if err := addAddr(iface, addr); err != nil {
+			return err
+		}
+		return linkUp(iface)
+	})
+	if err != nil {
+		return err
+	}
+	return tb.Underlay.Do(func() error {
+		l, err := netlink.LinkByName(port)
+		if err != nil {
+			return err
+		}
+		br, err := netlink.LinkByName(bridge)
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetMaster(l, br); err != nil {
+			return fmt.Errorf("adding %s to %s: %w", port, bridge, err)
+		}
+		return netlink.LinkSetUp(l)
+	})
+}
+
+func linkUp(name string) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	if err := netlink.LinkSetUp(l); err != nil {
+		return fmt.Errorf("setting %s up: %w", name, err)
+	}
+	return nil
+}
+
+func addAddr(name string, p netip.Prefix) error {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	a, err := netlink.ParseAddr(p.String())
+	if err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(l, a); err != nil {
+		return fmt.Errorf("adding %s to %s: %w", p, name, err)
+	}
+	return nil
+}
+
+// addRoute adds a route to dst (the default route when dst is the zero
+// prefix) via gw.
+func addRoute(dst netip.Prefix, gw netip.Addr) error {
+	r := &netlink.Route{Gw: gw.AsSlice()}
+	if dst.IsValid() {
+		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}
+	}
+	if err := netlink.RouteAdd(r); err != nil {
+		return fmt.Errorf("adding route to %v via %s: %w", dst, gw, err)
+	}
+	return nil
+}
+
+// nthAddr is the i-th address of IPv4 prefix p (p's network address is the 0th).
+func nthAddr(p netip.Prefix, i int) netip.Addr {
+	b := p.Masked().Addr().As4()
+	v := binary.BigEndian.Uint32(b[:]) + uint32(i)
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// waitFor polls cond every 100ms until it returns nil or timeout passes,
+// and returns cond's last error.
+func waitFor(timeout time.Duration, cond func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

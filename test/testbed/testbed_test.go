@@ -1,0 +1,191 @@
+package testbed
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// Nodes reach each other on their segment and across the router, reach
+// etcd on the underlay, and everything is gone after Close.
+func TestTestbed(t *testing.T) {
+	testenv.RequireRoot(t)
+	ctx := context.Background()
+	tb, err := New(Options{Nodes: 3, Segment2: []int{3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+
+	n1, n3 := tb.Node(1), tb.Node(3)
+	if n1.IP.String() != "192.168.50.1" || n3.IP.String() != "192.168.60.3" || n3.Gateway != RouterIP2 {
+		t.Fatalf("addresses: node1 %s, node3 %s via %s", n1.IP, n3.IP, n3.Gateway)
+	}
+	for _, tc := range []struct {
+		from *NetNS
+		to   string
+	}{
+		{n1.NetNS, tb.Node(2).IP.String()},     // same segment
+		{n1.NetNS, n3.IP.String()},             // across the router
+		{n3.NetNS, UnderlayIP.String()},        // where etcd listens
+		{tb.Node(2).NetNS, RouterIP1.String()}, // the router itself
+	} {
+		if _, err := tc.from.Run(ctx, "ping", "-c", "1", "-W", "2", tc.to); err != nil {
+			t.Error(err)
+		}
+	}
+	out, err := n1.Run(ctx, "ip", "route", "show", "default")
+	if err != nil || !strings.Contains(string(out), "via 192.168.50.254 dev eth0") {
+		t.Errorf("node1 default route: %s %v", out, err)
+	}
+
+	etcd, err := tb.StartEtcd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := tb.Client(etcd.ClientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "/k", "v"); err != nil {
+		t.Fatalf("etcd put: %v", err)
+	}
+	// etcd answers nodes on both segments.
+	for _, n := range []*Node{n1, n3} {
+		if _, err := n.Get(ctx, etcd.ClientURL+"/health"); err != nil {
+			t.Errorf("%s: %v", n.Host, err)
+		}
+	}
+
+	// A process started in a node runs in that node's namespace.
+	p, err := n3.Start(ProcSpec{Name: "sleeper", Path: "sleep", Args: []string{"600"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := nsInode(filepath.Join(netnsDir, n3.Name))
+	if got, err := nsInode(filepath.Join("/proc", strconv.Itoa(p.PID), "ns", "net")); err != nil || got != want {
+		t.Errorf("sleeper runs in netns %d, node3 is %d (%v)", got, want, err)
+	}
+
+	cli.Close() // its reconnects would dial into namespaces being removed
+	if err := tb.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if alive(p.PID) && !zombie(p.PID) {
+		t.Errorf("process %d still running after Close", p.PID)
+	}
+	if _, err := os.Stat(tb.Dir); !os.IsNotExist(err) {
+		t.Errorf("%s still there after Close: %v", tb.Dir, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(netnsDir, tb.ID+"*")); len(left) > 0 {
+		t.Errorf("namespaces left after Close: %v", left)
+	}
+}
+
+// Sweep removes a crashed run's namespace, kills what runs inside it and
+// removes its directory; a live run's things stay.
+func TestSweep(t *testing.T) {
+	testenv.RequireRoot(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	crashed := Prefix + strconv.Itoa(dead.Process.Pid) + "x000000"
+	if alive(dead.Process.Pid) {
+		t.Skip("pid reused already")
+	}
+	live, err := New(Options{Nodes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+
+	nsName := crashed + "-node1"
+	if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	defer deleteNetNS(nsName)
+	orphan := exec.Command("ip", "netns", "exec", nsName, "sleep", "600")
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- orphan.Wait() }()
+	defer orphan.Process.Kill()
+	dir, err := os.MkdirTemp("", crashed+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	// Give `ip netns exec` time to switch and exec sleep.
+	time.Sleep(200 * time.Millisecond)
+
+	if err := Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, nsName)); !os.IsNotExist(err) {
+		t.Errorf("crashed run's namespace survived the sweep: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("crashed run's directory survived the sweep: %v", err)
+	}
+	select {
+	case err := <-exited:
+		if ws, ok := orphan.ProcessState.Sys().(syscall.WaitStatus); !ok || ws.Signal() != syscall.SIGKILL {
+			t.Errorf("orphan ended with %v, want SIGKILL", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("process inside the crashed run's namespace still runs")
+	}
+	if _, err := os.Stat(live.Dir); err != nil {
+		t.Errorf("the sweep removed a live test bed's directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(netnsDir, live.Node(1).Name)); err != nil {
+		t.Errorf("the sweep removed a live test bed's namespace: %v", err)
+	}
+}
+
+// A 3-member cluster keeps serving with one member down, and the member
+// rejoins.
+func TestEtcdCluster(t *testing.T) {
+	tb := ForTest(t, Options{})
+	ctx := context.Background()
+	c, err := tb.StartEtcdCluster(ctx, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := tb.Client(c.Endpoints()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if err := c.Members[0].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	// A request in flight to a killed leader times out; clients retry.
+	err = waitFor(20*time.Second, func() error {
+		_, err := cli.Put(wctx, "/k", "with one member down")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("put with one member down: %v", err)
+	}
+	if err := c.Members[0].Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(wctx, "/k")
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("get after restart: %v %v", resp, err)
+	}
+}
