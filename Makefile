@@ -40,7 +40,7 @@ FUZZ_TARGETS := FuzzParseBridge:./conf FuzzParseIPAM:./conf FuzzRead:./internal/
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
-		$(GO) test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) $${t#*:} >/tmp/berth-fuzz.log 2>&1 || { cat /tmp/berth-fuzz.log; exit 1; }; \
+		$(GO) test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) -parallel=1 $${t#*:} >/tmp/berth-fuzz.log 2>&1 || { cat /tmp/berth-fuzz.log; exit 1; }; \
 	done
 
 test-unit:
