@@ -36,7 +36,7 @@ test: build
 	@$(MAKE) --no-print-directory fuzz
 
 # Fuzz targets, each for FUZZTIME (make test: 5s; e.g. make fuzz FUZZTIME=10m).
-FUZZ_TARGETS := FuzzParseBridge:./conf FuzzParseIPAM:./conf FuzzRead:./internal/lease
+FUZZ_TARGETS := FuzzParseBridge:./conf FuzzParseIPAM:./conf FuzzRead:./internal/lease FuzzLease:./netd/registry
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \

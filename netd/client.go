@@ -59,7 +59,10 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 	fmt.Fprintf(tw, "lease\t%s, MTU %d, %s\n", s.Subnet, s.MTU, expiry)
 	etcd := "reachable"
 	if !s.EtcdUp {
-		etcd = "UNREACHABLE"
+		etcd = "UNREACHABLE (degraded: the datapath keeps the last known leases)"
+		if !s.EtcdDownSince.IsZero() {
+			etcd = fmt.Sprintf("UNREACHABLE for %s (degraded: the datapath keeps the last known leases)", now.Sub(s.EtcdDownSince).Round(time.Second))
+		}
 	}
 	fmt.Fprintf(tw, "etcd\t%s %s\n", strings.Join(s.EtcdEndpoints, ","), etcd)
 	kernel := "matches the leases"
@@ -80,6 +83,12 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 			state = "ERROR: " + p.Error
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, p.NodeIP, p.Subnet, state)
+	}
+	if len(s.Rejected) > 0 {
+		fmt.Fprintf(tw, "IGNORED\t%d keys in etcd are not usable leases (a misbehaving writer?)\n", len(s.Rejected))
+		for _, r := range s.Rejected {
+			fmt.Fprintf(tw, "  %s\t%s\n", r.Key, r.Error)
+		}
 	}
 	tw.Flush()
 }

@@ -132,6 +132,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.NodeName == "":
 		return errors.New("--node-name: empty; give this node a unique name")
+	case registry.CheckNodeName(c.NodeName) != nil:
+		return fmt.Errorf("--node-name: %v (peers would ignore this node's lease)", registry.CheckNodeName(c.NodeName))
 	case c.LeaseTTL < 2*time.Second:
 		return fmt.Errorf("--lease-ttl: %s is shorter than etcd's minimum of 2s", c.LeaseTTL)
 	case c.ResyncInterval < 100*time.Millisecond:

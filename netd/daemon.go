@@ -54,12 +54,21 @@ type daemon struct {
 	m         *metrics
 	kick      chan struct{} // asks the reconcile loop for a pass
 
-	mu      sync.Mutex // guards the fields below
-	self    registry.Lease
-	expires time.Time
-	leases  []registry.Lease
-	etcdUp  bool
-	last    result
+	reclaim chan int64    // asks guardLease to write this node's key back (its ModRevision)
+	relive  chan struct{} // asks keepAlive to lease again at once (etcd lost its data)
+
+	mu         sync.Mutex // guards the fields below
+	self       registry.Lease
+	expires    time.Time
+	leases     []registry.Lease    // in etcd, as last read
+	unreadable []registry.Rejected // keys in etcd that are no lease
+	held       []registry.Lease    // read before etcd lost its data; see setLeases
+	heldUntil  time.Time
+	peerLeases []registry.Lease    // the other nodes, vetted
+	rejected   []registry.Rejected // leases ignored, and why
+	etcdUp     bool
+	etcdDown   time.Time // when etcd was first found unreachable; zero while up
+	last       result
 
 	reconcileMu sync.Mutex // one reconcile or status check at a time
 }
@@ -77,7 +86,7 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), reclaim: make(chan int64, 1), relive: make(chan struct{}, 1)}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
@@ -104,6 +113,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 		defer emb.Close()
 		d.endpoints = emb.Endpoints
+	}
+	tlsCfg, err := etcdTLS(cfg)
+	if err != nil {
+		return err
+	}
+	if err := checkEtcdTLS(ctx, cfg, d.endpoints, tlsCfg); err != nil {
+		return err
 	}
 	cli, err := newClient(cfg, d.endpoints)
 	if err != nil {
@@ -147,7 +163,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	d.setLeases(snap.Leases)
+	d.setLeases(registry.Change{Snapshot: snap})
 	d.reconcile(ctx)
 
 	defer d.serveHTTP(httpListener)()
@@ -159,10 +175,18 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			if c.Resync {
 				d.m.resyncs.Inc()
 			}
-			d.setLeases(c.Leases)
+			if c.Rewound {
+				d.m.rewinds.Inc()
+				select {
+				case d.relive <- struct{}{}:
+				default:
+				}
+			}
+			d.setLeases(c)
 			d.poke()
 		})
 	})
+	wg.Go(func() { d.guardLease(ctx) })
 	wg.Go(func() { d.watchKernel(ctx) })
 	wg.Go(func() { d.probeEtcd(ctx, cli) })
 	wg.Go(func() { d.reconcileLoop(ctx) })
@@ -212,11 +236,19 @@ func (d *daemon) acquire(ctx context.Context) error {
 		prev.NodeName == d.cfg.NodeName && prev.NetworkCIDR == d.network.CIDR {
 		c.Previous = prev.Subnet
 	}
+	again := false
 	if cur := d.lease(); cur.Subnet.IsValid() {
-		c.Previous = cur.Subnet
+		c.Previous, again = cur.Subnet, true
 	}
 	var l *registry.Lease
 	err := d.retry(ctx, "leasing a subnet", func(ctx context.Context) error {
+		if again {
+			// etcd may have lost its data, the network's config with it:
+			// store it again, so that a node joining later finds it.
+			if _, err := d.reg.EnsureConfig(ctx, *d.network); err != nil {
+				return err
+			}
+		}
 		var err error
 		l, err = d.reg.Acquire(ctx, d.network, c)
 		return err
@@ -225,13 +257,13 @@ func (d *daemon) acquire(ctx context.Context) error {
 		return err
 	}
 	d.m.leaseAcquisitions.Inc()
-	d.m.etcdUp.Set(1)
+	d.setEtcdUp(true)
 	d.mu.Lock()
 	old := d.self.Subnet
 	d.self = *l
 	d.expires = time.Now().Add(d.cfg.LeaseTTL)
-	d.etcdUp = true
 	d.mu.Unlock()
+	d.vet()
 	if old.IsValid() && old != l.Subnet {
 		d.log.Warn("subnet changed: the old one was taken while this node's lease was lost", "old", old, "new", l.Subnet)
 	}
@@ -243,13 +275,6 @@ func (d *daemon) lease() registry.Lease {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.self
-}
-
-func (d *daemon) setLeases(ls []registry.Lease) {
-	d.mu.Lock()
-	d.leases = ls
-	d.mu.Unlock()
-	d.m.leases.Set(float64(len(ls)))
 }
 
 // poke asks the reconcile loop for a pass; pokes coalesce.
@@ -313,26 +338,76 @@ func (d *daemon) writeConflist() error {
 // it leases a subnet again, the same one if it is still free.
 func (d *daemon) keepAlive(ctx context.Context) {
 	for {
-		ch, err := d.reg.KeepAlive(ctx, d.lease().ID)
+		kctx, cancel := context.WithCancel(ctx)
+		ch, err := d.reg.KeepAlive(kctx, d.lease().ID)
 		if err == nil {
-			for resp := range ch {
-				d.mu.Lock()
-				d.expires = time.Now().Add(time.Duration(resp.TTL) * time.Second)
-				d.etcdUp = true
-				d.mu.Unlock()
-				if err := d.writeLeaseFile(); err != nil {
-					d.log.Error("renewing lease file", "err", err)
-				}
-			}
+			err = d.renew(ch)
 		}
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
-		d.log.Warn("lost the etcd lease (etcd unreachable for longer than --lease-ttl, or the lease was revoked); leasing again", "subnet", d.lease().Subnet, "err", err)
+		if errors.Is(err, errRewound) {
+			d.log.Warn("etcd lost its data; writing this node's lease again from its local copy", "subnet", d.lease().Subnet)
+		} else {
+			d.log.Warn("lost the etcd lease (etcd unreachable for longer than --lease-ttl, or the lease was revoked); leasing again", "subnet", d.lease().Subnet, "err", err)
+		}
+		select {
+		case <-d.relive: // this acquire answers it
+		default:
+		}
 		if err := d.acquire(ctx); err != nil {
 			return // only ctx ends the retries
 		}
 		d.poke()
+	}
+}
+
+// renew pushes the lease file's expiry forward on each keepalive until
+// the keepalive ends (nil) or etcd is found to have lost its data.
+func (d *daemon) renew(ch <-chan *clientv3.LeaseKeepAliveResponse) error {
+	for {
+		select {
+		case <-d.relive:
+			return errRewound
+		case resp, ok := <-ch:
+			if !ok {
+				return nil
+			}
+			d.mu.Lock()
+			d.expires = time.Now().Add(time.Duration(resp.TTL) * time.Second)
+			d.mu.Unlock()
+			d.setEtcdUp(true)
+			if err := d.writeLeaseFile(); err != nil {
+				d.log.Error("renewing lease file", "err", err)
+			}
+		}
+	}
+}
+
+// setEtcdUp records whether etcd answers, for /healthz, /status and the
+// etcd_up metric, and logs the changes.
+func (d *daemon) setEtcdUp(up bool) {
+	d.mu.Lock()
+	was, since := d.etcdUp, d.etcdDown
+	d.etcdUp = up
+	switch {
+	case up:
+		d.etcdDown = time.Time{}
+	case d.etcdDown.IsZero():
+		d.etcdDown = time.Now()
+	}
+	d.mu.Unlock()
+	if up {
+		d.m.etcdUp.Set(1)
+	} else {
+		d.m.etcdUp.Set(0)
+	}
+	switch {
+	case was && !up:
+		d.log.Warn("etcd unreachable: degraded; the datapath keeps forwarding on the last known leases", "endpoints", d.endpoints)
+	case !was && up && !since.IsZero():
+		d.log.Info("etcd reachable again", "after", time.Since(since).Round(time.Second))
 	}
 }
 
@@ -349,14 +424,7 @@ func (d *daemon) probeEtcd(ctx context.Context, cli *clientv3.Client) {
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		_, err := cli.Get(rctx, "health-probe", clientv3.WithCountOnly())
 		cancel()
-		d.mu.Lock()
-		d.etcdUp = err == nil
-		d.mu.Unlock()
-		if err == nil {
-			d.m.etcdUp.Set(1)
-		} else {
-			d.m.etcdUp.Set(0)
-		}
+		d.setEtcdUp(err == nil)
 	}
 }
 
@@ -365,10 +433,7 @@ func (d *daemon) probeEtcd(ctx context.Context, cli *clientv3.Client) {
 func (d *daemon) peers() (self netip.Prefix, peers []backend.Peer, problems []backend.Problem) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for _, l := range d.leases {
-		if l.Subnet == d.self.Subnet || l.NodeName == d.cfg.NodeName {
-			continue
-		}
+	for _, l := range d.peerLeases {
 		if l.Mode != d.network.Mode {
 			problems = append(problems, backend.Problem{Peer: l.NodeName, Err: fmt.Errorf("its lease says mode %s, the network runs %s", l.Mode, d.network.Mode)})
 			continue

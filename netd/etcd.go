@@ -3,6 +3,8 @@ package netd
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -18,15 +20,97 @@ import (
 	"go.uber.org/zap"
 )
 
+// etcdTLS is the TLS config for etcd from the flags; nil without TLS.
+func etcdTLS(cfg *Config) (*tls.Config, error) {
+	if cfg.EtcdCAFile == "" && cfg.EtcdCertFile == "" {
+		return nil, nil
+	}
+	info := transport.TLSInfo{CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile, TrustedCAFile: cfg.EtcdCAFile}
+	tlsCfg, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd TLS (--etcd-cafile, --etcd-certfile, --etcd-keyfile): %w", err)
+	}
+	return tlsCfg, nil
+}
+
+// ErrEtcdTLS: etcd and netd do not trust each other's certificates.
+var ErrEtcdTLS = errors.New("etcd TLS")
+
+// checkEtcdTLS shakes hands with each https endpoint before netd starts
+// retrying requests: an unreachable etcd is worth waiting for, a
+// certificate that will never verify is not. It fails when no endpoint
+// completes a handshake and one of them failed on a certificate.
+func checkEtcdTLS(ctx context.Context, cfg *Config, endpoints []string, tlsCfg *tls.Config) error {
+	if tlsCfg == nil {
+		return nil
+	}
+	var certErr error
+	for _, ep := range endpoints {
+		u, err := url.Parse(ep)
+		if err != nil || u.Scheme != "https" {
+			continue
+		}
+		err = handshake(ctx, u.Host, tlsCfg)
+		if err == nil {
+			return nil
+		}
+		var unknownCA x509.UnknownAuthorityError
+		var hostname x509.HostnameError
+		var invalid x509.CertificateInvalidError
+		var verify *tls.CertificateVerificationError
+		var alert tls.AlertError
+		switch {
+		case errors.As(err, &unknownCA) || errors.As(err, &verify) || errors.As(err, &invalid):
+			certErr = fmt.Errorf("%w: etcd at %s presents a certificate that --etcd-cafile %s does not verify: %v; give the CA that signed etcd's server certificate",
+				ErrEtcdTLS, ep, cfg.EtcdCAFile, err)
+		case errors.As(err, &hostname):
+			certErr = fmt.Errorf("%w: etcd at %s: %v; use an endpoint address that its certificate names", ErrEtcdTLS, ep, err)
+		case errors.As(err, &alert):
+			certErr = fmt.Errorf("%w: etcd at %s refused netd's client certificate (--etcd-certfile %s): %v; give a certificate signed by the CA etcd trusts (its --trusted-ca-file)",
+				ErrEtcdTLS, ep, cfg.EtcdCertFile, err)
+		}
+	}
+	return certErr
+}
+
+// handshake completes a TLS handshake with addr as an etcd client does
+// (ALPN h2) and waits for the server's first HTTP/2 frame: with TLS 1.3
+// a server rejects the client's certificate only after the client's
+// side of the handshake is done.
+func handshake(ctx context.Context, addr string, tlsCfg *tls.Config) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	c := tlsCfg.Clone()
+	c.NextProtos = []string{"h2"}
+	if c.ServerName == "" {
+		c.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	conn := tls.Client(raw, c)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return err
+	}
+	deadline, _ := ctx.Deadline()
+	conn.SetDeadline(deadline)
+	// The HTTP/2 client preface and an empty SETTINGS frame; the server
+	// answers with its SETTINGS, or with an alert if it refused us.
+	if _, err := conn.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
+		return err
+	}
+	var b [1]byte
+	_, err = conn.Read(b[:])
+	return err
+}
+
 // newClient connects to etcd (lazily: the first request waits for it).
 func newClient(cfg *Config, endpoints []string) (*clientv3.Client, error) {
-	var tlsCfg *tls.Config
-	if cfg.EtcdCAFile != "" || cfg.EtcdCertFile != "" {
-		info := transport.TLSInfo{CertFile: cfg.EtcdCertFile, KeyFile: cfg.EtcdKeyFile, TrustedCAFile: cfg.EtcdCAFile}
-		var err error
-		if tlsCfg, err = info.ClientConfig(); err != nil {
-			return nil, fmt.Errorf("etcd TLS (--etcd-cafile, --etcd-certfile, --etcd-keyfile): %w", err)
-		}
+	tlsCfg, err := etcdTLS(cfg)
+	if err != nil {
+		return nil, err
 	}
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,

@@ -16,18 +16,22 @@ import (
 
 // Status is what /status returns and `netd status` prints.
 type Status struct {
-	Node          string       `json:"node"`
-	NodeIP        string       `json:"nodeIP"`
-	Iface         string       `json:"iface"`
-	Network       string       `json:"network"`
-	Mode          string       `json:"mode"`
-	CIDR          string       `json:"cidr"`
-	Subnet        string       `json:"subnet"`
-	MTU           int          `json:"mtu"`
-	LeaseExpires  time.Time    `json:"leaseExpires"`
-	EtcdEndpoints []string     `json:"etcdEndpoints"`
-	EtcdUp        bool         `json:"etcdUp"`
+	Node          string    `json:"node"`
+	NodeIP        string    `json:"nodeIP"`
+	Iface         string    `json:"iface"`
+	Network       string    `json:"network"`
+	Mode          string    `json:"mode"`
+	CIDR          string    `json:"cidr"`
+	Subnet        string    `json:"subnet"`
+	MTU           int       `json:"mtu"`
+	LeaseExpires  time.Time `json:"leaseExpires"`
+	EtcdEndpoints []string  `json:"etcdEndpoints"`
+	EtcdUp        bool      `json:"etcdUp"`
+	// EtcdDownSince is when etcd became unreachable (degraded).
+	EtcdDownSince time.Time    `json:"etcdDownSince,omitzero"`
 	Peers         []PeerStatus `json:"peers"`
+	// Rejected are keys in etcd ignored as leases, and why.
+	Rejected []RejectedLease `json:"rejected,omitempty"`
 	// KernelMatches: comparing the kernel with the leases right now found
 	// no difference; Pending lists the differences otherwise.
 	KernelMatches bool      `json:"kernelMatches"`
@@ -45,9 +49,15 @@ type PeerStatus struct {
 	Error   string `json:"error,omitempty"`
 }
 
+// RejectedLease is a key under the network's leases that netd ignores.
+type RejectedLease struct {
+	Key   string `json:"key"`
+	Error string `json:"error"`
+}
+
 // Healthy reports whether the status shows nothing a person must fix.
 func (s *Status) Healthy() bool {
-	if !s.KernelMatches || s.LastError != "" {
+	if !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 {
 		return false
 	}
 	for _, p := range s.Peers {
@@ -80,13 +90,20 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		d.mu.Lock()
-		subnet, expires := d.self.Subnet, d.expires
+		subnet, expires, down := d.self.Subnet, d.expires, d.etcdDown
 		d.mu.Unlock()
-		if !subnet.IsValid() || time.Now().After(expires) {
+		now := time.Now()
+		switch {
+		case !subnet.IsValid() || now.After(expires):
 			http.Error(w, "no valid lease: is etcd reachable?", http.StatusServiceUnavailable)
-			return
+		case !down.IsZero():
+			// Degraded, not dead: existing containers keep their
+			// routes; no new lease changes are seen until etcd is back.
+			http.Error(w, fmt.Sprintf("degraded: etcd unreachable for %s; the datapath keeps forwarding on the last known leases; lease %s valid for %s",
+				now.Sub(down).Round(time.Second), subnet, expires.Sub(now).Round(time.Second)), http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintf(w, "ok %s\n", subnet)
 		}
-		fmt.Fprintf(w, "ok %s\n", subnet)
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -130,6 +147,7 @@ func (d *daemon) status() *Status {
 		LeaseExpires:  d.expires.UTC(),
 		EtcdEndpoints: d.endpoints,
 		EtcdUp:        d.etcdUp,
+		EtcdDownSince: d.etcdDown.UTC(),
 		KernelMatches: diffErr == nil && len(pending) == 0,
 		LastReconcile: d.last.At.UTC(),
 	}
@@ -146,11 +164,11 @@ func (d *daemon) status() *Status {
 	for _, p := range problems {
 		why[p.Peer] = p.Err.Error()
 	}
-	for _, l := range d.leases {
-		if l.Subnet == d.self.Subnet {
-			continue
-		}
+	for _, l := range d.peerLeases {
 		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: l.NodeIP.String(), Subnet: l.Subnet.String(), VTEPMAC: l.VTEPMAC, Error: why[l.NodeName]})
+	}
+	for _, r := range d.rejected {
+		s.Rejected = append(s.Rejected, RejectedLease{Key: short(r.Key), Error: short(r.Err.Error())})
 	}
 	return s
 }

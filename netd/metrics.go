@@ -20,6 +20,10 @@ type metrics struct {
 	kernelChanges     prometheus.Counter
 	resyncs           prometheus.Counter
 	leaseAcquisitions prometheus.Counter
+	leasesRejected    prometheus.Gauge
+	leaseRejections   prometheus.Counter
+	leaseReclaims     prometheus.Counter
+	rewinds           prometheus.Counter
 }
 
 func newMetrics(network string) *metrics {
@@ -47,9 +51,14 @@ func newMetrics(network string) *metrics {
 		kernelChanges:     counter("kernel_changes_total", "Routes, neighbours, FDB entries and addresses added, replaced or removed."),
 		resyncs:           counter("etcd_resyncs_total", "Full re-reads of the leases after the watch fell behind a compaction."),
 		leaseAcquisitions: counter("lease_acquisitions_total", "Times this node (re)acquired its subnet lease."),
+		leasesRejected:    gauge("leases_rejected", "Keys under the network's leases in etcd that are ignored: malformed, outside the network, or clashing with another node's (see the log and /status)."),
+		leaseRejections:   counter("lease_rejections_total", "Times a key in etcd was found unusable as a lease (each new key or new reason counts once)."),
+		leaseReclaims:     counter("lease_reclaims_total", "Times this node wrote its lease back after another writer replaced or deleted it."),
+		rewinds:           counter("etcd_rewinds_total", "Times etcd's revision went back (it lost its data) and the leases were written again."),
 	}
 	m.reg.MustRegister(m.leases, m.peers, m.peerErrors, m.etcdUp, m.leaseExpiry, m.kernelInSync,
 		m.reconcileDuration, m.reconcileErrors, m.kernelChanges, m.resyncs, m.leaseAcquisitions,
+		m.leasesRejected, m.leaseRejections, m.leaseReclaims, m.rewinds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

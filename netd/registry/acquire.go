@@ -63,13 +63,19 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 			return nil, err
 		}
 		taken := map[netip.Prefix]bool{}
+		for _, b := range snap.Rejected {
+			// Unreadable, but the key exists: creating it would fail.
+			if b.Subnet.IsValid() {
+				taken[b.Subnet] = true
+			}
+		}
 		var mine *Lease
 		for i, l := range snap.Leases {
 			if !belongs(network, l.Subnet) {
 				continue // a key of another subnet length; not ours to judge
 			}
 			taken[l.Subnet] = true
-			if l.NodeName == c.Record.NodeName && mine == nil {
+			if l.NodeName == c.Record.NodeName && (mine == nil || preferred(&l, mine, c.Previous)) {
 				mine = &snap.Leases[i]
 			}
 		}
@@ -98,6 +104,17 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 		}
 	}
 	return nil, fmt.Errorf("leasing a subnet of network %s: lost the race to other nodes %d times in a row; try again", network.Name, maxAttempts)
+}
+
+// preferred says whether a is a better key than b for a node that finds
+// two under its name (only a misbehaving writer makes a second one): the
+// subnet of its local copy, else the older key. A second key must not
+// move the node off the subnet it had.
+func preferred(a, b *Lease, previous netip.Prefix) bool {
+	if b.Subnet == previous {
+		return false
+	}
+	return a.Subnet == previous || a.CreateRevision < b.CreateRevision
 }
 
 // create stores a lease for subnet only if nobody holds it.

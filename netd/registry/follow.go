@@ -17,57 +17,81 @@ import (
 type Change struct {
 	Snapshot
 	// Resync is true when the set was re-read from scratch because the
-	// watch could not resume (etcd compacted the revision it needed).
+	// watch could not resume (etcd compacted the revision it needed, or
+	// lost its data).
 	Resync bool
+	// Rewound is true when etcd's revision went back: etcd lost its data
+	// (restored from an empty data dir or an old backup), so the leases
+	// in it are gone or old and every node must write its own again.
+	Rewound bool
 }
+
+// DefaultRewindCheck is how often Follow checks that etcd's revision has
+// not gone back.
+const DefaultRewindCheck = 5 * time.Second
+
+// errRewound: etcd's revision is below one Follow has seen.
+var errRewound = errors.New("etcd's revision went back")
 
 // Follow watches the network's leases from snap (a List result) on and
 // calls update with the whole set after every change, until ctx ends.
 // A broken watch (lost leader, etcd restart) resumes from the last
-// revision seen; when etcd has compacted that revision away, Follow
-// re-reads every lease instead, so no change is ever missed.
+// revision seen; when etcd has compacted that revision away, or its
+// revision went back (a watch from the future would wait silently),
+// Follow re-reads every lease instead, so no change is ever missed.
+// Keys that are not a valid lease are reported in Rejected, never fatal.
 func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change)) error {
 	cur := map[string]Lease{}
-	for _, l := range snap.Leases {
-		cur[r.leaseKey(l.Subnet)] = l
+	bad := map[string]Rejected{}
+	reset := func(s Snapshot) {
+		clear(cur)
+		clear(bad)
+		for _, l := range s.Leases {
+			cur[keyOf(l.Subnet)] = l
+		}
+		for _, b := range s.Rejected {
+			bad[b.Key] = b
+		}
 	}
+	reset(snap)
 	rev := snap.Revision
 	wait := time.Second
 	for {
-		err := r.watch(ctx, rev, func(resp *clientv3.WatchResponse) error {
+		err := r.watch(ctx, &rev, func(resp *clientv3.WatchResponse) {
 			wait = time.Second // the watch works again
 			for _, ev := range resp.Events {
-				key := string(ev.Kv.Key)
-				switch ev.Type {
-				case mvccpb.DELETE:
-					delete(cur, key)
-				case mvccpb.PUT:
-					l, err := r.parseLease(ev.Kv.Key, ev.Kv.Value, ev.Kv.Lease, ev.Kv.ModRevision)
-					if err != nil {
-						return err
-					}
+				key := strings.TrimPrefix(string(ev.Kv.Key), r.leasesPrefix())
+				delete(cur, key)
+				delete(bad, key)
+				if ev.Type != mvccpb.PUT {
+					continue
+				}
+				if l, b := r.parseLease(ev.Kv); b != nil {
+					bad[key] = *b
+				} else {
 					cur[key] = l
 				}
 			}
 			rev = resp.Header.Revision
 			if len(resp.Events) > 0 {
-				update(Change{Snapshot: snapshotOf(cur, rev)})
+				update(Change{Snapshot: snapshotOf(cur, bad, rev)})
 			}
-			return nil
 		})
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if errors.Is(err, rpctypes.ErrCompacted) {
-			r.Log.Info("lease watch fell behind a compaction, reading all leases again", "revision", rev)
+		rewound := errors.Is(err, errRewound)
+		if rewound || errors.Is(err, rpctypes.ErrCompacted) {
+			if rewound {
+				r.Log.Warn("etcd's revision went back: it lost its data (restored from an empty data dir or a backup); reading all leases again", "revision", rev, "err", err)
+			} else {
+				r.Log.Info("lease watch fell behind a compaction, reading all leases again", "revision", rev)
+			}
 			s, lerr := r.List(ctx)
 			if lerr == nil {
-				clear(cur)
-				for _, l := range s.Leases {
-					cur[r.leaseKey(l.Subnet)] = l
-				}
+				reset(s)
 				rev = s.Revision
-				update(Change{Snapshot: s, Resync: true})
+				update(Change{Snapshot: s, Resync: true, Rewound: rewound})
 				wait = time.Second
 				continue
 			}
@@ -83,32 +107,55 @@ func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change
 	}
 }
 
-// watch runs one watch from after rev and hands each response to f. It
-// returns when the watch ends: ctx done, an error (ErrCompacted among
-// them), or f failing.
-func (r *Registry) watch(ctx context.Context, rev int64, f func(*clientv3.WatchResponse) error) error {
+// watch runs one watch from after *rev and hands each response to f. It
+// returns when the watch ends: ctx done or an error (ErrCompacted among
+// them). Every RewindCheck it compares etcd's revision with *rev and
+// ends with errRewound when etcd's is lower.
+func (r *Registry) watch(ctx context.Context, rev *int64, f func(*clientv3.WatchResponse)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// RequireLeader: a member cut off from the cluster ends the watch
 	// instead of silently serving nothing.
 	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), r.leasesPrefix(),
-		clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
-	for resp := range wch {
-		if err := resp.Err(); err != nil {
-			return fmt.Errorf("watching %s from revision %d: %w", r.leasesPrefix(), rev+1, err)
-		}
-		if err := f(&resp); err != nil {
-			return err
+		clientv3.WithPrefix(), clientv3.WithRev(*rev+1), clientv3.WithProgressNotify())
+	every := r.RewindCheck
+	if every <= 0 {
+		every = DefaultRewindCheck
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case resp, ok := <-wch:
+			if !ok {
+				return fmt.Errorf("watching %s: watch closed", r.leasesPrefix())
+			}
+			if err := resp.Err(); err != nil {
+				return fmt.Errorf("watching %s from revision %d: %w", r.leasesPrefix(), *rev+1, err)
+			}
+			f(&resp)
+		case <-tick.C:
+			rctx, rcancel := context.WithTimeout(ctx, every)
+			now, err := r.Revision(rctx)
+			rcancel()
+			// An unreachable etcd is the watch's business; only a
+			// revision that answers and is lower ends the watch.
+			if err == nil && now < *rev {
+				return fmt.Errorf("%w from %d to %d", errRewound, *rev, now)
+			}
 		}
 	}
-	return fmt.Errorf("watching %s: watch closed", r.leasesPrefix())
 }
 
-func snapshotOf(cur map[string]Lease, rev int64) Snapshot {
+func snapshotOf(cur map[string]Lease, bad map[string]Rejected, rev int64) Snapshot {
 	s := Snapshot{Revision: rev}
 	for _, l := range cur {
 		s.Leases = append(s.Leases, l)
 	}
-	slices.SortFunc(s.Leases, func(a, b Lease) int { return strings.Compare(a.Subnet.String(), b.Subnet.String()) })
+	for _, b := range bad {
+		s.Rejected = append(s.Rejected, b)
+	}
+	slices.SortFunc(s.Leases, func(a, b Lease) int { return strings.Compare(keyOf(a.Subnet), keyOf(b.Subnet)) })
+	slices.SortFunc(s.Rejected, func(a, b Rejected) int { return strings.Compare(a.Key, b.Key) })
 	return s
 }

@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -60,6 +61,9 @@ type Lease struct {
 	ID clientv3.LeaseID
 	// ModRevision of the key, for compare-and-swap.
 	ModRevision int64
+	// CreateRevision of the key: the older of two conflicting leases
+	// wins (see Vet). Moving a key to a new etcd lease keeps it.
+	CreateRevision int64
 	// Origin says how Acquire chose the subnet.
 	Origin Origin
 }
@@ -79,6 +83,9 @@ type Registry struct {
 	prefix string // <prefix>/networks/<name>/
 	// Log gets what Follow recovers from on its own (broken watches).
 	Log *slog.Logger
+	// RewindCheck is how often Follow checks that etcd's revision has
+	// not gone back (DefaultRewindCheck when zero).
+	RewindCheck time.Duration
 }
 
 // New returns the registry of network under prefix (DefaultPrefix when
@@ -94,18 +101,65 @@ func (r *Registry) configKey() string    { return r.prefix + "config" }
 func (r *Registry) leasesPrefix() string { return r.prefix + "leases/" }
 
 func (r *Registry) leaseKey(subnet netip.Prefix) string {
-	return r.leasesPrefix() + strings.Replace(subnet.String(), "/", "-", 1)
+	return r.leasesPrefix() + keyOf(subnet)
 }
 
-func (r *Registry) parseLease(key, value []byte, id, modRev int64) (Lease, error) {
+// MaxValueSize bounds a lease value: a record is about 150 bytes, so a
+// much larger one comes from a misbehaving writer and is not even parsed.
+const MaxValueSize = 4 << 10
+
+// Rejected is a key under the leases prefix that is not a usable lease:
+// it is ignored (no route, no peer) and reported.
+type Rejected struct {
+	// Key is the key below the leases prefix, e.g. "10.244.3.0-24".
+	Key string
+	// Subnet is the subnet the key names, when it names one; Acquire
+	// treats it as taken all the same.
+	Subnet      netip.Prefix
+	ModRevision int64
+	Err         error
+}
+
+// keyOf is subnet's key below the leases prefix.
+func keyOf(subnet netip.Prefix) string { return strings.Replace(subnet.String(), "/", "-", 1) }
+
+// subnetOfKey parses the subnet a lease key names. Only the canonical
+// spelling is accepted ("10.244.3.0-24"): two spellings of one subnet
+// would be two keys, and compare-and-swap on one would not see the other.
+func (r *Registry) subnetOfKey(key []byte) (netip.Prefix, error) {
 	s := strings.TrimPrefix(string(key), r.leasesPrefix())
 	subnet, err := netip.ParsePrefix(strings.Replace(s, "-", "/", 1))
-	if err != nil {
-		return Lease{}, fmt.Errorf("lease key %s: %w", key, err)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fmt.Errorf("key does not name a subnet: %w", err)
+	case !subnet.Addr().Is4():
+		return netip.Prefix{}, fmt.Errorf("key names %s, not an IPv4 subnet", subnet)
+	case subnet != subnet.Masked():
+		return netip.Prefix{}, fmt.Errorf("key names %s, which has host bits set (%s)", subnet, subnet.Masked())
+	case r.leaseKey(subnet) != string(key):
+		return netip.Prefix{}, fmt.Errorf("key is not the canonical spelling %s", r.leaseKey(subnet))
 	}
-	l := Lease{Subnet: subnet, ID: clientv3.LeaseID(id), ModRevision: modRev}
-	if err := json.Unmarshal(value, &l.Record); err != nil {
-		return Lease{}, fmt.Errorf("lease %s: %w", key, err)
+	return subnet, nil
+}
+
+// parseLease decodes one key and value under the leases prefix. It only
+// checks the form; Vet checks the lease against the network and the
+// other leases.
+func (r *Registry) parseLease(kv *mvccpb.KeyValue) (Lease, *Rejected) {
+	key := strings.TrimPrefix(string(kv.Key), r.leasesPrefix())
+	subnet, err := r.subnetOfKey(kv.Key)
+	if err != nil {
+		return Lease{}, &Rejected{Key: key, ModRevision: kv.ModRevision, Err: err}
+	}
+	reject := func(err error) (Lease, *Rejected) {
+		return Lease{}, &Rejected{Key: key, Subnet: subnet, ModRevision: kv.ModRevision, Err: err}
+	}
+	if len(kv.Value) > MaxValueSize {
+		return reject(fmt.Errorf("value of %d bytes, more than the %d a lease may have", len(kv.Value), MaxValueSize))
+	}
+	l := Lease{Subnet: subnet, ID: clientv3.LeaseID(kv.Lease), ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
+	if err := json.Unmarshal(kv.Value, &l.Record); err != nil {
+		return reject(fmt.Errorf("value is not a lease record: %w", err))
 	}
 	return l, nil
 }
@@ -169,7 +223,10 @@ func (r *Registry) Config(ctx context.Context) (*conf.Network, error) {
 
 // Snapshot is every lease of the network at one etcd revision.
 type Snapshot struct {
-	Leases   []Lease // ordered by key
+	Leases []Lease // ordered by key
+	// Rejected are the keys that could not be read as a lease (ordered
+	// by key). One bad key never hides the others.
+	Rejected []Rejected
 	Revision int64
 }
 
@@ -181,13 +238,47 @@ func (r *Registry) List(ctx context.Context) (Snapshot, error) {
 	}
 	s := Snapshot{Revision: resp.Header.Revision}
 	for _, kv := range resp.Kvs {
-		l, err := r.parseLease(kv.Key, kv.Value, kv.Lease, kv.ModRevision)
-		if err != nil {
-			return Snapshot{}, err
+		l, bad := r.parseLease(kv)
+		if bad != nil {
+			s.Rejected = append(s.Rejected, *bad)
+			continue
 		}
 		s.Leases = append(s.Leases, l)
 	}
 	return s, nil
+}
+
+// Revision is etcd's current revision, read through the quorum. It only
+// grows, unless etcd lost its data (restored from an empty data dir or
+// an old backup): then it goes back, and a watch from a later revision
+// would wait silently.
+func (r *Registry) Revision(ctx context.Context) (int64, error) {
+	resp, err := r.cli.Get(ctx, r.configKey(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, fmt.Errorf("reading etcd's revision: %w", err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Reclaim writes self's record back at self's key, attached to self's
+// etcd lease, if the key is still as the caller saw it (modRev; 0 when
+// the key is absent). It repairs the key when another writer replaced or
+// deleted it while self's etcd lease is alive: no well-behaved node
+// writes a key that exists. It fails when self's etcd lease is gone.
+func (r *Registry) Reclaim(ctx context.Context, self *Lease, modRev int64) (bool, error) {
+	value, err := json.Marshal(self.Record)
+	if err != nil {
+		return false, err
+	}
+	key := r.leaseKey(self.Subnet)
+	resp, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
+		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(self.ID))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("writing lease %s back: %w", key, err)
+	}
+	return resp.Succeeded, nil
 }
 
 // KeepAlive keeps the etcd lease id alive until ctx ends; the channel
