@@ -63,7 +63,9 @@ func TestHostileLeases(t *testing.T) {
 		b, _ := json.Marshal(registry.Record{NodeName: name, NodeIP: netip.MustParseAddr("192.168.50.66"), Mode: "vxlan", VTEPMAC: "02:66:66:66:66:66", VNI: 1})
 		return string(b)
 	}
-	key := func(subnet string) string { return "/berth/v1/networks/pods/leases/" + strings.Replace(subnet, "/", "-", 1) }
+	key := func(subnet string) string {
+		return "/berth/v1/networks/pods/leases/" + strings.Replace(subnet, "/", "-", 1)
+	}
 	overlap := netip.PrefixFrom(subnets[2].Addr(), 25).String()
 	hostile := []struct {
 		what, key, value, why string
