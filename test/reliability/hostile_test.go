@@ -51,15 +51,19 @@ func TestHostileLeases(t *testing.T) {
 		defaults[i] = defaultRoute(t, tb.Node(i))
 	}
 	fullMesh(t, tb, gws)
-	st2, _ := c.status(1)
-	var mac2 string
-	for _, p := range st2.Peers {
-		if p.Name == "node2" {
-			mac2 = p.VTEPMAC
+	macs := map[string]string{} // node name -> VTEP MAC
+	for _, i := range []int{1, 2} {
+		st, err := c.status(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range st.Peers {
+			macs[p.Name] = p.VTEPMAC
 		}
 	}
+	mac2 := macs["node2"]
 
-	evil := func(name, subnet string) string {
+	evil := func(name string) string {
 		b, _ := json.Marshal(registry.Record{NodeName: name, NodeIP: netip.MustParseAddr("192.168.50.66"), Mode: "vxlan", VTEPMAC: "02:66:66:66:66:66", VNI: 1})
 		return string(b)
 	}
@@ -72,10 +76,10 @@ func TestHostileLeases(t *testing.T) {
 	}{
 		{"malformed JSON", key("10.244.200.0/24"), `{"nodeName": "evil", "nodeIP": `, "not a lease record"},
 		{"not a record", key("10.244.203.0/24"), `["10.244.203.0/24"]`, "not a lease record"},
-		{"subnet outside the cluster CIDR", key("10.99.0.0/24"), evil("evil-outside", ""), "outside the network's CIDR"},
-		{"default route", key("0.0.0.0/0"), evil("evil-default", ""), "outside the network's CIDR"},
-		{"the whole cluster CIDR", key("10.244.0.0/16"), evil("evil-cidr", ""), "not a /24 node subnet"},
-		{"overlapping node2's subnet", key(overlap), evil("evil-overlap", ""), "not a /24 node subnet"},
+		{"subnet outside the cluster CIDR", key("10.99.0.0/24"), evil("evil-outside"), "outside the network's CIDR"},
+		{"default route", key("0.0.0.0/0"), evil("evil-default"), "outside the network's CIDR"},
+		{"the whole cluster CIDR", key("10.244.0.0/16"), evil("evil-cidr"), "not a /24 node subnet"},
+		{"overlapping node2's subnet", key(overlap), evil("evil-overlap"), "not a /24 node subnet"},
 		{"node2's VTEP MAC at another IP", key("10.244.202.0/24"),
 			fmt.Sprintf(`{"nodeName":"evil-mac","nodeIP":"192.168.50.66","mode":"vxlan","vtepMAC":%q,"vni":1}`, mac2), "VTEP MAC"},
 		{"node IP inside the cluster CIDR", key("10.244.204.0/24"),
@@ -91,12 +95,7 @@ func TestHostileLeases(t *testing.T) {
 	}
 	// This node's own subnet, taken over by another node IP.
 	self1 := key(subnets[1].String())
-	hijack := fmt.Sprintf(`{"nodeName":"node1","nodeIP":"192.168.50.66","mode":"vxlan","vtepMAC":%q,"vni":1}`, st2.Peers[0].VTEPMAC)
-	for _, p := range st2.Peers {
-		if p.Name == "node1" {
-			hijack = fmt.Sprintf(`{"nodeName":"node1","nodeIP":"192.168.50.66","mode":"vxlan","vtepMAC":%q,"vni":1}`, p.VTEPMAC)
-		}
-	}
+	hijack := fmt.Sprintf(`{"nodeName":"node1","nodeIP":"192.168.50.66","mode":"vxlan","vtepMAC":%q,"vni":1}`, macs["node1"])
 	if _, err := cli.Put(ctx, self1, hijack); err != nil {
 		t.Fatal(err)
 	}
