@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -14,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
@@ -408,38 +411,46 @@ var lossRe = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
 
 // pinger is a continuous ping in the background.
 type pinger struct {
+	cmd  *exec.Cmd
 	done chan struct{}
-	out  []byte
+	out  strings.Builder
 	err  error
 }
 
-// startPing pings dst from inside run's namespace every 200ms for d.
-func startPing(run func(ctx context.Context, name string, args ...string) ([]byte, error), src, dst string, d time.Duration) *pinger {
-	p := &pinger{done: make(chan struct{})}
+// startPing pings dst from inside netns n every 200ms (from src when
+// given) until stop, at most for max.
+func startPing(t *testing.T, n ns.NetNS, src, dst string, max time.Duration) *pinger {
+	t.Helper()
+	args := []string{"-n", "-q", "-i", "0.2", "-W", "1", "-w", strconv.Itoa(int(max.Seconds())), dst}
+	if src != "" {
+		args = append([]string{"-I", src}, args...)
+	}
+	p := &pinger{cmd: exec.Command("ping", args...), done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+	err := n.Do(func(ns.NetNS) error { return p.cmd.Start() }) // forked inside n
+	if err != nil {
+		t.Fatalf("starting ping: %v", err)
+	}
 	go func() {
-		defer close(p.done)
-		ctx, cancel := context.WithTimeout(context.Background(), d+30*time.Second)
-		defer cancel()
-		count := int(d / (200 * time.Millisecond))
-		args := []string{"-n", "-q", "-i", "0.2", "-c", strconv.Itoa(count), "-W", "1", dst}
-		if src != "" {
-			args = append([]string{"-I", src}, args...)
-		}
-		p.out, p.err = run(ctx, "ping", args...)
+		p.err = p.cmd.Wait()
+		close(p.done)
 	}()
+	t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done })
 	return p
 }
 
-// result waits for the ping to end and returns packets sent and received.
-func (p *pinger) result(t *testing.T) (sent, received int) {
+// stop ends the ping (SIGINT: it prints its summary) and returns packets
+// sent and received.
+func (p *pinger) stop(t *testing.T) (sent, received int) {
 	t.Helper()
+	p.cmd.Process.Signal(os.Interrupt)
 	<-p.done
-	m := lossRe.FindSubmatch(p.out)
+	m := lossRe.FindStringSubmatch(p.out.String())
 	if m == nil {
-		t.Fatalf("ping: %v\n%s", p.err, p.out)
+		t.Fatalf("ping: %v\n%s", p.err, p.out.String())
 	}
-	sent, _ = strconv.Atoi(string(m[1]))
-	received, _ = strconv.Atoi(string(m[2]))
+	sent, _ = strconv.Atoi(m[1])
+	received, _ = strconv.Atoi(m[2])
 	return sent, received
 }
 
