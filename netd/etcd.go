@@ -58,14 +58,17 @@ func checkEtcdTLS(ctx context.Context, cfg *Config, endpoints []string, tlsCfg *
 		var hostname x509.HostnameError
 		var invalid x509.CertificateInvalidError
 		var verify *tls.CertificateVerificationError
-		var alert tls.AlertError
+		// A TLS alert from the server: crypto/tls reports it as a
+		// *net.OpError "remote error" (AlertError is only for QUIC).
+		var remote *net.OpError
+		rejected := errors.As(err, &remote) && remote.Op == "remote error"
 		switch {
 		case errors.As(err, &unknownCA) || errors.As(err, &verify) || errors.As(err, &invalid):
 			certErr = fmt.Errorf("%w: etcd at %s presents a certificate that --etcd-cafile %s does not verify: %v; give the CA that signed etcd's server certificate",
 				ErrEtcdTLS, ep, cfg.EtcdCAFile, err)
 		case errors.As(err, &hostname):
 			certErr = fmt.Errorf("%w: etcd at %s: %v; use an endpoint address that its certificate names", ErrEtcdTLS, ep, err)
-		case errors.As(err, &alert):
+		case rejected:
 			certErr = fmt.Errorf("%w: etcd at %s refused netd's client certificate (--etcd-certfile %s): %v; give a certificate signed by the CA etcd trusts (its --trusted-ca-file)",
 				ErrEtcdTLS, ep, cfg.EtcdCertFile, err)
 		}

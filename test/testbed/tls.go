@@ -34,6 +34,14 @@ func (f *TLSFiles) ClientConfig() (*tls.Config, error) {
 	return (&transport.TLSInfo{CertFile: f.ClientCert, KeyFile: f.ClientKey, TrustedCAFile: f.CA}).ClientConfig()
 }
 
+// NewTLSFiles makes a CA of its own with a server certificate for
+// serverIPs and a client certificate in dir, e.g. to show that a client
+// trusting another CA, or presenting another CA's certificate, is
+// refused by a member started with StartEtcdTLS.
+func NewTLSFiles(dir string, serverIPs ...netip.Addr) (*TLSFiles, error) {
+	return newTLSFiles(dir, serverIPs)
+}
+
 // newTLSFiles makes a CA and certificates valid for an hour in dir.
 func newTLSFiles(dir string, serverIPs []netip.Addr) (*TLSFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
