@@ -21,7 +21,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit fuzz lint demo demo-clean bench install clean deps
+.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps
 
 all: build
 
@@ -42,6 +42,15 @@ fuzz:
 		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
 		$(GO) test -run='^$$' -fuzz="^$${t%%:*}$$" -fuzztime=$(FUZZTIME) -parallel=1 $${t#*:} >/tmp/berth-fuzz.log 2>&1 || { cat /tmp/berth-fuzz.log; exit 1; }; \
 	done
+
+# The fault, churn and hostile-input suites (test/reliability) with every
+# etcd member down for 60s (make test runs them with a 15s outage); -v
+# prints the figures the README table reports (lines with FIGURE).
+ETCD_OUTAGE ?= 60s
+test-reliability: build
+	@echo "go test ./test/reliability/ (etcd outage $(ETCD_OUTAGE)), log in /tmp/berth-reliability.log"
+	@BERTH_ETCD_OUTAGE=$(ETCD_OUTAGE) $(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./test/reliability/ >/tmp/berth-reliability.log 2>&1; rc=$$?; \
+	grep -E '^ *--- |^(ok|FAIL)|FIGURE|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-reliability.log; exit $$rc
 
 test-unit:
 	$(GO) test -count=1 -short ./...

@@ -198,8 +198,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 // retry runs f (with a per-request timeout) until it succeeds, fails in
 // a way retrying cannot fix, or ctx ends. etcd may still be starting.
+// Waits between tries stay well under the lease TTL: when etcd comes
+// back after an outage, the leases it kept expire one TTL later, and a
+// node must renew its own before that or its peers drop its routes.
 func (d *daemon) retry(ctx context.Context, what string, f func(context.Context) error) error {
 	wait := 500 * time.Millisecond
+	longest := min(10*time.Second, d.cfg.LeaseTTL/4)
 	for {
 		rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 		err := f(rctx)
@@ -213,7 +217,7 @@ func (d *daemon) retry(ctx context.Context, what string, f func(context.Context)
 			return ctx.Err()
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 10*time.Second)
+		wait = max(min(2*wait, longest), 100*time.Millisecond)
 	}
 }
 

@@ -72,16 +72,26 @@ func (c *cluster) flags(i int) []string {
 	}, c.args...)
 }
 
-// launch starts netd on node i without waiting for it.
-func (c *cluster) launch(i int) *testbed.Process {
-	c.t.Helper()
+// spawn starts netd on node i without waiting for it; safe to call
+// from any goroutine.
+func (c *cluster) spawn(i int) (*testbed.Process, error) {
 	p, err := c.tb.Node(i).Start(testbed.ProcSpec{Name: fmt.Sprintf("netd-node%d", i), Path: c.bin, Args: c.flags(i)})
 	if err != nil {
-		c.t.Fatal(err)
+		return nil, err
 	}
 	c.mu.Lock()
 	c.netd[i] = p
 	c.mu.Unlock()
+	return p, nil
+}
+
+// launch starts netd on node i without waiting for it.
+func (c *cluster) launch(i int) *testbed.Process {
+	c.t.Helper()
+	p, err := c.spawn(i)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	return p
 }
 

@@ -456,13 +456,10 @@ func (ch *churner) stop(t *testing.T) (joins, leaves int, up []int) {
 // joinNode starts netd on node j and waits for it to finish starting;
 // errors instead of failing the test, for use from goroutines.
 func (c *cluster) joinNode(j int) error {
-	p, err := c.tb.Node(j).Start(testbed.ProcSpec{Name: fmt.Sprintf("netd-node%d", j), Path: c.bin, Args: c.flags(j)})
+	p, err := c.spawn(j)
 	if err != nil {
 		return err
 	}
-	c.mu.Lock()
-	c.netd[j] = p
-	c.mu.Unlock()
 	if err := waitLease(c.tb.Node(j), c.network, p); err != nil {
 		return fmt.Errorf("node%d joining: %w", j, err)
 	}

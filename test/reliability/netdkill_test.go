@@ -61,20 +61,6 @@ func TestNetdKilledAtRandom(t *testing.T) {
 				churnErrs = append(churnErrs, err)
 				mu.Unlock()
 			}
-			leave := func() error {
-				if p := c.proc(j); p.Exited() {
-					// Killed while joining: nothing to stop.
-				} else if err := p.Stop(10 * time.Second); err != nil {
-					return fmt.Errorf("node%d: netd on SIGTERM: %w", j, err)
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				out, err := tb.Node(j).Run(ctx, c.bin, append([]string{"leave"}, c.flags(j)...)...)
-				if err != nil {
-					return fmt.Errorf("node%d leave: %w\n%s", j, err, out)
-				}
-				return nil
-			}
 			for {
 				select {
 				case <-stop:
@@ -84,7 +70,7 @@ func TestNetdKilledAtRandom(t *testing.T) {
 					if !up && c.proc(j) != nil {
 						// Its last join was killed: whatever it made
 						// goes with netd leave.
-						if err := leave(); err != nil {
+						if err := c.leaveNode(j); err != nil {
 							fail(err)
 						}
 					}
@@ -94,42 +80,38 @@ func TestNetdKilledAtRandom(t *testing.T) {
 				mu.Lock()
 				up := joined[j]
 				mu.Unlock()
-				if !up {
-					p, err := tb.Node(j).Start(testbed.ProcSpec{Name: fmt.Sprintf("netd-node%d", j), Path: c.bin, Args: c.flags(j)})
+				switch {
+				case !up && r.IntN(3) == 0:
+					// Killed while joining; it joins again next time.
+					p, err := c.spawn(j)
 					if err != nil {
 						fail(err)
 						return
 					}
-					c.mu.Lock()
-					c.netd[j] = p
-					c.mu.Unlock()
-					if r.IntN(3) == 0 {
-						// Killed while joining; it joins again below.
-						time.Sleep(time.Duration(r.IntN(500)) * time.Millisecond)
-						p.Kill()
-						mu.Lock()
-						joinKills++
-						mu.Unlock()
-						continue
-					}
-					if err := waitLease(tb.Node(j), c.network, p); err != nil {
-						fail(fmt.Errorf("node%d joining: %w", j, err))
+					time.Sleep(time.Duration(r.IntN(500)) * time.Millisecond)
+					p.Kill()
+					mu.Lock()
+					joinKills++
+					mu.Unlock()
+				case !up:
+					if err := c.joinNode(j); err != nil {
+						fail(err)
 						return
 					}
 					mu.Lock()
 					joined[j] = true
 					joins++
 					mu.Unlock()
-					continue
+				default:
+					if err := c.leaveNode(j); err != nil {
+						fail(err)
+						return
+					}
+					mu.Lock()
+					joined[j] = false
+					leaves++
+					mu.Unlock()
 				}
-				if err := leave(); err != nil {
-					fail(err)
-					return
-				}
-				mu.Lock()
-				joined[j] = false
-				leaves++
-				mu.Unlock()
 			}
 		})
 	}
