@@ -198,7 +198,7 @@ func TestEtcdCluster(t *testing.T) {
 			t.Errorf("container ping across the outage: %d of %d lost", sent-received, sent)
 		}
 		report(t, "all 3 etcd members down for %s: container ping %d/%d received, degraded health reported after %s, new ADD refused with code 11: %v, all nodes healthy and converged %s after etcd was back, 0 renumbered",
-			down, received, sent, degraded.Round(time.Second), refused, reconverged.Round(time.Second))
+			down, received, sent, degraded.Round(100*time.Millisecond), refused, reconverged.Round(100*time.Millisecond))
 	})
 	if t.Failed() {
 		t.FailNow()
@@ -279,7 +279,7 @@ func TestEtcdCluster(t *testing.T) {
 			t.Errorf("container ping across the data loss: %d of %d lost", sent-received, sent)
 		}
 		report(t, "etcd (3 members) restarted from empty data dirs, node2's netd down meanwhile: all %d leases written again (the last %s after, when node2's netd was back), 0 renumbered, 0 peer routes dropped, network config restored, container ping node1->node2 %d/%d received, a new node got a fresh subnet",
-			len(stable), registered.Round(time.Second), received, sent)
+			len(stable), registered.Round(100*time.Millisecond), received, sent)
 	})
 
 	for _, i := range []int{1, 2} {
