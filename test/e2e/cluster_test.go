@@ -118,6 +118,40 @@ func (c *container) dial(addr string) (string, error) {
 	return testenv.Dial(c.ns, addr)
 }
 
+// matrix checks that every container reaches every other one: ICMP from
+// inside the container, and TCP, where the server must see the client's
+// own address (no NAT inside the cluster network).
+func matrix(t *testing.T, ctrs []*container, port int) {
+	ctx := context.Background()
+	t.Run("icmp matrix", func(t *testing.T) {
+		for _, src := range ctrs {
+			for _, dst := range ctrs {
+				if src != dst {
+					if err := src.ping(ctx, dst.IP); err != nil {
+						t.Errorf("%s -> %s: %v", src, dst, err)
+					}
+				}
+			}
+		}
+	})
+	t.Run("tcp matrix keeps source addresses", func(t *testing.T) {
+		for _, dst := range ctrs {
+			dst.serve(t, port)
+		}
+		for _, src := range ctrs {
+			for _, dst := range ctrs {
+				if src == dst {
+					continue
+				}
+				seen, err := src.dial(fmt.Sprintf("%s:%d", dst.IP, port))
+				if err != nil || seen != src.IP.String() {
+					t.Errorf("%s -> %s: server saw %q (%v), want %s", src, dst, seen, err, src.IP)
+				}
+			}
+		}
+	})
+}
+
 // echoCount serves on addr in netns n: it reads each connection to its
 // end and answers with the number of bytes read.
 func echoCount(t *testing.T, n ns.NetNS, addr string) {

@@ -60,34 +60,7 @@ func connectivity(t *testing.T, mode string) {
 		t.Logf("%s: %s", ctr, ctr.IP)
 	}
 
-	t.Run("icmp matrix", func(t *testing.T) {
-		for _, src := range ctrs {
-			for _, dst := range ctrs {
-				if src != dst {
-					if err := src.ping(ctx, dst.IP); err != nil {
-						t.Errorf("%s -> %s: %v", src, dst, err)
-					}
-				}
-			}
-		}
-	})
-
-	t.Run("tcp matrix keeps source addresses", func(t *testing.T) {
-		for _, dst := range ctrs {
-			dst.serve(t, 7000)
-		}
-		for _, src := range ctrs {
-			for _, dst := range ctrs {
-				if src == dst {
-					continue
-				}
-				seen, err := src.dial(fmt.Sprintf("%s:7000", dst.IP))
-				if err != nil || seen != src.IP.String() {
-					t.Errorf("%s -> %s: server saw %q (%v), want %s", src, dst, seen, err, src.IP)
-				}
-			}
-		}
-	})
+	matrix(t, ctrs, 7000)
 
 	t.Run("leaving the cluster is masqueraded", func(t *testing.T) {
 		testenv.Serve(t, outside.NetNS, outsideIP.String()+":8080")
