@@ -108,12 +108,12 @@ func main() {
 	defer stop()
 	d := &demo{mode: m, name: *modeName, nodes: *nodes, out: os.Stdout}
 	err := d.run(ctx)
-	if err == nil && *keep {
-		d.explore()
-		<-ctx.Done()
-	}
-	if ctx.Err() != nil {
+	switch {
+	case err != nil && ctx.Err() != nil:
 		err = errors.New("interrupted")
+	case err == nil && *keep:
+		d.explore()
+		<-ctx.Done() // with -keep, Ctrl-C is how the demo ends
 	}
 	d.cleanup()
 	if err != nil {
