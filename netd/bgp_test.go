@@ -257,6 +257,25 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 		}
 	}
 	matrix(t, bgpPods(t, tb, "bgpx", 1, 3, 4))
+
+	t.Run("a peer announcing foreign prefixes is ignored", func(t *testing.T) {
+		out, _ := tb.Router.Run(context.Background(), "birdc", "-s", sock, "show", "route", "export", "node1")
+		if !strings.Contains(string(out), "0.0.0.0/0") || !strings.Contains(string(out), "198.51.100.0/24") {
+			t.Fatalf("BIRD does not offer the hijack routes, the test proves nothing:\n%s", out)
+		}
+		for _, i := range []int{1, 3} {
+			rs := routes(t, tb.Node(i))
+			for _, p := range []string{"0.0.0.0/0", "198.51.100.0/24"} {
+				if r, ok := rs[p]; ok {
+					t.Errorf("node%d installed %s from BIRD: %s", i, p, r)
+				}
+			}
+			out, _ := tb.Node(i).Run(context.Background(), "ip", "route", "show", "default")
+			if !strings.Contains(string(out), "via "+testbed.RouterIP1.String()) && !strings.Contains(string(out), "via "+testbed.RouterIP2.String()) {
+				t.Errorf("node%d's default route changed: %s", i, out)
+			}
+		}
+	})
 }
 
 // startBIRD runs BIRD 2 in the router namespace with an eBGP session to
@@ -268,13 +287,16 @@ func startBIRD(t *testing.T, tb *testbed.Testbed, passwords map[int]string) stri
 	var b strings.Builder
 	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; }\n", testbed.RouterIP1)
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
+	// A hijack attempt: a default route and a foreign prefix, sent to
+	// every node. berth must ignore both.
+	b.WriteString("protocol static hijack { ipv4; route 0.0.0.0/0 blackhole; route 198.51.100.0/24 blackhole; }\n")
 	for i, pw := range passwords {
 		n := tb.Node(i)
 		fmt.Fprintf(&b, "protocol bgp node%d {\n  local as 64600;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", i, n.IP, 65000+i)
 		if pw != "" {
 			fmt.Fprintf(&b, "  password %q;\n", pw)
 		}
-		b.WriteString("  ipv4 { import all; export where source = RTS_BGP; };\n}\n")
+		b.WriteString("  ipv4 { import all; export where source = RTS_BGP || proto = \"hijack\"; };\n}\n")
 	}
 	cfg := filepath.Join(dir, "bird.conf")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
