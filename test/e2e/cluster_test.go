@@ -45,7 +45,7 @@ func startNetwork(t *testing.T, tb *testbed.Testbed, opts testbed.NetdOptions, n
 		c.netd[i] = d
 	}
 	for _, i := range nodes {
-		if _, err := c.netd[i].WaitConverged(ctx, len(nodes)-1); err != nil {
+		if err := c.netd[i].WaitConverged(ctx, len(nodes)-1); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -56,8 +57,8 @@ func TestSegments(t *testing.T) {
 func reportsUnreachable(t *testing.T, d *testbed.Netd, names []string) {
 	t.Helper()
 	ctx := context.Background()
-	st, err := d.Status(ctx)
-	if err != nil {
+	var st netd.Status
+	if err := d.Status(ctx, &st); err != nil {
 		t.Fatal(err)
 	}
 	var got []string

@@ -12,7 +12,6 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
-	"github.com/berthnet/berth/netd"
 )
 
 // NetdOptions say how to run netd on a node. The node's own directories
@@ -150,17 +149,18 @@ func (d *Netd) Lease(ctx context.Context) (*lease.Node, error) {
 	return l, err
 }
 
-// Status asks netd for its status (GET /status on the node's loopback).
-func (d *Netd) Status(ctx context.Context) (*netd.Status, error) {
+// Status asks netd for its status (GET /status on the node's loopback)
+// and decodes it into v, a *netd.Status. (The test bed cannot import
+// netd: netd's own tests use the test bed.)
+func (d *Netd) Status(ctx context.Context, v any) error {
 	body, err := d.Node.Get(ctx, "http://"+d.MetricsAddr()+"/status")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	var s netd.Status
-	if err := json.Unmarshal(body, &s); err != nil {
-		return nil, fmt.Errorf("netd status on %s: %w", d.Node.Host, err)
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("netd status on %s: %w", d.Node.Host, err)
 	}
-	return &s, nil
+	return nil
 }
 
 // Metrics returns netd's Prometheus metrics text.
@@ -170,12 +170,16 @@ func (d *Netd) Metrics(ctx context.Context) (string, error) {
 }
 
 // WaitConverged waits up to 30s until netd knows peers other nodes and
-// the kernel matches their leases, and returns that status.
-func (d *Netd) WaitConverged(ctx context.Context, peers int) (*netd.Status, error) {
-	var s *netd.Status
-	err := d.poll(ctx, 30*time.Second, fmt.Sprintf("convergence on %d peers", peers), func() error {
-		var err error
-		if s, err = d.Status(ctx); err != nil {
+// the kernel matches their leases.
+func (d *Netd) WaitConverged(ctx context.Context, peers int) error {
+	return d.poll(ctx, 30*time.Second, fmt.Sprintf("convergence on %d peers", peers), func() error {
+		// The fields of netd.Status this needs.
+		var s struct {
+			Peers         []json.RawMessage `json:"peers"`
+			KernelMatches bool              `json:"kernelMatches"`
+			Pending       []string          `json:"pending"`
+		}
+		if err := d.Status(ctx, &s); err != nil {
 			return err
 		}
 		if len(s.Peers) != peers || !s.KernelMatches {
@@ -183,7 +187,6 @@ func (d *Netd) WaitConverged(ctx context.Context, peers int) (*netd.Status, erro
 		}
 		return nil
 	})
-	return s, err
 }
 
 // poll calls cond every 100ms until it succeeds, netd exits, ctx ends or

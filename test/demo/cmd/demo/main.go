@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -264,8 +265,11 @@ func (d *demo) startNetd(ctx context.Context) error {
 		}
 	}
 	for _, nd := range d.netd {
-		st, err := nd.WaitConverged(ctx, d.nodes-1)
-		if err != nil {
+		if err := nd.WaitConverged(ctx, d.nodes-1); err != nil {
+			return err
+		}
+		var st netd.Status
+		if err := nd.Status(ctx, &st); err != nil {
 			return err
 		}
 		d.say("%s holds %s; its kernel connects %d peers", nd.Node.Host, st.Subnet, len(st.Peers))
