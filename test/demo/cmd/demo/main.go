@@ -213,7 +213,8 @@ func (d *demo) run(ctx context.Context) error {
 
 	d.step("HTTP across nodes: the servers see the client's own address %s (no NAT inside the cluster)", client.IP)
 	for _, web := range []*testbed.Container{web1, web2} {
-		err := d.retry(ctx, func() error {
+		// The server in a container just started may not listen yet.
+		err := d.retry(ctx, 10*time.Second, func() error {
 			return d.exec(ctx, client, "wget", "-q", "-O", "-", "http://"+web.IP.String()+"/cgi-bin/hello")
 		})
 		if err != nil {
@@ -268,8 +269,22 @@ func (d *demo) startNetd(ctx context.Context) error {
 		if err := nd.WaitConverged(ctx, d.nodes-1); err != nil {
 			return err
 		}
+		// Healthy also covers what a mode needs beyond the kernel
+		// matching the leases (e.g. BGP sessions established).
 		var st netd.Status
-		if err := nd.Status(ctx, &st); err != nil {
+		err := d.retry(ctx, time.Minute, func() error {
+			// Fresh each time: decoding into the old one would keep a
+			// peer's error that netd no longer reports (omitempty).
+			st = netd.Status{}
+			if err := nd.Status(ctx, &st); err != nil {
+				return err
+			}
+			if !st.Healthy() {
+				return fmt.Errorf("netd on %s is not healthy yet: %+v", nd.Node.Host, st)
+			}
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 		d.say("%s holds %s; its kernel connects %d peers", nd.Node.Host, st.Subnet, len(st.Peers))
@@ -329,10 +344,9 @@ func (d *demo) sh(ctx context.Context, where string, n *testbed.NetNS, name stri
 	return err
 }
 
-// retry runs f until it succeeds, for at most 10s: a server in a
-// container just started may not listen yet.
-func (d *demo) retry(ctx context.Context, f func() error) error {
-	deadline := time.Now().Add(10 * time.Second)
+// retry runs f until it succeeds, for at most timeout.
+func (d *demo) retry(ctx context.Context, timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
 	for {
 		err := f()
 		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
