@@ -21,6 +21,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"slices"
@@ -66,13 +67,7 @@ var modes = map[string]mode{
 }
 
 func main() {
-	names := slices.Sorted(func(yield func(string) bool) {
-		for m := range modes {
-			if !yield(m) {
-				return
-			}
-		}
-	})
+	names := slices.Sorted(maps.Keys(modes))
 	modeName := flag.String("mode", "vxlan", "how nodes are connected: "+strings.Join(names, ", "))
 	nodes := flag.Int("nodes", 3, "number of nodes, 2..9")
 	keep := flag.Bool("keep", false, "keep the cluster up after the demo until Ctrl-C, to look around")
