@@ -23,8 +23,9 @@ var webCmd = []string{"--", "sh", "-c",
 // Three nodes with two containers each, in vxlan and in hostgw mode:
 // every container reaches every other one (ICMP and TCP) with its own
 // source address, reaches a server outside the cluster masqueraded to
-// its node's address, and full-size packets cross at the advertised MTU.
-// In vxlan mode a published port answers on the node's underlay address.
+// its node's address, and full-size packets cross at the advertised MTU;
+// a netd killed and restarted drops no packet; a published port answers
+// on the node's underlay address.
 func TestConnectivity(t *testing.T) {
 	for _, mode := range []string{"vxlan", "hostgw"} {
 		t.Run(mode, func(t *testing.T) { connectivity(t, mode) })
@@ -111,6 +112,37 @@ func connectivity(t *testing.T, mode string) {
 		const size = 4 << 20
 		if got, err := send(src.ns, dst.IP.String()+":7001", size); err != nil || got != strconv.Itoa(size) {
 			t.Errorf("bulk TCP %s -> %s: server read %q of %d bytes (%v)", src, dst, got, size, err)
+		}
+	})
+
+	t.Run("netd kill -9 and restart loses no packet", func(t *testing.T) {
+		src, dst := ctrs[0], ctrs[2] // node1 -> node2
+		before, err := c.netd[2].Lease(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan string, 1)
+		go func() {
+			out, _ := src.in("ping", "-n", "-q", "-i", "0.05", "-c", "80", "-W", "1", dst.IP.String())
+			done <- out
+		}()
+		time.Sleep(300 * time.Millisecond)
+		if err := c.netd[2].Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.netd[2].Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.netd[2].WaitConverged(ctx, 2); err != nil {
+			t.Fatal(err)
+		}
+		after, err := c.netd[2].Lease(ctx)
+		if err != nil || after.Subnet != before.Subnet {
+			t.Errorf("node2 came back with %v (%v), had %s", after, err, before.Subnet)
+		}
+		out := <-done
+		if !strings.Contains(out, "80 packets transmitted, 80 received") {
+			t.Errorf("packets lost while node2's netd restarted:\n%s", out)
 		}
 	})
 
