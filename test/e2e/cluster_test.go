@@ -64,11 +64,13 @@ func (c *cluster) run(i int, name string, args ...string) *container {
 	if len(args) == 0 {
 		args = []string{"--", "sleep", "86400"}
 	}
-	ctr, err := r.Start(context.Background(), name, append([]string{"--net", c.net}, args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	ctr, err := r.Start(ctx, name, append([]string{"--net", c.net}, args...)...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	l, err := c.netd[i].Lease(context.Background())
+	l, err := c.netd[i].Lease(ctx)
 	if err != nil {
 		c.t.Fatal(err)
 	}
