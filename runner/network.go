@@ -1,6 +1,8 @@
 package runner
 
 import (
+	"github.com/berthnet/berth/internal/hostport"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +14,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
@@ -267,22 +268,7 @@ func probePort(p PortMapping) error {
 	if ip == "" {
 		ip = "0.0.0.0"
 	}
-	addr := net.JoinHostPort(ip, strconv.Itoa(p.HostPort))
-	var err error
-	switch p.Protocol {
-	case "tcp":
-		var l net.Listener
-		if l, err = net.Listen("tcp4", addr); err == nil {
-			l.Close()
-		}
-	case "udp":
-		var c net.PacketConn
-		if c, err = net.ListenPacket("udp4", addr); err == nil {
-			c.Close()
-		}
-	default:
-		return nil // Go cannot bind SCTP; the reservation file still guards runner's own
-	}
+	err := hostport.Probe(p.Protocol, ip, p.HostPort)
 	if err == nil {
 		return nil
 	}
