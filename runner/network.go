@@ -1,8 +1,6 @@
 package runner
 
 import (
-	"github.com/berthnet/berth/internal/hostport"
-
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +17,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/berthnet/berth/internal/hostport"
 )
 
 // Network is a CNI network found in the conf dir.
