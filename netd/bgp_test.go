@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -217,11 +216,15 @@ func TestBGPRouteReflectors(t *testing.T) {
 // BIRD. The nodes peer over eBGP with BIRD only (no node mesh); BIRD learns
 // every block and routes between the segments, where host-gw cannot.
 func TestBGPAcrossRouterWithBIRD(t *testing.T) {
-	if _, err := os.Stat("/usr/sbin/bird"); err != nil {
-		t.Skip("bird2 not installed (apt-get install bird2)")
-	}
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 4, Segment2: []int{3, 4}})
-	sock := startBIRD(t, tb, map[int]string{1: "s3cret", 2: "s3cret", 3: "", 4: ""})
+	var peers []testbed.BIRDPeer
+	for i, pw := range map[int]string{1: "s3cret", 2: "s3cret", 3: "", 4: ""} {
+		peers = append(peers, testbed.BIRDPeer{Name: fmt.Sprintf("node%d", i), IP: tb.Node(i).IP.String(), ASN: uint32(65000 + i), Password: pw})
+	}
+	bird, err := tb.StartBIRD(context.Background(), testbed.BIRDOptions{ASN: 64600, Peers: peers, Hijack: true})
+	if err != nil {
+		t.Fatal(err)
+	}
 	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgpx", 9483, "--mode", "bgp", "--network-cidr", "10.248.0.0/16")
 	for i := 1; i <= 4; i++ {
 		router, password := testbed.RouterIP1, ":s3cret"
@@ -247,7 +250,7 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 			t.Errorf("no log line naming the password:\n%s", c.netd[2].Log())
 		}
 	})
-	out, err := tb.Router.Run(context.Background(), "birdc", "-s", sock, "show", "route")
+	out, err := bird.Show(context.Background(), "route")
 	if err != nil {
 		t.Fatalf("birdc: %v\n%s", err, out)
 	}
@@ -259,7 +262,7 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 	matrix(t, bgpPods(t, tb, "bgpx", 1, 3, 4))
 
 	t.Run("a peer announcing foreign prefixes is ignored", func(t *testing.T) {
-		out, _ := tb.Router.Run(context.Background(), "birdc", "-s", sock, "show", "route", "export", "node1")
+		out, _ := bird.Show(context.Background(), "route", "export", "node1")
 		if !strings.Contains(string(out), "0.0.0.0/0") || !strings.Contains(string(out), "198.51.100.0/24") {
 			t.Fatalf("BIRD does not offer the hijack routes, the test proves nothing:\n%s", out)
 		}
@@ -276,37 +279,4 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 			}
 		}
 	})
-}
-
-// startBIRD runs BIRD 2 in the router namespace with an eBGP session to
-// every node (AS 64600 against AS 6500N), passwords as given, routes
-// exported into the router's kernel. It returns the control socket.
-func startBIRD(t *testing.T, tb *testbed.Testbed, passwords map[int]string) string {
-	t.Helper()
-	dir := t.TempDir()
-	var b strings.Builder
-	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; }\n", testbed.RouterIP1)
-	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
-	// A hijack attempt: a default route and a foreign prefix, sent to
-	// every node. berth must ignore both.
-	b.WriteString("protocol static hijack { ipv4; route 0.0.0.0/0 blackhole; route 198.51.100.0/24 blackhole; }\n")
-	for i, pw := range passwords {
-		n := tb.Node(i)
-		fmt.Fprintf(&b, "protocol bgp node%d {\n  local as 64600;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", i, n.IP, 65000+i)
-		if pw != "" {
-			fmt.Fprintf(&b, "  password %q;\n", pw)
-		}
-		b.WriteString("  ipv4 { import all; export where source = RTS_BGP || proto = \"hijack\"; };\n}\n")
-	}
-	cfg := filepath.Join(dir, "bird.conf")
-	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "bird.ctl")
-	p, err := tb.Router.Start(testbed.ProcSpec{Name: "bird", Path: "/usr/sbin/bird", Args: []string{"-f", "-c", cfg, "-s", sock}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Stop(5 * time.Second) })
-	return sock
 }

@@ -42,6 +42,11 @@ type mode struct {
 	// prepare, when set, runs after the nodes exist and before netd
 	// starts (e.g. a router to peer with).
 	prepare func(ctx context.Context, d *demo) error
+	// farNodes, when set, says which nodes sit on a second L2 segment
+	// behind a router (the last one by default).
+	farNodes func(nodes int) []int
+	// nodeArgs are node-specific netd flags (e.g. a BGP peer).
+	nodeArgs func(n *testbed.Node) []string
 	// datapath are commands run on node 1 to show what netd built there.
 	datapath [][]string
 }
@@ -60,6 +65,43 @@ var modes = map[string]mode{
 	"hostgw": {
 		summary: "plain routing: a route per peer's subnet via the peer's node address (nodes share an L2 segment)",
 		netd:    []string{"--mode", "hostgw"},
+		datapath: [][]string{
+			{"ip", "route", "show", "proto", "73"},
+		},
+	},
+	"bgp": {
+		summary: "routing learned over BGP: an embedded GoBGP speaker per node in a full iBGP mesh announces the node's block; containers get a /32 and no bridge",
+		netd:    []string{"--mode", "bgp"},
+		datapath: [][]string{
+			{"ip", "route", "show", "proto", "73"},
+			{"netd", "status"},
+		},
+	},
+	"bgp-bird": {
+		summary:  "BGP across L3: the last node sits on a second segment behind a router running BIRD; every node peers with BIRD over eBGP, BIRD learns every block and routes between the segments (where host-gw cannot)",
+		netd:     []string{"--mode", "bgp"},
+		farNodes: func(nodes int) []int { return []int{nodes} },
+		nodeArgs: func(n *testbed.Node) []string {
+			router := testbed.RouterIP1
+			if n.Segment == 2 {
+				router = testbed.RouterIP2
+			}
+			return []string{"--bgp-node-mesh=false", "--bgp-asn", fmt.Sprint(65000 + n.Index), "--bgp-peers", router.String() + ":64600"}
+		},
+		prepare: func(ctx context.Context, d *demo) error {
+			d.step("BIRD on the router (AS 64600), an eBGP session to every node (AS 6500N)")
+			var peers []testbed.BIRDPeer
+			for _, n := range d.tb.Nodes {
+				peers = append(peers, testbed.BIRDPeer{Name: n.Host, IP: n.IP.String(), ASN: uint32(65000 + n.Index)})
+			}
+			bird, err := d.tb.StartBIRD(ctx, testbed.BIRDOptions{ASN: 64600, Peers: peers})
+			if err != nil {
+				return err
+			}
+			d.bird = bird
+			d.say("%s", strings.TrimSpace(bird.Config()))
+			return nil
+		},
 		datapath: [][]string{
 			{"ip", "route", "show", "proto", "73"},
 		},
@@ -131,6 +173,7 @@ type demo struct {
 	out   io.Writer
 
 	tb         *testbed.Testbed
+	bird       *testbed.BIRD // bgp-bird mode
 	netd       []*testbed.Netd
 	containers map[*testbed.Node][]string // names, by node
 }
@@ -146,7 +189,12 @@ func (d *demo) run(ctx context.Context) error {
 		d.say("removing what earlier runs left behind failed (go on): %v", err)
 	}
 	d.step("%d nodes on this machine: network namespaces on one underlay bridge (192.168.50.0/24)", d.nodes)
-	tb, err := testbed.New(testbed.Options{Nodes: d.nodes})
+	opts := testbed.Options{Nodes: d.nodes}
+	if d.mode.farNodes != nil {
+		opts.Segment2 = d.mode.farNodes(d.nodes)
+		d.say("%v on a second segment (192.168.60.0/24) behind a router", opts.Segment2)
+	}
+	tb, err := testbed.New(opts)
 	if err != nil {
 		return err
 	}
@@ -240,6 +288,14 @@ func (d *demo) run(ctx context.Context) error {
 		}
 	}
 	d.say("(routes with protocol 73 are netd's: reconcile owns them and nothing else)")
+	if d.bird != nil {
+		d.step("What BIRD learned: every node's block, from the node itself")
+		out, err := d.bird.Show(ctx, "route")
+		if err != nil {
+			return err
+		}
+		fmt.Fprint(d.out, out)
+	}
 	return nil
 }
 
@@ -249,13 +305,14 @@ func (d *demo) startNetd(ctx context.Context) error {
 	tb := d.tb
 	n1 := tb.Node(1)
 	d.step("netd on node1, in %s mode, with its embedded etcd (nothing else to install)", d.name)
-	opts := testbed.NetdOptions{Network: d.name, Args: d.mode.netd}
+	opts := testbed.NetdOptions{Network: d.name, Args: append(d.mode.netd, d.nodeArgs(n1)...)}
 	if _, err := d.startOneNetd(ctx, n1, opts); err != nil {
 		return err
 	}
 	d.step("netd on the other nodes, using node1's etcd at %s", n1.EtcdURL())
-	opts.Etcd, opts.Args = []string{n1.EtcdURL()}, nil
+	opts.Etcd = []string{n1.EtcdURL()}
 	for _, n := range tb.Nodes[1:] {
+		opts.Args = d.nodeArgs(n)
 		if _, err := d.startOneNetd(ctx, n, opts); err != nil {
 			return err
 		}
@@ -285,6 +342,13 @@ func (d *demo) startNetd(ctx context.Context) error {
 		d.say("%s holds %s; its kernel connects %d peers", nd.Node.Host, st.Subnet, len(st.Peers))
 	}
 	return nil
+}
+
+func (d *demo) nodeArgs(n *testbed.Node) []string {
+	if d.mode.nodeArgs == nil {
+		return nil
+	}
+	return d.mode.nodeArgs(n)
 }
 
 func (d *demo) startOneNetd(ctx context.Context, n *testbed.Node, opts testbed.NetdOptions) (*testbed.Netd, error) {
