@@ -48,6 +48,7 @@ type Config struct {
 	CNIConfDir     string
 	CNIStateDir    string
 	IPAMDataDir    string
+	Bridge         string // written into the conflist (vxlan, hostgw)
 	MetricsAddr    string
 	ResyncInterval time.Duration
 	LogLevel       string
@@ -100,6 +101,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.LeaseDir, "lease-dir", lease.DefaultDir, "where to write the node lease file for the plugins, e.g. /run/berth")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
 	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
+	fs.StringVar(&c.Bridge, "bridge", "", "vxlan/hostgw: the node bridge containers attach to, written into the conflist, e.g. berth1 (default berth0; give each network on a node its own)")
 	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
 	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
@@ -190,6 +192,11 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--resync-interval: %s is too short", c.ResyncInterval)
 	case (c.EtcdCertFile == "") != (c.EtcdKeyFile == ""):
 		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	}
+	if c.Bridge != "" {
+		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {
+			return err
+		}
 	}
 	if err := c.Network.Validate(); err != nil {
 		return fmt.Errorf("network flags: %w", err)

@@ -304,6 +304,7 @@ func (d *daemon) writeConflist() error {
 		LeaseDir:    d.cfg.LeaseDir,
 		StateDir:    d.cfg.CNIStateDir,
 		IPAMDataDir: d.cfg.IPAMDataDir,
+		Bridge:      d.cfg.Bridge,
 	}.Marshal()
 	if err != nil {
 		return err
