@@ -63,11 +63,20 @@ lint:
 deps:
 	@./.ci/deps
 
+# make demo: 3 nodes (namespaces), netd in vxlan mode, runner containers
+# across nodes. MODE=hostgw the same with host-gw routes; MODE=bgp in bgp mode
+# (full mesh, then two segments routed by BIRD); MODE=bridge the single-node
+# bridge demo. DEMO_FLAGS are passed on, e.g. DEMO_FLAGS=-keep.
+MODE       ?= vxlan
+DEMO_FLAGS ?=
 demo: deps build
-	@./test/demo/demo.sh $(MODE)
+	@if [ "$(MODE)" = bridge ]; then ./test/demo/demo.sh bridge; \
+	else $(GO) build -o $(BIN_DIR)/demo ./test/demo/cmd/demo && $(BIN_DIR)/demo -mode $(MODE) $(DEMO_FLAGS) \
+		$(if $(filter bgp,$(MODE)),&& $(BIN_DIR)/demo -mode bgp-bird $(DEMO_FLAGS)); fi
 
 demo-clean:
 	@./test/demo/demo.sh clean
+	@$(GO) run ./test/demo/cmd/demo -clean
 
 bench: deps build
 	$(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick)

@@ -182,6 +182,7 @@ type NodeConflist struct {
 	LeaseDir    string // where netd writes the node lease
 	StateDir    string // the plugin's state
 	IPAMDataDir string // berth-ipam's data
+	Bridge      string // vxlan/hostgw: the node bridge; "" = berth0. One per network on a node.
 }
 
 // ConflistPath is where netd writes the conflist of network in dir.
@@ -197,6 +198,7 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 	}
 	type plugin struct {
 		Type         string          `json:"type"`
+		Bridge       string          `json:"bridge,omitempty"`
 		LeaseDir     string          `json:"leaseDir"`
 		StateDir     string          `json:"stateDir"`
 		IPAM         ipam            `json:"ipam"`
@@ -211,6 +213,7 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 		Name:       c.Network,
 		Plugins: []plugin{{
 			Type:         "berth-" + c.Mode,
+			Bridge:       c.Bridge,
 			LeaseDir:     c.LeaseDir,
 			StateDir:     c.StateDir,
 			IPAM:         ipam{Type: IPAMType, DataDir: c.IPAMDataDir},

@@ -84,6 +84,16 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, p.NodeIP, p.Subnet, state)
 	}
+	if len(s.BGP) > 0 {
+		fmt.Fprintf(tw, "bgp sessions\t%d\n", len(s.BGP))
+		for _, b := range s.BGP {
+			up := ""
+			if b.Established && !b.Since.IsZero() {
+				up = "up " + now.Sub(b.Since).Round(time.Second).String()
+			}
+			fmt.Fprintf(tw, "  %s\t%s\tAS %d\t%s %s\treceived %d, advertised %d\n", b.Peer, b.Name, b.ASN, b.State, up, b.Received, b.Advertised)
+		}
+	}
 	if len(s.Rejected) > 0 {
 		fmt.Fprintf(tw, "IGNORED\t%d keys in etcd are not usable leases (a misbehaving writer?)\n", len(s.Rejected))
 		for _, r := range s.Rejected {

@@ -18,6 +18,8 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/backend/bgp"
 	"github.com/berthnet/berth/netd/registry"
 )
 
@@ -46,9 +48,13 @@ type Config struct {
 	CNIConfDir     string
 	CNIStateDir    string
 	IPAMDataDir    string
+	Bridge         string // written into the conflist (vxlan, hostgw)
 	MetricsAddr    string
 	ResyncInterval time.Duration
 	LogLevel       string
+
+	// BGP configures this node's speaker in bgp mode.
+	BGP backend.BGP
 }
 
 // Defaults.
@@ -95,10 +101,21 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.LeaseDir, "lease-dir", lease.DefaultDir, "where to write the node lease file for the plugins, e.g. /run/berth")
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
 	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
+	fs.StringVar(&c.Bridge, "bridge", "", "vxlan/hostgw: the node bridge containers attach to, written into the conflist, e.g. berth1 (default berth0; give each network on a node its own)")
 	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
 	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+
+	var asn uint
+	var bgpPeers string
+	fs.UintVar(&asn, "bgp-asn", bgp.DefaultASN, "bgp: this node's AS number, e.g. 64512 (all nodes alike: one iBGP cluster)")
+	fs.IntVar(&c.BGP.Port, "bgp-port", bgp.DefaultPort, "bgp: TCP port of this node's speaker and of its peers, e.g. 179")
+	fs.BoolVar(&c.BGP.RouteReflector, "bgp-route-reflector", false, "bgp: this node reflects routes; the nodes that are not reflectors then peer only with the reflectors (use 2+ reflectors beyond ~20 nodes)")
+	fs.BoolVar(&c.BGP.NodeMesh, "bgp-node-mesh", true, "bgp: peer with the other nodes; turn off when external routers (--bgp-peers) carry every node's routes")
+	fs.StringVar(&bgpPeers, "bgp-peers", "", "bgp: external routers, comma-separated ADDRESS:ASN[:PASSWORD] (TCP MD5), e.g. 192.168.50.254:64600:s3cret")
+	fs.BoolVar(&c.BGP.AcceptForeign, "bgp-accept-foreign", false, "bgp: also install learned prefixes outside the cluster CIDR (default: ignored, so a peer cannot hijack other traffic)")
+	fs.DurationVar(&c.BGP.RestartTime, "bgp-restart-time", 120*time.Second, "bgp: graceful restart time announced to peers: how long they keep this node's routes while netd restarts")
 
 	return func() error {
 		if configFile != "" {
@@ -116,6 +133,15 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 			}
 			c.NodeIP = a
 		}
+		c.BGP.ASN = uint32(asn)
+		if asn == 0 || asn > 1<<32-1 {
+			return fmt.Errorf("--bgp-asn: %d is not an AS number (1..4294967295)", asn)
+		}
+		peers, err := parseBGPPeers(bgpPeers)
+		if err != nil {
+			return err
+		}
+		c.BGP.Peers = peers
 		if cidr != "" {
 			p, err := netip.ParsePrefix(cidr)
 			if err != nil {
@@ -125,6 +151,34 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 		}
 		return c.Validate()
 	}
+}
+
+// parseBGPPeers reads --bgp-peers: ADDRESS:ASN[:PASSWORD],...
+func parseBGPPeers(s string) ([]backend.BGPPeer, error) {
+	var out []backend.BGPPeer
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		parts := strings.SplitN(item, ":", 3)
+		if len(parts) < 2 {
+			return nil, fmt.Errorf("--bgp-peers: %q: want ADDRESS:ASN[:PASSWORD], e.g. 192.168.50.254:64600", item)
+		}
+		addr, err := netip.ParseAddr(parts[0])
+		if err != nil || !addr.Is4() {
+			return nil, fmt.Errorf("--bgp-peers: %q: %q is not an IPv4 address", item, parts[0])
+		}
+		asn, err := strconv.ParseUint(parts[1], 10, 32)
+		if err != nil || asn == 0 {
+			return nil, fmt.Errorf("--bgp-peers: %q: %q is not an AS number", item, parts[1])
+		}
+		p := backend.BGPPeer{Address: addr, ASN: uint32(asn)}
+		if len(parts) == 3 {
+			p.Password = parts[2]
+		}
+		out = append(out, p)
+	}
+	return out, nil
 }
 
 // Validate checks the values Flags could not check one by one.
@@ -140,6 +194,11 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--resync-interval: %s is too short", c.ResyncInterval)
 	case (c.EtcdCertFile == "") != (c.EtcdKeyFile == ""):
 		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	}
+	if c.Bridge != "" {
+		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {
+			return err
+		}
 	}
 	if err := c.Network.Validate(); err != nil {
 		return fmt.Errorf("network flags: %w", err)

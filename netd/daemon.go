@@ -18,13 +18,11 @@ import (
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/backend/bgp"
 	"github.com/berthnet/berth/netd/backend/hostgw"
 	"github.com/berthnet/berth/netd/backend/vxlan"
 	"github.com/berthnet/berth/netd/registry"
 )
-
-// ErrBackendUnavailable: the network's mode has no backend in this build.
-var ErrBackendUnavailable = errors.New("not available in this build")
 
 // newBackend returns the backend of mode.
 func newBackend(mode string, log *slog.Logger) (backend.Backend, error) {
@@ -34,7 +32,7 @@ func newBackend(mode string, log *slog.Logger) (backend.Backend, error) {
 	case lease.ModeHostGW:
 		return hostgw.Backend{}, nil
 	case lease.ModeBGP:
-		return nil, fmt.Errorf("mode bgp: bgp backend %w; use vxlan or hostgw for now", ErrBackendUnavailable)
+		return bgp.Backend{Log: log}, nil
 	}
 	return nil, fmt.Errorf("mode %q: use vxlan, hostgw or bgp", mode)
 }
@@ -143,7 +141,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
-	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: n}
+	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: n, BGP: cfg.BGP}
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err
 	}
@@ -190,6 +188,18 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	wg.Go(func() { d.watchKernel(ctx) })
 	wg.Go(func() { d.probeEtcd(ctx, cli) })
 	wg.Go(func() { d.reconcileLoop(ctx) })
+	if n, ok := d.nw.(backend.Notifier); ok {
+		wg.Go(func() { // BGP learned or lost a route, or a session changed
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-n.Changes():
+					d.poke()
+				}
+			}
+		})
+	}
 	log.Info("running", "subnet", d.lease().Subnet, "endpoints", d.endpoints)
 	wg.Wait()
 	log.Info("stopped; datapath and lease left in place for the next start", "subnet", d.lease().Subnet)
@@ -230,8 +240,9 @@ func permanent(err error) bool {
 func (d *daemon) acquire(ctx context.Context) error {
 	attrs := d.nw.Attrs()
 	c := registry.Claim{
-		Record: registry.Record{NodeName: d.cfg.NodeName, NodeIP: d.node.IP, Mode: d.network.Mode, VNI: attrs.VNI},
-		TTL:    d.cfg.LeaseTTL,
+		Record: registry.Record{NodeName: d.cfg.NodeName, NodeIP: d.node.IP, Mode: d.network.Mode, VNI: attrs.VNI,
+			ASN: attrs.ASN, RouteReflector: attrs.RouteReflector},
+		TTL: d.cfg.LeaseTTL,
 	}
 	if attrs.VTEPMAC != nil {
 		c.Record.VTEPMAC = attrs.VTEPMAC.String()
@@ -322,6 +333,7 @@ func (d *daemon) writeConflist() error {
 		LeaseDir:    d.cfg.LeaseDir,
 		StateDir:    d.cfg.CNIStateDir,
 		IPAMDataDir: d.cfg.IPAMDataDir,
+		Bridge:      d.cfg.Bridge,
 	}.Marshal()
 	if err != nil {
 		return err
@@ -442,7 +454,7 @@ func (d *daemon) peers() (self netip.Prefix, peers []backend.Peer, problems []ba
 			problems = append(problems, backend.Problem{Peer: l.NodeName, Err: fmt.Errorf("its lease says mode %s, the network runs %s", l.Mode, d.network.Mode)})
 			continue
 		}
-		p := backend.Peer{Name: l.NodeName, IP: l.NodeIP, Subnet: l.Subnet}
+		p := backend.Peer{Name: l.NodeName, IP: l.NodeIP, Subnet: l.Subnet, ASN: l.ASN, RouteReflector: l.RouteReflector}
 		if l.VTEPMAC != "" {
 			mac, err := net.ParseMAC(l.VTEPMAC)
 			if err != nil {

@@ -38,6 +38,8 @@ type Status struct {
 	Pending       []string  `json:"pending,omitempty"`
 	LastReconcile time.Time `json:"lastReconcile"`
 	LastError     string    `json:"lastError,omitempty"`
+	// BGP sessions (bgp mode).
+	BGP []backend.Session `json:"bgp,omitempty"`
 }
 
 // PeerStatus is one other node; Error says why it cannot be connected.
@@ -132,6 +134,13 @@ func (d *daemon) status() *Status {
 	pending, diffErr := backend.Diff(d.nw.Owned(), want)
 	d.reconcileMu.Unlock()
 	problems = append(problems, more...)
+	var sessions []backend.Session
+	if sl, ok := d.nw.(backend.SessionLister); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		sessions, _ = sl.Sessions(ctx)
+		cancel()
+		d.m.observeSessions(sessions)
+	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -150,6 +159,7 @@ func (d *daemon) status() *Status {
 		EtcdDownSince: d.etcdDown.UTC(),
 		KernelMatches: diffErr == nil && len(pending) == 0,
 		LastReconcile: d.last.At.UTC(),
+		BGP:           sessions,
 	}
 	if d.last.Err != nil {
 		s.LastError = d.last.Err.Error()

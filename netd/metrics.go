@@ -1,6 +1,8 @@
 package netd
 
 import (
+	"github.com/berthnet/berth/netd/backend"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -24,6 +26,9 @@ type metrics struct {
 	leaseRejections   prometheus.Counter
 	leaseReclaims     prometheus.Counter
 	rewinds           prometheus.Counter
+	bgpSessionUp      *prometheus.GaugeVec
+	bgpReceived       *prometheus.GaugeVec
+	bgpAdvertised     *prometheus.GaugeVec
 }
 
 func newMetrics(network string) *metrics {
@@ -56,9 +61,32 @@ func newMetrics(network string) *metrics {
 		leaseReclaims:     counter("lease_reclaims_total", "Times this node wrote its lease back after another writer replaced or deleted it."),
 		rewinds:           counter("etcd_rewinds_total", "Times etcd's revision went back (it lost its data) and the leases were written again."),
 	}
+	vec := func(name, help string) *prometheus.GaugeVec {
+		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "netd", Name: name, Help: help, ConstLabels: labels}, []string{"peer", "peer_name"})
+	}
+	m.bgpSessionUp = vec("bgp_session_up", "bgp mode: 1 when the BGP session to the peer is established.")
+	m.bgpReceived = vec("bgp_prefixes_received", "bgp mode: prefixes received from the peer.")
+	m.bgpAdvertised = vec("bgp_prefixes_advertised", "bgp mode: prefixes advertised to the peer.")
+	m.reg.MustRegister(m.bgpSessionUp, m.bgpReceived, m.bgpAdvertised)
 	m.reg.MustRegister(m.leases, m.peers, m.peerErrors, m.etcdUp, m.leaseExpiry, m.kernelInSync,
 		m.reconcileDuration, m.reconcileErrors, m.kernelChanges, m.resyncs, m.leaseAcquisitions,
 		m.leasesRejected, m.leaseRejections, m.leaseReclaims, m.rewinds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// observeSessions publishes the BGP sessions; peers that went away vanish.
+func (m *metrics) observeSessions(ss []backend.Session) {
+	m.bgpSessionUp.Reset()
+	m.bgpReceived.Reset()
+	m.bgpAdvertised.Reset()
+	for _, s := range ss {
+		up := 0.0
+		if s.Established {
+			up = 1
+		}
+		m.bgpSessionUp.WithLabelValues(s.Peer, s.Name).Set(up)
+		m.bgpReceived.WithLabelValues(s.Peer, s.Name).Set(float64(s.Received))
+		m.bgpAdvertised.WithLabelValues(s.Peer, s.Name).Set(float64(s.Advertised))
+	}
 }

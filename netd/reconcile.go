@@ -65,6 +65,11 @@ func (d *daemon) reconcile(ctx context.Context) {
 	}
 	backend.SortProblems(problems)
 	res.Problems = problems
+	if sl, ok := d.nw.(backend.SessionLister); ok {
+		if ss, err := sl.Sessions(ctx); err == nil {
+			d.m.observeSessions(ss)
+		}
+	}
 
 	d.m.reconcileDuration.Observe(time.Since(start).Seconds())
 	d.m.peers.Set(float64(len(peers)))

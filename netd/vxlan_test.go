@@ -142,10 +142,6 @@ func TestVXLAN(t *testing.T) {
 			!strings.Contains(string(out), "mode: network has vxlan, this netd was given hostgw") {
 			t.Errorf("conflicting netd: %v\n%s", err, out)
 		}
-		out, err = n1.Run(ctx, c.bin, append(c.flags(1), "--network-name", "other", "--metrics-address", "", "--mode", "bgp")...)
-		if err == nil || !strings.Contains(string(out), "bgp backend not available in this build") {
-			t.Errorf("bgp mode: %v\n%s", err, out)
-		}
 	})
 	t.Run("lease file renewed", func(t *testing.T) {
 		// The lease file's expiry moves on with each etcd keepalive

@@ -12,12 +12,13 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/berthnet/berth/internal/hostport"
 )
 
 // Network is a CNI network found in the conf dir.
@@ -267,22 +268,7 @@ func probePort(p PortMapping) error {
 	if ip == "" {
 		ip = "0.0.0.0"
 	}
-	addr := net.JoinHostPort(ip, strconv.Itoa(p.HostPort))
-	var err error
-	switch p.Protocol {
-	case "tcp":
-		var l net.Listener
-		if l, err = net.Listen("tcp4", addr); err == nil {
-			l.Close()
-		}
-	case "udp":
-		var c net.PacketConn
-		if c, err = net.ListenPacket("udp4", addr); err == nil {
-			c.Close()
-		}
-	default:
-		return nil // Go cannot bind SCTP; the reservation file still guards runner's own
-	}
+	err := hostport.Probe(p.Protocol, ip, p.HostPort)
 	if err == nil {
 		return nil
 	}

@@ -1,4 +1,9 @@
 // Command netd is berth's node daemon; see package netd and `netd --help`.
+//
+// MPTCP stays off: Go uses it for listeners by default since 1.24, and an
+// MPTCP socket refuses TCP_MD5SIG, which BGP passwords need.
+//
+//go:debug multipathtcp=0
 package main
 
 import (

@@ -43,8 +43,22 @@ func NewNS(t testing.TB) ns.NetNS {
 // RepoRoot is the directory holding go.mod.
 func RepoRoot(t testing.TB) string {
 	t.Helper()
+	return repoRoot()
+}
+
+func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// FindBinDir is BinDir for programs that are not tests (the demo):
+// $BERTH_BIN_DIR when set, else <repo>/bin. It does not check the
+// directory's contents.
+func FindBinDir() string {
+	if dir := os.Getenv("BERTH_BIN_DIR"); dir != "" {
+		return dir
+	}
+	return filepath.Join(repoRoot(), "bin")
 }
 
 // BinDir is where `make build` put berth's binaries: $BERTH_BIN_DIR when
@@ -52,10 +66,7 @@ func RepoRoot(t testing.TB) string {
 // given and that binary is missing, so a forgotten build is obvious.
 func BinDir(t testing.TB, names ...string) string {
 	t.Helper()
-	dir := os.Getenv("BERTH_BIN_DIR")
-	if dir == "" {
-		dir = filepath.Join(RepoRoot(t), "bin")
-	}
+	dir := FindBinDir()
 	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
 			t.Fatalf("binary %s not found in %s: run `make build` first (%v)", name, dir, err)

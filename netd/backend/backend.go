@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 
@@ -32,20 +33,68 @@ type Node struct {
 	IP      netip.Addr   // address on the underlay, what peers send to
 	Link    netlink.Link // underlay interface holding IP
 	Network *conf.Network
+	BGP     BGP // bgp mode only
+}
+
+// BGP is this node's configuration of the bgp backend.
+type BGP struct {
+	ASN            uint32 // this node's AS (default 64512: one iBGP cluster)
+	Port           int    // TCP port of every speaker (default 179)
+	RouteReflector bool   // reflect routes to the nodes that are not reflectors
+	// NodeMesh peers with the other nodes (a full mesh, or the reflectors
+	// when there are some); off when external routers carry the routes.
+	NodeMesh      bool
+	Peers         []BGPPeer // external routers (BIRD, FRR, ToR switches)
+	AcceptForeign bool      // also install prefixes outside the cluster CIDR
+	RestartTime   time.Duration
+}
+
+// BGPPeer is an external router.
+type BGPPeer struct {
+	Address  netip.Addr
+	ASN      uint32
+	Password string // TCP MD5
 }
 
 // Peer is another node of the network, from its lease.
 type Peer struct {
-	Name    string
-	IP      netip.Addr // its node IP
-	Subnet  netip.Prefix
-	VTEPMAC net.HardwareAddr // vxlan
+	Name           string
+	IP             netip.Addr // its node IP
+	Subnet         netip.Prefix
+	VTEPMAC        net.HardwareAddr // vxlan
+	ASN            uint32           // bgp
+	RouteReflector bool             // bgp
 }
 
 // Attrs is what this node publishes about its datapath in its lease.
 type Attrs struct {
-	VTEPMAC net.HardwareAddr
-	VNI     int
+	VTEPMAC        net.HardwareAddr
+	VNI            int
+	ASN            uint32 // bgp
+	RouteReflector bool   // bgp
+}
+
+// Notifier is a Network whose desired state also changes on its own (BGP
+// learns and loses routes): netd reconciles when Changes is signalled.
+type Notifier interface {
+	Changes() <-chan struct{}
+}
+
+// SessionLister is a Network with routing sessions to report (BGP).
+type SessionLister interface {
+	Sessions(ctx context.Context) ([]Session, error)
+}
+
+// Session is one routing session, for status and metrics.
+type Session struct {
+	Peer        string    `json:"peer"`
+	Name        string    `json:"name"` // node name, or "external"
+	ASN         uint32    `json:"asn"`
+	State       string    `json:"state"`
+	Established bool      `json:"established"`
+	Since       time.Time `json:"since,omitzero"`
+	Received    uint64    `json:"received"`
+	Advertised  uint64    `json:"advertised"`
 }
 
 // Backend is one mode of connecting nodes.

@@ -126,7 +126,17 @@ func diffRoutes(cidr netip.Prefix, want []netlink.Route) (adds, dels []Change, e
 
 func sameRoute(a, b *netlink.Route) bool {
 	onlink := int(netlink.FLAG_ONLINK)
-	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Flags&onlink == b.Flags&onlink && a.Priority == b.Priority
+	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Flags&onlink == b.Flags&onlink && a.Priority == b.Priority &&
+		routeType(a) == routeType(b)
+}
+
+// routeType is r's type; a route built without one is a unicast route,
+// which is how the kernel reports it back.
+func routeType(r *netlink.Route) int {
+	if r.Type == 0 {
+		return unix.RTN_UNICAST
+	}
+	return r.Type
 }
 
 func prefixWithin(s string, cidr netip.Prefix) bool {

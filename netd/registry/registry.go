@@ -50,6 +50,8 @@ type Record struct {
 	VTEPMAC  string     `json:"vtepMAC,omitempty"` // vxlan
 	VNI      int        `json:"vni,omitempty"`     // vxlan
 	ASN      uint32     `json:"asn,omitempty"`     // bgp
+	// RouteReflector: this node reflects BGP routes to the others (bgp).
+	RouteReflector bool `json:"routeReflector,omitempty"`
 }
 
 // Lease is a subnet and the node holding it.

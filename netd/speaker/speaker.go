@@ -48,7 +48,11 @@ type Neighbor struct {
 	Password string // TCP MD5 (RFC 2385); empty: none
 	// RRClient makes this node a route reflector for the neighbor.
 	RRClient bool
-	Name     string // for logs and status: node name or "external"
+	// Passive waits for the neighbor to connect. Between two berth nodes
+	// only the lower address dials: when both dial, a restarted node and
+	// its peers can keep closing each other's attempts for half a minute.
+	Passive bool
+	Name    string // for logs and status: node name or "external"
 }
 
 // Route is a best path learned from a peer.
@@ -269,8 +273,10 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 	restart := uint32(s.cfg.RestartTime / time.Second)
 	p := &api.Peer{
 		Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.ASN, AuthPassword: n.Password, Description: n.Name},
-		Transport: &api.Transport{LocalAddress: s.cfg.ListenAddr.String(), RemotePort: uint32(s.cfg.ListenPort)},
-		Timers:    &api.Timers{Config: &api.TimersConfig{ConnectRetry: 2, HoldTime: 9, KeepaliveInterval: 3}},
+		Transport: &api.Transport{LocalAddress: s.cfg.ListenAddr.String(), RemotePort: uint32(s.cfg.ListenPort), PassiveMode: n.Passive},
+		// Short timers: a dead node is noticed in seconds, and a reset
+		// session (a restarted peer) is retried after 1 s, not 30.
+		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: 2, HoldTime: 9, KeepaliveInterval: 3, IdleHoldTimeAfterReset: 1}},
 		// Peers keep our routes while we restart, and we keep theirs.
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: restart},
 		AfiSafis: []*api.AfiSafi{{

@@ -71,7 +71,7 @@ func (d *delegated) status() error {
 
 // gc passes the GC call (with its valid attachments, already in stdin) on.
 func (d *delegated) gc([]types.GCAttachment) error {
-	return wrap(d.plugin, invoke.DelegateGC(context.TODO(), d.plugin, d.stdin, nil))
+	return wrap(d.plugin, invoke.DelegateGC(context.Background(), d.plugin, d.stdin, nil))
 }
 
 func wrap(plugin string, err error) error {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/firewall"
+	"github.com/berthnet/berth/internal/hostport"
 )
 
 // Host ports are claimed in <stateDir>/ports/<proto>-<port>/<hostIP|any>,
@@ -95,21 +95,7 @@ func claimPort(stateDir, key string, p conf.PortMapping) error {
 // portFree fails when a process on the node listens on the host port: the
 // DNAT rule would silently steal its traffic.
 func portFree(p conf.PortMapping) error {
-	host := p.HostIP
-	addr := net.JoinHostPort(host, strconv.Itoa(p.HostPort))
-	var err error
-	switch p.Protocol {
-	case "tcp":
-		var l net.Listener
-		if l, err = net.Listen("tcp4", addr); err == nil {
-			l.Close()
-		}
-	case "udp":
-		var c net.PacketConn
-		if c, err = net.ListenPacket("udp4", addr); err == nil {
-			c.Close()
-		}
-	}
+	err := hostport.Probe(p.Protocol, p.HostIP, p.HostPort)
 	if errors.Is(err, unix.EADDRINUSE) {
 		return fmt.Errorf("%w: host port %s/%d is in use by a process on the node", cnierr.ErrPortInUse, p.Protocol, p.HostPort)
 	}

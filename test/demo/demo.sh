@@ -81,7 +81,9 @@ in_ns $C1 ping -c 2 -W 2 192.0.2.1
 
 say "c1 serves HTTP on :80; the outside world fetches it through the node's published port 8080"
 echo "hello from the berth container $IP1" >"$WORK/www/index.html"
-in_ns $C1 busybox httpd -f -p 80 -h "$WORK/www" >"$WORK/httpd.log" 2>&1 &
+# Not through in_ns: a shell function in the background is a subshell, and
+# $! would be its pid, not httpd's (cleanup would leave httpd running).
+ip netns exec $C1 busybox httpd -f -p 80 -h "$WORK/www" >"$WORK/httpd.log" 2>&1 &
 echo $! >"$WORK/httpd.pid"
 sleep 0.3
 in_ns $OUT busybox wget -qO- http://192.0.2.2:8080/

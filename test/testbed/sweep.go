@@ -1,14 +1,21 @@
 package testbed
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/runner/cgroups"
 )
 
 // Sweep removes what test beds of processes that no longer run left
@@ -32,6 +39,20 @@ func Sweep() error {
 			errs = append(errs, err)
 		}
 	}
+	// Containers the runner started live in cgroups named after the
+	// test bed, and in network namespaces pinned in its directory.
+	if h, err := cgroups.Detect(); err == nil {
+		for _, root := range hierarchyRoots(h) {
+			entries, _ := os.ReadDir(root)
+			for _, e := range entries {
+				if e.IsDir() && stale(e.Name()) {
+					if err := removeCgroupTree(context.Background(), "/"+e.Name()); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+		}
+	}
 	tmp := os.TempDir()
 	entries, err = os.ReadDir(tmp)
 	if err != nil {
@@ -39,9 +60,93 @@ func Sweep() error {
 	}
 	for _, e := range entries {
 		if e.IsDir() && stale(e.Name()) {
-			if err := os.RemoveAll(filepath.Join(tmp, e.Name())); err != nil {
+			dir := filepath.Join(tmp, e.Name())
+			if err := releaseMounts(dir); err != nil {
 				errs = append(errs, err)
 			}
+			if err := os.RemoveAll(dir); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// hierarchyRoots are the mount points of the cgroup hierarchies the
+// runner uses.
+func hierarchyRoots(h *cgroups.Hierarchy) []string {
+	var roots []string
+	for _, mnt := range h.V1 {
+		if !slices.Contains(roots, mnt) {
+			roots = append(roots, mnt)
+		}
+	}
+	if h.Unified != "" {
+		roots = append(roots, h.Unified)
+	}
+	return roots
+}
+
+// removeCgroupTree kills every process in the cgroup at path (relative to
+// each hierarchy's root, e.g. /berthtb-1x2/node1) and below, and removes
+// those cgroups, deepest first. A path that does not exist is fine.
+func removeCgroupTree(ctx context.Context, path string) error {
+	h, err := cgroups.Detect()
+	if err != nil {
+		return err
+	}
+	var rels []string
+	for _, root := range hierarchyRoots(h) {
+		filepath.WalkDir(filepath.Join(root, path), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				if rel, _ := filepath.Rel(root, p); !slices.Contains(rels, "/"+rel) {
+					rels = append(rels, "/"+rel)
+				}
+			}
+			return nil
+		})
+	}
+	// Children before their parents.
+	slices.SortFunc(rels, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	var errs []error
+	for _, rel := range rels {
+		if err := h.Cgroup(rel).Destroy(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// releaseMounts kills the processes inside network namespaces pinned
+// below dir (the runner pins each container's namespace in its state
+// dir) and unmounts everything below dir, deepest first.
+func releaseMounts(dir string) error {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return err
+	}
+	type mount struct{ point, fstype string }
+	var mounts []mount
+	for _, l := range strings.Split(string(data), "\n") {
+		// 36 35 0:4 net:[4026532400] /tmp/x/netns/abc rw shared:5 - nsfs nsfs rw
+		pre, post, ok := strings.Cut(l, " - ")
+		preF, postF := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(preF) < 5 || len(postF) < 1 {
+			continue
+		}
+		if strings.HasPrefix(preF[4], dir+"/") {
+			mounts = append(mounts, mount{preF[4], postF[0]})
+		}
+	}
+	var errs []error
+	for _, m := range slices.Backward(mounts) {
+		if m.fstype == "nsfs" {
+			if err := killInside(m.point); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := unix.Unmount(m.point, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", m.point, err))
 		}
 	}
 	return errors.Join(errs...)

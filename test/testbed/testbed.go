@@ -18,6 +18,7 @@
 package testbed
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -61,12 +62,16 @@ type Options struct {
 	Segment2 []int
 	// Router adds the router namespace even when no node is on segment 2.
 	Router bool
+	// BinDir holds berth's binaries (netd, runner, the plugins); default
+	// testenv.FindBinDir: $BERTH_BIN_DIR, else <repo>/bin.
+	BinDir string
 }
 
 // Testbed is one cluster on this machine.
 type Testbed struct {
 	ID       string // berthtb-<pid>x<random>, prefix of every name it makes
 	Dir      string // temporary directory holding every node's directories and the logs
+	BinDir   string // berth's binaries
 	Underlay *NetNS
 	Router   *NetNS // nil without a router
 	Nodes    []*Node
@@ -74,6 +79,7 @@ type Testbed struct {
 	mu         sync.Mutex
 	procs      []*Process
 	namespaces []*NetNS
+	runners    []*Runner
 	closed     bool
 }
 
@@ -93,6 +99,8 @@ type Node struct {
 	CNIConfDir  string // conflists netd writes
 	IPAMDataDir string // berth-ipam's data
 	StateDir    string // plugin and daemon state
+
+	runner *Runner
 }
 
 // New builds a test bed. On error everything made so far is removed.
@@ -107,7 +115,10 @@ func New(opts Options) (tb *Testbed, err error) {
 	}
 	var rnd [3]byte
 	rand.Read(rnd[:])
-	tb = &Testbed{ID: fmt.Sprintf("%s%dx%s", Prefix, os.Getpid(), hex.EncodeToString(rnd[:]))}
+	tb = &Testbed{ID: fmt.Sprintf("%s%dx%s", Prefix, os.Getpid(), hex.EncodeToString(rnd[:])), BinDir: opts.BinDir}
+	if tb.BinDir == "" {
+		tb.BinDir = testenv.FindBinDir()
+	}
 	defer func() {
 		if err != nil {
 			tb.Close()
@@ -174,9 +185,10 @@ func (tb *Testbed) logTails(t testing.TB) {
 	}
 }
 
-// Close stops every process the test bed started (SIGKILL, by PID),
-// deletes its namespaces (their links go with them) and its directory.
-// It is safe to call more than once.
+// Close removes the containers of every node's runner, stops every
+// process the test bed started (SIGKILL, by PID), deletes its namespaces
+// (their links go with them) and its directory. It is safe to call more
+// than once.
 func (tb *Testbed) Close() error {
 	tb.mu.Lock()
 	if tb.closed {
@@ -184,12 +196,29 @@ func (tb *Testbed) Close() error {
 		return nil
 	}
 	tb.closed = true
-	procs, namespaces := tb.procs, tb.namespaces
+	procs, namespaces, runners := tb.procs, tb.namespaces, tb.runners
 	tb.mu.Unlock()
 
 	var errs []error
+	// In the node's namespace, while it exists: the runner detaches
+	// containers only from the node that attached them.
+	for _, r := range runners {
+		if err := r.RemoveAll(context.Background()); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, p := range procs {
 		if err := p.Kill(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	// What a failed RemoveAll left: container processes, their cgroups
+	// and pinned namespaces.
+	if err := removeCgroupTree(context.Background(), "/"+tb.ID); err != nil {
+		errs = append(errs, err)
+	}
+	if tb.Dir != "" {
+		if err := releaseMounts(tb.Dir); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -313,6 +342,39 @@ func (tb *Testbed) addNode(i, seg int) error {
 	}
 	tb.Nodes = append(tb.Nodes, node)
 	return nil
+}
+
+// AddHost adds a machine on the underlay that is not a node, e.g. a
+// server outside the cluster: a namespace named role with eth0 = ip on
+// the segment holding ip, its default route via the router when there is
+// one. It has no route to the cluster network, so it sees cluster traffic
+// only as masqueraded to a node's address.
+func (tb *Testbed) AddHost(role string, ip netip.Addr) (*NetNS, error) {
+	seg, bridge := Segment1, bridge1
+	if Segment2.Contains(ip) {
+		seg, bridge = Segment2, bridge2
+	}
+	if !seg.Contains(ip) {
+		return nil, fmt.Errorf("testbed: host %s: %s is on neither %s nor %s", role, ip, Segment1, Segment2)
+	}
+	n, err := tb.newNS(role)
+	if err != nil {
+		return nil, err
+	}
+	b := ip.As4()
+	if err := tb.plug(n, "eth0", fmt.Sprintf("h%d-%d", b[2], b[3]), bridge, netip.PrefixFrom(ip, seg.Bits())); err != nil {
+		return nil, fmt.Errorf("testbed: host %s: %w", role, err)
+	}
+	if tb.Router != nil {
+		gw := RouterIP1
+		if seg == Segment2 {
+			gw = RouterIP2
+		}
+		if err := n.Do(func() error { return addRoute(netip.Prefix{}, gw) }); err != nil {
+			return nil, fmt.Errorf("testbed: host %s: default route: %w", role, err)
+		}
+	}
+	return n, nil
 }
 
 // Node returns node i (1-based).

@@ -2,16 +2,21 @@ package testbed
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/berthnet/berth/internal/testenv"
+	"github.com/berthnet/berth/runner/cgroups"
 )
 
 // Nodes reach each other on their segment and across the router, reach
@@ -187,5 +192,154 @@ func TestEtcdCluster(t *testing.T) {
 	resp, err := cli.Get(wctx, "/k")
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("get after restart: %v %v", resp, err)
+	}
+}
+
+// Close removes the containers of every node's runner: their processes,
+// cgroups and pinned network namespaces.
+func TestCloseRemovesContainers(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.BinDir(t, "runner")
+	tb, err := New(Options{Nodes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tb.Close()
+	r, err := tb.Node(1).Runner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := r.Start(context.Background(), "sleeper", "--net", "none", "--", "sleep", "600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.State.Pid == 0 || c.NetNSPath() == "" || !strings.HasPrefix(c.NetNSPath(), tb.Dir) {
+		t.Fatalf("container record: pid %d, netns %q", c.State.Pid, c.NetNSPath())
+	}
+	if err := tb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectGone(t, tb.ID, tb.Dir, c.State.Pid)
+}
+
+// Sweep removes what a killed run's runner left: processes in its
+// containers' cgroups and in network namespaces pinned in its directory,
+// the cgroups and the mounts.
+func TestSweepContainers(t *testing.T) {
+	testenv.RequireRoot(t)
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	id := Prefix + strconv.Itoa(dead.Process.Pid) + "x000001"
+	if alive(dead.Process.Pid) {
+		t.Skip("pid reused already")
+	}
+	dir, err := os.MkdirTemp("", id+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+
+	// A "container" in its cgroup, as the runner makes them.
+	h, err := cgroups.Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inCgroup := startSleep(t)
+	for _, root := range hierarchyRoots(h) {
+		cg := filepath.Join(root, id, "node1", "ctr")
+		if err := os.MkdirAll(cg, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Remove(cg)
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(inCgroup.Process.Pid)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A process in a network namespace pinned in the run's directory.
+	pin := filepath.Join(dir, "node1", "runner", "netns", "ctr")
+	if err := os.MkdirAll(filepath.Dir(pin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pin, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	inNetNS := startSleep(t, "unshare", "--net="+pin)
+	defer unix.Unmount(pin, unix.MNT_DETACH)
+	if err := waitFor(5*time.Second, func() error {
+		if !mountedAt(pin) {
+			return errors.New("namespace not pinned yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := Sweep(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []*exec.Cmd{inCgroup, inNetNS} {
+		select {
+		case <-waitDone(p):
+		case <-time.After(5 * time.Second):
+			t.Errorf("%v still runs after the sweep", p.Args)
+		}
+	}
+	expectGone(t, id, dir, 0)
+}
+
+// startSleep starts `sleep 600`, prefixed by wrapper (e.g. unshare), and
+// kills it when t ends.
+func startSleep(t *testing.T, wrapper ...string) *exec.Cmd {
+	t.Helper()
+	args := append(wrapper, "sleep", "600")
+	cmd := exec.Command(args[0], args[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); <-waitDone(cmd) })
+	return cmd
+}
+
+var waits sync.Map // *exec.Cmd -> chan struct{}
+
+// waitDone reaps cmd once and returns a channel closed when it ended.
+func waitDone(cmd *exec.Cmd) <-chan struct{} {
+	ch := make(chan struct{})
+	if v, loaded := waits.LoadOrStore(cmd, ch); loaded {
+		return v.(chan struct{})
+	}
+	go func() { cmd.Wait(); close(ch) }()
+	return ch
+}
+
+func mountedAt(path string) bool {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	return strings.Contains(string(data), " "+path+" ")
+}
+
+// expectGone fails t if anything of test bed id is left: cgroups, mounts
+// under dir, dir itself, or process pid.
+func expectGone(t *testing.T, id, dir string, pid int) {
+	t.Helper()
+	h, err := cgroups.Detect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, root := range hierarchyRoots(h) {
+		if _, err := os.Stat(filepath.Join(root, id)); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s left in %s (%v)", id, root, err)
+		}
+	}
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(data), dir+"/") {
+		t.Errorf("mounts under %s left", dir)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("%s left (%v)", dir, err)
+	}
+	if pid != 0 && alive(pid) && !zombie(pid) {
+		t.Errorf("container process %d still runs", pid)
 	}
 }

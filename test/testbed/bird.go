@@ -1,0 +1,96 @@
+package testbed
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// BIRDPeer is one BGP session BIRD opens.
+type BIRDPeer struct {
+	Name     string // protocol name, e.g. node1
+	IP       string
+	ASN      uint32
+	Password string // TCP MD5; empty: none
+}
+
+// BIRDOptions configure the router's BIRD.
+type BIRDOptions struct {
+	ASN   uint32 // BIRD's own AS
+	Peers []BIRDPeer
+	// Hijack also offers every peer a default route and 198.51.100.0/24,
+	// as a misbehaving router would.
+	Hijack bool
+}
+
+// BIRD is BIRD 2 running in the router namespace: eBGP with the peers,
+// and what it learns installed in the router's kernel so that it routes
+// between the segments.
+type BIRD struct {
+	Sock string // control socket, for birdc -s
+	proc *Process
+	tb   *Testbed
+}
+
+// StartBIRD starts /usr/sbin/bird (Debian bird2) in the router namespace.
+func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, error) {
+	if tb.Router == nil {
+		return nil, fmt.Errorf("testbed: BIRD runs in the router namespace; build the test bed with Router or Segment2")
+	}
+	if _, err := os.Stat("/usr/sbin/bird"); err != nil {
+		return nil, fmt.Errorf("testbed: bird2 is not installed (apt-get install bird2): %w", err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; }\n", RouterIP1)
+	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
+	export := "source = RTS_BGP"
+	if opts.Hijack {
+		b.WriteString("protocol static hijack { ipv4; route 0.0.0.0/0 blackhole; route 198.51.100.0/24 blackhole; }\n")
+		export += ` || proto = "hijack"`
+	}
+	for _, p := range opts.Peers {
+		fmt.Fprintf(&b, "protocol bgp %s {\n  local as %d;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", p.Name, opts.ASN, p.IP, p.ASN)
+		if p.Password != "" {
+			fmt.Fprintf(&b, "  password %q;\n", p.Password)
+		}
+		fmt.Fprintf(&b, "  ipv4 { import all; export where %s; };\n}\n", export)
+	}
+	dir := filepath.Join(tb.Dir, "bird")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	cfg := filepath.Join(dir, "bird.conf")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "bird.ctl")
+	p, err := tb.Router.Start(ProcSpec{Name: "bird", Path: "/usr/sbin/bird", Args: []string{"-f", "-c", cfg, "-s", sock}})
+	if err != nil {
+		return nil, err
+	}
+	bird := &BIRD{Sock: sock, proc: p, tb: tb}
+	err = waitFor(10*time.Second, func() error { _, err := bird.Show(ctx, "status"); return err })
+	if err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("testbed: BIRD did not start: %w\n%s", err, p.Log())
+	}
+	return bird, nil
+}
+
+// Show runs `birdc show ARGS` and returns its output.
+func (b *BIRD) Show(ctx context.Context, args ...string) (string, error) {
+	out, err := b.tb.Router.Run(ctx, "birdc", append([]string{"-s", b.Sock, "show"}, args...)...)
+	return string(out), err
+}
+
+// Config is BIRD's configuration file, for showing.
+func (b *BIRD) Config() string {
+	data, _ := os.ReadFile(filepath.Join(filepath.Dir(b.Sock), "bird.conf"))
+	return string(data)
+}
+
+// Stop stops BIRD.
+func (b *BIRD) Stop() error { return b.proc.Stop(5 * time.Second) }

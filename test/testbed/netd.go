@@ -1,0 +1,229 @@
+package testbed
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/lease"
+)
+
+// NetdOptions say how to run netd on a node. The node's own directories
+// (lease, CNI conf, IPAM data, state) are always passed; the rest is here.
+type NetdOptions struct {
+	// Network is --network-name (default "berth"). Several networks can
+	// share the nodes, each with its own MetricsPort.
+	Network string
+	// Etcd are the --etcd-endpoints. None: this node runs netd's embedded
+	// etcd, with its data in the node's directory; the other nodes then
+	// pass this node's EtcdURL.
+	Etcd []string
+	// MetricsPort is where netd serves /status and /metrics on the node's
+	// 127.0.0.1 (default 9472).
+	MetricsPort int
+	// LeaseTTL and ResyncInterval default to 10s and 2s: short, so tests
+	// see a node leave and a repair quickly.
+	LeaseTTL       time.Duration
+	ResyncInterval time.Duration
+	// Args are further flags, typically the network's: --mode hostgw,
+	// --network-cidr 10.20.0.0/16, --vni 2, --direct-routing ...
+	Args []string
+}
+
+// Netd is one netd running on a node of the test bed.
+type Netd struct {
+	Node *Node
+	Opts NetdOptions
+	Bin  string
+
+	proc *Process
+}
+
+// DefaultMetricsPort is netd's own default, on each node's loopback.
+const DefaultMetricsPort = 9472
+
+// StartNetd starts netd on node and waits until it has written its lease
+// file, which needs etcd: start the etcd server (or the node with the
+// embedded etcd) first, or within the 30s StartNetd waits.
+func (tb *Testbed) StartNetd(ctx context.Context, node *Node, opts NetdOptions) (*Netd, error) {
+	if opts.Network == "" {
+		opts.Network = conf.DefaultNetworkName
+	}
+	if opts.MetricsPort == 0 {
+		opts.MetricsPort = DefaultMetricsPort
+	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = 10 * time.Second
+	}
+	if opts.ResyncInterval == 0 {
+		opts.ResyncInterval = 2 * time.Second
+	}
+	bin, err := tb.binary("netd")
+	if err != nil {
+		return nil, err
+	}
+	d := &Netd{Node: node, Opts: opts, Bin: bin}
+	if err := d.Restart(ctx); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// Flags are the flags netd runs with (also what `netd leave` needs).
+func (d *Netd) Flags() []string {
+	n, o := d.Node, d.Opts
+	f := []string{
+		"--node-name", n.Host,
+		"--network-name", o.Network,
+		"--lease-dir", n.LeaseDir,
+		"--cni-conf-dir", n.CNIConfDir,
+		"--cni-state-dir", n.StateDir,
+		"--ipam-data-dir", n.IPAMDataDir,
+		"--metrics-address", d.MetricsAddr(),
+		"--lease-ttl", o.LeaseTTL.String(),
+		"--resync-interval", o.ResyncInterval.String(),
+	}
+	if len(o.Etcd) > 0 {
+		f = append(f, "--etcd-endpoints", strings.Join(o.Etcd, ","))
+	} else {
+		f = append(f, "--etcd-data-dir", filepath.Join(n.Dir, "etcd-"+o.Network))
+	}
+	return append(f, o.Args...)
+}
+
+// EtcdURL is the client URL of the embedded etcd of a netd on node n
+// started without NetdOptions.Etcd.
+func (n *Node) EtcdURL() string { return "http://" + n.IP.String() + ":2379" }
+
+// MetricsAddr is netd's --metrics-address, on the node's loopback.
+func (d *Netd) MetricsAddr() string { return "127.0.0.1:" + strconv.Itoa(d.Opts.MetricsPort) }
+
+// LeasePath is the node lease file netd writes for the plugins.
+func (d *Netd) LeasePath() string { return lease.Path(d.Node.LeaseDir, d.Opts.Network) }
+
+// ConflistPath is the conflist netd writes into the node's CNI conf dir.
+func (d *Netd) ConflistPath() string { return conf.ConflistPath(d.Node.CNIConfDir, d.Opts.Network) }
+
+// Process is the running netd (the latest one after a Restart).
+func (d *Netd) Process() *Process { return d.proc }
+
+// Restart starts netd again after Kill or Stop (or for the first time)
+// and waits for its lease file.
+func (d *Netd) Restart(ctx context.Context) error {
+	if d.proc != nil && !d.proc.Exited() {
+		return fmt.Errorf("testbed: netd %s on %s is still running", d.Opts.Network, d.Node.Host)
+	}
+	p, err := d.Node.Start(ProcSpec{
+		Name: fmt.Sprintf("netd-%s-%s", d.Opts.Network, d.Node.Host),
+		Path: d.Bin,
+		Args: d.Flags(),
+	})
+	if err != nil {
+		return err
+	}
+	d.proc = p
+	_, err = d.Lease(ctx)
+	return err
+}
+
+// Kill ends netd with SIGKILL, as a crash would; the datapath stays.
+func (d *Netd) Kill() error { return d.proc.Kill() }
+
+// Stop ends netd with SIGTERM (SIGKILL after 10s).
+func (d *Netd) Stop() error { return d.proc.Stop(10 * time.Second) }
+
+// Lease waits up to 30s for a valid, unexpired lease file and returns it.
+func (d *Netd) Lease(ctx context.Context) (*lease.Node, error) {
+	var l *lease.Node
+	err := d.poll(ctx, 30*time.Second, "its lease file", func() error {
+		var err error
+		l, err = lease.Read(d.LeasePath(), time.Now())
+		return err
+	})
+	return l, err
+}
+
+// Status asks netd for its status (GET /status on the node's loopback)
+// and decodes it into v, a *netd.Status. (The test bed cannot import
+// netd: netd's own tests use the test bed.)
+func (d *Netd) Status(ctx context.Context, v any) error {
+	body, err := d.Node.Get(ctx, "http://"+d.MetricsAddr()+"/status")
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return fmt.Errorf("netd status on %s: %w", d.Node.Host, err)
+	}
+	return nil
+}
+
+// Metrics returns netd's Prometheus metrics text.
+func (d *Netd) Metrics(ctx context.Context) (string, error) {
+	body, err := d.Node.Get(ctx, "http://"+d.MetricsAddr()+"/metrics")
+	return string(body), err
+}
+
+// WaitConverged waits up to 30s until netd knows peers other nodes and
+// the kernel matches their leases.
+func (d *Netd) WaitConverged(ctx context.Context, peers int) error {
+	return d.poll(ctx, 30*time.Second, fmt.Sprintf("convergence on %d peers", peers), func() error {
+		// The fields of netd.Status this needs.
+		var s struct {
+			Peers         []json.RawMessage `json:"peers"`
+			KernelMatches bool              `json:"kernelMatches"`
+			Pending       []string          `json:"pending"`
+		}
+		if err := d.Status(ctx, &s); err != nil {
+			return err
+		}
+		if len(s.Peers) != peers || !s.KernelMatches {
+			return fmt.Errorf("%d peers, kernel matches %v, pending %q", len(s.Peers), s.KernelMatches, s.Pending)
+		}
+		return nil
+	})
+}
+
+// poll calls cond every 100ms until it succeeds, netd exits, ctx ends or
+// timeout passes.
+func (d *Netd) poll(ctx context.Context, timeout time.Duration, what string, cond func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if d.proc.Exited() {
+			return fmt.Errorf("testbed: netd %s on %s exited (%v) while waiting for %s; log %s:\n%s",
+				d.Opts.Network, d.Node.Host, d.proc.Wait(ctx), what, d.proc.LogPath, tail(d.proc.Log(), 20))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("testbed: netd %s on %s: waiting for %s: %w (last: %v)", d.Opts.Network, d.Node.Host, what, ctx.Err(), err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// binary finds a berth binary in the test bed's bin dir.
+func (tb *Testbed) binary(name string) (string, error) {
+	p := filepath.Join(tb.BinDir, name)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("testbed: %s not found in %s: run `make build` first (%v)", name, tb.BinDir, err)
+	}
+	return p, nil
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
