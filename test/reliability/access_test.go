@@ -125,14 +125,8 @@ func TestStateNotWorldWritable(t *testing.T) {
 	n.LeaseDir, n.CNIConfDir = filepath.Join(fresh, "lease"), filepath.Join(fresh, "net.d")
 	n.StateDir, n.IPAMDataDir = filepath.Join(fresh, "state"), filepath.Join(fresh, "ipam")
 	etcdDir := filepath.Join(fresh, "etcd")
-	c := newCluster(t, tb, nil)
-	args := append(c.flags(1), "--etcd-data-dir", etcdDir, "--etcd-client-port", "2379", "--etcd-peer-port", "2380")
-	for k, a := range args {
-		if a == "--etcd-endpoints" {
-			args = append(args[:k:k], args[k+2:]...) // embedded etcd
-			break
-		}
-	}
+	c := newCluster(t, tb, nil, "--etcd-data-dir", etcdDir) // embedded etcd
+	args := c.flags(1)
 	quoted := make([]string, len(args))
 	for k, a := range args {
 		quoted[k] = "'" + a + "'"

@@ -31,45 +31,43 @@ import (
 
 // metricsAddr is where every netd serves /status, /healthz and /metrics:
 // each node has its own loopback, so one port serves all.
-const metricsAddr = "127.0.0.1:9472"
+var metricsAddr = "127.0.0.1:" + strconv.Itoa(testbed.DefaultMetricsPort)
 
 // vtepName is the VTEP of the default VNI.
 const vtepName = "berth.1"
 
 // cluster is one netd per node of a test bed, for one vxlan network.
+// testbed.StartNetd waits for each start; these suites also start netd
+// without waiting (to kill it while it starts) and from goroutines, so
+// they keep the processes here and take only the flags from testbed.Netd.
 type cluster struct {
 	t       *testing.T
 	tb      *testbed.Testbed
 	bin     string
-	etcd    []string // --etcd-endpoints
+	opts    testbed.NetdOptions
 	network string
-	args    []string // flags every netd gets besides the node's own
 
 	mu   sync.Mutex
 	netd map[int]*testbed.Process
 }
 
+// newCluster runs netd with etcd at the endpoints (none: node 1's
+// embedded etcd) and the network's flags plus args.
 func newCluster(t *testing.T, tb *testbed.Testbed, etcd []string, args ...string) *cluster {
+	opts := testbed.NetdOptions{
+		Network: "pods", Etcd: etcd, MetricsPort: testbed.DefaultMetricsPort,
+		LeaseTTL: 10 * time.Second, ResyncInterval: 2 * time.Second,
+		Args: append([]string{"--network-cidr", "10.244.0.0/16", "--mode", "vxlan"}, args...),
+	}
 	return &cluster{
 		t: t, tb: tb, bin: filepath.Join(testenv.BinDir(t, "netd"), "netd"),
-		etcd: etcd, network: "pods", netd: map[int]*testbed.Process{},
-		args: append([]string{"--network-cidr", "10.244.0.0/16", "--mode", "vxlan", "--lease-ttl", "10s", "--resync-interval", "2s"}, args...),
+		opts: opts, network: opts.Network, netd: map[int]*testbed.Process{},
 	}
 }
 
 // flags are what netd on node i is started with.
 func (c *cluster) flags(i int) []string {
-	n := c.tb.Node(i)
-	return append([]string{
-		"--node-name", n.Host,
-		"--network-name", c.network,
-		"--lease-dir", n.LeaseDir,
-		"--cni-conf-dir", n.CNIConfDir,
-		"--cni-state-dir", n.StateDir,
-		"--ipam-data-dir", n.IPAMDataDir,
-		"--metrics-address", metricsAddr,
-		"--etcd-endpoints", strings.Join(c.etcd, ","),
-	}, c.args...)
+	return (&testbed.Netd{Node: c.tb.Node(i), Opts: c.opts, Bin: c.bin}).Flags()
 }
 
 // spawn starts netd on node i without waiting for it; safe to call
