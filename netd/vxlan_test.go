@@ -276,21 +276,34 @@ func repairs(t *testing.T, c *cluster, subnets map[int]netip.Prefix) {
 			mac2 = p.VTEPMAC
 		}
 	}
+	// Two /24s of the CIDR that no node holds (leases are random).
+	var spare []string
+	for i := 250; len(spare) < 2; i-- {
+		p := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))
+		taken := false
+		for _, s := range subnets {
+			taken = taken || s == p
+		}
+		if !taken {
+			spare = append(spare, p.String())
+		}
+	}
+	foreign, stale := spare[0], spare[1]
 	// Someone else's route inside the CIDR (another protocol) stays.
-	run("ip", "route", "add", "10.244.250.0/24", "dev", "berth0", "proto", "static")
+	run("ip", "route", "add", foreign, "dev", "berth0", "proto", "static")
 	// A stale route with netd's protocol goes.
-	run("ip", "route", "add", "10.244.251.0/24", "via", "10.244.251.0", "dev", "berth.1", "onlink", "proto", fmt.Sprint(backend.RouteProtocol))
+	run("ip", "route", "add", stale, "via", strings.TrimSuffix(stale, "/24"), "dev", "berth.1", "onlink", "proto", fmt.Sprint(backend.RouteProtocol))
 	// Hand-deleted route, neighbour and FDB entry come back.
 	run("ip", "route", "del", subnets[2].String())
 	run("ip", "neigh", "del", subnets[3].Addr().String(), "dev", "berth.1")
 	run("bridge", "fdb", "del", mac2, "dev", "berth.1", "dst", c.tb.Node(2).IP.String())
 	c.converged(1, 2)
 	r := routes(t, n1)
-	if r[subnets[2].String()] == "" || r["10.244.251.0/24"] != "" {
+	if r[subnets[2].String()] == "" || r[stale] != "" {
 		t.Errorf("routes after repair: %v", r)
 	}
-	out, err := n1.Run(ctx, "ip", "route", "show", "10.244.250.0/24")
-	if err != nil || !strings.Contains(string(out), "10.244.250.0/24") {
+	out, err := n1.Run(ctx, "ip", "route", "show", foreign)
+	if err != nil || !strings.Contains(string(out), foreign) {
 		t.Errorf("netd removed a route that is not its own: %v %s", err, out)
 	}
 	_, fdb, neigh := vtep(t, n1, "berth.1")
@@ -302,5 +315,5 @@ func repairs(t *testing.T, c *cluster, subnets map[int]netip.Prefix) {
 	run("ip", "link", "del", "berth.1")
 	c.converged(1, 2)
 	ping(t, n1, subnets[1].Addr().Next(), subnets[2].Addr().Next())
-	run("ip", "route", "del", "10.244.250.0/24")
+	run("ip", "route", "del", foreign)
 }
