@@ -5,6 +5,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +15,9 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/lease"
 )
 
 // Latency is the distribution of one CNI operation.
@@ -33,27 +37,55 @@ type CNIConfig struct {
 	Progress func(format string, args ...any)
 }
 
-// network is one conflist under test.
+// network is one conflist under test. setup prepares what the network
+// needs on the node besides the plugins (a lease file for the leased modes)
+// and returns the conflist.
 type network struct {
-	name string
-	list func(work string) string
+	name  string
+	setup func(work string) (string, error)
 }
 
-// CNINetworks are the jobs compared: berth-bridge and the reference chain
-// doing the same thing (masquerade, one port mapping).
+// CNINetworks are the jobs compared: every berth plugin and the reference
+// chain doing the same thing (masquerade, one port mapping).
 var CNINetworks = []network{
-	{"berth-bridge", func(work string) string {
+	{"berth-bridge", func(work string) (string, error) {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-berth","plugins":[{"type":"berth-bridge","bridge":"bench0",
 			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
 			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.200.0.0/16"}]]},
-			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam"))
+			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam")), nil
 	}},
-	{"reference bridge+host-local+portmap", func(work string) string {
+	{"berth-vxlan", leased(lease.ModeVXLAN, "10.210.1.0/24", "benchvx0")},
+	{"berth-hostgw", leased(lease.ModeHostGW, "10.211.1.0/24", "benchgw0")},
+	{"berth-bgp", leased(lease.ModeBGP, "10.212.1.0/26", "")},
+	{"reference bridge+host-local+portmap", func(work string) (string, error) {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-ref","plugins":[{"type":"bridge","bridge":"benchref0",
 			"isGateway":true,"isDefaultGateway":true,"ipMasq":true,
 			"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.201.0.0/16"}]]}},
-			{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(work, "ipam"))
+			{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(work, "ipam")), nil
 	}},
+}
+
+// leased is a netd-managed network: the lease file netd would write for a
+// node holding subnet, and the conflist netd would write next to it. The
+// plugins need nothing else from netd, so no etcd is involved here.
+func leased(mode, subnet, bridge string) func(work string) (string, error) {
+	return func(work string) (string, error) {
+		name := "bench-" + mode
+		sub := netip.MustParsePrefix(subnet)
+		cidr, _ := sub.Addr().Prefix(16)
+		n := &lease.Node{Network: name, Mode: mode, NetworkCIDR: cidr, Subnet: sub, MTU: 1450,
+			IPMasq: true, NodeName: "bench", NodeIP: netip.MustParseAddr("192.168.77.1")}
+		leaseDir := filepath.Join(work, "lease")
+		if err := os.MkdirAll(leaseDir, 0o755); err != nil {
+			return "", err
+		}
+		if err := lease.Write(lease.Path(leaseDir, name), n); err != nil {
+			return "", fmt.Errorf("writing %s lease: %w", name, err)
+		}
+		list, err := conf.NodeConflist{Network: name, Mode: mode, LeaseDir: leaseDir, Bridge: bridge,
+			StateDir: filepath.Join(work, "state"), IPAMDataDir: filepath.Join(work, "ipam")}.Marshal()
+		return string(list), err
+	}
 }
 
 // MeasureCNI runs cfg.Runs ADD+DEL pairs of every network, interleaved so
@@ -82,7 +114,11 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 	var targets []*target
 	for i, n := range CNINetworks {
 		dir := filepath.Join(work, fmt.Sprint(i))
-		list, err := libcni.ConfListFromBytes([]byte(n.list(dir)))
+		text, err := n.setup(dir)
+		if err != nil {
+			return nil, fmt.Errorf("%s setup: %w", n.name, err)
+		}
+		list, err := libcni.ConfListFromBytes([]byte(text))
 		if err != nil {
 			return nil, fmt.Errorf("%s conflist: %w", n.name, err)
 		}

@@ -20,7 +20,11 @@ type Report struct {
 	Quick      bool       `json:"quick"`
 	CNILatency []Latency  `json:"cniLatency"`
 	Datapath   []Datapath `json:"datapath"`
+	Targets    []Target   `json:"targets"` // filled by Finish
 }
+
+// Finish computes what is derived from the measurements.
+func (r *Report) Finish() { r.Targets = r.targets() }
 
 // WriteJSON stores r under dir as results.json.
 func (r *Report) WriteJSON(dir string) error {
@@ -39,24 +43,29 @@ func (r *Report) Markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Measured %s%s. Ratios compare figures of the same run.\n\n",
 		r.When.Format("2006-01-02"), map[bool]string{true: " (quick mode)", false: ""}[r.Quick])
-	b.WriteString("**CNI latency** (berth-bridge with ipMasq and one port mapping vs the reference bridge + host-local + portmap chain doing the same, through libcni)\n\n")
-	b.WriteString("| plugin | operation | runs | p50 | p99 | p50 vs reference |\n|---|---|---|---|---|---|\n")
-	ref := map[string]Latency{}
-	for _, l := range r.CNILatency {
-		if strings.HasPrefix(l.Name, "reference") {
-			ref[l.Op] = l
-		}
+	if t := targetsMarkdown(r.Targets); t != "" {
+		b.WriteString(t + "\n")
 	}
-	for _, l := range r.CNILatency {
-		ratio := ""
-		if base, ok := ref[l.Op]; ok && base.P50 > 0 && !strings.HasPrefix(l.Name, "reference") {
-			ratio = fmt.Sprintf("%.2f× (%.1f× faster)", float64(l.P50)/float64(base.P50), float64(base.P50)/float64(l.P50))
+	if len(r.CNILatency) > 0 {
+		b.WriteString("**CNI latency** through libcni: each berth plugin with ipMasq and one port mapping vs the reference bridge + host-local + portmap chain doing the same job. The leased plugins (vxlan, hostgw, bgp) read a lease file as netd writes it.\n\n")
+		b.WriteString("| plugin | operation | runs | p50 | p99 | p50 vs reference |\n|---|---|---|---|---|---|\n")
+		ref := map[string]Latency{}
+		for _, l := range r.CNILatency {
+			if strings.HasPrefix(l.Name, "reference") {
+				ref[l.Op] = l
+			}
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s |\n", l.Name, l.Op, l.Runs, ms(l.P50), ms(l.P99), ratio)
+		for _, l := range r.CNILatency {
+			ratio := ""
+			if base, ok := ref[l.Op]; ok && base.P50 > 0 && !strings.HasPrefix(l.Name, "reference") {
+				ratio = fmt.Sprintf("%.2f× (%.1f× faster)", float64(l.P50)/float64(base.P50), float64(base.P50)/float64(l.P50))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s |\n", l.Name, l.Op, l.Runs, ms(l.P50), ms(l.P99), ratio)
+		}
 	}
 	if len(r.Datapath) > 0 {
-		b.WriteString("\n**Datapath**, container to container (iperf3 TCP throughput; round trip of a 1-byte TCP request/response loop), against the raw limit: two namespaces joined by one veth, no CNI\n\n")
-		b.WriteString("| mode | 1 stream | 4 streams | 1 stream vs raw | RTT p50 | RTT p99 | p50 vs raw |\n|---|---|---|---|---|---|---|\n")
+		b.WriteString("\n**Datapath**, container to container: iperf3 TCP throughput (median of the runs) and the round trip of a 1-byte TCP request/response loop. Each row is compared with its baseline, the limit on this machine measured in the same run: for one node, two namespaces joined by one veth; across nodes, the two node namespaces talking over the underlay, no CNI.\n\n")
+		b.WriteString("| mode | 1 stream | 4 streams | 1 stream vs baseline | RTT p50 | RTT p99 | RTT p50 vs baseline | baseline |\n|---|---|---|---|---|---|---|---|\n")
 		raw := map[string]Datapath{}
 		for _, d := range r.Datapath {
 			raw[d.Name] = d
@@ -67,8 +76,8 @@ func (r *Report) Markdown() string {
 				ratioT = fmt.Sprintf("%.0f%%", 100*d.Gbps1/base.Gbps1)
 				ratioL = fmt.Sprintf("%.2f×", float64(d.RTTP50)/float64(base.RTTP50))
 			}
-			fmt.Fprintf(&b, "| %s | %.2f Gbit/s | %.2f Gbit/s | %s | %.0f µs | %.0f µs | %s |\n",
-				d.Name, d.Gbps1, d.Gbps4, ratioT, float64(d.RTTP50)/1e3, float64(d.RTTP99)/1e3, ratioL)
+			fmt.Fprintf(&b, "| %s | %.2f Gbit/s | %.2f Gbit/s | %s | %.0f µs | %.0f µs | %s | %s |\n",
+				d.Name, d.Gbps1, d.Gbps4, ratioT, float64(d.RTTP50)/1e3, float64(d.RTTP99)/1e3, ratioL, d.Baseline)
 		}
 	}
 	return b.String()
@@ -92,6 +101,14 @@ func (r *Report) UpdateREADME(path string) error {
 	}
 	s = s[:i+len(begin)] + body + s[j:]
 	return os.WriteFile(path, []byte(s), 0o644)
+}
+
+// Plot writes every plot of r into dir.
+func (r *Report) Plot(dir string) error {
+	if err := r.PlotCNI(filepath.Join(dir, "cni-latency.png")); err != nil {
+		return err
+	}
+	return r.PlotDatapath(filepath.Join(dir, "datapath.png"))
 }
 
 // PlotCNI draws p50/p99 bars per operation and plugin.

@@ -11,33 +11,71 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/berthnet/berth/bench"
 )
 
+// parts are the measurements, in the order they run.
+var parts = []string{"cni", "datapath"}
+
+type options struct {
+	quick          bool
+	binDir, refDir string
+	out, readme    string
+	parts          []string
+}
+
 func main() {
-	quick := flag.Bool("quick", os.Getenv("BENCH_QUICK") != "", "fewer runs (also BENCH_QUICK=1): under 2 minutes")
-	binDir := flag.String("bin-dir", "bin", "where `make build` put berth's binaries")
-	refDir := flag.String("ref-dir", "/usr/lib/cni", "the reference CNI plugins")
-	out := flag.String("out", "bench/results", "results directory")
-	readme := flag.String("readme", "README.md", "README whose bench section is rewritten")
+	var o options
+	var only string
+	flag.BoolVar(&o.quick, "quick", os.Getenv("BENCH_QUICK") != "", "fewer runs and smaller clusters (also BENCH_QUICK=1): under 2 minutes")
+	flag.StringVar(&o.binDir, "bin-dir", "bin", "where `make build` put berth's binaries")
+	flag.StringVar(&o.refDir, "ref-dir", "/usr/lib/cni", "the reference CNI plugins")
+	flag.StringVar(&o.out, "out", "bench/results", "results directory")
+	flag.StringVar(&o.readme, "readme", "README.md", "README whose bench section is rewritten")
+	flag.StringVar(&only, "parts", os.Getenv("BENCH_PARTS"), "comma-separated subset of "+strings.Join(parts, ",")+
+		" (also BENCH_PARTS); empty: all.\nA partial run prints its tables but rewrites neither results nor README")
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "Usage: bench [-quick]\n\nMeasures CNI ADD/DEL latency of berth against the reference plugins\n(inside namespaces it creates) and writes %s, plots and the README table.\n\n", "bench/results/results.json")
+		fmt.Fprintf(os.Stderr, `Usage: bench [-quick] [-parts LIST]
+
+Measures berth against its baselines, side by side in one run, inside
+network namespaces it creates: CNI ADD/DEL latency of every berth plugin
+against the reference bridge+host-local+portmap chain; container-to-container
+throughput and round trip per mode against raw veth and the raw underlay;
+control-plane convergence, memory and CPU of netd as the cluster grows.
+Writes bench/results/results.json, PNG plots and the README's bench section.
+
+Example: make bench BENCH_QUICK=1      (or: bin/bench -quick -parts cni)
+
+`)
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if err := run(*quick, *binDir, *refDir, *out, *readme); err != nil {
+	if only != "" {
+		o.parts = strings.Split(only, ",")
+		for _, p := range o.parts {
+			if !slices.Contains(parts, p) {
+				fmt.Fprintf(os.Stderr, "bench: -parts: unknown part %q; choose from %s\n", p, strings.Join(parts, ","))
+				os.Exit(2)
+			}
+		}
+	}
+	if err := run(o); err != nil {
 		slog.Error("bench failed", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(quick bool, binDir, refDir, out, readme string) error {
+func (o options) want(part string) bool { return len(o.parts) == 0 || slices.Contains(o.parts, part) }
+
+func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	abs, err := filepath.Abs(binDir)
+	abs, err := filepath.Abs(o.binDir)
 	if err != nil {
 		return err
 	}
@@ -45,58 +83,76 @@ func run(quick bool, binDir, refDir, out, readme string) error {
 	progress := func(format string, args ...any) {
 		fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	runs := 150
-	if quick {
-		runs = 30
+	r := &bench.Report{When: time.Now(), Quick: o.quick}
+
+	if o.want("cni") {
+		runs := 150
+		if o.quick {
+			runs = 30
+		}
+		r.CNILatency, err = bench.MeasureCNI(ctx, bench.CNIConfig{Runs: runs, Parallel: 8, BinDirs: []string{abs, o.refDir}, Progress: progress})
+		if err != nil {
+			return fmt.Errorf("CNI latency: %w", err)
+		}
 	}
-	r := &bench.Report{When: time.Now(), Quick: quick}
-	r.CNILatency, err = bench.MeasureCNI(ctx, bench.CNIConfig{Runs: runs, Parallel: 8, BinDirs: []string{abs, refDir}, Progress: progress})
-	if err != nil {
-		return fmt.Errorf("CNI latency: %w", err)
+	dpCfg := bench.DatapathConfig{Seconds: 4, Repeats: 3, RoundTrips: 5000, Progress: progress}
+	if o.quick {
+		dpCfg = bench.DatapathConfig{Seconds: 2, Repeats: 1, RoundTrips: 1000, Progress: progress}
 	}
-	seconds, repeats, trips := 4, 3, 5000
-	if quick {
-		seconds, repeats, trips = 2, 1, 1000
+	if o.want("datapath") {
+		if err := localDatapath(ctx, r, dpCfg, []string{abs, o.refDir}); err != nil {
+			return err
+		}
 	}
-	dpCfg := bench.DatapathConfig{Seconds: seconds, Repeats: repeats, RoundTrips: trips, Progress: progress}
+
+	r.Finish()
+	if len(o.parts) > 0 {
+		fmt.Print(r.Markdown())
+		progress("done (partial run: results and README left as they were)")
+		return nil
+	}
+	if err := os.MkdirAll(o.out, 0o755); err != nil {
+		return err
+	}
+	if err := r.WriteJSON(o.out); err != nil {
+		return err
+	}
+	if err := r.Plot(o.out); err != nil {
+		return fmt.Errorf("plotting: %w", err)
+	}
+	if err := r.UpdateREADME(o.readme); err != nil {
+		return err
+	}
+	fmt.Print(r.Markdown())
+	progress("done")
+	return nil
+}
+
+// localDatapath measures the one-node figures: raw veth, the limit, and
+// two containers on a berth-bridge network and on the reference bridge.
+func localDatapath(ctx context.Context, r *bench.Report, cfg bench.DatapathConfig, binDirs []string) error {
 	raw, rawDone, err := bench.RawVeth()
 	if err != nil {
 		return err
 	}
-	d, err := bench.MeasureDatapath(ctx, "raw veth", raw, dpCfg)
+	d, err := bench.MeasureDatapath(ctx, bench.RawVethName, raw, cfg)
 	rawDone()
 	if err != nil {
 		return err
 	}
 	r.Datapath = append(r.Datapath, d)
-	br, brDone, err := bench.BridgeContainers(ctx, []string{abs, refDir})
-	if err != nil {
-		return err
+	for _, n := range bench.OneNode {
+		e, done, err := bench.OneNodeContainers(ctx, n, binDirs)
+		if err != nil {
+			return err
+		}
+		d, err = bench.MeasureDatapath(ctx, n.Name, e, cfg)
+		done()
+		if err != nil {
+			return err
+		}
+		d.Baseline = bench.RawVethName
+		r.Datapath = append(r.Datapath, d)
 	}
-	d, err = bench.MeasureDatapath(ctx, "bridge (one node)", br, dpCfg)
-	brDone()
-	if err != nil {
-		return err
-	}
-	d.Baseline = "raw veth"
-	r.Datapath = append(r.Datapath, d)
-
-	if err := os.MkdirAll(out, 0o755); err != nil {
-		return err
-	}
-	if err := r.WriteJSON(out); err != nil {
-		return err
-	}
-	if err := r.PlotCNI(filepath.Join(out, "cni-latency.png")); err != nil {
-		return fmt.Errorf("plotting: %w", err)
-	}
-	if err := r.PlotDatapath(filepath.Join(out, "datapath.png")); err != nil {
-		return fmt.Errorf("plotting: %w", err)
-	}
-	if err := r.UpdateREADME(readme); err != nil {
-		return err
-	}
-	fmt.Print(r.Markdown())
-	progress("done")
 	return nil
 }

@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Target is one goal of issue 7 and where this run put berth against it.
+type Target struct {
+	What     string `json:"what"`
+	Goal     string `json:"goal"`
+	Measured string `json:"measured"`
+	Met      bool   `json:"met"`
+}
+
+// targets checks r against the goals berth sets itself. A figure this run
+// did not measure (a partial run) yields no target.
+func (r *Report) targets() []Target {
+	var ts []Target
+	for _, op := range []string{"ADD", "DEL"} {
+		b, base := r.latency("berth-bridge", op), r.latency("reference", op)
+		if b == nil || base == nil || base.P50 == 0 {
+			continue
+		}
+		ratio := float64(b.P50) / float64(base.P50)
+		ts = append(ts, Target{What: "berth-bridge " + op + " p50", Goal: "≤ 0.25× reference",
+			Measured: fmt.Sprintf("%.2f× (%s vs %s)", ratio, ms(b.P50), ms(base.P50)), Met: ratio <= 0.25})
+	}
+	for _, g := range []struct {
+		mode       string
+		throughput float64 // fraction of the baseline, one stream
+		rtt        float64 // allowed p50 excess over the baseline; 0: no goal
+	}{
+		{"bridge", 0.95, 0.10},
+		{"hostgw", 0.95, 0.10},
+		{"bgp", 0.95, 0.10},
+		{"vxlan", 0.85, 0.50},
+	} {
+		d := r.datapath(g.mode)
+		if d == nil {
+			continue
+		}
+		base := r.datapathNamed(d.Baseline)
+		if base == nil || base.Gbps1 == 0 || base.RTTP50 == 0 {
+			continue
+		}
+		t := d.Gbps1 / base.Gbps1
+		ts = append(ts, Target{What: d.Name + " throughput, 1 stream", Goal: fmt.Sprintf("≥ %.0f%% of %s", 100*g.throughput, base.Name),
+			Measured: fmt.Sprintf("%.0f%% (%.2f vs %.2f Gbit/s)", 100*t, d.Gbps1, base.Gbps1), Met: t >= g.throughput})
+		l := float64(d.RTTP50)/float64(base.RTTP50) - 1
+		ts = append(ts, Target{What: d.Name + " round trip p50", Goal: fmt.Sprintf("within %.0f%% of %s", 100*g.rtt, base.Name),
+			Measured: fmt.Sprintf("%+.0f%% (%.0f vs %.0f µs)", 100*l, float64(d.RTTP50)/1e3, float64(base.RTTP50)/1e3), Met: l <= g.rtt})
+	}
+	return ts
+}
+
+func (r *Report) latency(namePrefix, op string) *Latency {
+	for i, l := range r.CNILatency {
+		if strings.HasPrefix(l.Name, namePrefix) && l.Op == op {
+			return &r.CNILatency[i]
+		}
+	}
+	return nil
+}
+
+// datapath finds the figures of a mode: their names start with it.
+func (r *Report) datapath(mode string) *Datapath {
+	for i, d := range r.Datapath {
+		if strings.HasPrefix(d.Name, mode+" ") {
+			return &r.Datapath[i]
+		}
+	}
+	return nil
+}
+
+func (r *Report) datapathNamed(name string) *Datapath {
+	for i, d := range r.Datapath {
+		if d.Name == name {
+			return &r.Datapath[i]
+		}
+	}
+	return nil
+}
+
+// targetsMarkdown renders ts as a table.
+func targetsMarkdown(ts []Target) string {
+	if len(ts) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("**Targets**\n\n| what | goal | this run | |\n|---|---|---|---|\n")
+	for _, t := range ts {
+		mark := "met"
+		if !t.Met {
+			mark = "**missed**"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.What, t.Goal, t.Measured, mark)
+	}
+	return b.String()
+}
