@@ -1,0 +1,94 @@
+package bench
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// TestSmoke runs each measurement of `make bench` at its smallest so that
+// the benchmark cannot rot unnoticed; the figures themselves are `make
+// bench`'s business, not a test's.
+func TestSmoke(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("runs iperf3 and CNI plugins")
+	}
+	ctx := context.Background()
+	bin := testenv.BinDir(t, "berth-bridge", "berth-vxlan", "berth-hostgw", "berth-bgp")
+	progress := func(format string, args ...any) { t.Logf(format, args...) }
+	r := &Report{When: time.Now(), Quick: true}
+
+	var err error
+	r.CNILatency, err = MeasureCNI(ctx, CNIConfig{Runs: 2, Parallel: 2, BinDirs: []string{bin, "/usr/lib/cni"}, Progress: progress})
+	if err != nil {
+		t.Fatalf("MeasureCNI: %v", err)
+	}
+	if want := 3 * len(CNINetworks); len(r.CNILatency) != want {
+		t.Fatalf("MeasureCNI gave %d latencies, want %d", len(r.CNILatency), want)
+	}
+	for _, l := range r.CNILatency {
+		if l.Runs == 0 || l.P50 <= 0 || l.P99 < l.P50 {
+			t.Errorf("%s %s: implausible latency %+v", l.Name, l.Op, l)
+		}
+	}
+
+	cfg := DatapathConfig{Seconds: 1, Repeats: 1, RoundTrips: 100, Progress: progress}
+	raw, done, err := RawVeth()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := MeasureDatapath(ctx, RawVethName, raw, cfg)
+	done()
+	if err != nil {
+		t.Fatalf("raw veth: %v", err)
+	}
+	r.Datapath = append(r.Datapath, d)
+	e, done, err := OneNodeContainers(ctx, OneNode[0], []string{bin, "/usr/lib/cni"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err = MeasureDatapath(ctx, OneNode[0].Name, e, cfg)
+	done()
+	if err != nil {
+		t.Fatalf("%s: %v", OneNode[0].Name, err)
+	}
+	d.Baseline = RawVethName
+	r.Datapath = append(r.Datapath, d)
+	for _, d := range r.Datapath {
+		if d.Gbps1 <= 0 || d.Gbps4 <= 0 || d.RTTP50 <= 0 {
+			t.Errorf("%s: implausible datapath figures %+v", d.Name, d)
+		}
+	}
+
+	r.Finish()
+	if len(r.Targets) != 4 {
+		t.Errorf("want 4 targets (bridge ADD, DEL, throughput, round trip), got %+v", r.Targets)
+	}
+	dir := t.TempDir()
+	if err := r.WriteJSON(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Plot(dir); err != nil {
+		t.Fatalf("plotting: %v", err)
+	}
+	readme := filepath.Join(dir, "README.md")
+	os.WriteFile(readme, []byte("# x\n<!-- bench:begin -->\nold\n<!-- bench:end -->\ntail\n"), 0o644)
+	if err := r.UpdateREADME(readme); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(readme)
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "**Targets**", "tail\n"} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("README section lacks %q:\n%s", want, got)
+		}
+	}
+	if strings.Contains(string(got), "old") {
+		t.Errorf("README section kept the old text")
+	}
+}
