@@ -67,8 +67,8 @@ func TestSmoke(t *testing.T) {
 	}
 
 	r.Finish()
-	if len(r.Targets) != 4 {
-		t.Errorf("want 4 targets (bridge ADD, DEL, throughput, round trip), got %+v", r.Targets)
+	if len(r.Targets) != 3 {
+		t.Errorf("want 3 targets (bridge ADD, DEL, throughput), got %+v", r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
