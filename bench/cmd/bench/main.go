@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -23,12 +24,19 @@ func main() {
 	refDir := flag.String("ref-dir", "/usr/lib/cni", "the reference CNI plugins")
 	out := flag.String("out", "bench/results", "results directory")
 	readme := flag.String("readme", "README.md", "README whose bench section is rewritten")
+	only := flag.String("only", "", "run one part alone and print it, e.g. controlplane (writes controlplane.json and .png, not the README)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, "Usage: bench [-quick]\n\nMeasures CNI ADD/DEL latency of berth against the reference plugins\n(inside namespaces it creates) and writes %s, plots and the README table.\n\n", "bench/results/results.json")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if err := run(*quick, *binDir, *refDir, *out, *readme); err != nil {
+	var err error
+	if *only == "controlplane" {
+		err = controlPlane(*quick, *binDir, *out)
+	} else {
+		err = run(*quick, *binDir, *refDir, *out, *readme)
+	}
+	if err != nil {
 		slog.Error("bench failed", "err", err)
 		os.Exit(1)
 	}
@@ -97,6 +105,40 @@ func run(quick bool, binDir, refDir, out, readme string) error {
 		return err
 	}
 	fmt.Print(r.Markdown())
+	progress("done")
+	return nil
+}
+
+// controlPlane is `bench -only controlplane`: the control-plane part alone.
+func controlPlane(quick bool, binDir, out string) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	abs, err := filepath.Abs(binDir)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	progress := func(format string, args ...any) {
+		fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
+	}
+	cp, err := bench.MeasureControlPlane(ctx, bench.ControlPlaneConfig{Quick: quick, BinDir: abs, Progress: progress})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(cp, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "controlplane.json"), append(data, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := cp.Plot(filepath.Join(out, "controlplane.png")); err != nil {
+		return fmt.Errorf("plotting: %w", err)
+	}
+	fmt.Print(cp.Markdown())
 	progress("done")
 	return nil
 }
