@@ -110,6 +110,10 @@ type Resources struct {
 	// CPUAllPct is all netds together; EtcdCPUPct the etcd server's.
 	CPUAllPct  float64 `json:"cpuAllPct"`
 	EtcdCPUPct float64 `json:"etcdCPUPct"`
+	// ReconcilePass is the mean time of one full reconcile pass (all
+	// peers) over Window, from netd's berth_netd_reconcile_duration_seconds:
+	// the work every node does when a node joins.
+	ReconcilePass time.Duration `json:"reconcilePass"`
 }
 
 // Resync is one netd killed (-9) and restarted in a settled cluster.
@@ -468,6 +472,10 @@ func (c *cluster) resources(ctx context.Context, n int) (Resources, error) {
 		before[i] = cpuTime(c.netds[i].Process().PID)
 	}
 	etcd0 := cpuTime(c.etcd.Process().PID)
+	sum0, count0, err := c.reconcileTotals(ctx, n)
+	if err != nil {
+		return res, err
+	}
 	select {
 	case <-ctx.Done():
 		return res, ctx.Err()
@@ -492,7 +500,39 @@ func (c *cluster) resources(ctx context.Context, n int) (Resources, error) {
 	res.CPUMeanPct = res.CPUAllPct / float64(n)
 	res.RSSMeanMiB = rssSum / float64(n)
 	res.EtcdCPUPct = pct(cpuTime(c.etcd.Process().PID) - etcd0)
+	sum1, count1, err := c.reconcileTotals(ctx, n)
+	if err != nil {
+		return res, err
+	}
+	if count1 > count0 {
+		res.ReconcilePass = time.Duration((sum1 - sum0) / (count1 - count0) * float64(time.Second))
+	}
 	return res, nil
+}
+
+// reconcileTotals adds up the reconcile duration histograms (seconds,
+// passes) of the netds on nodes 1..n.
+func (c *cluster) reconcileTotals(ctx context.Context, n int) (sum, count float64, err error) {
+	for _, d := range c.netds[:n] {
+		text, err := d.Metrics(ctx)
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, line := range strings.Split(text, "\n") {
+			name, value, ok := strings.Cut(line, " ")
+			if !ok {
+				continue
+			}
+			v, _ := strconv.ParseFloat(value, 64)
+			switch {
+			case strings.HasPrefix(name, "berth_netd_reconcile_duration_seconds_sum"):
+				sum += v
+			case strings.HasPrefix(name, "berth_netd_reconcile_duration_seconds_count"):
+				count += v
+			}
+		}
+	}
+	return sum, count, nil
 }
 
 // resync kills -9 netd on a node in the middle (not a route reflector,
@@ -795,9 +835,9 @@ func (cp *ControlPlane) Markdown() string {
 	}
 	if len(cp.Resources) > 0 {
 		fmt.Fprintf(&b, "\n**netd per node** in the settled cluster (resident memory VmRSS; CPU as %% of one core over a window with nothing changing, "+
-			"i.e. keepalives and the periodic full reconcile), and a netd killed with -9 and restarted: time from the kill until its status "+
+			"i.e. keepalives and the periodic full reconcile, whose mean duration netd's metrics give), and a netd killed with -9 and restarted: time from the kill until its status "+
 			"shows every peer, the kernel matching and (bgp) every session up; routes of netd deleted meanwhile on that node and, to its subnet, on the others\n\n")
-		b.WriteString("| mode | nodes | RSS mean | RSS max (target < 50 MiB) | CPU mean | CPU max | all netds | etcd | restart converged | routes lost |\n|---|---|---|---|---|---|---|---|---|---|\n")
+		b.WriteString("| mode | nodes | RSS mean | RSS max (target < 50 MiB) | CPU mean | CPU max | all netds | etcd | reconcile pass | restart converged | routes lost |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 		for _, r := range cp.Resources {
 			restart, lost := "", ""
 			for _, s := range cp.Resync {
@@ -806,8 +846,9 @@ func (cp *ControlPlane) Markdown() string {
 					lost = fmt.Sprintf("%d (peers %d)", s.RoutesLost, s.PeerRoutesLost)
 				}
 			}
-			fmt.Fprintf(&b, "| %s | %d | %.1f MiB | %.1f MiB: %s | %.2f%% | %.2f%% | %.1f%% | %.1f%% | %s | %s |\n",
-				r.Mode, r.Nodes, r.RSSMeanMiB, r.RSSMaxMiB, verdict(r.RSSMaxMiB < targetRSSMiB), r.CPUMeanPct, r.CPUMaxPct, r.CPUAllPct, r.EtcdCPUPct, restart, lost)
+			fmt.Fprintf(&b, "| %s | %d | %.1f MiB | %.1f MiB: %s | %.2f%% | %.2f%% | %.1f%% | %.1f%% | %s | %s | %s |\n",
+				r.Mode, r.Nodes, r.RSSMeanMiB, r.RSSMaxMiB, verdict(r.RSSMaxMiB < targetRSSMiB), r.CPUMeanPct, r.CPUMaxPct, r.CPUAllPct, r.EtcdCPUPct,
+				ms(r.ReconcilePass), restart, lost)
 		}
 	}
 	return b.String()
