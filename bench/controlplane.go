@@ -22,8 +22,10 @@ import (
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/registry"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -229,7 +231,7 @@ func measureCluster(ctx context.Context, cfg ControlPlaneConfig, p plan, out *Co
 		return err
 	}
 	defer cli.Close()
-	if c.leases, err = watchLeases(ctx, cli, "/berth/v1/networks/berth/leases/"); err != nil {
+	if c.leases, err = watchLeases(ctx, cli, registry.DefaultPrefix+"/networks/"+conf.DefaultNetworkName+"/leases/"); err != nil {
 		return err
 	}
 	defer c.leases.stop()
