@@ -20,7 +20,9 @@ type Report struct {
 	Quick      bool       `json:"quick"`
 	CNILatency []Latency  `json:"cniLatency"`
 	Datapath   []Datapath `json:"datapath"`
-	Targets    []Target   `json:"targets"` // filled by Finish
+	// ControlPlane is convergence, memory and CPU of netd as the cluster grows.
+	ControlPlane *ControlPlane `json:"controlPlane,omitempty"`
+	Targets      []Target      `json:"targets"` // filled by Finish
 }
 
 // Finish computes what is derived from the measurements.
@@ -80,6 +82,9 @@ func (r *Report) Markdown() string {
 				d.Name, d.Gbps1, d.Gbps4, ratioT, float64(d.RTTP50)/1e3, float64(d.RTTP99)/1e3, ratioL, d.Baseline)
 		}
 	}
+	if r.ControlPlane != nil {
+		b.WriteString("\n" + r.ControlPlane.Markdown())
+	}
 	return b.String()
 }
 
@@ -99,6 +104,9 @@ func (r *Report) UpdateREADME(path string) error {
 	if len(r.Datapath) > 0 {
 		body += "![Datapath throughput](bench/results/datapath.png)\n"
 	}
+	if r.ControlPlane != nil {
+		body += "![Control-plane convergence](bench/results/controlplane.png)\n"
+	}
 	s = s[:i+len(begin)] + body + s[j:]
 	return os.WriteFile(path, []byte(s), 0o644)
 }
@@ -108,7 +116,13 @@ func (r *Report) Plot(dir string) error {
 	if err := r.PlotCNI(filepath.Join(dir, "cni-latency.png")); err != nil {
 		return err
 	}
-	return r.PlotDatapath(filepath.Join(dir, "datapath.png"))
+	if err := r.PlotDatapath(filepath.Join(dir, "datapath.png")); err != nil {
+		return err
+	}
+	if r.ControlPlane == nil {
+		return nil
+	}
+	return r.ControlPlane.Plot(filepath.Join(dir, "controlplane.png"))
 }
 
 // PlotCNI draws p50/p99 bars per operation and plugin.

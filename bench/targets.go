@@ -54,6 +54,34 @@ func (r *Report) targets() []Target {
 		ts = append(ts, Target{What: d.Name + " round trip p50", Goal: fmt.Sprintf("within %.0f%% of %s", 100*g.rtt, base.Name),
 			Measured: fmt.Sprintf("%+.0f%% (%.0f vs %.0f µs)", 100*l, float64(d.RTTP50)/1e3, float64(base.RTTP50)/1e3), Met: l <= g.rtt})
 	}
+	return append(ts, r.ControlPlane.targets()...)
+}
+
+// targets of the control plane: the slowest route at targetNodes and
+// netd's memory there.
+func (cp *ControlPlane) targets() []Target {
+	if cp == nil {
+		return nil
+	}
+	var ts []Target
+	for _, c := range cp.Convergence {
+		if c.Nodes != targetNodes {
+			continue
+		}
+		what := fmt.Sprintf("%s convergence at %d nodes, max", c.Mode, c.Nodes)
+		if c.Mode == "bgp" {
+			what += " (" + c.Topology + ")"
+		}
+		ts = append(ts, Target{What: what, Goal: "< " + target(c.Mode).String(),
+			Measured: ms(c.Max), Met: c.Max < target(c.Mode)})
+	}
+	for _, res := range cp.Resources {
+		if res.Nodes != targetNodes {
+			continue
+		}
+		ts = append(ts, Target{What: fmt.Sprintf("%s netd resident memory at %d nodes, max", res.Mode, res.Nodes),
+			Goal: fmt.Sprintf("< %d MiB", targetRSSMiB), Measured: fmt.Sprintf("%.1f MiB", res.RSSMaxMiB), Met: res.RSSMaxMiB < targetRSSMiB})
+	}
 	return ts
 }
 

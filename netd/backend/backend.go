@@ -163,9 +163,14 @@ func Underlay(node Node, ip netip.Addr) (direct bool, via string, err error) {
 		return false, "", fmt.Errorf("no route to %s", ip)
 	}
 	r := routes[0]
-	dev := fmt.Sprintf("link %d", r.LinkIndex)
-	if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-		dev = l.Attrs().Name
+	// The name is only for messages. Looking it up costs a netlink round
+	// trip, once per peer and pass: skip it for the node's own link.
+	dev := node.Link.Attrs().Name
+	if r.LinkIndex != node.Link.Attrs().Index {
+		dev = fmt.Sprintf("link %d", r.LinkIndex)
+		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+			dev = l.Attrs().Name
+		}
 	}
 	if r.Gw != nil {
 		return false, fmt.Sprintf("via %s dev %s", r.Gw, dev), nil

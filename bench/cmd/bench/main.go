@@ -20,7 +20,7 @@ import (
 )
 
 // parts are the measurements, in the order they run.
-var parts = []string{"cni", "datapath"}
+var parts = []string{"cni", "datapath", "controlplane"}
 
 type options struct {
 	quick          bool
@@ -102,6 +102,13 @@ func run(o options) error {
 	if o.want("datapath") {
 		if err := localDatapath(ctx, r, dpCfg, []string{abs, o.refDir}); err != nil {
 			return err
+		}
+	}
+
+	if o.want("controlplane") {
+		r.ControlPlane, err = bench.MeasureControlPlane(ctx, bench.ControlPlaneConfig{Quick: o.quick, BinDir: abs, Progress: progress})
+		if err != nil {
+			return fmt.Errorf("control plane: %w", err)
 		}
 	}
 
