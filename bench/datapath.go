@@ -86,32 +86,52 @@ func iperf(ctx context.Context, e Endpoints, streams, seconds int) (float64, err
 		return 0, fmt.Errorf("starting iperf3 server: %w", err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
-	var out []byte
+	var res iperfResult
 	for try := 0; try < 50; try++ { // until the server listens
-		err = e.Client.Do(func(ns.NetNS) error {
-			out, err = exec.CommandContext(ctx, "iperf3", "-c", e.ServerIP, "-p", "5201", "-J",
-				"-P", strconv.Itoa(streams), "-t", strconv.Itoa(seconds), "-O", "1").Output()
-			return err
-		})
+		res, err = iperfClient(ctx, e, streams, seconds)
 		if err == nil {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("iperf3 client: %w: %s", err, out)
-	}
-	var res struct {
-		End struct {
-			SumReceived struct {
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal(out, &res); err != nil {
-		return 0, fmt.Errorf("iperf3 output: %w", err)
+		return 0, err
 	}
 	return res.End.SumReceived.BitsPerSecond / 1e9, nil
+}
+
+// iperfResult is what iperf3 -J reports that the bench needs.
+type iperfResult struct {
+	Error string `json:"error"`
+	End   struct {
+		SumReceived struct {
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
+// iperfClient runs one iperf3 client in e.Client. iperf3 3.12 with -J
+// exits 0 when it cannot connect and reports it only in the JSON's
+// "error", so that is an error here too: the server may not listen yet.
+func iperfClient(ctx context.Context, e Endpoints, streams, seconds int) (iperfResult, error) {
+	var res iperfResult
+	var out []byte
+	err := e.Client.Do(func(ns.NetNS) error {
+		var err error
+		out, err = exec.CommandContext(ctx, "iperf3", "-c", e.ServerIP, "-p", "5201", "-J",
+			"-P", strconv.Itoa(streams), "-t", strconv.Itoa(seconds), "-O", "1").Output()
+		return err
+	})
+	if err != nil {
+		return res, fmt.Errorf("iperf3 client: %w: %s", err, out)
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		return res, fmt.Errorf("iperf3 output: %w", err)
+	}
+	if res.Error != "" {
+		return res, fmt.Errorf("iperf3 client: %s", res.Error)
+	}
+	return res, nil
 }
 
 // roundTrips times n one-byte request/response exchanges on one TCP
