@@ -80,6 +80,11 @@ func run(quick bool, binDir, refDir, out, readme string) error {
 	}
 	d.Baseline = "raw veth"
 	r.Datapath = append(r.Datapath, d)
+	cross, err := bench.CrossNode(ctx, bench.CrossNodeConfig{Datapath: dpCfg, Progress: progress, BinDir: abs, RefDir: refDir})
+	if err != nil {
+		return fmt.Errorf("cross-node datapath: %w", err)
+	}
+	r.Datapath = append(r.Datapath, cross...)
 
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return err
