@@ -39,36 +39,36 @@ func TestSmoke(t *testing.T) {
 	}
 
 	cfg := DatapathConfig{Seconds: 1, Repeats: 1, RoundTrips: 100, Progress: progress}
-	raw, done, err := RawVeth()
+	r.Datapath, err = OneNodeDatapath(ctx, cfg, []string{bin, "/usr/lib/cni"})
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("OneNodeDatapath: %v", err)
 	}
-	d, err := MeasureDatapath(ctx, RawVethName, raw, cfg)
-	done()
+	cross, err := CrossNode(ctx, CrossNodeConfig{Datapath: cfg, Progress: progress, BinDir: bin, RefDir: "/usr/lib/cni"})
 	if err != nil {
-		t.Fatalf("raw veth: %v", err)
+		t.Fatalf("CrossNode: %v", err)
 	}
-	r.Datapath = append(r.Datapath, d)
-	e, done, err := OneNodeContainers(ctx, OneNode[0], []string{bin, "/usr/lib/cni"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err = MeasureDatapath(ctx, OneNode[0].Name, e, cfg)
-	done()
-	if err != nil {
-		t.Fatalf("%s: %v", OneNode[0].Name, err)
-	}
-	d.Baseline = RawVethName
-	r.Datapath = append(r.Datapath, d)
+	r.Datapath = append(r.Datapath, cross...)
 	for _, d := range r.Datapath {
 		if d.Gbps1 <= 0 || d.Gbps4 <= 0 || d.RTTP50 <= 0 {
 			t.Errorf("%s: implausible datapath figures %+v", d.Name, d)
 		}
 	}
 
+	r.ControlPlane, err = MeasureControlPlane(ctx, ControlPlaneConfig{Sizes: []int{joinsPerSize + 2}, Quick: true, BinDir: bin, Progress: progress})
+	if err != nil {
+		t.Fatalf("MeasureControlPlane: %v", err)
+	}
+	for _, c := range r.ControlPlane.Convergence {
+		if c.Pairs == 0 || c.P50 <= 0 || c.Max < c.P50 {
+			t.Errorf("%s convergence: implausible %+v", c.Mode, c)
+		}
+	}
+
 	r.Finish()
-	if len(r.Targets) != 3 {
-		t.Errorf("want 3 targets (bridge ADD, DEL, throughput), got %+v", r.Targets)
+	// bridge ADD, DEL and throughput; throughput and round trip of vxlan,
+	// hostgw and bgp; none for the control plane below 50 nodes.
+	if len(r.Targets) != 9 {
+		t.Errorf("want 9 targets, got %d: %+v", len(r.Targets), r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
@@ -83,7 +83,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "**Targets**", "tail\n"} {
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}

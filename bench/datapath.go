@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -46,32 +47,53 @@ type DatapathConfig struct {
 	Progress   func(format string, args ...any)
 }
 
-// MeasureDatapath measures TCP throughput with iperf3 and the round trip
-// of a 1-byte request/response loop between e's namespaces.
-func MeasureDatapath(ctx context.Context, name string, e Endpoints, cfg DatapathConfig) (Datapath, error) {
-	d := Datapath{Name: name}
-	var err error
-	for _, streams := range []int{1, 4} {
-		var runs []float64
-		for i := 0; i < max(cfg.Repeats, 1); i++ {
-			cfg.Progress("datapath %s: iperf3, %d stream(s), %ds, run %d", name, streams, cfg.Seconds, i+1)
-			g, err := iperf(ctx, e, streams, cfg.Seconds)
-			if err != nil {
-				return d, fmt.Errorf("%s iperf3 -P %d: %w", name, streams, err)
+// path is one thing to measure: its endpoints and its figures' names.
+type path struct {
+	name, baseline string
+	e              Endpoints
+}
+
+// measureInterleaved measures TCP throughput with iperf3 (1 and 4
+// streams, the median of the repeats) and the round trip of a 1-byte
+// request/response loop on every path. Each repeat runs iperf3 on every
+// path in turn, so that the drifting load of a shared machine weighs on
+// every path alike; the round trips are timed one path after the other at
+// the end.
+func measureInterleaved(ctx context.Context, paths []path, cfg DatapathConfig) ([]Datapath, error) {
+	runs := make([]map[int][]float64, len(paths))
+	for i := range runs {
+		runs[i] = map[int][]float64{}
+	}
+	for r := 0; r < max(cfg.Repeats, 1); r++ {
+		for _, streams := range []int{1, 4} {
+			for i, p := range paths {
+				cfg.Progress("datapath %s: iperf3, %d stream(s), %ds, run %d", p.name, streams, cfg.Seconds, r+1)
+				g, err := iperf(ctx, p.e, streams, cfg.Seconds)
+				if err != nil {
+					return nil, fmt.Errorf("%s iperf3 -P %d: %w", p.name, streams, err)
+				}
+				runs[i][streams] = append(runs[i][streams], g)
 			}
-			runs = append(runs, g)
-		}
-		sort.Float64s(runs)
-		g := runs[len(runs)/2] // the median: one noisy neighbour does not decide
-		if streams == 1 {
-			d.Gbps1 = g
-		} else {
-			d.Gbps4 = g
 		}
 	}
-	cfg.Progress("datapath %s: %d TCP round trips", name, cfg.RoundTrips)
-	d.RTTP50, d.RTTP99, err = roundTrips(e, cfg.RoundTrips)
-	return d, err
+	var res []Datapath
+	for i, p := range paths {
+		d := Datapath{Name: p.name, Baseline: p.baseline, Gbps1: median(runs[i][1]), Gbps4: median(runs[i][4])}
+		cfg.Progress("datapath %s: %d TCP round trips", p.name, cfg.RoundTrips)
+		var err error
+		if d.RTTP50, d.RTTP99, err = roundTrips(p.e, cfg.RoundTrips); err != nil {
+			return nil, fmt.Errorf("%s round trips: %w", p.name, err)
+		}
+		res = append(res, d)
+	}
+	return res, nil
+}
+
+// median of runs: one noisy neighbour does not decide.
+func median(runs []float64) float64 {
+	s := slices.Clone(runs)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // iperf runs the iperf3 server in e.Server (stopped by its PID) and the
@@ -252,6 +274,26 @@ var OneNode = []OneNodeNetwork{
 		 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.203.0.0/24"}]]}},
 		{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(work, "ipam"))
 	}},
+}
+
+// OneNodeDatapath measures, interleaved, the one-node paths: raw veth (the
+// limit) and two containers on each OneNode network.
+func OneNodeDatapath(ctx context.Context, cfg DatapathConfig, binDirs []string) ([]Datapath, error) {
+	raw, done, err := RawVeth()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	paths := []path{{name: RawVethName, e: raw}}
+	for _, n := range OneNode {
+		e, done, err := OneNodeContainers(ctx, n, binDirs)
+		if err != nil {
+			return nil, err
+		}
+		defer done()
+		paths = append(paths, path{name: n.Name, baseline: RawVethName, e: e})
+	}
+	return measureInterleaved(ctx, paths, cfg)
 }
 
 // OneNodeContainers are two containers on one node's network n.

@@ -100,7 +100,7 @@ func run(o options) error {
 		dpCfg = bench.DatapathConfig{Seconds: 2, Repeats: 1, RoundTrips: 1000, Progress: progress}
 	}
 	if o.want("datapath") {
-		if err := localDatapath(ctx, r, dpCfg, []string{abs, o.refDir}); err != nil {
+		if err := datapath(ctx, r, dpCfg, o, abs); err != nil {
 			return err
 		}
 	}
@@ -135,31 +135,18 @@ func run(o options) error {
 	return nil
 }
 
-// localDatapath measures the one-node figures: raw veth, the limit, and
-// two containers on a berth-bridge network and on the reference bridge.
-func localDatapath(ctx context.Context, r *bench.Report, cfg bench.DatapathConfig, binDirs []string) error {
-	raw, rawDone, err := bench.RawVeth()
+// datapath measures one node (raw veth, berth-bridge, the reference
+// bridge) and then two nodes (raw underlay, a plain VXLAN device, netd's
+// modes), each set interleaved.
+func datapath(ctx context.Context, r *bench.Report, cfg bench.DatapathConfig, o options, binDir string) error {
+	local, err := bench.OneNodeDatapath(ctx, cfg, []string{binDir, o.refDir})
 	if err != nil {
-		return err
+		return fmt.Errorf("one-node datapath: %w", err)
 	}
-	d, err := bench.MeasureDatapath(ctx, bench.RawVethName, raw, cfg)
-	rawDone()
+	cross, err := bench.CrossNode(ctx, bench.CrossNodeConfig{Datapath: cfg, Progress: cfg.Progress, BinDir: binDir, RefDir: o.refDir})
 	if err != nil {
-		return err
+		return fmt.Errorf("cross-node datapath: %w", err)
 	}
-	r.Datapath = append(r.Datapath, d)
-	for _, n := range bench.OneNode {
-		e, done, err := bench.OneNodeContainers(ctx, n, binDirs)
-		if err != nil {
-			return err
-		}
-		d, err = bench.MeasureDatapath(ctx, n.Name, e, cfg)
-		done()
-		if err != nil {
-			return err
-		}
-		d.Baseline = bench.RawVethName
-		r.Datapath = append(r.Datapath, d)
-	}
+	r.Datapath = append(local, cross...)
 	return nil
 }
