@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -20,6 +21,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Datapath is the container-to-container figures of one mode.
@@ -150,6 +152,13 @@ func iperf(ctx context.Context, e Endpoints, streams, seconds int) (float64, err
 
 // roundTrips times n one-byte request/response exchanges on one TCP
 // connection (what an RPC sees), after a short warm-up.
+//
+// Client and server are threads pinned to the same CPU and block in the
+// kernel (no Go netpoller): a packet crosses every veth, bridge and route
+// of the path in softirq on that CPU and wakes the peer there. Unpinned,
+// on a virtual machine, whether a wakeup needs an IPI to another (halted)
+// vCPU decides the figure: p50 jumped between ~30 and ~100 µs from one run
+// to the next on the same path, which would drown the path's own cost.
 func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	var l net.Listener
 	if err := e.Server.Do(func(ns.NetNS) error {
@@ -159,14 +168,21 @@ func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 		return 0, 0, err
 	}
 	defer l.Close()
+	served := make(chan error, 1)
 	go func() {
 		c, err := l.Accept()
 		if err != nil {
+			served <- err
 			return
 		}
 		defer c.Close()
-		c.(*net.TCPConn).SetNoDelay(true)
-		io.Copy(c, c)
+		served <- pinnedLoop(c, func(fd int, buf []byte) error {
+			if _, err := readFull(fd, buf); err != nil {
+				return err
+			}
+			_, err := unix.Write(fd, buf)
+			return err
+		})
 	}()
 	var c net.Conn
 	if err := e.Client.Do(func(ns.NetNS) error {
@@ -175,24 +191,91 @@ func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	}); err != nil {
 		return 0, 0, err
 	}
-	defer c.Close()
-	c.(*net.TCPConn).SetNoDelay(true)
-	buf := []byte{1}
 	samples := make([]time.Duration, 0, n)
-	for i := 0; i < n+n/10; i++ {
-		start := time.Now()
-		if _, err := c.Write(buf); err != nil {
-			return 0, 0, err
-		}
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return 0, 0, err
-		}
-		if i >= n/10 {
-			samples = append(samples, time.Since(start))
-		}
+	i := 0
+	done := make(chan error)
+	go func() {
+		done <- pinnedLoop(c, func(fd int, buf []byte) error {
+			for ; i < n+n/10; i++ {
+				start := time.Now()
+				if _, err := unix.Write(fd, buf); err != nil {
+					return err
+				}
+				if _, err := readFull(fd, buf); err != nil {
+					return err
+				}
+				if i >= n/10 {
+					samples = append(samples, time.Since(start))
+				}
+			}
+			return io.EOF // done: the server sees the connection close
+		})
+	}()
+	err = <-done
+	c.Close()
+	if err != io.EOF {
+		return 0, 0, fmt.Errorf("request/response client: %w", err)
+	}
+	if err := <-served; err != nil && err != io.EOF {
+		return 0, 0, fmt.Errorf("request/response server: %w", err)
 	}
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
 	return percentile(samples, 50), percentile(samples, 99), nil
+}
+
+// rrCPU is the CPU both ends of the request/response loop run on.
+const rrCPU = 0
+
+// pinnedLoop runs step on c's socket, in blocking mode, from a thread
+// pinned to rrCPU, until step fails; it returns that error.
+func pinnedLoop(c net.Conn, step func(fd int, buf []byte) error) error {
+	c.(*net.TCPConn).SetNoDelay(true)
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	// Callers run this in a goroutine of its own: the locked thread ends
+	// with it, so the pinning never leaks to other goroutines.
+	runtime.LockOSThread()
+	var cpus unix.CPUSet
+	cpus.Set(rrCPU)
+	if err := unix.SchedSetaffinity(0, &cpus); err != nil {
+		return fmt.Errorf("pinning to CPU %d: %w", rrCPU, err)
+	}
+	var loopErr error
+	err = raw.Control(func(fd uintptr) {
+		if loopErr = unix.SetNonblock(int(fd), false); loopErr != nil {
+			return
+		}
+		buf := []byte{1}
+		for loopErr == nil {
+			loopErr = step(int(fd), buf)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return loopErr
+}
+
+// readFull reads len(buf) bytes from a blocking fd; io.EOF when the peer
+// closed.
+func readFull(fd int, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if m == 0 {
+			return n, io.EOF
+		}
+		n += m
+	}
+	return n, nil
 }
 
 // RawVethName names the one-node limit in the report.
