@@ -95,7 +95,7 @@ func run(o options) error {
 			return fmt.Errorf("CNI latency: %w", err)
 		}
 	}
-	dpCfg := bench.DatapathConfig{Seconds: 4, Repeats: 3, RoundTrips: 5000, Progress: progress}
+	dpCfg := bench.DatapathConfig{Seconds: 3, Repeats: 5, RoundTrips: 5000, Progress: progress}
 	if o.quick {
 		dpCfg = bench.DatapathConfig{Seconds: 2, Repeats: 1, RoundTrips: 1000, Progress: progress}
 	}
