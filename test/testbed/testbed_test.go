@@ -235,7 +235,14 @@ func TestSweepContainers(t *testing.T) {
 	if alive(dead.Process.Pid) {
 		t.Skip("pid reused already")
 	}
-	dir, err := os.MkdirTemp("", id+"-")
+	// The run's directory is made under a name no sweep matches and
+	// renamed into the dead run's name just before Sweep: the sweep of a
+	// test bed starting in another test package meanwhile would otherwise
+	// remove it before unshare has pinned the namespace in it. (cgroup v2
+	// refuses renames, but a sweep that takes the cgroup early only does
+	// this test's job: the process is gone either way.)
+	staging := "staging-" + id
+	dir, err := os.MkdirTemp("", staging+"-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +273,7 @@ func TestSweepContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 	inNetNS := startSleep(t, "unshare", "--net="+pin)
-	defer unix.Unmount(pin, unix.MNT_DETACH)
+	defer func() { unix.Unmount(pin, unix.MNT_DETACH) }() // pin moves with the rename below
 	if err := waitFor(5*time.Second, func() error {
 		if !mountedAt(pin) {
 			return errors.New("namespace not pinned yet")
@@ -276,6 +283,13 @@ func TestSweepContainers(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	swept := filepath.Join(filepath.Dir(dir), strings.Replace(filepath.Base(dir), staging, id, 1))
+	if err := os.Rename(dir, swept); err != nil {
+		t.Fatal(err)
+	}
+	pin = filepath.Join(swept, strings.TrimPrefix(pin, dir))
+	dir = swept
+	defer os.RemoveAll(dir)
 	if err := Sweep(); err != nil {
 		t.Fatal(err)
 	}
