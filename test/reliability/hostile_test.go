@@ -71,20 +71,33 @@ func TestHostileLeases(t *testing.T) {
 		return "/berth/v1/networks/pods/leases/" + strings.Replace(subnet, "/", "-", 1)
 	}
 	overlap := netip.PrefixFrom(subnets[2].Addr(), 25).String()
+	// Leases are random: the hostile keys take /24s no node holds, or
+	// one would overwrite a real lease and test something else.
+	var free []string
+	for third := 200; len(free) < 5; third++ {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(third), 0}), 24)
+		held := false
+		for _, s := range subnets {
+			held = held || s == p
+		}
+		if !held {
+			free = append(free, p.String())
+		}
+	}
 	hostile := []struct {
 		what, key, value, why string
 	}{
-		{"malformed JSON", key("10.244.200.0/24"), `{"nodeName": "evil", "nodeIP": `, "not a lease record"},
-		{"not a record", key("10.244.203.0/24"), `["10.244.203.0/24"]`, "not a lease record"},
+		{"malformed JSON", key(free[0]), `{"nodeName": "evil", "nodeIP": `, "not a lease record"},
+		{"not a record", key(free[1]), `["`+free[1]+`"]`, "not a lease record"},
 		{"subnet outside the cluster CIDR", key("10.99.0.0/24"), evil("evil-outside"), "outside the network's CIDR"},
 		{"default route", key("0.0.0.0/0"), evil("evil-default"), "outside the network's CIDR"},
 		{"the whole cluster CIDR", key("10.244.0.0/16"), evil("evil-cidr"), "not a /24 node subnet"},
 		{"overlapping node2's subnet", key(overlap), evil("evil-overlap"), "not a /24 node subnet"},
-		{"node2's VTEP MAC at another IP", key("10.244.202.0/24"),
+		{"node2's VTEP MAC at another IP", key(free[2]),
 			fmt.Sprintf(`{"nodeName":"evil-mac","nodeIP":"192.168.50.66","mode":"vxlan","vtepMAC":%q,"vni":1}`, mac2), "VTEP MAC"},
-		{"node IP inside the cluster CIDR", key("10.244.204.0/24"),
+		{"node IP inside the cluster CIDR", key(free[3]),
 			fmt.Sprintf(`{"nodeName":"evil-loop","nodeIP":%q,"mode":"vxlan","vtepMAC":"02:66:66:66:66:67","vni":1}`, subnets[3].Addr().Next()), "would loop"},
-		{"huge value (1 MiB)", key("10.244.201.0/24"), `{"nodeName":"` + strings.Repeat("e", 1<<20) + `"}`, "more than the 4096"},
+		{"huge value (1 MiB)", key(free[4]), `{"nodeName":"` + strings.Repeat("e", 1<<20) + `"}`, "more than the 4096"},
 		{"key that names no subnet", "/berth/v1/networks/pods/leases/" + strings.Repeat("junk", 64), "{}", "does not name a subnet"},
 	}
 	ctx := context.Background()
