@@ -88,7 +88,7 @@ func run(o options) error {
 	if o.want("cni") {
 		runs := 150
 		if o.quick {
-			runs = 30
+			runs = 20
 		}
 		r.CNILatency, err = bench.MeasureCNI(ctx, bench.CNIConfig{Runs: runs, Parallel: 8, BinDirs: []string{abs, o.refDir}, Progress: progress})
 		if err != nil {
@@ -97,7 +97,7 @@ func run(o options) error {
 	}
 	dpCfg := bench.DatapathConfig{Seconds: 3, Repeats: 5, RoundTrips: 5000, Progress: progress}
 	if o.quick {
-		dpCfg = bench.DatapathConfig{Seconds: 2, Repeats: 1, RoundTrips: 1000, Progress: progress}
+		dpCfg = bench.DatapathConfig{Seconds: 1, Repeats: 1, RoundTrips: 1000, Progress: progress}
 	}
 	if o.want("datapath") {
 		if err := datapath(ctx, r, dpCfg, o, abs); err != nil {
