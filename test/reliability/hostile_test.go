@@ -88,7 +88,7 @@ func TestHostileLeases(t *testing.T) {
 		what, key, value, why string
 	}{
 		{"malformed JSON", key(free[0]), `{"nodeName": "evil", "nodeIP": `, "not a lease record"},
-		{"not a record", key(free[1]), `["`+free[1]+`"]`, "not a lease record"},
+		{"not a record", key(free[1]), `["` + free[1] + `"]`, "not a lease record"},
 		{"subnet outside the cluster CIDR", key("10.99.0.0/24"), evil("evil-outside"), "outside the network's CIDR"},
 		{"default route", key("0.0.0.0/0"), evil("evil-default"), "outside the network's CIDR"},
 		{"the whole cluster CIDR", key("10.244.0.0/16"), evil("evil-cidr"), "not a /24 node subnet"},
