@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"image/color"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,7 +146,10 @@ func (r *Report) PlotCNI(path string) error {
 		}
 		byName[l.Name][l.Op] = l
 	}
-	w := vg.Points(18)
+	// One colour per plugin, p99 the same colour paler, bars centred on
+	// their operation.
+	w := vg.Points(14)
+	total := 2 * len(names)
 	for i, name := range names {
 		for k, pct := range []string{"p50", "p99"} {
 			vals := make(plotter.Values, len(ops))
@@ -161,9 +165,13 @@ func (r *Report) PlotCNI(path string) error {
 			if err != nil {
 				return err
 			}
-			bars.Color = plotutil.Color(i*2 + k)
+			c := color.NRGBAModel.Convert(plotutil.Color(i)).(color.NRGBA)
+			if pct == "p99" {
+				c.A = 110
+			}
+			bars.Color = c
 			bars.LineStyle.Width = 0
-			bars.Offset = w * vg.Length(float64(i*2+k)-1.5)
+			bars.Offset = w * vg.Length(float64(i*2+k)-float64(total-1)/2)
 			p.Add(bars)
 			p.Legend.Add(name+" "+pct, bars)
 		}
@@ -173,8 +181,8 @@ func (r *Report) PlotCNI(path string) error {
 	p.Legend.XOffs = vg.Points(40)
 	p.NominalX(ops...)
 	p.Y.Min = 0
-	p.Y.Max *= 1.35 // room for the legend above the bars
-	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+	p.Y.Max *= 1.6 // room for the legend above the bars
+	return p.Save(12*vg.Inch, 6*vg.Inch, path)
 }
 
 // PlotDatapath draws the throughput of each mode next to its baseline.
@@ -185,7 +193,8 @@ func (r *Report) PlotDatapath(path string) error {
 	var names []string
 	one, four := plotter.Values{}, plotter.Values{}
 	for _, d := range r.Datapath {
-		names = append(names, d.Name)
+		// Two lines per label, or the nine of a full run overlap.
+		names = append(names, strings.Replace(d.Name, " (", "\n(", 1))
 		one = append(one, d.Gbps1)
 		four = append(four, d.Gbps4)
 	}
@@ -205,5 +214,5 @@ func (r *Report) PlotDatapath(path string) error {
 	p.NominalX(names...)
 	p.Y.Min = 0
 	p.Y.Max *= 1.25
-	return p.Save(9*vg.Inch, 5*vg.Inch, path)
+	return p.Save(12*vg.Inch, 5*vg.Inch, path)
 }
