@@ -52,15 +52,9 @@ func (r *Report) Markdown() string {
 	if len(r.CNILatency) > 0 {
 		b.WriteString("**CNI latency** through libcni: each berth plugin with ipMasq and one port mapping vs the reference bridge + host-local + portmap chain doing the same job. The leased plugins (vxlan, hostgw, bgp) read a lease file as netd writes it.\n\n")
 		b.WriteString("| plugin | operation | runs | p50 | p99 | p50 vs reference |\n|---|---|---|---|---|---|\n")
-		ref := map[string]Latency{}
-		for _, l := range r.CNILatency {
-			if strings.HasPrefix(l.Name, "reference") {
-				ref[l.Op] = l
-			}
-		}
 		for _, l := range r.CNILatency {
 			ratio := ""
-			if base, ok := ref[l.Op]; ok && base.P50 > 0 && !strings.HasPrefix(l.Name, "reference") {
+			if base := r.latency("reference", l.Op); base != nil && base.P50 > 0 && !strings.HasPrefix(l.Name, "reference") {
 				ratio = fmt.Sprintf("%.2f× (%.1f× faster)", float64(l.P50)/float64(base.P50), float64(base.P50)/float64(l.P50))
 			}
 			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s | %s |\n", l.Name, l.Op, l.Runs, ms(l.P50), ms(l.P99), ratio)
@@ -69,13 +63,9 @@ func (r *Report) Markdown() string {
 	if len(r.Datapath) > 0 {
 		b.WriteString("\n**Datapath**, container to container: iperf3 TCP throughput (median of the runs) and the round trip of a 1-byte TCP request/response loop. Each row is compared with its baseline, the limit on this machine measured in the same run: for one node, two namespaces joined by one veth; across nodes, the two node namespaces talking over the underlay, no CNI.\n\n")
 		b.WriteString("| mode | 1 stream | 4 streams | 1 stream vs baseline | RTT p50 | RTT p99 | RTT p50 vs baseline | baseline |\n|---|---|---|---|---|---|---|---|\n")
-		raw := map[string]Datapath{}
-		for _, d := range r.Datapath {
-			raw[d.Name] = d
-		}
 		for _, d := range r.Datapath {
 			ratioT, ratioL := "", ""
-			if base, ok := raw[d.Baseline]; ok && d.Baseline != "" {
+			if base := r.datapathNamed(d.Baseline); base != nil && d.Baseline != "" {
 				ratioT = fmt.Sprintf("%.0f%%", 100*d.Gbps1/base.Gbps1)
 				ratioL = fmt.Sprintf("%.2f×", float64(d.RTTP50)/float64(base.RTTP50))
 			}
