@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
-	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
@@ -74,7 +73,7 @@ func CrossNode(ctx context.Context, cfg CrossNodeConfig) (res []Datapath, err er
 	if err != nil {
 		return nil, err
 	}
-	defer closeTestbed(tb, &err)
+	defer func() { err = errors.Join(err, tb.Close()) }()
 	paths, hosts, err := underlayPaths(tb)
 	if err != nil {
 		return nil, err
@@ -191,7 +190,7 @@ var modeNets = map[string]struct {
 // waits until they are healthy, and attaches a container to each node
 // through the conflist netd wrote. cleanup detaches the containers.
 func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (paths []path, cleanup func(), err error) {
-	var ctrs []*crossContainer
+	var ctrs []*container
 	cleanup = func() {
 		for _, c := range ctrs {
 			c.remove(ctx)
@@ -220,7 +219,7 @@ func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (p
 		daemons = append(daemons, nds)
 	}
 	for i, mode := range cfg.Modes {
-		var pair []*crossContainer
+		var pair []*container
 		for _, nd := range daemons[i] {
 			if err := waitHealthy(ctx, nd, len(tb.Nodes)-1); err != nil {
 				return nil, cleanup, err
@@ -276,84 +275,35 @@ func plainVXLAN(hosts []*testbed.NetNS, ips []netip.Addr) (Endpoints, error) {
 }
 
 // waitHealthy waits until netd connects its peers in the kernel and
-// reports itself healthy (in bgp mode: sessions established too).
+// reports itself healthy (netd.Status.Healthy).
 func waitHealthy(ctx context.Context, nd *testbed.Netd, peers int) error {
 	if err := nd.WaitConverged(ctx, peers); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
+	return nd.Poll(ctx, time.Minute, "health", func() error {
 		var st netd.Status
-		err := nd.Status(ctx, &st)
-		if err == nil && st.Healthy() {
-			return nil
+		if err := nd.Status(ctx, &st); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("netd on %s not healthy after a minute: %+v (%v)", nd.Node.Host, st, err)
+		if !st.Healthy() {
+			return fmt.Errorf("not healthy: %+v", st)
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+		return nil
+	})
 }
 
-// crossContainer is a network namespace attached to netd's network on
-// a node through libcni, as a runtime would.
-type crossContainer struct {
-	node  *testbed.Node
-	netns ns.NetNS
-	ip    string
-	cni   *libcni.CNIConfig
-	list  *libcni.NetworkConfigList
-	rt    *libcni.RuntimeConf
-}
-
-// attach creates a container namespace and runs the plugins of the
-// conflist netd wrote on its node (CNI ADD), inside the node's namespace.
-func attach(ctx context.Context, nd *testbed.Netd, binDirs []string) (*crossContainer, error) {
+// attach runs the plugins of the conflist netd wrote on its node (CNI
+// ADD) for a new container namespace, inside the node's namespace.
+func attach(ctx context.Context, nd *testbed.Netd, binDirs []string) (*container, error) {
 	list, err := libcni.ConfListFromFile(nd.ConflistPath())
 	if err != nil {
 		return nil, fmt.Errorf("reading the conflist netd wrote: %w", err)
 	}
-	netns, err := testutils.NewNS()
+	net := cniNetwork{inNode: nd.Node.Do, list: list,
+		cni: libcni.NewCNIConfigWithCacheDir(binDirs, filepath.Join(nd.Node.Dir, "cni-cache"), nil)}
+	c, err := net.attach(ctx, "bench-"+nd.Node.Host)
 	if err != nil {
-		return nil, err
+		return c, fmt.Errorf("on %s: %w", nd.Node.Host, err)
 	}
-	c := &crossContainer{
-		node: nd.Node, netns: netns, list: list,
-		cni: libcni.NewCNIConfigWithCacheDir(binDirs, filepath.Join(nd.Node.Dir, "cni-cache"), nil),
-		rt:  &libcni.RuntimeConf{ContainerID: "bench-" + nd.Node.Host, NetNS: netns.Path(), IfName: "eth0"},
-	}
-	var res *current.Result
-	err = nd.Node.Do(func() error {
-		r, err := c.cni.AddNetworkList(ctx, list, c.rt)
-		if err == nil {
-			res, err = current.NewResultFromResult(r)
-		}
-		return err
-	})
-	if err == nil && len(res.IPs) == 0 {
-		err = errors.New("the result has no address")
-	}
-	if err != nil {
-		return c, fmt.Errorf("CNI ADD on %s: %w", nd.Node.Host, err)
-	}
-	c.ip = res.IPs[0].Address.IP.String()
 	return c, nil
-}
-
-// remove detaches the container (CNI DEL) and removes its namespace.
-func (c *crossContainer) remove(ctx context.Context) {
-	c.node.Do(func() error { return c.cni.DelNetworkList(ctx, c.list, c.rt) })
-	closeNS(c.netns)
-}
-
-// closeTestbed removes tb and reports a failure to do so through *err
-// unless an earlier error is already there.
-func closeTestbed(tb *testbed.Testbed, err *error) {
-	if cerr := tb.Close(); cerr != nil && *err == nil {
-		*err = fmt.Errorf("removing the test bed: %w", cerr)
-	}
 }

@@ -45,7 +45,6 @@ type DatapathConfig struct {
 	Seconds    int // per iperf3 run
 	Repeats    int // iperf3 runs per figure; the median is kept
 	RoundTrips int // per latency run
-	BinDirs    []string
 	Progress   func(format string, args ...any)
 }
 
@@ -386,46 +385,78 @@ func OneNodeContainers(ctx context.Context, n OneNodeNetwork, binDirs []string) 
 		return Endpoints{}, nil, err
 	}
 	work, _ := os.MkdirTemp("", "berth-bench-dp-")
+	var conts []*container
+	cleanup := func() {
+		for _, c := range conts {
+			c.remove(ctx)
+		}
+		closeNS(node)
+		os.RemoveAll(work)
+	}
 	list, err := libcni.ConfListFromBytes([]byte(n.Conflist(work)))
 	if err != nil {
-		closeNS(node)
-		os.RemoveAll(work)
+		cleanup()
 		return Endpoints{}, nil, fmt.Errorf("%s conflist: %w", n.Name, err)
 	}
-	cni := libcni.NewCNIConfigWithCacheDir(binDirs, filepath.Join(work, "cache"), nil)
-	var conts []ns.NetNS
-	var confs []*libcni.RuntimeConf
-	cleanup := func() {
-		for i, c := range conts {
-			node.Do(func(ns.NetNS) error { return cni.DelNetworkList(ctx, list, confs[i]) })
-			closeNS(c)
-		}
-		closeNS(node)
-		os.RemoveAll(work)
-	}
-	var ips []string
+	net := cniNetwork{list: list, cni: libcni.NewCNIConfigWithCacheDir(binDirs, filepath.Join(work, "cache"), nil),
+		inNode: func(f func() error) error { return node.Do(func(ns.NetNS) error { return f() }) }}
 	for i := 0; i < 2; i++ {
-		c, err := testutils.NewNS()
+		c, err := net.attach(ctx, fmt.Sprintf("dp%d", i))
+		if c != nil {
+			conts = append(conts, c)
+		}
 		if err != nil {
 			cleanup()
-			return Endpoints{}, nil, err
+			return Endpoints{}, nil, fmt.Errorf("%s: %w", n.Name, err)
 		}
-		conts = append(conts, c)
-		rc := &libcni.RuntimeConf{ContainerID: fmt.Sprintf("dp%d", i), NetNS: c.Path(), IfName: "eth0"}
-		confs = append(confs, rc)
-		var res *current.Result
-		err = node.Do(func(ns.NetNS) error {
-			r, err := cni.AddNetworkList(ctx, list, rc)
-			if err == nil {
-				res, err = current.NewResultFromResult(r)
-			}
-			return err
-		})
-		if err != nil {
-			cleanup()
-			return Endpoints{}, nil, fmt.Errorf("%s ADD: %w", n.Name, err)
-		}
-		ips = append(ips, res.IPs[0].Address.IP.String())
 	}
-	return Endpoints{Client: conts[0], Server: conts[1], ServerIP: ips[1]}, cleanup, nil
+	return Endpoints{Client: conts[0].netns, Server: conts[1].netns, ServerIP: conts[1].ip}, cleanup, nil
+}
+
+// cniNetwork is a CNI network on a node, as a runtime sees it.
+type cniNetwork struct {
+	inNode func(func() error) error // runs f in the node's network namespace
+	cni    *libcni.CNIConfig
+	list   *libcni.NetworkConfigList
+}
+
+// container is a network namespace attached to a cniNetwork.
+type container struct {
+	netns ns.NetNS
+	ip    string // its first address
+	net   cniNetwork
+	rt    *libcni.RuntimeConf
+}
+
+// attach creates a container namespace and runs the network's plugins for
+// it (CNI ADD) in the node's namespace. A container it returns, also with
+// an error, needs remove.
+func (n cniNetwork) attach(ctx context.Context, id string) (*container, error) {
+	netns, err := testutils.NewNS()
+	if err != nil {
+		return nil, err
+	}
+	c := &container{netns: netns, net: n, rt: &libcni.RuntimeConf{ContainerID: id, NetNS: netns.Path(), IfName: "eth0"}}
+	var res *current.Result
+	err = n.inNode(func() error {
+		r, err := n.cni.AddNetworkList(ctx, n.list, c.rt)
+		if err == nil {
+			res, err = current.NewResultFromResult(r)
+		}
+		return err
+	})
+	if err == nil && len(res.IPs) == 0 {
+		err = errors.New("the result has no address")
+	}
+	if err != nil {
+		return c, fmt.Errorf("CNI ADD of %s: %w", id, err)
+	}
+	c.ip = res.IPs[0].Address.IP.String()
+	return c, nil
+}
+
+// remove detaches the container (CNI DEL) and removes its namespace.
+func (c *container) remove(ctx context.Context) {
+	c.net.inNode(func() error { return c.net.cni.DelNetworkList(ctx, c.net.list, c.rt) })
+	closeNS(c.netns)
 }

@@ -141,7 +141,7 @@ func (d *Netd) Stop() error { return d.proc.Stop(10 * time.Second) }
 // Lease waits up to 30s for a valid, unexpired lease file and returns it.
 func (d *Netd) Lease(ctx context.Context) (*lease.Node, error) {
 	var l *lease.Node
-	err := d.poll(ctx, 30*time.Second, "its lease file", func() error {
+	err := d.Poll(ctx, 30*time.Second, "its lease file", func() error {
 		var err error
 		l, err = lease.Read(d.LeasePath(), time.Now())
 		return err
@@ -172,7 +172,7 @@ func (d *Netd) Metrics(ctx context.Context) (string, error) {
 // WaitConverged waits up to 30s until netd knows peers other nodes and
 // the kernel matches their leases.
 func (d *Netd) WaitConverged(ctx context.Context, peers int) error {
-	return d.poll(ctx, 30*time.Second, fmt.Sprintf("convergence on %d peers", peers), func() error {
+	return d.Poll(ctx, 30*time.Second, fmt.Sprintf("convergence on %d peers", peers), func() error {
 		// The fields of netd.Status this needs.
 		var s struct {
 			Peers         []json.RawMessage `json:"peers"`
@@ -189,9 +189,9 @@ func (d *Netd) WaitConverged(ctx context.Context, peers int) error {
 	})
 }
 
-// poll calls cond every 100ms until it succeeds, netd exits, ctx ends or
-// timeout passes.
-func (d *Netd) poll(ctx context.Context, timeout time.Duration, what string, cond func() error) error {
+// Poll calls cond every 100ms until it succeeds, netd exits, ctx ends or
+// timeout passes; the error says what was awaited (what) and cond's last error.
+func (d *Netd) Poll(ctx context.Context, timeout time.Duration, what string, cond func() error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	for {
