@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"image/color"
@@ -231,7 +230,7 @@ func measureCluster(ctx context.Context, cfg ControlPlaneConfig, p plan, out *Co
 		return err
 	}
 	defer cli.Close()
-	if c.leases, err = watchLeases(ctx, cli, registry.DefaultPrefix+"/networks/"+conf.DefaultNetworkName+"/leases/"); err != nil {
+	if c.leases, err = watchLeases(ctx, cli, registry.New(cli, registry.DefaultPrefix, conf.DefaultNetworkName)); err != nil {
 		return err
 	}
 	defer c.leases.stop()
@@ -640,7 +639,8 @@ type leaseSeen struct {
 	at     time.Time
 }
 
-func watchLeases(ctx context.Context, cli *clientv3.Client, prefix string) (*leaseWatch, error) {
+func watchLeases(ctx context.Context, cli *clientv3.Client, reg *registry.Registry) (*leaseWatch, error) {
+	prefix := reg.LeasesPrefix()
 	// Watch from the revision after a read, so no lease created between
 	// the read and the watch's start is missed.
 	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
@@ -658,16 +658,13 @@ func watchLeases(ctx context.Context, cli *clientv3.Client, prefix string) (*lea
 				if ev.Type != clientv3.EventTypePut || !ev.IsCreate() {
 					continue // a restarted node moves its key in place: not a join
 				}
-				subnet, err := netip.ParsePrefix(strings.Replace(strings.TrimPrefix(string(ev.Kv.Key), prefix), "-", "/", 1))
-				var rec struct {
-					NodeName string `json:"nodeName"`
-				}
-				if err != nil || json.Unmarshal(ev.Kv.Value, &rec) != nil {
+				l, bad := reg.ParseLease(ev.Kv)
+				if bad != nil {
 					continue
 				}
 				w.mu.Lock()
-				if _, ok := w.byNode[rec.NodeName]; !ok {
-					w.byNode[rec.NodeName] = leaseSeen{subnet: subnet, at: at}
+				if _, ok := w.byNode[l.NodeName]; !ok {
+					w.byNode[l.NodeName] = leaseSeen{subnet: l.Subnet, at: at}
 				}
 				w.mu.Unlock()
 			}

@@ -60,13 +60,13 @@ func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change
 		err := r.watch(ctx, &rev, func(resp *clientv3.WatchResponse) {
 			wait = time.Second // the watch works again
 			for _, ev := range resp.Events {
-				key := strings.TrimPrefix(string(ev.Kv.Key), r.leasesPrefix())
+				key := strings.TrimPrefix(string(ev.Kv.Key), r.LeasesPrefix())
 				delete(cur, key)
 				delete(bad, key)
 				if ev.Type != mvccpb.PUT {
 					continue
 				}
-				if l, b := r.parseLease(ev.Kv); b != nil {
+				if l, b := r.ParseLease(ev.Kv); b != nil {
 					bad[key] = *b
 				} else {
 					cur[key] = l
@@ -116,7 +116,7 @@ func (r *Registry) watch(ctx context.Context, rev *int64, f func(*clientv3.Watch
 	defer cancel()
 	// RequireLeader: a member cut off from the cluster ends the watch
 	// instead of silently serving nothing.
-	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), r.leasesPrefix(),
+	wch := r.cli.Watch(clientv3.WithRequireLeader(ctx), r.LeasesPrefix(),
 		clientv3.WithPrefix(), clientv3.WithRev(*rev+1), clientv3.WithProgressNotify())
 	every := r.RewindCheck
 	if every <= 0 {
@@ -128,10 +128,10 @@ func (r *Registry) watch(ctx context.Context, rev *int64, f func(*clientv3.Watch
 		select {
 		case resp, ok := <-wch:
 			if !ok {
-				return fmt.Errorf("watching %s: watch closed", r.leasesPrefix())
+				return fmt.Errorf("watching %s: watch closed", r.LeasesPrefix())
 			}
 			if err := resp.Err(); err != nil {
-				return fmt.Errorf("watching %s from revision %d: %w", r.leasesPrefix(), *rev+1, err)
+				return fmt.Errorf("watching %s from revision %d: %w", r.LeasesPrefix(), *rev+1, err)
 			}
 			f(&resp)
 		case <-tick.C:

@@ -31,8 +31,8 @@ func FuzzLease(f *testing.F) {
 	self := mkLease("10.244.1.0/24", rec("me", "192.168.50.1", "02:00:00:00:00:01"), 5)
 	peer := mkLease("10.244.2.0/24", rec("b", "192.168.50.2", "02:00:00:00:00:02"), 6)
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		kv := &mvccpb.KeyValue{Key: []byte(r.leasesPrefix() + key), Value: value, CreateRevision: 7, ModRevision: 7}
-		l, bad := r.parseLease(kv)
+		kv := &mvccpb.KeyValue{Key: []byte(r.LeasesPrefix() + key), Value: value, CreateRevision: 7, ModRevision: 7}
+		l, bad := r.ParseLease(kv)
 		if bad != nil {
 			if bad.Err == nil || bad.Key != key {
 				t.Fatalf("rejection without a reason or key: %+v", bad)

@@ -99,11 +99,13 @@ func New(cli *clientv3.Client, prefix, network string) *Registry {
 	return &Registry{cli: cli, prefix: strings.TrimSuffix(prefix, "/") + "/networks/" + network + "/", Log: slog.Default()}
 }
 
-func (r *Registry) configKey() string    { return r.prefix + "config" }
-func (r *Registry) leasesPrefix() string { return r.prefix + "leases/" }
+func (r *Registry) configKey() string { return r.prefix + "config" }
+
+// LeasesPrefix is the etcd key prefix of the network's leases.
+func (r *Registry) LeasesPrefix() string { return r.prefix + "leases/" }
 
 func (r *Registry) leaseKey(subnet netip.Prefix) string {
-	return r.leasesPrefix() + keyOf(subnet)
+	return r.LeasesPrefix() + keyOf(subnet)
 }
 
 // MaxValueSize bounds a lease value: a record is about 150 bytes, so a
@@ -129,7 +131,7 @@ func keyOf(subnet netip.Prefix) string { return strings.Replace(subnet.String(),
 // spelling is accepted ("10.244.3.0-24"): two spellings of one subnet
 // would be two keys, and compare-and-swap on one would not see the other.
 func (r *Registry) subnetOfKey(key []byte) (netip.Prefix, error) {
-	s := strings.TrimPrefix(string(key), r.leasesPrefix())
+	s := strings.TrimPrefix(string(key), r.LeasesPrefix())
 	subnet, err := netip.ParsePrefix(strings.Replace(s, "-", "/", 1))
 	switch {
 	case err != nil:
@@ -144,11 +146,11 @@ func (r *Registry) subnetOfKey(key []byte) (netip.Prefix, error) {
 	return subnet, nil
 }
 
-// parseLease decodes one key and value under the leases prefix. It only
-// checks the form; Vet checks the lease against the network and the
-// other leases.
-func (r *Registry) parseLease(kv *mvccpb.KeyValue) (Lease, *Rejected) {
-	key := strings.TrimPrefix(string(kv.Key), r.leasesPrefix())
+// ParseLease decodes one key and value under LeasesPrefix (as a watch of
+// it delivers them). It only checks the form; Vet checks the lease against
+// the network and the other leases.
+func (r *Registry) ParseLease(kv *mvccpb.KeyValue) (Lease, *Rejected) {
+	key := strings.TrimPrefix(string(kv.Key), r.LeasesPrefix())
 	subnet, err := r.subnetOfKey(kv.Key)
 	if err != nil {
 		return Lease{}, &Rejected{Key: key, ModRevision: kv.ModRevision, Err: err}
@@ -234,13 +236,13 @@ type Snapshot struct {
 
 // List reads every lease.
 func (r *Registry) List(ctx context.Context) (Snapshot, error) {
-	resp, err := r.cli.Get(ctx, r.leasesPrefix(), clientv3.WithPrefix())
+	resp, err := r.cli.Get(ctx, r.LeasesPrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("listing leases under %s: %w", r.leasesPrefix(), err)
+		return Snapshot{}, fmt.Errorf("listing leases under %s: %w", r.LeasesPrefix(), err)
 	}
 	s := Snapshot{Revision: resp.Header.Revision}
 	for _, kv := range resp.Kvs {
-		l, bad := r.parseLease(kv)
+		l, bad := r.ParseLease(kv)
 		if bad != nil {
 			s.Rejected = append(s.Rejected, *bad)
 			continue
@@ -324,7 +326,7 @@ func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error)
 		}
 		return &l, nil
 	}
-	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.leasesPrefix())
+	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.LeasesPrefix())
 }
 
 func isLeaseNotFound(err error) bool {

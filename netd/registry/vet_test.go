@@ -108,12 +108,12 @@ func TestParseLeaseRejects(t *testing.T) {
 		{"::-64", `{}`, "not an IPv4 subnet", false},
 		{"10.244.1.0-024", `{}`, "", false},
 	} {
-		_, bad := r.parseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/" + tc.key), Value: []byte(tc.value), ModRevision: 4})
+		_, bad := r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/" + tc.key), Value: []byte(tc.value), ModRevision: 4})
 		if bad == nil || !strings.Contains(bad.Err.Error(), tc.why) || bad.Subnet.IsValid() != tc.subnet || bad.Key != tc.key || bad.ModRevision != 4 {
 			t.Errorf("%s = %s: %+v", tc.key, tc.value, bad)
 		}
 	}
-	l, bad := r.parseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/10.244.1.0-24"), Value: []byte(`{"nodeName":"a","nodeIP":"192.168.50.1","mode":"vxlan","future":1}`), CreateRevision: 3})
+	l, bad := r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/10.244.1.0-24"), Value: []byte(`{"nodeName":"a","nodeIP":"192.168.50.1","mode":"vxlan","future":1}`), CreateRevision: 3})
 	if bad != nil || l.NodeName != "a" || l.CreateRevision != 3 {
 		t.Errorf("good lease (with an unknown field): %+v %+v", l, bad)
 	}
