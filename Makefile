@@ -21,7 +21,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps
+.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps bpf bpf-check
 
 all: build
 
@@ -57,9 +57,25 @@ test-reliability: build
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-lint:
+lint: bpf-check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# The eBPF datapath's programs (internal/fastpath/bpf/*.c) are compiled by
+# clang through bpf2go into objects committed next to them, so that
+# `go build` needs no clang. `make bpf` regenerates them; bpf-check (part
+# of lint) compiles a copy and fails when the committed ones differ.
+BPF_CHECK_DIR := $(BIN_DIR)/bpf-check
+bpf:
+	cd internal/fastpath && $(GO) generate
+
+bpf-check:
+	@rm -rf $(BPF_CHECK_DIR) && mkdir -p $(BPF_CHECK_DIR)
+	@cp -r internal/fastpath/gen.go internal/fastpath/bpf $(BPF_CHECK_DIR)/
+	@cd $(BPF_CHECK_DIR) && $(GO) generate
+	@for f in fastpath_bpfel.o fastpath_bpfel.go; do \
+		cmp -s $(BPF_CHECK_DIR)/$$f internal/fastpath/$$f || { echo "internal/fastpath/$$f is stale: run make bpf and commit it"; exit 1; }; \
+	done; rm -rf $(BPF_CHECK_DIR)
 
 # Installs the Debian packages the demo and tests use, when missing.
 deps:
