@@ -40,6 +40,8 @@ type Bridge struct {
 	Isolation        *bool  `json:"isolation"` // default true: no traffic to other berth networks
 	StateDir         string `json:"stateDir"`
 	LeaseDir         string `json:"leaseDir"` // vxlan/hostgw: where netd writes the node lease
+	Datapath         string `json:"datapath"` // "iptables" (default) or "ebpf"; see datapath.go
+	BPFFS            string `json:"bpffs"`    // ebpf: BPF filesystem for the pins (default /sys/fs/bpf)
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig"`
 
@@ -132,7 +134,7 @@ func (c *Bridge) validateCommon() error {
 	if err := checkDuplicatePorts(c.RuntimeConfig.PortMappings); err != nil {
 		return err
 	}
-	return nil
+	return c.validateDatapath()
 }
 
 // ParseIPAMFor fills IPAMConf (for bridge, from the config's ipam object).
@@ -151,7 +153,7 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 			break
 		}
 	}
-	return nil
+	return c.checkDatapathFamilies()
 }
 
 // Defaults for the tri-state booleans.

@@ -45,15 +45,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultBPFFS is where a BPF filesystem is mounted on a usual Linux host.
-const DefaultBPFFS = "/sys/fs/bpf"
-
-// Names of the datapaths a network can choose.
-const (
-	Iptables = "iptables"
-	EBPF     = "ebpf"
-)
-
 // version names this build's programs, so that programs of an older berth
 // attached to existing veths keep theirs while new veths get the new ones.
 var version = func() string {

@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"os"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -24,4 +25,14 @@ func BPFFS(t testing.TB) string {
 		}
 	})
 	return dir
+}
+
+// Datapath is the datapath the plugin and end-to-end tests run against:
+// "ebpf" when $BERTH_TEST_DATAPATH says so (make test runs the suites
+// twice), else "iptables", the default.
+func Datapath() string {
+	if os.Getenv("BERTH_TEST_DATAPATH") == "ebpf" {
+		return "ebpf"
+	}
+	return "iptables"
 }

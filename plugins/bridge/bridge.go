@@ -50,6 +50,9 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	}
 	rec := &record{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Ports: c.Ports()}
 	rec.HostVeth = hostVethName(rec.key())
+	if c.EBPF() {
+		rec.BPFFS = c.BPFFS
+	}
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }
 
@@ -131,6 +134,10 @@ func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}
+	undo = append(undo, func() { k.detachFastpath() })
+	if err := k.attachFastpath(result); err != nil {
+		return err
+	}
 	flushUDPConntrack(k.rec.Ports)
 	return types.PrintResult(result, c.CNIVersion)
 }
@@ -206,6 +213,11 @@ func Del(args *skel.CmdArgs, c *conf.Bridge) error {
 // The record goes last, so that a DEL killed midway can be repeated.
 func (k *call) teardown() error {
 	c := k.c
+	// Before the address goes back to IPAM, which may give it to another
+	// container at once.
+	if err := k.detachFastpath(); err != nil {
+		return err
+	}
 	if err := k.ipam.del(); err != nil {
 		return err
 	}
@@ -269,6 +281,9 @@ func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
 	if err := k.ipam.check(); err != nil {
 		return err
 	}
+	if err := k.checkFastpath(); err != nil {
+		return err
+	}
 	if !k.rec.ContainerIP.IsValid() || !c.Scope.IsValid() {
 		return nil
 	}
@@ -301,7 +316,7 @@ func GC(args *skel.CmdArgs, c *conf.Bridge) error {
 		errs = append(errs, k.teardown())
 	}
 	// Addresses whose attachment left no record (or was never berth's).
-	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments))
+	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments), gcFastpath(c))
 	return errors.Join(errs...)
 }
 

@@ -137,11 +137,14 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	for _, src := range []string{"192.0.2.2", "10.66.6.6"} {
 		mustRun(t, n.outside, "iptables", "-A", "INPUT", "-s", src, "-p", "icmp", "-j", "ACCEPT")
 	}
-	mustRun(t, c.Netns, "ip", "addr", "add", "10.66.6.6/32", "dev", "eth0")
-	testenv.InNS(c.Netns, "ping", "-c", "2", "-W", "1", "-I", "10.66.6.6", outsideIP)
+	// The control first: it resolves the gateway's MAC, so that the
+	// spoofed packets do leave the container (an ARP request from the
+	// spoofed address would go unanswered, and they would not).
 	if err := testenv.Ping(c.Netns, outsideIP); err != nil {
 		t.Fatalf("control: the container's own address does get out: %v", err)
 	}
+	mustRun(t, c.Netns, "ip", "addr", "add", "10.66.6.6/32", "dev", "eth0")
+	testenv.InNS(c.Netns, "ping", "-c", "2", "-W", "1", "-I", "10.66.6.6", outsideIP)
 	out, _ := testenv.InNS(n.outside, "iptables", "-L", "INPUT", "-v", "-x", "-n")
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)

@@ -28,6 +28,7 @@ type record struct {
 	HostVeth    string             `json:"hostVeth"`
 	ContainerIP netip.Addr         `json:"containerIP,omitzero"`
 	Ports       []conf.PortMapping `json:"ports,omitempty"`
+	BPFFS       string             `json:"bpffs,omitempty"` // eBPF datapath: where its pins are (fastpath.go)
 }
 
 // key identifies the attachment in chain, veth and file names.
