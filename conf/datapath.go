@@ -55,3 +55,23 @@ func (c *Bridge) checkDatapathFamilies() error {
 	}
 	return nil
 }
+
+// EBPF reports whether the cluster network runs the eBPF datapath.
+func (n *Network) EBPF() bool { return n.Datapath == DatapathEBPF }
+
+// datapath is n's datapath with the default spelled out.
+func (n *Network) datapath() string {
+	if n.Datapath == "" {
+		return DatapathIptables
+	}
+	return n.Datapath
+}
+
+// WithDatapath fills c's datapath fields from the network n runs and the
+// node's BPF filesystem.
+func (c NodeConflist) WithDatapath(n *Network, bpffs string) NodeConflist {
+	if n.EBPF() {
+		c.Datapath, c.BPFFS = DatapathEBPF, bpffs
+	}
+	return c
+}

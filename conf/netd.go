@@ -47,6 +47,9 @@ type Network struct {
 	// directly via their node IP, as hostgw does, and uses VXLAN only for
 	// the others.
 	DirectRouting *bool `json:"directRouting,omitempty"`
+	// Datapath is "iptables" (also when empty) or "ebpf": every node
+	// attaches the eBPF fast path (see datapath.go), so all must agree.
+	Datapath string `json:"datapath,omitempty"`
 }
 
 // WithDefaults returns n with every field that was not given set to its
@@ -108,6 +111,8 @@ func (n *Network) Validate() error {
 		return invalid("port", fmt.Sprintf("%d is not a UDP port", n.Port))
 	case n.MTU != 0 && (n.MTU < MinMTU || n.MTU > MaxMTU):
 		return invalid("mtu", fmt.Sprintf("%d is outside %d..%d", n.MTU, MinMTU, MaxMTU))
+	case ValidDatapath("datapath", n.Datapath) != nil:
+		return ValidDatapath("datapath", n.Datapath)
 	}
 	if n.Mode != "" && n.Mode != lease.ModeVXLAN {
 		switch {
@@ -154,6 +159,7 @@ func (n *Network) Conflicts(stored *Network) []string {
 	diff("mtu", n.MTU != 0, n.MTU, stored.MTU)
 	diff("ipMasq", n.IPMasq != nil, deref(n.IPMasq), deref(stored.IPMasq))
 	diff("directRouting", n.DirectRouting != nil, deref(n.DirectRouting), deref(stored.DirectRouting))
+	diff("datapath", n.Datapath != "", n.datapath(), stored.datapath())
 	return out
 }
 
@@ -183,6 +189,8 @@ type NodeConflist struct {
 	StateDir    string // the plugin's state
 	IPAMDataDir string // berth-ipam's data
 	Bridge      string // vxlan/hostgw: the node bridge; "" = berth0. One per network on a node.
+	Datapath    string // "" or "iptables": the default; "ebpf" with BPFFS
+	BPFFS       string // ebpf: the node's BPF filesystem
 }
 
 // ConflistPath is where netd writes the conflist of network in dir.
@@ -199,6 +207,8 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 	type plugin struct {
 		Type         string          `json:"type"`
 		Bridge       string          `json:"bridge,omitempty"`
+		Datapath     string          `json:"datapath,omitempty"`
+		BPFFS        string          `json:"bpffs,omitempty"`
 		LeaseDir     string          `json:"leaseDir"`
 		StateDir     string          `json:"stateDir"`
 		IPAM         ipam            `json:"ipam"`
@@ -214,6 +224,8 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 		Plugins: []plugin{{
 			Type:         "berth-" + c.Mode,
 			Bridge:       c.Bridge,
+			Datapath:     c.Datapath,
+			BPFFS:        c.BPFFS,
 			LeaseDir:     c.LeaseDir,
 			StateDir:     c.StateDir,
 			IPAM:         ipam{Type: IPAMType, DataDir: c.IPAMDataDir},

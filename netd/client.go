@@ -160,6 +160,11 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err := be.Teardown(ctx, node); err != nil {
 		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))
 	}
+	if network.EBPF() {
+		if err := leaveFastpath(cfg.BPFFS, network.Name, u.Link); err != nil {
+			errs = append(errs, fmt.Errorf("removing the eBPF datapath: %w", err))
+		}
+	}
 	for _, path := range []string{lease.Path(cfg.LeaseDir, network.Name), conf.ConflistPath(cfg.CNIConfDir, network.Name)} {
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
@@ -51,6 +52,8 @@ type daemon struct {
 	nw        backend.Network
 	m         *metrics
 	kick      chan struct{} // asks the reconcile loop for a pass
+
+	fast *fastpath.Network // eBPF datapath only (fastpath.go)
 
 	reclaim chan int64    // asks guardLease to write this node's key back (its ModRevision)
 	relive  chan struct{} // asks keepAlive to lease again at once (etcd lost its data)
@@ -148,6 +151,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	d.m = newMetrics(n.Name)
 
 	if err := d.acquire(ctx); err != nil {
+		return err
+	}
+	if err := d.setupFastpath(); err != nil {
 		return err
 	}
 	if err := d.writeConflist(); err != nil {
@@ -334,7 +340,7 @@ func (d *daemon) writeConflist() error {
 		StateDir:    d.cfg.CNIStateDir,
 		IPAMDataDir: d.cfg.IPAMDataDir,
 		Bridge:      d.cfg.Bridge,
-	}.Marshal()
+	}.WithDatapath(d.network, d.cfg.BPFFS).Marshal()
 	if err != nil {
 		return err
 	}

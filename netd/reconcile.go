@@ -2,6 +2,7 @@ package netd
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -62,6 +63,9 @@ func (d *daemon) reconcile(ctx context.Context) {
 			res.Err = backend.Apply(changes)
 			d.m.kernelChanges.Add(float64(len(changes)))
 		}
+	}
+	if err := d.ensureFastpath(); err != nil {
+		res.Err = errors.Join(res.Err, err)
 	}
 	backend.SortProblems(problems)
 	res.Problems = problems
