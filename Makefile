@@ -21,7 +21,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps bpf bpf-check
+.PHONY: all build test test-ebpf test-unit test-reliability fuzz lint demo demo-clean bench install clean deps bpf bpf-check
 
 all: build
 
@@ -33,7 +33,15 @@ build:
 # packages .ci/run installs, and create their own namespaces.
 test: build
 	$(GO) test -count=1 -p 2 -timeout $(TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory test-ebpf
 	@$(MAKE) --no-print-directory fuzz
+
+# The plugin and end-to-end suites again on the eBPF datapath: the same
+# tests must hold on both (BERTH_TEST_DATAPATH, see internal/testenv).
+# The TestEBPF* tests choose that datapath themselves and ran already.
+EBPF_TEST_PACKAGES := ./plugins/... ./test/e2e/
+test-ebpf: build
+	BERTH_TEST_DATAPATH=ebpf $(GO) test -count=1 -p 2 -timeout $(TEST_TIMEOUT) -skip '^TestEBPF' $(EBPF_TEST_PACKAGES)
 
 # Fuzz targets, each for FUZZTIME (make test: 5s; e.g. make fuzz FUZZTIME=10m).
 # Minimizing each new input is capped at 200 runs: by default it may take

@@ -66,9 +66,11 @@ func TestSmoke(t *testing.T) {
 
 	r.Finish()
 	// bridge ADD, DEL and throughput; throughput and round trip of vxlan,
-	// hostgw and bgp; none for the control plane below 50 nodes.
-	if len(r.Targets) != 9 {
-		t.Errorf("want 9 targets, got %d: %+v", len(r.Targets), r.Targets)
+	// hostgw and bgp; on the eBPF datapath, ADD and DEL against iptables'
+	// and throughput and round trip of bridge, vxlan, hostgw and bgp; none
+	// for the control plane below 50 nodes.
+	if len(r.Targets) != 19 {
+		t.Errorf("want 19 targets, got %d: %+v", len(r.Targets), r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
@@ -83,7 +85,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n",
+		"berth-bridge, eBPF | DEL", "bgp, eBPF (2 nodes)", "**eBPF datapath vs iptables datapath**"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}

@@ -22,6 +22,9 @@ const help = `Configuration (a plugin in a conflist; every field but "type" and 
    "promiscMode": false,        bridge in promiscuous mode
    "isolation": true,           no traffic to or from other berth networks on this node
    "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "datapath": "iptables",      or "ebpf": TC programs carry container-to-container
+                                traffic past the bridge and netfilter (IPv4 only)
+   "bpffs": "/sys/fs/bpf",      ebpf: BPF filesystem for the pinned maps and programs
    "ipam": {"type": "berth-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -344,3 +345,42 @@ func TestEBPFConfigErrors(t *testing.T) {
 }
 
 func netipOf(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// Two networks on one node, each churned by parallel ADD, CHECK and DEL
+// with no resident container: each network's pins are created and
+// removed again and again while other calls use them. Every call
+// succeeds, and nothing is left (no pin, endpoint, link or record).
+func TestEBPFConcurrentNetworks(t *testing.T) {
+	n := ebpfNode(t)
+	before := n.snapshot(t)
+	var wg sync.WaitGroup
+	for net := range 2 {
+		rt := testenv.NewRuntime(t, n.ns, n.conflist(fmt.Sprintf("fpc%d", net), fmt.Sprintf("berthc%d", net), fmt.Sprintf("10.99.%d.0/24", net), ""))
+		for w := range 3 {
+			wg.Go(func() {
+				for i := range 8 {
+					c := &testenv.Attachment{ID: fmt.Sprintf("n%dw%di%d", net, w, i), Netns: testenv.NewNS(t)}
+					if _, err := rt.Add(c); err != nil {
+						t.Errorf("ADD %s: %v", c.ID, err)
+						return
+					}
+					if err := rt.Check(c); err != nil {
+						t.Errorf("CHECK %s: %v", c.ID, err)
+					}
+					if err := rt.Del(c); err != nil {
+						t.Errorf("DEL %s: %v", c.ID, err)
+					}
+					c.Netns.Close()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	after := n.snapshot(t)
+	for _, br := range []string{"berthc0", "berthc1"} {
+		after = strings.Replace(after, "link "+br+"\n", "", 1)
+	}
+	if after != before {
+		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+	}
+}

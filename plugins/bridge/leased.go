@@ -103,6 +103,7 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
    "stateDir": "/run/berth",    attachment records, port claims, iptables lock
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
+   "datapath": "iptables",      or "ebpf" (netd --datapath=ebpf writes it, with "bpffs")
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 
