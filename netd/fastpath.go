@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
@@ -35,6 +36,11 @@ func (d *daemon) setupFastpath() error {
 	if err := d.ensureFastpath(); err != nil {
 		return err
 	}
+	d.m.reg.MustRegister(fastpathCollector{n: d.fast, desc: prometheus.NewDesc("berth_netd_fastpath_packets_total",
+		"eBPF datapath: packets by path on this node (local: delivered to a container of this node, fib and neigh: sent to another node, "+
+			"arrived: from another node into a container, translated: left to the kernel because conntrack translated the flow, "+
+			"spoofed: dropped, not the container's own source address).",
+		[]string{"path"}, prometheus.Labels{"network": d.network.Name})})
 	d.log.Info("eBPF datapath", "pins", fastpath.Dir(d.cfg.BPFFS, d.network.Name), "uplinks", d.uplinks())
 	return nil
 }
@@ -93,4 +99,24 @@ func leaveFastpath(bpffs, network string, link netlink.Link) error {
 		return err
 	}
 	return fastpath.Remove(bpffs, network)
+}
+
+// fastpathCollector publishes the programs' counters when scraped.
+type fastpathCollector struct {
+	n    *fastpath.Network
+	desc *prometheus.Desc
+}
+
+func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
+	s, err := c.n.Stats()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for path, v := range map[string]uint64{"local": s.Local, "fib": s.FIB, "neigh": s.Neigh, "arrived": s.Arrived,
+		"translated": s.Translated, "spoofed": s.Spoofed} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), path)
+	}
 }

@@ -348,12 +348,37 @@ func netipOf(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 // Two networks on one node, each churned by parallel ADD, CHECK and DEL
 // with no resident container: each network's pins are created and
-// removed again and again while other calls use them. Every call
-// succeeds, and nothing is left (no pin, endpoint, link or record).
+// removed again and again while other calls use them. Meanwhile a third
+// network is garbage collected over and over around its one container.
+// Every call succeeds, and nothing is left (no pin, endpoint, link or
+// record).
 func TestEBPFConcurrentNetworks(t *testing.T) {
 	n := ebpfNode(t)
 	before := n.snapshot(t)
 	var wg sync.WaitGroup
+	gcNet := testenv.NewRuntime(t, n.ns, n.conflist("fpc2", "berthc2", "10.99.2.0/24", ""))
+	resident := container(t, "resident")
+	if _, err := gcNet.Add(resident); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := gcNet.GC(resident); err != nil {
+				t.Errorf("GC: %v", err)
+			}
+			if err := gcNet.Check(resident); err != nil {
+				t.Errorf("CHECK after GC: %v", err)
+			}
+		}
+	}()
 	for net := range 2 {
 		rt := testenv.NewRuntime(t, n.ns, n.conflist(fmt.Sprintf("fpc%d", net), fmt.Sprintf("berthc%d", net), fmt.Sprintf("10.99.%d.0/24", net), ""))
 		for w := range 3 {
@@ -376,8 +401,13 @@ func TestEBPFConcurrentNetworks(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	close(stop)
+	<-gcDone
+	if err := gcNet.Del(resident); err != nil {
+		t.Fatal(err)
+	}
 	after := n.snapshot(t)
-	for _, br := range []string{"berthc0", "berthc1"} {
+	for _, br := range []string{"berthc0", "berthc1", "berthc2"} {
 		after = strings.Replace(after, "link "+br+"\n", "", 1)
 	}
 	if after != before {

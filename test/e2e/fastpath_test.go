@@ -69,6 +69,10 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		if after[1].Local-before[1].Local < 4 {
 			t.Errorf("node1: %+v then %+v: want local deliveries", before[1], after[1])
 		}
+		m, err := c.netd[2].Metrics(ctx)
+		if want := fmt.Sprintf(`berth_netd_fastpath_packets_total{network="pods",path="arrived"} %d`, after[2].Arrived); !strings.Contains(m, want) {
+			t.Errorf("node2's metrics lack %q (%v)", want, err)
+		}
 	})
 
 	t.Run("a service on the client's node gets its replies translated back", func(t *testing.T) {
