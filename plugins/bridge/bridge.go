@@ -322,6 +322,9 @@ func GC(args *skel.CmdArgs, c *conf.Bridge) error {
 
 // Status reports whether the network can take new containers.
 func Status(args *skel.CmdArgs, c *conf.Bridge) error {
+	if err := statusFastpath(c); err != nil {
+		return err
+	}
 	return newAddresser(args, c).status()
 }
 

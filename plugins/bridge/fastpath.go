@@ -205,6 +205,20 @@ func gcFastpath(c *conf.Bridge) error {
 	return err
 }
 
+// statusFastpath fails (50) when the eBPF datapath cannot take a
+// container: its BPF filesystem is missing.
+func statusFastpath(c *conf.Bridge) error {
+	if !c.EBPF() {
+		return nil
+	}
+	lock, err := fastpath.Acquire(c.BPFFS)
+	if err != nil {
+		return fmt.Errorf("%w: bpffs: %w", cnierr.ErrUnavailable, err)
+	}
+	lock.Release()
+	return nil
+}
+
 // withFastpath runs f under the node's fast path lock and gives its
 // errors their CNI codes.
 func withFastpath(bpffs string, f func() error) error {

@@ -342,6 +342,19 @@ func TestEBPFConfigErrors(t *testing.T) {
 			}
 		})
 	}
+	t.Run("STATUS without a BPF filesystem", func(t *testing.T) {
+		list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nobpf","plugins":[{"type":"berth-bridge","stateDir":%q,"datapath":"ebpf","bpffs":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24"}]]}}]}`, n.stateDir, t.TempDir(), n.dataDir)
+		if err := testenv.NewRuntime(t, n.ns, list).Status(); !errors.As(err, &ce) || ce.Code != 50 || !strings.Contains(err.Error(), "bpffs") {
+			t.Errorf("STATUS: %v, want 50 naming bpffs", err)
+		}
+		n := ebpfNode(t)
+		ok := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bpf","plugins":[{"type":"berth-bridge","stateDir":%q,"datapath":"ebpf","bpffs":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24"}]]}}]}`, n.stateDir, n.bpffs, n.dataDir)
+		if err := testenv.NewRuntime(t, n.ns, ok).Status(); err != nil {
+			t.Errorf("STATUS with a BPF filesystem: %v", err)
+		}
+	})
 }
 
 func netipOf(s string) netip.Addr { return netip.MustParseAddr(s) }
