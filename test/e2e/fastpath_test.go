@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -96,6 +97,24 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		}
 	})
 
+	t.Run("netd puts back an uplink program removed by hand", func(t *testing.T) {
+		n := tb.Node(1)
+		progs := tcxPrograms(t, n, n.Iface)
+		if len(progs) != 1 || !strings.HasPrefix(progs[0], "from_uplink") {
+			t.Fatalf("programs on %s: %v, want from_uplink", n.Iface, progs)
+		}
+		detachUplinks(t, n)
+		err := eventually(10*time.Second, func() error {
+			if progs := tcxPrograms(t, n, n.Iface); len(progs) != 1 {
+				return fmt.Errorf("programs on %s: %v", n.Iface, progs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("netd leave removes the programs and pins", func(t *testing.T) {
 		d := c.netd[2]
 		if err := d.Stop(); err != nil {
@@ -141,4 +160,35 @@ func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
 		t.Fatal(err)
 	}
 	return names
+}
+
+// detachUplinks removes every program from the TCX ingress of node n's
+// uplink, as an operator's mistake would.
+func detachUplinks(t *testing.T, n *testbed.Node) {
+	t.Helper()
+	err := n.Do(func() error {
+		l, err := netlink.LinkByName(n.Iface)
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		for _, ap := range res.Programs {
+			p, err := ebpf.NewProgramFromID(ap.ID)
+			if err != nil {
+				return err
+			}
+			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.Attrs().Index, Program: p, Attach: ebpf.AttachTCXIngress})
+			p.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
