@@ -53,7 +53,7 @@ struct config {
 	__be32 local_mask;
 	__be32 scope_addr;   // the whole network: the cluster CIDR (bridge mode: = local)
 	__be32 scope_mask;
-	__u32 flags;         // CONFIG_NETD: netd manages these maps (set by netd)
+	__u32 flags;         // bit 0: netd manages these maps; for Go, the programs ignore it
 	__u32 pad;
 };
 
