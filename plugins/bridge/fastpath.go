@@ -102,7 +102,7 @@ func (k *call) detachFastpath() error {
 		if err := n.RemoveEndpoint(k.rec.ContainerIP, fastpath.OwnerOf(k.rec.key())); err != nil {
 			return err
 		}
-		return removeIfUnused(n, k.rec.BPFFS, networkEmpty(k.c.StateDir, k.c.Name, k.rec.key()))
+		return removeIfUnused(n, k.rec.BPFFS)
 	})
 	if errors.Is(err, fastpath.ErrNoBPFFS) {
 		return nil // no BPF filesystem (a reboot): nothing can be pinned
@@ -111,9 +111,13 @@ func (k *call) detachFastpath() error {
 }
 
 // removeIfUnused unpins the network's maps and programs when no container
-// is left and netd does not manage them.
-func removeIfUnused(n *fastpath.Network, bpffs string, noRecords bool) error {
-	if !noRecords || !n.Empty() {
+// is left and netd does not manage them. The endpoints under the node's
+// lock are what counts, not the records: every ADD adds its endpoint
+// under the lock, after creating the pins if they are gone, so an empty
+// map means nobody uses them, and an ADD to come will make them again.
+// (Records would not do: two last DELs side by side each see the other's.)
+func removeIfUnused(n *fastpath.Network, bpffs string) error {
+	if !n.Empty() {
 		return nil
 	}
 	cfg, err := n.Config()
@@ -172,20 +176,22 @@ func gcFastpath(c *conf.Bridge) error {
 	if !c.EBPF() {
 		return nil
 	}
-	recs, err := records(c.StateDir, c.Name)
-	if err != nil {
-		return err
-	}
-	owners := map[uint64]bool{}
-	for _, r := range recs {
-		owners[fastpath.OwnerOf(r.key())] = true
-	}
-	err = withFastpath(c.BPFFS, func() error {
+	err := withFastpath(c.BPFFS, func() error {
 		n, err := fastpath.OpenExisting(c.BPFFS, c.Name)
 		if n == nil || err != nil {
 			return err
 		}
 		defer n.Close()
+		// Read under the lock: an ADD adds its endpoint under it, after
+		// saving its record, so every endpoint here has its record now.
+		recs, err := records(c.StateDir, c.Name)
+		if err != nil {
+			return err
+		}
+		owners := map[uint64]bool{}
+		for _, r := range recs {
+			owners[fastpath.OwnerOf(r.key())] = true
+		}
 		eps, err := n.Endpoints()
 		if err != nil {
 			return err
@@ -197,7 +203,7 @@ func gcFastpath(c *conf.Bridge) error {
 				}
 			}
 		}
-		return removeIfUnused(n, c.BPFFS, len(recs) == 0)
+		return removeIfUnused(n, c.BPFFS)
 	})
 	if errors.Is(err, fastpath.ErrNoBPFFS) {
 		return nil
