@@ -20,6 +20,7 @@ import (
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
+	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/registry"
 )
 
@@ -186,8 +187,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.NodeName == "":
 		return errors.New("--node-name: empty; give this node a unique name")
-	case registry.CheckNodeName(c.NodeName) != nil:
-		return fmt.Errorf("--node-name: %v (peers would ignore this node's lease)", registry.CheckNodeName(c.NodeName))
+	case cluster.CheckNodeName(c.NodeName) != nil:
+		return fmt.Errorf("--node-name: %v (peers would ignore this node's lease)", cluster.CheckNodeName(c.NodeName))
 	case c.LeaseTTL < 2*time.Second:
 		return fmt.Errorf("--lease-ttl: %s is shorter than etcd's minimum of 2s", c.LeaseTTL)
 	case c.ResyncInterval < 100*time.Millisecond:

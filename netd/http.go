@@ -91,9 +91,9 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		d.mu.Lock()
-		subnet, expires, down := d.self.Subnet, d.expires, d.etcdDown
-		d.mu.Unlock()
+		self, expires := d.keeper.lease()
+		subnet := self.Subnet
+		_, down := d.health.get()
 		now := time.Now()
 		switch {
 		case !subnet.IsValid() || now.After(expires):
@@ -125,13 +125,19 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	}
 }
 
-// status compares the kernel with the leases now (without changing it)
-// and reports that with the lease and the peers.
+// status compares the kernel with the leases now (without changing
+// anything: Desired only computes, and the routing protocol's apply step
+// is not run) and reports that with the lease and the peers.
 func (d *daemon) status() *Status {
+	self, expires := d.keeper.lease()
+	peers, problems := d.peers.current()
 	d.reconcileMu.Lock()
-	self, peers, problems := d.peers()
-	want, more := d.nw.Desired(self, peers)
-	pending, diffErr := backend.Diff(d.nw.Owned(), want)
+	have, readErr := backend.Read(d.nw.Owned())
+	want, more := d.nw.Desired(backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path, Kernel: have})
+	var pending []backend.Change
+	if readErr == nil {
+		pending = backend.Diff(have, want)
+	}
 	d.reconcileMu.Unlock()
 	problems = append(problems, more...)
 	var sessions []backend.Session
@@ -141,9 +147,12 @@ func (d *daemon) status() *Status {
 		cancel()
 		d.m.observeSessions(sessions)
 	}
+	up, down := d.health.get()
+	vetted, rejected := d.peers.report()
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	problems = append(problems, d.last.Announced...)
 	s := &Status{
 		Node:          d.cfg.NodeName,
 		NodeIP:        d.node.IP.String(),
@@ -151,21 +160,21 @@ func (d *daemon) status() *Status {
 		Network:       d.network.Name,
 		Mode:          d.network.Mode,
 		CIDR:          d.network.CIDR.String(),
-		Subnet:        d.self.Subnet.String(),
+		Subnet:        self.Subnet.String(),
 		MTU:           d.nw.MTU(),
-		LeaseExpires:  d.expires.UTC(),
+		LeaseExpires:  expires.UTC(),
 		EtcdEndpoints: d.endpoints,
-		EtcdUp:        d.etcdUp,
-		EtcdDownSince: d.etcdDown.UTC(),
-		KernelMatches: diffErr == nil && len(pending) == 0,
+		EtcdUp:        up,
+		EtcdDownSince: down.UTC(),
+		KernelMatches: readErr == nil && len(pending) == 0,
 		LastReconcile: d.last.At.UTC(),
 		BGP:           sessions,
 	}
 	if d.last.Err != nil {
 		s.LastError = d.last.Err.Error()
 	}
-	if diffErr != nil {
-		s.Pending = []string{"cannot read the kernel: " + diffErr.Error()}
+	if readErr != nil {
+		s.Pending = []string{"cannot read the kernel: " + readErr.Error()}
 	}
 	for _, c := range pending {
 		s.Pending = append(s.Pending, c.What)
@@ -174,10 +183,10 @@ func (d *daemon) status() *Status {
 	for _, p := range problems {
 		why[p.Peer] = p.Err.Error()
 	}
-	for _, l := range d.peerLeases {
-		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: l.NodeIP.String(), Subnet: l.Subnet.String(), VTEPMAC: l.VTEPMAC, Error: why[l.NodeName]})
+	for _, l := range vetted {
+		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: l.NodeIP.String(), Subnet: l.Subnet.String(), VTEPMAC: l.VTEPMAC.String(), Error: why[l.NodeName]})
 	}
-	for _, r := range d.rejected {
+	for _, r := range rejected {
 		s.Rejected = append(s.Rejected, RejectedLease{Key: short(r.Key), Error: short(r.Err.Error())})
 	}
 	return s

@@ -39,22 +39,30 @@ func (d *daemon) reconcileLoop(ctx context.Context) {
 
 // reconcile makes the kernel match the leases: it lets the backend
 // describe the state it wants, compares that with the part of the
-// kernel netd owns, and changes only what differs.
+// kernel netd owns, and changes only what differs. This is the one
+// place where netd changes the kernel and the routing protocol.
 func (d *daemon) reconcile(ctx context.Context) {
 	d.reconcileMu.Lock()
 	defer d.reconcileMu.Unlock()
 	start := time.Now()
-	self, peers, problems := d.peers()
+	self, _ := d.keeper.lease()
+	peers, problems := d.peers.current()
 	res := result{At: start}
+	d.underlay.Forget()
 	if err := d.nw.Ensure(ctx); err != nil {
 		res.Err = err
 	} else {
-		want, more := d.nw.Desired(self, peers)
-		problems = append(problems, more...)
-		changes, err := backend.Diff(d.nw.Owned(), want)
+		if a, ok := d.nw.(backend.Announcer); ok {
+			res.Announced = a.Announce(ctx, self, peers)
+			problems = append(problems, res.Announced...)
+		}
+		have, err := backend.Read(d.nw.Owned())
 		if err != nil {
 			res.Err = err
 		} else {
+			want, more := d.nw.Desired(backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path, Kernel: have})
+			problems = append(problems, more...)
+			changes := backend.Diff(have, want)
 			for _, c := range changes {
 				d.log.Info("kernel change", "change", c.What)
 				res.Changes = append(res.Changes, c.What)

@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // FuzzLease feeds netd what anyone with write access to etcd can put
@@ -28,8 +30,8 @@ func FuzzLease(f *testing.F) {
 	}
 	n := vetNetwork()
 	r := New(nil, "/t", n.Name)
-	self := mkLease("10.244.1.0/24", rec("me", "192.168.50.1", "02:00:00:00:00:01"), 5)
-	peer := mkLease("10.244.2.0/24", rec("b", "192.168.50.2", "02:00:00:00:00:02"), 6)
+	self := mkLease("10.244.1.0/24", "me", "192.168.50.1", "02:00:00:00:00:01", 5)
+	peer := mkLease("10.244.2.0/24", "b", "192.168.50.2", "02:00:00:00:00:02", 6)
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
 		kv := &mvccpb.KeyValue{Key: []byte(r.LeasesPrefix() + key), Value: value, CreateRevision: 7, ModRevision: 7}
 		l, bad := r.ParseLease(kv)
@@ -42,24 +44,24 @@ func FuzzLease(f *testing.F) {
 		if r.leaseKey(l.Subnet) != string(kv.Key) {
 			t.Fatalf("key %q read as subnet %s", key, l.Subnet)
 		}
-		peers, rejected := Vet(n, self, []Lease{self, peer, l})
+		peers, rejected := cluster.Vet(n, self, []cluster.Lease{self, peer, l})
 		if len(peers)+len(rejected) != 2 {
 			t.Fatalf("%d peers and %d rejected from 2 leases besides self", len(peers), len(rejected))
 		}
-		names, macs := map[string]bool{}, map[string]bool{}
+		names, macs := map[string]bool{}, map[cluster.MAC]bool{}
 		for _, p := range peers {
-			if !belongs(n, p.Subnet) || p.Subnet == self.Subnet {
+			if !cluster.NodeSubnet(n, p.Subnet) || p.Subnet == self.Subnet {
 				t.Fatalf("accepted subnet %s", p.Subnet)
 			}
 			if !p.NodeIP.Is4() || !p.NodeIP.IsGlobalUnicast() || n.CIDR.Contains(p.NodeIP) || p.NodeIP == self.NodeIP {
 				t.Fatalf("accepted node IP %s", p.NodeIP)
 			}
-			if names[p.NodeName] || p.NodeName == self.NodeName || CheckNodeName(p.NodeName) != nil {
+			if names[p.NodeName] || p.NodeName == self.NodeName || cluster.CheckNodeName(p.NodeName) != nil {
 				t.Fatalf("accepted node name %q twice or badly formed", p.NodeName)
 			}
 			names[p.NodeName] = true
-			if p.VTEPMAC != "" {
-				if macs[p.VTEPMAC] || sameMAC(p.VTEPMAC, self.VTEPMAC) {
+			if !p.VTEPMAC.IsZero() {
+				if macs[p.VTEPMAC] || p.VTEPMAC == self.VTEPMAC || p.VTEPMAC[0]&1 != 0 {
 					t.Fatalf("accepted VTEP MAC %s twice", p.VTEPMAC)
 				}
 				macs[p.VTEPMAC] = true

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/speaker"
 )
 
@@ -83,25 +84,35 @@ func (b Backend) Register(ctx context.Context, node backend.Node) (backend.Netwo
 	return &network{node: node, cfg: cfg, log: log, sp: sp, mtu: mtu, started: time.Now()}, nil
 }
 
-func (nw *network) Attrs() backend.Attrs {
-	return backend.Attrs{ASN: nw.cfg.ASN, RouteReflector: nw.cfg.RouteReflector}
+func (nw *network) Publish(self *cluster.Lease) {
+	self.ASN, self.RouteReflector = nw.cfg.ASN, nw.cfg.RouteReflector
 }
 func (nw *network) MTU() int                         { return nw.mtu }
 func (nw *network) Ensure(ctx context.Context) error { return nil }
 func (nw *network) Changes() <-chan struct{}         { return nw.sp.Changes() }
 func (nw *network) Owned() backend.Owned             { return backend.Owned{CIDR: nw.node.Network.CIDR} }
 
-// Desired announces self, sets the sessions for peers, and wants a kernel
-// route for every learned block plus a blackhole for self.
-func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.State, []backend.Problem) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// Announce announces self's block (withdrawing the one announced before,
+// if it changed) and sets the sessions for peers.
+func (nw *network) Announce(ctx context.Context, self cluster.Lease, peers []cluster.Lease) []backend.Problem {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	var problems []backend.Problem
-	nw.announce(ctx, self, &problems)
+	nw.announce(ctx, self.Subnet, &problems)
 	if err := nw.sp.SetNeighbors(ctx, nw.neighbors(peers)); err != nil {
 		problems = append(problems, backend.Problem{Peer: "bgp", Err: err})
 	}
+	return problems
+}
 
+// Desired wants a kernel route for every block learned over BGP, plus a
+// blackhole for self; while a restarted netd's sessions come back, also
+// the routes its predecessor left in the kernel.
+func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var problems []backend.Problem
+	self := in.Self.Subnet
 	var s backend.State
 	if self.IsValid() {
 		// Addresses of the block not (yet) given to a container must not
@@ -119,7 +130,7 @@ func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.Sta
 				Err: fmt.Errorf("announces %s, which overlaps this node's block %s: ignored", r.Prefix, self)})
 			continue
 		}
-		route, err := nw.kernelRoute(r)
+		route, err := nw.kernelRoute(r, in.Underlay)
 		if err != nil {
 			problems = append(problems, backend.Problem{Peer: r.From.String(), Err: err})
 			continue
@@ -128,7 +139,7 @@ func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.Sta
 		s.Routes = append(s.Routes, route)
 	}
 	if nw.holding(ctx) {
-		s.Routes = append(s.Routes, nw.keptRoutes(seen, self)...)
+		s.Routes = append(s.Routes, nw.keptRoutes(in.Kernel.Routes, seen, self)...)
 	}
 	problems = append(problems, nw.sessionProblems(ctx)...)
 	return s, problems
@@ -156,7 +167,7 @@ func (nw *network) announce(ctx context.Context, self netip.Prefix, problems *[]
 }
 
 // neighbors is the session plan: mesh, reflectors, externals.
-func (nw *network) neighbors(peers []backend.Peer) []speaker.Neighbor {
+func (nw *network) neighbors(peers []cluster.Lease) []speaker.Neighbor {
 	var out []speaker.Neighbor
 	if nw.cfg.NodeMesh {
 		reflectors := 0
@@ -170,7 +181,7 @@ func (nw *network) neighbors(peers []backend.Peer) []speaker.Neighbor {
 			if asn == 0 {
 				asn = DefaultASN
 			}
-			n := speaker.Neighbor{Address: p.IP, ASN: asn, Name: p.Name, Passive: nw.node.IP.Compare(p.IP) > 0}
+			n := speaker.Neighbor{Address: p.NodeIP, ASN: asn, Name: p.NodeName, Passive: nw.node.IP.Compare(p.NodeIP) > 0}
 			switch {
 			case nw.cfg.RouteReflector:
 				n.RRClient = !p.RouteReflector // reflectors peer plainly with each other
@@ -189,23 +200,21 @@ func (nw *network) neighbors(peers []backend.Peer) []speaker.Neighbor {
 // kernelRoute routes r's prefix via its next hop; a next hop that is not
 // on this node's segment (a route reflected from a node behind a router)
 // is resolved through the route the node has to it.
-func (nw *network) kernelRoute(r speaker.Route) (netlink.Route, error) {
+func (nw *network) kernelRoute(r speaker.Route, underlay func(netip.Addr) (backend.Path, error)) (netlink.Route, error) {
 	link := nw.node.Link.Attrs().Index
 	if !r.NextHop.IsValid() {
 		return netlink.Route{}, fmt.Errorf("path to %s has no next hop", r.Prefix)
 	}
-	direct, via, err := backend.Underlay(nw.node, r.NextHop)
+	path, err := underlay(r.NextHop)
 	if err != nil {
 		return netlink.Route{}, fmt.Errorf("next hop %s of %s: %w", r.NextHop, r.Prefix, err)
 	}
 	gw := r.NextHop
-	if !direct {
-		rs, err := netlink.RouteGet(r.NextHop.AsSlice())
-		if err != nil || len(rs) == 0 || rs[0].Gw == nil {
-			return netlink.Route{}, fmt.Errorf("next hop %s of %s is not reachable on the underlay (%s)", r.NextHop, r.Prefix, via)
+	if !path.Direct {
+		if !path.Gateway.IsValid() {
+			return netlink.Route{}, fmt.Errorf("next hop %s of %s is not reachable on the underlay (%s)", r.NextHop, r.Prefix, path)
 		}
-		gw, _ = netip.AddrFromSlice(rs[0].Gw.To4())
-		link = rs[0].LinkIndex
+		gw, link = path.Gateway, path.LinkIndex
 	}
 	return netlink.Route{Dst: backend.IPNet(r.Prefix), Gw: gw.AsSlice(), LinkIndex: link}, nil
 }
@@ -229,24 +238,16 @@ func (nw *network) holding(ctx context.Context) bool {
 	return time.Since(nw.started) < 3*time.Second
 }
 
-// keptRoutes are the routes of a previous netd still in the kernel that
-// BGP has not (yet) told this one about: kept during the startup hold.
-func (nw *network) keptRoutes(seen map[netip.Prefix]bool, self netip.Prefix) []netlink.Route {
-	have, err := netlink.RouteListFiltered(netlink.FAMILY_V4,
-		&netlink.Route{Protocol: backend.RouteProtocol, Table: unix.RT_TABLE_MAIN},
-		netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	if err != nil {
-		return nil
-	}
+// keptRoutes are the routes of a previous netd still in the kernel (have)
+// that BGP has not (yet) told this one about: kept during the startup hold.
+func (nw *network) keptRoutes(have []netlink.Route, seen map[netip.Prefix]bool, self netip.Prefix) []netlink.Route {
 	var out []netlink.Route
 	for _, r := range have {
 		if r.Dst == nil {
 			continue
 		}
-		p, ok := netip.AddrFromSlice(r.Dst.IP.To4())
-		ones, _ := r.Dst.Mask.Size()
-		pfx := netip.PrefixFrom(p, ones)
-		if !ok || seen[pfx] || pfx == self || !nw.node.Network.CIDR.Contains(p) {
+		pfx, ok := backend.Prefix(r.Dst)
+		if !ok || seen[pfx] || pfx == self || !nw.node.Network.CIDR.Contains(pfx.Addr()) {
 			continue
 		}
 		out = append(out, netlink.Route{Dst: r.Dst, Gw: r.Gw, LinkIndex: r.LinkIndex, Type: r.Type, Flags: r.Flags})

@@ -11,11 +11,11 @@ package hostgw
 import (
 	"context"
 	"fmt"
-	"net/netip"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // Backend is the host-gw backend.
@@ -39,7 +39,7 @@ func (Backend) Register(ctx context.Context, node backend.Node) (backend.Network
 	return &network{node: node, mtu: mtu}, nil
 }
 
-func (nw *network) Attrs() backend.Attrs             { return backend.Attrs{} }
+func (nw *network) Publish(*cluster.Lease)           {}
 func (nw *network) MTU() int                         { return nw.mtu }
 func (nw *network) Ensure(ctx context.Context) error { return nil }
 
@@ -47,23 +47,23 @@ func (nw *network) Owned() backend.Owned {
 	return backend.Owned{CIDR: nw.node.Network.CIDR}
 }
 
-func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.State, []backend.Problem) {
+func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
 	var s backend.State
 	var problems []backend.Problem
-	for _, p := range peers {
-		direct, via, err := backend.Underlay(nw.node, p.IP)
+	for _, p := range in.Peers {
+		path, err := in.Underlay(p.NodeIP)
 		if err != nil {
-			problems = append(problems, backend.Problem{Peer: p.Name, Err: err})
+			problems = append(problems, backend.Problem{Peer: p.NodeName, Err: err})
 			continue
 		}
-		if !direct {
-			problems = append(problems, backend.Problem{Peer: p.Name, Err: fmt.Errorf(
+		if !path.Direct {
+			problems = append(problems, backend.Problem{Peer: p.NodeName, Err: fmt.Errorf(
 				"node IP %s is not on this node's L2 segment (%s reaches it %s): host-gw routes only reach nodes on the same segment; use vxlan mode (with directRouting to keep host-gw routes where possible)",
-				p.IP, nw.node.Link.Attrs().Name, via)})
+				p.NodeIP, nw.node.Link.Attrs().Name, path)})
 			continue
 		}
 		s.Routes = append(s.Routes, netlink.Route{
-			Dst: backend.IPNet(p.Subnet), Gw: p.IP.AsSlice(), LinkIndex: nw.node.Link.Attrs().Index,
+			Dst: backend.IPNet(p.Subnet), Gw: p.NodeIP.AsSlice(), LinkIndex: nw.node.Link.Attrs().Index,
 		})
 	}
 	return s, problems

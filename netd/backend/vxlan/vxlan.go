@@ -26,6 +26,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // Backend is the vxlan backend.
@@ -36,7 +37,7 @@ type Backend struct {
 type network struct {
 	node   backend.Node
 	name   string // VTEP name
-	mac    net.HardwareAddr
+	mac    cluster.MAC
 	mtu    int // VTEP MTU
 	podMTU int
 	log    *slog.Logger
@@ -79,15 +80,15 @@ func (b *Backend) Register(ctx context.Context, node backend.Node) (backend.Netw
 // stableMAC derives the VTEP's MAC from the node name and VNI, so that a
 // VTEP re-created after a reboot or by hand keeps it and the peers'
 // neighbour and FDB entries stay valid.
-func stableMAC(node string, vni int) net.HardwareAddr {
+func stableMAC(node string, vni int) cluster.MAC {
 	sum := sha256.Sum256(fmt.Appendf(nil, "berth-vtep/%s/%d", node, vni))
-	mac := net.HardwareAddr(sum[:6])
+	mac := cluster.MAC(sum[:6])
 	mac[0] = mac[0]&^0x01 | 0x02 // unicast, locally administered
 	return mac
 }
 
-func (nw *network) Attrs() backend.Attrs {
-	return backend.Attrs{VTEPMAC: nw.mac, VNI: nw.node.Network.VNI}
+func (nw *network) Publish(self *cluster.Lease) {
+	self.VTEPMAC, self.VNI = nw.mac, nw.node.Network.VNI
 }
 
 func (nw *network) MTU() int { return nw.podMTU }
@@ -97,7 +98,7 @@ func (nw *network) MTU() int { return nw.podMTU }
 // creation), and fixes MTU, MAC and up state in place.
 func (nw *network) Ensure(ctx context.Context) error {
 	want := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: nw.name, MTU: nw.mtu, HardwareAddr: nw.mac},
+		LinkAttrs:    netlink.LinkAttrs{Name: nw.name, MTU: nw.mtu, HardwareAddr: nw.mac.HardwareAddr()},
 		VxlanId:      nw.node.Network.VNI,
 		VtepDevIndex: nw.node.Link.Attrs().Index,
 		SrcAddr:      nw.node.IP.AsSlice(),
@@ -130,7 +131,7 @@ func (nw *network) Ensure(ctx context.Context) error {
 		}
 	}
 	if a.HardwareAddr.String() != nw.mac.String() {
-		if err := netlink.LinkSetHardwareAddr(link, nw.mac); err != nil {
+		if err := netlink.LinkSetHardwareAddr(link, nw.mac.HardwareAddr()); err != nil {
 			return fmt.Errorf("setting MAC %s on %s: %w", nw.mac, nw.name, err)
 		}
 	}
@@ -181,34 +182,34 @@ func (nw *network) Owned() backend.Owned {
 	return backend.Owned{CIDR: nw.node.Network.CIDR, Links: []int{int(nw.vtep.Load())}}
 }
 
-func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.State, []backend.Problem) {
+func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
 	var s backend.State
 	var problems []backend.Problem
 	vtep := int(nw.vtep.Load())
-	if self.IsValid() {
+	if self := in.Self.Subnet; self.IsValid() {
 		s.Addrs = append(s.Addrs, netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(self.Masked().Addr(), 32)), LinkIndex: vtep})
 	}
-	for _, p := range peers {
+	for _, p := range in.Peers {
 		if nw.node.Network.Direct() {
-			direct, _, err := backend.Underlay(nw.node, p.IP)
+			path, err := in.Underlay(p.NodeIP)
 			if err != nil {
-				problems = append(problems, backend.Problem{Peer: p.Name, Err: err})
+				problems = append(problems, backend.Problem{Peer: p.NodeName, Err: err})
 				continue
 			}
-			if direct {
+			if path.Direct {
 				s.Routes = append(s.Routes, netlink.Route{
-					Dst: backend.IPNet(p.Subnet), Gw: p.IP.AsSlice(), LinkIndex: nw.node.Link.Attrs().Index,
+					Dst: backend.IPNet(p.Subnet), Gw: p.NodeIP.AsSlice(), LinkIndex: nw.node.Link.Attrs().Index,
 				})
 				continue
 			}
 		}
-		if len(p.VTEPMAC) != 6 {
-			problems = append(problems, backend.Problem{Peer: p.Name, Err: fmt.Errorf("its lease has no VTEP MAC (is it running netd in vxlan mode?)")})
+		if p.VTEPMAC.IsZero() {
+			problems = append(problems, backend.Problem{Peer: p.NodeName, Err: fmt.Errorf("its lease has no VTEP MAC (is it running netd in vxlan mode?)")})
 			continue
 		}
 		gw := p.Subnet.Masked().Addr()
-		s.Neighs = append(s.Neighs, netlink.Neigh{LinkIndex: vtep, IP: gw.AsSlice(), HardwareAddr: p.VTEPMAC})
-		s.FDB = append(s.FDB, netlink.Neigh{LinkIndex: vtep, IP: p.IP.AsSlice(), HardwareAddr: p.VTEPMAC})
+		s.Neighs = append(s.Neighs, netlink.Neigh{LinkIndex: vtep, IP: gw.AsSlice(), HardwareAddr: p.VTEPMAC.HardwareAddr()})
+		s.FDB = append(s.FDB, netlink.Neigh{LinkIndex: vtep, IP: p.NodeIP.AsSlice(), HardwareAddr: p.VTEPMAC.HardwareAddr()})
 		s.Routes = append(s.Routes, netlink.Route{
 			Dst: backend.IPNet(p.Subnet), Gw: gw.AsSlice(), LinkIndex: vtep, Flags: int(netlink.FLAG_ONLINK),
 		})

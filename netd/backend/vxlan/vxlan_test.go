@@ -2,8 +2,10 @@ package vxlan
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/backendtest"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // The VTEP has the settings flannel users expect, survives a second
@@ -32,11 +35,13 @@ func TestRegister(t *testing.T) {
 		}
 		v := l.(*netlink.Vxlan)
 		if v.VxlanId != 7 || v.Port != 4789 || v.Learning || v.MTU != 1450 || !v.SrcAddr.Equal(net.ParseIP("192.168.50.1")) ||
-			v.VtepDevIndex != node.Link.Attrs().Index || v.Flags&net.FlagUp == 0 || v.HardwareAddr.String() != nw.Attrs().VTEPMAC.String() {
+			v.VtepDevIndex != node.Link.Attrs().Index || v.Flags&net.FlagUp == 0 || v.HardwareAddr.String() != stableMAC("node1", 7).String() {
 			t.Errorf("VTEP %+v", v)
 		}
-		if nw.MTU() != 1450 || nw.Attrs().VNI != 7 {
-			t.Errorf("MTU %d, attrs %+v", nw.MTU(), nw.Attrs())
+		var published cluster.Lease
+		nw.Publish(&published)
+		if nw.MTU() != 1450 || published.VNI != 7 || published.VTEPMAC != stableMAC("node1", 7) {
+			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
 		}
 
 		if _, err := (&Backend{}).Register(ctx, node); err != nil {
@@ -67,10 +72,78 @@ func TestRegister(t *testing.T) {
 	}
 }
 
-// Desired: per peer a neighbour, an FDB entry and an onlink route; with
-// directRouting a plain route for a peer on the segment. Applying it and
-// diffing again finds nothing.
+// underlay answers as a node on 192.168.50.0/24 with a router at .254.
+func underlay(ip netip.Addr) (backend.Path, error) {
+	if netip.MustParsePrefix("192.168.50.0/24").Contains(ip) {
+		return backend.Path{LinkIndex: 2, Dev: "eth0", Direct: true}, nil
+	}
+	return backend.Path{LinkIndex: 2, Dev: "eth0", Gateway: netip.MustParseAddr("192.168.50.254")}, nil
+}
+
+func peer(name, ip, subnet, mac string) cluster.Lease {
+	l := cluster.Lease{NodeName: name, NodeIP: netip.MustParseAddr(ip), Subnet: netip.MustParsePrefix(subnet), Mode: "vxlan", VNI: 1}
+	if mac != "" {
+		l.VTEPMAC, _ = cluster.ParseMAC(mac)
+	}
+	return l
+}
+
+// Desired, without a namespace: the VTEP's address, and per peer a
+// neighbour, an FDB entry and an onlink route; with directRouting a plain
+// route for a peer on the segment; a peer without a VTEP MAC is a
+// problem.
 func TestDesired(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		n := conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), DirectRouting: &direct}.WithDefaults()
+		nw := &network{node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"),
+			Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: &n}}
+		nw.vtep.Store(5)
+		s, problems := nw.Desired(backend.Input{
+			Self: peer("node1", "192.168.50.1", "10.244.1.0/24", "02:00:00:00:00:01"),
+			Peers: []cluster.Lease{
+				peer("near", "192.168.50.2", "10.244.2.0/24", "02:00:00:00:00:02"),
+				peer("far", "192.168.60.3", "10.244.3.0/24", "02:00:00:00:00:03"),
+				peer("broken", "192.168.60.4", "10.244.4.0/24", ""),
+			},
+			Underlay: underlay,
+		})
+		got := describe(s)
+		want := "address 10.244.1.0/32 dev 5; neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; " +
+			"fdb 02:00:00:00:00:02 192.168.50.2 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
+		if direct {
+			want = "address 10.244.1.0/32 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+				"route 10.244.2.0/24 via 192.168.50.2 dev 2; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
+		}
+		if got != want {
+			t.Errorf("direct routing %v:\n got %s\nwant %s", direct, got, want)
+		}
+		if len(problems) != 1 || problems[0].Peer != "broken" || !strings.Contains(problems[0].Err.Error(), "no VTEP MAC") {
+			t.Errorf("direct routing %v: problems %v", direct, problems)
+		}
+	}
+}
+
+func describe(s backend.State) string {
+	var out []string
+	for _, a := range s.Addrs {
+		out = append(out, fmt.Sprintf("address %s dev %d", a.IPNet, a.LinkIndex))
+	}
+	for _, n := range s.Neighs {
+		out = append(out, fmt.Sprintf("neighbour %s %s dev %d", n.IP, n.HardwareAddr, n.LinkIndex))
+	}
+	for _, n := range s.FDB {
+		out = append(out, fmt.Sprintf("fdb %s %s dev %d", n.HardwareAddr, n.IP, n.LinkIndex))
+	}
+	for _, r := range s.Routes {
+		out = append(out, "route "+backend.DescribeRoute(&r, strconv.Itoa))
+	}
+	return strings.Join(out, "; ")
+}
+
+// In a namespace: what Desired wants can be applied, and a second pass
+// over the kernel finds nothing to do.
+func TestApply(t *testing.T) {
 	yes := true
 	netns, node := backendtest.Node(t, conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), DirectRouting: &yes})
 	err := netns.Do(func(ns.NetNS) error {
@@ -78,36 +151,30 @@ func TestDesired(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		mac, _ := net.ParseMAC("02:00:00:00:00:03")
-		peers := []backend.Peer{
-			{Name: "near", IP: netip.MustParseAddr("192.168.50.2"), Subnet: netip.MustParsePrefix("10.244.2.0/24")},
-			{Name: "far", IP: netip.MustParseAddr("192.168.60.3"), Subnet: netip.MustParsePrefix("10.244.3.0/24"), VTEPMAC: mac},
-			{Name: "broken", IP: netip.MustParseAddr("192.168.60.4"), Subnet: netip.MustParsePrefix("10.244.4.0/24")},
+		in := backend.Input{
+			Self: peer("node1", "192.168.50.1", "10.244.1.0/24", ""),
+			Peers: []cluster.Lease{
+				peer("near", "192.168.50.2", "10.244.2.0/24", "02:00:00:00:00:02"),
+				peer("far", "192.168.60.3", "10.244.3.0/24", "02:00:00:00:00:03"),
+			},
+			Underlay: backend.NewUnderlay(node).Path,
 		}
-		s, problems := nw.Desired(netip.MustParsePrefix("10.244.1.0/24"), peers)
-		if len(problems) != 1 || problems[0].Peer != "broken" {
-			t.Errorf("problems %v", problems)
+		want, problems := nw.Desired(in)
+		if len(problems) != 0 || len(want.Routes) != 2 || want.Routes[0].LinkIndex != node.Link.Attrs().Index {
+			t.Errorf("want %+v, problems %v", want, problems)
 		}
-		var routes []string
-		for _, r := range s.Routes {
-			routes = append(routes, backend.Describe(&r))
-		}
-		if got := strings.Join(routes, "; "); got != "10.244.2.0/24 via 192.168.50.2 dev eth0; 10.244.3.0/24 via 10.244.3.0 dev berth.1 onlink" {
-			t.Errorf("routes: %s", got)
-		}
-		if len(s.Neighs) != 1 || len(s.FDB) != 1 || len(s.Addrs) != 1 || s.Addrs[0].IPNet.String() != "10.244.1.0/32" {
-			t.Errorf("state %+v", s)
-		}
-		changes, err := backend.Diff(nw.Owned(), s)
+		have, err := backend.Read(nw.Owned())
 		if err != nil {
 			return err
 		}
-		if err := backend.Apply(changes); err != nil {
+		if err := backend.Apply(backend.Diff(have, want)); err != nil {
 			return err
 		}
-		again, err := backend.Diff(nw.Owned(), s)
-		if err != nil || len(again) != 0 {
-			t.Errorf("second pass: %v %v", again, err)
+		if have, err = backend.Read(nw.Owned()); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
 		}
 		return nil
 	})

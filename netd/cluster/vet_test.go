@@ -1,12 +1,11 @@
-package registry
+package cluster
 
 import (
+	"encoding/json"
 	"errors"
 	"net/netip"
 	"strings"
 	"testing"
-
-	"go.etcd.io/etcd/api/v3/mvccpb"
 
 	"github.com/berthnet/berth/conf"
 )
@@ -16,12 +15,17 @@ func vetNetwork() *conf.Network {
 	return &n
 }
 
-func rec(name, ip, mac string) Record {
-	return Record{NodeName: name, NodeIP: netip.MustParseAddr(ip), Mode: "vxlan", VTEPMAC: mac, VNI: 1}
+func rec(name, ip, mac string) Lease {
+	m, err := ParseMAC(mac)
+	if err != nil {
+		panic(err)
+	}
+	return Lease{NodeName: name, NodeIP: netip.MustParseAddr(ip), Mode: "vxlan", VTEPMAC: m, VNI: 1}
 }
 
-func mkLease(subnet string, r Record, created int64) Lease {
-	return Lease{Subnet: netip.MustParsePrefix(subnet), Record: r, CreateRevision: created, ModRevision: created}
+func mkLease(subnet string, r Lease, created int64) Lease {
+	r.Subnet, r.Created = netip.MustParsePrefix(subnet), created
+	return r
 }
 
 // Every kind of lease a misbehaving writer can put next to well-behaved
@@ -50,14 +54,13 @@ func TestVet(t *testing.T) {
 		{"empty name", mkLease("10.244.9.0/24", rec("", "192.168.50.9", "02:00:00:00:00:09"), 9), "node name"},
 		{"odd name", mkLease("10.244.9.0/24", rec("x\n; rm -rf", "192.168.50.9", "02:00:00:00:00:09"), 9), "node name"},
 		{"long name", mkLease("10.244.9.0/24", rec(strings.Repeat("x", 300), "192.168.50.9", "02:00:00:00:00:09"), 9), "node name"},
-		{"no IP", mkLease("10.244.9.0/24", Record{NodeName: "x", Mode: "vxlan", VTEPMAC: "02:00:00:00:00:09"}, 9), "not an IPv4 address"},
+		{"no IP", mkLease("10.244.9.0/24", Lease{NodeName: "x", Mode: "vxlan", VTEPMAC: MAC{2, 0, 0, 0, 0, 9}}, 9), "not an IPv4 address"},
 		{"IPv6 node IP", mkLease("10.244.9.0/24", rec("x", "2001:db8::1", "02:00:00:00:00:09"), 9), "not an IPv4 address"},
 		{"loopback node IP", mkLease("10.244.9.0/24", rec("x", "127.0.0.1", "02:00:00:00:00:09"), 9), "not a unicast address"},
 		{"broadcast node IP", mkLease("10.244.9.0/24", rec("x", "255.255.255.255", "02:00:00:00:00:09"), 9), "not a unicast address"},
 		{"node IP in the CIDR", mkLease("10.244.9.0/24", rec("x", "10.244.2.1", "02:00:00:00:00:09"), 9), "would loop"},
-		{"bad MAC", mkLease("10.244.9.0/24", rec("x", "192.168.50.9", "zz:00"), 9), "not an Ethernet address"},
 		{"multicast MAC", mkLease("10.244.9.0/24", rec("x", "192.168.50.9", "01:00:5e:00:00:01"), 9), "not a unicast address"},
-		{"another VNI", mkLease("10.244.9.0/24", Record{NodeName: "x", NodeIP: netip.MustParseAddr("192.168.50.9"), Mode: "vxlan", VTEPMAC: "02:00:00:00:00:09", VNI: 7}, 9), "vni 7"},
+		{"another VNI", mkLease("10.244.9.0/24", Lease{NodeName: "x", NodeIP: netip.MustParseAddr("192.168.50.9"), Mode: "vxlan", VTEPMAC: MAC{2, 0, 0, 0, 0, 9}, VNI: 7}, 9), "vni 7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			leases := []Lease{good, tc.bad}
@@ -90,31 +93,34 @@ func TestVetOlderWins(t *testing.T) {
 	}
 }
 
-// A key List or Follow cannot read is reported, not fatal, and keeps
-// the subnet it names taken.
-func TestParseLeaseRejects(t *testing.T) {
-	r := New(nil, "/t", "pods")
-	for _, tc := range []struct {
-		key, value, why string
-		subnet          bool
-	}{
-		{"10.244.1.0-24", `{"nodeName":`, "not a lease record", true},
-		{"10.244.1.0-24", `[1,2,3]`, "not a lease record", true},
-		{"10.244.1.0-24", `{"nodeIP":"999.1.1.1"}`, "not a lease record", true},
-		{"10.244.1.0-24", `{"nodeName":"` + strings.Repeat("a", MaxValueSize) + `"}`, "more than the 4096", true},
-		{"10.244.1.1-24", `{}`, "host bits set", false},
-		{"10.244.1.0/24", `{}`, "not the canonical spelling", false},
-		{"junk", `{}`, "does not name a subnet", false},
-		{"::-64", `{}`, "not an IPv4 subnet", false},
-		{"10.244.1.0-024", `{}`, "", false},
-	} {
-		_, bad := r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/" + tc.key), Value: []byte(tc.value), ModRevision: 4})
-		if bad == nil || !strings.Contains(bad.Err.Error(), tc.why) || bad.Subnet.IsValid() != tc.subnet || bad.Key != tc.key || bad.ModRevision != 4 {
-			t.Errorf("%s = %s: %+v", tc.key, tc.value, bad)
-		}
+// The record's JSON form is what every netd since the first writes and
+// reads: an unknown field is ignored, a bad MAC refused with its name.
+func TestLeaseJSON(t *testing.T) {
+	l := rec("a", "192.168.50.1", "02:00:00:00:00:01")
+	l.Subnet, l.Created = netip.MustParsePrefix("10.244.1.0/24"), 7
+	b, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
 	}
-	l, bad := r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/10.244.1.0-24"), Value: []byte(`{"nodeName":"a","nodeIP":"192.168.50.1","mode":"vxlan","future":1}`), CreateRevision: 3})
-	if bad != nil || l.NodeName != "a" || l.CreateRevision != 3 {
-		t.Errorf("good lease (with an unknown field): %+v %+v", l, bad)
+	if want := `{"nodeName":"a","nodeIP":"192.168.50.1","mode":"vxlan","vtepMAC":"02:00:00:00:00:01","vni":1}`; string(b) != want {
+		t.Errorf("marshalled %s, want %s", b, want)
+	}
+	b, _ = json.Marshal(Lease{NodeName: "h", NodeIP: netip.MustParseAddr("192.168.50.2"), Mode: "hostgw"})
+	if want := `{"nodeName":"h","nodeIP":"192.168.50.2","mode":"hostgw"}`; string(b) != want {
+		t.Errorf("hostgw lease marshalled %s, want %s", b, want)
+	}
+	var back Lease
+	if err := json.Unmarshal([]byte(`{"nodeName":"a","nodeIP":"192.168.50.1","mode":"vxlan","vtepMAC":"02:00:00:00:00:01","vni":1,"future":true}`), &back); err != nil {
+		t.Fatal(err)
+	}
+	l.Subnet, l.Created = netip.Prefix{}, 0
+	if back != l {
+		t.Errorf("read back %+v, want %+v", back, l)
+	}
+	for _, bad := range []string{`{"vtepMAC":"zz:00"}`, `{"vtepMAC":"02:00:00:00:00:01:02:03"}`, `{"vtepMAC":7}`} {
+		err := json.Unmarshal([]byte(bad), &back)
+		if err == nil || !strings.Contains(err.Error(), "vtepMAC") && !strings.Contains(err.Error(), "MAC") {
+			t.Errorf("%s: %v, want an error naming vtepMAC", bad, err)
+		}
 	}
 }

@@ -1,10 +1,9 @@
-package registry
+package cluster
 
 import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"slices"
 
@@ -45,7 +44,7 @@ func CheckNodeName(name string) error {
 // exists, so it was replaced by a misbehaving writer (see Reclaim).
 func Vet(n *conf.Network, self Lease, leases []Lease) (peers []Lease, rejected []Rejected) {
 	reject := func(l *Lease, err error) {
-		rejected = append(rejected, Rejected{Key: keyOf(l.Subnet), Subnet: l.Subnet, ModRevision: l.ModRevision, Err: err})
+		rejected = append(rejected, Rejected{Key: l.Subnet.String(), Subnet: l.Subnet, Err: err})
 	}
 	var candidates []*Lease
 	for i := range leases {
@@ -66,28 +65,27 @@ func Vet(n *conf.Network, self Lease, leases []Lease) (peers []Lease, rejected [
 			reject(l, fmt.Errorf("it claims this node's name %q; this node holds %s", l.NodeName, self.Subnet))
 		case l.NodeIP == self.NodeIP:
 			reject(l, fmt.Errorf("it claims this node's IP %s (node %q)", l.NodeIP, l.NodeName))
-		case l.VTEPMAC != "" && sameMAC(l.VTEPMAC, self.VTEPMAC):
+		case !l.VTEPMAC.IsZero() && l.VTEPMAC == self.VTEPMAC:
 			reject(l, fmt.Errorf("it claims this node's VTEP MAC %s (node %q)", l.VTEPMAC, l.NodeName))
 		default:
 			candidates = append(candidates, l)
 		}
 	}
 	// Oldest first, so that a clash rejects the newcomer.
-	slices.SortStableFunc(candidates, func(a, b *Lease) int { return cmp.Compare(a.CreateRevision, b.CreateRevision) })
+	slices.SortStableFunc(candidates, func(a, b *Lease) int { return cmp.Compare(a.Created, b.Created) })
 	names := map[string]netip.Prefix{}
-	macs := map[string]*Lease{}
+	macs := map[MAC]*Lease{}
 	for _, l := range candidates {
 		if held, dup := names[l.NodeName]; dup {
 			reject(l, fmt.Errorf("node %q already holds %s", l.NodeName, held))
 			continue
 		}
-		if l.VTEPMAC != "" {
-			mac, _ := net.ParseMAC(l.VTEPMAC) // checkLease parsed it
-			if other, dup := macs[mac.String()]; dup {
+		if !l.VTEPMAC.IsZero() {
+			if other, dup := macs[l.VTEPMAC]; dup {
 				reject(l, fmt.Errorf("its VTEP MAC %s is node %q's (%s)", l.VTEPMAC, other.NodeName, other.Subnet))
 				continue
 			}
-			macs[mac.String()] = l
+			macs[l.VTEPMAC] = l
 		}
 		names[l.NodeName] = l.Subnet
 		peers = append(peers, *l)
@@ -106,7 +104,7 @@ func checkLease(n *conf.Network, l *Lease) error {
 	switch {
 	case !n.CIDR.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < n.CIDR.Bits():
 		return fmt.Errorf("subnet %s is outside the network's CIDR %s", l.Subnet, n.CIDR)
-	case !belongs(n, l.Subnet):
+	case !NodeSubnet(n, l.Subnet):
 		return fmt.Errorf("subnet %s is not a /%d node subnet of %s: it would overlap other nodes' subnets", l.Subnet, n.SubnetLen, n.CIDR)
 	}
 	if err := CheckNodeName(l.NodeName); err != nil {
@@ -121,14 +119,8 @@ func checkLease(n *conf.Network, l *Lease) error {
 	case n.CIDR.Contains(ip):
 		return fmt.Errorf("nodeIP %s is inside the network's CIDR %s: traffic to it would loop", ip, n.CIDR)
 	}
-	if l.VTEPMAC != "" {
-		mac, err := net.ParseMAC(l.VTEPMAC)
-		if err != nil || len(mac) != 6 {
-			return fmt.Errorf("vtepMAC %q is not an Ethernet address", l.VTEPMAC)
-		}
-		if mac[0]&1 != 0 || [6]byte(mac) == [6]byte{} {
-			return fmt.Errorf("vtepMAC %s is not a unicast address", mac)
-		}
+	if !l.VTEPMAC.IsZero() && l.VTEPMAC[0]&1 != 0 {
+		return fmt.Errorf("vtepMAC %s is not a unicast address", l.VTEPMAC)
 	}
 	if l.VNI != 0 && n.Mode == lease.ModeVXLAN && l.VNI != n.VNI {
 		return fmt.Errorf("vni %d, the network's is %d", l.VNI, n.VNI)
@@ -136,8 +128,8 @@ func checkLease(n *conf.Network, l *Lease) error {
 	return nil
 }
 
-func sameMAC(a, b string) bool {
-	ma, err1 := net.ParseMAC(a)
-	mb, err2 := net.ParseMAC(b)
-	return err1 == nil && err2 == nil && ma.String() == mb.String()
+// NodeSubnet reports whether subnet is a node subnet of n: inside its
+// CIDR, of its subnet length, without host bits.
+func NodeSubnet(n *conf.Network, subnet netip.Prefix) bool {
+	return subnet.IsValid() && subnet.Bits() == n.SubnetLen && subnet == subnet.Masked() && n.CIDR.Contains(subnet.Addr())
 }
