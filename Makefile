@@ -12,8 +12,11 @@ PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 
-# Plugins are exec'd on every container start: static, stripped, no VCS stamp.
-GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+# The version `runner version` (and netd) report: internal/version.Version.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
+# Plugins are exec'd on every container start: static, stripped.
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w -X github.com/berthnet/berth/internal/version.Version=$(VERSION)'
 export CGO_ENABLED = 0
 
 # Tests need the binaries and find them here.

@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/berthnet/berth/internal/version"
 )
 
 // capture runs Main and returns its exit status and what it printed.
@@ -60,5 +62,22 @@ func TestGlobalFlagsBeforeCommand(t *testing.T) {
 	code, _, errOut = capture(t, "ps", "--cgroup-parent", "/")
 	if code != 125 || !strings.Contains(errOut, "--cgroup-parent") {
 		t.Errorf("exit %d, stderr %q", code, errOut)
+	}
+}
+
+// `runner version` and `runner --version` print the stamped version and
+// need no state: they work for any user, on any machine.
+func TestVersion(t *testing.T) {
+	old := version.Version
+	defer func() { version.Version = old }()
+	version.Version = "v9.8.7-test"
+	for _, args := range [][]string{{"version"}, {"--version"}, {"--state-dir", "relative", "version"}} {
+		code, out, errOut := capture(t, args...)
+		if code != 0 || !strings.HasPrefix(out, "runner v9.8.7-test (go") {
+			t.Errorf("runner %v: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+	}
+	if _, out, _ := capture(t, "--help"); !strings.Contains(out, "  version ") {
+		t.Errorf("runner --help does not list version:\n%s", out)
 	}
 }
