@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -398,5 +399,33 @@ func TestNetworks(t *testing.T) {
 	// --net host: the node's own namespace, where the bridge now is.
 	if links := n.ok("run", "--rm", "--net", "host", "--", "ls", "/sys/class/net"); !strings.Contains(links, n.bridge) {
 		t.Errorf("--net host sees links %q, not the node's bridge %s", links, n.bridge)
+	}
+}
+
+// Read-only commands leave a fresh machine as it was: no state dir, no
+// parent of it.
+func TestReadOnlyCommandsCreateNothing(t *testing.T) {
+	n := newNode(t, referenceBridge)
+	fresh := filepath.Join(n.dir, "fresh")
+	n.stateDir = filepath.Join(fresh, "run", "berth", "runner")
+	for _, args := range [][]string{
+		{"ps"}, {"ps", "-a"}, {"ps", "-a", "-q"}, {"networks"}, {"inspect", "web"}, {"logs", "web"}, {"version"},
+	} {
+		res := n.runner(args...)
+		if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+			t.Fatalf("runner %v created %s (exit %d, stderr %q)", args, fresh, res.code, res.stderr)
+		}
+		if args[0] == "inspect" || args[0] == "logs" {
+			if res.code == 0 || !strings.Contains(res.stderr, "no such container") {
+				t.Errorf("runner %v on a fresh machine: exit %d, stderr %q; want no such container", args, res.code, res.stderr)
+			}
+		} else if res.code != 0 {
+			t.Errorf("runner %v on a fresh machine: exit %d, stderr %q", args, res.code, res.stderr)
+		}
+	}
+	// The first run creates it.
+	n.ok("run", "--rm", "--", "true")
+	if _, err := os.Stat(n.stateDir); err != nil {
+		t.Errorf("run did not create the state dir: %v", err)
 	}
 }

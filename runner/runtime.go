@@ -64,7 +64,9 @@ type Runtime struct {
 	log   *slog.Logger
 }
 
-// New checks cfg and prepares the state directory.
+// New checks cfg. It creates nothing: the state directory is made by the
+// first command that writes to it (run), so that read-only commands (ps,
+// inspect, logs, networks) leave a fresh machine as it was.
 func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if !filepath.IsAbs(cfg.StateDir) {
 		return nil, invalid("--state-dir %q must be an absolute path", cfg.StateDir)
@@ -81,11 +83,7 @@ func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runtime{cfg: cfg, store: &store{dir: filepath.Clean(cfg.StateDir)}, log: log}
-	if err := r.store.init(); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return &Runtime{cfg: cfg, store: &store{dir: filepath.Clean(cfg.StateDir)}, log: log}, nil
 }
 
 // Create validates spec against the system, reserves the container's
@@ -93,6 +91,9 @@ func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 // nothing is left behind.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (*Container, error) {
 	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if err := r.store.init(); err != nil {
 		return nil, err
 	}
 	nodeNS, err := currentNetNS()

@@ -112,6 +112,7 @@ func (s *store) portPath(p PortMapping) string {
 	return filepath.Join(s.dir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
 }
 
+// init creates the state directory; only commands that write call it.
 func (s *store) init() error {
 	for _, d := range []string{"containers", "names", "ports", "netns", "cni", "rootfs"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
