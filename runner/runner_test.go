@@ -347,17 +347,33 @@ func TestSupervisorKilled(t *testing.T) {
 				t.Errorf("rm -f from another namespace: exit %d, stderr %q; want a wrong-namespace error", res.code, res.stderr)
 			}
 			n.ok("exec", "orphan", "true")
+			if ps := n.ok("ps"); !strings.Contains(ps, "(supervisor died") {
+				t.Errorf("ps does not say the supervisor died:\n%s", ps)
+			}
 			killPid(t, c.State.Pid)
-			if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Dead`).MatchString(ps) {
+			if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Dead \(supervisor died`).MatchString(ps) {
 				t.Errorf("ps -a after both died:\n%s", ps)
 			}
 			switch cleanup {
 			case "rm":
 				n.ok("rm", "orphan")
 			case "gc":
-				n.ok("gc")
-				if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Exited \(-1\)`).MatchString(ps) {
+				// gc says what happened and what it released.
+				out := n.ok("gc")
+				for _, want := range []string{
+					fmt.Sprintf("orphan: its supervisor (pid %d) died before the container ended; exit status unknown\n", c.State.Supervisor),
+					fmt.Sprintf("orphan: released: cgroups, removed from network %s (%s), network namespace, 1 host port(s)\n", n.network, c.IPs()[0]),
+					fmt.Sprintf("network %s: CNI GC done, 0 live attachment(s) kept\n", n.network),
+				} {
+					if !strings.Contains(out, want) {
+						t.Errorf("gc output lacks %q:\n%s", want, out)
+					}
+				}
+				if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Exited \(unknown\) \d+ seconds ago \(supervisor died; gc removed it from network testnet\)`).MatchString(ps) {
 					t.Errorf("ps -a after gc:\n%s", ps)
+				}
+				if out := n.ok("gc"); !strings.Contains(out, "no container with a dead supervisor") {
+					t.Errorf("second gc:\n%s", out)
 				}
 				n.ok("rm", "orphan")
 			}

@@ -195,25 +195,31 @@ func (r *Runtime) discard(c *Container) {
 // teardown releases what c holds on the system: its processes, CNI
 // attachment, network namespace, cgroups and host ports, and marks it
 // exited. Each step is idempotent and recorded as done, so teardown can
-// be repeated after a crash or a failure. The caller holds c's lock.
-func (r *Runtime) teardown(ctx context.Context, c *Container) error {
+// be repeated after a crash or a failure. It returns what it released, as
+// a person would say it. The caller holds c's lock.
+func (r *Runtime) teardown(ctx context.Context, c *Container) (released []string, err error) {
 	var errs []error
 	st := &c.State
 	if st.Attached {
 		// Refuse before killing anything: the plugins' rules can only be
 		// removed from the namespace they were added in.
 		if err := checkNode(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := sendSignal(st.Pid, st.PidStart, syscall.SIGKILL); err != nil {
-		errs = append(errs, err)
+	if alive(st.Pid, st.PidStart) {
+		if err := sendSignal(st.Pid, st.PidStart, syscall.SIGKILL); err != nil {
+			errs = append(errs, err)
+		} else {
+			released = append(released, fmt.Sprintf("killed pid 1 (%d)", st.Pid))
+		}
 	}
 	if st.Cgroup != nil {
 		if err := st.Cgroup.Destroy(ctx); err != nil {
 			errs = append(errs, err)
 		} else {
 			st.Cgroup = nil
+			released = append(released, "cgroups")
 		}
 	}
 	netFreed := !st.Attached
@@ -222,6 +228,11 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 			errs = append(errs, err)
 		} else {
 			netFreed, st.Attached = true, false
+			what := "removed from network " + st.Network.Network
+			if len(st.Network.IPs) > 0 {
+				what += " (" + strings.Join(st.Network.IPs, ", ") + ")"
+			}
+			released = append(released, what)
 		}
 	}
 	// The namespace goes after DEL, so plugins still find the interface.
@@ -230,10 +241,13 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 			errs = append(errs, err)
 		} else {
 			st.NetNS = ""
+			released = append(released, "network namespace")
 		}
 	}
 	if netFreed {
-		r.releasePorts(c.ID, c.Ports)
+		if n := r.releasePorts(c.ID, c.Ports); n > 0 {
+			released = append(released, fmt.Sprintf("%d host port(s)", n))
+		}
 	}
 	if st.Status != StatusExited {
 		st.Status = StatusExited
@@ -242,7 +256,7 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 	if err := r.store.save(c); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return released, errors.Join(errs...)
 }
 
 // ErrWrongNode means a runner tried to detach a container from another

@@ -63,7 +63,7 @@ func (r *Runtime) Start(ctx context.Context, c *Container, stdio Stdio) (p *Proc
 	defer unlock()
 	defer func() {
 		if err != nil {
-			if terr := r.teardown(context.WithoutCancel(ctx), c); terr != nil {
+			if _, terr := r.teardown(context.WithoutCancel(ctx), c); terr != nil {
 				r.log.Warn("undoing a failed start", "container", c.Name, "err", terr)
 			}
 		}
@@ -272,7 +272,7 @@ func (r *Runtime) Wait(ctx context.Context, c *Container, p *Process) (int, erro
 		}
 	}
 	st.Status, st.ExitCode, st.FinishedAt = StatusExited, code, time.Now().UTC()
-	err = r.teardown(context.WithoutCancel(ctx), c)
+	_, err = r.teardown(context.WithoutCancel(ctx), c)
 	if err == nil && c.Spec.AutoRemove {
 		r.discard(c)
 	}

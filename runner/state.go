@@ -75,6 +75,11 @@ type State struct {
 	// when nobody saw it end (the supervisor was gone).
 	ExitCode  int  `json:"exitCode"`
 	OOMKilled bool `json:"oomKilled,omitempty"`
+	// Orphaned: the supervisor died (kill -9, a crash, a reboot) before
+	// the container ended, so nobody saw its exit status; CleanedBy is
+	// the command that released what it held ("gc", "rm", "stop").
+	Orphaned  bool   `json:"orphaned,omitempty"`
+	CleanedBy string `json:"cleanedBy,omitempty"`
 }
 
 // Attachment is the container's CNI attachment.

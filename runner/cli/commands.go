@@ -374,12 +374,31 @@ func gcCmd() command {
 		help: `Cleans up containers whose supervisor died, then runs CNI GC on every
 network with the attachments of the live containers as the valid ones:
 libcni deletes cached attachments that are not valid, and plugins
-(cniVersion 1.1.0 and later) release anything else they hold.`,
+(cniVersion 1.1.0 and later) release anything else they hold. Prints
+each container it cleaned up with what it released, and each network
+it ran CNI GC on.`,
 		example: "  runner gc",
 		setup: func(fs *pflag.FlagSet) runFunc {
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
-				return 0, rt.GC(ctx)
+				rep, err := rt.GC(ctx)
+				printGC(rep)
+				return 0, err
 			}
 		},
+	}
+}
+
+func printGC(rep *runner.GCReport) {
+	if len(rep.Orphans) == 0 {
+		fmt.Println("no container with a dead supervisor")
+	}
+	for _, o := range rep.Orphans {
+		fmt.Printf("%s: its supervisor (pid %d) died before the container ended; exit status unknown\n", o.Name, o.SupervisorPid)
+		if len(o.Released) > 0 {
+			fmt.Printf("%s: released: %s\n", o.Name, strings.Join(o.Released, ", "))
+		}
+	}
+	for _, n := range rep.Networks {
+		fmt.Printf("network %s: CNI GC done, %d live attachment(s) kept\n", n.Network, n.Kept)
 	}
 }
