@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/berthnet/berth/runner/pty"
 	"github.com/berthnet/berth/runner/sandbox"
 )
 
@@ -224,28 +225,37 @@ type ExecSpec struct {
 	Args []string
 	Env  []string // added to the container's environment
 	Cwd  string
-	TTY  bool
 }
 
-// Exec runs a command in all of a running container's namespaces and
-// cgroups and returns its exit status.
-func (r *Runtime) Exec(ctx context.Context, ref string, spec ExecSpec, stdio Stdio) (int, error) {
+// Exec starts a command in all of a running container's namespaces and
+// cgroups; the caller then owns the Process and must Wait for it. With
+// stdio.TTY the command gets a pseudo-terminal from the container's own
+// devpts instance (Process.Terminal is its master). The error of a
+// command that cannot be executed is a *sandbox.CommandError (exit status
+// 126 or 127).
+func (r *Runtime) Exec(ctx context.Context, ref string, spec ExecSpec, stdio Stdio) (*Process, error) {
 	if len(spec.Args) == 0 {
-		return 125, invalid("no command given: runner exec NAME CMD [ARGS...]")
+		return nil, invalid("no command given: runner exec NAME CMD [ARGS...]")
 	}
 	c, err := r.store.resolve(ref)
 	if err != nil {
-		return 125, err
+		return nil, err
 	}
 	if c.Phase() != PhaseRunning {
-		return 125, fmt.Errorf("container %s is not running (%s)", c.Name, c.StatusText(time.Now()))
+		return nil, fmt.Errorf("container %s is not running (%s)", c.Name, c.StatusText(time.Now()))
 	}
 	env := append(containerEnv(c), spec.Env...)
+	if stdio.TTY && sandbox.Getenv(env, "TERM") == "" {
+		env = append(env, "TERM=xterm")
+	}
 	cwd := spec.Cwd
 	if cwd == "" {
 		cwd = "/"
 	}
+	var terminal, slave *os.File
 	cmd, err := startIn(birth{nsOf: c.State.Pid, cgroup: c.State.Cgroup}, func() (*exec.Cmd, error) {
+		// On a thread in the container's mount namespace: paths resolve
+		// in its root, /dev/ptmx is its own devpts instance's.
 		path, err := sandbox.LookPath(spec.Args[0], sandbox.Getenv(env, "PATH"))
 		if err != nil {
 			return nil, err
@@ -253,19 +263,36 @@ func (r *Runtime) Exec(ctx context.Context, ref string, spec ExecSpec, stdio Std
 		cmd := &exec.Cmd{Path: path, Args: spec.Args, Env: env, Dir: cwd}
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
 		if stdio.TTY {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+			var err error
+			if terminal, slave, err = pty.Open("/dev/ptmx", stdio.Size); err != nil {
+				return nil, err
+			}
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 		}
 		return cmd, nil
 	})
+	if slave != nil {
+		slave.Close() // the child has its own copy
+	}
 	if err != nil {
+		if terminal != nil {
+			terminal.Close()
+		}
 		var ce *sandbox.CommandError
 		if errors.As(err, &ce) {
-			return ce.Code(), err
+			return nil, err
 		}
-		return 125, fmt.Errorf("exec in %s: %w", c.Name, err)
+		return nil, fmt.Errorf("exec in %s: %w", c.Name, err)
 	}
-	cmd.Wait()
-	return exitStatus(cmd.ProcessState), nil
+	return &Process{cmd: cmd, Terminal: terminal}, nil
+}
+
+// Wait waits for the process to end and returns its exit status (128+n
+// when killed by signal n).
+func (p *Process) Wait() int {
+	p.cmd.Wait()
+	return exitStatus(p.cmd.ProcessState)
 }
 
 // Logs copies the output of a detached container to w; with follow it
