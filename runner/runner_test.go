@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/berthnet/berth/internal/testenv"
+	"github.com/berthnet/berth/runner/rootfs"
 )
 
 // The same flow on every network configuration the runner must support.
@@ -444,4 +445,20 @@ func TestReadOnlyCommandsCreateNothing(t *testing.T) {
 	if _, err := os.Stat(n.stateDir); err != nil {
 		t.Errorf("run did not create the state dir: %v", err)
 	}
+}
+
+// The README's first example: busybox httpd in the default rootfs, with
+// no -h, answers with a page (its working directory is /).
+func TestDefaultRootfsServesAPage(t *testing.T) {
+	n := newNode(t, nil)
+	n.ok("run", "-d", "--name", "web", "--", "httpd", "-f", "-p", "80")
+	var res result
+	waitFor(t, func() bool {
+		res = n.runner("exec", "web", "wget", "-qO-", "http://127.0.0.1/")
+		return res.code == 0
+	})
+	if res.stdout != rootfs.IndexPage {
+		t.Errorf("GET / from httpd -f -p 80: %q, want the index page", res.stdout)
+	}
+	n.ok("rm", "-f", "web")
 }
