@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -53,6 +54,7 @@ func TestREADME(t *testing.T) {
 	if len(setup) == 0 || len(runnable) == 0 {
 		t.Fatalf("README.md has %d set-up and %d runnable blocks; the markers are gone?", len(setup), len(runnable))
 	}
+	requirePackages(t, repo)
 	for _, b := range runnable {
 		t.Run(b.Name(), func(t *testing.T) {
 			out, err := runOnFreshMachine(t, repo, setup, b)
@@ -153,4 +155,26 @@ func cleanEnv() []string {
 		env = append(env, e)
 	}
 	return env
+}
+
+// requirePackages skips the test unless every package of .ci/deps is
+// installed: the set-up's `make deps` is then a no-op. Installing from
+// inside the test's private /var/lib would write files to the machine and
+// forget them in dpkg's database.
+func requirePackages(t *testing.T, repo string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repo, ".ci", "deps"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^packages=\(([^)]*)\)`).FindSubmatch(data)
+	if m == nil {
+		t.Fatal(".ci/deps has no packages=(...) line")
+	}
+	for _, p := range strings.Fields(string(m[1])) {
+		out, err := exec.Command("dpkg-query", "-W", "-f=${Status}", p).Output()
+		if err != nil || !strings.Contains(string(out), "install ok installed") {
+			t.Skipf("Debian package %s is not installed: run make deps first", p)
+		}
+	}
 }
