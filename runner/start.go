@@ -208,13 +208,13 @@ func (r *Runtime) startInit(c *Container, stdio Stdio) (*Process, error) {
 		return nil, err
 	}
 	defer errR.Close()
-	sync, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	handshake, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		errW.Close()
 		return nil, fmt.Errorf("creating the start handshake socket: %w", err)
 	}
-	defer unix.Close(sync[0])
-	childSync := os.NewFile(uintptr(sync[1]), "sync")
+	defer unix.Close(handshake[0])
+	childSync := os.NewFile(uintptr(handshake[1]), "handshake")
 	cmd, err := startIn(birth{netns: c.State.NetNS, cgroup: c.State.Cgroup}, func() (*exec.Cmd, error) {
 		cmd := exec.Command("/proc/self/exe", InitCommand)
 		cmd.Env = []string{sandbox.EnvSpec + "=" + string(specJSON)}
@@ -241,14 +241,14 @@ func (r *Runtime) startInit(c *Container, stdio Stdio) (*Process, error) {
 		cmd.Wait()
 		return nil, err
 	}
-	terminal, ready, err := sandbox.AwaitReady(sync[0])
+	terminal, ready, err := sandbox.AwaitReady(handshake[0])
 	if err != nil {
 		return fail(err)
 	}
 	if ready {
 		err := r.tightenPidsLimit(c)
 		if err == nil {
-			err = sandbox.Proceed(sync[0])
+			err = sandbox.Proceed(handshake[0])
 		}
 		if err != nil {
 			if terminal != nil {
