@@ -1,7 +1,7 @@
 package runner_test
 
 import (
-	"bytes"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -250,8 +250,15 @@ func TestSIGTERMEndsRunner(t *testing.T) {
 			n := n.at(t)
 			cmdline := n.command(tc.args...)
 			cmd := exec.Command(cmdline[0], cmdline[1:]...)
-			var stderr bytes.Buffer
-			cmd.Stderr = &stderr
+			// A file, not a pipe: the container's processes inherit it,
+			// and Wait would wait for them to close a pipe.
+			stderrFile, err := os.Create(filepath.Join(t.TempDir(), "stderr"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stderrFile.Close()
+			cmd.Stderr = stderrFile
+			stderr := func() string { b, _ := os.ReadFile(stderrFile.Name()); return string(b) }
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
@@ -268,10 +275,10 @@ func TestSIGTERMEndsRunner(t *testing.T) {
 			case <-time.After(tc.within):
 				cmd.Process.Kill()
 				<-done
-				t.Fatalf("runner %v still ran %s after SIGTERM; stderr %q", tc.args, tc.within, stderr.String())
+				t.Fatalf("runner %v still ran %s after SIGTERM; stderr %q", tc.args, tc.within, stderr())
 			}
 			if got := cmd.ProcessState.ExitCode(); got != tc.wantCode {
-				t.Errorf("runner %v ended with %d after SIGTERM, want %d; stderr %q", tc.args, got, tc.wantCode, stderr.String())
+				t.Errorf("runner %v ended with %d after SIGTERM, want %d; stderr %q", tc.args, got, tc.wantCode, stderr())
 			}
 			if tc.proc != "" {
 				if res := n.runner("exec", "web", "pidof", tc.proc); res.code == 0 {
