@@ -12,8 +12,11 @@ PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 
-# Plugins are exec'd on every container start: static, stripped, no VCS stamp.
-GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+# The version `runner version` (and netd) report: internal/version.Version.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
+# Plugins are exec'd on every container start: static, stripped.
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w -X github.com/berthnet/berth/internal/version.Version=$(VERSION)'
 export CGO_ENABLED = 0
 
 # Tests need the binaries and find them here.
@@ -21,7 +24,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps
+.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench bench-render install clean deps
 
 all: build
 
@@ -80,8 +83,15 @@ demo-clean:
 	@./test/demo/demo.sh clean
 	@$(GO) run ./test/demo/cmd/demo -clean
 
+# A full run rewrites bench/results/ and the README's bench section; a
+# quick run (BENCH_QUICK=1) writes bench/results/quick/ only.
 bench: deps build
 	$(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick)
+
+# The plots and the README's bench section again from the committed
+# results (no measuring).
+bench-render:
+	$(GO) run ./bench/cmd/bench -render bench/results/results.json
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)

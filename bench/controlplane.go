@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"image/color"
 	"net/netip"
 	"os"
 	"slices"
@@ -16,10 +15,6 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd"
@@ -851,83 +846,4 @@ func (cp *ControlPlane) Markdown() string {
 		}
 	}
 	return b.String()
-}
-
-// Plot draws convergence p50 and max against the cluster size, one line
-// pair per mode, on a logarithmic time axis.
-func (cp *ControlPlane) Plot(path string) error {
-	p := plot.New()
-	p.Title.Text = "Route convergence after a node joins (lower is better)"
-	p.X.Label.Text = "nodes in the cluster"
-	p.Y.Label.Text = "milliseconds (log scale)"
-	p.Y.Scale = plot.LogScale{}
-	p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
-	var modes []string
-	for _, c := range cp.Convergence {
-		if !slices.Contains(modes, c.Mode) {
-			modes = append(modes, c.Mode)
-		}
-	}
-	for k, mode := range modes {
-		for s, stat := range []string{"p50", "max"} {
-			var pts plotter.XYs
-			for _, c := range cp.Convergence {
-				if c.Mode != mode {
-					continue
-				}
-				d := c.P50
-				if stat == "max" {
-					d = c.Max
-				}
-				// Log scale: a route faster than the clock's grain shows at 0.1 ms.
-				pts = append(pts, plotter.XY{X: float64(c.Nodes), Y: max(float64(d)/1e6, 0.1)})
-			}
-			line, points, err := plotter.NewLinePoints(pts)
-			if err != nil {
-				return err
-			}
-			line.Color = plotutil.Color(k)
-			points.Color = plotutil.Color(k)
-			points.Shape = plotutil.Shape(s)
-			if stat == "max" {
-				line.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-			}
-			p.Add(line, points)
-			p.Legend.Add(mode+" "+stat, line, points)
-		}
-	}
-	// The targets, across the sizes measured.
-	var sizes []float64
-	for _, c := range cp.Convergence {
-		if !slices.Contains(sizes, float64(c.Nodes)) {
-			sizes = append(sizes, float64(c.Nodes))
-		}
-	}
-	slices.Sort(sizes)
-	if len(sizes) > 0 {
-		for k, t := range []struct {
-			label string
-			d     time.Duration
-		}{{"target vxlan, hostgw", targetConvergence}, {"target bgp", targetConvergenceBG}} {
-			line, err := plotter.NewLine(plotter.XYs{{X: sizes[0], Y: float64(t.d) / 1e6}, {X: sizes[len(sizes)-1], Y: float64(t.d) / 1e6}})
-			if err != nil {
-				return err
-			}
-			line.Color = color.Gray{Y: uint8(100 + 60*k)}
-			line.Dashes = []vg.Length{vg.Points(1), vg.Points(3)}
-			p.Add(line)
-			p.Legend.Add(fmt.Sprintf("%s (%s at %d nodes)", t.label, t.d, targetNodes), line)
-		}
-		ticks := make([]plot.Tick, len(sizes))
-		for i, s := range sizes {
-			ticks[i] = plot.Tick{Value: s, Label: strconv.Itoa(int(s))}
-		}
-		p.X.Tick.Marker = plot.ConstantTicks(ticks)
-		p.X.Min, p.X.Max = sizes[0]-2, sizes[len(sizes)-1]+2
-	}
-	// Room below the fastest line for the legend.
-	p.Y.Min = 1
-	p.Y.Max = max(p.Y.Max*1.5, 5000)
-	p.Legend.Left = true
-	return p.Save(9*vg.Inch, 5.5*vg.Inch, path)
 }

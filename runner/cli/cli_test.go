@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/berthnet/berth/internal/version"
 )
 
 // capture runs Main and returns its exit status and what it printed.
@@ -86,5 +88,22 @@ func TestGlobalFlagsBeforeCommand(t *testing.T) {
 		if code != 0 || !strings.Contains(out, "probe-net") {
 			t.Errorf("runner %q: exit %d, stdout %q, stderr %q; want probe-net listed", args, code, out, errOut)
 		}
+	}
+}
+
+// `runner version` and `runner --version` print the stamped version and
+// need no state: they work for any user, on any machine.
+func TestVersion(t *testing.T) {
+	old := version.Version
+	defer func() { version.Version = old }()
+	version.Version = "v9.8.7-test"
+	for _, args := range [][]string{{"version"}, {"--version"}, {"--state-dir", "relative", "version"}} {
+		code, out, errOut := capture(t, args...)
+		if code != 0 || !strings.HasPrefix(out, "runner v9.8.7-test (go") {
+			t.Errorf("runner %v: exit %d, stdout %q, stderr %q", args, code, out, errOut)
+		}
+	}
+	if _, out, _ := capture(t, "--help"); !strings.Contains(out, "  version ") {
+		t.Errorf("runner --help does not list version:\n%s", out)
 	}
 }

@@ -1,6 +1,8 @@
 // Command bench is `make bench`: it measures berth against its baselines
 // side by side, inside namespaces it creates, and writes
-// bench/results/results.json, the plots and the README table.
+// bench/results/results.json, the plots and the README table. A quick run
+// writes bench/results/quick/ and leaves the README and the full run's
+// results alone; -render redraws plots and README from a results file.
 package main
 
 import (
@@ -27,7 +29,17 @@ type options struct {
 	binDir, refDir string
 	out, readme    string
 	parts          []string
+	// render is a results.json to draw again instead of measuring;
+	// machine fills in where it was measured when the file does not say.
+	render, machine string
 }
+
+// Where results go. Only a full run's are committed and shown in the
+// README; a quick run's are indicative and go aside.
+const (
+	fullOut  = "bench/results"
+	quickOut = "bench/results/quick"
+)
 
 func main() {
 	var o options
@@ -35,8 +47,10 @@ func main() {
 	flag.BoolVar(&o.quick, "quick", os.Getenv("BENCH_QUICK") != "", "fewer runs and smaller clusters (also BENCH_QUICK=1): under 2 minutes")
 	flag.StringVar(&o.binDir, "bin-dir", "bin", "where `make build` put berth's binaries")
 	flag.StringVar(&o.refDir, "ref-dir", "/usr/lib/cni", "the reference CNI plugins")
-	flag.StringVar(&o.out, "out", "bench/results", "results directory")
-	flag.StringVar(&o.readme, "readme", "README.md", "README whose bench section is rewritten")
+	flag.StringVar(&o.out, "out", "", "results directory (default "+fullOut+", for -quick "+quickOut+")")
+	flag.StringVar(&o.readme, "readme", "README.md", "README whose bench section a full run rewrites")
+	flag.StringVar(&o.render, "render", "", "measure nothing: draw the plots (and, for a full run's file, the README section) again\nfrom this results.json, e.g. "+fullOut+"/results.json")
+	flag.StringVar(&o.machine, "machine", "", "with -render: where the results were measured, when the file does not say\n(\"here\": this machine)")
 	flag.StringVar(&only, "parts", os.Getenv("BENCH_PARTS"), "comma-separated subset of "+strings.Join(parts, ",")+
 		" (also BENCH_PARTS); empty: all.\nA partial run prints its tables but rewrites neither results nor README")
 	flag.Usage = func() {
@@ -47,9 +61,12 @@ network namespaces it creates: CNI ADD/DEL latency of every berth plugin
 against the reference bridge+host-local+portmap chain; container-to-container
 throughput and round trip per mode against raw veth and the raw underlay;
 control-plane convergence, memory and CPU of netd as the cluster grows.
-Writes bench/results/results.json, PNG plots and the README's bench section.
+A full run writes bench/results/results.json, PNG plots and the README's
+bench section; a quick run (-quick) writes bench/results/quick/ only, so the
+committed figures stay those of a full run.
 
 Example: make bench BENCH_QUICK=1      (or: bin/bench -quick -parts cni)
+         make bench-render             (plots and README again from bench/results/results.json)
 
 `)
 		flag.PrintDefaults()
@@ -64,7 +81,13 @@ Example: make bench BENCH_QUICK=1      (or: bin/bench -quick -parts cni)
 			}
 		}
 	}
-	if err := run(o); err != nil {
+	var err error
+	if o.render != "" {
+		err = render(o)
+	} else {
+		err = run(o)
+	}
+	if err != nil {
 		slog.Error("bench failed", "err", err)
 		os.Exit(1)
 	}
@@ -83,7 +106,7 @@ func run(o options) error {
 	progress := func(format string, args ...any) {
 		fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(format, args...))
 	}
-	r := &bench.Report{When: time.Now(), Quick: o.quick}
+	r := &bench.Report{When: time.Now(), Quick: o.quick, Machine: bench.DescribeMachine()}
 
 	if o.want("cni") {
 		runs := 150
@@ -118,21 +141,64 @@ func run(o options) error {
 		progress("done (partial run: results and README left as they were)")
 		return nil
 	}
-	if err := os.MkdirAll(o.out, 0o755); err != nil {
-		return err
-	}
-	if err := r.WriteJSON(o.out); err != nil {
-		return err
-	}
-	if err := r.Plot(o.out); err != nil {
-		return fmt.Errorf("plotting: %w", err)
-	}
-	if err := r.UpdateREADME(o.readme); err != nil {
+	if err := write(r, o, true); err != nil {
 		return err
 	}
 	fmt.Print(r.Markdown())
 	progress("done")
 	return nil
+}
+
+// write stores r's results and plots: a full run's in bench/results and
+// the README, a quick run's in bench/results/quick only. It says where.
+func write(r *bench.Report, o options, writeJSON bool) error {
+	out := o.out
+	if out == "" {
+		out = fullOut
+		if r.Quick {
+			out = quickOut
+		}
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	if writeJSON {
+		if err := r.WriteJSON(out); err != nil {
+			return err
+		}
+	}
+	if err := r.Plot(out); err != nil {
+		return fmt.Errorf("plotting: %w", err)
+	}
+	if r.Quick {
+		fmt.Printf("quick run: results and plots in %s; %s and the README keep the last full run's\n", out, fullOut)
+		return nil
+	}
+	if err := r.UpdateREADME(o.readme); err != nil {
+		return err
+	}
+	fmt.Printf("results and plots in %s, README section updated\n", out)
+	return nil
+}
+
+// render draws plots and README again from a results file.
+func render(o options) error {
+	r, err := bench.ReadReport(o.render)
+	if err != nil {
+		return err
+	}
+	rewrite := false
+	if r.Machine == "" && o.machine != "" {
+		r.Machine, rewrite = o.machine, true
+		if o.machine == "here" {
+			r.Machine = bench.DescribeMachine()
+		}
+	}
+	r.Finish()
+	if o.out == "" {
+		o.out = filepath.Dir(o.render)
+	}
+	return write(r, o, rewrite)
 }
 
 // datapath measures one node (raw veth, berth-bridge, the reference
