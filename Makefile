@@ -60,7 +60,7 @@ test-unit:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	@$(GO) mod tidy -diff >/tmp/berth-tidy.diff 2>&1 || { echo "go.mod/go.sum not tidy (run go mod tidy):"; cat /tmp/berth-tidy.diff; exit 1; }
+	@out=$$($(GO) mod tidy -diff 2>&1) || { echo "go.mod/go.sum not tidy (run go mod tidy):"; echo "$$out"; exit 1; }
 
 # Installs the Debian packages the demo and tests use, when missing.
 deps:
