@@ -11,6 +11,9 @@ DESTDIR      ?=
 PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
+# cniVersion of the installed example conflist: 1.0.0 works with every
+# runtime in use; CNI_VERSION=1.1.0 for runtimes that call GC and STATUS.
+CNI_VERSION  ?= 1.0.0
 
 # Plugins are exec'd on every container start: static, stripped, no VCS stamp.
 GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
@@ -88,7 +91,8 @@ install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
 	$(if $(filter-out berth-%,$(BINARIES)),install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/)
-	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
+	sed 's/"cniVersion": "[^"]*"/"cniVersion": "$(CNI_VERSION)"/' conf/examples/10-berth-bridge.conflist >$(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
+	chmod 0644 $(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
 
 clean:
 	rm -rf $(BIN_DIR)

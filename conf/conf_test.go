@@ -77,7 +77,9 @@ func TestParseBridge(t *testing.T) {
 	}{
 		{name: "minimal", stdin: `{"cniVersion":"1.1.0","name":"n","type":"berth-bridge"}`},
 		{name: "ports", stdin: `{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"}]}}`},
-		{name: "wrong version", stdin: `{"cniVersion":"0.3.1","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
+		{name: "0.3.0", stdin: `{"cniVersion":"0.3.0","name":"n"}`},
+		{name: "0.3.1", stdin: `{"cniVersion":"0.3.1","name":"n"}`},
+		{name: "wrong version", stdin: `{"cniVersion":"0.2.0","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
 		{name: "unknown version", stdin: `{"cniVersion":"9.9.9","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
 		{name: "malformed", stdin: `{"name":`, wantErr: cnierr.ErrDecode},
 		{name: "no name", stdin: `{"cniVersion":"1.1.0"}`, wantErr: cnierr.ErrInvalidConfig},
@@ -91,7 +93,7 @@ func TestParseBridge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseBridge([]byte(tt.stdin))
+			_, err := ParseBridge([]byte(tt.stdin), "")
 			if tt.wantErr == nil && err != nil {
 				t.Fatal(err)
 			}

@@ -49,6 +49,7 @@ func TestForceAddress(t *testing.T) {
 	n := newNode(t)
 	mustRun(t, n.ns, "ip", "link", "add", "berth0", "type", "bridge")
 	mustRun(t, n.ns, "ip", "addr", "add", "10.91.0.200/24", "dev", "berth0")
+	mustRun(t, n.ns, "ip", "link", "set", "berth0", "up")
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("force", "berth0", "10.91.0.0/24", ""))
 	before := n.snapshot(t)
 	_, err := rt.Add(container(t, "f1"))
@@ -136,6 +137,12 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	// The outside world counts what arrives from each source.
 	for _, src := range []string{"192.0.2.2", "10.66.6.6"} {
 		mustRun(t, n.outside, "iptables", "-A", "INPUT", "-s", src, "-p", "icmp", "-j", "ACCEPT")
+	}
+	// The container knows the gateway's MAC first: an ARP request from
+	// the spoofed address goes unanswered (rp_filter), and the control
+	// ping would wait behind it.
+	if err := testenv.Ping(c.Netns, "10.93.0.1"); err != nil {
+		t.Fatal(err)
 	}
 	mustRun(t, c.Netns, "ip", "addr", "add", "10.66.6.6/32", "dev", "eth0")
 	testenv.InNS(c.Netns, "ping", "-c", "2", "-W", "1", "-I", "10.66.6.6", outsideIP)

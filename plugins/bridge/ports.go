@@ -15,18 +15,27 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/firewall"
-	"github.com/berthnet/berth/internal/hostport"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
-// Host ports are claimed in <stateDir>/ports/<proto>-<port>/<hostIP|any>,
-// each file holding the owner's attachment key. A claim is one link(2),
-// which fails if the port is taken; conflicts between a wildcard and a
-// specific host address are found by reading that one small directory.
+// Host ports are claimed node-wide, in the directory of the node's network
+// namespace (internal/netnsdir), whatever the network's stateDir:
+// <netnsdir>/ports/<proto>-<port>/<hostIP|any>, each file holding the
+// owner's attachment key. Claims are made and dropped under the
+// namespace's ports lock, so that a wildcard and a specific host address
+// of one port cannot both be claimed by two ADDs at once.
+//
+// Only berth's own attachments conflict (error 102). A process listening
+// on the port does not: the reference portmap does not refuse it either,
+// and runtimes such as podman hold the published ports of their
+// containers open themselves (conmon), so a refusal would break
+// `podman network reload` and `network connect`. The runner checks for
+// listeners before it calls CNI.
 
 const anyHost = "any"
 
-func portDir(stateDir string, p conf.PortMapping) string {
-	return filepath.Join(stateDir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
+func portDir(nsDir string, p conf.PortMapping) string {
+	return filepath.Join(nsDir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
 }
 
 func hostName(p conf.PortMapping) string {
@@ -37,17 +46,26 @@ func hostName(p conf.PortMapping) string {
 }
 
 // claimPorts reserves every host port of r, or none of them.
-func claimPorts(stateDir string, r *record) (err error) {
+func claimPorts(r *record) (err error) {
+	if len(r.Ports) == 0 {
+		return nil
+	}
+	lock, err := netnsdir.Acquire("ports.lock", false)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	nsDir := lock.Dir
 	var claimed []conf.PortMapping
 	defer func() {
 		if err != nil {
 			for _, p := range claimed {
-				unclaimPort(stateDir, r.key(), p)
+				unclaimPort(nsDir, r.key(), p)
 			}
 		}
 	}()
 	for _, p := range r.Ports {
-		if err := claimPort(stateDir, r.key(), p); err != nil {
+		if err := claimPort(nsDir, r.key(), p); err != nil {
 			return err
 		}
 		claimed = append(claimed, p)
@@ -55,11 +73,16 @@ func claimPorts(stateDir string, r *record) (err error) {
 	return nil
 }
 
-func claimPort(stateDir, key string, p conf.PortMapping) error {
-	dir := portDir(stateDir, p)
+func claimPort(nsDir, key string, p conf.PortMapping) (err error) {
+	dir := portDir(nsDir, p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
+	defer func() {
+		if err != nil {
+			os.Remove(dir) // only succeeds when empty: a refusal leaves nothing
+		}
+	}()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
@@ -75,50 +98,47 @@ func claimPort(stateDir, key string, p conf.PortMapping) error {
 		return fmt.Errorf("%w: host port %s/%d (host address %s) is published by another container; choose another hostPort",
 			cnierr.ErrPortInUse, p.Protocol, p.HostPort, e.Name())
 	}
-	if err := portFree(p); err != nil {
-		return err
-	}
-	tmp := claimTemp(stateDir, key, p)
+	// Written whole, then linked into place: a claim killed midway leaves
+	// at most the temp file, which unclaimPort removes.
+	tmp := claimTemp(nsDir, key, p)
 	if err := os.WriteFile(tmp, []byte(key), 0o644); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	defer os.Remove(tmp)
-	if err := os.Link(tmp, filepath.Join(dir, hostName(p))); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: host port %s/%d is published by another container", cnierr.ErrPortInUse, p.Protocol, p.HostPort)
-		}
+	if err := os.Link(tmp, filepath.Join(dir, hostName(p))); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	return nil
 }
 
-// portFree fails when a process on the node listens on the host port: the
-// DNAT rule would silently steal its traffic.
-func portFree(p conf.PortMapping) error {
-	err := hostport.Probe(p.Protocol, p.HostIP, p.HostPort)
-	if errors.Is(err, unix.EADDRINUSE) {
-		return fmt.Errorf("%w: host port %s/%d is in use by a process on the node", cnierr.ErrPortInUse, p.Protocol, p.HostPort)
-	}
-	return nil // other bind errors (e.g. a hostIP not on this node yet) are not conflicts
-}
-
-func unclaimPort(stateDir, key string, p conf.PortMapping) {
-	os.Remove(claimTemp(stateDir, key, p)) // left by a claim killed midway
-	path := filepath.Join(portDir(stateDir, p), hostName(p))
+func unclaimPort(nsDir, key string, p conf.PortMapping) {
+	os.Remove(claimTemp(nsDir, key, p)) // left by a claim killed midway
+	path := filepath.Join(portDir(nsDir, p), hostName(p))
 	if owner, err := os.ReadFile(path); err == nil && string(owner) == key {
 		os.Remove(path)
-		os.Remove(portDir(stateDir, p)) // only succeeds when empty
 	}
+	os.Remove(portDir(nsDir, p)) // only succeeds when empty
 }
 
-func claimTemp(stateDir, key string, p conf.PortMapping) string {
-	return filepath.Join(portDir(stateDir, p), "."+key[:16])
+func claimTemp(nsDir, key string, p conf.PortMapping) string {
+	return filepath.Join(portDir(nsDir, p), "."+key[:16])
 }
 
-func unclaimPorts(stateDir string, r *record) {
+// unclaimPorts drops r's claims.
+func unclaimPorts(r *record) error {
+	if len(r.Ports) == 0 {
+		return nil
+	}
+	lock, err := netnsdir.Acquire("ports.lock", false)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	nsDir := lock.Dir
 	for _, p := range r.Ports {
-		unclaimPort(stateDir, r.key(), p)
+		unclaimPort(nsDir, r.key(), p)
 	}
+	return nil
 }
 
 func firewallPorts(pms []conf.PortMapping) []firewall.Port {
