@@ -337,7 +337,9 @@ func delLink(name string) error {
 	if err != nil {
 		return fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, name, err)
 	}
-	if err := netlink.LinkDel(l); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
+	// A DEL and a GC of one attachment may both get here: the loser finds
+	// the link gone (ENODEV).
+	if err := netlink.LinkDel(l); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("%w: deleting %s: %v", cnierr.ErrDatapath, name, err)
 	}
 	return nil
