@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"errors"
-	"fmt"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"strings"
 	"testing"
@@ -14,36 +13,6 @@ import (
 
 	"github.com/berthnet/berth/internal/testenv"
 )
-
-func TestCNIVersionsAndMAC(t *testing.T) {
-	n := newNode(t)
-	for i, v := range []string{"0.4.0", "1.0.0", "1.1.0"} {
-		t.Run(v, func(t *testing.T) {
-			list := strings.Replace(n.conflist("ver", "berth0", "10.90.0.0/24", `"promiscMode":true,`), `"cniVersion":"1.1.0"`, `"cniVersion":"`+v+`"`, 1)
-			rt := testenv.NewRuntime(t, n.ns, list)
-			mac := fmt.Sprintf("02:42:ac:11:00:%02x", i+1)
-			c := container(t, "v"+v)
-			c.Caps = map[string]any{"mac": mac}
-			res, err := rt.Add(c)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
-			if res.Interfaces[2].Mac != mac {
-				t.Errorf("container MAC %s, want %s from the mac capability", res.Interfaces[2].Mac, mac)
-			}
-			out, _ := testenv.InNS(n.ns, "ip", "link", "show", "berth0")
-			if !strings.Contains(string(out), "PROMISC") {
-				t.Errorf("promiscMode: bridge is %s", out)
-			}
-			if err := rt.Check(c); err != nil {
-				t.Errorf("CHECK: %v", err)
-			}
-			if err := rt.Del(c); err != nil {
-				t.Errorf("DEL: %v", err)
-			}
-		})
-	}
-}
 
 func TestForceAddress(t *testing.T) {
 	n := newNode(t)
