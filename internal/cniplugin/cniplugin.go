@@ -14,7 +14,6 @@ import (
 	"github.com/berthnet/berth/internal/cnierr"
 )
 
-
 // Plugin describes one executable.
 type Plugin struct {
 	Name  string // e.g. "berth-bridge"
