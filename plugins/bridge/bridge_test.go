@@ -422,3 +422,39 @@ func TestHostPortConflict(t *testing.T) {
 		t.Errorf("port claims left after DEL: %v", got)
 	}
 }
+
+// One container on two networks (podman network connect) publishes its
+// ports on both; another container still cannot take them.
+func TestHostPortsOfOneContainerOnTwoNetworks(t *testing.T) {
+	n := newNode(t)
+	a := testenv.NewRuntime(t, n.ns, n.conflist("twoa", "berth-a", "10.61.0.0/24", ""))
+	b := testenv.NewRuntime(t, n.ns, n.conflist("twob", "berth-b", "10.62.0.0/24", ""))
+	before := n.snapshot(t)
+	onA := container(t, "multi", port(8080, 80, "tcp"))
+	onB := &testenv.Attachment{ID: "multi", IfName: "eth1", Netns: onA.Netns, Caps: onA.Caps}
+	if _, err := a.Add(onA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Add(onB); err != nil {
+		t.Fatalf("the same container's port on its second network: %v", err)
+	}
+	testenv.Serve(t, onA.Netns, "0.0.0.0:80")
+	other := container(t, "other", port(8080, 80, "tcp"))
+	var ce *types.Error
+	if _, err := b.Add(other); !errors.As(err, &ce) || ce.Code != 102 {
+		t.Errorf("another container on 8080: %v, want 102", err)
+	}
+	// Leaving one network keeps the port published through the other.
+	if err := a.Del(onA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testenv.Dial(n.outside, nodeIP+":8080"); err != nil {
+		t.Errorf("port after leaving one network: %v", err)
+	}
+	if err := b.Del(onB); err != nil {
+		t.Fatal(err)
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("left:\n%s", testenv.Diff(before, after))
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,12 +21,14 @@ import (
 
 // Host ports are claimed node-wide, in the directory of the node's network
 // namespace (internal/netnsdir), whatever the network's stateDir:
-// <netnsdir>/ports/<proto>-<port>/<hostIP|any>, each file holding the
-// owner's attachment key. Claims are made and dropped under the
+// <netnsdir>/ports/<proto>-<port>/<hostIP|any>@<attachment>, each file
+// holding the container ID. Claims are made and dropped under the
 // namespace's ports lock, so that a wildcard and a specific host address
 // of one port cannot both be claimed by two ADDs at once.
 //
-// Only berth's own attachments conflict (error 102). A process listening
+// Only other containers' attachments conflict (error 102): one container
+// on two networks gets its published ports on both (podman network
+// connect passes them to every network of the container). A process listening
 // on the port does not: the reference portmap does not refuse it either,
 // and runtimes such as podman hold the published ports of their
 // containers open themselves (conmon), so a refusal would break
@@ -45,6 +48,9 @@ func hostName(p conf.PortMapping) string {
 	return p.HostIP
 }
 
+// claimName is the file of r's claim of p.
+func claimName(r *record, p conf.PortMapping) string { return hostName(p) + "@" + r.key()[:16] }
+
 // claimPorts reserves every host port of r, or none of them.
 func claimPorts(r *record) (err error) {
 	if len(r.Ports) == 0 {
@@ -60,12 +66,12 @@ func claimPorts(r *record) (err error) {
 	defer func() {
 		if err != nil {
 			for _, p := range claimed {
-				unclaimPort(nsDir, r.key(), p)
+				unclaimPort(nsDir, r, p)
 			}
 		}
 	}()
 	for _, p := range r.Ports {
-		if err := claimPort(nsDir, r.key(), p); err != nil {
+		if err := claimPort(nsDir, r, p); err != nil {
 			return err
 		}
 		claimed = append(claimed, p)
@@ -73,7 +79,7 @@ func claimPorts(r *record) (err error) {
 	return nil
 }
 
-func claimPort(nsDir, key string, p conf.PortMapping) (err error) {
+func claimPort(nsDir string, r *record, p conf.PortMapping) (err error) {
 	dir := portDir(nsDir, p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
@@ -88,40 +94,38 @@ func claimPort(nsDir, key string, p conf.PortMapping) (err error) {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	for _, e := range entries {
-		if e.Name() != anyHost && hostName(p) != anyHost && e.Name() != hostName(p) {
-			continue // two different specific addresses do not conflict
+		host, _, ok := strings.Cut(e.Name(), "@")
+		if !ok || host != anyHost && hostName(p) != anyHost && host != hostName(p) {
+			continue // a temp file; or two different specific addresses, which do not conflict
 		}
 		owner, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		if string(owner) == key {
+		if string(owner) == r.ContainerID {
 			continue
 		}
-		return fmt.Errorf("%w: host port %s/%d (host address %s) is published by another container; choose another hostPort",
-			cnierr.ErrPortInUse, p.Protocol, p.HostPort, e.Name())
+		return fmt.Errorf("%w: host port %s/%d (host address %s) is published by container %s; choose another hostPort",
+			cnierr.ErrPortInUse, p.Protocol, p.HostPort, host, owner)
 	}
 	// Written whole, then linked into place: a claim killed midway leaves
 	// at most the temp file, which unclaimPort removes.
-	tmp := claimTemp(nsDir, key, p)
-	if err := os.WriteFile(tmp, []byte(key), 0o644); err != nil {
+	tmp := claimTemp(nsDir, r, p)
+	if err := os.WriteFile(tmp, []byte(r.ContainerID), 0o644); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	defer os.Remove(tmp)
-	if err := os.Link(tmp, filepath.Join(dir, hostName(p))); err != nil && !errors.Is(err, fs.ErrExist) {
+	if err := os.Link(tmp, filepath.Join(dir, claimName(r, p))); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	return nil
 }
 
-func unclaimPort(nsDir, key string, p conf.PortMapping) {
-	os.Remove(claimTemp(nsDir, key, p)) // left by a claim killed midway
-	path := filepath.Join(portDir(nsDir, p), hostName(p))
-	if owner, err := os.ReadFile(path); err == nil && string(owner) == key {
-		os.Remove(path)
-	}
+func unclaimPort(nsDir string, r *record, p conf.PortMapping) {
+	os.Remove(claimTemp(nsDir, r, p)) // left by a claim killed midway
+	os.Remove(filepath.Join(portDir(nsDir, p), claimName(r, p)))
 	os.Remove(portDir(nsDir, p)) // only succeeds when empty
 }
 
-func claimTemp(nsDir, key string, p conf.PortMapping) string {
-	return filepath.Join(portDir(nsDir, p), "."+key[:16])
+func claimTemp(nsDir string, r *record, p conf.PortMapping) string {
+	return filepath.Join(portDir(nsDir, p), "."+r.key()[:16])
 }
 
 // unclaimPorts drops r's claims.
@@ -136,7 +140,7 @@ func unclaimPorts(r *record) error {
 	defer lock.Release()
 	nsDir := lock.Dir
 	for _, p := range r.Ports {
-		unclaimPort(nsDir, r.key(), p)
+		unclaimPort(nsDir, r, p)
 	}
 	return nil
 }
