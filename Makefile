@@ -24,7 +24,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps
+.PHONY: all build test test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench install clean deps
 
 all: build
 
@@ -56,6 +56,14 @@ test-reliability: build
 	@echo "go test ./test/reliability/ (etcd outage $(ETCD_OUTAGE)), log in /tmp/berth-reliability.log"
 	@BERTH_ETCD_OUTAGE=$(ETCD_OUTAGE) $(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./test/reliability/ >/tmp/berth-reliability.log 2>&1; rc=$$?; \
 	grep -E '^ *--- |^(ok|FAIL)|FIGURE|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-reliability.log; exit $$rc
+
+# berth under real runtimes (test/runtimes): Debian's podman 4.3 with its
+# CNI backend, and containerd's ctr, each in a private mount namespace and
+# network namespaces the test makes, with a busybox image built locally.
+test-runtimes: build
+	@echo "go test ./test/runtimes/, log in /tmp/berth-runtimes.log"
+	@BERTH_TEST_RUNTIMES=1 $(GO) test -count=1 -v -timeout 10m ./test/runtimes/ >/tmp/berth-runtimes.log 2>&1; rc=$$?; \
+	grep -E '^ *--- |^(ok|FAIL)|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-runtimes.log; exit $$rc
 
 test-unit:
 	$(GO) test -count=1 -short ./...

@@ -69,7 +69,7 @@ func (p *podman) ip(container, network string) string {
 
 // fetch asks a container's shell to fetch addr over HTTP with nc.
 func (p *podman) fetch(container, host, port string) (string, error) {
-	return p.run("exec", container, "sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 %s %s | head -1`, host, port))
+	return p.podman("exec", container, "sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 %s %s | head -1`, host, port))
 }
 
 // leftovers is what a leak would change: the node's links, addresses,
@@ -85,12 +85,8 @@ func (p *podman) leftovers() string {
 			keep = append(keep, l)
 		}
 	}
-	files, _ := p.inNS("sh", "-c", "find /run/berth /var/lib/cni/networks -type f 2>/dev/null")
-	for _, f := range strings.Split(files, "\n") {
-		base := filepath.Base(f)
-		if f != "" && !strings.HasSuffix(f, ".lock") && base != "lock" && !strings.HasPrefix(base, "last_reserved_ip") && base != ".berth-index" {
-			keep = append(keep, "file "+f)
-		}
+	for _, f := range p.files("/run/berth", "/var/lib/cni/networks") {
+		keep = append(keep, "file "+f)
 	}
 	sort.Strings(keep)
 	return strings.Join(keep, "\n")
@@ -136,7 +132,7 @@ func TestPodman(t *testing.T) {
 
 	t.Run("containers ping each other", func(t *testing.T) {
 		for _, c := range [][2]string{{"web", cliIP}, {"cli", webIP}} {
-			if out, err := p.run("exec", c[0], "ping", "-c", "1", "-W", "2", c[1]); err != nil {
+			if out, err := p.podman("exec", c[0], "ping", "-c", "1", "-W", "2", c[1]); err != nil {
 				t.Errorf("%s to %s: %v\n%s", c[0], c[1], err, out)
 			}
 		}
@@ -145,7 +141,7 @@ func TestPodman(t *testing.T) {
 	t.Run("network reload keeps the container working", func(t *testing.T) {
 		// conmon holds 8080 open: berth refused it as "in use" and the
 		// reload left the container without eth0.
-		if out, err := p.run("network", "reload", "web"); err != nil {
+		if out, err := p.podman("network", "reload", "web"); err != nil {
 			t.Fatalf("podman network reload: %v\n%s", err, out)
 		}
 		if got := p.ip("web", "bnet"); got == "" {
@@ -155,14 +151,14 @@ func TestPodman(t *testing.T) {
 	})
 	t.Run("network connect and disconnect keep published ports", func(t *testing.T) {
 		p.berthList("bnet2", "1.0.0", "berthp2", "10.79.0.0/24")
-		if out, err := p.run("network", "connect", "bnet2", "web"); err != nil {
+		if out, err := p.podman("network", "connect", "bnet2", "web"); err != nil {
 			t.Fatalf("podman network connect: %v\n%s", err, out)
 		}
 		if got := p.ip("web", "bnet2"); !strings.HasPrefix(got, "10.79.0.") {
 			t.Errorf("address on the connected network: %q", got)
 		}
 		published(t, "8080")
-		if out, err := p.run("network", "disconnect", "bnet2", "web"); err != nil {
+		if out, err := p.podman("network", "disconnect", "bnet2", "web"); err != nil {
 			t.Fatalf("podman network disconnect: %v\n%s", err, out)
 		}
 		published(t, "8080")
@@ -171,7 +167,7 @@ func TestPodman(t *testing.T) {
 	t.Run("--mac-address", func(t *testing.T) {
 		const mac = "02:42:0a:4e:00:99"
 		p.must("run", "-d", "--name", "mac", "--network", "bnet", "--mac-address", mac, image, "sleep", "1000")
-		if got, _ := p.run("exec", "mac", "cat", "/sys/class/net/eth0/address"); got != mac {
+		if got, _ := p.podman("exec", "mac", "cat", "/sys/class/net/eth0/address"); got != mac {
 			t.Errorf("eth0 has %q, want %s", got, mac)
 		}
 		p.must("rm", "-f", "-t", "0", "mac")
@@ -179,11 +175,11 @@ func TestPodman(t *testing.T) {
 	t.Run("network rm, then a new network on the same bridge and subnet", func(t *testing.T) {
 		for _, name := range []string{"reuse1", "reuse2"} {
 			p.berthList(name, "1.0.0", "berthpr", "10.81.0.0/24")
-			out, err := p.run(append([]string{"run", "-d", "--name", name, "--network", name, "-p", "8090:80"}, serve...)...)
+			out, err := p.podman(append([]string{"run", "-d", "--name", name, "--network", name, "-p", "8090:80"}, serve...)...)
 			if err != nil {
 				t.Fatalf("network %s: %v\n%s", name, err, out)
 			}
-			if out, err := p.run("exec", name, "ping", "-c", "1", "-W", "2", "10.81.0.1"); err != nil {
+			if out, err := p.podman("exec", name, "ping", "-c", "1", "-W", "2", "10.81.0.1"); err != nil {
 				t.Errorf("network %s: gateway: %v\n%s", name, err, out)
 			}
 			if line, err := httpGet(outside, nodeIP+":8090"); err != nil || !strings.HasPrefix(line, "HTTP/1") {
@@ -224,14 +220,14 @@ func TestPodman(t *testing.T) {
 			name := "v" + strings.ReplaceAll(v, ".", "")
 			port := fmt.Sprint(8100 + i)
 			p.berthList(name, v, "berthv"+fmt.Sprint(i), fmt.Sprintf("10.83.%d.0/24", i))
-			out, err := p.run(append([]string{"run", "-d", "--name", name, "--network", name, "-p", port + ":80"}, serve...)...)
+			out, err := p.podman(append([]string{"run", "-d", "--name", name, "--network", name, "-p", port + ":80"}, serve...)...)
 			if v == "1.1.0" {
 				// podman 4.3's libcni (CNI 1.1.2) knows results up to 1.0.0:
 				// conflists netd and the examples write are 1.0.0 for this.
 				if err == nil || !strings.Contains(out, `unsupported CNI result version "1.1.0"`) {
 					t.Errorf("cniVersion 1.1.0: %v\n%s\nwant podman's known refusal", err, out)
 				}
-				p.run("rm", "-f", "-t", "0", name)
+				p.podman("rm", "-f", "-t", "0", name)
 				continue
 			}
 			if err != nil {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // netnsDir is where `ip netns` keeps the bind mounts of named namespaces.
@@ -49,8 +51,18 @@ func newNetNS(tb *Testbed, name string) (*NetNS, error) {
 }
 
 // deleteNetNS unmounts and removes a named namespace; it is gone once the
-// last process inside it has exited.
+// last process inside it has exited. The directory the CNI plugins kept
+// for it (internal/netnsdir: locks, host port claims) goes first.
 func deleteNetNS(name string) error {
+	if h, err := ns.GetNS(filepath.Join(netnsDir, name)); err == nil {
+		h.Do(func(ns.NetNS) error {
+			if id, err := netnsdir.ID(); err == nil {
+				os.RemoveAll(filepath.Join(netnsdir.Root, id))
+			}
+			return nil
+		})
+		h.Close()
+	}
 	out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput()
 	if err != nil {
 		if _, statErr := os.Stat(filepath.Join(netnsDir, name)); os.IsNotExist(statErr) {
