@@ -22,7 +22,7 @@ const help = `Configuration (a plugin in a conflist; every field but "type" and 
    "hairpinMode": true,         a container can reach its own published ports
    "promiscMode": false,        bridge in promiscuous mode
    "isolation": true,           no traffic to or from other berth networks on this node
-   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "ipam": {"type": "berth-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 

@@ -90,7 +90,7 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
   {"type": "berth-MODE",
    "leaseDir": "/run/berth",    where netd writes the node lease <leaseDir>/<network name>.json
    "bridge": "berth0",          bridge name on the node
-   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
