@@ -184,3 +184,38 @@ func jumps(t *iptables.Table, chain, target string) int {
 	}
 	return n
 }
+
+// Rules a network kept after its containers left (an older berth's
+// parallel DELs, a record lost with its state dir) go with the next GC
+// that finds no container on it.
+func TestGCRemovesRulesOfAnEmptyNetwork(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("gcempty", "berth0", "10.57.0.0/24", ""))
+	c := container(t, "lost", port(24500, 80, "tcp"))
+	res, err := rt.Add(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The container's link and record are gone; its rules and the bridge are not.
+	mustRun(t, n.ns, "ip", "link", "del", res.Interfaces[1].Name)
+	mustRun(t, n.ns, "sh", "-c", "rm -r "+n.stateDir+"/networks/gcempty")
+	// A runtime that restarted: libcni's cache is empty too, so its GC
+	// sends no DEL of its own, only the plugin's GC.
+	restarted := testenv.NewRuntime(t, n.ns, n.conflist("gcempty", "berth0", "10.57.0.0/24", ""))
+	if err := restarted.GC(); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	// The port mapping chain of the lost container cannot be found
+	// without its record; the network's own rules and the bridge go.
+	out, _ := testenv.InNS(n.ns, "iptables-save")
+	tables, _ := iptables.Parse(out)
+	if got := tables.Get("filter").Chains("BERTH-"); len(got) != 0 {
+		t.Errorf("filter chains left: %v", got)
+	}
+	if got := tables.Get("nat").Chains("BERTH-NAT-"); len(got) != 0 {
+		t.Errorf("nat chains of the network left: %v", got)
+	}
+	if _, err := testenv.InNS(n.ns, "ip", "link", "show", "berth0"); err == nil {
+		t.Error("bridge left")
+	}
+}
