@@ -58,6 +58,9 @@ func newSandbox(t *testing.T, node ns.NetNS, binds map[string]string) *sandbox {
 	}
 	script = append(script, "echo ready", "exec sleep 100000")
 	s.holder = exec.Command("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", strings.Join(script, "\n"))
+	// Best effort if the test process is killed: the holder goes, and
+	// with it the sandbox once the runtime's own processes are gone.
+	s.holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	out, err := s.holder.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
