@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/cnierr"
@@ -59,6 +60,24 @@ func Current() (string, error) {
 		return "", fmt.Errorf("%w: creating %s: %v", cnierr.ErrIO, dir, err)
 	}
 	return dir, nil
+}
+
+// Remove deletes the directory of the network namespace at nsPath, for
+// whoever removes that namespace (test beds, the benchmark): its locks
+// and claims mean nothing once it is gone.
+func Remove(nsPath string) error {
+	n, err := ns.GetNS(nsPath)
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	return n.Do(func(ns.NetNS) error {
+		id, err := ID()
+		if err != nil {
+			return err
+		}
+		return os.RemoveAll(filepath.Join(Root, id))
+	})
 }
 
 // Lock is a held flock on a file of the namespace's directory. The kernel

@@ -54,15 +54,7 @@ func newNetNS(tb *Testbed, name string) (*NetNS, error) {
 // last process inside it has exited. The directory the CNI plugins kept
 // for it (internal/netnsdir: locks, host port claims) goes first.
 func deleteNetNS(name string) error {
-	if h, err := ns.GetNS(filepath.Join(netnsDir, name)); err == nil {
-		h.Do(func(ns.NetNS) error {
-			if id, err := netnsdir.ID(); err == nil {
-				os.RemoveAll(filepath.Join(netnsdir.Root, id))
-			}
-			return nil
-		})
-		h.Close()
-	}
+	netnsdir.Remove(filepath.Join(netnsDir, name))
 	out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput()
 	if err != nil {
 		if _, statErr := os.Stat(filepath.Join(netnsDir, name)); os.IsNotExist(statErr) {
