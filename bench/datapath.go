@@ -22,6 +22,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // Datapath is the container-to-container figures of one mode.
@@ -390,6 +392,7 @@ func OneNodeContainers(ctx context.Context, n OneNodeNetwork, binDirs []string) 
 		for _, c := range conts {
 			c.remove(ctx)
 		}
+		netnsdir.Remove(node.Path()) // the plugins' locks and port claims of the node
 		closeNS(node)
 		os.RemoveAll(work)
 	}

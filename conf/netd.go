@@ -183,6 +183,9 @@ type NodeConflist struct {
 	StateDir    string // the plugin's state
 	IPAMDataDir string // berth-ipam's data
 	Bridge      string // vxlan/hostgw: the node bridge; "" = berth0. One per network on a node.
+	// CNIVersion of the list; "" = DefaultCNIVersion. 1.1.0 for runtimes
+	// that call GC and STATUS (and accept 1.1.0 results).
+	CNIVersion string
 }
 
 // ConflistPath is where netd writes the conflist of network in dir.
@@ -204,12 +207,19 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 		IPAM         ipam            `json:"ipam"`
 		Capabilities map[string]bool `json:"capabilities"`
 	}
+	version := c.CNIVersion
+	if version == "" {
+		version = DefaultCNIVersion
+	}
+	if err := ValidCNIVersion("cniVersion", version); err != nil {
+		return nil, err
+	}
 	list := struct {
 		CNIVersion string   `json:"cniVersion"`
 		Name       string   `json:"name"`
 		Plugins    []plugin `json:"plugins"`
 	}{
-		CNIVersion: "1.1.0",
+		CNIVersion: version,
 		Name:       c.Network,
 		Plugins: []plugin{{
 			Type:         "berth-" + c.Mode,

@@ -108,11 +108,20 @@ func TestNodeConflist(t *testing.T) {
 	if err != nil {
 		t.Fatalf("libcni rejects %s: %v", data, err)
 	}
-	if list.Name != "pods" || list.CNIVersion != "1.1.0" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "berth-vxlan" {
+	// 1.0.0 by default: podman 4 and containerd 1.6/1.7 refuse 1.1.0 results.
+	if list.Name != "pods" || list.CNIVersion != "1.0.0" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "berth-vxlan" {
 		t.Fatalf("unexpected conflist %s", data)
 	}
 	if !list.Plugins[0].Network.Capabilities["portMappings"] {
 		t.Fatalf("portMappings capability missing: %s", data)
+	}
+	c.CNIVersion = "1.1.0"
+	if data, err := c.Marshal(); err != nil || !strings.Contains(string(data), `"cniVersion": "1.1.0"`) {
+		t.Errorf("asked for 1.1.0: %s, %v", data, err)
+	}
+	c.CNIVersion = "2.0.0"
+	if _, err := c.Marshal(); !errors.Is(err, cnierr.ErrIncompatibleVersion) {
+		t.Errorf("cniVersion 2.0.0: %v, want refused", err)
 	}
 	if got := ConflistPath("/etc/cni/net.d", "pods"); got != filepath.Join("/etc/cni/net.d", "10-berth-pods.conflist") {
 		t.Fatalf("conflist path %s", got)

@@ -50,6 +50,7 @@ type Config struct {
 	CNIStateDir    string
 	IPAMDataDir    string
 	Bridge         string // written into the conflist (vxlan, hostgw)
+	CNIVersion     string // of the conflist
 	MetricsAddr    string
 	ResyncInterval time.Duration
 	LogLevel       string
@@ -103,6 +104,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
 	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
 	fs.StringVar(&c.Bridge, "bridge", "", "vxlan/hostgw: the node bridge containers attach to, written into the conflist, e.g. berth1 (default berth0; give each network on a node its own)")
+	fs.StringVar(&c.CNIVersion, "cni-version", conf.DefaultCNIVersion, "cniVersion of the conflist, e.g. 1.1.0 for a runtime that calls GC and STATUS (podman 4 and containerd 1.6/1.7 refuse 1.1.0 results)")
 	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
 	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
@@ -198,6 +200,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Bridge != "" {
 		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {
+			return err
+		}
+	}
+	if c.CNIVersion != "" {
+		if err := conf.ValidCNIVersion("--cni-version", c.CNIVersion); err != nil {
 			return err
 		}
 	}

@@ -40,6 +40,13 @@ func TestFlags(t *testing.T) {
 	if c.LeaseTTL != DefaultLeaseTTL || c.MetricsAddr != DefaultMetricsAddr || c.EtcdPrefix != "/berth/v1" || c.LeaseDir != "/run/berth" {
 		t.Fatalf("defaults: %+v", c)
 	}
+	// The conflist's version: one every runtime in use accepts, unless asked.
+	if c.CNIVersion != "1.0.0" {
+		t.Fatalf("--cni-version default %q, want 1.0.0", c.CNIVersion)
+	}
+	if c, err := parse(t, "--node-name", "n1", "--cni-version", "1.1.0"); err != nil || c.CNIVersion != "1.1.0" {
+		t.Fatalf("--cni-version 1.1.0: %v", err)
+	}
 }
 
 func TestFlagErrors(t *testing.T) {
@@ -55,6 +62,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--lease-ttl", "1s"}, "--lease-ttl"},
 		{[]string{"--etcd-certfile", "c.pem"}, "--etcd-keyfile"},
 		{[]string{"--node-name", ""}, "--node-name"},
+		{[]string{"--cni-version", "2.0.0"}, "--cni-version"},
 	}
 	for _, tt := range tests {
 		_, err := parse(t, tt.args...)

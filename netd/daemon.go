@@ -264,6 +264,7 @@ func (d *daemon) writeConflist() error {
 		StateDir:    d.cfg.CNIStateDir,
 		IPAMDataDir: d.cfg.IPAMDataDir,
 		Bridge:      d.cfg.Bridge,
+		CNIVersion:  d.cfg.CNIVersion,
 	}.Marshal()
 	if err != nil {
 		return err

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
@@ -45,26 +46,15 @@ The container gets <address>/32 and "default via 169.254.1.1"; the node gets a
 }
 
 func funcs() skel.CNIFuncs {
-	f := bridge.LeasedFuncs(lease.ModeBGP)
-	f.Add = func(args *skel.CmdArgs) error {
-		c, err := bridge.LoadLeased(args, lease.ModeBGP, true)
-		if err != nil {
-			return err
-		}
-		return bridge.AddVia(args, c, routedLinks{})
-	}
-	f.Check = func(args *skel.CmdArgs) error {
-		c, err := bridge.LoadLeased(args, lease.ModeBGP, true)
-		if err != nil {
-			return err
-		}
-		return bridge.CheckVia(args, c, routedLinks{})
-	}
-	return f
+	return bridge.LeasedFuncs(lease.ModeBGP, bridge.Datapath{Links: routedLinks{}})
 }
 
 // routedLinks plugs a container in point-to-point.
 type routedLinks struct{}
+
+// Release has nothing to remove: a routed attachment makes nothing that
+// the whole network shares (netd owns the block's routes).
+func (routedLinks) Release(*conf.Bridge) error { return nil }
 
 func (routedLinks) Setup(r bridge.LinkRequest) (*current.Result, error) {
 	c := r.Conf

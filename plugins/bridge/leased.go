@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -19,7 +18,7 @@ import (
 // netd and STATUS gets 50; DEL and GC work without it, because a runtime
 // must be able to clean up while netd is down.
 func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, error) {
-	c, err := conf.ParseBridge(args.StdinData)
+	c, err := conf.ParseBridge(args.StdinData, args.Args)
 	if err != nil {
 		return nil, err
 	}
@@ -28,7 +27,9 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 			DataDir string `json:"dataDir"`
 		} `json:"ipam"`
 	}
-	json.Unmarshal(args.StdinData, &raw)
+	if err := conf.Decode(args.StdinData, &raw); err != nil {
+		return nil, err
+	}
 	c.IPAMConf = &conf.IPAM{Type: conf.IPAMType, DataDir: raw.IPAM.DataDir}
 	if c.IPAMConf.DataDir == "" {
 		c.IPAMConf.DataDir = conf.DefaultIPAMDataDir
@@ -64,34 +65,23 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 	return c, nil
 }
 
-// LeasedFuncs are the CNI operations of a plugin whose addressing comes
+// LeasedFuncs are the CNI operations of datapath d whose addressing comes
 // from the node lease of mode.
-func LeasedFuncs(mode string) skel.CNIFuncs {
-	run := func(op Op, needLease bool) func(*skel.CmdArgs) error {
-		return func(args *skel.CmdArgs) error {
-			c, err := LoadLeased(args, mode, needLease)
-			if err != nil {
-				return err
-			}
-			return op(args, c)
+func LeasedFuncs(mode string, d Datapath) skel.CNIFuncs {
+	f := d.Funcs(func(args *skel.CmdArgs, needLease bool) (*conf.Bridge, error) {
+		return LoadLeased(args, mode, needLease)
+	})
+	f.Status = func(args *skel.CmdArgs) error {
+		c, err := LoadLeased(args, mode, true)
+		if errors.Is(err, cnierr.ErrTryAgainLater) {
+			return fmt.Errorf("%w: %w", cnierr.ErrUnavailable, err)
 		}
+		if err != nil {
+			return err
+		}
+		return Status(args, c)
 	}
-	return skel.CNIFuncs{
-		Add:   run(Add, true),
-		Del:   run(Del, false),
-		Check: run(Check, true),
-		GC:    run(GC, false),
-		Status: func(args *skel.CmdArgs) error {
-			c, err := LoadLeased(args, mode, true)
-			if errors.Is(err, cnierr.ErrTryAgainLater) {
-				return fmt.Errorf("%w: %w", cnierr.ErrUnavailable, err)
-			}
-			if err != nil {
-				return err
-			}
-			return Status(args, c)
-		},
-	}
+	return f
 }
 
 // LeasedHelp is the configuration reference of berth-vxlan and berth-hostgw.
@@ -100,7 +90,7 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
   {"type": "berth-MODE",
    "leaseDir": "/run/berth",    where netd writes the node lease <leaseDir>/<network name>.json
    "bridge": "berth0",          bridge name on the node
-   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
