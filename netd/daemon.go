@@ -54,7 +54,9 @@ type daemon struct {
 	peers     *peerView
 	health    *health
 	underlay  *backend.Underlay
-	kick      chan struct{} // asks the reconcile loop for a pass
+	kernel    *backend.Cache // the owned part of the kernel, from netlink events
+	kick      chan struct{}  // asks the reconcile loop for a pass
+	fullKick  chan struct{}  // asks it for a full pass
 
 	mu   sync.Mutex // guards last
 	last result
@@ -78,7 +80,7 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), fullKick: make(chan struct{}, 1), kernel: &backend.Cache{}}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
@@ -164,12 +166,17 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	case <-ctx.Done():
 		return nil
 	}
-	d.reconcile(ctx)
+	// Kernel events queue from before the first pass reads the kernel.
+	events, err := d.subscribe()
+	if err != nil {
+		log.Warn("subscribing to kernel events; relying on full passes until it works", "err", err)
+	}
+	d.reconcile(ctx, true)
 
 	defer d.serveHTTP(httpListener)()
 
 	wg.Go(func() { d.keeper.run(ctx) })
-	wg.Go(func() { d.watchKernel(ctx) })
+	wg.Go(func() { d.watchKernel(ctx, events) })
 	wg.Go(func() { d.probe(ctx) })
 	wg.Go(func() { d.reconcileLoop(ctx) })
 	if n, ok := d.nw.(backend.Notifier); ok {
@@ -250,6 +257,14 @@ func permanent(err error) bool {
 func (d *daemon) poke() {
 	select {
 	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// pokeFull asks the reconcile loop for a full pass.
+func (d *daemon) pokeFull() {
+	select {
+	case d.fullKick <- struct{}{}:
 	default:
 	}
 }

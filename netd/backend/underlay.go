@@ -2,6 +2,7 @@ package backend
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 
@@ -58,12 +59,24 @@ func (u *Underlay) Path(ip netip.Addr) (Path, error) {
 	return p, err
 }
 
-// Forget drops the remembered answers: the node's routes, addresses or
-// links changed.
+// Forget drops the remembered answers: the node's addresses or links
+// changed.
 func (u *Underlay) Forget() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	clear(u.known)
+}
+
+// ForgetWithin drops the answers for addresses inside dst, whose route
+// changed (nil: the default route, which may carry any of them).
+func (u *Underlay) ForgetWithin(dst *net.IPNet) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for ip := range u.known {
+		if dst == nil || dst.Contains(ip.AsSlice()) || dst.IP.IsUnspecified() {
+			delete(u.known, ip)
+		}
+	}
 }
 
 func (u *Underlay) lookup(ip netip.Addr) (Path, error) {
