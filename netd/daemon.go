@@ -200,6 +200,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 // leasesChanged takes the leases after a change in the datastore.
 func (d *daemon) leasesChanged(c cluster.Change) {
+	d.log.Debug("leases changed", "leases", len(c.Leases), "rejected", len(c.Rejected), "resync", c.Resync)
 	if c.Resync {
 		d.m.resyncs.Inc()
 	}

@@ -15,7 +15,7 @@ import (
 // compares the backend's desired state with netd's cache of the kernel
 // (kept from netlink events) and applies what differs, which after a
 // lease event is that peer's route, neighbour and FDB entry. A full pass
-// (the device checked, the kernel read again) runs every
+// (devices checked, the kernel read again) runs every
 // --resync-interval, whenever the cache may have missed events, and
 // after a pass failed (retried sooner, backing off to the interval).
 func (d *daemon) reconcileLoop(ctx context.Context) {
@@ -84,7 +84,9 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	if full {
 		kind = "full"
 	}
-	d.m.reconcileDuration.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	d.m.reconcileDuration.WithLabelValues(kind).Observe(took.Seconds())
+	d.log.Debug("reconcile pass", "pass", kind, "took", took, "changes", len(res.Changes), "peers", len(peers))
 	d.m.peers.Set(float64(len(peers)))
 	d.m.peerErrors.Set(float64(len(problems)))
 	if res.Err != nil {
@@ -106,7 +108,6 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 // records in res what it did and the problems it found.
 func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) error {
 	if full {
-		d.underlay.Forget()
 		if err := d.nw.Ensure(ctx); err != nil {
 			return err
 		}
@@ -205,6 +206,7 @@ func (d *daemon) watchKernel(ctx context.Context, e *kernelEvents) {
 			close(e.done)
 		}
 		d.kernel.Invalidate()
+		d.underlay.Forget()
 		if ctx.Err() != nil {
 			return
 		}
@@ -260,6 +262,7 @@ func (d *daemon) handleKernelEvents(ctx context.Context, e *kernelEvents) {
 			d.poke()
 		case backend.CacheLost:
 			d.kernel.Invalidate()
+			d.underlay.Forget()
 			d.pokeFull()
 		}
 	}

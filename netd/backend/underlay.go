@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -28,8 +29,11 @@ func (p Path) String() string {
 }
 
 // Underlay answers how this node reaches addresses on the underlay, from
-// the kernel's routing table, and remembers each answer until Forget: a
-// pass over 50 peers would otherwise ask the kernel 50 times.
+// the kernel's routing table, and remembers each answer for MaxAge or
+// until Forget: a pass over 50 peers would otherwise ask the kernel 50
+// times. netd forgets the answers a route, address or link event may
+// have changed; the age bounds how long a change it hears no event of
+// (a policy routing rule) goes unseen.
 type Underlay struct {
 	node Node
 
@@ -40,7 +44,11 @@ type Underlay struct {
 type pathOrErr struct {
 	path Path
 	err  error
+	at   time.Time
 }
+
+// MaxAge is how long Underlay trusts an answer.
+const MaxAge = time.Minute
 
 // NewUnderlay returns the Underlay of node.
 func NewUnderlay(node Node) *Underlay {
@@ -51,11 +59,11 @@ func NewUnderlay(node Node) *Underlay {
 func (u *Underlay) Path(ip netip.Addr) (Path, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if k, ok := u.known[ip]; ok {
+	if k, ok := u.known[ip]; ok && time.Since(k.at) < MaxAge {
 		return k.path, k.err
 	}
 	p, err := u.lookup(ip)
-	u.known[ip] = pathOrErr{p, err}
+	u.known[ip] = pathOrErr{p, err, time.Now()}
 	return p, err
 }
 
