@@ -295,9 +295,13 @@ func (d *daemon) writeConflist() error {
 	return nil
 }
 
-// probe keeps the etcd_up metric and status current.
+// probe keeps the etcd_up metric and status current. It notices an
+// unreachable etcd well within the lease's validity (the keepalive renews
+// it every third of the TTL), so that /healthz says "degraded" while the
+// lease is still good, not "no valid lease" at once.
 func (d *daemon) probe(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	every, timeout := min(5*time.Second, d.cfg.LeaseTTL/4), min(3*time.Second, d.cfg.LeaseTTL/5)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -305,7 +309,7 @@ func (d *daemon) probe(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
 		err := d.store.Ping(rctx)
 		cancel()
 		d.health.set(err == nil)

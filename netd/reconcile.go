@@ -69,9 +69,9 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	self, _ := d.keeper.lease()
 	peers, problems := d.peers.current()
 	res := result{At: start}
-	res.Err = d.pass(ctx, full, &res, backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path})
-	problems = append(problems, res.Announced...)
-	problems = append(problems, res.Problems...)
+	more, err := d.pass(ctx, full, &res, backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path})
+	res.Err = err
+	problems = append(append(problems, res.Announced...), more...)
 	backend.SortProblems(problems)
 	res.Problems = problems
 	if sl, ok := d.nw.(backend.SessionLister); ok {
@@ -104,12 +104,13 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	return res.Err
 }
 
-// pass is one reconcile pass from in (its Kernel filled in here); it
-// records in res what it did and the problems it found.
-func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) error {
+// pass is one reconcile pass from in (its Kernel filled in here): it
+// records in res what it changed (and what the routing protocol could not
+// set up) and returns the peers Desired cannot connect.
+func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
 	if full {
 		if err := d.nw.Ensure(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if a, ok := d.nw.(backend.Announcer); ok {
@@ -120,12 +121,11 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	if full || !cached {
 		var err error
 		if have, err = d.kernel.Load(owned); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	in.Kernel = have
 	want, problems := d.nw.Desired(in)
-	res.Problems = problems
 	changes := backend.Diff(have, want)
 	for _, c := range changes {
 		d.log.Info("kernel change", "change", c.What)
@@ -134,7 +134,7 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	made, err := backend.Apply(changes)
 	d.kernel.Applied(made)
 	d.m.kernelChanges.Add(float64(len(made)))
-	return err
+	return problems, err
 }
 
 // logProblems logs a peer problem when it appears or changes, and when
@@ -180,7 +180,13 @@ func (d *daemon) subscribe() (*kernelEvents, error) {
 		links:  make(chan netlink.LinkUpdate, 64),
 		done:   make(chan struct{}),
 	}
-	onErr := func(err error) { d.log.Warn("kernel event subscription", "err", err) }
+	onErr := func(err error) {
+		select {
+		case <-e.done: // closing the sockets ends the subscriptions
+		default:
+			d.log.Warn("kernel event subscription", "err", err)
+		}
+	}
 	err := errors.Join(
 		netlink.RouteSubscribeWithOptions(e.routes, e.done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true}),
 		netlink.NeighSubscribeWithOptions(e.neighs, e.done, netlink.NeighSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true}),
