@@ -142,4 +142,3 @@ func fullPasses(t *testing.T, c *cluster, i int) int {
 	n, _ := strconv.Atoi(string(m[1]))
 	return n
 }
-
