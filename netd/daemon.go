@@ -54,7 +54,9 @@ type daemon struct {
 	peers     *peerView
 	health    *health
 	underlay  *backend.Underlay
-	kick      chan struct{} // asks the reconcile loop for a pass
+	kernel    *backend.Cache // the owned part of the kernel, from netlink events
+	kick      chan struct{}  // asks the reconcile loop for a pass
+	fullKick  chan struct{}  // asks it for a full pass
 
 	mu   sync.Mutex // guards last
 	last result
@@ -78,7 +80,7 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), fullKick: make(chan struct{}, 1), kernel: &backend.Cache{}}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
@@ -164,12 +166,17 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	case <-ctx.Done():
 		return nil
 	}
-	d.reconcile(ctx)
+	// Kernel events queue from before the first pass reads the kernel.
+	events, err := d.subscribe()
+	if err != nil {
+		log.Warn("subscribing to kernel events; relying on full passes until it works", "err", err)
+	}
+	d.reconcile(ctx, true)
 
 	defer d.serveHTTP(httpListener)()
 
 	wg.Go(func() { d.keeper.run(ctx) })
-	wg.Go(func() { d.watchKernel(ctx) })
+	wg.Go(func() { d.watchKernel(ctx, events) })
 	wg.Go(func() { d.probe(ctx) })
 	wg.Go(func() { d.reconcileLoop(ctx) })
 	if n, ok := d.nw.(backend.Notifier); ok {
@@ -193,6 +200,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 // leasesChanged takes the leases after a change in the datastore.
 func (d *daemon) leasesChanged(c cluster.Change) {
+	d.log.Debug("leases changed", "leases", len(c.Leases), "rejected", len(c.Rejected), "resync", c.Resync)
 	if c.Resync {
 		d.m.resyncs.Inc()
 	}
@@ -254,6 +262,14 @@ func (d *daemon) poke() {
 	}
 }
 
+// pokeFull asks the reconcile loop for a full pass.
+func (d *daemon) pokeFull() {
+	select {
+	case d.fullKick <- struct{}{}:
+	default:
+	}
+}
+
 // writeConflist writes the network's conflist, unless it is already
 // there: runtimes watch the directory.
 func (d *daemon) writeConflist() error {
@@ -280,9 +296,13 @@ func (d *daemon) writeConflist() error {
 	return nil
 }
 
-// probe keeps the etcd_up metric and status current.
+// probe keeps the etcd_up metric and status current. It notices an
+// unreachable etcd well within the lease's validity (the keepalive renews
+// it every third of the TTL), so that /healthz says "degraded" while the
+// lease is still good, not "no valid lease" at once.
 func (d *daemon) probe(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	every, timeout := min(5*time.Second, d.cfg.LeaseTTL/4), min(3*time.Second, d.cfg.LeaseTTL/5)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -290,7 +310,7 @@ func (d *daemon) probe(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
 		err := d.store.Ping(rctx)
 		cancel()
 		d.health.set(err == nil)

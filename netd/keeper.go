@@ -183,6 +183,7 @@ func (k *keeper) keepAlive(ctx context.Context) {
 
 // renewed is called on each renewal of the lease.
 func (k *keeper) renewed(ttl time.Duration) {
+	k.log.Debug("lease renewed", "ttl", ttl)
 	k.mu.Lock()
 	k.expires = time.Now().Add(ttl)
 	k.mu.Unlock()

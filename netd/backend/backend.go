@@ -168,7 +168,8 @@ func RemoveRoutes(cidr netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	return Apply(Diff(have, State{}))
+	_, err = Apply(Diff(have, State{}))
+	return err
 }
 
 // SortProblems orders problems by peer, for stable status output.

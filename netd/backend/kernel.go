@@ -14,22 +14,26 @@ import (
 
 // Change is one kernel change Diff found necessary.
 type Change struct {
-	What  string // e.g. "add route 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"
-	apply func() error
+	What   string // e.g. "add route 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"
+	apply  func() error
+	obj    any  // *netlink.Addr, *netlink.Neigh or *netlink.Route, for Cache.Applied
+	remove bool // obj is removed (else added or replaced)
 }
 
 func (c Change) String() string { return c.What }
 
 // Apply makes the changes, all of them even when some fail, and returns
-// the failures joined.
-func Apply(changes []Change) error {
+// the ones made and the failures joined.
+func Apply(changes []Change) (made []Change, err error) {
 	var errs []error
 	for _, c := range changes {
 		if err := c.apply(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", c.What, err))
+			continue
 		}
+		made = append(made, c)
 	}
-	return errors.Join(errs...)
+	return made, errors.Join(errs...)
 }
 
 // Read reads the owned part of the kernel: the IPv4 addresses,
@@ -198,18 +202,18 @@ func diff[T any](k kind[T], have, want []T) (adds, dels []Change) {
 		delete(byKey, key)
 		switch {
 		case len(cur) == 0:
-			adds = append(adds, Change{What: "add " + k.noun + " " + k.show(&w), apply: func() error { return k.set(&w) }})
+			adds = append(adds, Change{What: "add " + k.noun + " " + k.show(&w), apply: func() error { return k.set(&w) }, obj: &w})
 		case len(cur) > 1 || !k.same(cur[0], &w):
 			// A replace covers one object per key; extras go first.
 			for _, c := range cur[1:] {
-				adds = append(adds, Change{What: "remove duplicate " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }})
+				adds = append(adds, Change{What: "remove duplicate " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }, obj: c, remove: true})
 			}
-			adds = append(adds, Change{What: "replace " + k.noun + " " + k.show(cur[0]) + " with " + k.show(&w), apply: func() error { return k.set(&w) }})
+			adds = append(adds, Change{What: "replace " + k.noun + " " + k.show(cur[0]) + " with " + k.show(&w), apply: func() error { return k.set(&w) }, obj: &w})
 		}
 	}
 	for _, key := range order {
 		for _, c := range byKey[key] {
-			dels = append(dels, Change{What: "remove " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }})
+			dels = append(dels, Change{What: "remove " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }, obj: c, remove: true})
 		}
 	}
 	return adds, dels

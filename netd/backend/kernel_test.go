@@ -219,7 +219,7 @@ func TestReadApply(t *testing.T) {
 		if strings.Join(got, "\n") != strings.Join(wantChanges, "\n") {
 			t.Fatalf("changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantChanges, "\n"))
 		}
-		if err := backend.Apply(backend.Diff(have, want)); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
 			t.Fatal(err)
 		}
 		if have, err = backend.Read(owned); err != nil {
@@ -235,10 +235,11 @@ func TestReadApply(t *testing.T) {
 			}
 		}
 		// Removing what is already gone is not an error.
-		if err := backend.Apply(backend.Diff(have, backend.State{})); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, backend.State{})); err != nil {
 			t.Fatal(err)
 		}
-		return backend.Apply(backend.Diff(have, backend.State{}))
+		_, err = backend.Apply(backend.Diff(have, backend.State{}))
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -66,10 +66,22 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 	if err != nil {
 		return cluster.Lease{}, "", err
 	}
-	grant, err := r.cli.Grant(ctx, ttlSeconds(h.ttl))
-	if err != nil {
-		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", err)
+	// The grant and the first read of the leases go to etcd together.
+	type granted struct {
+		resp *clientv3.LeaseGrantResponse
+		err  error
 	}
+	grantCh := make(chan granted, 1)
+	go func() {
+		resp, err := r.cli.Grant(ctx, ttlSeconds(h.ttl))
+		grantCh <- granted{resp, err}
+	}()
+	entries, snap, listErr := r.list(ctx)
+	g := <-grantCh
+	if g.err != nil {
+		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", g.err)
+	}
+	grant := g.resp
 	defer func() {
 		if err != nil {
 			// Detached: ctx may be what failed.
@@ -78,10 +90,14 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 			cancel()
 		}
 	}()
-	for range maxAttempts {
-		entries, snap, err := r.list(ctx)
-		if err != nil {
-			return cluster.Lease{}, "", err
+	if listErr != nil {
+		return cluster.Lease{}, "", listErr
+	}
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			if entries, snap, err = r.list(ctx); err != nil {
+				return cluster.Lease{}, "", err
+			}
 		}
 		taken := map[netip.Prefix]bool{}
 		for _, b := range snap.Rejected {

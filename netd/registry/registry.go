@@ -147,25 +147,33 @@ func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.
 	if err := want.Validate(); err != nil {
 		return nil, err
 	}
-	data, err := json.Marshal(want)
-	if err != nil {
-		return nil, err
-	}
 	key := r.configKey()
-	resp, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(data))).
-		Else(clientv3.OpGet(key)).
-		Commit()
+	// Every node but the first finds the config: a read, not a write
+	// (etcd writes wait for a disk sync).
+	got, err := r.cli.Get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+		return nil, fmt.Errorf("reading network config at %s: %w", key, err)
 	}
-	if resp.Succeeded {
-		return &want, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
+	kvs := got.Kvs
 	if len(kvs) == 0 {
-		return nil, fmt.Errorf("network config at %s vanished while reading it; try again", key)
+		data, err := json.Marshal(want)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := r.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(data))).
+			Else(clientv3.OpGet(key)).
+			Commit()
+		if err != nil {
+			return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+		}
+		if resp.Succeeded {
+			return &want, nil
+		}
+		if kvs = resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 {
+			return nil, fmt.Errorf("network config at %s vanished while reading it; try again", key)
+		}
 	}
 	stored, err := conf.ParseNetwork(kvs[0].Value)
 	if err != nil {

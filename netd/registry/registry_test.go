@@ -291,6 +291,16 @@ func TestReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("rewritten without a lease", true)
+	// The same record, but detached from the node's etcd lease: it would
+	// outlive the node.
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, key, string(resp.Kvs[0].Value)); err != nil {
+		t.Fatal(err)
+	}
+	check("the same record without a lease", true)
 	if _, err := cli.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,9 @@ const (
 	// finds in the kernel while its sessions come back (graceful restart:
 	// nothing is withdrawn or removed while a restart is in progress).
 	startupHold = 20 * time.Second
+	// updateGrace is how long after a session came up the startup hold
+	// waits for the peer's initial updates.
+	updateGrace = 3 * time.Second
 )
 
 // Backend is the bgp backend.
@@ -234,8 +237,15 @@ func (nw *network) holding(ctx context.Context) bool {
 			return true
 		}
 	}
-	// Sessions up: give the initial updates a moment to arrive.
-	return time.Since(nw.started) < 3*time.Second
+	// Sessions up: give the initial updates a moment to arrive after the
+	// last one came up (netd reconciles as soon as a session changes, so
+	// "now" may be the instant it did).
+	for _, s := range ss {
+		if up := s.Since; up.IsZero() && time.Since(nw.started) < updateGrace || time.Since(up) < updateGrace {
+			return true
+		}
+	}
+	return false
 }
 
 // keptRoutes are the routes of a previous netd still in the kernel (have)

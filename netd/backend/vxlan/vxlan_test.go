@@ -167,7 +167,7 @@ func TestApply(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := backend.Apply(backend.Diff(have, want)); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
 			return err
 		}
 		if have, err = backend.Read(nw.Owned()); err != nil {
