@@ -54,8 +54,8 @@ type Network struct {
 	CIDRv6      netip.Prefix `json:"cidrV6,omitzero"`
 	SubnetLenV6 int          `json:"subnetLenV6,omitempty"` // prefix length of each node's IPv6 subnet
 	Mode        string       `json:"mode"`                  // vxlan | hostgw | bgp
-	VNI       int          `json:"vni,omitempty"`
-	Port      int          `json:"port,omitempty"` // VXLAN UDP port
+	VNI         int          `json:"vni,omitempty"`
+	Port        int          `json:"port,omitempty"` // VXLAN UDP port
 	// MTU of container interfaces; 0 derives it from each node's underlay
 	// (minus VXLANOverhead in vxlan mode).
 	MTU    int   `json:"mtu,omitempty"`

@@ -190,7 +190,10 @@ func TestVetDualStack(t *testing.T) {
 // IPv4 one.
 func TestVetIPv6Only(t *testing.T) {
 	n := conf.Network{Name: "pods", CIDRv6: netip.MustParsePrefix("fd00:244::/56"), Mode: "hostgw"}.WithDefaults()
-	v6only := func(l Lease) Lease { l.Subnet, l.NodeIP, l.VTEPMAC, l.VNI = netip.Prefix{}, netip.Addr{}, MAC{}, 0; return l }
+	v6only := func(l Lease) Lease {
+		l.Subnet, l.NodeIP, l.VTEPMAC, l.VNI = netip.Prefix{}, netip.Addr{}, MAC{}, 0
+		return l
+	}
 	self, good := v6only(dualLease(1, "me", 5)), v6only(dualLease(2, "b", 6))
 	withV4 := v6only(dualLease(3, "x", 7))
 	withV4.Subnet = netip.MustParsePrefix("10.244.3.0/24")

@@ -189,7 +189,9 @@ func TestDualStackFamilies(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
-	addrs := func(ip4, ip6 string) []netip.Addr { return []netip.Addr{netip.MustParseAddr(ip4), netip.MustParseAddr(ip6)} }
+	addrs := func(ip4, ip6 string) []netip.Addr {
+		return []netip.Addr{netip.MustParseAddr(ip4), netip.MustParseAddr(ip6)}
+	}
 	a := start(t, ctx, "192.0.2.31", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.31", "fd00:2::31")})
 	b := start(t, ctx, "192.0.2.32", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.32", "fd00:2::32"), AcceptForeign: true})
 	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
