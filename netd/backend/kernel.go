@@ -33,8 +33,8 @@ func Apply(changes []Change) error {
 }
 
 // Read reads the owned part of the kernel: the addresses (but IPv6
-// link-local ones, which the kernel manages), neighbours and FDB entries
-// of the owned links, and the routes with RouteProtocol in the main table
+// link-local ones, which the kernel manages), neighbours (but multicast
+// and link-local ones) and FDB entries of the owned links, and the routes with RouteProtocol in the main table
 // inside the owned CIDRs, of both families. An owned link that does not
 // exist has nothing.
 func Read(o Owned) (State, error) {
@@ -83,7 +83,14 @@ func ReadLink(idx int) (addrs []netlink.Addr, neighs, fdb []netlink.Neigh, err e
 		if err != nil {
 			return nil, nil, nil, fmt.Errorf("listing neighbours of link %d: %w", idx, err)
 		}
-		neighs = append(neighs, n...)
+		for _, e := range n {
+			// The kernel's own: entries for multicast groups it sends to
+			// (IPv6 neighbour discovery and MLD on any link with IPv6)
+			// and link-local neighbours.
+			if !e.IP.IsMulticast() && !e.IP.IsLinkLocalUnicast() {
+				neighs = append(neighs, e)
+			}
+		}
 	}
 	if fdb, err = dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, unix.AF_BRIDGE) }); err != nil {
 		return nil, nil, nil, fmt.Errorf("listing FDB of link %d: %w", idx, err)

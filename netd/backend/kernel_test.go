@@ -311,6 +311,16 @@ func TestReadApplyDualStack(t *testing.T) {
 		if err := netlink.RouteAdd(&stale); err != nil {
 			return err
 		}
+		// What the kernel keeps on any IPv6 link is not netd's: entries
+		// for the multicast groups of neighbour discovery and MLD.
+		for _, n := range []netlink.Neigh{
+			{LinkIndex: idx, IP: net.ParseIP("ff02::1:ff3b:7445"), HardwareAddr: mac("33:33:ff:3b:74:45"), State: netlink.NUD_NOARP, Family: netlink.FAMILY_V6},
+			{LinkIndex: idx, IP: net.ParseIP("fe80::9"), HardwareAddr: mac("02:00:00:00:00:09"), State: netlink.NUD_REACHABLE, Family: netlink.FAMILY_V6},
+		} {
+			if err := netlink.NeighSet(&n); err != nil {
+				return err
+			}
+		}
 		want := backend.State{
 			Addrs: []netlink.Addr{{IPNet: backend.IPNet(netip.MustParsePrefix("fd00:244:0:1::/128")), LinkIndex: idx},
 				{IPNet: backend.IPNet(netip.MustParsePrefix("10.244.1.0/32")), LinkIndex: idx}},
@@ -325,6 +335,9 @@ func TestReadApplyDualStack(t *testing.T) {
 		have, err := backend.Read(owned)
 		if err != nil {
 			return err
+		}
+		if len(have.Neighs) != 0 {
+			t.Errorf("the kernel's own neighbours read as netd's: %v", have.Neighs)
 		}
 		if err := backend.Apply(backend.Diff(have, want)); err != nil {
 			return err
