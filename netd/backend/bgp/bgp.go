@@ -216,8 +216,8 @@ func (nw *network) announce(ctx context.Context, want []netip.Prefix, problems *
 
 // neighbors is the session plan: mesh, reflectors, externals. A node
 // gets a session per family of the network, between the two nodes'
-// addresses of that family; a peer without an address of a family the
-// network has is a problem.
+// addresses of that family; a peer with a block of a family but no
+// address of it is a problem.
 func (nw *network) neighbors(peers []cluster.Lease) ([]speaker.Neighbor, []backend.Problem) {
 	var out []speaker.Neighbor
 	var problems []backend.Problem
@@ -239,9 +239,13 @@ func (nw *network) neighbors(peers []cluster.Lease) ([]speaker.Neighbor, []backe
 			for _, cidr := range nw.node.Network.CIDRs() {
 				v6 := cidr.Addr().Is6()
 				local, remote := nw.node.Addr(v6), p.NodeAddr(v6)
-				if !remote.IsValid() {
+				hasBlock := v6 && p.SubnetV6.IsValid() || !v6 && p.Subnet.IsValid()
+				switch {
+				case !remote.IsValid() && !hasBlock:
+					continue // a node without that family (e.g. from before dual-stack): nothing to exchange
+				case !remote.IsValid():
 					problems = append(problems, backend.Problem{Peer: p.NodeName, Err: fmt.Errorf(
-						"no %s session: its lease has no %s node address, so this node learns none of its %s blocks", family(cidr.Addr()), family(cidr.Addr()), family(cidr.Addr()))})
+						"no %s session: its lease has an %s block but no %s node address, so this node cannot learn its block", family(cidr.Addr()), family(cidr.Addr()), family(cidr.Addr()))})
 					continue
 				}
 				n := speaker.Neighbor{Address: remote, ASN: asn, Name: p.NodeName, Passive: local.Compare(remote) > 0}

@@ -65,8 +65,9 @@ func TestDesiredChangesNothing(t *testing.T) {
 
 // On a dual-stack network the node announces a block per family, has a
 // session per family with each peer (between the two nodes' addresses of
-// that family), and blackholes both blocks; a peer without an IPv6
-// address gets its IPv4 session and a problem naming the missing one.
+// that family), and blackholes both blocks; a peer from before
+// dual-stack (no IPv6 at all) gets its IPv4 session; a peer with an IPv6
+// block but no IPv6 address gets its IPv4 session and a problem.
 func TestDualStack(t *testing.T) {
 	netns, node := backendtest.Node(t, conf.Network{Mode: "bgp", CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")})
 	node.BGP = backend.BGP{NodeMesh: true, Port: -1}
@@ -84,13 +85,15 @@ func TestDualStack(t *testing.T) {
 			{NodeName: "node2", NodeIP: netip.MustParseAddr("192.168.50.2"), NodeIPv6: netip.MustParseAddr("fd00:50::2"), Mode: "bgp",
 				Subnet: netip.MustParsePrefix("10.244.2.0/24"), SubnetV6: netip.MustParsePrefix("fd00:244:0:2::/64")},
 			{NodeName: "old", NodeIP: netip.MustParseAddr("192.168.50.3"), Mode: "bgp", Subnet: netip.MustParsePrefix("10.244.3.0/24")},
+			{NodeName: "noaddr", NodeIP: netip.MustParseAddr("192.168.50.4"), Mode: "bgp", Subnet: netip.MustParsePrefix("10.244.4.0/24"),
+				SubnetV6: netip.MustParsePrefix("fd00:244:0:4::/64")},
 		}
 		s, _ := nw.Desired(backend.Input{Self: self, Peers: peers, Underlay: backend.NewUnderlay(node).Path})
 		if len(s.Routes) != 2 || s.Routes[0].Dst.String() != "10.244.1.0/24" || s.Routes[1].Dst.String() != "fd00:244:0:1::/64" {
 			t.Errorf("desired routes %v, want a blackhole for each block", s.Routes)
 		}
 		problems := nw.(backend.Announcer).Announce(ctx, self, peers)
-		if len(problems) != 1 || problems[0].Peer != "old" || !strings.Contains(problems[0].Err.Error(), "no IPv6 session") {
+		if len(problems) != 1 || problems[0].Peer != "noaddr" || !strings.Contains(problems[0].Err.Error(), "no IPv6 session") {
 			t.Errorf("announce: %v", problems)
 		}
 		ss, err := nw.(*network).sp.Sessions(ctx)
@@ -98,7 +101,7 @@ func TestDualStack(t *testing.T) {
 		for _, x := range ss {
 			got = append(got, x.Neighbor.Address.String()+" "+x.Neighbor.Name)
 		}
-		if err != nil || strings.Join(got, ", ") != "192.168.50.2 node2, 192.168.50.3 old, fd00:50::2 node2" {
+		if err != nil || strings.Join(got, ", ") != "192.168.50.2 node2, 192.168.50.3 old, 192.168.50.4 noaddr, fd00:50::2 node2" {
 			t.Errorf("sessions %v %v", got, err)
 		}
 		if a := nw.(*network).announced; len(a) != 2 || a[0] != self.Subnet || a[1] != self.SubnetV6 {
