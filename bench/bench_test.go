@@ -87,7 +87,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "raw underlay IPv6 (2 nodes)", "vxlan IPv6 (2 nodes)",
+		"hostgw IPv6 (2 nodes)", "bgp IPv6 (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}

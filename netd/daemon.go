@@ -86,7 +86,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return err // before writing a network config nobody can run
 		}
 	}
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
@@ -97,11 +97,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if httpListener != nil {
 		defer httpListener.Close() // no-op once served
 	}
-	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
+	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
 	d.endpoints = cfg.EtcdEndpoints
 	if len(d.endpoints) == 0 {
-		emb, err := startEmbedded(ctx, cfg, u.IP, log)
+		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
 		if err != nil {
 			return err
 		}
@@ -133,12 +133,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	n := d.network
-	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
+	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
+		"mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
 	be, err := newBackend(n.Mode, log)
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
-	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: n, BGP: cfg.BGP}
+	d.node = u.node(cfg.NodeName, n)
+	d.node.BGP = cfg.BGP
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err
 	}
@@ -192,9 +194,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		})
 	}
 	self, _ := d.keeper.lease()
-	log.Info("running", "subnet", self.Subnet, "endpoints", d.endpoints)
+	log.Info("running", "subnet", self.Subnet, "subnetV6", self.SubnetV6, "endpoints", d.endpoints)
 	wg.Wait()
-	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet)
+	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
 }
 

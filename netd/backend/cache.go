@@ -52,7 +52,7 @@ func (c *Cache) Load(owned Owned) (State, error) {
 func (c *Cache) fill(owned Owned, s State) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.owned = Owned{CIDR: owned.CIDR, Links: slices.Clone(owned.Links)}
+	c.owned = Owned{CIDRs: slices.Clone(owned.CIDRs), Links: slices.Clone(owned.Links)}
 	c.links = maps.Clone(s.Links)
 	c.addrs, c.neighs, c.fdb, c.routes = map[string]netlink.Addr{}, map[string]netlink.Neigh{}, map[string]netlink.Neigh{}, map[string]netlink.Route{}
 	for _, a := range s.Addrs {
@@ -84,7 +84,7 @@ func (c *Cache) Invalidate() {
 func (c *Cache) State(owned Owned) (State, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.valid || owned.CIDR != c.owned.CIDR || !slices.Equal(owned.Links, c.owned.Links) {
+	if !c.valid || !slices.Equal(owned.CIDRs, c.owned.CIDRs) || !slices.Equal(owned.Links, c.owned.Links) {
 		return State{}, false
 	}
 	s := State{Links: maps.Clone(c.links)}
@@ -101,7 +101,7 @@ func (c *Cache) State(owned Owned) (State, bool) {
 	for _, id := range slices.Sorted(maps.Keys(c.routes)) {
 		routes = append(routes, c.routes[id])
 	}
-	s.Routes = OwnedRoutes(c.owned.CIDR, routes)
+	s.Routes = OwnedRoutes(c.owned.CIDRs, routes)
 	return s, true
 }
 
@@ -190,7 +190,7 @@ const (
 
 // Route takes a route event.
 func (c *Cache) Route(u netlink.RouteUpdate) Event {
-	if u.Family != 0 && u.Family != netlink.FAMILY_V4 || u.Table != unix.RT_TABLE_MAIN {
+	if u.Table != unix.RT_TABLE_MAIN {
 		return Unrelated
 	}
 	if u.Protocol != RouteProtocol {
@@ -215,8 +215,10 @@ func (c *Cache) Neigh(u netlink.NeighUpdate) Event {
 	switch u.Family {
 	case unix.AF_BRIDGE:
 		changed = c.setFDB(&u.Neigh, present)
-	case netlink.FAMILY_V4:
-		changed = c.setNeigh(&u.Neigh, present)
+	case netlink.FAMILY_V4, netlink.FAMILY_V6:
+		if ownedNeigh(u.IP) { // as Read: the kernel's own entries are not netd's
+			changed = c.setNeigh(&u.Neigh, present)
+		}
 	}
 	if !changed {
 		return Unrelated
@@ -226,8 +228,8 @@ func (c *Cache) Neigh(u netlink.NeighUpdate) Event {
 
 // Addr takes an address event.
 func (c *Cache) Addr(u netlink.AddrUpdate) Event {
-	if u.LinkAddress.IP.To4() == nil {
-		return Unrelated
+	if u.LinkAddress.IP.IsLinkLocalUnicast() {
+		return Unrelated // as Read: the kernel manages IPv6 link-local addresses
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -16,7 +16,7 @@ import (
 // follow (an owned link gone) makes it ask for a full read.
 func TestCacheEvents(t *testing.T) {
 	cidr := netip.MustParsePrefix("10.244.0.0/16")
-	owned := Owned{CIDR: cidr, Links: []int{5}}
+	owned := Owned{CIDRs: []netip.Prefix{cidr}, Links: []int{5}}
 	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 	route := func(dst, gw string, link int) netlink.Route {
 		return netlink.Route{Dst: IPNet(netip.MustParsePrefix(dst)), Gw: net.ParseIP(gw).To4(), LinkIndex: link,
@@ -134,7 +134,7 @@ func TestCacheEvents(t *testing.T) {
 	if _, ok := c.State(owned); ok {
 		t.Error("invalidated cache has a state")
 	}
-	if _, ok := (&Cache{}).State(Owned{CIDR: cidr, Links: []int{6}}); ok {
+	if _, ok := (&Cache{}).State(Owned{CIDRs: []netip.Prefix{cidr}, Links: []int{6}}); ok {
 		t.Error("state for other links")
 	}
 }
