@@ -138,3 +138,52 @@ func TestCacheEvents(t *testing.T) {
 		t.Error("state for other links")
 	}
 }
+
+// TestCacheEventsIPv6: the cache follows IPv6 routes, neighbours and
+// addresses as it does IPv4 ones, and leaves the kernel's own entries
+// (multicast and link-local neighbours, link-local addresses) alone, as
+// Read does.
+func TestCacheEventsIPv6(t *testing.T) {
+	owned := Owned{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}, Links: []int{5}}
+	mac, _ := net.ParseMAC("02:00:00:00:00:02")
+	r := netlink.Route{Dst: IPNet(netip.MustParsePrefix("fd00:244:0:2::/64")), Gw: net.ParseIP("fd00:244:0:2::"), LinkIndex: 5,
+		Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN, Type: unix.RTN_UNICAST, Flags: int(netlink.FLAG_ONLINK), Priority: ip6DefaultMetric, Family: netlink.FAMILY_V6}
+	n := netlink.Neigh{LinkIndex: 5, IP: net.ParseIP("fd00:244:0:2::"), HardwareAddr: mac, State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V6}
+	c := &Cache{}
+	c.fill(owned, State{Links: map[int]string{5: "berth.1"}, Routes: []netlink.Route{r}, Neighs: []netlink.Neigh{n}})
+	if have, ok := c.State(owned); !ok || len(have.Routes) != 1 || len(have.Neighs) != 1 {
+		t.Fatalf("state %+v, %v", have, ok)
+	}
+
+	kernelsOwn := []netlink.NeighUpdate{
+		{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{LinkIndex: 5, IP: net.ParseIP("ff02::1:ff00:2"), HardwareAddr: mac, Family: netlink.FAMILY_V6}},
+		{Type: unix.RTM_NEWNEIGH, Neigh: netlink.Neigh{LinkIndex: 5, IP: net.ParseIP("fe80::2"), HardwareAddr: mac, Family: netlink.FAMILY_V6}},
+	}
+	for _, u := range kernelsOwn {
+		if ev := c.Neigh(u); ev != Unrelated {
+			t.Errorf("kernel's own neighbour %s: %s", u.IP, ev)
+		}
+	}
+	ll := netlink.AddrUpdate{LinkIndex: 5, NewAddr: true, LinkAddress: net.IPNet{IP: net.ParseIP("fe80::1"), Mask: net.CIDRMask(64, 128)}}
+	if ev := c.Addr(ll); ev != Unrelated {
+		t.Errorf("link-local address: %s", ev)
+	}
+	if have, _ := c.State(owned); len(have.Neighs) != 1 || len(have.Addrs) != 0 {
+		t.Errorf("the kernel's own entries were cached: %+v", have)
+	}
+
+	// Deleted by hand: owned changes, and the cache no longer has them.
+	if ev := c.Route(netlink.RouteUpdate{Type: unix.RTM_DELROUTE, Route: r}); ev != OwnedChanged {
+		t.Errorf("IPv6 route deleted: %s", ev)
+	}
+	if ev := c.Neigh(netlink.NeighUpdate{Type: unix.RTM_DELNEIGH, Neigh: n}); ev != OwnedChanged {
+		t.Errorf("IPv6 neighbour deleted: %s", ev)
+	}
+	v6 := netlink.AddrUpdate{LinkIndex: 5, NewAddr: true, LinkAddress: net.IPNet{IP: net.ParseIP("fd00:244:0:1::"), Mask: net.CIDRMask(128, 128)}}
+	if ev := c.Addr(v6); ev != OwnedChanged {
+		t.Errorf("IPv6 address added: %s", ev)
+	}
+	if have, _ := c.State(owned); len(have.Routes) != 0 || len(have.Neighs) != 0 || len(have.Addrs) != 1 {
+		t.Errorf("after the events: %+v", have)
+	}
+}
