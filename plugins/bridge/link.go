@@ -108,6 +108,14 @@ func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
 			return nil, fmt.Errorf("%w: creating bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 		}
+		// Its link-local address, made when it comes up, is usable at
+		// once: while it is tentative (DAD, a second) the node cannot
+		// send neighbour solicitations on the bridge, and the first
+		// packets it forwards to a new container are lost.
+		key := "net/ipv6/conf/" + c.BridgeName + "/accept_dad"
+		if _, err := sysctl.Sysctl(key, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: setting %s=0: %v", cnierr.ErrDatapath, key, err)
+		}
 		alias = aliasPrefix + c.Name
 		br, err = bridgeByName(c.BridgeName)
 	}
