@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -592,5 +594,92 @@ func TestLegacyBackendNode(t *testing.T) {
 	}
 	if after := n.snapshot(t); after != before {
 		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+	}
+}
+
+// Each CNI call reads each family's rules once and commits them at most
+// once: a dual-stack ADD is two iptables-save and two iptables-restore
+// (one of each per family), an IPv4-only one touches no ip6tables.
+func TestOneTransactionPerFamily(t *testing.T) {
+	n := newDualNode(t)
+	// Every iptables tool the plugins may run, logged, then run.
+	shims, log := t.TempDir(), filepath.Join(t.TempDir(), "execs")
+	for _, fam := range []string{"iptables", "ip6tables"} {
+		for _, variant := range []string{"", "-nft", "-legacy"} {
+			for _, op := range []string{"save", "restore"} {
+				name := fam + variant + "-" + op
+				real, err := exec.LookPath(name)
+				if err != nil {
+					continue
+				}
+				script := fmt.Sprintf("#!/bin/sh\necho %s >>%s\nexec %s \"$@\"\n", name, log, real)
+				if err := os.WriteFile(filepath.Join(shims, name), []byte(script), 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	t.Setenv("PATH", shims+":"+os.Getenv("PATH"))
+	execs := func(do func() error) map[string]int {
+		t.Helper()
+		os.Remove(log)
+		if err := do(); err != nil {
+			t.Fatal(err)
+		}
+		data, _ := os.ReadFile(log)
+		count := map[string]int{}
+		for _, name := range strings.Fields(string(data)) {
+			family, op := "v4", "save"
+			if strings.HasPrefix(name, "ip6") {
+				family = "v6"
+			}
+			if strings.HasSuffix(name, "restore") {
+				op = "restore"
+			}
+			count[family+" "+op]++
+		}
+		return count
+	}
+	for _, tt := range []struct {
+		name    string
+		subnets []string
+		want    map[string]int // at most
+	}{
+		{"dual-stack", stackCases[0].subnets, map[string]int{"v4 save": 1, "v4 restore": 1, "v6 save": 1, "v6 restore": 1}},
+		{"IPv6-only", stackCases[1].subnets, map[string]int{"v6 save": 1, "v6 restore": 1}},
+		{"IPv4-only", []string{"10.113.0.0/24"}, map[string]int{"v4 save": 1, "v4 restore": 1}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rt := testenv.NewRuntime(t, n.ns, n.conflistRanges("tx-"+strings.ToLower(tt.name[:4]), "berth-tx", tt.subnets, ""))
+			resident, c := container(t, "resident"), container(t, "c", port(8090, 80, "tcp"))
+			for _, call := range []struct {
+				name string
+				do   func() error
+			}{
+				{"first ADD", func() error { _, err := rt.Add(resident); return err }},
+				{"ADD", func() error { _, err := rt.Add(c); return err }},
+				{"CHECK", func() error { return rt.Check(c) }},
+				{"DEL", func() error { return rt.Del(c) }},
+				{"last DEL", func() error { return rt.Del(resident) }},
+			} {
+				detecting := tt.name == "dual-stack" && call.name == "first ADD"
+				got := execs(call.do)
+				for k, v := range got {
+					max := tt.want[k]
+					if call.name == "CHECK" && strings.HasSuffix(k, "save") || call.name == "last DEL" {
+						max = 1 // the last DEL looks at both families: the config may not say which the network had
+					}
+					if call.name == "CHECK" && strings.HasSuffix(k, "restore") {
+						max = 0
+					}
+					if detecting && strings.HasSuffix(k, "save") {
+						max += 2 // the namespace's first call: both backends read once (iptables.Detect)
+					}
+					if v > max {
+						t.Errorf("%s: %d× %s, want at most %d (all: %v)", call.name, v, k, max, got)
+					}
+				}
+			}
+		})
 	}
 }
