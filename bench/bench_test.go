@@ -65,10 +65,11 @@ func TestSmoke(t *testing.T) {
 	}
 
 	r.Finish()
-	// bridge ADD, DEL and throughput; throughput and round trip of vxlan,
-	// hostgw and bgp; none for the control plane below 50 nodes.
-	if len(r.Targets) != 9 {
-		t.Errorf("want 9 targets, got %d: %+v", len(r.Targets), r.Targets)
+	// bridge ADD, DEL and throughput; dual-stack ADD and DEL against
+	// IPv4; throughput and round trip of vxlan, hostgw and bgp; none for
+	// the control plane below 50 nodes.
+	if len(r.Targets) != 11 {
+		t.Errorf("want 11 targets, got %d: %+v", len(r.Targets), r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
@@ -83,7 +84,7 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", DualStackName + " | ADD", "bridge IPv6 (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}
