@@ -19,6 +19,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // Latency is the distribution of one CNI operation.
@@ -49,6 +50,10 @@ type network struct {
 	bpf bool
 }
 
+// DualStackName is berth-bridge on a dual-stack network in the CNI
+// latency figures.
+const DualStackName = "berth-bridge dual-stack"
+
 // CNINetworks are the jobs compared: every berth plugin and the reference
 // chain doing the same thing (masquerade, one port mapping).
 var CNINetworks = []network{
@@ -63,6 +68,14 @@ var CNINetworks = []network{
 			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,"datapath":"ebpf","bpffs":%q,
 			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.205.0.0/16"}]]},
 			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "bpf"), filepath.Join(work, "ipam")), nil
+	}},
+	// The same job on both families: masquerade and the port mapping in
+	// iptables and ip6tables (DualStackName, compared with berth-bridge).
+	{name: DualStackName, setup: func(work string) (string, error) {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-dual","plugins":[{"type":"berth-bridge","bridge":"benchds0",
+			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.204.0.0/16"}],[{"subnet":"fd00:204::/64"}]]},
+			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam")), nil
 	}},
 	{name: "berth-vxlan", setup: leased(lease.ModeVXLAN, "10.210.1.0/24", "benchvx0")},
 	{name: "berth-hostgw", setup: leased(lease.ModeHostGW, "10.211.1.0/24", "benchgw0")},
@@ -110,6 +123,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 	}
 	defer testutils.UnmountNS(node)
 	defer node.Close()
+	defer netnsdir.Remove(node.Path()) // the plugins' locks and port claims of the node
 	work, err := os.MkdirTemp("", "berth-bench-")
 	if err != nil {
 		return nil, err

@@ -1,11 +1,11 @@
 package conf
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -21,8 +21,24 @@ const (
 	MaxMTU          = 65535
 )
 
-// supportedVersions must match internal/cniplugin.SupportedVersions.
-var supportedVersions = map[string]bool{"0.4.0": true, "1.0.0": true, "1.1.0": true}
+// SupportedVersions are the CNI spec versions every berth plugin speaks:
+// results are given in the config's version (types.PrintResult converts).
+// 0.3.x has no CHECK, 1.0.0 no GC and STATUS; libcni does not call them.
+var SupportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// DefaultCNIVersion is what berth writes into the conflists it makes: the
+// newest version that every runtime in use accepts (podman 4.x and
+// containerd 1.6/1.7 refuse 1.1.0 results). 1.1.0 brings GC and STATUS
+// for runtimes that call them.
+const DefaultCNIVersion = "1.0.0"
+
+// ValidCNIVersion checks a cniVersion berth is asked to write or read.
+func ValidCNIVersion(field, v string) error {
+	if !slices.Contains(SupportedVersions, v) {
+		return fmt.Errorf("%w: %s: cniVersion %q: berth supports %s", cnierr.ErrIncompatibleVersion, field, v, strings.Join(SupportedVersions, ", "))
+	}
+	return nil
+}
 
 // Bridge is the configuration of berth-bridge, and the base of
 // berth-vxlan and berth-hostgw (which fill the subnet from the node lease).
@@ -44,15 +60,33 @@ type Bridge struct {
 	BPFFS            string `json:"bpffs"`    // ebpf: BPF filesystem for the pins (default /sys/fs/bpf)
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig"`
+	// Args are the config's "args" (CNI conventions): args.cni.mac.
+	Args struct {
+		CNI struct {
+			MAC string `json:"mac"`
+		} `json:"cni"`
+	} `json:"args"`
 
 	// Filled by Parse.
-	IPAMConf *IPAM `json:"-"`
+	// MAC is the container interface's address: runtimeConfig.mac, else
+	// args.cni.mac, else MAC= in CNI_ARGS (podman run --mac-address), as
+	// the reference bridge does; "" for a random one.
+	MAC      string `json:"-"`
+	IPAMConf *IPAM  `json:"-"`
 	// Scope is the whole network: its traffic is neither masqueraded nor
 	// isolated. The subnet for bridge, the cluster CIDR for overlay modes.
 	Scope netip.Prefix `json:"-"`
+	// Scope6 is Scope for IPv6: the IPv6 subnet for bridge (ParseIPAMFor),
+	// the cluster's IPv6 CIDR for the leased modes (whoever fills the
+	// IPv6 range set from the lease sets it too). Zero when the network
+	// has no IPv6; if a network has an IPv6 range set but no Scope6, the
+	// firewall takes that range's subnet (nothing from other nodes is
+	// then let in unmasqueraded).
+	Scope6 netip.Prefix `json:"-"`
 }
 
-// RuntimeConfig holds the capabilities a runtime passes.
+// RuntimeConfig holds the capabilities a runtime passes; a new capability
+// is a new field here (with its validation in validateCommon).
 type RuntimeConfig struct {
 	PortMappings []PortMapping `json:"portMappings"`
 	IPs          []string      `json:"ips"`
@@ -83,25 +117,51 @@ func ValidIfName(field, name string) error {
 }
 
 // ParseBridge decodes and validates the fields every bridge-family plugin
-// shares. The caller then fills the addressing: ParseIPAMFor for
-// berth-bridge, the node lease for berth-vxlan and berth-hostgw.
-func ParseBridge(stdin []byte) (*Bridge, error) {
+// shares; cniArgs is CNI_ARGS. The caller then fills the addressing:
+// ParseIPAMFor for berth-bridge, the node lease for berth-vxlan and
+// berth-hostgw.
+func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
 	c := &Bridge{}
-	if err := json.Unmarshal(stdin, c); err != nil {
-		return nil, fmt.Errorf("%w: config is not valid JSON: %v", cnierr.ErrDecode, err)
+	if err := Decode(stdin, c); err != nil {
+		return nil, err
 	}
 	if err := c.validateCommon(); err != nil {
+		return nil, err
+	}
+	if err := c.resolveMAC(cniArgs); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
+// resolveMAC picks the container MAC the way the reference bridge does.
+func (c *Bridge) resolveMAC(cniArgs string) error {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		if v, ok := strings.CutPrefix(kv, "MAC="); ok {
+			if _, err := net.ParseMAC(v); err != nil {
+				return fmt.Errorf("%w: CNI_ARGS MAC=%q is not a MAC address", cnierr.ErrInvalidEnv, v)
+			}
+			c.MAC = v
+		}
+	}
+	if mac := c.Args.CNI.MAC; mac != "" {
+		if _, err := net.ParseMAC(mac); err != nil {
+			return invalid("args.cni.mac", fmt.Sprintf("%q is not a MAC address", mac))
+		}
+		c.MAC = mac
+	}
+	if c.RuntimeConfig.MAC != "" {
+		c.MAC = c.RuntimeConfig.MAC // validated with the other capabilities
+	}
+	return nil
+}
+
 func (c *Bridge) validateCommon() error {
 	if c.CNIVersion == "" {
-		c.CNIVersion = "0.4.0" // the spec's rule for a missing version on old configs
+		c.CNIVersion = "0.4.0" // skel refuses a config without one before we get here
 	}
-	if !supportedVersions[c.CNIVersion] {
-		return fmt.Errorf("%w: cniVersion %q: berth supports 0.4.0, 1.0.0 and 1.1.0", cnierr.ErrIncompatibleVersion, c.CNIVersion)
+	if err := ValidCNIVersion("cniVersion", c.CNIVersion); err != nil {
+		return err
 	}
 	if c.Name == "" {
 		return invalid("name", "missing network name")
@@ -147,10 +207,58 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 	if c.IPAMConf.Type == "" {
 		c.IPAMConf.Type = IPAMType
 	}
-	for _, set := range ic.RangeSets {
-		if set[0].Subnet.Addr().Is4() {
-			c.Scope = set[0].Subnet // iptables rules are IPv4-only
-			break
+	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
+	return c.checkMTUForIPv6()
+}
+
+// Subnet is the subnet of the network's first IPv4 (or IPv6) range set:
+// where this node's containers get their addresses of that family. Zero
+// when the network has none.
+func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
+	if c.IPAMConf == nil {
+		return netip.Prefix{}
+	}
+	for _, set := range c.IPAMConf.RangeSets {
+		if set[0].Subnet.Addr().Is6() == ipv6 {
+			return set[0].Subnet.Masked()
+		}
+	}
+	return netip.Prefix{}
+}
+
+// CheckPortFamilies refuses a port mapping whose hostIP is of a family
+// the network has no addresses in: no container of the network could
+// answer there. It needs the addressing (ParseIPAMFor or the lease).
+func (c *Bridge) CheckPortFamilies() error {
+	for i, p := range c.RuntimeConfig.PortMappings {
+		if p.HostIP == "" {
+			continue
+		}
+		ipv6 := netip.MustParseAddr(p.HostIP).Is6()
+		if c.Subnet(ipv6).IsValid() {
+			continue
+		}
+		have, want := "IPv4", "IPv6"
+		if !ipv6 {
+			have, want = want, have
+		}
+		return invalid(fmt.Sprintf("runtimeConfig.portMappings[%d].hostIP", i),
+			fmt.Sprintf("%s is an %s address, but network %s has %s addresses only; publish on an %s address of the node, or leave hostIP empty", p.HostIP, want, c.Name, have, have))
+	}
+	return nil
+}
+
+// MinIPv6MTU is the smallest MTU IPv6 works with (RFC 8200): the kernel
+// removes IPv6 from an interface with less.
+const MinIPv6MTU = 1280
+
+func (c *Bridge) checkMTUForIPv6() error {
+	if c.MTU == 0 || c.MTU >= MinIPv6MTU {
+		return nil
+	}
+	for _, set := range c.IPAMConf.RangeSets {
+		if set[0].Subnet.Addr().Is6() {
+			return invalid("mtu", fmt.Sprintf("%d is below %d, the minimum for IPv6, and ipam has the IPv6 range %s", c.MTU, MinIPv6MTU, set[0].Subnet))
 		}
 	}
 	return c.checkDatapathFamilies()
@@ -179,26 +287,56 @@ func (p *PortMapping) validate(field string) error {
 	}
 	if p.HostIP != "" {
 		a, err := netip.ParseAddr(p.HostIP)
-		if err != nil {
+		if err != nil || a.Zone() != "" {
 			return invalid(field+".hostIP", fmt.Sprintf("%q is not an IP address", p.HostIP))
 		}
-		if a.IsUnspecified() {
-			p.HostIP = ""
-		} else if !a.Is4() {
-			return invalid(field+".hostIP", fmt.Sprintf("%s: only IPv4 host addresses can be published", a))
+		a = a.Unmap() // ::ffff:192.0.2.1 is 192.0.2.1
+		if a == netip.IPv6Loopback() {
+			return invalid(field+".hostIP", "::1: the kernel cannot forward connections to ::1 to a container (IPv6 has no route_localnet); publish on 127.0.0.1, on the node's IPv6 address, or leave hostIP empty")
 		}
+		// "0.0.0.0" and "::" stay: every address of one family only.
+		p.HostIP = a.String()
 	}
 	return nil
 }
 
+// HostFamilies says which families a hostIP of a port mapping publishes
+// on: "" both, "0.0.0.0" or an IPv4 address IPv4, "::" or an IPv6 address
+// IPv6.
+func HostFamilies(hostIP string) (v4, v6 bool) {
+	if hostIP == "" {
+		return true, true
+	}
+	a, err := netip.ParseAddr(hostIP)
+	if err != nil {
+		return false, false
+	}
+	return a.Unmap().Is4(), !a.Unmap().Is4()
+}
+
+// HostsOverlap reports whether two hostIPs of the same port and protocol
+// would take the same connections: they share a family, and one is a
+// wildcard there or they are the same address.
+func HostsOverlap(a, b string) bool {
+	a4, a6 := HostFamilies(a)
+	b4, b6 := HostFamilies(b)
+	if !(a4 && b4 || a6 && b6) {
+		return false
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return wildcard(a) || wildcard(b) || a == b
+}
+
+// checkDuplicatePorts refuses two mappings that would take the same
+// connections (the same port on overlapping host addresses); the same
+// port on 0.0.0.0 and on :: is two mappings, one per family.
 func checkDuplicatePorts(pms []PortMapping) error {
-	seen := map[string]int{}
 	for i, p := range pms {
-		k := fmt.Sprintf("%s/%d", p.Protocol, p.HostPort)
-		if j, ok := seen[k]; ok {
-			return invalid(fmt.Sprintf("runtimeConfig.portMappings[%d]", i), fmt.Sprintf("host port %s is also mapped by portMappings[%d]", k, j))
+		for j, q := range pms[:i] {
+			if p.Protocol == q.Protocol && p.HostPort == q.HostPort && HostsOverlap(p.HostIP, q.HostIP) {
+				return invalid(fmt.Sprintf("runtimeConfig.portMappings[%d]", i), fmt.Sprintf("host port %s/%d is also mapped by portMappings[%d]", p.Protocol, p.HostPort, j))
+			}
 		}
-		seen[k] = i
 	}
 	return nil
 }

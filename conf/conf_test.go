@@ -3,6 +3,7 @@ package conf
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/berthnet/berth/internal/cnierr"
@@ -77,7 +78,9 @@ func TestParseBridge(t *testing.T) {
 	}{
 		{name: "minimal", stdin: `{"cniVersion":"1.1.0","name":"n","type":"berth-bridge"}`},
 		{name: "ports", stdin: `{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"}]}}`},
-		{name: "wrong version", stdin: `{"cniVersion":"0.3.1","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
+		{name: "0.3.0", stdin: `{"cniVersion":"0.3.0","name":"n"}`},
+		{name: "0.3.1", stdin: `{"cniVersion":"0.3.1","name":"n"}`},
+		{name: "wrong version", stdin: `{"cniVersion":"0.2.0","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
 		{name: "unknown version", stdin: `{"cniVersion":"9.9.9","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
 		{name: "malformed", stdin: `{"name":`, wantErr: cnierr.ErrDecode},
 		{name: "no name", stdin: `{"cniVersion":"1.1.0"}`, wantErr: cnierr.ErrInvalidConfig},
@@ -91,7 +94,7 @@ func TestParseBridge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseBridge([]byte(tt.stdin))
+			_, err := ParseBridge([]byte(tt.stdin), "")
 			if tt.wantErr == nil && err != nil {
 				t.Fatal(err)
 			}
@@ -106,6 +109,132 @@ func TestValidIfName(t *testing.T) {
 	for name, ok := range map[string]bool{"eth0": true, "net1.2": true, "": false, "abcdefghijklmnop": false, "a/b": false, "a b": false, "..": false} {
 		if err := ValidIfName("ifName", name); (err == nil) != ok {
 			t.Errorf("ValidIfName(%q) = %v", name, err)
+		}
+	}
+}
+
+// A value of the wrong JSON type is code 7 naming the field as the user
+// wrote it, not Go's struct path (it was code 6 "Bridge.mtu").
+func TestDecodeNamesTheField(t *testing.T) {
+	tests := []struct{ stdin, field string }{
+		{`{"cniVersion":"1.0.0","name":"n","mtu":"1500"}`, "mtu: a string given, a whole number expected"},
+		{`{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"},{"subnet":10}]]}}`, "ipam.ranges[0][1].subnet:"},
+		{`{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":80},{"hostPort":{"x":1}}]}}`, "runtimeConfig.portMappings[1].hostPort: an object given"},
+		{`{"cniVersion":"1.0.0","name":"n","isGateway":"yes"}`, "isGateway: a string given, true or false expected"},
+		{`{"cniVersion":"1.0.0","name":"n","ipam":{"routes":[{"dst":"nope"}]}}`, "nope"},
+		{`[1,2]`, "config: an array given"},
+	}
+	for _, tt := range tests {
+		_, err := ParseBridge([]byte(tt.stdin), "")
+		if err == nil {
+			c := &Bridge{}
+			err = c.ParseIPAMFor([]byte(tt.stdin), "")
+		}
+		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field) {
+			t.Errorf("%s: %v, want code 7 naming %q", tt.stdin, err, tt.field)
+		}
+	}
+	if _, err := ParseBridge([]byte(`{"name":"n",`), ""); !errors.Is(err, cnierr.ErrDecode) {
+		t.Errorf("truncated JSON: %v, want code 6", err)
+	}
+}
+
+func TestResolveMAC(t *testing.T) {
+	const base = `{"cniVersion":"1.0.0","name":"n"`
+	tests := []struct{ stdin, args, want string }{
+		{base + `}`, "IgnoreUnknown=1;K8S_POD_NAME=x;MAC=02:00:00:00:00:01", "02:00:00:00:00:01"},
+		{base + `,"args":{"cni":{"mac":"02:00:00:00:00:02"}}}`, "MAC=02:00:00:00:00:01", "02:00:00:00:00:02"},
+		{base + `,"runtimeConfig":{"mac":"02:00:00:00:00:03"},"args":{"cni":{"mac":"02:00:00:00:00:02"}}}`, "MAC=02:00:00:00:00:01", "02:00:00:00:00:03"},
+		{base + `}`, "", ""},
+	}
+	for _, tt := range tests {
+		c, err := ParseBridge([]byte(tt.stdin), tt.args)
+		if err != nil || c.MAC != tt.want {
+			t.Errorf("%s with CNI_ARGS %q: MAC %q, %v; want %q", tt.stdin, tt.args, c.MAC, err, tt.want)
+		}
+	}
+	if _, err := ParseBridge([]byte(base+`}`), "MAC=nope"); !errors.Is(err, cnierr.ErrInvalidEnv) {
+		t.Errorf("CNI_ARGS MAC=nope: %v, want code 4", err)
+	}
+}
+
+func TestMTUForIPv6(t *testing.T) {
+	stdin := []byte(`{"cniVersion":"1.0.0","name":"n","mtu":1200,"ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"fd00::/64"}]]}}`)
+	c, err := ParseBridge(stdin, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ParseIPAMFor(stdin, ""); !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), "mtu:") {
+		t.Errorf("mtu 1200 with an IPv6 range: %v, want code 7 naming mtu", err)
+	}
+}
+
+// Host addresses of port mappings, per family: "" is both, 0.0.0.0 and ::
+// one each, ::1 refused, IPv4-mapped addresses read as IPv4.
+func TestPortHostIPs(t *testing.T) {
+	for _, tt := range []struct {
+		hostIP, want string
+		err          string
+	}{
+		{"", "", ""}, {"0.0.0.0", "0.0.0.0", ""}, {"::", "::", ""},
+		{"192.0.2.1", "192.0.2.1", ""}, {"2001:DB8::1", "2001:db8::1", ""}, {"::ffff:192.0.2.1", "192.0.2.1", ""},
+		{"::1", "", "::1"}, {"fe80::1%eth0", "", "not an IP address"}, {"nonsense", "", "not an IP address"},
+	} {
+		p := PortMapping{HostPort: 80, ContainerPort: 80, HostIP: tt.hostIP}
+		err := p.validate("pm")
+		if tt.err != "" {
+			if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), "pm.hostIP") || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("hostIP %q: %v, want an error naming pm.hostIP and %q", tt.hostIP, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || p.HostIP != tt.want {
+			t.Errorf("hostIP %q: %q, %v; want %q", tt.hostIP, p.HostIP, err, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"", "", true}, {"", "::", true}, {"", "192.0.2.1", true}, {"0.0.0.0", "::", false},
+		{"0.0.0.0", "192.0.2.1", true}, {"::", "2001:db8::1", true}, {"::", "192.0.2.1", false},
+		{"192.0.2.1", "192.0.2.2", false}, {"2001:db8::1", "2001:db8::1", true},
+	} {
+		if got := HostsOverlap(tt.a, tt.b); got != tt.want || HostsOverlap(tt.b, tt.a) != tt.want {
+			t.Errorf("HostsOverlap(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// A network's families come from its range sets, and a host address of
+// a family it lacks is refused naming the mapping.
+func TestPortFamilies(t *testing.T) {
+	parse := func(ranges, ports string) (*Bridge, error) {
+		stdin := `{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","ipam":{"ranges":` + ranges + `},"runtimeConfig":{"portMappings":` + ports + `}}`
+		c, err := ParseBridge([]byte(stdin), "")
+		if err != nil {
+			return nil, err
+		}
+		return c, c.ParseIPAMFor([]byte(stdin), "")
+	}
+	c, err := parse(`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}]]`, `[{"hostPort":80,"containerPort":80,"hostIP":"::"},{"hostPort":80,"containerPort":80,"hostIP":"0.0.0.0"}]`)
+	if err != nil || c.CheckPortFamilies() != nil {
+		t.Fatalf("dual-stack: %v, %v", err, c.CheckPortFamilies())
+	}
+	if c.Scope != netip.MustParsePrefix("10.1.0.0/24") || c.Scope6 != netip.MustParsePrefix("fd00:1::/64") || c.Subnet(true) != c.Scope6 {
+		t.Errorf("scopes %s %s", c.Scope, c.Scope6)
+	}
+	for _, tt := range []struct{ ranges, ports, field string }{
+		{`[[{"subnet":"fd00:1::/64"}]]`, `[{"hostPort":80,"containerPort":80},{"hostPort":81,"containerPort":80,"hostIP":"192.0.2.1"}]`, "runtimeConfig.portMappings[1].hostIP"},
+		{`[[{"subnet":"fd00:1::/64"}]]`, `[{"hostPort":80,"containerPort":80,"hostIP":"0.0.0.0"}]`, "runtimeConfig.portMappings[0].hostIP"},
+		{`[[{"subnet":"10.1.0.0/24"}]]`, `[{"hostPort":80,"containerPort":80,"hostIP":"::"}]`, "runtimeConfig.portMappings[0].hostIP"},
+	} {
+		c, err := parse(tt.ranges, tt.ports)
+		if err == nil {
+			err = c.CheckPortFamilies()
+		}
+		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field) {
+			t.Errorf("%s with %s: %v, want an error naming %s", tt.ranges, tt.ports, err, tt.field)
 		}
 	}
 }

@@ -1,6 +1,9 @@
 package conf
 
-import "fmt"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // Datapaths a network can run on. The default is the kernel's: bridge or
 // routed veth, iptables rules. "ebpf" adds TC programs that carry the
@@ -40,7 +43,7 @@ func (c *Bridge) validateDatapath() error {
 }
 
 // checkDatapathFamilies refuses an IPv6 range on the eBPF datapath, whose
-// programs handle IPv4 only.
+// programs handle IPv4 only: no family is skipped silently.
 func (c *Bridge) checkDatapathFamilies() error {
 	if !c.EBPF() || c.IPAMConf == nil {
 		return nil
@@ -54,6 +57,16 @@ func (c *Bridge) checkDatapathFamilies() error {
 		}
 	}
 	return nil
+}
+
+// CheckLeasedFamilies is checkDatapathFamilies for the leased modes, whose
+// ranges come from the node lease at leasePath rather than the config.
+func (c *Bridge) CheckLeasedFamilies(leasePath string, subnetV6 netip.Prefix) error {
+	if !c.EBPF() || !subnetV6.IsValid() {
+		return nil
+	}
+	return invalid("datapath", fmt.Sprintf("%q handles IPv4 only, and network %s has IPv6 (subnetV6 %s in %s): run it on the %q datapath (netd --datapath=%s)",
+		DatapathEBPF, c.Name, subnetV6, leasePath, DatapathIptables, DatapathIptables))
 }
 
 // EBPF reports whether the cluster network runs the eBPF datapath.

@@ -3,11 +3,14 @@ package netd
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // netd's share of the eBPF datapath (--datapath=ebpf, internal/fastpath):
@@ -17,9 +20,16 @@ import (
 // from_uplink attached to the underlay link and, in vxlan mode, the VTEP,
 // where the network's other nodes' packets arrive. The attachments stay
 // when netd stops or crashes; `netd leave` removes them and the pins.
+//
+// It follows the reconcile loop's split: desiredFastpath describes the
+// state (pure), readFastpath reads it, diffFastpath compares (pure), and
+// applyFastpath, called from the loop's one apply step (pass), changes
+// it.
 
-// setupFastpath opens (creating if needed) the network's pins and
-// attaches the uplink programs. Without the eBPF datapath it does nothing.
+// setupFastpath opens (creating if needed) the network's pins, so that
+// they exist before the conflist, and registers their counters. The
+// reconcile loop configures them and attaches the uplink programs.
+// Without the eBPF datapath it does nothing.
 func (d *daemon) setupFastpath() error {
 	if !d.network.EBPF() {
 		return nil
@@ -33,8 +43,16 @@ func (d *daemon) setupFastpath() error {
 	if err != nil {
 		return fmt.Errorf("eBPF datapath of network %s: %w", d.network.Name, err)
 	}
-	if err := d.ensureFastpath(); err != nil {
-		return err
+	// Marked as netd's at once, the rest as it was (a restart must not
+	// disturb traffic): a plugin's last DEL before the first pass must
+	// not remove the pins.
+	cfg, err := d.fast.Config()
+	if err == nil {
+		cfg.Netd = true
+		err = d.fast.Configure(cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("eBPF datapath of network %s: %w", d.network.Name, err)
 	}
 	d.m.reg.MustRegister(fastpathCollector{n: d.fast, desc: prometheus.NewDesc("berth_netd_fastpath_packets_total",
 		"eBPF datapath: packets by path on this node (local: delivered to a container of this node, fib and neigh: sent to another node, "+
@@ -45,24 +63,102 @@ func (d *daemon) setupFastpath() error {
 	return nil
 }
 
-// ensureFastpath keeps the network's config current (the subnet may
-// change when the lease is lost) and from_uplink attached: a VTEP
-// re-created by Ensure is a new link. It is cheap when nothing changed.
-func (d *daemon) ensureFastpath() error {
-	if d.fast == nil {
-		return nil
+// fastpathState is the part of the eBPF datapath netd keeps: the
+// network's config in the programs' map, and the links where the current
+// from_uplink is attached.
+type fastpathState struct {
+	Config  fastpath.Config
+	Uplinks []int // ifindexes, sorted
+}
+
+// desiredFastpath is the state for this node holding self in network n,
+// with uplinks (the underlay link and the backend's links). It only
+// computes.
+func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int) fastpathState {
+	s := fastpathState{Config: fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}, Uplinks: slices.Clone(uplinks)}
+	slices.Sort(s.Uplinks)
+	return s
+}
+
+// readFastpath reads the state of f on the links of want (a link where
+// netd wants no program is not netd's to look at).
+func readFastpath(f *fastpath.Network, want []int) (fastpathState, error) {
+	var s fastpathState
+	var err error
+	if s.Config, err = f.Config(); err != nil {
+		return s, err
 	}
-	want := fastpath.Config{Local: d.lease().Subnet, Scope: d.network.CIDR, Netd: true}
-	if have, err := d.fast.Config(); err != nil || have != want {
-		if err := d.fast.Configure(want); err != nil {
-			return err
+	for _, idx := range want {
+		ok, err := f.UplinkCurrent(idx)
+		if err != nil {
+			return s, err
+		}
+		if ok {
+			s.Uplinks = append(s.Uplinks, idx)
 		}
 	}
-	var errs []error
-	for _, idx := range d.uplinks() {
-		errs = append(errs, d.fast.AttachUplink(idx))
+	slices.Sort(s.Uplinks)
+	return s, nil
+}
+
+// fastpathChange is one change diffFastpath found necessary.
+type fastpathChange struct {
+	What  string
+	apply func(*fastpath.Network) error
+}
+
+// diffFastpath lists the changes that turn have into want. It only
+// compares.
+func diffFastpath(have, want fastpathState) []fastpathChange {
+	var out []fastpathChange
+	if have.Config != want.Config {
+		c := want.Config
+		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF datapath: local %s, scope %s", c.Local, c.Scope),
+			apply: func(f *fastpath.Network) error { return f.Configure(c) }})
 	}
-	return errors.Join(errs...)
+	for _, idx := range want.Uplinks {
+		if !slices.Contains(have.Uplinks, idx) {
+			out = append(out, fastpathChange{What: fmt.Sprintf("attach eBPF from_uplink to interface %d", idx),
+				apply: func(f *fastpath.Network) error { return f.AttachUplink(idx) }})
+		}
+	}
+	for _, idx := range have.Uplinks {
+		if !slices.Contains(want.Uplinks, idx) {
+			out = append(out, fastpathChange{What: fmt.Sprintf("detach eBPF from_uplink from interface %d", idx),
+				apply: func(f *fastpath.Network) error { return f.DetachUplink(idx) }})
+		}
+	}
+	return out
+}
+
+// applyFastpath makes the changes on f, all of them even when some fail,
+// and returns what it made and the failures joined.
+func applyFastpath(f *fastpath.Network, changes []fastpathChange) (made []string, err error) {
+	var errs []error
+	for _, c := range changes {
+		if err := c.apply(f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", c.What, err))
+			continue
+		}
+		made = append(made, c.What)
+	}
+	return made, errors.Join(errs...)
+}
+
+// reconcileFastpath is the eBPF datapath's share of a pass: the config
+// follows this node's lease (the subnet changes when the lease is lost),
+// and a VTEP re-created by Ensure is a new link that needs from_uplink.
+// It is cheap when nothing changed.
+func (d *daemon) reconcileFastpath(self cluster.Lease) (made []string, err error) {
+	if d.fast == nil {
+		return nil, nil
+	}
+	want := desiredFastpath(d.network, self, d.uplinks())
+	have, err := readFastpath(d.fast, want.Uplinks)
+	if err != nil {
+		return nil, err
+	}
+	return applyFastpath(d.fast, diffFastpath(have, want))
 }
 
 // uplinks are where the network's other nodes' packets arrive: the

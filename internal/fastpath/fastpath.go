@@ -404,6 +404,18 @@ func (n *Network) Attached(ifindex int, container bool) (bool, error) {
 	return len(mine) > 0, err
 }
 
+// UplinkCurrent reports whether this version of the network's uplink
+// program is attached to ifindex (an older one is not current:
+// AttachUplink replaces it).
+func (n *Network) UplinkCurrent(ifindex int) (bool, error) {
+	mine, err := n.attached(ifindex, progUplink)
+	if err != nil {
+		return false, err
+	}
+	id, err := progID(n.objs.FromUplink)
+	return slices.Contains(mine, id), err
+}
+
 // DetachUplink removes this network's uplink program from ifindex; a
 // missing device or program is fine.
 func (n *Network) DetachUplink(ifindex int) error {

@@ -8,21 +8,19 @@
 // berth shares between networks are always jumps to an owned chain, so that
 // "is it there?" is answered by looking for the jump target by name, which
 // does not depend on how iptables-save normalises a rule.
+//
+// Both families go through the one backend (nf_tables or legacy) the
+// namespace's rules already use: see Backend.
 package iptables
 
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
-	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // Prefix starts every chain berth owns.
@@ -86,12 +84,26 @@ func (ts Tables) Get(name string) *Table {
 	return &Table{Name: name, chains: map[string][]string{}}
 }
 
-// Save reads all tables with one iptables-save.
-func Save() (Tables, error) {
-	out, err := exec.Command(binary("iptables-save")).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%w: iptables-save: %v", cnierr.ErrDatapath, exitDetail(err))
+// Family is an IP family's set of tables: iptables for IPv4, ip6tables
+// for IPv6. Each has its own tables and tools (on the namespace's one
+// Backend); one Lock covers both.
+type Family int
+
+const (
+	IPv4 Family = iota
+	IPv6
+)
+
+// String is the family's tool: "iptables" or "ip6tables".
+func (f Family) String() string {
+	if f == IPv6 {
+		return "ip6tables"
 	}
+	return "iptables"
+}
+
+// Parse reads iptables-save output.
+func Parse(out []byte) (Tables, error) {
 	ts := Tables{}
 	var t *Table
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -181,82 +193,20 @@ func (b *Batch) DeleteJumps(t *Table, chain, target string) {
 	}
 }
 
-// Apply commits the batches with one iptables-restore --noflush: one exec
-// and one kernel transaction per table, whatever the number of rules.
-func Apply(batches ...*Batch) error {
-	var in bytes.Buffer
+// Restore renders the batches as iptables-restore input: one COMMIT per
+// table that changes, "" when none does.
+func Restore(batches ...*Batch) string {
+	var in strings.Builder
 	for _, b := range batches {
 		if !b.Empty() {
 			fmt.Fprintf(&in, "*%s\n%s\nCOMMIT\n", b.table, strings.Join(b.lines, "\n"))
 		}
 	}
-	if in.Len() == 0 {
-		return nil
-	}
-	input := in.String()
-	cmd := exec.Command(binary("iptables-restore"), "--noflush", "-w", "5")
-	cmd.Stdin = &in
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%w: iptables-restore: %v: %s\ninput:\n%s", cnierr.ErrDatapath, err, strings.TrimSpace(stderr.String()), input)
-	}
-	return nil
+	return in.String()
 }
 
-// Lock serialises berth's read-modify-write cycles on the rules of one
-// network namespace (iptables' own xtables lock covers single execs only).
-// The kernel releases it if the holder dies.
-type Lock struct{ f *os.File }
-
-// Acquire takes the lock file in stateDir.
-func Acquire(stateDir string) (*Lock, error) {
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("%w: creating state dir %s: %v", cnierr.ErrIO, stateDir, err)
-	}
-	f, err := os.OpenFile(filepath.Join(stateDir, "iptables.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("%w: opening iptables lock: %v", cnierr.ErrIO, err)
-	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w: locking iptables: %v", cnierr.ErrIO, err)
-	}
-	return &Lock{f: f}, nil
-}
-
-// Release drops the lock.
-func (l *Lock) Release() { l.f.Close() }
-
-// binary finds an iptables tool. Runtimes may exec plugins without PATH
-// (the CNI spec does not promise one), so the usual places are tried too.
-func binary(name string) string {
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(dir, name); isExecutable(p) {
-			return p
-		}
-	}
-	return name // exec reports it missing, naming it
-}
-
-func isExecutable(p string) bool {
-	info, err := os.Stat(p)
-	return err == nil && !info.IsDir() && info.Mode()&0o111 != 0
-}
-
-func exitDetail(err error) string {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return fmt.Sprintf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))
-	}
-	return err.Error()
-}
+// Lock serialises berth's read-modify-write cycles (Save, then Apply) on
+// the rules of the calling thread's network namespace, both families,
+// whichever network or stateDir the caller serves: iptables' own xtables
+// lock covers single execs only.
+func Lock() (*netnsdir.Lock, error) { return netnsdir.Acquire("iptables.lock", false) }

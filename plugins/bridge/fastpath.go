@@ -39,7 +39,7 @@ func (k *call) attachFastpath(res *current.Result) error {
 			return err
 		}
 		defer n.Close()
-		if err := n.Configure(fastpath.Config{Local: k.local(), Scope: k.c.Scope}); err != nil {
+		if err := n.Configure(fastpath.Config{Local: k.c.Subnet(false), Scope: k.c.Scope}); err != nil {
 			return err
 		}
 		// The endpoint first: the program drops what a container sends

@@ -3,9 +3,9 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/berthnet/berth/runner"
+	"github.com/berthnet/berth/runner/sandbox"
 )
 
 type runFunc = func(ctx context.Context, rt *runner.Runtime, args []string) (int, error)
@@ -44,7 +45,7 @@ runner waits for CMD and exits with its status.`,
 			fs.StringVar(&spec.Network, "net", "none", "network: a CNI network name, none (loopback only) or host (the node's)")
 			fs.StringVar(&spec.Name, "name", "", "container name (default: the short id)")
 			fs.StringVar(&spec.Hostname, "hostname", "", "host name inside the container (default: the name)")
-			fs.StringArrayVarP(&ports, "publish", "p", nil, "publish a port: [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], e.g. -p 8080:80 (repeatable)")
+			fs.StringArrayVarP(&ports, "publish", "p", nil, "publish a port: [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], e.g. -p 8080:80 (every address, both IP families where the network has both), -p 127.0.0.1:8080:80, -p [::]:8080:80 (IPv6 only) (repeatable)")
 			fs.BoolVarP(&spec.PublishAll, "publish-all", "P", false, "publish every --expose port on a free host port in 49153-65535")
 			fs.StringArrayVar(&expose, "expose", nil, "a port the container serves, e.g. --expose 80 (repeatable; used by -P)")
 			fs.StringArrayVarP(&spec.Env, "env", "e", nil, "set KEY=VALUE in the container (KEY alone copies the runner's value; repeatable)")
@@ -55,7 +56,7 @@ runner waits for CMD and exits with its status.`,
 			fs.BoolVar(&spec.AutoRemove, "rm", false, "remove the container when it exits")
 			fs.StringVar(&spec.Rootfs, "rootfs", "", "root filesystem directory (default: busybox tree)")
 			fs.BoolVarP(&interactive, "interactive", "i", false, "keep stdin attached to the container")
-			fs.BoolVarP(&t, "tty", "t", false, "give the container a pseudo-terminal")
+			fs.BoolVarP(&t, "tty", "t", false, "give the container a pseudo-terminal (with -i, stdin must be a terminal)")
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
 				spec.Args, spec.TTY = args, t
 				for _, p := range ports {
@@ -109,25 +110,18 @@ runner waits for CMD and exits with its status.`,
 }
 
 func runForeground(ctx context.Context, rt *runner.Runtime, spec runner.Spec, interactive bool) (int, error) {
-	io, err := newAttachment(interactive, spec.TTY)
+	a, err := newAttachment(interactive, spec.TTY)
 	if err != nil {
 		return 125, err
 	}
-	defer io.close()
-	c, p, err := rt.Run(ctx, spec, io.stdio)
+	defer a.close()
+	c, p, err := rt.Run(ctx, spec, a.stdio())
 	if err != nil {
 		return 125, err
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, io.forwarded()...)
-	go func() {
-		for s := range sigs {
-			p.Signal(s)
-		}
-	}()
+	a.attach(p)
 	code, err := rt.Wait(ctx, c, p)
-	signal.Stop(sigs)
-	io.drain()
+	a.detach()
 	return code, err
 }
 
@@ -155,14 +149,8 @@ func psCmd() command {
 				w := tabwriter.NewWriter(os.Stdout, 0, 8, 3, ' ', 0)
 				fmt.Fprintln(w, "CONTAINER ID\tNAME\tSTATUS\tNETWORK\tIPS\tPORTS\tCOMMAND")
 				for _, c := range cs {
-					var ports []string
-					if c.Phase() == runner.PhaseRunning {
-						for _, p := range c.Ports {
-							ports = append(ports, p.String())
-						}
-					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", runner.ShortID(c.ID), c.Name, c.StatusText(now),
-						c.Spec.Network, dash(strings.Join(c.IPs(), ",")), dash(strings.Join(ports, ",")), quoteCmd(c.Spec.Args))
+						c.Spec.Network, dash(strings.Join(c.IPs(), ",")), dash(strings.Join(c.PublishedPorts(), ",")), quoteCmd(c.Spec.Args))
 				}
 				return 0, w.Flush()
 			}
@@ -199,7 +187,7 @@ CMD's status.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			var spec runner.ExecSpec
 			interactive := fs.BoolP("interactive", "i", false, "keep stdin attached")
-			fs.BoolVarP(&spec.TTY, "tty", "t", false, "give the command a pseudo-terminal")
+			tty := fs.BoolP("tty", "t", false, "give the command a pseudo-terminal (with -i, stdin must be a terminal)")
 			fs.StringArrayVarP(&spec.Env, "env", "e", nil, "set KEY=VALUE for the command (repeatable)")
 			fs.StringVarP(&spec.Cwd, "workdir", "w", "", "working directory inside the container (default /)")
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
@@ -207,17 +195,23 @@ CMD's status.`,
 					return 125, fmt.Errorf("need a container and a command: runner exec NAME CMD [ARGS...]")
 				}
 				spec.Args = args[1:]
-				io, err := newAttachment(*interactive, spec.TTY)
+				a, err := newAttachment(*interactive, *tty)
 				if err != nil {
 					return 125, err
 				}
-				defer io.close()
-				sigs := make(chan os.Signal, 4)
-				signal.Notify(sigs, io.forwarded()...) // the command gets them from the terminal too
-				defer signal.Stop(sigs)
-				code, err := rt.Exec(ctx, args[0], spec, io.stdio)
-				io.drain()
-				return code, err
+				defer a.close()
+				p, err := rt.Exec(ctx, args[0], spec, a.stdio())
+				if err != nil {
+					var ce *sandbox.CommandError
+					if errors.As(err, &ce) {
+						return ce.Code(), err
+					}
+					return 125, err
+				}
+				a.attach(p)
+				code := p.Wait()
+				a.detach()
+				return code, nil
 			}
 		},
 	}
@@ -303,6 +297,11 @@ type inspected struct {
 	*runner.Container
 	Phase  runner.Phase `json:"phase"`
 	Status string       `json:"status"`
+	// The container's addresses per family and its published ports per
+	// family (a port without host address is published on both).
+	IPv4           []string `json:"ipv4,omitempty"`
+	IPv6           []string `json:"ipv6,omitempty"`
+	PublishedPorts []string `json:"publishedPorts,omitempty"`
 }
 
 func inspectCmd() command {
@@ -311,7 +310,8 @@ func inspectCmd() command {
 		args:    "NAME...",
 		summary: "show containers' details as JSON",
 		help: `Prints a JSON array with each container's record: spec, pid, network
-namespace path, CNI result, cgroups, published ports, exit status.`,
+namespace path, CNI result, cgroups, exit status, and its addresses and
+published ports per IP family ("ipv4", "ipv6", "publishedPorts").`,
 		example: "  runner inspect web",
 		setup: func(fs *pflag.FlagSet) runFunc {
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
@@ -324,7 +324,8 @@ namespace path, CNI result, cgroups, published ports, exit status.`,
 					if err != nil {
 						return 1, err
 					}
-					out = append(out, inspected{Container: c, Phase: c.Phase(), Status: c.StatusText(time.Now())})
+					out = append(out, inspected{Container: c, Phase: c.Phase(), Status: c.StatusText(time.Now()),
+						IPv4: c.IPsOf(false), IPv6: c.IPsOf(true), PublishedPorts: c.PublishedPorts()})
 				}
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
@@ -374,12 +375,31 @@ func gcCmd() command {
 		help: `Cleans up containers whose supervisor died, then runs CNI GC on every
 network with the attachments of the live containers as the valid ones:
 libcni deletes cached attachments that are not valid, and plugins
-(cniVersion 1.1.0 and later) release anything else they hold.`,
+(cniVersion 1.1.0 and later) release anything else they hold. Prints
+each container it cleaned up with what it released, and each network
+it ran CNI GC on.`,
 		example: "  runner gc",
 		setup: func(fs *pflag.FlagSet) runFunc {
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
-				return 0, rt.GC(ctx)
+				rep, err := rt.GC(ctx)
+				printGC(rep)
+				return 0, err
 			}
 		},
+	}
+}
+
+func printGC(rep *runner.GCReport) {
+	if len(rep.Orphans) == 0 {
+		fmt.Println("no container with a dead supervisor")
+	}
+	for _, o := range rep.Orphans {
+		fmt.Printf("%s: its supervisor (pid %d) died before the container ended; exit status unknown\n", o.Name, o.SupervisorPid)
+		if len(o.Released) > 0 {
+			fmt.Printf("%s: released: %s\n", o.Name, strings.Join(o.Released, ", "))
+		}
+	}
+	for _, n := range rep.Networks {
+		fmt.Printf("network %s: CNI GC done, %d live attachment(s) kept\n", n.Network, n.Kept)
 	}
 }
