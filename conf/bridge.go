@@ -208,7 +208,10 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 		c.IPAMConf.Type = IPAMType
 	}
 	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
-	return c.checkMTUForIPv6()
+	if err := c.checkMTUForIPv6(); err != nil {
+		return err
+	}
+	return c.checkDatapathFamilies()
 }
 
 // Subnet is the subnet of the network's first IPv4 (or IPv6) range set:
@@ -261,7 +264,7 @@ func (c *Bridge) checkMTUForIPv6() error {
 			return invalid("mtu", fmt.Sprintf("%d is below %d, the minimum for IPv6, and ipam has the IPv6 range %s", c.MTU, MinIPv6MTU, set[0].Subnet))
 		}
 	}
-	return c.checkDatapathFamilies()
+	return nil
 }
 
 // Defaults for the tri-state booleans.

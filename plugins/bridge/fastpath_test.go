@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -325,6 +326,7 @@ func TestEBPFConfigErrors(t *testing.T) {
 		name, extra, ranges, field string
 	}{
 		{"IPv6 range", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		{"IPv6 only", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"fd00:99::/64"}]`, "datapath"},
 		{"unknown datapath", `"datapath":"xdp",`, `[{"subnet":"10.99.0.0/24"}]`, "datapath"},
 		{"bpffs without ebpf", `"bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
 		{"not a BPF filesystem", fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, t.TempDir()), `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
@@ -355,6 +357,65 @@ func TestEBPFConfigErrors(t *testing.T) {
 			t.Errorf("STATUS with a BPF filesystem: %v", err)
 		}
 	})
+}
+
+// The leased plugins on the eBPF datapath take their families from the
+// node lease: a lease with IPv6 (the network became dual-stack, or is
+// IPv6-only) is refused with error 7 naming datapath and the lease's
+// subnetV6, never attached with IPv4 only; an attachment made before the
+// network gained IPv6 is still deleted, leaving nothing.
+func TestEBPFLeasedIPv6Refused(t *testing.T) {
+	for _, mode := range []string{lease.ModeVXLAN, lease.ModeBGP} {
+		t.Run(mode, func(t *testing.T) {
+			testenv.BinDir(t, "berth-"+mode)
+			n := ebpfNode(t)
+			leaseDir := t.TempDir()
+			list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"berth-%s","leaseDir":%q,
+				"stateDir":%q,"datapath":"ebpf","bpffs":%q,"ipam":{"type":"berth-ipam","dataDir":%q}}]}`,
+				mode, mode, leaseDir, n.stateDir, n.bpffs, n.dataDir)
+			rt := testenv.NewRuntime(t, n.ns, list)
+			write := func(l *lease.Node) {
+				l.Network, l.Mode, l.MTU, l.NodeName, l.Expires = mode, mode, 1450, "n1", time.Now().Add(time.Minute)
+				if err := lease.Write(lease.Path(leaseDir, mode), l); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v4 := lease.Node{NetworkCIDR: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.7.0/24"),
+				NodeIP: netip.MustParseAddr(nodeIP)}
+			v6 := lease.Node{NetworkCIDRv6: netip.MustParsePrefix("fd00:244::/56"), SubnetV6: netip.MustParsePrefix("fd00:244:0:7::/64")}
+			dual := v4
+			dual.NetworkCIDRv6, dual.SubnetV6 = v6.NetworkCIDRv6, v6.SubnetV6
+
+			before := n.snapshot(t)
+			write(&v4)
+			old := container(t, "old")
+			if _, err := rt.Add(old); err != nil {
+				t.Fatalf("ADD on the IPv4 lease: %v", err)
+			}
+			var ce *types.Error
+			for name, l := range map[string]*lease.Node{"dual-stack": &dual, "IPv6-only": &v6} {
+				write(l)
+				mid := n.snapshot(t)
+				_, err := rt.Add(container(t, "new"))
+				if !errors.As(err, &ce) || ce.Code != 7 || !strings.Contains(err.Error(), "datapath") || !strings.Contains(err.Error(), "subnetV6") {
+					t.Errorf("ADD on a %s lease: %v, want error 7 naming datapath and subnetV6", name, err)
+				}
+				if err := rt.Status(); !errors.As(err, &ce) || ce.Code != 7 {
+					t.Errorf("STATUS on a %s lease: %v, want error 7", name, err)
+				}
+				if after := n.snapshot(t); after != mid {
+					t.Errorf("refused ADD on a %s lease left:\n%s", name, testenv.Diff(mid, after))
+				}
+			}
+			write(&dual)
+			if err := rt.Del(old); err != nil {
+				t.Fatalf("DEL of the attachment made before the network gained IPv6: %v", err)
+			}
+			if after := n.snapshot(t); after != before {
+				t.Errorf("DEL left:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
 }
 
 func netipOf(s string) netip.Addr { return netip.MustParseAddr(s) }
