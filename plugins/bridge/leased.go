@@ -106,7 +106,8 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
    "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
-   "datapath": "iptables",      or "ebpf" (netd --datapath=ebpf writes it, with "bpffs")
+   "datapath": "iptables",      or "ebpf" (netd --datapath=ebpf writes it, with "bpffs");
+                                IPv4 only: a lease with IPv6 is refused (error 7)
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 
