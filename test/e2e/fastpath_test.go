@@ -70,9 +70,16 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		if after[1].Local-before[1].Local < 4 {
 			t.Errorf("node1: %+v then %+v: want local deliveries", before[1], after[1])
 		}
+		// Scraped after the counters were read: late packets of the
+		// connections (their last ACKs) may have arrived since.
 		m, err := c.netd[2].Metrics(ctx)
-		if want := fmt.Sprintf(`berth_netd_fastpath_packets_total{network="pods",path="arrived"} %d`, after[2].Arrived); !strings.Contains(m, want) {
-			t.Errorf("node2's metrics lack %q (%v)", want, err)
+		const metric = `berth_netd_fastpath_packets_total{network="pods",path="arrived"} `
+		var scraped uint64
+		if i := strings.Index(m, metric); i >= 0 {
+			fmt.Sscan(m[i+len(metric):], &scraped)
+		}
+		if scraped < after[2].Arrived || scraped > after[2].Arrived+50 {
+			t.Errorf("node2's metric %s= %d (%v), want about the counter's %d", metric, scraped, err, after[2].Arrived)
 		}
 	})
 
