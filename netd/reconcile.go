@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // reconcileLoop reconciles whenever the leases or the kernel changed,
@@ -56,32 +57,31 @@ func (d *daemon) reconcile(ctx context.Context) {
 			res.Announced = a.Announce(ctx, self, peers)
 			problems = append(problems, res.Announced...)
 		}
-		have, err := backend.Read(d.nw.Owned())
+		in, err := d.input(ctx, self, peers)
 		if err != nil {
 			res.Err = err
 		} else {
-			want, more := d.nw.Desired(backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path, Kernel: have})
+			want, more := d.nw.Desired(in)
 			problems = append(problems, more...)
-			changes := backend.Diff(have, want)
+			changes := backend.Diff(in.Kernel, want)
 			for _, c := range changes {
 				d.log.Info("kernel change", "change", c.What)
 				res.Changes = append(res.Changes, c.What)
 			}
 			res.Err = backend.Apply(changes)
 			d.m.kernelChanges.Add(float64(len(changes)))
+			if sl, ok := d.nw.(backend.SessionLister); ok {
+				res.Sessions = sl.Sessions(in)
+				d.m.observeSessions(res.Sessions)
+			}
 		}
 	}
 	backend.SortProblems(problems)
 	res.Problems = problems
-	if sl, ok := d.nw.(backend.SessionLister); ok {
-		if ss, err := sl.Sessions(ctx); err == nil {
-			d.m.observeSessions(ss)
-		}
-	}
 
 	d.m.reconcileDuration.Observe(time.Since(start).Seconds())
 	d.m.peers.Set(float64(len(peers)))
-	d.m.peerErrors.Set(float64(len(problems)))
+	d.m.observeProblems(problems)
 	if res.Err != nil {
 		d.m.reconcileErrors.Inc()
 		d.m.kernelInSync.Set(0)
@@ -96,21 +96,54 @@ func (d *daemon) reconcile(ctx context.Context) {
 	d.logProblems(prev, problems)
 }
 
-// logProblems logs a peer problem when it appears or changes, and when
-// it is resolved, not on every pass.
+// input reads what the backend computes from: the owned part of the
+// kernel and, with a routing protocol, what it learned. A failed read is
+// an error, never an empty state (which would remove every route).
+func (d *daemon) input(ctx context.Context, self cluster.Lease, peers []cluster.Lease) (backend.Input, error) {
+	in := backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path}
+	var err error
+	if in.Kernel, err = backend.Read(d.nw.Owned()); err != nil {
+		return in, err
+	}
+	if rr, ok := d.nw.(backend.RoutingReader); ok {
+		if in.Routing, err = rr.Routing(ctx); err != nil {
+			return in, err
+		}
+	}
+	return in, nil
+}
+
+// logProblems logs a problem when it appears or changes, and when it is
+// resolved, not on every pass: a peer that cannot be connected as an
+// error, one still coming up as information, a refused route as a
+// warning (and counted).
 func (d *daemon) logProblems(prev, cur []backend.Problem) {
-	old := map[string]string{}
+	old := map[string]backend.Problem{}
 	for _, p := range prev {
-		old[p.Peer] = p.Err.Error()
+		old[p.Peer] = p
 	}
 	for _, p := range cur {
-		if old[p.Peer] != p.Err.Error() {
+		o, seen := old[p.Peer]
+		delete(old, p.Peer)
+		if seen && o.Kind == p.Kind && o.Err.Error() == p.Err.Error() {
+			continue
+		}
+		switch p.Kind {
+		case backend.Pending:
+			d.log.Info("peer not connected yet", "peer", p.Peer, "err", p.Err)
+		case backend.Refused:
+			d.log.Warn("refusing a route", "route", p.Peer, "err", p.Err)
+			d.m.routeRefusals.Inc()
+		default:
 			d.log.Error("cannot connect peer", "peer", p.Peer, "err", p.Err)
 		}
-		delete(old, p.Peer)
 	}
-	for peer := range old {
-		d.log.Info("peer problem resolved", "peer", peer)
+	for _, p := range old {
+		if p.Kind == backend.Refused {
+			d.log.Info("route no longer refused", "route", p.Peer)
+		} else {
+			d.log.Info("peer problem resolved", "peer", p.Peer)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +25,9 @@ type BIRDOptions struct {
 	// Hijack also offers every peer a default route and 198.51.100.0/24,
 	// as a misbehaving router would.
 	Hijack bool
+	// Listen, when set, is the only address BIRD listens on and sends
+	// from (strict bind), so FRR (with its Listen) can run beside it.
+	Listen netip.Addr
 }
 
 // BIRD is BIRD 2 running in the router namespace: eBGP with the peers,
@@ -33,6 +37,7 @@ type BIRD struct {
 	Sock string // control socket, for birdc -s
 	proc *Process
 	tb   *Testbed
+	conf string // the configuration it started with
 }
 
 // StartBIRD starts /usr/sbin/bird (Debian bird2) in the router namespace.
@@ -44,7 +49,11 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 		return nil, fmt.Errorf("testbed: bird2 is not installed (apt-get install bird2): %w", err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; }\n", RouterIP1)
+	router := RouterIP1
+	if opts.Listen.IsValid() {
+		router = opts.Listen
+	}
+	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; }\n", router)
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
 	export := "source = RTS_BGP"
 	if opts.Hijack {
@@ -53,6 +62,9 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 	}
 	for _, p := range opts.Peers {
 		fmt.Fprintf(&b, "protocol bgp %s {\n  local as %d;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", p.Name, opts.ASN, p.IP, p.ASN)
+		if opts.Listen.IsValid() {
+			fmt.Fprintf(&b, "  local %s as %d;\n  strict bind yes;\n  multihop 2;\n", opts.Listen, opts.ASN)
+		}
 		if p.Password != "" {
 			fmt.Fprintf(&b, "  password %q;\n", p.Password)
 		}
@@ -71,7 +83,7 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 	if err != nil {
 		return nil, err
 	}
-	bird := &BIRD{Sock: sock, proc: p, tb: tb}
+	bird := &BIRD{Sock: sock, proc: p, tb: tb, conf: b.String()}
 	err = waitFor(10*time.Second, func() error { _, err := bird.Show(ctx, "status"); return err })
 	if err != nil {
 		p.Kill()
@@ -84,6 +96,29 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 func (b *BIRD) Show(ctx context.Context, args ...string) (string, error) {
 	out, err := b.tb.Router.Run(ctx, "birdc", append([]string{"-s", b.Sock, "show"}, args...)...)
 	return string(out), err
+}
+
+// Announce makes BIRD originate prefixes too, as a misbehaving router
+// would: it is reconfigured with a static protocol whose routes are
+// exported to every peer.
+func (b *BIRD) Announce(ctx context.Context, prefixes ...netip.Prefix) error {
+	var extra strings.Builder
+	extra.WriteString("protocol static announced { ipv4; ")
+	for _, p := range prefixes {
+		fmt.Fprintf(&extra, "route %s blackhole; ", p)
+	}
+	extra.WriteString("}\n")
+	// To the peers only: the kernel protocol does not take static routes.
+	conf := strings.ReplaceAll(b.conf, "import all; export where ", `import all; export where proto = "announced" || `)
+	path := filepath.Join(filepath.Dir(b.Sock), "bird.conf")
+	if err := os.WriteFile(path, []byte(conf+extra.String()), 0o644); err != nil {
+		return err
+	}
+	out, err := b.tb.Router.Run(ctx, "birdc", "-s", b.Sock, "configure")
+	if err != nil || !strings.Contains(string(out), "Reconfigured") {
+		return fmt.Errorf("birdc configure: %v: %s", err, out)
+	}
+	return nil
 }
 
 // Config is BIRD's configuration file, for showing.

@@ -29,13 +29,15 @@ type FRRPeer struct {
 type FRROptions struct {
 	ASN   uint32
 	Peers []FRRPeer
-	// Announce are prefixes FRR originates to every peer (from a
-	// blackhole static route), e.g. a misbehaving router's more-specific
-	// of a node's block or a block no node leases.
+	// Announce are prefixes FRR originates to every peer (network
+	// statements, with no route behind them: the router's own kernel is
+	// not changed), e.g. a misbehaving router's more-specific of a
+	// node's block or a block no node leases.
 	Announce []netip.Prefix
-	// Listen, when set, is the only address bgpd listens on (its -l);
-	// FRR then installs nothing in the kernel (-l implies -n), so another
-	// routing daemon can run beside it on the router's other address.
+	// Listen, when set, is the only address bgpd listens on and sends
+	// from (its -l and update-source); FRR then installs nothing in the
+	// kernel (-l implies -n), so another routing daemon (BIRD with
+	// Listen) can run beside it on the router's other address.
 	Listen netip.Addr
 }
 
@@ -47,6 +49,7 @@ type FRROptions struct {
 type FRR struct {
 	Dir   string // configuration, sockets and FRR's own logs
 	Conf  string // bgpd's configuration, for showing
+	asn   uint32
 	zebra *Process
 	bgpd  *Process
 	tb    *Testbed
@@ -68,7 +71,7 @@ func (tb *Testbed) StartFRR(ctx context.Context, opts FRROptions) (*FRR, error) 
 	if err != nil {
 		return nil, err
 	}
-	f := &FRR{Dir: dir, Conf: filepath.Join(dir, "bgpd.conf"), tb: tb}
+	f := &FRR{Dir: dir, Conf: filepath.Join(dir, "bgpd.conf"), asn: opts.ASN, tb: tb}
 	for name, content := range map[string]string{"zebra.conf": "hostname router\n", "vtysh.conf": ""} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
 			return nil, err
@@ -84,20 +87,19 @@ func (tb *Testbed) StartFRR(ctx context.Context, opts FRROptions) (*FRR, error) 
 		return []string{"-z", zserv, "-i", filepath.Join(dir, name+".pid"), "--vty_socket", dir,
 			"-f", conf, "-P", "0", "--log", "file:" + filepath.Join(dir, name+".log"), "--log-level", "debugging"}
 	}
-	if !opts.Listen.IsValid() {
-		f.zebra, err = tb.Router.Start(ProcSpec{Name: "frr-zebra", Path: filepath.Join(frrDaemons, "zebra"),
-			Args: common("zebra", filepath.Join(dir, "zebra.conf"))})
-		if err != nil {
-			return nil, err
-		}
-		if err := waitFor(10*time.Second, func() error { _, err := os.Stat(zserv); return err }); err != nil {
-			f.Stop()
-			return nil, fmt.Errorf("testbed: zebra did not start: %w\n%s", err, f.zebra.Log())
-		}
+	// zebra always: bgpd resolves next hops through it.
+	f.zebra, err = tb.Router.Start(ProcSpec{Name: "frr-zebra", Path: filepath.Join(frrDaemons, "zebra"),
+		Args: common("zebra", filepath.Join(dir, "zebra.conf"))})
+	if err != nil {
+		return nil, err
+	}
+	if err := waitFor(10*time.Second, func() error { _, err := os.Stat(zserv); return err }); err != nil {
+		f.Stop()
+		return nil, fmt.Errorf("testbed: zebra did not start: %w\n%s", err, f.zebra.Log())
 	}
 	args := common("bgpd", f.Conf)
 	if opts.Listen.IsValid() {
-		args = append(args, "-l", opts.Listen.String(), "-Z")
+		args = append(args, "-l", opts.Listen.String())
 	}
 	f.bgpd, err = tb.Router.Start(ProcSpec{Name: "frr-bgpd", Path: filepath.Join(frrDaemons, "bgpd"), Args: args})
 	if err != nil {
@@ -144,13 +146,13 @@ func frrConfig(opts FRROptions) string {
 	b.WriteString("ip prefix-list BERTH-BLOCKS seq 10 permit 10.0.0.0/8 le 32\n!\n")
 	b.WriteString("route-map BERTH-IN permit 10\n match ip address prefix-list BERTH-BLOCKS\nexit\n!\n")
 	b.WriteString("route-map BERTH-OUT permit 10\nexit\n!\n")
-	for _, p := range opts.Announce {
-		fmt.Fprintf(&b, "ip route %s blackhole\n", p)
-	}
 	fmt.Fprintf(&b, "!\nrouter bgp %d\n bgp router-id %s\n no bgp network import-check\n", opts.ASN, router)
 	b.WriteString(" bgp graceful-restart\n timers bgp 3 9\n")
 	for _, p := range opts.Peers {
 		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers connect 2\n", p.IP, p.ASN, p.IP)
+		if opts.Listen.IsValid() {
+			fmt.Fprintf(&b, " neighbor %s update-source %s\n neighbor %s disable-connected-check\n", p.IP, opts.Listen, p.IP)
+		}
 		if p.Password != "" {
 			fmt.Fprintf(&b, " neighbor %s password %s\n", p.IP, p.Password)
 		}
@@ -224,6 +226,26 @@ func (f *FRR) Routes(ctx context.Context) ([]FRRRoute, error) {
 		}
 	}
 	return out, nil
+}
+
+// Announce makes FRR originate prefixes too, as a misbehaving router
+// would (network statements; the router's kernel is not changed).
+func (f *FRR) Announce(ctx context.Context, prefixes ...netip.Prefix) error {
+	cmds := []string{"configure terminal", fmt.Sprintf("router bgp %d", f.asn), "address-family ipv4 unicast"}
+	for _, p := range prefixes {
+		cmds = append(cmds, "network "+p.String())
+	}
+	_, err := f.VTY(ctx, cmds...)
+	return err
+}
+
+// RemovePolicy removes the route-maps of the neighbor at ip and resets
+// its session: with FRR 8's default bgp ebgp-requires-policy, FRR then
+// sends it nothing and accepts nothing from it.
+func (f *FRR) RemovePolicy(ctx context.Context, ip string) error {
+	_, err := f.VTY(ctx, "configure terminal", fmt.Sprintf("router bgp %d", f.asn), "address-family ipv4 unicast",
+		"no neighbor "+ip+" route-map BERTH-IN in", "no neighbor "+ip+" route-map BERTH-OUT out", "end", "clear bgp ipv4 unicast "+ip)
+	return err
 }
 
 // Log is bgpd's own log (debugging level).
