@@ -54,6 +54,12 @@ func matrix(t *testing.T, pods []*bgpPod) {
 	for _, p := range pods {
 		testenv.Serve(t, p.ctr.Netns, p.ip+":7000")
 	}
+	reachAll(t, pods)
+}
+
+// reachAll checks, after matrix, that every pod still reaches every other.
+func reachAll(t *testing.T, pods []*bgpPod) {
+	t.Helper()
 	for _, from := range pods {
 		for _, to := range pods {
 			if from == to {

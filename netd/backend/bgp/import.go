@@ -39,7 +39,9 @@ func (s selection) accepted() map[netip.Addr]uint64 {
 //   - with a next hop that leads to the owning node: its address (it
 //     announced the block itself, or a reflector or a router passed its
 //     next hop on), or the gateway through which this node reaches it (a
-//     router between segments that announces the block as its own).
+//     router between segments that announces the block as its own). A
+//     block whose node is on this node's segment is routed to the node
+//     directly, whichever router announced it (no hairpin through it).
 //
 // So a router, a reflector or another node cannot draw the traffic of a
 // block elsewhere. Of a prefix's acceptable paths the best one is taken,
@@ -72,7 +74,7 @@ func (nw *network) importPaths(in backend.Input) selection {
 			if !ok {
 				err = unleased(p.Prefix, in.Peers)
 			} else {
-				err = leadsTo(p.NextHop, owner, in.Underlay)
+				p.NextHop, err = nextHopTo(p.NextHop, owner, in.Underlay)
 			}
 		}
 		if err != nil {
@@ -103,26 +105,26 @@ func unleased(prefix netip.Prefix, peers []cluster.Lease) error {
 	return fmt.Errorf("no node leases it")
 }
 
-// leadsTo checks that next hop nh leads to owner: it is owner's address,
-// or the gateway this node reaches owner's address through.
-func leadsTo(nh netip.Addr, owner cluster.Lease, underlay func(netip.Addr) (backend.Path, error)) error {
+// nextHopTo is the next hop to route owner's block through, given a path
+// with next hop nh: owner itself when nh is its address or owner is on
+// this node's segment, nh when it is the gateway this node reaches owner
+// through; anything else leads elsewhere.
+func nextHopTo(nh netip.Addr, owner cluster.Lease, underlay func(netip.Addr) (backend.Path, error)) (netip.Addr, error) {
 	if nh == owner.NodeIP {
-		return nil
+		return nh, nil
 	}
 	if !nh.IsValid() {
-		return fmt.Errorf("it has no next hop")
+		return nh, fmt.Errorf("it has no next hop")
 	}
 	path, err := underlay(owner.NodeIP)
-	if err != nil {
-		return fmt.Errorf("next hop %s is not %s's address %s, and the route to it is unknown: %w", nh, owner.NodeName, owner.NodeIP, err)
+	switch {
+	case err != nil:
+		return nh, fmt.Errorf("next hop %s is not %s's address %s, and the route to it is unknown: %w", nh, owner.NodeName, owner.NodeIP, err)
+	case path.Direct:
+		return owner.NodeIP, nil
+	case path.Gateway == nh:
+		return nh, nil
 	}
-	if !path.Direct && path.Gateway == nh {
-		return nil
-	}
-	via := "directly"
-	if !path.Direct {
-		via = "via " + path.Gateway.String()
-	}
-	return fmt.Errorf("next hop %s leads neither to %s's address %s nor to the gateway to it (this node reaches it %s)",
-		nh, owner.NodeName, owner.NodeIP, via)
+	return nh, fmt.Errorf("next hop %s leads neither to %s's address %s nor to the gateway to it, %s",
+		nh, owner.NodeName, owner.NodeIP, path.Gateway)
 }

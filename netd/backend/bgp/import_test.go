@@ -48,7 +48,8 @@ func TestImportPaths(t *testing.T) {
 		{"a router passing the node's next hop on", path("10.244.4.0/24", a("192.168.60.4"), router, true), ""},
 		{"a router between segments, next hop itself", path("10.244.3.0/24", router, router, true), ""},
 		{"a router that is not the way to the node", path("10.244.3.0/24", rogue, rogue, false), "leads neither to node3's address 192.168.60.3 nor to the gateway"},
-		{"a router drawing an adjacent node's traffic", path("10.244.2.0/24", router, router, false), "this node reaches it directly"},
+		{"a router announcing an adjacent node's block (routed to the node)", path("10.244.2.0/24", router, router, false), ""},
+		{"a router not on the way to a node behind another", path("10.244.3.0/24", rogue, rogue, false), "nor to the gateway to it, 192.168.50.254"},
 		{"a more specific of a node's block", path("10.244.2.0/25", router, router, true), "more specific of node2's block 10.244.2.0/24"},
 		{"a block nobody leases", path("10.244.9.0/24", router, router, true), "no node leases it"},
 		{"this node's own block", path("10.244.1.0/24", router, router, true), "this node's own block"},
@@ -58,7 +59,13 @@ func TestImportPaths(t *testing.T) {
 	for _, tt := range tests {
 		in.Routing.Paths = []backend.LearnedPath{tt.path}
 		sel := nw.importPaths(in)
-		_, installed := sel.chosen[tt.path.Prefix]
+		chosen, installed := sel.chosen[tt.path.Prefix]
+		if installed && chosen.NextHop != tt.path.NextHop && chosen.NextHop != a("192.168.50.2") {
+			t.Errorf("%s: via %s", tt.name, chosen.NextHop)
+		}
+		if installed && tt.path.Prefix == p("10.244.2.0/24") && chosen.NextHop != a("192.168.50.2") {
+			t.Errorf("%s: node2's block via %s, want node2 itself", tt.name, chosen.NextHop)
+		}
 		switch {
 		case tt.refused == "" && (!installed || len(sel.refused) > 0):
 			t.Errorf("%s: refused: %v", tt.name, sel.refused)
@@ -71,13 +78,13 @@ func TestImportPaths(t *testing.T) {
 	// prefixes (only learned with --bgp-accept-foreign) are taken as BGP chose.
 	in.Routing.Paths = []backend.LearnedPath{
 		path("0.0.0.0/0", router, router, true),
-		path("10.244.2.0/24", router, router, true),
-		path("10.244.2.0/24", a("192.168.50.2"), a("192.168.50.2"), false),
+		path("10.244.3.0/24", rogue, rogue, true),
+		path("10.244.3.0/24", router, router, false),
 		path("198.51.100.0/24", rogue, rogue, false),
 		path("198.51.100.0/24", router, router, true),
 	}
 	sel := nw.importPaths(in)
-	want := map[netip.Prefix]netip.Addr{p("0.0.0.0/0"): router, p("10.244.2.0/24"): a("192.168.50.2"), p("198.51.100.0/24"): router}
+	want := map[netip.Prefix]netip.Addr{p("0.0.0.0/0"): router, p("10.244.3.0/24"): router, p("198.51.100.0/24"): router}
 	if len(sel.chosen) != len(want) || len(sel.refused) != 1 {
 		t.Fatalf("chosen %v refused %v", sel.chosen, sel.refused)
 	}
@@ -86,7 +93,7 @@ func TestImportPaths(t *testing.T) {
 			t.Errorf("%s from %s, want %s", pfx, sel.chosen[pfx].From, from)
 		}
 	}
-	if acc := sel.accepted(); acc[router] != 2 || acc[a("192.168.50.2")] != 1 {
+	if acc := sel.accepted(); acc[router] != 3 || acc[rogue] != 0 {
 		t.Errorf("accepted per peer %v", acc)
 	}
 }
