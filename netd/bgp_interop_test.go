@@ -311,3 +311,104 @@ func grep(body []byte, s string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// birdRoute is BIRD's entry for prefix ("" if it has none).
+func birdRoute(t *testing.T, bird *testbed.BIRD, prefix string) string {
+	t.Helper()
+	out, err := bird.Show(context.Background(), "route", prefix, "all")
+	if err != nil && !strings.Contains(out, "Network not found") {
+		t.Fatalf("birdc: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, prefix) {
+		return ""
+	}
+	return out
+}
+
+// frrRoute is FRR's path for prefix ("" if it has none).
+func frrRoute(t *testing.T, frr *testbed.FRR, prefix string) string {
+	t.Helper()
+	rs, err := frr.Routes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Prefix == prefix {
+			return "via " + r.NextHop + " path " + r.ASPath
+		}
+	}
+	return ""
+}
+
+// TestBGPNoTransit: node1 is dual-homed, to BIRD (AS 64600) and to FRR
+// (AS 64700) on the router; node2 peers with BIRD only, node3 with FRR
+// only. node1 must announce its own block to both and pass neither
+// router's routes to the other; with --bgp-edge it announces every block.
+func TestBGPNoTransit(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 3, Segment2: []int{3}})
+	ctx := context.Background()
+	bird, err := tb.StartBIRD(ctx, testbed.BIRDOptions{ASN: 64600, Listen: testbed.RouterIP1, Peers: []testbed.BIRDPeer{
+		{Name: "node1", IP: tb.Node(1).IP.String(), ASN: 65001},
+		{Name: "node2", IP: tb.Node(2).IP.String(), ASN: 65002},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	frr, err := tb.StartFRR(ctx, testbed.FRROptions{ASN: 64700, Listen: testbed.RouterIP2, Peers: []testbed.FRRPeer{
+		{IP: tb.Node(1).IP.String(), ASN: 65001},
+		{IP: tb.Node(3).IP.String(), ASN: 65003},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgpnt", 9485, "--mode", "bgp", "--network-cidr", "10.250.0.0/16", "--bgp-node-mesh=false")
+	birdPeer, frrPeer := testbed.RouterIP1.String()+":64600", testbed.RouterIP2.String()+":64700"
+	args := map[int][]string{
+		1: {"--bgp-asn", "65001", "--bgp-peers", birdPeer + "," + frrPeer},
+		2: {"--bgp-asn", "65002", "--bgp-peers", birdPeer},
+		3: {"--bgp-asn", "65003", "--bgp-peers", frrPeer},
+	}
+	for i := 1; i <= 3; i++ {
+		c.start(i, args[i]...)
+	}
+	established(c, 1, 2)
+	established(c, 2, 1)
+	established(c, 3, 1)
+	b1, b2, b3 := c.lease(1).Subnet.String(), c.lease(2).Subnet.String(), c.lease(3).Subnet.String()
+	c.eventually("BIRD learns node1's and node2's blocks, FRR node1's and node3's", 20*time.Second, func() error {
+		for _, r := range []string{birdRoute(t, bird, b1), birdRoute(t, bird, b2), frrRoute(t, frr, b1), frrRoute(t, frr, b3)} {
+			if r == "" {
+				return fmt.Errorf("missing")
+			}
+		}
+		return nil
+	})
+	// node1 learned node2's block from BIRD and node3's from FRR; give it
+	// time to (wrongly) pass them on.
+	routedExactly(c, 1, map[string]netip.Addr{b2: tb.Node(2).IP, b3: testbed.RouterIP1})
+	time.Sleep(3 * time.Second)
+	if r := birdRoute(t, bird, b1); !regexp.MustCompile(`BGP.as_path: 65001\n`).MatchString(r) {
+		t.Errorf("BIRD's route to node1's block: want AS path 65001 only:\n%s", r)
+	}
+	if r := birdRoute(t, bird, b3); r != "" {
+		t.Errorf("node1 is a transit: BIRD learned node3's block through it:\n%s", r)
+	}
+	if r := frrRoute(t, frr, b1); r != "via "+tb.Node(1).IP.String()+" path 65001" {
+		t.Errorf("FRR's route to node1's block: %q, want via node1 with AS path 65001", r)
+	}
+	if r := frrRoute(t, frr, b2); r != "" {
+		t.Errorf("node1 is a transit: FRR learned node2's block through it: %s", r)
+	}
+
+	t.Run("on the cluster's edge node1 announces every block", func(t *testing.T) {
+		c.netd[1].Signal(syscall.SIGTERM)
+		c.netd[1].Wait(ctx)
+		c.start(1, append(args[1], "--bgp-edge")...)
+		c.eventually("BIRD learns node3's block through node1", 30*time.Second, func() error {
+			if r := birdRoute(t, bird, b3); !strings.Contains(r, "BGP.as_path: 65001 64700 65003") {
+				return fmt.Errorf("BIRD: %q", r)
+			}
+			return nil
+		})
+	})
+}

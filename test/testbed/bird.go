@@ -63,7 +63,7 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 	for _, p := range opts.Peers {
 		fmt.Fprintf(&b, "protocol bgp %s {\n  local as %d;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", p.Name, opts.ASN, p.IP, p.ASN)
 		if opts.Listen.IsValid() {
-			fmt.Fprintf(&b, "  local %s as %d;\n  strict bind yes;\n  multihop 2;\n", opts.Listen, opts.ASN)
+			fmt.Fprintf(&b, "  local %s as %d;\n  strict bind yes;\n", opts.Listen, opts.ASN)
 		}
 		if p.Password != "" {
 			fmt.Fprintf(&b, "  password %q;\n", p.Password)

@@ -107,8 +107,9 @@ func unleased(prefix netip.Prefix, peers []cluster.Lease) error {
 
 // nextHopTo is the next hop to route owner's block through, given a path
 // with next hop nh: owner itself when nh is its address or owner is on
-// this node's segment, nh when it is the gateway this node reaches owner
-// through; anything else leads elsewhere.
+// this node's segment; nh when this node reaches nh and owner through
+// the same gateway (nh is that gateway, or another address of the router,
+// as with a router peered on its loopback); anything else leads elsewhere.
 func nextHopTo(nh netip.Addr, owner cluster.Lease, underlay func(netip.Addr) (backend.Path, error)) (netip.Addr, error) {
 	if nh == owner.NodeIP {
 		return nh, nil
@@ -116,15 +117,24 @@ func nextHopTo(nh netip.Addr, owner cluster.Lease, underlay func(netip.Addr) (ba
 	if !nh.IsValid() {
 		return nh, fmt.Errorf("it has no next hop")
 	}
-	path, err := underlay(owner.NodeIP)
-	switch {
-	case err != nil:
-		return nh, fmt.Errorf("next hop %s is not %s's address %s, and the route to it is unknown: %w", nh, owner.NodeName, owner.NodeIP, err)
-	case path.Direct:
+	toOwner, err := underlay(owner.NodeIP)
+	if err != nil {
+		return nh, fmt.Errorf("next hop %s is not %s's address %s, and the route to that is unknown: %w", nh, owner.NodeName, owner.NodeIP, err)
+	}
+	if toOwner.Direct {
 		return owner.NodeIP, nil
-	case path.Gateway == nh:
+	}
+	toNH, err := underlay(nh)
+	if err != nil {
+		return nh, fmt.Errorf("next hop %s: %w", nh, err)
+	}
+	first := nh
+	if !toNH.Direct {
+		first = toNH.Gateway
+	}
+	if first == toOwner.Gateway {
 		return nh, nil
 	}
-	return nh, fmt.Errorf("next hop %s leads neither to %s's address %s nor to the gateway to it, %s",
-		nh, owner.NodeName, owner.NodeIP, path.Gateway)
+	return nh, fmt.Errorf("next hop %s leads neither to %s's address %s nor through this node's gateway to it, %s",
+		nh, owner.NodeName, owner.NodeIP, toOwner.Gateway)
 }
