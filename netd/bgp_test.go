@@ -171,13 +171,36 @@ func TestBGPMesh(t *testing.T) {
 		established(c, 2, 2)
 	})
 
-	t.Run("a node that leaves is withdrawn everywhere", func(t *testing.T) {
+	t.Run("netd SIGTERM and restart lose no packet", func(t *testing.T) {
+		restartUnderPing(t, c, pods[0], pods[1], 2, syscall.SIGTERM, "--bgp-restart-time", "60s")
+		established(c, 2, 2)
+	})
+
+	t.Run("a node that stops is reported, and withdrawn everywhere when it leaves", func(t *testing.T) {
 		block := c.lease(3).Subnet.String()
 		pods[2].rt.Del(pods[2].ctr)
 		if err := c.netd[3].Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		c.netd[3].Wait(context.Background())
+		// Its peers keep its routes for its graceful restart, and say so
+		// (until its lease expires, 10s here): not "ok" with "kernel
+		// matches the leases".
+		c.eventually("node1 reports node3 down", 8*time.Second, func() error {
+			s, err := c.status(1)
+			if err != nil {
+				return err
+			}
+			for _, p := range s.Peers {
+				if p.Name == "node3" && strings.Contains(p.Error, "graceful restart") && !s.Healthy() {
+					return nil
+				}
+			}
+			return fmt.Errorf("peers %+v", s.Peers)
+		})
+		if out, ok := statusCommand(c, 1); ok || !strings.Contains(out, "node3") || !strings.Contains(out, "its routes are kept") {
+			t.Errorf("netd status on node1 with node3 stopped:\n%s", out)
+		}
 		if out, err := tb.Node(3).Run(context.Background(), c.bin, append([]string{"leave"}, c.flags(3)...)...); err != nil {
 			t.Fatalf("netd leave: %v\n%s", err, out)
 		}
