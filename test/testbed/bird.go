@@ -68,7 +68,9 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 		if p.Password != "" {
 			fmt.Fprintf(&b, "  password %q;\n", p.Password)
 		}
-		fmt.Fprintf(&b, "  ipv4 { import all; export where %s; };\n}\n", export)
+		// As README shows it: accept the nodes' blocks (netd checks them
+		// against its leases), send what BGP learned.
+		fmt.Fprintf(&b, "  ipv4 { import where net ~ [ 10.0.0.0/8+ ]; export where %s; };\n}\n", export)
 	}
 	dir := filepath.Join(tb.Dir, "bird")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -109,7 +111,7 @@ func (b *BIRD) Announce(ctx context.Context, prefixes ...netip.Prefix) error {
 	}
 	extra.WriteString("}\n")
 	// To the peers only: the kernel protocol does not take static routes.
-	conf := strings.ReplaceAll(b.conf, "import all; export where ", `import all; export where proto = "announced" || `)
+	conf := strings.ReplaceAll(b.conf, "+ ]; export where ", `+ ]; export where proto = "announced" || `)
 	path := filepath.Join(filepath.Dir(b.Sock), "bird.conf")
 	if err := os.WriteFile(path, []byte(conf+extra.String()), 0o644); err != nil {
 		return err
