@@ -57,8 +57,8 @@ func (r *Report) targets() []Target {
 	return append(ts, r.ControlPlane.targets()...)
 }
 
-// targets of the control plane: the slowest route at targetNodes and
-// netd's memory there.
+// targets of the control plane: the slowest route at targetNodes,
+// netd's memory there and (bgp) its sessions back after a kill -9.
 func (cp *ControlPlane) targets() []Target {
 	if cp == nil {
 		return nil
@@ -81,6 +81,13 @@ func (cp *ControlPlane) targets() []Target {
 		}
 		ts = append(ts, Target{What: fmt.Sprintf("%s netd resident memory at %d nodes, max", res.Mode, res.Nodes),
 			Goal: fmt.Sprintf("< %d MiB", targetRSSMiB), Measured: fmt.Sprintf("%.1f MiB", res.RSSMaxMiB), Met: res.RSSMaxMiB < targetRSSMiB})
+	}
+	for _, rs := range cp.Resync {
+		if rs.SessionsBack == 0 || rs.Nodes != targetNodes {
+			continue
+		}
+		ts = append(ts, Target{What: fmt.Sprintf("%s sessions back after netd kill -9 at %d nodes", rs.Mode, rs.Nodes),
+			Goal: "< " + targetSessionsBack.String(), Measured: ms(rs.SessionsBack), Met: rs.SessionsBack < targetSessionsBack})
 	}
 	return ts
 }

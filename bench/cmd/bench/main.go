@@ -27,11 +27,12 @@ type options struct {
 	binDir, refDir string
 	out, readme    string
 	parts          []string
+	modes          []string // control plane: the netd modes (default all)
 }
 
 func main() {
 	var o options
-	var only string
+	var only, modes string
 	flag.BoolVar(&o.quick, "quick", os.Getenv("BENCH_QUICK") != "", "fewer runs and smaller clusters (also BENCH_QUICK=1): under 2 minutes")
 	flag.StringVar(&o.binDir, "bin-dir", "bin", "where `make build` put berth's binaries")
 	flag.StringVar(&o.refDir, "ref-dir", "/usr/lib/cni", "the reference CNI plugins")
@@ -39,6 +40,8 @@ func main() {
 	flag.StringVar(&o.readme, "readme", "README.md", "README whose bench section is rewritten")
 	flag.StringVar(&only, "parts", os.Getenv("BENCH_PARTS"), "comma-separated subset of "+strings.Join(parts, ",")+
 		" (also BENCH_PARTS); empty: all.\nA partial run prints its tables but rewrites neither results nor README")
+	flag.StringVar(&modes, "modes", os.Getenv("BENCH_MODES"), "control plane: comma-separated netd modes to grow clusters of, e.g. bgp (also BENCH_MODES); empty: vxlan,hostgw,bgp.\n"+
+		"A run with fewer modes is partial: it rewrites neither results nor README")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, `Usage: bench [-quick] [-parts LIST]
 
@@ -62,6 +65,12 @@ Example: make bench BENCH_QUICK=1      (or: bin/bench -quick -parts cni)
 				fmt.Fprintf(os.Stderr, "bench: -parts: unknown part %q; choose from %s\n", p, strings.Join(parts, ","))
 				os.Exit(2)
 			}
+		}
+	}
+	if modes != "" {
+		o.modes = strings.Split(modes, ",")
+		if len(o.parts) == 0 {
+			o.parts = slices.Clone(parts) // partial: results and README keep every mode
 		}
 	}
 	if err := run(o); err != nil {
@@ -106,7 +115,7 @@ func run(o options) error {
 	}
 
 	if o.want("controlplane") {
-		r.ControlPlane, err = bench.MeasureControlPlane(ctx, bench.ControlPlaneConfig{Quick: o.quick, BinDir: abs, Progress: progress})
+		r.ControlPlane, err = bench.MeasureControlPlane(ctx, bench.ControlPlaneConfig{Quick: o.quick, BinDir: abs, Modes: o.modes, Progress: progress})
 		if err != nil {
 			return fmt.Errorf("control plane: %w", err)
 		}

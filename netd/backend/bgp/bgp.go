@@ -196,12 +196,20 @@ func (nw *network) neighbors(peers []cluster.Lease) []speaker.Neighbor {
 			if asn == 0 {
 				asn = DefaultASN
 			}
+			// One side of each session dials (see speaker.Neighbor.Passive):
+			// a client dials its reflectors, which are there before it and
+			// after it (so a restarted client is back as soon as it dials);
+			// between equals, the lower address.
 			n := speaker.Neighbor{Address: p.NodeIP, ASN: asn, Name: p.NodeName, Passive: nw.node.IP.Compare(p.NodeIP) > 0}
 			switch {
+			case nw.cfg.RouteReflector && !p.RouteReflector:
+				n.RRClient, n.Passive = true, true
 			case nw.cfg.RouteReflector:
-				n.RRClient = !p.RouteReflector // reflectors peer plainly with each other
+				// reflectors peer plainly with each other
 			case reflectors > 0 && !p.RouteReflector:
 				continue // a client talks to the reflectors only
+			case reflectors > 0:
+				n.Passive = false
 			}
 			out = append(out, n)
 		}
