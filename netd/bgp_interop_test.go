@@ -118,7 +118,7 @@ func TestBGPWithFRR(t *testing.T) {
 	args := map[int][]string{
 		1: {"--bgp-asn", "65001", "--config", config},
 		2: {"--bgp-asn", "65002", "--bgp-peers", testbed.RouterIP1.String() + ":64600:wrong"},
-		3: {"--bgp-asn", "65003", "--bgp-peers", testbed.RouterIP2.String() + ":64600"},
+		3: {"--bgp-asn", "65003", "--bgp-peers", testbed.RouterIP2.String() + ":64600", "--bgp-hold-time", "6s"},
 		4: {"--bgp-asn", "65004", "--bgp-peers", testbed.RouterIP2.String() + ":64600"},
 	}
 	for i := 1; i <= 4; i++ {
@@ -186,6 +186,13 @@ func TestBGPWithFRR(t *testing.T) {
 		// an AS-path loop and does not count.
 		if p := sum.IPv4.Peers[ip(3).String()]; p.PfxRcd != int(s.BGP[0].Advertised) || p.PfxSnt != int(s.BGP[0].Received)+1 {
 			t.Errorf("FRR counts node3: received %d sent %d, netd: advertised %d received %d", p.PfxRcd, p.PfxSnt, s.BGP[0].Advertised, s.BGP[0].Received)
+		}
+		// node3 runs with --bgp-hold-time 6s, less than FRR's 9s.
+		var nb map[string]struct {
+			Hold int `json:"bgpTimerHoldTimeMsecs"`
+		}
+		if err := frr.JSON(context.Background(), "show bgp neighbors "+ip(3).String()+" json", &nb); err != nil || nb[ip(3).String()].Hold != 6000 {
+			t.Errorf("hold time FRR negotiated with node3: %+v %v, want 6000 ms", nb, err)
 		}
 	})
 

@@ -31,7 +31,7 @@ func (c *Config) bgpFlags(fs *flag.FlagSet) (finish func() error) {
 	fs.BoolVar(&c.BGP.AcceptForeign, "bgp-accept-foreign", false, "bgp: also install learned prefixes outside the cluster CIDR (default: ignored, so a peer cannot hijack other traffic)")
 	fs.BoolVar(&c.BGP.Edge, "bgp-edge", false, "bgp: this node is the cluster's edge: it announces every node's block to its external routers (default: only its own, so it is never a transit)")
 	fs.DurationVar(&c.BGP.RestartTime, "bgp-restart-time", 120*time.Second, "bgp: graceful restart time announced to peers: how long they keep this node's routes while netd restarts")
-	fs.DurationVar(&c.BGP.HoldTime, "bgp-hold-time", 9*time.Second, "bgp: hold time proposed to every peer (the session takes the smaller of the two), e.g. 90s; a dead peer is noticed after it; 0 or at least 3s")
+	fs.DurationVar(&c.BGP.HoldTime, "bgp-hold-time", 9*time.Second, "bgp: hold time proposed to every peer (the session takes the smaller of the two), e.g. 90s; a dead peer is noticed after it; 3s to 65535s")
 	fs.DurationVar(&c.BGP.KeepaliveInterval, "bgp-keepalive-interval", 0, "bgp: keepalive interval, e.g. 30s (default a third of --bgp-hold-time)")
 	return func() error {
 		if asn == 0 || asn > 1<<32-1 {
@@ -48,11 +48,11 @@ func (c *Config) bgpFlags(fs *flag.FlagSet) (finish func() error) {
 		}
 		b := &c.BGP
 		switch {
-		case b.HoldTime != 0 && (b.HoldTime < 3*time.Second || b.HoldTime > 65535*time.Second || b.HoldTime%time.Second != 0):
-			return fmt.Errorf("--bgp-hold-time: %s: want 0 (no keepalives) or whole seconds from 3s to 65535s (RFC 4271)", b.HoldTime)
+		case b.HoldTime < 3*time.Second || b.HoldTime > 65535*time.Second || b.HoldTime%time.Second != 0:
+			return fmt.Errorf("--bgp-hold-time: %s: want whole seconds from 3s to 65535s (RFC 4271)", b.HoldTime)
 		case b.KeepaliveInterval < 0 || b.KeepaliveInterval%time.Second != 0:
 			return fmt.Errorf("--bgp-keepalive-interval: %s: want whole seconds", b.KeepaliveInterval)
-		case b.HoldTime != 0 && b.KeepaliveInterval > b.HoldTime/3:
+		case b.KeepaliveInterval > b.HoldTime/3:
 			return fmt.Errorf("--bgp-keepalive-interval: %s is more than a third of --bgp-hold-time %s: the session would drop between keepalives", b.KeepaliveInterval, b.HoldTime)
 		case b.RestartTime < 0 || b.RestartTime > 4095*time.Second:
 			return fmt.Errorf("--bgp-restart-time: %s: the graceful restart capability carries 0 to 4095s", b.RestartTime)

@@ -38,6 +38,7 @@ func TestBGPFlagErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"--bgp-hold-time", "2s"}, "--bgp-hold-time: 2s"},
+		{[]string{"--bgp-hold-time", "0"}, "--bgp-hold-time: 0s"},
 		{[]string{"--bgp-hold-time", "9500ms"}, "whole seconds"},
 		{[]string{"--bgp-hold-time", "9s", "--bgp-keepalive-interval", "4s"}, "more than a third"},
 		{[]string{"--bgp-restart-time", "2h"}, "--bgp-restart-time"},
