@@ -70,7 +70,7 @@ func newMetrics(network string) *metrics {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "netd", Name: name, Help: help, ConstLabels: labels}, []string{"peer", "peer_name"})
 	}
 	m.bgpSessionUp = vec("bgp_session_up", "bgp mode: 1 when the BGP session to the peer is established.")
-	m.bgpReceived = vec("bgp_prefixes_received", "bgp mode: prefixes the peer announces (no End-of-RIB marker, no path looping through this node's AS).")
+	m.bgpReceived = vec("bgp_prefixes_received", "bgp mode: prefixes the peer announces that pass the import policy (as FRR counts them: no End-of-RIB marker, no path looping through this node's AS, nothing outside the cluster CIDR).")
 	m.bgpAccepted = vec("bgp_prefixes_accepted", "bgp mode: prefixes from the peer that netd installs.")
 	m.bgpAdvertised = vec("bgp_prefixes_advertised", "bgp mode: prefixes advertised to the peer.")
 	m.reg.MustRegister(m.bgpSessionUp, m.bgpReceived, m.bgpAccepted, m.bgpAdvertised)

@@ -88,8 +88,7 @@ func (tb *Testbed) StartFRR(ctx context.Context, opts FRROptions) (*FRR, error) 
 			"-f", conf, "-P", "0", "--log", "file:" + filepath.Join(dir, name+".log"), "--log-level", "debugging"}
 	}
 	// zebra always: bgpd resolves next hops through it.
-	f.zebra, err = tb.Router.Start(ProcSpec{Name: "frr-zebra", Path: filepath.Join(frrDaemons, "zebra"),
-		Args: common("zebra", filepath.Join(dir, "zebra.conf"))})
+	f.zebra, err = tb.Router.Start(frrDaemon(dir, "zebra", common("zebra", filepath.Join(dir, "zebra.conf"))))
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +100,7 @@ func (tb *Testbed) StartFRR(ctx context.Context, opts FRROptions) (*FRR, error) 
 	if opts.Listen.IsValid() {
 		args = append(args, "-l", opts.Listen.String())
 	}
-	f.bgpd, err = tb.Router.Start(ProcSpec{Name: "frr-bgpd", Path: filepath.Join(frrDaemons, "bgpd"), Args: args})
+	f.bgpd, err = tb.Router.Start(frrDaemon(dir, "bgpd", args))
 	if err != nil {
 		f.Stop()
 		return nil, err
@@ -112,6 +111,17 @@ func (tb *Testbed) StartFRR(ctx context.Context, opts FRROptions) (*FRR, error) 
 		return nil, fmt.Errorf("testbed: bgpd did not start: %w\n%s", err, f.bgpd.Log())
 	}
 	return f, nil
+}
+
+// frrDaemon runs an FRR daemon in a private mount namespace whose
+// /var/tmp is dir/tmp: FRR writes its crash log and log buffers to
+// /var/tmp/frr, a path it does not let one change, and the machine's must
+// stay untouched. unshare and sh exec, so the daemon keeps their PID.
+func frrDaemon(dir, name string, args []string) ProcSpec {
+	tmp := filepath.Join(dir, "tmp")
+	script := fmt.Sprintf(`mkdir -p -m 1777 %[1]s && mount --bind %[1]s /var/tmp && exec "$0" "$@"`, tmp)
+	return ProcSpec{Name: "frr-" + name, Path: "/usr/bin/unshare",
+		Args: append([]string{"--mount", "--propagation", "private", "sh", "-c", script, filepath.Join(frrDaemons, name)}, args...)}
 }
 
 // frrDir makes the directory FRR's daemons write to: they run as the frr

@@ -387,6 +387,10 @@ func TestFRR(t *testing.T) {
 	if err != nil || len(routes) != 1 || routes[0].Prefix != "198.51.100.0/24" {
 		t.Fatalf("FRR routes %+v, %v", routes, err)
 	}
+	// FRR's crash log and log buffers went to the test bed, not /var/tmp.
+	if entries, err := os.ReadDir(filepath.Join(f.Dir, "tmp", "frr")); err != nil || len(entries) != 2 {
+		t.Errorf("FRR's /var/tmp/frr in its private mount namespace: %v %v", entries, err)
+	}
 	if err := f.Stop(); err != nil {
 		t.Fatal(err)
 	}

@@ -241,6 +241,7 @@ func (nw *network) Routing(ctx context.Context) (backend.Routing, error) {
 		return r, fmt.Errorf("reading the BGP sessions: %w", err)
 	}
 	for _, s := range ss {
+		// Received is everything the peer sent; Sessions splits it.
 		r.Sessions = append(r.Sessions, backend.Session{Peer: s.Neighbor.Address.String(), Name: s.Neighbor.Name, ASN: s.Neighbor.ASN,
 			External: s.Neighbor.External, State: s.State, Established: s.Established, Since: s.Since,
 			Received: s.Received, Advertised: s.Advertised, EndOfRIB: s.EndOfRIB, Restarting: s.Restarting})

@@ -16,13 +16,23 @@ import (
 const comingUp = 10 * time.Second
 
 // Sessions reports every session with its prefixes counted as FRR counts
-// them, and what to check if it is down or its peer sends nothing.
+// them, and what to check if it is down or its peer sends nothing. The
+// routing state has the received count before the import policy; the
+// paths learned are the ones after it.
 func (nw *network) Sessions(in backend.Input) []backend.Session {
 	accepted := nw.importPaths(in).accepted()
+	received := map[netip.Addr]uint64{}
+	for _, p := range in.Routing.Paths {
+		received[p.From]++
+	}
 	out := make([]backend.Session, 0, len(in.Routing.Sessions))
 	for _, s := range in.Routing.Sessions {
 		addr, _ := netip.ParseAddr(s.Peer)
-		s.Accepted = accepted[addr]
+		all := s.Received
+		s.Received, s.Accepted = received[addr], accepted[addr]
+		if all > s.Received {
+			s.Filtered = all - s.Received
+		}
 		s.Problem, s.Pending = nw.sessionProblem(s, in.Routing.At)
 		out = append(out, s)
 	}
@@ -36,7 +46,7 @@ func (nw *network) sessionProblem(s backend.Session, now time.Time) (problem str
 		age = 0
 	}
 	if s.Established {
-		if s.External && s.Received == 0 && (s.EndOfRIB || age > comingUp) {
+		if s.External && s.Received+s.Filtered == 0 && (s.EndOfRIB || age > comingUp) {
 			return fmt.Sprintf("the BGP session to %s (AS %d) is established but the router announces nothing: check its export policy "+
 				"(FRR 8 enforces RFC 8212 on eBGP by default, bgp ebgp-requires-policy: without `neighbor %s route-map NAME out` and `in` "+
 				"it sends and accepts nothing; BIRD: the protocol's export filter)", s.Peer, s.ASN, nw.node.IP), false
