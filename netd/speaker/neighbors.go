@@ -107,9 +107,14 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 			KeepaliveInterval: secs(s.cfg.KeepaliveInterval), IdleHoldTimeAfterReset: idleHoldAfterTry}},
 		// Peers keep our routes while we restart, and we keep theirs.
 		// With the notification bit (RFC 8538) a NOTIFICATION other than
-		// a Hard Reset is a restart too.
+		// a Hard Reset is a restart too. After a restart, routers are told
+		// that forwarding was preserved (R and F bits). Other nodes are
+		// not: GoBGP ignores the F bit, and GoBGP ends a restart for every
+		// session once the ones up have sent their routes, so a router
+		// whose session comes up later would be told "not preserved" and
+		// flush; sessions restarting alone end theirs each on its own.
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: uint32(secs(s.cfg.RestartTime)),
-			NotificationEnabled: true, DeferralTime: uint32(secs(selectionDefer)), LocalRestarting: s.restarting()},
+			NotificationEnabled: true, DeferralTime: uint32(secs(selectionDefer)), LocalRestarting: n.External && s.restarting()},
 	}
 	for _, f := range s.families() {
 		p.AfiSafis = append(p.AfiSafis, &api.AfiSafi{

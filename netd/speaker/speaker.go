@@ -50,10 +50,11 @@ type Config struct {
 	HoldTime          time.Duration // default 9s
 	KeepaliveInterval time.Duration // default HoldTime/3
 	// Restarted says a previous speaker's forwarding state is still in
-	// place (netd found its routes in the kernel). The sessions opened
-	// within RestartWindow set the Restart State and Forwarding State
-	// bits, so that helpers keep this node's routes until it has sent
-	// its own again, and it sends them once its peers have sent theirs.
+	// place (netd found its routes in the kernel). The sessions to
+	// external routers opened within RestartWindow set the Restart State
+	// and Forwarding State bits, so that the routers keep this node's
+	// routes until it has sent its own again, and it sends them once its
+	// peers have sent theirs.
 	Restarted     bool
 	RestartWindow time.Duration // default 20s
 	Logger        *slog.Logger

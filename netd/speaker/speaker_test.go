@@ -252,7 +252,7 @@ func TestNoTransit(t *testing.T) {
 	})
 }
 
-// A speaker started as a restart tells its peers that forwarding was
+// A speaker started as a restart tells its routers that forwarding was
 // preserved (the F bit of the graceful restart capability, RFC 4724);
 // a fresh one must not.
 func TestRestartedSetsForwardingBit(t *testing.T) {
@@ -262,9 +262,10 @@ func TestRestartedSetsForwardingBit(t *testing.T) {
 	fresh := start(t, ctx, "192.0.2.52", Config{})
 	restarted := start(t, ctx, "192.0.2.53", Config{Restarted: true})
 	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
+	router := Neighbor{Address: netip.MustParseAddr("192.0.2.51"), ASN: 64512, External: true}
 	helper.SetNeighbors(ctx, []Neighbor{n("192.0.2.52"), n("192.0.2.53")})
-	fresh.SetNeighbors(ctx, []Neighbor{n("192.0.2.51")})
-	restarted.SetNeighbors(ctx, []Neighbor{n("192.0.2.51")})
+	fresh.SetNeighbors(ctx, []Neighbor{router})
+	restarted.SetNeighbors(ctx, []Neighbor{router})
 	eventually(t, "sessions up", func() error {
 		ss, _ := helper.Sessions(ctx)
 		if len(ss) != 2 || !ss[0].Established || !ss[1].Established {
