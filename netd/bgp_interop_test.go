@@ -361,7 +361,9 @@ func TestBGPNoTransit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	frr, err := tb.StartFRR(ctx, testbed.FRROptions{ASN: 64700, Listen: testbed.RouterIP2, Peers: []testbed.FRRPeer{
+	// FRR listens on another port than 179: the nodes get it from their
+	// config file's per-router "port".
+	frr, err := tb.StartFRR(ctx, testbed.FRROptions{ASN: 64700, Listen: testbed.RouterIP2, Port: 1179, Peers: []testbed.FRRPeer{
 		{IP: tb.Node(1).IP.String(), ASN: 65001},
 		{IP: tb.Node(3).IP.String(), ASN: 65003},
 	}})
@@ -369,11 +371,17 @@ func TestBGPNoTransit(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgpnt", 9485, "--mode", "bgp", "--network-cidr", "10.250.0.0/16", "--bgp-node-mesh=false")
-	birdPeer, frrPeer := testbed.RouterIP1.String()+":64600", testbed.RouterIP2.String()+":64700"
+	bird1 := fmt.Sprintf(`{"address": %q, "asn": 64600, "name": "bird"}`, testbed.RouterIP1)
+	frr1 := fmt.Sprintf(`{"address": %q, "asn": 64700, "port": 1179, "name": "frr"}`, testbed.RouterIP2)
+	config := func(i int, peers ...string) string {
+		path := filepath.Join(tb.Dir, fmt.Sprintf("node%d-netd.json", i))
+		os.WriteFile(path, []byte(`{"bgp-peers": [`+strings.Join(peers, ",")+`]}`), 0o644)
+		return path
+	}
 	args := map[int][]string{
-		1: {"--bgp-asn", "65001", "--bgp-peers", birdPeer + "," + frrPeer},
-		2: {"--bgp-asn", "65002", "--bgp-peers", birdPeer},
-		3: {"--bgp-asn", "65003", "--bgp-peers", frrPeer},
+		1: {"--bgp-asn", "65001", "--config", config(1, bird1, frr1)},
+		2: {"--bgp-asn", "65002", "--config", config(2, bird1)},
+		3: {"--bgp-asn", "65003", "--config", config(3, frr1)},
 	}
 	for i := 1; i <= 3; i++ {
 		c.start(i, args[i]...)

@@ -39,6 +39,9 @@ type FRROptions struct {
 	// kernel (-l implies -n), so another routing daemon (BIRD with
 	// Listen) can run beside it on the router's other address.
 	Listen netip.Addr
+	// Port is the port bgpd listens on (default 179); FRR then waits for
+	// the nodes to dial it there (passive neighbors).
+	Port int
 }
 
 // FRR is FRRouting 8 (Debian frr) running in the router namespace: zebra
@@ -99,6 +102,9 @@ func (tb *Testbed) StartFRR(ctx context.Context, opts FRROptions) (*FRR, error) 
 	args := common("bgpd", f.Conf)
 	if opts.Listen.IsValid() {
 		args = append(args, "-l", opts.Listen.String())
+	}
+	if opts.Port != 0 {
+		args = append(args, "-p", fmt.Sprint(opts.Port))
 	}
 	f.bgpd, err = tb.Router.Start(frrDaemon(dir, "bgpd", args))
 	if err != nil {
@@ -162,6 +168,9 @@ func frrConfig(opts FRROptions) string {
 		fmt.Fprintf(&b, " neighbor %s remote-as %d\n neighbor %s timers connect 2\n", p.IP, p.ASN, p.IP)
 		if opts.Listen.IsValid() {
 			fmt.Fprintf(&b, " neighbor %s update-source %s\n neighbor %s disable-connected-check\n", p.IP, opts.Listen, p.IP)
+		}
+		if opts.Port != 0 {
+			fmt.Fprintf(&b, " neighbor %s passive\n", p.IP)
 		}
 		if p.Password != "" {
 			fmt.Fprintf(&b, " neighbor %s password %s\n", p.IP, p.Password)
