@@ -110,12 +110,12 @@ type Session struct {
 	External    bool      `json:"external,omitempty"`
 	State       string    `json:"state"`
 	Established bool      `json:"established"`
-	Since       time.Time `json:"since,omitzero"`     // established since, or down since
-	Received    uint64    `json:"received"`           // prefixes the peer announces inside the import policy
-	Filtered    uint64    `json:"filtered,omitempty"` // and outside it (foreign prefixes, a default route)
-	Accepted    uint64    `json:"accepted"`           // of the received, the ones netd installs
-	Advertised  uint64    `json:"advertised"`         // prefixes sent to the peer
-	EndOfRIB    bool      `json:"endOfRIB,omitempty"`
+	Since       time.Time `json:"since,omitzero"`       // established since, or down since
+	Received    uint64    `json:"received"`             // prefixes the peer announces inside the import policy
+	Filtered    uint64    `json:"filtered,omitempty"`   // and outside it (foreign prefixes, a default route)
+	Accepted    uint64    `json:"accepted"`             // of the received, the ones netd installs
+	Advertised  uint64    `json:"advertised"`           // prefixes sent to the peer
+	EndOfRIB    bool      `json:"endOfRIB,omitempty"`   // it sent all its routes (marked only with graceful restart)
 	Restarting  bool      `json:"restarting,omitempty"` // down, its routes kept for its graceful restart
 	// Problem says what is wrong and what to check; Pending that it may
 	// still resolve by itself (a session coming up).

@@ -36,7 +36,8 @@ type Session struct {
 	// and End-of-RIB markers left out; Advertised the ones it is sent.
 	Received   uint64
 	Advertised uint64
-	// EndOfRIB: the neighbor has sent all its routes (graceful restart).
+	// EndOfRIB: the neighbor has sent all its routes (it marks the end
+	// only when graceful restart was negotiated; else this stays false).
 	EndOfRIB bool
 	// Restarting: the session is down and the neighbor's routes are kept
 	// for its graceful restart.
@@ -163,13 +164,16 @@ func (s *Speaker) Sessions(ctx context.Context) ([]Session, error) {
 		case !ss.Established && ts.GetDowntime() != nil && ts.GetDowntime().AsTime().After(ss.Since):
 			ss.Since = ts.GetDowntime().AsTime()
 		}
-		ss.EndOfRIB = len(p.GetAfiSafis()) > 0
+		marked, unmarked := 0, 0
 		for _, af := range p.GetAfiSafis() {
 			ss.Received += af.GetState().GetAccepted() // GoBGP's "accepted": received, minus AS-path loops
-			if gr := af.GetMpGracefulRestart().GetState(); gr.GetReceived() && !gr.GetEndOfRibReceived() {
-				ss.EndOfRIB = false
+			if gr := af.GetMpGracefulRestart().GetState(); gr.GetReceived() && gr.GetEndOfRibReceived() {
+				marked++
+			} else if gr.GetReceived() {
+				unmarked++
 			}
 		}
+		ss.EndOfRIB = ss.Established && marked > 0 && unmarked == 0
 		out = append(out, ss)
 	})
 	if err != nil {

@@ -82,7 +82,9 @@ func (nw *network) holding(r backend.Routing) bool {
 		return true
 	}
 	for _, s := range r.Sessions {
-		if !s.Established || !s.EndOfRIB {
+		// Up, and its routes in (a peer without graceful restart marks
+		// no end: a second of it).
+		if !s.Established || !s.EndOfRIB && r.At.Sub(s.Since) < time.Second {
 			return true
 		}
 	}
