@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
 )
 
 // GoBGP opens its sockets from its own goroutines, which a test cannot pin
@@ -87,12 +89,19 @@ func eventually(t *testing.T, what string, cond func() error) {
 	}
 }
 
+// routesOf lists s's best paths as "prefix via next hop from neighbor".
 func routesOf(s *Speaker) string {
-	rs, err := s.Routes(context.Background())
+	ps, err := s.Paths(context.Background())
 	if err != nil {
 		return err.Error()
 	}
-	return fmt.Sprint(rs)
+	var out []string
+	for _, p := range ps {
+		if p.Best {
+			out = append(out, fmt.Sprintf("%s via %s from %s", p.Prefix, p.NextHop, p.From))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func TestMeshExchangesBlocksAndRejectsForeign(t *testing.T) {
@@ -101,21 +110,32 @@ func TestMeshExchangesBlocksAndRejectsForeign(t *testing.T) {
 	defer cancel()
 	a := start(t, ctx, "192.0.2.11", Config{})
 	b := start(t, ctx, "192.0.2.12", Config{})
-	// A misbehaving peer: no policy of its own, announces a default route,
-	// a foreign prefix and a block inside the cluster.
+	// A misbehaving router: announces a default route, a foreign prefix
+	// and a block inside the cluster.
 	rogue := start(t, ctx, "192.0.2.13", Config{AcceptForeign: true})
 	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
-	for _, s := range []*Speaker{a, b, rogue} {
+	for _, s := range []*Speaker{a, b} {
 		if err := s.SetNeighbors(ctx, []Neighbor{n("192.0.2.11"), n("192.0.2.12"), n("192.0.2.13")}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a.Announce(ctx, netip.MustParsePrefix("10.244.1.0/24"))
-	b.Announce(ctx, netip.MustParsePrefix("10.244.2.0/24"))
+	ext := func(ip string) Neighbor {
+		return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512, External: true}
+	}
+	if err := rogue.SetNeighbors(ctx, []Neighbor{ext("192.0.2.11"), ext("192.0.2.12")}); err != nil {
+		t.Fatal(err)
+	}
+	var hijack []netip.Prefix
 	for _, p := range []string{"0.0.0.0/0", "198.51.100.0/24", "10.244.3.0/24"} {
+		hijack = append(hijack, netip.MustParsePrefix(p))
 		rogue.Announce(ctx, netip.MustParsePrefix(p))
 	}
-	want := "[{10.244.2.0/24 192.0.2.12 192.0.2.12} {10.244.3.0/24 192.0.2.13 192.0.2.13}]"
+	if err := rogue.SetExport(ctx, hijack); err != nil {
+		t.Fatal(err)
+	}
+	a.Announce(ctx, netip.MustParsePrefix("10.244.1.0/24"))
+	b.Announce(ctx, netip.MustParsePrefix("10.244.2.0/24"))
+	want := "10.244.2.0/24 via 192.0.2.12 from 192.0.2.12, 10.244.3.0/24 via 192.0.2.13 from 192.0.2.13"
 	eventually(t, "a learns b's block and only the cluster prefix of the rogue", func() error {
 		if got := routesOf(a); got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
@@ -129,7 +149,7 @@ func TestMeshExchangesBlocksAndRejectsForeign(t *testing.T) {
 	// A withdrawn block disappears.
 	b.Withdraw(ctx, netip.MustParsePrefix("10.244.2.0/24"))
 	eventually(t, "withdrawal reaches a", func() error {
-		if got := routesOf(a); got != "[{10.244.3.0/24 192.0.2.13 192.0.2.13}]" {
+		if got := routesOf(a); got != "10.244.3.0/24 via 192.0.2.13 from 192.0.2.13" {
 			return fmt.Errorf("routes %s", got)
 		}
 		return nil
@@ -180,6 +200,164 @@ func TestMD5(t *testing.T) {
 	}
 }
 
+// A node with two external routers passes neither one's routes to the
+// other (no transit), only its own block; on the cluster's edge, every
+// block SetExport names, still none of the routers' own.
+func TestNoTransit(t *testing.T) {
+	setupLo(t, "192.0.2.31", "192.0.2.32", "192.0.2.33")
+	ctx := context.Background()
+	node := start(t, ctx, "192.0.2.31", Config{})
+	r1 := start(t, ctx, "192.0.2.32", Config{AcceptForeign: true, ASN: 64601})
+	r2 := start(t, ctx, "192.0.2.33", Config{AcceptForeign: true, ASN: 64602})
+	ext := func(ip string, asn uint32) Neighbor {
+		return Neighbor{Address: netip.MustParseAddr(ip), ASN: asn, External: true}
+	}
+	if err := node.SetNeighbors(ctx, []Neighbor{ext("192.0.2.32", 64601), ext("192.0.2.33", 64602)}); err != nil {
+		t.Fatal(err)
+	}
+	own, other := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.7.0/24")
+	for _, r := range []*Speaker{r1, r2} {
+		r.SetNeighbors(ctx, []Neighbor{ext("192.0.2.31", 64512)})
+	}
+	// r1 carries another node's block (as a router between segments does).
+	r1.Announce(ctx, other)
+	r1.SetExport(ctx, []netip.Prefix{other})
+	node.Announce(ctx, own)
+	node.SetExport(ctx, []netip.Prefix{own})
+	eventually(t, "node learns r1's route and r2 learns node's block", func() error {
+		if got := routesOf(node); got != "10.244.7.0/24 via 192.0.2.32 from 192.0.2.32" {
+			return fmt.Errorf("node: %s", got)
+		}
+		if got := routesOf(r2); got != "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31" {
+			return fmt.Errorf("r2: %s", got)
+		}
+		return nil
+	})
+	time.Sleep(time.Second) // anything more would have followed by now
+	if got := routesOf(r2); strings.Contains(got, other.String()) {
+		t.Fatalf("node is a transit: r2 learned r1's route through it: %s", got)
+	}
+	// The edge announces every block it is told to; when the block goes
+	// away (its path withdrawn, its lease gone), so does the route.
+	node.SetExport(ctx, []netip.Prefix{own, other})
+	eventually(t, "the edge announces the other block", func() error {
+		if got := routesOf(r2); !strings.Contains(got, other.String()+" via 192.0.2.31") {
+			return fmt.Errorf("r2: %s", got)
+		}
+		return nil
+	})
+	node.SetExport(ctx, []netip.Prefix{own})
+	r1.Withdraw(ctx, other)
+	eventually(t, "the edge withdraws it", func() error {
+		if got := routesOf(r2); got != "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31" {
+			return fmt.Errorf("r2: %s", got)
+		}
+		return nil
+	})
+}
+
+// A speaker started as a restart tells its routers that forwarding was
+// preserved (the F bit of the graceful restart capability, RFC 4724);
+// a fresh one must not.
+func TestRestartedSetsForwardingBit(t *testing.T) {
+	setupLo(t, "192.0.2.51", "192.0.2.52", "192.0.2.53")
+	ctx := context.Background()
+	helper := start(t, ctx, "192.0.2.51", Config{})
+	fresh := start(t, ctx, "192.0.2.52", Config{})
+	restarted := start(t, ctx, "192.0.2.53", Config{Restarted: true})
+	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
+	router := Neighbor{Address: netip.MustParseAddr("192.0.2.51"), ASN: 64512, External: true}
+	helper.SetNeighbors(ctx, []Neighbor{n("192.0.2.52"), n("192.0.2.53")})
+	fresh.SetNeighbors(ctx, []Neighbor{router})
+	restarted.SetNeighbors(ctx, []Neighbor{router})
+	eventually(t, "sessions up", func() error {
+		ss, _ := helper.Sessions(ctx)
+		if len(ss) != 2 || !ss[0].Established || !ss[1].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	})
+	flags := map[string]uint32{}
+	err := helper.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		for _, c := range p.GetState().GetRemoteCap() {
+			var gr api.GracefulRestartCapability
+			if c.UnmarshalTo(&gr) == nil {
+				for _, tu := range gr.Tuples {
+					flags[p.GetConf().GetNeighborAddress()] = tu.Flags
+				}
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags["192.0.2.53"]&0x80 == 0 {
+		t.Errorf("restarted speaker: IPv4 unicast forwarding state not preserved (flags %#x)", flags["192.0.2.53"])
+	}
+	if flags["192.0.2.52"]&0x80 != 0 {
+		t.Errorf("fresh speaker claims preserved forwarding state (flags %#x)", flags["192.0.2.52"])
+	}
+}
+
+// Sessions count what FRR counts: a peer that announces nothing has
+// received 0 (no End-of-RIB marker), and what it is sent is the prefixes.
+func TestSessionCounts(t *testing.T) {
+	setupLo(t, "192.0.2.61", "192.0.2.62")
+	ctx := context.Background()
+	a := start(t, ctx, "192.0.2.61", Config{})
+	b := start(t, ctx, "192.0.2.62", Config{})
+	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
+	a.SetNeighbors(ctx, []Neighbor{n("192.0.2.62")})
+	b.SetNeighbors(ctx, []Neighbor{n("192.0.2.61")})
+	b.Announce(ctx, netip.MustParsePrefix("10.244.2.0/24"))
+	eventually(t, "counts", func() error {
+		as, _ := a.Sessions(ctx)
+		bs, _ := b.Sessions(ctx)
+		if len(as) != 1 || len(bs) != 1 || !as[0].Established || !as[0].EndOfRIB || !bs[0].EndOfRIB {
+			return fmt.Errorf("a %+v b %+v", as, bs)
+		}
+		if as[0].Received != 1 || as[0].Advertised != 0 || bs[0].Received != 0 || bs[0].Advertised != 1 {
+			return fmt.Errorf("a received %d advertised %d; b received %d advertised %d",
+				as[0].Received, as[0].Advertised, bs[0].Received, bs[0].Advertised)
+		}
+		return nil
+	})
+}
+
+// A session between nodes that drops (the peer restarted) is back within
+// a few seconds, not held idle for GoBGP's 5s on each side.
+func TestSessionBackQuickly(t *testing.T) {
+	setupLo(t, "192.0.2.71", "192.0.2.72")
+	ctx := context.Background()
+	a := start(t, ctx, "192.0.2.71", Config{})
+	b := start(t, ctx, "192.0.2.72", Config{})
+	a.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("192.0.2.72"), ASN: 64512}})
+	toA := []Neighbor{{Address: netip.MustParseAddr("192.0.2.71"), ASN: 64512, Passive: true}}
+	b.SetNeighbors(ctx, toA)
+	up := func() error {
+		ss, _ := a.Sessions(ctx)
+		if len(ss) != 1 || !ss[0].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	}
+	eventually(t, "session up", up)
+	// b goes away and comes back, as a restarted node does.
+	b.SetNeighbors(ctx, nil)
+	eventually(t, "session down", func() error {
+		if up() == nil {
+			return errors.New("still established")
+		}
+		return nil
+	})
+	t0 := time.Now()
+	b.SetNeighbors(ctx, toA)
+	eventually(t, "session back", up)
+	if took := time.Since(t0); took > 4*time.Second {
+		t.Errorf("session back after %s, want < 4s (1s idle hold + the 1-2s before GoBGP dials)", took)
+	}
+}
+
 // Dual-stack: each pair of speakers has an IPv4 session carrying IPv4
 // blocks and an IPv6 session carrying IPv6 blocks (MP-BGP), each with the
 // announcing node's address of that family as next hop; the cluster
@@ -193,12 +371,16 @@ func TestDualStackFamilies(t *testing.T) {
 		return []netip.Addr{netip.MustParseAddr(ip4), netip.MustParseAddr(ip6)}
 	}
 	a := start(t, ctx, "192.0.2.31", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.31", "fd00:2::31")})
+	// b, a misbehaving router, sends a every prefix it has.
 	b := start(t, ctx, "192.0.2.32", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.32", "fd00:2::32"), AcceptForeign: true})
 	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
 	if err := a.SetNeighbors(ctx, []Neighbor{n("192.0.2.32"), n("fd00:2::32")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.SetNeighbors(ctx, []Neighbor{n("192.0.2.31"), n("fd00:2::31")}); err != nil {
+	ext := func(ip string) Neighbor {
+		return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512, External: true}
+	}
+	if err := b.SetNeighbors(ctx, []Neighbor{ext("192.0.2.31"), ext("fd00:2::31")}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"10.244.1.0/24", "fd00:244:0:1::/64"} {
@@ -206,32 +388,40 @@ func TestDualStackFamilies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	var fromB []netip.Prefix
 	for _, p := range []string{"10.244.2.0/24", "fd00:244:0:2::/64", "::/0", "2001:db8::/32"} {
+		fromB = append(fromB, netip.MustParsePrefix(p))
 		if err := b.Announce(ctx, netip.MustParsePrefix(p)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := b.SetExport(ctx, fromB); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "a learns b's blocks of both families, each via b's address of its family", func() error {
-		if got, want := routesOf(a), "[{10.244.2.0/24 192.0.2.32 192.0.2.32} {fd00:244:0:2::/64 fd00:2::32 fd00:2::32}]"; got != want {
+		if got, want := routesOf(a), "10.244.2.0/24 via 192.0.2.32 from 192.0.2.32, fd00:244:0:2::/64 via fd00:2::32 from fd00:2::32"; got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
 		}
 		return nil
 	})
 	eventually(t, "b learns a's blocks", func() error {
-		if got, want := routesOf(b), "[{10.244.1.0/24 192.0.2.31 192.0.2.31} {fd00:244:0:1::/64 fd00:2::31 fd00:2::31}]"; got != want {
+		if got, want := routesOf(b), "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31, fd00:244:0:1::/64 via fd00:2::31 from fd00:2::31"; got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
 		}
 		return nil
 	})
+	// Each session counts its family's prefixes; received is before the
+	// import policy (the bgp backend splits it).
 	sess, err := a.Sessions(ctx)
-	if err != nil || len(sess) != 2 || !sess[0].Established || !sess[1].Established || sess[1].Neighbor.Address.String() != "fd00:2::32" {
+	if err != nil || len(sess) != 2 || !sess[0].Established || !sess[1].Established || sess[1].Neighbor.Address.String() != "fd00:2::32" ||
+		sess[0].Received != 1 || sess[1].Received != 3 || sess[0].Advertised != 1 || sess[1].Advertised != 1 {
 		t.Errorf("sessions: %+v, %v", sess, err)
 	}
 	if err := a.Withdraw(ctx, netip.MustParsePrefix("fd00:244:0:1::/64")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "an IPv6 withdrawal reaches b", func() error {
-		if got, want := routesOf(b), "[{10.244.1.0/24 192.0.2.31 192.0.2.31}]"; got != want {
+		if got, want := routesOf(b), "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31"; got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
 		}
 		return nil

@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,5 +361,42 @@ func expectGone(t *testing.T, id, dir string, pid int) {
 	}
 	if pid != 0 && alive(pid) && !zombie(pid) {
 		t.Errorf("container process %d still runs", pid)
+	}
+}
+
+// FRR starts in the router namespace with its own paths, answers on its
+// vty, carries the configured neighbors and originates Announce.
+func TestFRR(t *testing.T) {
+	tb := ForTest(t, Options{Nodes: 1, Router: true})
+	ctx := context.Background()
+	f, err := tb.StartFRR(ctx, FRROptions{ASN: 64600, Peers: []FRRPeer{{IP: tb.Node(1).IP.String(), ASN: 65001, Password: "a,b:c"}},
+		Announce: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum struct {
+		IPv4 struct {
+			AS    uint32 `json:"as"`
+			Peers map[string]struct {
+				State string `json:"state"`
+			} `json:"peers"`
+		} `json:"ipv4Unicast"`
+	}
+	if err := f.JSON(ctx, "show bgp summary json", &sum); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := sum.IPv4.Peers[tb.Node(1).IP.String()]; sum.IPv4.AS != 64600 || !ok {
+		t.Fatalf("FRR summary: %+v\n%s", sum, f.Conf)
+	}
+	routes, err := f.Routes(ctx)
+	if err != nil || len(routes) != 1 || routes[0].Prefix != "198.51.100.0/24" {
+		t.Fatalf("FRR routes %+v, %v", routes, err)
+	}
+	// FRR's crash log and log buffers went to the test bed, not /var/tmp.
+	if entries, err := os.ReadDir(filepath.Join(f.Dir, "tmp", "frr")); err != nil || len(entries) != 2 {
+		t.Errorf("FRR's /var/tmp/frr in its private mount namespace: %v %v", entries, err)
+	}
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }
