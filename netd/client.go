@@ -101,8 +101,8 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 			if b.Filtered > 0 {
 				filtered = fmt.Sprintf(" (and %d outside the cluster, ignored)", b.Filtered)
 			}
-			fmt.Fprintf(tw, "  %s\t%s\tAS %d\t%s %s\treceived %d%s, accepted %d, advertised %d\n",
-				b.Peer, b.Name, b.ASN, b.State, since, b.Received, filtered, b.Accepted, b.Advertised)
+			fmt.Fprintf(tw, "  %s\t%s\tAS %d\t%s\t%s %s\treceived %d%s, accepted %d, advertised %d\n",
+				b.Peer, b.Name, b.ASN, b.Family, b.State, since, b.Received, filtered, b.Accepted, b.Advertised)
 			switch {
 			case b.Pending:
 				fmt.Fprintf(tw, "\t  waiting: %s\n", b.Problem)

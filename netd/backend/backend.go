@@ -120,8 +120,11 @@ type SessionLister interface {
 // FRR's: prefixes, not End-of-RIB markers or paths looping through this
 // node's AS.
 type Session struct {
-	Peer        string    `json:"peer"`
-	Name        string    `json:"name"` // node name, or the external router's name ("external")
+	Peer string `json:"peer"`
+	Name string `json:"name"` // node name, or the external router's name ("external")
+	// Family is what the session carries, "IPv4" or "IPv6" unicast (one
+	// session per family: its counts are that family's prefixes).
+	Family      string    `json:"family,omitempty"`
 	ASN         uint32    `json:"asn"`
 	External    bool      `json:"external,omitempty"`
 	State       string    `json:"state"`

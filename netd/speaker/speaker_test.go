@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -200,102 +201,152 @@ func TestMD5(t *testing.T) {
 	}
 }
 
+// dualStack are the cluster CIDRs of the tests that run per family.
+var dualStack = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
+
+// familyCase is one family's addresses for a test that runs per family:
+// speaker i has router ID ids[i] and peers over addrs[i] (its IPv4 or
+// IPv6 address); blocks are of that family.
+type familyCase struct {
+	name   string
+	ids    []string
+	addrs  []string
+	blocks []string
+}
+
+func (fc familyCase) start(t *testing.T, ctx context.Context, i int, cfg Config) *Speaker {
+	t.Helper()
+	cfg.ClusterCIDRs = dualStack
+	cfg.ListenAddrs = []netip.Addr{netip.MustParseAddr(fc.addrs[i])}
+	return start(t, ctx, fc.ids[i], cfg)
+}
+
+func (fc familyCase) lo(t *testing.T) {
+	setupLo(t, append(slices.Clone(fc.ids), fc.addrs...)...)
+}
+
 // A node with two external routers passes neither one's routes to the
 // other (no transit), only its own block; on the cluster's edge, every
-// block SetExport names, still none of the routers' own.
+// block SetExport names, still none of the routers' own. Per family: the
+// export policy exists once per family.
 func TestNoTransit(t *testing.T) {
-	setupLo(t, "192.0.2.31", "192.0.2.32", "192.0.2.33")
-	ctx := context.Background()
-	node := start(t, ctx, "192.0.2.31", Config{})
-	r1 := start(t, ctx, "192.0.2.32", Config{AcceptForeign: true, ASN: 64601})
-	r2 := start(t, ctx, "192.0.2.33", Config{AcceptForeign: true, ASN: 64602})
-	ext := func(ip string, asn uint32) Neighbor {
-		return Neighbor{Address: netip.MustParseAddr(ip), ASN: asn, External: true}
+	for _, fc := range []familyCase{
+		{"IPv4", []string{"192.0.2.31", "192.0.2.32", "192.0.2.33"}, []string{"192.0.2.31", "192.0.2.32", "192.0.2.33"}, []string{"10.244.1.0/24", "10.244.7.0/24"}},
+		{"IPv6", []string{"192.0.2.131", "192.0.2.132", "192.0.2.133"}, []string{"fd00:2::131", "fd00:2::132", "fd00:2::133"}, []string{"fd00:244:0:1::/64", "fd00:244:0:7::/64"}},
+	} {
+		t.Run(fc.name, func(t *testing.T) {
+			fc.lo(t)
+			ctx := context.Background()
+			node := fc.start(t, ctx, 0, Config{})
+			r1 := fc.start(t, ctx, 1, Config{AcceptForeign: true, ASN: 64601})
+			r2 := fc.start(t, ctx, 2, Config{AcceptForeign: true, ASN: 64602})
+			ext := func(i int, asn uint32) Neighbor {
+				return Neighbor{Address: netip.MustParseAddr(fc.addrs[i]), ASN: asn, External: true}
+			}
+			if err := node.SetNeighbors(ctx, []Neighbor{ext(1, 64601), ext(2, 64602)}); err != nil {
+				t.Fatal(err)
+			}
+			own, other := netip.MustParsePrefix(fc.blocks[0]), netip.MustParsePrefix(fc.blocks[1])
+			for _, r := range []*Speaker{r1, r2} {
+				r.SetNeighbors(ctx, []Neighbor{ext(0, 64512)})
+			}
+			// r1 carries another node's block (as a router between segments does).
+			r1.Announce(ctx, other)
+			r1.SetExport(ctx, []netip.Prefix{other})
+			node.Announce(ctx, own)
+			node.SetExport(ctx, []netip.Prefix{own})
+			ownVia := fmt.Sprintf("%s via %s from %s", own, fc.addrs[0], fc.addrs[0])
+			eventually(t, "node learns r1's route and r2 learns node's block", func() error {
+				if got, want := routesOf(node), fmt.Sprintf("%s via %s from %s", other, fc.addrs[1], fc.addrs[1]); got != want {
+					return fmt.Errorf("node: %s, want %s", got, want)
+				}
+				if got := routesOf(r2); got != ownVia {
+					return fmt.Errorf("r2: %s, want %s", got, ownVia)
+				}
+				return nil
+			})
+			time.Sleep(time.Second) // anything more would have followed by now
+			if got := routesOf(r2); strings.Contains(got, other.String()) {
+				t.Fatalf("node is a transit: r2 learned r1's route through it: %s", got)
+			}
+			// The edge announces every block it is told to; when the block goes
+			// away (its path withdrawn, its lease gone), so does the route.
+			node.SetExport(ctx, []netip.Prefix{own, other})
+			eventually(t, "the edge announces the other block", func() error {
+				if got := routesOf(r2); !strings.Contains(got, other.String()+" via "+fc.addrs[0]) {
+					return fmt.Errorf("r2: %s", got)
+				}
+				return nil
+			})
+			node.SetExport(ctx, []netip.Prefix{own})
+			r1.Withdraw(ctx, other)
+			eventually(t, "the edge withdraws it", func() error {
+				if got := routesOf(r2); got != ownVia {
+					return fmt.Errorf("r2: %s", got)
+				}
+				return nil
+			})
+		})
 	}
-	if err := node.SetNeighbors(ctx, []Neighbor{ext("192.0.2.32", 64601), ext("192.0.2.33", 64602)}); err != nil {
-		t.Fatal(err)
-	}
-	own, other := netip.MustParsePrefix("10.244.1.0/24"), netip.MustParsePrefix("10.244.7.0/24")
-	for _, r := range []*Speaker{r1, r2} {
-		r.SetNeighbors(ctx, []Neighbor{ext("192.0.2.31", 64512)})
-	}
-	// r1 carries another node's block (as a router between segments does).
-	r1.Announce(ctx, other)
-	r1.SetExport(ctx, []netip.Prefix{other})
-	node.Announce(ctx, own)
-	node.SetExport(ctx, []netip.Prefix{own})
-	eventually(t, "node learns r1's route and r2 learns node's block", func() error {
-		if got := routesOf(node); got != "10.244.7.0/24 via 192.0.2.32 from 192.0.2.32" {
-			return fmt.Errorf("node: %s", got)
-		}
-		if got := routesOf(r2); got != "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31" {
-			return fmt.Errorf("r2: %s", got)
-		}
-		return nil
-	})
-	time.Sleep(time.Second) // anything more would have followed by now
-	if got := routesOf(r2); strings.Contains(got, other.String()) {
-		t.Fatalf("node is a transit: r2 learned r1's route through it: %s", got)
-	}
-	// The edge announces every block it is told to; when the block goes
-	// away (its path withdrawn, its lease gone), so does the route.
-	node.SetExport(ctx, []netip.Prefix{own, other})
-	eventually(t, "the edge announces the other block", func() error {
-		if got := routesOf(r2); !strings.Contains(got, other.String()+" via 192.0.2.31") {
-			return fmt.Errorf("r2: %s", got)
-		}
-		return nil
-	})
-	node.SetExport(ctx, []netip.Prefix{own})
-	r1.Withdraw(ctx, other)
-	eventually(t, "the edge withdraws it", func() error {
-		if got := routesOf(r2); got != "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31" {
-			return fmt.Errorf("r2: %s", got)
-		}
-		return nil
-	})
 }
 
 // A speaker started as a restart tells its routers that forwarding was
-// preserved (the F bit of the graceful restart capability, RFC 4724);
-// a fresh one must not.
+// preserved (the F bit of the graceful restart capability, RFC 4724) for
+// the family of the session; a fresh one must not.
 func TestRestartedSetsForwardingBit(t *testing.T) {
-	setupLo(t, "192.0.2.51", "192.0.2.52", "192.0.2.53")
-	ctx := context.Background()
-	helper := start(t, ctx, "192.0.2.51", Config{})
-	fresh := start(t, ctx, "192.0.2.52", Config{})
-	restarted := start(t, ctx, "192.0.2.53", Config{Restarted: true})
-	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
-	router := Neighbor{Address: netip.MustParseAddr("192.0.2.51"), ASN: 64512, External: true}
-	helper.SetNeighbors(ctx, []Neighbor{n("192.0.2.52"), n("192.0.2.53")})
-	fresh.SetNeighbors(ctx, []Neighbor{router})
-	restarted.SetNeighbors(ctx, []Neighbor{router})
-	eventually(t, "sessions up", func() error {
-		ss, _ := helper.Sessions(ctx)
-		if len(ss) != 2 || !ss[0].Established || !ss[1].Established {
-			return fmt.Errorf("%+v", ss)
-		}
-		return nil
-	})
-	flags := map[string]uint32{}
-	err := helper.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
-		for _, c := range p.GetState().GetRemoteCap() {
-			var gr api.GracefulRestartCapability
-			if c.UnmarshalTo(&gr) == nil {
-				for _, tu := range gr.Tuples {
-					flags[p.GetConf().GetNeighborAddress()] = tu.Flags
+	for _, fc := range []familyCase{
+		{"IPv4", []string{"192.0.2.51", "192.0.2.52", "192.0.2.53"}, []string{"192.0.2.51", "192.0.2.52", "192.0.2.53"}, nil},
+		{"IPv6", []string{"192.0.2.151", "192.0.2.152", "192.0.2.153"}, []string{"fd00:2::151", "fd00:2::152", "fd00:2::153"}, nil},
+	} {
+		t.Run(fc.name, func(t *testing.T) {
+			fc.lo(t)
+			ctx := context.Background()
+			helper := fc.start(t, ctx, 0, Config{})
+			fresh := fc.start(t, ctx, 1, Config{})
+			restarted := fc.start(t, ctx, 2, Config{Restarted: true})
+			n := func(i int) Neighbor { return Neighbor{Address: netip.MustParseAddr(fc.addrs[i]), ASN: 64512} }
+			router := Neighbor{Address: netip.MustParseAddr(fc.addrs[0]), ASN: 64512, External: true}
+			helper.SetNeighbors(ctx, []Neighbor{n(1), n(2)})
+			fresh.SetNeighbors(ctx, []Neighbor{router})
+			restarted.SetNeighbors(ctx, []Neighbor{router})
+			eventually(t, "sessions up", func() error {
+				ss, _ := helper.Sessions(ctx)
+				if len(ss) != 2 || !ss[0].Established || !ss[1].Established {
+					return fmt.Errorf("%+v", ss)
 				}
+				return nil
+			})
+			// flags of the remote graceful restart capability, per neighbor
+			// and family ("192.0.2.53 afi 1").
+			flags := map[string]uint32{}
+			err := helper.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+				for _, c := range p.GetState().GetRemoteCap() {
+					var gr api.GracefulRestartCapability
+					if c.UnmarshalTo(&gr) == nil {
+						for _, tu := range gr.Tuples {
+							flags[fmt.Sprintf("%s afi %d", p.GetConf().GetNeighborAddress(), tu.GetFamily().GetAfi())] = tu.Flags
+						}
+					}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if flags["192.0.2.53"]&0x80 == 0 {
-		t.Errorf("restarted speaker: IPv4 unicast forwarding state not preserved (flags %#x)", flags["192.0.2.53"])
-	}
-	if flags["192.0.2.52"]&0x80 != 0 {
-		t.Errorf("fresh speaker claims preserved forwarding state (flags %#x)", flags["192.0.2.52"])
+			afi := api.Family_AFI_IP
+			if netip.MustParseAddr(fc.addrs[0]).Is6() {
+				afi = api.Family_AFI_IP6
+			}
+			key := func(i int) string { return fmt.Sprintf("%s afi %d", fc.addrs[i], afi) }
+			if len(flags) != 2 {
+				t.Errorf("graceful restart tuples %v, want one per session, of family %s", flags, afi)
+			}
+			if f, ok := flags[key(2)]; !ok || f&0x80 == 0 {
+				t.Errorf("restarted speaker: %s forwarding state not preserved (flags %#x, tuples %v)", fc.name, f, flags)
+			}
+			if flags[key(1)]&0x80 != 0 {
+				t.Errorf("fresh speaker claims preserved forwarding state (flags %#x)", flags[key(1)])
+			}
+		})
 	}
 }
 

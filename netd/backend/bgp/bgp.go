@@ -129,11 +129,13 @@ func RouterID(node backend.Node) netip.Addr {
 	return netip.AddrFrom4(id)
 }
 
-func family(a netip.Addr) string {
-	if a.Is4() {
-		return "IPv4"
+func family(a netip.Addr) string { return familyName(a.Is6()) }
+
+func familyName(v6 bool) string {
+	if v6 {
+		return "IPv6"
 	}
-	return "IPv6"
+	return "IPv4"
 }
 
 func (nw *network) Publish(self *cluster.Lease) {
@@ -307,7 +309,7 @@ func (nw *network) Routing(ctx context.Context) (backend.Routing, error) {
 	for _, s := range ss {
 		// Received is everything the peer sent; Sessions splits it.
 		r.Sessions = append(r.Sessions, backend.Session{Peer: s.Neighbor.Address.String(), Name: s.Neighbor.Name, ASN: s.Neighbor.ASN,
-			External: s.Neighbor.External, State: s.State, Established: s.Established, Since: s.Since,
+			Family: family(s.Neighbor.Address), External: s.Neighbor.External, State: s.State, Established: s.Established, Since: s.Since,
 			Received: s.Received, Advertised: s.Advertised, EndOfRIB: s.EndOfRIB, Restarting: s.Restarting})
 	}
 	return r, nil

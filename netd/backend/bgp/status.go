@@ -41,6 +41,8 @@ func (nw *network) Sessions(in backend.Input) []backend.Session {
 
 // sessionProblem says what is wrong with s and what to check.
 func (nw *network) sessionProblem(s backend.Session, now time.Time) (problem string, pending bool) {
+	peer, _ := netip.ParseAddr(s.Peer)
+	local := nw.node.Addr(peer.Is6()) // this node's end of the session
 	age := now.Sub(s.Since)
 	if s.Since.IsZero() {
 		age = 0
@@ -49,7 +51,7 @@ func (nw *network) sessionProblem(s backend.Session, now time.Time) (problem str
 		if s.External && s.Received+s.Filtered == 0 && (s.EndOfRIB || age > comingUp) {
 			return fmt.Sprintf("the BGP session to %s (AS %d) is established but the router announces nothing: check its export policy "+
 				"(FRR 8 enforces RFC 8212 on eBGP by default, bgp ebgp-requires-policy: without `neighbor %s route-map NAME out` and `in` "+
-				"it sends and accepts nothing; BIRD: the protocol's export filter)", s.Peer, s.ASN, nw.node.IP), false
+				"it sends and accepts nothing; BIRD: the protocol's export filter)", s.Peer, s.ASN, local), false
 		}
 		return "", false
 	}
@@ -82,12 +84,13 @@ func (nw *network) sessionProblem(s backend.Session, now time.Time) (problem str
 			b.WriteString(": a TCP MD5 password is set; a router with a different one (or none) drops every segment, which looks like this: check it matches the router's `neighbor ... password`; then")
 		}
 	}
-	fmt.Fprintf(&b, ": check that the router has `neighbor %s remote-as %d`, listens on port %d and reaches %s", nw.node.IP, nw.cfg.ASN, port, nw.node.IP)
+	fmt.Fprintf(&b, ": check that the router has `neighbor %s remote-as %d`, listens on port %d and reaches %s", local, nw.cfg.ASN, port, local)
 	return b.String(), false
 }
 
 // peerProblems names the external sessions with a problem, and the peers
-// whose block is not routed or whose session is down.
+// whose block (of either family) is not routed or whose session (of
+// either family) is down: one problem per node, saying which.
 func (nw *network) peerProblems(in backend.Input, routed map[netip.Prefix]bool) []backend.Problem {
 	var out []backend.Problem
 	kind := func(pending bool) backend.ProblemKind {
@@ -108,24 +111,40 @@ func (nw *network) peerProblems(in backend.Input, routed map[netip.Prefix]bool) 
 	}
 	holding := nw.holding(in.Routing)
 	for _, p := range in.Peers {
-		s, session := nodes[p.NodeIP.String()]
-		switch {
-		case !routed[p.Subnet]:
-			why := "no BGP peer announces it"
-			pending := holding || in.Routing.At.Sub(nw.seen(p.Subnet)) < comingUp
+		var whys []string
+		pending := true
+		for _, block := range p.Subnets() {
+			s, session := nodes[str(p.NodeAddr(block.Addr().Is6()))]
 			switch {
+			case !routed[block]:
+				why := "no BGP peer announces it"
+				blockPending := holding || in.Routing.At.Sub(nw.seen(block)) < comingUp
+				switch {
+				case session && s.Problem != "":
+					why, blockPending = s.Problem, blockPending || s.Pending
+				case session:
+					why = "it does not announce it"
+				}
+				whys = append(whys, fmt.Sprintf("its block %s is not routed: %s", block, why))
+				pending = pending && blockPending
 			case session && s.Problem != "":
-				why, pending = s.Problem, pending || s.Pending
-			case session:
-				why = "it does not announce it"
+				whys = append(whys, s.Problem)
+				pending = pending && s.Pending
 			}
-			out = append(out, backend.Problem{Peer: p.NodeName, Kind: kind(pending),
-				Err: fmt.Errorf("its block %s is not routed: %s", p.Subnet, why)})
-		case session && s.Problem != "":
-			out = append(out, backend.Problem{Peer: p.NodeName, Kind: kind(s.Pending), Err: errors.New(s.Problem)})
+		}
+		if len(whys) > 0 {
+			out = append(out, backend.Problem{Peer: p.NodeName, Kind: kind(pending), Err: errors.New(strings.Join(whys, "; "))})
 		}
 	}
 	return out
+}
+
+// str is an address as sessions name their peer ("" for none).
+func str(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // seen is when this netd first expected a route for block (Announce

@@ -95,3 +95,76 @@ func TestPeerProblems(t *testing.T) {
 		t.Errorf("sessions %+v", ss)
 	}
 }
+
+// Each family's block and session count on their own: a node whose IPv4
+// block is routed but whose IPv6 one is not (or whose IPv6 session is
+// down) is reported, saying which; an IPv6 router is told this node's
+// IPv6 address to peer with.
+func TestPeerProblemsPerFamily(t *testing.T) {
+	a := netip.MustParseAddr
+	p := netip.MustParsePrefix
+	now := time.Now()
+	router6 := a("fd00:50::254")
+	long := now.Add(-time.Hour)
+	nw := &network{node: backend.Node{IP: a("192.168.50.1"), IPv6: a("fd00:50::1"),
+		Network: &conf.Network{CIDR: p("10.244.0.0/16"), CIDRv6: p("fd00:244::/56")},
+		Link:    &netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Index: 2, Name: "eth0"}}},
+		cfg:     backend.BGP{ASN: 65001, Port: 179, Peers: []backend.BGPPeer{{Address: router6, ASN: 64600}}},
+		started: long, firstSeen: map[netip.Prefix]time.Time{p("10.244.2.0/24"): long, p("fd00:244:0:2::/64"): long}}
+	in := backend.Input{
+		Peers: []cluster.Lease{{NodeName: "node2", NodeIP: a("192.168.50.2"), NodeIPv6: a("fd00:50::2"),
+			Subnet: p("10.244.2.0/24"), SubnetV6: p("fd00:244:0:2::/64")}},
+		Underlay: func(netip.Addr) (backend.Path, error) { return backend.Path{Direct: true}, nil },
+	}
+	session := func(peer, name, state string, external bool) backend.Session {
+		return backend.Session{Peer: peer, Name: name, ASN: 65001, External: external, State: state,
+			Established: state == "established", Since: now.Add(-time.Minute), EndOfRIB: true}
+	}
+	path := func(prefix, nh string) backend.LearnedPath {
+		return backend.LearnedPath{Prefix: p(prefix), NextHop: a(nh), From: a(nh), Best: true}
+	}
+	v4, v6 := path("10.244.2.0/24", "192.168.50.2"), path("fd00:244:0:2::/64", "fd00:50::2")
+	tests := []struct {
+		name     string
+		sessions []backend.Session
+		paths    []backend.LearnedPath
+		want     map[string]string
+	}{
+		{"both families routed", []backend.Session{session("192.168.50.2", "node2", "established", false), session("fd00:50::2", "node2", "established", false)},
+			[]backend.LearnedPath{v4, v6}, nil},
+		{"the IPv6 block not announced", []backend.Session{session("192.168.50.2", "node2", "established", false), session("fd00:50::2", "node2", "established", false)},
+			[]backend.LearnedPath{v4}, map[string]string{"node2": "its block fd00:244:0:2::/64 is not routed: it does not announce it"}},
+		{"the IPv6 session down", []backend.Session{session("192.168.50.2", "node2", "established", false), session("fd00:50::2", "node2", "active", false)},
+			[]backend.LearnedPath{v4}, map[string]string{"node2": "its block fd00:244:0:2::/64 is not routed: the BGP session to fd00:50::2 (AS 65001) is active"}},
+		{"the IPv4 session down", []backend.Session{session("192.168.50.2", "node2", "active", false), session("fd00:50::2", "node2", "established", false)},
+			[]backend.LearnedPath{v6}, map[string]string{"node2": "its block 10.244.2.0/24 is not routed: the BGP session to 192.168.50.2"}},
+		{"an IPv6 router that is down", []backend.Session{session("192.168.50.2", "node2", "established", false), session("fd00:50::2", "node2", "established", false),
+			session(router6.String(), "external", "active", true)},
+			[]backend.LearnedPath{v4, v6}, map[string]string{router6.String(): "check that the router has `neighbor fd00:50::1 remote-as 65001`"}},
+	}
+	for _, tt := range tests {
+		in.Routing = backend.Routing{At: now, Sessions: tt.sessions, Paths: tt.paths}
+		_, problems := nw.Desired(in)
+		got := map[string]backend.Problem{}
+		for _, pr := range problems {
+			got[pr.Peer] = pr
+		}
+		if len(got) != len(tt.want) {
+			t.Errorf("%s: problems %v, want %d", tt.name, problems, len(tt.want))
+			continue
+		}
+		for key, text := range tt.want {
+			if pr, ok := got[key]; !ok || !strings.Contains(pr.Err.Error(), text) || pr.Kind != backend.Unreachable {
+				t.Errorf("%s: %s: %+v, want %q", tt.name, key, pr, text)
+			}
+		}
+	}
+	// Each session counts its family's prefixes.
+	in.Routing = backend.Routing{At: now, Paths: []backend.LearnedPath{v4, v6},
+		Sessions: []backend.Session{session("192.168.50.2", "node2", "established", false), session("fd00:50::2", "node2", "established", false)}}
+	for _, s := range nw.Sessions(in) {
+		if s.Received != 1 || s.Accepted != 1 {
+			t.Errorf("session %s: received %d accepted %d, want 1 and 1", s.Peer, s.Received, s.Accepted)
+		}
+	}
+}
