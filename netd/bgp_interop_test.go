@@ -14,6 +14,7 @@ import (
 
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/netd"
+	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -21,13 +22,19 @@ import (
 // from pings to: not one echo may be lost. args are node i's own flags.
 func restartUnderPing(t *testing.T, c *cluster, from, to *bgpPod, i int, sig syscall.Signal, args ...string) {
 	t.Helper()
+	restartUnderPingTo(t, c, from, to.ip, i, sig, args...)
+}
+
+// restartUnderPingTo is restartUnderPing to an address of either family.
+func restartUnderPingTo(t *testing.T, c *cluster, from *bgpPod, to string, i int, sig syscall.Signal, args ...string) {
+	t.Helper()
 	type res struct {
 		out string
 		err error
 	}
 	done := make(chan res, 1)
 	go func() {
-		out, err := testenv.InNS(from.ctr.Netns, "ping", "-n", "-i", "0.05", "-c", "140", "-W", "1", to.ip)
+		out, err := testenv.InNS(from.ctr.Netns, "ping", "-n", "-i", "0.05", "-c", "140", "-W", "1", to)
 		done <- res{string(out), err}
 	}()
 	time.Sleep(time.Second)
@@ -76,9 +83,19 @@ func sessionProblem(c *cluster, i int, peer, want string) *netd.Status {
 // exactly the blocks in want, each via the given next hop.
 func routedExactly(c *cluster, i int, want map[string]netip.Addr) {
 	c.t.Helper()
-	self := c.lease(i).Subnet.String()
+	routedExactlyFamily(c, i, false, want)
+}
+
+// routedExactlyFamily is routedExactly for the IPv4 or the IPv6 (v6)
+// blocks.
+func routedExactlyFamily(c *cluster, i int, v6 bool, want map[string]netip.Addr) {
+	c.t.Helper()
+	self, list := c.lease(i).Subnet.String(), routes
+	if v6 {
+		self, list = c.lease(i).SubnetV6.String(), routes6
+	}
 	c.eventually(fmt.Sprintf("node%d routes exactly %v", i, want), 30*time.Second, func() error {
-		rs := routes(c.t, c.tb.Node(i))
+		rs := list(c.t, c.tb.Node(i))
 		if !strings.Contains(rs[self], "blackhole") {
 			return fmt.Errorf("no blackhole for its own block %s: %v", self, rs)
 		}
@@ -286,6 +303,204 @@ func TestBGPWithFRR(t *testing.T) {
 		}
 		if out, ok := statusCommand(c, 4); ok || !strings.Contains(out, "announces nothing") {
 			t.Errorf("netd status on node4:\n%s", out)
+		}
+	})
+}
+
+// TestBGPIPv6WithFRR: TestBGPWithFRR's checks for a dual-stack network's
+// IPv6 blocks. Every node peers with FRR per family (an IPv4 and an IPv6
+// session, node1's IPv6 one with an MD5 password); FRR learns exactly each
+// IPv6 block with the node's IPv6 address as next hop, the nodes route
+// each other's IPv6 blocks the right way, the IPv6 sessions count as FRR
+// does, FRR's more-specific and unleased IPv6 prefixes are refused, a
+// SIGTERM restart loses no IPv6 packet with FRR seeing IPv6 forwarding
+// preserved, and an IPv6 session whose router has no route-maps is
+// reported.
+func TestBGPIPv6WithFRR(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 3, Segment2: []int{3}})
+	const password = "s3cret6"
+	var peers []testbed.FRRPeer
+	for i := 1; i <= 3; i++ {
+		peers = append(peers, testbed.FRRPeer{IP: tb.Node(i).IP.String(), ASN: uint32(65000 + i)},
+			testbed.FRRPeer{IP: tb.Node(i).IPv6.String(), ASN: uint32(65000 + i)})
+	}
+	peers[1].Password = password
+	frr, err := tb.StartFRR(context.Background(), testbed.FRROptions{ASN: 64600, Peers: peers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cidr6 := netip.MustParsePrefix("fd00:248::/56")
+	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgpfrr6", 9487, "--mode", "bgp", "--network-cidr", "10.248.0.0/16,"+cidr6.String(),
+		"--bgp-node-mesh=false", "--bgp-restart-time", "60s")
+	router := func(i int) netip.Addr { return testbed.IPv6Of(tb.Node(i).Gateway) }
+	args := map[int][]string{}
+	for i := 1; i <= 3; i++ {
+		v6 := fmt.Sprintf("[%s]:64600", router(i))
+		if i == 1 {
+			v6 += ":" + password
+		}
+		args[i] = []string{"--bgp-asn", fmt.Sprint(65000 + i), "--bgp-peers", fmt.Sprintf("%s:64600,%s", tb.Node(i).Gateway, v6)}
+		c.start(i, args[i]...)
+	}
+	for i := 1; i <= 3; i++ {
+		established(c, i, 2) // one session per family
+	}
+	block := func(i int) string { return c.lease(i).SubnetV6.String() }
+	ip := func(i int) netip.Addr { return tb.Node(i).IPv6 }
+
+	t.Run("FRR learns exactly each IPv6 block, with the node's IPv6 address as next hop", func(t *testing.T) {
+		c.eventually("FRR's IPv6 table", 20*time.Second, func() error {
+			rs, err := frr.Routes(context.Background())
+			if err != nil {
+				return err
+			}
+			got := map[string]string{}
+			for _, r := range rs {
+				if strings.Contains(r.Prefix, ":") {
+					got[r.Prefix] = r.NextHop + " path " + r.ASPath
+				}
+			}
+			want := map[string]string{}
+			for i := 1; i <= 3; i++ {
+				want[block(i)] = fmt.Sprintf("%s path %d", ip(i), 65000+i)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				return fmt.Errorf("FRR has %v, want %v", got, want)
+			}
+			return nil
+		})
+	})
+	t.Run("each node routes exactly the others' IPv6 blocks, via the right next hop", func(t *testing.T) {
+		routedExactlyFamily(c, 1, true, map[string]netip.Addr{block(2): ip(2), block(3): router(1)})
+		routedExactlyFamily(c, 2, true, map[string]netip.Addr{block(1): ip(1), block(3): router(2)})
+		routedExactlyFamily(c, 3, true, map[string]netip.Addr{block(1): router(3), block(2): router(3)})
+	})
+	pods := bgpPods(t, tb, "bgpfrr6", 1, 2, 3)
+	for _, p := range pods {
+		testenv.Serve(t, p.ctr.Netns, "["+ipv6Of(t, p)+"]:7000")
+	}
+	for _, from := range pods {
+		for _, to := range pods {
+			if from == to {
+				continue
+			}
+			src, dst := ipv6Of(t, from), ipv6Of(t, to)
+			var seen string
+			c.eventually(fmt.Sprintf("%s -> %s over IPv6", from.node.Host, to.node.Host), 15*time.Second, func() error {
+				var err error
+				seen, err = testenv.Dial(from.ctr.Netns, "["+dst+"]:7000")
+				return err
+			})
+			if seen != src {
+				t.Errorf("%s -> %s: server saw %s, want %s", from.node.Host, to.node.Host, seen, src)
+			}
+		}
+	}
+
+	t.Run("status counts each family's prefixes as FRR does", func(t *testing.T) {
+		s, err := c.status(3)
+		if err != nil || len(s.BGP) != 2 {
+			t.Fatalf("status %+v %v", s, err)
+		}
+		var v6 *backend.Session
+		for i, b := range s.BGP {
+			want := "IPv4"
+			if strings.Contains(b.Peer, ":") {
+				want, v6 = "IPv6", &s.BGP[i]
+			}
+			// FRR sends each session the other nodes' blocks of its family.
+			if b.Family != want || b.Received != 2 || b.Accepted != 2 || b.Advertised != 1 {
+				t.Errorf("session %+v: want %s, received 2, accepted 2, advertised 1", b, want)
+			}
+		}
+		if v6 == nil {
+			t.Fatalf("no IPv6 session: %+v", s.BGP)
+		}
+		var sum struct {
+			IPv6 struct {
+				Peers map[string]struct {
+					PfxRcd int `json:"pfxRcd"`
+					PfxSnt int `json:"pfxSnt"`
+				} `json:"peers"`
+			} `json:"ipv6Unicast"`
+		}
+		if err := frr.JSON(context.Background(), "show bgp summary json", &sum); err != nil {
+			t.Fatal(err)
+		}
+		if p := sum.IPv6.Peers[ip(3).String()]; p.PfxRcd != int(v6.Advertised) || p.PfxSnt != int(v6.Received)+1 {
+			t.Errorf("FRR counts node3's IPv6 session: received %d sent %d, netd: advertised %d received %d", p.PfxRcd, p.PfxSnt, v6.Advertised, v6.Received)
+		}
+		if out, ok := statusCommand(c, 3); !ok || !regexp.MustCompile(`IPv6\s+established`).MatchString(out) {
+			t.Errorf("netd status on node3 does not show the IPv6 session:\n%s", out)
+		}
+	})
+
+	t.Run("more-specific and unleased IPv6 prefixes from the router are not installed", func(t *testing.T) {
+		b1 := c.lease(1).SubnetV6
+		moreSpecific := netip.PrefixFrom(b1.Addr(), b1.Bits()+16)
+		leased := map[netip.Prefix]bool{}
+		for i := 1; i <= 3; i++ {
+			leased[c.lease(i).SubnetV6] = true
+		}
+		var unleased netip.Prefix
+		for n := 200; unleased == (netip.Prefix{}); n++ {
+			a := cidr6.Addr().As16()
+			a[7] = byte(n)
+			if b := netip.PrefixFrom(netip.AddrFrom16(a), b1.Bits()); !leased[b] {
+				unleased = b
+			}
+		}
+		if err := frr.Announce(context.Background(), moreSpecific, unleased); err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i <= 3; i++ {
+			c.eventually(fmt.Sprintf("node%d refuses both", i), 20*time.Second, func() error {
+				s, err := c.status(i)
+				if err != nil {
+					return err
+				}
+				refused := strings.Join(s.Refused, "\n")
+				if !strings.Contains(refused, "route "+moreSpecific.String()+" from "+router(i).String()+": not installed: it is ") ||
+					!strings.Contains(refused, "route "+unleased.String()+" from "+router(i).String()+": not installed: no node leases it") {
+					return fmt.Errorf("refused %q", s.Refused)
+				}
+				return nil
+			})
+			rs := routes6(t, tb.Node(i))
+			for _, p := range []netip.Prefix{moreSpecific, unleased} {
+				if r, ok := rs[p.String()]; ok {
+					t.Errorf("node%d installed %s: %s", i, p, r)
+				}
+			}
+		}
+		if s, _ := c.status(3); !strings.Contains(strings.Join(s.Refused, "\n"), "more specific of node1's block "+b1.String()) {
+			t.Errorf("node3's reason: %q", s.Refused)
+		}
+	})
+
+	t.Run("SIGTERM restart loses no IPv6 packet and FRR sees forwarding preserved for both families", func(t *testing.T) {
+		restartUnderPingTo(t, c, pods[2], ipv6Of(t, pods[0]), 1, syscall.SIGTERM, args[1]...)
+		established(c, 1, 2)
+		// Both sessions restart, whichever comes up first (GoBGP would end
+		// the restart of the second when the first is done).
+		for _, n := range []struct{ addr, family string }{{tb.Node(1).IP.String(), "IPv4"}, {ip(1).String(), "IPv6"}} {
+			out, err := frr.VTY(context.Background(), "show bgp neighbors "+n.addr)
+			if err != nil || !strings.Contains(out, n.family+" Unicast(preserved)") {
+				t.Errorf("FRR's view of node1's %s graceful restart after the restart: %v\n%s\nnetd:\n%s", n.family, err, out, c.netd[1].Log())
+			}
+		}
+	})
+
+	t.Run("an IPv6 router with ebgp-requires-policy and no route-maps is reported", func(t *testing.T) {
+		if err := frr.RemovePolicy(context.Background(), ip(2).String()); err != nil {
+			t.Fatal(err)
+		}
+		s := sessionProblem(c, 2, router(2).String(), "ebgp-requires-policy")
+		if s.Healthy() {
+			t.Error("healthy while the router sends nothing")
+		}
+		if out, ok := statusCommand(c, 2); ok || !strings.Contains(out, "announces nothing") || !strings.Contains(out, "neighbor "+ip(2).String()+" route-map") {
+			t.Errorf("netd status on node2:\n%s", out)
 		}
 	})
 }

@@ -115,9 +115,10 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 		// a Hard Reset is a restart too. After a restart, routers are told
 		// that forwarding was preserved (R and F bits). Other nodes are
 		// not: GoBGP ignores the F bit, and GoBGP ends a restart for every
-		// session once the ones up have sent their routes, so a router
-		// whose session comes up later would be told "not preserved" and
-		// flush; sessions restarting alone end theirs each on its own.
+		// session once the ones up have sent their routes, so a node whose
+		// session comes up later would be told "not preserved"; sessions
+		// restarting alone end theirs each on its own. (A router whose
+		// session comes up later is configured again, see keepRestarting.)
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: uint32(secs(s.cfg.RestartTime)),
 			NotificationEnabled: true, DeferralTime: uint32(secs(selectionDefer)), LocalRestarting: n.External && s.restarting()},
 		AfiSafis: []*api.AfiSafi{{

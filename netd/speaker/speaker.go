@@ -158,6 +158,9 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		s.Stop()
 		return nil, fmt.Errorf("watching BGP events: %w", err)
 	}
+	if cfg.Restarted {
+		go s.keepRestarting()
+	}
 	return s, nil
 }
 
@@ -239,6 +242,66 @@ func (s *Speaker) shortenIdleHold(addr netip.Addr) {
 	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String()}); err != nil {
 		s.log.Debug("shortening the idle hold", "peer", addr, "err", err)
 	}
+}
+
+// keepRestarting keeps each router session that is not up yet part of
+// the restart, for the restart window. GoBGP ends a restart for every
+// session at once, as soon as the sessions that are up have sent their
+// End-of-RIB, and counts a session that is not up as done: a router
+// whose session comes up later (the second family's session to the same
+// router, or a second router) would be told that forwarding was not
+// preserved and flush this node's routes (RFC 4724 4.2). A session GoBGP
+// is told about afresh restarts on its own, so such a session is
+// configured again, which costs nothing while it is down. When the
+// window ends, a router session still down is configured again without
+// the restart.
+func (s *Speaker) keepRestarting() {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for range tick.C {
+		restarting := s.restarting()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var wrong []netip.Addr
+		err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+			addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+			switch p.GetState().GetSessionState() {
+			case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
+				if p.GetGracefulRestart().GetLocalRestarting() != restarting {
+					wrong = append(wrong, addr)
+				}
+			}
+		})
+		for _, addr := range wrong {
+			s.reconfigure(ctx, addr)
+		}
+		cancel()
+		if err != nil || !restarting { // stopped, or the window is over
+			return
+		}
+	}
+}
+
+// reconfigure configures the router session to addr again (down: no
+// notification is sent), so that it opens as part of the restart or not,
+// as s.restarting says.
+func (s *Speaker) reconfigure(ctx context.Context, addr netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.neighbors[addr]
+	if !ok || !n.External {
+		return
+	}
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		s.log.Debug("configuring a session again", "peer", addr, "err", err)
+		return
+	}
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(n)}); err != nil {
+		delete(s.neighbors, addr) // SetNeighbors adds it back
+		delete(s.added, addr)
+		s.log.Warn("configuring a session again", "peer", addr, "err", err)
+		return
+	}
+	s.log.Info("BGP session configured again, not up yet", "peer", addr, "restarting", s.restarting())
 }
 
 // logAdapter sends GoBGP's logs to slog, one level down: GoBGP is chatty.

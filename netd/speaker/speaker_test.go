@@ -350,6 +350,55 @@ func TestRestartedSetsForwardingBit(t *testing.T) {
 	}
 }
 
+// A restarted speaker's router session that comes up only after another
+// one has finished the restart (its End-of-RIB in) still restarts: its
+// router is told forwarding was preserved. GoBGP alone would have ended
+// the restart for it too and told it "not preserved", and the router
+// would flush this node's routes. Here the second router is the IPv6
+// session of a dual-stack node.
+func TestRestartedSessionComingUpLater(t *testing.T) {
+	setupLo(t, "192.0.2.81", "fd00:2::81", "192.0.2.82", "192.0.2.83", "fd00:2::83")
+	ctx := context.Background()
+	addr := netip.MustParseAddr
+	node := start(t, ctx, "192.0.2.81", Config{Restarted: true, ClusterCIDRs: dualStack, ListenAddrs: []netip.Addr{addr("192.0.2.81"), addr("fd00:2::81")}})
+	r1 := start(t, ctx, "192.0.2.82", Config{ClusterCIDRs: dualStack})
+	r2 := start(t, ctx, "192.0.2.83", Config{ClusterCIDRs: dualStack, ListenAddrs: []netip.Addr{addr("fd00:2::83")}})
+	node.SetNeighbors(ctx, []Neighbor{{Address: addr("192.0.2.82"), ASN: 64512, External: true}, {Address: addr("fd00:2::83"), ASN: 64512, External: true}})
+	r1.SetNeighbors(ctx, []Neighbor{{Address: addr("192.0.2.81"), ASN: 64512}})
+	eventually(t, "the IPv4 router's session up and its routes in", func() error {
+		ss, _ := node.Sessions(ctx)
+		for _, s := range ss {
+			if s.Neighbor.Address == addr("192.0.2.82") && s.Established && s.EndOfRIB {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", ss)
+	})
+	time.Sleep(500 * time.Millisecond)
+	r2.SetNeighbors(ctx, []Neighbor{{Address: addr("fd00:2::81"), ASN: 64512}})
+	eventually(t, "the IPv6 router's session up", func() error {
+		ss, _ := r2.Sessions(ctx)
+		if len(ss) != 1 || !ss[0].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	})
+	var flags []uint32
+	r2.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		for _, c := range p.GetState().GetRemoteCap() {
+			var gr api.GracefulRestartCapability
+			if c.UnmarshalTo(&gr) == nil {
+				for _, tu := range gr.Tuples {
+					flags = append(flags, tu.Flags)
+				}
+			}
+		}
+	})
+	if len(flags) != 1 || flags[0]&0x80 == 0 {
+		t.Errorf("the router whose session came up later: IPv6 forwarding state not preserved (tuple flags %#x)", flags)
+	}
+}
+
 // Sessions count what FRR counts: a peer that announces nothing has
 // received 0 (no End-of-RIB marker), and what it is sent is the prefixes.
 func TestSessionCounts(t *testing.T) {

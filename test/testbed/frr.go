@@ -13,7 +13,9 @@ import (
 	"time"
 )
 
-// FRRPeer is one BGP neighbor of FRR.
+// FRRPeer is one BGP neighbor of FRR. An IPv6 neighbor's session carries
+// IPv6 unicast only, an IPv4 one's IPv4 unicast only (as netd peers: one
+// session per family).
 type FRRPeer struct {
 	IP       string
 	ASN      uint32
@@ -29,7 +31,7 @@ type FRRPeer struct {
 type FRROptions struct {
 	ASN   uint32
 	Peers []FRRPeer
-	// Announce are prefixes FRR originates to every peer (network
+	// Announce are prefixes FRR originates to every peer of their family (network
 	// statements, with no route behind them: the router's own kernel is
 	// not changed), e.g. a misbehaving router's more-specific of a
 	// node's block or a block no node leases.
@@ -149,18 +151,21 @@ func frrDir(tb *Testbed) (string, error) {
 	return dir, os.Chown(dir, uid, gid)
 }
 
-// frrConfig is bgpd's configuration: the one README shows, per peer.
+// frrConfig is bgpd's configuration: the one README shows, per peer,
+// each family in its address-family block.
 func frrConfig(opts FRROptions) string {
 	var b strings.Builder
 	router := RouterIP1
-	if opts.Listen.IsValid() {
+	if opts.Listen.Is4() {
 		router = opts.Listen
 	}
 	fmt.Fprintf(&b, "frr defaults traditional\nhostname router\n!\n")
 	// What the nodes may announce: their blocks (any length inside the
 	// cluster's private ranges; netd checks them against its leases).
-	b.WriteString("ip prefix-list BERTH-BLOCKS seq 10 permit 10.0.0.0/8 le 32\n!\n")
+	b.WriteString("ip prefix-list BERTH-BLOCKS seq 10 permit 10.0.0.0/8 le 32\n")
+	b.WriteString("ipv6 prefix-list BERTH-BLOCKS6 seq 10 permit fd00::/8 le 128\n!\n")
 	b.WriteString("route-map BERTH-IN permit 10\n match ip address prefix-list BERTH-BLOCKS\nexit\n!\n")
+	b.WriteString("route-map BERTH-IN6 permit 10\n match ipv6 address prefix-list BERTH-BLOCKS6\nexit\n!\n")
 	b.WriteString("route-map BERTH-OUT permit 10\nexit\n!\n")
 	fmt.Fprintf(&b, "!\nrouter bgp %d\n bgp router-id %s\n no bgp network import-check\n", opts.ASN, router)
 	b.WriteString(" bgp graceful-restart\n timers bgp 3 9\n")
@@ -176,17 +181,44 @@ func frrConfig(opts FRROptions) string {
 			fmt.Fprintf(&b, " neighbor %s password %s\n", p.IP, p.Password)
 		}
 	}
-	b.WriteString(" !\n address-family ipv4 unicast\n")
-	for _, p := range opts.Announce {
-		fmt.Fprintf(&b, "  network %s\n", p)
-	}
-	for _, p := range opts.Peers {
-		if !p.NoPolicy {
-			fmt.Fprintf(&b, "  neighbor %s route-map BERTH-IN in\n  neighbor %s route-map BERTH-OUT out\n", p.IP, p.IP)
+	for _, af := range []struct {
+		v6               bool
+		name, routeMapIn string
+	}{{false, "ipv4", "BERTH-IN"}, {true, "ipv6", "BERTH-IN6"}} {
+		fmt.Fprintf(&b, " !\n address-family %s unicast\n", af.name)
+		for _, p := range opts.Announce {
+			if p.Addr().Is6() == af.v6 {
+				fmt.Fprintf(&b, "  network %s\n", p)
+			}
 		}
+		for _, p := range opts.Peers {
+			if isIPv6(p.IP) != af.v6 {
+				if !af.v6 {
+					fmt.Fprintf(&b, "  no neighbor %s activate\n", p.IP) // traditional defaults activate IPv4 for every neighbor
+				}
+				continue
+			}
+			if af.v6 {
+				fmt.Fprintf(&b, "  neighbor %s activate\n", p.IP)
+			}
+			if !p.NoPolicy {
+				fmt.Fprintf(&b, "  neighbor %s route-map %s in\n  neighbor %s route-map BERTH-OUT out\n", p.IP, af.routeMapIn, p.IP)
+			}
+		}
+		b.WriteString(" exit-address-family\n")
 	}
-	b.WriteString(" exit-address-family\nexit\n!\n")
+	b.WriteString("exit\n!\n")
 	return b.String()
+}
+
+func isIPv6(ip string) bool { return strings.Contains(ip, ":") }
+
+// afi is FRR's name of a family's unicast address family.
+func afi(v6 bool) string {
+	if v6 {
+		return "ipv6"
+	}
+	return "ipv4"
 }
 
 // VTY runs FRR's vtysh commands (each a -c) and returns the output.
@@ -219,29 +251,36 @@ type FRRRoute struct {
 	Best    bool
 }
 
-// Routes lists FRR's IPv4 unicast BGP table.
+// Routes lists FRR's IPv4 and IPv6 unicast BGP tables; an IPv6 path's
+// next hop is its global one.
 func (f *FRR) Routes(ctx context.Context) ([]FRRRoute, error) {
-	var table struct {
-		Routes map[string][]struct {
-			Valid    bool   `json:"valid"`
-			BestPath bool   `json:"bestpath"`
-			Path     string `json:"path"`
-			NextHops []struct {
-				IP string `json:"ip"`
-			} `json:"nexthops"`
-		} `json:"routes"`
-	}
-	if err := f.JSON(ctx, "show bgp ipv4 unicast json", &table); err != nil {
-		return nil, err
-	}
 	var out []FRRRoute
-	for prefix, paths := range table.Routes {
-		for _, p := range paths {
-			r := FRRRoute{Prefix: prefix, ASPath: p.Path, Best: p.BestPath}
-			if len(p.NextHops) > 0 {
-				r.NextHop = p.NextHops[0].IP
+	for _, v6 := range []bool{false, true} {
+		var table struct {
+			Routes map[string][]struct {
+				Valid    bool   `json:"valid"`
+				BestPath bool   `json:"bestpath"`
+				Path     string `json:"path"`
+				NextHops []struct {
+					IP    string `json:"ip"`
+					Scope string `json:"scope"`
+				} `json:"nexthops"`
+			} `json:"routes"`
+		}
+		if err := f.JSON(ctx, "show bgp "+afi(v6)+" unicast json", &table); err != nil {
+			return nil, err
+		}
+		for prefix, paths := range table.Routes {
+			for _, p := range paths {
+				r := FRRRoute{Prefix: prefix, ASPath: p.Path, Best: p.BestPath}
+				for _, nh := range p.NextHops {
+					if nh.Scope != "link-local" {
+						r.NextHop = nh.IP
+						break
+					}
+				}
+				out = append(out, r)
 			}
-			out = append(out, r)
 		}
 	}
 	return out, nil
@@ -250,20 +289,33 @@ func (f *FRR) Routes(ctx context.Context) ([]FRRRoute, error) {
 // Announce makes FRR originate prefixes too, as a misbehaving router
 // would (network statements; the router's kernel is not changed).
 func (f *FRR) Announce(ctx context.Context, prefixes ...netip.Prefix) error {
-	cmds := []string{"configure terminal", fmt.Sprintf("router bgp %d", f.asn), "address-family ipv4 unicast"}
-	for _, p := range prefixes {
-		cmds = append(cmds, "network "+p.String())
+	for _, v6 := range []bool{false, true} {
+		cmds := []string{"configure terminal", fmt.Sprintf("router bgp %d", f.asn), "address-family " + afi(v6) + " unicast"}
+		for _, p := range prefixes {
+			if p.Addr().Is6() == v6 {
+				cmds = append(cmds, "network "+p.String())
+			}
+		}
+		if len(cmds) == 3 {
+			continue
+		}
+		if _, err := f.VTY(ctx, cmds...); err != nil {
+			return err
+		}
 	}
-	_, err := f.VTY(ctx, cmds...)
-	return err
+	return nil
 }
 
 // RemovePolicy removes the route-maps of the neighbor at ip and resets
 // its session: with FRR 8's default bgp ebgp-requires-policy, FRR then
 // sends it nothing and accepts nothing from it.
 func (f *FRR) RemovePolicy(ctx context.Context, ip string) error {
-	_, err := f.VTY(ctx, "configure terminal", fmt.Sprintf("router bgp %d", f.asn), "address-family ipv4 unicast",
-		"no neighbor "+ip+" route-map BERTH-IN in", "no neighbor "+ip+" route-map BERTH-OUT out", "end", "clear bgp ipv4 unicast "+ip)
+	af, in := afi(isIPv6(ip)), "BERTH-IN"
+	if isIPv6(ip) {
+		in = "BERTH-IN6"
+	}
+	_, err := f.VTY(ctx, "configure terminal", fmt.Sprintf("router bgp %d", f.asn), "address-family "+af+" unicast",
+		"no neighbor "+ip+" route-map "+in+" in", "no neighbor "+ip+" route-map BERTH-OUT out", "end", "clear bgp "+af+" unicast "+ip)
 	return err
 }
 
