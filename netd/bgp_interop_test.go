@@ -398,24 +398,27 @@ func TestBGPIPv6WithFRR(t *testing.T) {
 	}
 
 	t.Run("status counts each family's prefixes as FRR does", func(t *testing.T) {
-		s, err := c.status(3)
-		if err != nil || len(s.BGP) != 2 {
-			t.Fatalf("status %+v %v", s, err)
-		}
 		var v6 *backend.Session
-		for i, b := range s.BGP {
-			want := "IPv4"
-			if strings.Contains(b.Peer, ":") {
-				want, v6 = "IPv6", &s.BGP[i]
+		c.eventually("node3's sessions count each family's blocks", 20*time.Second, func() error {
+			s, err := c.status(3)
+			if err != nil || len(s.BGP) != 2 {
+				return fmt.Errorf("status %+v %v", s, err)
 			}
-			// FRR sends each session the other nodes' blocks of its family.
-			if b.Family != want || b.Received != 2 || b.Accepted != 2 || b.Advertised != 1 {
-				t.Errorf("session %+v: want %s, received 2, accepted 2, advertised 1", b, want)
+			for i, b := range s.BGP {
+				want := "IPv4"
+				if strings.Contains(b.Peer, ":") {
+					want, v6 = "IPv6", &s.BGP[i]
+				}
+				// FRR sends each session the other nodes' blocks of its family.
+				if b.Family != want || b.Received != 2 || b.Accepted != 2 || b.Advertised != 1 {
+					return fmt.Errorf("session %+v: want %s, received 2, accepted 2, advertised 1", b, want)
+				}
 			}
-		}
-		if v6 == nil {
-			t.Fatalf("no IPv6 session: %+v", s.BGP)
-		}
+			if v6 == nil {
+				return fmt.Errorf("no IPv6 session: %+v", s.BGP)
+			}
+			return nil
+		})
 		var sum struct {
 			IPv6 struct {
 				Peers map[string]struct {
