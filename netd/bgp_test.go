@@ -267,15 +267,17 @@ func TestBGPMesh(t *testing.T) {
 }
 
 func TestBGPRouteReflectors(t *testing.T) {
-	tb := testbed.ForTest(t, testbed.Options{Nodes: 4})
+	const nodes = 8
+	tb := testbed.ForTest(t, testbed.Options{Nodes: nodes})
 	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgprr", 9482, "--mode", "bgp", "--network-cidr", "10.247.0.0/16")
 	c.start(1, "--bgp-route-reflector")
 	c.start(2, "--bgp-route-reflector")
-	c.start(3)
-	c.start(4)
-	established(c, 1, 3) // a reflector peers with everyone
-	established(c, 2, 3)
-	for _, i := range []int{3, 4} { // a client only with the two reflectors
+	for i := 3; i <= nodes; i++ {
+		c.start(i)
+	}
+	established(c, 1, nodes-1) // a reflector peers with everyone
+	established(c, 2, nodes-1)
+	for i := 3; i <= nodes; i++ { // a client only with the two reflectors
 		established(c, i, 2)
 		s, _ := c.status(i)
 		for _, b := range s.BGP {
@@ -291,6 +293,26 @@ func TestBGPRouteReflectors(t *testing.T) {
 		t.Errorf("node3's route to node4's block: %q, want %s", rs[c.lease(4).Subnet.String()], want)
 	}
 	matrix(t, bgpPods(t, tb, "bgprr", 1, 2, 3, 4))
+
+	// A client killed with -9 keeps every route while it restarts: the
+	// routes it finds in the kernel until its reflectors have sent all
+	// theirs (End-of-RIB), and those after.
+	t.Run("a client's kill -9 and restart delete no route", func(t *testing.T) {
+		for i := 3; i <= nodes; i++ {
+			established(c, i, 2)
+			if n := len(routes(t, tb.Node(i))); n != nodes {
+				t.Fatalf("node%d has %d routes of netd, want %d (its blackhole and every other block)", i, n, nodes)
+			}
+		}
+		deleted := watchDeletes(t, tb.Node(5))
+		c.netd[5].Kill()
+		c.start(5)
+		established(c, 5, 2)
+		time.Sleep(3 * time.Second)
+		if d := deleted(); len(d) > 0 {
+			t.Errorf("node5 deleted routes of netd while it restarted: %v\n%s", d, c.netd[5].Log())
+		}
+	})
 }
 
 // TestBGPAcrossRouterWithBIRD: two L2 segments joined by a router that runs

@@ -290,18 +290,17 @@ func (nw *network) neighbors(peers []cluster.Lease) ([]speaker.Neighbor, []backe
 	return out, problems
 }
 
-// Routing reads what the speaker learned and its sessions.
+// Routing reads what the speaker learned and its sessions. The sessions
+// are read first: a session whose End-of-RIB they show has had all its
+// paths put in the table before (GoBGP handles a peer's messages in
+// order), so the paths read after hold them. Read the other way round,
+// a restarted netd could see the End-of-RIB without the paths that came
+// just before it, end its startup hold and remove routes it is about to
+// learn (seen at 50 nodes: 18 routes deleted and added again).
 func (nw *network) Routing(ctx context.Context) (backend.Routing, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	r := backend.Routing{At: time.Now()}
-	paths, err := nw.sp.Paths(ctx)
-	if err != nil {
-		return r, err
-	}
-	for _, p := range paths {
-		r.Paths = append(r.Paths, backend.LearnedPath{Prefix: p.Prefix, NextHop: p.NextHop, From: p.From, Best: p.Best, Stale: p.Stale})
-	}
 	ss, err := nw.sp.Sessions(ctx)
 	if err != nil {
 		return r, fmt.Errorf("reading the BGP sessions: %w", err)
@@ -311,6 +310,13 @@ func (nw *network) Routing(ctx context.Context) (backend.Routing, error) {
 		r.Sessions = append(r.Sessions, backend.Session{Peer: s.Neighbor.Address.String(), Name: s.Neighbor.Name, ASN: s.Neighbor.ASN,
 			Family: family(s.Neighbor.Address), External: s.Neighbor.External, State: s.State, Established: s.Established, Since: s.Since,
 			Received: s.Received, Advertised: s.Advertised, EndOfRIB: s.EndOfRIB, Restarting: s.Restarting})
+	}
+	paths, err := nw.sp.Paths(ctx)
+	if err != nil {
+		return r, err
+	}
+	for _, p := range paths {
+		r.Paths = append(r.Paths, backend.LearnedPath{Prefix: p.Prefix, NextHop: p.NextHop, From: p.From, Best: p.Best, Stale: p.Stale})
 	}
 	return r, nil
 }
