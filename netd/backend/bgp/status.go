@@ -118,7 +118,7 @@ func (nw *network) peerProblems(in backend.Input, routed map[netip.Prefix]bool) 
 			switch {
 			case !routed[block]:
 				why := "no BGP peer announces it"
-				blockPending := holding || in.Routing.At.Sub(nw.seen(block)) < comingUp
+				blockPending := holding || in.Routing.At.Sub(nw.seen(block, in.Routing.At)) < comingUp
 				switch {
 				case session && s.Problem != "":
 					why, blockPending = s.Problem, blockPending || s.Pending
@@ -148,12 +148,12 @@ func str(a netip.Addr) string {
 }
 
 // seen is when this netd first expected a route for block (Announce
-// records it); a block not recorded yet was only just leased.
-func (nw *network) seen(block netip.Prefix) time.Time {
+// records it); a block not recorded yet was only just leased: now.
+func (nw *network) seen(block netip.Prefix, now time.Time) time.Time {
 	nw.mu.Lock()
 	defer nw.mu.Unlock()
 	if t, ok := nw.firstSeen[block]; ok {
 		return t
 	}
-	return time.Now()
+	return now
 }
