@@ -313,9 +313,9 @@ func TestBGPWithFRR(t *testing.T) {
 // IPv6 block with the node's IPv6 address as next hop, the nodes route
 // each other's IPv6 blocks the right way, the IPv6 sessions count as FRR
 // does, FRR's more-specific and unleased IPv6 prefixes are refused, a
-// SIGTERM restart loses no IPv6 packet with FRR seeing IPv6 forwarding
-// preserved, and an IPv6 session whose router has no route-maps is
-// reported.
+// SIGTERM restart loses no IPv6 packet with FRR seeing forwarding
+// preserved for both families, nor does a kill -9 restart, and an IPv6
+// session whose router has no route-maps is reported.
 func TestBGPIPv6WithFRR(t *testing.T) {
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 3, Segment2: []int{3}})
 	const password = "s3cret6"
@@ -492,6 +492,11 @@ func TestBGPIPv6WithFRR(t *testing.T) {
 				t.Errorf("FRR's view of node1's %s graceful restart after the restart: %v\n%s\nnetd:\n%s", n.family, err, out, c.netd[1].Log())
 			}
 		}
+	})
+
+	t.Run("kill -9 restart loses no IPv6 packet", func(t *testing.T) {
+		restartUnderPingTo(t, c, pods[2], ipv6Of(t, pods[0]), 1, syscall.SIGKILL, args[1]...)
+		established(c, 1, 2)
 	})
 
 	t.Run("an IPv6 router with ebgp-requires-policy and no route-maps is reported", func(t *testing.T) {
