@@ -12,8 +12,11 @@ PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
 
+# The version `netd version` prints; make build VERSION=1.2.0 to name a release.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
 # Plugins are exec'd on every container start: static, stripped, no VCS stamp.
-GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w -X github.com/berthnet/berth/internal/version.Version=$(VERSION)'
 export CGO_ENABLED = 0
 
 # Tests need the binaries and find them here.
@@ -21,7 +24,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps
+.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install uninstall clean deps
 
 all: build
 
@@ -88,6 +91,14 @@ install: build
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
 	$(if $(filter-out berth-%,$(BINARIES)),install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/)
 	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
+
+# Removes what install put in place (same DESTDIR, PREFIX, CNI_BIN_DIR and
+# CNI_CONF_DIR). netd's state (/var/lib/berth, /run/berth) and the conflists
+# netd wrote stay: `netd leave` on each node removes a node's part of a network.
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(CNI_BIN_DIR)/,$(filter berth-%,$(BINARIES)))
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(filter-out berth-%,$(BINARIES)))
+	rm -f $(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
 
 clean:
 	rm -rf $(BIN_DIR)

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/berthnet/berth/conf"
-	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
 	"github.com/berthnet/berth/netd/registry"
@@ -43,6 +42,12 @@ type Config struct {
 	// given and are taken from etcd (or defaulted by the first netd).
 	Network conf.Network
 
+	// RootDir is --root-dir: where the paths below default to ("": the
+	// system paths); see pathFlags.
+	RootDir    string
+	PKIDir     string // etcd certificates and the join token
+	NodeIDFile string // this node's identity (see identity.go)
+
 	LeaseTTL       time.Duration
 	LeaseDir       string
 	CNIConfDir     string
@@ -62,7 +67,6 @@ const (
 	DefaultLeaseTTL       = 5 * time.Minute
 	DefaultCNIConfDir     = "/etc/cni/net.d"
 	DefaultMetricsAddr    = "127.0.0.1:9472"
-	DefaultEtcdDataDir    = "/var/lib/berth/etcd"
 	DefaultResyncInterval = 30 * time.Second
 )
 
@@ -82,7 +86,6 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.EtcdCertFile, "etcd-certfile", "", "client certificate for etcd, e.g. /etc/berth/etcd-client.pem")
 	fs.StringVar(&c.EtcdKeyFile, "etcd-keyfile", "", "client key for etcd, e.g. /etc/berth/etcd-client-key.pem")
 	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", registry.DefaultPrefix, "root of berth's keys in etcd, e.g. /berth/v1")
-	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", DefaultEtcdDataDir, "embedded etcd: data directory")
 	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on --node-ip and 127.0.0.1")
 	fs.IntVar(&c.EtcdPeerPort, "etcd-peer-port", 2380, "embedded etcd: peer port, served on 127.0.0.1 (single member)")
 
@@ -97,12 +100,9 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.Var(optBool{&n.IPMasq}, "ip-masq", "masquerade traffic leaving the network, e.g. --ip-masq=false (default true when creating)")
 	fs.Var(optBool{&n.DirectRouting}, "direct-routing", "vxlan: plain routes to nodes on the same L2 segment, VXLAN to the rest, e.g. --direct-routing (default false when creating)")
 
+	resolvePaths := c.pathFlagsOn(fs)
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", DefaultLeaseTTL, "how long a node's subnet stays reserved after its netd stops renewing it; peers drop its routes then, e.g. 10m")
-	fs.StringVar(&c.LeaseDir, "lease-dir", lease.DefaultDir, "where to write the node lease file for the plugins, e.g. /run/berth")
-	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
-	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
 	fs.StringVar(&c.Bridge, "bridge", "", "vxlan/hostgw: the node bridge containers attach to, written into the conflist, e.g. berth1 (default berth0; give each network on a node its own)")
-	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
 	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -123,6 +123,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 				return err
 			}
 		}
+		resolvePaths()
 		if endpoints != "" {
 			c.EtcdEndpoints = strings.Split(endpoints, ",")
 		}

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berthnet/berth/internal/version"
 	"github.com/berthnet/berth/netd"
 )
 
@@ -35,6 +36,7 @@ Usage:
                          kernel matches (asks the daemon on --metrics-address);
                          exit 2 when something needs attention, 1 when netd
                          does not answer
+  netd version           print the version (also netd --version)
   netd leave [flags]     give up this node's subnet on purpose (stop netd
                          first): release the lease in etcd, remove the routes,
                          VTEP, lease file and conflist
@@ -67,6 +69,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "run", "status", "leave":
+	case "version":
+		fmt.Fprintln(stdout, "netd", version.String())
+		return 0
 	case "help":
 		cmd, args = "run", []string{"--help"}
 	default:
@@ -77,7 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var cfg netd.Config
 	finish := cfg.Flags(fs)
-	var asJSON bool
+	var asJSON, showVersion bool
+	fs.BoolVar(&showVersion, "version", false, "print netd's version and exit")
 	if cmd == "status" {
 		fs.BoolVar(&asJSON, "json", false, "print /status as JSON, e.g. for jq")
 	}
@@ -91,6 +97,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "see netd --help\n")
 		return 2
+	}
+	if showVersion {
+		fmt.Fprintln(stdout, "netd", version.String())
+		return 0
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "netd %s: unexpected arguments %q\n", cmd, fs.Args())

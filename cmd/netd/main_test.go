@@ -38,3 +38,12 @@ func TestBadUsage(t *testing.T) {
 		}
 	}
 }
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}, {"run", "-version"}} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "netd ") || len(strings.Fields(out.String())) != 2 {
+			t.Errorf("%q: exit %d, %q %q; want netd <version>", args, code, out.String(), errOut.String())
+		}
+	}
+}
