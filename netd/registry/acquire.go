@@ -49,8 +49,11 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 	if err != nil {
 		return nil, fmt.Errorf("granting an etcd lease: %w", err)
 	}
+	// Until a key is attached to grant, a failure revokes it; once one
+	// is, grant is the node's lease and only the caller may end it.
+	holding := false
 	defer func() {
-		if err != nil {
+		if err != nil && !holding {
 			// Detached: ctx may be what failed.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			r.cli.Revoke(rctx, grant.ID)
@@ -96,6 +99,7 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 			}
 			ok, err = r.create(ctx, subnet, value, grant.ID)
 		}
+		holding = ok
 		if err != nil {
 			return nil, err
 		}
@@ -132,7 +136,10 @@ func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte
 
 // moveLease rewrites the node's key under the new etcd lease id, if the
 // key is unchanged since it was read, and revokes the old etcd lease so a
-// keepalive left over from a killed netd cannot hold anything.
+// keepalive left over from a killed netd cannot hold anything. Once the
+// key moved, the old lease holds no key: failing to revoke it is logged,
+// not an error (it expires after its TTL), so that the caller does not
+// give up the new lease, which now holds the node's key.
 func (r *Registry) moveLease(ctx context.Context, l *Lease, value []byte, id clientv3.LeaseID) (bool, error) {
 	key := r.leaseKey(l.Subnet)
 	resp, err := r.cli.Txn(ctx).
@@ -144,7 +151,7 @@ func (r *Registry) moveLease(ctx context.Context, l *Lease, value []byte, id cli
 	}
 	if resp.Succeeded && l.ID != clientv3.NoLease && l.ID != id {
 		if _, err := r.cli.Revoke(ctx, l.ID); err != nil && !isLeaseNotFound(err) {
-			return true, fmt.Errorf("revoking the old etcd lease %x of %s: %w", l.ID, key, err)
+			r.Log.Warn("could not revoke the previous etcd lease; it holds no key now and expires by itself", "key", key, "lease", fmt.Sprintf("%x", l.ID), "err", err)
 		}
 	}
 	return resp.Succeeded, nil

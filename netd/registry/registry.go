@@ -79,9 +79,17 @@ const (
 	OriginNew      Origin = "new"      // a free subnet
 )
 
+// Client is the part of the etcd client the registry uses. A
+// *clientv3.Client is one; tests wrap one to inject faults.
+type Client interface {
+	clientv3.KV
+	clientv3.Lease
+	clientv3.Watcher
+}
+
 // Registry reads and writes one network's keys.
 type Registry struct {
-	cli    *clientv3.Client
+	cli    Client
 	prefix string // <prefix>/networks/<name>/
 	// Log gets what Follow recovers from on its own (broken watches).
 	Log *slog.Logger
@@ -92,7 +100,7 @@ type Registry struct {
 
 // New returns the registry of network under prefix (DefaultPrefix when
 // empty).
-func New(cli *clientv3.Client, prefix, network string) *Registry {
+func New(cli Client, prefix, network string) *Registry {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
