@@ -142,8 +142,18 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	released, err := reg.Release(rctx, cfg.NodeName)
+	id, err := readNodeID(cfg.NodeIDFile)
+	if err != nil {
+		return err
+	}
+	self := registry.Claim{Record: registry.Record{NodeName: cfg.NodeName, NodeID: id, NodeIP: u.IP}}
+	if prev, err := lease.Read(lease.Path(cfg.LeaseDir, network.Name), time.Time{}); err == nil && prev.NodeName == cfg.NodeName {
+		self.Previous = prev.Subnet
+	}
+	released, err := reg.Release(rctx, self)
 	switch {
+	case errors.Is(err, registry.ErrNodeTaken):
+		return fmt.Errorf("%w; netd leave only releases this node's own lease: run it on that node", err)
 	case errors.Is(err, registry.ErrNotFound):
 		log.Info("no lease in etcd (expired or released already)", "node", cfg.NodeName, "network", network.Name)
 	case err != nil:

@@ -49,6 +49,7 @@ func (c *cluster) flags(i int) []string {
 	n := c.tb.Node(i)
 	f := []string{
 		"--node-name", n.Host,
+		"--root-dir", n.Dir,
 		"--network-name", c.network,
 		"--lease-dir", n.LeaseDir,
 		"--cni-conf-dir", n.CNIConfDir,

@@ -60,6 +60,8 @@ type Config struct {
 
 	// BGP configures this node's speaker in bgp mode.
 	BGP backend.BGP
+
+	nodeNameFromHost bool // --node-name not given: the host name
 }
 
 // Defaults.
@@ -124,6 +126,8 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 			}
 		}
 		resolvePaths()
+		c.nodeNameFromHost = true
+		fs.Visit(func(f *flag.Flag) { c.nodeNameFromHost = c.nodeNameFromHost && f.Name != "node-name" })
 		if endpoints != "" {
 			c.EtcdEndpoints = strings.Split(endpoints, ",")
 		}

@@ -44,6 +44,7 @@ const etcdTimeout = 10 * time.Second
 type daemon struct {
 	cfg       *Config
 	log       *slog.Logger
+	id        string // this node's ID (identity.go)
 	endpoints []string
 	node      backend.Node
 	reg       *registry.Registry
@@ -94,6 +95,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if d.id, err = loadNodeID(cfg.NodeIDFile); err != nil {
+		return err
+	}
 	httpListener, err := d.listen()
 	if err != nil {
 		return err
@@ -101,7 +105,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if httpListener != nil {
 		defer httpListener.Close() // no-op once served
 	}
-	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
+	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
 	d.endpoints = cfg.EtcdEndpoints
 	if len(d.endpoints) == 0 {
@@ -233,14 +237,14 @@ func (d *daemon) retry(ctx context.Context, what string, f func(context.Context)
 
 // permanent errors need a person: a conflicting or invalid config.
 func permanent(err error) bool {
-	return errors.Is(err, registry.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig)
+	return errors.Is(err, registry.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig) || errors.Is(err, registry.ErrNodeTaken)
 }
 
 // acquire leases a subnet, preferring the one this node held before.
 func (d *daemon) acquire(ctx context.Context) error {
 	attrs := d.nw.Attrs()
 	c := registry.Claim{
-		Record: registry.Record{NodeName: d.cfg.NodeName, NodeIP: d.node.IP, Mode: d.network.Mode, VNI: attrs.VNI,
+		Record: registry.Record{NodeName: d.cfg.NodeName, NodeID: d.id, NodeIP: d.node.IP, Mode: d.network.Mode, VNI: attrs.VNI,
 			ASN: attrs.ASN, RouteReflector: attrs.RouteReflector},
 		TTL: d.cfg.LeaseTTL,
 	}
@@ -268,6 +272,9 @@ func (d *daemon) acquire(ctx context.Context) error {
 		l, err = d.reg.Acquire(ctx, d.network, c)
 		return err
 	})
+	if errors.Is(err, registry.ErrNodeTaken) {
+		return nodeTaken(d.cfg, c.Record, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -372,8 +379,22 @@ func (d *daemon) keepAlive(ctx context.Context) {
 		case <-d.relive: // this acquire answers it
 		default:
 		}
-		if err := d.acquire(ctx); err != nil {
-			return // only ctx ends the retries
+		for {
+			err := d.acquire(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err == nil {
+				break
+			}
+			// Another node took this node's name while its lease was
+			// lost: keep the datapath and try again until it lets go.
+			d.log.Error("cannot lease again; retrying in 10s", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Second):
+			}
 		}
 		d.poke()
 	}

@@ -72,23 +72,30 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 				taken[b.Subnet] = true
 			}
 		}
-		var mine *Lease
+		var mine, foreign *Lease // under the node's name: its own, another node's
 		for i, l := range snap.Leases {
 			if !belongs(network, l.Subnet) {
 				continue // a key of another subnet length; not ours to judge
 			}
 			taken[l.Subnet] = true
-			if l.NodeName == c.Record.NodeName && (mine == nil || preferred(&l, mine, c.Previous)) {
+			switch {
+			case l.NodeName != c.Record.NodeName:
+			case !c.owns(&l):
+				foreign = &snap.Leases[i]
+			case mine == nil || preferred(&l, mine, c.Previous):
 				mine = &snap.Leases[i]
 			}
 		}
 		var ok bool
 		var subnet netip.Prefix
 		origin := OriginNew
-		if mine != nil {
+		switch {
+		case mine == nil && foreign != nil:
+			return nil, r.taken(ctx, foreign)
+		case mine != nil:
 			subnet, origin = mine.Subnet, OriginKept
 			ok, err = r.moveLease(ctx, mine, value, grant.ID)
-		} else {
+		default:
 			subnet, ok = pickFree(network, taken, c.Previous)
 			if !ok {
 				return nil, fmt.Errorf("%w in network %s: all %d subnets /%d of %s are leased; enlarge the network's CIDR, use longer subnets, or remove nodes (netd leave)",
@@ -97,7 +104,12 @@ func (r *Registry) Acquire(ctx context.Context, network *conf.Network, c Claim) 
 			if subnet == c.Previous {
 				origin = OriginPrevious
 			}
-			ok, err = r.create(ctx, subnet, value, grant.ID)
+			var created int64
+			ok, created, err = r.create(ctx, subnet, value, grant.ID)
+			if ok {
+				err = r.firstHolder(ctx, &c, created)
+				ok = err == nil // else revoking grant deletes the key
+			}
 		}
 		holding = ok
 		if err != nil {
@@ -121,17 +133,18 @@ func preferred(a, b *Lease, previous netip.Prefix) bool {
 	return a.Subnet == previous || a.CreateRevision < b.CreateRevision
 }
 
-// create stores a lease for subnet only if nobody holds it.
-func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte, id clientv3.LeaseID) (bool, error) {
+// create stores a lease for subnet only if nobody holds it, and returns
+// the revision that created it.
+func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte, id clientv3.LeaseID) (bool, int64, error) {
 	key := r.leaseKey(subnet)
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).
 		Commit()
 	if err != nil {
-		return false, fmt.Errorf("creating lease %s: %w", key, err)
+		return false, 0, fmt.Errorf("creating lease %s: %w", key, err)
 	}
-	return resp.Succeeded, nil
+	return resp.Succeeded, resp.Header.Revision, nil
 }
 
 // moveLease rewrites the node's key under the new etcd lease id, if the

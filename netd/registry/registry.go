@@ -44,12 +44,16 @@ var (
 
 // Record is what a node publishes about itself with its subnet.
 type Record struct {
-	NodeName string     `json:"nodeName"`
-	NodeIP   netip.Addr `json:"nodeIP"`
-	Mode     string     `json:"mode"`
-	VTEPMAC  string     `json:"vtepMAC,omitempty"` // vxlan
-	VNI      int        `json:"vni,omitempty"`     // vxlan
-	ASN      uint32     `json:"asn,omitempty"`     // bgp
+	NodeName string `json:"nodeName"`
+	// NodeID is kept in the node's state and never changes: another node
+	// started with the same name has another (see identity.go). Empty in
+	// leases of netds from before node IDs.
+	NodeID  string     `json:"nodeID,omitempty"`
+	NodeIP  netip.Addr `json:"nodeIP"`
+	Mode    string     `json:"mode"`
+	VTEPMAC string     `json:"vtepMAC,omitempty"` // vxlan
+	VNI     int        `json:"vni,omitempty"`     // vxlan
+	ASN     uint32     `json:"asn,omitempty"`     // bgp
 	// RouteReflector: this node reflects BGP routes to the others (bgp).
 	RouteReflector bool `json:"routeReflector,omitempty"`
 }
@@ -303,17 +307,22 @@ func (r *Registry) KeepAlive(ctx context.Context, id clientv3.LeaseID) (<-chan *
 	return ch, nil
 }
 
-// Release gives up the subnet held by nodeName: it revokes the etcd lease
-// (which deletes the key) after checking the key still belongs to the
-// node. It returns the released lease, or ErrNotFound.
-func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error) {
+// Release gives up the subnet held by the node c claims for: it deletes
+// the key and revokes its etcd lease, after checking the key still
+// belongs to the node (its name and ID, see Claim.owns). It returns the
+// released lease, ErrNotFound, or ErrNodeTaken when another node holds
+// the name.
+func (r *Registry) Release(ctx context.Context, c Claim) (*Lease, error) {
 	snap, err := r.List(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, l := range snap.Leases {
-		if l.NodeName != nodeName {
+		if l.NodeName != c.Record.NodeName {
 			continue
+		}
+		if !c.owns(&l) {
+			return nil, r.taken(ctx, &l)
 		}
 		key := r.leaseKey(l.Subnet)
 		resp, err := r.cli.Txn(ctx).
@@ -334,7 +343,7 @@ func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error)
 		}
 		return &l, nil
 	}
-	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.LeasesPrefix())
+	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, c.Record.NodeName, r.LeasesPrefix())
 }
 
 func isLeaseNotFound(err error) bool {

@@ -42,6 +42,8 @@ func TestVet(t *testing.T) {
 		{"overlaps this node's", mkLease("10.244.1.0/25", rec("x", "192.168.50.9", "02:00:00:00:00:09"), 9), "not a /24 node subnet"},
 		{"this node's subnet, another IP", mkLease("10.244.1.0/24", rec("me", "192.168.50.9", "02:00:00:00:00:01"), 9), "rewritten by another writer"},
 		{"this node's subnet, another name", mkLease("10.244.1.0/24", rec("x", "192.168.50.1", "02:00:00:00:00:01"), 9), "rewritten by another writer"},
+		{"this node's subnet, another node ID", mkLease("10.244.1.0/24", Record{NodeName: "me", NodeID: "0f", NodeIP: netip.MustParseAddr("192.168.50.1"), Mode: "vxlan", VTEPMAC: "02:00:00:00:00:01", VNI: 1}, 9), "rewritten by another writer"},
+		{"odd node ID", mkLease("10.244.9.0/24", Record{NodeName: "x", NodeID: "x\n; rm", NodeIP: netip.MustParseAddr("192.168.50.9"), Mode: "vxlan", VTEPMAC: "02:00:00:00:00:09", VNI: 1}, 9), "node ID"},
 		{"this node's name", mkLease("10.244.9.0/24", rec("me", "192.168.50.9", "02:00:00:00:00:09"), 1), "claims this node's name"},
 		{"this node's IP", mkLease("10.244.9.0/24", rec("x", "192.168.50.1", "02:00:00:00:00:09"), 9), "claims this node's IP"},
 		{"this node's MAC", mkLease("10.244.9.0/24", rec("x", "192.168.50.9", "02:00:00:00:00:01"), 9), "claims this node's VTEP MAC"},

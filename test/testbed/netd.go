@@ -80,6 +80,7 @@ func (d *Netd) Flags() []string {
 	n, o := d.Node, d.Opts
 	f := []string{
 		"--node-name", n.Host,
+		"--root-dir", n.Dir, // the node ID, certificates; the dirs below explicitly
 		"--network-name", o.Network,
 		"--lease-dir", n.LeaseDir,
 		"--cni-conf-dir", n.CNIConfDir,

@@ -1,0 +1,144 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func claimAs(node, id, ip string) Claim {
+	c := claim(node)
+	c.Record.NodeID, c.Record.NodeIP = id, netip.MustParseAddr(ip)
+	return c
+}
+
+// A second node started with a name already held is refused, with who
+// holds it; the holder gets its subnet back on a restart, and only it
+// can release it.
+func TestNodeNameHeldByAnotherNode(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := network(t, "10.7.0.0/16", 24)
+	r := New(cli, "/test", n.Name)
+	real := claimAs("a", "0a0a", "192.0.2.1")
+	first, err := r.Acquire(ctx, n, real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	impostor := claimAs("a", "0b0b", "192.0.2.9")
+	_, err = r.Acquire(ctx, n, impostor)
+	if !errors.Is(err, ErrNodeTaken) {
+		t.Fatalf("impostor: %v, want ErrNodeTaken", err)
+	}
+	for _, want := range []string{"node a at 192.0.2.1", "node ID 0a0a", "holds subnet " + first.Subnet.String(), "expires in"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("refusal %q lacks %q", err, want)
+		}
+	}
+	if _, err := r.Release(ctx, impostor); !errors.Is(err, ErrNodeTaken) {
+		t.Errorf("impostor's release: %v, want ErrNodeTaken", err)
+	}
+	snap, _ := r.List(ctx)
+	if len(snap.Leases) != 1 || snap.Leases[0].NodeID != "0a0a" || snap.Leases[0].ID != first.ID {
+		t.Fatalf("leases after the impostor: %+v", snap.Leases)
+	}
+	again, err := r.Acquire(ctx, n, real)
+	if err != nil || again.Subnet != first.Subnet || again.Origin != OriginKept {
+		t.Fatalf("the real node's restart: %+v %v", again, err)
+	}
+	if _, err := r.Release(ctx, real); err != nil {
+		t.Fatal(err)
+	}
+	// Once the name is free, any node may take it.
+	if _, err := r.Acquire(ctx, n, impostor); err != nil {
+		t.Fatalf("after the release: %v", err)
+	}
+}
+
+// Leases written by a netd from before node IDs have none. Their owner
+// adopts them after an upgrade: the node at the lease's address, or the
+// one whose lease file names the subnet; another node is refused.
+func TestLeaseWithoutNodeID(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := network(t, "10.8.0.0/16", 24)
+	r := New(cli, "/test", n.Name)
+	old, err := r.Acquire(ctx, n, claimAs("a", "", "192.0.2.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.Acquire(ctx, n, claimAs("a", "0c0c", "192.0.2.9"))
+	if !errors.Is(err, ErrNodeTaken) || !strings.Contains(err.Error(), "node ID none, a netd from before node IDs") {
+		t.Fatalf("another node: %v, want ErrNodeTaken", err)
+	}
+	upgraded, err := r.Acquire(ctx, n, claimAs("a", "0a0a", "192.0.2.1"))
+	if err != nil || upgraded.Subnet != old.Subnet || upgraded.Origin != OriginKept {
+		t.Fatalf("same address after the upgrade: %+v %v", upgraded, err)
+	}
+	snap, _ := r.List(ctx)
+	if len(snap.Leases) != 1 || snap.Leases[0].NodeID != "0a0a" {
+		t.Fatalf("the adopted lease does not carry the node ID: %+v", snap.Leases)
+	}
+
+	// A node whose address changed proves it with its lease file.
+	m := network(t, "10.9.0.0/16", 24)
+	m.Name += "-moved"
+	r = New(cli, "/test", m.Name)
+	old, err = r.Acquire(ctx, m, claimAs("a", "", "192.0.2.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := claimAs("a", "0a0a", "192.0.2.2")
+	moved.Previous = old.Subnet
+	if got, err := r.Acquire(ctx, m, moved); err != nil || got.Subnet != old.Subnet || got.Origin != OriginKept {
+		t.Fatalf("new address, lease file names the subnet: %+v %v", got, err)
+	}
+}
+
+// listBarrier holds each Acquire's first List until every one has made
+// it: nodes that start at the same moment all find the name free.
+type listBarrier struct {
+	Client
+	once *sync.Once
+	all  *sync.WaitGroup
+}
+
+func (b listBarrier) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := b.Client.Get(ctx, key, opts...)
+	b.once.Do(func() { b.all.Done(); b.all.Wait() })
+	return resp, err
+}
+
+// Two nodes started at once with the same name: the older key keeps the
+// name, the other is refused and leaves nothing behind.
+func TestNodeNameRace(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := network(t, "10.10.0.0/16", 24)
+	var all sync.WaitGroup
+	all.Add(2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, c := range []Claim{claimAs("a", "0a0a", "192.0.2.1"), claimAs("a", "0b0b", "192.0.2.2")} {
+		r := New(listBarrier{Client: cli, once: new(sync.Once), all: &all}, "/test", n.Name)
+		wg.Go(func() { _, errs[i] = r.Acquire(ctx, n, c) })
+	}
+	wg.Wait()
+	if (errs[0] == nil) == (errs[1] == nil) {
+		t.Fatalf("both or neither got the name: %v, %v", errs[0], errs[1])
+	}
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, ErrNodeTaken) {
+			t.Fatalf("the loser: %v, want ErrNodeTaken", err)
+		}
+	}
+	snap, _ := New(cli, "/test", n.Name).List(ctx)
+	if len(snap.Leases) != 1 {
+		t.Fatalf("leases: %+v, want the winner's only", snap.Leases)
+	}
+}
