@@ -51,6 +51,12 @@ func FetchStatus(ctx context.Context, addr string) (*Status, error) {
 func (s *Status) Print(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "node\t%s (%s on %s)\n", s.Node, s.NodeIP, s.Iface)
+	if s.Starting != "" {
+		fmt.Fprintf(tw, "network\t%s\n", s.Network)
+		fmt.Fprintf(tw, "STARTING\t%s\n", s.Starting)
+		tw.Flush()
+		return
+	}
 	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, s.CIDR)
 	expiry := "expired"
 	if left := s.LeaseExpires.Sub(now); left > 0 {

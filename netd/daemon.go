@@ -67,6 +67,7 @@ type daemon struct {
 	rejected   []registry.Rejected // leases ignored, and why
 	etcdUp     bool
 	etcdDown   time.Time // when etcd was first found unreachable; zero while up
+	starting   string    // what netd waits for before it runs; "" once running (starting.go)
 	last       result
 
 	reconcileMu sync.Mutex // one reconcile or status check at a time
@@ -85,7 +86,7 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), reclaim: make(chan int64, 1), relive: make(chan struct{}, 1)}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), reclaim: make(chan int64, 1), relive: make(chan struct{}, 1), starting: startingState}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
@@ -102,9 +103,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if httpListener != nil {
-		defer httpListener.Close() // no-op once served
-	}
+	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link}
+	d.m = newMetrics(cfg.Network.Name)
+	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
 	d.endpoints = cfg.EtcdEndpoints
@@ -120,7 +121,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	if err := checkEtcdTLS(ctx, cfg, d.endpoints, tlsCfg); err != nil {
+	if err := d.waitEtcd(ctx, tlsCfg); err != nil {
 		return err
 	}
 	cli, err := newClient(cfg, d.endpoints)
@@ -149,7 +150,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err
 	}
-	d.m = newMetrics(n.Name)
 
 	if err := d.acquire(ctx); err != nil {
 		return err
@@ -167,8 +167,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	d.setLeases(registry.Change{Snapshot: snap})
 	d.reconcile(ctx)
-
-	defer d.serveHTTP(httpListener)()
+	d.setRunning()
 
 	var wg sync.WaitGroup
 	wg.Go(func() { d.keepAlive(ctx) })
@@ -225,7 +224,11 @@ func (d *daemon) retry(ctx context.Context, what string, f func(context.Context)
 		if err == nil || ctx.Err() != nil || permanent(err) {
 			return err
 		}
-		d.log.Warn(what+" failed; retrying", "err", err, "in", wait)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = d.explainEtcd(ctx, err) // which endpoint, and what to check
+		}
+		d.setStarting(what + ": " + err.Error())
+		d.log.Warn(what+" failed; retrying", "err", err, "in", wait, "etcd", d.endpoints)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -38,77 +38,31 @@ func etcdTLS(cfg *Config) (*tls.Config, error) {
 // ErrEtcdTLS: etcd and netd do not trust each other's certificates.
 var ErrEtcdTLS = errors.New("etcd TLS")
 
-// checkEtcdTLS shakes hands with each https endpoint before netd starts
-// retrying requests: an unreachable etcd is worth waiting for, a
-// certificate that will never verify is not. It fails when no endpoint
-// completes a handshake and one of them failed on a certificate.
-func checkEtcdTLS(ctx context.Context, cfg *Config, endpoints []string, tlsCfg *tls.Config) error {
-	if tlsCfg == nil {
-		return nil
+// tlsProblem explains a failed TLS handshake with the etcd at ep when it
+// is about certificates, which no retry fixes (ErrEtcdTLS); nil otherwise.
+func tlsProblem(cfg *Config, ep string, err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	// A TLS alert from the server: crypto/tls reports it as a
+	// *net.OpError "remote error" (AlertError is only for QUIC).
+	var remote *net.OpError
+	rejected := errors.As(err, &remote) && remote.Op == "remote error"
+	switch {
+	case errors.As(err, &unknownCA) || errors.As(err, &verify) || errors.As(err, &invalid):
+		return fmt.Errorf("%w: etcd at %s presents a certificate that --etcd-cafile %s does not verify: %v; give the CA that signed etcd's server certificate",
+			ErrEtcdTLS, ep, cfg.EtcdCAFile, err)
+	case errors.As(err, &hostname):
+		return fmt.Errorf("%w: etcd at %s: %v; use an endpoint address that its certificate names", ErrEtcdTLS, ep, err)
+	case rejected && cfg.EtcdCertFile == "":
+		return fmt.Errorf("%w: etcd at %s wants a client certificate (%v); give --etcd-certfile and --etcd-keyfile (or run `netd join` on this node)",
+			ErrEtcdTLS, ep, err)
+	case rejected:
+		return fmt.Errorf("%w: etcd at %s refused netd's client certificate (--etcd-certfile %s): %v; give a certificate signed by the CA etcd trusts (its --trusted-ca-file)",
+			ErrEtcdTLS, ep, cfg.EtcdCertFile, err)
 	}
-	var certErr error
-	for _, ep := range endpoints {
-		u, err := url.Parse(ep)
-		if err != nil || u.Scheme != "https" {
-			continue
-		}
-		err = handshake(ctx, u.Host, tlsCfg)
-		if err == nil {
-			return nil
-		}
-		var unknownCA x509.UnknownAuthorityError
-		var hostname x509.HostnameError
-		var invalid x509.CertificateInvalidError
-		var verify *tls.CertificateVerificationError
-		// A TLS alert from the server: crypto/tls reports it as a
-		// *net.OpError "remote error" (AlertError is only for QUIC).
-		var remote *net.OpError
-		rejected := errors.As(err, &remote) && remote.Op == "remote error"
-		switch {
-		case errors.As(err, &unknownCA) || errors.As(err, &verify) || errors.As(err, &invalid):
-			certErr = fmt.Errorf("%w: etcd at %s presents a certificate that --etcd-cafile %s does not verify: %v; give the CA that signed etcd's server certificate",
-				ErrEtcdTLS, ep, cfg.EtcdCAFile, err)
-		case errors.As(err, &hostname):
-			certErr = fmt.Errorf("%w: etcd at %s: %v; use an endpoint address that its certificate names", ErrEtcdTLS, ep, err)
-		case rejected:
-			certErr = fmt.Errorf("%w: etcd at %s refused netd's client certificate (--etcd-certfile %s): %v; give a certificate signed by the CA etcd trusts (its --trusted-ca-file)",
-				ErrEtcdTLS, ep, cfg.EtcdCertFile, err)
-		}
-	}
-	return certErr
-}
-
-// handshake completes a TLS handshake with addr as an etcd client does
-// (ALPN h2) and waits for the server's first HTTP/2 frame: with TLS 1.3
-// a server rejects the client's certificate only after the client's
-// side of the handshake is done.
-func handshake(ctx context.Context, addr string, tlsCfg *tls.Config) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer raw.Close()
-	c := tlsCfg.Clone()
-	c.NextProtos = []string{"h2"}
-	if c.ServerName == "" {
-		c.ServerName, _, _ = net.SplitHostPort(addr)
-	}
-	conn := tls.Client(raw, c)
-	if err := conn.HandshakeContext(ctx); err != nil {
-		return err
-	}
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	// The HTTP/2 client preface and an empty SETTINGS frame; the server
-	// answers with its SETTINGS, or with an alert if it refused us.
-	if _, err := conn.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
-		return err
-	}
-	var b [1]byte
-	_, err = conn.Read(b[:])
-	return err
+	return nil
 }
 
 // newClient connects to etcd (lazily: the first request waits for it).
@@ -141,6 +95,7 @@ func newClient(cfg *Config, endpoints []string) (*clientv3.Client, error) {
 // embedded is an etcd server inside netd, for a cluster that has none.
 type embedded struct {
 	etcd      *embed.Etcd
+	log       *etcdLog
 	Endpoints []string
 }
 
@@ -162,8 +117,8 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 	ec.ListenPeerUrls = []url.URL{u("127.0.0.1", cfg.EtcdPeerPort)}
 	ec.AdvertisePeerUrls = ec.ListenPeerUrls
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
-	ec.LogLevel = "error"
-	ec.LogOutputs = []string{"stderr"}
+	elog := newEtcdLog(log)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(elog.Logger())
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded etcd in %s: %w", cfg.EtcdDataDir, err)
@@ -181,9 +136,12 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 		return nil, ctx.Err()
 	}
 	adv := u(nodeIP.String(), cfg.EtcdClientPort)
-	m := &embedded{etcd: e, Endpoints: []string{adv.String()}}
+	m := &embedded{etcd: e, log: elog, Endpoints: []string{adv.String()}}
 	log.Info("started embedded etcd; other nodes use it with --etcd-endpoints", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir)
 	return m, nil
 }
 
-func (m *embedded) Close() { m.etcd.Close() }
+func (m *embedded) Close() {
+	m.log.Closing()
+	m.etcd.Close()
+}

@@ -40,6 +40,9 @@ type Status struct {
 	LastError     string    `json:"lastError,omitempty"`
 	// BGP sessions (bgp mode).
 	BGP []backend.Session `json:"bgp,omitempty"`
+	// Starting says what netd waits for while it starts, e.g. "waiting
+	// for etcd at ...: connection refused ..."; empty once it runs.
+	Starting string `json:"starting,omitempty"`
 }
 
 // PeerStatus is one other node; Error says why it cannot be connected.
@@ -59,7 +62,7 @@ type RejectedLease struct {
 
 // Healthy reports whether the status shows nothing a person must fix.
 func (s *Status) Healthy() bool {
-	if !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 {
+	if s.Starting != "" || !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 {
 		return false
 	}
 	for _, p := range s.Peers {
@@ -95,6 +98,10 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 		subnet, expires, down := d.self.Subnet, d.expires, d.etcdDown
 		d.mu.Unlock()
 		now := time.Now()
+		if s := d.startingStatus(); s != nil {
+			http.Error(w, "starting: "+s.Starting, http.StatusServiceUnavailable)
+			return
+		}
 		switch {
 		case !subnet.IsValid() || now.After(expires):
 			http.Error(w, "no valid lease: is etcd reachable?", http.StatusServiceUnavailable)
@@ -128,6 +135,9 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 // status compares the kernel with the leases now (without changing it)
 // and reports that with the lease and the peers.
 func (d *daemon) status() *Status {
+	if s := d.startingStatus(); s != nil {
+		return s
+	}
 	d.reconcileMu.Lock()
 	self, peers, problems := d.peers()
 	want, more := d.nw.Desired(self, peers)
