@@ -37,6 +37,8 @@ type Config struct {
 	EtcdDataDir    string
 	EtcdClientPort int
 	EtcdPeerPort   int
+	EtcdPlainHTTP  bool // serve plain HTTP instead of TLS with client certificates
+	JoinPort       int  // where other nodes get their certificates (netd join)
 
 	// Network holds the network flags as given: zero fields were not
 	// given and are taken from etcd (or defaulted by the first netd).
@@ -90,6 +92,8 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", registry.DefaultPrefix, "root of berth's keys in etcd, e.g. /berth/v1")
 	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on --node-ip and 127.0.0.1")
 	fs.IntVar(&c.EtcdPeerPort, "etcd-peer-port", 2380, "embedded etcd: peer port, served on 127.0.0.1 (single member)")
+	fs.BoolVar(&c.EtcdPlainHTTP, "etcd-plain-http", false, "embedded etcd: serve plain HTTP without certificates instead of TLS with client certificates; anyone who reaches the port can then rewrite every lease: for a machine of your own only")
+	fs.IntVar(&c.JoinPort, "join-port", 2378, "embedded etcd: port on --node-ip where other nodes get their etcd certificates with `netd join TOKEN`")
 
 	n := &c.Network
 	fs.StringVar(&n.Name, "network-name", conf.DefaultNetworkName, "network name: the CNI network name and lease file <lease-dir>/<name>.json, e.g. pods")
@@ -199,6 +203,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--resync-interval: %s is too short", c.ResyncInterval)
 	case (c.EtcdCertFile == "") != (c.EtcdKeyFile == ""):
 		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	case c.EtcdPlainHTTP && len(c.EtcdEndpoints) > 0:
+		return errors.New("--etcd-plain-http is for the embedded etcd, which runs without --etcd-endpoints; give http:// endpoints to reach an etcd in plain HTTP")
 	}
 	if c.Bridge != "" {
 		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {

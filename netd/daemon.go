@@ -108,23 +108,19 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
-	d.endpoints = cfg.EtcdEndpoints
-	if len(d.endpoints) == 0 {
-		emb, err := startEmbedded(ctx, cfg, u.IP, log)
-		if err != nil {
-			return err
-		}
-		defer emb.Close()
-		d.endpoints = emb.Endpoints
-	}
-	tlsCfg, err := etcdTLS(cfg)
+	etcd, err := openEtcd(ctx, cfg, u.IP, log, true)
 	if err != nil {
 		return err
 	}
-	if err := d.waitEtcd(ctx, tlsCfg); err != nil {
+	defer etcd.Close()
+	d.endpoints = etcd.Endpoints
+	for _, w := range etcdWarnings(cfg, d.endpoints) {
+		log.Warn(w)
+	}
+	if err := d.waitEtcd(ctx, etcd.TLS); err != nil {
 		return err
 	}
-	cli, err := newClient(cfg, d.endpoints)
+	cli, err := newClient(d.endpoints, etcd.TLS)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -20,6 +21,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/berthnet/berth/netd/pki"
 )
 
 // etcdTLS is the TLS config for etcd from the flags; nil without TLS.
@@ -66,11 +69,7 @@ func tlsProblem(cfg *Config, ep string, err error) error {
 }
 
 // newClient connects to etcd (lazily: the first request waits for it).
-func newClient(cfg *Config, endpoints []string) (*clientv3.Client, error) {
-	tlsCfg, err := etcdTLS(cfg)
-	if err != nil {
-		return nil, err
-	}
+func newClient(endpoints []string, tlsCfg *tls.Config) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		TLS:                  tlsCfg,
@@ -92,22 +91,31 @@ func newClient(cfg *Config, endpoints []string) (*clientv3.Client, error) {
 	return cli, nil
 }
 
-// embedded is an etcd server inside netd, for a cluster that has none.
+// embedded is an etcd server inside netd, for a cluster that has none,
+// and the join server that gives other nodes their certificates.
 type embedded struct {
 	etcd      *embed.Etcd
 	log       *etcdLog
+	join      *http.Server // nil without TLS
 	Endpoints []string
 }
 
 // startEmbedded starts a single-member etcd serving clients on the node IP
-// (for the other nodes) and loopback. Its peer port only listens on
-// loopback: there are no other members.
-func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger) (*embedded, error) {
+// (for the other nodes) and loopback, with TLS and client certificates
+// of the CA in --pki-dir (made at the first start), or in plain HTTP with
+// --etcd-plain-http. Its peer port only listens on loopback: there are no
+// other members. With serveJoin, other nodes get their certificates from
+// the join server on --join-port (`netd join`).
+func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger, serveJoin bool) (*embedded, error) {
 	if err := os.MkdirAll(cfg.EtcdDataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	}
+	scheme := "https"
+	if cfg.EtcdPlainHTTP {
+		scheme = "http"
+	}
 	u := func(host string, port int) url.URL {
-		return url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(port))}
+		return url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(port))}
 	}
 	ec := embed.NewConfig()
 	ec.Name = cfg.NodeName
@@ -119,29 +127,103 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	elog := newEtcdLog(log)
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(elog.Logger())
+	var ca *pki.Authority
+	if !cfg.EtcdPlainHTTP {
+		var err error
+		if ca, err = embeddedPKI(cfg, nodeIP); err != nil {
+			return nil, err
+		}
+		d := ca.Dir
+		ec.ClientTLSInfo = transport.TLSInfo{CertFile: d.Path(pki.ServerFile), KeyFile: d.Path(pki.ServerKeyFile), TrustedCAFile: d.Path(pki.CAFile), ClientCertAuth: true}
+		ec.PeerTLSInfo = ec.ClientTLSInfo
+	}
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded etcd in %s: %w", cfg.EtcdDataDir, err)
 	}
+	m := &embedded{etcd: e, log: elog}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
-		e.Close()
+		m.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	case <-time.After(time.Minute):
-		e.Close()
+		m.Close()
 		return nil, fmt.Errorf("embedded etcd in %s not ready after a minute", cfg.EtcdDataDir)
 	case <-ctx.Done():
-		e.Close()
+		m.Close()
 		return nil, ctx.Err()
 	}
 	adv := u(nodeIP.String(), cfg.EtcdClientPort)
-	m := &embedded{etcd: e, log: elog, Endpoints: []string{adv.String()}}
-	log.Info("started embedded etcd; other nodes use it with --etcd-endpoints", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir)
+	m.Endpoints = []string{adv.String()}
+	if cfg.EtcdPlainHTTP {
+		log.Info("started embedded etcd in plain HTTP (--etcd-plain-http); other nodes use it with --etcd-endpoints", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir)
+		return m, nil
+	}
+	log.Info("started embedded etcd (TLS, client certificates); other nodes use it after `netd join`", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir, "pki", cfg.PKIDir)
+	if serveJoin {
+		if err := m.serveJoin(cfg, ca, nodeIP, log); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
+// embeddedPKI makes sure the CA, etcd's server certificate (for the
+// node IP) and this node's client certificate exist, and points netd's
+// etcd client at them.
+func embeddedPKI(cfg *Config, nodeIP netip.Addr) (*pki.Authority, error) {
+	ca, err := pki.OpenAuthority(cfg.PKIDir, cfg.NodeName)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
+	}
+	if err := ca.EnsureServer(cfg.NodeName, []netip.Addr{nodeIP}); err != nil {
+		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
+	}
+	if err := ca.EnsureClient(cfg.NodeName); err != nil {
+		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
+	}
+	if cfg.EtcdCAFile == "" && cfg.EtcdCertFile == "" {
+		cfg.EtcdCAFile, cfg.EtcdCertFile, cfg.EtcdKeyFile = ca.Dir.Path(pki.CAFile), ca.Dir.Path(pki.ClientFile), ca.Dir.Path(pki.ClientKeyFile)
+	}
+	return ca, nil
+}
+
+// serveJoin serves the join server on the node IP and --join-port, and
+// prints the join token when it is new.
+func (m *embedded) serveJoin(cfg *Config, ca *pki.Authority, nodeIP netip.Addr, log *slog.Logger) error {
+	addr := net.JoinHostPort(nodeIP.String(), strconv.Itoa(cfg.JoinPort))
+	_, statErr := os.Stat(ca.Dir.Path(pki.TokenFile))
+	token, err := ca.EnsureToken(addr)
+	if err != nil {
+		return fmt.Errorf("join token: %w", err)
+	}
+	tlsCfg, err := ca.ServerTLS()
+	if err != nil {
+		return fmt.Errorf("join server: %w", err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("join server on %s (--join-port): %w", addr, err)
+	}
+	m.join = &http.Server{Handler: ca.JoinHandler(m.Endpoints, log), TLSConfig: tlsCfg, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go m.join.ServeTLS(l, "", "")
+	if errors.Is(statErr, os.ErrNotExist) {
+		log.Info("new join token: on each other node run `netd join "+token.String()+"`; print it again with `netd token`", "join", addr)
+	} else {
+		log.Info("other nodes join with `netd join TOKEN`; `netd token` prints TOKEN", "join", addr)
+	}
+	return nil
+}
+
+// Close stops the join server and etcd; what they say while closing is
+// not worth logging.
 func (m *embedded) Close() {
 	m.log.Closing()
+	if m.join != nil {
+		m.join.Close()
+	}
 	m.etcd.Close()
 }

@@ -43,6 +43,8 @@ type Status struct {
 	// Starting says what netd waits for while it starts, e.g. "waiting
 	// for etcd at ...: connection refused ..."; empty once it runs.
 	Starting string `json:"starting,omitempty"`
+	// Warnings are about an unsafe setup that works: etcd in plain HTTP.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PeerStatus is one other node; Error says why it cannot be connected.
@@ -170,6 +172,7 @@ func (d *daemon) status() *Status {
 		KernelMatches: diffErr == nil && len(pending) == 0,
 		LastReconcile: d.last.At.UTC(),
 		BGP:           sessions,
+		Warnings:      etcdWarnings(d.cfg, d.endpoints),
 	}
 	if d.last.Err != nil {
 		s.LastError = d.last.Err.Error()

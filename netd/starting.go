@@ -38,6 +38,7 @@ func (d *daemon) startingStatus() *Status {
 		Network:       d.cfg.Network.Name,
 		EtcdEndpoints: d.endpoints,
 		Starting:      d.starting,
+		Warnings:      etcdWarnings(d.cfg, d.endpoints),
 	}
 	if d.node.Link != nil {
 		s.NodeIP, s.Iface = d.node.IP.String(), d.node.Link.Attrs().Name
