@@ -10,7 +10,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-
 )
 
 // ErrNotRunning: no netd answers on the metrics address.
