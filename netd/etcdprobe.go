@@ -172,10 +172,14 @@ func probePlain(ep string, u *url.URL, conn net.Conn) error {
 // etcdProblems probes every endpoint at once: nil when one answers as
 // etcd, else what is wrong with each.
 func (d *daemon) etcdProblems(ctx context.Context, tlsCfg *tls.Config) []error {
-	problems := make([]error, len(d.endpoints))
+	return probeAll(ctx, d.cfg, d.endpoints, tlsCfg)
+}
+
+func probeAll(ctx context.Context, cfg *Config, endpoints []string, tlsCfg *tls.Config) []error {
+	problems := make([]error, len(endpoints))
 	var wg sync.WaitGroup
-	for i, ep := range d.endpoints {
-		wg.Go(func() { problems[i] = probeEtcd(ctx, d.cfg, ep, tlsCfg) })
+	for i, ep := range endpoints {
+		wg.Go(func() { problems[i] = probeEtcd(ctx, cfg, ep, tlsCfg) })
 	}
 	wg.Wait()
 	if slices.Contains(problems, nil) {

@@ -48,16 +48,11 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	// On the node that ran the embedded etcd, this starts it again.
-	etcd, err := openEtcd(ctx, cfg, u.IP, log, false)
+	cli, done, err := commandEtcd(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
-	defer etcd.Close()
-	cli, err := newClient(etcd.Endpoints, etcd.TLS)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
+	defer done()
 	reg := registry.New(cli, cfg.EtcdPrefix, name)
 	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()

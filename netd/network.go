@@ -3,6 +3,7 @@ package netd
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -33,6 +34,14 @@ func commandEtcd(ctx context.Context, cfg *Config, log *slog.Logger) (*clientv3.
 	}
 	etcd, err := openEtcd(ctx, cfg, u.IP, log, false)
 	if err != nil {
+		return nil, nil, err
+	}
+	if problems := probeAll(ctx, cfg, etcd.Endpoints, etcd.TLS); problems != nil {
+		etcd.Close()
+		err := fmt.Errorf("etcd does not answer: %w", errors.Join(problems...))
+		if joined, _ := pki.Dir(cfg.PKIDir).Joined(); len(joined) > 0 {
+			err = fmt.Errorf("%w; this node uses the embedded etcd of another node's netd, which must be running (leave the other nodes before that one)", err)
+		}
 		return nil, nil, err
 	}
 	cli, err := newClient(etcd.Endpoints, etcd.TLS)

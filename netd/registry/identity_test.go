@@ -142,3 +142,41 @@ func TestNodeNameRace(t *testing.T) {
 		t.Fatalf("leases: %+v, want the winner's only", snap.Leases)
 	}
 }
+
+// Delete removes the network, keys that are no lease included, only
+// once no node holds a lease.
+func TestDeleteNetwork(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := network(t, "10.11.0.0/16", 24)
+	r := New(cli, "/test", n.Name)
+	if _, err := r.EnsureConfig(ctx, *n); err != nil {
+		t.Fatal(err)
+	}
+	a, err := r.Acquire(ctx, n, claim("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, r.LeasesPrefix()+"junk", "{"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx); !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), a.Subnet.String()+" (a at 192.0.2.1)") {
+		t.Fatalf("delete with a lease: %v", err)
+	}
+	if _, err := r.Config(ctx); err != nil {
+		t.Fatalf("the refused delete removed the config: %v", err)
+	}
+	if _, err := r.Release(ctx, claim("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cli.Get(ctx, "/test/networks/"+n.Name+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Fatalf("keys left: %v %v", resp, err)
+	}
+	if err := r.Delete(ctx); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second delete: %v", err)
+	}
+}
