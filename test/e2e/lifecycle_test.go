@@ -88,6 +88,11 @@ func TestNetworkLifecycle(t *testing.T) {
 		if err := c.netd[1].Restart(ctx); err != nil {
 			t.Fatal(err)
 		}
+		for _, nd := range c.netd {
+			if err := nd.WaitConverged(ctx, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if err := a.ping(ctx, b.IP); err != nil {
 			t.Errorf("after the refused leave: %v", err)
 		}
