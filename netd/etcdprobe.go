@@ -35,9 +35,6 @@ func probeEtcd(ctx context.Context, cfg *Config, ep string, tlsCfg *tls.Config) 
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("%s: scheme %q; use http:// or https://", ep, u.Scheme)
 	}
-	if u.Port() == "" {
-		return fmt.Errorf("%s names no port; etcd's client port is usually 2379", ep)
-	}
 	err = probeAs(ctx, cfg, ep, u, u.Scheme, tlsCfg)
 	var dial dialError
 	if err == nil || errors.Is(err, ErrEtcdTLS) || errors.As(err, &dial) {
@@ -49,7 +46,7 @@ func probeEtcd(ctx context.Context, cfg *Config, ep string, tlsCfg *tls.Config) 
 	switch {
 	case u.Scheme == "https" && probeAs(ctx, cfg, ep, u, "http", nil) == nil:
 		return fmt.Errorf("%s: etcd there speaks plain HTTP, not TLS (scheme mismatch); use http://%s, or serve etcd with TLS", ep, u.Host)
-	case u.Scheme == "http" && speaksTLS(ctx, u.Host):
+	case u.Scheme == "http" && speaksTLS(ctx, hostPort(u)):
 		return fmt.Errorf("%s: etcd there speaks TLS, not plain HTTP (scheme mismatch); use https://%s with --etcd-cafile (and a client certificate)", ep, u.Host)
 	}
 	return err
@@ -59,7 +56,7 @@ func probeEtcd(ctx context.Context, cfg *Config, ep string, tlsCfg *tls.Config) 
 func probeAs(ctx context.Context, cfg *Config, ep string, u *url.URL, scheme string, tlsCfg *tls.Config) error {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", hostPort(u))
 	if err != nil {
 		return dialError{dialProblem(ep, u, err)}
 	}
@@ -70,6 +67,19 @@ func probeAs(ctx context.Context, cfg *Config, ep string, u *url.URL, scheme str
 		return probeTLS(ctx, cfg, ep, u, conn, tlsCfg)
 	}
 	return probePlain(ep, u, conn)
+}
+
+// hostPort is the address the etcd client dials for u: without a port,
+// the scheme's (as gRPC does).
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "443"
+	if u.Scheme == "http" {
+		port = "80"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // dialError: no connection to the endpoint at all.
@@ -97,7 +107,8 @@ func dialProblem(ep string, u *url.URL, err error) error {
 	var dns *net.DNSError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("%s: connection refused: nothing listens on port %s of %s; is etcd running there, with this port in its --listen-client-urls?", ep, u.Port(), u.Hostname())
+		_, port, _ := net.SplitHostPort(hostPort(u))
+		return fmt.Errorf("%s: connection refused: nothing listens on port %s of %s; is etcd running there, with this port in its --listen-client-urls?", ep, port, u.Hostname())
 	case errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH):
 		return fmt.Errorf("%s: %s is unreachable (%v); check the address and this node's route to it", ep, u.Hostname(), err)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):

@@ -1,6 +1,7 @@
 package netd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -48,7 +49,7 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	// On the node that ran the embedded etcd, this starts it again.
-	cli, done, err := commandEtcd(ctx, cfg, log)
+	cli, done, err := commandEtcd(ctx, cfg, u.IP, log)
 	if err != nil {
 		return err
 	}
@@ -134,19 +135,12 @@ func localNetwork(cfg *Config) localConflist {
 	}
 	if data, err := os.ReadFile(conf.ConflistPath(cfg.CNIConfDir, cfg.Network.Name)); err == nil && json.Unmarshal(data, &list) == nil && len(list.Plugins) > 0 {
 		p := list.Plugins[0]
-		l.Bridge = cmpOr(p.Bridge, l.Bridge)
-		l.StateDir = cmpOr(p.StateDir, l.StateDir)
-		l.IPAMDataDir = cmpOr(p.IPAM.DataDir, l.IPAMDataDir)
+		l.Bridge = cmp.Or(p.Bridge, l.Bridge)
+		l.StateDir = cmp.Or(p.StateDir, l.StateDir)
+		l.IPAMDataDir = cmp.Or(p.IPAM.DataDir, l.IPAMDataDir)
 	}
-	l.Bridge = cmpOr(l.Bridge, conf.DefaultBridge)
+	l.Bridge = cmp.Or(l.Bridge, conf.DefaultBridge)
 	return l
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // refuseAttached fails when the plugins hold attachments of network on

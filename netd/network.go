@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"text/tabwriter"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 // commandEtcd connects a one-off command (netd network ...) to this
 // node's etcd: --etcd-endpoints, the one it joined, the one its running
 // netd uses, or else its embedded etcd, started for the command.
-func commandEtcd(ctx context.Context, cfg *Config, log *slog.Logger) (*clientv3.Client, func(), error) {
+func commandEtcd(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger) (*clientv3.Client, func(), error) {
 	if joined, _ := pki.Dir(cfg.PKIDir).Joined(); len(cfg.EtcdEndpoints) == 0 && len(joined) == 0 && cfg.MetricsAddr != "" {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		s, err := FetchStatus(sctx, cfg.MetricsAddr)
@@ -28,11 +29,7 @@ func commandEtcd(ctx context.Context, cfg *Config, log *slog.Logger) (*clientv3.
 			cfg.EtcdEndpoints = s.EtcdEndpoints // the embedded etcd of the netd running here
 		}
 	}
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
-	if err != nil {
-		return nil, nil, err
-	}
-	etcd, err := openEtcd(ctx, cfg, u.IP, log, false)
+	etcd, err := openEtcd(ctx, cfg, nodeIP, log, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -54,7 +51,11 @@ func commandEtcd(ctx context.Context, cfg *Config, log *slog.Logger) (*clientv3.
 
 // ShowNetwork is `netd network show`: the network's config and leases.
 func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) error {
-	cli, done, err := commandEtcd(ctx, cfg, log)
+	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	if err != nil {
+		return err
+	}
+	cli, done, err := commandEtcd(ctx, cfg, u.IP, log)
 	if err != nil {
 		return err
 	}
@@ -92,7 +93,11 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 // etcd once no node holds a lease, so that a netd may create it anew,
 // e.g. in another mode.
 func DeleteNetwork(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	cli, done, err := commandEtcd(ctx, cfg, log)
+	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	if err != nil {
+		return err
+	}
+	cli, done, err := commandEtcd(ctx, cfg, u.IP, log)
 	if err != nil {
 		return err
 	}
