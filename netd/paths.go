@@ -27,7 +27,7 @@ type pathFlag struct {
 // them all, each flag still overrides its own.
 var pathFlags = []pathFlag{
 	{"etcd-data-dir", func(c *Config) *string { return &c.EtcdDataDir }, DefaultStateRoot + "/etcd", "etcd", "embedded etcd: data directory"},
-	{"pki-dir", func(c *Config) *string { return &c.PKIDir }, DefaultStateRoot + "/pki", "pki", "etcd TLS: the embedded etcd's CA, certificates and join token (0700), or what `netd join` fetched"},
+	{"pki-dir", func(c *Config) *string { return &c.PKIDir }, DefaultStateRoot + "/pki", "pki", "etcd TLS: the embedded etcd's CA, certificates and join token (0700), or what netd join fetched"},
 	{"node-id-file", func(c *Config) *string { return &c.NodeIDFile }, DefaultStateRoot + "/node-id", "node-id", "this node's ID, generated at first start and checked with its lease: keep it with the node, never copy it to another"},
 	{"lease-dir", func(c *Config) *string { return &c.LeaseDir }, lease.DefaultDir, "leases", "where to write the node lease file for the plugins"},
 	{"cni-conf-dir", func(c *Config) *string { return &c.CNIConfDir }, DefaultCNIConfDir, "net.d", "where to write the network's conflist"},

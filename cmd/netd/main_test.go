@@ -47,3 +47,14 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+// Back-quotes in a flag's usage become its argument name in --help.
+func TestHelpNamesArguments(t *testing.T) {
+	var out, errOut bytes.Buffer
+	run([]string{"--help"}, &out, &errOut)
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "  -") && strings.Count(line, " ") > 3 {
+			t.Errorf("odd flag line (a back-quote in its usage?): %q", line)
+		}
+	}
+}
