@@ -113,7 +113,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	defer etcd.Close()
+	d.mu.Lock() // /status reads them
 	d.endpoints = etcd.Endpoints
+	d.mu.Unlock()
 	for _, w := range etcdWarnings(cfg, d.endpoints) {
 		log.Warn(w)
 	}
@@ -142,7 +144,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
-	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: n, BGP: cfg.BGP}
+	d.node.Network, d.node.BGP = n, cfg.BGP // the rest was set before /status was served
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err
 	}
