@@ -30,15 +30,19 @@ import (
 // it (Network.Desired).
 //
 // In etcd the subnet is the key and the rest the JSON value:
-// {"nodeName","nodeIP","mode","vtepMAC","vni","asn","routeReflector"}.
+// {"nodeName","nodeID","nodeIP","mode","vtepMAC","vni","asn","routeReflector"}.
 type Lease struct {
 	Subnet   netip.Prefix `json:"-"`
 	NodeName string       `json:"nodeName"`
-	NodeIP   netip.Addr   `json:"nodeIP"` // what peers send to
-	Mode     string       `json:"mode"`
-	VTEPMAC  MAC          `json:"vtepMAC,omitzero"` // vxlan
-	VNI      int          `json:"vni,omitempty"`    // vxlan
-	ASN      uint32       `json:"asn,omitempty"`    // bgp
+	// NodeID is kept in the node's state and never changes: another node
+	// started with the same name has another (see identity.go). Empty in
+	// leases of netds from before node IDs.
+	NodeID  string     `json:"nodeID,omitempty"`
+	NodeIP  netip.Addr `json:"nodeIP"` // what peers send to
+	Mode    string     `json:"mode"`
+	VTEPMAC MAC        `json:"vtepMAC,omitzero"` // vxlan
+	VNI     int        `json:"vni,omitempty"`    // vxlan
+	ASN     uint32     `json:"asn,omitempty"`    // bgp
 	// RouteReflector: this node reflects BGP routes to the others (bgp).
 	RouteReflector bool `json:"routeReflector,omitempty"`
 	// Created orders leases by age in their datastore (etcd: the key's
@@ -156,7 +160,9 @@ type Holder interface {
 	// Acquire leases the node a subnet of n carrying want's record
 	// (want.Subnet is ignored), preferring the subnet it still holds,
 	// then previous (its local copy), then any free one. The returned
-	// lease is the one held from now on.
+	// lease is the one held from now on. It fails with ErrNodeTaken when
+	// another node (another NodeID, see Lease.Owns) holds a live lease
+	// under want's name.
 	Acquire(ctx context.Context, n *conf.Network, want Lease, previous netip.Prefix) (Lease, Origin, error)
 	// KeepAlive keeps the held lease alive until ctx ends (nil) or the
 	// lease is lost (an error). renewed is called after each renewal

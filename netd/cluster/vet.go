@@ -50,9 +50,9 @@ func Vet(n *conf.Network, self Lease, leases []Lease) (peers []Lease, rejected [
 	for i := range leases {
 		l := &leases[i]
 		if self.Subnet.IsValid() && l.Subnet == self.Subnet {
-			if l.NodeName != self.NodeName || l.NodeIP != self.NodeIP {
-				reject(l, fmt.Errorf("%w: it names node %q at %s, but this node (%s at %s) holds the subnet",
-					ErrForeignSelf, l.NodeName, l.NodeIP, self.NodeName, self.NodeIP))
+			if l.NodeName != self.NodeName || l.NodeIP != self.NodeIP || l.NodeID != self.NodeID {
+				reject(l, fmt.Errorf("%w: it names node %q at %s (node ID %q), but this node (%s at %s, node ID %q) holds the subnet",
+					ErrForeignSelf, l.NodeName, l.NodeIP, l.NodeID, self.NodeName, self.NodeIP, self.NodeID))
 			}
 			continue
 		}
@@ -109,6 +109,11 @@ func checkLease(n *conf.Network, l *Lease) error {
 	}
 	if err := CheckNodeName(l.NodeName); err != nil {
 		return err
+	}
+	if l.NodeID != "" {
+		if err := CheckNodeID(l.NodeID); err != nil {
+			return err
+		}
 	}
 	ip := l.NodeIP
 	switch {

@@ -312,14 +312,14 @@ func TestRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel, err := r.Release(ctx, "a")
+	rel, err := r.Release(ctx, rec("a"), netip.Prefix{})
 	if err != nil || rel.Subnet != a.Subnet {
 		t.Fatalf("release: %v %v", rel, err)
 	}
 	if snap, _ := r.List(ctx); len(snap.Leases) != 0 {
 		t.Fatalf("leases left: %+v", snap.Leases)
 	}
-	if _, err := r.Release(ctx, "a"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Release(ctx, rec("a"), netip.Prefix{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second release: %v", err)
 	}
 }
@@ -340,7 +340,7 @@ func TestFollowResyncAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Changes the follower has not seen, then the history is compacted.
-	if _, err := r.Release(ctx, "a"); err != nil {
+	if _, err := r.Release(ctx, rec("a"), netip.Prefix{}); err != nil {
 		t.Fatal(err)
 	}
 	_, b, err := acquire(ctx, r, n, "b")
