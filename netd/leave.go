@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/registry"
@@ -92,7 +94,7 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))
 	}
 	if network.Mode != lease.ModeBGP {
-		removed, err := removeBridge(local.Bridge, name)
+		removed, err := nodebridge.Release(local.Bridge, name)
 		if err != nil {
 			errs = append(errs, err)
 		} else if removed {
@@ -102,7 +104,7 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	for _, path := range []string{
 		lease.Path(cfg.LeaseDir, name),
 		conf.ConflistPath(cfg.CNIConfDir, name),
-		filepath.Join(local.StateDir, "networks", name), // empty but for crash leftovers
+		attachments.Dir(local.StateDir, name), // empty but for writes a crash interrupted
 		filepath.Join(local.IPAMDataDir, name),
 	} {
 		if err := os.RemoveAll(path); err != nil {
@@ -147,34 +149,46 @@ func localNetwork(cfg *Config) localConflist {
 }
 
 // refuseAttached fails when the plugins hold attachments of network on
-// this node (their records, <stateDir>/networks/<network>/*.json), or
-// when something is still plugged into its bridge.
+// this node (their records, see internal/attachments), live or still
+// being removed, or when a berth host veth is still plugged into its
+// bridge.
 func refuseAttached(l localConflist, network string) error {
-	paths, _ := filepath.Glob(filepath.Join(l.StateDir, "networks", network, "*.json"))
-	var ids []string
-	for _, p := range paths {
-		var rec struct {
-			ContainerID string `json:"containerID"`
-			IfName      string `json:"ifName"`
-		}
-		if data, err := os.ReadFile(p); err == nil && json.Unmarshal(data, &rec) == nil && rec.ContainerID != "" {
-			ids = append(ids, rec.ContainerID+"/"+rec.IfName)
-		}
-	}
-	if len(ids) > 0 {
-		if len(ids) > 5 {
-			ids = append(ids[:5], fmt.Sprintf("and %d more", len(ids)-5))
-		}
-		return fmt.Errorf("%w: %d containers are attached to network %s on this node (%s; records in %s): remove them first (runner rm, podman rm, kubectl drain); for containers whose runtime is gone, the runtime's CNI GC (runner gc) removes the attachments",
-			ErrContainersAttached, len(paths), network, strings.Join(ids, ", "), filepath.Join(l.StateDir, "networks", network))
-	}
-	ports, err := bridgePorts(l.Bridge, network)
+	list, err := attachments.List(l.StateDir, network)
 	if err != nil {
 		return err
 	}
-	if len(ports) > 0 {
-		return fmt.Errorf("%w: the node bridge %s of network %s still has ports %s (no container record names them); remove them, or run the runtime's CNI GC, first",
-			ErrContainersAttached, l.Bridge, network, strings.Join(ports, ", "))
+	var live, leaving []string
+	for _, a := range list {
+		if a.Leaving {
+			leaving = append(leaving, a.String())
+		} else {
+			live = append(live, a.String())
+		}
+	}
+	records := attachments.Dir(l.StateDir, network)
+	switch {
+	case len(live) > 0:
+		return fmt.Errorf("%w: %d containers are attached to network %s on this node (%s; records in %s): remove them first (runner rm, podman rm, kubectl drain); for containers whose runtime is gone, the runtime's CNI GC (runner gc) removes the attachments",
+			ErrContainersAttached, len(live), network, upTo(5, live), records)
+	case len(leaving) > 0:
+		return fmt.Errorf("%w: %d attachments to network %s on this node are being removed (%s; records in %s): a DEL is running, or one was interrupted: let the runtime repeat it, or run its CNI GC (runner gc), then leave",
+			ErrContainersAttached, len(leaving), network, upTo(5, leaving), records)
+	}
+	veths, err := nodebridge.Containers(l.Bridge, network)
+	if err != nil {
+		return err
+	}
+	if len(veths) > 0 {
+		return fmt.Errorf("%w: the node bridge %s of network %s still has container veths %s (no container record names them); remove them, or run the runtime's CNI GC, first",
+			ErrContainersAttached, l.Bridge, network, upTo(5, veths))
 	}
 	return nil
+}
+
+// upTo lists the first n of items, and how many more there are.
+func upTo(n int, items []string) string {
+	if len(items) > n {
+		items = append(items[:n:n], fmt.Sprintf("and %d more", len(items)-n))
+	}
+	return strings.Join(items, ", ")
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -82,6 +83,22 @@ func TestNetworkLifecycle(t *testing.T) {
 		if err == nil || !strings.Contains(out, "containers are attached to network pods on this node") || !strings.Contains(out, "runner rm") {
 			t.Fatalf("leave with a container: %v\n%s", err, out)
 		}
+		// A DEL marks the record leaving first and removes it last: one
+		// that was interrupted must be finished before the node leaves.
+		records := attachments.Dir(tb.Node(1).StateDir, "pods")
+		live, _ := filepath.Glob(filepath.Join(records, "*"+attachments.ExtLive))
+		if len(live) != 1 {
+			t.Fatalf("records of node1's container: %q", live)
+		}
+		leaving := strings.TrimSuffix(live[0], attachments.ExtLive) + attachments.ExtLeaving
+		if err := os.Rename(live[0], leaving); err != nil {
+			t.Fatal(err)
+		}
+		out, err = netd(1, "leave")
+		os.Rename(leaving, live[0])
+		if err == nil || !strings.Contains(out, "1 attachments to network pods on this node are being removed") || !strings.Contains(out, "runner gc") {
+			t.Fatalf("leave with an unfinished DEL: %v\n%s", err, out)
+		}
 		if alias, _ := bridge(1); alias != "berth:pods" {
 			t.Errorf("the bridge changed: alias %q", alias)
 		}
@@ -122,6 +139,20 @@ func TestNetworkLifecycle(t *testing.T) {
 	t.Run("leave removes the bridge, the datapath and the files", func(t *testing.T) {
 		if err := c.netd[1].Stop(); err != nil {
 			t.Fatal(err)
+		}
+		// The network's last DEL removed node1's bridge; a berth from
+		// before that left it marked, with its gateway: leave removes it.
+		if alias, _ := bridge(1); alias != "" {
+			t.Errorf("node1's bridge after the last container left: alias %q", alias)
+		}
+		for _, cmd := range [][]string{
+			{"ip", "link", "add", "berth0", "type", "bridge"},
+			{"ip", "link", "set", "berth0", "alias", "berth:pods"},
+			{"ip", "addr", "add", "10.244.250.1/24", "dev", "berth0"},
+		} {
+			if out, err := tb.Node(1).Run(ctx, cmd[0], cmd[1:]...); err != nil {
+				t.Fatalf("%v: %v\n%s", cmd, err, out)
+			}
 		}
 		if out, err := netd(1, "leave"); err != nil {
 			t.Fatalf("leave: %v\n%s", err, out)
