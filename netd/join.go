@@ -25,7 +25,11 @@ func Join(ctx context.Context, cfg *Config, token string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "joined: etcd %s; the CA, this node's client certificate and key are in %s.\n", strings.Join(endpoints, ","), cfg.PKIDir)
-	fmt.Fprintf(out, "Start netd on this node; it uses them without --etcd-endpoints, e.g.\n  netd --node-name=%s\n", cfg.NodeName)
+	root := ""
+	if cfg.RootDir != "" {
+		root = " --root-dir=" + cfg.RootDir // where netd finds them
+	}
+	fmt.Fprintf(out, "Start netd on this node; it uses them without --etcd-endpoints, e.g.\n  netd --node-name=%s%s\n", cfg.NodeName, root)
 	return nil
 }
 
