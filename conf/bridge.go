@@ -74,6 +74,9 @@ type Bridge struct {
 	// Scope is the whole network: its traffic is neither masqueraded nor
 	// isolated. The subnet for bridge, the cluster CIDR for overlay modes.
 	Scope netip.Prefix `json:"-"`
+	// ScopeV6 is the IPv6 cluster CIDR of a leased network with IPv6
+	// (from the node lease); zero otherwise.
+	ScopeV6 netip.Prefix `json:"-"`
 }
 
 // RuntimeConfig holds the capabilities a runtime passes; a new capability

@@ -43,7 +43,7 @@ func FetchStatus(ctx context.Context, addr string) (*Status, error) {
 // Print renders the status for a person.
 func (s *Status) Print(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "node\t%s (%s on %s)\n", s.Node, s.NodeIP, s.Iface)
+	fmt.Fprintf(tw, "node\t%s (%s on %s)\n", s.Node, join(s.NodeIP, s.NodeIPv6), s.Iface)
 	for _, w := range s.Warnings {
 		fmt.Fprintf(tw, "WARNING\t%s\n", w)
 	}
@@ -53,12 +53,12 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 		tw.Flush()
 		return
 	}
-	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, s.CIDR)
+	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, join(s.CIDR, s.CIDRv6))
 	expiry := "expired"
 	if left := s.LeaseExpires.Sub(now); left > 0 {
 		expiry = "expires in " + left.Round(time.Second).String()
 	}
-	fmt.Fprintf(tw, "lease\t%s, MTU %d, %s\n", s.Subnet, s.MTU, expiry)
+	fmt.Fprintf(tw, "lease\t%s, MTU %d, %s\n", join(s.Subnet, s.SubnetV6), s.MTU, expiry)
 	etcd := "reachable"
 	if !s.EtcdUp {
 		etcd = "UNREACHABLE (degraded: the datapath keeps the last known leases)"
@@ -84,7 +84,7 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 		if p.Error != "" {
 			state = "ERROR: " + p.Error
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, p.NodeIP, p.Subnet, state)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, join(p.NodeIP, p.NodeIPv6), join(p.Subnet, p.SubnetV6), state)
 	}
 	if len(s.BGP) > 0 {
 		fmt.Fprintf(tw, "bgp sessions\t%d\n", len(s.BGP))
@@ -103,4 +103,16 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 		}
 	}
 	tw.Flush()
+}
+
+// join lists the values of both families that are set: "10.244.3.0/24,
+// fd00:244:0:3::/64".
+func join(v4, v6 string) string {
+	switch {
+	case v4 == "":
+		return v6
+	case v6 == "":
+		return v4
+	}
+	return v4 + "," + v6
 }

@@ -55,7 +55,9 @@ type daemon struct {
 	peers     *peerView
 	health    *health
 	underlay  *backend.Underlay
-	kick      chan struct{} // asks the reconcile loop for a pass
+	kernel    *backend.Cache // the owned part of the kernel, from netlink events
+	kick      chan struct{}  // asks the reconcile loop for a pass
+	fullKick  chan struct{}  // asks it for a full pass
 
 	mu       sync.Mutex // guards the fields below
 	starting string     // what netd waits for before it runs; "" once running (starting.go)
@@ -80,13 +82,13 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), starting: startingState}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), fullKick: make(chan struct{}, 1), kernel: &backend.Cache{}, starting: startingState}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
 		}
 	}
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
@@ -97,12 +99,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link}
+	d.node = u.node(cfg.NodeName, nil) // the network is known once etcd answers
 	d.m = newMetrics(cfg.Network.Name)
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
-	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
+	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
-	etcd, err := openEtcd(ctx, cfg, u.IP, log, true)
+	etcd, err := openEtcd(ctx, cfg, u.primary(), log, true)
 	if err != nil {
 		return err
 	}
@@ -134,7 +136,8 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	n := d.network
-	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
+	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
+		"mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
 	be, err := newBackend(n.Mode, log)
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
@@ -166,11 +169,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	case <-ctx.Done():
 		return nil
 	}
-	d.reconcile(ctx)
+	// Kernel events queue from before the first pass reads the kernel.
+	events, err := d.subscribe()
+	if err != nil {
+		log.Warn("subscribing to kernel events; relying on full passes until it works", "err", err)
+	}
+	d.reconcile(ctx, true)
 	d.setRunning()
 
 	wg.Go(func() { d.keeper.run(ctx) })
-	wg.Go(func() { d.watchKernel(ctx) })
+	wg.Go(func() { d.watchKernel(ctx, events) })
 	wg.Go(func() { d.probe(ctx) })
 	wg.Go(func() { d.reconcileLoop(ctx) })
 	if n, ok := d.nw.(backend.Notifier); ok {
@@ -186,14 +194,15 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		})
 	}
 	self, _ := d.keeper.lease()
-	log.Info("running", "subnet", self.Subnet, "endpoints", d.endpoints)
+	log.Info("running", "subnet", self.Subnet, "subnetV6", self.SubnetV6, "endpoints", d.endpoints)
 	wg.Wait()
-	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet)
+	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
 }
 
 // leasesChanged takes the leases after a change in the datastore.
 func (d *daemon) leasesChanged(c cluster.Change) {
+	d.log.Debug("leases changed", "leases", len(c.Leases), "rejected", len(c.Rejected), "resync", c.Resync)
 	if c.Resync {
 		d.m.resyncs.Inc()
 	}
@@ -263,6 +272,14 @@ func (d *daemon) poke() {
 	}
 }
 
+// pokeFull asks the reconcile loop for a full pass.
+func (d *daemon) pokeFull() {
+	select {
+	case d.fullKick <- struct{}{}:
+	default:
+	}
+}
+
 // writeConflist writes the network's conflist, unless it is already
 // there: runtimes watch the directory.
 func (d *daemon) writeConflist() error {
@@ -289,9 +306,13 @@ func (d *daemon) writeConflist() error {
 	return nil
 }
 
-// probe keeps the etcd_up metric and status current.
+// probe keeps the etcd_up metric and status current. It notices an
+// unreachable etcd well within the lease's validity (the keepalive renews
+// it every third of the TTL), so that /healthz says "degraded" while the
+// lease is still good, not "no valid lease" at once.
 func (d *daemon) probe(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	every, timeout := min(5*time.Second, d.cfg.LeaseTTL/4), min(3*time.Second, d.cfg.LeaseTTL/5)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -299,7 +320,7 @@ func (d *daemon) probe(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		rctx, cancel := context.WithTimeout(ctx, timeout)
 		err := d.store.Ping(rctx)
 		cancel()
 		d.health.set(err == nil)

@@ -72,5 +72,5 @@ func nodeTaken(cfg *Config, self cluster.Lease, err error) error {
 	return fmt.Errorf("%w. This node (%s, node ID %s from %s) is not that node. If it is another machine, give this one its own --node-name%s. "+
 		"If it is this machine with its identity lost (%s removed or replaced), stop the netd that holds the lease or run `netd leave --node-name=%s` there, "+
 		"or wait until that lease expires",
-		err, self.NodeIP, self.NodeID, cfg.NodeIDFile, hint, cfg.NodeIDFile, cfg.NodeName)
+		err, self.NodeAddrs(), self.NodeID, cfg.NodeIDFile, hint, cfg.NodeIDFile, cfg.NodeName)
 }

@@ -48,18 +48,20 @@ type keeper struct {
 }
 
 func newKeeper(d *daemon, holder cluster.Holder) *keeper {
-	want := cluster.Lease{NodeName: d.cfg.NodeName, NodeID: d.id, NodeIP: d.node.IP, Mode: d.network.Mode}
+	want := cluster.Lease{NodeName: d.cfg.NodeName, NodeID: d.id, NodeIP: d.node.IP, NodeIPv6: d.node.IPv6, Mode: d.network.Mode}
 	d.nw.Publish(&want)
 	return &keeper{
 		holder: holder, store: d.store, network: d.network, want: want, ttl: d.cfg.LeaseTTL,
 		file: lease.Node{
-			Network:     d.network.Name,
-			Mode:        d.network.Mode,
-			NetworkCIDR: d.network.CIDR,
-			MTU:         d.nw.MTU(),
-			IPMasq:      d.network.Masq(),
-			NodeName:    d.cfg.NodeName,
-			NodeIP:      d.node.IP,
+			Network:       d.network.Name,
+			Mode:          d.network.Mode,
+			NetworkCIDR:   d.network.CIDR,
+			NetworkCIDRv6: d.network.CIDRv6,
+			MTU:           d.nw.MTU(),
+			IPMasq:        d.network.Masq(),
+			NodeName:      d.cfg.NodeName,
+			NodeIP:        d.node.IP,
+			NodeIPv6:      d.node.IPv6,
 		},
 		path: lease.Path(d.cfg.LeaseDir, d.network.Name),
 		log:  d.log, m: d.m, health: d.health,
@@ -85,14 +87,20 @@ func (k *keeper) lease() (cluster.Lease, time.Time) {
 // holding a live lease under this node's name (cluster.ErrNodeTaken).
 func (k *keeper) acquire(ctx context.Context) error {
 	var previous netip.Prefix
-	if prev, err := lease.Read(k.path, time.Time{}); err == nil &&
-		prev.NodeName == k.want.NodeName && prev.NetworkCIDR == k.network.CIDR {
-		previous = prev.Subnet
+	if prev, err := lease.Read(k.path, time.Time{}); err == nil && prev.NodeName == k.want.NodeName {
+		// The subnet that names a lease: the IPv4 one, the IPv6 one on
+		// an IPv6-only network.
+		switch {
+		case k.network.CIDR.IsValid() && prev.NetworkCIDR == k.network.CIDR:
+			previous = prev.Subnet
+		case !k.network.CIDR.IsValid() && prev.NetworkCIDRv6 == k.network.CIDRv6:
+			previous = prev.SubnetV6
+		}
 	}
 	cur, _ := k.lease()
-	again := cur.Subnet.IsValid()
+	again := cur.Key().IsValid()
 	if again {
-		previous = cur.Subnet
+		previous = cur.Key()
 	}
 	var l cluster.Lease
 	var origin cluster.Origin
@@ -120,10 +128,10 @@ func (k *keeper) acquire(ctx context.Context) error {
 	k.self = l
 	k.expires = time.Now().Add(k.ttl)
 	k.mu.Unlock()
-	if cur.Subnet.IsValid() && cur.Subnet != l.Subnet {
-		k.log.Warn("subnet changed: the old one was taken while this node's lease was lost", "old", cur.Subnet, "new", l.Subnet)
+	if cur.Key().IsValid() && cur.Key() != l.Key() {
+		k.log.Warn("subnet changed: the old one was taken while this node's lease was lost", "old", cur.Subnets(), "new", l.Subnets())
 	}
-	k.log.Info("leased subnet", "subnet", l.Subnet, "origin", origin, "ttl", k.ttl)
+	k.log.Info("leased subnet", "subnet", l.Subnet, "subnetV6", l.SubnetV6, "origin", origin, "ttl", k.ttl)
 	err = k.writeFile()
 	k.acquired()
 	return err
@@ -134,7 +142,7 @@ func (k *keeper) acquire(ctx context.Context) error {
 func (k *keeper) writeFile() error {
 	k.mu.Lock()
 	n := k.file
-	n.Subnet = k.self.Subnet
+	n.Subnet, n.SubnetV6 = k.self.Subnet, k.self.SubnetV6
 	n.Expires = k.expires.UTC().Truncate(time.Second)
 	k.m.leaseExpiry.Set(float64(k.expires.Unix()))
 	k.mu.Unlock()
@@ -176,9 +184,9 @@ func (k *keeper) keepAlive(ctx context.Context) {
 		self, _ := k.lease()
 		select {
 		case <-rewound:
-			k.log.Warn("etcd lost its data; writing this node's lease again from its local copy", "subnet", self.Subnet)
+			k.log.Warn("etcd lost its data; writing this node's lease again from its local copy", "subnet", self.Key())
 		default:
-			k.log.Warn("lost the etcd lease (etcd unreachable for longer than --lease-ttl, or the lease was revoked); leasing again", "subnet", self.Subnet, "err", err)
+			k.log.Warn("lost the etcd lease (etcd unreachable for longer than --lease-ttl, or the lease was revoked); leasing again", "subnet", self.Key(), "err", err)
 		}
 		select {
 		case <-k.relive: // this acquire answers it
@@ -206,6 +214,7 @@ func (k *keeper) keepAlive(ctx context.Context) {
 
 // renewed is called on each renewal of the lease.
 func (k *keeper) renewed(ttl time.Duration) {
+	k.log.Debug("lease renewed", "ttl", ttl)
 	k.mu.Lock()
 	k.expires = time.Now().Add(ttl)
 	k.mu.Unlock()
@@ -251,10 +260,10 @@ func (k *keeper) guard(ctx context.Context) {
 		cancel()
 		switch {
 		case err != nil:
-			k.log.Warn("could not write this node's lease back (the keepalive leases again if it is lost)", "subnet", self.Subnet, "err", err)
+			k.log.Warn("could not write this node's lease back (the keepalive leases again if it is lost)", "subnet", self.Key(), "err", err)
 		case ok:
 			k.m.leaseReclaims.Inc()
-			k.log.Warn("this node's lease key was replaced or deleted by another writer; wrote it back", "subnet", self.Subnet)
+			k.log.Warn("this node's lease key was replaced or deleted by another writer; wrote it back", "subnet", self.Key())
 		default:
 			continue // intact: nothing was written, nothing to back off from
 		}

@@ -17,7 +17,6 @@ import (
 	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
-	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/registry"
 )
@@ -48,12 +47,12 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err := refuseAttached(local, name); err != nil {
 		return err
 	}
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
 	// On the node that ran the embedded etcd, this starts it again.
-	cli, done, err := commandEtcd(ctx, cfg, u.IP, log)
+	cli, done, err := commandEtcd(ctx, cfg, u.primary(), log)
 	if err != nil {
 		return err
 	}
@@ -69,10 +68,10 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	self := cluster.Lease{NodeName: cfg.NodeName, NodeID: id, NodeIP: u.IP}
-	var previous netip.Prefix
+	self := cluster.Lease{NodeName: cfg.NodeName, NodeID: id, NodeIP: u.IP, NodeIPv6: u.IPv6}
+	var previous netip.Prefix // the key of the lease this node's lease file names
 	if prev, err := lease.Read(lease.Path(cfg.LeaseDir, name), time.Time{}); err == nil && prev.NodeName == cfg.NodeName {
-		previous = prev.Subnet
+		previous = cmp.Or(prev.Subnet, prev.SubnetV6)
 	}
 	released, err := reg.Release(rctx, self, previous)
 	switch {
@@ -83,14 +82,14 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	case err != nil:
 		return err
 	default:
-		log.Info("released lease", "node", cfg.NodeName, "network", name, "subnet", released.Subnet)
+		log.Info("released lease", "node", cfg.NodeName, "network", name, "subnet", released.Subnet, "subnetV6", released.SubnetV6)
 	}
 	be, err := newBackend(network.Mode, log)
 	if err != nil {
 		return err
 	}
 	var errs []error
-	if err := be.Teardown(ctx, backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: network}); err != nil {
+	if err := be.Teardown(ctx, u.node(cfg.NodeName, network)); err != nil {
 		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))
 	}
 	if network.Mode != lease.ModeBGP {

@@ -51,11 +51,11 @@ func commandEtcd(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.
 
 // ShowNetwork is `netd network show`: the network's config and leases.
 func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) error {
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
-	cli, done, err := commandEtcd(ctx, cfg, u.IP, log)
+	cli, done, err := commandEtcd(ctx, cfg, u.primary(), log)
 	if err != nil {
 		return err
 	}
@@ -73,7 +73,7 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 	}
 	config, _ := json.Marshal(n)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", n.Name, n.Mode, n.CIDR)
+	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", n.Name, n.Mode, join(str(n.CIDR), str(n.CIDRv6)))
 	fmt.Fprintf(tw, "config\t%s\n", config)
 	fmt.Fprintf(tw, "leases\t%d\n", len(snap.Leases))
 	for _, l := range snap.Leases {
@@ -81,7 +81,7 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 		if id == "" {
 			id = "-"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\tnode ID %s\n", l.NodeName, l.NodeIP, l.Subnet, id)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\tnode ID %s\n", l.NodeName, l.NodeAddrs(), join(str(l.Subnet), str(l.SubnetV6)), id)
 	}
 	for _, r := range snap.Rejected {
 		fmt.Fprintf(tw, "  IGNORED %s\t%s\n", short(r.Key), short(r.Err.Error()))
@@ -93,11 +93,11 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 // etcd once no node holds a lease, so that a netd may create it anew,
 // e.g. in another mode.
 func DeleteNetwork(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
-	cli, done, err := commandEtcd(ctx, cfg, u.IP, log)
+	cli, done, err := commandEtcd(ctx, cfg, u.primary(), log)
 	if err != nil {
 		return err
 	}

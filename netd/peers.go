@@ -78,8 +78,8 @@ func (v *peerView) vet(self cluster.Lease) (reclaim bool) {
 	rejected = append(slices.Clone(v.unreadable), rejected...)
 	old := v.rejected
 	v.peers, v.rejected = peers, rejected
-	if self.Subnet.IsValid() {
-		i := slices.IndexFunc(v.leases, func(l cluster.Lease) bool { return l.Subnet == self.Subnet })
+	if self.Key().IsValid() {
+		i := slices.IndexFunc(v.leases, func(l cluster.Lease) bool { return l.Key() == self.Key() })
 		reclaim = i < 0 || !v.leases[i].SameRecord(self)
 	}
 	v.mu.Unlock()
@@ -131,11 +131,11 @@ func withHeld(leases, held []cluster.Lease) []cluster.Lease {
 	subnets := map[netip.Prefix]bool{}
 	names := map[string]bool{}
 	for _, l := range leases {
-		subnets[l.Subnet], names[l.NodeName] = true, true
+		subnets[l.Key()], names[l.NodeName] = true, true
 	}
 	out := slices.Clone(leases)
 	for _, l := range held {
-		if !subnets[l.Subnet] && !names[l.NodeName] {
+		if !subnets[l.Key()] && !names[l.NodeName] {
 			out = append(out, l)
 		}
 	}

@@ -41,7 +41,7 @@ func (d *daemon) startingStatus() *Status {
 		Warnings:      etcdWarnings(d.cfg, d.endpoints),
 	}
 	if d.node.Link != nil {
-		s.NodeIP, s.Iface = d.node.IP.String(), d.node.Link.Attrs().Name
+		s.NodeIP, s.NodeIPv6, s.Iface = str(d.node.IP), str(d.node.IPv6), d.node.Link.Attrs().Name
 	}
 	return s
 }

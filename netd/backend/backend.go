@@ -13,6 +13,7 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sort"
@@ -31,11 +32,26 @@ const RouteProtocol netlink.RouteProtocol = 73
 
 // Node is this node as a backend sees it.
 type Node struct {
-	Name    string
-	IP      netip.Addr   // address on the underlay, what peers send to
-	Link    netlink.Link // underlay interface holding IP
-	Network *conf.Network
-	BGP     BGP // bgp mode only
+	Name string
+	// IP and IPv6 are the node's addresses on the underlay, what peers
+	// send to; either may be zero (an IPv6-only or IPv4-only underlay).
+	IP   netip.Addr
+	IPv6 netip.Addr
+	// PreferIPv6: the node's first address is its IPv6 one (--node-ip
+	// fd00:50::3,192.168.50.3, or an underlay without IPv4): VXLAN runs
+	// over the IPv6 underlay.
+	PreferIPv6 bool
+	Link       netlink.Link // underlay interface holding the addresses
+	Network    *conf.Network
+	BGP        BGP // bgp mode only
+}
+
+// Addr is the node's underlay address of a family (zero: none).
+func (n Node) Addr(v6 bool) netip.Addr {
+	if v6 {
+		return n.IPv6
+	}
+	return n.IP
 }
 
 // BGP is this node's configuration of the bgp backend.
@@ -141,16 +157,18 @@ type Problem struct {
 // Owned is the part of the kernel one network's reconcile owns: what is
 // there and not desired is removed.
 type Owned struct {
-	// CIDR: routes with RouteProtocol whose destination is inside it.
-	CIDR netip.Prefix
-	// Links (indexes): their IPv4 addresses, neighbours and FDB entries.
+	// CIDRs (the network's, of each family): routes with RouteProtocol
+	// whose destination is inside one of them.
+	CIDRs []netip.Prefix
+	// Links (indexes): their addresses (but IPv6 link-local ones),
+	// neighbours and FDB entries.
 	Links []int
 }
 
 // State is kernel state: what a backend wants, or what Read found.
 type State struct {
 	Addrs  []netlink.Addr  // on owned links
-	Neighs []netlink.Neigh // IPv4 neighbours on owned links
+	Neighs []netlink.Neigh // neighbours on owned links
 	FDB    []netlink.Neigh // forwarding entries of owned links (AF_BRIDGE)
 	Routes []netlink.Route // RouteProtocol and the main table are set by Diff
 	// Links names the links (by index), for messages; Read fills it.
@@ -162,13 +180,32 @@ func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// RemoveRoutes removes every route netd made for the network of cidr.
-func RemoveRoutes(cidr netip.Prefix) error {
-	have, err := Read(Owned{CIDR: cidr})
+// UnderlayMTU is the container MTU of a routed network (hostgw, bgp):
+// the network's, which must fit in the underlay's, else the underlay's.
+// A network with IPv6 needs at least IPv6's minimum of 1280.
+func UnderlayMTU(node Node) (int, error) {
+	n, link := node.Network, node.Link.Attrs()
+	mtu := link.MTU
+	if n.MTU != 0 {
+		if n.MTU > mtu {
+			return 0, fmt.Errorf("network %s: mtu %d is larger than the underlay %s's MTU %d", n.Name, n.MTU, link.Name, mtu)
+		}
+		mtu = n.MTU
+	}
+	if n.CIDRv6.IsValid() && mtu < conf.MinMTUv6 {
+		return 0, fmt.Errorf("network %s: MTU %d (underlay %s) is below IPv6's minimum of %d", n.Name, mtu, link.Name, conf.MinMTUv6)
+	}
+	return mtu, nil
+}
+
+// RemoveRoutes removes every route netd made for the network of cidrs.
+func RemoveRoutes(cidrs []netip.Prefix) error {
+	have, err := Read(Owned{CIDRs: cidrs})
 	if err != nil {
 		return err
 	}
-	return Apply(Diff(have, State{}))
+	_, err = Apply(Diff(have, State{}))
+	return err
 }
 
 // SortProblems orders problems by peer, for stable status output.

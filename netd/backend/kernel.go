@@ -14,28 +14,33 @@ import (
 
 // Change is one kernel change Diff found necessary.
 type Change struct {
-	What  string // e.g. "add route 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"
-	apply func() error
+	What   string // e.g. "add route 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"
+	apply  func() error
+	obj    any  // *netlink.Addr, *netlink.Neigh or *netlink.Route, for Cache.Applied
+	remove bool // obj is removed (else added or replaced)
 }
 
 func (c Change) String() string { return c.What }
 
 // Apply makes the changes, all of them even when some fail, and returns
-// the failures joined.
-func Apply(changes []Change) error {
+// the ones made and the failures joined.
+func Apply(changes []Change) (made []Change, err error) {
 	var errs []error
 	for _, c := range changes {
 		if err := c.apply(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", c.What, err))
+			continue
 		}
+		made = append(made, c)
 	}
-	return errors.Join(errs...)
+	return made, errors.Join(errs...)
 }
 
-// Read reads the owned part of the kernel: the IPv4 addresses,
-// neighbours and FDB entries of the owned links, and the routes with
-// RouteProtocol in the main table inside the owned CIDR. An owned link
-// that does not exist has nothing.
+// Read reads the owned part of the kernel: the addresses (but IPv6
+// link-local ones, which the kernel manages), neighbours (but multicast
+// and link-local ones) and FDB entries of the owned links, and the routes with RouteProtocol in the main table
+// inside the owned CIDRs, of both families. An owned link that does not
+// exist has nothing.
 func Read(o Owned) (State, error) {
 	var s State
 	links, err := dump(func() ([]netlink.Link, error) { return netlink.LinkList() })
@@ -60,18 +65,33 @@ func Read(o Owned) (State, error) {
 	if err != nil {
 		return s, err
 	}
-	s.Routes = OwnedRoutes(o.CIDR, routes)
+	s.Routes = OwnedRoutes(o.CIDRs, routes)
 	return s, nil
 }
 
-// ReadLink reads the IPv4 addresses, neighbours and FDB entries of link idx.
+// ReadLink reads the addresses (but IPv6 link-local ones), neighbours
+// and FDB entries of link idx.
 func ReadLink(idx int) (addrs []netlink.Addr, neighs, fdb []netlink.Neigh, err error) {
 	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}}
-	if addrs, err = dump(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) }); err != nil {
+	all, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_ALL) })
+	if err != nil {
 		return nil, nil, nil, fmt.Errorf("listing addresses of link %d: %w", idx, err)
 	}
-	if neighs, err = dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, netlink.FAMILY_V4) }); err != nil {
-		return nil, nil, nil, fmt.Errorf("listing neighbours of link %d: %w", idx, err)
+	for _, a := range all {
+		if !a.IP.IsLinkLocalUnicast() {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		n, err := dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, family) })
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("listing neighbours of link %d: %w", idx, err)
+		}
+		for _, e := range n {
+			if ownedNeigh(e.IP) {
+				neighs = append(neighs, e)
+			}
+		}
 	}
 	if fdb, err = dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, unix.AF_BRIDGE) }); err != nil {
 		return nil, nil, nil, fmt.Errorf("listing FDB of link %d: %w", idx, err)
@@ -79,10 +99,17 @@ func ReadLink(idx int) (addrs []netlink.Addr, neighs, fdb []netlink.Neigh, err e
 	return addrs, neighs, fdb, nil
 }
 
-// ReadRoutes reads the IPv4 routes with RouteProtocol in the main table.
+// ownedNeigh reports whether a neighbour entry for ip can be netd's. The
+// kernel makes its own for the multicast groups it sends to (IPv6
+// neighbour discovery and MLD on any link with IPv6) and for link-local
+// neighbours.
+func ownedNeigh(ip net.IP) bool { return !ip.IsMulticast() && !ip.IsLinkLocalUnicast() }
+
+// ReadRoutes reads the routes of both families with RouteProtocol in the
+// main table.
 func ReadRoutes() ([]netlink.Route, error) {
 	routes, err := dump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4,
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL,
 			&netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
 			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
 	})
@@ -93,13 +120,19 @@ func ReadRoutes() ([]netlink.Route, error) {
 }
 
 // OwnedRoutes are the routes of routes with RouteProtocol in the main
-// table whose destination is inside cidr: the ones a network's reconcile
-// owns.
-func OwnedRoutes(cidr netip.Prefix, routes []netlink.Route) []netlink.Route {
+// table whose destination is inside one of cidrs: the ones a network's
+// reconcile owns.
+func OwnedRoutes(cidrs []netip.Prefix, routes []netlink.Route) []netlink.Route {
 	var out []netlink.Route
 	for _, r := range routes {
-		if r.Protocol == RouteProtocol && r.Table == unix.RT_TABLE_MAIN && Within(r.Dst, cidr) {
-			out = append(out, r)
+		if r.Protocol != RouteProtocol || r.Table != unix.RT_TABLE_MAIN {
+			continue
+		}
+		for _, cidr := range cidrs {
+			if Within(r.Dst, cidr) {
+				out = append(out, r)
+				break
+			}
 		}
 	}
 	return out
@@ -111,7 +144,7 @@ func Within(dst *net.IPNet, cidr netip.Prefix) bool {
 		return false
 	}
 	p, ok := Prefix(dst)
-	return ok && p.Bits() >= cidr.Bits() && cidr.Contains(p.Addr())
+	return ok && p.Addr().Is4() == cidr.Addr().Is4() && p.Bits() >= cidr.Bits() && cidr.Contains(p.Addr())
 }
 
 // Prefix converts a netlink destination to a prefix.
@@ -198,18 +231,18 @@ func diff[T any](k kind[T], have, want []T) (adds, dels []Change) {
 		delete(byKey, key)
 		switch {
 		case len(cur) == 0:
-			adds = append(adds, Change{What: "add " + k.noun + " " + k.show(&w), apply: func() error { return k.set(&w) }})
+			adds = append(adds, Change{What: "add " + k.noun + " " + k.show(&w), apply: func() error { return k.set(&w) }, obj: &w})
 		case len(cur) > 1 || !k.same(cur[0], &w):
 			// A replace covers one object per key; extras go first.
 			for _, c := range cur[1:] {
-				adds = append(adds, Change{What: "remove duplicate " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }})
+				adds = append(adds, Change{What: "remove duplicate " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }, obj: c, remove: true})
 			}
-			adds = append(adds, Change{What: "replace " + k.noun + " " + k.show(cur[0]) + " with " + k.show(&w), apply: func() error { return k.set(&w) }})
+			adds = append(adds, Change{What: "replace " + k.noun + " " + k.show(cur[0]) + " with " + k.show(&w), apply: func() error { return k.set(&w) }, obj: &w})
 		}
 	}
 	for _, key := range order {
 		for _, c := range byKey[key] {
-			dels = append(dels, Change{What: "remove " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }})
+			dels = append(dels, Change{What: "remove " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }, obj: c, remove: true})
 		}
 	}
 	return adds, dels
@@ -235,7 +268,7 @@ func neighs(name func(int) string) kind[netlink.Neigh] {
 		noun: "neighbour",
 		key:  func(n *netlink.Neigh) string { return fmt.Sprintf("%d/%s", n.LinkIndex, n.IP) },
 		normalize: func(n *netlink.Neigh) {
-			n.Family = netlink.FAMILY_V4
+			n.Family = family(n.IP)
 			n.State = netlink.NUD_PERMANENT
 		},
 		same: func(have, want *netlink.Neigh) bool {
@@ -278,6 +311,9 @@ func routes(name func(int) string) kind[netlink.Route] {
 		normalize: func(r *netlink.Route) {
 			r.Protocol = RouteProtocol
 			r.Table = unix.RT_TABLE_MAIN
+			if r.Dst != nil && family(r.Dst.IP) == netlink.FAMILY_V6 && r.Priority == 0 {
+				r.Priority = ip6DefaultMetric // as the kernel reports it back
+			}
 		},
 		same:   sameRoute,
 		show:   func(r *netlink.Route) string { return DescribeRoute(r, name) },
@@ -286,10 +322,26 @@ func routes(name func(int) string) kind[netlink.Route] {
 	}
 }
 
+// ip6DefaultMetric is the metric the kernel gives an IPv6 route added
+// without one (IP6_RT_PRIO_USER); IPv4 routes keep 0.
+const ip6DefaultMetric = 1024
+
 func sameRoute(a, b *netlink.Route) bool {
+	if routeType(a) == unix.RTN_BLACKHOLE || routeType(b) == unix.RTN_BLACKHOLE {
+		// The kernel reports an IPv6 blackhole route on lo.
+		return routeType(a) == routeType(b) && a.Priority == b.Priority
+	}
 	onlink := int(netlink.FLAG_ONLINK)
 	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Flags&onlink == b.Flags&onlink && a.Priority == b.Priority &&
 		routeType(a) == routeType(b)
+}
+
+// family is the netlink address family of ip.
+func family(ip net.IP) int {
+	if ip.To4() != nil {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // routeType is r's type; a route built without one is a unicast route,

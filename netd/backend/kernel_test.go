@@ -93,6 +93,43 @@ func TestDiff(t *testing.T) {
 			changes: []string{"replace route 10.244.2.0/24 via 10.244.2.0 dev berth.1 with 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"},
 		},
 		{
+			name: "IPv6 routes: the kernel's default metric and a blackhole on lo are what was asked for",
+			have: backend.State{Routes: []netlink.Route{
+				func() netlink.Route {
+					r := mine(route("fd00:244:0:2::/64", "fd00:50::2", 2))
+					r.Priority = 1024
+					return r
+				}(),
+				mine(netlink.Route{Dst: backend.IPNet(netip.MustParsePrefix("fd00:244:0:1::/64")), Type: unix.RTN_BLACKHOLE, LinkIndex: 1, Priority: 1024}),
+				func() netlink.Route {
+					r := mine(route("fd00:244:0:3::/64", "fd00:50::99", 2))
+					r.Priority = 1024
+					return r
+				}(),
+			}},
+			want: backend.State{Routes: []netlink.Route{
+				route("fd00:244:0:2::/64", "fd00:50::2", 2),
+				{Dst: backend.IPNet(netip.MustParsePrefix("fd00:244:0:1::/64")), Type: unix.RTN_BLACKHOLE},
+				route("fd00:244:0:3::/64", "fd00:50::3", 2),
+			}},
+			changes: []string{"replace route fd00:244:0:3::/64 via fd00:50::99 dev eth0 with fd00:244:0:3::/64 via fd00:50::3 dev eth0"},
+		},
+		{
+			name: "IPv6 neighbours: compared as IPv4 ones",
+			have: backend.State{Neighs: []netlink.Neigh{
+				{LinkIndex: 5, IP: net.ParseIP("fd00:244:0:2::"), HardwareAddr: mac("02:00:00:00:00:02"), State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V6},
+				{LinkIndex: 5, IP: net.ParseIP("fd00:244:0:9::"), HardwareAddr: mac("02:00:00:00:00:09"), State: netlink.NUD_PERMANENT, Family: netlink.FAMILY_V6},
+			}},
+			want: backend.State{Neighs: []netlink.Neigh{
+				{LinkIndex: 5, IP: net.ParseIP("fd00:244:0:2::"), HardwareAddr: mac("02:00:00:00:00:02")},
+				{LinkIndex: 5, IP: net.ParseIP("10.244.2.0").To4(), HardwareAddr: mac("02:00:00:00:00:02")},
+			}},
+			changes: []string{
+				"add neighbour 10.244.2.0 lladdr 02:00:00:00:00:02 dev berth.1",
+				"remove neighbour fd00:244:0:9:: lladdr 02:00:00:00:00:09 dev berth.1",
+			},
+		},
+		{
 			name: "neighbours: by IP; another MAC or not permanent is replaced",
 			have: backend.State{Neighs: []netlink.Neigh{
 				neigh("10.244.2.0", "02:00:00:00:00:02", netlink.NUD_PERMANENT),
@@ -168,18 +205,22 @@ func TestOwnedRoutes(t *testing.T) {
 	static.Protocol, static.Table = 4, unix.RT_TABLE_MAIN
 	other := mine(route("10.244.7.0/24", "192.168.50.7", 2))
 	other.Table = 100
-	got := backend.OwnedRoutes(netip.MustParsePrefix("10.244.0.0/16"), []netlink.Route{
+	got := backend.OwnedRoutes([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}, []netlink.Route{
 		mine(route("10.244.2.0/24", "192.168.50.2", 2)),
 		mine(route("10.99.0.0/24", "192.168.50.7", 2)),  // another network's
 		mine(route("10.0.0.0/8", "192.168.50.7", 2)),    // wider than the CIDR
 		mine(route("10.244.0.0/16", "192.168.50.7", 2)), // the CIDR itself
+		mine(route("fd00:244:0:2::/64", "fd00:50::2", 2)),
+		mine(route("fd00:99::/64", "fd00:50::7", 2)),          // another network's
+		mine(route("fd00::/16", "fd00:50::7", 2)),             // wider than the CIDR
+		mine(route("::ffff:10.244.2.0/120", "fd00:50::7", 2)), // IPv4-mapped: not the IPv4 CIDR
 		static, other,
 	})
 	var dsts []string
 	for _, r := range got {
 		dsts = append(dsts, r.Dst.String())
 	}
-	if strings.Join(dsts, " ") != "10.244.2.0/24 10.244.0.0/16" {
+	if strings.Join(dsts, " ") != "10.244.2.0/24 10.244.0.0/16 fd00:244:0:2::/64" {
 		t.Fatalf("owned: %v", dsts)
 	}
 }
@@ -202,7 +243,7 @@ func TestReadApply(t *testing.T) {
 			}
 		}
 		want := backend.State{Routes: []netlink.Route{route("10.244.2.0/24", "192.168.50.2", eth0), route("10.244.3.0/24", "192.168.50.3", eth0)}}
-		owned := backend.Owned{CIDR: node.Network.CIDR}
+		owned := backend.Owned{CIDRs: node.Network.CIDRs()}
 		have, err := backend.Read(owned)
 		if err != nil {
 			t.Fatal(err)
@@ -219,7 +260,7 @@ func TestReadApply(t *testing.T) {
 		if strings.Join(got, "\n") != strings.Join(wantChanges, "\n") {
 			t.Fatalf("changes:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantChanges, "\n"))
 		}
-		if err := backend.Apply(backend.Diff(have, want)); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
 			t.Fatal(err)
 		}
 		if have, err = backend.Read(owned); err != nil {
@@ -235,10 +276,84 @@ func TestReadApply(t *testing.T) {
 			}
 		}
 		// Removing what is already gone is not an error.
-		if err := backend.Apply(backend.Diff(have, backend.State{})); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, backend.State{})); err != nil {
 			t.Fatal(err)
 		}
-		return backend.Apply(backend.Diff(have, backend.State{}))
+		_, err = backend.Apply(backend.Diff(have, backend.State{}))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The same for both families at once: IPv6 routes (with the kernel's
+// metric and an IPv6 blackhole), IPv6 neighbours and addresses on an
+// owned link are read, applied and then match; the link-local address
+// the kernel gave the link is not netd's.
+func TestReadApplyDualStack(t *testing.T) {
+	netns, node := backendtest.Node(t, conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")})
+	err := netns.Do(func(ns.NetNS) error {
+		eth0 := node.Link.Attrs().Index
+		la := netlink.NewLinkAttrs()
+		la.Name = "owned0"
+		if err := netlink.LinkAdd(&netlink.Vxlan{LinkAttrs: la, VxlanId: 9, SrcAddr: node.IP.AsSlice(), Port: 8472}); err != nil {
+			return err
+		}
+		link, err := netlink.LinkByName("owned0")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return err
+		}
+		idx := link.Attrs().Index
+		stale := mine(route("fd00:244:0:9::/64", "fd00:50::9", eth0))
+		if err := netlink.RouteAdd(&stale); err != nil {
+			return err
+		}
+		// What the kernel keeps on any IPv6 link is not netd's: entries
+		// for the multicast groups of neighbour discovery and MLD.
+		for _, n := range []netlink.Neigh{
+			{LinkIndex: idx, IP: net.ParseIP("ff02::1:ff3b:7445"), HardwareAddr: mac("33:33:ff:3b:74:45"), State: netlink.NUD_NOARP, Family: netlink.FAMILY_V6},
+			{LinkIndex: idx, IP: net.ParseIP("fe80::9"), HardwareAddr: mac("02:00:00:00:00:09"), State: netlink.NUD_REACHABLE, Family: netlink.FAMILY_V6},
+		} {
+			if err := netlink.NeighSet(&n); err != nil {
+				return err
+			}
+		}
+		want := backend.State{
+			Addrs: []netlink.Addr{{IPNet: backend.IPNet(netip.MustParsePrefix("fd00:244:0:1::/128")), LinkIndex: idx},
+				{IPNet: backend.IPNet(netip.MustParsePrefix("10.244.1.0/32")), LinkIndex: idx}},
+			Neighs: []netlink.Neigh{{LinkIndex: idx, IP: net.ParseIP("fd00:244:0:2::"), HardwareAddr: mac("02:00:00:00:00:02")}},
+			Routes: []netlink.Route{
+				route("10.244.2.0/24", "192.168.50.2", eth0),
+				route("fd00:244:0:2::/64", "fd00:50::2", eth0),
+				{Dst: backend.IPNet(netip.MustParsePrefix("fd00:244:0:1::/64")), Type: unix.RTN_BLACKHOLE},
+			},
+		}
+		owned := backend.Owned{CIDRs: node.Network.CIDRs(), Links: []int{idx}}
+		have, err := backend.Read(owned)
+		if err != nil {
+			return err
+		}
+		if len(have.Neighs) != 0 {
+			t.Errorf("the kernel's own neighbours read as netd's: %v", have.Neighs)
+		}
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
+			return err
+		}
+		if have, err = backend.Read(owned); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
+		}
+		if len(have.Routes) != 3 || len(have.Neighs) != 1 || len(have.Addrs) != 2 {
+			t.Errorf("read back %+v", have)
+		}
+		_, err = backend.Apply(backend.Diff(have, backend.State{}))
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -2,8 +2,10 @@ package backend
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 )
@@ -27,8 +29,11 @@ func (p Path) String() string {
 }
 
 // Underlay answers how this node reaches addresses on the underlay, from
-// the kernel's routing table, and remembers each answer until Forget: a
-// pass over 50 peers would otherwise ask the kernel 50 times.
+// the kernel's routing table, and remembers each answer for MaxAge or
+// until Forget: a pass over 50 peers would otherwise ask the kernel 50
+// times. netd forgets the answers a route, address or link event may
+// have changed; the age bounds how long a change it hears no event of
+// (a policy routing rule) goes unseen.
 type Underlay struct {
 	node Node
 
@@ -39,7 +44,11 @@ type Underlay struct {
 type pathOrErr struct {
 	path Path
 	err  error
+	at   time.Time
 }
+
+// MaxAge is how long Underlay trusts an answer.
+const MaxAge = time.Minute
 
 // NewUnderlay returns the Underlay of node.
 func NewUnderlay(node Node) *Underlay {
@@ -50,20 +59,32 @@ func NewUnderlay(node Node) *Underlay {
 func (u *Underlay) Path(ip netip.Addr) (Path, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if k, ok := u.known[ip]; ok {
+	if k, ok := u.known[ip]; ok && time.Since(k.at) < MaxAge {
 		return k.path, k.err
 	}
 	p, err := u.lookup(ip)
-	u.known[ip] = pathOrErr{p, err}
+	u.known[ip] = pathOrErr{p, err, time.Now()}
 	return p, err
 }
 
-// Forget drops the remembered answers: the node's routes, addresses or
-// links changed.
+// Forget drops the remembered answers: the node's addresses or links
+// changed.
 func (u *Underlay) Forget() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	clear(u.known)
+}
+
+// ForgetWithin drops the answers for addresses inside dst, whose route
+// changed (nil: the default route, which may carry any of them).
+func (u *Underlay) ForgetWithin(dst *net.IPNet) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for ip := range u.known {
+		if dst == nil || dst.Contains(ip.AsSlice()) || dst.IP.IsUnspecified() {
+			delete(u.known, ip)
+		}
+	}
 }
 
 func (u *Underlay) lookup(ip netip.Addr) (Path, error) {

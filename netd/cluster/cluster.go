@@ -29,26 +29,71 @@ import (
 // publish their part of it (Network.Publish) and connect the peers from
 // it (Network.Desired).
 //
-// In etcd the subnet is the key and the rest the JSON value:
-// {"nodeName","nodeID","nodeIP","mode","vtepMAC","vni","asn","routeReflector"}.
+// A lease holds a subnet of each family the network has. In etcd the
+// lease is named by its IPv4 subnet (by its IPv6 subnet on an IPv6-only
+// network: Key) and the rest is the JSON value:
+// {"nodeName","nodeID","nodeIP","nodeIPv6","subnetV6","mode","vtepMAC",
+// "vtepMACv6","vni","asn","routeReflector"}. The IPv6 fields are new
+// fields rather than new meanings of old ones, so a netd from before
+// dual-stack reads a dual-stack lease as the IPv4 lease it knows, and a
+// lease it wrote reads here as an IPv4 lease without IPv6 (see
+// conf.Network.PairedV6).
 type Lease struct {
-	Subnet   netip.Prefix `json:"-"`
+	Subnet   netip.Prefix `json:"-"`                 // IPv4; zero on an IPv6-only network
+	SubnetV6 netip.Prefix `json:"subnetV6,omitzero"` // IPv6; zero without IPv6
 	NodeName string       `json:"nodeName"`
 	// NodeID is kept in the node's state and never changes: another node
 	// started with the same name has another (see identity.go). Empty in
 	// leases of netds from before node IDs.
-	NodeID  string     `json:"nodeID,omitempty"`
-	NodeIP  netip.Addr `json:"nodeIP"` // what peers send to
-	Mode    string     `json:"mode"`
-	VTEPMAC MAC        `json:"vtepMAC,omitzero"` // vxlan
-	VNI     int        `json:"vni,omitempty"`    // vxlan
-	ASN     uint32     `json:"asn,omitempty"`    // bgp
+	NodeID string `json:"nodeID,omitempty"`
+	// NodeIP and NodeIPv6 are the node's underlay addresses: what peers
+	// send to (at least one is set).
+	NodeIP   netip.Addr `json:"nodeIP,omitzero"`
+	NodeIPv6 netip.Addr `json:"nodeIPv6,omitzero"`
+	Mode     string     `json:"mode"`
+	// VTEPMAC is the MAC of the node's VTEP over its IPv4 underlay;
+	// VTEPMACv6 of its VTEP over the IPv6 underlay. A node has one VTEP
+	// (vxlan), which carries containers of both families.
+	VTEPMAC   MAC    `json:"vtepMAC,omitzero"`
+	VTEPMACv6 MAC    `json:"vtepMACv6,omitzero"`
+	VNI       int    `json:"vni,omitempty"` // vxlan
+	ASN       uint32 `json:"asn,omitempty"` // bgp
 	// RouteReflector: this node reflects BGP routes to the others (bgp).
 	RouteReflector bool `json:"routeReflector,omitempty"`
 	// Created orders leases by age in their datastore (etcd: the key's
 	// CreateRevision): of two leases that clash, the older keeps its
 	// place (see Vet). Not stored in the record.
 	Created int64 `json:"-"`
+}
+
+// Key is the subnet that names the lease in the datastore: the IPv4
+// subnet, or the IPv6 one on an IPv6-only network. It is zero before
+// the node holds a lease.
+func (l Lease) Key() netip.Prefix {
+	if l.Subnet.IsValid() {
+		return l.Subnet
+	}
+	return l.SubnetV6
+}
+
+// Subnets are the lease's subnets: IPv4 first, then IPv6.
+func (l Lease) Subnets() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{l.Subnet, l.SubnetV6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// NodeAddr is the node's underlay address of the family of a (IPv4 or
+// IPv6), zero when it has none.
+func (l Lease) NodeAddr(v6 bool) netip.Addr {
+	if v6 {
+		return l.NodeIPv6
+	}
+	return l.NodeIP
 }
 
 // MAC is an Ethernet address, written "02:00:00:00:00:01". The zero MAC
@@ -98,7 +143,7 @@ func (m *MAC) UnmarshalText(b []byte) error {
 // usable: it is ignored (no route, no peer) and reported.
 type Rejected struct {
 	// Key names it in the datastore, e.g. "10.244.3.0-24" below etcd's
-	// leases prefix, or the subnet when the record itself is at fault.
+	// leases prefix, or the lease's Key when the record itself is at fault.
 	Key string
 	// Subnet is the subnet it names, when it names one; a node that
 	// leases a subnet treats it as taken all the same.
@@ -178,8 +223,8 @@ type Holder interface {
 // was given. Retrying cannot fix it.
 var ErrConflict = errors.New("network config conflict")
 
-// SameRecord reports whether l and o publish the same record, whatever
-// their subnets and ages.
+// SameRecord reports whether l and o publish the same record (their IPv6
+// subnets included), whatever their keys and ages.
 func (l Lease) SameRecord(o Lease) bool {
 	l.Subnet, l.Created, o.Subnet, o.Created = netip.Prefix{}, 0, netip.Prefix{}, 0
 	return l == o

@@ -18,13 +18,27 @@ var ErrNodeTaken = errors.New("node name held by another node")
 
 // Owns reports whether the node whose record is l wrote o, a lease under
 // its name. A lease without an ID was written by a netd from before node
-// IDs: its owner is the node at the same address, or the one whose lease
-// file names that subnet (previous).
+// IDs: its owner is the node at one of the same addresses, or the one
+// whose lease file names that lease's key (previous).
 func (l Lease) Owns(o Lease, previous netip.Prefix) bool {
 	if o.NodeID != "" {
 		return o.NodeID == l.NodeID
 	}
-	return o.NodeIP == l.NodeIP || (previous.IsValid() && o.Subnet == previous)
+	return (o.NodeIP.IsValid() && o.NodeIP == l.NodeIP) ||
+		(o.NodeIPv6.IsValid() && o.NodeIPv6 == l.NodeIPv6) ||
+		(previous.IsValid() && o.Key() == previous)
+}
+
+// NodeAddrs renders the lease's node addresses for messages:
+// "192.168.50.3", "fd00:50::3" or "192.168.50.3,fd00:50::3".
+func (l Lease) NodeAddrs() string {
+	switch {
+	case l.NodeIP.IsValid() && l.NodeIPv6.IsValid():
+		return l.NodeIP.String() + "," + l.NodeIPv6.String()
+	case l.NodeIPv6.IsValid():
+		return l.NodeIPv6.String()
+	}
+	return l.NodeIP.String()
 }
 
 // CheckNodeID reports whether id can be a node ID: 1..64 lower-case hex

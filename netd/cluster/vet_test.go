@@ -3,6 +3,7 @@ package cluster
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -129,5 +130,121 @@ func TestLeaseJSON(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "vtepMAC") && !strings.Contains(err.Error(), "MAC") {
 			t.Errorf("%s: %v, want an error naming vtepMAC", bad, err)
 		}
+	}
+}
+
+func dualNetwork() *conf.Network {
+	n := conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"),
+		CIDRv6: netip.MustParsePrefix("fd00:244::/56"), Mode: "vxlan"}.WithDefaults()
+	return &n
+}
+
+// dualLease is a dual-stack lease: the IPv4 subnet 10.244.<i>.0/24 with
+// its IPv6 pair, and node addresses .<i> on both underlays.
+func dualLease(i int, name string, created int64) Lease {
+	l := Lease{NodeName: name, Mode: "vxlan", VNI: 1,
+		Subnet:   netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 244, byte(i), 0}), 24),
+		SubnetV6: netip.MustParsePrefix(fmt.Sprintf("fd00:244:0:%x::/64", i)),
+		NodeIP:   netip.AddrFrom4([4]byte{192, 168, 50, byte(i)}),
+		NodeIPv6: netip.MustParseAddr(fmt.Sprintf("fd00:50::%x", i)),
+		VTEPMAC:  MAC{2, 0, 0, 0, 0, byte(i)}, Created: created}
+	return l
+}
+
+// The IPv6 half of a lease is vetted as the IPv4 half is; a lease
+// without IPv6 (written by a netd from before dual-stack) is a peer.
+func TestVetDualStack(t *testing.T) {
+	n := dualNetwork()
+	self := dualLease(1, "me", 5)
+	good := dualLease(2, "b", 6)
+	old := dualLease(3, "old", 7)
+	old.SubnetV6, old.NodeIPv6 = netip.Prefix{}, netip.Addr{}
+	with := func(l Lease, f func(*Lease)) Lease { f(&l); return l }
+	bad := dualLease(9, "x", 9)
+	for _, tc := range []struct {
+		name string
+		bad  Lease
+		why  string
+	}{
+		{"IPv6 subnet outside", with(bad, func(l *Lease) { l.SubnetV6 = netip.MustParsePrefix("fd00:99::/64") }), "outside the network's CIDR fd00:244::/56"},
+		{"IPv6 subnet of another length", with(bad, func(l *Lease) { l.SubnetV6 = netip.MustParsePrefix("fd00:244:0:9::/80") }), "not a /64 node subnet"},
+		{"IPv6 default route", with(bad, func(l *Lease) { l.SubnetV6 = netip.MustParsePrefix("::/0") }), "outside the network's CIDR"},
+		{"IPv4 prefix as IPv6 subnet", with(bad, func(l *Lease) { l.SubnetV6 = netip.MustParsePrefix("10.244.9.0/24") }), "outside the network's CIDR fd00:244::/56"},
+		{"this node's IPv6 subnet", with(bad, func(l *Lease) { l.SubnetV6 = self.SubnetV6 }), "claims this node's IPv6 subnet"},
+		{"another node's IPv6 subnet", with(bad, func(l *Lease) { l.SubnetV6 = good.SubnetV6 }), `is node "b"'s`},
+		{"this node's IPv6 address", with(bad, func(l *Lease) { l.NodeIPv6 = self.NodeIPv6 }), "claims this node's IP fd00:50::1"},
+		{"link-local node address", with(bad, func(l *Lease) { l.NodeIPv6 = netip.MustParseAddr("fe80::9") }), "not a unicast address"},
+		{"IPv6 node address in the CIDR", with(bad, func(l *Lease) { l.NodeIPv6 = netip.MustParseAddr("fd00:244:0:2::9") }), "would loop"},
+		{"IPv4 as nodeIPv6", with(bad, func(l *Lease) { l.NodeIPv6 = netip.MustParseAddr("192.168.50.9") }), "not an IPv6 address"},
+		{"mapped IPv4 as nodeIPv6", with(bad, func(l *Lease) { l.NodeIPv6 = netip.MustParseAddr("::ffff:192.168.50.9") }), "not an IPv6 address"},
+		{"no node address", with(bad, func(l *Lease) { l.NodeIP, l.NodeIPv6 = netip.Addr{}, netip.Addr{} }), "no node address"},
+		{"no IPv4 subnet", with(bad, func(l *Lease) { l.Subnet = netip.Prefix{} }), "subnet: the lease has none"},
+		{"this node's VTEP MAC over IPv6", with(bad, func(l *Lease) { l.VTEPMAC, l.VTEPMACv6 = MAC{}, self.VTEPMAC }), "claims this node's VTEP MAC"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			peers, rejected := Vet(n, self, []Lease{good, old, tc.bad, self})
+			if len(peers) != 2 || peers[0] != good || peers[1] != old {
+				t.Errorf("peers: %+v", peers)
+			}
+			if len(rejected) != 1 || rejected[0].Subnet != tc.bad.Key() || !strings.Contains(rejected[0].Err.Error(), tc.why) {
+				t.Fatalf("rejected: %+v, want one for %s saying %q", rejected, tc.bad.Key(), tc.why)
+			}
+		})
+	}
+}
+
+// On an IPv6-only network a lease is named by its IPv6 subnet and has no
+// IPv4 one.
+func TestVetIPv6Only(t *testing.T) {
+	n := conf.Network{Name: "pods", CIDRv6: netip.MustParsePrefix("fd00:244::/56"), Mode: "hostgw"}.WithDefaults()
+	v6only := func(l Lease) Lease {
+		l.Subnet, l.NodeIP, l.VTEPMAC, l.VNI = netip.Prefix{}, netip.Addr{}, MAC{}, 0
+		return l
+	}
+	self, good := v6only(dualLease(1, "me", 5)), v6only(dualLease(2, "b", 6))
+	withV4 := v6only(dualLease(3, "x", 7))
+	withV4.Subnet = netip.MustParsePrefix("10.244.3.0/24")
+	noV6 := dualLease(4, "y", 8)
+	noV6.SubnetV6 = netip.Prefix{}
+	peers, rejected := Vet(&n, self, []Lease{self, good, withV4, noV6})
+	if len(peers) != 1 || peers[0] != good {
+		t.Errorf("peers: %+v", peers)
+	}
+	if len(rejected) != 2 || !strings.Contains(rejected[0].Err.Error(), "IPv6-only") || !strings.Contains(rejected[1].Err.Error(), "IPv6-only") {
+		t.Errorf("rejected: %+v", rejected)
+	}
+}
+
+// A netd that knows the network as IPv4-only (it started before IPv6
+// was added) routes IPv4 to a dual-stack lease and ignores its IPv6.
+func TestVetIPv4NetworkIgnoresIPv6(t *testing.T) {
+	n := vetNetwork()
+	ds := dualLease(2, "b", 6)
+	ds.SubnetV6 = netip.MustParsePrefix("fd00:99::/64") // whatever it is: not this netd's to judge
+	peers, rejected := Vet(n, dualLease(1, "me", 5), []Lease{ds})
+	if len(rejected) != 0 || len(peers) != 1 || peers[0].SubnetV6.IsValid() || peers[0].Subnet != ds.Subnet {
+		t.Fatalf("peers %+v rejected %+v", peers, rejected)
+	}
+}
+
+// A dual-stack lease's JSON: the IPv4 fields as before, the IPv6 ones
+// beside them under new names.
+func TestLeaseJSONDualStack(t *testing.T) {
+	l := dualLease(3, "c", 9)
+	b, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"subnetV6":"fd00:244:0:3::/64","nodeName":"c","nodeIP":"192.168.50.3","nodeIPv6":"fd00:50::3","mode":"vxlan","vtepMAC":"02:00:00:00:00:03","vni":1}`
+	if string(b) != want {
+		t.Errorf("marshalled %s, want %s", b, want)
+	}
+	var back Lease
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	l.Subnet, l.Created = netip.Prefix{}, 0
+	if back != l {
+		t.Errorf("read back %+v, want %+v", back, l)
 	}
 }

@@ -56,7 +56,7 @@ func (r *Registry) FollowFrom(ctx context.Context, snap cluster.Snapshot, update
 		clear(cur)
 		clear(bad)
 		for _, l := range s.Leases {
-			cur[keyOf(l.Subnet)] = l
+			cur[keyOf(l.Key())] = l
 		}
 		for _, b := range s.Rejected {
 			bad[b.Key] = b
@@ -164,7 +164,7 @@ func snapshotOf(cur map[string]cluster.Lease, bad map[string]cluster.Rejected, r
 	for _, b := range bad {
 		s.Rejected = append(s.Rejected, b)
 	}
-	slices.SortFunc(s.Leases, func(a, b cluster.Lease) int { return strings.Compare(keyOf(a.Subnet), keyOf(b.Subnet)) })
+	slices.SortFunc(s.Leases, func(a, b cluster.Lease) int { return strings.Compare(keyOf(a.Key()), keyOf(b.Key())) })
 	slices.SortFunc(s.Rejected, func(a, b cluster.Rejected) int { return strings.Compare(a.Key, b.Key) })
 	return s
 }

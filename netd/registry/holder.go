@@ -3,11 +3,11 @@ package registry
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -56,6 +56,13 @@ const maxAttempts = 32
 //  2. previous, if it is still free (a restart after the TTL ran out);
 //  3. a random free subnet.
 //
+// The subnet is the lease's key: its IPv4 subnet, or its IPv6 subnet on
+// an IPv6-only network. On a dual-stack network the lease's IPv6 subnet
+// is the one paired with its IPv4 subnet (conf.Network.PairedV6), so it
+// is unique because the key is, and a node whose lease was written
+// without one (by a netd from before dual-stack, or before the network
+// had IPv6) gets it when it takes its key over.
+//
 // Each step is a transaction that only succeeds if the key is as Acquire
 // last read it (absent, for a new subnet); losing a race re-reads and
 // tries again. It fails with ErrExhausted when every subnet is taken,
@@ -63,15 +70,23 @@ const maxAttempts = 32
 // under the node's name (see cluster.Lease.Owns).
 func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluster.Lease, previous netip.Prefix) (_ cluster.Lease, _ cluster.Origin, err error) {
 	r := h.r
-	want.Subnet, want.Created = netip.Prefix{}, 0
-	value, err := json.Marshal(want)
-	if err != nil {
-		return cluster.Lease{}, "", err
+	want.Subnet, want.SubnetV6, want.Created = netip.Prefix{}, netip.Prefix{}, 0
+	// The grant and the first read of the leases go to etcd together.
+	type granted struct {
+		resp *clientv3.LeaseGrantResponse
+		err  error
 	}
-	grant, err := r.cli.Grant(ctx, ttlSeconds(h.ttl))
-	if err != nil {
-		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", err)
+	grantCh := make(chan granted, 1)
+	go func() {
+		resp, err := r.cli.Grant(ctx, ttlSeconds(h.ttl))
+		grantCh <- granted{resp, err}
+	}()
+	entries, snap, listErr := r.list(ctx)
+	g := <-grantCh
+	if g.err != nil {
+		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", g.err)
 	}
+	grant := g.resp
 	// Until a key is attached to grant, a failure revokes it; once one
 	// is, grant is the node's lease and only the caller may end it.
 	holding := false
@@ -83,10 +98,14 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 			cancel()
 		}
 	}()
-	for range maxAttempts {
-		entries, snap, err := r.list(ctx)
-		if err != nil {
-			return cluster.Lease{}, "", err
+	if listErr != nil {
+		return cluster.Lease{}, "", listErr
+	}
+	for attempt := range maxAttempts {
+		if attempt > 0 {
+			if entries, snap, err = r.list(ctx); err != nil {
+				return cluster.Lease{}, "", err
+			}
 		}
 		taken := map[netip.Prefix]bool{}
 		for _, b := range snap.Rejected {
@@ -97,10 +116,10 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		}
 		var mine, foreign *entry // under the node's name: its own, another node's
 		for i, l := range entries {
-			if !cluster.NodeSubnet(network, l.Subnet) {
-				continue // a key of another subnet length; not ours to judge
+			if !cluster.NodeSubnet(network, l.Key()) || l.Key().Addr().Is6() != network.KeyFamilyV6() {
+				continue // a key of another subnet length or family; not ours to judge
 			}
-			taken[l.Subnet] = true
+			taken[l.Key()] = true
 			switch {
 			case l.NodeName != want.NodeName:
 			case !want.Owns(l.Lease, previous):
@@ -116,17 +135,28 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		case mine == nil && foreign != nil:
 			return cluster.Lease{}, "", r.taken(ctx, foreign)
 		case mine != nil:
-			subnet, origin = mine.Subnet, cluster.OriginKept
-			ok, err = r.moveLease(ctx, mine, value, grant.ID)
+			subnet, origin = mine.Key(), cluster.OriginKept
 		default:
 			subnet, ok = pickFree(network, taken, previous)
 			if !ok {
-				return cluster.Lease{}, "", fmt.Errorf("%w in network %s: all %d subnets /%d of %s are leased; enlarge the network's CIDR, use longer subnets, or remove nodes (netd leave)",
-					ErrExhausted, network.Name, network.Subnets(), network.SubnetLen, network.CIDR)
+				return cluster.Lease{}, "", fmt.Errorf("%w in network %s: all %d node subnets of %s are leased; enlarge the network's CIDR, use longer subnets, or remove nodes (netd leave)",
+					ErrExhausted, network.Name, network.Subnets(), strings.Join(cidrs(network), " and "))
 			}
 			if subnet == previous {
 				origin = cluster.OriginPrevious
 			}
+		}
+		held, err := withSubnet(network, want, subnet)
+		if err != nil {
+			return cluster.Lease{}, "", err
+		}
+		value, err := json.Marshal(held)
+		if err != nil {
+			return cluster.Lease{}, "", err
+		}
+		if mine != nil {
+			ok, err = r.moveLease(ctx, mine, value, grant.ID)
+		} else {
 			var created int64
 			ok, created, err = r.create(ctx, subnet, value, grant.ID)
 			if ok {
@@ -139,14 +169,40 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 			return cluster.Lease{}, "", err
 		}
 		if ok {
-			want.Subnet = subnet
 			h.mu.Lock()
-			h.held, h.value, h.id = want, value, grant.ID
+			h.held, h.value, h.id = held, value, grant.ID
 			h.mu.Unlock()
-			return want, origin, nil
+			return held, origin, nil
 		}
 	}
 	return cluster.Lease{}, "", fmt.Errorf("leasing a subnet of network %s: lost the race to other nodes %d times in a row; try again", network.Name, maxAttempts)
+}
+
+// withSubnet is want holding key, the subnet that names it, and on a
+// dual-stack network the IPv6 subnet paired with it.
+func withSubnet(n *conf.Network, want cluster.Lease, key netip.Prefix) (cluster.Lease, error) {
+	if key.Addr().Is6() {
+		want.SubnetV6 = key
+		return want, nil
+	}
+	want.Subnet = key
+	if n.CIDRv6.IsValid() {
+		v6, ok := n.PairedV6(key)
+		if !ok {
+			return cluster.Lease{}, fmt.Errorf("subnet %s has no IPv6 subnet paired with it in %s", key, n.CIDRv6)
+		}
+		want.SubnetV6 = v6
+	}
+	return want, nil
+}
+
+// cidrs are n's prefixes as strings, for messages.
+func cidrs(n *conf.Network) []string {
+	var out []string
+	for _, p := range n.CIDRs() {
+		out = append(out, p.String())
+	}
+	return out
 }
 
 // preferred says whether a is a better key than b for a node that finds
@@ -154,10 +210,10 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 // subnet of its local copy, else the older key. A second key must not
 // move the node off the subnet it had.
 func preferred(a, b *cluster.Lease, previous netip.Prefix) bool {
-	if b.Subnet == previous {
+	if b.Key() == previous {
 		return false
 	}
-	return a.Subnet == previous || a.Created < b.Created
+	return a.Key() == previous || a.Created < b.Created
 }
 
 // create stores a lease for subnet only if nobody holds it, and returns
@@ -181,7 +237,7 @@ func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte
 // not an error (it expires after its TTL), so that the caller does not
 // give up the new lease, which now holds the node's key.
 func (r *Registry) moveLease(ctx context.Context, l *entry, value []byte, id clientv3.LeaseID) (bool, error) {
-	key := r.leaseKey(l.Subnet)
+	key := r.leaseKey(l.Key())
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(key), "=", l.modRev)).
 		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).
@@ -202,7 +258,7 @@ func (r *Registry) moveLease(ctx context.Context, l *entry, value []byte, id cli
 // crowded network falls back to one scan from a random start, so racing
 // nodes rarely try the same subnet.
 func pickFree(n *conf.Network, taken map[netip.Prefix]bool, prefer netip.Prefix) (netip.Prefix, bool) {
-	if cluster.NodeSubnet(n, prefer) && !taken[prefer] {
+	if cluster.NodeSubnet(n, prefer) && prefer.Addr().Is6() == n.KeyFamilyV6() && !taken[prefer] {
 		return prefer, true
 	}
 	total := n.Subnets()
@@ -210,25 +266,17 @@ func pickFree(n *conf.Network, taken map[netip.Prefix]bool, prefer netip.Prefix)
 		return netip.Prefix{}, false
 	}
 	for range 64 {
-		if s := nthSubnet(n, rand.Uint64N(total)); !taken[s] {
+		if s := n.NthSubnet(rand.Uint64N(total)); !taken[s] {
 			return s, true
 		}
 	}
 	start := rand.Uint64N(total)
 	for i := range total {
-		if s := nthSubnet(n, (start+i)%total); !taken[s] {
+		if s := n.NthSubnet((start + i) % total); !taken[s] {
 			return s, true
 		}
 	}
 	return netip.Prefix{}, false
-}
-
-// nthSubnet is the i-th node subnet of n.
-func nthSubnet(n *conf.Network, i uint64) netip.Prefix {
-	b := n.CIDR.Masked().Addr().As4()
-	v := binary.BigEndian.Uint32(b[:]) + uint32(i)<<(32-n.SubnetLen)
-	binary.BigEndian.PutUint32(b[:], v)
-	return netip.PrefixFrom(netip.AddrFrom4(b), n.SubnetLen)
 }
 
 // KeepAlive keeps the held etcd lease alive until ctx ends (nil) or
@@ -259,10 +307,10 @@ func (h *Holder) Reclaim(ctx context.Context) (bool, error) {
 	h.mu.Lock()
 	held, value, id := h.held, h.value, h.id
 	h.mu.Unlock()
-	if !held.Subnet.IsValid() {
+	if !held.Key().IsValid() {
 		return false, nil
 	}
-	key := h.r.leaseKey(held.Subnet)
+	key := h.r.leaseKey(held.Key())
 	resp, err := h.r.cli.Get(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("reading lease %s: %w", key, err)

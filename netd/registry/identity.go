@@ -28,8 +28,8 @@ func (r *Registry) taken(ctx context.Context, l *entry) error {
 			left = fmt.Sprintf(", its lease expires in %s unless its netd renews it", time.Duration(ttl.TTL)*time.Second)
 		}
 	}
-	return fmt.Errorf("%w: node %s at %s (node ID %s) holds subnet %s%s",
-		cluster.ErrNodeTaken, l.NodeName, l.NodeIP, id, l.Subnet, left)
+	return fmt.Errorf("%w: node %s at %s (node ID %s) holds %s%s",
+		cluster.ErrNodeTaken, l.NodeName, l.NodeAddrs(), id, subnets(l.Lease), left)
 }
 
 // firstHolder checks, after Acquire created a new key for the node whose
@@ -48,4 +48,13 @@ func (r *Registry) firstHolder(ctx context.Context, self cluster.Lease, previous
 		}
 	}
 	return nil
+}
+
+// subnets renders a lease's subnets: "subnet 10.244.3.0/24" or "subnets
+// 10.244.3.0/24 and fd00:244:0:3::/64".
+func subnets(l cluster.Lease) string {
+	if l.Subnet.IsValid() && l.SubnetV6.IsValid() {
+		return fmt.Sprintf("subnets %s and %s", l.Subnet, l.SubnetV6)
+	}
+	return "subnet " + l.Key().String()
 }

@@ -37,7 +37,9 @@ func TestParseLeaseRejects(t *testing.T) {
 		{"10.244.1.1-24", `{}`, "host bits set", false},
 		{"10.244.1.0/24", `{}`, "not the canonical spelling", false},
 		{"junk", `{}`, "does not name a subnet", false},
-		{"::-64", `{}`, "not an IPv4 subnet", false},
+		{"::ffff:10.244.1.0-120", `{}`, "neither an IPv4 nor an IPv6 subnet", false},
+		{"fd00:244:0:1::-64", `{"subnetV6":"fd00:244:0:2::/64"}`, "value says subnetV6 fd00:244:0:2::/64, the key names fd00:244:0:1::/64", true},
+		{"fd00:244:0:1:0:0:0:0-64", `{}`, "not the canonical spelling", false},
 		{"10.244.1.0-024", `{}`, "", false},
 	} {
 		_, bad := r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/" + tc.key), Value: []byte(tc.value), ModRevision: 4})
@@ -48,5 +50,15 @@ func TestParseLeaseRejects(t *testing.T) {
 	l, bad := r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/10.244.1.0-24"), Value: []byte(`{"nodeName":"a","nodeIP":"192.168.50.1","mode":"vxlan","future":1}`), CreateRevision: 3})
 	if bad != nil || l.NodeName != "a" || l.Created != 3 || l.Subnet != netip.MustParsePrefix("10.244.1.0/24") {
 		t.Errorf("good lease (with an unknown field): %+v %+v", l, bad)
+	}
+	// A dual-stack lease keeps its IPv4 key; an IPv6-only one is named
+	// by its IPv6 subnet.
+	l, bad = r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/10.244.1.0-24"), Value: []byte(`{"nodeName":"a","nodeIP":"192.168.50.1","subnetV6":"fd00:244:0:1::/64","mode":"vxlan"}`)})
+	if bad != nil || l.Subnet != netip.MustParsePrefix("10.244.1.0/24") || l.SubnetV6 != netip.MustParsePrefix("fd00:244:0:1::/64") {
+		t.Errorf("dual-stack lease: %+v %+v", l, bad)
+	}
+	l, bad = r.ParseLease(&mvccpb.KeyValue{Key: []byte("/t/networks/pods/leases/fd00:244:0:1::-64"), Value: []byte(`{"nodeName":"a","nodeIPv6":"fd00:50::1","mode":"hostgw"}`)})
+	if bad != nil || l.Subnet.IsValid() || l.SubnetV6 != netip.MustParsePrefix("fd00:244:0:1::/64") || l.Key() != l.SubnetV6 {
+		t.Errorf("IPv6-only lease: %+v %+v", l, bad)
 	}
 }

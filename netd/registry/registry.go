@@ -5,7 +5,11 @@
 //	<prefix>/networks/<name>/leases/<subnet>   cluster.Lease (JSON), attached to
 //	                                           the node's etcd lease (TTL, kept alive)
 //
-// <subnet> is written "10.244.3.0-24" so that it is one key segment.
+// <subnet> is written "10.244.3.0-24" so that it is one key segment: the
+// node's IPv4 subnet, or on an IPv6-only network its IPv6 subnet
+// ("fd00:244:0:3::-64"). A dual-stack lease keeps the IPv4 key and
+// carries its IPv6 subnet in the value (cluster.Lease), so netds from
+// before dual-stack read it as the IPv4 lease they know.
 // Every write that could race another node is a transaction that only
 // succeeds if the key is as the writer last saw it, so two nodes never
 // hold the same subnet.
@@ -108,8 +112,8 @@ func (r *Registry) subnetOfKey(key []byte) (netip.Prefix, error) {
 	switch {
 	case err != nil:
 		return netip.Prefix{}, fmt.Errorf("key does not name a subnet: %w", err)
-	case !subnet.Addr().Is4():
-		return netip.Prefix{}, fmt.Errorf("key names %s, not an IPv4 subnet", subnet)
+	case subnet.Addr().Is4In6() || subnet.Addr().Zone() != "":
+		return netip.Prefix{}, fmt.Errorf("key names %s, neither an IPv4 nor an IPv6 subnet", subnet)
 	case subnet != subnet.Masked():
 		return netip.Prefix{}, fmt.Errorf("key names %s, which has host bits set (%s)", subnet, subnet.Masked())
 	case r.leaseKey(subnet) != string(key):
@@ -142,14 +146,25 @@ func (r *Registry) parse(kv *mvccpb.KeyValue) (entry, *cluster.Rejected) {
 	if err := json.Unmarshal(kv.Value, &e.Lease); err != nil {
 		return reject(fmt.Errorf("value is not a lease record: %w", err))
 	}
-	e.Subnet, e.Created = subnet, kv.CreateRevision
+	e.Created = kv.CreateRevision
+	if subnet.Addr().Is4() {
+		e.Subnet = subnet
+	} else {
+		// An IPv6-only network's lease, named by its IPv6 subnet.
+		if e.SubnetV6.IsValid() && e.SubnetV6 != subnet {
+			return reject(fmt.Errorf("value says subnetV6 %s, the key names %s", e.SubnetV6, subnet))
+		}
+		e.SubnetV6 = subnet
+	}
 	return e, nil
 }
 
 // EnsureConfig returns the network's config. When there is none yet, it
 // stores given with defaults filled in (only if still absent, so two
 // first nodes agree on one). Otherwise it returns the stored config, or
-// ErrConflict naming each field where given disagrees with it.
+// ErrConflict naming each field where given disagrees with it. Given an
+// IPv6 network for a stored IPv4 network without one, it adds it (see
+// conf.Network.WithIPv6Of): the network becomes dual-stack.
 func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.Network, error) {
 	want := given.WithDefaults()
 	if err := want.Validate(); err != nil {
@@ -160,30 +175,73 @@ func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.
 		return nil, err
 	}
 	key := r.configKey()
+	for range maxAttempts {
+		// Every node but the first finds the config: a read, not a write
+		// (etcd writes wait for a disk sync).
+		got, err := r.cli.Get(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("reading network config at %s: %w", key, err)
+		}
+		kvs := got.Kvs
+		if len(kvs) == 0 {
+			resp, err := r.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+				Then(clientv3.OpPut(key, string(data))).
+				Else(clientv3.OpGet(key)).
+				Commit()
+			if err != nil {
+				return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+			}
+			if resp.Succeeded {
+				return &want, nil
+			}
+			if kvs = resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 {
+				continue // deleted meanwhile: store ours
+			}
+		}
+		stored, err := conf.ParseNetwork(kvs[0].Value)
+		if err != nil {
+			return nil, fmt.Errorf("network config at %s: %w", key, err)
+		}
+		if c := given.Conflicts(stored); len(c) > 0 {
+			return nil, fmt.Errorf("%w: network %s in etcd (%s) differs from this netd's flags: %s; start netd with the network's values, or remove the flags to adopt them",
+				ErrConflict, stored.Name, key, strings.Join(c, "; "))
+		}
+		extended, ok := stored.WithIPv6Of(given)
+		if !ok {
+			return stored, nil
+		}
+		if err := extended.Validate(); err != nil {
+			return nil, fmt.Errorf("adding IPv6 to network %s: %w", stored.Name, err)
+		}
+		ok, err = r.replaceConfig(ctx, kvs[0].ModRevision, &extended)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			r.Log.Info("added IPv6 to the network: it is dual-stack now", "network", stored.Name, "cidr", stored.CIDR, "cidrV6", extended.CIDRv6, "subnetLenV6", extended.SubnetLenV6)
+			return &extended, nil
+		}
+		// Changed meanwhile (another netd added the same): read it again.
+	}
+	return nil, fmt.Errorf("network config at %s keeps changing while netd reads it; try again", key)
+}
+
+// replaceConfig writes n at the config key if it is still at modRev.
+func (r *Registry) replaceConfig(ctx context.Context, modRev int64, n *conf.Network) (bool, error) {
+	data, err := json.Marshal(n)
+	if err != nil {
+		return false, err
+	}
+	key := r.configKey()
 	resp, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
 		Then(clientv3.OpPut(key, string(data))).
-		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+		return false, fmt.Errorf("updating network config at %s: %w", key, err)
 	}
-	if resp.Succeeded {
-		return &want, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, fmt.Errorf("network config at %s vanished while reading it; try again", key)
-	}
-	stored, err := conf.ParseNetwork(kvs[0].Value)
-	if err != nil {
-		return nil, fmt.Errorf("network config at %s: %w", key, err)
-	}
-	if c := given.Conflicts(stored); len(c) > 0 {
-		return nil, fmt.Errorf("%w: network %s in etcd (%s) differs from this netd's flags: %s; start netd with the network's values, or remove the flags to adopt them",
-			ErrConflict, stored.Name, key, strings.Join(c, "; "))
-	}
-	return stored, nil
+	return resp.Succeeded, nil
 }
 
 // Config reads the network's stored config.
@@ -268,7 +326,7 @@ func (r *Registry) Release(ctx context.Context, self cluster.Lease, previous net
 		if !self.Owns(l.Lease, previous) {
 			return nil, r.taken(ctx, &l)
 		}
-		key := r.leaseKey(l.Subnet)
+		key := r.leaseKey(l.Key())
 		resp, err := r.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", l.modRev)).
 			Then(clientv3.OpDelete(key)).

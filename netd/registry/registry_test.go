@@ -149,7 +149,7 @@ func TestAcquireRace(t *testing.T) {
 		}
 	}
 	_, _, err := acquire(ctx, r, n, "node16")
-	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "all 16 subnets /28 of 10.1.0.0/24 are leased") {
+	if !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "all 16 node subnets of 10.1.0.0/24 are leased") {
 		t.Fatalf("17th node: %v", err)
 	}
 	snap, err := r.List(ctx)
@@ -291,6 +291,16 @@ func TestReclaim(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("rewritten without a lease", true)
+	// The same record, but detached from the node's etcd lease: it would
+	// outlive the node.
+	resp, err := cli.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, key, string(resp.Kvs[0].Value)); err != nil {
+		t.Fatal(err)
+	}
+	check("the same record without a lease", true)
 	if _, err := cli.Delete(ctx, key); err != nil {
 		t.Fatal(err)
 	}
@@ -373,5 +383,137 @@ func TestFollowResyncAfterCompaction(t *testing.T) {
 	c = next()
 	if c.Resync || len(c.Leases) != 2 {
 		t.Fatalf("after resync: %+v", c)
+	}
+}
+
+func dualNetwork(t *testing.T) *conf.Network {
+	n := conf.Network{Name: strings.ReplaceAll(t.Name(), "/", "-"), CIDR: netip.MustParsePrefix("10.7.0.0/16"),
+		CIDRv6: netip.MustParsePrefix("fd00:7::/56"), Mode: "hostgw"}.WithDefaults()
+	return &n
+}
+
+// On a dual-stack network each node's IPv6 subnet is the one paired with
+// its IPv4 subnet, stored in the value of the IPv4 key.
+func TestAcquireDualStack(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := dualNetwork(t)
+	r := New(cli, "/test", n.Name)
+	seen := map[netip.Prefix]bool{}
+	for i := range 5 {
+		_, l, err := acquire(ctx, r, n, fmt.Sprintf("node%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := l.Subnet.Addr().As4()
+		if want := netip.MustParsePrefix(fmt.Sprintf("fd00:7:0:%x::/64", b[2])); l.SubnetV6 != want || seen[want] {
+			t.Fatalf("node%d: %s with IPv6 %s, want %s once", i, l.Subnet, l.SubnetV6, want)
+		}
+		seen[l.SubnetV6] = true
+		resp, err := cli.Get(ctx, r.leaseKey(l.Subnet))
+		if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"subnetV6":"`+l.SubnetV6.String()+`"`) {
+			t.Fatalf("node%d: key %s: %+v %v", i, r.leaseKey(l.Subnet), resp, err)
+		}
+	}
+}
+
+// On an IPv6-only network a lease is named by its IPv6 subnet: acquired,
+// reclaimed, released and exhausted like an IPv4 one.
+func TestAcquireIPv6Only(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := conf.Network{Name: "v6only", CIDRv6: netip.MustParsePrefix("fd00:8::/62"), Mode: "hostgw"}.WithDefaults() // 4 subnets of /64
+	r := New(cli, "/test", n.Name)
+	var held []*Holder
+	for i := range 4 {
+		h, l, err := acquire(ctx, r, &n, fmt.Sprintf("node%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Subnet.IsValid() || !n.IsNodeSubnet(l.SubnetV6) || l.Key() != l.SubnetV6 {
+			t.Fatalf("node%d: %+v", i, l)
+		}
+		held = append(held, h)
+	}
+	if _, _, err := acquire(ctx, r, &n, "node4"); !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "all 4 node subnets of fd00:8::/62") {
+		t.Fatalf("5th node: %v", err)
+	}
+	snap, err := r.List(ctx)
+	if err != nil || len(snap.Leases) != 4 || len(snap.Rejected) != 0 {
+		t.Fatalf("list: %+v %v", snap, err)
+	}
+	key := r.leaseKey(snap.Leases[0].SubnetV6)
+	if !strings.HasSuffix(key, "/leases/"+strings.Replace(snap.Leases[0].SubnetV6.String(), "/", "-", 1)) {
+		t.Fatalf("key %s", key)
+	}
+	if _, err := cli.Delete(ctx, r.leaseKey(held[0].held.SubnetV6)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := held[0].Reclaim(ctx); !ok || err != nil {
+		t.Fatalf("reclaim: %v %v", ok, err)
+	}
+	rel, err := r.Release(ctx, rec("node1"), netip.Prefix{})
+	if err != nil || rel.SubnetV6 != held[1].held.SubnetV6 {
+		t.Fatalf("release: %+v %v", rel, err)
+	}
+}
+
+// A rolling upgrade: the network config and a lease as netd wrote them
+// before dual-stack (the exact JSON) are read as an IPv4 network and an
+// IPv4 lease; a netd given an IPv6 CIDR adds it to the network, and a
+// node taking its old key over gets the IPv6 subnet paired with it.
+func TestUpgradeToDualStack(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	r := New(cli, "/test", "upgrade")
+	const oldConfig = `{"name":"upgrade","cidr":"10.9.0.0/16","subnetLen":24,"mode":"vxlan","vni":1,"port":8472,"ipMasq":true,"directRouting":false}`
+	const oldLease = `{"nodeName":"old","nodeIP":"192.0.2.9","mode":"vxlan","vtepMAC":"02:00:00:00:00:09","vni":1}`
+	if _, err := cli.Put(ctx, r.configKey(), oldConfig); err != nil {
+		t.Fatal(err)
+	}
+	oldKey := r.leaseKey(netip.MustParsePrefix("10.9.5.0/24"))
+	if _, err := cli.Put(ctx, oldKey, oldLease); err != nil {
+		t.Fatal(err)
+	}
+	// A netd given no IPv6 adopts the IPv4 network unchanged.
+	n, err := r.EnsureConfig(ctx, conf.Network{Name: "upgrade"})
+	if err != nil || n.CIDRv6.IsValid() {
+		t.Fatalf("IPv4 netd: %+v %v", n, err)
+	}
+	given := conf.Network{Name: "upgrade", CIDR: netip.MustParsePrefix("10.9.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:9::/56")}
+	n, err = r.EnsureConfig(ctx, given)
+	if err != nil || n.CIDRv6 != given.CIDRv6 || n.SubnetLenV6 != 64 || n.CIDR != given.CIDR || n.VNI != 1 {
+		t.Fatalf("adding IPv6: %+v %v", n, err)
+	}
+	stored, err := r.Config(ctx)
+	if err != nil || stored.CIDRv6 != n.CIDRv6 || stored.SubnetLenV6 != n.SubnetLenV6 || len(stored.Conflicts(n)) > 0 {
+		t.Fatalf("stored %+v (%v), want %+v", stored, err, n)
+	}
+	// Another IPv6 CIDR now conflicts; the same one is adopted.
+	if _, err := r.EnsureConfig(ctx, conf.Network{Name: "upgrade", CIDRv6: netip.MustParsePrefix("fd00:10::/56")}); !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "cidrV6:") {
+		t.Fatalf("other IPv6 CIDR: %v", err)
+	}
+	if again, err := r.EnsureConfig(ctx, given); err != nil || again.CIDRv6 != n.CIDRv6 {
+		t.Fatalf("same IPv6 CIDR: %+v %v", again, err)
+	}
+	// The old lease reads as an IPv4 lease.
+	snap, err := r.List(ctx)
+	if err != nil || len(snap.Leases) != 1 || snap.Leases[0].Subnet != netip.MustParsePrefix("10.9.5.0/24") || snap.Leases[0].SubnetV6.IsValid() ||
+		snap.Leases[0].VTEPMAC.String() != "02:00:00:00:00:09" {
+		t.Fatalf("old lease: %+v %v", snap, err)
+	}
+	peers, rejected := cluster.Vet(n, cluster.Lease{}, snap.Leases)
+	if len(peers) != 1 || len(rejected) != 0 {
+		t.Fatalf("old lease vetted: %+v %+v", peers, rejected)
+	}
+	// The node, upgraded, takes its key over and gets its IPv6 subnet.
+	want := cluster.Lease{NodeName: "old", NodeIP: netip.MustParseAddr("192.0.2.9"), NodeIPv6: netip.MustParseAddr("2001:db8::9"), Mode: "vxlan", VNI: 1}
+	l, origin, err := r.Holder(time.Minute).Acquire(ctx, n, want, netip.Prefix{})
+	if err != nil || origin != cluster.OriginKept || l.Subnet != netip.MustParsePrefix("10.9.5.0/24") || l.SubnetV6 != netip.MustParsePrefix("fd00:9:0:5::/64") {
+		t.Fatalf("upgraded node: %+v %s %v", l, origin, err)
+	}
+	resp, err := cli.Get(ctx, oldKey)
+	if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"subnetV6":"fd00:9:0:5::/64"`) {
+		t.Fatalf("key after the upgrade: %+v %v", resp, err)
 	}
 }

@@ -48,17 +48,22 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 		return nil, fmt.Errorf("%w: network %s runs in %s mode (lease %s) but this is the %s plugin; use \"type\": \"berth-%s\"",
 			cnierr.ErrInvalidConfig, c.Name, node.Mode, lease.Path(c.LeaseDir, c.Name), mode, node.Mode)
 	}
-	gw := node.Gateway()
-	c.IPAMConf.RangeSets = [][]conf.Range{{{
-		Subnet:  node.Subnet.Masked(),
-		Start:   gw.Next(),
-		End:     conf.LastAddr(node.Subnet).Prev(), // not the broadcast address
-		Gateway: gw,
-	}}}
+	// One range set per family of the lease: a dual-stack network gives
+	// each container an address of each.
+	c.IPAMConf.RangeSets = nil
+	for _, subnet := range node.Subnets() {
+		gw := lease.Gateway(subnet)
+		end := conf.LastAddr(subnet)
+		if subnet.Addr().Is4() {
+			end = end.Prev() // not the broadcast address
+		}
+		c.IPAMConf.RangeSets = append(c.IPAMConf.RangeSets, []conf.Range{{Subnet: subnet.Masked(), Start: gw.Next(), End: end, Gateway: gw}})
+	}
 	if err := c.IPAMConf.SetRequested(args.StdinData, args.Args); err != nil {
 		return nil, err
 	}
 	c.Scope = node.NetworkCIDR.Masked()
+	c.ScopeV6 = node.NetworkCIDRv6.Masked()
 	c.MTU = node.MTU
 	c.IPMasq = &node.IPMasq
 	c.IsDefaultGateway = true
@@ -96,7 +101,9 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 
-The node's subnet, gateway (its first address), MTU and masquerade policy come
-from the lease; addresses are allocated in-process by berth-ipam. Without a
+The node's subnets (IPv4, IPv6 or both: a dual-stack network gives each
+container an address of each family), gateways (each subnet's first address),
+MTU and masquerade policy come from the lease; addresses are allocated
+in-process by berth-ipam. Without a
 lease (netd not running or not connected) ADD fails with error 11 and STATUS
 with 50; DEL and GC still clean up.`

@@ -76,6 +76,11 @@ func (bridgeLinks) Setup(r LinkRequest) (*current.Result, error) {
 			return nil, err
 		}
 	}
+	if c.ScopeV6.IsValid() { // a leased network with IPv6
+		if err := EnableIPv6Forwarding(); err != nil {
+			return nil, err
+		}
+	}
 	return result, EnableForwarding(c.BridgeName)
 }
 

@@ -6,6 +6,7 @@ package runtimes
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,7 +34,22 @@ func requireRuntimes(t *testing.T) {
 }
 
 // httpGet sends one HTTP request from netns n and returns the status line.
+// httpGet fetches the status line of http://addr/ from inside n. A refused
+// connection is retried for a few seconds: `podman run -d` returns once the
+// container's process is started, before httpd listens, and the container's
+// kernel answers the DNATed SYN with a reset until then.
 func httpGet(n ns.NetNS, addr string) (string, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		line, err := httpGetOnce(n, addr)
+		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
+			return line, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func httpGetOnce(n ns.NetNS, addr string) (string, error) {
 	var c net.Conn
 	err := n.Do(func(ns.NetNS) error {
 		var err error

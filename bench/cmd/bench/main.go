@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -32,6 +33,8 @@ type options struct {
 	// render is a results.json to draw again instead of measuring;
 	// machine fills in where it was measured when the file does not say.
 	render, machine string
+	cpModes         []string // control plane: modes (empty: all)
+	cpSizes         []int    // control plane: cluster sizes (empty: the default)
 }
 
 // Where results go. Only a full run's are committed and shown in the
@@ -43,7 +46,7 @@ const (
 
 func main() {
 	var o options
-	var only string
+	var only, cpModes, cpSizes string
 	flag.BoolVar(&o.quick, "quick", os.Getenv("BENCH_QUICK") != "", "fewer runs and smaller clusters (also BENCH_QUICK=1): under 2 minutes")
 	flag.StringVar(&o.binDir, "bin-dir", "bin", "where `make build` put berth's binaries")
 	flag.StringVar(&o.refDir, "ref-dir", "/usr/lib/cni", "the reference CNI plugins")
@@ -53,6 +56,8 @@ func main() {
 	flag.StringVar(&o.machine, "machine", "", "with -render: where the results were measured, when the file does not say\n(\"here\": this machine)")
 	flag.StringVar(&only, "parts", os.Getenv("BENCH_PARTS"), "comma-separated subset of "+strings.Join(parts, ",")+
 		" (also BENCH_PARTS); empty: all.\nA partial run prints its tables but rewrites neither results nor README")
+	flag.StringVar(&cpModes, "cp-modes", os.Getenv("BENCH_CP_MODES"), "control plane: comma-separated modes to measure, e.g. vxlan,hostgw (also BENCH_CP_MODES); empty: all")
+	flag.StringVar(&cpSizes, "cp-sizes", os.Getenv("BENCH_CP_SIZES"), "control plane: comma-separated cluster sizes, e.g. 3,20 (also BENCH_CP_SIZES); empty: 3,10,20,25,50 (quick: 3,10)")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, `Usage: bench [-quick] [-parts LIST]
 
@@ -80,6 +85,17 @@ Example: make bench BENCH_QUICK=1      (or: bin/bench -quick -parts cni)
 				os.Exit(2)
 			}
 		}
+	}
+	if cpModes != "" {
+		o.cpModes = strings.Split(cpModes, ",")
+	}
+	for _, f := range strings.FieldsFunc(cpSizes, func(r rune) bool { return r == ',' }) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 2 {
+			fmt.Fprintf(os.Stderr, "bench: -cp-sizes: %q is not a cluster size (2 nodes or more)\n", f)
+			os.Exit(2)
+		}
+		o.cpSizes = append(o.cpSizes, n)
 	}
 	var err error
 	if o.render != "" {
@@ -129,7 +145,8 @@ func run(o options) error {
 	}
 
 	if o.want("controlplane") {
-		r.ControlPlane, err = bench.MeasureControlPlane(ctx, bench.ControlPlaneConfig{Quick: o.quick, BinDir: abs, Progress: progress})
+		r.ControlPlane, err = bench.MeasureControlPlane(ctx, bench.ControlPlaneConfig{Quick: o.quick, BinDir: abs, Progress: progress,
+			Modes: o.cpModes, Sizes: o.cpSizes})
 		if err != nil {
 			return fmt.Errorf("control plane: %w", err)
 		}

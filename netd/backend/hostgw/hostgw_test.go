@@ -71,3 +71,61 @@ func TestDesired(t *testing.T) {
 		t.Errorf("MTU larger than the underlay: %v", err)
 	}
 }
+
+// underlay6 is underlay with fd00:50::/64 on the segment.
+func underlay6(ip netip.Addr) (backend.Path, error) {
+	if ip.Is6() {
+		if netip.MustParsePrefix("fd00:50::/64").Contains(ip) {
+			return backend.Path{LinkIndex: 2, Dev: "eth0", Direct: true}, nil
+		}
+		return backend.Path{LinkIndex: 2, Dev: "eth0", Gateway: netip.MustParseAddr("fd00:50::254")}, nil
+	}
+	return underlay(ip)
+}
+
+func dualPeer(name, ip, ip6, subnet, subnet6 string) cluster.Lease {
+	l := peer(name, ip, subnet)
+	l.SubnetV6 = netip.MustParsePrefix(subnet6)
+	if ip6 != "" {
+		l.NodeIPv6 = netip.MustParseAddr(ip6)
+	}
+	return l
+}
+
+// A dual-stack peer gets a route per family via its node address of that
+// family; a peer without an IPv6 node address keeps its IPv4 route and
+// is reported for IPv6; an IPv6-only peer gets its IPv6 route.
+func TestDesiredDualStack(t *testing.T) {
+	n := conf.Network{Mode: "hostgw", CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")}.WithDefaults()
+	nd := node(0)
+	nd.Network, nd.IPv6 = &n, netip.MustParseAddr("fd00:50::1")
+	nw, err := Backend{}.Register(context.Background(), nd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v6only := dualPeer("v6only", "192.168.50.9", "fd00:50::9", "10.244.9.0/24", "fd00:244:0:9::/64")
+	v6only.Subnet, v6only.NodeIP = netip.Prefix{}, netip.Addr{}
+	s, problems := nw.Desired(backend.Input{
+		Self: dualPeer("node1", "192.168.50.1", "fd00:50::1", "10.244.1.0/24", "fd00:244:0:1::/64"),
+		Peers: []cluster.Lease{
+			dualPeer("near", "192.168.50.2", "fd00:50::2", "10.244.2.0/24", "fd00:244:0:2::/64"),
+			dualPeer("noipv6", "192.168.50.3", "", "10.244.3.0/24", "fd00:244:0:3::/64"),
+			dualPeer("far6", "192.168.50.4", "fd00:60::4", "10.244.4.0/24", "fd00:244:0:4::/64"),
+			v6only,
+		},
+		Underlay: underlay6,
+	})
+	var got []string
+	for _, r := range s.Routes {
+		got = append(got, backend.DescribeRoute(&r, func(int) string { return "eth0" }))
+	}
+	want := "10.244.2.0/24 via 192.168.50.2 dev eth0; fd00:244:0:2::/64 via fd00:50::2 dev eth0; 10.244.3.0/24 via 192.168.50.3 dev eth0; " +
+		"10.244.4.0/24 via 192.168.50.4 dev eth0; fd00:244:0:9::/64 via fd00:50::9 dev eth0"
+	if strings.Join(got, "; ") != want {
+		t.Errorf("routes\n got %s\nwant %s", strings.Join(got, "; "), want)
+	}
+	if len(problems) != 2 || problems[0].Peer != "noipv6" || !strings.Contains(problems[0].Err.Error(), "no IPv6 node address (nodeIPv6) to route its subnet fd00:244:0:3::/64") ||
+		problems[1].Peer != "far6" || !strings.Contains(problems[1].Err.Error(), "node IP fd00:60::4 is not on this node's L2 segment") {
+		t.Errorf("problems %v", problems)
+	}
+}

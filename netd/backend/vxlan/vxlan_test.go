@@ -167,7 +167,7 @@ func TestApply(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := backend.Apply(backend.Diff(have, want)); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
 			return err
 		}
 		if have, err = backend.Read(nw.Owned()); err != nil {
@@ -190,5 +190,169 @@ func TestStableMAC(t *testing.T) {
 	}
 	if stableMAC("node2", 1).String() == a.String() || stableMAC("node1", 2).String() == a.String() {
 		t.Fatal("different nodes or VNIs share a MAC")
+	}
+}
+
+func dualNetwork(direct bool) *conf.Network {
+	n := conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56"), DirectRouting: &direct}.WithDefaults()
+	return &n
+}
+
+// dualPeer is peer with an IPv6 subnet and node address: i is its third
+// IPv4 byte, its IPv6 subnet index and its address on both underlays.
+func dualPeer(name string, i int, segment int, mac string) cluster.Lease {
+	l := peer(name, fmt.Sprintf("192.168.%d.%d", segment, i), fmt.Sprintf("10.244.%d.0/24", i), mac)
+	l.SubnetV6 = netip.MustParsePrefix(fmt.Sprintf("fd00:244:0:%x::/64", i))
+	l.NodeIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:%d::%x", segment, i))
+	return l
+}
+
+// underlay6 answers as underlay, and for IPv6 as a node on fd00:50::/64.
+func underlay6(ip netip.Addr) (backend.Path, error) {
+	if ip.Is6() {
+		if netip.MustParsePrefix("fd00:50::/64").Contains(ip) {
+			return backend.Path{LinkIndex: 2, Dev: "eth0", Direct: true}, nil
+		}
+		return backend.Path{LinkIndex: 2, Dev: "eth0", Gateway: netip.MustParseAddr("fd00:50::254")}, nil
+	}
+	return underlay(ip)
+}
+
+// A dual-stack network's IPv6 subnets go through the same VTEP as the
+// IPv4 ones, whichever underlay family it runs over; with directRouting
+// each family is routed directly where its node address is on the
+// segment.
+func TestDesiredDualStack(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		v6     bool
+		direct bool
+		want   string
+	}{
+		{"vtep over IPv4", false, false, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
+			"neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour fd00:244:0:2:: 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; " +
+			"fdb 02:00:00:00:00:02 192.168.50.2 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
+			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
+		{"vtep over IPv6", true, false, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
+			"neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour fd00:244:0:2:: 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; " +
+			"fdb 02:00:00:00:00:02 fd00:50::2 dev 5; fdb 02:00:00:00:00:03 fd00:60::3 dev 5; " +
+			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
+			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
+		{"direct routing", false, true, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
+			"neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+			"route 10.244.2.0/24 via 192.168.50.2 dev 2; route fd00:244:0:2::/64 via fd00:50::2 dev 2; " +
+			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nw := &network{v6: tc.v6, node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), IPv6: netip.MustParseAddr("fd00:50::1"),
+				Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: dualNetwork(tc.direct)}}
+			nw.vtep.Store(5)
+			near, far := dualPeer("near", 2, 50, "02:00:00:00:00:02"), dualPeer("far", 3, 60, "02:00:00:00:00:03")
+			if tc.v6 {
+				near.VTEPMAC, near.VTEPMACv6 = cluster.MAC{}, near.VTEPMAC
+				far.VTEPMAC, far.VTEPMACv6 = cluster.MAC{}, far.VTEPMAC
+			}
+			s, problems := nw.Desired(backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{near, far}, Underlay: underlay6})
+			if got := describe(s); got != tc.want {
+				t.Errorf("\n got %s\nwant %s", got, tc.want)
+			}
+			if len(problems) != 0 {
+				t.Errorf("problems %v", problems)
+			}
+		})
+	}
+}
+
+// Peers a VTEP cannot reach are problems with the reason, not routes to
+// nowhere: a peer whose VTEP runs over the other underlay family, one
+// without a node address of this VTEP's family, and a peer from before
+// dual-stack (no IPv6 subnet) is connected for IPv4.
+func TestDesiredDualStackProblems(t *testing.T) {
+	nw := &network{v6: true, node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), IPv6: netip.MustParseAddr("fd00:50::1"),
+		Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: dualNetwork(false)}}
+	nw.vtep.Store(5)
+	v4vtep := dualPeer("v4vtep", 2, 50, "02:00:00:00:00:02")
+	noaddr := dualPeer("noaddr", 3, 50, "")
+	noaddr.VTEPMACv6, noaddr.NodeIPv6 = cluster.MAC{2, 0, 0, 0, 0, 3}, netip.Addr{}
+	old := peer("old", "192.168.50.4", "10.244.4.0/24", "")
+	old.VTEPMACv6, old.NodeIPv6 = cluster.MAC{2, 0, 0, 0, 0, 4}, netip.MustParseAddr("fd00:50::4")
+	s, problems := nw.Desired(backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{v4vtep, noaddr, old}, Underlay: underlay6})
+	want := "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; neighbour 10.244.4.0 02:00:00:00:00:04 dev 5; " +
+		"fdb 02:00:00:00:00:04 fd00:50::4 dev 5; route 10.244.4.0/24 via 10.244.4.0 dev 5 onlink"
+	if got := describe(s); got != want {
+		t.Errorf("\n got %s\nwant %s", got, want)
+	}
+	if len(problems) != 2 || !strings.Contains(problems[0].Err.Error(), "runs over the IPv4 underlay, this node's over IPv6") ||
+		!strings.Contains(problems[1].Err.Error(), "no IPv6 node address") {
+		t.Errorf("problems %v", problems)
+	}
+}
+
+// Over an IPv6 underlay (the node's first address is IPv6) the VTEP is
+// berth6.<vni> from the node's IPv6 address with 70 bytes of overhead,
+// published as vtepMACv6; when the node's first address goes back to
+// IPv4 it is replaced by berth.<vni>. Applying a dual-stack state and
+// reading it back finds nothing more to do.
+func TestIPv6Underlay(t *testing.T) {
+	netns, node := backendtest.Node(t, conf.Network{VNI: 7, CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")})
+	node.PreferIPv6 = true
+	ctx := context.Background()
+	err := netns.Do(func(ns.NetNS) error {
+		nw, err := (&Backend{}).Register(ctx, node)
+		if err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("berth6.7")
+		if err != nil {
+			return err
+		}
+		v := l.(*netlink.Vxlan)
+		if v.MTU != 1430 || !v.SrcAddr.Equal(net.ParseIP("fd00:50::1")) || v.Learning {
+			t.Errorf("VTEP %+v", v)
+		}
+		var published cluster.Lease
+		nw.Publish(&published)
+		if nw.MTU() != 1430 || !published.VTEPMAC.IsZero() || published.VTEPMACv6 != stableMAC("node1", 7) {
+			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
+		}
+		far := dualPeer("far", 3, 60, "")
+		far.VTEPMACv6 = cluster.MAC{2, 0, 0, 0, 0, 3}
+		in := backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{far}, Underlay: backend.NewUnderlay(node).Path}
+		want, problems := nw.Desired(in)
+		if len(problems) != 0 {
+			t.Errorf("problems %v", problems)
+		}
+		have, err := backend.Read(nw.Owned())
+		if err != nil {
+			return err
+		}
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
+			return err
+		}
+		if have, err = backend.Read(nw.Owned()); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
+		}
+		if len(have.Routes) != 2 || len(have.Neighs) != 2 || len(have.FDB) != 1 || len(have.Addrs) != 2 {
+			t.Errorf("kernel %+v", have)
+		}
+
+		node.PreferIPv6 = false
+		if _, err := (&Backend{}).Register(ctx, node); err != nil {
+			return err
+		}
+		if _, err := netlink.LinkByName("berth6.7"); err == nil {
+			t.Error("berth6.7 left behind after the VTEP moved to IPv4")
+		}
+		if l, err := netlink.LinkByName("berth.7"); err != nil || !l.(*netlink.Vxlan).SrcAddr.Equal(net.ParseIP("192.168.50.1")) {
+			t.Errorf("berth.7: %v %v", l, err)
+		}
+		return (&Backend{}).Teardown(ctx, node)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
