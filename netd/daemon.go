@@ -104,7 +104,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
-	etcd, err := openEtcd(ctx, cfg, u.primary(), log, true)
+	etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
 	if err != nil {
 		return err
 	}

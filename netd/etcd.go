@@ -12,7 +12,9 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -100,13 +102,14 @@ type embedded struct {
 	Endpoints []string
 }
 
-// startEmbedded starts a single-member etcd serving clients on the node IP
-// (for the other nodes) and loopback, with TLS and client certificates
+// startEmbedded starts a single-member etcd serving clients on the node's
+// addresses, the preferred one first (for the other nodes, whichever
+// family they reach it by), and loopback, with TLS and client certificates
 // of the CA in --pki-dir (made at the first start), or in plain HTTP with
 // --etcd-plain-http. Its peer port only listens on loopback: there are no
 // other members. With serveJoin, other nodes get their certificates from
 // the join server on --join-port (`netd join`).
-func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger, serveJoin bool) (*embedded, error) {
+func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *slog.Logger, serveJoin bool) (*embedded, error) {
 	if err := os.MkdirAll(cfg.EtcdDataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	}
@@ -120,8 +123,12 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 	ec := embed.NewConfig()
 	ec.Name = cfg.NodeName
 	ec.Dir = cfg.EtcdDataDir
-	ec.ListenClientUrls = []url.URL{u(nodeIP.String(), cfg.EtcdClientPort), u("127.0.0.1", cfg.EtcdClientPort)}
-	ec.AdvertiseClientUrls = []url.URL{u(nodeIP.String(), cfg.EtcdClientPort)}
+	var advertised []url.URL
+	for _, ip := range nodeIPs {
+		advertised = append(advertised, u(ip.String(), cfg.EtcdClientPort))
+	}
+	ec.ListenClientUrls = append(slices.Clone(advertised), u("127.0.0.1", cfg.EtcdClientPort))
+	ec.AdvertiseClientUrls = advertised
 	ec.ListenPeerUrls = []url.URL{u("127.0.0.1", cfg.EtcdPeerPort)}
 	ec.AdvertisePeerUrls = ec.ListenPeerUrls
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
@@ -130,7 +137,7 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 	var ca *pki.Authority
 	if !cfg.EtcdPlainHTTP {
 		var err error
-		if ca, err = embeddedPKI(cfg, nodeIP); err != nil {
+		if ca, err = embeddedPKI(cfg, nodeIPs); err != nil {
 			return nil, err
 		}
 		d := ca.Dir
@@ -154,15 +161,16 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 		m.Close()
 		return nil, ctx.Err()
 	}
-	adv := u(nodeIP.String(), cfg.EtcdClientPort)
-	m.Endpoints = []string{adv.String()}
+	for _, a := range advertised {
+		m.Endpoints = append(m.Endpoints, a.String())
+	}
 	if cfg.EtcdPlainHTTP {
-		log.Info("started embedded etcd in plain HTTP (--etcd-plain-http); other nodes use it with --etcd-endpoints", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir)
+		log.Info("started embedded etcd in plain HTTP (--etcd-plain-http); other nodes use it with --etcd-endpoints", "endpoints", strings.Join(m.Endpoints, ","), "dataDir", cfg.EtcdDataDir)
 		return m, nil
 	}
-	log.Info("started embedded etcd (TLS, client certificates); other nodes use it after `netd join`", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir, "pki", cfg.PKIDir)
+	log.Info("started embedded etcd (TLS, client certificates); other nodes use it after `netd join`", "endpoints", strings.Join(m.Endpoints, ","), "dataDir", cfg.EtcdDataDir, "pki", cfg.PKIDir)
 	if serveJoin {
-		if err := m.serveJoin(cfg, ca, nodeIP, log); err != nil {
+		if err := m.serveJoin(cfg, ca, nodeIPs[0], log); err != nil {
 			m.Close()
 			return nil, err
 		}
@@ -171,14 +179,14 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slo
 }
 
 // embeddedPKI makes sure the CA, etcd's server certificate (for the
-// node IP) and this node's client certificate exist, and points netd's
-// etcd client at them.
-func embeddedPKI(cfg *Config, nodeIP netip.Addr) (*pki.Authority, error) {
+// node's addresses) and this node's client certificate exist, and points
+// netd's etcd client at them.
+func embeddedPKI(cfg *Config, nodeIPs []netip.Addr) (*pki.Authority, error) {
 	ca, err := pki.OpenAuthority(cfg.PKIDir, cfg.NodeName)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
 	}
-	if err := ca.EnsureServer(cfg.NodeName, []netip.Addr{nodeIP}); err != nil {
+	if err := ca.EnsureServer(cfg.NodeName, nodeIPs); err != nil {
 		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
 	}
 	if err := ca.EnsureClient(cfg.NodeName); err != nil {
@@ -190,7 +198,8 @@ func embeddedPKI(cfg *Config, nodeIP netip.Addr) (*pki.Authority, error) {
 	return ca, nil
 }
 
-// serveJoin serves the join server on the node IP and --join-port, and
+// serveJoin serves the join server on the node's preferred address and
+// --join-port, and
 // prints the join token when it is new.
 func (m *embedded) serveJoin(cfg *Config, ca *pki.Authority, nodeIP netip.Addr, log *slog.Logger) error {
 	addr := net.JoinHostPort(nodeIP.String(), strconv.Itoa(cfg.JoinPort))

@@ -24,7 +24,7 @@ type etcdAccess struct {
 // embedded etcd started here (with the join server when serveJoin). The
 // TLS files default to --pki-dir's: the embedded etcd's CA and this
 // node's client certificate, or what `netd join` fetched.
-func openEtcd(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger, serveJoin bool) (*etcdAccess, error) {
+func openEtcd(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *slog.Logger, serveJoin bool) (*etcdAccess, error) {
 	a := &etcdAccess{Endpoints: cfg.EtcdEndpoints}
 	dir := pki.Dir(cfg.PKIDir)
 	if len(a.Endpoints) == 0 {
@@ -35,7 +35,7 @@ func openEtcd(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Log
 		a.Endpoints = joined
 	}
 	if len(a.Endpoints) == 0 {
-		emb, err := startEmbedded(ctx, cfg, nodeIP, log, serveJoin)
+		emb, err := startEmbedded(ctx, cfg, nodeIPs, log, serveJoin)
 		if err != nil {
 			return nil, err
 		}

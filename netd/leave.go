@@ -52,7 +52,7 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	// On the node that ran the embedded etcd, this starts it again.
-	cli, done, err := commandEtcd(ctx, cfg, u.primary(), log)
+	cli, done, err := commandEtcd(ctx, cfg, u.addrs(), log)
 	if err != nil {
 		return err
 	}

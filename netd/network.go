@@ -20,7 +20,7 @@ import (
 // commandEtcd connects a one-off command (netd network ...) to this
 // node's etcd: --etcd-endpoints, the one it joined, the one its running
 // netd uses, or else its embedded etcd, started for the command.
-func commandEtcd(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger) (*clientv3.Client, func(), error) {
+func commandEtcd(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *slog.Logger) (*clientv3.Client, func(), error) {
 	if joined, _ := pki.Dir(cfg.PKIDir).Joined(); len(cfg.EtcdEndpoints) == 0 && len(joined) == 0 && cfg.MetricsAddr != "" {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		s, err := FetchStatus(sctx, cfg.MetricsAddr)
@@ -29,7 +29,7 @@ func commandEtcd(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.
 			cfg.EtcdEndpoints = s.EtcdEndpoints // the embedded etcd of the netd running here
 		}
 	}
-	etcd, err := openEtcd(ctx, cfg, nodeIP, log, false)
+	etcd, err := openEtcd(ctx, cfg, nodeIPs, log, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -55,7 +55,7 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 	if err != nil {
 		return err
 	}
-	cli, done, err := commandEtcd(ctx, cfg, u.primary(), log)
+	cli, done, err := commandEtcd(ctx, cfg, u.addrs(), log)
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func DeleteNetwork(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cli, done, err := commandEtcd(ctx, cfg, u.primary(), log)
+	cli, done, err := commandEtcd(ctx, cfg, u.addrs(), log)
 	if err != nil {
 		return err
 	}

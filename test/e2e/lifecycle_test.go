@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,25 +18,36 @@ import (
 	"github.com/berthnet/berth/test/testbed"
 )
 
-// A network's whole life on two nodes, as the README tells it: vxlan
-// with containers; `netd leave` refused while containers are attached,
-// then removing all the network made on the node (bridge included);
-// `netd network delete` refused while a node holds a lease, then done;
-// the same nodes and network name back in hostgw mode, with containers
-// reaching each other. Before, the node bridge stayed marked for the old
-// network with its gateway address, and the next network's containers
-// were refused ("bridge berth0 already used by berth:...").
+// A network's whole life on two nodes, as the README tells it: a
+// dual-stack vxlan network over the IPv6 underlay (the embedded etcd and
+// `netd join` over IPv6) with containers; `netd leave` refused while
+// containers are attached, then removing all the network made on the node
+// of both families (bridge included); `netd network delete` refused while
+// a node holds a lease, then done; the same nodes and network name back
+// as an IPv4 network in hostgw mode, with containers reaching each other.
+// Before, the node bridge stayed marked for the old network with its
+// gateway address, and the next network's containers were refused
+// ("bridge berth0 already used by berth:...").
 func TestNetworkLifecycle(t *testing.T) {
 	ctx := context.Background()
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
-	start := func(mode string) *cluster {
+	// start starts the network on both nodes, node1 with the embedded
+	// etcd; v6Underlay: dual-stack, each node's IPv6 address preferred.
+	start := func(mode string, v6Underlay bool) *cluster {
 		t.Helper()
 		c := &cluster{t: t, tb: tb, net: "pods", netd: map[int]*testbed.Netd{}}
-		nd1, err := tb.StartNetd(ctx, tb.Node(1), testbed.NetdOptions{Network: "pods", Args: []string{"--mode", mode}}) // embedded etcd
+		args := func(i int) []string {
+			if !v6Underlay {
+				return []string{"--mode", mode}
+			}
+			n := tb.Node(i)
+			return []string{"--mode", mode, "--network-cidr", "10.244.0.0/16,fd00:244::/56", "--node-ip", n.IPv6.String() + "," + n.IP.String()}
+		}
+		nd1, err := tb.StartNetd(ctx, tb.Node(1), testbed.NetdOptions{Network: "pods", Args: args(1)}) // embedded etcd
 		if err != nil {
 			t.Fatal(err)
 		}
-		nd2, err := tb.StartNetd(ctx, tb.Node(2), testbed.NetdOptions{Network: "pods", Join: nd1, Args: []string{"--mode", mode}})
+		nd2, err := tb.StartNetd(ctx, tb.Node(2), testbed.NetdOptions{Network: "pods", Join: nd1, Args: args(2)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,11 +81,22 @@ func TestNetworkLifecycle(t *testing.T) {
 		return alias, addrs
 	}
 
-	c = start("vxlan")
-	a, b := c.run(1, "a"), c.run(2, "b")
-	if err := a.ping(ctx, b.IP); err != nil {
-		t.Fatal(err)
+	c = start("vxlan", true)
+	if endpoints, err := os.ReadFile(filepath.Join(tb.Node(2).Dir, "pki", "endpoints")); err != nil || !strings.Contains(string(endpoints), "https://["+tb.Node(1).IPv6.String()+"]:2379") {
+		t.Fatalf("node2 joined node1's etcd at %q (%v), want its IPv6 address first", endpoints, err)
 	}
+	a, b := c.run6(1, "a", true), c.run6(2, "b", true)
+	// ping checks both families a -> b.
+	ping := func(t *testing.T) {
+		t.Helper()
+		if err := a.ping(ctx, b.IP); err != nil {
+			t.Error(err)
+		}
+		if out, err := a.in("ping", "-6", "-n", "-c", "1", "-W", "3", b.IPv6.String()); err != nil {
+			t.Errorf("%s -> %s: %v\n%s", a, b.IPv6, err, out)
+		}
+	}
+	ping(t)
 
 	t.Run("leave refused while containers are attached", func(t *testing.T) {
 		if err := c.netd[1].Stop(); err != nil {
@@ -110,9 +133,7 @@ func TestNetworkLifecycle(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := a.ping(ctx, b.IP); err != nil {
-			t.Errorf("after the refused leave: %v", err)
-		}
+		ping(t) // after the refused leave
 	})
 
 	// With the embedded etcd, node1's netd serves etcd: the other nodes
@@ -131,7 +152,7 @@ func TestNetworkLifecycle(t *testing.T) {
 			t.Fatalf("leave on node2: %v\n%s", err, out)
 		}
 		out, err := netd(1, "network", "delete") // through the running netd's etcd
-		if err == nil || !strings.Contains(out, "network in use: 1 nodes hold leases") || !strings.Contains(out, "node1 at "+tb.Node(1).IP.String()) {
+		if err == nil || !strings.Contains(out, "network in use: 1 nodes hold leases") || !strings.Contains(out, "node1 at "+tb.Node(1).IP.String()+","+tb.Node(1).IPv6.String()) {
 			t.Fatalf("delete with node1's lease: %v\n%s", err, out)
 		}
 	})
@@ -149,6 +170,7 @@ func TestNetworkLifecycle(t *testing.T) {
 			{"ip", "link", "add", "berth0", "type", "bridge"},
 			{"ip", "link", "set", "berth0", "alias", "berth:pods"},
 			{"ip", "addr", "add", "10.244.250.1/24", "dev", "berth0"},
+			{"ip", "addr", "add", "fd00:244:0:fa::1/64", "dev", "berth0"},
 		} {
 			if out, err := tb.Node(1).Run(ctx, cmd[0], cmd[1:]...); err != nil {
 				t.Fatalf("%v: %v\n%s", cmd, err, out)
@@ -157,9 +179,13 @@ func TestNetworkLifecycle(t *testing.T) {
 		if out, err := netd(1, "leave"); err != nil {
 			t.Fatalf("leave: %v\n%s", err, out)
 		}
+		cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
 		for i := 1; i <= 2; i++ {
+			if left := leftovers(t, tb.Node(i), cidrs); left != "" {
+				t.Errorf("node%d after netd leave:\n%s", i, left)
+			}
 			err := tb.Node(i).Do(func() error {
-				for _, name := range []string{"berth0", "berth.1"} {
+				for _, name := range []string{"berth0", "berth.1", "berth6.1"} {
 					if _, err := netlink.LinkByName(name); err == nil {
 						t.Errorf("%s on node%d is still there", name, i)
 					}
@@ -190,7 +216,7 @@ func TestNetworkLifecycle(t *testing.T) {
 	})
 
 	t.Run("the same nodes in hostgw mode", func(t *testing.T) {
-		c = start("hostgw")
+		c = start("hostgw", false)
 		a, b := c.run(1, "a2"), c.run(2, "b2")
 		for _, p := range [][2]*container{{a, b}, {b, a}} {
 			if err := p[0].ping(ctx, p[1].IP); err != nil {
