@@ -25,7 +25,11 @@ func (r *Registry) Delete(ctx context.Context) error {
 	if len(snap.Leases) > 0 {
 		var held []string
 		for _, l := range snap.Leases {
-			held = append(held, fmt.Sprintf("%s (%s at %s)", l.Subnet, l.NodeName, l.NodeIP))
+			var subnets []string
+			for _, p := range l.Subnets() {
+				subnets = append(subnets, p.String())
+			}
+			held = append(held, fmt.Sprintf("%s (%s at %s)", strings.Join(subnets, ","), l.NodeName, l.NodeAddrs()))
 		}
 		return fmt.Errorf("%w: %d nodes hold leases: %s; stop netd and run `netd leave` on each, or wait until their leases expire",
 			ErrInUse, len(held), strings.Join(held, ", "))
