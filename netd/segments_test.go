@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,7 +115,8 @@ func TestSegments(t *testing.T) {
 
 // Without --etcd-endpoints the first netd runs an embedded etcd that the
 // other nodes use after `netd join`; nothing else is needed. It serves
-// TLS and wants client certificates of its CA. A joined node started
+// TLS on each of the node's addresses (IPv4 preferred here, then IPv6)
+// and wants client certificates of its CA. A joined node started
 // while that etcd is down says it waits for it, and then joins.
 func TestEmbeddedEtcd(t *testing.T) {
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
@@ -129,7 +131,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.netd[2] = early
-	etcdURL := "https://192.168.50.1:2379"
+	etcdURL, etcdURL6 := "https://192.168.50.1:2379", "https://[fd00:50::1]:2379"
 	c.eventually("node2 to say that it waits for node1's etcd", 10*time.Second, func() error {
 		s, err := c.status(2)
 		if err != nil {
@@ -144,7 +146,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 	c.lease(2)
 	c.converged(1, 1)
 	st := c.converged(2, 1)
-	if len(st.EtcdEndpoints) != 1 || st.EtcdEndpoints[0] != etcdURL || st.Mode != "vxlan" || st.CIDR != "10.244.0.0/16" || len(st.Warnings) > 0 {
+	if !slices.Equal(st.EtcdEndpoints, []string{etcdURL, etcdURL6}) || st.Mode != "vxlan" || st.CIDR != "10.244.0.0/16" || len(st.Warnings) > 0 {
 		t.Errorf("status: %+v", st)
 	}
 	s1, s2 := c.lease(1).Subnet, c.lease(2).Subnet
@@ -174,6 +176,8 @@ func TestEmbeddedEtcd(t *testing.T) {
 		{"CA but no client certificate", "GET", etcdURL + "/version", &tls.Config{RootCAs: roots}, "certificate required"},
 		{"plain HTTP", "GET", "http://192.168.50.1:2379/version", nil, "EOF"},
 		{"node2's client certificate", "GET", etcdURL + "/version", &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}, ""},
+		{"node2's client certificate over IPv6", "GET", etcdURL6 + "/version", &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}, ""},
+		{"plain HTTP over IPv6", "GET", "http://[fd00:50::1]:2379/version", nil, "EOF"},
 		{"join without the secret", "POST", "https://192.168.50.1:2378/v1/join", &tls.Config{RootCAs: roots}, "wrong join token"},
 	} {
 		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: tb.Node(2).DialContext, TLSClientConfig: tc.tls}}
