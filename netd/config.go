@@ -95,10 +95,10 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.EtcdCertFile, "etcd-certfile", "", "client certificate for etcd, e.g. /etc/berth/etcd-client.pem")
 	fs.StringVar(&c.EtcdKeyFile, "etcd-keyfile", "", "client key for etcd, e.g. /etc/berth/etcd-client-key.pem")
 	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", registry.DefaultPrefix, "root of berth's keys in etcd, e.g. /berth/v1")
-	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on --node-ip and 127.0.0.1")
+	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on the node's addresses (--node-ip, both families) and 127.0.0.1")
 	fs.IntVar(&c.EtcdPeerPort, "etcd-peer-port", 2380, "embedded etcd: peer port, served on 127.0.0.1 (single member)")
 	fs.BoolVar(&c.EtcdPlainHTTP, "etcd-plain-http", false, "embedded etcd: serve plain HTTP without certificates instead of TLS with client certificates; anyone who reaches the port can then rewrite every lease: for a machine of your own only")
-	fs.IntVar(&c.JoinPort, "join-port", 2378, "embedded etcd: port on --node-ip where other nodes get their etcd certificates with netd join TOKEN, e.g. 2378")
+	fs.IntVar(&c.JoinPort, "join-port", 2378, "embedded etcd: port on the preferred --node-ip where other nodes get their etcd certificates with netd join TOKEN, e.g. 2378")
 
 	n := &c.Network
 	fs.StringVar(&n.Name, "network-name", conf.DefaultNetworkName, "network name: the CNI network name and lease file <lease-dir>/<name>.json, e.g. pods")
