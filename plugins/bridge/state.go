@@ -23,13 +23,14 @@ import (
 // changes anything so that DEL and GC can undo an ADD that was killed
 // midway, and so that DEL works when the netns is already gone.
 type record struct {
-	Network     string             `json:"network"`
-	ContainerID string             `json:"containerID"`
-	IfName      string             `json:"ifName"`
-	Netns       string             `json:"netns"`
-	HostVeth    string             `json:"hostVeth"`
-	ContainerIP netip.Addr         `json:"containerIP,omitzero"`
-	Ports       []conf.PortMapping `json:"ports,omitempty"`
+	Network      string             `json:"network"`
+	ContainerID  string             `json:"containerID"`
+	IfName       string             `json:"ifName"`
+	Netns        string             `json:"netns"`
+	HostVeth     string             `json:"hostVeth"`
+	ContainerIP  netip.Addr         `json:"containerIP,omitzero"` // IPv4
+	ContainerIP6 netip.Addr         `json:"containerIP6,omitzero"`
+	Ports        []conf.PortMapping `json:"ports,omitempty"`
 }
 
 // key identifies the attachment in chain, veth and file names.
@@ -39,6 +40,10 @@ func attachmentKey(network, containerID, ifName string) string {
 	h := sha256.Sum256([]byte(network + "\x00" + containerID + "\x00" + ifName))
 	return hex.EncodeToString(h[:])
 }
+
+// HostVeths matches every host veth berth makes, as iptables -i takes it:
+// the Ingress of a routed datapath.
+const HostVeths = nodebridge.HostVethPrefix + "+"
 
 // hostVethName is deterministic so that DEL finds the link without state.
 func hostVethName(key string) string { return nodebridge.HostVethPrefix + key[:11] }
