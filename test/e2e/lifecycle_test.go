@@ -82,8 +82,8 @@ func TestNetworkLifecycle(t *testing.T) {
 	}
 
 	c = start("vxlan", true)
-	if endpoints, err := os.ReadFile(filepath.Join(tb.Node(2).Dir, "pki", "endpoints")); err != nil || !strings.Contains(string(endpoints), "https://["+tb.Node(1).IPv6.String()+"]:2379") {
-		t.Fatalf("node2 joined node1's etcd at %q (%v), want its IPv6 address first", endpoints, err)
+	if endpoints, err := os.ReadFile(filepath.Join(tb.Node(2).Dir, "pki", "endpoints")); err != nil || !strings.HasPrefix(string(endpoints), tb.Node(1).EtcdURL6()+"\n"+tb.Node(1).EtcdURL()+"\n") {
+		t.Fatalf("node2 joined node1's etcd at %q (%v), want its IPv6 address, then its IPv4 one", endpoints, err)
 	}
 	a, b := c.run6(1, "a", true), c.run6(2, "b", true)
 	// ping checks both families a -> b.
