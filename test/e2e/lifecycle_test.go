@@ -155,6 +155,16 @@ func TestNetworkLifecycle(t *testing.T) {
 		if err == nil || !strings.Contains(out, "network in use: 1 nodes hold leases") || !strings.Contains(out, "node1 at "+tb.Node(1).IP.String()+","+tb.Node(1).IPv6.String()) {
 			t.Fatalf("delete with node1's lease: %v\n%s", err, out)
 		}
+		l, err := c.netd[1].Lease(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err = netd(1, "network", "show")
+		for _, want := range []string{"vxlan mode, 10.244.0.0/16,fd00:244::/56", tb.Node(1).IP.String() + "," + tb.Node(1).IPv6.String(), l.Subnet.String() + "," + l.SubnetV6.String()} {
+			if err != nil || !strings.Contains(out, want) {
+				t.Errorf("network show: %v; want %q in\n%s", err, want, out)
+			}
+		}
 	})
 
 	t.Run("leave removes the bridge, the datapath and the files", func(t *testing.T) {
