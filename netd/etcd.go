@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -20,6 +23,8 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+
+	"github.com/berthnet/berth/netd/pki"
 )
 
 // etcdTLS is the TLS config for etcd from the flags; nil without TLS.
@@ -38,85 +43,35 @@ func etcdTLS(cfg *Config) (*tls.Config, error) {
 // ErrEtcdTLS: etcd and netd do not trust each other's certificates.
 var ErrEtcdTLS = errors.New("etcd TLS")
 
-// checkEtcdTLS shakes hands with each https endpoint before netd starts
-// retrying requests: an unreachable etcd is worth waiting for, a
-// certificate that will never verify is not. It fails when no endpoint
-// completes a handshake and one of them failed on a certificate.
-func checkEtcdTLS(ctx context.Context, cfg *Config, endpoints []string, tlsCfg *tls.Config) error {
-	if tlsCfg == nil {
-		return nil
+// tlsProblem explains a failed TLS handshake with the etcd at ep when it
+// is about certificates, which no retry fixes (ErrEtcdTLS); nil otherwise.
+func tlsProblem(cfg *Config, ep string, err error) error {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var verify *tls.CertificateVerificationError
+	// A TLS alert from the server: crypto/tls reports it as a
+	// *net.OpError "remote error" (AlertError is only for QUIC).
+	var remote *net.OpError
+	rejected := errors.As(err, &remote) && remote.Op == "remote error"
+	switch {
+	case errors.As(err, &unknownCA) || errors.As(err, &verify) || errors.As(err, &invalid):
+		return fmt.Errorf("%w: etcd at %s presents a certificate that --etcd-cafile %s does not verify: %v; give the CA that signed etcd's server certificate",
+			ErrEtcdTLS, ep, cfg.EtcdCAFile, err)
+	case errors.As(err, &hostname):
+		return fmt.Errorf("%w: etcd at %s: %v; use an endpoint address that its certificate names", ErrEtcdTLS, ep, err)
+	case rejected && cfg.EtcdCertFile == "":
+		return fmt.Errorf("%w: etcd at %s wants a client certificate (%v); give --etcd-certfile and --etcd-keyfile (or run `netd join` on this node)",
+			ErrEtcdTLS, ep, err)
+	case rejected:
+		return fmt.Errorf("%w: etcd at %s refused netd's client certificate (--etcd-certfile %s): %v; give a certificate signed by the CA etcd trusts (its --trusted-ca-file)",
+			ErrEtcdTLS, ep, cfg.EtcdCertFile, err)
 	}
-	var certErr error
-	for _, ep := range endpoints {
-		u, err := url.Parse(ep)
-		if err != nil || u.Scheme != "https" {
-			continue
-		}
-		err = handshake(ctx, u.Host, tlsCfg)
-		if err == nil {
-			return nil
-		}
-		var unknownCA x509.UnknownAuthorityError
-		var hostname x509.HostnameError
-		var invalid x509.CertificateInvalidError
-		var verify *tls.CertificateVerificationError
-		// A TLS alert from the server: crypto/tls reports it as a
-		// *net.OpError "remote error" (AlertError is only for QUIC).
-		var remote *net.OpError
-		rejected := errors.As(err, &remote) && remote.Op == "remote error"
-		switch {
-		case errors.As(err, &unknownCA) || errors.As(err, &verify) || errors.As(err, &invalid):
-			certErr = fmt.Errorf("%w: etcd at %s presents a certificate that --etcd-cafile %s does not verify: %v; give the CA that signed etcd's server certificate",
-				ErrEtcdTLS, ep, cfg.EtcdCAFile, err)
-		case errors.As(err, &hostname):
-			certErr = fmt.Errorf("%w: etcd at %s: %v; use an endpoint address that its certificate names", ErrEtcdTLS, ep, err)
-		case rejected:
-			certErr = fmt.Errorf("%w: etcd at %s refused netd's client certificate (--etcd-certfile %s): %v; give a certificate signed by the CA etcd trusts (its --trusted-ca-file)",
-				ErrEtcdTLS, ep, cfg.EtcdCertFile, err)
-		}
-	}
-	return certErr
-}
-
-// handshake completes a TLS handshake with addr as an etcd client does
-// (ALPN h2) and waits for the server's first HTTP/2 frame: with TLS 1.3
-// a server rejects the client's certificate only after the client's
-// side of the handshake is done.
-func handshake(ctx context.Context, addr string, tlsCfg *tls.Config) error {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer raw.Close()
-	c := tlsCfg.Clone()
-	c.NextProtos = []string{"h2"}
-	if c.ServerName == "" {
-		c.ServerName, _, _ = net.SplitHostPort(addr)
-	}
-	conn := tls.Client(raw, c)
-	if err := conn.HandshakeContext(ctx); err != nil {
-		return err
-	}
-	deadline, _ := ctx.Deadline()
-	conn.SetDeadline(deadline)
-	// The HTTP/2 client preface and an empty SETTINGS frame; the server
-	// answers with its SETTINGS, or with an alert if it refused us.
-	if _, err := conn.Write(append([]byte("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), 0, 0, 0, 4, 0, 0, 0, 0, 0)); err != nil {
-		return err
-	}
-	var b [1]byte
-	_, err = conn.Read(b[:])
-	return err
+	return nil
 }
 
 // newClient connects to etcd (lazily: the first request waits for it).
-func newClient(cfg *Config, endpoints []string) (*clientv3.Client, error) {
-	tlsCfg, err := etcdTLS(cfg)
-	if err != nil {
-		return nil, err
-	}
+func newClient(endpoints []string, tlsCfg *tls.Config) (*clientv3.Client, error) {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:            endpoints,
 		TLS:                  tlsCfg,
@@ -138,52 +93,146 @@ func newClient(cfg *Config, endpoints []string) (*clientv3.Client, error) {
 	return cli, nil
 }
 
-// embedded is an etcd server inside netd, for a cluster that has none.
+// embedded is an etcd server inside netd, for a cluster that has none,
+// and the join server that gives other nodes their certificates.
 type embedded struct {
 	etcd      *embed.Etcd
+	log       *etcdLog
+	join      *http.Server // nil without TLS
 	Endpoints []string
 }
 
-// startEmbedded starts a single-member etcd serving clients on the node IP
-// (for the other nodes) and loopback. Its peer port only listens on
-// loopback: there are no other members.
-func startEmbedded(ctx context.Context, cfg *Config, nodeIP netip.Addr, log *slog.Logger) (*embedded, error) {
+// startEmbedded starts a single-member etcd serving clients on the node's
+// addresses, the preferred one first (for the other nodes, whichever
+// family they reach it by), and loopback, with TLS and client certificates
+// of the CA in --pki-dir (made at the first start), or in plain HTTP with
+// --etcd-plain-http. Its peer port only listens on loopback: there are no
+// other members. With serveJoin, other nodes get their certificates from
+// the join server on --join-port (`netd join`).
+func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *slog.Logger, serveJoin bool) (*embedded, error) {
 	if err := os.MkdirAll(cfg.EtcdDataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	}
+	scheme := "https"
+	if cfg.EtcdPlainHTTP {
+		scheme = "http"
+	}
 	u := func(host string, port int) url.URL {
-		return url.URL{Scheme: "http", Host: net.JoinHostPort(host, strconv.Itoa(port))}
+		return url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(port))}
 	}
 	ec := embed.NewConfig()
 	ec.Name = cfg.NodeName
 	ec.Dir = cfg.EtcdDataDir
-	ec.ListenClientUrls = []url.URL{u(nodeIP.String(), cfg.EtcdClientPort), u("127.0.0.1", cfg.EtcdClientPort)}
-	ec.AdvertiseClientUrls = []url.URL{u(nodeIP.String(), cfg.EtcdClientPort)}
+	var advertised []url.URL
+	for _, ip := range nodeIPs {
+		advertised = append(advertised, u(ip.String(), cfg.EtcdClientPort))
+	}
+	ec.ListenClientUrls = append(slices.Clone(advertised), u("127.0.0.1", cfg.EtcdClientPort))
+	ec.AdvertiseClientUrls = advertised
 	ec.ListenPeerUrls = []url.URL{u("127.0.0.1", cfg.EtcdPeerPort)}
 	ec.AdvertisePeerUrls = ec.ListenPeerUrls
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
-	ec.LogLevel = "error"
-	ec.LogOutputs = []string{"stderr"}
+	elog := newEtcdLog(log)
+	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(elog.Logger())
+	var ca *pki.Authority
+	if !cfg.EtcdPlainHTTP {
+		var err error
+		if ca, err = embeddedPKI(cfg, nodeIPs); err != nil {
+			return nil, err
+		}
+		d := ca.Dir
+		ec.ClientTLSInfo = transport.TLSInfo{CertFile: d.Path(pki.ServerFile), KeyFile: d.Path(pki.ServerKeyFile), TrustedCAFile: d.Path(pki.CAFile), ClientCertAuth: true}
+		ec.PeerTLSInfo = ec.ClientTLSInfo
+	}
 	e, err := embed.StartEtcd(ec)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded etcd in %s: %w", cfg.EtcdDataDir, err)
 	}
+	m := &embedded{etcd: e, log: elog}
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
-		e.Close()
+		m.Close()
 		return nil, fmt.Errorf("embedded etcd: %w", err)
 	case <-time.After(time.Minute):
-		e.Close()
+		m.Close()
 		return nil, fmt.Errorf("embedded etcd in %s not ready after a minute", cfg.EtcdDataDir)
 	case <-ctx.Done():
-		e.Close()
+		m.Close()
 		return nil, ctx.Err()
 	}
-	adv := u(nodeIP.String(), cfg.EtcdClientPort)
-	m := &embedded{etcd: e, Endpoints: []string{adv.String()}}
-	log.Info("started embedded etcd; other nodes use it with --etcd-endpoints", "endpoints", m.Endpoints[0], "dataDir", cfg.EtcdDataDir)
+	for _, a := range advertised {
+		m.Endpoints = append(m.Endpoints, a.String())
+	}
+	if cfg.EtcdPlainHTTP {
+		log.Info("started embedded etcd in plain HTTP (--etcd-plain-http); other nodes use it with --etcd-endpoints", "endpoints", strings.Join(m.Endpoints, ","), "dataDir", cfg.EtcdDataDir)
+		return m, nil
+	}
+	log.Info("started embedded etcd (TLS, client certificates); other nodes use it after `netd join`", "endpoints", strings.Join(m.Endpoints, ","), "dataDir", cfg.EtcdDataDir, "pki", cfg.PKIDir)
+	if serveJoin {
+		if err := m.serveJoin(cfg, ca, nodeIPs[0], log); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
-func (m *embedded) Close() { m.etcd.Close() }
+// embeddedPKI makes sure the CA, etcd's server certificate (for the
+// node's addresses) and this node's client certificate exist, and points
+// netd's etcd client at them.
+func embeddedPKI(cfg *Config, nodeIPs []netip.Addr) (*pki.Authority, error) {
+	ca, err := pki.OpenAuthority(cfg.PKIDir, cfg.NodeName)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
+	}
+	if err := ca.EnsureServer(cfg.NodeName, nodeIPs); err != nil {
+		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
+	}
+	if err := ca.EnsureClient(cfg.NodeName); err != nil {
+		return nil, fmt.Errorf("embedded etcd certificates (--pki-dir): %w", err)
+	}
+	if cfg.EtcdCAFile == "" && cfg.EtcdCertFile == "" {
+		cfg.EtcdCAFile, cfg.EtcdCertFile, cfg.EtcdKeyFile = ca.Dir.Path(pki.CAFile), ca.Dir.Path(pki.ClientFile), ca.Dir.Path(pki.ClientKeyFile)
+	}
+	return ca, nil
+}
+
+// serveJoin serves the join server on the node's preferred address and
+// --join-port, and
+// prints the join token when it is new.
+func (m *embedded) serveJoin(cfg *Config, ca *pki.Authority, nodeIP netip.Addr, log *slog.Logger) error {
+	addr := net.JoinHostPort(nodeIP.String(), strconv.Itoa(cfg.JoinPort))
+	_, statErr := os.Stat(ca.Dir.Path(pki.TokenFile))
+	token, err := ca.EnsureToken(addr)
+	if err != nil {
+		return fmt.Errorf("join token: %w", err)
+	}
+	tlsCfg, err := ca.ServerTLS()
+	if err != nil {
+		return fmt.Errorf("join server: %w", err)
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("join server on %s (--join-port): %w", addr, err)
+	}
+	m.join = &http.Server{Handler: ca.JoinHandler(m.Endpoints, log), TLSConfig: tlsCfg, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	go m.join.ServeTLS(l, "", "")
+	if errors.Is(statErr, os.ErrNotExist) {
+		log.Info("new join token: on each other node run `netd join "+token.String()+"`; print it again with `netd token`", "join", addr)
+	} else {
+		log.Info("other nodes join with `netd join TOKEN`; `netd token` prints TOKEN", "join", addr)
+	}
+	return nil
+}
+
+// Close stops the join server and etcd; what they say while closing is
+// not worth logging.
+func (m *embedded) Close() {
+	m.log.Closing()
+	if m.join != nil {
+		m.join.Close()
+	}
+	m.etcd.Close()
+}
