@@ -142,6 +142,10 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *
 		ec.TLS = &etcdserver.TLSFiles{CertFile: d.Path(pki.ServerFile), KeyFile: d.Path(pki.ServerKeyFile), TrustedCAFile: d.Path(pki.CAFile)}
 	}
 	m, err := startEtcdServer(ctx, ec)
+	for deadline := time.Now().Add(5 * time.Second); errors.Is(err, errEtcdBusy) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		m, err = startEtcdServer(ctx, ec)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +163,9 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *
 	}
 	return m, nil
 }
+
+// errEtcdBusy: netd-etcd found its ports or data directory still held.
+var errEtcdBusy = errors.New("embedded etcd busy")
 
 // etcdServerBinary is netd-etcd: next to netd's own binary (make install,
 // the image and bin/ keep them together), else from PATH.
@@ -214,11 +221,14 @@ func startEtcdServer(ctx context.Context, ec etcdserver.Config) (*embedded, erro
 	fmt.Fprintf(stdin, "%s\n", settings)
 	select {
 	case a := <-answer:
-		if a == "ready" {
+		if a == etcdserver.AnswerReady {
 			return m, nil
 		}
 		m.Close()
-		if msg, ok := strings.CutPrefix(a, "error: "); ok {
+		if msg, ok := strings.CutPrefix(a, etcdserver.AnswerBusy); ok {
+			return nil, fmt.Errorf("%w: %s", errEtcdBusy, msg)
+		}
+		if msg, ok := strings.CutPrefix(a, etcdserver.AnswerError); ok {
 			return nil, errors.New(msg)
 		}
 		return nil, fmt.Errorf("embedded etcd (%s) ended before it served; its log is above", bin)
@@ -280,17 +290,17 @@ func (m *embedded) serveJoin(cfg *Config, ca *pki.Authority, nodeIP netip.Addr, 
 	return nil
 }
 
-// Close stops the join server and etcd: netd-etcd stops cleanly on
-// "stop", and is killed if it has not after 15 seconds.
+// Close stops the join server and etcd: netd-etcd stops on Stop within
+// 2 seconds, and is killed if it has not after 5.
 func (m *embedded) Close() {
 	if m.join != nil {
 		m.join.Close()
 	}
-	fmt.Fprintln(m.stdin, "stop")
+	fmt.Fprintln(m.stdin, etcdserver.Stop)
 	m.stdin.Close()
 	select {
 	case <-m.exited:
-	case <-time.After(15 * time.Second):
+	case <-time.After(5 * time.Second):
 		m.cmd.Process.Kill()
 		<-m.exited
 	}

@@ -7,11 +7,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 
 	"github.com/berthnet/berth/internal/version"
 	"github.com/berthnet/berth/netd/etcdserver"
@@ -38,7 +42,13 @@ func main() {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := run(log); err != nil {
-		fmt.Printf("error: %v\n", err)
+		// A port or the data directory still held, by the netd-etcd of a
+		// netd that just died: netd tries again.
+		if errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, fileutil.ErrLocked) {
+			fmt.Printf("%s%v\n", etcdserver.AnswerBusy, err)
+		} else {
+			fmt.Printf("%s%v\n", etcdserver.AnswerError, err)
+		}
 		os.Exit(1)
 	}
 }
@@ -58,7 +68,7 @@ func run(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println("ready")
+	fmt.Println(etcdserver.AnswerReady)
 	// "stop" on stdin: netd stops, so does etcd, cleanly. stdin closed
 	// without it: netd died, and etcd ends at once as it did inside netd
 	// (its write-ahead log makes that safe); a netd started again right
@@ -66,7 +76,7 @@ func run(log *slog.Logger) error {
 	stopped := make(chan bool, 1)
 	go func() {
 		for in.Scan() {
-			if in.Text() == "stop" {
+			if in.Text() == etcdserver.Stop {
 				stopped <- true
 				return
 			}
@@ -83,6 +93,18 @@ func run(log *slog.Logger) error {
 		s.Close()
 		return fmt.Errorf("embedded etcd: %w", err)
 	}
-	s.Close()
+	// etcd's Close waits for its clients' streams to end (other nodes'
+	// netds watch the leases) for up to its request timeout, 7 s; they
+	// reconnect to the next netd-etcd anyway, and etcd's write-ahead log
+	// is safe whenever the process ends.
+	closed := make(chan struct{})
+	go func() {
+		s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(2 * time.Second):
+	}
 	return nil
 }

@@ -6,12 +6,22 @@
 // only one node runs it.
 //
 // netd and netd-etcd speak over the child's standard streams: netd writes
-// the Config as one JSON line on stdin; netd-etcd answers "ready" on
-// stdout once etcd serves (or "error: ..." and exits); a later "stop"
-// line on stdin stops etcd cleanly, and stdin closing without it (netd
-// died) ends netd-etcd at once, as netd's crash ended the etcd it ran in
-// process before.
+// the Config as one JSON line on stdin; netd-etcd answers one line on
+// stdout: AnswerReady once etcd serves, or AnswerError or AnswerBusy and
+// the reason, and exits; a later Stop line on stdin stops etcd cleanly,
+// and stdin closing without it (netd died) ends netd-etcd at once, as
+// netd's crash ended the etcd it ran in process before.
 package etcdserver
+
+// The lines of the protocol.
+const (
+	AnswerReady = "ready"
+	AnswerError = "error: "
+	// AnswerBusy: a port or the data directory is still held, by the
+	// netd-etcd of a netd that just died, which is ending: try again.
+	AnswerBusy = "busy: "
+	Stop       = "stop"
+)
 
 // Config is what netd asks of its embedded etcd.
 type Config struct {
