@@ -131,7 +131,7 @@ func TestEmbeddedEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.netd[2] = early
-	etcdURL, etcdURL6 := "https://192.168.50.1:2379", "https://[fd00:50::1]:2379"
+	etcdURL, etcdURL6 := tb.Node(1).EtcdURL(), tb.Node(1).EtcdURL6()
 	c.eventually("node2 to say that it waits for node1's etcd", 10*time.Second, func() error {
 		s, err := c.status(2)
 		if err != nil {

@@ -82,8 +82,8 @@ func TestNetworkLifecycle(t *testing.T) {
 	}
 
 	c = start("vxlan", true)
-	if endpoints, err := os.ReadFile(filepath.Join(tb.Node(2).Dir, "pki", "endpoints")); err != nil || !strings.Contains(string(endpoints), "https://["+tb.Node(1).IPv6.String()+"]:2379") {
-		t.Fatalf("node2 joined node1's etcd at %q (%v), want its IPv6 address first", endpoints, err)
+	if endpoints, err := os.ReadFile(filepath.Join(tb.Node(2).Dir, "pki", "endpoints")); err != nil || !strings.HasPrefix(string(endpoints), tb.Node(1).EtcdURL6()+"\n"+tb.Node(1).EtcdURL()+"\n") {
+		t.Fatalf("node2 joined node1's etcd at %q (%v), want its IPv6 address, then its IPv4 one", endpoints, err)
 	}
 	a, b := c.run6(1, "a", true), c.run6(2, "b", true)
 	// ping checks both families a -> b.
@@ -154,6 +154,16 @@ func TestNetworkLifecycle(t *testing.T) {
 		out, err := netd(1, "network", "delete") // through the running netd's etcd
 		if err == nil || !strings.Contains(out, "network in use: 1 nodes hold leases") || !strings.Contains(out, "node1 at "+tb.Node(1).IP.String()+","+tb.Node(1).IPv6.String()) {
 			t.Fatalf("delete with node1's lease: %v\n%s", err, out)
+		}
+		l, err := c.netd[1].Lease(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err = netd(1, "network", "show")
+		for _, want := range []string{"vxlan mode, 10.244.0.0/16,fd00:244::/56", tb.Node(1).IP.String() + "," + tb.Node(1).IPv6.String(), l.Subnet.String() + "," + l.SubnetV6.String()} {
+			if err != nil || !strings.Contains(out, want) {
+				t.Errorf("network show: %v; want %q in\n%s", err, want, out)
+			}
 		}
 	})
 

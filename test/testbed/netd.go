@@ -103,8 +103,13 @@ func (d *Netd) Flags() []string {
 }
 
 // EtcdURL is the client URL of the embedded etcd of a netd on node n
-// started without NetdOptions.Etcd.
+// started without NetdOptions.Etcd, at the node's IPv4 address; it
+// serves the node's IPv6 address too (EtcdURL6), whichever --node-ip
+// prefers.
 func (n *Node) EtcdURL() string { return "https://" + n.IP.String() + ":2379" }
+
+// EtcdURL6 is EtcdURL at the node's IPv6 address.
+func (n *Node) EtcdURL6() string { return "https://[" + n.IPv6.String() + "]:2379" }
 
 // JoinToken is the token other nodes join this netd's embedded etcd
 // with (`netd token` on its node).
