@@ -1,17 +1,22 @@
 package netd
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,11 +24,11 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 
+	"github.com/berthnet/berth/netd/etcdserver"
 	"github.com/berthnet/berth/netd/pki"
 )
 
@@ -93,12 +98,14 @@ func newClient(endpoints []string, tlsCfg *tls.Config) (*clientv3.Client, error)
 	return cli, nil
 }
 
-// embedded is an etcd server inside netd, for a cluster that has none,
-// and the join server that gives other nodes their certificates.
+// embedded is the etcd netd runs for a cluster that has none (its child
+// process netd-etcd, package etcdserver), and the join server that gives
+// other nodes their certificates.
 type embedded struct {
-	etcd      *embed.Etcd
-	log       *etcdLog
-	join      *http.Server // nil without TLS
+	cmd       *exec.Cmd
+	stdin     io.WriteCloser
+	exited    chan struct{} // closed once cmd is waited for
+	join      *http.Server  // nil without TLS
 	Endpoints []string
 }
 
@@ -117,23 +124,14 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *
 	if cfg.EtcdPlainHTTP {
 		scheme = "http"
 	}
-	u := func(host string, port int) url.URL {
-		return url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(port))}
+	u := func(host string, port int) string {
+		return (&url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(port))}).String()
 	}
-	ec := embed.NewConfig()
-	ec.Name = cfg.NodeName
-	ec.Dir = cfg.EtcdDataDir
-	var advertised []url.URL
+	ec := etcdserver.Config{Name: cfg.NodeName, DataDir: cfg.EtcdDataDir, PeerURL: u("127.0.0.1", cfg.EtcdPeerPort)}
 	for _, ip := range nodeIPs {
-		advertised = append(advertised, u(ip.String(), cfg.EtcdClientPort))
+		ec.AdvertiseClientURLs = append(ec.AdvertiseClientURLs, u(ip.String(), cfg.EtcdClientPort))
 	}
-	ec.ListenClientUrls = append(slices.Clone(advertised), u("127.0.0.1", cfg.EtcdClientPort))
-	ec.AdvertiseClientUrls = advertised
-	ec.ListenPeerUrls = []url.URL{u("127.0.0.1", cfg.EtcdPeerPort)}
-	ec.AdvertisePeerUrls = ec.ListenPeerUrls
-	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
-	elog := newEtcdLog(log)
-	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(elog.Logger())
+	ec.ClientURLs = append(slices.Clone(ec.AdvertiseClientURLs), u("127.0.0.1", cfg.EtcdClientPort))
 	var ca *pki.Authority
 	if !cfg.EtcdPlainHTTP {
 		var err error
@@ -141,29 +139,17 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *
 			return nil, err
 		}
 		d := ca.Dir
-		ec.ClientTLSInfo = transport.TLSInfo{CertFile: d.Path(pki.ServerFile), KeyFile: d.Path(pki.ServerKeyFile), TrustedCAFile: d.Path(pki.CAFile), ClientCertAuth: true}
-		ec.PeerTLSInfo = ec.ClientTLSInfo
+		ec.TLS = &etcdserver.TLSFiles{CertFile: d.Path(pki.ServerFile), KeyFile: d.Path(pki.ServerKeyFile), TrustedCAFile: d.Path(pki.CAFile)}
 	}
-	e, err := embed.StartEtcd(ec)
+	m, err := startEtcdServer(ctx, ec)
+	for deadline := time.Now().Add(5 * time.Second); errors.Is(err, errEtcdBusy) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		m, err = startEtcdServer(ctx, ec)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("starting embedded etcd in %s: %w", cfg.EtcdDataDir, err)
+		return nil, err
 	}
-	m := &embedded{etcd: e, log: elog}
-	select {
-	case <-e.Server.ReadyNotify():
-	case err := <-e.Err():
-		m.Close()
-		return nil, fmt.Errorf("embedded etcd: %w", err)
-	case <-time.After(time.Minute):
-		m.Close()
-		return nil, fmt.Errorf("embedded etcd in %s not ready after a minute", cfg.EtcdDataDir)
-	case <-ctx.Done():
-		m.Close()
-		return nil, ctx.Err()
-	}
-	for _, a := range advertised {
-		m.Endpoints = append(m.Endpoints, a.String())
-	}
+	m.Endpoints = ec.AdvertiseClientURLs
 	if cfg.EtcdPlainHTTP {
 		log.Info("started embedded etcd in plain HTTP (--etcd-plain-http); other nodes use it with --etcd-endpoints", "endpoints", strings.Join(m.Endpoints, ","), "dataDir", cfg.EtcdDataDir)
 		return m, nil
@@ -176,6 +162,83 @@ func startEmbedded(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *
 		}
 	}
 	return m, nil
+}
+
+// errEtcdBusy: netd-etcd found its ports or data directory still held.
+var errEtcdBusy = errors.New("embedded etcd busy")
+
+// etcdServerBinary is netd-etcd: next to netd's own binary (make install,
+// the image and bin/ keep them together), else from PATH.
+func etcdServerBinary() (string, error) {
+	const name = "netd-etcd"
+	var beside string
+	if exe, err := os.Executable(); err == nil {
+		beside = filepath.Join(filepath.Dir(exe), name)
+		if _, err := os.Stat(beside); err == nil {
+			return beside, nil
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("embedded etcd: %s is neither next to netd (%s) nor in PATH: install it beside netd (make install does), or give --etcd-endpoints", name, beside)
+}
+
+// startEtcdServer runs netd-etcd with settings ec and waits until it
+// serves, fails, or ctx ends. Its errors go to netd's stderr, in netd's
+// format.
+func startEtcdServer(ctx context.Context, ec etcdserver.Config) (*embedded, error) {
+	bin, err := etcdServerBinary()
+	if err != nil {
+		return nil, err
+	}
+	settings, err := json.Marshal(ec)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	m := &embedded{cmd: cmd, stdin: stdin, exited: make(chan struct{})}
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		answer <- strings.TrimSpace(line)
+		io.Copy(io.Discard, stdout)
+		cmd.Wait()
+		close(m.exited)
+	}()
+	fmt.Fprintf(stdin, "%s\n", settings)
+	select {
+	case a := <-answer:
+		if a == etcdserver.AnswerReady {
+			return m, nil
+		}
+		m.Close()
+		if msg, ok := strings.CutPrefix(a, etcdserver.AnswerBusy); ok {
+			return nil, fmt.Errorf("%w: %s", errEtcdBusy, msg)
+		}
+		if msg, ok := strings.CutPrefix(a, etcdserver.AnswerError); ok {
+			return nil, errors.New(msg)
+		}
+		return nil, fmt.Errorf("embedded etcd (%s) ended before it served; its log is above", bin)
+	case <-time.After(time.Minute):
+		m.Close()
+		return nil, fmt.Errorf("embedded etcd in %s not ready after a minute", ec.DataDir)
+	case <-ctx.Done():
+		m.Close()
+		return nil, ctx.Err()
+	}
 }
 
 // embeddedPKI makes sure the CA, etcd's server certificate (for the
@@ -227,12 +290,18 @@ func (m *embedded) serveJoin(cfg *Config, ca *pki.Authority, nodeIP netip.Addr, 
 	return nil
 }
 
-// Close stops the join server and etcd; what they say while closing is
-// not worth logging.
+// Close stops the join server and etcd: netd-etcd stops on Stop within
+// 2 seconds, and is killed if it has not after 5.
 func (m *embedded) Close() {
-	m.log.Closing()
 	if m.join != nil {
 		m.join.Close()
 	}
-	m.etcd.Close()
+	fmt.Fprintln(m.stdin, etcdserver.Stop)
+	m.stdin.Close()
+	select {
+	case <-m.exited:
+	case <-time.After(5 * time.Second):
+		m.cmd.Process.Kill()
+		<-m.exited
+	}
 }

@@ -196,6 +196,47 @@ func TestEmbeddedEtcd(t *testing.T) {
 			t.Errorf("%s: %v %s; want %q", tc.name, err, answer, tc.want)
 		}
 	}
+	// The embedded etcd is netd's child netd-etcd: a netd killed with -9
+	// takes it down at once, and started again serves it again.
+	child := childProcess(t, c.netd[1].PID, "netd-etcd")
+	if err := c.netd[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually("netd-etcd to end with the netd killed", 2*time.Second, func() error {
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child)); err == nil && !strings.Contains(string(stat), ") Z ") {
+			return fmt.Errorf("pid %d still runs: %s", child, stat)
+		}
+		return nil
+	})
+	c.start(1)
+	c.converged(1, 1)
+	c.converged(2, 1)
+}
+
+// childProcess is the pid of parent's child named comm.
+func childProcess(t *testing.T, parent int, comm string) int {
+	t.Helper()
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, d := range dirs {
+		stat, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		name, rest, ok := strings.Cut(string(stat), ") ")
+		if !ok || !strings.HasSuffix(name, "("+comm) {
+			continue
+		}
+		var state string
+		var ppid, pid int
+		fmt.Sscanf(rest, "%s %d", &state, &ppid)
+		fmt.Sscanf(name, "%d", &pid)
+		if ppid == parent {
+			return pid
+		}
+	}
+	t.Fatalf("no child %s of pid %d", comm, parent)
+	return 0
 }
 
 // netd talks to an etcd that requires TLS with client certificates.

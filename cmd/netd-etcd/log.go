@@ -1,4 +1,4 @@
-package netd
+package main
 
 import (
 	"context"
@@ -10,44 +10,44 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// etcdLog is the embedded etcd's zap logger writing into netd's log: one
-// format (not JSON lines between netd's), errors only (its warnings are
+// zapLog is etcd's zap logger writing into a slog logger, netd's format
+// (not JSON lines between netd's), errors only (its warnings are
 // about settings netd chose, and slow requests), no stack traces, each line with component=etcd. Once netd stops the
 // server (Closing), its complaints about the listeners it is closing
 // ("use of closed network connection", "server closed") are expected
 // and go to debug: a clean stop is quiet.
-type etcdLog struct {
+type zapLog struct {
 	log     *slog.Logger
 	fields  []zapcore.Field
 	closing *atomic.Bool
 }
 
-func newEtcdLog(log *slog.Logger) *etcdLog {
-	return &etcdLog{log: log.With("component", "etcd"), closing: new(atomic.Bool)}
+func newZapLog(log *slog.Logger) *zapLog {
+	return &zapLog{log: log.With("component", "etcd"), closing: new(atomic.Bool)}
 }
 
 // Logger is the zap logger to give the embedded etcd.
-func (c *etcdLog) Logger() *zap.Logger { return zap.New(c) }
+func (c *zapLog) Logger() *zap.Logger { return zap.New(c) }
 
-// Closing says that netd is stopping the server.
-func (c *etcdLog) Closing() { c.closing.Store(true) }
+// Closing says that the server is being stopped.
+func (c *zapLog) Closing() { c.closing.Store(true) }
 
-func (c *etcdLog) Enabled(l zapcore.Level) bool {
+func (c *zapLog) Enabled(l zapcore.Level) bool {
 	return l >= zapcore.ErrorLevel && c.log.Enabled(context.Background(), c.level(l))
 }
 
-func (c *etcdLog) With(fields []zapcore.Field) zapcore.Core {
-	return &etcdLog{log: c.log, fields: append(slices.Clip(c.fields), fields...), closing: c.closing}
+func (c *zapLog) With(fields []zapcore.Field) zapcore.Core {
+	return &zapLog{log: c.log, fields: append(slices.Clip(c.fields), fields...), closing: c.closing}
 }
 
-func (c *etcdLog) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+func (c *zapLog) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
 	if c.Enabled(e.Level) {
 		return ce.AddCore(e, c)
 	}
 	return ce
 }
 
-func (c *etcdLog) Write(e zapcore.Entry, fields []zapcore.Field) error {
+func (c *zapLog) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	enc := zapcore.NewMapObjectEncoder()
 	for _, f := range append(slices.Clip(c.fields), fields...) {
 		f.AddTo(enc)
@@ -65,10 +65,10 @@ func (c *etcdLog) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	return nil
 }
 
-func (c *etcdLog) Sync() error { return nil }
+func (c *zapLog) Sync() error { return nil }
 
 // level maps zap's levels to slog's; all are debug while closing.
-func (c *etcdLog) level(l zapcore.Level) slog.Level {
+func (c *zapLog) level(l zapcore.Level) slog.Level {
 	switch {
 	case c.closing.Load():
 		return slog.LevelDebug
