@@ -124,10 +124,18 @@ func ebpfCrossNode(t *testing.T, mode string) {
 
 	t.Run("netd leave removes the programs and pins", func(t *testing.T) {
 		d := c.netd[2]
+		// netd leave is refused while containers are attached.
+		r, err := d.Node.Runner()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.RemoveAll(ctx); err != nil {
+			t.Fatal(err)
+		}
 		if err := d.Stop(); err != nil {
 			t.Fatal(err)
 		}
-		if out, err := d.Node.Run(ctx, d.Bin, append([]string{"leave"}, d.Flags()...)...); err != nil {
+		if out, err := d.Leave(ctx); err != nil {
 			t.Fatalf("netd leave: %v\n%s", err, out)
 		}
 		if _, err := os.Stat(filepath.Join(d.Node.BPFFSDir(), "berth", "pods")); !os.IsNotExist(err) {
