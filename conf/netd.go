@@ -209,7 +209,9 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 		Name       string   `json:"name"`
 		Plugins    []plugin `json:"plugins"`
 	}{
-		CNIVersion: "1.1.0",
+		// containerd 1.6 and podman 4 refuse 1.1.0 results (issue 12
+		// makes this a netd flag).
+		CNIVersion: "1.0.0",
 		Name:       c.Network,
 		Plugins: []plugin{{
 			Type:         "berth-" + c.Mode,
@@ -217,7 +219,7 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 			LeaseDir:     c.LeaseDir,
 			StateDir:     c.StateDir,
 			IPAM:         ipam{Type: IPAMType, DataDir: c.IPAMDataDir},
-			Capabilities: map[string]bool{"portMappings": true},
+			Capabilities: map[string]bool{"portMappings": true, "bandwidth": true},
 		}},
 	}
 	data, err := json.MarshalIndent(list, "", "  ")

@@ -108,7 +108,7 @@ func TestNodeConflist(t *testing.T) {
 	if err != nil {
 		t.Fatalf("libcni rejects %s: %v", data, err)
 	}
-	if list.Name != "pods" || list.CNIVersion != "1.1.0" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "berth-vxlan" {
+	if list.Name != "pods" || list.CNIVersion != "1.0.0" || len(list.Plugins) != 1 || list.Plugins[0].Network.Type != "berth-vxlan" {
 		t.Fatalf("unexpected conflist %s", data)
 	}
 	if !list.Plugins[0].Network.Capabilities["portMappings"] {

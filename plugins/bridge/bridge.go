@@ -83,6 +83,10 @@ func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 	if err != nil {
 		return err
 	}
+	bandwidth, err := conf.ParseBandwidth(args.StdinData)
+	if err != nil {
+		return err
+	}
 	netns, err := openNetns(args.Netns)
 	if err != nil {
 		return err
@@ -127,8 +131,12 @@ func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 			func() bool { return networkEmpty(c.StateDir, c.Name, k.rec.key()) })
 	})
 	undo = append(undo, func() { delLink(k.rec.HostVeth) })
+	undo = append(undo, func() { k.unshape() })
 	result, linkErr := links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
+		return err
+	}
+	if err := k.shape(bandwidth); err != nil {
 		return err
 	}
 	flushUDPConntrack(k.rec.Ports)
@@ -223,7 +231,7 @@ func (k *call) teardown() error {
 	fwErr = firewall.RemoveAttachment(c.StateDir, c.Name, key, len(k.rec.Ports) > 0,
 		func() bool { return networkEmpty(c.StateDir, c.Name, key) })
 	wg.Wait()
-	if err := errors.Join(linkErr, fwErr); err != nil {
+	if err := errors.Join(linkErr, fwErr, k.unshape()); err != nil {
 		return err
 	}
 	unclaimPorts(c.StateDir, k.rec)
@@ -264,6 +272,13 @@ func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
 	}
 	defer netns.Close()
 	if err := links.Check(k.linkRequest(netns, nil), prev); err != nil {
+		return err
+	}
+	bandwidth, err := conf.ParseBandwidth(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := k.checkShaping(bandwidth); err != nil {
 		return err
 	}
 	if err := k.ipam.check(); err != nil {
