@@ -38,6 +38,10 @@ Usage:
   netd leave [flags]     give up this node's subnet on purpose (stop netd
                          first): release the lease in etcd, remove the routes,
                          VTEP, lease file and conflist
+  netd install-cni       copy the berth-* plugins next to netd into the CNI
+                         bin dir (the Kubernetes DaemonSet's init step)
+  netd uninstall         remove everything berth put on this node, without
+                         asking the datastore (netd uninstall --help)
 
 Examples:
   netd --node-name=node1                          # embedded etcd, vxlan 10.244.0.0/16
@@ -67,10 +71,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "run", "status", "leave":
+	case "install-cni", "uninstall":
+		return runNodeInstall(cmd, args, stdout, stderr)
 	case "help":
 		cmd, args = "run", []string{"--help"}
 	default:
-		fmt.Fprintf(stderr, "netd: unknown command %q; use run, status or leave (netd --help)\n", cmd)
+		fmt.Fprintf(stderr, "netd: unknown command %q; use run, status, leave, install-cni or uninstall (netd --help)\n", cmd)
 		return 2
 	}
 	fs := flag.NewFlagSet("netd "+cmd, flag.ContinueOnError)
