@@ -87,9 +87,9 @@ type Cluster struct {
 	Kubeconfig string
 	Nodes      []*Node
 
-	pki   *pki
-	etcd  *testbed.Process
-	ctrl  []*testbed.Process // apiserver, controller manager, scheduler
+	pki  *pki
+	etcd *testbed.Process
+	ctrl []*testbed.Process // apiserver, controller manager, scheduler
 }
 
 // KubeBinDirFromEnv is where make test-k8s put the Kubernetes binaries.
