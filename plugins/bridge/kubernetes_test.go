@@ -221,12 +221,12 @@ func TestBandwidthConcurrent(t *testing.T) {
 	for i := range pods {
 		pods[i] = pod(t, fmt.Sprintf("par%d", i), shapedTo(uint64(10+i)*1e6, 5e6))
 	}
-	parallel(t, pods, "ADD", func(p *testenv.Attachment) error { _, err := rt.Add(p); return err })
+	eachPod(t, pods, "ADD", func(p *testenv.Attachment) error { _, err := rt.Add(p); return err })
 	if got := countIfb(t, n.ns); got != len(pods) {
 		t.Errorf("%d ifb devices for %d shaped pods", got, len(pods))
 	}
-	parallel(t, pods, "CHECK", rt.Check)
-	parallel(t, pods, "DEL", rt.Del)
+	eachPod(t, pods, "CHECK", rt.Check)
+	eachPod(t, pods, "DEL", rt.Del)
 	// Links only: parallel DELs of a network's last containers leave its
 	// iptables chains (issue 12, point 6, fixed there).
 	var left []string
@@ -240,7 +240,7 @@ func TestBandwidthConcurrent(t *testing.T) {
 	}
 }
 
-func parallel(t *testing.T, pods []*testenv.Attachment, op string, f func(*testenv.Attachment) error) {
+func eachPod(t *testing.T, pods []*testenv.Attachment, op string, f func(*testenv.Attachment) error) {
 	t.Helper()
 	var wg sync.WaitGroup
 	for _, p := range pods {
