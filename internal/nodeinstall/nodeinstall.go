@@ -150,10 +150,10 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 		os.RemoveAll(filepath.Join(n.IPAMDataDir, n.Network)),
 		removePlugins(n.CNIBinDir),
 	)
-	// Shared files (the iptables lock, host port claims) and the
-	// directories go only when no other berth network uses them.
+	// The directories go, with the plugins' shared files, when no other
+	// berth network uses them.
 	for _, dir := range uniq(n.StateDir, n.LeaseDir) {
-		errs = append(errs, removeIfOnlyBerthLeft(dir))
+		errs = append(errs, removeIfNoOtherNetwork(dir))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -351,42 +351,25 @@ func removePlugins(dir string) error {
 	return errors.Join(errs...)
 }
 
-// berthShared are the files the plugins share between networks in their
-// state dir.
-var berthShared = map[string]bool{"iptables.lock": true, "ports": true, "networks": true}
-
-// removeIfOnlyBerthLeft removes dir when it holds nothing but berth's
-// shared files with no network left in them.
-func removeIfOnlyBerthLeft(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+// removeIfNoOtherNetwork removes dir (berth's lease or state dir) when no
+// other berth network uses it: no other network's lease file (<name>.json)
+// and no attachment record of another network (networks/<name>/*.json).
+// What else is in it (the iptables lock, host port claims, per-namespace
+// directories) belongs to the plugins of the networks there, so it goes
+// with the last of them.
+func removeIfNoOtherNetwork(dir string) error {
+	leases, err := filepath.Glob(filepath.Join(dir, "*.json"))
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		if !berthShared[e.Name()] {
-			return nil // another network's lease or state
-		}
-		if e.IsDir() && !emptyTree(filepath.Join(dir, e.Name())) {
-			return nil
-		}
+	records, err := filepath.Glob(filepath.Join(dir, "networks", "*", "*.json"))
+	if err != nil {
+		return err
+	}
+	if len(leases) > 0 || len(records) > 0 {
+		return nil
 	}
 	return os.RemoveAll(dir)
-}
-
-// emptyTree reports whether dir holds directories only.
-func emptyTree(dir string) bool {
-	empty := true
-	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || !d.IsDir() {
-			empty = false
-			return filepath.SkipAll
-		}
-		return nil
-	})
-	return empty
 }
 
 func uniq(s ...string) []string {

@@ -82,6 +82,7 @@ func newNode(t *testing.T) *node {
 	}
 	must(t, os.MkdirAll(filepath.Join(n.runDir, "networks", "berth"), 0o755))
 	must(t, os.WriteFile(filepath.Join(n.runDir, "iptables.lock"), nil, 0o600))
+	must(t, os.MkdirAll(filepath.Join(n.runDir, "netns", "4097", "ports", "tcp-8080"), 0o755))
 	must(t, os.MkdirAll(filepath.Join(n.dataDir, "berth"), 0o755))
 	must(t, os.WriteFile(filepath.Join(n.dataDir, "berth", "10.244.3.2"), []byte("c1"), 0o644))
 	err = n.netns.Do(func(ns.NetNS) error {
@@ -233,5 +234,24 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Another berth network on the node keeps the shared directories (and
+// its own lease), and only this network's parts go.
+func TestUninstallKeepsOtherNetworks(t *testing.T) {
+	n := newNode(t)
+	other := lease.Path(n.runDir, "other")
+	must(t, os.WriteFile(other, []byte(`{}`), 0o644))
+	if err := n.uninstall(context.Background(), n.spec("", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another network's lease was removed: %v", err)
+	}
+	for _, p := range []string{lease.Path(n.runDir, "berth"), filepath.Join(n.runDir, "networks", "berth")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is left", p)
+		}
 	}
 }

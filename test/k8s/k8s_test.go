@@ -36,7 +36,9 @@ func TestKubernetes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	image := filepath.Join(testenv.BinDir(t, "netd"), "images", "berth.tar")
+	start := time.Now()
 	c := kubecluster.ForTest(t, ctx, kubecluster.Options{Nodes: 2})
+	t.Logf("FIGURE cluster up (control plane, %d kubelets registered) in %s", len(c.Nodes), time.Since(start).Round(time.Millisecond))
 	if _, err := os.Stat(image); err != nil {
 		t.Fatalf("berth's image: %v (make image writes it)", err)
 	}
@@ -46,7 +48,7 @@ func TestKubernetes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
+	start = time.Now()
 	if err := c.LoadTestImages(ctx); err != nil {
 		t.Fatal(err)
 	}
