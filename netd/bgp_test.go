@@ -136,12 +136,10 @@ func TestBGPMesh(t *testing.T) {
 		}
 	})
 
-	t.Run("netd kill -9 and restart lose no packet", func(t *testing.T) {
-		// A steady ping from node1's pod to node2's, while node2's netd
-		// is killed and restarted: graceful restart keeps node2's block
-		// on the others, and node2 keeps its routes in the kernel.
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
+	// A steady ping from node1's pod to node2's, while node2's netd is
+	// stopped and restarted: graceful restart keeps node2's block on the
+	// others, and node2 keeps its routes in the kernel.
+	restartLosesNothing := func(t *testing.T, stop func()) {
 		type res struct {
 			out string
 			err error
@@ -152,16 +150,26 @@ func TestBGPMesh(t *testing.T) {
 			done <- res{string(out), err}
 		}()
 		time.Sleep(time.Second)
-		c.netd[2].Kill()
+		stop()
 		time.Sleep(500 * time.Millisecond)
 		c.start(2, "--bgp-restart-time", "60s")
 		r := <-done
-		_ = ctx
 		m := lossRe.FindStringSubmatch(r.out)
 		if m == nil || m[1] != m[2] {
 			t.Errorf("packets lost across the restart:\n%s", r.out)
 		}
 		established(c, 2, 2)
+	}
+	t.Run("netd kill -9 and restart lose no packet", func(t *testing.T) {
+		restartLosesNothing(t, func() { c.netd[2].Kill() })
+	})
+	// What a Kubernetes rollout restart does: no Cease to the peers,
+	// which would make them drop node2's routes at once.
+	t.Run("netd SIGTERM and restart lose no packet", func(t *testing.T) {
+		restartLosesNothing(t, func() {
+			c.netd[2].Signal(syscall.SIGTERM)
+			c.netd[2].Wait(context.Background())
+		})
 	})
 
 	t.Run("a node that leaves is withdrawn everywhere", func(t *testing.T) {
