@@ -41,7 +41,7 @@ func TestVXLAN(t *testing.T) {
 		}
 		cl := readConflist(t, tb.Node(i), "vx")
 		plugin := cl["plugins"].([]any)[0].(map[string]any)
-		if cl["cniVersion"] != "1.1.0" || cl["name"] != "vx" || plugin["type"] != "berth-vxlan" ||
+		if cl["cniVersion"] != "1.0.0" || cl["name"] != "vx" || plugin["type"] != "berth-vxlan" ||
 			plugin["leaseDir"] != tb.Node(i).LeaseDir || plugin["stateDir"] != tb.Node(i).StateDir ||
 			plugin["ipam"].(map[string]any)["dataDir"] != tb.Node(i).IPAMDataDir {
 			t.Errorf("node%d conflist: %v", i, cl)
