@@ -11,9 +11,15 @@ DESTDIR      ?=
 PREFIX       ?= /usr/local
 CNI_BIN_DIR  ?= /opt/cni/bin
 CNI_CONF_DIR ?= /etc/cni/net.d
+# cniVersion of the installed example conflist: 1.0.0 works with every
+# runtime in use; CNI_VERSION=1.1.0 for runtimes that call GC and STATUS.
+CNI_VERSION  ?= 1.0.0
 
-# Plugins are exec'd on every container start: static, stripped, no VCS stamp.
-GOFLAGS_BUILD := -trimpath -ldflags='-s -w'
+# The version `runner version` (and netd) report: internal/version.Version.
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
+# Plugins are exec'd on every container start: static, stripped.
+GOFLAGS_BUILD := -trimpath -ldflags='-s -w -X github.com/berthnet/berth/internal/version.Version=$(VERSION)'
 export CGO_ENABLED = 0
 
 # Tests need the binaries and find them here.
@@ -21,7 +27,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability fuzz lint demo demo-clean bench install clean deps image test-k8s
+.PHONY: all build test test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install clean deps image test-k8s
 
 all: build
 
@@ -54,6 +60,14 @@ test-reliability: build
 	@BERTH_ETCD_OUTAGE=$(ETCD_OUTAGE) $(GO) test -count=1 -v -timeout $(TEST_TIMEOUT) ./test/reliability/ >/tmp/berth-reliability.log 2>&1; rc=$$?; \
 	grep -E '^ *--- |^(ok|FAIL)|FIGURE|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-reliability.log; exit $$rc
 
+# berth under real runtimes (test/runtimes): Debian's podman 4.3 with its
+# CNI backend, and containerd's ctr, each in a private mount namespace and
+# network namespaces the test makes, with a busybox image built locally.
+test-runtimes: build
+	@echo "go test ./test/runtimes/, log in /tmp/berth-runtimes.log"
+	@BERTH_TEST_RUNTIMES=1 $(GO) test -count=1 -v -timeout 10m ./test/runtimes/ >/tmp/berth-runtimes.log 2>&1; rc=$$?; \
+	grep -E '^ *--- |^(ok|FAIL)|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-runtimes.log; exit $$rc
+
 # make image: berth's container image (netd and the berth-* plugins from
 # bin/) as an OCI image tar, written by a Go program, no container engine:
 # load it with `ctr -n k8s.io images import bin/images/berth.tar`.
@@ -79,6 +93,7 @@ test-unit:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@out=$$($(GO) mod tidy -diff 2>&1) || { echo "go.mod/go.sum not tidy (run go mod tidy):"; echo "$$out"; exit 1; }
 
 # Installs the Debian packages the demo and tests use, when missing.
 deps:
@@ -99,14 +114,22 @@ demo-clean:
 	@./test/demo/demo.sh clean
 	@$(GO) run ./test/demo/cmd/demo -clean
 
+# A full run rewrites bench/results/ and the README's bench section; a
+# quick run (BENCH_QUICK=1) writes bench/results/quick/ only.
 bench: deps build
 	$(GO) run ./bench/cmd/bench $(if $(BENCH_QUICK),-quick)
+
+# The plots and the README's bench section again from the committed
+# results (no measuring).
+bench-render:
+	$(GO) run ./bench/cmd/bench -render bench/results/results.json
 
 install: build
 	install -d $(DESTDIR)$(CNI_BIN_DIR) $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(CNI_CONF_DIR)
 	install -m 0755 $(addprefix $(BIN_DIR)/,$(filter berth-%,$(BINARIES))) $(DESTDIR)$(CNI_BIN_DIR)/
 	$(if $(filter-out berth-%,$(BINARIES)),install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/)
-	install -m 0644 conf/examples/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/
+	sed 's/"cniVersion": "[^"]*"/"cniVersion": "$(CNI_VERSION)"/' conf/examples/10-berth-bridge.conflist >$(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
+	chmod 0644 $(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
 
 clean:
 	rm -rf $(BIN_DIR)

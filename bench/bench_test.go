@@ -54,21 +54,25 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 
-	r.ControlPlane, err = MeasureControlPlane(ctx, ControlPlaneConfig{Sizes: []int{joinsPerSize + 2}, Quick: true, BinDir: bin, Progress: progress})
+	// 3 nodes: the last one leaves and joins again until there are
+	// minPairs pairs.
+	r.ControlPlane, err = MeasureControlPlane(ctx, ControlPlaneConfig{Sizes: []int{3}, Quick: true, BinDir: bin, Progress: progress})
 	if err != nil {
 		t.Fatalf("MeasureControlPlane: %v", err)
 	}
 	for _, c := range r.ControlPlane.Convergence {
-		if c.Pairs == 0 || c.P50 <= 0 || c.Max < c.P50 {
+		if c.Pairs < minPairs || c.P50 <= 0 || c.Max < c.P50 || c.AllPeersMax < c.AllPeersP50 || c.AllPeersP50 < c.P50 ||
+			c.Joins < 3 || c.StartToLeaseP50 <= 0 || c.StartToLeaseMax < c.StartToLeaseP50 {
 			t.Errorf("%s convergence: implausible %+v", c.Mode, c)
 		}
 	}
 
 	r.Finish()
 	// bridge ADD, DEL and throughput; throughput and round trip of vxlan,
-	// hostgw and bgp; none for the control plane below 50 nodes.
-	if len(r.Targets) != 9 {
-		t.Errorf("want 9 targets, got %d: %+v", len(r.Targets), r.Targets)
+	// hostgw and bgp; all peers at 3 nodes of vxlan and hostgw; start →
+	// lease of the three modes; none of the 50-node ones.
+	if len(r.Targets) != 14 {
+		t.Errorf("want 14 targets, got %d: %+v", len(r.Targets), r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
@@ -83,7 +87,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "raw underlay IPv6 (2 nodes)", "vxlan IPv6 (2 nodes)",
+		"hostgw IPv6 (2 nodes)", "bgp IPv6 (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}

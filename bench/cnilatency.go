@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // Latency is the distribution of one CNI operation.
@@ -97,6 +98,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 	}
 	defer testutils.UnmountNS(node)
 	defer node.Close()
+	defer netnsdir.Remove(node.Path()) // the plugins' locks and port claims of the node
 	work, err := os.MkdirTemp("", "berth-bench-")
 	if err != nil {
 		return nil, err

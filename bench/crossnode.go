@@ -20,11 +20,13 @@ import (
 	"github.com/berthnet/berth/test/testbed"
 )
 
-// Names of the cross-node figures. The modes compare with RawUnderlay.
+// Names of the cross-node figures. The modes compare with RawUnderlay,
+// their IPv6 rows ("<mode> IPv6 (2 nodes)") with RawUnderlayV6.
 const (
-	RawUnderlay = "raw underlay (2 nodes)"
-	PlainVXLAN  = "plain vxlan device (2 nodes)"
-	HandBuilt   = "hand-built containers (2 nodes)"
+	RawUnderlay   = "raw underlay (2 nodes)"
+	RawUnderlayV6 = "raw underlay IPv6 (2 nodes)"
+	PlainVXLAN    = "plain vxlan device (2 nodes)"
+	HandBuilt     = "hand-built containers (2 nodes)"
 )
 
 // CrossNodeModes are netd's modes, measured in this order.
@@ -40,8 +42,9 @@ type CrossNodeConfig struct {
 }
 
 // CrossNode measures container-to-container traffic from a container on
-// node 1 to one on node 2 in each of netd's modes, and the limits they
-// are compared with: the raw underlay between two machines on the same
+// node 1 to one on node 2 in each of netd's modes, over IPv4 and over
+// IPv6 (each mode's network is dual-stack: the same two containers), and
+// the limits they are compared with: the raw underlay between two machines on the same
 // underlay bridge (no CNI, no rules) and a bare kernel VXLAN device on
 // each of them (no berth), which says how much of the vxlan mode's gap
 // is the kernel's encapsulation alone. A third, HandBuilt, is the
@@ -93,8 +96,8 @@ func CrossNode(ctx context.Context, cfg CrossNodeConfig) (res []Datapath, err er
 }
 
 // underlayPaths are the baselines: two plain hosts on the nodes'
-// underlay bridge, talking directly and through a bare VXLAN device.
-// It returns the hosts too.
+// underlay bridge, talking directly (over IPv4 and over IPv6) and through
+// a bare VXLAN device. It returns the hosts too.
 func underlayPaths(tb *testbed.Testbed) ([]path, []*testbed.NetNS, error) {
 	var hosts []*testbed.NetNS
 	var ips []netip.Addr
@@ -107,11 +110,12 @@ func underlayPaths(tb *testbed.Testbed) ([]path, []*testbed.NetNS, error) {
 		hosts, ips = append(hosts, h), append(ips, ip)
 	}
 	raw := Endpoints{Client: hosts[0].NetNS, Server: hosts[1].NetNS, ServerIP: ips[1].String()}
+	raw6 := Endpoints{Client: hosts[0].NetNS, Server: hosts[1].NetNS, ServerIP: testbed.IPv6Of(ips[1]).String()}
 	vx, err := plainVXLAN(hosts, ips)
 	if err != nil {
 		return nil, nil, err
 	}
-	return []path{{name: RawUnderlay, e: raw}, {name: PlainVXLAN, baseline: RawUnderlay, e: vx}}, hosts, nil
+	return []path{{name: RawUnderlay, e: raw}, {name: RawUnderlayV6, e: raw6}, {name: PlainVXLAN, baseline: RawUnderlay, e: vx}}, hosts, nil
 }
 
 // handBuilt gives each plain host a bridge with a container behind it
@@ -176,19 +180,21 @@ func handBuiltNode(c ns.NetNS, i int, peerSubnet, peer string) error {
 }
 
 // modeNets are the networks CrossNode runs side by side, by mode: each
-// its own CIDR, bridge and metrics port.
+// its own (dual-stack) CIDRs, bridge and metrics port.
 var modeNets = map[string]struct {
 	cidr, bridge string
 	port         int
 }{
-	"vxlan":  {"10.231.0.0/16", "bvx0", 9491},
-	"hostgw": {"10.232.0.0/16", "bhg0", 9492},
-	"bgp":    {"10.233.0.0/16", "bbgp0", 9493},
+	"vxlan":  {"10.231.0.0/16,fd00:231::/56", "bvx0", 9491},
+	"hostgw": {"10.232.0.0/16,fd00:232::/56", "bhg0", 9492},
+	"bgp":    {"10.233.0.0/16,fd00:233::/56", "bbgp0", 9493},
 }
 
 // modePaths starts a real etcd and, for each mode, netd on both nodes,
 // waits until they are healthy, and attaches a container to each node
-// through the conflist netd wrote. cleanup detaches the containers.
+// through the conflist netd wrote. Each mode gives an IPv4 path and,
+// after all of those, an IPv6 path between the same containers. cleanup
+// detaches the containers.
 func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (paths []path, cleanup func(), err error) {
 	var ctrs []*container
 	cleanup = func() {
@@ -218,6 +224,7 @@ func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (p
 		}
 		daemons = append(daemons, nds)
 	}
+	var v6 []path
 	for i, mode := range cfg.Modes {
 		var pair []*container
 		for _, nd := range daemons[i] {
@@ -235,8 +242,35 @@ func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (p
 		}
 		paths = append(paths, path{name: mode + " (2 nodes)", baseline: RawUnderlay,
 			e: Endpoints{Client: pair[0].netns, Server: pair[1].netns, ServerIP: pair[1].ip}})
+		if err := waitAddr(ctx, pair[1].netns, pair[1].ip6); err != nil {
+			return nil, cleanup, fmt.Errorf("cross-node %s IPv6: %w", mode, err)
+		}
+		v6 = append(v6, path{name: mode + " IPv6 (2 nodes)", baseline: RawUnderlayV6,
+			e: Endpoints{Client: pair[0].netns, Server: pair[1].netns, ServerIP: pair[1].ip6}})
 	}
-	return paths, cleanup, nil
+	return append(paths, v6...), cleanup, nil
+}
+
+// waitAddr waits until ip can be bound in netns n: a fresh IPv6 address
+// stays tentative while the kernel checks it is not a duplicate.
+func waitAddr(ctx context.Context, n ns.NetNS, ip string) error {
+	if ip == "" {
+		return errors.New("the container has no IPv6 address: is the network dual-stack?")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := n.Do(func(ns.NetNS) error {
+			l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+			if err == nil {
+				l.Close()
+			}
+			return err
+		})
+		if err == nil || time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // plainVXLAN gives each host a bare VXLAN device over eth0 with the

@@ -22,6 +22,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // Datapath is the container-to-container figures of one mode.
@@ -161,7 +163,7 @@ func iperf(ctx context.Context, e Endpoints, streams, seconds int) (float64, err
 func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	var l net.Listener
 	if err := e.Server.Do(func(ns.NetNS) error {
-		l, err = net.Listen("tcp4", net.JoinHostPort(e.ServerIP, "5202"))
+		l, err = net.Listen("tcp", net.JoinHostPort(e.ServerIP, "5202"))
 		return err
 	}); err != nil {
 		return 0, 0, err
@@ -185,7 +187,7 @@ func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	}()
 	var c net.Conn
 	if err := e.Client.Do(func(ns.NetNS) error {
-		c, err = net.DialTimeout("tcp4", net.JoinHostPort(e.ServerIP, "5202"), 3*time.Second)
+		c, err = net.DialTimeout("tcp", net.JoinHostPort(e.ServerIP, "5202"), 3*time.Second)
 		return err
 	}); err != nil {
 		return 0, 0, err
@@ -390,6 +392,7 @@ func OneNodeContainers(ctx context.Context, n OneNodeNetwork, binDirs []string) 
 		for _, c := range conts {
 			c.remove(ctx)
 		}
+		netnsdir.Remove(node.Path()) // the plugins' locks and port claims of the node
 		closeNS(node)
 		os.RemoveAll(work)
 	}
@@ -424,6 +427,7 @@ type cniNetwork struct {
 type container struct {
 	netns ns.NetNS
 	ip    string // its first address
+	ip6   string // its first IPv6 address, "" without one
 	net   cniNetwork
 	rt    *libcni.RuntimeConf
 }
@@ -452,6 +456,11 @@ func (n cniNetwork) attach(ctx context.Context, id string) (*container, error) {
 		return c, fmt.Errorf("CNI ADD of %s: %w", id, err)
 	}
 	c.ip = res.IPs[0].Address.IP.String()
+	for _, ipc := range res.IPs {
+		if ipc.Address.IP.To4() == nil && c.ip6 == "" {
+			c.ip6 = ipc.Address.IP.String()
+		}
+	}
 	return c, nil
 }
 

@@ -3,22 +3,21 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
-	"image/color"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
+	"golang.org/x/sys/unix"
 )
 
 // Report is everything one `make bench` run measured.
 type Report struct {
-	When       time.Time  `json:"when"`
-	Quick      bool       `json:"quick"`
+	When  time.Time `json:"when"`
+	Quick bool      `json:"quick"`
+	// Machine describes where the figures were measured (CPUs, memory,
+	// kernel), for the plots and the README.
+	Machine    string     `json:"machine,omitempty"`
 	CNILatency []Latency  `json:"cniLatency"`
 	Datapath   []Datapath `json:"datapath"`
 	// ControlPlane is convergence, memory and CPU of netd as the cluster grows.
@@ -44,8 +43,12 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) 
 // same run.
 func (r *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Measured %s%s. Ratios compare figures of the same run.\n\n",
-		r.When.Format("2006-01-02"), map[bool]string{true: " (quick mode)", false: ""}[r.Quick])
+	on := ""
+	if r.Machine != "" {
+		on = " on " + r.Machine
+	}
+	fmt.Fprintf(&b, "Measured %s%s%s. Ratios compare figures of the same run.\n\n",
+		r.When.Format("2006-01-02"), on, map[bool]string{true: " (quick mode)", false: ""}[r.Quick])
 	if t := targetsMarkdown(r.Targets); t != "" {
 		b.WriteString(t + "\n")
 	}
@@ -113,96 +116,51 @@ func (r *Report) Plot(dir string) error {
 	if r.ControlPlane == nil {
 		return nil
 	}
-	return r.ControlPlane.Plot(filepath.Join(dir, "controlplane.png"))
+	return r.plotControlPlane(filepath.Join(dir, "controlplane.png"))
 }
 
-// PlotCNI draws p50/p99 bars per operation and plugin.
-func (r *Report) PlotCNI(path string) error {
-	p := plot.New()
-	p.Title.Text = "CNI operation latency (lower is better)"
-	p.Y.Label.Text = "milliseconds"
-	var ops []string
-	seen := map[string]bool{}
-	byName := map[string]map[string]Latency{}
-	var names []string
-	for _, l := range r.CNILatency {
-		if !seen[l.Op] {
-			seen[l.Op] = true
-			ops = append(ops, l.Op)
-		}
-		if byName[l.Name] == nil {
-			byName[l.Name] = map[string]Latency{}
-			names = append(names, l.Name)
-		}
-		byName[l.Name][l.Op] = l
+// ReadReport loads a results.json written by WriteJSON.
+func ReadReport(path string) (*Report, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
 	}
-	// One colour per plugin, p99 the same colour paler, bars centred on
-	// their operation.
-	w := vg.Points(14)
-	total := 2 * len(names)
-	for i, name := range names {
-		for k, pct := range []string{"p50", "p99"} {
-			vals := make(plotter.Values, len(ops))
-			for j, op := range ops {
-				l := byName[name][op]
-				d := l.P50
-				if pct == "p99" {
-					d = l.P99
-				}
-				vals[j] = float64(d) / 1e6
-			}
-			bars, err := plotter.NewBarChart(vals, w)
-			if err != nil {
-				return err
-			}
-			c := color.NRGBAModel.Convert(plotutil.Color(i)).(color.NRGBA)
-			if pct == "p99" {
-				c.A = 110
-			}
-			bars.Color = c
-			bars.LineStyle.Width = 0
-			bars.Offset = w * vg.Length(float64(i*2+k)-float64(total-1)/2)
-			p.Add(bars)
-			p.Legend.Add(name+" "+pct, bars)
-		}
+	var r Report
+	if err := json.Unmarshal(data, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	p.Legend.Top = true
-	p.Legend.Left = true
-	p.Legend.XOffs = vg.Points(40)
-	p.NominalX(ops...)
-	p.Y.Min = 0
-	p.Y.Max *= 1.6 // room for the legend above the bars
-	return p.Save(12*vg.Inch, 6*vg.Inch, path)
+	return &r, nil
 }
 
-// PlotDatapath draws the throughput of each mode next to its baseline.
-func (r *Report) PlotDatapath(path string) error {
-	p := plot.New()
-	p.Title.Text = "Container-to-container TCP throughput (higher is better)"
-	p.Y.Label.Text = "Gbit/s"
-	var names []string
-	one, four := plotter.Values{}, plotter.Values{}
-	for _, d := range r.Datapath {
-		// Two lines per label, or the nine of a full run overlap.
-		names = append(names, strings.Replace(d.Name, " (", "\n(", 1))
-		one = append(one, d.Gbps1)
-		four = append(four, d.Gbps4)
-	}
-	w := vg.Points(20)
-	for k, v := range []plotter.Values{one, four} {
-		bars, err := plotter.NewBarChart(v, w)
-		if err != nil {
-			return err
+// DescribeMachine says what this machine is, for the plots: CPUs, memory,
+// kernel, e.g. "2 vCPUs (AMD EPYC), 23.5 GiB, Linux 6.18.44".
+func DescribeMachine() string {
+	cpus, model := 0, ""
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			switch k = strings.TrimSpace(k); {
+			case !ok:
+			case k == "processor":
+				cpus++
+			case k == "model name" && model == "":
+				model = strings.TrimSpace(v)
+			}
 		}
-		bars.Color = plotutil.Color(k)
-		bars.LineStyle.Width = 0
-		bars.Offset = w * vg.Length(float64(k)-0.5)
-		p.Add(bars)
-		p.Legend.Add([]string{"1 stream", "4 streams"}[k], bars)
 	}
-	p.Legend.Top = true
-	p.NominalX(names...)
-	p.Y.Min = 0
-	p.Y.Max *= 1.25
-	return p.Save(12*vg.Inch, 5*vg.Inch, path)
+	s := fmt.Sprintf("%d vCPUs", cpus)
+	if model != "" {
+		s += " (" + model + ")"
+	}
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		var kib float64
+		if _, err := fmt.Sscanf(string(data), "MemTotal: %f kB", &kib); err == nil {
+			s += fmt.Sprintf(", %.1f GiB", kib/(1<<20))
+		}
+	}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		s += ", Linux " + unix.ByteSliceToString(u.Release[:])
+	}
+	return s
 }

@@ -1,11 +1,11 @@
 package conf
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -21,8 +21,24 @@ const (
 	MaxMTU          = 65535
 )
 
-// supportedVersions must match internal/cniplugin.SupportedVersions.
-var supportedVersions = map[string]bool{"0.4.0": true, "1.0.0": true, "1.1.0": true}
+// SupportedVersions are the CNI spec versions every berth plugin speaks:
+// results are given in the config's version (types.PrintResult converts).
+// 0.3.x has no CHECK, 1.0.0 no GC and STATUS; libcni does not call them.
+var SupportedVersions = []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"}
+
+// DefaultCNIVersion is what berth writes into the conflists it makes: the
+// newest version that every runtime in use accepts (podman 4.x and
+// containerd 1.6/1.7 refuse 1.1.0 results). 1.1.0 brings GC and STATUS
+// for runtimes that call them.
+const DefaultCNIVersion = "1.0.0"
+
+// ValidCNIVersion checks a cniVersion berth is asked to write or read.
+func ValidCNIVersion(field, v string) error {
+	if !slices.Contains(SupportedVersions, v) {
+		return fmt.Errorf("%w: %s: cniVersion %q: berth supports %s", cnierr.ErrIncompatibleVersion, field, v, strings.Join(SupportedVersions, ", "))
+	}
+	return nil
+}
 
 // Bridge is the configuration of berth-bridge, and the base of
 // berth-vxlan and berth-hostgw (which fill the subnet from the node lease).
@@ -42,15 +58,29 @@ type Bridge struct {
 	LeaseDir         string `json:"leaseDir"` // vxlan/hostgw: where netd writes the node lease
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig"`
+	// Args are the config's "args" (CNI conventions): args.cni.mac.
+	Args struct {
+		CNI struct {
+			MAC string `json:"mac"`
+		} `json:"cni"`
+	} `json:"args"`
 
 	// Filled by Parse.
-	IPAMConf *IPAM `json:"-"`
+	// MAC is the container interface's address: runtimeConfig.mac, else
+	// args.cni.mac, else MAC= in CNI_ARGS (podman run --mac-address), as
+	// the reference bridge does; "" for a random one.
+	MAC      string `json:"-"`
+	IPAMConf *IPAM  `json:"-"`
 	// Scope is the whole network: its traffic is neither masqueraded nor
 	// isolated. The subnet for bridge, the cluster CIDR for overlay modes.
 	Scope netip.Prefix `json:"-"`
+	// ScopeV6 is the IPv6 cluster CIDR of a leased network with IPv6
+	// (from the node lease); zero otherwise.
+	ScopeV6 netip.Prefix `json:"-"`
 }
 
-// RuntimeConfig holds the capabilities a runtime passes.
+// RuntimeConfig holds the capabilities a runtime passes; a new capability
+// is a new field here (with its validation in validateCommon).
 type RuntimeConfig struct {
 	PortMappings []PortMapping `json:"portMappings"`
 	IPs          []string      `json:"ips"`
@@ -81,25 +111,51 @@ func ValidIfName(field, name string) error {
 }
 
 // ParseBridge decodes and validates the fields every bridge-family plugin
-// shares. The caller then fills the addressing: ParseIPAMFor for
-// berth-bridge, the node lease for berth-vxlan and berth-hostgw.
-func ParseBridge(stdin []byte) (*Bridge, error) {
+// shares; cniArgs is CNI_ARGS. The caller then fills the addressing:
+// ParseIPAMFor for berth-bridge, the node lease for berth-vxlan and
+// berth-hostgw.
+func ParseBridge(stdin []byte, cniArgs string) (*Bridge, error) {
 	c := &Bridge{}
-	if err := json.Unmarshal(stdin, c); err != nil {
-		return nil, fmt.Errorf("%w: config is not valid JSON: %v", cnierr.ErrDecode, err)
+	if err := Decode(stdin, c); err != nil {
+		return nil, err
 	}
 	if err := c.validateCommon(); err != nil {
+		return nil, err
+	}
+	if err := c.resolveMAC(cniArgs); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
+// resolveMAC picks the container MAC the way the reference bridge does.
+func (c *Bridge) resolveMAC(cniArgs string) error {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		if v, ok := strings.CutPrefix(kv, "MAC="); ok {
+			if _, err := net.ParseMAC(v); err != nil {
+				return fmt.Errorf("%w: CNI_ARGS MAC=%q is not a MAC address", cnierr.ErrInvalidEnv, v)
+			}
+			c.MAC = v
+		}
+	}
+	if mac := c.Args.CNI.MAC; mac != "" {
+		if _, err := net.ParseMAC(mac); err != nil {
+			return invalid("args.cni.mac", fmt.Sprintf("%q is not a MAC address", mac))
+		}
+		c.MAC = mac
+	}
+	if c.RuntimeConfig.MAC != "" {
+		c.MAC = c.RuntimeConfig.MAC // validated with the other capabilities
+	}
+	return nil
+}
+
 func (c *Bridge) validateCommon() error {
 	if c.CNIVersion == "" {
-		c.CNIVersion = "0.4.0" // the spec's rule for a missing version on old configs
+		c.CNIVersion = "0.4.0" // skel refuses a config without one before we get here
 	}
-	if !supportedVersions[c.CNIVersion] {
-		return fmt.Errorf("%w: cniVersion %q: berth supports 0.4.0, 1.0.0 and 1.1.0", cnierr.ErrIncompatibleVersion, c.CNIVersion)
+	if err := ValidCNIVersion("cniVersion", c.CNIVersion); err != nil {
+		return err
 	}
 	if c.Name == "" {
 		return invalid("name", "missing network name")
@@ -149,6 +205,22 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 		if set[0].Subnet.Addr().Is4() {
 			c.Scope = set[0].Subnet // iptables rules are IPv4-only
 			break
+		}
+	}
+	return c.checkMTUForIPv6()
+}
+
+// MinIPv6MTU is the smallest MTU IPv6 works with (RFC 8200): the kernel
+// removes IPv6 from an interface with less.
+const MinIPv6MTU = 1280
+
+func (c *Bridge) checkMTUForIPv6() error {
+	if c.MTU == 0 || c.MTU >= MinIPv6MTU {
+		return nil
+	}
+	for _, set := range c.IPAMConf.RangeSets {
+		if set[0].Subnet.Addr().Is6() {
+			return invalid("mtu", fmt.Sprintf("%d is below %d, the minimum for IPv6, and ipam has the IPv6 range %s", c.MTU, MinIPv6MTU, set[0].Subnet))
 		}
 	}
 	return nil

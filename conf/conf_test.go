@@ -3,6 +3,7 @@ package conf
 import (
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/berthnet/berth/internal/cnierr"
@@ -77,7 +78,9 @@ func TestParseBridge(t *testing.T) {
 	}{
 		{name: "minimal", stdin: `{"cniVersion":"1.1.0","name":"n","type":"berth-bridge"}`},
 		{name: "ports", stdin: `{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"}]}}`},
-		{name: "wrong version", stdin: `{"cniVersion":"0.3.1","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
+		{name: "0.3.0", stdin: `{"cniVersion":"0.3.0","name":"n"}`},
+		{name: "0.3.1", stdin: `{"cniVersion":"0.3.1","name":"n"}`},
+		{name: "wrong version", stdin: `{"cniVersion":"0.2.0","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
 		{name: "unknown version", stdin: `{"cniVersion":"9.9.9","name":"n"}`, wantErr: cnierr.ErrIncompatibleVersion},
 		{name: "malformed", stdin: `{"name":`, wantErr: cnierr.ErrDecode},
 		{name: "no name", stdin: `{"cniVersion":"1.1.0"}`, wantErr: cnierr.ErrInvalidConfig},
@@ -91,7 +94,7 @@ func TestParseBridge(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := ParseBridge([]byte(tt.stdin))
+			_, err := ParseBridge([]byte(tt.stdin), "")
 			if tt.wantErr == nil && err != nil {
 				t.Fatal(err)
 			}
@@ -107,5 +110,61 @@ func TestValidIfName(t *testing.T) {
 		if err := ValidIfName("ifName", name); (err == nil) != ok {
 			t.Errorf("ValidIfName(%q) = %v", name, err)
 		}
+	}
+}
+
+// A value of the wrong JSON type is code 7 naming the field as the user
+// wrote it, not Go's struct path (it was code 6 "Bridge.mtu").
+func TestDecodeNamesTheField(t *testing.T) {
+	tests := []struct{ stdin, field string }{
+		{`{"cniVersion":"1.0.0","name":"n","mtu":"1500"}`, "mtu: a string given, a whole number expected"},
+		{`{"cniVersion":"1.0.0","name":"n","ipam":{"ranges":[[{"subnet":"10.0.0.0/24"},{"subnet":10}]]}}`, "ipam.ranges[0][1].subnet:"},
+		{`{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":80},{"hostPort":{"x":1}}]}}`, "runtimeConfig.portMappings[1].hostPort: an object given"},
+		{`{"cniVersion":"1.0.0","name":"n","isGateway":"yes"}`, "isGateway: a string given, true or false expected"},
+		{`{"cniVersion":"1.0.0","name":"n","ipam":{"routes":[{"dst":"nope"}]}}`, "nope"},
+		{`[1,2]`, "config: an array given"},
+	}
+	for _, tt := range tests {
+		_, err := ParseBridge([]byte(tt.stdin), "")
+		if err == nil {
+			c := &Bridge{}
+			err = c.ParseIPAMFor([]byte(tt.stdin), "")
+		}
+		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field) {
+			t.Errorf("%s: %v, want code 7 naming %q", tt.stdin, err, tt.field)
+		}
+	}
+	if _, err := ParseBridge([]byte(`{"name":"n",`), ""); !errors.Is(err, cnierr.ErrDecode) {
+		t.Errorf("truncated JSON: %v, want code 6", err)
+	}
+}
+
+func TestResolveMAC(t *testing.T) {
+	const base = `{"cniVersion":"1.0.0","name":"n"`
+	tests := []struct{ stdin, args, want string }{
+		{base + `}`, "IgnoreUnknown=1;K8S_POD_NAME=x;MAC=02:00:00:00:00:01", "02:00:00:00:00:01"},
+		{base + `,"args":{"cni":{"mac":"02:00:00:00:00:02"}}}`, "MAC=02:00:00:00:00:01", "02:00:00:00:00:02"},
+		{base + `,"runtimeConfig":{"mac":"02:00:00:00:00:03"},"args":{"cni":{"mac":"02:00:00:00:00:02"}}}`, "MAC=02:00:00:00:00:01", "02:00:00:00:00:03"},
+		{base + `}`, "", ""},
+	}
+	for _, tt := range tests {
+		c, err := ParseBridge([]byte(tt.stdin), tt.args)
+		if err != nil || c.MAC != tt.want {
+			t.Errorf("%s with CNI_ARGS %q: MAC %q, %v; want %q", tt.stdin, tt.args, c.MAC, err, tt.want)
+		}
+	}
+	if _, err := ParseBridge([]byte(base+`}`), "MAC=nope"); !errors.Is(err, cnierr.ErrInvalidEnv) {
+		t.Errorf("CNI_ARGS MAC=nope: %v, want code 4", err)
+	}
+}
+
+func TestMTUForIPv6(t *testing.T) {
+	stdin := []byte(`{"cniVersion":"1.0.0","name":"n","mtu":1200,"ipam":{"ranges":[[{"subnet":"10.0.0.0/24"}],[{"subnet":"fd00::/64"}]]}}`)
+	c, err := ParseBridge(stdin, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ParseIPAMFor(stdin, ""); !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), "mtu:") {
+		t.Errorf("mtu 1200 with an IPv6 range: %v, want code 7 naming mtu", err)
 	}
 }

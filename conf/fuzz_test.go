@@ -19,7 +19,7 @@ func FuzzParseBridge(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := ParseBridge(data)
+		c, err := ParseBridge(data, "")
 		if err != nil {
 			if !errors.As(err, new(*cnierr.Kind)) {
 				t.Fatalf("untyped error %v", err)

@@ -4,7 +4,6 @@
 package conf
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -85,8 +84,8 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 	var outer struct {
 		IPAM *rawIPAM `json:"ipam"`
 	}
-	if err := json.Unmarshal(stdin, &outer); err != nil {
-		return nil, fmt.Errorf("%w: parsing ipam: %v", cnierr.ErrDecode, err)
+	if err := Decode(stdin, &outer); err != nil {
+		return nil, err
 	}
 	if outer.IPAM == nil {
 		return nil, fmt.Errorf("%w: ipam: missing; add {\"type\":\"berth-ipam\",\"ranges\":[[{\"subnet\":\"10.88.0.0/16\"}]]}", cnierr.ErrInvalidConfig)
@@ -142,8 +141,8 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 // args.cni.ips, CNI_ARGS IP=) and checks each is in a range set.
 func (c *IPAM) SetRequested(stdin []byte, cniArgs string) error {
 	var src requestSources
-	if err := json.Unmarshal(stdin, &src); err != nil {
-		return fmt.Errorf("%w: parsing requested addresses: %v", cnierr.ErrDecode, err)
+	if err := Decode(stdin, &src); err != nil {
+		return err
 	}
 	requested, err := requestedIPs(src, cniArgs)
 	if err != nil {

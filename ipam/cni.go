@@ -1,7 +1,6 @@
 package ipam
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 
@@ -24,8 +23,8 @@ type Request struct {
 // NewRequest parses a CNI call's config for IPAM.
 func NewRequest(args *skel.CmdArgs) (*Request, string, error) {
 	var head types.NetConf
-	if err := json.Unmarshal(args.StdinData, &head); err != nil {
-		return nil, "", fmt.Errorf("%w: config is not valid JSON: %v", cnierr.ErrDecode, err)
+	if err := conf.Decode(args.StdinData, &head); err != nil {
+		return nil, "", err
 	}
 	if head.Name == "" {
 		return nil, "", fmt.Errorf("%w: name: missing network name", cnierr.ErrInvalidConfig)
@@ -108,8 +107,8 @@ func Status(req *Request) error {
 // ValidAttachments reads cni.dev/valid-attachments from a GC call's config.
 func ValidAttachments(stdin []byte) ([]types.GCAttachment, error) {
 	var c types.NetConf
-	if err := json.Unmarshal(stdin, &c); err != nil {
-		return nil, fmt.Errorf("%w: config is not valid JSON: %v", cnierr.ErrDecode, err)
+	if err := conf.Decode(stdin, &c); err != nil {
+		return nil, err
 	}
 	return c.ValidAttachments, nil
 }

@@ -32,28 +32,80 @@ func att(i int) Attachment { return Attachment{ContainerID: fmt.Sprintf("c%d", i
 
 func TestAllocateRoundRobinSkipsGateway(t *testing.T) {
 	p := newPool(t, `{"subnet":"10.0.0.0/29"}`) // .1 gateway, .2-.6 allocatable
-	var got []string
-	for i := 0; i < 5; i++ {
+	alloc := func(i int) string {
+		t.Helper()
 		a, err := p.Allocate(att(i))
 		if err != nil {
 			t.Fatal(err)
 		}
-		got = append(got, a[0].Addr.String())
+		return a[0].Addr.String()
 	}
-	want := "[10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5 10.0.0.6]"
-	if fmt.Sprint(got) != want {
+	release := func(i int) {
+		t.Helper()
+		if err := p.Release(att(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A freed address is not handed out again while the cursor has
+	// fresh ones ahead: .2 freed, the next is .4, not .2.
+	if a, b := alloc(0), alloc(1); a != "10.0.0.2" || b != "10.0.0.3" {
+		t.Fatalf("first two: %s %s", a, b)
+	}
+	release(0)
+	if got := alloc(2); got != "10.0.0.4" {
+		t.Fatalf("after releasing .2: got %s, want 10.0.0.4 (round robin, not the lowest free)", got)
+	}
+	var got []string
+	for i := 3; i <= 5; i++ {
+		got = append(got, alloc(i))
+	}
+	// The cursor wraps round past the gateway to the freed .2.
+	if want := "[10.0.0.5 10.0.0.6 10.0.0.2]"; fmt.Sprint(got) != want {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 	if _, err := p.Allocate(att(9)); !errors.Is(err, cnierr.ErrAddressExhausted) {
 		t.Fatalf("full pool: err = %v, want exhausted", err)
 	}
-	// Freed .3 is reused only after the cursor wraps round.
-	if err := p.Release(att(1)); err != nil {
+	// Freed .5 then .3: the cursor (at .2) reaches .3 first.
+	release(4)
+	release(1)
+	if got := alloc(10); got != "10.0.0.3" {
+		t.Fatalf("after releasing .5 and .3: got %s, want 10.0.0.3", got)
+	}
+}
+
+// The cursor lives in the store (host-local's last_reserved_ip.0): a
+// new Pool on the same data dir, as the next plugin exec is, continues
+// after the last address handed out.
+func TestRoundRobinSurvivesReopen(t *testing.T) {
+	c, err := conf.ParseIPAM([]byte(`{"ipam":{"subnet":"10.0.0.0/29"}}`), "")
+	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := p.Allocate(att(10))
-	if err != nil || a[0].Addr.String() != "10.0.0.3" {
-		t.Fatalf("after release got %v, %v", a, err)
+	c.DataDir = t.TempDir()
+	next := func(i int) string {
+		t.Helper()
+		p, err := Open("net", c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		a, err := p.Allocate(att(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := p.Release(att(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return a[0].Addr.String()
+	}
+	if a, b := next(0), next(1); a != "10.0.0.2" || b != "10.0.0.3" {
+		t.Fatalf("got %s then %s (the first released), want 10.0.0.2 then 10.0.0.3", a, b)
+	}
+	if data, err := os.ReadFile(filepath.Join(c.DataDir, "net", "last_reserved_ip.0")); err != nil || string(data) != "10.0.0.3" {
+		t.Fatalf("last_reserved_ip.0: %q %v", data, err)
 	}
 }
 

@@ -5,13 +5,19 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/testenv"
+	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -71,6 +77,43 @@ func matrix(t *testing.T, pods []*bgpPod) {
 				t.Errorf("%s -> %s: server saw %q (%v), want %s", from.node.Host, to.node.Host, seen, err, from.ip)
 			}
 		}
+	}
+}
+
+// watchDeletes follows node n's routes of netd's protocol from now on and
+// returns a function that lists the ones deleted so far.
+func watchDeletes(t *testing.T, n *testbed.Node) func() []string {
+	t.Helper()
+	ch := make(chan netlink.RouteUpdate, 1024)
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	err := n.Do(func() error {
+		return netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{ErrorCallback: func(err error) {
+			select {
+			case <-done:
+			default:
+				t.Errorf("route events of %s: %v", n.Host, err)
+			}
+		}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var deleted []string
+	go func() {
+		for u := range ch {
+			if u.Type == unix.RTM_DELROUTE && u.Protocol == backend.RouteProtocol {
+				mu.Lock()
+				deleted = append(deleted, u.Dst.String())
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(deleted)
 	}
 }
 
@@ -149,6 +192,10 @@ func TestBGPMesh(t *testing.T) {
 			out, err := testenv.InNS(pods[0].ctr.Netns, "ping", "-n", "-i", "0.05", "-c", "120", "-W", "1", pods[1].ip)
 			done <- res{string(out), err}
 		}()
+		// The ping ends before the sessions are back: node2's routes are
+		// watched until then, and a moment after, for the instant the
+		// restarted netd stops holding what it found in the kernel.
+		deleted := watchDeletes(t, tb.Node(2))
 		time.Sleep(time.Second)
 		stop()
 		time.Sleep(500 * time.Millisecond)
@@ -159,6 +206,10 @@ func TestBGPMesh(t *testing.T) {
 			t.Errorf("packets lost across the restart:\n%s", r.out)
 		}
 		established(c, 2, 2)
+		time.Sleep(4 * time.Second)
+		if d := deleted(); len(d) > 0 {
+			t.Errorf("node2 deleted routes of netd while it restarted: %v", d)
+		}
 	}
 	t.Run("netd kill -9 and restart lose no packet", func(t *testing.T) {
 		restartLosesNothing(t, func() { c.netd[2].Kill() })

@@ -15,7 +15,6 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
-	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/registry"
 )
 
@@ -50,13 +49,13 @@ func FetchStatus(ctx context.Context, addr string) (*Status, error) {
 // Print renders the status for a person.
 func (s *Status) Print(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "node\t%s (%s on %s)\n", s.Node, s.NodeIP, s.Iface)
-	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, s.CIDR)
+	fmt.Fprintf(tw, "node\t%s (%s on %s)\n", s.Node, join(s.NodeIP, s.NodeIPv6), s.Iface)
+	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, join(s.CIDR, s.CIDRv6))
 	expiry := "expired"
 	if left := s.LeaseExpires.Sub(now); left > 0 {
 		expiry = "expires in " + left.Round(time.Second).String()
 	}
-	fmt.Fprintf(tw, "lease\t%s, MTU %d, %s\n", s.Subnet, s.MTU, expiry)
+	fmt.Fprintf(tw, "lease\t%s, MTU %d, %s\n", join(s.Subnet, s.SubnetV6), s.MTU, expiry)
 	etcd := "reachable"
 	if !s.EtcdUp {
 		etcd = "UNREACHABLE (degraded: the datapath keeps the last known leases)"
@@ -82,7 +81,7 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 		if p.Error != "" {
 			state = "ERROR: " + p.Error
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, p.NodeIP, p.Subnet, state)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, join(p.NodeIP, p.NodeIPv6), join(p.Subnet, p.SubnetV6), state)
 	}
 	if len(s.BGP) > 0 {
 		fmt.Fprintf(tw, "bgp sessions\t%d\n", len(s.BGP))
@@ -103,6 +102,18 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 	tw.Flush()
 }
 
+// join lists the values of both families that are set: "10.244.3.0/24,
+// fd00:244:0:3::/64".
+func join(v4, v6 string) string {
+	switch {
+	case v4 == "":
+		return v6
+	case v6 == "":
+		return v4
+	}
+	return v4 + "," + v6
+}
+
 // Leave is `netd leave`: the node gives up its subnet on purpose. It
 // releases the lease in etcd (peers then remove their routes to it),
 // removes this node's datapath for the network, the lease file and the
@@ -116,14 +127,14 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return fmt.Errorf("netd is still running for this node (it answers on %s); stop it first (SIGTERM keeps the datapath for a restart, leave removes it)", cfg.MetricsAddr)
 		}
 	}
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
 	endpoints := cfg.EtcdEndpoints
 	if len(endpoints) == 0 {
 		// This node ran the embedded etcd: start it again to release.
-		emb, err := startEmbedded(ctx, cfg, u.IP, log)
+		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
 		if err != nil {
 			return err
 		}
@@ -149,13 +160,13 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	case err != nil:
 		return err
 	default:
-		log.Info("released lease", "node", cfg.NodeName, "network", network.Name, "subnet", released.Subnet)
+		log.Info("released lease", "node", cfg.NodeName, "network", network.Name, "subnet", released.Subnet, "subnetV6", released.SubnetV6)
 	}
 	be, err := newBackend(network.Mode, log)
 	if err != nil {
 		return err
 	}
-	node := backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: network}
+	node := u.node(cfg.NodeName, network)
 	var errs []error
 	if err := be.Teardown(ctx, node); err != nil {
 		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))

@@ -20,14 +20,18 @@ import (
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
+	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/registry"
 )
 
 // Config is what netd is told on its command line (or config file).
 type Config struct {
 	NodeName string
-	NodeIP   netip.Addr // zero: the address of Iface, or of the default route's interface
-	Iface    string     // "": the interface holding NodeIP, or the default route's
+	// NodeIPs are the node's underlay addresses as given (--node-ip): at
+	// most one per family, the first preferred (VXLAN runs over its
+	// family). A family not given is found on the underlay interface.
+	NodeIPs []netip.Addr
+	Iface   string // "": the interface holding NodeIPs, or the default route's
 
 	EtcdEndpoints []string // none: start an embedded etcd on this node
 	EtcdCAFile    string
@@ -49,6 +53,7 @@ type Config struct {
 	CNIStateDir    string
 	IPAMDataDir    string
 	Bridge         string // written into the conflist (vxlan, hostgw)
+	CNIVersion     string // of the conflist
 	MetricsAddr    string
 	ResyncInterval time.Duration
 	LogLevel       string
@@ -74,7 +79,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	var endpoints, nodeIP, cidr, configFile string
 	fs.StringVar(&configFile, "config", "", "JSON file of options: flag names as keys, e.g. {\"etcd-endpoints\": \"https://10.0.0.5:2379\", \"mode\": \"hostgw\"}; flags on the command line win")
 	fs.StringVar(&c.NodeName, "node-name", host, "this node's unique name in the network, e.g. worker-3")
-	fs.StringVar(&nodeIP, "node-ip", "", "address other nodes reach this node at, e.g. 192.168.50.3 (default: the address of --iface, or of the default route's interface)")
+	fs.StringVar(&nodeIP, "node-ip", "", "addresses other nodes reach this node at, one per family, comma-separated, the first preferred (VXLAN runs over its family), e.g. 192.168.50.3 or 192.168.50.3,fd00:50::3 (default: the addresses of --iface, or of the default route's interface; a family not given is found on that interface)")
 	fs.StringVar(&c.Iface, "iface", "", "underlay interface, e.g. eth0 (default: the one holding --node-ip, or the default route's)")
 
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs, e.g. https://10.0.0.5:2379,https://10.0.0.6:2379 (default: start an embedded single-member etcd on this node that other nodes can use)")
@@ -88,8 +93,9 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 
 	n := &c.Network
 	fs.StringVar(&n.Name, "network-name", conf.DefaultNetworkName, "network name: the CNI network name and lease file <lease-dir>/<name>.json, e.g. pods")
-	fs.StringVar(&cidr, "network-cidr", "", "cluster network, e.g. 10.244.0.0/16 (default 10.244.0.0/16 when this netd creates the network)")
-	fs.IntVar(&n.SubnetLen, "subnet-len", 0, fmt.Sprintf("prefix length of each node's subnet, e.g. 26 (default %d when creating)", conf.DefaultSubnetLen))
+	fs.StringVar(&cidr, "network-cidr", "", "cluster network: an IPv4 prefix, an IPv6 prefix, or one of each comma-separated for dual-stack, as Kubernetes' --cluster-cidr, e.g. 10.244.0.0/16,fd00:244::/56 (default 10.244.0.0/16 when this netd creates the network; giving an IPv6 prefix to an IPv4 network that has none adds it)")
+	fs.IntVar(&n.SubnetLen, "subnet-len", 0, fmt.Sprintf("prefix length of each node's IPv4 subnet, e.g. 26 (default %d when creating)", conf.DefaultSubnetLen))
+	fs.IntVar(&n.SubnetLenV6, "subnet-len-v6", 0, fmt.Sprintf("prefix length of each node's IPv6 subnet, e.g. 80 (default %d when the network gets IPv6); the IPv6 network must hold as many subnets as the IPv4 one", conf.DefaultSubnetLenV6))
 	fs.StringVar(&n.Mode, "mode", "", "vxlan, hostgw or bgp, e.g. hostgw (default vxlan when creating)")
 	fs.IntVar(&n.VNI, "vni", 0, fmt.Sprintf("vxlan: VXLAN network identifier, e.g. 42 (default %d when creating)", conf.DefaultVNI))
 	fs.IntVar(&n.Port, "vxlan-port", 0, fmt.Sprintf("vxlan: UDP port, e.g. 4789 (default %d when creating)", conf.DefaultVXLANPort))
@@ -102,6 +108,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
 	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
 	fs.StringVar(&c.Bridge, "bridge", "", "vxlan/hostgw: the node bridge containers attach to, written into the conflist, e.g. berth1 (default berth0; give each network on a node its own)")
+	fs.StringVar(&c.CNIVersion, "cni-version", conf.DefaultCNIVersion, "cniVersion of the conflist, e.g. 1.1.0 for a runtime that calls GC and STATUS (podman 4 and containerd 1.6/1.7 refuse 1.1.0 results)")
 	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
 	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
@@ -113,7 +120,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.IntVar(&c.BGP.Port, "bgp-port", bgp.DefaultPort, "bgp: TCP port of this node's speaker and of its peers, e.g. 179")
 	fs.BoolVar(&c.BGP.RouteReflector, "bgp-route-reflector", false, "bgp: this node reflects routes; the nodes that are not reflectors then peer only with the reflectors (use 2+ reflectors beyond ~20 nodes)")
 	fs.BoolVar(&c.BGP.NodeMesh, "bgp-node-mesh", true, "bgp: peer with the other nodes; turn off when external routers (--bgp-peers) carry every node's routes")
-	fs.StringVar(&bgpPeers, "bgp-peers", "", "bgp: external routers, comma-separated ADDRESS:ASN[:PASSWORD] (TCP MD5), e.g. 192.168.50.254:64600:s3cret")
+	fs.StringVar(&bgpPeers, "bgp-peers", "", "bgp: external routers, comma-separated ADDRESS:ASN[:PASSWORD] (TCP MD5), an IPv6 address in brackets, e.g. 192.168.50.254:64600:s3cret,[fd00:50::254]:64600 (an IPv6 router gets the IPv6 blocks)")
 	fs.BoolVar(&c.BGP.AcceptForeign, "bgp-accept-foreign", false, "bgp: also install learned prefixes outside the cluster CIDR (default: ignored, so a peer cannot hijack other traffic)")
 	fs.DurationVar(&c.BGP.RestartTime, "bgp-restart-time", 120*time.Second, "bgp: graceful restart time announced to peers: how long they keep this node's routes while netd restarts")
 
@@ -126,13 +133,11 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 		if endpoints != "" {
 			c.EtcdEndpoints = strings.Split(endpoints, ",")
 		}
-		if nodeIP != "" {
-			a, err := netip.ParseAddr(nodeIP)
-			if err != nil || !a.Is4() {
-				return fmt.Errorf("--node-ip: %q is not an IPv4 address", nodeIP)
-			}
-			c.NodeIP = a
+		ips, err := parseNodeIPs(nodeIP)
+		if err != nil {
+			return err
 		}
+		c.NodeIPs = ips
 		c.BGP.ASN = uint32(asn)
 		if asn == 0 || asn > 1<<32-1 {
 			return fmt.Errorf("--bgp-asn: %d is not an AS number (1..4294967295)", asn)
@@ -142,15 +147,59 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 			return err
 		}
 		c.BGP.Peers = peers
-		if cidr != "" {
-			p, err := netip.ParsePrefix(cidr)
-			if err != nil {
-				return fmt.Errorf("--network-cidr: %q is not a prefix like 10.244.0.0/16", cidr)
-			}
-			c.Network.CIDR = p
+		if err := parseCIDRs(cidr, &c.Network); err != nil {
+			return err
 		}
 		return c.Validate()
 	}
+}
+
+// parseCIDRs reads --network-cidr: one prefix, or one of each family.
+func parseCIDRs(s string, n *conf.Network) error {
+	if s == "" {
+		return nil
+	}
+	for _, item := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(item))
+		if err != nil {
+			return fmt.Errorf("--network-cidr: %q is not a prefix like 10.244.0.0/16 or fd00:244::/56", item)
+		}
+		field := &n.CIDR
+		if p.Addr().Is6() {
+			field = &n.CIDRv6
+		}
+		if field.IsValid() {
+			return fmt.Errorf("--network-cidr: %s and %s are of the same family; give at most one IPv4 and one IPv6 prefix", *field, p)
+		}
+		*field = p
+	}
+	return nil
+}
+
+// parseNodeIPs reads --node-ip: one address per family, the first
+// preferred.
+func parseNodeIPs(s string) ([]netip.Addr, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []netip.Addr
+	for _, item := range strings.Split(s, ",") {
+		a, err := netip.ParseAddr(strings.TrimSpace(item))
+		switch {
+		case err != nil || a.Zone() != "":
+			return nil, fmt.Errorf("--node-ip: %q is not an IP address", item)
+		case a.Is4In6():
+			return nil, fmt.Errorf("--node-ip: %s is an IPv4-mapped address; give %s", a, a.Unmap())
+		case !a.IsGlobalUnicast():
+			return nil, fmt.Errorf("--node-ip: %s is not a unicast address other nodes can send to (link-local, loopback and multicast addresses are not)", a)
+		case len(out) == 1 && out[0].Is4() == a.Is4():
+			return nil, fmt.Errorf("--node-ip: %s and %s are of the same family; give one address per family", out[0], a)
+		case len(out) == 2:
+			return nil, fmt.Errorf("--node-ip: %q: give at most two addresses, one per family", s)
+		}
+		out = append(out, a)
+	}
+	return out, nil
 }
 
 // parseBGPPeers reads --bgp-peers: ADDRESS:ASN[:PASSWORD],...
@@ -160,13 +209,26 @@ func parseBGPPeers(s string) ([]backend.BGPPeer, error) {
 		if item = strings.TrimSpace(item); item == "" {
 			continue
 		}
-		parts := strings.SplitN(item, ":", 3)
-		if len(parts) < 2 {
-			return nil, fmt.Errorf("--bgp-peers: %q: want ADDRESS:ASN[:PASSWORD], e.g. 192.168.50.254:64600", item)
+		host, rest := item, ""
+		if strings.HasPrefix(item, "[") { // [IPv6]:ASN[:PASSWORD]
+			end := strings.Index(item, "]")
+			if end < 0 || !strings.HasPrefix(item[end+1:], ":") {
+				return nil, fmt.Errorf("--bgp-peers: %q: want [IPV6]:ASN[:PASSWORD], e.g. [fd00:50::254]:64600", item)
+			}
+			host, rest = item[1:end], item[end+2:]
+		} else if i := strings.Index(item, ":"); i >= 0 {
+			host, rest = item[:i], item[i+1:]
+		}
+		parts := append([]string{host}, strings.SplitN(rest, ":", 2)...)
+		if rest == "" {
+			return nil, fmt.Errorf("--bgp-peers: %q: want ADDRESS:ASN[:PASSWORD], e.g. 192.168.50.254:64600 or [fd00:50::254]:64600", item)
 		}
 		addr, err := netip.ParseAddr(parts[0])
-		if err != nil || !addr.Is4() {
-			return nil, fmt.Errorf("--bgp-peers: %q: %q is not an IPv4 address", item, parts[0])
+		switch {
+		case err != nil && strings.Count(item, ":") > 2:
+			return nil, fmt.Errorf("--bgp-peers: %q: write an IPv6 address in brackets: [fd00:50::254]:64600", item)
+		case err != nil || addr.Zone() != "" || addr.Is4In6():
+			return nil, fmt.Errorf("--bgp-peers: %q: %q is not an IP address", item, parts[0])
 		}
 		asn, err := strconv.ParseUint(parts[1], 10, 32)
 		if err != nil || asn == 0 {
@@ -186,8 +248,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.NodeName == "":
 		return errors.New("--node-name: empty; give this node a unique name")
-	case registry.CheckNodeName(c.NodeName) != nil:
-		return fmt.Errorf("--node-name: %v (peers would ignore this node's lease)", registry.CheckNodeName(c.NodeName))
+	case cluster.CheckNodeName(c.NodeName) != nil:
+		return fmt.Errorf("--node-name: %v (peers would ignore this node's lease)", cluster.CheckNodeName(c.NodeName))
 	case c.LeaseTTL < 2*time.Second:
 		return fmt.Errorf("--lease-ttl: %s is shorter than etcd's minimum of 2s", c.LeaseTTL)
 	case c.ResyncInterval < 100*time.Millisecond:
@@ -197,6 +259,11 @@ func (c *Config) Validate() error {
 	}
 	if c.Bridge != "" {
 		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {
+			return err
+		}
+	}
+	if c.CNIVersion != "" {
+		if err := conf.ValidCNIVersion("--cni-version", c.CNIVersion); err != nil {
 			return err
 		}
 	}

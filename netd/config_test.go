@@ -30,7 +30,7 @@ func TestFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.NodeName != "n1" || len(c.EtcdEndpoints) != 2 || c.Network.CIDR != netip.MustParsePrefix("10.9.0.0/16") ||
-		c.Network.Mode != "hostgw" || c.Network.IPMasq == nil || *c.Network.IPMasq || c.NodeIP != netip.MustParseAddr("192.168.50.1") {
+		c.Network.Mode != "hostgw" || c.Network.IPMasq == nil || *c.Network.IPMasq || len(c.NodeIPs) != 1 || c.NodeIPs[0] != netip.MustParseAddr("192.168.50.1") {
 		t.Fatalf("parsed %+v", c)
 	}
 	// Network flags not given stay unset: a joining node adopts them.
@@ -40,6 +40,13 @@ func TestFlags(t *testing.T) {
 	if c.LeaseTTL != DefaultLeaseTTL || c.MetricsAddr != DefaultMetricsAddr || c.EtcdPrefix != "/berth/v1" || c.LeaseDir != "/run/berth" {
 		t.Fatalf("defaults: %+v", c)
 	}
+	// The conflist's version: one every runtime in use accepts, unless asked.
+	if c.CNIVersion != "1.0.0" {
+		t.Fatalf("--cni-version default %q, want 1.0.0", c.CNIVersion)
+	}
+	if c, err := parse(t, "--node-name", "n1", "--cni-version", "1.1.0"); err != nil || c.CNIVersion != "1.1.0" {
+		t.Fatalf("--cni-version 1.1.0: %v", err)
+	}
 }
 
 func TestFlagErrors(t *testing.T) {
@@ -47,7 +54,18 @@ func TestFlagErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--node-ip", "fd00::1"}, "--node-ip"},
+		{[]string{"--node-ip", "fe80::1"}, "--node-ip: fe80::1 is not a unicast address"},
+		{[]string{"--node-ip", "10.0.0.1,10.0.0.2"}, "same family"},
+		{[]string{"--node-ip", "10.0.0.1,fd00::1,fd00::2"}, "--node-ip"},
+		{[]string{"--node-ip", "::ffff:10.0.0.1"}, "IPv4-mapped"},
+		{[]string{"--node-ip", "node1"}, "not an IP address"},
+		{[]string{"--network-cidr", "10.1.0.0/16,10.2.0.0/16"}, "same family"},
+		{[]string{"--network-cidr", "fd00::1/64"}, "cidrV6: fd00::1/64 has host bits set"},
+		{[]string{"--network-cidr", "10.1.0.0/16,fd00::/60", "--subnet-len", "24", "--subnet-len-v6", "64"}, "cidrV6: fd00::/60 holds 16 IPv6 node subnets of /64, fewer than the 256 IPv4 subnets"},
+		{[]string{"--subnet-len-v6", "127"}, "subnetLenV6:"},
+		{[]string{"--bgp-peers", "fd00::1:64600"}, "brackets"},
+		{[]string{"--bgp-peers", "[fd00::1]64600"}, "[IPV6]:ASN"},
+		{[]string{"--bgp-peers", "[fd00::1]:x"}, "not an AS number"},
 		{[]string{"--network-cidr", "10.0.0.0"}, "--network-cidr"},
 		{[]string{"--mode", "ipip"}, "mode:"},
 		{[]string{"--subnet-len", "31"}, "subnetLen:"},
@@ -55,6 +73,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--lease-ttl", "1s"}, "--lease-ttl"},
 		{[]string{"--etcd-certfile", "c.pem"}, "--etcd-keyfile"},
 		{[]string{"--node-name", ""}, "--node-name"},
+		{[]string{"--cni-version", "2.0.0"}, "--cni-version"},
 	}
 	for _, tt := range tests {
 		_, err := parse(t, tt.args...)
@@ -79,5 +98,34 @@ func TestConfigFile(t *testing.T) {
 	os.WriteFile(path, []byte(`{"nodename": "x"}`), 0o644)
 	if _, err := parse(t, "--config", path); err == nil || !strings.Contains(err.Error(), `unknown option "nodename"`) {
 		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+// --network-cidr and --node-ip take one value per family, as Kubernetes'
+// --cluster-cidr and kubelet's --node-ip do; --bgp-peers takes IPv6
+// routers in brackets.
+func TestDualStackFlags(t *testing.T) {
+	c, err := parse(t, "--network-cidr", "10.244.0.0/16,fd00:244::/56", "--subnet-len-v6", "80", "--node-ip", "fd00:50::3,192.168.50.3",
+		"--bgp-peers", "192.168.50.254:64600,[fd00:50::254]:64601:pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Network
+	if n.CIDR != netip.MustParsePrefix("10.244.0.0/16") || n.CIDRv6 != netip.MustParsePrefix("fd00:244::/56") || n.SubnetLenV6 != 80 || n.SubnetLen != 0 {
+		t.Errorf("network %+v", n)
+	}
+	if len(c.NodeIPs) != 2 || c.NodeIPs[0] != netip.MustParseAddr("fd00:50::3") || c.NodeIPs[1] != netip.MustParseAddr("192.168.50.3") {
+		t.Errorf("node IPs %v", c.NodeIPs)
+	}
+	p := c.BGP.Peers
+	if len(p) != 2 || p[1].Address != netip.MustParseAddr("fd00:50::254") || p[1].ASN != 64601 || p[1].Password != "pw" || p[0].ASN != 64600 {
+		t.Errorf("bgp peers %+v", p)
+	}
+	c, err = parse(t, "--network-cidr", "fd00:244::/48")
+	if err != nil || c.Network.CIDR.IsValid() || c.Network.CIDRv6 != netip.MustParsePrefix("fd00:244::/48") {
+		t.Fatalf("IPv6-only: %+v %v", c, err)
+	}
+	if n := c.Network.WithDefaults(); n.CIDR.IsValid() || n.SubnetLenV6 != 64 || n.SubnetLen != 0 {
+		t.Errorf("IPv6-only defaults %+v", n)
 	}
 }

@@ -6,13 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"sync"
 	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
@@ -21,6 +17,7 @@ import (
 	"github.com/berthnet/berth/netd/backend/bgp"
 	"github.com/berthnet/berth/netd/backend/hostgw"
 	"github.com/berthnet/berth/netd/backend/vxlan"
+	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/registry"
 )
 
@@ -41,32 +38,28 @@ func newBackend(mode string, log *slog.Logger) (backend.Backend, error) {
 // that is retried rather than a hang.
 const etcdTimeout = 10 * time.Second
 
+// daemon is one netd: it wires the lease keeping (keeper), the view of
+// the other nodes (peerView) and the backend together in one reconcile
+// loop (reconcile.go).
 type daemon struct {
 	cfg       *Config
 	log       *slog.Logger
 	endpoints []string
 	node      backend.Node
-	reg       *registry.Registry
 	network   *conf.Network
 	nw        backend.Network
 	m         *metrics
-	kick      chan struct{} // asks the reconcile loop for a pass
+	store     cluster.Store
+	keeper    *keeper
+	peers     *peerView
+	health    *health
+	underlay  *backend.Underlay
+	kernel    *backend.Cache // the owned part of the kernel, from netlink events
+	kick      chan struct{}  // asks the reconcile loop for a pass
+	fullKick  chan struct{}  // asks it for a full pass
 
-	reclaim chan int64    // asks guardLease to write this node's key back (its ModRevision)
-	relive  chan struct{} // asks keepAlive to lease again at once (etcd lost its data)
-
-	mu         sync.Mutex // guards the fields below
-	self       registry.Lease
-	expires    time.Time
-	leases     []registry.Lease    // in etcd, as last read
-	unreadable []registry.Rejected // keys in etcd that are no lease
-	held       []registry.Lease    // read before etcd lost its data; see setLeases
-	heldUntil  time.Time
-	peerLeases []registry.Lease    // the other nodes, vetted
-	rejected   []registry.Rejected // leases ignored, and why
-	etcdUp     bool
-	etcdDown   time.Time // when etcd was first found unreachable; zero while up
-	last       result
+	mu   sync.Mutex // guards last
+	last result
 
 	reconcileMu sync.Mutex // one reconcile or status check at a time
 }
@@ -77,6 +70,9 @@ type result struct {
 	Changes  []string
 	Err      error
 	Problems []backend.Problem
+	// Announced are the problems the routing protocol's apply step
+	// found (bgp), which status shows with the ones it computes.
+	Announced []backend.Problem
 }
 
 // Run is `netd run`. It returns when ctx ends (SIGTERM), leaving the
@@ -84,13 +80,13 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), reclaim: make(chan int64, 1), relive: make(chan struct{}, 1)}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), fullKick: make(chan struct{}, 1), kernel: &backend.Cache{}}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
 		}
 	}
-	u, err := detectUnderlay(cfg.NodeIP, cfg.Iface)
+	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
 	}
@@ -101,11 +97,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if httpListener != nil {
 		defer httpListener.Close() // no-op once served
 	}
-	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
+	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
 	d.endpoints = cfg.EtcdEndpoints
 	if len(d.endpoints) == 0 {
-		emb, err := startEmbedded(ctx, cfg, u.IP, log)
+		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
 		if err != nil {
 			return err
 		}
@@ -124,69 +120,66 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	defer cli.Close()
-	d.reg = registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-	d.reg.Log = log
+	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
+	reg.Log = log
+	d.store = reg
 	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 
-	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
-		d.network, err = d.reg.EnsureConfig(ctx, cfg.Network)
+	err = retry(ctx, log, cfg.LeaseTTL, "reading the network config", func(ctx context.Context) error {
+		d.network, err = d.store.EnsureConfig(ctx, cfg.Network)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	n := d.network
-	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
+	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
+		"mode", n.Mode, "vni", n.VNI, "port", n.Port, "ipMasq", n.Masq(), "directRouting", n.Direct())
 	be, err := newBackend(n.Mode, log)
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
-	d.node = backend.Node{Name: cfg.NodeName, IP: u.IP, Link: u.Link, Network: n, BGP: cfg.BGP}
+	d.node = u.node(cfg.NodeName, n)
+	d.node.BGP = cfg.BGP
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err
 	}
+	d.underlay = backend.NewUnderlay(d.node)
 	d.m = newMetrics(n.Name)
+	d.health = &health{log: log, endpoints: d.endpoints, gauge: d.m.etcdUp}
+	d.peers = newPeerView(n, cfg.LeaseTTL, log, d.m)
+	d.keeper = newKeeper(d, reg.Holder(cfg.LeaseTTL))
+	d.keeper.acquired = d.revet
 
-	if err := d.acquire(ctx); err != nil {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The leases are read while this node leases its own.
+	wg.Go(func() { d.store.Follow(ctx, d.leasesChanged) })
+	if err := d.keeper.acquire(ctx); err != nil {
 		return err
 	}
 	if err := d.writeConflist(); err != nil {
 		return err
 	}
-	var snap registry.Snapshot
-	err = d.retry(ctx, "listing leases", func(ctx context.Context) error {
-		snap, err = d.reg.List(ctx)
-		return err
-	})
-	if err != nil {
-		return err
+	select {
+	case <-d.peers.ready:
+	case <-ctx.Done():
+		return nil
 	}
-	d.setLeases(registry.Change{Snapshot: snap})
-	d.reconcile(ctx)
+	// Kernel events queue from before the first pass reads the kernel.
+	events, err := d.subscribe()
+	if err != nil {
+		log.Warn("subscribing to kernel events; relying on full passes until it works", "err", err)
+	}
+	d.reconcile(ctx, true)
 
 	defer d.serveHTTP(httpListener)()
 
-	var wg sync.WaitGroup
-	wg.Go(func() { d.keepAlive(ctx) })
-	wg.Go(func() {
-		d.reg.Follow(ctx, snap, func(c registry.Change) {
-			if c.Resync {
-				d.m.resyncs.Inc()
-			}
-			if c.Rewound {
-				d.m.rewinds.Inc()
-				select {
-				case d.relive <- struct{}{}:
-				default:
-				}
-			}
-			d.setLeases(c)
-			d.poke()
-		})
-	})
-	wg.Go(func() { d.guardLease(ctx) })
-	wg.Go(func() { d.watchKernel(ctx) })
-	wg.Go(func() { d.probeEtcd(ctx, cli) })
+	wg.Go(func() { d.keeper.run(ctx) })
+	wg.Go(func() { d.watchKernel(ctx, events) })
+	wg.Go(func() { d.probe(ctx) })
 	wg.Go(func() { d.reconcileLoop(ctx) })
 	if n, ok := d.nw.(backend.Notifier); ok {
 		wg.Go(func() { // BGP learned or lost a route, or a session changed
@@ -200,10 +193,37 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			}
 		})
 	}
-	log.Info("running", "subnet", d.lease().Subnet, "endpoints", d.endpoints)
+	self, _ := d.keeper.lease()
+	log.Info("running", "subnet", self.Subnet, "subnetV6", self.SubnetV6, "endpoints", d.endpoints)
 	wg.Wait()
-	log.Info("stopped; datapath and lease left in place for the next start", "subnet", d.lease().Subnet)
+	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
+}
+
+// leasesChanged takes the leases after a change in the datastore.
+func (d *daemon) leasesChanged(c cluster.Change) {
+	d.log.Debug("leases changed", "leases", len(c.Leases), "rejected", len(c.Rejected), "resync", c.Resync)
+	if c.Resync {
+		d.m.resyncs.Inc()
+	}
+	if c.Rewound {
+		d.m.rewinds.Inc()
+		d.keeper.askRelive()
+		// The leases held from before stop counting after a TTL.
+		time.AfterFunc(d.cfg.LeaseTTL, d.revet)
+	}
+	d.peers.set(c)
+	d.revet()
+}
+
+// revet vets the leases again for this node's lease, asks for its key to
+// be written back if the datastore has it otherwise, and reconciles.
+func (d *daemon) revet() {
+	self, _ := d.keeper.lease()
+	if d.peers.vet(self) {
+		d.keeper.askReclaim()
+	}
+	d.poke()
 }
 
 // retry runs f (with a per-request timeout) until it succeeds, fails in
@@ -211,9 +231,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 // Waits between tries stay well under the lease TTL: when etcd comes
 // back after an outage, the leases it kept expire one TTL later, and a
 // node must renew its own before that or its peers drop its routes.
-func (d *daemon) retry(ctx context.Context, what string, f func(context.Context) error) error {
+func retry(ctx context.Context, log *slog.Logger, ttl time.Duration, what string, f func(context.Context) error) error {
 	wait := 500 * time.Millisecond
-	longest := min(10*time.Second, d.cfg.LeaseTTL/4)
+	longest := min(10*time.Second, ttl/4)
 	for {
 		rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 		err := f(rctx)
@@ -221,7 +241,7 @@ func (d *daemon) retry(ctx context.Context, what string, f func(context.Context)
 		if err == nil || ctx.Err() != nil || permanent(err) {
 			return err
 		}
-		d.log.Warn(what+" failed; retrying", "err", err, "in", wait)
+		log.Warn(what+" failed; retrying", "err", err, "in", wait)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -233,63 +253,7 @@ func (d *daemon) retry(ctx context.Context, what string, f func(context.Context)
 
 // permanent errors need a person: a conflicting or invalid config.
 func permanent(err error) bool {
-	return errors.Is(err, registry.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig)
-}
-
-// acquire leases a subnet, preferring the one this node held before.
-func (d *daemon) acquire(ctx context.Context) error {
-	attrs := d.nw.Attrs()
-	c := registry.Claim{
-		Record: registry.Record{NodeName: d.cfg.NodeName, NodeIP: d.node.IP, Mode: d.network.Mode, VNI: attrs.VNI,
-			ASN: attrs.ASN, RouteReflector: attrs.RouteReflector},
-		TTL: d.cfg.LeaseTTL,
-	}
-	if attrs.VTEPMAC != nil {
-		c.Record.VTEPMAC = attrs.VTEPMAC.String()
-	}
-	if prev, err := lease.Read(lease.Path(d.cfg.LeaseDir, d.network.Name), time.Time{}); err == nil &&
-		prev.NodeName == d.cfg.NodeName && prev.NetworkCIDR == d.network.CIDR {
-		c.Previous = prev.Subnet
-	}
-	again := false
-	if cur := d.lease(); cur.Subnet.IsValid() {
-		c.Previous, again = cur.Subnet, true
-	}
-	var l *registry.Lease
-	err := d.retry(ctx, "leasing a subnet", func(ctx context.Context) error {
-		if again {
-			// etcd may have lost its data, the network's config with it:
-			// store it again, so that a node joining later finds it.
-			if _, err := d.reg.EnsureConfig(ctx, *d.network); err != nil {
-				return err
-			}
-		}
-		var err error
-		l, err = d.reg.Acquire(ctx, d.network, c)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	d.m.leaseAcquisitions.Inc()
-	d.setEtcdUp(true)
-	d.mu.Lock()
-	old := d.self.Subnet
-	d.self = *l
-	d.expires = time.Now().Add(d.cfg.LeaseTTL)
-	d.mu.Unlock()
-	d.vet()
-	if old.IsValid() && old != l.Subnet {
-		d.log.Warn("subnet changed: the old one was taken while this node's lease was lost", "old", old, "new", l.Subnet)
-	}
-	d.log.Info("leased subnet", "subnet", l.Subnet, "origin", l.Origin, "ttl", d.cfg.LeaseTTL)
-	return d.writeLeaseFile()
-}
-
-func (d *daemon) lease() registry.Lease {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.self
+	return errors.Is(err, cluster.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig)
 }
 
 // poke asks the reconcile loop for a pass; pokes coalesce.
@@ -300,28 +264,12 @@ func (d *daemon) poke() {
 	}
 }
 
-// writeLeaseFile tells the plugins this node's subnet, until when to
-// trust it, and the MTU.
-func (d *daemon) writeLeaseFile() error {
-	d.mu.Lock()
-	n := &lease.Node{
-		Network:     d.network.Name,
-		Mode:        d.network.Mode,
-		NetworkCIDR: d.network.CIDR,
-		Subnet:      d.self.Subnet,
-		MTU:         d.nw.MTU(),
-		IPMasq:      d.network.Masq(),
-		NodeName:    d.cfg.NodeName,
-		NodeIP:      d.node.IP,
-		Expires:     d.expires.UTC().Truncate(time.Second),
+// pokeFull asks the reconcile loop for a full pass.
+func (d *daemon) pokeFull() {
+	select {
+	case d.fullKick <- struct{}{}:
+	default:
 	}
-	d.m.leaseExpiry.Set(float64(d.expires.Unix()))
-	d.mu.Unlock()
-	path := lease.Path(d.cfg.LeaseDir, n.Network)
-	if err := lease.Write(path, n); err != nil {
-		return fmt.Errorf("writing node lease: %w", err)
-	}
-	return nil
 }
 
 // writeConflist writes the network's conflist, unless it is already
@@ -334,6 +282,7 @@ func (d *daemon) writeConflist() error {
 		StateDir:    d.cfg.CNIStateDir,
 		IPAMDataDir: d.cfg.IPAMDataDir,
 		Bridge:      d.cfg.Bridge,
+		CNIVersion:  d.cfg.CNIVersion,
 	}.Marshal()
 	if err != nil {
 		return err
@@ -349,87 +298,13 @@ func (d *daemon) writeConflist() error {
 	return nil
 }
 
-// keepAlive renews the etcd lease and the lease file. When the etcd
-// lease is lost (etcd unreachable for longer than the TTL, or revoked),
-// it leases a subnet again, the same one if it is still free.
-func (d *daemon) keepAlive(ctx context.Context) {
-	for {
-		kctx, cancel := context.WithCancel(ctx)
-		ch, err := d.reg.KeepAlive(kctx, d.lease().ID)
-		if err == nil {
-			err = d.renew(ch)
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errRewound) {
-			d.log.Warn("etcd lost its data; writing this node's lease again from its local copy", "subnet", d.lease().Subnet)
-		} else {
-			d.log.Warn("lost the etcd lease (etcd unreachable for longer than --lease-ttl, or the lease was revoked); leasing again", "subnet", d.lease().Subnet, "err", err)
-		}
-		select {
-		case <-d.relive: // this acquire answers it
-		default:
-		}
-		if err := d.acquire(ctx); err != nil {
-			return // only ctx ends the retries
-		}
-		d.poke()
-	}
-}
-
-// renew pushes the lease file's expiry forward on each keepalive until
-// the keepalive ends (nil) or etcd is found to have lost its data.
-func (d *daemon) renew(ch <-chan *clientv3.LeaseKeepAliveResponse) error {
-	for {
-		select {
-		case <-d.relive:
-			return errRewound
-		case resp, ok := <-ch:
-			if !ok {
-				return nil
-			}
-			d.mu.Lock()
-			d.expires = time.Now().Add(time.Duration(resp.TTL) * time.Second)
-			d.mu.Unlock()
-			d.setEtcdUp(true)
-			if err := d.writeLeaseFile(); err != nil {
-				d.log.Error("renewing lease file", "err", err)
-			}
-		}
-	}
-}
-
-// setEtcdUp records whether etcd answers, for /healthz, /status and the
-// etcd_up metric, and logs the changes.
-func (d *daemon) setEtcdUp(up bool) {
-	d.mu.Lock()
-	was, since := d.etcdUp, d.etcdDown
-	d.etcdUp = up
-	switch {
-	case up:
-		d.etcdDown = time.Time{}
-	case d.etcdDown.IsZero():
-		d.etcdDown = time.Now()
-	}
-	d.mu.Unlock()
-	if up {
-		d.m.etcdUp.Set(1)
-	} else {
-		d.m.etcdUp.Set(0)
-	}
-	switch {
-	case was && !up:
-		d.log.Warn("etcd unreachable: degraded; the datapath keeps forwarding on the last known leases", "endpoints", d.endpoints)
-	case !was && up && !since.IsZero():
-		d.log.Info("etcd reachable again", "after", time.Since(since).Round(time.Second))
-	}
-}
-
-// probeEtcd keeps the etcd_up metric and status current.
-func (d *daemon) probeEtcd(ctx context.Context, cli *clientv3.Client) {
-	t := time.NewTicker(5 * time.Second)
+// probe keeps the etcd_up metric and status current. It notices an
+// unreachable etcd well within the lease's validity (the keepalive renews
+// it every third of the TTL), so that /healthz says "degraded" while the
+// lease is still good, not "no valid lease" at once.
+func (d *daemon) probe(ctx context.Context) {
+	every, timeout := min(5*time.Second, d.cfg.LeaseTTL/4), min(3*time.Second, d.cfg.LeaseTTL/5)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -437,33 +312,53 @@ func (d *daemon) probeEtcd(ctx context.Context, cli *clientv3.Client) {
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		_, err := cli.Get(rctx, "health-probe", clientv3.WithCountOnly())
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		err := d.store.Ping(rctx)
 		cancel()
-		d.setEtcdUp(err == nil)
+		d.health.set(err == nil)
 	}
 }
 
-// peers are the other nodes' leases, as the backend takes them, and the
-// ones that cannot be used at all.
-func (d *daemon) peers() (self netip.Prefix, peers []backend.Peer, problems []backend.Problem) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, l := range d.peerLeases {
-		if l.Mode != d.network.Mode {
-			problems = append(problems, backend.Problem{Peer: l.NodeName, Err: fmt.Errorf("its lease says mode %s, the network runs %s", l.Mode, d.network.Mode)})
-			continue
-		}
-		p := backend.Peer{Name: l.NodeName, IP: l.NodeIP, Subnet: l.Subnet, ASN: l.ASN, RouteReflector: l.RouteReflector}
-		if l.VTEPMAC != "" {
-			mac, err := net.ParseMAC(l.VTEPMAC)
-			if err != nil {
-				problems = append(problems, backend.Problem{Peer: l.NodeName, Err: fmt.Errorf("vtepMAC %q: %w", l.VTEPMAC, err)})
-				continue
-			}
-			p.VTEPMAC = mac
-		}
-		peers = append(peers, p)
+// health is whether the datastore answers, for /healthz, /status and the
+// etcd_up metric.
+type health struct {
+	log       *slog.Logger
+	endpoints []string
+	gauge     interface{ Set(float64) }
+
+	mu        sync.Mutex
+	up        bool
+	downSince time.Time // when etcd was first found unreachable; zero while up
+}
+
+// set records whether etcd answers and logs the changes.
+func (h *health) set(up bool) {
+	h.mu.Lock()
+	was, since := h.up, h.downSince
+	h.up = up
+	switch {
+	case up:
+		h.downSince = time.Time{}
+	case h.downSince.IsZero():
+		h.downSince = time.Now()
 	}
-	return d.self.Subnet, peers, problems
+	h.mu.Unlock()
+	if up {
+		h.gauge.Set(1)
+	} else {
+		h.gauge.Set(0)
+	}
+	switch {
+	case was && !up:
+		h.log.Warn("etcd unreachable: degraded; the datapath keeps forwarding on the last known leases", "endpoints", h.endpoints)
+	case !was && up && !since.IsZero():
+		h.log.Info("etcd reachable again", "after", time.Since(since).Round(time.Second))
+	}
+}
+
+// get returns whether etcd answers, and since when it does not.
+func (h *health) get() (up bool, downSince time.Time) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.up, h.downSince
 }

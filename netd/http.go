@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -18,11 +20,14 @@ import (
 type Status struct {
 	Node          string    `json:"node"`
 	NodeIP        string    `json:"nodeIP"`
+	NodeIPv6      string    `json:"nodeIPv6,omitempty"`
 	Iface         string    `json:"iface"`
 	Network       string    `json:"network"`
 	Mode          string    `json:"mode"`
 	CIDR          string    `json:"cidr"`
+	CIDRv6        string    `json:"cidrV6,omitempty"`
 	Subnet        string    `json:"subnet"`
+	SubnetV6      string    `json:"subnetV6,omitempty"`
 	MTU           int       `json:"mtu"`
 	LeaseExpires  time.Time `json:"leaseExpires"`
 	EtcdEndpoints []string  `json:"etcdEndpoints"`
@@ -44,11 +49,14 @@ type Status struct {
 
 // PeerStatus is one other node; Error says why it cannot be connected.
 type PeerStatus struct {
-	Name    string `json:"name"`
-	NodeIP  string `json:"nodeIP"`
-	Subnet  string `json:"subnet"`
-	VTEPMAC string `json:"vtepMAC,omitempty"`
-	Error   string `json:"error,omitempty"`
+	Name      string `json:"name"`
+	NodeIP    string `json:"nodeIP"`
+	NodeIPv6  string `json:"nodeIPv6,omitempty"`
+	Subnet    string `json:"subnet"`
+	SubnetV6  string `json:"subnetV6,omitempty"`
+	VTEPMAC   string `json:"vtepMAC,omitempty"`
+	VTEPMACv6 string `json:"vtepMACv6,omitempty"`
+	Error     string `json:"error,omitempty"`
 }
 
 // RejectedLease is a key under the network's leases that netd ignores.
@@ -91,9 +99,9 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		d.mu.Lock()
-		subnet, expires, down := d.self.Subnet, d.expires, d.etcdDown
-		d.mu.Unlock()
+		self, expires := d.keeper.lease()
+		subnet := self.Key()
+		_, down := d.health.get()
 		now := time.Now()
 		switch {
 		case !subnet.IsValid() || now.After(expires):
@@ -104,7 +112,7 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 			http.Error(w, fmt.Sprintf("degraded: etcd unreachable for %s; the datapath keeps forwarding on the last known leases; lease %s valid for %s",
 				now.Sub(down).Round(time.Second), subnet, expires.Sub(now).Round(time.Second)), http.StatusServiceUnavailable)
 		default:
-			fmt.Fprintf(w, "ok %s\n", subnet)
+			fmt.Fprintf(w, "ok %s\n", strings.Join(prefixes(self.Subnets()), " "))
 		}
 	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
@@ -125,13 +133,19 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	}
 }
 
-// status compares the kernel with the leases now (without changing it)
-// and reports that with the lease and the peers.
+// status compares the kernel with the leases now (without changing
+// anything: Desired only computes, and the routing protocol's apply step
+// is not run) and reports that with the lease and the peers.
 func (d *daemon) status() *Status {
+	self, expires := d.keeper.lease()
+	peers, problems := d.peers.current()
 	d.reconcileMu.Lock()
-	self, peers, problems := d.peers()
-	want, more := d.nw.Desired(self, peers)
-	pending, diffErr := backend.Diff(d.nw.Owned(), want)
+	have, readErr := backend.Read(d.nw.Owned())
+	want, more := d.nw.Desired(backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path, Kernel: have})
+	var pending []backend.Change
+	if readErr == nil {
+		pending = backend.Diff(have, want)
+	}
 	d.reconcileMu.Unlock()
 	problems = append(problems, more...)
 	var sessions []backend.Session
@@ -141,31 +155,37 @@ func (d *daemon) status() *Status {
 		cancel()
 		d.m.observeSessions(sessions)
 	}
+	up, down := d.health.get()
+	vetted, rejected := d.peers.report()
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	problems = append(problems, d.last.Announced...)
 	s := &Status{
 		Node:          d.cfg.NodeName,
-		NodeIP:        d.node.IP.String(),
+		NodeIP:        str(d.node.IP),
 		Iface:         d.node.Link.Attrs().Name,
 		Network:       d.network.Name,
 		Mode:          d.network.Mode,
-		CIDR:          d.network.CIDR.String(),
-		Subnet:        d.self.Subnet.String(),
+		NodeIPv6:      str(d.node.IPv6),
+		CIDR:          str(d.network.CIDR),
+		CIDRv6:        str(d.network.CIDRv6),
+		Subnet:        str(self.Subnet),
+		SubnetV6:      str(self.SubnetV6),
 		MTU:           d.nw.MTU(),
-		LeaseExpires:  d.expires.UTC(),
+		LeaseExpires:  expires.UTC(),
 		EtcdEndpoints: d.endpoints,
-		EtcdUp:        d.etcdUp,
-		EtcdDownSince: d.etcdDown.UTC(),
-		KernelMatches: diffErr == nil && len(pending) == 0,
+		EtcdUp:        up,
+		EtcdDownSince: down.UTC(),
+		KernelMatches: readErr == nil && len(pending) == 0,
 		LastReconcile: d.last.At.UTC(),
 		BGP:           sessions,
 	}
 	if d.last.Err != nil {
 		s.LastError = d.last.Err.Error()
 	}
-	if diffErr != nil {
-		s.Pending = []string{"cannot read the kernel: " + diffErr.Error()}
+	if readErr != nil {
+		s.Pending = []string{"cannot read the kernel: " + readErr.Error()}
 	}
 	for _, c := range pending {
 		s.Pending = append(s.Pending, c.What)
@@ -174,11 +194,32 @@ func (d *daemon) status() *Status {
 	for _, p := range problems {
 		why[p.Peer] = p.Err.Error()
 	}
-	for _, l := range d.peerLeases {
-		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: l.NodeIP.String(), Subnet: l.Subnet.String(), VTEPMAC: l.VTEPMAC, Error: why[l.NodeName]})
+	for _, l := range vetted {
+		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: str(l.NodeIP), NodeIPv6: str(l.NodeIPv6),
+			Subnet: str(l.Subnet), SubnetV6: str(l.SubnetV6), VTEPMAC: l.VTEPMAC.String(), VTEPMACv6: l.VTEPMACv6.String(), Error: why[l.NodeName]})
 	}
-	for _, r := range d.rejected {
+	for _, r := range rejected {
 		s.Rejected = append(s.Rejected, RejectedLease{Key: short(r.Key), Error: short(r.Err.Error())})
 	}
 	return s
+}
+
+// str is an address or prefix for status: "" when unset (netip writes
+// "invalid IP" or "invalid Prefix").
+func str[T interface {
+	IsValid() bool
+	String() string
+}](v T) string {
+	if !v.IsValid() {
+		return ""
+	}
+	return v.String()
+}
+
+func prefixes(ps []netip.Prefix) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
 }

@@ -17,7 +17,7 @@ type metrics struct {
 	etcdUp            prometheus.Gauge
 	leaseExpiry       prometheus.Gauge
 	kernelInSync      prometheus.Gauge
-	reconcileDuration prometheus.Histogram
+	reconcileDuration *prometheus.HistogramVec
 	reconcileErrors   prometheus.Counter
 	kernelChanges     prometheus.Counter
 	resyncs           prometheus.Counter
@@ -47,11 +47,11 @@ func newMetrics(network string) *metrics {
 		etcdUp:       gauge("etcd_up", "1 when the last etcd request succeeded."),
 		leaseExpiry:  gauge("lease_expiry_timestamp_seconds", "When this node's lease expires unless renewed (Unix time)."),
 		kernelInSync: gauge("kernel_in_sync", "1 when the last reconcile found or left the kernel as desired."),
-		reconcileDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		reconcileDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: "berth", Subsystem: "netd", Name: "reconcile_duration_seconds",
-			Help: "Time to compare the kernel with the leases and fix it.", ConstLabels: labels,
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
-		}),
+			Help: `Time to compare the kernel with the leases and fix it; pass="event" right after a change (against netd's cache of the kernel), "full" on the resync timer (reading the kernel again).`, ConstLabels: labels,
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"pass"}),
 		reconcileErrors:   counter("reconcile_errors_total", "Reconciles that failed to read or change the kernel."),
 		kernelChanges:     counter("kernel_changes_total", "Routes, neighbours, FDB entries and addresses added, replaced or removed."),
 		resyncs:           counter("etcd_resyncs_total", "Full re-reads of the leases after the watch fell behind a compaction."),

@@ -2,67 +2,76 @@ package netd
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/netd/backend"
 )
 
-// reconcileLoop reconciles whenever the leases or the kernel changed,
-// and every --resync-interval regardless.
+// reconcileLoop runs a pass as soon as something changed (a lease, the
+// kernel, BGP), coalescing only what is already queued: such a pass
+// compares the backend's desired state with netd's cache of the kernel
+// (kept from netlink events) and applies what differs, which after a
+// lease event is that peer's route, neighbour and FDB entry. A full pass
+// (devices checked, the kernel read again) runs every
+// --resync-interval, whenever the cache may have missed events, and
+// after a pass failed (retried sooner, backing off to the interval).
 func (d *daemon) reconcileLoop(ctx context.Context) {
-	t := time.NewTicker(d.cfg.ResyncInterval)
-	defer t.Stop()
+	interval := d.cfg.ResyncInterval
+	resync := time.NewTimer(interval)
+	defer resync.Stop()
+	const firstRetry = 200 * time.Millisecond
+	retry := firstRetry
 	for {
+		full := false
 		select {
 		case <-ctx.Done():
 			return
 		case <-d.kick:
-		case <-t.C:
-		}
-		// Let a burst settle (a lease change arrives with the kernel's
-		// echo of the previous pass), then handle it in one pass.
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(50 * time.Millisecond):
+		case <-d.fullKick:
+			full = true
+		case <-resync.C:
+			full = true
 		}
 		select {
 		case <-d.kick:
 		default:
 		}
-		d.reconcile(ctx)
+		select {
+		case <-d.fullKick:
+			full = true
+		default:
+		}
+		err := d.reconcile(ctx, full)
+		switch {
+		case err != nil:
+			resync.Reset(retry)
+			retry = min(2*retry, interval)
+		case full:
+			resync.Reset(interval)
+			retry = firstRetry
+		}
 	}
 }
 
 // reconcile makes the kernel match the leases: it lets the backend
 // describe the state it wants, compares that with the part of the
-// kernel netd owns, and changes only what differs.
-func (d *daemon) reconcile(ctx context.Context) {
+// kernel netd owns, and changes only what differs. This is the one
+// place where netd changes the kernel and the routing protocol. A full
+// pass also re-creates missing devices and reads the kernel again
+// instead of trusting the cache.
+func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	d.reconcileMu.Lock()
 	defer d.reconcileMu.Unlock()
 	start := time.Now()
-	self, peers, problems := d.peers()
+	self, _ := d.keeper.lease()
+	peers, problems := d.peers.current()
 	res := result{At: start}
-	if err := d.nw.Ensure(ctx); err != nil {
-		res.Err = err
-	} else {
-		want, more := d.nw.Desired(self, peers)
-		problems = append(problems, more...)
-		changes, err := backend.Diff(d.nw.Owned(), want)
-		if err != nil {
-			res.Err = err
-		} else {
-			for _, c := range changes {
-				d.log.Info("kernel change", "change", c.What)
-				res.Changes = append(res.Changes, c.What)
-			}
-			res.Err = backend.Apply(changes)
-			d.m.kernelChanges.Add(float64(len(changes)))
-		}
-	}
+	more, err := d.pass(ctx, full, &res, backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path})
+	res.Err = err
+	problems = append(append(problems, res.Announced...), more...)
 	backend.SortProblems(problems)
 	res.Problems = problems
 	if sl, ok := d.nw.(backend.SessionLister); ok {
@@ -71,13 +80,19 @@ func (d *daemon) reconcile(ctx context.Context) {
 		}
 	}
 
-	d.m.reconcileDuration.Observe(time.Since(start).Seconds())
+	kind := "event"
+	if full {
+		kind = "full"
+	}
+	took := time.Since(start)
+	d.m.reconcileDuration.WithLabelValues(kind).Observe(took.Seconds())
+	d.log.Debug("reconcile pass", "pass", kind, "took", took, "changes", len(res.Changes), "peers", len(peers))
 	d.m.peers.Set(float64(len(peers)))
 	d.m.peerErrors.Set(float64(len(problems)))
 	if res.Err != nil {
 		d.m.reconcileErrors.Inc()
 		d.m.kernelInSync.Set(0)
-		d.log.Error("reconcile", "err", res.Err)
+		d.log.Error("reconcile", "err", res.Err, "full", full)
 	} else {
 		d.m.kernelInSync.Set(1)
 	}
@@ -86,6 +101,40 @@ func (d *daemon) reconcile(ctx context.Context) {
 	d.last = res
 	d.mu.Unlock()
 	d.logProblems(prev, problems)
+	return res.Err
+}
+
+// pass is one reconcile pass from in (its Kernel filled in here): it
+// records in res what it changed (and what the routing protocol could not
+// set up) and returns the peers Desired cannot connect.
+func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
+	if full {
+		if err := d.nw.Ensure(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if a, ok := d.nw.(backend.Announcer); ok {
+		res.Announced = a.Announce(ctx, in.Self, in.Peers)
+	}
+	owned := d.nw.Owned()
+	have, cached := d.kernel.State(owned)
+	if full || !cached {
+		var err error
+		if have, err = d.kernel.Load(owned); err != nil {
+			return nil, err
+		}
+	}
+	in.Kernel = have
+	want, problems := d.nw.Desired(in)
+	changes := backend.Diff(have, want)
+	for _, c := range changes {
+		d.log.Info("kernel change", "change", c.What)
+		res.Changes = append(res.Changes, c.What)
+	}
+	made, err := backend.Apply(changes)
+	d.kernel.Applied(made)
+	d.m.kernelChanges.Add(float64(len(made)))
+	return problems, err
 }
 
 // logProblems logs a peer problem when it appears or changes, and when
@@ -106,74 +155,121 @@ func (d *daemon) logProblems(prev, cur []backend.Problem) {
 	}
 }
 
-// watchKernel pokes the reconcile loop when something netd owns is
-// removed or changed behind its back (a route deleted by hand, the VTEP
-// deleted or set down), so it comes back at once rather than at the next
-// periodic pass.
-func (d *daemon) watchKernel(ctx context.Context) {
-	for ctx.Err() == nil {
-		routes := make(chan netlink.RouteUpdate, 64)
-		neighs := make(chan netlink.NeighUpdate, 64)
-		links := make(chan netlink.LinkUpdate, 64)
-		done := make(chan struct{})
-		var errs []error
-		onErr := func(err error) { d.log.Debug("netlink subscription", "err", err) }
-		errs = append(errs,
-			netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}),
-			netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{ErrorCallback: onErr}),
-			netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}))
-		for _, err := range errs {
-			if err != nil {
-				d.log.Warn("subscribing to kernel events; relying on the periodic resync", "err", err)
-			}
-		}
-		d.handleKernelEvents(ctx, routes, neighs, links)
-		close(done)
-		// A subscription ended (e.g. the socket overflowed): events may
-		// be lost, so reconcile fully and subscribe again.
-		d.poke()
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+// kernelEvents are the netlink subscriptions that keep the kernel cache
+// current.
+type kernelEvents struct {
+	routes chan netlink.RouteUpdate
+	neighs chan netlink.NeighUpdate
+	addrs  chan netlink.AddrUpdate
+	links  chan netlink.LinkUpdate
+	done   chan struct{}
 }
 
-func (d *daemon) handleKernelEvents(ctx context.Context, routes chan netlink.RouteUpdate, neighs chan netlink.NeighUpdate, links chan netlink.LinkUpdate) {
-	owned := func(index int) bool {
-		for _, i := range d.nw.Owned().Links {
-			if i == index {
-				return true
-			}
-		}
-		return index == d.node.Link.Attrs().Index
+// eventBuffer is each subscription's socket receive buffer: room for the
+// events of a burst (a node joining a large cluster, a VTEP re-created)
+// so that the socket does not overflow and force a full re-read.
+const eventBuffer = 1 << 20
+
+// subscribe opens the netlink subscriptions. Events are queued from now
+// on; a full pass after this reads the kernel they change.
+func (d *daemon) subscribe() (*kernelEvents, error) {
+	e := &kernelEvents{
+		routes: make(chan netlink.RouteUpdate, 256),
+		neighs: make(chan netlink.NeighUpdate, 256),
+		addrs:  make(chan netlink.AddrUpdate, 64),
+		links:  make(chan netlink.LinkUpdate, 64),
+		done:   make(chan struct{}),
 	}
+	onErr := func(err error) {
+		select {
+		case <-e.done: // closing the sockets ends the subscriptions
+		default:
+			d.log.Warn("kernel event subscription", "err", err)
+		}
+	}
+	err := errors.Join(
+		netlink.RouteSubscribeWithOptions(e.routes, e.done, netlink.RouteSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true}),
+		netlink.NeighSubscribeWithOptions(e.neighs, e.done, netlink.NeighSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true}),
+		netlink.AddrSubscribeWithOptions(e.addrs, e.done, netlink.AddrSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true}),
+		netlink.LinkSubscribeWithOptions(e.links, e.done, netlink.LinkSubscribeOptions{ErrorCallback: onErr, ReceiveBufferSize: eventBuffer, ReceiveBufferForceSize: true}))
+	if err != nil {
+		close(e.done)
+		return nil, err
+	}
+	return e, nil
+}
+
+// watchKernel keeps the kernel cache current from events (first from
+// those of e, subscribed before the first pass) and pokes the reconcile
+// loop when something netd owns or depends on changed behind its back (a
+// route deleted by hand comes back at once, not at the next periodic
+// pass). When a subscription ends (its socket overflowed: events were
+// lost) it subscribes again and asks for a full pass.
+func (d *daemon) watchKernel(ctx context.Context, e *kernelEvents) {
 	for {
+		if e != nil {
+			d.handleKernelEvents(ctx, e)
+			close(e.done)
+		}
+		d.kernel.Invalidate()
+		d.underlay.Forget()
+		if ctx.Err() != nil {
+			return
+		}
+		d.log.Warn("kernel events may have been lost; reading the kernel again")
+		d.pokeFull()
 		select {
 		case <-ctx.Done():
 			return
-		case u, ok := <-routes:
+		case <-time.After(time.Second):
+		}
+		var err error
+		if e, err = d.subscribe(); err != nil {
+			d.log.Warn("subscribing to kernel events; relying on full passes until it works", "err", err)
+		}
+		d.pokeFull()
+	}
+}
+
+func (d *daemon) handleKernelEvents(ctx context.Context, e *kernelEvents) {
+	underlay := d.node.Link.Attrs().Index
+	for {
+		var ev backend.Event
+		select {
+		case <-ctx.Done():
+			return
+		case u, ok := <-e.routes:
 			if !ok {
 				return
 			}
-			if u.Type == unix.RTM_DELROUTE && u.Protocol == backend.RouteProtocol {
-				d.poke()
+			if ev = d.kernel.Route(u); ev == backend.UnderlayChanged {
+				d.underlay.ForgetWithin(u.Dst)
 			}
-		case u, ok := <-neighs:
+		case u, ok := <-e.neighs:
 			if !ok {
 				return
 			}
-			if u.Type == unix.RTM_DELNEIGH && owned(u.LinkIndex) {
-				d.poke()
-			}
-		case u, ok := <-links:
+			ev = d.kernel.Neigh(u)
+		case u, ok := <-e.addrs:
 			if !ok {
 				return
 			}
-			// A VTEP created by hand or by a second netd has a new index.
-			if owned(int(u.Index)) || u.Link.Type() == "vxlan" {
-				d.poke()
+			if ev = d.kernel.Addr(u); ev == backend.UnderlayChanged {
+				d.underlay.Forget()
 			}
+		case u, ok := <-e.links:
+			if !ok {
+				return
+			}
+			ev = d.kernel.Link(u, underlay)
+		}
+		switch ev {
+		case backend.OwnedChanged, backend.UnderlayChanged:
+			d.poke()
+		case backend.CacheLost:
+			d.kernel.Invalidate()
+			d.underlay.Forget()
+			d.pokeFull()
 		}
 	}
 }

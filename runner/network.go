@@ -303,12 +303,14 @@ func unwrapAll(err error) error {
 	}
 }
 
-// releasePorts drops the container's reservations (only its own).
-func (r *Runtime) releasePorts(id string, ports []PortMapping) {
+// releasePorts drops the container's reservations (only its own) and
+// returns how many it dropped.
+func (r *Runtime) releasePorts(id string, ports []PortMapping) (released int) {
 	for _, p := range ports {
 		path := r.store.portPath(p)
-		if owner, err := os.ReadFile(path); err == nil && string(owner) == id {
-			os.Remove(path)
+		if owner, err := os.ReadFile(path); err == nil && string(owner) == id && os.Remove(path) == nil {
+			released++
 		}
 	}
+	return released
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/berthnet/berth/runner/pty"
 	"github.com/berthnet/berth/runner/sandbox"
 )
 
@@ -54,17 +55,29 @@ func (c *Container) StatusText(now time.Time) string {
 	case PhaseCreated:
 		return "Created"
 	case PhaseRunning:
-		return "Up " + ago(now.Sub(st.StartedAt))
+		s := "Up " + ago(now.Sub(st.StartedAt))
+		if !alive(st.Supervisor, st.SupervisorStart) {
+			s += " (supervisor died)"
+		}
+		return s
 	case PhaseStopping:
 		return "Stopping"
 	case PhaseExited:
+		if st.Orphaned {
+			// Nobody saw the exit status: say what happened instead.
+			what := "cleaned up by " + st.CleanedBy
+			if st.Network != nil {
+				what = st.CleanedBy + " removed it from network " + st.Network.Network
+			}
+			return fmt.Sprintf("Exited (unknown) %s ago (supervisor died; %s)", ago(now.Sub(st.FinishedAt)), what)
+		}
 		s := fmt.Sprintf("Exited (%d) %s ago", st.ExitCode, ago(now.Sub(st.FinishedAt)))
 		if st.OOMKilled {
 			s += " (OOM killed)"
 		}
 		return s
 	}
-	return "Dead (supervisor gone; run rm)"
+	return "Dead (supervisor died; runner gc or rm cleans up)"
 }
 
 func ago(d time.Duration) string {
@@ -132,7 +145,8 @@ func (r *Runtime) Stop(ctx context.Context, ref string, timeout time.Duration) e
 		}
 		waitGone(ctx, st.Pid, st.PidStart, 5*time.Second)
 	}
-	return r.finish(ctx, c)
+	_, err = r.finish(ctx, c, "stop")
+	return err
 }
 
 // checkUnsupervised refuses to touch an attached container whose
@@ -146,30 +160,36 @@ func (r *Runtime) checkUnsupervised(c *Container) error {
 }
 
 // finish waits for the supervisor to record the exit and clean up, and
-// does the cleanup itself when the supervisor is gone.
-func (r *Runtime) finish(ctx context.Context, c *Container) error {
+// does the cleanup itself when the supervisor is gone; by names the
+// command doing it ("stop", "rm", "gc") in the record. It returns what it
+// released itself.
+func (r *Runtime) finish(ctx context.Context, c *Container, by string) ([]string, error) {
 	wait, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	for c.Phase() != PhaseExited && alive(c.State.Supervisor, c.State.SupervisorStart) && sleep(wait, 25*time.Millisecond) {
 		latest, err := r.store.load(c.ID)
 		if err != nil {
-			return nil // removed meanwhile (--rm)
+			return nil, nil // removed meanwhile (--rm)
 		}
 		c = latest
 	}
 	unlock, err := r.store.lockContainer(c.ID)
 	if errors.Is(err, ErrNotFound) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer unlock()
 	if c, err = r.store.load(c.ID); err != nil {
-		return err
+		return nil, err
 	}
-	if c.State.Status == StatusExited && !c.State.Attached && c.State.NetNS == "" && c.State.Cgroup == nil {
-		return nil
+	st := &c.State
+	if st.Status == StatusExited && !st.Attached && st.NetNS == "" && st.Cgroup == nil {
+		return nil, nil
+	}
+	if st.Status != StatusExited && !alive(st.Supervisor, st.SupervisorStart) {
+		st.Orphaned, st.CleanedBy = true, by
 	}
 	return r.teardown(ctx, c)
 }
@@ -193,7 +213,7 @@ func (r *Runtime) Remove(ctx context.Context, ref string, force bool) error {
 		}
 		waitGone(ctx, c.State.Pid, c.State.PidStart, 5*time.Second)
 	}
-	if err := r.finish(ctx, c); err != nil {
+	if _, err := r.finish(ctx, c, "rm"); err != nil {
 		return fmt.Errorf("removing %s: %w (its record is kept: fix the cause and run rm again)", c.Name, err)
 	}
 	r.discard(c)
@@ -205,28 +225,37 @@ type ExecSpec struct {
 	Args []string
 	Env  []string // added to the container's environment
 	Cwd  string
-	TTY  bool
 }
 
-// Exec runs a command in all of a running container's namespaces and
-// cgroups and returns its exit status.
-func (r *Runtime) Exec(ctx context.Context, ref string, spec ExecSpec, stdio Stdio) (int, error) {
+// Exec starts a command in all of a running container's namespaces and
+// cgroups; the caller then owns the Process and must Wait for it. With
+// stdio.TTY the command gets a pseudo-terminal from the container's own
+// devpts instance (Process.Terminal is its master). The error of a
+// command that cannot be executed is a *sandbox.CommandError (exit status
+// 126 or 127).
+func (r *Runtime) Exec(ctx context.Context, ref string, spec ExecSpec, stdio Stdio) (*Process, error) {
 	if len(spec.Args) == 0 {
-		return 125, invalid("no command given: runner exec NAME CMD [ARGS...]")
+		return nil, invalid("no command given: runner exec NAME CMD [ARGS...]")
 	}
 	c, err := r.store.resolve(ref)
 	if err != nil {
-		return 125, err
+		return nil, err
 	}
 	if c.Phase() != PhaseRunning {
-		return 125, fmt.Errorf("container %s is not running (%s)", c.Name, c.StatusText(time.Now()))
+		return nil, fmt.Errorf("container %s is not running (%s)", c.Name, c.StatusText(time.Now()))
 	}
 	env := append(containerEnv(c), spec.Env...)
+	if stdio.TTY && sandbox.Getenv(env, "TERM") == "" {
+		env = append(env, "TERM=xterm")
+	}
 	cwd := spec.Cwd
 	if cwd == "" {
 		cwd = "/"
 	}
+	var terminal, slave *os.File
 	cmd, err := startIn(birth{nsOf: c.State.Pid, cgroup: c.State.Cgroup}, func() (*exec.Cmd, error) {
+		// On a thread in the container's mount namespace: paths resolve
+		// in its root, /dev/ptmx is its own devpts instance's.
 		path, err := sandbox.LookPath(spec.Args[0], sandbox.Getenv(env, "PATH"))
 		if err != nil {
 			return nil, err
@@ -234,19 +263,36 @@ func (r *Runtime) Exec(ctx context.Context, ref string, spec ExecSpec, stdio Std
 		cmd := &exec.Cmd{Path: path, Args: spec.Args, Env: env, Dir: cwd}
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
 		if stdio.TTY {
-			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true}
+			var err error
+			if terminal, slave, err = pty.Open("/dev/ptmx", stdio.Size); err != nil {
+				return nil, err
+			}
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 		}
 		return cmd, nil
 	})
+	if slave != nil {
+		slave.Close() // the child has its own copy
+	}
 	if err != nil {
+		if terminal != nil {
+			terminal.Close()
+		}
 		var ce *sandbox.CommandError
 		if errors.As(err, &ce) {
-			return ce.Code(), err
+			return nil, err
 		}
-		return 125, fmt.Errorf("exec in %s: %w", c.Name, err)
+		return nil, fmt.Errorf("exec in %s: %w", c.Name, err)
 	}
-	cmd.Wait()
-	return exitStatus(cmd.ProcessState), nil
+	return &Process{cmd: cmd, Terminal: terminal}, nil
+}
+
+// Wait waits for the process to end and returns its exit status (128+n
+// when killed by signal n).
+func (p *Process) Wait() int {
+	p.cmd.Wait()
+	return exitStatus(p.cmd.ProcessState)
 }
 
 // Logs copies the output of a detached container to w; with follow it
@@ -281,22 +327,49 @@ func (r *Runtime) Logs(ctx context.Context, ref string, follow bool, w io.Writer
 	}
 }
 
+// GCReport is what GC did.
+type GCReport struct {
+	// Orphans are the containers whose supervisor had died, now cleaned up.
+	Orphans []Orphan
+	// Networks are the networks CNI GC ran on.
+	Networks []NetworkGC
+}
+
+// Orphan is a container GC cleaned up after its supervisor died.
+type Orphan struct {
+	Name          string
+	SupervisorPid int
+	// Released is what GC released, e.g. "removed from network bridge
+	// (10.88.0.5)", "network namespace", "cgroups".
+	Released []string
+}
+
+// NetworkGC is CNI GC on one network: the attachments it kept.
+type NetworkGC struct {
+	Network string
+	Kept    int
+}
+
 // GC finishes containers whose supervisor died, then asks every network
 // to garbage-collect attachments other than those of live containers
-// (CNI GC, through libcni's cache of attachments).
-func (r *Runtime) GC(ctx context.Context) error {
+// (CNI GC, through libcni's cache of attachments). The report says what
+// was done even when GC also returns an error.
+func (r *Runtime) GC(ctx context.Context) (*GCReport, error) {
+	rep := &GCReport{}
 	cs, err := r.store.list()
 	if err != nil {
-		return err
+		return rep, err
 	}
 	var errs []error
 	valid := map[string][]types.GCAttachment{}
 	for _, c := range cs {
 		switch c.Phase() {
 		case PhaseDead:
-			if err := r.finish(ctx, c); err != nil {
+			released, err := r.finish(ctx, c, "gc")
+			if err != nil {
 				errs = append(errs, fmt.Errorf("cleaning up %s: %w", c.Name, err))
 			}
+			rep.Orphans = append(rep.Orphans, Orphan{Name: c.Name, SupervisorPid: c.State.Supervisor, Released: released})
 		default:
 			if c.State.Attached {
 				n := c.State.Network.Network
@@ -306,7 +379,7 @@ func (r *Runtime) GC(ctx context.Context) error {
 	}
 	nets, err := r.Networks()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return rep, errors.Join(append(errs, err)...)
 	}
 	for _, n := range nets {
 		if n.Err != "" {
@@ -314,7 +387,9 @@ func (r *Runtime) GC(ctx context.Context) error {
 		}
 		if err := r.cni().GCNetworkList(ctx, n.list, &libcni.GCArgs{ValidAttachments: valid[n.Name]}); err != nil {
 			errs = append(errs, fmt.Errorf("network %s: %w", n.Name, err))
+			continue
 		}
+		rep.Networks = append(rep.Networks, NetworkGC{Network: n.Name, Kept: len(valid[n.Name])})
 	}
-	return errors.Join(errs...)
+	return rep, errors.Join(errs...)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/berthnet/berth/internal/testenv"
+	"github.com/berthnet/berth/runner/rootfs"
 )
 
 // The same flow on every network configuration the runner must support.
@@ -346,17 +348,33 @@ func TestSupervisorKilled(t *testing.T) {
 				t.Errorf("rm -f from another namespace: exit %d, stderr %q; want a wrong-namespace error", res.code, res.stderr)
 			}
 			n.ok("exec", "orphan", "true")
+			if ps := n.ok("ps"); !strings.Contains(ps, "(supervisor died") {
+				t.Errorf("ps does not say the supervisor died:\n%s", ps)
+			}
 			killPid(t, c.State.Pid)
-			if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Dead`).MatchString(ps) {
+			if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Dead \(supervisor died`).MatchString(ps) {
 				t.Errorf("ps -a after both died:\n%s", ps)
 			}
 			switch cleanup {
 			case "rm":
 				n.ok("rm", "orphan")
 			case "gc":
-				n.ok("gc")
-				if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Exited \(-1\)`).MatchString(ps) {
+				// gc says what happened and what it released.
+				out := n.ok("gc")
+				for _, want := range []string{
+					fmt.Sprintf("orphan: its supervisor (pid %d) died before the container ended; exit status unknown\n", c.State.Supervisor),
+					fmt.Sprintf("orphan: released: cgroups, removed from network %s (%s), network namespace, 1 host port(s)\n", n.network, c.IPs()[0]),
+					fmt.Sprintf("network %s: CNI GC done, 0 live attachment(s) kept\n", n.network),
+				} {
+					if !strings.Contains(out, want) {
+						t.Errorf("gc output lacks %q:\n%s", want, out)
+					}
+				}
+				if ps := n.ok("ps", "-a"); !regexp.MustCompile(`orphan\s+Exited \(unknown\) \d+ seconds ago \(supervisor died; gc removed it from network testnet\)`).MatchString(ps) {
 					t.Errorf("ps -a after gc:\n%s", ps)
+				}
+				if out := n.ok("gc"); !strings.Contains(out, "no container with a dead supervisor") {
+					t.Errorf("second gc:\n%s", out)
 				}
 				n.ok("rm", "orphan")
 			}
@@ -399,4 +417,48 @@ func TestNetworks(t *testing.T) {
 	if links := n.ok("run", "--rm", "--net", "host", "--", "ls", "/sys/class/net"); !strings.Contains(links, n.bridge) {
 		t.Errorf("--net host sees links %q, not the node's bridge %s", links, n.bridge)
 	}
+}
+
+// Read-only commands leave a fresh machine as it was: no state dir, no
+// parent of it.
+func TestReadOnlyCommandsCreateNothing(t *testing.T) {
+	n := newNode(t, referenceBridge)
+	fresh := filepath.Join(n.dir, "fresh")
+	n.stateDir = filepath.Join(fresh, "run", "berth", "runner")
+	for _, args := range [][]string{
+		{"ps"}, {"ps", "-a"}, {"ps", "-a", "-q"}, {"networks"}, {"inspect", "web"}, {"logs", "web"}, {"version"},
+	} {
+		res := n.runner(args...)
+		if _, err := os.Stat(fresh); !os.IsNotExist(err) {
+			t.Fatalf("runner %v created %s (exit %d, stderr %q)", args, fresh, res.code, res.stderr)
+		}
+		if args[0] == "inspect" || args[0] == "logs" {
+			if res.code == 0 || !strings.Contains(res.stderr, "no such container") {
+				t.Errorf("runner %v on a fresh machine: exit %d, stderr %q; want no such container", args, res.code, res.stderr)
+			}
+		} else if res.code != 0 {
+			t.Errorf("runner %v on a fresh machine: exit %d, stderr %q", args, res.code, res.stderr)
+		}
+	}
+	// The first run creates it.
+	n.ok("run", "--rm", "--", "true")
+	if _, err := os.Stat(n.stateDir); err != nil {
+		t.Errorf("run did not create the state dir: %v", err)
+	}
+}
+
+// The README's first example: busybox httpd in the default rootfs, with
+// no -h, answers with a page (its working directory is /).
+func TestDefaultRootfsServesAPage(t *testing.T) {
+	n := newNode(t, nil)
+	n.ok("run", "-d", "--name", "web", "--", "httpd", "-f", "-p", "80")
+	var res result
+	waitFor(t, func() bool {
+		res = n.runner("exec", "web", "wget", "-qO-", "http://127.0.0.1/")
+		return res.code == 0
+	})
+	if res.stdout != rootfs.IndexPage {
+		t.Errorf("GET / from httpd -f -p 80: %q, want the index page", res.stdout)
+	}
+	n.ok("rm", "-f", "web")
 }

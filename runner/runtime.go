@@ -64,7 +64,9 @@ type Runtime struct {
 	log   *slog.Logger
 }
 
-// New checks cfg and prepares the state directory.
+// New checks cfg. It creates nothing: the state directory is made by the
+// first command that writes to it (run), so that read-only commands (ps,
+// inspect, logs, networks) leave a fresh machine as it was.
 func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if !filepath.IsAbs(cfg.StateDir) {
 		return nil, invalid("--state-dir %q must be an absolute path", cfg.StateDir)
@@ -81,11 +83,7 @@ func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Runtime{cfg: cfg, store: &store{dir: filepath.Clean(cfg.StateDir)}, log: log}
-	if err := r.store.init(); err != nil {
-		return nil, err
-	}
-	return r, nil
+	return &Runtime{cfg: cfg, store: &store{dir: filepath.Clean(cfg.StateDir)}, log: log}, nil
 }
 
 // Create validates spec against the system, reserves the container's
@@ -93,6 +91,9 @@ func New(cfg Config, log *slog.Logger) (*Runtime, error) {
 // nothing is left behind.
 func (r *Runtime) Create(ctx context.Context, spec Spec) (*Container, error) {
 	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if err := r.store.init(); err != nil {
 		return nil, err
 	}
 	nodeNS, err := currentNetNS()
@@ -194,25 +195,31 @@ func (r *Runtime) discard(c *Container) {
 // teardown releases what c holds on the system: its processes, CNI
 // attachment, network namespace, cgroups and host ports, and marks it
 // exited. Each step is idempotent and recorded as done, so teardown can
-// be repeated after a crash or a failure. The caller holds c's lock.
-func (r *Runtime) teardown(ctx context.Context, c *Container) error {
+// be repeated after a crash or a failure. It returns what it released, as
+// a person would say it. The caller holds c's lock.
+func (r *Runtime) teardown(ctx context.Context, c *Container) (released []string, err error) {
 	var errs []error
 	st := &c.State
 	if st.Attached {
 		// Refuse before killing anything: the plugins' rules can only be
 		// removed from the namespace they were added in.
 		if err := checkNode(c); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := sendSignal(st.Pid, st.PidStart, syscall.SIGKILL); err != nil {
-		errs = append(errs, err)
+	if alive(st.Pid, st.PidStart) {
+		if err := sendSignal(st.Pid, st.PidStart, syscall.SIGKILL); err != nil {
+			errs = append(errs, err)
+		} else {
+			released = append(released, fmt.Sprintf("killed pid 1 (%d)", st.Pid))
+		}
 	}
 	if st.Cgroup != nil {
 		if err := st.Cgroup.Destroy(ctx); err != nil {
 			errs = append(errs, err)
 		} else {
 			st.Cgroup = nil
+			released = append(released, "cgroups")
 		}
 	}
 	netFreed := !st.Attached
@@ -221,6 +228,11 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 			errs = append(errs, err)
 		} else {
 			netFreed, st.Attached = true, false
+			what := "removed from network " + st.Network.Network
+			if len(st.Network.IPs) > 0 {
+				what += " (" + strings.Join(st.Network.IPs, ", ") + ")"
+			}
+			released = append(released, what)
 		}
 	}
 	// The namespace goes after DEL, so plugins still find the interface.
@@ -229,10 +241,13 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 			errs = append(errs, err)
 		} else {
 			st.NetNS = ""
+			released = append(released, "network namespace")
 		}
 	}
 	if netFreed {
-		r.releasePorts(c.ID, c.Ports)
+		if n := r.releasePorts(c.ID, c.Ports); n > 0 {
+			released = append(released, fmt.Sprintf("%d host port(s)", n))
+		}
 	}
 	if st.Status != StatusExited {
 		st.Status = StatusExited
@@ -241,7 +256,7 @@ func (r *Runtime) teardown(ctx context.Context, c *Container) error {
 	if err := r.store.save(c); err != nil {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return released, errors.Join(errs...)
 }
 
 // ErrWrongNode means a runner tried to detach a container from another

@@ -16,25 +16,38 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berthnet/berth/runner/pty"
 	"github.com/berthnet/berth/runner/sandbox"
 )
 
 // Stdio is what the container's command reads and writes. A nil Stdin
-// reads /dev/null. With TTY, all three are the slave of a pseudo-terminal
-// that becomes the command's controlling terminal.
+// reads /dev/null. With TTY the command gets a pseudo-terminal from the
+// container's own devpts instance instead (as stdin, stdout, stderr and
+// controlling terminal, so `tty` says /dev/pts/0 and job control works);
+// Stdin, Stdout and Stderr are then unused and Process.Terminal is the
+// master.
 type Stdio struct {
 	Stdin, Stdout, Stderr *os.File
 	TTY                   bool
+	// Size is the terminal's size to start with (TTY only).
+	Size pty.Size
 }
 
-// Process is a container's running command, owned by the runner process
-// that started it (the supervisor).
+// Process is a command running in a container (pid 1, or one started by
+// exec), owned by the runner process that started it.
 type Process struct {
 	cmd *exec.Cmd
+	// Terminal is the master of the command's pseudo-terminal (Stdio.TTY),
+	// for the caller to copy from and to and to resize; nil without one.
+	// The caller closes it.
+	Terminal *os.File
 }
 
-// Signal sends sig to the container's pid 1.
+// Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Pid is the process's pid on the host.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
 
 // Run creates a container and starts it; the caller then owns the
 // Process and must Wait for it. On error nothing is left behind.
@@ -63,7 +76,7 @@ func (r *Runtime) Start(ctx context.Context, c *Container, stdio Stdio) (p *Proc
 	defer unlock()
 	defer func() {
 		if err != nil {
-			if terr := r.teardown(context.WithoutCancel(ctx), c); terr != nil {
+			if _, terr := r.teardown(context.WithoutCancel(ctx), c); terr != nil {
 				r.log.Warn("undoing a failed start", "container", c.Name, "err", terr)
 			}
 		}
@@ -79,25 +92,24 @@ func (r *Runtime) Start(ctx context.Context, c *Container, stdio Stdio) (p *Proc
 	if err := r.setupCgroup(c); err != nil {
 		return nil, err
 	}
-	cmd, err := r.startInit(c, stdio)
+	p, err = r.startInit(c, stdio)
 	if err != nil {
 		return nil, err
 	}
-	st.Pid = cmd.Process.Pid
+	st.Pid = p.Pid()
 	st.PidStart, _, _ = procStart(st.Pid)
 	st.Status = StatusRunning
 	st.StartedAt = time.Now().UTC()
-	err = r.tightenPidsLimit(c)
-	if err == nil {
-		err = r.store.save(c)
-	}
-	if err != nil {
-		cmd.Process.Kill()
-		cmd.Wait()
+	if err := r.store.save(c); err != nil {
+		p.cmd.Process.Kill()
+		p.cmd.Wait()
+		if p.Terminal != nil {
+			p.Terminal.Close()
+		}
 		return nil, err
 	}
 	r.log.Debug("container started", "container", c.Name, "pid", st.Pid, "ips", c.IPs())
-	return &Process{cmd: cmd}, nil
+	return p, nil
 }
 
 // setupNetwork pins a new network namespace (unless --net host) and
@@ -140,8 +152,9 @@ func (r *Runtime) setupCgroup(c *Container) error {
 	return err
 }
 
-// tightenPidsLimit applies a --pids-limit below startupPids, now that the
-// command runs.
+// tightenPidsLimit applies a --pids-limit below startupPids. It runs
+// while the first process waits to exec the command (see startInit), so
+// the limit holds from the command's first instruction.
 func (r *Runtime) tightenPidsLimit(c *Container) error {
 	if limit := c.Spec.Resources.PidsLimit; limit > 0 && limit < startupPids {
 		return c.State.Cgroup.SetPidsLimit(limit)
@@ -149,10 +162,11 @@ func (r *Runtime) tightenPidsLimit(c *Container) error {
 	return nil
 }
 
-// startupPids is the pids limit while the container's first process is
-// still the runner itself: the Go runtime starts several threads, each
-// counted as a pid. A tighter --pids-limit applies once the command runs
-// (at most startupPids tasks can slip in between).
+// startupPids is the least pids limit while the container's first process
+// is still the runner itself, setting the container up: the Go runtime
+// starts several threads, each counted as a pid. A tighter --pids-limit
+// is applied when that process is about to exec the command, which ends
+// its threads.
 const startupPids = 64
 
 // step records a resource in c's state before it is created.
@@ -161,7 +175,11 @@ func (r *Runtime) step(c *Container, record func()) error {
 	return r.store.save(c)
 }
 
-func (r *Runtime) startInit(c *Container, stdio Stdio) (*exec.Cmd, error) {
+// startInit starts the container's first process (sandbox.Main, which
+// sets the container up) and lets it exec the command once it is ready
+// and the last limits are applied. It returns once the command runs, or
+// with the reason it could not start.
+func (r *Runtime) startInit(c *Container, stdio Stdio) (*Process, error) {
 	dir := r.store.containerDir(c.ID)
 	spec := sandbox.Spec{
 		Lower:      c.Rootfs,
@@ -173,6 +191,8 @@ func (r *Runtime) startInit(c *Container, stdio Stdio) (*exec.Cmd, error) {
 		ResolvConf: resolvConf(c.State.Network),
 		Args:       c.Spec.Args,
 		Env:        containerEnv(c),
+		TTY:        stdio.TTY,
+		Size:       stdio.Size,
 	}
 	for _, d := range []string{spec.Upper, spec.Work, spec.Merged} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -188,31 +208,69 @@ func (r *Runtime) startInit(c *Container, stdio Stdio) (*exec.Cmd, error) {
 		return nil, err
 	}
 	defer errR.Close()
+	handshake, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		errW.Close()
+		return nil, fmt.Errorf("creating the start handshake socket: %w", err)
+	}
+	defer unix.Close(handshake[0])
+	childSync := os.NewFile(uintptr(handshake[1]), "handshake")
 	cmd, err := startIn(birth{netns: c.State.NetNS, cgroup: c.State.Cgroup}, func() (*exec.Cmd, error) {
 		cmd := exec.Command("/proc/self/exe", InitCommand)
 		cmd.Env = []string{sandbox.EnvSpec + "=" + string(specJSON)}
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
-		cmd.ExtraFiles = []*os.File{errW} // becomes sandbox.ErrorFD
+		if !stdio.TTY {
+			cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
+		}
+		cmd.ExtraFiles = []*os.File{errW, childSync} // sandbox.ErrorFD, sandbox.SyncFD
 		cmd.Dir = "/"
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Cloneflags: unix.CLONE_NEWPID | unix.CLONE_NEWNS | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC,
-			Setsid:     true,
-			Setctty:    stdio.TTY,
+			// A session without a terminal: with TTY the first process
+			// makes the container's own its controlling terminal.
+			Setsid: true,
 		}
 		return cmd, nil
 	})
 	errW.Close()
+	childSync.Close()
 	if err != nil {
 		return nil, fmt.Errorf("starting container process: %w", err)
+	}
+	fail := func(err error) (*Process, error) {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, err
+	}
+	terminal, ready, err := sandbox.AwaitReady(handshake[0])
+	if err != nil {
+		return fail(err)
+	}
+	if ready {
+		err := r.tightenPidsLimit(c)
+		if err == nil {
+			err = sandbox.Proceed(handshake[0])
+		}
+		if err != nil {
+			if terminal != nil {
+				terminal.Close()
+			}
+			return fail(err)
+		}
 	}
 	// EOF without a message: the command was exec'd (the pipe is
 	// close-on-exec in the child).
 	msg, _ := io.ReadAll(errR)
-	if ferr := sandbox.ReadFailure(msg); ferr != nil {
+	if ferr := sandbox.ReadFailure(msg); ferr != nil || !ready {
+		if terminal != nil {
+			terminal.Close()
+		}
 		cmd.Wait()
+		if ferr == nil {
+			ferr = fmt.Errorf("container process ended before it was ready (%s)", cmd.ProcessState)
+		}
 		return nil, ferr
 	}
-	return cmd, nil
+	return &Process{cmd: cmd, Terminal: terminal}, nil
 }
 
 func containerEnv(c *Container) []string {
@@ -272,7 +330,7 @@ func (r *Runtime) Wait(ctx context.Context, c *Container, p *Process) (int, erro
 		}
 	}
 	st.Status, st.ExitCode, st.FinishedAt = StatusExited, code, time.Now().UTC()
-	err = r.teardown(context.WithoutCancel(ctx), c)
+	_, err = r.teardown(context.WithoutCancel(ctx), c)
 	if err == nil && c.Spec.AutoRemove {
 		r.discard(c)
 	}

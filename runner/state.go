@@ -75,6 +75,11 @@ type State struct {
 	// when nobody saw it end (the supervisor was gone).
 	ExitCode  int  `json:"exitCode"`
 	OOMKilled bool `json:"oomKilled,omitempty"`
+	// Orphaned: the supervisor died (kill -9, a crash, a reboot) before
+	// the container ended, so nobody saw its exit status; CleanedBy is
+	// the command that released what it held ("gc", "rm", "stop").
+	Orphaned  bool   `json:"orphaned,omitempty"`
+	CleanedBy string `json:"cleanedBy,omitempty"`
 }
 
 // Attachment is the container's CNI attachment.
@@ -112,6 +117,7 @@ func (s *store) portPath(p PortMapping) string {
 	return filepath.Join(s.dir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
 }
 
+// init creates the state directory; only commands that write call it.
 func (s *store) init() error {
 	for _, d := range []string{"containers", "names", "ports", "netns", "cni", "rootfs"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {

@@ -5,6 +5,7 @@ package main
 import (
 	"github.com/containernetworking/cni/pkg/skel"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/plugins/bridge"
 )
@@ -21,7 +22,7 @@ const help = `Configuration (a plugin in a conflist; every field but "type" and 
    "hairpinMode": true,         a container can reach its own published ports
    "promiscMode": false,        bridge in promiscuous mode
    "isolation": true,           no traffic to or from other berth networks on this node
-   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "ipam": {"type": "berth-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 
@@ -34,20 +35,6 @@ func main() {
 		Name:  "berth-bridge",
 		About: "bridge networking with NAT, port mapping and isolation",
 		Help:  help,
-		Funcs: skel.CNIFuncs{
-			Add:    func(a *skel.CmdArgs) error { return with(a, bridge.Add) },
-			Del:    func(a *skel.CmdArgs) error { return with(a, bridge.Del) },
-			Check:  func(a *skel.CmdArgs) error { return with(a, bridge.Check) },
-			GC:     func(a *skel.CmdArgs) error { return with(a, bridge.GC) },
-			Status: func(a *skel.CmdArgs) error { return with(a, bridge.Status) },
-		},
+		Funcs: bridge.Bridged.Funcs(func(a *skel.CmdArgs, _ bool) (*conf.Bridge, error) { return bridge.Load(a) }),
 	})
-}
-
-func with(args *skel.CmdArgs, op bridge.Op) error {
-	c, err := bridge.Load(args)
-	if err != nil {
-		return err
-	}
-	return op(args, c)
 }

@@ -7,6 +7,7 @@ package cnierr
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
 )
@@ -57,8 +58,10 @@ func Code(err error) uint {
 }
 
 // To converts err to the CNI error a plugin prints. The message is the
-// kind (so a runtime can log it compactly) and the details are the whole
-// chain, which names the field or object and the fix.
+// kind (so a runtime can log it compactly) and the details are the rest of
+// the chain, which names the field or object and the fix. Runtimes print
+// both ("msg; details"), so the kind, which the chain renders where it was
+// wrapped ("invalid network config: mtu: ..."), is left out of details.
 func To(err error) *types.Error {
 	if err == nil {
 		return nil
@@ -69,7 +72,7 @@ func To(err error) *types.Error {
 	}
 	var k *Kind
 	if errors.As(err, &k) {
-		return types.NewError(k.Code, k.Msg, err.Error())
+		return types.NewError(k.Code, k.Msg, strings.Replace(err.Error(), k.Msg+": ", "", 1))
 	}
 	return types.NewError(types.ErrInternal, "internal error", err.Error())
 }

@@ -34,6 +34,11 @@ func TestTo(t *testing.T) {
 			}
 		})
 	}
+	// Runtimes print msg and details side by side: no word twice.
+	got := To(fmt.Errorf("adding: %w", fmt.Errorf("%w: mtu: 70000 is above 65535", ErrInvalidConfig)))
+	if got.Msg != "invalid network config" || got.Details != "adding: mtu: 70000 is above 65535" {
+		t.Errorf("msg %q, details %q", got.Msg, got.Details)
+	}
 	if To(nil) != nil {
 		t.Fatal("To(nil) must be nil")
 	}

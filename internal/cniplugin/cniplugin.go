@@ -10,11 +10,9 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 )
-
-// SupportedVersions are the CNI spec versions every berth plugin speaks.
-var SupportedVersions = []string{"0.4.0", "1.0.0", "1.1.0"}
 
 // Plugin describes one executable.
 type Plugin struct {
@@ -28,7 +26,7 @@ type Plugin struct {
 func Main(p Plugin) {
 	if len(os.Args) > 1 && (os.Args[1] == "--help" || os.Args[1] == "-h" || os.Args[1] == "help") {
 		fmt.Printf("%s: %s\n\n%s\n", p.Name, p.About, p.Help)
-		fmt.Printf("CNI versions: %v. Runtimes exec this binary with CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION\nand the network configuration on stdin (https://www.cni.dev/docs/spec/).\n", SupportedVersions)
+		fmt.Printf("CNI versions: %v. Runtimes exec this binary with CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION\nand the network configuration on stdin (https://www.cni.dev/docs/spec/).\n", conf.SupportedVersions)
 		os.Exit(0)
 	}
 	funcs := skel.CNIFuncs{
@@ -38,7 +36,7 @@ func Main(p Plugin) {
 		GC:     withCodes(p.Funcs.GC),
 		Status: withCodes(p.Funcs.Status),
 	}
-	skel.PluginMainFuncs(funcs, version.PluginSupports(SupportedVersions...), p.Name+": "+p.About)
+	skel.PluginMainFuncs(funcs, version.PluginSupports(conf.SupportedVersions...), p.Name+": "+p.About)
 }
 
 // withCodes converts the errors of f into CNI errors carrying the code of

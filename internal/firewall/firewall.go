@@ -21,6 +21,12 @@
 //
 // A network's chains are rewritten whole on every ADD (self-healing,
 // idempotent); the shared chains and builtin jumps are added only if missing.
+// Every change holds iptables.Lock, the lock of the network namespace, so
+// that networks with different stateDirs never interleave their cycles.
+//
+// The rules are IPv4 (iptables); each function works on one family's
+// tables, so that IPv6 (ip6tables) rules are the same calls with that
+// family's rules under the same lock.
 package firewall
 
 import (
@@ -143,13 +149,17 @@ func (a *Attachment) dnatRules() []string {
 
 // Ensure installs the network's rules and, when a has ports, a's port
 // mappings: one iptables-save and at most one iptables-restore.
-func Ensure(stateDir string, n Network, a *Attachment) error {
-	lock, err := iptables.Acquire(stateDir)
+func Ensure(n Network, a *Attachment) error {
+	lock, err := iptables.Lock()
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	tables, err := iptables.Save()
+	return ensure(iptables.IPv4, n, a)
+}
+
+func ensure(family iptables.Family, n Network, a *Attachment) error {
+	tables, err := iptables.Save(family)
 	if err != nil {
 		return err
 	}
@@ -191,7 +201,7 @@ func Ensure(stateDir string, n Network, a *Attachment) error {
 	if !filter.Jumps("FORWARD", chainForward) {
 		f.Insert("FORWARD", "-j "+chainForward)
 	}
-	return iptables.Apply(b, f)
+	return iptables.Apply(family, b, f)
 }
 
 // RemoveAttachment deletes the port mappings of the attachment key and,
@@ -199,8 +209,8 @@ func Ensure(stateDir string, n Network, a *Attachment) error {
 // rules; when no berth network is left at all, the shared chains and
 // builtin jumps go too. isLast runs under the lock, so a parallel ADD
 // either sees the network's rules gone or keeps them.
-func RemoveAttachment(stateDir, network, key string, hasPorts bool, isLast func() bool) error {
-	lock, err := iptables.Acquire(stateDir)
+func RemoveAttachment(network, key string, hasPorts bool, isLast func() bool) error {
+	lock, err := iptables.Lock()
 	if err != nil {
 		return err
 	}
@@ -209,13 +219,35 @@ func RemoveAttachment(stateDir, network, key string, hasPorts bool, isLast func(
 	if !last && !hasPorts {
 		return nil // nothing of this container is in iptables
 	}
-	tables, err := iptables.Save()
+	return remove(iptables.IPv4, network, key, last)
+}
+
+// RemoveNetwork deletes the network's rules if isEmpty reports, under the
+// lock, that it has no container left (GC: rules a crash left behind).
+func RemoveNetwork(network string, isEmpty func() bool) error {
+	lock, err := iptables.Lock()
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if !isEmpty() {
+		return nil
+	}
+	return remove(iptables.IPv4, network, "", true)
+}
+
+// remove deletes the port mappings of key (none when "") and, when last,
+// the network's chains and the shared ones no other network jumps to.
+func remove(family iptables.Family, network, key string, last bool) error {
+	tables, err := iptables.Save(family)
 	if err != nil {
 		return err
 	}
 	nat := tables.Get("nat")
 	b := iptables.NewBatch("nat")
-	removeOwned(b, nat, chainHostPorts, dnatChain(key))
+	if key != "" {
+		removeOwned(b, nat, chainHostPorts, dnatChain(key))
+	}
 	f := iptables.NewBatch("filter")
 	if last {
 		removeOwned(b, nat, chainPostrouting, natChain(network))
@@ -236,12 +268,12 @@ func RemoveAttachment(stateDir, network, key string, hasPorts bool, isLast func(
 			}
 		}
 	}
-	return iptables.Apply(b, f)
+	return iptables.Apply(family, b, f)
 }
 
 // Check reports the first rule of n (and a) that is missing or altered.
 func Check(n Network, a *Attachment) error {
-	tables, err := iptables.Save()
+	tables, err := iptables.Save(iptables.IPv4)
 	if err != nil {
 		return err
 	}

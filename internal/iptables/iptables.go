@@ -20,9 +20,9 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // Prefix starts every chain berth owns.
@@ -86,12 +86,34 @@ func (ts Tables) Get(name string) *Table {
 	return &Table{Name: name, chains: map[string][]string{}}
 }
 
-// Save reads all tables with one iptables-save.
-func Save() (Tables, error) {
-	out, err := exec.Command(binary("iptables-save")).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%w: iptables-save: %v", cnierr.ErrDatapath, exitDetail(err))
+// Family is an IP family's set of tables: iptables for IPv4, ip6tables
+// for IPv6. Each has its own tables and tools; one Lock covers both.
+type Family int
+
+const (
+	IPv4 Family = iota
+	IPv6
+)
+
+// String is the family's tool: "iptables" or "ip6tables".
+func (f Family) String() string {
+	if f == IPv6 {
+		return "ip6tables"
 	}
+	return "iptables"
+}
+
+// Save reads all tables of family f with one iptables-save.
+func Save(f Family) (Tables, error) {
+	out, err := exec.Command(binary(f.String() + "-save")).Output()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s-save: %v", cnierr.ErrDatapath, f, exitDetail(err))
+	}
+	return Parse(out)
+}
+
+// Parse reads iptables-save output.
+func Parse(out []byte) (Tables, error) {
 	ts := Tables{}
 	var t *Table
 	sc := bufio.NewScanner(bytes.NewReader(out))
@@ -181,58 +203,41 @@ func (b *Batch) DeleteJumps(t *Table, chain, target string) {
 	}
 }
 
-// Apply commits the batches with one iptables-restore --noflush: one exec
-// and one kernel transaction per table, whatever the number of rules.
-func Apply(batches ...*Batch) error {
-	var in bytes.Buffer
+// Restore renders the batches as iptables-restore input: one COMMIT per
+// table that changes, "" when none does.
+func Restore(batches ...*Batch) string {
+	var in strings.Builder
 	for _, b := range batches {
 		if !b.Empty() {
 			fmt.Fprintf(&in, "*%s\n%s\nCOMMIT\n", b.table, strings.Join(b.lines, "\n"))
 		}
 	}
-	if in.Len() == 0 {
+	return in.String()
+}
+
+// Apply commits the batches to family f with one iptables-restore
+// --noflush: one exec and one kernel transaction per table, whatever the
+// number of rules.
+func Apply(f Family, batches ...*Batch) error {
+	input := Restore(batches...)
+	if input == "" {
 		return nil
 	}
-	input := in.String()
-	cmd := exec.Command(binary("iptables-restore"), "--noflush", "-w", "5")
-	cmd.Stdin = &in
+	cmd := exec.Command(binary(f.String()+"-restore"), "--noflush", "-w", "5")
+	cmd.Stdin = strings.NewReader(input)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%w: iptables-restore: %v: %s\ninput:\n%s", cnierr.ErrDatapath, err, strings.TrimSpace(stderr.String()), input)
+		return fmt.Errorf("%w: %s-restore: %v: %s\ninput:\n%s", cnierr.ErrDatapath, f, err, strings.TrimSpace(stderr.String()), input)
 	}
 	return nil
 }
 
-// Lock serialises berth's read-modify-write cycles on the rules of one
-// network namespace (iptables' own xtables lock covers single execs only).
-// The kernel releases it if the holder dies.
-type Lock struct{ f *os.File }
-
-// Acquire takes the lock file in stateDir.
-func Acquire(stateDir string) (*Lock, error) {
-	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		return nil, fmt.Errorf("%w: creating state dir %s: %v", cnierr.ErrIO, stateDir, err)
-	}
-	f, err := os.OpenFile(filepath.Join(stateDir, "iptables.lock"), os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("%w: opening iptables lock: %v", cnierr.ErrIO, err)
-	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if !errors.Is(err, syscall.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("%w: locking iptables: %v", cnierr.ErrIO, err)
-	}
-	return &Lock{f: f}, nil
-}
-
-// Release drops the lock.
-func (l *Lock) Release() { l.f.Close() }
+// Lock serialises berth's read-modify-write cycles (Save, then Apply) on
+// the rules of the calling thread's network namespace, both families,
+// whichever network or stateDir the caller serves: iptables' own xtables
+// lock covers single execs only.
+func Lock() (*netnsdir.Lock, error) { return netnsdir.Acquire("iptables.lock", false) }
 
 // binary finds an iptables tool. Runtimes may exec plugins without PATH
 // (the CNI spec does not promise one), so the usual places are tried too.

@@ -26,16 +26,23 @@ const (
 	ModeBGP    = "bgp"
 )
 
-// Node is this node's share of a cluster network.
+// Node is this node's share of a cluster network. A network has IPv4,
+// IPv6 or both: each family has its cluster CIDR and this node's subnet
+// of it. The IPv6 fields are separate ones so that plugins from before
+// dual-stack read a dual-stack lease as the IPv4 one they know.
 type Node struct {
-	Network     string       `json:"network"`     // network name, also the CNI network name
-	Mode        string       `json:"mode"`        // vxlan | hostgw | bgp
-	NetworkCIDR netip.Prefix `json:"networkCIDR"` // the whole cluster network
-	Subnet      netip.Prefix `json:"subnet"`      // this node's block of NetworkCIDR
-	MTU         int          `json:"mtu"`         // MTU for container interfaces
-	IPMasq      bool         `json:"ipMasq"`      // masquerade traffic leaving NetworkCIDR
-	NodeName    string       `json:"nodeName"`
-	NodeIP      netip.Addr   `json:"nodeIP"`
+	Network     string       `json:"network"`              // network name, also the CNI network name
+	Mode        string       `json:"mode"`                 // vxlan | hostgw | bgp
+	NetworkCIDR netip.Prefix `json:"networkCIDR,omitzero"` // the whole cluster network (IPv4)
+	Subnet      netip.Prefix `json:"subnet,omitzero"`      // this node's block of NetworkCIDR
+	// NetworkCIDRv6 and SubnetV6 are the same for IPv6.
+	NetworkCIDRv6 netip.Prefix `json:"networkCIDRv6,omitzero"`
+	SubnetV6      netip.Prefix `json:"subnetV6,omitzero"`
+	MTU           int          `json:"mtu"`    // MTU for container interfaces
+	IPMasq        bool         `json:"ipMasq"` // masquerade traffic leaving the cluster CIDRs
+	NodeName      string       `json:"nodeName"`
+	NodeIP        netip.Addr   `json:"nodeIP,omitzero"`   // IPv4 underlay address
+	NodeIPv6      netip.Addr   `json:"nodeIPv6,omitzero"` // IPv6 underlay address
 	// Expires is when the lease stops being trustworthy unless netd
 	// refreshes the file. Zero means it never expires.
 	Expires time.Time `json:"expires,omitzero"`
@@ -46,10 +53,21 @@ func Path(dir, network string) string {
 	return filepath.Join(dir, network+".json")
 }
 
-// Gateway is the address containers on this node use as their gateway:
-// the first host address of the node's subnet.
-func (n *Node) Gateway() netip.Addr {
-	return n.Subnet.Masked().Addr().Next()
+// Subnets are this node's subnets: IPv4 first, then IPv6.
+func (n *Node) Subnets() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{n.Subnet, n.SubnetV6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Gateway is the address containers on this node use as their gateway
+// in subnet (one of Subnets): its first host address.
+func Gateway(subnet netip.Prefix) netip.Addr {
+	return subnet.Masked().Addr().Next()
 }
 
 // ErrMissing means netd has not written a lease for the network yet.
@@ -93,16 +111,41 @@ func (n *Node) Validate() error {
 		return errors.New("network: empty")
 	case n.Mode != ModeVXLAN && n.Mode != ModeHostGW && n.Mode != ModeBGP:
 		return fmt.Errorf("mode: %q is not vxlan, hostgw or bgp", n.Mode)
-	case !n.NetworkCIDR.IsValid() || !n.NetworkCIDR.Addr().Is4():
-		return fmt.Errorf("networkCIDR: %q is not an IPv4 prefix", n.NetworkCIDR)
-	case !n.Subnet.IsValid() || !n.Subnet.Addr().Is4():
-		return fmt.Errorf("subnet: %q is not an IPv4 prefix", n.Subnet)
-	case n.Subnet.Bits() < n.NetworkCIDR.Bits() || !n.NetworkCIDR.Contains(n.Subnet.Addr()):
-		return fmt.Errorf("subnet: %s is outside networkCIDR %s", n.Subnet, n.NetworkCIDR)
-	case n.Subnet.Bits() > 30:
-		return fmt.Errorf("subnet: %s is too small to hold a gateway and a container", n.Subnet)
+	case !n.NetworkCIDR.IsValid() && !n.NetworkCIDRv6.IsValid():
+		return errors.New("networkCIDR, networkCIDRv6: neither is set")
 	case n.MTU < 576 || n.MTU > 65535:
 		return fmt.Errorf("mtu: %d is outside 576..65535", n.MTU)
+	case n.NetworkCIDRv6.IsValid() && n.MTU < 1280:
+		return fmt.Errorf("mtu: %d is below IPv6's minimum of 1280", n.MTU)
+	}
+	if n.NetworkCIDR.IsValid() || n.Subnet.IsValid() {
+		if err := checkFamily("networkCIDR", "subnet", n.NetworkCIDR, n.Subnet, false, 30); err != nil {
+			return err
+		}
+	}
+	if n.NetworkCIDRv6.IsValid() || n.SubnetV6.IsValid() {
+		if err := checkFamily("networkCIDRv6", "subnetV6", n.NetworkCIDRv6, n.SubnetV6, true, 126); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkFamily checks one family's cluster CIDR and node subnet.
+func checkFamily(cidrField, subnetField string, cidr, subnet netip.Prefix, v6 bool, longest int) error {
+	family := "IPv4"
+	if v6 {
+		family = "IPv6"
+	}
+	switch {
+	case !cidr.IsValid() || cidr.Addr().Is6() != v6 || cidr.Addr().Is4In6():
+		return fmt.Errorf("%s: %q is not an %s prefix", cidrField, cidr, family)
+	case !subnet.IsValid() || subnet.Addr().Is6() != v6 || subnet.Addr().Is4In6():
+		return fmt.Errorf("%s: %q is not an %s prefix", subnetField, subnet, family)
+	case subnet.Bits() < cidr.Bits() || !cidr.Contains(subnet.Addr()):
+		return fmt.Errorf("%s: %s is outside %s %s", subnetField, subnet, cidrField, cidr)
+	case subnet.Bits() > longest:
+		return fmt.Errorf("%s: %s is too small to hold a gateway and a container", subnetField, subnet)
 	}
 	return nil
 }

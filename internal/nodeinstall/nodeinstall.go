@@ -15,6 +15,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -138,7 +139,13 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 	leasePath := lease.Path(n.LeaseDir, n.Network)
 	l, err := lease.Read(leasePath, time.Time{})
 	if err == nil {
-		errs = append(errs, backend.RemoveRoutes(l.NetworkCIDR))
+		var cidrs []netip.Prefix
+		for _, c := range []netip.Prefix{l.NetworkCIDR, l.NetworkCIDRv6} {
+			if c.IsValid() {
+				cidrs = append(cidrs, c)
+			}
+		}
+		errs = append(errs, backend.RemoveRoutes(cidrs))
 	} else if !errors.Is(err, lease.ErrMissing) {
 		log.Warn("cannot read the lease file; routes of protocol 73 are left alone", "path", leasePath, "err", err)
 	}
@@ -284,8 +291,18 @@ func removeFile(path string) error {
 	return nil
 }
 
-// vtepPrefix starts the name of netd's VTEPs (berth.<vni>).
-const vtepPrefix = "berth."
+// vtepPrefixes start the names of netd's VTEPs: berth.<vni> over an IPv4
+// underlay, berth6.<vni> over an IPv6 one.
+var vtepPrefixes = []string{"berth.", "berth6."}
+
+func isVTEPName(name string) bool {
+	for _, p := range vtepPrefixes {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
 
 func removeVTEPs(log *slog.Logger) error {
 	links, err := netlink.LinkList()
@@ -294,7 +311,7 @@ func removeVTEPs(log *slog.Logger) error {
 	}
 	var errs []error
 	for _, l := range links {
-		if _, ok := l.(*netlink.Vxlan); !ok || !strings.HasPrefix(l.Attrs().Name, vtepPrefix) {
+		if _, ok := l.(*netlink.Vxlan); !ok || !isVTEPName(l.Attrs().Name) {
 			continue
 		}
 		if err := netlink.LinkDel(l); err != nil {

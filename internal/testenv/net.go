@@ -14,9 +14,10 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Serve listens on addr (e.g. "0.0.0.0:80") inside netns n and answers
-// every TCP connection with the address it came from, so that a test sees
-// whether and how the traffic was NATed. It stops when t ends.
+// Serve listens on addr (e.g. "0.0.0.0:80" or "[fd00::2]:80") inside
+// netns n and answers every TCP connection with the address it came from,
+// so that a test sees whether and how the traffic was NATed. It stops
+// when t ends.
 func Serve(t testing.TB, n ns.NetNS, addr string) {
 	t.Helper()
 	var l net.Listener
@@ -24,7 +25,7 @@ func Serve(t testing.TB, n ns.NetNS, addr string) {
 	// thread later accepts on it.
 	err := n.Do(func(ns.NetNS) error {
 		var err error
-		l, err = net.Listen("tcp4", addr)
+		l, err = net.Listen(tcpOf(addr), addr)
 		return err
 	})
 	if err != nil {
@@ -50,7 +51,7 @@ func Dial(n ns.NetNS, addr string) (string, error) {
 	err := n.Do(func(ns.NetNS) error {
 		var err error
 		d := net.Dialer{Timeout: 2 * time.Second}
-		c, err = d.DialContext(context.Background(), "tcp4", addr)
+		c, err = d.DialContext(context.Background(), tcpOf(addr), addr)
 		return err
 	})
 	if err != nil {
@@ -60,6 +61,14 @@ func Dial(n ns.NetNS, addr string) (string, error) {
 	c.SetDeadline(time.Now().Add(3 * time.Second))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(line), err
+}
+
+// tcpOf is "tcp6" for an address "[ipv6]:port", else "tcp4".
+func tcpOf(addr string) string {
+	if strings.HasPrefix(addr, "[") {
+		return "tcp6"
+	}
+	return "tcp4"
 }
 
 // Ping sends one ICMP echo from n to addr.

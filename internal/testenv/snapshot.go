@@ -12,11 +12,14 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// Snapshot describes what a leak would change in netns n: its links, its
-// iptables rules and chains, and the files under dirs (IPAM and state).
-// Compare a snapshot before and after a test's containers come and go.
+// Snapshot describes what a leak would change in netns n: its links and
+// their addresses, its iptables rules and chains, its routes, the plugins'
+// files of the namespace (host port claims) and the files under dirs (IPAM
+// and state). Compare a snapshot before and after a test's containers come
+// and go.
 func Snapshot(t testing.TB, n ns.NetNS, dirs ...string) string {
 	t.Helper()
+	dirs = append(dirs, NetnsDir(t, n))
 	var b strings.Builder
 	err := n.Do(func(ns.NetNS) error {
 		links, err := netlink.LinkList()
@@ -25,8 +28,20 @@ func Snapshot(t testing.TB, n ns.NetNS, dirs ...string) string {
 		}
 		for _, l := range links {
 			fmt.Fprintf(&b, "link %s\n", l.Attrs().Name)
+			addrs, _ := netlink.AddrList(l, netlink.FAMILY_ALL)
+			for _, a := range addrs {
+				if a.IP.IsGlobalUnicast() {
+					fmt.Fprintf(&b, "address %s %s\n", l.Attrs().Name, a.IPNet)
+				}
+			}
 		}
-		return nil
+		routes, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+		for _, r := range routes {
+			if r.Dst != nil && r.Dst.IP.IsGlobalUnicast() {
+				fmt.Fprintf(&b, "route %s dev %d\n", r.Dst, r.LinkIndex)
+			}
+		}
+		return err
 	})
 	if err != nil {
 		t.Fatalf("listing links: %v", err)

@@ -13,6 +13,8 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // RequireRoot skips t unless it runs as root: namespaces, links and
@@ -33,11 +35,31 @@ func NewNS(t testing.TB) ns.NetNS {
 	if err != nil {
 		t.Fatalf("creating network namespace: %v", err)
 	}
+	// The plugins' node-wide directory of this namespace (locks, host
+	// port claims) goes with it.
+	dir := NetnsDir(t, n)
 	t.Cleanup(func() {
 		n.Close()
 		testutils.UnmountNS(n)
+		os.RemoveAll(dir)
 	})
 	return n
+}
+
+// NetnsDir is the directory berth plugins executed in n share (see
+// internal/netnsdir): its locks and host port claims. It may not exist.
+func NetnsDir(t testing.TB, n ns.NetNS) string {
+	t.Helper()
+	var id string
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		id, err = netnsdir.ID()
+		return err
+	})
+	if err != nil {
+		t.Fatalf("identifying network namespace: %v", err)
+	}
+	return filepath.Join(netnsdir.Root, id)
 }
 
 // RepoRoot is the directory holding go.mod.

@@ -1,11 +1,14 @@
 // Package backend is how netd connects its node to the other nodes of a
-// network. Each mode is a Backend in its own package (vxlan, hostgw); it
-// registers the network on this node (creating any device it needs) and
-// then, given the peers, describes the kernel state it wants. The one
-// reconcile loop in netd compares that with the kernel and changes only
-// what differs, through Diff and Apply here, and only what netd owns:
-// routes marked with RouteProtocol inside the network's CIDR, and the
-// addresses, neighbours and FDB entries of the backend's own links.
+// network. Each mode is a Backend in its own package (vxlan, hostgw,
+// bgp); it registers the network on this node (creating any device it
+// needs) and then, given the peers' leases, describes the kernel state it
+// wants (Desired: computes, changes nothing). The one reconcile loop in
+// netd reads the kernel (Read, or its cache of it), compares it with that
+// (Diff, pure) and changes only what differs (Apply), and only what netd
+// owns: routes marked with RouteProtocol inside the network's CIDR, and
+// the addresses, neighbours and FDB entries of the backend's own links.
+// A backend with routing-protocol state (bgp) makes it match in Announce,
+// which the loop calls in the same apply step.
 package backend
 
 import (
@@ -14,12 +17,12 @@ import (
 	"net"
 	"net/netip"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // RouteProtocol is the routing protocol number (rtm_protocol) on every
@@ -29,11 +32,26 @@ const RouteProtocol netlink.RouteProtocol = 73
 
 // Node is this node as a backend sees it.
 type Node struct {
-	Name    string
-	IP      netip.Addr   // address on the underlay, what peers send to
-	Link    netlink.Link // underlay interface holding IP
-	Network *conf.Network
-	BGP     BGP // bgp mode only
+	Name string
+	// IP and IPv6 are the node's addresses on the underlay, what peers
+	// send to; either may be zero (an IPv6-only or IPv4-only underlay).
+	IP   netip.Addr
+	IPv6 netip.Addr
+	// PreferIPv6: the node's first address is its IPv6 one (--node-ip
+	// fd00:50::3,192.168.50.3, or an underlay without IPv4): VXLAN runs
+	// over the IPv6 underlay.
+	PreferIPv6 bool
+	Link       netlink.Link // underlay interface holding the addresses
+	Network    *conf.Network
+	BGP        BGP // bgp mode only
+}
+
+// Addr is the node's underlay address of a family (zero: none).
+func (n Node) Addr(v6 bool) netip.Addr {
+	if v6 {
+		return n.IPv6
+	}
+	return n.IP
 }
 
 // BGP is this node's configuration of the bgp backend.
@@ -54,24 +72,6 @@ type BGPPeer struct {
 	Address  netip.Addr
 	ASN      uint32
 	Password string // TCP MD5
-}
-
-// Peer is another node of the network, from its lease.
-type Peer struct {
-	Name           string
-	IP             netip.Addr // its node IP
-	Subnet         netip.Prefix
-	VTEPMAC        net.HardwareAddr // vxlan
-	ASN            uint32           // bgp
-	RouteReflector bool             // bgp
-}
-
-// Attrs is what this node publishes about its datapath in its lease.
-type Attrs struct {
-	VTEPMAC        net.HardwareAddr
-	VNI            int
-	ASN            uint32 // bgp
-	RouteReflector bool   // bgp
 }
 
 // Notifier is a Network whose desired state also changes on its own (BGP
@@ -110,18 +110,42 @@ type Backend interface {
 
 // Network is a backend registered on this node.
 type Network interface {
-	// Attrs are published in this node's lease.
-	Attrs() Attrs
+	// Publish fills in what this node's lease tells the other nodes
+	// about its datapath (vxlan: VTEP MAC and VNI; bgp: AS and reflector
+	// role).
+	Publish(self *cluster.Lease)
 	// MTU is the MTU for container interfaces.
 	MTU() int
 	// Ensure re-creates node-local devices that went missing (a VTEP
 	// deleted by hand). It is cheap when nothing is missing.
 	Ensure(ctx context.Context) error
-	// Desired is the kernel state that connects self (this node's
-	// subnet) to peers, and the peers it cannot connect, with why.
-	Desired(self netip.Prefix, peers []Peer) (State, []Problem)
+	// Desired is the kernel state that connects in.Self to in.Peers,
+	// and the peers it cannot connect, with why. It only computes: it
+	// changes nothing, and reads nothing of the kernel but in.
+	Desired(in Input) (State, []Problem)
 	// Owned is the part of the kernel Desired describes completely.
 	Owned() Owned
+}
+
+// Input is what a Network's Desired computes from.
+type Input struct {
+	Self  cluster.Lease   // this node's lease (zero Subnet before it has one)
+	Peers []cluster.Lease // the other nodes, vetted
+	// Underlay says how this node's kernel routes to an address on the
+	// underlay (see Underlay, which caches the kernel's answers).
+	Underlay func(netip.Addr) (Path, error)
+	// Kernel is the owned part of the kernel as it is now.
+	Kernel State
+}
+
+// Announcer is a Network with routing-protocol state besides the kernel
+// (bgp: the announced block and the sessions). The reconcile loop calls
+// Announce in its apply step, before it computes Desired; nothing else
+// does, so that reading the state (netd status) never changes it.
+type Announcer interface {
+	// Announce makes the protocol's state match self and peers, and
+	// returns the peers it could not set up, with why.
+	Announce(ctx context.Context, self cluster.Lease, peers []cluster.Lease) []Problem
 }
 
 // Problem is a peer a backend cannot connect.
@@ -133,18 +157,22 @@ type Problem struct {
 // Owned is the part of the kernel one network's reconcile owns: what is
 // there and not desired is removed.
 type Owned struct {
-	// CIDR: routes with RouteProtocol whose destination is inside it.
-	CIDR netip.Prefix
-	// Links (indexes): their IPv4 addresses, neighbours and FDB entries.
+	// CIDRs (the network's, of each family): routes with RouteProtocol
+	// whose destination is inside one of them.
+	CIDRs []netip.Prefix
+	// Links (indexes): their addresses (but IPv6 link-local ones),
+	// neighbours and FDB entries.
 	Links []int
 }
 
-// State is kernel state a backend wants.
+// State is kernel state: what a backend wants, or what Read found.
 type State struct {
 	Addrs  []netlink.Addr  // on owned links
-	Neighs []netlink.Neigh // IPv4 neighbours on owned links
+	Neighs []netlink.Neigh // neighbours on owned links
 	FDB    []netlink.Neigh // forwarding entries of owned links (AF_BRIDGE)
-	Routes []netlink.Route // RouteProtocol is set by Diff
+	Routes []netlink.Route // RouteProtocol and the main table are set by Diff
+	// Links names the links (by index), for messages; Read fills it.
+	Links map[int]string
 }
 
 // IPNet converts p to the form netlink takes.
@@ -152,66 +180,35 @@ func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// Underlay describes how this node reaches ip: directly on its underlay
-// link (same L2 segment), or through a router.
-func Underlay(node Node, ip netip.Addr) (direct bool, via string, err error) {
-	routes, err := netlink.RouteGet(ip.AsSlice())
-	if err != nil {
-		return false, "", fmt.Errorf("looking up the route to %s: %w", ip, err)
-	}
-	if len(routes) == 0 {
-		return false, "", fmt.Errorf("no route to %s", ip)
-	}
-	r := routes[0]
-	// The name is only for messages. Looking it up costs a netlink round
-	// trip, once per peer and pass: skip it for the node's own link.
-	dev := node.Link.Attrs().Name
-	if r.LinkIndex != node.Link.Attrs().Index {
-		dev = fmt.Sprintf("link %d", r.LinkIndex)
-		if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
-			dev = l.Attrs().Name
+// UnderlayMTU is the container MTU of a routed network (hostgw, bgp):
+// the network's, which must fit in the underlay's, else the underlay's.
+// A network with IPv6 needs at least IPv6's minimum of 1280.
+func UnderlayMTU(node Node) (int, error) {
+	n, link := node.Network, node.Link.Attrs()
+	mtu := link.MTU
+	if n.MTU != 0 {
+		if n.MTU > mtu {
+			return 0, fmt.Errorf("network %s: mtu %d is larger than the underlay %s's MTU %d", n.Name, n.MTU, link.Name, mtu)
 		}
+		mtu = n.MTU
 	}
-	if r.Gw != nil {
-		return false, fmt.Sprintf("via %s dev %s", r.Gw, dev), nil
+	if n.CIDRv6.IsValid() && mtu < conf.MinMTUv6 {
+		return 0, fmt.Errorf("network %s: MTU %d (underlay %s) is below IPv6's minimum of %d", n.Name, mtu, link.Name, conf.MinMTUv6)
 	}
-	if r.LinkIndex != node.Link.Attrs().Index {
-		return false, "dev " + dev, nil
-	}
-	return true, "dev " + dev, nil
+	return mtu, nil
 }
 
-// RemoveRoutes removes every route netd made for the network of cidr.
-func RemoveRoutes(cidr netip.Prefix) error {
-	changes, err := Diff(Owned{CIDR: cidr}, State{})
+// RemoveRoutes removes every route netd made for the network of cidrs.
+func RemoveRoutes(cidrs []netip.Prefix) error {
+	have, err := Read(Owned{CIDRs: cidrs})
 	if err != nil {
 		return err
 	}
-	return Apply(changes)
+	_, err = Apply(Diff(have, State{}))
+	return err
 }
 
 // SortProblems orders problems by peer, for stable status output.
 func SortProblems(p []Problem) {
 	sort.Slice(p, func(i, j int) bool { return p[i].Peer < p[j].Peer })
-}
-
-// Describe renders a route the way `ip route` does, for logs and status.
-func Describe(r *netlink.Route) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s", r.Dst)
-	if r.Gw != nil {
-		fmt.Fprintf(&b, " via %s", r.Gw)
-	}
-	fmt.Fprintf(&b, " dev %s", linkName(r.LinkIndex))
-	if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
-		b.WriteString(" onlink")
-	}
-	return b.String()
-}
-
-func linkName(index int) string {
-	if l, err := netlink.LinkByIndex(index); err == nil {
-		return l.Attrs().Name
-	}
-	return fmt.Sprintf("if%d", index)
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -12,62 +14,147 @@ import (
 
 // Change is one kernel change Diff found necessary.
 type Change struct {
-	What  string // e.g. "add route 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"
-	apply func() error
+	What   string // e.g. "add route 10.244.2.0/24 via 10.244.2.0 dev berth.1 onlink"
+	apply  func() error
+	obj    any  // *netlink.Addr, *netlink.Neigh or *netlink.Route, for Cache.Applied
+	remove bool // obj is removed (else added or replaced)
 }
 
 func (c Change) String() string { return c.What }
 
 // Apply makes the changes, all of them even when some fail, and returns
-// the failures joined.
-func Apply(changes []Change) error {
+// the ones made and the failures joined.
+func Apply(changes []Change) (made []Change, err error) {
 	var errs []error
 	for _, c := range changes {
 		if err := c.apply(); err != nil {
 			errs = append(errs, fmt.Errorf("%s: %w", c.What, err))
+			continue
 		}
+		made = append(made, c)
 	}
-	return errors.Join(errs...)
+	return made, errors.Join(errs...)
 }
 
-// Diff compares the owned part of the kernel with want and returns the
-// changes that make them equal: additions and replacements first, then
-// removals. An empty result means the kernel matches.
-func Diff(owned Owned, want State) ([]Change, error) {
-	var adds, dels []Change
-	for _, idx := range owned.Links {
-		a, d, err := diffAddrs(idx, filter(want.Addrs, func(a netlink.Addr) bool { return a.LinkIndex == idx }))
-		if err != nil {
-			return nil, err
-		}
-		adds, dels = append(adds, a...), append(dels, d...)
-		a, d, err = diffNeighs(idx, filter(want.Neighs, func(n netlink.Neigh) bool { return n.LinkIndex == idx }))
-		if err != nil {
-			return nil, err
-		}
-		adds, dels = append(adds, a...), append(dels, d...)
-		a, d, err = diffFDB(idx, filter(want.FDB, func(n netlink.Neigh) bool { return n.LinkIndex == idx }))
-		if err != nil {
-			return nil, err
-		}
-		adds, dels = append(adds, a...), append(dels, d...)
-	}
-	a, d, err := diffRoutes(owned.CIDR, want.Routes)
+// Read reads the owned part of the kernel: the addresses (but IPv6
+// link-local ones, which the kernel manages), neighbours (but multicast
+// and link-local ones) and FDB entries of the owned links, and the routes with RouteProtocol in the main table
+// inside the owned CIDRs, of both families. An owned link that does not
+// exist has nothing.
+func Read(o Owned) (State, error) {
+	var s State
+	links, err := dump(func() ([]netlink.Link, error) { return netlink.LinkList() })
 	if err != nil {
-		return nil, err
+		return s, fmt.Errorf("listing links: %w", err)
 	}
-	adds, dels = append(adds, a...), append(dels, d...)
-	return append(adds, dels...), nil
+	s.Links = make(map[int]string, len(links))
+	for _, l := range links {
+		s.Links[l.Attrs().Index] = l.Attrs().Name
+	}
+	for _, idx := range o.Links {
+		if _, ok := s.Links[idx]; !ok {
+			continue
+		}
+		a, n, f, err := ReadLink(idx)
+		if err != nil {
+			return s, err
+		}
+		s.Addrs, s.Neighs, s.FDB = append(s.Addrs, a...), append(s.Neighs, n...), append(s.FDB, f...)
+	}
+	routes, err := ReadRoutes()
+	if err != nil {
+		return s, err
+	}
+	s.Routes = OwnedRoutes(o.CIDRs, routes)
+	return s, nil
 }
 
-func filter[T any](s []T, keep func(T) bool) []T {
-	var out []T
-	for _, v := range s {
-		if keep(v) {
-			out = append(out, v)
+// ReadLink reads the addresses (but IPv6 link-local ones), neighbours
+// and FDB entries of link idx.
+func ReadLink(idx int) (addrs []netlink.Addr, neighs, fdb []netlink.Neigh, err error) {
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: idx}}
+	all, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("listing addresses of link %d: %w", idx, err)
+	}
+	for _, a := range all {
+		if !a.IP.IsLinkLocalUnicast() {
+			addrs = append(addrs, a)
+		}
+	}
+	for _, family := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		n, err := dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, family) })
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("listing neighbours of link %d: %w", idx, err)
+		}
+		for _, e := range n {
+			if ownedNeigh(e.IP) {
+				neighs = append(neighs, e)
+			}
+		}
+	}
+	if fdb, err = dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, unix.AF_BRIDGE) }); err != nil {
+		return nil, nil, nil, fmt.Errorf("listing FDB of link %d: %w", idx, err)
+	}
+	return addrs, neighs, fdb, nil
+}
+
+// ownedNeigh reports whether a neighbour entry for ip can be netd's. The
+// kernel makes its own for the multicast groups it sends to (IPv6
+// neighbour discovery and MLD on any link with IPv6) and for link-local
+// neighbours.
+func ownedNeigh(ip net.IP) bool { return !ip.IsMulticast() && !ip.IsLinkLocalUnicast() }
+
+// ReadRoutes reads the routes of both families with RouteProtocol in the
+// main table.
+func ReadRoutes() ([]netlink.Route, error) {
+	routes, err := dump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL,
+			&netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
+			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing routes: %w", err)
+	}
+	return routes, nil
+}
+
+// OwnedRoutes are the routes of routes with RouteProtocol in the main
+// table whose destination is inside one of cidrs: the ones a network's
+// reconcile owns.
+func OwnedRoutes(cidrs []netip.Prefix, routes []netlink.Route) []netlink.Route {
+	var out []netlink.Route
+	for _, r := range routes {
+		if r.Protocol != RouteProtocol || r.Table != unix.RT_TABLE_MAIN {
+			continue
+		}
+		for _, cidr := range cidrs {
+			if Within(r.Dst, cidr) {
+				out = append(out, r)
+				break
+			}
 		}
 	}
 	return out
+}
+
+// Within reports whether dst is cidr or a prefix inside it.
+func Within(dst *net.IPNet, cidr netip.Prefix) bool {
+	if dst == nil {
+		return false
+	}
+	p, ok := Prefix(dst)
+	return ok && p.Addr().Is4() == cidr.Addr().Is4() && p.Bits() >= cidr.Bits() && cidr.Contains(p.Addr())
+}
+
+// Prefix converts a netlink destination to a prefix.
+func Prefix(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // dump retries a netlink dump the kernel interrupted because the table
@@ -83,51 +170,178 @@ func dump[T any](list func() ([]T, error)) ([]T, error) {
 	}
 }
 
-func diffRoutes(cidr netip.Prefix, want []netlink.Route) (adds, dels []Change, err error) {
-	have, err := dump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_V4,
-			&netlink.Route{Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN},
-			netlink.RT_FILTER_PROTOCOL|netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("listing routes: %w", err)
-	}
-	byDst := map[string][]netlink.Route{}
-	for _, r := range have {
-		if r.Dst != nil && prefixWithin(r.Dst.String(), cidr) {
-			byDst[r.Dst.String()] = append(byDst[r.Dst.String()], r)
+// Diff compares have (the owned part of the kernel) with want and
+// returns the changes that make them equal: additions and replacements
+// first, then removals. An empty result means the kernel matches. It
+// only computes; have.Links names the links in the messages.
+func Diff(have, want State) []Change {
+	name := func(idx int) string {
+		if n, ok := have.Links[idx]; ok {
+			return n
 		}
+		return fmt.Sprintf("if%d", idx)
 	}
-	for _, w := range want {
-		w.Protocol = RouteProtocol
-		w.Table = unix.RT_TABLE_MAIN
-		key := w.Dst.String()
-		cur := byDst[key]
-		delete(byDst, key)
-		switch {
-		case len(cur) == 0:
-			adds = append(adds, Change{What: "add route " + Describe(&w), apply: func() error { return netlink.RouteReplace(&w) }})
-		case len(cur) > 1 || !sameRoute(&cur[0], &w):
-			// Replace covers one route per destination; extras (another
-			// metric) are removed first.
-			for _, c := range cur[1:] {
-				adds = append(adds, Change{What: "remove duplicate route " + Describe(&c), apply: func() error { return netlink.RouteDel(&c) }})
-			}
-			adds = append(adds, Change{What: "replace route " + Describe(&cur[0]) + " with " + Describe(&w), apply: func() error { return netlink.RouteReplace(&w) }})
-		}
+	var adds, dels []Change
+	for _, d := range []func() ([]Change, []Change){
+		func() ([]Change, []Change) { return diff(addrs(name), have.Addrs, want.Addrs) },
+		func() ([]Change, []Change) { return diff(neighs(name), have.Neighs, want.Neighs) },
+		func() ([]Change, []Change) { return diff(fdbs(name), have.FDB, want.FDB) },
+		func() ([]Change, []Change) { return diff(routes(name), have.Routes, want.Routes) },
+	} {
+		a, r := d()
+		adds, dels = append(adds, a...), append(dels, r...)
 	}
-	for _, rs := range byDst {
-		for _, r := range rs {
-			dels = append(dels, Change{What: "remove route " + Describe(&r), apply: func() error { return ignoreGone(netlink.RouteDel(&r)) }})
-		}
-	}
-	return adds, dels, nil
+	return append(adds, dels...)
 }
 
+// kind is what diff needs to know about one kind of kernel object.
+type kind[T any] struct {
+	noun string // "route", "neighbour" ...
+	// key identifies an object: the kernel holds one per key (routes:
+	// possibly several, of different metrics; the extras are removed).
+	key func(*T) string
+	// normalize fills in what the kernel reports back on a wanted object
+	// (family, state, protocol), so that it compares equal.
+	normalize func(*T)
+	// same reports whether have already is want.
+	same func(have, want *T) bool
+	// show describes an object for messages: "10.244.2.0/24 via ...".
+	show func(*T) string
+	// set adds or replaces an object; remove deletes one.
+	set, remove func(*T) error
+}
+
+// diff is the one comparison of every kind: wanted objects missing or
+// different in have are added or replaced, have's others removed.
+func diff[T any](k kind[T], have, want []T) (adds, dels []Change) {
+	byKey := map[string][]*T{}
+	var order []string // have's keys in have's order: stable messages
+	for i := range have {
+		key := k.key(&have[i])
+		if byKey[key] == nil {
+			order = append(order, key)
+		}
+		byKey[key] = append(byKey[key], &have[i])
+	}
+	for i := range want {
+		w := want[i]
+		k.normalize(&w)
+		key := k.key(&w)
+		cur := byKey[key]
+		delete(byKey, key)
+		switch {
+		case len(cur) == 0:
+			adds = append(adds, Change{What: "add " + k.noun + " " + k.show(&w), apply: func() error { return k.set(&w) }, obj: &w})
+		case len(cur) > 1 || !k.same(cur[0], &w):
+			// A replace covers one object per key; extras go first.
+			for _, c := range cur[1:] {
+				adds = append(adds, Change{What: "remove duplicate " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }, obj: c, remove: true})
+			}
+			adds = append(adds, Change{What: "replace " + k.noun + " " + k.show(cur[0]) + " with " + k.show(&w), apply: func() error { return k.set(&w) }, obj: &w})
+		}
+	}
+	for _, key := range order {
+		for _, c := range byKey[key] {
+			dels = append(dels, Change{What: "remove " + k.noun + " " + k.show(c), apply: func() error { return ignoreGone(k.remove(c)) }, obj: c, remove: true})
+		}
+	}
+	return adds, dels
+}
+
+func addrs(name func(int) string) kind[netlink.Addr] {
+	link := func(a *netlink.Addr) netlink.Link {
+		return &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: a.LinkIndex}}
+	}
+	return kind[netlink.Addr]{
+		noun:      "address",
+		key:       func(a *netlink.Addr) string { return fmt.Sprintf("%d/%s", a.LinkIndex, a.IPNet) },
+		normalize: func(*netlink.Addr) {},
+		same:      func(_, _ *netlink.Addr) bool { return true },
+		show:      func(a *netlink.Addr) string { return fmt.Sprintf("%s dev %s", a.IPNet, name(a.LinkIndex)) },
+		set:       func(a *netlink.Addr) error { return netlink.AddrReplace(link(a), a) },
+		remove:    func(a *netlink.Addr) error { return netlink.AddrDel(link(a), a) },
+	}
+}
+
+func neighs(name func(int) string) kind[netlink.Neigh] {
+	return kind[netlink.Neigh]{
+		noun: "neighbour",
+		key:  func(n *netlink.Neigh) string { return fmt.Sprintf("%d/%s", n.LinkIndex, n.IP) },
+		normalize: func(n *netlink.Neigh) {
+			n.Family = family(n.IP)
+			n.State = netlink.NUD_PERMANENT
+		},
+		same: func(have, want *netlink.Neigh) bool {
+			return have.State == netlink.NUD_PERMANENT && bytes.Equal(have.HardwareAddr, want.HardwareAddr)
+		},
+		show: func(n *netlink.Neigh) string {
+			return fmt.Sprintf("%s lladdr %s dev %s", n.IP, n.HardwareAddr, name(n.LinkIndex))
+		},
+		set:    netlink.NeighSet,
+		remove: netlink.NeighDel,
+	}
+}
+
+// fdbs compares forwarding entries by MAC: a VTEP sends a MAC's frames
+// to one remote node.
+func fdbs(name func(int) string) kind[netlink.Neigh] {
+	return kind[netlink.Neigh]{
+		noun: "fdb",
+		key:  func(n *netlink.Neigh) string { return fmt.Sprintf("%d/%s", n.LinkIndex, n.HardwareAddr) },
+		normalize: func(n *netlink.Neigh) {
+			n.Family = unix.AF_BRIDGE
+			n.State = netlink.NUD_PERMANENT
+			n.Flags = netlink.NTF_SELF
+		},
+		same: func(have, want *netlink.Neigh) bool {
+			return have.IP.Equal(want.IP) && have.State&netlink.NUD_PERMANENT != 0
+		},
+		show: func(n *netlink.Neigh) string {
+			return fmt.Sprintf("%s dst %s dev %s", n.HardwareAddr, n.IP, name(n.LinkIndex))
+		},
+		set:    netlink.NeighSet,
+		remove: netlink.NeighDel,
+	}
+}
+
+func routes(name func(int) string) kind[netlink.Route] {
+	return kind[netlink.Route]{
+		noun: "route",
+		key:  func(r *netlink.Route) string { return r.Dst.String() },
+		normalize: func(r *netlink.Route) {
+			r.Protocol = RouteProtocol
+			r.Table = unix.RT_TABLE_MAIN
+			if r.Dst != nil && family(r.Dst.IP) == netlink.FAMILY_V6 && r.Priority == 0 {
+				r.Priority = ip6DefaultMetric // as the kernel reports it back
+			}
+		},
+		same:   sameRoute,
+		show:   func(r *netlink.Route) string { return DescribeRoute(r, name) },
+		set:    netlink.RouteReplace,
+		remove: netlink.RouteDel,
+	}
+}
+
+// ip6DefaultMetric is the metric the kernel gives an IPv6 route added
+// without one (IP6_RT_PRIO_USER); IPv4 routes keep 0.
+const ip6DefaultMetric = 1024
+
 func sameRoute(a, b *netlink.Route) bool {
+	if routeType(a) == unix.RTN_BLACKHOLE || routeType(b) == unix.RTN_BLACKHOLE {
+		// The kernel reports an IPv6 blackhole route on lo.
+		return routeType(a) == routeType(b) && a.Priority == b.Priority
+	}
 	onlink := int(netlink.FLAG_ONLINK)
 	return a.LinkIndex == b.LinkIndex && a.Gw.Equal(b.Gw) && a.Flags&onlink == b.Flags&onlink && a.Priority == b.Priority &&
 		routeType(a) == routeType(b)
+}
+
+// family is the netlink address family of ip.
+func family(ip net.IP) int {
+	if ip.To4() != nil {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
 }
 
 // routeType is r's type; a route built without one is a unicast route,
@@ -139,93 +353,34 @@ func routeType(r *netlink.Route) int {
 	return r.Type
 }
 
-func prefixWithin(s string, cidr netip.Prefix) bool {
-	p, err := netip.ParsePrefix(s)
-	return err == nil && p.Bits() >= cidr.Bits() && cidr.Contains(p.Addr())
+// DescribeRoute renders a route the way `ip route` does, for logs and
+// status, naming links with name.
+func DescribeRoute(r *netlink.Route, name func(int) string) string {
+	var b strings.Builder
+	if routeType(r) == unix.RTN_BLACKHOLE {
+		b.WriteString("blackhole ")
+	}
+	fmt.Fprintf(&b, "%s", r.Dst)
+	if r.Gw != nil {
+		fmt.Fprintf(&b, " via %s", r.Gw)
+	}
+	if r.LinkIndex != 0 {
+		fmt.Fprintf(&b, " dev %s", name(r.LinkIndex))
+	}
+	if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
+		b.WriteString(" onlink")
+	}
+	return b.String()
 }
 
-func diffAddrs(idx int, want []netlink.Addr) (adds, dels []Change, err error) {
-	link, err := netlink.LinkByIndex(idx)
-	if err != nil {
-		return nil, nil, fmt.Errorf("link %d: %w", idx, err)
-	}
-	have, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(link, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, nil, fmt.Errorf("listing addresses of %s: %w", link.Attrs().Name, err)
-	}
-	cur := map[string]netlink.Addr{}
-	for _, a := range have {
-		cur[a.IPNet.String()] = a
-	}
-	name := link.Attrs().Name
-	for _, w := range want {
-		if _, ok := cur[w.IPNet.String()]; ok {
-			delete(cur, w.IPNet.String())
-			continue
+// Describe is DescribeRoute with the link names read from the kernel.
+func Describe(r *netlink.Route) string {
+	return DescribeRoute(r, func(index int) string {
+		if l, err := netlink.LinkByIndex(index); err == nil {
+			return l.Attrs().Name
 		}
-		adds = append(adds, Change{What: fmt.Sprintf("add address %s to %s", w.IPNet, name), apply: func() error { return netlink.AddrReplace(link, &w) }})
-	}
-	for _, a := range cur {
-		dels = append(dels, Change{What: fmt.Sprintf("remove address %s from %s", a.IPNet, name), apply: func() error { return ignoreGone(netlink.AddrDel(link, &a)) }})
-	}
-	return adds, dels, nil
-}
-
-func diffNeighs(idx int, want []netlink.Neigh) (adds, dels []Change, err error) {
-	have, err := dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, netlink.FAMILY_V4) })
-	if err != nil {
-		return nil, nil, fmt.Errorf("listing neighbours of %s: %w", linkName(idx), err)
-	}
-	cur := map[string]netlink.Neigh{}
-	for _, n := range have {
-		cur[n.IP.String()] = n
-	}
-	for _, w := range want {
-		w.Family = netlink.FAMILY_V4
-		w.State = netlink.NUD_PERMANENT
-		c, ok := cur[w.IP.String()]
-		delete(cur, w.IP.String())
-		if ok && c.State == netlink.NUD_PERMANENT && bytes.Equal(c.HardwareAddr, w.HardwareAddr) {
-			continue
-		}
-		what := fmt.Sprintf("set neighbour %s lladdr %s dev %s", w.IP, w.HardwareAddr, linkName(idx))
-		adds = append(adds, Change{What: what, apply: func() error { return netlink.NeighSet(&w) }})
-	}
-	for _, c := range cur {
-		what := fmt.Sprintf("remove neighbour %s dev %s", c.IP, linkName(idx))
-		dels = append(dels, Change{What: what, apply: func() error { return ignoreGone(netlink.NeighDel(&c)) }})
-	}
-	return adds, dels, nil
-}
-
-// diffFDB compares forwarding entries by MAC: a VTEP sends a MAC's
-// frames to one remote node.
-func diffFDB(idx int, want []netlink.Neigh) (adds, dels []Change, err error) {
-	have, err := dump(func() ([]netlink.Neigh, error) { return netlink.NeighList(idx, unix.AF_BRIDGE) })
-	if err != nil {
-		return nil, nil, fmt.Errorf("listing FDB of %s: %w", linkName(idx), err)
-	}
-	cur := map[string]netlink.Neigh{}
-	for _, n := range have {
-		cur[n.HardwareAddr.String()] = n
-	}
-	for _, w := range want {
-		w.Family = unix.AF_BRIDGE
-		w.State = netlink.NUD_PERMANENT
-		w.Flags = netlink.NTF_SELF
-		c, ok := cur[w.HardwareAddr.String()]
-		delete(cur, w.HardwareAddr.String())
-		if ok && c.IP.Equal(w.IP) && c.State&netlink.NUD_PERMANENT != 0 {
-			continue
-		}
-		what := fmt.Sprintf("set fdb %s dst %s dev %s", w.HardwareAddr, w.IP, linkName(idx))
-		adds = append(adds, Change{What: what, apply: func() error { return netlink.NeighSet(&w) }})
-	}
-	for _, c := range cur {
-		what := fmt.Sprintf("remove fdb %s dst %s dev %s", c.HardwareAddr, c.IP, linkName(idx))
-		dels = append(dels, Change{What: what, apply: func() error { return ignoreGone(netlink.NeighDel(&c)) }})
-	}
-	return adds, dels, nil
+		return fmt.Sprintf("if%d", index)
+	})
 }
 
 // ignoreGone treats removing something already gone as success.

@@ -11,20 +11,9 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-)
 
-// Change is the full set of leases after a change.
-type Change struct {
-	Snapshot
-	// Resync is true when the set was re-read from scratch because the
-	// watch could not resume (etcd compacted the revision it needed, or
-	// lost its data).
-	Resync bool
-	// Rewound is true when etcd's revision went back: etcd lost its data
-	// (restored from an empty data dir or an old backup), so the leases
-	// in it are gone or old and every node must write its own again.
-	Rewound bool
-}
+	"github.com/berthnet/berth/netd/cluster"
+)
 
 // DefaultRewindCheck is how often Follow checks that etcd's revision has
 // not gone back.
@@ -33,21 +22,41 @@ const DefaultRewindCheck = 5 * time.Second
 // errRewound: etcd's revision is below one Follow has seen.
 var errRewound = errors.New("etcd's revision went back")
 
-// Follow watches the network's leases from snap (a List result) on and
-// calls update with the whole set after every change, until ctx ends.
+// Follow reads every lease of the network (retrying until etcd answers),
+// calls update with them, then follows them as FollowFrom does.
+func (r *Registry) Follow(ctx context.Context, update func(cluster.Change)) error {
+	wait := 100 * time.Millisecond
+	for {
+		snap, err := r.List(ctx)
+		if err == nil {
+			update(cluster.Change{Snapshot: snap})
+			return r.FollowFrom(ctx, snap, update)
+		}
+		r.Log.Warn("listing leases failed; retrying", "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// FollowFrom watches the network's leases from snap (a List result) on
+// and calls update with the whole set after every change, until ctx ends.
 // A broken watch (lost leader, etcd restart) resumes from the last
 // revision seen; when etcd has compacted that revision away, or its
 // revision went back (a watch from the future would wait silently),
-// Follow re-reads every lease instead, so no change is ever missed.
+// FollowFrom re-reads every lease instead, so no change is ever missed.
 // Keys that are not a valid lease are reported in Rejected, never fatal.
-func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change)) error {
-	cur := map[string]Lease{}
-	bad := map[string]Rejected{}
-	reset := func(s Snapshot) {
+func (r *Registry) FollowFrom(ctx context.Context, snap cluster.Snapshot, update func(cluster.Change)) error {
+	cur := map[string]cluster.Lease{}
+	bad := map[string]cluster.Rejected{}
+	reset := func(s cluster.Snapshot) {
 		clear(cur)
 		clear(bad)
 		for _, l := range s.Leases {
-			cur[keyOf(l.Subnet)] = l
+			cur[keyOf(l.Key())] = l
 		}
 		for _, b := range s.Rejected {
 			bad[b.Key] = b
@@ -74,7 +83,7 @@ func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change
 			}
 			rev = resp.Header.Revision
 			if len(resp.Events) > 0 {
-				update(Change{Snapshot: snapshotOf(cur, bad, rev)})
+				update(cluster.Change{Snapshot: snapshotOf(cur, bad, rev)})
 			}
 		})
 		if ctx.Err() != nil {
@@ -91,7 +100,7 @@ func (r *Registry) Follow(ctx context.Context, snap Snapshot, update func(Change
 			if lerr == nil {
 				reset(s)
 				rev = s.Revision
-				update(Change{Snapshot: s, Resync: true, Rewound: rewound})
+				update(cluster.Change{Snapshot: s, Resync: true, Rewound: rewound})
 				wait = time.Second
 				continue
 			}
@@ -147,15 +156,15 @@ func (r *Registry) watch(ctx context.Context, rev *int64, f func(*clientv3.Watch
 	}
 }
 
-func snapshotOf(cur map[string]Lease, bad map[string]Rejected, rev int64) Snapshot {
-	s := Snapshot{Revision: rev}
+func snapshotOf(cur map[string]cluster.Lease, bad map[string]cluster.Rejected, rev int64) cluster.Snapshot {
+	s := cluster.Snapshot{Revision: rev}
 	for _, l := range cur {
 		s.Leases = append(s.Leases, l)
 	}
 	for _, b := range bad {
 		s.Rejected = append(s.Rejected, b)
 	}
-	slices.SortFunc(s.Leases, func(a, b Lease) int { return strings.Compare(keyOf(a.Subnet), keyOf(b.Subnet)) })
-	slices.SortFunc(s.Rejected, func(a, b Rejected) int { return strings.Compare(a.Key, b.Key) })
+	slices.SortFunc(s.Leases, func(a, b cluster.Lease) int { return strings.Compare(keyOf(a.Key()), keyOf(b.Key())) })
+	slices.SortFunc(s.Rejected, func(a, b cluster.Rejected) int { return strings.Compare(a.Key, b.Key) })
 	return s
 }

@@ -2,13 +2,19 @@
 // the nodes' subnet leases.
 //
 //	<prefix>/networks/<name>/config            conf.Network (JSON), written once
-//	<prefix>/networks/<name>/leases/<subnet>   Record (JSON), attached to the
-//	                                           node's etcd lease (TTL, kept alive)
+//	<prefix>/networks/<name>/leases/<subnet>   cluster.Lease (JSON), attached to
+//	                                           the node's etcd lease (TTL, kept alive)
 //
-// <subnet> is written "10.244.3.0-24" so that it is one key segment.
+// <subnet> is written "10.244.3.0-24" so that it is one key segment: the
+// node's IPv4 subnet, or on an IPv6-only network its IPv6 subnet
+// ("fd00:244:0:3::-64"). A dual-stack lease keeps the IPv4 key and
+// carries its IPv6 subnet in the value (cluster.Lease), so netds from
+// before dual-stack read it as the IPv4 lease they know.
 // Every write that could race another node is a transaction that only
 // succeeds if the key is as the writer last saw it, so two nodes never
 // hold the same subnet.
+//
+// Registry is netd's cluster.Store on etcd and Holder its cluster.Holder.
 package registry
 
 import (
@@ -26,6 +32,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // DefaultPrefix is the default root of berth's keys.
@@ -35,49 +42,22 @@ const DefaultPrefix = "/berth/v1"
 var (
 	// ErrConflict: the network's stored config disagrees with what this
 	// netd was given.
-	ErrConflict = errors.New("network config conflict")
+	ErrConflict = cluster.ErrConflict
 	// ErrExhausted: every subnet of the network is leased.
 	ErrExhausted = errors.New("no free subnet")
 	// ErrNotFound: no such network or lease.
 	ErrNotFound = errors.New("not found")
 )
 
-// Record is what a node publishes about itself with its subnet.
-type Record struct {
-	NodeName string     `json:"nodeName"`
-	NodeIP   netip.Addr `json:"nodeIP"`
-	Mode     string     `json:"mode"`
-	VTEPMAC  string     `json:"vtepMAC,omitempty"` // vxlan
-	VNI      int        `json:"vni,omitempty"`     // vxlan
-	ASN      uint32     `json:"asn,omitempty"`     // bgp
-	// RouteReflector: this node reflects BGP routes to the others (bgp).
-	RouteReflector bool `json:"routeReflector,omitempty"`
-}
-
-// Lease is a subnet and the node holding it.
-type Lease struct {
-	Subnet netip.Prefix
-	Record
-	// ID is the etcd lease the key is attached to; the key disappears
+// entry is a lease as etcd holds it.
+type entry struct {
+	cluster.Lease
+	// id is the etcd lease the key is attached to; the key disappears
 	// when it expires.
-	ID clientv3.LeaseID
-	// ModRevision of the key, for compare-and-swap.
-	ModRevision int64
-	// CreateRevision of the key: the older of two conflicting leases
-	// wins (see Vet). Moving a key to a new etcd lease keeps it.
-	CreateRevision int64
-	// Origin says how Acquire chose the subnet.
-	Origin Origin
+	id clientv3.LeaseID
+	// modRev of the key, for compare-and-swap.
+	modRev int64
 }
-
-// Origin is how Acquire chose a subnet.
-type Origin string
-
-const (
-	OriginKept     Origin = "kept"     // still held under the node's name
-	OriginPrevious Origin = "previous" // the node's local copy, still free
-	OriginNew      Origin = "new"      // a free subnet
-)
 
 // Registry reads and writes one network's keys.
 type Registry struct {
@@ -112,18 +92,6 @@ func (r *Registry) leaseKey(subnet netip.Prefix) string {
 // much larger one comes from a misbehaving writer and is not even parsed.
 const MaxValueSize = 4 << 10
 
-// Rejected is a key under the leases prefix that is not a usable lease:
-// it is ignored (no route, no peer) and reported.
-type Rejected struct {
-	// Key is the key below the leases prefix, e.g. "10.244.3.0-24".
-	Key string
-	// Subnet is the subnet the key names, when it names one; Acquire
-	// treats it as taken all the same.
-	Subnet      netip.Prefix
-	ModRevision int64
-	Err         error
-}
-
 // keyOf is subnet's key below the leases prefix.
 func keyOf(subnet netip.Prefix) string { return strings.Replace(subnet.String(), "/", "-", 1) }
 
@@ -136,8 +104,8 @@ func (r *Registry) subnetOfKey(key []byte) (netip.Prefix, error) {
 	switch {
 	case err != nil:
 		return netip.Prefix{}, fmt.Errorf("key does not name a subnet: %w", err)
-	case !subnet.Addr().Is4():
-		return netip.Prefix{}, fmt.Errorf("key names %s, not an IPv4 subnet", subnet)
+	case subnet.Addr().Is4In6() || subnet.Addr().Zone() != "":
+		return netip.Prefix{}, fmt.Errorf("key names %s, neither an IPv4 nor an IPv6 subnet", subnet)
 	case subnet != subnet.Masked():
 		return netip.Prefix{}, fmt.Errorf("key names %s, which has host bits set (%s)", subnet, subnet.Masked())
 	case r.leaseKey(subnet) != string(key):
@@ -147,31 +115,48 @@ func (r *Registry) subnetOfKey(key []byte) (netip.Prefix, error) {
 }
 
 // ParseLease decodes one key and value under LeasesPrefix (as a watch of
-// it delivers them). It only checks the form; Vet checks the lease against
-// the network and the other leases.
-func (r *Registry) ParseLease(kv *mvccpb.KeyValue) (Lease, *Rejected) {
+// it delivers them). It only checks the form; cluster.Vet checks the
+// lease against the network and the other leases.
+func (r *Registry) ParseLease(kv *mvccpb.KeyValue) (cluster.Lease, *cluster.Rejected) {
+	e, bad := r.parse(kv)
+	return e.Lease, bad
+}
+
+func (r *Registry) parse(kv *mvccpb.KeyValue) (entry, *cluster.Rejected) {
 	key := strings.TrimPrefix(string(kv.Key), r.LeasesPrefix())
 	subnet, err := r.subnetOfKey(kv.Key)
 	if err != nil {
-		return Lease{}, &Rejected{Key: key, ModRevision: kv.ModRevision, Err: err}
+		return entry{}, &cluster.Rejected{Key: key, Err: err}
 	}
-	reject := func(err error) (Lease, *Rejected) {
-		return Lease{}, &Rejected{Key: key, Subnet: subnet, ModRevision: kv.ModRevision, Err: err}
+	reject := func(err error) (entry, *cluster.Rejected) {
+		return entry{}, &cluster.Rejected{Key: key, Subnet: subnet, Err: err}
 	}
 	if len(kv.Value) > MaxValueSize {
 		return reject(fmt.Errorf("value of %d bytes, more than the %d a lease may have", len(kv.Value), MaxValueSize))
 	}
-	l := Lease{Subnet: subnet, ID: clientv3.LeaseID(kv.Lease), ModRevision: kv.ModRevision, CreateRevision: kv.CreateRevision}
-	if err := json.Unmarshal(kv.Value, &l.Record); err != nil {
+	e := entry{id: clientv3.LeaseID(kv.Lease), modRev: kv.ModRevision}
+	if err := json.Unmarshal(kv.Value, &e.Lease); err != nil {
 		return reject(fmt.Errorf("value is not a lease record: %w", err))
 	}
-	return l, nil
+	e.Created = kv.CreateRevision
+	if subnet.Addr().Is4() {
+		e.Subnet = subnet
+	} else {
+		// An IPv6-only network's lease, named by its IPv6 subnet.
+		if e.SubnetV6.IsValid() && e.SubnetV6 != subnet {
+			return reject(fmt.Errorf("value says subnetV6 %s, the key names %s", e.SubnetV6, subnet))
+		}
+		e.SubnetV6 = subnet
+	}
+	return e, nil
 }
 
 // EnsureConfig returns the network's config. When there is none yet, it
 // stores given with defaults filled in (only if still absent, so two
 // first nodes agree on one). Otherwise it returns the stored config, or
-// ErrConflict naming each field where given disagrees with it.
+// ErrConflict naming each field where given disagrees with it. Given an
+// IPv6 network for a stored IPv4 network without one, it adds it (see
+// conf.Network.WithIPv6Of): the network becomes dual-stack.
 func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.Network, error) {
 	want := given.WithDefaults()
 	if err := want.Validate(); err != nil {
@@ -182,30 +167,73 @@ func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.
 		return nil, err
 	}
 	key := r.configKey()
+	for range maxAttempts {
+		// Every node but the first finds the config: a read, not a write
+		// (etcd writes wait for a disk sync).
+		got, err := r.cli.Get(ctx, key)
+		if err != nil {
+			return nil, fmt.Errorf("reading network config at %s: %w", key, err)
+		}
+		kvs := got.Kvs
+		if len(kvs) == 0 {
+			resp, err := r.cli.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+				Then(clientv3.OpPut(key, string(data))).
+				Else(clientv3.OpGet(key)).
+				Commit()
+			if err != nil {
+				return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+			}
+			if resp.Succeeded {
+				return &want, nil
+			}
+			if kvs = resp.Responses[0].GetResponseRange().Kvs; len(kvs) == 0 {
+				continue // deleted meanwhile: store ours
+			}
+		}
+		stored, err := conf.ParseNetwork(kvs[0].Value)
+		if err != nil {
+			return nil, fmt.Errorf("network config at %s: %w", key, err)
+		}
+		if c := given.Conflicts(stored); len(c) > 0 {
+			return nil, fmt.Errorf("%w: network %s in etcd (%s) differs from this netd's flags: %s; start netd with the network's values, or remove the flags to adopt them",
+				ErrConflict, stored.Name, key, strings.Join(c, "; "))
+		}
+		extended, ok := stored.WithIPv6Of(given)
+		if !ok {
+			return stored, nil
+		}
+		if err := extended.Validate(); err != nil {
+			return nil, fmt.Errorf("adding IPv6 to network %s: %w", stored.Name, err)
+		}
+		ok, err = r.replaceConfig(ctx, kvs[0].ModRevision, &extended)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			r.Log.Info("added IPv6 to the network: it is dual-stack now", "network", stored.Name, "cidr", stored.CIDR, "cidrV6", extended.CIDRv6, "subnetLenV6", extended.SubnetLenV6)
+			return &extended, nil
+		}
+		// Changed meanwhile (another netd added the same): read it again.
+	}
+	return nil, fmt.Errorf("network config at %s keeps changing while netd reads it; try again", key)
+}
+
+// replaceConfig writes n at the config key if it is still at modRev.
+func (r *Registry) replaceConfig(ctx context.Context, modRev int64, n *conf.Network) (bool, error) {
+	data, err := json.Marshal(n)
+	if err != nil {
+		return false, err
+	}
+	key := r.configKey()
 	resp, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
 		Then(clientv3.OpPut(key, string(data))).
-		Else(clientv3.OpGet(key)).
 		Commit()
 	if err != nil {
-		return nil, fmt.Errorf("storing network config at %s: %w", key, err)
+		return false, fmt.Errorf("updating network config at %s: %w", key, err)
 	}
-	if resp.Succeeded {
-		return &want, nil
-	}
-	kvs := resp.Responses[0].GetResponseRange().Kvs
-	if len(kvs) == 0 {
-		return nil, fmt.Errorf("network config at %s vanished while reading it; try again", key)
-	}
-	stored, err := conf.ParseNetwork(kvs[0].Value)
-	if err != nil {
-		return nil, fmt.Errorf("network config at %s: %w", key, err)
-	}
-	if c := given.Conflicts(stored); len(c) > 0 {
-		return nil, fmt.Errorf("%w: network %s in etcd (%s) differs from this netd's flags: %s; start netd with the network's values, or remove the flags to adopt them",
-			ErrConflict, stored.Name, key, strings.Join(c, "; "))
-	}
-	return stored, nil
+	return resp.Succeeded, nil
 }
 
 // Config reads the network's stored config.
@@ -225,31 +253,39 @@ func (r *Registry) Config(ctx context.Context) (*conf.Network, error) {
 	return n, nil
 }
 
-// Snapshot is every lease of the network at one etcd revision.
-type Snapshot struct {
-	Leases []Lease // ordered by key
-	// Rejected are the keys that could not be read as a lease (ordered
-	// by key). One bad key never hides the others.
-	Rejected []Rejected
-	Revision int64
+// List reads every lease.
+func (r *Registry) List(ctx context.Context) (cluster.Snapshot, error) {
+	entries, s, err := r.list(ctx)
+	for _, e := range entries {
+		s.Leases = append(s.Leases, e.Lease)
+	}
+	return s, err
 }
 
-// List reads every lease.
-func (r *Registry) List(ctx context.Context) (Snapshot, error) {
+// list reads every lease with its etcd metadata; the snapshot has the
+// rejected keys and the revision.
+func (r *Registry) list(ctx context.Context) ([]entry, cluster.Snapshot, error) {
 	resp, err := r.cli.Get(ctx, r.LeasesPrefix(), clientv3.WithPrefix())
 	if err != nil {
-		return Snapshot{}, fmt.Errorf("listing leases under %s: %w", r.LeasesPrefix(), err)
+		return nil, cluster.Snapshot{}, fmt.Errorf("listing leases under %s: %w", r.LeasesPrefix(), err)
 	}
-	s := Snapshot{Revision: resp.Header.Revision}
+	s := cluster.Snapshot{Revision: resp.Header.Revision}
+	var entries []entry
 	for _, kv := range resp.Kvs {
-		l, bad := r.ParseLease(kv)
+		e, bad := r.parse(kv)
 		if bad != nil {
 			s.Rejected = append(s.Rejected, *bad)
 			continue
 		}
-		s.Leases = append(s.Leases, l)
+		entries = append(entries, e)
 	}
-	return s, nil
+	return entries, s, nil
+}
+
+// Ping reads nothing but the config key's count: whether etcd answers.
+func (r *Registry) Ping(ctx context.Context) error {
+	_, err := r.cli.Get(ctx, r.configKey(), clientv3.WithCountOnly())
+	return err
 }
 
 // Revision is etcd's current revision, read through the quorum. It only
@@ -264,52 +300,21 @@ func (r *Registry) Revision(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// Reclaim writes self's record back at self's key, attached to self's
-// etcd lease, if the key is still as the caller saw it (modRev; 0 when
-// the key is absent). It repairs the key when another writer replaced or
-// deleted it while self's etcd lease is alive: no well-behaved node
-// writes a key that exists. It fails when self's etcd lease is gone.
-func (r *Registry) Reclaim(ctx context.Context, self *Lease, modRev int64) (bool, error) {
-	value, err := json.Marshal(self.Record)
-	if err != nil {
-		return false, err
-	}
-	key := r.leaseKey(self.Subnet)
-	resp, err := r.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", modRev)).
-		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(self.ID))).
-		Commit()
-	if err != nil {
-		return false, fmt.Errorf("writing lease %s back: %w", key, err)
-	}
-	return resp.Succeeded, nil
-}
-
-// KeepAlive keeps the etcd lease id alive until ctx ends; the channel
-// closes when that is no longer possible (the lease expired or ctx ended).
-func (r *Registry) KeepAlive(ctx context.Context, id clientv3.LeaseID) (<-chan *clientv3.LeaseKeepAliveResponse, error) {
-	ch, err := r.cli.KeepAlive(ctx, id)
-	if err != nil {
-		return nil, fmt.Errorf("keeping etcd lease %x alive: %w", id, err)
-	}
-	return ch, nil
-}
-
 // Release gives up the subnet held by nodeName: it revokes the etcd lease
 // (which deletes the key) after checking the key still belongs to the
 // node. It returns the released lease, or ErrNotFound.
-func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error) {
-	snap, err := r.List(ctx)
+func (r *Registry) Release(ctx context.Context, nodeName string) (*cluster.Lease, error) {
+	entries, _, err := r.list(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for _, l := range snap.Leases {
+	for _, l := range entries {
 		if l.NodeName != nodeName {
 			continue
 		}
-		key := r.leaseKey(l.Subnet)
+		key := r.leaseKey(l.Key())
 		resp, err := r.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", l.ModRevision)).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", l.modRev)).
 			Then(clientv3.OpDelete(key)).
 			Commit()
 		if err != nil {
@@ -318,13 +323,13 @@ func (r *Registry) Release(ctx context.Context, nodeName string) (*Lease, error)
 		if !resp.Succeeded {
 			return nil, fmt.Errorf("lease %s changed while releasing it; try again", key)
 		}
-		if l.ID != clientv3.NoLease {
+		if l.id != clientv3.NoLease {
 			// Stops a keepalive elsewhere from holding a lease without keys.
-			if _, err := r.cli.Revoke(ctx, l.ID); err != nil && !isLeaseNotFound(err) {
-				return &l, fmt.Errorf("revoking etcd lease %x of %s: %w", l.ID, key, err)
+			if _, err := r.cli.Revoke(ctx, l.id); err != nil && !isLeaseNotFound(err) {
+				return &l.Lease, fmt.Errorf("revoking etcd lease %x of %s: %w", l.id, key, err)
 			}
 		}
-		return &l, nil
+		return &l.Lease, nil
 	}
 	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.LeasesPrefix())
 }

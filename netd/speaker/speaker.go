@@ -7,6 +7,11 @@
 // Only prefixes inside the cluster CIDR are accepted and announced (a
 // global import and export policy), so a peer announcing 0.0.0.0/0 or a
 // foreign prefix cannot hijack traffic unless AcceptForeign says so.
+//
+// Families: a session to an IPv4 neighbor carries IPv4 unicast, a
+// session to an IPv6 neighbor IPv6 unicast (MP-BGP, RFC 4760), as Calico
+// peers BIRD per family: each family's next hop is then the node's own
+// address of that family, which the kernel routes to directly.
 package speaker
 
 import (
@@ -27,12 +32,15 @@ import (
 
 // Config is the speaker's identity and policy.
 type Config struct {
-	RouterID   netip.Addr // the node IP
+	RouterID   netip.Addr // an IPv4 address: the node's IPv4 address, else any unique one
 	ASN        uint32     // default 64512
 	ListenPort int32      // default 179
-	ListenAddr netip.Addr // default: RouterID
-	// ClusterCIDR bounds what is accepted and announced.
-	ClusterCIDR netip.Prefix
+	// ListenAddrs are the node's addresses, one per family it peers over
+	// (default: RouterID). An announced prefix's next hop is the one of
+	// its family.
+	ListenAddrs []netip.Addr
+	// ClusterCIDRs (one per family) bound what is accepted and announced.
+	ClusterCIDRs []netip.Prefix
 	// AcceptForeign also accepts prefixes outside ClusterCIDR.
 	AcceptForeign bool
 	// RestartTime is the graceful restart time announced to peers: how
@@ -86,10 +94,31 @@ type Speaker struct {
 
 const (
 	policyName = "berth-cluster"
-	prefixSet  = "berth-cluster-prefixes"
+	prefixSet  = "berth-cluster-prefixes" // "-v6" for IPv6: a GoBGP prefix set holds one family
 )
 
-var ipv4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+var (
+	ipv4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
+	ipv6Unicast = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
+)
+
+// familyOf is the unicast family of an address.
+func familyOf(a netip.Addr) *api.Family {
+	if a.Is4() {
+		return ipv4Unicast
+	}
+	return ipv6Unicast
+}
+
+// listenAddr is the node's address of a's family (zero: none).
+func (s *Speaker) listenAddr(a netip.Addr) netip.Addr {
+	for _, l := range s.cfg.ListenAddrs {
+		if l.Is4() == a.Is4() {
+			return l
+		}
+	}
+	return netip.Addr{}
+}
 
 // Start runs a speaker until ctx ends or Stop is called.
 func Start(ctx context.Context, cfg Config) (*Speaker, error) {
@@ -99,8 +128,8 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	if cfg.ListenPort == 0 {
 		cfg.ListenPort = 179
 	}
-	if !cfg.ListenAddr.IsValid() {
-		cfg.ListenAddr = cfg.RouterID
+	if len(cfg.ListenAddrs) == 0 {
+		cfg.ListenAddrs = []netip.Addr{cfg.RouterID}
 	}
 	if cfg.RestartTime == 0 {
 		cfg.RestartTime = 120 * time.Second
@@ -112,15 +141,19 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		neighbors: map[netip.Addr]Neighbor{}, announced: map[netip.Prefix]bool{}}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{s.log}))
 	go s.srv.Serve()
+	var listen []string
+	for _, a := range cfg.ListenAddrs {
+		listen = append(listen, a.String())
+	}
 	err := s.srv.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
 		Asn:             cfg.ASN,
 		RouterId:        cfg.RouterID.String(),
 		ListenPort:      cfg.ListenPort,
-		ListenAddresses: []string{cfg.ListenAddr.String()},
+		ListenAddresses: listen,
 	}})
 	if err != nil {
 		s.srv.Stop()
-		return nil, fmt.Errorf("starting BGP on %s:%d: %w", cfg.ListenAddr, cfg.ListenPort, err)
+		return nil, fmt.Errorf("starting BGP on %v port %d: %w", listen, cfg.ListenPort, err)
 	}
 	if err := s.installPolicy(ctx); err != nil {
 		s.Stop()
@@ -164,24 +197,32 @@ func (s *Speaker) signal() {
 // restart (see Start).
 func (s *Speaker) Stop() { s.srv.Stop() }
 
-// installPolicy accepts and announces only cluster prefixes.
+// installPolicy accepts and announces only cluster prefixes: one prefix
+// set and one statement per family.
 func (s *Speaker) installPolicy(ctx context.Context) error {
 	if s.cfg.AcceptForeign {
 		return nil
 	}
-	c := s.cfg.ClusterCIDR
-	err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
-		DefinedType: api.DefinedType_PREFIX, Name: prefixSet,
-		Prefixes: []*api.Prefix{{IpPrefix: c.String(), MaskLengthMin: uint32(c.Bits()), MaskLengthMax: 32}},
-	}})
-	if err != nil {
-		return fmt.Errorf("BGP prefix set: %w", err)
+	var statements []*api.Statement
+	for _, c := range s.cfg.ClusterCIDRs {
+		name, maxLen := prefixSet, uint32(32)
+		if c.Addr().Is6() {
+			name, maxLen = prefixSet+"-v6", 128
+		}
+		err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
+			DefinedType: api.DefinedType_PREFIX, Name: name,
+			Prefixes: []*api.Prefix{{IpPrefix: c.String(), MaskLengthMin: uint32(c.Bits()), MaskLengthMax: maxLen}},
+		}})
+		if err != nil {
+			return fmt.Errorf("BGP prefix set: %w", err)
+		}
+		statements = append(statements, &api.Statement{
+			Name:       name + "-accept",
+			Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: name}},
+			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
+		})
 	}
-	err = s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyName, Statements: []*api.Statement{{
-		Name:       policyName + "-accept",
-		Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: prefixSet}},
-		Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
-	}}}})
+	err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyName, Statements: statements}})
 	if err != nil {
 		return fmt.Errorf("BGP policy: %w", err)
 	}
@@ -196,14 +237,19 @@ func (s *Speaker) installPolicy(ctx context.Context) error {
 	return nil
 }
 
-// Announce advertises prefix with this node as next hop. Idempotent.
+// Announce advertises prefix with this node's address of its family as
+// next hop. Idempotent.
 func (s *Speaker) Announce(ctx context.Context, prefix netip.Prefix) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.announced[prefix] {
 		return nil
 	}
-	if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: s.path(prefix)}); err != nil {
+	path, err := s.path(prefix)
+	if err != nil {
+		return err
+	}
+	if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: path}); err != nil {
 		return fmt.Errorf("announcing %s: %w", prefix, err)
 	}
 	s.announced[prefix] = true
@@ -217,18 +263,28 @@ func (s *Speaker) Withdraw(ctx context.Context, prefix netip.Prefix) error {
 	if !s.announced[prefix] {
 		return nil
 	}
-	if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: ipv4Unicast, Path: s.path(prefix)}); err != nil {
+	path, err := s.path(prefix)
+	if err != nil {
+		return err
+	}
+	if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: path.Family, Path: path}); err != nil {
 		return fmt.Errorf("withdrawing %s: %w", prefix, err)
 	}
 	delete(s.announced, prefix)
 	return nil
 }
 
-func (s *Speaker) path(prefix netip.Prefix) *api.Path {
+// path is prefix as GoBGP takes it. For IPv6, GoBGP turns the next hop
+// into the MP_REACH_NLRI attribute.
+func (s *Speaker) path(prefix netip.Prefix) (*api.Path, error) {
+	next := s.listenAddr(prefix.Addr())
+	if !next.IsValid() {
+		return nil, fmt.Errorf("announcing %s: this node has no address of its family to be the next hop", prefix)
+	}
 	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: prefix.Addr().String(), PrefixLen: uint32(prefix.Bits())})
 	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
-	nh, _ := anypb.New(&api.NextHopAttribute{NextHop: s.cfg.RouterID.String()})
-	return &api.Path{Family: ipv4Unicast, Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}
+	nh, _ := anypb.New(&api.NextHopAttribute{NextHop: next.String()})
+	return &api.Path{Family: familyOf(prefix.Addr()), Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}, nil
 }
 
 // SetNeighbors makes the sessions exactly want: new ones are opened,
@@ -238,7 +294,7 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 	defer s.mu.Unlock()
 	wanted := map[netip.Addr]Neighbor{}
 	for _, n := range want {
-		if n.Address == s.cfg.RouterID {
+		if n.Address == s.cfg.RouterID || n.Address == s.listenAddr(n.Address) {
 			continue // never peer with ourselves
 		}
 		wanted[n.Address] = n
@@ -275,18 +331,24 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 	return errors.Join(errs...)
 }
 
+// peer is the GoBGP neighbor for n: from the node's address of n's
+// family, carrying that family's unicast routes.
 func (s *Speaker) peer(n Neighbor) *api.Peer {
 	restart := uint32(s.cfg.RestartTime / time.Second)
+	local := s.listenAddr(n.Address)
+	if !local.IsValid() {
+		local = s.cfg.RouterID
+	}
 	p := &api.Peer{
 		Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.ASN, AuthPassword: n.Password, Description: n.Name},
-		Transport: &api.Transport{LocalAddress: s.cfg.ListenAddr.String(), RemotePort: uint32(s.cfg.ListenPort), PassiveMode: n.Passive},
+		Transport: &api.Transport{LocalAddress: local.String(), RemotePort: uint32(s.cfg.ListenPort), PassiveMode: n.Passive},
 		// Short timers: a dead node is noticed in seconds, and a reset
 		// session (a restarted peer) is retried after 1 s, not 30.
 		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: 2, HoldTime: 9, KeepaliveInterval: 3, IdleHoldTimeAfterReset: 1}},
 		// Peers keep our routes while we restart, and we keep theirs.
 		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: restart},
 		AfiSafis: []*api.AfiSafi{{
-			Config:            &api.AfiSafiConfig{Family: ipv4Unicast, Enabled: true},
+			Config:            &api.AfiSafiConfig{Family: familyOf(n.Address), Enabled: true},
 			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
 		}},
 	}
@@ -296,36 +358,45 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 	return p
 }
 
-// Routes are the best paths learned from peers (not this node's own),
-// sorted by prefix.
+// Routes are the best paths learned from peers (not this node's own), of
+// both families, sorted by prefix.
 func (s *Speaker) Routes(ctx context.Context) ([]Route, error) {
 	var out []Route
-	err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: ipv4Unicast},
-		func(d *api.Destination) {
-			for _, p := range d.Paths {
-				if !p.Best || p.IsWithdraw || p.NeighborIp == "" || p.NeighborIp == "<nil>" {
-					continue
+	for _, family := range []*api.Family{ipv4Unicast, ipv6Unicast} {
+		err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: family},
+			func(d *api.Destination) {
+				for _, p := range d.Paths {
+					if !p.Best || p.IsWithdraw || p.NeighborIp == "" || p.NeighborIp == "<nil>" {
+						continue
+					}
+					pfx, err := netip.ParsePrefix(d.Prefix)
+					if err != nil {
+						continue
+					}
+					from, _ := netip.ParseAddr(p.NeighborIp)
+					out = append(out, Route{Prefix: pfx, NextHop: nextHop(p), From: from})
 				}
-				pfx, err := netip.ParsePrefix(d.Prefix)
-				if err != nil {
-					continue
-				}
-				from, _ := netip.ParseAddr(p.NeighborIp)
-				out = append(out, Route{Prefix: pfx, NextHop: nextHop(p), From: from})
-			}
-		})
-	if err != nil {
-		return nil, fmt.Errorf("listing BGP routes: %w", err)
+			})
+		if err != nil {
+			return nil, fmt.Errorf("listing BGP routes: %w", err)
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Prefix.String() < out[j].Prefix.String() })
 	return out, nil
 }
 
+// nextHop is a path's next hop: the NEXT_HOP attribute (IPv4), or the
+// first global next hop of MP_REACH_NLRI (IPv6).
 func nextHop(p *api.Path) netip.Addr {
 	for _, a := range p.Pattrs {
 		var nh api.NextHopAttribute
 		if a.UnmarshalTo(&nh) == nil {
 			addr, _ := netip.ParseAddr(nh.NextHop)
+			return addr
+		}
+		var mp api.MpReachNLRIAttribute
+		if a.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
+			addr, _ := netip.ParseAddr(mp.NextHops[0])
 			return addr
 		}
 	}

@@ -48,7 +48,11 @@ func setupLo(t *testing.T, addrs ...string) {
 	}
 	exec.Command("ip", "link", "set", "lo", "up").Run()
 	for _, a := range addrs {
-		exec.Command("ip", "addr", "add", a+"/32", "dev", "lo").Run()
+		if netip.MustParseAddr(a).Is4() {
+			exec.Command("ip", "addr", "add", a+"/32", "dev", "lo").Run()
+		} else {
+			exec.Command("ip", "addr", "add", a+"/128", "dev", "lo", "nodad").Run()
+		}
 	}
 }
 
@@ -56,8 +60,8 @@ func start(t *testing.T, ctx context.Context, ip string, cfg Config) *Speaker {
 	t.Helper()
 	cfg.RouterID = netip.MustParseAddr(ip)
 	cfg.ListenPort = 1790
-	if !cfg.ClusterCIDR.IsValid() {
-		cfg.ClusterCIDR = netip.MustParsePrefix("10.244.0.0/16")
+	if len(cfg.ClusterCIDRs) == 0 {
+		cfg.ClusterCIDRs = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	s, err := Start(ctx, cfg)
@@ -173,5 +177,74 @@ func TestMD5(t *testing.T) {
 		if s.Neighbor.Address.String() == "192.0.2.23" && s.Established {
 			t.Errorf("session with a wrong MD5 password came up")
 		}
+	}
+}
+
+// Dual-stack: each pair of speakers has an IPv4 session carrying IPv4
+// blocks and an IPv6 session carrying IPv6 blocks (MP-BGP), each with the
+// announcing node's address of that family as next hop; the cluster
+// policy holds per family, so a foreign IPv6 prefix or ::/0 is refused.
+func TestDualStackFamilies(t *testing.T) {
+	setupLo(t, "192.0.2.31", "192.0.2.32", "fd00:2::31", "fd00:2::32")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
+	addrs := func(ip4, ip6 string) []netip.Addr {
+		return []netip.Addr{netip.MustParseAddr(ip4), netip.MustParseAddr(ip6)}
+	}
+	a := start(t, ctx, "192.0.2.31", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.31", "fd00:2::31")})
+	b := start(t, ctx, "192.0.2.32", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.32", "fd00:2::32"), AcceptForeign: true})
+	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
+	if err := a.SetNeighbors(ctx, []Neighbor{n("192.0.2.32"), n("fd00:2::32")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetNeighbors(ctx, []Neighbor{n("192.0.2.31"), n("fd00:2::31")}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"10.244.1.0/24", "fd00:244:0:1::/64"} {
+		if err := a.Announce(ctx, netip.MustParsePrefix(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{"10.244.2.0/24", "fd00:244:0:2::/64", "::/0", "2001:db8::/32"} {
+		if err := b.Announce(ctx, netip.MustParsePrefix(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "a learns b's blocks of both families, each via b's address of its family", func() error {
+		if got, want := routesOf(a), "[{10.244.2.0/24 192.0.2.32 192.0.2.32} {fd00:244:0:2::/64 fd00:2::32 fd00:2::32}]"; got != want {
+			return fmt.Errorf("routes %s, want %s", got, want)
+		}
+		return nil
+	})
+	eventually(t, "b learns a's blocks", func() error {
+		if got, want := routesOf(b), "[{10.244.1.0/24 192.0.2.31 192.0.2.31} {fd00:244:0:1::/64 fd00:2::31 fd00:2::31}]"; got != want {
+			return fmt.Errorf("routes %s, want %s", got, want)
+		}
+		return nil
+	})
+	sess, err := a.Sessions(ctx)
+	if err != nil || len(sess) != 2 || !sess[0].Established || !sess[1].Established || sess[1].Neighbor.Address.String() != "fd00:2::32" {
+		t.Errorf("sessions: %+v, %v", sess, err)
+	}
+	if err := a.Withdraw(ctx, netip.MustParsePrefix("fd00:244:0:1::/64")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "an IPv6 withdrawal reaches b", func() error {
+		if got, want := routesOf(b), "[{10.244.1.0/24 192.0.2.31 192.0.2.31}]"; got != want {
+			return fmt.Errorf("routes %s, want %s", got, want)
+		}
+		return nil
+	})
+}
+
+// An IPv6 block cannot be announced by a speaker without an IPv6 address.
+func TestAnnounceNeedsAddressOfFamily(t *testing.T) {
+	setupLo(t, "192.0.2.41")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	a := start(t, ctx, "192.0.2.41", Config{})
+	if err := a.Announce(ctx, netip.MustParsePrefix("fd00:244:0:1::/64")); err == nil || !strings.Contains(err.Error(), "no address of its family") {
+		t.Fatalf("announce: %v", err)
 	}
 }

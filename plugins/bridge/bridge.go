@@ -6,7 +6,6 @@
 package bridge
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
@@ -26,7 +26,7 @@ import (
 
 // Load parses a berth-bridge config: the shared fields and the ipam object.
 func Load(args *skel.CmdArgs) (*conf.Bridge, error) {
-	c, err := conf.ParseBridge(args.StdinData)
+	c, err := conf.ParseBridge(args.StdinData, args.Args)
 	if err != nil {
 		return nil, err
 	}
@@ -34,6 +34,37 @@ func Load(args *skel.CmdArgs) (*conf.Bridge, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// Datapath is one of berth's ways to plug containers in (its Links), with
+// the attachment lifecycle every datapath shares: record, IPAM, host
+// ports, iptables, teardown, GC.
+type Datapath struct{ Links Links }
+
+// Bridged plugs containers into the network's bridge: berth-bridge,
+// berth-vxlan and berth-hostgw.
+var Bridged = Datapath{Links: bridgeLinks{}}
+
+// Funcs are the CNI operations of d with the config from load; needLease
+// tells load whether the operation needs netd's lease (not DEL and GC,
+// which must clean up while netd is down).
+func (d Datapath) Funcs(load func(args *skel.CmdArgs, needLease bool) (*conf.Bridge, error)) skel.CNIFuncs {
+	run := func(op Op, needLease bool) func(*skel.CmdArgs) error {
+		return func(args *skel.CmdArgs) error {
+			c, err := load(args, needLease)
+			if err != nil {
+				return err
+			}
+			return op(args, c)
+		}
+	}
+	return skel.CNIFuncs{
+		Add:    run(d.Add, true),
+		Del:    run(d.Del, false),
+		Check:  run(d.Check, true),
+		GC:     run(d.GC, false),
+		Status: run(Status, true),
+	}
 }
 
 // call is one CNI operation on one attachment.
@@ -72,13 +103,10 @@ func (k *call) fwAttachment() *firewall.Attachment {
 	return &firewall.Attachment{Key: k.rec.key(), ContainerIP: k.rec.ContainerIP, Ports: firewallPorts(k.rec.Ports)}
 }
 
-// Add attaches the container to the network's bridge.
-func Add(args *skel.CmdArgs, c *conf.Bridge) error { return AddVia(args, c, bridgeLinks{}) }
-
-// AddVia attaches the container: allocate, claim host ports, then plug it
-// in with links while the firewall is set up. Whatever fails, everything
+// Add attaches the container: allocate, claim host ports, then plug it in
+// with d's links while the firewall is set up. Whatever fails, everything
 // this call made is undone before it returns.
-func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
+func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	k, err := newCall(args, c)
 	if err != nil {
 		return err
@@ -102,7 +130,7 @@ func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 		}
 	}()
 
-	if err := k.refuseDuplicate(netns); err != nil {
+	if err := d.refuseDuplicate(k, netns); err != nil {
 		return err // before any undo is registered: the first ADD's work stays
 	}
 	// The record goes first: if this process is killed below, a DEL or GC
@@ -110,29 +138,34 @@ func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 	if err := saveRecord(c.StateDir, k.rec); err != nil {
 		return err
 	}
-	undo = append(undo, func() { removeRecord(c.StateDir, k.rec) })
+	// Undone last: while the record was there, a parallel DEL of the
+	// network's last other container kept the network's rules and bridge
+	// for this one, so they go now if nothing else holds them.
+	undo = append(undo, func() {
+		removeRecord(c.StateDir, k.rec)
+		d.releaseIfEmpty(c)
+	})
 
 	res, err := k.ipam.add()
 	if err != nil {
 		return err
 	}
 	undo = append(undo, func() { k.ipam.del() })
-	if err := claimPorts(c.StateDir, k.rec); err != nil {
+	if err := claimPorts(k.rec); err != nil {
 		return err
 	}
-	undo = append(undo, func() { unclaimPorts(c.StateDir, k.rec) })
+	undo = append(undo, func() { unclaimPorts(k.rec) })
 
 	// The iptables commit and the veth setup both wait on the kernel;
 	// side by side they cost the longer of the two, not the sum.
 	fwDone := make(chan error, 1)
 	go func() { fwDone <- k.setupFirewall(res) }()
 	undo = append(undo, func() {
-		firewall.RemoveAttachment(c.StateDir, c.Name, k.rec.key(), len(k.rec.Ports) > 0,
-			func() bool { return networkEmpty(c.StateDir, c.Name, k.rec.key()) })
+		firewall.RemoveAttachment(c.Name, k.rec.key(), len(k.rec.Ports) > 0, func() bool { return false })
 	})
 	undo = append(undo, func() { delLink(k.rec.HostVeth) })
 	undo = append(undo, func() { k.unshape() })
-	result, linkErr := links.Setup(k.linkRequest(netns, res))
+	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}
@@ -146,8 +179,8 @@ func AddVia(args *skel.CmdArgs, c *conf.Bridge, links Links) (err error) {
 // refuseDuplicate fails a second ADD of a live attachment (the spec asks
 // runtimes to DEL first), and clears the remains of an ADD that was killed
 // midway so that this one starts clean.
-func (k *call) refuseDuplicate(netns ns.NetNS) error {
-	saved, err := loadRecord(recordPath(k.c.StateDir, k.rec))
+func (d Datapath) refuseDuplicate(k *call, netns ns.NetNS) error {
+	saved, err := loadAttachment(k.c.StateDir, k.rec)
 	if err != nil || saved == nil {
 		return err
 	}
@@ -160,9 +193,12 @@ func (k *call) refuseDuplicate(netns ns.NetNS) error {
 			cnierr.ErrLinkInUse, k.args.ContainerID, k.args.IfName, k.c.Name)
 	}
 	old := &call{args: k.args, c: k.c, rec: saved, ipam: k.ipam}
-	return old.teardown()
+	return d.teardown(old)
 }
 
+// openNetns opens the container's namespace named by CNI_NETNS, refusing
+// the namespace this plugin runs in: an ADD there would give the node a
+// container's address and default route.
 func openNetns(path string) (ns.NetNS, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: CNI_NETNS is empty; ADD needs the container's network namespace", cnierr.ErrInvalidEnv)
@@ -170,6 +206,17 @@ func openNetns(path string) (ns.NetNS, error) {
 	n, err := ns.GetNS(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: CNI_NETNS %q: %v", cnierr.ErrInvalidEnv, path, err)
+	}
+	var own, given unix.Stat_t
+	err = errors.Join(unix.Stat("/proc/thread-self/ns/net", &own), unix.Fstat(int(n.Fd()), &given))
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("%w: CNI_NETNS %q: %v", cnierr.ErrInvalidEnv, path, err)
+	}
+	if own.Dev == given.Dev && own.Ino == given.Ino {
+		n.Close()
+		return nil, fmt.Errorf("%w: CNI_NETNS %q is the network namespace the plugin runs in (the node's), not a container's",
+			cnierr.ErrInvalidEnv, path)
 	}
 	return n, nil
 }
@@ -192,28 +239,33 @@ func (k *call) setupFirewall(res *current.Result) error {
 	if err := saveRecord(k.c.StateDir, k.rec); err != nil {
 		return err
 	}
-	return firewall.Ensure(k.c.StateDir, k.fwNetwork(), k.fwAttachment())
+	return firewall.Ensure(k.fwNetwork(), k.fwAttachment())
 }
 
 // Del detaches the container. It forgives what is already gone: the netns,
 // the veth, the addresses, the rules, or the whole attachment.
-func Del(args *skel.CmdArgs, c *conf.Bridge) error {
+func (d Datapath) Del(args *skel.CmdArgs, c *conf.Bridge) error {
 	k, err := newCall(args, c)
 	if err != nil {
 		return err
 	}
-	if saved, err := loadRecord(recordPath(c.StateDir, k.rec)); err != nil {
+	if saved, err := loadAttachment(c.StateDir, k.rec); err != nil {
 		return err
 	} else if saved != nil {
 		k.rec = saved // knows the ports of the ADD, which a DEL may not repeat
 	}
-	return k.teardown()
+	return d.teardown(k)
 }
 
 // teardown removes everything of k's attachment; shared by DEL and GC.
-// The record goes last, so that a DEL killed midway can be repeated.
-func (k *call) teardown() error {
+// The record is marked leaving first (from then on the network counts as
+// empty without it) and goes last, so that a DEL killed midway can be
+// repeated.
+func (d Datapath) teardown(k *call) error {
 	c := k.c
+	if err := markLeaving(c.StateDir, k.rec); err != nil {
+		return err
+	}
 	if err := k.ipam.del(); err != nil {
 		return err
 	}
@@ -227,23 +279,37 @@ func (k *call) teardown() error {
 		// Deleting the host end removes the pair, wherever the other end is.
 		linkErr = delLink(k.rec.HostVeth)
 	}()
-	key := k.rec.key()
-	fwErr = firewall.RemoveAttachment(c.StateDir, c.Name, key, len(k.rec.Ports) > 0,
-		func() bool { return networkEmpty(c.StateDir, c.Name, key) })
+	fwErr = firewall.RemoveAttachment(c.Name, k.rec.key(), len(k.rec.Ports) > 0,
+		func() bool { return networkEmpty(c.StateDir, c.Name) })
 	wg.Wait()
-	if err := errors.Join(linkErr, fwErr, k.unshape()); err != nil {
+	if err := errors.Join(linkErr, fwErr, k.unshape(), unclaimPorts(k.rec)); err != nil {
 		return err
 	}
-	unclaimPorts(c.StateDir, k.rec)
-	return removeRecord(c.StateDir, k.rec)
+	if err := removeRecord(c.StateDir, k.rec); err != nil {
+		return err
+	}
+	if networkEmpty(c.StateDir, c.Name) {
+		return d.Links.Release(c)
+	}
+	return nil
 }
 
-// Check verifies a bridge attachment.
-func Check(args *skel.CmdArgs, c *conf.Bridge) error { return CheckVia(args, c, bridgeLinks{}) }
+// releaseIfEmpty removes the network's rules and what its links made for
+// it when it has no attachment left.
+func (d Datapath) releaseIfEmpty(c *conf.Bridge) error {
+	isEmpty := func() bool { return networkEmpty(c.StateDir, c.Name) }
+	if err := firewall.RemoveNetwork(c.Name, isEmpty); err != nil {
+		return err
+	}
+	if isEmpty() {
+		return d.Links.Release(c)
+	}
+	return nil
+}
 
-// CheckVia verifies that what ADD made is still there: the links (as links
-// checks them), the IPAM reservation and the iptables rules.
-func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
+// Check verifies that what ADD made is still there: the links (as d's
+// links check them), the IPAM reservation and the iptables rules.
+func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 	k, err := newCall(args, c)
 	if err != nil {
 		return err
@@ -271,7 +337,7 @@ func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
 		return err
 	}
 	defer netns.Close()
-	if err := links.Check(k.linkRequest(netns, nil), prev); err != nil {
+	if err := d.Links.Check(k.linkRequest(netns, nil), prev); err != nil {
 		return err
 	}
 	bandwidth, err := conf.ParseBandwidth(args.StdinData)
@@ -291,11 +357,12 @@ func CheckVia(args *skel.CmdArgs, c *conf.Bridge, links Links) error {
 }
 
 // GC removes every attachment of the network that the runtime no longer
-// lists: its veth, port mappings, rules and addresses.
-func GC(args *skel.CmdArgs, c *conf.Bridge) error {
+// lists (its veth, port mappings, rules and addresses), then whatever of
+// the network is left once it has no attachment (rules a crash left).
+func (d Datapath) GC(args *skel.CmdArgs, c *conf.Bridge) error {
 	var gcConf types.NetConf
-	if err := json.Unmarshal(args.StdinData, &gcConf); err != nil {
-		return fmt.Errorf("%w: %v", cnierr.ErrDecode, err)
+	if err := conf.Decode(args.StdinData, &gcConf); err != nil {
+		return err
 	}
 	valid := map[[2]string]bool{}
 	for _, a := range gcConf.ValidAttachments {
@@ -313,10 +380,11 @@ func GC(args *skel.CmdArgs, c *conf.Bridge) error {
 		a := *args
 		a.ContainerID, a.IfName = r.ContainerID, r.IfName
 		k := &call{args: &a, c: c, rec: r, ipam: newAddresser(&a, c)}
-		errs = append(errs, k.teardown())
+		errs = append(errs, d.teardown(k))
 	}
 	// Addresses whose attachment left no record (or was never berth's).
 	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments))
+	errs = append(errs, d.releaseIfEmpty(c))
 	return errors.Join(errs...)
 }
 

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -148,10 +150,9 @@ func TestBridgeEndToEnd(t *testing.T) {
 				t.Fatalf("DEL %s: %v", c.ID, err)
 			}
 		}
-		after := n.snapshot(t)
-		// The bridge stays, as with the reference plugin and docker0.
-		after = strings.Replace(after, "link berth0\n", "", 1)
-		if after != before {
+		// The bridge goes with the network's last container: its address
+		// and subnet route would block a new network reusing either.
+		if after := n.snapshot(t); after != before {
 			t.Errorf("leftovers:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
 	})
@@ -169,7 +170,7 @@ func TestDelAfterNetnsGone(t *testing.T) {
 	if err := rt.Del(c); err != nil {
 		t.Fatalf("DEL with the netns gone: %v", err)
 	}
-	if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
+	if after := n.snapshot(t); after != before {
 		t.Errorf("leftovers:\n%s\nvs\n%s", after, before)
 	}
 }
@@ -367,7 +368,16 @@ func TestHostPortConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := n.snapshot(t)
-	second := container(t, "second", port(8080, 81, "tcp"))
+	claims := filepath.Join(testenv.NetnsDir(t, n.ns), "ports")
+	claimed := func() []string {
+		entries, _ := os.ReadDir(claims)
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	second := container(t, "second", port(8085, 80, "tcp"), port(8080, 81, "tcp"))
 	_, err := rt.Add(second)
 	var ce *types.Error
 	if !errors.As(err, &ce) || ce.Code != 102 {
@@ -376,19 +386,75 @@ func TestHostPortConflict(t *testing.T) {
 	if after := n.snapshot(t); after != before {
 		t.Errorf("failed ADD left:\n%s\nvs\n%s", after, before)
 	}
+	// Not even an empty claim directory for 8085, claimed and given back.
+	if got := claimed(); len(got) != 1 || got[0] != "tcp-8080" {
+		t.Errorf("port claims after a refused ADD: %v, want only tcp-8080", got)
+	}
 	// Another protocol on the same number is fine.
 	udp := container(t, "udp", port(8080, 80, "udp"))
 	if _, err := rt.Add(udp); err != nil {
 		t.Errorf("udp/8080 beside tcp/8080: %v", err)
 	}
-	// A process listening on the node's port blocks publishing it.
+	// A process listening on the node's port does not block publishing
+	// it, as with the reference portmap: podman's conmon holds the host
+	// ports of its containers open itself. The mapping wins.
 	var l net.Listener
 	n.ns.Do(func(ns.NetNS) error { l, err = net.Listen("tcp4", "0.0.0.0:8090"); return err })
+	if err != nil {
+		t.Fatal(err)
+	}
 	defer l.Close()
 	busy := container(t, "busy", port(8090, 80, "tcp"))
-	if _, err := rt.Add(busy); !errors.As(err, &ce) || ce.Code != 102 {
-		t.Errorf("port with a listener: %v, want code 102", err)
+	res, err := rt.Add(busy)
+	if err != nil {
+		t.Fatalf("port with a listener on the node: %v, want it published", err)
 	}
-	rt.Del(udp)
-	rt.Del(first)
+	testenv.Serve(t, busy.Netns, "0.0.0.0:80")
+	if src, err := testenv.Dial(n.outside, nodeIP+":8090"); err != nil || src != outsideIP {
+		t.Errorf("published port with a listener on the node: %q, %v; want the container (%s) to answer", src, err, ipOf(t, res))
+	}
+	for _, c := range []*testenv.Attachment{busy, udp, first} {
+		if err := rt.Del(c); err != nil {
+			t.Error(err)
+		}
+	}
+	if got := claimed(); len(got) != 0 {
+		t.Errorf("port claims left after DEL: %v", got)
+	}
+}
+
+// One container on two networks (podman network connect) publishes its
+// ports on both; another container still cannot take them.
+func TestHostPortsOfOneContainerOnTwoNetworks(t *testing.T) {
+	n := newNode(t)
+	a := testenv.NewRuntime(t, n.ns, n.conflist("twoa", "berth-a", "10.61.0.0/24", ""))
+	b := testenv.NewRuntime(t, n.ns, n.conflist("twob", "berth-b", "10.62.0.0/24", ""))
+	before := n.snapshot(t)
+	onA := container(t, "multi", port(8080, 80, "tcp"))
+	onB := &testenv.Attachment{ID: "multi", IfName: "eth1", Netns: onA.Netns, Caps: onA.Caps}
+	if _, err := a.Add(onA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Add(onB); err != nil {
+		t.Fatalf("the same container's port on its second network: %v", err)
+	}
+	testenv.Serve(t, onA.Netns, "0.0.0.0:80")
+	other := container(t, "other", port(8080, 80, "tcp"))
+	var ce *types.Error
+	if _, err := b.Add(other); !errors.As(err, &ce) || ce.Code != 102 {
+		t.Errorf("another container on 8080: %v, want 102", err)
+	}
+	// Leaving one network keeps the port published through the other.
+	if err := a.Del(onA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := testenv.Dial(n.outside, nodeIP+":8080"); err != nil {
+		t.Errorf("port after leaving one network: %v", err)
+	}
+	if err := b.Del(onB); err != nil {
+		t.Fatal(err)
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("left:\n%s", testenv.Diff(before, after))
+	}
 }

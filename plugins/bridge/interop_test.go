@@ -35,36 +35,6 @@ func TestInteropReferencePortmapAfterBerthBridge(t *testing.T) {
 	}
 }
 
-// The reference bridge plugin uses berth-ipam as its IPAM, exec'd.
-func TestInteropReferenceBridgeWithBerthIPAM(t *testing.T) {
-	testenv.ReferenceCNIDir(t, "bridge")
-	n := newNode(t)
-	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"refbr","plugins":[
-		{"type":"bridge","bridge":"cni-ref","isGateway":true,"ipMasq":true,
-		 "ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.81.0.0/24"}]],"routes":[{"dst":"0.0.0.0/0"}]}}]}`, n.dataDir)
-	rt := testenv.NewRuntime(t, n.ns, list)
-	c1, c2 := container(t, "r1"), container(t, "r2")
-	r1, err := rt.Add(c1)
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	if _, err := rt.Add(c2); err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	if err := testenv.Ping(c2.Netns, ipOf(t, r1)); err != nil {
-		t.Error(err)
-	}
-	for _, c := range []*testenv.Attachment{c1, c2} {
-		if err := rt.Del(c); err != nil {
-			t.Fatalf("DEL: %v", err)
-		}
-	}
-	left, _ := filepath.Glob(filepath.Join(n.dataDir, "refbr", "10.*"))
-	if len(left) != 0 {
-		t.Errorf("reservations left after DEL: %v", left)
-	}
-}
-
 func TestStatus(t *testing.T) {
 	n := newNode(t)
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("status", "berth0", "10.82.0.0/24", ""))

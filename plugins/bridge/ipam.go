@@ -3,6 +3,8 @@ package bridge
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
@@ -48,7 +50,21 @@ type delegated struct {
 	stdin  []byte
 }
 
+// find refuses an ipam type with no plugin in CNI_PATH before anything
+// is exec'd, naming the field (libcni's own error would be code 999).
+func (d *delegated) find() error {
+	paths := filepath.SplitList(os.Getenv("CNI_PATH"))
+	if _, err := invoke.FindInPath(d.plugin, paths); err != nil {
+		return fmt.Errorf("%w: ipam.type: no IPAM plugin %q in CNI_PATH %s; use %q or install the plugin there",
+			cnierr.ErrInvalidConfig, d.plugin, os.Getenv("CNI_PATH"), conf.IPAMType)
+	}
+	return nil
+}
+
 func (d *delegated) add() (*current.Result, error) {
+	if err := d.find(); err != nil {
+		return nil, err
+	}
 	r, err := cniipam.ExecAdd(d.plugin, d.stdin)
 	if err != nil {
 		return nil, fmt.Errorf("ipam plugin %s: %w", d.plugin, err)
@@ -63,14 +79,32 @@ func (d *delegated) add() (*current.Result, error) {
 	return res, nil
 }
 
-func (d *delegated) del() error   { return wrap(d.plugin, cniipam.ExecDel(d.plugin, d.stdin)) }
-func (d *delegated) check() error { return wrap(d.plugin, cniipam.ExecCheck(d.plugin, d.stdin)) }
+func (d *delegated) del() error {
+	if err := d.find(); err != nil {
+		return err
+	}
+	return wrap(d.plugin, cniipam.ExecDel(d.plugin, d.stdin))
+}
+
+func (d *delegated) check() error {
+	if err := d.find(); err != nil {
+		return err
+	}
+	return wrap(d.plugin, cniipam.ExecCheck(d.plugin, d.stdin))
+}
+
 func (d *delegated) status() error {
+	if err := d.find(); err != nil {
+		return err
+	}
 	return wrap(d.plugin, cniipam.ExecStatus(d.plugin, d.stdin))
 }
 
 // gc passes the GC call (with its valid attachments, already in stdin) on.
 func (d *delegated) gc([]types.GCAttachment) error {
+	if err := d.find(); err != nil {
+		return err
+	}
 	return wrap(d.plugin, invoke.DelegateGC(context.Background(), d.plugin, d.stdin, nil))
 }
 

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -19,7 +18,7 @@ import (
 // netd and STATUS gets 50; DEL and GC work without it, because a runtime
 // must be able to clean up while netd is down.
 func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, error) {
-	c, err := conf.ParseBridge(args.StdinData)
+	c, err := conf.ParseBridge(args.StdinData, args.Args)
 	if err != nil {
 		return nil, err
 	}
@@ -28,7 +27,9 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 			DataDir string `json:"dataDir"`
 		} `json:"ipam"`
 	}
-	json.Unmarshal(args.StdinData, &raw)
+	if err := conf.Decode(args.StdinData, &raw); err != nil {
+		return nil, err
+	}
 	c.IPAMConf = &conf.IPAM{Type: conf.IPAMType, DataDir: raw.IPAM.DataDir}
 	if c.IPAMConf.DataDir == "" {
 		c.IPAMConf.DataDir = conf.DefaultIPAMDataDir
@@ -47,51 +48,45 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 		return nil, fmt.Errorf("%w: network %s runs in %s mode (lease %s) but this is the %s plugin; use \"type\": \"berth-%s\"",
 			cnierr.ErrInvalidConfig, c.Name, node.Mode, lease.Path(c.LeaseDir, c.Name), mode, node.Mode)
 	}
-	gw := node.Gateway()
-	c.IPAMConf.RangeSets = [][]conf.Range{{{
-		Subnet:  node.Subnet.Masked(),
-		Start:   gw.Next(),
-		End:     conf.LastAddr(node.Subnet).Prev(), // not the broadcast address
-		Gateway: gw,
-	}}}
+	// One range set per family of the lease: a dual-stack network gives
+	// each container an address of each.
+	c.IPAMConf.RangeSets = nil
+	for _, subnet := range node.Subnets() {
+		gw := lease.Gateway(subnet)
+		end := conf.LastAddr(subnet)
+		if subnet.Addr().Is4() {
+			end = end.Prev() // not the broadcast address
+		}
+		c.IPAMConf.RangeSets = append(c.IPAMConf.RangeSets, []conf.Range{{Subnet: subnet.Masked(), Start: gw.Next(), End: end, Gateway: gw}})
+	}
 	if err := c.IPAMConf.SetRequested(args.StdinData, args.Args); err != nil {
 		return nil, err
 	}
 	c.Scope = node.NetworkCIDR.Masked()
+	c.ScopeV6 = node.NetworkCIDRv6.Masked()
 	c.MTU = node.MTU
 	c.IPMasq = &node.IPMasq
 	c.IsDefaultGateway = true
 	return c, nil
 }
 
-// LeasedFuncs are the CNI operations of a plugin whose addressing comes
+// LeasedFuncs are the CNI operations of datapath d whose addressing comes
 // from the node lease of mode.
-func LeasedFuncs(mode string) skel.CNIFuncs {
-	run := func(op Op, needLease bool) func(*skel.CmdArgs) error {
-		return func(args *skel.CmdArgs) error {
-			c, err := LoadLeased(args, mode, needLease)
-			if err != nil {
-				return err
-			}
-			return op(args, c)
+func LeasedFuncs(mode string, d Datapath) skel.CNIFuncs {
+	f := d.Funcs(func(args *skel.CmdArgs, needLease bool) (*conf.Bridge, error) {
+		return LoadLeased(args, mode, needLease)
+	})
+	f.Status = func(args *skel.CmdArgs) error {
+		c, err := LoadLeased(args, mode, true)
+		if errors.Is(err, cnierr.ErrTryAgainLater) {
+			return fmt.Errorf("%w: %w", cnierr.ErrUnavailable, err)
 		}
+		if err != nil {
+			return err
+		}
+		return Status(args, c)
 	}
-	return skel.CNIFuncs{
-		Add:   run(Add, true),
-		Del:   run(Del, false),
-		Check: run(Check, true),
-		GC:    run(GC, false),
-		Status: func(args *skel.CmdArgs) error {
-			c, err := LoadLeased(args, mode, true)
-			if errors.Is(err, cnierr.ErrTryAgainLater) {
-				return fmt.Errorf("%w: %w", cnierr.ErrUnavailable, err)
-			}
-			if err != nil {
-				return err
-			}
-			return Status(args, c)
-		},
-	}
+	return f
 }
 
 // LeasedHelp is the configuration reference of berth-vxlan and berth-hostgw.
@@ -100,13 +95,15 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
   {"type": "berth-MODE",
    "leaseDir": "/run/berth",    where netd writes the node lease <leaseDir>/<network name>.json
    "bridge": "berth0",          bridge name on the node
-   "stateDir": "/run/berth",    attachment records, port claims, iptables lock
+   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 
-The node's subnet, gateway (its first address), MTU and masquerade policy come
-from the lease; addresses are allocated in-process by berth-ipam. Without a
+The node's subnets (IPv4, IPv6 or both: a dual-stack network gives each
+container an address of each family), gateways (each subnet's first address),
+MTU and masquerade policy come from the lease; addresses are allocated
+in-process by berth-ipam. Without a
 lease (netd not running or not connected) ADD fails with error 11 and STATUS
 with 50; DEL and GC still clean up.`

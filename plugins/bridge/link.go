@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -16,14 +17,83 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
-// aliasPrefix marks a bridge as belonging to a berth network (IFLA_IFALIAS),
-// so that two networks never share a bridge by accident.
-const aliasPrefix = "berth:"
+// A bridge belongs to one berth network, marked in its alias
+// (IFLA_IFALIAS) so that two networks never share it by accident:
+// "berth:<network>" when berth created it, "berth:<network> (adopted)"
+// when it existed before and berth only took it over. ReleaseBridge
+// removes a bridge berth created; an adopted one it only unmarks.
+const (
+	aliasPrefix   = "berth:"
+	adoptedSuffix = " (adopted)"
+)
 
-// ensureBridge returns the network's bridge, creating it when missing.
-func ensureBridge(c *conf.Bridge) (*netlink.Bridge, error) {
+// bridgeOwner is the network a bridge alias names, and whether berth
+// adopted the bridge rather than created it; "" when it is not berth's.
+func bridgeOwner(alias string) (network string, adopted bool) {
+	rest, ok := strings.CutPrefix(alias, aliasPrefix)
+	if !ok {
+		return "", false
+	}
+	network, adopted = strings.CutSuffix(rest, adoptedSuffix)
+	return network, adopted
+}
+
+// lockBridge takes the node-wide lock of a bridge name: shared while an
+// ADD uses the network's bridge and plugs its veth in, exclusive while an
+// ADD creates or adopts it (the kernel does not take the alias with
+// RTM_NEWLINK, so a bridge is briefly unmarked) and while ReleaseBridge
+// decides whether to remove it.
+func lockBridge(name string, shared bool) (*netnsdir.Lock, error) {
+	return netnsdir.Acquire("bridge-"+name+".lock", shared)
+}
+
+// useBridge returns the network's bridge, up, creating or adopting it when
+// needed, and the bridge lock the caller releases once its veth is in.
+func useBridge(c *conf.Bridge) (*netlink.Bridge, *netnsdir.Lock, error) {
+	lock, err := lockBridge(c.BridgeName, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	br, err := bridgeByName(c.BridgeName)
+	if owner, _ := bridgeOwner(aliasOf(br)); err != nil || owner != c.Name {
+		// Creating, adopting or refusing: decided alone.
+		lock.Release()
+		if lock, err = lockBridge(c.BridgeName, false); err != nil {
+			return nil, nil, err
+		}
+		if br, err = markBridge(c); err != nil {
+			lock.Release()
+			return nil, nil, err
+		}
+	}
+	if c.PromiscMode {
+		if err := netlink.SetPromiscOn(br); err != nil {
+			lock.Release()
+			return nil, nil, fmt.Errorf("%w: promiscMode on %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+		}
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		lock.Release()
+		return nil, nil, fmt.Errorf("%w: bringing up %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+	}
+	return br, lock, nil
+}
+
+func aliasOf(br *netlink.Bridge) string {
+	if br == nil {
+		return ""
+	}
+	return br.Attrs().Alias
+}
+
+// markBridge creates the network's bridge, or adopts an unmarked one, or
+// refuses one marked by another network. The caller holds the bridge's
+// lock exclusively.
+func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
+	alias := aliasPrefix + c.Name + adoptedSuffix
 	br, err := bridgeByName(c.BridgeName)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		la := netlink.NewLinkAttrs()
@@ -34,34 +104,84 @@ func ensureBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		// Without this a new bridge takes the lowest MAC of its ports and
 		// changes address whenever a container comes or goes.
 		la.HardwareAddr = randomMAC()
-		err = netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la})
-		if err != nil && !errors.Is(err, unix.EEXIST) { // a parallel ADD won the race
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
 			return nil, fmt.Errorf("%w: creating bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 		}
+		alias = aliasPrefix + c.Name
 		br, err = bridgeByName(c.BridgeName)
 	}
 	if err != nil {
 		return nil, err
 	}
-	switch alias := br.Attrs().Alias; alias {
-	case aliasPrefix + c.Name:
-	case "":
-		if err := netlink.LinkSetAlias(br, aliasPrefix+c.Name); err != nil {
-			return nil, fmt.Errorf("%w: labelling bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
-		}
-	default:
-		return nil, fmt.Errorf("%w: bridge %q: already used by %q; give network %q its own \"bridge\"",
-			cnierr.ErrLinkInUse, c.BridgeName, alias, c.Name)
+	switch owner, _ := bridgeOwner(br.Attrs().Alias); {
+	case owner == c.Name:
+		return br, nil
+	case br.Attrs().Alias != "":
+		return nil, fmt.Errorf("%w: bridge %q: already used by %q; give network %q its own \"bridge\" (or, if that network is gone and nothing is plugged into %s, remove it: ip link del %s)",
+			cnierr.ErrLinkInUse, c.BridgeName, br.Attrs().Alias, c.Name, c.BridgeName, c.BridgeName)
 	}
-	if c.PromiscMode {
-		if err := netlink.SetPromiscOn(br); err != nil {
-			return nil, fmt.Errorf("%w: promiscMode on %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
-		}
-	}
-	if err := netlink.LinkSetUp(br); err != nil {
-		return nil, fmt.Errorf("%w: bringing up %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+	if err := netlink.LinkSetAlias(br, alias); err != nil {
+		return nil, fmt.Errorf("%w: labelling bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 	}
 	return br, nil
+}
+
+// ReleaseBridge removes network's bridge from the calling thread's network
+// namespace once no container is plugged into it, with its gateway
+// addresses and their subnet routes, so that a new network can reuse the
+// bridge name and the subnet. DEL and GC call it when a network's last
+// attachment leaves; netd calls it when the node leaves a network. It
+// reports whether the bridge was removed:
+//   - a bridge that is missing or not marked as network's: nothing to do;
+//   - a berth host veth (bv...) still plugged in: in use, kept;
+//   - other ports only (an uplink someone enslaved), or a bridge berth
+//     adopted rather than created: kept, but no longer marked, so that
+//     another network may use it;
+//   - otherwise: deleted.
+//
+// It holds the bridge's lock exclusively, so an ADD either finds the
+// bridge before the decision (and its veth keeps it) or creates it anew.
+func ReleaseBridge(bridgeName, network string) (removed bool, err error) {
+	lock, err := lockBridge(bridgeName, false)
+	if err != nil {
+		return false, err
+	}
+	defer lock.Release()
+	br, err := netlinksafe.LinkByName(bridgeName)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("%w: finding bridge %s: %v", cnierr.ErrDatapath, bridgeName, err)
+	}
+	owner, adopted := bridgeOwner(br.Attrs().Alias)
+	if _, ok := br.(*netlink.Bridge); !ok || owner != network {
+		return false, nil
+	}
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return false, fmt.Errorf("%w: listing links: %v", cnierr.ErrDatapath, err)
+	}
+	ports := 0
+	for _, l := range links {
+		if l.Attrs().MasterIndex != br.Attrs().Index {
+			continue
+		}
+		if strings.HasPrefix(l.Attrs().Name, hostVethPrefix) {
+			return false, nil
+		}
+		ports++
+	}
+	if ports > 0 || adopted {
+		if err := netlink.LinkSetAlias(br, ""); err != nil {
+			return false, fmt.Errorf("%w: unmarking bridge %s: %v", cnierr.ErrDatapath, bridgeName, err)
+		}
+		return false, nil
+	}
+	if err := netlink.LinkDel(br); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
+		return false, fmt.Errorf("%w: deleting bridge %s: %v", cnierr.ErrDatapath, bridgeName, err)
+	}
+	return true, nil
 }
 
 func bridgeByName(name string) (*netlink.Bridge, error) {
@@ -124,6 +244,11 @@ func ensureGateway(c *conf.Bridge, br *netlink.Bridge, gws []netip.Prefix) error
 			continue
 		}
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), gw.Addr().BitLen())}}
+		if gw.Addr().Is6() {
+			// Usable at once: containers get their own addresses without
+			// DAD too, and nobody else answers for the gateway.
+			addr.Flags = unix.IFA_F_NODAD
+		}
 		if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("%w: adding gateway %s to %s: %v", cnierr.ErrDatapath, gw, br.Name, err)
 		}
@@ -191,7 +316,8 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 //     source address that the node does not route back through iface (no
 //     spoofing; in routed mode that pins each container to its own /32).
 func EnableForwarding(iface string) error {
-	for _, s := range []string{"net.ipv4.ip_forward", "net.ipv4.conf." + iface + ".route_localnet", "net.ipv4.conf." + iface + ".rp_filter"} {
+	// Slashes, not dots: an interface name may hold a dot.
+	for _, s := range []string{"net/ipv4/ip_forward", "net/ipv4/conf/" + iface + "/route_localnet", "net/ipv4/conf/" + iface + "/rp_filter"} {
 		if v, _ := sysctl.Sysctl(s); v == "1" {
 			continue
 		}
@@ -211,7 +337,9 @@ func delLink(name string) error {
 	if err != nil {
 		return fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, name, err)
 	}
-	if err := netlink.LinkDel(l); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
+	// A DEL and a GC of one attachment may both get here: the loser finds
+	// the link gone (ENODEV).
+	if err := netlink.LinkDel(l); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("%w: deleting %s: %v", cnierr.ErrDatapath, name, err)
 	}
 	return nil

@@ -9,6 +9,7 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	cniipam "github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/conf"
@@ -25,6 +26,10 @@ type Links interface {
 	Setup(r LinkRequest) (*current.Result, error)
 	// Check verifies both sides against the result of ADD.
 	Check(r LinkRequest, prev *current.Result) error
+	// Release runs once the network has no attachment left on the node:
+	// it removes what Setup made for the whole network, so that nothing
+	// blocks a new network from reusing its names or its subnet.
+	Release(c *conf.Bridge) error
 }
 
 // LinkRequest is one container interface to plug in or check.
@@ -49,12 +54,15 @@ type bridgeLinks struct{}
 
 func (bridgeLinks) Setup(r LinkRequest) (*current.Result, error) {
 	c := r.Conf
-	br, err := ensureBridge(c)
+	// Held until the veth is in and the gateway set: ReleaseBridge, which
+	// takes the lock exclusively, never removes the bridge in between.
+	br, lock, err := useBridge(c)
 	if err != nil {
 		return nil, err
 	}
+	defer lock.Release()
 	hostIf, contIf, err := SetupVeth(VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,
-		MTU: r.MTU(), MAC: c.RuntimeConfig.MAC, Hairpin: c.Hairpin(), Bridge: br})
+		MTU: r.MTU(), MAC: c.MAC, Hairpin: c.Hairpin(), Bridge: br})
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +75,17 @@ func (bridgeLinks) Setup(r LinkRequest) (*current.Result, error) {
 			return nil, err
 		}
 	}
+	if c.ScopeV6.IsValid() { // a leased network with IPv6
+		if err := EnableIPv6Forwarding(); err != nil {
+			return nil, err
+		}
+	}
 	return result, EnableForwarding(c.BridgeName)
+}
+
+func (bridgeLinks) Release(c *conf.Bridge) error {
+	_, err := ReleaseBridge(c.BridgeName, c.Name)
+	return err
 }
 
 func (bridgeLinks) Check(r LinkRequest, prev *current.Result) error {
@@ -118,8 +136,20 @@ func hasDefaultRoute(routes []*types.Route, v4 bool) bool {
 	return false
 }
 
-// configureIface runs inside the container namespace.
+// configureIface runs inside the container namespace. The container's
+// IPv6 addresses skip duplicate address detection, as with the reference
+// bridge: they come from IPAM, nobody else holds them, and waiting for
+// DAD would make ADD take a second or two (ConfigureIface waits until no
+// address is tentative).
 func configureIface(ifName string, res *current.Result) error {
+	for _, ipc := range res.IPs {
+		if ipc.Address.IP.To4() == nil {
+			if _, err := sysctl.Sysctl("net/ipv6/conf/"+ifName+"/accept_dad", "0"); err != nil {
+				return fmt.Errorf("%w: turning off DAD on %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+			}
+			break
+		}
+	}
 	if err := cniipam.ConfigureIface(ifName, res); err != nil {
 		return fmt.Errorf("%w: configuring %s in the container: %v", cnierr.ErrDatapath, ifName, err)
 	}

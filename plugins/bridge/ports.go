@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -15,18 +16,29 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/firewall"
-	"github.com/berthnet/berth/internal/hostport"
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
-// Host ports are claimed in <stateDir>/ports/<proto>-<port>/<hostIP|any>,
-// each file holding the owner's attachment key. A claim is one link(2),
-// which fails if the port is taken; conflicts between a wildcard and a
-// specific host address are found by reading that one small directory.
+// Host ports are claimed node-wide, in the directory of the node's network
+// namespace (internal/netnsdir), whatever the network's stateDir:
+// <netnsdir>/ports/<proto>-<port>/<hostIP|any>@<attachment>, each file
+// holding the container ID. Claims are made and dropped under the
+// namespace's ports lock, so that a wildcard and a specific host address
+// of one port cannot both be claimed by two ADDs at once.
+//
+// Only other containers' attachments conflict (error 102): one container
+// on two networks gets its published ports on both (podman network
+// connect passes them to every network of the container). A process listening
+// on the port does not: the reference portmap does not refuse it either,
+// and runtimes such as podman hold the published ports of their
+// containers open themselves (conmon), so a refusal would break
+// `podman network reload` and `network connect`. The runner checks for
+// listeners before it calls CNI.
 
 const anyHost = "any"
 
-func portDir(stateDir string, p conf.PortMapping) string {
-	return filepath.Join(stateDir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
+func portDir(nsDir string, p conf.PortMapping) string {
+	return filepath.Join(nsDir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
 }
 
 func hostName(p conf.PortMapping) string {
@@ -36,18 +48,30 @@ func hostName(p conf.PortMapping) string {
 	return p.HostIP
 }
 
+// claimName is the file of r's claim of p.
+func claimName(r *record, p conf.PortMapping) string { return hostName(p) + "@" + r.key()[:16] }
+
 // claimPorts reserves every host port of r, or none of them.
-func claimPorts(stateDir string, r *record) (err error) {
+func claimPorts(r *record) (err error) {
+	if len(r.Ports) == 0 {
+		return nil
+	}
+	lock, err := netnsdir.Acquire("ports.lock", false)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	nsDir := lock.Dir
 	var claimed []conf.PortMapping
 	defer func() {
 		if err != nil {
 			for _, p := range claimed {
-				unclaimPort(stateDir, r.key(), p)
+				unclaimPort(nsDir, r, p)
 			}
 		}
 	}()
 	for _, p := range r.Ports {
-		if err := claimPort(stateDir, r.key(), p); err != nil {
+		if err := claimPort(nsDir, r, p); err != nil {
 			return err
 		}
 		claimed = append(claimed, p)
@@ -55,70 +79,70 @@ func claimPorts(stateDir string, r *record) (err error) {
 	return nil
 }
 
-func claimPort(stateDir, key string, p conf.PortMapping) error {
-	dir := portDir(stateDir, p)
+func claimPort(nsDir string, r *record, p conf.PortMapping) (err error) {
+	dir := portDir(nsDir, p)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
+	defer func() {
+		if err != nil {
+			os.Remove(dir) // only succeeds when empty: a refusal leaves nothing
+		}
+	}()
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	for _, e := range entries {
-		if e.Name() != anyHost && hostName(p) != anyHost && e.Name() != hostName(p) {
-			continue // two different specific addresses do not conflict
+		host, _, ok := strings.Cut(e.Name(), "@")
+		if !ok || host != anyHost && hostName(p) != anyHost && host != hostName(p) {
+			continue // a temp file; or two different specific addresses, which do not conflict
 		}
 		owner, _ := os.ReadFile(filepath.Join(dir, e.Name()))
-		if string(owner) == key {
+		if string(owner) == r.ContainerID {
 			continue
 		}
-		return fmt.Errorf("%w: host port %s/%d (host address %s) is published by another container; choose another hostPort",
-			cnierr.ErrPortInUse, p.Protocol, p.HostPort, e.Name())
+		return fmt.Errorf("%w: host port %s/%d (host address %s) is published by container %s; choose another hostPort",
+			cnierr.ErrPortInUse, p.Protocol, p.HostPort, host, owner)
 	}
-	if err := portFree(p); err != nil {
-		return err
-	}
-	tmp := claimTemp(stateDir, key, p)
-	if err := os.WriteFile(tmp, []byte(key), 0o644); err != nil {
+	// Written whole, then linked into place: a claim killed midway leaves
+	// at most the temp file, which unclaimPort removes.
+	tmp := claimTemp(nsDir, r, p)
+	if err := os.WriteFile(tmp, []byte(r.ContainerID), 0o644); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	defer os.Remove(tmp)
-	if err := os.Link(tmp, filepath.Join(dir, hostName(p))); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%w: host port %s/%d is published by another container", cnierr.ErrPortInUse, p.Protocol, p.HostPort)
-		}
+	if err := os.Link(tmp, filepath.Join(dir, claimName(r, p))); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("%w: %v", cnierr.ErrIO, err)
 	}
 	return nil
 }
 
-// portFree fails when a process on the node listens on the host port: the
-// DNAT rule would silently steal its traffic.
-func portFree(p conf.PortMapping) error {
-	err := hostport.Probe(p.Protocol, p.HostIP, p.HostPort)
-	if errors.Is(err, unix.EADDRINUSE) {
-		return fmt.Errorf("%w: host port %s/%d is in use by a process on the node", cnierr.ErrPortInUse, p.Protocol, p.HostPort)
+func unclaimPort(nsDir string, r *record, p conf.PortMapping) {
+	os.Remove(claimTemp(nsDir, r, p)) // left by a claim killed midway
+	os.Remove(filepath.Join(portDir(nsDir, p), claimName(r, p)))
+	os.Remove(portDir(nsDir, p)) // only succeeds when empty
+}
+
+func claimTemp(nsDir string, r *record, p conf.PortMapping) string {
+	return filepath.Join(portDir(nsDir, p), "."+r.key()[:16])
+}
+
+// unclaimPorts drops r's claims.
+func unclaimPorts(r *record) error {
+	if len(r.Ports) == 0 {
+		return nil
 	}
-	return nil // other bind errors (e.g. a hostIP not on this node yet) are not conflicts
-}
-
-func unclaimPort(stateDir, key string, p conf.PortMapping) {
-	os.Remove(claimTemp(stateDir, key, p)) // left by a claim killed midway
-	path := filepath.Join(portDir(stateDir, p), hostName(p))
-	if owner, err := os.ReadFile(path); err == nil && string(owner) == key {
-		os.Remove(path)
-		os.Remove(portDir(stateDir, p)) // only succeeds when empty
+	lock, err := netnsdir.Acquire("ports.lock", false)
+	if err != nil {
+		return err
 	}
-}
-
-func claimTemp(stateDir, key string, p conf.PortMapping) string {
-	return filepath.Join(portDir(stateDir, p), "."+key[:16])
-}
-
-func unclaimPorts(stateDir string, r *record) {
+	defer lock.Release()
+	nsDir := lock.Dir
 	for _, p := range r.Ports {
-		unclaimPort(stateDir, r.key(), p)
+		unclaimPort(nsDir, r, p)
 	}
+	return nil
 }
 
 func firewallPorts(pms []conf.PortMapping) []firewall.Port {

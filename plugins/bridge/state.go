@@ -38,15 +38,51 @@ func attachmentKey(network, containerID, ifName string) string {
 	return hex.EncodeToString(h[:])
 }
 
+// hostVethPrefix starts the name of every host veth berth makes.
+const hostVethPrefix = "bv"
+
 // hostVethName is deterministic so that DEL finds the link without state.
-func hostVethName(key string) string { return "bv" + key[:11] }
+func hostVethName(key string) string { return hostVethPrefix + key[:11] }
 
 func networkDir(stateDir, network string) string {
 	return filepath.Join(stateDir, "networks", network)
 }
 
+// A live attachment's record is <key>.json. DEL and GC first rename it to
+// <key>.leaving: from then on the attachment no longer counts as one of
+// the network's (networkEmpty), so that of two DELs running at once at
+// least one sees the network empty and removes its rules; the record
+// itself stays until everything is gone, so a DEL killed midway is
+// repeated from it.
+const (
+	extLive    = ".json"
+	extLeaving = ".leaving"
+)
+
 func recordPath(stateDir string, r *record) string {
-	return filepath.Join(networkDir(stateDir, r.Network), r.key()[:24]+".json")
+	return filepath.Join(networkDir(stateDir, r.Network), r.key()[:24]+extLive)
+}
+
+func leavingPath(stateDir string, r *record) string {
+	return filepath.Join(networkDir(stateDir, r.Network), r.key()[:24]+extLeaving)
+}
+
+// loadAttachment reads r's record, live or leaving; nil when there is none.
+func loadAttachment(stateDir string, r *record) (*record, error) {
+	saved, err := loadRecord(recordPath(stateDir, r))
+	if saved != nil || err != nil {
+		return saved, err
+	}
+	return loadRecord(leavingPath(stateDir, r))
+}
+
+// markLeaving turns r's live record into a leaving one.
+func markLeaving(stateDir string, r *record) error {
+	err := os.Rename(recordPath(stateDir, r), leavingPath(stateDir, r))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: marking attachment state: %v", cnierr.ErrIO, err)
+	}
+	return nil
 }
 
 func saveRecord(stateDir string, r *record) error {
@@ -95,34 +131,35 @@ func loadRecord(path string) (*record, error) {
 
 func removeRecord(stateDir string, r *record) error {
 	os.Remove(recordPath(stateDir, r) + ".tmp")
-	if err := os.Remove(recordPath(stateDir, r)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w: removing attachment state: %v", cnierr.ErrIO, err)
+	for _, p := range []string{recordPath(stateDir, r), leavingPath(stateDir, r)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: removing attachment state: %v", cnierr.ErrIO, err)
+		}
 	}
 	return nil
 }
 
-// networkEmpty reports whether no attachment of network is left but the
-// one with key except. It reads at most a few directory entries, whatever
-// the number of containers.
-func networkEmpty(stateDir, network, except string) bool {
+// networkEmpty reports whether the network has no live attachment left.
+// It reads at most a few directory entries, whatever the number of
+// containers.
+func networkEmpty(stateDir, network string) bool {
 	d, err := os.Open(networkDir(stateDir, network))
 	if err != nil {
 		return true
 	}
 	defer d.Close()
-	mine := except[:24] + ".json"
 	for {
 		names, err := d.Readdirnames(1)
 		if errors.Is(err, io.EOF) || len(names) == 0 {
 			return true
 		}
-		if filepath.Ext(names[0]) == ".json" && names[0] != mine {
+		if filepath.Ext(names[0]) == extLive {
 			return false
 		}
 	}
 }
 
-// records lists the attachments of network (GC only), and removes the
+// records lists the attachments of network, live or leaving (GC only), and removes the
 // temp files of writers that died (their flock is free).
 func records(stateDir, network string) ([]*record, error) {
 	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
@@ -134,10 +171,12 @@ func records(stateDir, network string) ([]*record, error) {
 			f.Close()
 		}
 	}
-	paths, err := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.json"))
+	paths, err := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*"+extLive))
 	if err != nil {
 		return nil, err
 	}
+	leaving, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*"+extLeaving))
+	paths = append(paths, leaving...)
 	var out []*record
 	for _, p := range paths {
 		r, err := loadRecord(p)

@@ -16,5 +16,5 @@ var Plugin = cniplugin.Plugin{
 	Name:  "berth-hostgw",
 	About: "containers on the node's subnet, routed to other nodes by netd (host-gw)",
 	Help:  strings.ReplaceAll(bridge.LeasedHelp, "MODE", lease.ModeHostGW),
-	Funcs: bridge.LeasedFuncs(lease.ModeHostGW),
+	Funcs: bridge.LeasedFuncs(lease.ModeHostGW, bridge.Bridged),
 }

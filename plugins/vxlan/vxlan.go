@@ -16,5 +16,5 @@ var Plugin = cniplugin.Plugin{
 	Name:  "berth-vxlan",
 	About: "containers on the node's subnet of a VXLAN overlay run by netd",
 	Help:  strings.ReplaceAll(bridge.LeasedHelp, "MODE", lease.ModeVXLAN),
-	Funcs: bridge.LeasedFuncs(lease.ModeVXLAN),
+	Funcs: bridge.LeasedFuncs(lease.ModeVXLAN, bridge.Bridged),
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/berthnet/berth/internal/version"
 	"github.com/berthnet/berth/runner"
 	"github.com/berthnet/berth/runner/sandbox"
 )
@@ -97,12 +98,14 @@ func Main(args []string) int {
 	top.SetOutput(io.Discard)
 	g.register(top)
 	help := top.BoolP("help", "h", false, "")
+	showVersion := top.Bool("version", false, "")
 	cmds := commands()
 	usage := func(w io.Writer) {
 		var list strings.Builder
 		for _, c := range cmds {
 			fmt.Fprintf(&list, "  %-9s %s\n", c.name, c.summary)
 		}
+		fmt.Fprintf(&list, "  %-9s %s\n", "version", "print the runner's version (also --version)")
 		fmt.Fprintf(w, globalHelp, list.String(), globalFlagUsages())
 	}
 	if err := top.Parse(args); err != nil {
@@ -111,6 +114,11 @@ func Main(args []string) int {
 		return 125
 	}
 	rest := top.Args()
+	if *showVersion || len(rest) > 0 && rest[0] == "version" {
+		// No runtime: the version needs no state dir, root or cgroups.
+		fmt.Println(version.Line("runner"))
+		return 0
+	}
 	if *help || len(rest) == 0 || rest[0] == "help" && len(rest) == 1 {
 		usage(os.Stdout)
 		if len(rest) == 0 && !*help {

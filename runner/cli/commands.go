@@ -3,9 +3,9 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/berthnet/berth/runner"
+	"github.com/berthnet/berth/runner/sandbox"
 )
 
 type runFunc = func(ctx context.Context, rt *runner.Runtime, args []string) (int, error)
@@ -55,7 +56,7 @@ runner waits for CMD and exits with its status.`,
 			fs.BoolVar(&spec.AutoRemove, "rm", false, "remove the container when it exits")
 			fs.StringVar(&spec.Rootfs, "rootfs", "", "root filesystem directory (default: busybox tree)")
 			fs.BoolVarP(&interactive, "interactive", "i", false, "keep stdin attached to the container")
-			fs.BoolVarP(&t, "tty", "t", false, "give the container a pseudo-terminal")
+			fs.BoolVarP(&t, "tty", "t", false, "give the container a pseudo-terminal (with -i, stdin must be a terminal)")
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
 				spec.Args, spec.TTY = args, t
 				for _, p := range ports {
@@ -109,25 +110,18 @@ runner waits for CMD and exits with its status.`,
 }
 
 func runForeground(ctx context.Context, rt *runner.Runtime, spec runner.Spec, interactive bool) (int, error) {
-	io, err := newAttachment(interactive, spec.TTY)
+	a, err := newAttachment(interactive, spec.TTY)
 	if err != nil {
 		return 125, err
 	}
-	defer io.close()
-	c, p, err := rt.Run(ctx, spec, io.stdio)
+	defer a.close()
+	c, p, err := rt.Run(ctx, spec, a.stdio())
 	if err != nil {
 		return 125, err
 	}
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, io.forwarded()...)
-	go func() {
-		for s := range sigs {
-			p.Signal(s)
-		}
-	}()
+	a.attach(p)
 	code, err := rt.Wait(ctx, c, p)
-	signal.Stop(sigs)
-	io.drain()
+	a.detach()
 	return code, err
 }
 
@@ -199,7 +193,7 @@ CMD's status.`,
 		setup: func(fs *pflag.FlagSet) runFunc {
 			var spec runner.ExecSpec
 			interactive := fs.BoolP("interactive", "i", false, "keep stdin attached")
-			fs.BoolVarP(&spec.TTY, "tty", "t", false, "give the command a pseudo-terminal")
+			tty := fs.BoolP("tty", "t", false, "give the command a pseudo-terminal (with -i, stdin must be a terminal)")
 			fs.StringArrayVarP(&spec.Env, "env", "e", nil, "set KEY=VALUE for the command (repeatable)")
 			fs.StringVarP(&spec.Cwd, "workdir", "w", "", "working directory inside the container (default /)")
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
@@ -207,17 +201,23 @@ CMD's status.`,
 					return 125, fmt.Errorf("need a container and a command: runner exec NAME CMD [ARGS...]")
 				}
 				spec.Args = args[1:]
-				io, err := newAttachment(*interactive, spec.TTY)
+				a, err := newAttachment(*interactive, *tty)
 				if err != nil {
 					return 125, err
 				}
-				defer io.close()
-				sigs := make(chan os.Signal, 4)
-				signal.Notify(sigs, io.forwarded()...) // the command gets them from the terminal too
-				defer signal.Stop(sigs)
-				code, err := rt.Exec(ctx, args[0], spec, io.stdio)
-				io.drain()
-				return code, err
+				defer a.close()
+				p, err := rt.Exec(ctx, args[0], spec, a.stdio())
+				if err != nil {
+					var ce *sandbox.CommandError
+					if errors.As(err, &ce) {
+						return ce.Code(), err
+					}
+					return 125, err
+				}
+				a.attach(p)
+				code := p.Wait()
+				a.detach()
+				return code, nil
 			}
 		},
 	}
@@ -374,12 +374,31 @@ func gcCmd() command {
 		help: `Cleans up containers whose supervisor died, then runs CNI GC on every
 network with the attachments of the live containers as the valid ones:
 libcni deletes cached attachments that are not valid, and plugins
-(cniVersion 1.1.0 and later) release anything else they hold.`,
+(cniVersion 1.1.0 and later) release anything else they hold. Prints
+each container it cleaned up with what it released, and each network
+it ran CNI GC on.`,
 		example: "  runner gc",
 		setup: func(fs *pflag.FlagSet) runFunc {
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
-				return 0, rt.GC(ctx)
+				rep, err := rt.GC(ctx)
+				printGC(rep)
+				return 0, err
 			}
 		},
+	}
+}
+
+func printGC(rep *runner.GCReport) {
+	if len(rep.Orphans) == 0 {
+		fmt.Println("no container with a dead supervisor")
+	}
+	for _, o := range rep.Orphans {
+		fmt.Printf("%s: its supervisor (pid %d) died before the container ended; exit status unknown\n", o.Name, o.SupervisorPid)
+		if len(o.Released) > 0 {
+			fmt.Printf("%s: released: %s\n", o.Name, strings.Join(o.Released, ", "))
+		}
+	}
+	for _, n := range rep.Networks {
+		fmt.Printf("network %s: CNI GC done, %d live attachment(s) kept\n", n.Network, n.Kept)
 	}
 }

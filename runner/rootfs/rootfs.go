@@ -38,6 +38,14 @@ func FindBusybox() (string, error) {
 	return path, nil
 }
 
+// layoutVersion names what build puts in the tree besides busybox; a new
+// one gives a new cached tree.
+const layoutVersion = 2
+
+// IndexPage is /index.html of the default rootfs: busybox httpd serves its
+// working directory, /, so `httpd -f -p 80` answers with a page.
+const IndexPage = "<!DOCTYPE html>\n<title>berth</title>\n<p>Hello from a berth container: busybox httpd serving /index.html of the default rootfs.</p>\n"
+
 // Busybox returns the directory of the default rootfs for the busybox
 // binary at busybox, building it under cacheDir when it does not exist.
 // The cache is keyed by the binary's content, so upgrading busybox gives
@@ -47,7 +55,7 @@ func Busybox(cacheDir, busybox string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(cacheDir, "busybox-"+sum[:16])
+	dir := filepath.Join(cacheDir, fmt.Sprintf("busybox-%s-v%d", sum[:16], layoutVersion))
 	if _, err := os.Stat(filepath.Join(dir, "bin", "busybox")); err == nil {
 		return dir, nil
 	}
@@ -108,6 +116,7 @@ func build(root, busybox string) error {
 		// runner writes the container's own copies at start; these are
 		// placeholders so the files exist in the read-only lower layer.
 		"etc/resolv.conf": "",
+		"index.html":      IndexPage,
 	}
 	for name, content := range files {
 		if err := os.WriteFile(filepath.Join(root, name), []byte(content), 0o644); err != nil {

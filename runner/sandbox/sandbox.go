@@ -14,8 +14,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/runner/pty"
 )
 
 // Spec is everything the first process needs; the runner passes it in
@@ -35,6 +38,12 @@ type Spec struct {
 	Args []string `json:"args"`
 	Env  []string `json:"env"`
 	Cwd  string   `json:"cwd,omitempty"`
+
+	// TTY gives the command a pseudo-terminal from the container's own
+	// devpts instance as stdin, stdout, stderr and controlling terminal;
+	// its master goes to the runner with the ready message (see SyncFD).
+	TTY  bool     `json:"tty,omitempty"`
+	Size pty.Size `json:"size,omitzero"` // the terminal's size to start with
 }
 
 // EnvSpec carries the JSON Spec from the runner to the first process.
@@ -44,6 +53,21 @@ const EnvSpec = "_BERTH_SANDBOX_SPEC"
 // could not exec the command. It is close-on-exec: the runner reading EOF
 // with no message knows the command is running.
 const ErrorFD = 3
+
+// SyncFD is the descriptor of a unix socket (SOCK_SEQPACKET) on which the
+// first process, once everything is set up, tells the runner it is ready
+// (passing the terminal's master with TTY) and then waits for the go-ahead
+// to exec the command. Between the two the runner applies what must hold
+// from the command's first instruction but would stop the first process
+// itself: a pids limit below the threads of the Go runtime. The socket is
+// close-on-exec.
+const SyncFD = 4
+
+// Handshake messages on SyncFD.
+const (
+	msgReady = 'r'
+	msgGo    = 'g'
+)
 
 // CommandError is a command that could not be executed.
 type CommandError struct {
@@ -124,6 +148,7 @@ func Run(s *Spec) error {
 	// only the calling thread: both must happen on the same one.
 	runtime.LockOSThread()
 	unix.CloseOnExec(ErrorFD)
+	unix.CloseOnExec(SyncFD)
 
 	// Rooting the cgroup namespace here (the runner placed this process
 	// in the container's cgroup before it ran) makes /proc/self/cgroup
@@ -156,9 +181,114 @@ func Run(s *Spec) error {
 	if err != nil {
 		return err
 	}
+	var master *os.File
+	if s.TTY {
+		if master, err = attachTerminal(s.Size); err != nil {
+			return err
+		}
+	}
+	if err := readyAndWait(master); err != nil {
+		return err
+	}
 	unix.Umask(0o022)
 	err = unix.Exec(path, s.Args, s.Env)
 	return &CommandError{Name: s.Args[0], Reason: err.Error(), NotFound: err == unix.ENOENT}
+}
+
+// attachTerminal allocates a pseudo-terminal from the container's devpts
+// (mounted by mountRootfs; /dev/ptmx links to pts/ptmx) and makes its
+// slave this process's stdin, stdout, stderr and controlling terminal.
+// The runner started this process as a session leader (setsid) without
+// one. It returns the master for the runner.
+func attachTerminal(size pty.Size) (*os.File, error) {
+	master, slave, err := pty.Open("/dev/ptmx", size)
+	if err != nil {
+		return nil, err
+	}
+	defer slave.Close()
+	for fd := 0; fd <= 2; fd++ {
+		if err := unix.Dup2(int(slave.Fd()), fd); err != nil {
+			master.Close()
+			return nil, fmt.Errorf("attaching the terminal: %w", err)
+		}
+	}
+	if err := unix.IoctlSetInt(0, unix.TIOCSCTTY, 0); err != nil {
+		master.Close()
+		return nil, fmt.Errorf("making the terminal the controlling terminal: %w", err)
+	}
+	return master, nil
+}
+
+// readyAndWait tells the runner on SyncFD that the command is about to be
+// exec'd, handing over the terminal's master if there is one, and waits
+// for the go-ahead.
+func readyAndWait(master *os.File) error {
+	var rights []byte
+	if master != nil {
+		rights = unix.UnixRights(int(master.Fd()))
+		defer master.Close()
+	}
+	if err := unix.Sendmsg(SyncFD, []byte{msgReady}, rights, nil, 0); err != nil {
+		return fmt.Errorf("telling the runner the container is ready: %w", err)
+	}
+	// A raw read: the Go runtime must not start a thread meanwhile, as the
+	// runner may now set a pids limit below the threads it has.
+	var buf [1]byte
+	for {
+		n, _, errno := unix.RawSyscall(unix.SYS_READ, SyncFD, uintptr(unsafe.Pointer(&buf[0])), 1)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 || n != 1 || buf[0] != msgGo {
+			return errors.New("the runner went away before the command started")
+		}
+		return nil
+	}
+}
+
+// AwaitReady is the runner's side of the handshake on SyncFD (conn is the
+// runner's end of the socket): it waits until the first process is ready
+// to exec the command and returns the terminal's master if it sent one.
+// ok is false when the first process ended (or failed) first; its
+// ErrorFD then says why.
+func AwaitReady(conn int) (terminal *os.File, ok bool, err error) {
+	buf := make([]byte, 1)
+	oob := make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(conn, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("waiting for the container to be ready: %w", err)
+		}
+		if n == 0 {
+			return nil, false, nil
+		}
+		if buf[0] != msgReady {
+			return nil, false, fmt.Errorf("waiting for the container to be ready: unexpected message %q", buf[:n])
+		}
+		if oobn > 0 {
+			msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+			if err != nil || len(msgs) != 1 {
+				return nil, false, fmt.Errorf("receiving the container's terminal: %v", err)
+			}
+			fds, err := unix.ParseUnixRights(&msgs[0])
+			if err != nil || len(fds) != 1 {
+				return nil, false, fmt.Errorf("receiving the container's terminal: %v", err)
+			}
+			terminal = os.NewFile(uintptr(fds[0]), "terminal")
+		}
+		return terminal, true, nil
+	}
+}
+
+// Proceed lets the first process exec the command.
+func Proceed(conn int) error {
+	if _, err := unix.Write(conn, []byte{msgGo}); err != nil {
+		return fmt.Errorf("starting the command: %w", err)
+	}
+	return nil
 }
 
 type mount struct {

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/test/testbed"
@@ -53,28 +54,36 @@ func TestSegments(t *testing.T) {
 }
 
 // reportsUnreachable checks that netd reports exactly the peers names as
-// not connectable, in its status (saying why) and its metrics.
+// not connectable, in its status (saying why) and its metrics. The status
+// is computed when asked, the metric by netd's last reconcile pass, which
+// may not have run yet since the last peer appeared: both get a moment.
 func reportsUnreachable(t *testing.T, d *testbed.Netd, names []string) {
 	t.Helper()
 	ctx := context.Background()
-	var st netd.Status
-	if err := d.Status(ctx, &st); err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, p := range st.Peers {
-		if p.Error != "" {
-			got = append(got, p.Name)
-			if !strings.Contains(p.Error, "not on this node's L2 segment") {
-				t.Errorf("%s about %s: %q does not say why", d.Node.Host, p.Name, p.Error)
+	err := eventually(10*time.Second, func() error {
+		var st netd.Status
+		if err := d.Status(ctx, &st); err != nil {
+			return err
+		}
+		var got []string
+		for _, p := range st.Peers {
+			if p.Error != "" {
+				got = append(got, p.Name)
+				if !strings.Contains(p.Error, "not on this node's L2 segment") {
+					return fmt.Errorf("about %s: %q does not say why", p.Name, p.Error)
+				}
 			}
 		}
-	}
-	if slices.Sort(got); !slices.Equal(got, names) {
-		t.Errorf("%s reports %v as unreachable, want %v", d.Node.Host, got, names)
-	}
-	m, err := d.Metrics(ctx)
-	if want := fmt.Sprintf(`berth_netd_peer_errors{network=%q} %d`, d.Opts.Network, len(names)); !strings.Contains(m, want) {
-		t.Errorf("%s: metrics lack %q (%v)", d.Node.Host, want, err)
+		if slices.Sort(got); !slices.Equal(got, names) {
+			return fmt.Errorf("reports %v as unreachable, want %v", got, names)
+		}
+		m, err := d.Metrics(ctx)
+		if want := fmt.Sprintf(`berth_netd_peer_errors{network=%q} %d`, d.Opts.Network, len(names)); !strings.Contains(m, want) {
+			return fmt.Errorf("metrics lack %q (%v)", want, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("%s: %v", d.Node.Host, err)
 	}
 }

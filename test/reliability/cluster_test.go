@@ -25,6 +25,7 @@ import (
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/netd/backend"
+	bcluster "github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/registry"
 	"github.com/berthnet/berth/test/testbed"
 )
@@ -210,7 +211,7 @@ func (c *cluster) converged(i int, peers ...int) *netd.Status {
 }
 
 // leases reads the network's leases straight from etcd.
-func (c *cluster) leases(cli *clientv3.Client) registry.Snapshot {
+func (c *cluster) leases(cli *clientv3.Client) bcluster.Snapshot {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -227,7 +228,7 @@ func (c *cluster) leases(cli *clientv3.Client) registry.Snapshot {
 func (c *cluster) checkLeases(cli *clientv3.Client, up []int) map[int]netip.Prefix {
 	c.t.Helper()
 	snap := c.leases(cli)
-	byName := map[string]registry.Lease{}
+	byName := map[string]bcluster.Lease{}
 	for _, l := range snap.Leases {
 		if other, dup := byName[l.NodeName]; dup {
 			c.t.Errorf("%s holds %s and %s", l.NodeName, other.Subnet, l.Subnet)
@@ -322,7 +323,7 @@ func readKernel(t *testing.T, n *testbed.Node) kernel {
 
 // wantKernel is what node self must have for the leases in etcd: per
 // other lease a route, an FDB entry and a neighbour, nothing else.
-func wantKernel(snap registry.Snapshot, self string) kernel {
+func wantKernel(snap bcluster.Snapshot, self string) kernel {
 	var k kernel
 	for _, l := range snap.Leases {
 		if l.NodeName == self {
@@ -331,8 +332,8 @@ func wantKernel(snap registry.Snapshot, self string) kernel {
 		}
 		gw := l.Subnet.Addr()
 		k.Routes = append(k.Routes, fmt.Sprintf("%s via %s dev %s onlink", l.Subnet, gw, vtepName))
-		k.FDB = append(k.FDB, l.VTEPMAC+" dst "+l.NodeIP.String())
-		k.Neighs = append(k.Neighs, gw.String()+" lladdr "+l.VTEPMAC)
+		k.FDB = append(k.FDB, l.VTEPMAC.String()+" dst "+l.NodeIP.String())
+		k.Neighs = append(k.Neighs, gw.String()+" lladdr "+l.VTEPMAC.String())
 	}
 	for _, s := range [][]string{k.Routes, k.FDB, k.Neighs, k.Addrs} {
 		slices.Sort(s)

@@ -11,7 +11,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/berthnet/berth/netd/registry"
+	bcluster "github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -64,7 +64,7 @@ func TestHostileLeases(t *testing.T) {
 	mac2 := macs["node2"]
 
 	evil := func(name string) string {
-		b, _ := json.Marshal(registry.Record{NodeName: name, NodeIP: netip.MustParseAddr("192.168.50.66"), Mode: "vxlan", VTEPMAC: "02:66:66:66:66:66", VNI: 1})
+		b, _ := json.Marshal(bcluster.Lease{NodeName: name, NodeIP: netip.MustParseAddr("192.168.50.66"), Mode: "vxlan", VTEPMAC: bcluster.MAC{2, 0x66, 0x66, 0x66, 0x66, 0x66}, VNI: 1})
 		return string(b)
 	}
 	key := func(subnet string) string {
@@ -151,7 +151,7 @@ func TestHostileLeases(t *testing.T) {
 		if err != nil || len(resp.Kvs) != 1 {
 			return fmt.Errorf("%v %v", resp, err)
 		}
-		var r registry.Record
+		var r bcluster.Lease
 		json.Unmarshal(resp.Kvs[0].Value, &r)
 		if r.NodeIP != tb.Node(1).IP || resp.Kvs[0].Lease == int64(clientv3.NoLease) {
 			return fmt.Errorf("key says %+v, lease %x", r, resp.Kvs[0].Lease)

@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// BIRDPeer is one BGP session BIRD opens.
+// BIRDPeer is one BGP session BIRD opens: over IPv4 carrying IPv4
+// routes, or over IPv6 (IP is an IPv6 address) carrying IPv6 routes.
 type BIRDPeer struct {
 	Name     string // protocol name, e.g. node1
 	IP       string
@@ -21,14 +22,15 @@ type BIRDPeer struct {
 type BIRDOptions struct {
 	ASN   uint32 // BIRD's own AS
 	Peers []BIRDPeer
-	// Hijack also offers every peer a default route and 198.51.100.0/24,
-	// as a misbehaving router would.
+	// Hijack also offers every peer a default route and 198.51.100.0/24
+	// (IPv6 peers ::/0 and 2001:db8:100::/48), as a misbehaving router
+	// would.
 	Hijack bool
 }
 
 // BIRD is BIRD 2 running in the router namespace: eBGP with the peers,
-// and what it learns installed in the router's kernel so that it routes
-// between the segments.
+// and what it learns (of both families) installed in the router's kernel
+// so that it routes between the segments.
 type BIRD struct {
 	Sock string // control socket, for birdc -s
 	proc *Process
@@ -44,19 +46,25 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 		return nil, fmt.Errorf("testbed: bird2 is not installed (apt-get install bird2): %w", err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; }\n", RouterIP1)
+	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; ipv6; }\n", RouterIP1)
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
+	b.WriteString("protocol kernel { ipv6 { import none; export where source = RTS_BGP; }; }\n")
 	export := "source = RTS_BGP"
 	if opts.Hijack {
 		b.WriteString("protocol static hijack { ipv4; route 0.0.0.0/0 blackhole; route 198.51.100.0/24 blackhole; }\n")
-		export += ` || proto = "hijack"`
+		b.WriteString("protocol static hijack6 { ipv6; route ::/0 blackhole; route 2001:db8:100::/48 blackhole; }\n")
+		export += ` || proto = "hijack" || proto = "hijack6"`
 	}
 	for _, p := range opts.Peers {
 		fmt.Fprintf(&b, "protocol bgp %s {\n  local as %d;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", p.Name, opts.ASN, p.IP, p.ASN)
 		if p.Password != "" {
 			fmt.Fprintf(&b, "  password %q;\n", p.Password)
 		}
-		fmt.Fprintf(&b, "  ipv4 { import all; export where %s; };\n}\n", export)
+		channel := "ipv4"
+		if strings.Contains(p.IP, ":") {
+			channel = "ipv6"
+		}
+		fmt.Fprintf(&b, "  %s { import all; export where %s; };\n}\n", channel, export)
 	}
 	dir := filepath.Join(tb.Dir, "bird")
 	if err := os.MkdirAll(dir, 0o755); err != nil {

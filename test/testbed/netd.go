@@ -138,6 +138,13 @@ func (d *Netd) Kill() error { return d.proc.Kill() }
 // Stop ends netd with SIGTERM (SIGKILL after 10s).
 func (d *Netd) Stop() error { return d.proc.Stop(10 * time.Second) }
 
+// Leave runs `netd leave` on the node with netd's flags (stop netd
+// first): the node gives up its lease and its datapath.
+func (d *Netd) Leave(ctx context.Context) (string, error) {
+	out, err := d.Node.Run(ctx, d.Bin, append([]string{"leave"}, d.Flags()...)...)
+	return string(out), err
+}
+
 // Lease waits up to 30s for a valid, unexpired lease file and returns it.
 func (d *Netd) Lease(ctx context.Context) (*lease.Node, error) {
 	var l *lease.Node

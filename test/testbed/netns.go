@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/internal/netnsdir"
 )
 
 // netnsDir is where `ip netns` keeps the bind mounts of named namespaces.
@@ -49,8 +51,10 @@ func newNetNS(tb *Testbed, name string) (*NetNS, error) {
 }
 
 // deleteNetNS unmounts and removes a named namespace; it is gone once the
-// last process inside it has exited.
+// last process inside it has exited. The directory the CNI plugins kept
+// for it (internal/netnsdir: locks, host port claims) goes first.
 func deleteNetNS(name string) error {
+	netnsdir.Remove(filepath.Join(netnsDir, name))
 	out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput()
 	if err != nil {
 		if _, statErr := os.Stat(filepath.Join(netnsDir, name)); os.IsNotExist(statErr) {

@@ -90,6 +90,7 @@ type Container struct {
 	*runner.Container
 	Node *Node
 	IP   netip.Addr // its first address on its CNI network
+	IPv6 netip.Addr // its first IPv6 address (zero without one)
 }
 
 // NetNSPath is the bind mount of the container's network namespace.
@@ -106,9 +107,16 @@ func (r *Runner) Inspect(ctx context.Context, name string) (*Container, error) {
 		return nil, fmt.Errorf("runner inspect %s on %s: %v: %s", name, r.Node.Host, err, out)
 	}
 	c := &Container{Container: recs[0], Node: r.Node}
-	if ips := c.IPs(); len(ips) > 0 {
-		if c.IP, err = netip.ParseAddr(ips[0]); err != nil {
-			return nil, fmt.Errorf("runner inspect %s on %s: address %q: %w", name, r.Node.Host, ips[0], err)
+	for i, s := range c.IPs() {
+		ip, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("runner inspect %s on %s: address %q: %w", name, r.Node.Host, s, err)
+		}
+		if i == 0 {
+			c.IP = ip
+		}
+		if ip.Is6() && !c.IPv6.IsValid() {
+			c.IPv6 = ip
 		}
 	}
 	return c, nil

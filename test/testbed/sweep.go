@@ -72,6 +72,45 @@ func Sweep() error {
 	return errors.Join(errs...)
 }
 
+// Leftovers lists the test beds whose process is gone but whose
+// namespaces, cgroups or directories are still there (what Sweep would
+// remove), by ID, sorted.
+func Leftovers() []string {
+	var ids []string
+	add := func(name string) {
+		if !stale(name) {
+			return
+		}
+		// <Prefix><pid>x<random>[-...]
+		id, _, _ := strings.Cut(strings.TrimPrefix(name, Prefix), "-")
+		if id = Prefix + id; !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	entries, _ := os.ReadDir(netnsDir)
+	for _, e := range entries {
+		add(e.Name())
+	}
+	if h, err := cgroups.Detect(); err == nil {
+		for _, root := range hierarchyRoots(h) {
+			entries, _ := os.ReadDir(root)
+			for _, e := range entries {
+				if e.IsDir() {
+					add(e.Name())
+				}
+			}
+		}
+	}
+	entries, _ = os.ReadDir(os.TempDir())
+	for _, e := range entries {
+		if e.IsDir() {
+			add(e.Name())
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
 // hierarchyRoots are the mount points of the cgroup hierarchies the
 // runner uses.
 func hierarchyRoots(h *cgroups.Hierarchy) []string {

@@ -1,11 +1,17 @@
 // Package testbed builds a cluster of berth nodes on one machine, inside
 // network namespaces it creates, and tears it down again:
 //
-//	underlay netns:  bridge br0 = segment 192.168.50.0/24 (address .250, etcd lives here)
-//	                 bridge br1 = segment 192.168.60.0/24 (only with a router)
-//	router netns:    192.168.50.254 on br0, 192.168.60.254 on br1, forwarding on
-//	node<N> netns:   eth0 = 192.168.50.N/24 (or 192.168.60.N/24), a veth into its
-//	                 segment's bridge, default route via the router (or the underlay)
+//	underlay netns:  bridge br0 = segment 192.168.50.0/24 and fd00:50::/64
+//	                 (address .250 and ::250, etcd lives here)
+//	                 bridge br1 = segment 192.168.60.0/24 and fd00:60::/64 (only with a router)
+//	router netns:    192.168.50.254 and fd00:50::254 on br0, 192.168.60.254 and
+//	                 fd00:60::254 on br1, forwarding on for both families
+//	node<N> netns:   eth0 = 192.168.50.N/24 and fd00:50::N/64 (or on segment 2),
+//	                 a veth into its segment's bridge, default routes via the
+//	                 router (or the underlay)
+//
+// The IPv6 address of an underlay host is its IPv4 one's last number
+// written after the segment's prefix: 192.168.60.3 is fd00:60::3 (IPv6Of).
 //
 // Each node has its own directories (lease, CNI conf, IPAM data, state) so
 // that several netd and CNI plugins run side by side. Processes (etcd,
@@ -35,6 +41,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/testenv"
 )
@@ -51,7 +58,23 @@ var (
 	// RouterIP1 and RouterIP2 are the router's addresses on the segments.
 	RouterIP1 = netip.MustParseAddr("192.168.50.254")
 	RouterIP2 = netip.MustParseAddr("192.168.60.254")
+
+	// The same for IPv6.
+	Segment1V6 = netip.MustParsePrefix("fd00:50::/64")
+	Segment2V6 = netip.MustParsePrefix("fd00:60::/64")
 )
+
+// IPv6Of is the IPv6 address of the underlay host whose IPv4 address is
+// ip: fd00:<third number>::<fourth number>, the numbers written as they
+// read in decimal (192.168.50.12 is fd00:50::12). The zero Addr for an
+// address off the underlay.
+func IPv6Of(ip netip.Addr) netip.Addr {
+	if !Segment1.Contains(ip) && !Segment2.Contains(ip) {
+		return netip.Addr{}
+	}
+	b := ip.As4()
+	return netip.MustParseAddr(fmt.Sprintf("fd00:%d::%d", b[2], b[3]))
+}
 
 // Options shape the test bed.
 type Options struct {
@@ -90,6 +113,7 @@ type Node struct {
 	Host    string       // node1, node2, ...: use as the node name
 	IP      netip.Addr   // eth0's address
 	Prefix  netip.Prefix // eth0's address with its segment length
+	IPv6    netip.Addr   // eth0's IPv6 address (IPv6Of(IP)), on a /64
 	Iface   string       // "eth0"
 	Segment int          // 1 or 2
 	Gateway netip.Addr   // default route
@@ -265,11 +289,17 @@ func (tb *Testbed) buildUnderlay(router bool) error {
 			if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
 				return fmt.Errorf("creating bridge %s: %w", br, err)
 			}
+			if err := noDAD(br); err != nil {
+				return err
+			}
 			if err := linkUp(br); err != nil {
 				return err
 			}
 		}
-		return addAddr(bridge1, netip.PrefixFrom(UnderlayIP, Segment1.Bits()))
+		if err := addAddr(bridge1, netip.PrefixFrom(UnderlayIP, Segment1.Bits())); err != nil {
+			return err
+		}
+		return addAddr(bridge1, netip.PrefixFrom(IPv6Of(UnderlayIP), Segment1V6.Bits()))
 	})
 	if err != nil {
 		return fmt.Errorf("testbed: underlay: %w", err)
@@ -294,13 +324,21 @@ func (tb *Testbed) buildUnderlay(router bool) error {
 	}
 	err = tb.Router.Do(func() error {
 		// /proc/sys/net shows the namespace of the thread that opens it.
-		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644)
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		return os.WriteFile("/proc/sys/net/ipv6/conf/all/forwarding", []byte("1"), 0o644)
 	})
 	if err != nil {
 		return fmt.Errorf("testbed: router: enabling forwarding: %w", err)
 	}
 	// etcd on the underlay answers nodes on segment 2 through the router.
-	err = tb.Underlay.Do(func() error { return addRoute(Segment2, RouterIP1) })
+	err = tb.Underlay.Do(func() error {
+		if err := addRoute(Segment2, RouterIP1); err != nil {
+			return err
+		}
+		return addRoute(Segment2V6, IPv6Of(RouterIP1))
+	})
 	if err != nil {
 		return fmt.Errorf("testbed: underlay: route to segment 2: %w", err)
 	}
@@ -323,11 +361,17 @@ func (tb *Testbed) addNode(i, seg int) error {
 	}
 	node.IP = nthAddr(subnet, i)
 	node.Prefix = netip.PrefixFrom(node.IP, subnet.Bits())
+	node.IPv6 = IPv6Of(node.IP)
 	node.Gateway = gw
 	if err := tb.plug(n, node.Iface, "n"+fmt.Sprint(i), bridge, node.Prefix); err != nil {
 		return fmt.Errorf("testbed: %s: %w", host, err)
 	}
-	if err := n.Do(func() error { return addRoute(netip.Prefix{}, gw) }); err != nil {
+	if err := n.Do(func() error {
+		if err := addRoute(netip.Prefix{}, gw); err != nil {
+			return err
+		}
+		return addRoute(netip.PrefixFrom(netip.IPv6Unspecified(), 0), IPv6Of(gw))
+	}); err != nil {
 		return fmt.Errorf("testbed: %s: default route: %w", host, err)
 	}
 	node.Dir = filepath.Join(tb.Dir, host)
@@ -345,9 +389,9 @@ func (tb *Testbed) addNode(i, seg int) error {
 }
 
 // AddHost adds a machine on the underlay that is not a node, e.g. a
-// server outside the cluster: a namespace named role with eth0 = ip on
-// the segment holding ip, its default route via the router when there is
-// one. It has no route to the cluster network, so it sees cluster traffic
+// server outside the cluster: a namespace named role with eth0 = ip (and
+// IPv6Of(ip)) on the segment holding ip, its default routes via the
+// router when there is one. It has no route to the cluster network, so it sees cluster traffic
 // only as masqueraded to a node's address.
 func (tb *Testbed) AddHost(role string, ip netip.Addr) (*NetNS, error) {
 	seg, bridge := Segment1, bridge1
@@ -370,7 +414,12 @@ func (tb *Testbed) AddHost(role string, ip netip.Addr) (*NetNS, error) {
 		if seg == Segment2 {
 			gw = RouterIP2
 		}
-		if err := n.Do(func() error { return addRoute(netip.Prefix{}, gw) }); err != nil {
+		if err := n.Do(func() error {
+			if err := addRoute(netip.Prefix{}, gw); err != nil {
+				return err
+			}
+			return addRoute(netip.PrefixFrom(netip.IPv6Unspecified(), 0), IPv6Of(gw))
+		}); err != nil {
 			return nil, fmt.Errorf("testbed: host %s: default route: %w", role, err)
 		}
 	}
@@ -381,9 +430,10 @@ func (tb *Testbed) AddHost(role string, ip netip.Addr) (*NetNS, error) {
 func (tb *Testbed) Node(i int) *Node { return tb.Nodes[i-1] }
 
 // plug connects namespace n to an underlay bridge: a veth named iface in
-// n with address addr, its peer port enslaved to bridge. The veth is made
-// inside n with its peer created directly in the underlay, so it never
-// appears in the machine's own namespace.
+// n with address addr (and its IPv6 twin, IPv6Of, on a /64), its peer
+// port enslaved to bridge. The veth is made inside n with its peer
+// created directly in the underlay, so it never appears in the machine's
+// own namespace.
 func (tb *Testbed) plug(n *NetNS, iface, port, bridge string, addr netip.Prefix) error {
 	err := n.Do(func() error {
 		la := netlink.NewLinkAttrs()
@@ -393,6 +443,12 @@ func (tb *Testbed) plug(n *NetNS, iface, port, bridge string, addr netip.Prefix)
 			return fmt.Errorf("creating veth %s: %w", iface, err)
 		}
 		if err := addAddr(iface, addr); err != nil {
+			return err
+		}
+		if err := addAddr(iface, netip.PrefixFrom(IPv6Of(addr.Addr()), 64)); err != nil {
+			return err
+		}
+		if err := noDAD(iface); err != nil {
 			return err
 		}
 		return linkUp(iface)
@@ -416,6 +472,18 @@ func (tb *Testbed) plug(n *NetNS, iface, port, bridge string, addr netip.Prefix)
 	})
 }
 
+// noDAD turns duplicate address detection off on link name, before it
+// comes up: its IPv6 link-local address would otherwise stay tentative
+// for a second or two, and a router cannot resolve neighbours meanwhile.
+// The test bed's addresses are unique by construction. Run it inside the
+// link's namespace (/proc/sys/net shows the calling thread's).
+func noDAD(name string) error {
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/accept_dad", []byte("0"), 0o644); err != nil {
+		return fmt.Errorf("turning DAD off on %s: %w", name, err)
+	}
+	return nil
+}
+
 func linkUp(name string) error {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
@@ -436,18 +504,21 @@ func addAddr(name string, p netip.Prefix) error {
 	if err != nil {
 		return err
 	}
+	if p.Addr().Is6() {
+		a.Flags = unix.IFA_F_NODAD // usable at once: the test bed's addresses are unique
+	}
 	if err := netlink.AddrAdd(l, a); err != nil {
 		return fmt.Errorf("adding %s to %s: %w", p, name, err)
 	}
 	return nil
 }
 
-// addRoute adds a route to dst (the default route when dst is the zero
-// prefix) via gw.
+// addRoute adds a route to dst (the IPv4 default route when dst is the
+// zero prefix) via gw.
 func addRoute(dst netip.Prefix, gw netip.Addr) error {
 	r := &netlink.Route{Gw: gw.AsSlice()}
 	if dst.IsValid() {
-		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}
+		r.Dst = &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}
 	}
 	if err := netlink.RouteAdd(r); err != nil {
 		return fmt.Errorf("adding route to %v via %s: %w", dst, gw, err)

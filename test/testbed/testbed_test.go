@@ -42,6 +42,11 @@ func TestTestbed(t *testing.T) {
 		{n1.NetNS, n3.IP.String()},             // across the router
 		{n3.NetNS, UnderlayIP.String()},        // where etcd listens
 		{tb.Node(2).NetNS, RouterIP1.String()}, // the router itself
+		// The same over the IPv6 underlay.
+		{n1.NetNS, tb.Node(2).IPv6.String()},
+		{n1.NetNS, "fd00:60::3"},
+		{n3.NetNS, IPv6Of(UnderlayIP).String()},
+		{tb.Node(2).NetNS, "fd00:50::254"},
 	} {
 		if _, err := tc.from.Run(ctx, "ping", "-c", "1", "-W", "2", tc.to); err != nil {
 			t.Error(err)

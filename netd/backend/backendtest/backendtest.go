@@ -8,6 +8,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/testenv"
@@ -15,8 +16,9 @@ import (
 )
 
 // Node creates a namespace whose eth0 (one end of a veth pair, MTU 1500)
-// has 192.168.50.1/24 and a default route via 192.168.50.254, and returns
-// it with the backend.Node for network n. Use it inside ns.Do.
+// has 192.168.50.1/24 and fd00:50::1/64 with default routes via
+// 192.168.50.254 and fd00:50::254, and returns it with the backend.Node
+// for network n. Use it inside ns.Do.
 func Node(t *testing.T, n conf.Network) (ns.NetNS, backend.Node) {
 	t.Helper()
 	netns := testenv.NewNS(t)
@@ -44,11 +46,18 @@ func Node(t *testing.T, n conf.Network) (ns.NetNS, backend.Node) {
 		if err := netlink.AddrAdd(link, addr); err != nil {
 			return err
 		}
-		if err := netlink.RouteAdd(&netlink.Route{Gw: netip.MustParseAddr("192.168.50.254").AsSlice(), LinkIndex: link.Attrs().Index}); err != nil {
+		addr6, _ := netlink.ParseAddr("fd00:50::1/64")
+		addr6.Flags = unix.IFA_F_NODAD // usable at once
+		if err := netlink.AddrAdd(link, addr6); err != nil {
 			return err
 		}
+		for _, gw := range []string{"192.168.50.254", "fd00:50::254"} {
+			if err := netlink.RouteAdd(&netlink.Route{Gw: netip.MustParseAddr(gw).AsSlice(), LinkIndex: link.Attrs().Index}); err != nil {
+				return err
+			}
+		}
 		n := n.WithDefaults()
-		node = backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), Link: link, Network: &n}
+		node = backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), IPv6: netip.MustParseAddr("fd00:50::1"), Link: link, Network: &n}
 		return nil
 	})
 	if err != nil {

@@ -10,6 +10,21 @@
 //
 // With directRouting a peer on the same L2 segment gets a host-gw route
 // (<peer subnet> via <peer node IP> dev <underlay>) instead.
+//
+// IPv6: a node has one VTEP, and it carries the containers of both
+// families (VXLAN carries Ethernet frames, whatever is inside them): a
+// dual-stack network's IPv6 subnets get the same neighbour and route as
+// the IPv4 ones (<peer subnet>:: as the next hop, <own subnet>::/128 on
+// the VTEP). The VTEP runs over the IPv4 underlay, or over the IPv6
+// underlay when the node's first address is IPv6 (an IPv6-only
+// underlay, or --node-ip with the IPv6 address first); it is then
+// berth6.<vni> (local <node IPv6>, MTU = underlay MTU - 70: the outer
+// IPv6 header is 20 bytes longer) and its MAC goes into the lease as
+// vtepMACv6. The kernel takes FDB entries of one family per VTEP, so
+// every node of a network must use the same underlay family; a peer
+// using the other one is reported. flannel instead runs a second VTEP
+// for IPv6 containers over the IPv6 underlay, which needs an IPv6
+// underlay for IPv6 containers and keeps two sets of state per peer.
 package vxlan
 
 import (
@@ -26,6 +41,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // Backend is the vxlan backend.
@@ -35,37 +51,62 @@ type Backend struct {
 
 type network struct {
 	node   backend.Node
-	name   string // VTEP name
-	mac    net.HardwareAddr
+	v6     bool       // the VTEP runs over the IPv6 underlay
+	local  netip.Addr // the node address it sends from
+	name   string     // VTEP name
+	other  string     // the VTEP name over the other underlay family, removed if found
+	mac    cluster.MAC
 	mtu    int // VTEP MTU
 	podMTU int
 	log    *slog.Logger
 	vtep   atomic.Int32 // VTEP link index, updated by Ensure
 }
 
-// VTEPName is the VTEP of a VNI.
+// VTEPName is the VTEP of a VNI over an IPv4 underlay.
 func VTEPName(vni int) string { return fmt.Sprintf("berth.%d", vni) }
+
+// VTEPNameV6 is the VTEP of a VNI over an IPv6 underlay.
+func VTEPNameV6(vni int) string { return fmt.Sprintf("berth6.%d", vni) }
 
 // Register creates the VTEP or keeps a matching existing one.
 func (b *Backend) Register(ctx context.Context, node backend.Node) (backend.Network, error) {
 	n := node.Network
+	v6 := node.PreferIPv6 || !node.IP.IsValid()
+	local := node.Addr(v6)
+	if !local.IsValid() {
+		return nil, fmt.Errorf("network %s: the node has no underlay address for VXLAN; give --node-ip", n.Name)
+	}
 	underMTU := node.Link.Attrs().MTU
-	vtepMTU := underMTU - conf.VXLANOverhead
+	overhead, family := conf.VXLANOverhead, "IPv4"
+	if v6 {
+		overhead, family = conf.VXLANOverheadV6, "IPv6"
+	}
+	vtepMTU := underMTU - overhead
 	podMTU := vtepMTU
 	if n.MTU != 0 {
 		if n.MTU > vtepMTU {
-			return nil, fmt.Errorf("network %s: mtu %d does not fit in VXLAN over %s (MTU %d): at most %d",
-				n.Name, n.MTU, node.Link.Attrs().Name, underMTU, vtepMTU)
+			return nil, fmt.Errorf("network %s: mtu %d does not fit in VXLAN over %s %s (MTU %d): at most %d",
+				n.Name, n.MTU, family, node.Link.Attrs().Name, underMTU, vtepMTU)
 		}
 		podMTU = n.MTU
 	}
+	if n.CIDRv6.IsValid() && podMTU < conf.MinMTUv6 {
+		return nil, fmt.Errorf("network %s: container MTU %d (VXLAN over %s %s, MTU %d) is below IPv6's minimum of %d; raise the underlay's MTU",
+			n.Name, podMTU, family, node.Link.Attrs().Name, underMTU, conf.MinMTUv6)
+	}
 	nw := &network{
 		node:   node,
+		v6:     v6,
+		local:  local,
 		name:   VTEPName(n.VNI),
+		other:  VTEPNameV6(n.VNI),
 		mac:    stableMAC(node.Name, n.VNI),
 		mtu:    vtepMTU,
 		podMTU: podMTU,
 		log:    b.Log,
+	}
+	if v6 {
+		nw.name, nw.other = nw.other, nw.name
 	}
 	if nw.log == nil {
 		nw.log = slog.Default()
@@ -79,28 +120,41 @@ func (b *Backend) Register(ctx context.Context, node backend.Node) (backend.Netw
 // stableMAC derives the VTEP's MAC from the node name and VNI, so that a
 // VTEP re-created after a reboot or by hand keeps it and the peers'
 // neighbour and FDB entries stay valid.
-func stableMAC(node string, vni int) net.HardwareAddr {
+func stableMAC(node string, vni int) cluster.MAC {
 	sum := sha256.Sum256(fmt.Appendf(nil, "berth-vtep/%s/%d", node, vni))
-	mac := net.HardwareAddr(sum[:6])
+	mac := cluster.MAC(sum[:6])
 	mac[0] = mac[0]&^0x01 | 0x02 // unicast, locally administered
 	return mac
 }
 
-func (nw *network) Attrs() backend.Attrs {
-	return backend.Attrs{VTEPMAC: nw.mac, VNI: nw.node.Network.VNI}
+func (nw *network) Publish(self *cluster.Lease) {
+	if nw.v6 {
+		self.VTEPMACv6 = nw.mac
+	} else {
+		self.VTEPMAC = nw.mac
+	}
+	self.VNI = nw.node.Network.VNI
 }
 
 func (nw *network) MTU() int { return nw.podMTU }
 
 // Ensure creates the VTEP if missing, re-creates it if its VXLAN settings
 // differ (VNI, local address, port or underlay device can only be set at
-// creation), and fixes MTU, MAC and up state in place.
+// creation), and fixes MTU, MAC and up state in place. A VTEP of the
+// network over the other underlay family (the node's first address
+// changed family) is removed.
 func (nw *network) Ensure(ctx context.Context) error {
+	if old, err := netlink.LinkByName(nw.other); err == nil {
+		nw.log.Warn("removing the VTEP over the other underlay family", "vtep", nw.other, "now", nw.name)
+		if err := netlink.LinkDel(old); err != nil {
+			return fmt.Errorf("deleting VTEP %s: %w", nw.other, err)
+		}
+	}
 	want := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: nw.name, MTU: nw.mtu, HardwareAddr: nw.mac},
+		LinkAttrs:    netlink.LinkAttrs{Name: nw.name, MTU: nw.mtu, HardwareAddr: nw.mac.HardwareAddr()},
 		VxlanId:      nw.node.Network.VNI,
 		VtepDevIndex: nw.node.Link.Attrs().Index,
-		SrcAddr:      nw.node.IP.AsSlice(),
+		SrcAddr:      nw.local.AsSlice(),
 		Port:         nw.node.Network.Port,
 		Learning:     false,
 	}
@@ -130,7 +184,7 @@ func (nw *network) Ensure(ctx context.Context) error {
 		}
 	}
 	if a.HardwareAddr.String() != nw.mac.String() {
-		if err := netlink.LinkSetHardwareAddr(link, nw.mac); err != nil {
+		if err := netlink.LinkSetHardwareAddr(link, nw.mac.HardwareAddr()); err != nil {
 			return fmt.Errorf("setting MAC %s on %s: %w", nw.mac, nw.name, err)
 		}
 	}
@@ -147,7 +201,7 @@ func (nw *network) Ensure(ctx context.Context) error {
 func (nw *network) create(want *netlink.Vxlan) (netlink.Link, error) {
 	if err := netlink.LinkAdd(want); err != nil {
 		return nil, fmt.Errorf("creating VTEP %s (vni %d, local %s, dev %s, port %d): %w",
-			nw.name, want.VxlanId, nw.node.IP, nw.node.Link.Attrs().Name, want.Port, err)
+			nw.name, want.VxlanId, nw.local, nw.node.Link.Attrs().Name, want.Port, err)
 	}
 	nw.log.Info("created VTEP", "vtep", nw.name, "vni", want.VxlanId, "mac", nw.mac.String(), "mtu", nw.mtu)
 	link, err := netlink.LinkByName(nw.name)
@@ -178,53 +232,83 @@ func mismatch(link netlink.Link, want *netlink.Vxlan) string {
 }
 
 func (nw *network) Owned() backend.Owned {
-	return backend.Owned{CIDR: nw.node.Network.CIDR, Links: []int{int(nw.vtep.Load())}}
+	return backend.Owned{CIDRs: nw.node.Network.CIDRs(), Links: []int{int(nw.vtep.Load())}}
 }
 
-func (nw *network) Desired(self netip.Prefix, peers []backend.Peer) (backend.State, []backend.Problem) {
+func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
 	var s backend.State
 	var problems []backend.Problem
 	vtep := int(nw.vtep.Load())
-	if self.IsValid() {
-		s.Addrs = append(s.Addrs, netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(self.Masked().Addr(), 32)), LinkIndex: vtep})
+	for _, self := range in.Self.Subnets() {
+		a := self.Masked().Addr()
+		s.Addrs = append(s.Addrs, netlink.Addr{IPNet: backend.IPNet(netip.PrefixFrom(a, a.BitLen())), LinkIndex: vtep})
 	}
-	for _, p := range peers {
-		if nw.node.Network.Direct() {
-			direct, _, err := backend.Underlay(nw.node, p.IP)
-			if err != nil {
-				problems = append(problems, backend.Problem{Peer: p.Name, Err: err})
-				continue
-			}
-			if direct {
-				s.Routes = append(s.Routes, netlink.Route{
-					Dst: backend.IPNet(p.Subnet), Gw: p.IP.AsSlice(), LinkIndex: nw.node.Link.Attrs().Index,
-				})
-				continue
-			}
+	for _, p := range in.Peers {
+		if err := nw.connect(p, in.Underlay, vtep, &s); err != nil {
+			problems = append(problems, backend.Problem{Peer: p.NodeName, Err: err})
 		}
-		if len(p.VTEPMAC) != 6 {
-			problems = append(problems, backend.Problem{Peer: p.Name, Err: fmt.Errorf("its lease has no VTEP MAC (is it running netd in vxlan mode?)")})
-			continue
-		}
-		gw := p.Subnet.Masked().Addr()
-		s.Neighs = append(s.Neighs, netlink.Neigh{LinkIndex: vtep, IP: gw.AsSlice(), HardwareAddr: p.VTEPMAC})
-		s.FDB = append(s.FDB, netlink.Neigh{LinkIndex: vtep, IP: p.IP.AsSlice(), HardwareAddr: p.VTEPMAC})
-		s.Routes = append(s.Routes, netlink.Route{
-			Dst: backend.IPNet(p.Subnet), Gw: gw.AsSlice(), LinkIndex: vtep, Flags: int(netlink.FLAG_ONLINK),
-		})
 	}
 	return s, problems
 }
 
-// Teardown deletes the VTEP, which takes its neighbours, FDB entries and
-// routes with it, and the direct routes.
-func (b *Backend) Teardown(ctx context.Context, node backend.Node) error {
-	var errs []error
-	name := VTEPName(node.Network.VNI)
-	if link, err := netlink.LinkByName(name); err == nil {
-		if err := netlink.LinkDel(link); err != nil {
-			errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", name, err))
+// connect adds to s what reaches peer p's subnets: a host-gw route for
+// a subnet whose family's node address is on this node's segment (with
+// directRouting), the VTEP's neighbour and route for the others, and
+// the FDB entry that sends their frames to p.
+func (nw *network) connect(p cluster.Lease, underlay func(netip.Addr) (backend.Path, error), vtep int, s *backend.State) error {
+	var overlay []netip.Prefix
+	var direct []netlink.Route
+	for _, subnet := range p.Subnets() {
+		if ip := p.NodeAddr(subnet.Addr().Is6()); nw.node.Network.Direct() && ip.IsValid() {
+			path, err := underlay(ip)
+			if err != nil {
+				return err
+			}
+			if path.Direct {
+				direct = append(direct, netlink.Route{Dst: backend.IPNet(subnet), Gw: ip.AsSlice(), LinkIndex: nw.node.Link.Attrs().Index})
+				continue
+			}
+		}
+		overlay = append(overlay, subnet)
+	}
+	if len(overlay) > 0 {
+		mac, dst := p.VTEPMAC, p.NodeIP
+		ours, theirs := "IPv4", "IPv6"
+		if nw.v6 {
+			mac, dst = p.VTEPMACv6, p.NodeIPv6
+			ours, theirs = theirs, ours
+		}
+		switch {
+		case mac.IsZero() && !p.VTEPMAC.IsZero() || mac.IsZero() && !p.VTEPMACv6.IsZero():
+			return fmt.Errorf("its VTEP runs over the %s underlay, this node's over %s: every node of the network must list the same address family first in --node-ip (or have the same underlay)", theirs, ours)
+		case mac.IsZero():
+			return fmt.Errorf("its lease has no VTEP MAC (is it running netd in vxlan mode?)")
+		case !dst.IsValid():
+			return fmt.Errorf("its lease has no %s node address for this node's VTEP to send to", ours)
+		}
+		s.FDB = append(s.FDB, netlink.Neigh{LinkIndex: vtep, IP: dst.AsSlice(), HardwareAddr: mac.HardwareAddr()})
+		for _, subnet := range overlay {
+			gw := subnet.Masked().Addr()
+			s.Neighs = append(s.Neighs, netlink.Neigh{LinkIndex: vtep, IP: gw.AsSlice(), HardwareAddr: mac.HardwareAddr()})
+			s.Routes = append(s.Routes, netlink.Route{
+				Dst: backend.IPNet(subnet), Gw: gw.AsSlice(), LinkIndex: vtep, Flags: int(netlink.FLAG_ONLINK),
+			})
 		}
 	}
-	return errors.Join(append(errs, backend.RemoveRoutes(node.Network.CIDR))...)
+	s.Routes = append(s.Routes, direct...)
+	return nil
+}
+
+// Teardown deletes the VTEP (over either underlay family), which takes
+// its neighbours, FDB entries and routes with it, and the direct routes.
+func (b *Backend) Teardown(ctx context.Context, node backend.Node) error {
+	var errs []error
+	for _, name := range []string{VTEPName(node.Network.VNI), VTEPNameV6(node.Network.VNI)} {
+		if link, err := netlink.LinkByName(name); err == nil {
+			if err := netlink.LinkDel(link); err != nil {
+				errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", name, err))
+			}
+		}
+	}
+	return errors.Join(append(errs, backend.RemoveRoutes(node.Network.CIDRs()))...)
 }

@@ -2,8 +2,10 @@ package vxlan
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/backendtest"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // The VTEP has the settings flannel users expect, survives a second
@@ -32,11 +35,13 @@ func TestRegister(t *testing.T) {
 		}
 		v := l.(*netlink.Vxlan)
 		if v.VxlanId != 7 || v.Port != 4789 || v.Learning || v.MTU != 1450 || !v.SrcAddr.Equal(net.ParseIP("192.168.50.1")) ||
-			v.VtepDevIndex != node.Link.Attrs().Index || v.Flags&net.FlagUp == 0 || v.HardwareAddr.String() != nw.Attrs().VTEPMAC.String() {
+			v.VtepDevIndex != node.Link.Attrs().Index || v.Flags&net.FlagUp == 0 || v.HardwareAddr.String() != stableMAC("node1", 7).String() {
 			t.Errorf("VTEP %+v", v)
 		}
-		if nw.MTU() != 1450 || nw.Attrs().VNI != 7 {
-			t.Errorf("MTU %d, attrs %+v", nw.MTU(), nw.Attrs())
+		var published cluster.Lease
+		nw.Publish(&published)
+		if nw.MTU() != 1450 || published.VNI != 7 || published.VTEPMAC != stableMAC("node1", 7) {
+			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
 		}
 
 		if _, err := (&Backend{}).Register(ctx, node); err != nil {
@@ -67,10 +72,78 @@ func TestRegister(t *testing.T) {
 	}
 }
 
-// Desired: per peer a neighbour, an FDB entry and an onlink route; with
-// directRouting a plain route for a peer on the segment. Applying it and
-// diffing again finds nothing.
+// underlay answers as a node on 192.168.50.0/24 with a router at .254.
+func underlay(ip netip.Addr) (backend.Path, error) {
+	if netip.MustParsePrefix("192.168.50.0/24").Contains(ip) {
+		return backend.Path{LinkIndex: 2, Dev: "eth0", Direct: true}, nil
+	}
+	return backend.Path{LinkIndex: 2, Dev: "eth0", Gateway: netip.MustParseAddr("192.168.50.254")}, nil
+}
+
+func peer(name, ip, subnet, mac string) cluster.Lease {
+	l := cluster.Lease{NodeName: name, NodeIP: netip.MustParseAddr(ip), Subnet: netip.MustParsePrefix(subnet), Mode: "vxlan", VNI: 1}
+	if mac != "" {
+		l.VTEPMAC, _ = cluster.ParseMAC(mac)
+	}
+	return l
+}
+
+// Desired, without a namespace: the VTEP's address, and per peer a
+// neighbour, an FDB entry and an onlink route; with directRouting a plain
+// route for a peer on the segment; a peer without a VTEP MAC is a
+// problem.
 func TestDesired(t *testing.T) {
+	for _, direct := range []bool{false, true} {
+		n := conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), DirectRouting: &direct}.WithDefaults()
+		nw := &network{node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"),
+			Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: &n}}
+		nw.vtep.Store(5)
+		s, problems := nw.Desired(backend.Input{
+			Self: peer("node1", "192.168.50.1", "10.244.1.0/24", "02:00:00:00:00:01"),
+			Peers: []cluster.Lease{
+				peer("near", "192.168.50.2", "10.244.2.0/24", "02:00:00:00:00:02"),
+				peer("far", "192.168.60.3", "10.244.3.0/24", "02:00:00:00:00:03"),
+				peer("broken", "192.168.60.4", "10.244.4.0/24", ""),
+			},
+			Underlay: underlay,
+		})
+		got := describe(s)
+		want := "address 10.244.1.0/32 dev 5; neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; " +
+			"fdb 02:00:00:00:00:02 192.168.50.2 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
+		if direct {
+			want = "address 10.244.1.0/32 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+				"route 10.244.2.0/24 via 192.168.50.2 dev 2; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
+		}
+		if got != want {
+			t.Errorf("direct routing %v:\n got %s\nwant %s", direct, got, want)
+		}
+		if len(problems) != 1 || problems[0].Peer != "broken" || !strings.Contains(problems[0].Err.Error(), "no VTEP MAC") {
+			t.Errorf("direct routing %v: problems %v", direct, problems)
+		}
+	}
+}
+
+func describe(s backend.State) string {
+	var out []string
+	for _, a := range s.Addrs {
+		out = append(out, fmt.Sprintf("address %s dev %d", a.IPNet, a.LinkIndex))
+	}
+	for _, n := range s.Neighs {
+		out = append(out, fmt.Sprintf("neighbour %s %s dev %d", n.IP, n.HardwareAddr, n.LinkIndex))
+	}
+	for _, n := range s.FDB {
+		out = append(out, fmt.Sprintf("fdb %s %s dev %d", n.HardwareAddr, n.IP, n.LinkIndex))
+	}
+	for _, r := range s.Routes {
+		out = append(out, "route "+backend.DescribeRoute(&r, strconv.Itoa))
+	}
+	return strings.Join(out, "; ")
+}
+
+// In a namespace: what Desired wants can be applied, and a second pass
+// over the kernel finds nothing to do.
+func TestApply(t *testing.T) {
 	yes := true
 	netns, node := backendtest.Node(t, conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), DirectRouting: &yes})
 	err := netns.Do(func(ns.NetNS) error {
@@ -78,36 +151,30 @@ func TestDesired(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		mac, _ := net.ParseMAC("02:00:00:00:00:03")
-		peers := []backend.Peer{
-			{Name: "near", IP: netip.MustParseAddr("192.168.50.2"), Subnet: netip.MustParsePrefix("10.244.2.0/24")},
-			{Name: "far", IP: netip.MustParseAddr("192.168.60.3"), Subnet: netip.MustParsePrefix("10.244.3.0/24"), VTEPMAC: mac},
-			{Name: "broken", IP: netip.MustParseAddr("192.168.60.4"), Subnet: netip.MustParsePrefix("10.244.4.0/24")},
+		in := backend.Input{
+			Self: peer("node1", "192.168.50.1", "10.244.1.0/24", ""),
+			Peers: []cluster.Lease{
+				peer("near", "192.168.50.2", "10.244.2.0/24", "02:00:00:00:00:02"),
+				peer("far", "192.168.60.3", "10.244.3.0/24", "02:00:00:00:00:03"),
+			},
+			Underlay: backend.NewUnderlay(node).Path,
 		}
-		s, problems := nw.Desired(netip.MustParsePrefix("10.244.1.0/24"), peers)
-		if len(problems) != 1 || problems[0].Peer != "broken" {
-			t.Errorf("problems %v", problems)
+		want, problems := nw.Desired(in)
+		if len(problems) != 0 || len(want.Routes) != 2 || want.Routes[0].LinkIndex != node.Link.Attrs().Index {
+			t.Errorf("want %+v, problems %v", want, problems)
 		}
-		var routes []string
-		for _, r := range s.Routes {
-			routes = append(routes, backend.Describe(&r))
-		}
-		if got := strings.Join(routes, "; "); got != "10.244.2.0/24 via 192.168.50.2 dev eth0; 10.244.3.0/24 via 10.244.3.0 dev berth.1 onlink" {
-			t.Errorf("routes: %s", got)
-		}
-		if len(s.Neighs) != 1 || len(s.FDB) != 1 || len(s.Addrs) != 1 || s.Addrs[0].IPNet.String() != "10.244.1.0/32" {
-			t.Errorf("state %+v", s)
-		}
-		changes, err := backend.Diff(nw.Owned(), s)
+		have, err := backend.Read(nw.Owned())
 		if err != nil {
 			return err
 		}
-		if err := backend.Apply(changes); err != nil {
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
 			return err
 		}
-		again, err := backend.Diff(nw.Owned(), s)
-		if err != nil || len(again) != 0 {
-			t.Errorf("second pass: %v %v", again, err)
+		if have, err = backend.Read(nw.Owned()); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
 		}
 		return nil
 	})
@@ -123,5 +190,169 @@ func TestStableMAC(t *testing.T) {
 	}
 	if stableMAC("node2", 1).String() == a.String() || stableMAC("node1", 2).String() == a.String() {
 		t.Fatal("different nodes or VNIs share a MAC")
+	}
+}
+
+func dualNetwork(direct bool) *conf.Network {
+	n := conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56"), DirectRouting: &direct}.WithDefaults()
+	return &n
+}
+
+// dualPeer is peer with an IPv6 subnet and node address: i is its third
+// IPv4 byte, its IPv6 subnet index and its address on both underlays.
+func dualPeer(name string, i int, segment int, mac string) cluster.Lease {
+	l := peer(name, fmt.Sprintf("192.168.%d.%d", segment, i), fmt.Sprintf("10.244.%d.0/24", i), mac)
+	l.SubnetV6 = netip.MustParsePrefix(fmt.Sprintf("fd00:244:0:%x::/64", i))
+	l.NodeIPv6 = netip.MustParseAddr(fmt.Sprintf("fd00:%d::%x", segment, i))
+	return l
+}
+
+// underlay6 answers as underlay, and for IPv6 as a node on fd00:50::/64.
+func underlay6(ip netip.Addr) (backend.Path, error) {
+	if ip.Is6() {
+		if netip.MustParsePrefix("fd00:50::/64").Contains(ip) {
+			return backend.Path{LinkIndex: 2, Dev: "eth0", Direct: true}, nil
+		}
+		return backend.Path{LinkIndex: 2, Dev: "eth0", Gateway: netip.MustParseAddr("fd00:50::254")}, nil
+	}
+	return underlay(ip)
+}
+
+// A dual-stack network's IPv6 subnets go through the same VTEP as the
+// IPv4 ones, whichever underlay family it runs over; with directRouting
+// each family is routed directly where its node address is on the
+// segment.
+func TestDesiredDualStack(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		v6     bool
+		direct bool
+		want   string
+	}{
+		{"vtep over IPv4", false, false, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
+			"neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour fd00:244:0:2:: 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; " +
+			"fdb 02:00:00:00:00:02 192.168.50.2 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
+			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
+		{"vtep over IPv6", true, false, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
+			"neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour fd00:244:0:2:: 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; " +
+			"fdb 02:00:00:00:00:02 fd00:50::2 dev 5; fdb 02:00:00:00:00:03 fd00:60::3 dev 5; " +
+			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
+			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
+		{"direct routing", false, true, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
+			"neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
+			"route 10.244.2.0/24 via 192.168.50.2 dev 2; route fd00:244:0:2::/64 via fd00:50::2 dev 2; " +
+			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nw := &network{v6: tc.v6, node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), IPv6: netip.MustParseAddr("fd00:50::1"),
+				Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: dualNetwork(tc.direct)}}
+			nw.vtep.Store(5)
+			near, far := dualPeer("near", 2, 50, "02:00:00:00:00:02"), dualPeer("far", 3, 60, "02:00:00:00:00:03")
+			if tc.v6 {
+				near.VTEPMAC, near.VTEPMACv6 = cluster.MAC{}, near.VTEPMAC
+				far.VTEPMAC, far.VTEPMACv6 = cluster.MAC{}, far.VTEPMAC
+			}
+			s, problems := nw.Desired(backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{near, far}, Underlay: underlay6})
+			if got := describe(s); got != tc.want {
+				t.Errorf("\n got %s\nwant %s", got, tc.want)
+			}
+			if len(problems) != 0 {
+				t.Errorf("problems %v", problems)
+			}
+		})
+	}
+}
+
+// Peers a VTEP cannot reach are problems with the reason, not routes to
+// nowhere: a peer whose VTEP runs over the other underlay family, one
+// without a node address of this VTEP's family, and a peer from before
+// dual-stack (no IPv6 subnet) is connected for IPv4.
+func TestDesiredDualStackProblems(t *testing.T) {
+	nw := &network{v6: true, node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), IPv6: netip.MustParseAddr("fd00:50::1"),
+		Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: dualNetwork(false)}}
+	nw.vtep.Store(5)
+	v4vtep := dualPeer("v4vtep", 2, 50, "02:00:00:00:00:02")
+	noaddr := dualPeer("noaddr", 3, 50, "")
+	noaddr.VTEPMACv6, noaddr.NodeIPv6 = cluster.MAC{2, 0, 0, 0, 0, 3}, netip.Addr{}
+	old := peer("old", "192.168.50.4", "10.244.4.0/24", "")
+	old.VTEPMACv6, old.NodeIPv6 = cluster.MAC{2, 0, 0, 0, 0, 4}, netip.MustParseAddr("fd00:50::4")
+	s, problems := nw.Desired(backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{v4vtep, noaddr, old}, Underlay: underlay6})
+	want := "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; neighbour 10.244.4.0 02:00:00:00:00:04 dev 5; " +
+		"fdb 02:00:00:00:00:04 fd00:50::4 dev 5; route 10.244.4.0/24 via 10.244.4.0 dev 5 onlink"
+	if got := describe(s); got != want {
+		t.Errorf("\n got %s\nwant %s", got, want)
+	}
+	if len(problems) != 2 || !strings.Contains(problems[0].Err.Error(), "runs over the IPv4 underlay, this node's over IPv6") ||
+		!strings.Contains(problems[1].Err.Error(), "no IPv6 node address") {
+		t.Errorf("problems %v", problems)
+	}
+}
+
+// Over an IPv6 underlay (the node's first address is IPv6) the VTEP is
+// berth6.<vni> from the node's IPv6 address with 70 bytes of overhead,
+// published as vtepMACv6; when the node's first address goes back to
+// IPv4 it is replaced by berth.<vni>. Applying a dual-stack state and
+// reading it back finds nothing more to do.
+func TestIPv6Underlay(t *testing.T) {
+	netns, node := backendtest.Node(t, conf.Network{VNI: 7, CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")})
+	node.PreferIPv6 = true
+	ctx := context.Background()
+	err := netns.Do(func(ns.NetNS) error {
+		nw, err := (&Backend{}).Register(ctx, node)
+		if err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("berth6.7")
+		if err != nil {
+			return err
+		}
+		v := l.(*netlink.Vxlan)
+		if v.MTU != 1430 || !v.SrcAddr.Equal(net.ParseIP("fd00:50::1")) || v.Learning {
+			t.Errorf("VTEP %+v", v)
+		}
+		var published cluster.Lease
+		nw.Publish(&published)
+		if nw.MTU() != 1430 || !published.VTEPMAC.IsZero() || published.VTEPMACv6 != stableMAC("node1", 7) {
+			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
+		}
+		far := dualPeer("far", 3, 60, "")
+		far.VTEPMACv6 = cluster.MAC{2, 0, 0, 0, 0, 3}
+		in := backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{far}, Underlay: backend.NewUnderlay(node).Path}
+		want, problems := nw.Desired(in)
+		if len(problems) != 0 {
+			t.Errorf("problems %v", problems)
+		}
+		have, err := backend.Read(nw.Owned())
+		if err != nil {
+			return err
+		}
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
+			return err
+		}
+		if have, err = backend.Read(nw.Owned()); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
+		}
+		if len(have.Routes) != 2 || len(have.Neighs) != 2 || len(have.FDB) != 1 || len(have.Addrs) != 2 {
+			t.Errorf("kernel %+v", have)
+		}
+
+		node.PreferIPv6 = false
+		if _, err := (&Backend{}).Register(ctx, node); err != nil {
+			return err
+		}
+		if _, err := netlink.LinkByName("berth6.7"); err == nil {
+			t.Error("berth6.7 left behind after the VTEP moved to IPv4")
+		}
+		if l, err := netlink.LinkByName("berth.7"); err != nil || !l.(*netlink.Vxlan).SrcAddr.Equal(net.ParseIP("192.168.50.1")) {
+			t.Errorf("berth.7: %v %v", l, err)
+		}
+		return (&Backend{}).Teardown(ctx, node)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"maps"
 	"os"
 	"os/signal"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -37,8 +38,11 @@ import (
 type mode struct {
 	// summary says in a line how the nodes are connected.
 	summary string
-	// netd are the network flags of the netd that creates the network.
-	netd []string
+	// netdMode is netd's --mode, which is also the CNI network's name.
+	netdMode string
+	// with, when set, says in a few words what runs besides netd (shown
+	// after "netd in <netdMode> mode").
+	with string
 	// prepare, when set, runs after the nodes exist and before netd
 	// starts (e.g. a router to peer with).
 	prepare func(ctx context.Context, d *demo) error
@@ -47,39 +51,53 @@ type mode struct {
 	farNodes func(nodes int) []int
 	// nodeArgs are node-specific netd flags (e.g. a BGP peer).
 	nodeArgs func(n *testbed.Node) []string
-	// datapath are commands run on node 1 to show what netd built there.
-	datapath [][]string
+	// datapath are commands run on node 1 to show what netd built there,
+	// each with what to look at in its output.
+	datapath []show
+}
+
+// show is a command whose output the demo explains.
+type show struct {
+	cmd  []string
+	note string
+}
+
+// routesNote goes with `ip route show proto 73`, with what else to see there.
+func routesNote(more string) string {
+	return "(routes with protocol 73 are netd's: reconcile owns them and nothing else" + more + ")"
 }
 
 var modes = map[string]mode{
 	"vxlan": {
-		summary: "an overlay: a VXLAN device per node with a static FDB entry, neighbour and route per peer",
-		netd:    []string{"--mode", "vxlan"},
-		datapath: [][]string{
-			{"ip", "-d", "-br", "link", "show", "type", "vxlan"},
-			{"bridge", "fdb", "show", "dev", "berth.1"},
-			{"ip", "neigh", "show", "dev", "berth.1"},
-			{"ip", "route", "show", "proto", "73"},
+		summary:  "an overlay: a VXLAN device per node with a static FDB entry, neighbour and route per peer",
+		netdMode: "vxlan",
+		datapath: []show{
+			{[]string{"ip", "-d", "link", "show", "berth.1"}, "(the VTEP: vxlan id 1, local = this node's address, dstport 8472, nolearning: netd writes the FDB)"},
+			{[]string{"bridge", "fdb", "show", "dev", "berth.1"}, "(one entry per peer: its VTEP's MAC -> its node address)"},
+			{[]string{"ip", "neigh", "show", "dev", "berth.1"}, "(one per peer: the .0 of its subnet -> its VTEP's MAC, permanent)"},
+			{[]string{"ip", "route", "show", "proto", "73"}, routesNote("")},
 		},
 	},
 	"hostgw": {
-		summary: "plain routing: a route per peer's subnet via the peer's node address (nodes share an L2 segment)",
-		netd:    []string{"--mode", "hostgw"},
-		datapath: [][]string{
-			{"ip", "route", "show", "proto", "73"},
+		summary:  "plain routing: a route per peer's subnet via the peer's node address (nodes share an L2 segment)",
+		netdMode: "hostgw",
+		datapath: []show{
+			{[]string{"ip", "route", "show", "proto", "73"}, routesNote("")},
 		},
 	},
 	"bgp": {
-		summary: "routing learned over BGP: an embedded GoBGP speaker per node in a full iBGP mesh announces the node's block; containers get a /32 and no bridge",
-		netd:    []string{"--mode", "bgp"},
-		datapath: [][]string{
-			{"ip", "route", "show", "proto", "73"},
-			{"netd", "status"},
+		summary:  "routing learned over BGP: an embedded GoBGP speaker per node in a full iBGP mesh announces the node's block; containers get a /32 and no bridge",
+		netdMode: "bgp",
+		with:     "a full iBGP mesh between the nodes",
+		datapath: []show{
+			{[]string{"ip", "route", "show", "proto", "73"}, routesNote("; the blackhole is this node's own block")},
+			{[]string{"netd", "status"}, "(a BGP session per peer, established)"},
 		},
 	},
 	"bgp-bird": {
 		summary:  "BGP across L3: the last node sits on a second segment behind a router running BIRD; every node peers with BIRD over eBGP, BIRD learns every block and routes between the segments (where host-gw cannot)",
-		netd:     []string{"--mode", "bgp"},
+		netdMode: "bgp",
+		with:     "no node mesh: every node peers with BIRD on the router (eBGP)",
 		farNodes: func(nodes int) []int { return []int{nodes} },
 		nodeArgs: func(n *testbed.Node) []string {
 			router := testbed.RouterIP1
@@ -102,8 +120,8 @@ var modes = map[string]mode{
 			d.say("%s", strings.TrimSpace(bird.Config()))
 			return nil
 		},
-		datapath: [][]string{
-			{"ip", "route", "show", "proto", "73"},
+		datapath: []show{
+			{[]string{"ip", "route", "show", "proto", "73"}, routesNote("; the other nodes' blocks go via the router, learned from BIRD")},
 		},
 	},
 }
@@ -126,10 +144,15 @@ func main() {
 		fatal(errors.New("run as root: the demo creates network namespaces"))
 	}
 	if *clean {
+		left := testbed.Leftovers()
+		if len(left) == 0 {
+			fmt.Println("demo: nothing left behind by earlier runs")
+			return
+		}
 		if err := testbed.Sweep(); err != nil {
 			fatal(err)
 		}
-		fmt.Println("demo: removed what earlier runs left behind")
+		fmt.Printf("demo: removed what %d earlier run(s) left behind (namespaces, processes, cgroups, directories): %s\n", len(left), strings.Join(left, " "))
 		return
 	}
 	m, ok := modes[*modeName]
@@ -149,6 +172,8 @@ func main() {
 	switch {
 	case err != nil && ctx.Err() != nil:
 		err = errors.New("interrupted")
+	case err != nil:
+		err = fmt.Errorf("FAILED at step %q: %w", d.current, err)
 	case err == nil && *keep:
 		d.explore()
 		<-ctx.Done() // with -keep, Ctrl-C is how the demo ends
@@ -168,12 +193,13 @@ func fatal(err error) {
 // demo is one run.
 type demo struct {
 	mode  mode
-	name  string // the mode's name, also the CNI network's
+	name  string // the demo's -mode (netd's mode is mode.netdMode)
 	nodes int
 	out   io.Writer
 
+	current    string // the step being shown, for the failure message
 	tb         *testbed.Testbed
-	bird       *testbed.BIRD // bgp-bird mode
+	bird       *testbed.BIRD // bgp-bird demo
 	netd       []*testbed.Netd
 	containers map[*testbed.Node][]string // names, by node
 }
@@ -228,7 +254,7 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 
-	d.step("Containers: `runner run --net=%s` on the nodes", d.name)
+	d.step("Containers: `runner run --net=%s` on the nodes", d.network())
 	r1, err := n1.Runner()
 	if err != nil {
 		return err
@@ -249,7 +275,7 @@ func (d *demo) run(ctx context.Context) error {
 
 	d.step("%s (%s) pings the web servers on node1 and node2", client.Name, client.Node.Host)
 	for _, web := range []*testbed.Container{web1, web2} {
-		if err := d.exec(ctx, client, "ping", "-c", "3", web.IP.String()); err != nil {
+		if err := d.ping(ctx, client, web.IP.String(), 3); err != nil {
 			return err
 		}
 	}
@@ -277,17 +303,17 @@ func (d *demo) run(ctx context.Context) error {
 	}
 
 	d.step("Leaving the cluster network is masqueraded: %s pings the underlay %s, which has no route back to the containers", client.Name, testbed.UnderlayIP)
-	if err := d.exec(ctx, client, "ping", "-c", "2", testbed.UnderlayIP.String()); err != nil {
+	if err := d.ping(ctx, client, testbed.UnderlayIP.String(), 2); err != nil {
 		return err
 	}
 
-	d.step("The datapath netd built on node1 (%s): %s", d.name, d.mode.summary)
-	for _, cmd := range d.mode.datapath {
-		if err := d.sh(ctx, "node1", n1.NetNS, cmd[0], cmd[1:]...); err != nil {
+	d.step("The datapath netd built on node1 (%s mode): %s", d.mode.netdMode, d.mode.summary)
+	for _, s := range d.mode.datapath {
+		if err := d.sh(ctx, "node1", n1.NetNS, s.cmd[0], s.cmd[1:]...); err != nil {
 			return err
 		}
+		d.say("%s", s.note)
 	}
-	d.say("(routes with protocol 73 are netd's: reconcile owns them and nothing else)")
 	if d.bird != nil {
 		d.step("What BIRD learned: every node's block, from the node itself")
 		out, err := d.bird.Show(ctx, "route")
@@ -304,8 +330,12 @@ func (d *demo) run(ctx context.Context) error {
 func (d *demo) startNetd(ctx context.Context) error {
 	tb := d.tb
 	n1 := tb.Node(1)
-	d.step("netd on node1, in %s mode, with its embedded etcd (nothing else to install)", d.name)
-	opts := testbed.NetdOptions{Network: d.name, Args: append(d.mode.netd, d.nodeArgs(n1)...)}
+	with := ""
+	if d.mode.with != "" {
+		with = "; " + d.mode.with
+	}
+	d.step("netd on node1, in %s mode, with its embedded etcd (nothing else to install)%s", d.mode.netdMode, with)
+	opts := testbed.NetdOptions{Network: d.network(), Args: append([]string{"--mode", d.mode.netdMode}, d.nodeArgs(n1)...)}
 	if _, err := d.startOneNetd(ctx, n1, opts); err != nil {
 		return err
 	}
@@ -317,29 +347,111 @@ func (d *demo) startNetd(ctx context.Context) error {
 			return err
 		}
 	}
+	d.say("waiting until every node holds its lease, reaches every peer and has a route to each peer's subnet ...")
 	for _, nd := range d.netd {
 		if err := nd.WaitConverged(ctx, d.nodes-1); err != nil {
 			return err
 		}
-		// Healthy also covers what a mode needs beyond the kernel
-		// matching the leases (e.g. BGP sessions established).
-		var st netd.Status
-		err := d.retry(ctx, time.Minute, func() error {
-			// Fresh each time: decoding into the old one would keep a
-			// peer's error that netd no longer reports (omitempty).
-			st = netd.Status{}
-			if err := nd.Status(ctx, &st); err != nil {
-				return err
-			}
-			if !st.Healthy() {
-				return fmt.Errorf("netd on %s is not healthy yet: %+v", nd.Node.Host, st)
-			}
-			return nil
+		var st *netd.Status
+		err := d.retry(ctx, time.Minute, func() (err error) {
+			st, err = d.ready(ctx, nd)
+			return err
 		})
 		if err != nil {
 			return err
 		}
-		d.say("%s holds %s; its kernel connects %d peers", nd.Node.Host, st.Subnet, len(st.Peers))
+		sessions := ""
+		if len(st.BGP) > 0 {
+			sessions = fmt.Sprintf(", %d BGP session(s) established", len(st.BGP))
+		}
+		d.say("%s holds %s; its kernel routes to the %d peers%s", nd.Node.Host, st.Subnet, len(st.Peers), sessions)
+	}
+	if d.bird != nil {
+		d.say("waiting until BIRD has every session established ...")
+		err := d.retry(ctx, time.Minute, func() error {
+			out, err := d.bird.Show(ctx, "protocols")
+			if err != nil {
+				return err
+			}
+			return birdSessionsUp(out, d.nodes)
+		})
+		if err != nil {
+			return err
+		}
+		d.say("BIRD: %d sessions established", d.nodes)
+	}
+	return nil
+}
+
+// ready checks that netd on one node is ready for traffic: healthy (lease
+// held, etcd up, kernel matching the leases, no peer error), every BGP
+// session established, and a protocol 73 route to each peer's subnet in
+// the kernel. The error says what is missing.
+func (d *demo) ready(ctx context.Context, nd *testbed.Netd) (*netd.Status, error) {
+	// Fresh each time: decoding into an old one would keep a peer's
+	// error that netd no longer reports (omitempty).
+	st := &netd.Status{}
+	if err := nd.Status(ctx, st); err != nil {
+		return nil, err
+	}
+	host := nd.Node.Host
+	if !st.Healthy() {
+		return nil, fmt.Errorf("netd on %s is not healthy yet: kernel matches %v, pending %v, last error %q, etcd up %v, peers %+v",
+			host, st.KernelMatches, st.Pending, st.LastError, st.EtcdUp, st.Peers)
+	}
+	if d.mode.netdMode == "bgp" && len(st.BGP) == 0 {
+		return nil, fmt.Errorf("netd on %s has no BGP session yet", host)
+	}
+	for _, s := range st.BGP {
+		if !s.Established {
+			return nil, fmt.Errorf("netd on %s: BGP session with %s (%s) is %s, not established", host, s.Peer, s.Name, s.State)
+		}
+	}
+	out, err := nd.Node.Run(ctx, "ip", "route", "show", "proto", "73")
+	if err != nil {
+		return nil, err
+	}
+	if missing := missingRoutes(string(out), st.Peers); len(missing) > 0 {
+		return nil, fmt.Errorf("%s has no route yet to %s", host, strings.Join(missing, ", "))
+	}
+	return st, nil
+}
+
+// missingRoutes lists the peer subnets with no route in routes (the
+// output of `ip route show proto 73`).
+func missingRoutes(routes string, peers []netd.PeerStatus) []string {
+	var missing []string
+	for _, p := range peers {
+		found := false
+		for _, line := range strings.Split(routes, "\n") {
+			if strings.HasPrefix(line, p.Subnet+" ") {
+				found = true
+			}
+		}
+		if !found {
+			missing = append(missing, p.Subnet+" ("+p.Name+")")
+		}
+	}
+	return missing
+}
+
+// birdSessionsUp checks `birdc show protocols` for n BGP sessions, all
+// established.
+func birdSessionsUp(protocols string, n int) error {
+	up, waiting := 0, []string{}
+	for _, line := range strings.Split(protocols, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[1] != "BGP" {
+			continue
+		}
+		if strings.Contains(line, "Established") {
+			up++
+		} else {
+			waiting = append(waiting, strings.Join(f, " "))
+		}
+	}
+	if up < n {
+		return fmt.Errorf("BIRD has %d of %d BGP sessions established; not yet: %s", up, n, strings.Join(waiting, "; "))
 	}
 	return nil
 }
@@ -372,7 +484,7 @@ func (d *demo) start(ctx context.Context, n *testbed.Node, name string, args ...
 	if err != nil {
 		return nil, err
 	}
-	args = append([]string{"--net", d.name}, args...)
+	args = append([]string{"--net", d.network()}, args...)
 	d.cmd(n, append([]string{"runner", "run", "-d", "--name", name}, args...))
 	if d.containers == nil {
 		d.containers = map[*testbed.Node][]string{}
@@ -384,6 +496,34 @@ func (d *demo) start(ctx context.Context, n *testbed.Node, name string, args ...
 	}
 	d.say("%s: %s on %s", c.Name, c.IP, n.Host)
 	return c, nil
+}
+
+// network is the CNI network the demo creates: named after netd's mode.
+func (d *demo) network() string { return d.mode.netdMode }
+
+// ping sends count pings from container c to ip and fails unless every
+// one is answered: a demo that loses packets has not shown what it says.
+func (d *demo) ping(ctx context.Context, c *testbed.Container, ip string, count int) error {
+	d.cmd(c.Node, []string{"runner", "exec", c.Name, "ping", "-c", fmt.Sprint(count), ip})
+	out, err := c.Exec(ctx, "ping", "-c", fmt.Sprint(count), "-W", "2", ip)
+	fmt.Fprint(d.out, out)
+	if err != nil && !strings.Contains(out, "packets received") {
+		return err
+	}
+	return pingLoss(out, count)
+}
+
+// pingLoss fails unless busybox ping's summary says all count packets
+// came back.
+func pingLoss(out string, count int) error {
+	m := regexp.MustCompile(`(\d+) packets transmitted, (\d+) packets received`).FindStringSubmatch(out)
+	if m == nil {
+		return fmt.Errorf("ping printed no summary:\n%s", out)
+	}
+	if m[1] != fmt.Sprint(count) || m[2] != m[1] {
+		return fmt.Errorf("ping: %s of %s packets came back", m[2], m[1])
+	}
+	return nil
 }
 
 // exec runs a command in a container and shows it with its output.
@@ -465,7 +605,8 @@ func (d *demo) cleanup() {
 }
 
 func (d *demo) step(format string, args ...any) {
-	fmt.Fprintf(d.out, "\n\033[1m== %s\033[0m\n", fmt.Sprintf(format, args...))
+	d.current = fmt.Sprintf(format, args...)
+	fmt.Fprintf(d.out, "\n\033[1m== %s\033[0m\n", d.current)
 }
 
 func (d *demo) say(format string, args ...any) {

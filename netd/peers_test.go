@@ -5,17 +5,17 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/berthnet/berth/netd/registry"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // After etcd lost its data, a held lease fills in only for a node that
 // has not written its own again, and never over someone else's subnet.
 func TestWithHeld(t *testing.T) {
-	l := func(subnet, node string) registry.Lease {
-		return registry.Lease{Subnet: netip.MustParsePrefix(subnet), Record: registry.Record{NodeName: node}}
+	l := func(subnet, node string) cluster.Lease {
+		return cluster.Lease{Subnet: netip.MustParsePrefix(subnet), NodeName: node}
 	}
-	now := []registry.Lease{l("10.244.1.0/24", "a"), l("10.244.5.0/24", "newcomer")}
-	held := []registry.Lease{l("10.244.1.0/24", "a"), l("10.244.2.0/24", "b"), l("10.244.5.0/24", "c"), l("10.244.7.0/24", "a")}
+	now := []cluster.Lease{l("10.244.1.0/24", "a"), l("10.244.5.0/24", "newcomer")}
+	held := []cluster.Lease{l("10.244.1.0/24", "a"), l("10.244.2.0/24", "b"), l("10.244.5.0/24", "c"), l("10.244.7.0/24", "a")}
 	got := withHeld(now, held)
 	var names []string
 	for _, g := range got {

@@ -1,0 +1,116 @@
+package bridge_test
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// berth-vxlan and berth-hostgw on a dual-stack and an IPv6-only lease:
+// each container gets an address of each family the lease has, from the
+// node's subnet of that family with its first address as gateway (on the
+// bridge) and a default route; the node forwards IPv6; two containers
+// talk over IPv6 (ICMP and TCP, each seeing the other's own address);
+// CHECK passes; DEL leaves nothing.
+func TestLeasedIPv6(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		v4   bool
+	}{{"dual-stack", true}, {"ipv6-only", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			const mode = lease.ModeVXLAN
+			testenv.BinDir(t, "berth-"+mode)
+			n := newNode(t)
+			leaseDir := t.TempDir()
+			list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"berth-%s","leaseDir":%q,
+				"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q}}]}`, mode, mode, leaseDir, n.stateDir, n.dataDir)
+			rt := testenv.NewRuntime(t, n.ns, list)
+			l := &lease.Node{Network: mode, Mode: mode, MTU: 1450, IPMasq: true, NodeName: "n1",
+				NetworkCIDRv6: netip.MustParsePrefix("fd00:244::/56"), SubnetV6: netip.MustParsePrefix("fd00:244:0:7::/64"),
+				Expires: time.Now().Add(time.Minute)}
+			if tc.v4 {
+				l.NetworkCIDR, l.Subnet, l.NodeIP = netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("10.244.7.0/24"), netip.MustParseAddr(nodeIP)
+			}
+			if err := lease.Write(lease.Path(leaseDir, mode), l); err != nil {
+				t.Fatal(err)
+			}
+			before := n.snapshot(t)
+			c1, c2 := container(t, "s1"), container(t, "s2")
+			r1, err := rt.Add(c1)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			r2, err := rt.Add(c2)
+			if err != nil {
+				t.Fatalf("ADD: %v", err)
+			}
+			want := []string{"fd00:244:0:7::2/64 via fd00:244:0:7::1"}
+			if tc.v4 {
+				want = append([]string{"10.244.7.2/24 via 10.244.7.1"}, want...)
+			}
+			var got []string
+			for _, ipc := range r1.IPs {
+				got = append(got, ipc.Address.String()+" via "+ipc.Gateway.String())
+			}
+			if strings.Join(got, ", ") != strings.Join(want, ", ") {
+				t.Errorf("addresses %v, want %v", got, want)
+			}
+			out, _ := testenv.InNS(c1.Netns, "ip", "-6", "route")
+			if !strings.Contains(string(out), "default via fd00:244:0:7::1 dev eth0") {
+				t.Errorf("container IPv6 routes:\n%s", out)
+			}
+			if out, _ := testenv.InNS(n.ns, "sysctl", "-n", "net.ipv6.conf.all.forwarding"); strings.TrimSpace(string(out)) != "1" {
+				t.Errorf("IPv6 forwarding in the node: %s", out)
+			}
+			a1, a2 := v6Of(r1), v6Of(r2)
+			// The containers' addresses may still be tentative (DAD).
+			if err := eventually(5*time.Second, func() error { return testenv.Ping(c1.Netns, a2.String()) }); err != nil {
+				t.Errorf("container to container over IPv6: %v", err)
+			}
+			testenv.Serve(t, c2.Netns, "["+a2.String()+"]:7000")
+			if seen, err := testenv.Dial(c1.Netns, "["+a2.String()+"]:7000"); err != nil || seen != a1.String() {
+				t.Errorf("TCP over IPv6: the server saw %q (%v), want %s", seen, err, a1)
+			}
+			if err := rt.Check(c1); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			for _, c := range []*testenv.Attachment{c1, c2} {
+				if err := rt.Del(c); err != nil {
+					t.Fatalf("DEL: %v", err)
+				}
+			}
+			if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
+				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+}
+
+// v6Of is the IPv6 address of a result.
+func v6Of(r *current.Result) net.IP {
+	for _, ipc := range r.IPs {
+		if ipc.Address.IP.To4() == nil {
+			return ipc.Address.IP
+		}
+	}
+	return nil
+}
+
+func eventually(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
