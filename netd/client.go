@@ -119,6 +119,9 @@ func join(v4, v6 string) string {
 // removes this node's datapath for the network, the lease file and the
 // conflist. netd must be stopped first: a running netd would lease again.
 func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	if cfg.Datastore == DatastoreKubernetes {
+		return errors.New("--datastore=kubernetes: a node leaves the network when its Node is deleted (kubectl delete node NAME: every other node drops its routes); remove berth from the node itself with netd uninstall")
+	}
 	if cfg.MetricsAddr != "" {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := FetchStatus(sctx, cfg.MetricsAddr)

@@ -99,31 +99,23 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
-	d.endpoints = cfg.EtcdEndpoints
-	if len(d.endpoints) == 0 {
-		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
+	var holder cluster.Holder
+	if cfg.Datastore == DatastoreKubernetes {
+		kctx, stop := context.WithCancel(ctx) // the informer's
+		defer stop()
+		store, err := openKubernetes(kctx, cfg, log)
 		if err != nil {
 			return err
 		}
-		defer emb.Close()
-		d.endpoints = emb.Endpoints
+		d.store, holder = store, store.Holder(cfg.LeaseTTL)
+	} else {
+		reg, closeEtcd, err := d.openEtcd(ctx, u)
+		if err != nil {
+			return err
+		}
+		defer closeEtcd()
+		d.store, holder = reg, reg.Holder(cfg.LeaseTTL)
 	}
-	tlsCfg, err := etcdTLS(cfg)
-	if err != nil {
-		return err
-	}
-	if err := checkEtcdTLS(ctx, cfg, d.endpoints, tlsCfg); err != nil {
-		return err
-	}
-	cli, err := newClient(cfg, d.endpoints)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-	reg.Log = log
-	d.store = reg
-	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 
 	err = retry(ctx, log, cfg.LeaseTTL, "reading the network config", func(ctx context.Context) error {
 		d.network, err = d.store.EnsureConfig(ctx, cfg.Network)
@@ -148,7 +140,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	d.m = newMetrics(n.Name)
 	d.health = &health{log: log, endpoints: d.endpoints, gauge: d.m.etcdUp}
 	d.peers = newPeerView(n, cfg.LeaseTTL, log, d.m)
-	d.keeper = newKeeper(d, reg.Holder(cfg.LeaseTTL))
+	d.keeper = newKeeper(d, holder)
 	d.keeper.acquired = d.revet
 
 	var wg sync.WaitGroup
@@ -198,6 +190,48 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	wg.Wait()
 	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
+}
+
+// openEtcd connects to the etcd datastore (starting the embedded one
+// without --etcd-endpoints); close ends what it started.
+func (d *daemon) openEtcd(ctx context.Context, u *underlay) (_ *registry.Registry, close func(), err error) {
+	cfg, log := d.cfg, d.log
+	var closers []func()
+	close = func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			close()
+		}
+	}()
+	d.endpoints = cfg.EtcdEndpoints
+	if len(d.endpoints) == 0 {
+		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
+		if err != nil {
+			return nil, nil, err
+		}
+		closers = append(closers, func() { emb.Close() })
+		d.endpoints = emb.Endpoints
+	}
+	tlsCfg, err := etcdTLS(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkEtcdTLS(ctx, cfg, d.endpoints, tlsCfg); err != nil {
+		return nil, nil, err
+	}
+	cli, err := newClient(cfg, d.endpoints)
+	if err != nil {
+		return nil, nil, err
+	}
+	closers = append(closers, func() { cli.Close() })
+	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
+	reg.Log = log
+	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
+	return reg, close, nil
 }
 
 // leasesChanged takes the leases after a change in the datastore.

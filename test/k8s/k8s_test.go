@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,15 +20,17 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/kubecluster"
 	"github.com/berthnet/berth/test/testbed"
 )
 
-// The pods' network, the controller manager's --cluster-cidr too.
-const clusterCIDR = "10.244.0.0/16"
+// The pods' network, dual-stack: the controller manager's --cluster-cidr
+// and netd's network-cidr.
+var (
+	clusterCIDR   = netip.MustParsePrefix("10.244.0.0/16")
+	clusterCIDRv6 = netip.MustParsePrefix("fd00:244::/56")
+)
 
 // Rate of the bandwidth-annotated pod, both ways (Kubernetes' "10M").
 const shapedRate = 10e6
@@ -37,16 +40,10 @@ func TestKubernetes(t *testing.T) {
 	defer cancel()
 	image := filepath.Join(testenv.BinDir(t, "netd"), "images", "berth.tar")
 	start := time.Now()
-	c := kubecluster.ForTest(t, ctx, kubecluster.Options{Nodes: 2})
+	c := kubecluster.ForTest(t, ctx, kubecluster.Options{Nodes: 2, ClusterCIDR: clusterCIDR, ClusterCIDRv6: clusterCIDRv6})
 	t.Logf("FIGURE cluster up (control plane, %d kubelets registered) in %s", len(c.Nodes), time.Since(start).Round(time.Millisecond))
 	if _, err := os.Stat(image); err != nil {
 		t.Fatalf("berth's image: %v (make image writes it)", err)
-	}
-	// Phase 1: netd keeps the node subnets in etcd (the test bed's, on
-	// the underlay where every node reaches it).
-	etcd, err := c.TB.StartEtcd(ctx)
-	if err != nil {
-		t.Fatal(err)
 	}
 	start = time.Now()
 	if err := c.LoadTestImages(ctx); err != nil {
@@ -61,8 +58,7 @@ func TestKubernetes(t *testing.T) {
 	uninstall := readManifest(t, "uninstall.yaml")
 	for _, mode := range []string{"vxlan", "hostgw", "bgp"} {
 		ok := t.Run(mode, func(t *testing.T) {
-			wipeEtcd(t, ctx, c, etcd)
-			m := &modeRun{c: c, mode: mode, manifest: install(t, ctx, c, manifest, mode, etcd.ClientURL)}
+			m := &modeRun{c: c, mode: mode, manifest: install(t, ctx, c, manifest, mode)}
 			t.Cleanup(func() { m.uninstall(t, ctx, uninstall) })
 			if mode == "vxlan" {
 				t.Run("manifest applies with dry-run=server", func(t *testing.T) {
@@ -76,9 +72,7 @@ func TestKubernetes(t *testing.T) {
 			t.Run("hostPort answers on the node address", m.hostPort)
 			t.Run("bandwidth annotations shape the pod", m.bandwidth)
 			t.Run("netd restarted by the DaemonSet loses no packet", m.restartNetd)
-			t.Run("node deletion removes its routes", func(t *testing.T) {
-				t.Skip("needs netd's kubernetes datastore (--datastore=kubernetes, issue 17 phase 2): with etcd, a deleted Node keeps its lease until the TTL")
-			})
+			t.Run("node deletion removes its routes", m.nodeDeletion)
 		})
 		if !ok && ctx.Err() != nil {
 			return
@@ -130,13 +124,12 @@ func withNetdConfig(t *testing.T, manifest []byte, netdJSON string) []byte {
 	return []byte(strings.Join(out, "\n"))
 }
 
-func install(t *testing.T, ctx context.Context, c *kubecluster.Cluster, base []byte, mode, etcdURL string) []byte {
+func install(t *testing.T, ctx context.Context, c *kubecluster.Cluster, base []byte, mode string) []byte {
 	t.Helper()
 	netdJSON, _ := json.MarshalIndent(map[string]any{
-		"mode":           mode,
-		"network-cidr":   clusterCIDR,
-		"etcd-endpoints": etcdURL,
-		"lease-ttl":      "1m",
+		"datastore":    "kubernetes",
+		"mode":         mode,
+		"network-cidr": clusterCIDR.String() + "," + clusterCIDRv6.String(),
 	}, "", "  ")
 	manifest := withNetdConfig(t, base, string(netdJSON))
 	// The apiserver for pods of the host network: the service IP needs
@@ -164,19 +157,6 @@ data:
 	}
 	t.Logf("FIGURE %s: kubectl apply to every node Ready in %s", mode, time.Since(start).Round(time.Millisecond))
 	return manifest
-}
-
-// wipeEtcd removes berth's keys: the network of the previous mode.
-func wipeEtcd(t *testing.T, ctx context.Context, c *kubecluster.Cluster, etcd *testbed.Etcd) {
-	t.Helper()
-	cli, err := c.TB.Client(etcd.ClientURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	if _, err := cli.Delete(ctx, "/berth/", clientv3.WithPrefix()); err != nil {
-		t.Fatalf("wiping berth's keys: %v", err)
-	}
 }
 
 const testNamespace = "default"
@@ -232,6 +212,16 @@ spec:
 
 func (m *modeRun) ip(name string) string { return m.pods[name].Status.PodIP }
 
+// ipv6 is the pod's IPv6 address ("" when it has none).
+func (m *modeRun) ipv6(name string) string {
+	for _, a := range m.pods[name].Status.PodIPs {
+		if strings.Contains(a.IP, ":") {
+			return a.IP
+		}
+	}
+	return ""
+}
+
 func (m *modeRun) exec(ctx context.Context, pod string, cmd ...string) (string, error) {
 	return m.c.Exec(ctx, testNamespace, pod, cmd...)
 }
@@ -249,20 +239,35 @@ func clientAddr(body string) string {
 	return strings.TrimPrefix(s, "::ffff:")
 }
 
-// podToPod: ICMP and TCP between pods on node1 and node2, and the server
-// sees the client pod's own address (no NAT between pods).
+// podToPod: ICMP and TCP between pods on node1 and node2, over IPv4 and
+// IPv6 (the cluster is dual-stack), and the server sees the client pod's
+// own address (no NAT between pods).
 func (m *modeRun) podToPod(t *testing.T) {
 	ctx := context.Background()
 	for _, d := range [][2]string{{"srv-1", "srv-2"}, {"srv-2", "srv-1"}} {
 		from, to := d[0], d[1]
-		if out, err := m.exec(ctx, from, "ping", "-c", "3", "-W", "2", m.ip(to)); err != nil {
-			t.Errorf("ping %s → %s (%s): %v\n%s", from, to, m.ip(to), err, out)
-		}
-		out, err := m.get(ctx, from, "http://"+m.ip(to)+":8080/cgi-bin/ip")
-		if err != nil {
-			t.Errorf("TCP %s → %s: %v", from, to, err)
-		} else if got := clientAddr(out); got != m.ip(from) {
-			t.Errorf("%s saw the connection from %s coming from %q, want the pod's own %s", to, from, got, m.ip(from))
+		for _, family := range []struct {
+			name     string
+			ip       func(string) string
+			hostport func(string) string
+		}{
+			{"IPv4", m.ip, func(ip string) string { return ip }},
+			{"IPv6", m.ipv6, func(ip string) string { return "[" + ip + "]" }},
+		} {
+			src, dst := family.ip(from), family.ip(to)
+			if src == "" || dst == "" {
+				t.Errorf("%s: %s has %q, %s has %q: want both pods dual-stack", family.name, from, src, to, dst)
+				continue
+			}
+			if out, err := m.exec(ctx, from, "ping", "-c", "3", "-W", "2", dst); err != nil {
+				t.Errorf("ping %s → %s (%s): %v\n%s", from, to, dst, err, out)
+			}
+			out, err := m.get(ctx, from, "http://"+family.hostport(dst)+":8080/cgi-bin/ip")
+			if err != nil {
+				t.Errorf("TCP %s → %s (%s): %v", from, to, dst, err)
+			} else if got := clientAddr(out); got != src {
+				t.Errorf("%s saw the connection from %s over %s coming from %q, want the pod's own %s", to, from, family.name, got, src)
+			}
 		}
 	}
 }
@@ -454,4 +459,88 @@ func berthLeftOn(ctx context.Context, n *kubecluster.Node) []string {
 		}
 	}
 	return left
+}
+
+// nodeDeletion: node2's Node is deleted from the cluster: node1 drops
+// the routes to node2's pod subnet at once (with the Node gone, nothing
+// holds the subnet). node2's kubelet then registers the Node again, and
+// node1 routes to its (new) podCIDR again.
+func (m *modeRun) nodeDeletion(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	n1, n2 := m.c.Nodes[0], m.c.Nodes[1]
+	cidrs := m.podCIDRs(t, ctx, n2.Name)
+	for _, cidr := range cidrs {
+		if routes := routesTo(ctx, n1, cidr); routes == "" {
+			t.Fatalf("%s has no route to %s's pod subnet %s before the deletion", n1.Name, n2.Name, cidr)
+		}
+	}
+	start := time.Now()
+	if out, err := m.c.Kubectl(ctx, "delete", "node", n2.Name, "--wait"); err != nil {
+		t.Fatalf("kubectl delete node: %v\n%s", err, out)
+	}
+	var left string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		left = ""
+		for _, cidr := range cidrs {
+			left += routesTo(ctx, n1, cidr)
+		}
+		if left == "" {
+			break
+		}
+	}
+	if left != "" {
+		t.Errorf("%s still routes to deleted node %s's pod subnets %v after 30s:\n%s", n1.Name, n2.Name, cidrs, left)
+	} else {
+		t.Logf("FIGURE %s: node deleted → its routes gone on the other node in %s", m.mode, time.Since(start).Round(time.Millisecond))
+	}
+
+	// Back to a cluster of two nodes for what follows (uninstall).
+	if err := n2.RestartKubelet(); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.c.WaitNodesReady(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := m.c.Kubectl(ctx, "-n", "berth-system", "rollout", "status", "daemonset/berth-node", "--timeout=2m"); err != nil {
+		t.Fatalf("berth's DaemonSet after node2 came back: %v\n%s", err, out)
+	}
+	for _, again := range m.podCIDRs(t, ctx, n2.Name) {
+		for deadline := time.Now().Add(time.Minute); routesTo(ctx, n1, again) == ""; time.Sleep(500 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has no route to %s's pod subnet %s a minute after it registered again", n1.Name, n2.Name, again)
+			}
+		}
+	}
+}
+
+// podCIDRs are node's spec.podCIDRs (both families), waiting for the
+// controller manager to allocate them.
+func (m *modeRun) podCIDRs(t *testing.T, ctx context.Context, node string) []string {
+	t.Helper()
+	for {
+		var n kubecluster.NodeObject
+		err := m.c.KubectlJSON(ctx, &n, "get", "node", node)
+		if err == nil && len(n.Spec.PodCIDRs) == 2 {
+			return n.Spec.PodCIDRs
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("node %s has no podCIDR: %v", node, err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// routesTo lists node's routes to exactly cidr ("" when none).
+func routesTo(ctx context.Context, n *kubecluster.Node, cidr string) string {
+	family := "-4"
+	if strings.Contains(cidr, ":") {
+		family = "-6"
+	}
+	out, err := n.Exec(ctx, "ip", family, "route", "show", "exact", cidr)
+	if err != nil {
+		return err.Error()
+	}
+	return strings.TrimSpace(out)
 }

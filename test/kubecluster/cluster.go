@@ -68,6 +68,9 @@ const APIServerPort = 6443
 type Options struct {
 	Nodes       int          // nodes running a kubelet, default 2
 	ClusterCIDR netip.Prefix // controller manager's --cluster-cidr, default 10.244.0.0/16
+	// ClusterCIDRv6 makes the cluster dual-stack: nodes get an IPv6
+	// podCIDR (/64) of it too, and kubelets both node addresses.
+	ClusterCIDRv6 netip.Prefix
 	ServiceCIDR netip.Prefix // default 10.96.0.0/16
 	// KubeBinDir holds kube-apiserver, kube-controller-manager,
 	// kube-scheduler, kubelet and kubectl; default $BERTH_K8S_BIN.

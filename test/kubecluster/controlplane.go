@@ -130,7 +130,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--service-account-private-key-file=" + p.SAKey, "--root-ca-file=" + p.CA,
 		// spec.podCIDR for every node, what flannel-style networks (and
 		// berth's kubernetes datastore) give each node's pods.
-		"--allocate-node-cidrs=true", "--cluster-cidr=" + c.Options.ClusterCIDR.String(), "--node-cidr-mask-size=24",
+		"--allocate-node-cidrs=true", "--cluster-cidr=" + c.clusterCIDRs(), "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64",
 		"--service-cluster-ip-range=" + c.Options.ServiceCIDR.String(),
 		"--v=1",
 	}})
@@ -183,4 +183,13 @@ func exitedOr(p *testbed.Process, err error) error {
 		return fmt.Errorf("%s %w; log %s:\n%s", p.Name, errExited, p.LogPath, log)
 	}
 	return err
+}
+
+// clusterCIDRs is the controller manager's --cluster-cidr: IPv4, and
+// IPv6 on a dual-stack cluster.
+func (c *Cluster) clusterCIDRs() string {
+	if c.Options.ClusterCIDRv6.IsValid() {
+		return c.Options.ClusterCIDR.String() + "," + c.Options.ClusterCIDRv6.String()
+	}
+	return c.Options.ClusterCIDR.String()
 }

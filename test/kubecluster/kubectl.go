@@ -126,6 +126,9 @@ type PodObject struct {
 	Status struct {
 		Phase      string      `json:"phase"`
 		PodIP      string      `json:"podIP"`
+		PodIPs     []struct {
+			IP string `json:"ip"`
+		} `json:"podIPs"`
 		HostIP     string      `json:"hostIP"`
 		Conditions []Condition `json:"conditions"`
 	} `json:"status"`

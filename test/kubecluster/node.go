@@ -308,9 +308,13 @@ resolvConf: /etc/resolv.conf
 	if err != nil {
 		return err
 	}
+	nodeIP := n.IP.String()
+	if c.Options.ClusterCIDRv6.IsValid() {
+		nodeIP += "," + n.IPv6.String()
+	}
 	n.kubelet, err = n.startNodeProc("kubelet-"+n.Name, c.bin("kubelet"),
 		"--config="+config, "--kubeconfig="+kubeconfig,
-		"--hostname-override="+n.Name, "--node-ip="+n.IP.String(), "--v=1")
+		"--hostname-override="+n.Name, "--node-ip="+nodeIP, "--v=1")
 	return err
 }
 
@@ -331,4 +335,16 @@ func (n *Node) stop() error {
 		errs = append(errs, n.holder.Kill())
 	}
 	return errors.Join(errs...)
+}
+
+// RestartKubelet stops the node's kubelet and starts it again (its pods
+// keep running in containerd). A kubelet registers its Node when it
+// starts: this brings back a Node that was deleted from the cluster.
+func (n *Node) RestartKubelet() error {
+	if n.kubelet != nil {
+		if err := n.kubelet.Kill(); err != nil {
+			return fmt.Errorf("stopping %s's kubelet: %w", n.Name, err)
+		}
+	}
+	return n.startKubelet()
 }
