@@ -71,7 +71,7 @@ type Options struct {
 	// ClusterCIDRv6 makes the cluster dual-stack: nodes get an IPv6
 	// podCIDR (/64) of it too, and kubelets both node addresses.
 	ClusterCIDRv6 netip.Prefix
-	ServiceCIDR netip.Prefix // default 10.96.0.0/16
+	ServiceCIDR   netip.Prefix // default 10.96.0.0/16
 	// KubeBinDir holds kube-apiserver, kube-controller-manager,
 	// kube-scheduler, kubelet and kubectl; default $BERTH_K8S_BIN.
 	KubeBinDir string

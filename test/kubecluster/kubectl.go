@@ -124,9 +124,9 @@ type PodObject struct {
 		NodeName string `json:"nodeName"`
 	} `json:"spec"`
 	Status struct {
-		Phase      string      `json:"phase"`
-		PodIP      string      `json:"podIP"`
-		PodIPs     []struct {
+		Phase  string `json:"phase"`
+		PodIP  string `json:"podIP"`
+		PodIPs []struct {
 			IP string `json:"ip"`
 		} `json:"podIPs"`
 		HostIP     string      `json:"hostIP"`

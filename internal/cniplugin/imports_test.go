@@ -1,5 +1,4 @@
-// Package cmd_test checks what berth's binaries link.
-package cmd_test
+package cniplugin_test
 
 import (
 	"os/exec"
@@ -13,9 +12,9 @@ import (
 func TestPluginsImportNoDatastore(t *testing.T) {
 	forbidden := []string{"go.etcd.io/", "k8s.io/client-go", "k8s.io/api/", "k8s.io/apimachinery", "github.com/osrg/gobgp"}
 	for _, p := range []string{"berth-bridge", "berth-vxlan", "berth-hostgw", "berth-bgp", "berth-ipam"} {
-		out, err := exec.Command("go", "list", "-deps", "./"+p).CombinedOutput()
+		out, err := exec.Command("go", "list", "-deps", "github.com/berthnet/berth/cmd/"+p).CombinedOutput()
 		if err != nil {
-			t.Fatalf("go list -deps ./%s: %v\n%s", p, err, out)
+			t.Fatalf("go list -deps cmd/%s: %v\n%s", p, err, out)
 		}
 		for _, dep := range strings.Fields(string(out)) {
 			for _, f := range forbidden {
