@@ -68,11 +68,12 @@ func TestSmoke(t *testing.T) {
 	}
 
 	r.Finish()
-	// bridge ADD, DEL and throughput; throughput and round trip of vxlan,
-	// hostgw and bgp; all peers at 3 nodes of vxlan and hostgw; start →
-	// lease of the three modes; none of the 50-node ones.
-	if len(r.Targets) != 14 {
-		t.Errorf("want 14 targets, got %d: %+v", len(r.Targets), r.Targets)
+	// bridge ADD, DEL and throughput; dual-stack ADD and DEL against
+	// IPv4; throughput and round trip of vxlan, hostgw and bgp; all peers
+	// at 3 nodes of vxlan and hostgw; start → lease of the three modes;
+	// none of the 50-node ones.
+	if len(r.Targets) != 16 {
+		t.Errorf("want 16 targets, got %d: %+v", len(r.Targets), r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
@@ -87,8 +88,8 @@ func TestSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ := os.ReadFile(readme)
-	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", "hostgw (2 nodes)", "raw underlay IPv6 (2 nodes)", "vxlan IPv6 (2 nodes)",
-		"hostgw IPv6 (2 nodes)", "bgp IPv6 (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
+	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", DualStackName + " | ADD", "bridge IPv6 (one node)", "hostgw (2 nodes)",
+		"raw underlay IPv6 (2 nodes)", "vxlan IPv6 (2 nodes)", "hostgw IPv6 (2 nodes)", "bgp IPv6 (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}

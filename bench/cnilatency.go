@@ -46,6 +46,10 @@ type network struct {
 	setup func(work string) (string, error)
 }
 
+// DualStackName is berth-bridge on a dual-stack network in the CNI
+// latency figures.
+const DualStackName = "berth-bridge dual-stack"
+
 // CNINetworks are the jobs compared: every berth plugin and the reference
 // chain doing the same thing (masquerade, one port mapping).
 var CNINetworks = []network{
@@ -53,6 +57,14 @@ var CNINetworks = []network{
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-berth","plugins":[{"type":"berth-bridge","bridge":"bench0",
 			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
 			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.200.0.0/16"}]]},
+			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam")), nil
+	}},
+	// The same job on both families: masquerade and the port mapping in
+	// iptables and ip6tables (DualStackName, compared with berth-bridge).
+	{DualStackName, func(work string) (string, error) {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-dual","plugins":[{"type":"berth-bridge","bridge":"benchds0",
+			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.204.0.0/16"}],[{"subnet":"fd00:204::/64"}]]},
 			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam")), nil
 	}},
 	{"berth-vxlan", leased(lease.ModeVXLAN, "10.210.1.0/24", "benchvx0")},

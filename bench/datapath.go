@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -163,7 +164,7 @@ func iperf(ctx context.Context, e Endpoints, streams, seconds int) (float64, err
 func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	var l net.Listener
 	if err := e.Server.Do(func(ns.NetNS) error {
-		l, err = net.Listen("tcp", net.JoinHostPort(e.ServerIP, "5202"))
+		l, err = net.Listen(tcpFamily(e.ServerIP), net.JoinHostPort(e.ServerIP, "5202"))
 		return err
 	}); err != nil {
 		return 0, 0, err
@@ -187,7 +188,7 @@ func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	}()
 	var c net.Conn
 	if err := e.Client.Do(func(ns.NetNS) error {
-		c, err = net.DialTimeout("tcp", net.JoinHostPort(e.ServerIP, "5202"), 3*time.Second)
+		c, err = net.DialTimeout(tcpFamily(e.ServerIP), net.JoinHostPort(e.ServerIP, "5202"), 3*time.Second)
 		return err
 	}); err != nil {
 		return 0, 0, err
@@ -222,6 +223,16 @@ func roundTrips(e Endpoints, n int) (p50, p99 time.Duration, err error) {
 	}
 	sort.Slice(samples, func(i, j int) bool { return samples[i] < samples[j] })
 	return percentile(samples, 50), percentile(samples, 99), nil
+}
+
+// tcpFamily is "tcp6" for an IPv6 address, else "tcp4": never "tcp",
+// for which Go decides once per process, in whichever namespace it first
+// asks, whether IPv6 works.
+func tcpFamily(ip string) string {
+	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() && !a.Is4In6() {
+		return "tcp6"
+	}
+	return "tcp4"
 }
 
 // rrCPU is the CPU both ends of the request/response loop run on.
@@ -340,19 +351,31 @@ func upWithAddr(name, cidr string) error {
 type OneNodeNetwork struct {
 	Name     string
 	Conflist func(work string) string
+	// IPv6: measured between the containers' IPv6 addresses, against
+	// Baseline (default: raw veth).
+	IPv6     bool
+	Baseline string
 }
 
 // OneNode are the one-node networks measured, berth's and the reference
 // chain's, so that the cost of the kernel bridge (and of br_netfilter, on
 // by default in every namespace) shows apart from berth's.
 var OneNode = []OneNodeNetwork{
-	{"bridge (one node)", func(work string) string {
+	{Name: "bridge (one node)", Conflist: func(work string) string {
 		return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench-dp","plugins":[
 		{"type":"berth-bridge","bridge":"bench0","isDefaultGateway":true,"ipMasq":true,"stateDir":%q,
 		 "ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.202.0.0/24"}]]}}]}`,
 			filepath.Join(work, "state"), filepath.Join(work, "ipam"))
 	}},
-	{"reference bridge (one node)", func(work string) string {
+	// The same bridge network with IPv6 too, measured over IPv6: what
+	// the other family costs, next to the IPv4 row.
+	{Name: "bridge IPv6 (one node)", IPv6: true, Baseline: "bridge (one node)", Conflist: func(work string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench-dp6","plugins":[
+		{"type":"berth-bridge","bridge":"bench6","isDefaultGateway":true,"ipMasq":true,"stateDir":%q,
+		 "ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.205.0.0/24"}],[{"subnet":"fd00:205::/64"}]]}}]}`,
+			filepath.Join(work, "state"), filepath.Join(work, "ipam"))
+	}},
+	{Name: "reference bridge (one node)", Conflist: func(work string) string {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-dpref","plugins":[
 		{"type":"bridge","bridge":"benchref0","isGateway":true,"isDefaultGateway":true,"ipMasq":true,
 		 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.203.0.0/24"}]]}},
@@ -375,7 +398,11 @@ func OneNodeDatapath(ctx context.Context, cfg DatapathConfig, binDirs []string) 
 			return nil, err
 		}
 		defer done()
-		paths = append(paths, path{name: n.Name, baseline: RawVethName, e: e})
+		base := n.Baseline
+		if base == "" {
+			base = RawVethName
+		}
+		paths = append(paths, path{name: n.Name, baseline: base, e: e})
 	}
 	return measureInterleaved(ctx, paths, cfg)
 }
@@ -413,7 +440,15 @@ func OneNodeContainers(ctx context.Context, n OneNodeNetwork, binDirs []string) 
 			return Endpoints{}, nil, fmt.Errorf("%s: %w", n.Name, err)
 		}
 	}
-	return Endpoints{Client: conts[0].netns, Server: conts[1].netns, ServerIP: conts[1].ip}, cleanup, nil
+	server := conts[1].ip
+	if n.IPv6 {
+		server = conts[1].ip6
+	}
+	if server == "" {
+		cleanup()
+		return Endpoints{}, nil, fmt.Errorf("%s: the container has no address of the family measured", n.Name)
+	}
+	return Endpoints{Client: conts[0].netns, Server: conts[1].netns, ServerIP: server}, cleanup, nil
 }
 
 // cniNetwork is a CNI network on a node, as a runtime sees it.
@@ -427,7 +462,7 @@ type cniNetwork struct {
 type container struct {
 	netns ns.NetNS
 	ip    string // its first address
-	ip6   string // its first IPv6 address, "" without one
+	ip6   string // its first IPv6 address, if any
 	net   cniNetwork
 	rt    *libcni.RuntimeConf
 }
@@ -457,8 +492,9 @@ func (n cniNetwork) attach(ctx context.Context, id string) (*container, error) {
 	}
 	c.ip = res.IPs[0].Address.IP.String()
 	for _, ipc := range res.IPs {
-		if ipc.Address.IP.To4() == nil && c.ip6 == "" {
+		if ipc.Address.IP.To4() == nil {
 			c.ip6 = ipc.Address.IP.String()
+			break
 		}
 	}
 	return c, nil

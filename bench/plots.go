@@ -360,7 +360,7 @@ func (r *Report) PlotDatapath(path string) error {
 		footer: []string{
 			r.measuredLine(),
 			"Baseline (100%, 1.00×), measured in the same run, interleaved: one node: two namespaces joined by one veth (raw veth);",
-			"two nodes: the two node namespaces talking over the underlay, no CNI (raw underlay). Percentages and ratios compare each row with its baseline.",
+			"two nodes: the two node namespaces talking over the underlay, no CNI (raw underlay); bridge IPv6: the bridge row (IPv4). Percentages and ratios compare each row with its baseline.",
 		},
 	}
 	return f.save(path)

@@ -53,7 +53,7 @@ func (r *Report) Markdown() string {
 		b.WriteString(t + "\n")
 	}
 	if len(r.CNILatency) > 0 {
-		b.WriteString("**CNI latency** through libcni: each berth plugin with ipMasq and one port mapping vs the reference bridge + host-local + portmap chain doing the same job. The leased plugins (vxlan, hostgw, bgp) read a lease file as netd writes it.\n\n")
+		b.WriteString("**CNI latency** through libcni: each berth plugin with ipMasq and one port mapping vs the reference bridge + host-local + portmap chain doing the same job. " + DualStackName + " does it on an IPv4 and an IPv6 range (rules in iptables and ip6tables). The leased plugins (vxlan, hostgw, bgp) read a lease file as netd writes it.\n\n")
 		b.WriteString("| plugin | operation | runs | p50 | p99 | p50 vs reference |\n|---|---|---|---|---|---|\n")
 		for _, l := range r.CNILatency {
 			ratio := ""
@@ -64,7 +64,7 @@ func (r *Report) Markdown() string {
 		}
 	}
 	if len(r.Datapath) > 0 {
-		b.WriteString("\n**Datapath**, container to container: iperf3 TCP throughput (median of the runs) and the round trip of a 1-byte TCP request/response loop. Each row is compared with its baseline, the limit on this machine measured in the same run: for one node, two namespaces joined by one veth; across nodes, the two node namespaces talking over the underlay, no CNI.\n\n")
+		b.WriteString("\n**Datapath**, container to container: iperf3 TCP throughput (median of the runs) and the round trip of a 1-byte TCP request/response loop. Each row is compared with its baseline, the limit on this machine measured in the same run: for one node, two namespaces joined by one veth; across nodes, the two node namespaces talking over the underlay, no CNI. The IPv6 row is compared with the same bridge datapath over IPv4.\n\n")
 		b.WriteString("| mode | 1 stream | 4 streams | 1 stream vs baseline | RTT p50 | RTT p99 | RTT p50 vs baseline | baseline |\n|---|---|---|---|---|---|---|---|\n")
 		for _, d := range r.Datapath {
 			ratioT, ratioL := "", ""

@@ -28,6 +28,17 @@ func (r *Report) targets() []Target {
 		ts = append(ts, Target{What: "berth-bridge " + op + " p50", Goal: "≤ 0.25× reference",
 			Measured: fmt.Sprintf("%.2f× (%s vs %s)", ratio, ms(b.P50), ms(base.P50)), Met: ratio <= 0.25})
 	}
+	// IPv6 comes at most 20% dearer: the two families' rules are read
+	// and committed side by side.
+	for _, op := range []string{"ADD", "DEL"} {
+		ds, v4 := r.latencyNamed(DualStackName, op), r.latencyNamed("berth-bridge", op)
+		if ds == nil || v4 == nil || v4.P50 == 0 {
+			continue
+		}
+		ratio := float64(ds.P50) / float64(v4.P50)
+		ts = append(ts, Target{What: DualStackName + " " + op + " p50", Goal: "≤ 1.2× berth-bridge (IPv4)",
+			Measured: fmt.Sprintf("%.2f× (%s vs %s)", ratio, ms(ds.P50), ms(v4.P50)), Met: ratio <= 1.2})
+	}
 	for _, g := range []struct {
 		mode       string
 		throughput float64 // fraction of the baseline, one stream
@@ -109,6 +120,16 @@ func (cp *ControlPlane) targets() []Target {
 			Goal: fmt.Sprintf("≤ %d MiB", limit), Measured: fmt.Sprintf("%.1f MiB", res.RSSMaxMiB), Met: res.RSSMaxMiB <= float64(limit)})
 	}
 	return ts
+}
+
+// latencyNamed is the figure of exactly name.
+func (r *Report) latencyNamed(name, op string) *Latency {
+	for i, l := range r.CNILatency {
+		if l.Name == name && l.Op == op {
+			return &r.CNILatency[i]
+		}
+	}
+	return nil
 }
 
 func (r *Report) latency(namePrefix, op string) *Latency {

@@ -74,9 +74,13 @@ type Bridge struct {
 	// Scope is the whole network: its traffic is neither masqueraded nor
 	// isolated. The subnet for bridge, the cluster CIDR for overlay modes.
 	Scope netip.Prefix `json:"-"`
-	// ScopeV6 is the IPv6 cluster CIDR of a leased network with IPv6
-	// (from the node lease); zero otherwise.
-	ScopeV6 netip.Prefix `json:"-"`
+	// Scope6 is Scope for IPv6: the IPv6 subnet for bridge (ParseIPAMFor),
+	// the cluster's IPv6 CIDR for the leased modes (whoever fills the
+	// IPv6 range set from the lease sets it too). Zero when the network
+	// has no IPv6; if a network has an IPv6 range set but no Scope6, the
+	// firewall takes that range's subnet (nothing from other nodes is
+	// then let in unmasqueraded).
+	Scope6 netip.Prefix `json:"-"`
 }
 
 // RuntimeConfig holds the capabilities a runtime passes; a new capability
@@ -201,13 +205,45 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 	if c.IPAMConf.Type == "" {
 		c.IPAMConf.Type = IPAMType
 	}
-	for _, set := range ic.RangeSets {
-		if set[0].Subnet.Addr().Is4() {
-			c.Scope = set[0].Subnet // iptables rules are IPv4-only
-			break
+	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
+	return c.checkMTUForIPv6()
+}
+
+// Subnet is the subnet of the network's first IPv4 (or IPv6) range set:
+// where this node's containers get their addresses of that family. Zero
+// when the network has none.
+func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
+	if c.IPAMConf == nil {
+		return netip.Prefix{}
+	}
+	for _, set := range c.IPAMConf.RangeSets {
+		if set[0].Subnet.Addr().Is6() == ipv6 {
+			return set[0].Subnet.Masked()
 		}
 	}
-	return c.checkMTUForIPv6()
+	return netip.Prefix{}
+}
+
+// CheckPortFamilies refuses a port mapping whose hostIP is of a family
+// the network has no addresses in: no container of the network could
+// answer there. It needs the addressing (ParseIPAMFor or the lease).
+func (c *Bridge) CheckPortFamilies() error {
+	for i, p := range c.RuntimeConfig.PortMappings {
+		if p.HostIP == "" {
+			continue
+		}
+		ipv6 := netip.MustParseAddr(p.HostIP).Is6()
+		if c.Subnet(ipv6).IsValid() {
+			continue
+		}
+		have, want := "IPv4", "IPv6"
+		if !ipv6 {
+			have, want = want, have
+		}
+		return invalid(fmt.Sprintf("runtimeConfig.portMappings[%d].hostIP", i),
+			fmt.Sprintf("%s is an %s address, but network %s has %s addresses only; publish on an %s address of the node, or leave hostIP empty", p.HostIP, want, c.Name, have, have))
+	}
+	return nil
 }
 
 // MinIPv6MTU is the smallest MTU IPv6 works with (RFC 8200): the kernel
@@ -249,26 +285,56 @@ func (p *PortMapping) validate(field string) error {
 	}
 	if p.HostIP != "" {
 		a, err := netip.ParseAddr(p.HostIP)
-		if err != nil {
+		if err != nil || a.Zone() != "" {
 			return invalid(field+".hostIP", fmt.Sprintf("%q is not an IP address", p.HostIP))
 		}
-		if a.IsUnspecified() {
-			p.HostIP = ""
-		} else if !a.Is4() {
-			return invalid(field+".hostIP", fmt.Sprintf("%s: only IPv4 host addresses can be published", a))
+		a = a.Unmap() // ::ffff:192.0.2.1 is 192.0.2.1
+		if a == netip.IPv6Loopback() {
+			return invalid(field+".hostIP", "::1: the kernel cannot forward connections to ::1 to a container (IPv6 has no route_localnet); publish on 127.0.0.1, on the node's IPv6 address, or leave hostIP empty")
 		}
+		// "0.0.0.0" and "::" stay: every address of one family only.
+		p.HostIP = a.String()
 	}
 	return nil
 }
 
+// HostFamilies says which families a hostIP of a port mapping publishes
+// on: "" both, "0.0.0.0" or an IPv4 address IPv4, "::" or an IPv6 address
+// IPv6.
+func HostFamilies(hostIP string) (v4, v6 bool) {
+	if hostIP == "" {
+		return true, true
+	}
+	a, err := netip.ParseAddr(hostIP)
+	if err != nil {
+		return false, false
+	}
+	return a.Unmap().Is4(), !a.Unmap().Is4()
+}
+
+// HostsOverlap reports whether two hostIPs of the same port and protocol
+// would take the same connections: they share a family, and one is a
+// wildcard there or they are the same address.
+func HostsOverlap(a, b string) bool {
+	a4, a6 := HostFamilies(a)
+	b4, b6 := HostFamilies(b)
+	if !(a4 && b4 || a6 && b6) {
+		return false
+	}
+	wildcard := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return wildcard(a) || wildcard(b) || a == b
+}
+
+// checkDuplicatePorts refuses two mappings that would take the same
+// connections (the same port on overlapping host addresses); the same
+// port on 0.0.0.0 and on :: is two mappings, one per family.
 func checkDuplicatePorts(pms []PortMapping) error {
-	seen := map[string]int{}
 	for i, p := range pms {
-		k := fmt.Sprintf("%s/%d", p.Protocol, p.HostPort)
-		if j, ok := seen[k]; ok {
-			return invalid(fmt.Sprintf("runtimeConfig.portMappings[%d]", i), fmt.Sprintf("host port %s is also mapped by portMappings[%d]", k, j))
+		for j, q := range pms[:i] {
+			if p.Protocol == q.Protocol && p.HostPort == q.HostPort && HostsOverlap(p.HostIP, q.HostIP) {
+				return invalid(fmt.Sprintf("runtimeConfig.portMappings[%d]", i), fmt.Sprintf("host port %s/%d is also mapped by portMappings[%d]", p.Protocol, p.HostPort, j))
+			}
 		}
-		seen[k] = i
 	}
 	return nil
 }

@@ -168,3 +168,73 @@ func TestMTUForIPv6(t *testing.T) {
 		t.Errorf("mtu 1200 with an IPv6 range: %v, want code 7 naming mtu", err)
 	}
 }
+
+// Host addresses of port mappings, per family: "" is both, 0.0.0.0 and ::
+// one each, ::1 refused, IPv4-mapped addresses read as IPv4.
+func TestPortHostIPs(t *testing.T) {
+	for _, tt := range []struct {
+		hostIP, want string
+		err          string
+	}{
+		{"", "", ""}, {"0.0.0.0", "0.0.0.0", ""}, {"::", "::", ""},
+		{"192.0.2.1", "192.0.2.1", ""}, {"2001:DB8::1", "2001:db8::1", ""}, {"::ffff:192.0.2.1", "192.0.2.1", ""},
+		{"::1", "", "::1"}, {"fe80::1%eth0", "", "not an IP address"}, {"nonsense", "", "not an IP address"},
+	} {
+		p := PortMapping{HostPort: 80, ContainerPort: 80, HostIP: tt.hostIP}
+		err := p.validate("pm")
+		if tt.err != "" {
+			if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), "pm.hostIP") || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("hostIP %q: %v, want an error naming pm.hostIP and %q", tt.hostIP, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || p.HostIP != tt.want {
+			t.Errorf("hostIP %q: %q, %v; want %q", tt.hostIP, p.HostIP, err, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		a, b string
+		want bool
+	}{
+		{"", "", true}, {"", "::", true}, {"", "192.0.2.1", true}, {"0.0.0.0", "::", false},
+		{"0.0.0.0", "192.0.2.1", true}, {"::", "2001:db8::1", true}, {"::", "192.0.2.1", false},
+		{"192.0.2.1", "192.0.2.2", false}, {"2001:db8::1", "2001:db8::1", true},
+	} {
+		if got := HostsOverlap(tt.a, tt.b); got != tt.want || HostsOverlap(tt.b, tt.a) != tt.want {
+			t.Errorf("HostsOverlap(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// A network's families come from its range sets, and a host address of
+// a family it lacks is refused naming the mapping.
+func TestPortFamilies(t *testing.T) {
+	parse := func(ranges, ports string) (*Bridge, error) {
+		stdin := `{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","ipam":{"ranges":` + ranges + `},"runtimeConfig":{"portMappings":` + ports + `}}`
+		c, err := ParseBridge([]byte(stdin), "")
+		if err != nil {
+			return nil, err
+		}
+		return c, c.ParseIPAMFor([]byte(stdin), "")
+	}
+	c, err := parse(`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}]]`, `[{"hostPort":80,"containerPort":80,"hostIP":"::"},{"hostPort":80,"containerPort":80,"hostIP":"0.0.0.0"}]`)
+	if err != nil || c.CheckPortFamilies() != nil {
+		t.Fatalf("dual-stack: %v, %v", err, c.CheckPortFamilies())
+	}
+	if c.Scope != netip.MustParsePrefix("10.1.0.0/24") || c.Scope6 != netip.MustParsePrefix("fd00:1::/64") || c.Subnet(true) != c.Scope6 {
+		t.Errorf("scopes %s %s", c.Scope, c.Scope6)
+	}
+	for _, tt := range []struct{ ranges, ports, field string }{
+		{`[[{"subnet":"fd00:1::/64"}]]`, `[{"hostPort":80,"containerPort":80},{"hostPort":81,"containerPort":80,"hostIP":"192.0.2.1"}]`, "runtimeConfig.portMappings[1].hostIP"},
+		{`[[{"subnet":"fd00:1::/64"}]]`, `[{"hostPort":80,"containerPort":80,"hostIP":"0.0.0.0"}]`, "runtimeConfig.portMappings[0].hostIP"},
+		{`[[{"subnet":"10.1.0.0/24"}]]`, `[{"hostPort":80,"containerPort":80,"hostIP":"::"}]`, "runtimeConfig.portMappings[0].hostIP"},
+	} {
+		c, err := parse(tt.ranges, tt.ports)
+		if err == nil {
+			err = c.CheckPortFamilies()
+		}
+		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field) {
+			t.Errorf("%s with %s: %v, want an error naming %s", tt.ranges, tt.ports, err, tt.field)
+		}
+	}
+}

@@ -260,22 +260,17 @@ func (r *Runtime) reservePort(id string, p PortMapping) error {
 	return err
 }
 
-// probePort checks that no process of the node listens on the port: the
+// probePort checks that no process of the node listens on the port (on
+// its host address; without one, on any address of either family): the
 // port mapping would silently steal its traffic. The runner runs in the
 // node's network namespace, so a test bind tells.
 func probePort(p PortMapping) error {
-	ip := p.HostIP
-	if ip == "" {
-		ip = "0.0.0.0"
-	}
-	err := hostport.Probe(p.Protocol, ip, p.HostPort)
+	err := hostport.Probe(p.Protocol, p.HostIP, p.HostPort)
 	if err == nil {
 		return nil
 	}
-	if ip != "0.0.0.0" {
-		if a, perr := netip.ParseAddr(ip); perr == nil && !isLocalAddr(a) {
-			return invalid("-p %s: host IP %s is not an address of this node", p, ip)
-		}
+	if a, perr := netip.ParseAddr(p.HostIP); perr == nil && !a.IsUnspecified() && !isLocalAddr(a) {
+		return invalid("-p %s: host IP %s is not an address of this node", p, p.HostIP)
 	}
 	return fmt.Errorf("%w: %d/%s on this node (%v)", ErrPortInUse, p.HostPort, p.Protocol, unwrapAll(err))
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"syscall"
@@ -98,6 +99,30 @@ func (c *Container) IPs() []string {
 		return nil
 	}
 	return c.State.Network.IPs
+}
+
+// IPsOf are the container's addresses of one family: IPv4, or IPv6.
+func (c *Container) IPsOf(ipv6 bool) []string {
+	var out []string
+	for _, ip := range c.IPs() {
+		if a, err := netip.ParseAddr(ip); err == nil && a.Unmap().Is6() == ipv6 {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// PublishedPorts are the container's published ports while it runs, per
+// family it has addresses in ("0.0.0.0:8080->80/tcp", "[::]:8080->80/tcp").
+func (c *Container) PublishedPorts() []string {
+	if c.Phase() != PhaseRunning {
+		return nil
+	}
+	var out []string
+	for _, p := range c.Ports {
+		out = append(out, p.Published(len(c.IPsOf(false)) > 0, len(c.IPsOf(true)) > 0)...)
+	}
+	return out
 }
 
 // List returns the containers, oldest first; without all only the

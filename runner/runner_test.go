@@ -1,6 +1,7 @@
 package runner_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -461,4 +462,51 @@ func TestDefaultRootfsServesAPage(t *testing.T) {
 		t.Errorf("GET / from httpd -f -p 80: %q, want the index page", res.stdout)
 	}
 	n.ok("rm", "-f", "web")
+}
+
+// berthDualStack is berthBridge with an IPv6 range next to the IPv4 one.
+func berthDualStack(n *node, bridge string) string {
+	return strings.Replace(berthBridge(n, bridge), `"gateway": "10.99.0.1"}]]`, `"gateway": "10.99.0.1"}], [{"subnet": "fd00:99::/64"}]]`, 1)
+}
+
+// On a dual-stack network, -p publishes on both families, -p [::]:... on
+// IPv6 only, and ps and inspect show both families.
+func TestDualStackNetwork(t *testing.T) {
+	n := newNode(t, berthDualStack)
+	n.ok("run", "--rm", "--net", n.network, "-p", "8079:80", "--", "true")
+	before := n.snapshot()
+	const web = "mkdir /www && echo hello > /www/index.html && exec httpd -f -p 80 -h /www"
+	n.ok("run", "-d", "--name", "both", "--net", n.network, "-p", "8080:80", "--", "sh", "-c", web)
+	n.ok("run", "-d", "--name", "six", "--net", n.network, "-p", "[::]:8081:80", "--", "sh", "-c", web)
+	for _, url := range []string{"http://10.99.0.1:8080/", "http://[fd00:99::1]:8080/", "http://[fd00:99::1]:8081/"} {
+		if got := n.waitHTTP(url); got != "hello\n" {
+			t.Errorf("GET %s: %q", url, got)
+		}
+	}
+	if out, err := n.inNode("busybox", "wget", "-q", "-O", "-", "http://10.99.0.1:8081/"); err == nil {
+		t.Errorf("-p [::]:8081:80 is published on IPv4 too: %s", out)
+	}
+	six := n.inspect("six")
+	if len(six.IPsOf(false)) != 1 || len(six.IPsOf(true)) != 1 || !strings.HasPrefix(six.IPsOf(true)[0], "fd00:99::") {
+		t.Fatalf("addresses of a dual-stack container: %v", six.IPs())
+	}
+	n.ok("exec", "both", "ping", "-c", "1", "-W", "5", six.IPsOf(true)[0])
+	ps := n.ok("ps")
+	for _, want := range []string{"0.0.0.0:8080->80/tcp,[::]:8080->80/tcp", "[::]:8081->80/tcp ", six.IPsOf(false)[0] + "," + six.IPsOf(true)[0]} {
+		if !strings.Contains(ps, want) {
+			t.Errorf("ps does not show %q:\n%s", want, ps)
+		}
+	}
+	var inspected []struct {
+		IPv4, IPv6     []string
+		PublishedPorts []string `json:"publishedPorts"`
+	}
+	if err := json.Unmarshal([]byte(n.ok("inspect", "both")), &inspected); err != nil || len(inspected) != 1 {
+		t.Fatalf("inspect: %v", err)
+	}
+	if got := inspected[0]; len(got.IPv4) != 1 || len(got.IPv6) != 1 || strings.Join(got.PublishedPorts, " ") != "0.0.0.0:8080->80/tcp [::]:8080->80/tcp" {
+		t.Errorf("inspect: %+v", got)
+	}
+	n.ok("rm", "-f", "both", "six")
+	n.expectClean(before)
 }

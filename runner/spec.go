@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -57,7 +58,30 @@ func (p PortMapping) String() string {
 	if ip == "" {
 		ip = "0.0.0.0"
 	}
-	return fmt.Sprintf("%s:%d->%d/%s", ip, p.HostPort, p.ContainerPort, p.Protocol)
+	return p.on(ip)
+}
+
+// on renders p as published on host address ip: "[::]:8080->80/tcp".
+func (p PortMapping) on(ip string) string {
+	return fmt.Sprintf("%s->%d/%s", net.JoinHostPort(ip, strconv.Itoa(p.HostPort)), p.ContainerPort, p.Protocol)
+}
+
+// Published renders p once per family it is published in, of those the
+// container has addresses in: a mapping without host address is
+// published on every address of each ("0.0.0.0:8080->80/tcp" and
+// "[::]:8080->80/tcp").
+func (p PortMapping) Published(ipv4, ipv6 bool) []string {
+	if p.HostIP != "" {
+		return []string{p.on(p.HostIP)}
+	}
+	var out []string
+	if ipv4 {
+		out = append(out, p.on("0.0.0.0"))
+	}
+	if ipv6 {
+		out = append(out, p.on("::"))
+	}
+	return out
 }
 
 // ErrInvalid marks a bad user value; the message names the flag and the fix.
@@ -67,30 +91,53 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
 }
 
-// ParsePort parses -p: [hostIP:][hostPort:]containerPort[/protocol].
-// An empty or absent hostPort publishes on a free port.
+// ParsePort parses -p: [hostIP:][hostPort:]containerPort[/protocol],
+// an IPv6 hostIP in brackets ([2001:db8::1]:8080:80). An empty or absent
+// hostPort publishes on a free port; no hostIP, on every address of the
+// node in each family the network has, 0.0.0.0 or [::] on one family.
 func ParsePort(s string) (PortMapping, error) {
 	spec, proto, err := splitProto(s, "-p")
 	if err != nil {
 		return PortMapping{}, err
 	}
-	parts := strings.Split(spec, ":")
 	p := PortMapping{Protocol: proto}
+	const format = "format [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], an IPv6 hostIP in brackets, e.g. -p 127.0.0.1:8080:80 or -p [::]:8080:80"
+	host := ""
+	if rest, ok := strings.CutPrefix(spec, "["); ok {
+		var found bool
+		if host, spec, found = strings.Cut(rest, "]:"); !found {
+			return p, invalid("-p %s: no \"]:\" after the IPv6 host address (%s)", s, format)
+		}
+		if ip, err := netip.ParseAddr(host); err != nil || !ip.Is6() || ip.Is4In6() || ip.Zone() != "" {
+			return p, invalid("-p %s: host IP %q is not an IPv6 address (%s)", s, host, format)
+		}
+		if !strings.Contains(spec, ":") {
+			spec = ":" + spec // [::]:80 publishes 80 on a free port
+		}
+	}
+	parts := strings.Split(spec, ":")
 	var hostPort, containerPort string
-	switch len(parts) {
-	case 1:
+	switch {
+	case len(parts) == 1 && host == "":
 		containerPort = parts[0]
-	case 2:
+	case len(parts) == 2:
 		hostPort, containerPort = parts[0], parts[1]
-	case 3:
+	case len(parts) == 3 && host == "":
 		ip, err := netip.ParseAddr(parts[0])
 		if err != nil || !ip.Is4() {
-			return p, invalid("-p %s: host IP %q is not an IPv4 address (format [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], e.g. -p 127.0.0.1:8080:80)", s, parts[0])
+			return p, invalid("-p %s: host IP %q is not an IPv4 address (%s)", s, parts[0], format)
 		}
-		p.HostIP = ip.String()
+		host = parts[0]
 		hostPort, containerPort = parts[1], parts[2]
 	default:
-		return p, invalid("-p %s: expected [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], e.g. -p 8080:80", s)
+		return p, invalid("-p %s: expected [hostIP:][hostPort:]containerPort[/tcp|udp|sctp] (%s)", s, format)
+	}
+	if host != "" {
+		ip := netip.MustParseAddr(host)
+		if ip == netip.IPv6Loopback() {
+			return p, invalid("-p %s: ::1 cannot be published: the kernel cannot forward connections to ::1 to a container (IPv6 has no route_localnet); use 127.0.0.1, the node's IPv6 address or [::]", s)
+		}
+		p.HostIP = ip.String()
 	}
 	if p.ContainerPort, err = parsePortNumber(containerPort); err != nil {
 		return p, invalid("-p %s: container port: %v", s, err)

@@ -25,6 +25,15 @@ func TestParsePort(t *testing.T) {
 		{in: "fe80::1:80:80", wantErr: "expected [hostIP:]"},
 		{in: "300.1.1.1:80:80", wantErr: "not an IPv4 address"},
 		{in: "", wantErr: "container port"},
+		{in: "[::]:8080:80", want: PortMapping{HostIP: "::", HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}},
+		{in: "[2001:DB8::1]::80/udp", want: PortMapping{HostIP: "2001:db8::1", ContainerPort: 80, Protocol: "udp"}},
+		{in: "[2001:db8::1]:80", want: PortMapping{HostIP: "2001:db8::1", ContainerPort: 80, Protocol: "tcp"}},
+		{in: "0.0.0.0:8080:80", want: PortMapping{HostIP: "0.0.0.0", HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}},
+		{in: "[::1]:8080:80", wantErr: "::1 cannot be published"},
+		{in: "[10.0.0.1]:8080:80", wantErr: "not an IPv6 address"},
+		{in: "[::ffff:10.0.0.1]:8080:80", wantErr: "not an IPv6 address"},
+		{in: "[::]8080:80", wantErr: `no "]:"`},
+		{in: "[::]:1:2:3", wantErr: "expected [hostIP:]"},
 	} {
 		got, err := ParsePort(tc.in)
 		if tc.wantErr != "" {
@@ -35,6 +44,26 @@ func TestParsePort(t *testing.T) {
 		}
 		if err != nil || got != tc.want {
 			t.Errorf("ParsePort(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+// A mapping is shown once per family it is published in.
+func TestPublished(t *testing.T) {
+	p := PortMapping{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}
+	for _, tc := range []struct {
+		p          PortMapping
+		ipv4, ipv6 bool
+		want       string
+	}{
+		{p, true, true, "0.0.0.0:8080->80/tcp [::]:8080->80/tcp"},
+		{p, true, false, "0.0.0.0:8080->80/tcp"},
+		{p, false, true, "[::]:8080->80/tcp"},
+		{PortMapping{HostIP: "2001:db8::1", HostPort: 53, ContainerPort: 53, Protocol: "udp"}, true, true, "[2001:db8::1]:53->53/udp"},
+		{PortMapping{HostIP: "127.0.0.1", HostPort: 53, ContainerPort: 53, Protocol: "udp"}, true, true, "127.0.0.1:53->53/udp"},
+	} {
+		if got := strings.Join(tc.p.Published(tc.ipv4, tc.ipv6), " "); got != tc.want {
+			t.Errorf("%+v on IPv4 %v, IPv6 %v: %q, want %q", tc.p, tc.ipv4, tc.ipv6, got, tc.want)
 		}
 	}
 }

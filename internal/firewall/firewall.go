@@ -1,10 +1,12 @@
 // Package firewall holds berth's iptables rules: masquerade, port mapping
-// (DNAT from the node's addresses and localhost, hairpin) and isolation
-// between networks. The bridge-family plugins and the bgp plugin share it.
+// (DNAT from the node's addresses and localhost, hairpin), isolation
+// between networks and, for IPv6, anti-spoofing. The bridge-family plugins
+// and the bgp plugin share it.
 //
-// Layout (nat table):
+// Layout, the same in iptables and ip6tables (nat table):
 //
 //	PREROUTING, OUTPUT  -m addrtype --dst-type LOCAL -j BERTH-HOSTPORTS
+//	                    (IPv6 OUTPUT: ! -d ::1/128, see localhostRule)
 //	BERTH-HOSTPORTS     -j BERTH-DN-<attachment>   (one per container with ports)
 //	BERTH-DN-<att>      the container's DNAT rules
 //	POSTROUTING         -j BERTH-POSTROUTING
@@ -19,21 +21,36 @@
 //	BERTH-ISOLATION-2   -j BERTH-ISD-<network>     stage 2: entering network M: drop
 //	BERTH-FWD-<net>     accept the network's traffic (even under a DROP policy)
 //
+// (raw table, ip6tables only):
+//
+//	PREROUTING          -j BERTH-ANTISPOOF
+//	BERTH-ANTISPOOF     -j BERTH-RPF-<network>
+//	BERTH-RPF-<net>     -i <ingress> -m rpfilter --invert -j DROP
+//
+// IPv4 drops spoofed sources with rp_filter on the bridge or host veth
+// (plugins/bridge.EnableForwarding); IPv6 has no rp_filter, so the rpfilter
+// match does the same: a packet entering from the network's containers
+// whose source the node would not route back there is dropped, in raw,
+// before conntrack keeps any state for it. It is per network interface,
+// not node-wide, so asymmetric routing elsewhere on the node is untouched.
+//
 // A network's chains are rewritten whole on every ADD (self-healing,
 // idempotent); the shared chains and builtin jumps are added only if missing.
-// Every change holds iptables.Lock, the lock of the network namespace, so
-// that networks with different stateDirs never interleave their cycles.
-//
-// The rules are IPv4 (iptables); each function works on one family's
-// tables, so that IPv6 (ip6tables) rules are the same calls with that
-// family's rules under the same lock.
+// Every change holds iptables.Lock, the lock of the network namespace (both
+// families), so that networks with different stateDirs never interleave
+// their cycles. Each family costs one iptables-save and at most one
+// iptables-restore per call; the two families run side by side.
 package firewall
 
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/iptables"
@@ -45,6 +62,7 @@ const (
 	chainForward     = "BERTH-FORWARD"
 	chainIsolation   = "BERTH-ISOLATION"
 	chainIsolation2  = "BERTH-ISOLATION-2"
+	chainAntispoof   = "BERTH-ANTISPOOF"
 
 	jumpHostPorts = "-m addrtype --dst-type LOCAL -j " + chainHostPorts
 )
@@ -52,19 +70,33 @@ const (
 // Network is what the rules of one berth network depend on.
 type Network struct {
 	Name string
+	// IPv4 and IPv6 are the network's addressing in each family; a family
+	// whose Local is zero is not on the network and gets no rules.
+	IPv4, IPv6 Subnet
+	Masq       bool
+	Isolated   bool
+	// Ingress is where the containers' packets enter the node's IP stack,
+	// as iptables -i takes it: the bridge, or "bv+" for routed host veths
+	// (with br_netfilter, bridged packets show the bridge as their input
+	// too). IPv6 anti-spoofing checks their source's reverse path there.
+	Ingress string
+}
+
+// Subnet is a network's addressing in one family.
+type Subnet struct {
 	// Local holds the addresses of this node's containers on the network.
 	Local netip.Prefix
 	// Scope is the whole network: Local for bridge, the cluster CIDR for
-	// overlay and routed modes. Traffic inside it is neither masqueraded
-	// nor isolated.
-	Scope    netip.Prefix
-	Masq     bool
-	Isolated bool
+	// overlay and routed modes; zero means Local. Traffic inside it is
+	// neither masqueraded nor isolated.
+	Scope netip.Prefix
 }
 
 // Port is one published port.
 type Port struct {
-	HostIP        netip.Addr // zero: every address of the node
+	// HostIP is the node address it answers on: zero for every address
+	// of both families, 0.0.0.0 or :: for every address of one.
+	HostIP        netip.Addr
 	HostPort      uint16
 	ContainerPort uint16
 	Protocol      string // tcp | udp | sctp
@@ -72,9 +104,11 @@ type Port struct {
 
 // Attachment is one container's share of the rules.
 type Attachment struct {
-	Key         string // stable per (network, container, ifName)
-	ContainerIP netip.Addr
-	Ports       []Port
+	Key string // stable per (network, container, ifName)
+	// IPv4 and IPv6 are the container's addresses; zero for a family it
+	// has none in (its ports are not published in that family).
+	IPv4, IPv6 netip.Addr
+	Ports      []Port
 }
 
 func hash(s string) string {
@@ -86,44 +120,82 @@ func natChain(n string) string    { return "BERTH-NAT-" + hash(n) }
 func fwdChain(n string) string    { return "BERTH-FWD-" + hash(n) }
 func isoChain(n string) string    { return "BERTH-ISO-" + hash(n) }
 func isdChain(n string) string    { return "BERTH-ISD-" + hash(n) }
+func rpfChain(n string) string    { return "BERTH-RPF-" + hash(n) }
 func dnatChain(key string) string { return "BERTH-DN-" + hash(key) }
+
+var families = []iptables.Family{iptables.IPv4, iptables.IPv6}
+
+// inFamily is n's share of family f, false when n is not on f.
+func (n Network) inFamily(f iptables.Family, b iptables.Backend) (familyNet, bool) {
+	s := n.IPv4
+	if f == iptables.IPv6 {
+		s = n.IPv6
+	}
+	if !s.Local.IsValid() {
+		return familyNet{}, false
+	}
+	if !s.Scope.IsValid() {
+		s.Scope = s.Local
+	}
+	return familyNet{Network: n, family: f, local: s.Local.Masked(), scope: s.Scope.Masked(), randomFully: b.RandomFully}, true
+}
+
+// familyNet is one network's rules in one family.
+type familyNet struct {
+	Network
+	family       iptables.Family
+	local, scope netip.Prefix
+	randomFully  bool
+}
 
 // Rules in the exact form iptables-save prints them, so that CHECK can
 // compare what is installed with what should be.
 
-func (n Network) natRules() []string {
-	l := n.Local.String()
-	rules := []string{
+func (n familyNet) masquerade() string {
+	if n.randomFully {
+		return "-j MASQUERADE --random-fully"
+	}
+	return "-j MASQUERADE"
+}
+
+func (n familyNet) natRules() []string {
+	l := n.local.String()
+	var rules []string
+	if n.family == iptables.IPv4 {
 		// Connections to a published port from localhost: the container
 		// cannot answer 127.0.0.1, so the source becomes the gateway.
-		"-s 127.0.0.0/8 -d " + l + " -m conntrack --ctstate DNAT -j MASQUERADE",
-		// Hairpin: a container reaching a published port of its own
-		// network must get the answer back through the node.
-		"-s " + l + " -d " + l + " -m conntrack --ctstate DNAT -j MASQUERADE",
+		rules = append(rules, "-s 127.0.0.0/8 -d "+l+" -m conntrack --ctstate DNAT "+n.masquerade())
 	}
+	// Hairpin: a container reaching a published port of its own network
+	// must get the answer back through the node.
+	rules = append(rules, "-s "+l+" -d "+l+" -m conntrack --ctstate DNAT "+n.masquerade())
 	if n.Masq {
+		multicast := "224.0.0.0/4"
+		if n.family == iptables.IPv6 {
+			multicast = "ff00::/8"
+		}
 		rules = append(rules,
-			"-s "+l+" -d "+n.Scope.String()+" -j RETURN",
-			"-s "+l+" -d 224.0.0.0/4 -j RETURN",
-			"-s "+l+" -j MASQUERADE")
+			"-s "+l+" -d "+n.scope.String()+" -j RETURN",
+			"-s "+l+" -d "+multicast+" -j RETURN",
+			"-s "+l+" "+n.masquerade())
 	}
 	return rules
 }
 
-func (n Network) fwdRules() []string {
-	l := n.Local.String()
+func (n familyNet) fwdRules() []string {
+	l := n.local.String()
 	rules := []string{
 		"-s " + l + " -j ACCEPT",
 		"-d " + l + " -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j ACCEPT",
 	}
-	if n.Scope != n.Local {
-		rules = append(rules, "-s "+n.Scope.String()+" -d "+l+" -j ACCEPT")
+	if n.scope != n.local {
+		rules = append(rules, "-s "+n.scope.String()+" -d "+l+" -j ACCEPT")
 	}
 	return rules
 }
 
-func (n Network) isoRules() []string {
-	s := n.Scope.String()
+func (n familyNet) isoRules() []string {
+	s := n.scope.String()
 	return []string{
 		// Published ports are public, answers are answers.
 		"-s " + s + " -m conntrack --ctstate RELATED,ESTABLISHED,DNAT -j RETURN",
@@ -131,35 +203,126 @@ func (n Network) isoRules() []string {
 	}
 }
 
-func (n Network) isdRules() []string { return []string{"-d " + n.Scope.String() + " -j DROP"} }
+func (n familyNet) isdRules() []string { return []string{"-d " + n.scope.String() + " -j DROP"} }
 
-func (a *Attachment) dnatRules() []string {
+// rpfRules drop IPv6 packets from the network's containers whose source
+// the node would route elsewhere: another network's address, or one the
+// container made up. In routed mode each container's /128 is routed
+// through its own veth, so a container cannot take a neighbour's either.
+func (n familyNet) rpfRules() []string {
+	return []string{"-i " + n.Ingress + " -m rpfilter --invert -j DROP"}
+}
+
+// localhostRule is the OUTPUT jump to the port mappings. IPv6 has no
+// route_localnet: the kernel drops the answer to a connection DNATed from
+// ::1 (a packet with a loopback address arriving on another device,
+// RFC 4291), so [::1]:port is left alone and fails at once (connection
+// refused) instead of hanging; 127.0.0.1 works.
+func localhostRule(f iptables.Family) string {
+	if f == iptables.IPv6 {
+		return "! -d ::1/128 " + jumpHostPorts
+	}
+	return jumpHostPorts
+}
+
+// portInFamily says whether p is published in family f.
+func portInFamily(p Port, f iptables.Family) bool {
+	return !p.HostIP.IsValid() || p.HostIP.Is4() == (f == iptables.IPv4)
+}
+
+func (a *Attachment) addr(f iptables.Family) netip.Addr {
+	if f == iptables.IPv6 {
+		return a.IPv6
+	}
+	return a.IPv4
+}
+
+// dnatRules are a's port mappings in family f; none when a has no
+// address there.
+func (a *Attachment) dnatRules(f iptables.Family) []string {
+	if a == nil || !a.addr(f).IsValid() {
+		return nil
+	}
+	ip := a.addr(f)
 	var rules []string
 	for _, p := range a.Ports {
-		r := ""
-		if p.HostIP.IsValid() {
-			r = "-d " + p.HostIP.String() + "/32 "
+		if !portInFamily(p, f) {
+			continue
 		}
-		r += fmt.Sprintf("-p %s -m %s --dport %d -j DNAT --to-destination %s:%d",
-			p.Protocol, p.Protocol, p.HostPort, a.ContainerIP, p.ContainerPort)
+		r := ""
+		if p.HostIP.IsValid() && !p.HostIP.IsUnspecified() {
+			r = fmt.Sprintf("-d %s/%d ", p.HostIP, p.HostIP.BitLen())
+		}
+		r += fmt.Sprintf("-p %s -m %s --dport %d -j DNAT --to-destination %s",
+			p.Protocol, p.Protocol, p.HostPort, netip.AddrPortFrom(ip, p.ContainerPort))
 		rules = append(rules, r)
 	}
 	return rules
 }
 
+// eachFamily runs do for each family the network is on, side by side:
+// the families' tables and tools are independent, and the two
+// iptables-restore commits then cost one wait, not two.
+func eachFamily(n Network, b iptables.Backend, do func(familyNet) error) error {
+	var fns []familyNet
+	for _, f := range families {
+		if fn, ok := n.inFamily(f, b); ok {
+			fns = append(fns, fn)
+		}
+	}
+	return parallel(len(fns), func(i int) error { return do(fns[i]) })
+}
+
+// parallel runs do(0) ... do(n-1) side by side, each in the calling
+// thread's network namespace: a goroutine runs on any thread, and a
+// caller inside ns.Do (a runtime linking berth, the tests) would otherwise
+// have iptables run in whichever namespace that thread is in.
+func parallel(n int, do func(i int) error) error {
+	if n <= 1 {
+		if n == 1 {
+			return do(0)
+		}
+		return nil
+	}
+	netns, err := ns.GetCurrentNS()
+	if err != nil {
+		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
+	}
+	defer netns.Close()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = netns.Do(func(ns.NetNS) error { return do(i) })
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
 // Ensure installs the network's rules and, when a has ports, a's port
-// mappings: one iptables-save and at most one iptables-restore.
+// mappings: per family of the network, one iptables-save and at most one
+// iptables-restore.
 func Ensure(n Network, a *Attachment) error {
 	lock, err := iptables.Lock()
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
-	return ensure(iptables.IPv4, n, a)
+	b, err := iptables.Open()
+	if err != nil {
+		return err
+	}
+	if n.IPv6.Local.IsValid() && n.Ingress == "" {
+		return fmt.Errorf("%w: network %s has IPv6 but no ingress interface for its anti-spoofing rule", cnierr.ErrInvalidConfig, n.Name)
+	}
+	return eachFamily(n, b, func(fn familyNet) error { return ensure(b, fn, a) })
 }
 
-func ensure(family iptables.Family, n Network, a *Attachment) error {
-	tables, err := iptables.Save(family)
+func ensure(backend iptables.Backend, n familyNet, a *Attachment) error {
+	tables, err := backend.Save(n.family)
 	if err != nil {
 		return err
 	}
@@ -169,13 +332,13 @@ func ensure(family iptables.Family, n Network, a *Attachment) error {
 	ensureChain(b, nat, chainHostPorts)
 	ensureChain(b, nat, chainPostrouting)
 	b.Owned(nat, natChain(n.Name), n.natRules())
-	if a != nil && len(a.Ports) > 0 {
-		b.Owned(nat, dnatChain(a.Key), a.dnatRules())
+	if dnat := a.dnatRules(n.family); len(dnat) > 0 {
+		b.Owned(nat, dnatChain(a.Key), dnat)
 		ensureJump(b, nat, chainHostPorts, "-j "+dnatChain(a.Key))
 	}
 	ensureJump(b, nat, chainPostrouting, "-j "+natChain(n.Name))
 	ensureJump(b, nat, "PREROUTING", jumpHostPorts)
-	ensureJump(b, nat, "OUTPUT", jumpHostPorts)
+	ensureJump(b, nat, "OUTPUT", localhostRule(n.family))
 	ensureJump(b, nat, "POSTROUTING", "-j "+chainPostrouting)
 
 	filter := tables.Get("filter")
@@ -201,25 +364,46 @@ func ensure(family iptables.Family, n Network, a *Attachment) error {
 	if !filter.Jumps("FORWARD", chainForward) {
 		f.Insert("FORWARD", "-j "+chainForward)
 	}
-	return iptables.Apply(family, b, f)
+
+	r := iptables.NewBatch("raw")
+	if n.family == iptables.IPv6 {
+		raw := tables.Get("raw")
+		ensureChain(r, raw, chainAntispoof)
+		r.Owned(raw, rpfChain(n.Name), n.rpfRules())
+		ensureJump(r, raw, chainAntispoof, "-j "+rpfChain(n.Name))
+		ensureJump(r, raw, "PREROUTING", "-j "+chainAntispoof)
+	}
+	return backend.Apply(n.family, b, f, r)
 }
 
-// RemoveAttachment deletes the port mappings of the attachment key and,
-// when isLast reports no container left on the network, the network's
-// rules; when no berth network is left at all, the shared chains and
-// builtin jumps go too. isLast runs under the lock, so a parallel ADD
-// either sees the network's rules gone or keeps them.
-func RemoveAttachment(network, key string, hasPorts bool, isLast func() bool) error {
+// RemoveAttachment deletes a's port mappings and, when isLast reports no
+// container left on the network, the network's rules in both families;
+// when no berth network is left at all, the shared chains and builtin
+// jumps go too. isLast runs under the lock, so a parallel ADD either sees
+// the network's rules gone or keeps them.
+func RemoveAttachment(network string, a *Attachment, isLast func() bool) error {
 	lock, err := iptables.Lock()
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
 	last := isLast()
-	if !last && !hasPorts {
+	var fams []iptables.Family
+	for _, f := range families {
+		// The network's rules may be in either family, whatever the
+		// config given to this DEL says: it may lack the lease.
+		if last || len(a.dnatRules(f)) > 0 {
+			fams = append(fams, f)
+		}
+	}
+	if len(fams) == 0 {
 		return nil // nothing of this container is in iptables
 	}
-	return remove(iptables.IPv4, network, key, last)
+	b, err := iptables.Open()
+	if err != nil {
+		return err
+	}
+	return parallel(len(fams), func(i int) error { return remove(b, fams[i], network, a.Key, last) })
 }
 
 // RemoveNetwork deletes the network's rules if isEmpty reports, under the
@@ -233,13 +417,17 @@ func RemoveNetwork(network string, isEmpty func() bool) error {
 	if !isEmpty() {
 		return nil
 	}
-	return remove(iptables.IPv4, network, "", true)
+	b, err := iptables.Open()
+	if err != nil {
+		return err
+	}
+	return parallel(len(families), func(i int) error { return remove(b, families[i], network, "", true) })
 }
 
 // remove deletes the port mappings of key (none when "") and, when last,
 // the network's chains and the shared ones no other network jumps to.
-func remove(family iptables.Family, network, key string, last bool) error {
-	tables, err := iptables.Save(family)
+func remove(backend iptables.Backend, family iptables.Family, network, key string, last bool) error {
+	tables, err := backend.Save(family)
 	if err != nil {
 		return err
 	}
@@ -249,6 +437,7 @@ func remove(family iptables.Family, network, key string, last bool) error {
 		removeOwned(b, nat, chainHostPorts, dnatChain(key))
 	}
 	f := iptables.NewBatch("filter")
+	r := iptables.NewBatch("raw")
 	if last {
 		removeOwned(b, nat, chainPostrouting, natChain(network))
 		if onlyJumpsTo(nat, chainHostPorts, dnatChain(key)) && onlyJumpsTo(nat, chainPostrouting, natChain(network)) {
@@ -267,17 +456,31 @@ func remove(family iptables.Family, network, key string, last bool) error {
 				f.DeleteChain(filter, chainIsolation2)
 			}
 		}
+		raw := tables.Get("raw")
+		removeOwned(r, raw, chainAntispoof, rpfChain(network))
+		if onlyJumpsTo(raw, chainAntispoof, rpfChain(network)) {
+			removeOwned(r, raw, "PREROUTING", chainAntispoof)
+		}
 	}
-	return iptables.Apply(family, b, f)
+	return backend.Apply(family, b, f, r)
 }
 
-// Check reports the first rule of n (and a) that is missing or altered.
+// Check reports the first rule of n (and a) that is missing or altered,
+// in any family of the network.
 func Check(n Network, a *Attachment) error {
-	tables, err := iptables.Save(iptables.IPv4)
+	b, err := iptables.Open()
 	if err != nil {
 		return err
 	}
-	nat, filter := tables.Get("nat"), tables.Get("filter")
+	return eachFamily(n, b, func(fn familyNet) error { return check(b, fn, a) })
+}
+
+func check(backend iptables.Backend, n familyNet, a *Attachment) error {
+	tables, err := backend.Save(n.family)
+	if err != nil {
+		return err
+	}
+	nat, filter, raw := tables.Get("nat"), tables.Get("filter"), tables.Get("raw")
 	type want struct {
 		t     *iptables.Table
 		chain string
@@ -287,28 +490,36 @@ func Check(n Network, a *Attachment) error {
 	if n.Isolated {
 		wants = append(wants, want{filter, isdChain(n.Name), n.isdRules()})
 	}
-	if a != nil && len(a.Ports) > 0 {
-		wants = append(wants, want{nat, dnatChain(a.Key), a.dnatRules()})
+	if n.family == iptables.IPv6 {
+		wants = append(wants, want{raw, rpfChain(n.Name), n.rpfRules()})
+	}
+	if dnat := a.dnatRules(n.family); len(dnat) > 0 {
+		wants = append(wants, want{nat, dnatChain(a.Key), dnat})
 		if !nat.Jumps(chainHostPorts, dnatChain(a.Key)) {
-			return fmt.Errorf("%w: nat %s has no jump to the container's port mappings %s", cnierr.ErrCheckFailed, chainHostPorts, dnatChain(a.Key))
+			return fmt.Errorf("%w: %s nat %s has no jump to the container's port mappings %s", cnierr.ErrCheckFailed, n.family, chainHostPorts, dnatChain(a.Key))
 		}
 	}
 	for _, w := range wants {
 		got := w.t.Rules(w.chain)
 		if !w.t.HasChain(w.chain) || fmt.Sprint(got) != fmt.Sprint(w.rules) {
-			return fmt.Errorf("%w: %s chain %s of network %s: have %q, want %q", cnierr.ErrCheckFailed, w.t.Name, w.chain, n.Name, got, w.rules)
+			return fmt.Errorf("%w: %s %s chain %s of network %s: have %q, want %q", cnierr.ErrCheckFailed, n.family, w.t.Name, w.chain, n.Name, got, w.rules)
 		}
 	}
-	for _, j := range []struct {
+	type jump struct {
 		t             *iptables.Table
 		chain, target string
-	}{
+	}
+	jumps := []jump{
 		{nat, "PREROUTING", chainHostPorts}, {nat, "OUTPUT", chainHostPorts},
 		{nat, "POSTROUTING", chainPostrouting}, {nat, chainPostrouting, natChain(n.Name)},
 		{filter, "FORWARD", chainForward}, {filter, chainForward, fwdChain(n.Name)},
-	} {
+	}
+	if n.family == iptables.IPv6 {
+		jumps = append(jumps, jump{raw, "PREROUTING", chainAntispoof}, jump{raw, chainAntispoof, rpfChain(n.Name)})
+	}
+	for _, j := range jumps {
 		if !j.t.Jumps(j.chain, j.target) {
-			return fmt.Errorf("%w: %s chain %s has no jump to %s", cnierr.ErrCheckFailed, j.t.Name, j.chain, j.target)
+			return fmt.Errorf("%w: %s %s chain %s has no jump to %s", cnierr.ErrCheckFailed, n.family, j.t.Name, j.chain, j.target)
 		}
 	}
 	return nil

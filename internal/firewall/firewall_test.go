@@ -18,45 +18,111 @@ import (
 
 func network(name, local string) Network {
 	p := netip.MustParsePrefix(local)
-	return Network{Name: name, Local: p, Scope: p, Masq: true, Isolated: true}
+	n := Network{Name: name, Masq: true, Isolated: true, Ingress: "br-" + name}
+	if p.Addr().Is4() {
+		n.IPv4 = Subnet{Local: p, Scope: p}
+	} else {
+		n.IPv6 = Subnet{Local: p, Scope: p}
+	}
+	return n
+}
+
+// dualStack is a network on both families.
+func dualStack(name, local4, local6 string) Network {
+	n := network(name, local4)
+	n.IPv6 = network(name, local6).IPv6
+	return n
+}
+
+// in4 is n's IPv4 share, with the node's backend.
+func in4(n Network) familyNet {
+	fn, _ := n.inFamily(iptables.IPv4, iptables.Backend{RandomFully: true})
+	return fn
+}
+func in6(n Network) familyNet {
+	fn, _ := n.inFamily(iptables.IPv6, iptables.Backend{RandomFully: true})
+	return fn
 }
 
 func TestRules(t *testing.T) {
-	n := network("a", "10.1.0.0/24")
-	if got := n.natRules(); !slices.Equal(got, []string{
-		"-s 127.0.0.0/8 -d 10.1.0.0/24 -m conntrack --ctstate DNAT -j MASQUERADE",
-		"-s 10.1.0.0/24 -d 10.1.0.0/24 -m conntrack --ctstate DNAT -j MASQUERADE",
+	n := dualStack("a", "10.1.0.0/24", "fd00:1::/64")
+	if got := in4(n).natRules(); !slices.Equal(got, []string{
+		"-s 127.0.0.0/8 -d 10.1.0.0/24 -m conntrack --ctstate DNAT -j MASQUERADE --random-fully",
+		"-s 10.1.0.0/24 -d 10.1.0.0/24 -m conntrack --ctstate DNAT -j MASQUERADE --random-fully",
 		"-s 10.1.0.0/24 -d 10.1.0.0/24 -j RETURN",
 		"-s 10.1.0.0/24 -d 224.0.0.0/4 -j RETURN",
-		"-s 10.1.0.0/24 -j MASQUERADE",
+		"-s 10.1.0.0/24 -j MASQUERADE --random-fully",
 	}) {
 		t.Errorf("nat rules: %q", got)
 	}
+	// IPv6: no localhost rule (no DNAT from ::1), IPv6 multicast.
+	if got := in6(n).natRules(); !slices.Equal(got, []string{
+		"-s fd00:1::/64 -d fd00:1::/64 -m conntrack --ctstate DNAT -j MASQUERADE --random-fully",
+		"-s fd00:1::/64 -d fd00:1::/64 -j RETURN",
+		"-s fd00:1::/64 -d ff00::/8 -j RETURN",
+		"-s fd00:1::/64 -j MASQUERADE --random-fully",
+	}) {
+		t.Errorf("IPv6 nat rules: %q", got)
+	}
+	if got := in6(n).rpfRules(); !slices.Equal(got, []string{"-i br-a -m rpfilter --invert -j DROP"}) {
+		t.Errorf("IPv6 anti-spoofing rules: %q", got)
+	}
+	if fn, _ := n.inFamily(iptables.IPv4, iptables.Backend{}); fn.natRules()[0] != "-s 127.0.0.0/8 -d 10.1.0.0/24 -m conntrack --ctstate DNAT -j MASQUERADE" {
+		t.Errorf("iptables without --random-fully: %q", fn.natRules())
+	}
 	n.Masq = false
-	if got := n.natRules(); len(got) != 2 {
+	if got := in4(n).natRules(); len(got) != 2 {
 		t.Errorf("without masquerade only localhost and hairpin remain: %q", got)
 	}
+	if got := in6(n).natRules(); len(got) != 1 {
+		t.Errorf("IPv6 without masquerade only hairpin remains: %q", got)
+	}
 	// A leased network: traffic from the rest of the cluster CIDR is let in.
-	n.Scope = netip.MustParsePrefix("10.0.0.0/8")
-	if got := n.fwdRules(); len(got) != 3 || got[2] != "-s 10.0.0.0/8 -d 10.1.0.0/24 -j ACCEPT" {
+	n.IPv4.Scope = netip.MustParsePrefix("10.0.0.0/8")
+	n.IPv6.Scope = netip.Prefix{} // none given: the node's subnet
+	if got := in4(n).fwdRules(); len(got) != 3 || got[2] != "-s 10.0.0.0/8 -d 10.1.0.0/24 -j ACCEPT" {
 		t.Errorf("forward rules of a leased network: %q", got)
 	}
-	a := &Attachment{Key: "k", ContainerIP: netip.MustParseAddr("10.1.0.5"), Ports: []Port{
+	if got := in6(n).isdRules(); !slices.Equal(got, []string{"-d fd00:1::/64 -j DROP"}) {
+		t.Errorf("IPv6 scope defaults to the local subnet: %q", got)
+	}
+	if _, ok := network("v4", "10.9.0.0/24").inFamily(iptables.IPv6, iptables.Backend{}); ok {
+		t.Error("an IPv4-only network has IPv6 rules")
+	}
+	a := &Attachment{Key: "k", IPv4: netip.MustParseAddr("10.1.0.5"), IPv6: netip.MustParseAddr("fd00:1::5"), Ports: []Port{
 		{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
 		{HostIP: netip.MustParseAddr("192.0.2.2"), HostPort: 53, ContainerPort: 5353, Protocol: "udp"},
+		{HostIP: netip.MustParseAddr("2001:db8::2"), HostPort: 54, ContainerPort: 5353, Protocol: "udp"},
+		{HostIP: netip.IPv4Unspecified(), HostPort: 9000, ContainerPort: 90, Protocol: "tcp"},
+		{HostIP: netip.IPv6Unspecified(), HostPort: 9001, ContainerPort: 91, Protocol: "sctp"},
 	}}
-	if got := a.dnatRules(); !slices.Equal(got, []string{
+	if got := a.dnatRules(iptables.IPv4); !slices.Equal(got, []string{
 		"-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.1.0.5:80",
 		"-d 192.0.2.2/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.1.0.5:5353",
+		"-p tcp -m tcp --dport 9000 -j DNAT --to-destination 10.1.0.5:90",
 	}) {
 		t.Errorf("dnat rules: %q", got)
+	}
+	if got := a.dnatRules(iptables.IPv6); !slices.Equal(got, []string{
+		"-p tcp -m tcp --dport 8080 -j DNAT --to-destination [fd00:1::5]:80",
+		"-d 2001:db8::2/128 -p udp -m udp --dport 54 -j DNAT --to-destination [fd00:1::5]:5353",
+		"-p sctp -m sctp --dport 9001 -j DNAT --to-destination [fd00:1::5]:91",
+	}) {
+		t.Errorf("IPv6 dnat rules: %q", got)
+	}
+	a.IPv6 = netip.Addr{}
+	if got := a.dnatRules(iptables.IPv6); len(got) != 0 {
+		t.Errorf("a container without IPv6 has IPv6 port mappings: %q", got)
 	}
 }
 
 // save is the namespace's IPv4 rules as iptables-save prints them.
-func save(t *testing.T, n ns.NetNS) iptables.Tables {
+func save(t *testing.T, n ns.NetNS) iptables.Tables { return saveFamily(t, n, iptables.IPv4) }
+
+// saveFamily is the namespace's rules of family f.
+func saveFamily(t *testing.T, n ns.NetNS, f iptables.Family) iptables.Tables {
 	t.Helper()
-	out, err := testenv.InNS(n, "iptables-save")
+	out, err := testenv.InNS(n, f.String()+"-save")
 	if err != nil {
 		t.Fatalf("iptables-save: %v: %s", err, out)
 	}
@@ -69,7 +135,7 @@ func save(t *testing.T, n ns.NetNS) iptables.Tables {
 
 func berthChains(ts iptables.Tables) []string {
 	var out []string
-	for _, table := range []string{"nat", "filter"} {
+	for _, table := range []string{"nat", "filter", "raw"} {
 		for _, c := range ts.Get(table).Chains(iptables.Prefix) {
 			out = append(out, table+" "+c)
 		}
@@ -86,7 +152,7 @@ func TestEnsureAndRemove(t *testing.T) {
 	n := testenv.NewNS(t)
 	a, b := network("a", "10.1.0.0/24"), network("b", "10.2.0.0/24")
 	b.Isolated = false
-	att := &Attachment{Key: "ka", ContainerIP: netip.MustParseAddr("10.1.0.5"), Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}}
+	att := &Attachment{Key: "ka", IPv4: netip.MustParseAddr("10.1.0.5"), Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}}}
 	for _, step := range []func() error{
 		func() error { return Ensure(a, att) },
 		func() error { return Ensure(a, att) }, // again: nothing changes
@@ -136,7 +202,7 @@ func TestEnsureAndRemove(t *testing.T) {
 	}
 
 	// a's last container: a's chains go, b's stay.
-	if err := in(n, func() error { return RemoveAttachment("a", "ka", true, func() bool { return true }) }); err != nil {
+	if err := in(n, func() error { return RemoveAttachment("a", att, func() bool { return true }) }); err != nil {
 		t.Fatal(err)
 	}
 	left := strings.Join(berthChains(save(t, n)), "\n")
@@ -189,7 +255,7 @@ func TestConcurrentNetworks(t *testing.T) {
 		}
 	}
 	att := func(i int) *Attachment {
-		return &Attachment{Key: fmt.Sprint("k", i), ContainerIP: netip.MustParseAddr(fmt.Sprintf("10.3.%d.2", i)),
+		return &Attachment{Key: fmt.Sprint("k", i), IPv4: netip.MustParseAddr(fmt.Sprintf("10.3.%d.2", i)),
 			Ports: []Port{{HostPort: uint16(9000 + i), ContainerPort: 80, Protocol: "tcp"}}}
 	}
 	netOf := func(i int) Network { return network(fmt.Sprint("n", i), fmt.Sprintf("10.3.%d.0/24", i)) }
@@ -208,9 +274,147 @@ func TestConcurrentNetworks(t *testing.T) {
 		}
 	}
 	run(func(i int) error {
-		return RemoveAttachment(netOf(i).Name, att(i).Key, true, func() bool { return true })
+		return RemoveAttachment(netOf(i).Name, att(i), func() bool { return true })
 	})
 	if got := berthChains(save(t, n)); len(got) != 0 {
 		t.Errorf("left after every network: %v", got)
+	}
+}
+
+// A dual-stack network gets the same layout in ip6tables, plus the
+// anti-spoofing chain in raw; CHECK sees an IPv6 rule go; the last
+// container takes both families' rules with it. An IPv6-only network
+// leaves iptables alone.
+func TestDualStack(t *testing.T) {
+	n := testenv.NewNS(t)
+	ds := dualStack("ds", "10.5.0.0/24", "fd00:5::/64")
+	att := &Attachment{Key: "kds", IPv4: netip.MustParseAddr("10.5.0.2"), IPv6: netip.MustParseAddr("fd00:5::2"),
+		Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}, {HostIP: netip.MustParseAddr("fd00:99::1"), HostPort: 53, ContainerPort: 53, Protocol: "udp"}}}
+	v6only := network("v6", "fd00:6::/64")
+	att6 := &Attachment{Key: "kv6", IPv6: netip.MustParseAddr("fd00:6::2"), Ports: []Port{{HostIP: netip.IPv6Unspecified(), HostPort: 8081, ContainerPort: 80, Protocol: "tcp"}}}
+	for _, step := range []func() error{
+		func() error { return Ensure(ds, att) },
+		func() error { return Ensure(v6only, att6) },
+		func() error { return Check(ds, att) },
+		func() error { return Check(v6only, att6) },
+	} {
+		if err := in(n, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v4, v6 := save(t, n), saveFamily(t, n, iptables.IPv6)
+	for _, j := range []struct {
+		t             *iptables.Table
+		chain, target string
+	}{
+		{v6.Get("nat"), "PREROUTING", chainHostPorts}, {v6.Get("nat"), "OUTPUT", chainHostPorts},
+		{v6.Get("nat"), chainHostPorts, dnatChain("kds")}, {v6.Get("nat"), chainHostPorts, dnatChain("kv6")},
+		{v6.Get("nat"), chainPostrouting, natChain("ds")}, {v6.Get("nat"), chainPostrouting, natChain("v6")},
+		{v6.Get("filter"), chainForward, fwdChain("ds")}, {v6.Get("filter"), chainIsolation2, isdChain("v6")},
+		{v6.Get("raw"), "PREROUTING", chainAntispoof}, {v6.Get("raw"), chainAntispoof, rpfChain("ds")},
+		{v6.Get("raw"), chainAntispoof, rpfChain("v6")},
+		{v4.Get("nat"), chainHostPorts, dnatChain("kds")}, {v4.Get("filter"), chainForward, fwdChain("ds")},
+	} {
+		if !j.t.Jumps(j.chain, j.target) {
+			t.Errorf("%s %s: no jump to %s", j.t.Name, j.chain, j.target)
+		}
+	}
+	if got := v6.Get("nat").Rules("OUTPUT"); !slices.Equal(got, []string{"! -d ::1/128 " + jumpHostPorts}) {
+		t.Errorf("IPv6 OUTPUT must leave ::1 alone: %q", got)
+	}
+	if got := v4.Get("nat").Rules(dnatChain("kds")); len(got) != 1 {
+		t.Errorf("IPv4 gets the mapping on every address only: %q", got)
+	}
+	if got := v6.Get("nat").Rules(dnatChain("kds")); len(got) != 2 {
+		t.Errorf("IPv6 gets both mappings: %q", got)
+	}
+	for _, c := range berthChains(v4) {
+		if strings.Contains(c, hash("v6")) || strings.Contains(c, dnatChain("kv6")) {
+			t.Errorf("the IPv6-only network has IPv4 chain %s", c)
+		}
+	}
+
+	// CHECK notices an IPv6 rule gone, each kind.
+	for _, tamper := range [][]string{
+		{"-t", "raw", "-F", rpfChain("ds")},
+		{"-t", "nat", "-F", dnatChain("kds")},
+		{"-t", "nat", "-F", natChain("ds")},
+		{"-t", "filter", "-F", isdChain("ds")},
+		{"-t", "raw", "-D", chainAntispoof, "-j", rpfChain("ds")},
+	} {
+		testenv.InNS(n, "ip6tables", tamper...)
+		if err := in(n, func() error { return Check(ds, att) }); !errors.Is(err, cnierr.ErrCheckFailed) {
+			t.Errorf("Check after ip6tables %v: %v", tamper, err)
+		}
+		if err := in(n, func() error { return Ensure(ds, att) }); err != nil { // repairs
+			t.Fatal(err)
+		}
+		if err := in(n, func() error { return Check(ds, att) }); err != nil {
+			t.Errorf("Ensure did not repair ip6tables %v: %v", tamper, err)
+		}
+	}
+
+	for _, step := range []func() error{
+		func() error { return RemoveAttachment("ds", att, func() bool { return true }) },
+		func() error { return RemoveAttachment("v6", att6, func() bool { return true }) },
+	} {
+		if err := in(n, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range families {
+		ts := saveFamily(t, n, f)
+		if got := berthChains(ts); len(got) != 0 {
+			t.Errorf("%s: chains left after the last network: %v", f, got)
+		}
+		for _, tc := range [][2]string{{"nat", "PREROUTING"}, {"nat", "OUTPUT"}, {"nat", "POSTROUTING"}, {"filter", "FORWARD"}, {"raw", "PREROUTING"}} {
+			if r := ts.Get(tc[0]).Rules(tc[1]); len(r) != 0 {
+				t.Errorf("%s %s %s keeps %q", f, tc[0], tc[1], r)
+			}
+		}
+	}
+}
+
+// Dual-stack networks added and removed at once: both families end up
+// with one jump per builtin chain and nothing once all have gone.
+func TestConcurrentDualStackNetworks(t *testing.T) {
+	n := testenv.NewNS(t)
+	const nets = 6
+	netOf := func(i int) Network {
+		return dualStack(fmt.Sprint("d", i), fmt.Sprintf("10.6.%d.0/24", i), fmt.Sprintf("fd00:6:%d::/64", i))
+	}
+	att := func(i int) *Attachment {
+		return &Attachment{Key: fmt.Sprint("d", i), IPv4: netip.MustParseAddr(fmt.Sprintf("10.6.%d.2", i)),
+			IPv6: netip.MustParseAddr(fmt.Sprintf("fd00:6:%d::2", i)), Ports: []Port{{HostPort: uint16(9100 + i), ContainerPort: 80, Protocol: "tcp"}}}
+	}
+	run := func(f func(i int) error) {
+		var wg sync.WaitGroup
+		errs := make([]error, nets)
+		for i := range nets {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = in(n, func() error { return f(i) })
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run(func(i int) error { return Ensure(netOf(i), att(i)) })
+	v6 := saveFamily(t, n, iptables.IPv6)
+	if len(v6.Get("nat").Rules("OUTPUT")) != 1 || len(v6.Get("raw").Rules("PREROUTING")) != 1 || len(v6.Get("filter").Rules("FORWARD")) != 1 {
+		t.Errorf("IPv6 builtin jumps: %q %q %q", v6.Get("nat").Rules("OUTPUT"), v6.Get("raw").Rules("PREROUTING"), v6.Get("filter").Rules("FORWARD"))
+	}
+	if len(v6.Get("raw").Rules(chainAntispoof)) != nets || len(v6.Get("nat").Rules(chainHostPorts)) != nets {
+		t.Errorf("IPv6 per-network jumps: %q %q", v6.Get("raw").Rules(chainAntispoof), v6.Get("nat").Rules(chainHostPorts))
+	}
+	run(func(i int) error { return Check(netOf(i), att(i)) })
+	run(func(i int) error { return RemoveAttachment(netOf(i).Name, att(i), func() bool { return true }) })
+	for _, f := range families {
+		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
+			t.Errorf("%s: left after every network: %v", f, got)
+		}
 	}
 }

@@ -8,20 +8,18 @@
 // berth shares between networks are always jumps to an owned chain, so that
 // "is it there?" is answered by looking for the jump target by name, which
 // does not depend on how iptables-save normalises a rule.
+//
+// Both families go through the one backend (nf_tables or legacy) the
+// namespace's rules already use: see Backend.
 package iptables
 
 import (
 	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 
-	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/netnsdir"
 )
 
@@ -87,7 +85,8 @@ func (ts Tables) Get(name string) *Table {
 }
 
 // Family is an IP family's set of tables: iptables for IPv4, ip6tables
-// for IPv6. Each has its own tables and tools; one Lock covers both.
+// for IPv6. Each has its own tables and tools (on the namespace's one
+// Backend); one Lock covers both.
 type Family int
 
 const (
@@ -101,15 +100,6 @@ func (f Family) String() string {
 		return "ip6tables"
 	}
 	return "iptables"
-}
-
-// Save reads all tables of family f with one iptables-save.
-func Save(f Family) (Tables, error) {
-	out, err := exec.Command(binary(f.String() + "-save")).Output()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s-save: %v", cnierr.ErrDatapath, f, exitDetail(err))
-	}
-	return Parse(out)
 }
 
 // Parse reads iptables-save output.
@@ -215,53 +205,8 @@ func Restore(batches ...*Batch) string {
 	return in.String()
 }
 
-// Apply commits the batches to family f with one iptables-restore
-// --noflush: one exec and one kernel transaction per table, whatever the
-// number of rules.
-func Apply(f Family, batches ...*Batch) error {
-	input := Restore(batches...)
-	if input == "" {
-		return nil
-	}
-	cmd := exec.Command(binary(f.String()+"-restore"), "--noflush", "-w", "5")
-	cmd.Stdin = strings.NewReader(input)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%w: %s-restore: %v: %s\ninput:\n%s", cnierr.ErrDatapath, f, err, strings.TrimSpace(stderr.String()), input)
-	}
-	return nil
-}
-
 // Lock serialises berth's read-modify-write cycles (Save, then Apply) on
 // the rules of the calling thread's network namespace, both families,
 // whichever network or stateDir the caller serves: iptables' own xtables
 // lock covers single execs only.
 func Lock() (*netnsdir.Lock, error) { return netnsdir.Acquire("iptables.lock", false) }
-
-// binary finds an iptables tool. Runtimes may exec plugins without PATH
-// (the CNI spec does not promise one), so the usual places are tried too.
-func binary(name string) string {
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(dir, name); isExecutable(p) {
-			return p
-		}
-	}
-	return name // exec reports it missing, naming it
-}
-
-func isExecutable(p string) bool {
-	info, err := os.Stat(p)
-	return err == nil && !info.IsDir() && info.Mode()&0o111 != 0
-}
-
-func exitDetail(err error) string {
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		return fmt.Sprintf("%v: %s", err, strings.TrimSpace(string(ee.Stderr)))
-	}
-	return err.Error()
-}

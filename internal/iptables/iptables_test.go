@@ -3,6 +3,7 @@ package iptables
 import (
 	"errors"
 	"fmt"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -97,6 +98,11 @@ func TestApplyAndSave(t *testing.T) {
 	for _, f := range []Family{IPv4, IPv6} {
 		t.Run(f.String(), func(t *testing.T) {
 			err := n.Do(func(ns.NetNS) error {
+				backend, err := Open()
+				if err != nil {
+					return err
+				}
+				Apply, Save := backend.Apply, backend.Save
 				b := NewBatch("filter")
 				b.Chain("BERTH-T")
 				b.Append("BERTH-T", "-j ACCEPT")
@@ -185,5 +191,119 @@ func TestLockPerNamespace(t *testing.T) {
 	case <-same:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the lock was not handed on")
+	}
+}
+
+func TestParseVersion(t *testing.T) {
+	for out, want := range map[string]Backend{
+		"iptables v1.8.9 (nf_tables)\n": {Name: NFTables, RandomFully: true},
+		"iptables v1.8.7 (legacy)\n":    {Name: Legacy, RandomFully: true},
+		"iptables v1.6.2\n":             {Name: Legacy, RandomFully: true},
+		"iptables v1.6.1\n":             {Name: Legacy},
+		"iptables v1.4.21\n":            {Name: Legacy},
+		"garbage":                       {Name: Legacy},
+	} {
+		if got := parseVersion([]byte(out)); got != want {
+			t.Errorf("parseVersion(%q) = %+v, want %+v", out, got, want)
+		}
+	}
+}
+
+// Detect puts berth's rules where the namespace's rules already are, in
+// the order its comment gives, and Open keeps the first answer for the
+// namespace's life.
+func TestDetectBackend(t *testing.T) {
+	if !isInstalled("iptables-legacy-restore") || !isInstalled("iptables-nft-restore") {
+		t.Skip("needs both iptables-nft and iptables-legacy")
+	}
+	def := plain().Name // the node's iptables: the answer when nothing is set up
+	tests := []struct {
+		name  string
+		setup [][]string
+		want  string
+	}{
+		{"nothing set up: the node's iptables", nil, def},
+		{"Docker on legacy", [][]string{
+			{"iptables-legacy", "-P", "FORWARD", "DROP"}, {"iptables-legacy", "-N", "DOCKER"},
+			{"iptables-legacy", "-A", "FORWARD", "-j", "DOCKER"}, {"ip6tables-legacy", "-A", "FORWARD", "-j", "ACCEPT"},
+		}, Legacy},
+		{"more rules in nf_tables", [][]string{
+			{"iptables-legacy", "-A", "FORWARD", "-j", "ACCEPT"},
+			{"iptables-nft", "-A", "FORWARD", "-j", "ACCEPT"}, {"ip6tables-nft", "-A", "INPUT", "-j", "ACCEPT"},
+		}, NFTables},
+		{"the kubelet's hint outweighs rule counts", [][]string{
+			{"iptables-legacy", "-t", "mangle", "-N", "KUBE-IPTABLES-HINT"},
+			{"iptables-nft", "-A", "FORWARD", "-j", "ACCEPT"}, {"iptables-nft", "-A", "INPUT", "-j", "ACCEPT"},
+		}, Legacy},
+		{"berth's own chains outweigh everything", [][]string{
+			{"ip6tables-nft", "-N", "BERTH-FORWARD"},
+			{"iptables-legacy", "-t", "mangle", "-N", "KUBE-KUBELET-CANARY"}, {"iptables-legacy", "-A", "FORWARD", "-j", "ACCEPT"},
+		}, NFTables},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := testenv.NewNS(t)
+			for _, cmd := range tt.setup {
+				if out, err := testenv.InNS(n, cmd[0], cmd[1:]...); err != nil {
+					t.Fatalf("%v: %v: %s", cmd, err, out)
+				}
+			}
+			var got, again Backend
+			err := n.Do(func(ns.NetNS) error {
+				var err error
+				if got, err = Open(); err != nil {
+					return err
+				}
+				// Rules arriving later do not move berth.
+				other := "iptables-legacy"
+				if got.Name == Legacy {
+					other = "iptables-nft"
+				}
+				for range 3 {
+					exec.Command(binary(other), "-A", "INPUT", "-j", "ACCEPT").Run()
+				}
+				again, err = Open()
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Name != tt.want || !got.RandomFully || got.Variant != map[string]string{NFTables: "-nft", Legacy: "-legacy"}[tt.want] {
+				t.Errorf("backend %+v, want %s", got, tt.want)
+			}
+			if again != got {
+				t.Errorf("the namespace's backend changed from %+v to %+v", got, again)
+			}
+		})
+	}
+}
+
+// Save and Apply go through the chosen backend's tools only.
+func TestApplyUsesTheBackend(t *testing.T) {
+	if !isInstalled("iptables-legacy-restore") || !isInstalled("iptables-nft-restore") {
+		t.Skip("needs both iptables-nft and iptables-legacy")
+	}
+	n := testenv.NewNS(t)
+	for _, b := range []Backend{{Name: Legacy, Variant: "-legacy"}, {Name: NFTables, Variant: "-nft"}} {
+		for _, f := range []Family{IPv4, IPv6} {
+			err := n.Do(func(ns.NetNS) error {
+				batch := NewBatch("filter")
+				batch.Chain("BERTH-" + strings.ToUpper(b.Name))
+				return b.Apply(f, batch)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tool := range []string{"iptables-legacy-save", "ip6tables-legacy-save", "iptables-nft-save", "ip6tables-nft-save"} {
+		out, _ := testenv.InNS(n, tool)
+		want, other := "BERTH-LEGACY", "BERTH-NF_TABLES"
+		if strings.Contains(tool, "nft") {
+			want, other = other, want
+		}
+		if !strings.Contains(string(out), ":"+want) || strings.Contains(string(out), ":"+other) {
+			t.Errorf("%s:\n%s", tool, out)
+		}
 	}
 }

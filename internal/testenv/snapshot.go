@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"io/fs"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -13,9 +14,9 @@ import (
 )
 
 // Snapshot describes what a leak would change in netns n: its links and
-// their addresses, its iptables rules and chains, its routes, the plugins'
-// files of the namespace (host port claims) and the files under dirs (IPAM
-// and state). Compare a snapshot before and after a test's containers come
+// their addresses, its iptables and ip6tables rules and chains (both
+// backends), its routes, the plugins' files of the namespace (host port
+// claims) and the files under dirs (IPAM and state). Compare a snapshot before and after a test's containers come
 // and go.
 func Snapshot(t testing.TB, n ns.NetNS, dirs ...string) string {
 	t.Helper()
@@ -46,14 +47,26 @@ func Snapshot(t testing.TB, n ns.NetNS, dirs ...string) string {
 	if err != nil {
 		t.Fatalf("listing links: %v", err)
 	}
-	for _, table := range []string{"nat", "filter"} {
-		out, err := InNS(n, "iptables-save", "-t", table)
-		if err != nil {
-			t.Fatalf("iptables-save: %v: %s", err, out)
+	// Every table of both families, in both backends when the node has
+	// them: a rule or a chain berth left in either is a leak. Builtin
+	// chains (a policy, not "-") are left out: a table a call created
+	// stays with them, and asking for a table by name (-t) would create
+	// it in the legacy backend.
+	for _, tool := range []string{"iptables-save", "ip6tables-save", "iptables-legacy-save", "ip6tables-legacy-save"} {
+		if _, err := exec.LookPath(tool); err != nil && strings.Contains(tool, "legacy") {
+			continue
 		}
+		out, err := InNS(n, tool)
+		if err != nil {
+			t.Fatalf("%s: %v: %s", tool, err, out)
+		}
+		table := ""
 		for _, line := range strings.Split(string(out), "\n") {
-			if strings.HasPrefix(line, "-A") || strings.HasPrefix(line, ":") {
-				fmt.Fprintf(&b, "%s %s\n", table, line)
+			if strings.HasPrefix(line, "*") {
+				table = line[1:]
+			}
+			if strings.HasPrefix(line, "-A") || strings.HasPrefix(line, ":") && strings.Contains(line, " - [") {
+				fmt.Fprintf(&b, "%s %s %s\n", tool, table, line)
 			}
 		}
 	}
@@ -61,7 +74,8 @@ func Snapshot(t testing.TB, n ns.NetNS, dirs ...string) string {
 	for _, d := range dirs {
 		filepath.WalkDir(d, func(p string, e fs.DirEntry, err error) error {
 			if err == nil && !e.IsDir() && !strings.HasSuffix(p, ".lock") && filepath.Base(p) != "lock" &&
-				!strings.HasPrefix(filepath.Base(p), "last_reserved_ip") && filepath.Base(p) != ".berth-index" {
+				!strings.HasPrefix(filepath.Base(p), "last_reserved_ip") && filepath.Base(p) != ".berth-index" &&
+				filepath.Base(p) != "iptables-backend" { // decided once per namespace (internal/iptables.Open)
 				files = append(files, p)
 			}
 			return nil

@@ -67,6 +67,10 @@ type routedLinks struct{}
 // the whole network shares (netd owns the block's routes).
 func (routedLinks) Release(*conf.Bridge) error { return nil }
 
+// Ingress is every host veth: each container's packets enter on its own,
+// to which the node routes its address back.
+func (routedLinks) Ingress(*conf.Bridge) string { return bridge.HostVeths }
+
 func (routedLinks) Setup(r bridge.LinkRequest) (*current.Result, error) {
 	c := r.Conf
 	hostIf, contIf, err := bridge.SetupVeth(bridge.VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,

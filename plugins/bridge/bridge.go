@@ -84,23 +84,19 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }
 
-func (k *call) fwNetwork() firewall.Network {
-	return firewall.Network{Name: k.c.Name, Local: k.local(), Scope: k.c.Scope, Masq: k.c.Masq(), Isolated: k.c.Isolated()}
-}
-
-// local is this node's part of the network: the IPv4 subnet IPAM hands
-// out (for bridge mode the same as Scope).
-func (k *call) local() netip.Prefix {
-	for _, set := range k.c.IPAMConf.RangeSets {
-		if set[0].Subnet.Addr().Is4() {
-			return set[0].Subnet
-		}
-	}
-	return netip.Prefix{}
+// fwNetwork is what c's rules depend on, in both families: this node's
+// subnet of each (from the ipam range sets, which the leased modes fill
+// from the node lease) and the whole network's.
+func (d Datapath) fwNetwork(c *conf.Bridge) firewall.Network {
+	return firewall.Network{Name: c.Name,
+		IPv4:    firewall.Subnet{Local: c.Subnet(false), Scope: c.Scope},
+		IPv6:    firewall.Subnet{Local: c.Subnet(true), Scope: c.Scope6},
+		Masq:    c.Masq(),
+		Ingress: d.Links.Ingress(c), Isolated: c.Isolated()}
 }
 
 func (k *call) fwAttachment() *firewall.Attachment {
-	return &firewall.Attachment{Key: k.rec.key(), ContainerIP: k.rec.ContainerIP, Ports: firewallPorts(k.rec.Ports)}
+	return &firewall.Attachment{Key: k.rec.key(), IPv4: k.rec.ContainerIP, IPv6: k.rec.ContainerIP6, Ports: firewallPorts(k.rec.Ports)}
 }
 
 // Add attaches the container: allocate, claim host ports, then plug it in
@@ -109,6 +105,9 @@ func (k *call) fwAttachment() *firewall.Attachment {
 func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	k, err := newCall(args, c)
 	if err != nil {
+		return err
+	}
+	if err := c.CheckPortFamilies(); err != nil {
 		return err
 	}
 	bandwidth, err := conf.ParseBandwidth(args.StdinData)
@@ -159,9 +158,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	// The iptables commit and the veth setup both wait on the kernel;
 	// side by side they cost the longer of the two, not the sum.
 	fwDone := make(chan error, 1)
-	go func() { fwDone <- k.setupFirewall(res) }()
+	go func() { fwDone <- k.setupFirewall(res, d.fwNetwork(c)) }()
 	undo = append(undo, func() {
-		firewall.RemoveAttachment(c.Name, k.rec.key(), len(k.rec.Ports) > 0, func() bool { return false })
+		firewall.RemoveAttachment(c.Name, k.fwAttachment(), func() bool { return false })
 	})
 	undo = append(undo, func() { delLink(k.rec.HostVeth) })
 	undo = append(undo, func() { k.unshape() })
@@ -172,7 +171,7 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err := k.shape(bandwidth); err != nil {
 		return err
 	}
-	flushUDPConntrack(k.rec.Ports)
+	flushUDPConntrack(k.rec)
 	return types.PrintResult(result, c.CNIVersion)
 }
 
@@ -225,21 +224,28 @@ func (k *call) linkRequest(netns ns.NetNS, res *current.Result) LinkRequest {
 	return LinkRequest{Conf: k.c, Netns: netns, IfName: k.args.IfName, HostVeth: k.rec.HostVeth, IPAM: res}
 }
 
-// setupFirewall records the container address and installs the rules.
-func (k *call) setupFirewall(res *current.Result) error {
+// setupFirewall records the container's addresses and installs the
+// rules of n (with IPv6 forwarding when n has IPv6).
+func (k *call) setupFirewall(res *current.Result, n firewall.Network) error {
 	for _, ipc := range res.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok && a.Unmap().Is4() {
-			k.rec.ContainerIP = a.Unmap()
-			break
+		a, ok := netip.AddrFromSlice(ipc.Address.IP)
+		switch a = a.Unmap(); {
+		case !ok:
+		case a.Is4() && !k.rec.ContainerIP.IsValid():
+			k.rec.ContainerIP = a
+		case a.Is6() && !k.rec.ContainerIP6.IsValid():
+			k.rec.ContainerIP6 = a
 		}
-	}
-	if !k.rec.ContainerIP.IsValid() || !k.c.Scope.IsValid() {
-		return nil // IPv6-only: no IPv4 rules to install
 	}
 	if err := saveRecord(k.c.StateDir, k.rec); err != nil {
 		return err
 	}
-	return firewall.Ensure(k.fwNetwork(), k.fwAttachment())
+	if n.IPv6.Local.IsValid() {
+		if err := EnableIPv6Forwarding(); err != nil {
+			return err
+		}
+	}
+	return firewall.Ensure(n, k.fwAttachment())
 }
 
 // Del detaches the container. It forgives what is already gone: the netns,
@@ -279,7 +285,7 @@ func (d Datapath) teardown(k *call) error {
 		// Deleting the host end removes the pair, wherever the other end is.
 		linkErr = delLink(k.rec.HostVeth)
 	}()
-	fwErr = firewall.RemoveAttachment(c.Name, k.rec.key(), len(k.rec.Ports) > 0,
+	fwErr = firewall.RemoveAttachment(c.Name, k.fwAttachment(),
 		func() bool { return networkEmpty(c.StateDir, c.Name) })
 	wg.Wait()
 	if err := errors.Join(linkErr, fwErr, k.unshape(), unclaimPorts(k.rec)); err != nil {
@@ -350,10 +356,7 @@ func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 	if err := k.ipam.check(); err != nil {
 		return err
 	}
-	if !k.rec.ContainerIP.IsValid() || !c.Scope.IsValid() {
-		return nil
-	}
-	return firewall.Check(k.fwNetwork(), k.fwAttachment())
+	return firewall.Check(d.fwNetwork(c), k.fwAttachment())
 }
 
 // GC removes every attachment of the network that the runtime no longer

@@ -93,6 +93,24 @@ func TestBadInputGivesErrorAndLeavesNothing(t *testing.T) {
 			m["mtu"] = 1200
 			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "10.70.0.0/24"}}, {{"subnet": "fd00:70::/64"}}}
 		}), 7, "mtu:"},
+		{"IPv4 hostIP on an IPv6-only network", env(nil), good(func(m map[string]any) {
+			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "fd00:70::/64"}}}
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "192.0.2.2"}}}
+		}), 7, "runtimeConfig.portMappings[0].hostIP"},
+		{"0.0.0.0 hostIP on an IPv6-only network", env(nil), good(func(m map[string]any) {
+			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "fd00:70::/64"}}}
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80}, {"hostPort": 81, "containerPort": 80, "hostIP": "0.0.0.0"}}}
+		}), 7, "runtimeConfig.portMappings[1].hostIP"},
+		{"IPv6 hostIP on an IPv4-only network", env(nil), good(func(m map[string]any) {
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "2001:db8::2"}}}
+		}), 7, "runtimeConfig.portMappings[0].hostIP"},
+		{"hostIP ::1", env(nil), good(func(m map[string]any) {
+			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "10.70.0.0/24"}}, {{"subnet": "fd00:70::/64"}}}
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "::1"}}}
+		}), 7, "runtimeConfig.portMappings[0].hostIP: ::1"},
+		{"one port twice on overlapping host addresses", env(nil), good(func(m map[string]any) {
+			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "::"}, {"hostPort": 80, "containerPort": 81}}}
+		}), 7, "runtimeConfig.portMappings[1]"},
 		{"CNI_NETNS is the plugin's own", env(map[string]string{"CNI_NETNS": "/proc/self/ns/net"}), good(func(map[string]any) {}), 4, "CNI_NETNS"},
 		{"CNI_ARGS MAC not a MAC", env(map[string]string{"CNI_ARGS": "IgnoreUnknown=1;MAC=02:xx"}), good(func(map[string]any) {}), 4, "MAC"},
 		{"missing netns", env(map[string]string{"CNI_NETNS": "/proc/nonexistent/ns/net"}), good(func(map[string]any) {}), 4, "CNI_NETNS"},

@@ -63,7 +63,7 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 		return nil, err
 	}
 	c.Scope = node.NetworkCIDR.Masked()
-	c.ScopeV6 = node.NetworkCIDRv6.Masked()
+	c.Scope6 = node.NetworkCIDRv6.Masked()
 	c.MTU = node.MTU
 	c.IPMasq = &node.IPMasq
 	c.IsDefaultGateway = true

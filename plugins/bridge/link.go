@@ -3,6 +3,7 @@ package bridge
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -106,6 +107,14 @@ func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		la.HardwareAddr = randomMAC()
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
 			return nil, fmt.Errorf("%w: creating bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+		}
+		// Its link-local address, made when it comes up, is usable at
+		// once: while it is tentative (DAD, a second) the node cannot
+		// send neighbour solicitations on the bridge, and the first
+		// packets it forwards to a new container are lost.
+		key := "net/ipv6/conf/" + c.BridgeName + "/accept_dad"
+		if _, err := sysctl.Sysctl(key, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: setting %s=0: %v", cnierr.ErrDatapath, key, err)
 		}
 		alias = aliasPrefix + c.Name
 		br, err = bridgeByName(c.BridgeName)
@@ -314,16 +323,76 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 //     container is not dropped as a martian;
 //   - strict reverse-path filtering, so that a container cannot send with a
 //     source address that the node does not route back through iface (no
-//     spoofing; in routed mode that pins each container to its own /32).
+//     spoofing; in routed mode that pins each container to its own /32);
+//   - no IPv6 router advertisements accepted on iface, whatever the
+//     network's families: a container could otherwise give the node a
+//     default route through itself (CVE-2020-10749). A node without IPv6
+//     on iface has nothing to refuse.
+//
+// IPv6 has neither rp_filter nor route_localnet: its anti-spoofing is an
+// ip6tables rule (internal/firewall), [::1] is not published, and its
+// forwarding is the lifecycle's (EnableIPv6Forwarding), being the same for
+// every datapath.
 func EnableForwarding(iface string) error {
 	// Slashes, not dots: an interface name may hold a dot.
-	for _, s := range []string{"net/ipv4/ip_forward", "net/ipv4/conf/" + iface + "/route_localnet", "net/ipv4/conf/" + iface + "/rp_filter"} {
-		if v, _ := sysctl.Sysctl(s); v == "1" {
+	for _, s := range []struct{ key, value string }{
+		{"net/ipv4/ip_forward", "1"},
+		{"net/ipv4/conf/" + iface + "/route_localnet", "1"},
+		{"net/ipv4/conf/" + iface + "/rp_filter", "1"},
+		{"net/ipv6/conf/" + iface + "/accept_ra", "0"},
+	} {
+		v, err := sysctl.Sysctl(s.key)
+		if v == s.value || errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/") {
 			continue
 		}
-		if _, err := sysctl.Sysctl(s, "1"); err != nil {
-			return fmt.Errorf("%w: setting %s=1: %v", cnierr.ErrDatapath, s, err)
+		if _, err := sysctl.Sysctl(s.key, s.value); err != nil {
+			return fmt.Errorf("%w: setting %s=%s: %v", cnierr.ErrDatapath, s.key, s.value, err)
 		}
+	}
+	return nil
+}
+
+// EnableIPv6Forwarding turns on IPv6 routing in the node's namespace
+// (net.ipv6.conf.all.forwarding), for a network with IPv6. A forwarding
+// node ignores router advertisements on interfaces with accept_ra=1, so
+// an interface the node takes routes from advertisements on (its uplink,
+// with a route of proto ra) would lose its default route when that
+// expires: such interfaces get accept_ra=2 (accept even when forwarding)
+// first, what Docker and Kubernetes otherwise tell administrators to do by
+// hand. berth's own interfaces never accept advertisements (EnableForwarding).
+func EnableIPv6Forwarding() error {
+	const all = "net/ipv6/conf/all/forwarding"
+	v, err := sysctl.Sysctl(all)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: the node has no IPv6 (%s is missing); remove the network's IPv6 ranges", cnierr.ErrDatapath, all)
+	}
+	if v == "1" {
+		return nil
+	}
+	routes, err := netlinksafe.RouteListFiltered(netlink.FAMILY_V6, &netlink.Route{Protocol: unix.RTPROT_RA}, netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		return fmt.Errorf("%w: listing IPv6 routes learnt from router advertisements: %v", cnierr.ErrDatapath, err)
+	}
+	done := map[int]bool{}
+	for _, r := range routes {
+		if done[r.LinkIndex] {
+			continue
+		}
+		done[r.LinkIndex] = true
+		l, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			continue
+		}
+		key := "net/ipv6/conf/" + l.Attrs().Name + "/accept_ra"
+		if v, _ := sysctl.Sysctl(key); v != "1" {
+			continue // 0: no advertisements wanted; 2: already kept
+		}
+		if _, err := sysctl.Sysctl(key, "2"); err != nil {
+			return fmt.Errorf("%w: setting %s=2: %v", cnierr.ErrDatapath, key, err)
+		}
+	}
+	if _, err := sysctl.Sysctl(all, "1"); err != nil {
+		return fmt.Errorf("%w: setting %s=1: %v", cnierr.ErrDatapath, all, err)
 	}
 	return nil
 }

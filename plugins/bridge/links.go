@@ -30,6 +30,10 @@ type Links interface {
 	// it removes what Setup made for the whole network, so that nothing
 	// blocks a new network from reusing its names or its subnet.
 	Release(c *conf.Bridge) error
+	// Ingress is where the containers' packets enter the node's IP stack,
+	// as iptables -i takes it ("bv+" for every host veth): the firewall's
+	// IPv6 anti-spoofing checks their source's reverse path there.
+	Ingress(c *conf.Bridge) string
 }
 
 // LinkRequest is one container interface to plug in or check.
@@ -75,13 +79,12 @@ func (bridgeLinks) Setup(r LinkRequest) (*current.Result, error) {
 			return nil, err
 		}
 	}
-	if c.ScopeV6.IsValid() { // a leased network with IPv6
-		if err := EnableIPv6Forwarding(); err != nil {
-			return nil, err
-		}
-	}
 	return result, EnableForwarding(c.BridgeName)
 }
+
+// Ingress is the bridge: routed packets from its ports (and, with
+// br_netfilter, bridged ones too) show it as their input device.
+func (bridgeLinks) Ingress(c *conf.Bridge) string { return c.BridgeName }
 
 func (bridgeLinks) Release(c *conf.Bridge) error {
 	_, err := ReleaseBridge(c.BridgeName, c.Name)

@@ -22,9 +22,10 @@ import (
 // Host ports are claimed node-wide, in the directory of the node's network
 // namespace (internal/netnsdir), whatever the network's stateDir:
 // <netnsdir>/ports/<proto>-<port>/<hostIP|any>@<attachment>, each file
-// holding the container ID. Claims are made and dropped under the
-// namespace's ports lock, so that a wildcard and a specific host address
-// of one port cannot both be claimed by two ADDs at once.
+// holding the container ID; "any" is both families, 0.0.0.0 and :: are one
+// each. Claims are made and dropped under the namespace's ports lock, so
+// that a wildcard and a specific host address of one port cannot both be
+// claimed by two ADDs at once.
 //
 // Only other containers' attachments conflict (error 102): one container
 // on two networks gets its published ports on both (podman network
@@ -46,6 +47,14 @@ func hostName(p conf.PortMapping) string {
 		return anyHost
 	}
 	return p.HostIP
+}
+
+// claimHostIP is the hostIP a claim's name stands for.
+func claimHostIP(name string) string {
+	if name == anyHost {
+		return ""
+	}
+	return name
 }
 
 // claimName is the file of r's claim of p.
@@ -95,8 +104,8 @@ func claimPort(nsDir string, r *record, p conf.PortMapping) (err error) {
 	}
 	for _, e := range entries {
 		host, _, ok := strings.Cut(e.Name(), "@")
-		if !ok || host != anyHost && hostName(p) != anyHost && host != hostName(p) {
-			continue // a temp file; or two different specific addresses, which do not conflict
+		if !ok || !conf.HostsOverlap(claimHostIP(host), p.HostIP) {
+			continue // a temp file; or addresses that take different connections
 		}
 		owner, _ := os.ReadFile(filepath.Join(dir, e.Name()))
 		if string(owner) == r.ContainerID {
@@ -157,18 +166,25 @@ func firewallPorts(pms []conf.PortMapping) []firewall.Port {
 	return out
 }
 
-// flushUDPConntrack drops conntrack entries for newly published UDP ports:
-// a client that sent to the port before the mapping existed keeps hitting
-// the old (host) entry otherwise, because UDP "connections" never end.
-func flushUDPConntrack(pms []conf.PortMapping) {
-	for _, p := range pms {
+// flushUDPConntrack drops conntrack entries for r's newly published UDP
+// ports, in each family r has an address in: a client that sent to the
+// port before the mapping existed keeps hitting the old (host) entry
+// otherwise, because UDP "connections" never end.
+func flushUDPConntrack(r *record) {
+	for _, p := range r.Ports {
 		if p.Protocol != "udp" {
 			continue
 		}
-		f := &netlink.ConntrackFilter{}
-		if f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddPort(netlink.ConntrackOrigDstPort, uint16(p.HostPort)) != nil {
-			continue
+		v4, v6 := conf.HostFamilies(p.HostIP)
+		for _, fam := range []struct {
+			on bool
+			af netlink.InetFamily
+		}{{v4 && r.ContainerIP.IsValid(), unix.AF_INET}, {v6 && r.ContainerIP6.IsValid(), unix.AF_INET6}} {
+			f := &netlink.ConntrackFilter{}
+			if !fam.on || f.AddProtocol(unix.IPPROTO_UDP) != nil || f.AddPort(netlink.ConntrackOrigDstPort, uint16(p.HostPort)) != nil {
+				continue
+			}
+			netlink.ConntrackDeleteFilters(netlink.ConntrackTable, fam.af, f)
 		}
-		netlink.ConntrackDeleteFilters(netlink.ConntrackTable, unix.AF_INET, f)
 	}
 }

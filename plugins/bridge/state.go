@@ -21,13 +21,14 @@ import (
 // changes anything so that DEL and GC can undo an ADD that was killed
 // midway, and so that DEL works when the netns is already gone.
 type record struct {
-	Network     string             `json:"network"`
-	ContainerID string             `json:"containerID"`
-	IfName      string             `json:"ifName"`
-	Netns       string             `json:"netns"`
-	HostVeth    string             `json:"hostVeth"`
-	ContainerIP netip.Addr         `json:"containerIP,omitzero"`
-	Ports       []conf.PortMapping `json:"ports,omitempty"`
+	Network      string             `json:"network"`
+	ContainerID  string             `json:"containerID"`
+	IfName       string             `json:"ifName"`
+	Netns        string             `json:"netns"`
+	HostVeth     string             `json:"hostVeth"`
+	ContainerIP  netip.Addr         `json:"containerIP,omitzero"` // IPv4
+	ContainerIP6 netip.Addr         `json:"containerIP6,omitzero"`
+	Ports        []conf.PortMapping `json:"ports,omitempty"`
 }
 
 // key identifies the attachment in chain, veth and file names.
@@ -40,6 +41,10 @@ func attachmentKey(network, containerID, ifName string) string {
 
 // hostVethPrefix starts the name of every host veth berth makes.
 const hostVethPrefix = "bv"
+
+// HostVeths matches every host veth berth makes, as iptables -i takes it:
+// the Ingress of a routed datapath.
+const HostVeths = hostVethPrefix + "+"
 
 // hostVethName is deterministic so that DEL finds the link without state.
 func hostVethName(key string) string { return hostVethPrefix + key[:11] }

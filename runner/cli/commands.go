@@ -45,7 +45,7 @@ runner waits for CMD and exits with its status.`,
 			fs.StringVar(&spec.Network, "net", "none", "network: a CNI network name, none (loopback only) or host (the node's)")
 			fs.StringVar(&spec.Name, "name", "", "container name (default: the short id)")
 			fs.StringVar(&spec.Hostname, "hostname", "", "host name inside the container (default: the name)")
-			fs.StringArrayVarP(&ports, "publish", "p", nil, "publish a port: [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], e.g. -p 8080:80 (repeatable)")
+			fs.StringArrayVarP(&ports, "publish", "p", nil, "publish a port: [hostIP:][hostPort:]containerPort[/tcp|udp|sctp], e.g. -p 8080:80 (every address, both IP families where the network has both), -p 127.0.0.1:8080:80, -p [::]:8080:80 (IPv6 only) (repeatable)")
 			fs.BoolVarP(&spec.PublishAll, "publish-all", "P", false, "publish every --expose port on a free host port in 49153-65535")
 			fs.StringArrayVar(&expose, "expose", nil, "a port the container serves, e.g. --expose 80 (repeatable; used by -P)")
 			fs.StringArrayVarP(&spec.Env, "env", "e", nil, "set KEY=VALUE in the container (KEY alone copies the runner's value; repeatable)")
@@ -149,14 +149,8 @@ func psCmd() command {
 				w := tabwriter.NewWriter(os.Stdout, 0, 8, 3, ' ', 0)
 				fmt.Fprintln(w, "CONTAINER ID\tNAME\tSTATUS\tNETWORK\tIPS\tPORTS\tCOMMAND")
 				for _, c := range cs {
-					var ports []string
-					if c.Phase() == runner.PhaseRunning {
-						for _, p := range c.Ports {
-							ports = append(ports, p.String())
-						}
-					}
 					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", runner.ShortID(c.ID), c.Name, c.StatusText(now),
-						c.Spec.Network, dash(strings.Join(c.IPs(), ",")), dash(strings.Join(ports, ",")), quoteCmd(c.Spec.Args))
+						c.Spec.Network, dash(strings.Join(c.IPs(), ",")), dash(strings.Join(c.PublishedPorts(), ",")), quoteCmd(c.Spec.Args))
 				}
 				return 0, w.Flush()
 			}
@@ -303,6 +297,11 @@ type inspected struct {
 	*runner.Container
 	Phase  runner.Phase `json:"phase"`
 	Status string       `json:"status"`
+	// The container's addresses per family and its published ports per
+	// family (a port without host address is published on both).
+	IPv4           []string `json:"ipv4,omitempty"`
+	IPv6           []string `json:"ipv6,omitempty"`
+	PublishedPorts []string `json:"publishedPorts,omitempty"`
 }
 
 func inspectCmd() command {
@@ -311,7 +310,8 @@ func inspectCmd() command {
 		args:    "NAME...",
 		summary: "show containers' details as JSON",
 		help: `Prints a JSON array with each container's record: spec, pid, network
-namespace path, CNI result, cgroups, published ports, exit status.`,
+namespace path, CNI result, cgroups, exit status, and its addresses and
+published ports per IP family ("ipv4", "ipv6", "publishedPorts").`,
 		example: "  runner inspect web",
 		setup: func(fs *pflag.FlagSet) runFunc {
 			return func(ctx context.Context, rt *runner.Runtime, args []string) (int, error) {
@@ -324,7 +324,8 @@ namespace path, CNI result, cgroups, published ports, exit status.`,
 					if err != nil {
 						return 1, err
 					}
-					out = append(out, inspected{Container: c, Phase: c.Phase(), Status: c.StatusText(time.Now())})
+					out = append(out, inspected{Container: c, Phase: c.Phase(), Status: c.StatusText(time.Now()),
+						IPv4: c.IPsOf(false), IPv6: c.IPsOf(true), PublishedPorts: c.PublishedPorts()})
 				}
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")

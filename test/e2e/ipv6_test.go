@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,7 +38,10 @@ var ipv6Modes = []ipv6Mode{
 // other nodes reach each other over IPv6 (ICMP, and TCP where the server
 // sees the client's own address), over IPv4 too on the dual-stack
 // network; over an IPv6 underlay a full-size packet crosses at the MTU
-// the lease gives (underlay - 70) and one byte more is refused; after
+// the lease gives (underlay - 70) and one byte more is refused; IPv6
+// traffic leaving the cluster is masqueraded to the node's IPv6 address,
+// a published port answers on the node's IPv6 address, and a container
+// of another berth network cannot reach the cluster's over IPv6; after
 // the containers are removed (CNI DEL, then GC) and netd left, no route,
 // neighbour, FDB entry or VTEP of either family is left on any node.
 func TestIPv6(t *testing.T) {
@@ -48,6 +53,10 @@ func TestIPv6(t *testing.T) {
 func ipv6Connectivity(t *testing.T, m ipv6Mode) {
 	ctx := context.Background()
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 3})
+	outside, err := tb.AddHost("outside", outsideIP)
+	if err != nil {
+		t.Fatal(err)
+	}
 	etcd, err := tb.StartEtcd(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +76,7 @@ func ipv6Connectivity(t *testing.T, m ipv6Mode) {
 				ctrs = append(ctrs, c.run6(i, fmt.Sprintf("%s%da", network.name, i), network.v4))
 			}
 			ctrs = append(ctrs, c.run6(1, network.name+"1b", network.v4)) // a second one on node1: the same-node case
+			web := c.run6(2, network.name+"web", network.v4, append([]string{"-p", "8080:80"}, webCmd...)...)
 			for _, ctr := range ctrs {
 				t.Logf("%s: %s %s", ctr, ctr.IP, ctr.IPv6)
 			}
@@ -77,6 +87,9 @@ func ipv6Connectivity(t *testing.T, m ipv6Mode) {
 			if m.v6Underlay {
 				mtu6(t, c, ctrs[0], ctrs[1])
 			}
+			masquerade6(t, ctrs, outside)
+			published6(t, web, []*testbed.NetNS{tb.Node(1).NetNS, outside, web.Node.NetNS})
+			isolation6(t, tb.Node(1), ctrs[0])
 			c.leave6(t)
 		}) {
 			return
@@ -109,17 +122,21 @@ func startNetwork6(t *testing.T, tb *testbed.Testbed, m ipv6Mode, opts testbed.N
 	return c
 }
 
-// run6 starts a container on node i and checks it got an IPv6 address of
-// the node's IPv6 subnet, and an IPv4 one of its IPv4 subnet when v4.
-func (c *cluster) run6(i int, name string, v4 bool) *container {
+// run6 starts a container on node i (args: runner flags and command,
+// sleep by default) and checks it got an IPv6 address of the node's IPv6
+// subnet, and an IPv4 one of its IPv4 subnet when v4.
+func (c *cluster) run6(i int, name string, v4 bool, args ...string) *container {
 	c.t.Helper()
 	r, err := c.tb.Node(i).Runner()
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	if len(args) == 0 {
+		args = []string{"--", "sleep", "86400"}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ctr, err := r.Start(ctx, name, "--net", c.net, "--", "sleep", "86400")
+	ctr, err := r.Start(ctx, name, append([]string{"--net", c.net}, args...)...)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -175,6 +192,77 @@ func matrix6(t *testing.T, ctrs []*container, port int) {
 					t.Errorf("%s -> %s: server saw %q (%v), want %s", src, dst, seen, err, src.IPv6)
 				}
 			}
+		}
+	})
+}
+
+// masquerade6: a container's IPv6 connection to a server outside the
+// cluster reaches it from its node's IPv6 address.
+func masquerade6(t *testing.T, ctrs []*container, outside *testbed.NetNS) {
+	t.Run("leaving the cluster over ipv6 is masqueraded", func(t *testing.T) {
+		addr := fmt.Sprintf("[%s]:8081", testbed.IPv6Of(outsideIP))
+		testenv.Serve(t, outside.NetNS, addr)
+		for _, src := range ctrs {
+			seen, err := src.dial(addr)
+			if want := src.Node.IPv6.String(); err != nil || seen != want {
+				t.Errorf("%s -> outside over IPv6: server saw %q (%v), want its node's address %s", src, seen, err, want)
+			}
+		}
+	})
+}
+
+// published6: a port published without a host address answers on the
+// node's IPv6 address from another node, from outside the cluster and
+// from the node itself.
+func published6(t *testing.T, web *container, clients []*testbed.NetNS) {
+	t.Run("published port over ipv6", func(t *testing.T) {
+		url := fmt.Sprintf("http://[%s]:8080/", web.Node.IPv6)
+		for _, client := range clients {
+			var body []byte
+			err := eventually(15*time.Second, func() error {
+				var err error
+				body, err = client.Get(context.Background(), url)
+				return err
+			})
+			if err != nil || strings.TrimSpace(string(body)) != "hello from "+web.Name {
+				t.Errorf("GET %s from %s: %q %v", url, client.Name, body, err)
+			}
+		}
+	})
+}
+
+// isolation6: a container of another berth network on the same node (a
+// local bridge network with an IPv6 range and isolation on, the default)
+// reaches its own gateway over IPv6 but not a container of the cluster
+// network.
+func isolation6(t *testing.T, n *testbed.Node, dst *container) {
+	t.Run("isolation over ipv6", func(t *testing.T) {
+		list := `{"cniVersion":"1.0.0","name":"iso6","plugins":[{"type":"berth-bridge","bridge":"berthiso6",
+			"isDefaultGateway":true,"ipam":{"type":"berth-ipam","ranges":[[{"subnet":"fd00:99::/64"}]]}}]}`
+		if err := os.WriteFile(filepath.Join(n.CNIConfDir, "iso6.conflist"), []byte(list), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r, err := n.Runner()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		other, err := r.Start(ctx, "iso6", "--net", "iso6", "--", "sleep", "86400")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if out, err := r.Run(context.Background(), "rm", "-f", "iso6"); err != nil {
+				t.Errorf("runner rm iso6: %v\n%s", err, out)
+			}
+			os.Remove(filepath.Join(n.CNIConfDir, "iso6.conflist"))
+		}()
+		if out, err := other.Exec(ctx, "ping", "-6", "-c", "1", "-W", "2", "fd00:99::1"); err != nil {
+			t.Fatalf("iso6 container cannot reach its own gateway: %v\n%s", err, out)
+		}
+		if out, err := other.Exec(ctx, "ping", "-6", "-c", "1", "-W", "2", dst.IPv6.String()); err == nil {
+			t.Errorf("a container of another network on %s reached %s over IPv6:\n%s", n.Host, dst, out)
 		}
 	})
 }
