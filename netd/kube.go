@@ -23,7 +23,8 @@ func openKubernetes(ctx context.Context, cfg *Config, log *slog.Logger) (*kubest
 		return nil, err
 	}
 	rc.UserAgent = "berth-netd/" + cfg.NodeName
-	rc.Timeout = etcdTimeout
+	// No rc.Timeout: it would cut the informer's watch. Requests are
+	// bounded by their contexts (retry's etcdTimeout).
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
