@@ -66,6 +66,7 @@ func TestKubernetes(t *testing.T) {
 						t.Fatalf("%v\n%s", err, out)
 					}
 				})
+				t.Run("netd may change only its own Node's annotation", m.ownNodeOnly)
 			}
 			m.startPods(t, ctx)
 			t.Run("pods reach each other across nodes", m.podToPod)
@@ -543,4 +544,34 @@ func routesTo(ctx context.Context, n *kubecluster.Node, cidr string) string {
 		return err.Error()
 	}
 	return strings.TrimSpace(out)
+}
+
+// ownNodeOnly: netd's service account, from a pod on node1, may change
+// node1's lease annotation and nothing else of any Node (RBAC grants
+// patch on every Node; the manifest's admission policy narrows it).
+// Server-side dry runs: the API admits or refuses, nothing changes.
+func (m *modeRun) ownNodeOnly(t *testing.T) {
+	ctx := context.Background()
+	asNetd := []string{"--as=system:serviceaccount:berth-system:berth-node", "--as-user-extra=authentication.kubernetes.io/node-name=node1", "--dry-run=server"}
+	for _, tc := range []struct {
+		what    string
+		args    []string
+		allowed bool
+	}{
+		{"its own lease annotation", []string{"annotate", "--overwrite", "node", "node1", "berth.berthnet.io/lease={}"}, true},
+		{"another node's lease annotation", []string{"annotate", "--overwrite", "node", "node2", "berth.berthnet.io/lease={}"}, false},
+		{"another annotation of its own node", []string{"annotate", "--overwrite", "node", "node1", "example.com/x=y"}, false},
+		{"a label of its own node", []string{"label", "--overwrite", "node", "node1", "example.com/x=y"}, false},
+		{"its own node's taints", []string{"taint", "node", "node1", "example.com/x=y:NoSchedule"}, false},
+	} {
+		out, err := m.c.Kubectl(ctx, append(tc.args, asNetd...)...)
+		switch {
+		case tc.allowed && err != nil:
+			t.Errorf("netd may not change %s: %v\n%s", tc.what, err, out)
+		case !tc.allowed && err == nil:
+			t.Errorf("netd may change %s:\n%s", tc.what, out)
+		case !tc.allowed && !strings.Contains(out, "berth-node-own-annotation"):
+			t.Errorf("changing %s: refused, but not by berth's policy: %v\n%s", tc.what, err, out)
+		}
+	}
 }
