@@ -570,7 +570,7 @@ func (m *modeRun) ownNodeOnly(t *testing.T) {
 			t.Errorf("netd may not change %s: %v\n%s", tc.what, err, out)
 		case !tc.allowed && err == nil:
 			t.Errorf("netd may change %s:\n%s", tc.what, out)
-		case !tc.allowed && !strings.Contains(out, "berth-node-own-annotation"):
+		case !tc.allowed && !strings.Contains(err.Error()+out, "ValidatingAdmissionPolicy 'berth-node-own-annotation'"):
 			t.Errorf("changing %s: refused, but not by berth's policy: %v\n%s", tc.what, err, out)
 		}
 	}
