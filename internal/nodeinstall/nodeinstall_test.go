@@ -123,6 +123,8 @@ func newNode(t *testing.T) *node {
 	return n
 }
 
+// spec leaves the other directories to the conflist, as the manifest
+// does.
 func (n *node) spec(metrics string, wait time.Duration) Node {
 	return Node{Network: "berth", CNIConfDir: n.confDir, CNIBinDir: n.binDir, MetricsAddr: metrics, Wait: wait}
 }
@@ -212,7 +214,11 @@ func TestUninstall(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("left on the node: %v", left)
 	}
-	if err := n.uninstall(context.Background(), n.spec("", time.Minute)); err != nil {
+	// Run again, it finds no conflist: name the directories, whose
+	// defaults are the machine's own (/run/berth).
+	again := n.spec("", time.Minute)
+	again.StateDir, again.LeaseDir, again.IPAMDataDir = n.runDir, n.runDir, n.dataDir
+	if err := n.uninstall(context.Background(), again); err != nil {
 		t.Errorf("second uninstall: %v", err)
 	}
 }
