@@ -72,7 +72,7 @@ func (r *Report) targets() []Target {
 
 // targets of the control plane: how fast the other nodes route to a
 // joining node (at 3, 20 and 50 nodes), how fast a netd holds its lease,
-// and netd's memory at targetNodes.
+// netd's memory at targetNodes and (bgp) its sessions back after a kill -9.
 func (cp *ControlPlane) targets() []Target {
 	if cp == nil {
 		return nil
@@ -118,6 +118,13 @@ func (cp *ControlPlane) targets() []Target {
 		limit := rssTarget(res.Mode)
 		ts = append(ts, Target{What: fmt.Sprintf("%s netd resident memory at %d nodes, max", res.Mode, res.Nodes),
 			Goal: fmt.Sprintf("≤ %d MiB", limit), Measured: fmt.Sprintf("%.1f MiB", res.RSSMaxMiB), Met: res.RSSMaxMiB <= float64(limit)})
+	}
+	for _, rs := range cp.Resync {
+		if rs.SessionsBack == 0 || rs.Nodes != targetNodes {
+			continue
+		}
+		ts = append(ts, Target{What: fmt.Sprintf("%s sessions back after netd kill -9 at %d nodes", rs.Mode, rs.Nodes),
+			Goal: "< " + targetSessionsBack.String(), Measured: ms(rs.SessionsBack), Met: rs.SessionsBack < targetSessionsBack})
 	}
 	return ts
 }

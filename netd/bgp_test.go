@@ -3,6 +3,7 @@ package netd_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"slices"
@@ -60,6 +61,12 @@ func matrix(t *testing.T, pods []*bgpPod) {
 	for _, p := range pods {
 		testenv.Serve(t, p.ctr.Netns, p.ip+":7000")
 	}
+	reachAll(t, pods)
+}
+
+// reachAll checks, after matrix, that every pod still reaches every other.
+func reachAll(t *testing.T, pods []*bgpPod) {
+	t.Helper()
 	for _, from := range pods {
 		for _, to := range pods {
 			if from == to {
@@ -179,10 +186,12 @@ func TestBGPMesh(t *testing.T) {
 		}
 	})
 
-	// A steady ping from node1's pod to node2's, while node2's netd is
-	// stopped and restarted: graceful restart keeps node2's block on the
-	// others, and node2 keeps its routes in the kernel.
-	restartLosesNothing := func(t *testing.T, stop func()) {
+	t.Run("netd kill -9 and restart lose no packet", func(t *testing.T) {
+		// A steady ping from node1's pod to node2's, while node2's netd
+		// is killed and restarted: graceful restart keeps node2's block
+		// on the others, and node2 keeps its routes in the kernel.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
 		type res struct {
 			out string
 			err error
@@ -197,10 +206,11 @@ func TestBGPMesh(t *testing.T) {
 		// restarted netd stops holding what it found in the kernel.
 		deleted := watchDeletes(t, tb.Node(2))
 		time.Sleep(time.Second)
-		stop()
+		c.netd[2].Kill()
 		time.Sleep(500 * time.Millisecond)
 		c.start(2, "--bgp-restart-time", "60s")
 		r := <-done
+		_ = ctx
 		m := lossRe.FindStringSubmatch(r.out)
 		if m == nil || m[1] != m[2] {
 			t.Errorf("packets lost across the restart:\n%s", r.out)
@@ -210,26 +220,38 @@ func TestBGPMesh(t *testing.T) {
 		if d := deleted(); len(d) > 0 {
 			t.Errorf("node2 deleted routes of netd while it restarted: %v", d)
 		}
-	}
-	t.Run("netd kill -9 and restart lose no packet", func(t *testing.T) {
-		restartLosesNothing(t, func() { c.netd[2].Kill() })
-	})
-	// What a Kubernetes rollout restart does: no Cease to the peers,
-	// which would make them drop node2's routes at once.
-	t.Run("netd SIGTERM and restart lose no packet", func(t *testing.T) {
-		restartLosesNothing(t, func() {
-			c.netd[2].Signal(syscall.SIGTERM)
-			c.netd[2].Wait(context.Background())
-		})
 	})
 
-	t.Run("a node that leaves is withdrawn everywhere", func(t *testing.T) {
+	t.Run("netd SIGTERM and restart lose no packet", func(t *testing.T) {
+		restartUnderPing(t, c, pods[0], pods[1], 2, syscall.SIGTERM, "--bgp-restart-time", "60s")
+		established(c, 2, 2)
+	})
+
+	t.Run("a node that stops is reported, and withdrawn everywhere when it leaves", func(t *testing.T) {
 		block := c.lease(3).Subnet.String()
 		pods[2].rt.Del(pods[2].ctr)
 		if err := c.netd[3].Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		c.netd[3].Wait(context.Background())
+		// Its peers keep its routes for its graceful restart, and say so
+		// (until its lease expires, 10s here): not "ok" with "kernel
+		// matches the leases".
+		c.eventually("node1 reports node3 down", 8*time.Second, func() error {
+			s, err := c.status(1)
+			if err != nil {
+				return err
+			}
+			for _, p := range s.Peers {
+				if p.Name == "node3" && strings.Contains(p.Error, "graceful restart") && !s.Healthy() {
+					return nil
+				}
+			}
+			return fmt.Errorf("peers %+v", s.Peers)
+		})
+		if out, ok := statusCommand(c, 1); ok || !strings.Contains(out, "node3") || !strings.Contains(out, "its routes are kept") {
+			t.Errorf("netd status on node1 with node3 stopped:\n%s", out)
+		}
 		if out, err := tb.Node(3).Run(context.Background(), c.bin, append([]string{"leave"}, c.flags(3)...)...); err != nil {
 			t.Fatalf("netd leave: %v\n%s", err, out)
 		}
@@ -245,15 +267,17 @@ func TestBGPMesh(t *testing.T) {
 }
 
 func TestBGPRouteReflectors(t *testing.T) {
-	tb := testbed.ForTest(t, testbed.Options{Nodes: 4})
+	const nodes = 8
+	tb := testbed.ForTest(t, testbed.Options{Nodes: nodes})
 	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgprr", 9482, "--mode", "bgp", "--network-cidr", "10.247.0.0/16")
 	c.start(1, "--bgp-route-reflector")
 	c.start(2, "--bgp-route-reflector")
-	c.start(3)
-	c.start(4)
-	established(c, 1, 3) // a reflector peers with everyone
-	established(c, 2, 3)
-	for _, i := range []int{3, 4} { // a client only with the two reflectors
+	for i := 3; i <= nodes; i++ {
+		c.start(i)
+	}
+	established(c, 1, nodes-1) // a reflector peers with everyone
+	established(c, 2, nodes-1)
+	for i := 3; i <= nodes; i++ { // a client only with the two reflectors
 		established(c, i, 2)
 		s, _ := c.status(i)
 		for _, b := range s.BGP {
@@ -269,6 +293,26 @@ func TestBGPRouteReflectors(t *testing.T) {
 		t.Errorf("node3's route to node4's block: %q, want %s", rs[c.lease(4).Subnet.String()], want)
 	}
 	matrix(t, bgpPods(t, tb, "bgprr", 1, 2, 3, 4))
+
+	// A client killed with -9 keeps every route while it restarts: the
+	// routes it finds in the kernel until its reflectors have sent all
+	// theirs (End-of-RIB), and those after.
+	t.Run("a client's kill -9 and restart delete no route", func(t *testing.T) {
+		for i := 3; i <= nodes; i++ {
+			established(c, i, 2)
+			if n := len(routes(t, tb.Node(i))); n != nodes {
+				t.Fatalf("node%d has %d routes of netd, want %d (its blackhole and every other block)", i, n, nodes)
+			}
+		}
+		deleted := watchDeletes(t, tb.Node(5))
+		c.netd[5].Kill()
+		c.start(5)
+		established(c, 5, 2)
+		time.Sleep(3 * time.Second)
+		if d := deleted(); len(d) > 0 {
+			t.Errorf("node5 deleted routes of netd while it restarted: %v\n%s", d, c.netd[5].Log())
+		}
+	})
 }
 
 // TestBGPAcrossRouterWithBIRD: two L2 segments joined by a router that runs
@@ -285,6 +329,7 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCluster(t, tb, []string{startEtcd(t, tb).ClientURL}, "bgpx", 9483, "--mode", "bgp", "--network-cidr", "10.248.0.0/16")
+	args := map[int][]string{}
 	for i := 1; i <= 4; i++ {
 		router, password := testbed.RouterIP1, ":s3cret"
 		if i >= 3 {
@@ -293,17 +338,20 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 		if i == 2 {
 			password = ":wrong" // the session must stay down, with a clear reason
 		}
-		c.start(i, "--bgp-node-mesh=false", "--bgp-asn", fmt.Sprint(65000+i),
-			"--bgp-peers", fmt.Sprintf("%s:64600%s", router, password))
+		args[i] = []string{"--bgp-node-mesh=false", "--bgp-asn", fmt.Sprint(65000 + i), "--bgp-restart-time", "60s",
+			"--bgp-peers", fmt.Sprintf("%s:64600%s", router, password)}
+		c.start(i, args[i]...)
 	}
 	for _, i := range []int{1, 3, 4} {
 		established(c, i, 1)
 	}
-	t.Run("a wrong MD5 password keeps the session down", func(t *testing.T) {
-		time.Sleep(2 * time.Second)
-		s, err := c.status(2)
-		if err != nil || len(s.BGP) != 1 || s.BGP[0].Established {
-			t.Fatalf("node2 with a wrong password: %+v, %v", s, err)
+	t.Run("a wrong MD5 password keeps the session down, and status says so", func(t *testing.T) {
+		s := sessionProblem(c, 2, testbed.RouterIP1.String(), "TCP MD5 password is set")
+		if len(s.BGP) != 1 || s.BGP[0].Established || s.Healthy() {
+			t.Fatalf("node2 with a wrong password: %+v", s)
+		}
+		if out, ok := statusCommand(c, 2); ok {
+			t.Errorf("netd status exited 0:\n%s", out)
 		}
 		if !strings.Contains(c.netd[2].Log(), "MD5 password") {
 			t.Errorf("no log line naming the password:\n%s", c.netd[2].Log())
@@ -318,7 +366,44 @@ func TestBGPAcrossRouterWithBIRD(t *testing.T) {
 			t.Errorf("BIRD did not learn node%d's block %s:\n%s", i, block, out)
 		}
 	}
-	matrix(t, bgpPods(t, tb, "bgpx", 1, 3, 4))
+	pods := bgpPods(t, tb, "bgpx", 1, 3, 4)
+	matrix(t, pods)
+
+	t.Run("more-specific and unleased prefixes from BIRD are not installed", func(t *testing.T) {
+		b3 := c.lease(3).Subnet
+		moreSpecific := netip.PrefixFrom(b3.Addr(), b3.Bits()+1)
+		unleased := unleasedBlock(c, netip.MustParsePrefix("10.248.0.0/16"), 4)
+		if err := bird.Announce(context.Background(), moreSpecific, unleased); err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range []int{1, 4} {
+			c.eventually(fmt.Sprintf("node%d refuses both", i), 20*time.Second, func() error {
+				s, err := c.status(i)
+				if err != nil {
+					return err
+				}
+				if refused := strings.Join(s.Refused, "\n"); !strings.Contains(refused, moreSpecific.String()) || !strings.Contains(refused, unleased.String()) {
+					return fmt.Errorf("refused %q", s.Refused)
+				}
+				return nil
+			})
+			rs := routes(t, tb.Node(i))
+			for _, p := range []netip.Prefix{moreSpecific, unleased} {
+				if r, ok := rs[p.String()]; ok {
+					t.Errorf("node%d installed %s: %s", i, p, r)
+				}
+			}
+		}
+		reachAll(t, pods)
+	})
+	t.Run("SIGTERM restart loses no packet", func(t *testing.T) {
+		restartUnderPing(t, c, pods[1], pods[0], 1, syscall.SIGTERM, args[1]...)
+		established(c, 1, 1)
+	})
+	t.Run("kill -9 restart loses no packet", func(t *testing.T) {
+		restartUnderPing(t, c, pods[1], pods[0], 1, syscall.SIGKILL, args[1]...)
+		established(c, 1, 1)
+	})
 
 	t.Run("a peer announcing foreign prefixes is ignored", func(t *testing.T) {
 		out, _ := bird.Show(context.Background(), "route", "export", "node1")

@@ -78,7 +78,10 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 	fmt.Fprintf(tw, "peers\t%d\n", len(s.Peers))
 	for _, p := range s.Peers {
 		state := "ok"
-		if p.Error != "" {
+		switch {
+		case p.Pending:
+			state = "waiting: " + p.Error
+		case p.Error != "":
 			state = "ERROR: " + p.Error
 		}
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\n", p.Name, join(p.NodeIP, p.NodeIPv6), join(p.Subnet, p.SubnetV6), state)
@@ -86,12 +89,36 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 	if len(s.BGP) > 0 {
 		fmt.Fprintf(tw, "bgp sessions\t%d\n", len(s.BGP))
 		for _, b := range s.BGP {
-			up := ""
-			if b.Established && !b.Since.IsZero() {
-				up = "up " + now.Sub(b.Since).Round(time.Second).String()
+			since := ""
+			switch {
+			case b.Since.IsZero():
+			case b.Established:
+				since = "up " + now.Sub(b.Since).Round(time.Second).String()
+			default:
+				since = "down " + now.Sub(b.Since).Round(time.Second).String()
 			}
-			fmt.Fprintf(tw, "  %s\t%s\tAS %d\t%s %s\treceived %d, advertised %d\n", b.Peer, b.Name, b.ASN, b.State, up, b.Received, b.Advertised)
+			filtered := ""
+			if b.Filtered > 0 {
+				filtered = fmt.Sprintf(" (and %d outside the cluster, ignored)", b.Filtered)
+			}
+			fmt.Fprintf(tw, "  %s\t%s\tAS %d\t%s\t%s %s\treceived %d%s, accepted %d, advertised %d\n",
+				b.Peer, b.Name, b.ASN, b.Family, b.State, since, b.Received, filtered, b.Accepted, b.Advertised)
+			switch {
+			case b.Pending:
+				fmt.Fprintf(tw, "\t  waiting: %s\n", b.Problem)
+			case b.Problem != "":
+				fmt.Fprintf(tw, "\t  ERROR: %s\n", b.Problem)
+			}
 		}
+	}
+	if len(s.Refused) > 0 {
+		fmt.Fprintf(tw, "REFUSED\t%d routes offered by peers are not installed (a misconfigured router or a hijack?)\n", len(s.Refused))
+		for _, r := range s.Refused {
+			fmt.Fprintf(tw, "  %s\n", r)
+		}
+	}
+	for _, p := range s.Problems {
+		fmt.Fprintf(tw, "ERROR\t%s\n", p)
 	}
 	if len(s.Rejected) > 0 {
 		fmt.Fprintf(tw, "IGNORED\t%d keys in etcd are not usable leases (a misbehaving writer?)\n", len(s.Rejected))

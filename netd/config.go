@@ -6,6 +6,7 @@
 package netd
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -19,7 +20,6 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
-	"github.com/berthnet/berth/netd/backend/bgp"
 	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/kubestore"
 	"github.com/berthnet/berth/netd/registry"
@@ -128,15 +128,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
 
-	var asn uint
-	var bgpPeers string
-	fs.UintVar(&asn, "bgp-asn", bgp.DefaultASN, "bgp: this node's AS number, e.g. 64512 (all nodes alike: one iBGP cluster)")
-	fs.IntVar(&c.BGP.Port, "bgp-port", bgp.DefaultPort, "bgp: TCP port of this node's speaker and of its peers, e.g. 179")
-	fs.BoolVar(&c.BGP.RouteReflector, "bgp-route-reflector", false, "bgp: this node reflects routes; the nodes that are not reflectors then peer only with the reflectors (use 2+ reflectors beyond ~20 nodes)")
-	fs.BoolVar(&c.BGP.NodeMesh, "bgp-node-mesh", true, "bgp: peer with the other nodes; turn off when external routers (--bgp-peers) carry every node's routes")
-	fs.StringVar(&bgpPeers, "bgp-peers", "", "bgp: external routers, comma-separated ADDRESS:ASN[:PASSWORD] (TCP MD5), an IPv6 address in brackets, e.g. 192.168.50.254:64600:s3cret,[fd00:50::254]:64600 (an IPv6 router gets the IPv6 blocks)")
-	fs.BoolVar(&c.BGP.AcceptForeign, "bgp-accept-foreign", false, "bgp: also install learned prefixes outside the cluster CIDR (default: ignored, so a peer cannot hijack other traffic)")
-	fs.DurationVar(&c.BGP.RestartTime, "bgp-restart-time", 120*time.Second, "bgp: graceful restart time announced to peers: how long they keep this node's routes while netd restarts")
+	bgpFinish := c.bgpFlags(fs)
 
 	return func() error {
 		if configFile != "" {
@@ -152,15 +144,9 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 			return err
 		}
 		c.NodeIPs = ips
-		c.BGP.ASN = uint32(asn)
-		if asn == 0 || asn > 1<<32-1 {
-			return fmt.Errorf("--bgp-asn: %d is not an AS number (1..4294967295)", asn)
-		}
-		peers, err := parseBGPPeers(bgpPeers)
-		if err != nil {
+		if err := bgpFinish(); err != nil {
 			return err
 		}
-		c.BGP.Peers = peers
 		if err := parseCIDRs(cidr, &c.Network); err != nil {
 			return err
 		}
@@ -216,47 +202,6 @@ func parseNodeIPs(s string) ([]netip.Addr, error) {
 	return out, nil
 }
 
-// parseBGPPeers reads --bgp-peers: ADDRESS:ASN[:PASSWORD],...
-func parseBGPPeers(s string) ([]backend.BGPPeer, error) {
-	var out []backend.BGPPeer
-	for _, item := range strings.Split(s, ",") {
-		if item = strings.TrimSpace(item); item == "" {
-			continue
-		}
-		host, rest := item, ""
-		if strings.HasPrefix(item, "[") { // [IPv6]:ASN[:PASSWORD]
-			end := strings.Index(item, "]")
-			if end < 0 || !strings.HasPrefix(item[end+1:], ":") {
-				return nil, fmt.Errorf("--bgp-peers: %q: want [IPV6]:ASN[:PASSWORD], e.g. [fd00:50::254]:64600", item)
-			}
-			host, rest = item[1:end], item[end+2:]
-		} else if i := strings.Index(item, ":"); i >= 0 {
-			host, rest = item[:i], item[i+1:]
-		}
-		parts := append([]string{host}, strings.SplitN(rest, ":", 2)...)
-		if rest == "" {
-			return nil, fmt.Errorf("--bgp-peers: %q: want ADDRESS:ASN[:PASSWORD], e.g. 192.168.50.254:64600 or [fd00:50::254]:64600", item)
-		}
-		addr, err := netip.ParseAddr(parts[0])
-		switch {
-		case err != nil && strings.Count(item, ":") > 2:
-			return nil, fmt.Errorf("--bgp-peers: %q: write an IPv6 address in brackets: [fd00:50::254]:64600", item)
-		case err != nil || addr.Zone() != "" || addr.Is4In6():
-			return nil, fmt.Errorf("--bgp-peers: %q: %q is not an IP address", item, parts[0])
-		}
-		asn, err := strconv.ParseUint(parts[1], 10, 32)
-		if err != nil || asn == 0 {
-			return nil, fmt.Errorf("--bgp-peers: %q: %q is not an AS number", item, parts[1])
-		}
-		p := backend.BGPPeer{Address: addr, ASN: uint32(asn)}
-		if len(parts) == 3 {
-			p.Password = parts[2]
-		}
-		out = append(out, p)
-	}
-	return out, nil
-}
-
 // Validate checks the values Flags could not check one by one.
 func (c *Config) Validate() error {
 	switch {
@@ -296,18 +241,31 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	var values map[string]any
+	var values map[string]json.RawMessage
 	if err := json.Unmarshal(data, &values); err != nil {
 		return fmt.Errorf("--config %s: %w", path, err)
 	}
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
-	for name, v := range values {
-		if fs.Lookup(name) == nil {
+	for name, raw := range values {
+		f := fs.Lookup(name)
+		if f == nil {
 			return fmt.Errorf("--config %s: unknown option %q (use the flag names of netd --help)", path, name)
 		}
 		if given[name] {
 			continue
+		}
+		if js, ok := f.Value.(jsonValue); ok { // structured, e.g. "bgp-peers": [{...}]
+			if err := js.SetJSON(raw); err != nil {
+				return fmt.Errorf("--config %s: %s: %w", path, name, err)
+			}
+			continue
+		}
+		var v any
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber() // 4200000000 stays 4200000000, not 4.2e+09
+		if err := dec.Decode(&v); err != nil {
+			return fmt.Errorf("--config %s: %s: %w", path, name, err)
 		}
 		s := fmt.Sprint(v)
 		if list, ok := v.([]any); ok { // "etcd-endpoints": ["a", "b"]
@@ -322,6 +280,11 @@ func applyConfigFile(fs *flag.FlagSet, path string) error {
 		}
 	}
 	return nil
+}
+
+// jsonValue is a flag whose config file value may be structured JSON.
+type jsonValue interface {
+	SetJSON(raw json.RawMessage) error
 }
 
 // optBool is a boolean flag that remembers whether it was given.

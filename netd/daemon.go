@@ -73,6 +73,8 @@ type result struct {
 	// Announced are the problems the routing protocol's apply step
 	// found (bgp), which status shows with the ones it computes.
 	Announced []backend.Problem
+	// Sessions are the routing sessions (bgp) as the pass found them.
+	Sessions []backend.Session
 }
 
 // Run is `netd run`. It returns when ctx ends (SIGTERM), leaving the

@@ -43,11 +43,16 @@ type Status struct {
 	Pending       []string  `json:"pending,omitempty"`
 	LastReconcile time.Time `json:"lastReconcile"`
 	LastError     string    `json:"lastError,omitempty"`
-	// BGP sessions (bgp mode).
+	// BGP sessions (bgp mode), each with its problem if it has one.
 	BGP []backend.Session `json:"bgp,omitempty"`
+	// Refused are routes peers offered that are not installed, and why.
+	Refused []string `json:"refused,omitempty"`
+	// Problems not about one node (a BGP peer's, the speaker's).
+	Problems []string `json:"problems,omitempty"`
 }
 
-// PeerStatus is one other node; Error says why it cannot be connected.
+// PeerStatus is one other node; Error says why it cannot be connected
+// (Pending: not yet, it may still come up).
 type PeerStatus struct {
 	Name      string `json:"name"`
 	NodeIP    string `json:"nodeIP"`
@@ -57,6 +62,7 @@ type PeerStatus struct {
 	VTEPMAC   string `json:"vtepMAC,omitempty"`
 	VTEPMACv6 string `json:"vtepMACv6,omitempty"`
 	Error     string `json:"error,omitempty"`
+	Pending   bool   `json:"pending,omitempty"`
 }
 
 // RejectedLease is a key under the network's leases that netd ignores.
@@ -65,13 +71,19 @@ type RejectedLease struct {
 	Error string `json:"error"`
 }
 
-// Healthy reports whether the status shows nothing a person must fix.
+// Healthy reports whether the status shows nothing a person must fix
+// (or wait for: a session still coming up is not healthy yet).
 func (s *Status) Healthy() bool {
-	if !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 {
+	if !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 || len(s.Refused) > 0 || len(s.Problems) > 0 {
 		return false
 	}
 	for _, p := range s.Peers {
 		if p.Error != "" {
+			return false
+		}
+	}
+	for _, b := range s.BGP {
+		if b.Problem != "" {
 			return false
 		}
 	}
@@ -103,6 +115,7 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 		subnet := self.Key()
 		_, down := d.health.get()
 		now := time.Now()
+		session := d.sessionDown()
 		switch {
 		case !subnet.IsValid() || now.After(expires):
 			http.Error(w, "no valid lease: is etcd reachable?", http.StatusServiceUnavailable)
@@ -111,6 +124,8 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 			// routes; no new lease changes are seen until etcd is back.
 			http.Error(w, fmt.Sprintf("degraded: etcd unreachable for %s; the datapath keeps forwarding on the last known leases; lease %s valid for %s",
 				now.Sub(down).Round(time.Second), subnet, expires.Sub(now).Round(time.Second)), http.StatusServiceUnavailable)
+		case session != "":
+			http.Error(w, "degraded: "+session, http.StatusServiceUnavailable)
 		default:
 			fmt.Fprintf(w, "ok %s\n", strings.Join(prefixes(self.Subnets()), " "))
 		}
@@ -133,6 +148,19 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	}
 }
 
+// sessionDown is the first routing session the last reconcile found
+// down (past coming up) or silent, with what to check; "" if none.
+func (d *daemon) sessionDown() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, s := range d.last.Sessions {
+		if s.Problem != "" && !s.Pending {
+			return s.Problem
+		}
+	}
+	return ""
+}
+
 // status compares the kernel with the leases now (without changing
 // anything: Desired only computes, and the routing protocol's apply step
 // is not run) and reports that with the lease and the peers.
@@ -140,21 +168,21 @@ func (d *daemon) status() *Status {
 	self, expires := d.keeper.lease()
 	peers, problems := d.peers.current()
 	d.reconcileMu.Lock()
-	have, readErr := backend.Read(d.nw.Owned())
-	want, more := d.nw.Desired(backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path, Kernel: have})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	in, readErr := d.input(ctx, self, peers)
+	cancel()
 	var pending []backend.Change
+	var sessions []backend.Session
 	if readErr == nil {
-		pending = backend.Diff(have, want)
+		want, more := d.nw.Desired(in)
+		problems = append(problems, more...)
+		pending = backend.Diff(in.Kernel, want)
+		if sl, ok := d.nw.(backend.SessionLister); ok {
+			sessions = sl.Sessions(in)
+			d.m.observeSessions(sessions)
+		}
 	}
 	d.reconcileMu.Unlock()
-	problems = append(problems, more...)
-	var sessions []backend.Session
-	if sl, ok := d.nw.(backend.SessionLister); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		sessions, _ = sl.Sessions(ctx)
-		cancel()
-		d.m.observeSessions(sessions)
-	}
 	up, down := d.health.get()
 	vetted, rejected := d.peers.report()
 
@@ -185,18 +213,37 @@ func (d *daemon) status() *Status {
 		s.LastError = d.last.Err.Error()
 	}
 	if readErr != nil {
-		s.Pending = []string{"cannot read the kernel: " + readErr.Error()}
+		s.Pending = []string{"cannot read the kernel or the routing protocol: " + readErr.Error()}
 	}
 	for _, c := range pending {
 		s.Pending = append(s.Pending, c.What)
 	}
-	why := map[string]string{}
+	why := map[string]backend.Problem{}
 	for _, p := range problems {
-		why[p.Peer] = p.Err.Error()
+		why[p.Peer] = p
 	}
 	for _, l := range vetted {
-		s.Peers = append(s.Peers, PeerStatus{Name: l.NodeName, NodeIP: str(l.NodeIP), NodeIPv6: str(l.NodeIPv6),
-			Subnet: str(l.Subnet), SubnetV6: str(l.SubnetV6), VTEPMAC: l.VTEPMAC.String(), VTEPMACv6: l.VTEPMACv6.String(), Error: why[l.NodeName]})
+		ps := PeerStatus{Name: l.NodeName, NodeIP: str(l.NodeIP), NodeIPv6: str(l.NodeIPv6),
+			Subnet: str(l.Subnet), SubnetV6: str(l.SubnetV6), VTEPMAC: l.VTEPMAC.String(), VTEPMACv6: l.VTEPMACv6.String()}
+		if p, ok := why[l.NodeName]; ok {
+			ps.Error, ps.Pending = p.Err.Error(), p.Kind == backend.Pending
+			delete(why, l.NodeName)
+		}
+		s.Peers = append(s.Peers, ps)
+	}
+	for _, b := range sessions {
+		delete(why, b.Peer) // on its session's line
+	}
+	for _, p := range problems {
+		if _, ok := why[p.Peer]; !ok {
+			continue // shown on its node's or session's line
+		}
+		delete(why, p.Peer)
+		if p.Kind == backend.Refused {
+			s.Refused = append(s.Refused, p.Peer+": "+p.Err.Error())
+		} else {
+			s.Problems = append(s.Problems, p.Peer+": "+p.Err.Error())
+		}
 	}
 	for _, r := range rejected {
 		s.Rejected = append(s.Rejected, RejectedLease{Key: short(r.Key), Error: short(r.Err.Error())})

@@ -28,7 +28,10 @@ type metrics struct {
 	rewinds           prometheus.Counter
 	bgpSessionUp      *prometheus.GaugeVec
 	bgpReceived       *prometheus.GaugeVec
+	bgpAccepted       *prometheus.GaugeVec
 	bgpAdvertised     *prometheus.GaugeVec
+	routesRefused     prometheus.Gauge
+	routeRefusals     prometheus.Counter
 }
 
 func newMetrics(network string) *metrics {
@@ -60,17 +63,20 @@ func newMetrics(network string) *metrics {
 		leaseRejections:   counter("lease_rejections_total", "Times a key in etcd was found unusable as a lease (each new key or new reason counts once)."),
 		leaseReclaims:     counter("lease_reclaims_total", "Times this node wrote its lease back after another writer replaced or deleted it."),
 		rewinds:           counter("etcd_rewinds_total", "Times etcd's revision went back (it lost its data) and the leases were written again."),
+		routesRefused:     gauge("routes_refused", "Routes peers offer that netd does not install (bgp: a block no node leases, a more specific of one, a next hop that does not lead to its node; see the log and /status)."),
+		routeRefusals:     counter("route_refusals_total", "Times a route was found refused (each new route or new reason counts once)."),
 	}
 	vec := func(name, help string) *prometheus.GaugeVec {
 		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "berth", Subsystem: "netd", Name: name, Help: help, ConstLabels: labels}, []string{"peer", "peer_name"})
 	}
 	m.bgpSessionUp = vec("bgp_session_up", "bgp mode: 1 when the BGP session to the peer is established.")
-	m.bgpReceived = vec("bgp_prefixes_received", "bgp mode: prefixes received from the peer.")
+	m.bgpReceived = vec("bgp_prefixes_received", "bgp mode: prefixes the peer announces that pass the import policy (as FRR counts them: no End-of-RIB marker, no path looping through this node's AS, nothing outside the cluster CIDR).")
+	m.bgpAccepted = vec("bgp_prefixes_accepted", "bgp mode: prefixes from the peer that netd installs.")
 	m.bgpAdvertised = vec("bgp_prefixes_advertised", "bgp mode: prefixes advertised to the peer.")
-	m.reg.MustRegister(m.bgpSessionUp, m.bgpReceived, m.bgpAdvertised)
+	m.reg.MustRegister(m.bgpSessionUp, m.bgpReceived, m.bgpAccepted, m.bgpAdvertised)
 	m.reg.MustRegister(m.leases, m.peers, m.peerErrors, m.etcdUp, m.leaseExpiry, m.kernelInSync,
 		m.reconcileDuration, m.reconcileErrors, m.kernelChanges, m.resyncs, m.leaseAcquisitions,
-		m.leasesRejected, m.leaseRejections, m.leaseReclaims, m.rewinds,
+		m.leasesRejected, m.leaseRejections, m.leaseReclaims, m.rewinds, m.routesRefused, m.routeRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -79,6 +85,7 @@ func newMetrics(network string) *metrics {
 func (m *metrics) observeSessions(ss []backend.Session) {
 	m.bgpSessionUp.Reset()
 	m.bgpReceived.Reset()
+	m.bgpAccepted.Reset()
 	m.bgpAdvertised.Reset()
 	for _, s := range ss {
 		up := 0.0
@@ -87,6 +94,22 @@ func (m *metrics) observeSessions(ss []backend.Session) {
 		}
 		m.bgpSessionUp.WithLabelValues(s.Peer, s.Name).Set(up)
 		m.bgpReceived.WithLabelValues(s.Peer, s.Name).Set(float64(s.Received))
+		m.bgpAccepted.WithLabelValues(s.Peer, s.Name).Set(float64(s.Accepted))
 		m.bgpAdvertised.WithLabelValues(s.Peer, s.Name).Set(float64(s.Advertised))
 	}
+}
+
+// observeProblems publishes how many peers cannot be connected and how
+// many routes are refused.
+func (m *metrics) observeProblems(problems []backend.Problem) {
+	var peers, refused int
+	for _, p := range problems {
+		if p.Kind == backend.Refused {
+			refused++
+		} else {
+			peers++
+		}
+	}
+	m.peerErrors.Set(float64(peers))
+	m.routesRefused.Set(float64(refused))
 }

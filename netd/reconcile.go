@@ -8,6 +8,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/cluster"
 )
 
 // reconcileLoop runs a pass as soon as something changed (a lease, the
@@ -74,11 +75,6 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	problems = append(append(problems, res.Announced...), more...)
 	backend.SortProblems(problems)
 	res.Problems = problems
-	if sl, ok := d.nw.(backend.SessionLister); ok {
-		if ss, err := sl.Sessions(ctx); err == nil {
-			d.m.observeSessions(ss)
-		}
-	}
 
 	kind := "event"
 	if full {
@@ -88,7 +84,7 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	d.m.reconcileDuration.WithLabelValues(kind).Observe(took.Seconds())
 	d.log.Debug("reconcile pass", "pass", kind, "took", took, "changes", len(res.Changes), "peers", len(peers))
 	d.m.peers.Set(float64(len(peers)))
-	d.m.peerErrors.Set(float64(len(problems)))
+	d.m.observeProblems(problems)
 	if res.Err != nil {
 		d.m.reconcileErrors.Inc()
 		d.m.kernelInSync.Set(0)
@@ -104,9 +100,10 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	return res.Err
 }
 
-// pass is one reconcile pass from in (its Kernel filled in here): it
-// records in res what it changed (and what the routing protocol could not
-// set up) and returns the peers Desired cannot connect.
+// pass is one reconcile pass from in (its Kernel and Routing filled in
+// here): it records in res what it changed, what the routing protocol
+// could not set up and its sessions, and returns the problems Desired
+// found (peers it cannot connect, routes it refuses).
 func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
 	if full {
 		if err := d.nw.Ensure(ctx); err != nil {
@@ -125,6 +122,9 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 		}
 	}
 	in.Kernel = have
+	if err := d.readRouting(ctx, &in); err != nil {
+		return nil, err
+	}
 	want, problems := d.nw.Desired(in)
 	changes := backend.Diff(have, want)
 	for _, c := range changes {
@@ -134,24 +134,69 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	made, err := backend.Apply(changes)
 	d.kernel.Applied(made)
 	d.m.kernelChanges.Add(float64(len(made)))
+	if sl, ok := d.nw.(backend.SessionLister); ok {
+		res.Sessions = sl.Sessions(in)
+		d.m.observeSessions(res.Sessions)
+	}
 	return problems, err
 }
 
-// logProblems logs a peer problem when it appears or changes, and when
-// it is resolved, not on every pass.
+// input reads what the backend computes from, for status: the owned part
+// of the kernel (read now, not from the cache) and, with a routing
+// protocol, what it learned.
+func (d *daemon) input(ctx context.Context, self cluster.Lease, peers []cluster.Lease) (backend.Input, error) {
+	in := backend.Input{Self: self, Peers: peers, Underlay: d.underlay.Path}
+	var err error
+	if in.Kernel, err = backend.Read(d.nw.Owned()); err != nil {
+		return in, err
+	}
+	return in, d.readRouting(ctx, &in)
+}
+
+// readRouting fills in what the routing protocol (bgp) learned and its
+// sessions. A failed read is an error, never an empty state (which would
+// remove every route).
+func (d *daemon) readRouting(ctx context.Context, in *backend.Input) error {
+	rr, ok := d.nw.(backend.RoutingReader)
+	if !ok {
+		return nil
+	}
+	var err error
+	in.Routing, err = rr.Routing(ctx)
+	return err
+}
+
+// logProblems logs a problem when it appears or changes, and when it is
+// resolved, not on every pass: a peer that cannot be connected as an
+// error, one still coming up as information, a refused route as a
+// warning (and counted).
 func (d *daemon) logProblems(prev, cur []backend.Problem) {
-	old := map[string]string{}
+	old := map[string]backend.Problem{}
 	for _, p := range prev {
-		old[p.Peer] = p.Err.Error()
+		old[p.Peer] = p
 	}
 	for _, p := range cur {
-		if old[p.Peer] != p.Err.Error() {
+		o, seen := old[p.Peer]
+		delete(old, p.Peer)
+		if seen && o.Kind == p.Kind && o.Err.Error() == p.Err.Error() {
+			continue
+		}
+		switch p.Kind {
+		case backend.Pending:
+			d.log.Info("peer not connected yet", "peer", p.Peer, "err", p.Err)
+		case backend.Refused:
+			d.log.Warn("refusing a route", "route", p.Peer, "err", p.Err)
+			d.m.routeRefusals.Inc()
+		default:
 			d.log.Error("cannot connect peer", "peer", p.Peer, "err", p.Err)
 		}
-		delete(old, p.Peer)
 	}
-	for peer := range old {
-		d.log.Info("peer problem resolved", "peer", peer)
+	for _, p := range old {
+		if p.Kind == backend.Refused {
+			d.log.Info("route no longer refused", "route", p.Peer)
+		} else {
+			d.log.Info("peer problem resolved", "peer", p.Peer)
+		}
 	}
 }
 

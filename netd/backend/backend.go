@@ -64,14 +64,22 @@ type BGP struct {
 	NodeMesh      bool
 	Peers         []BGPPeer // external routers (BIRD, FRR, ToR switches)
 	AcceptForeign bool      // also install prefixes outside the cluster CIDR
-	RestartTime   time.Duration
+	// Edge announces every node's block to the external routers (this
+	// node is the cluster's edge); otherwise only this node's own.
+	Edge        bool
+	RestartTime time.Duration
+	// HoldTime and KeepaliveInterval are proposed to every peer.
+	HoldTime          time.Duration
+	KeepaliveInterval time.Duration
 }
 
 // BGPPeer is an external router.
 type BGPPeer struct {
 	Address  netip.Addr
 	ASN      uint32
+	Port     int    // 0: the node's BGP port
 	Password string // TCP MD5
+	Name     string // for status and logs; default "external"
 }
 
 // Notifier is a Network whose desired state also changes on its own (BGP
@@ -80,21 +88,58 @@ type Notifier interface {
 	Changes() <-chan struct{}
 }
 
-// SessionLister is a Network with routing sessions to report (BGP).
-type SessionLister interface {
-	Sessions(ctx context.Context) ([]Session, error)
+// RoutingReader is a Network with a routing protocol (bgp) whose state
+// is an input of Desired, read like the kernel before each computation.
+type RoutingReader interface {
+	Routing(ctx context.Context) (Routing, error)
 }
 
-// Session is one routing session, for status and metrics.
+// Routing is what a routing protocol knows at one moment.
+type Routing struct {
+	At       time.Time // when it was read
+	Paths    []LearnedPath
+	Sessions []Session
+}
+
+// LearnedPath is one path a peer offered (several may share a prefix).
+type LearnedPath struct {
+	Prefix  netip.Prefix
+	NextHop netip.Addr
+	From    netip.Addr // the peer that sent it
+	Best    bool       // the protocol's own choice among the prefix's paths
+	Stale   bool       // kept while its peer restarts (graceful restart)
+}
+
+// SessionLister is a Network with routing sessions to report (BGP). It
+// only computes, from in.Routing, like Desired.
+type SessionLister interface {
+	Sessions(in Input) []Session
+}
+
+// Session is one routing session, for status and metrics. The counts are
+// FRR's: prefixes, not End-of-RIB markers or paths looping through this
+// node's AS.
 type Session struct {
-	Peer        string    `json:"peer"`
-	Name        string    `json:"name"` // node name, or "external"
+	Peer string `json:"peer"`
+	Name string `json:"name"` // node name, or the external router's name ("external")
+	// Family is what the session carries, "IPv4" or "IPv6" unicast (one
+	// session per family: its counts are that family's prefixes).
+	Family      string    `json:"family,omitempty"`
 	ASN         uint32    `json:"asn"`
+	External    bool      `json:"external,omitempty"`
 	State       string    `json:"state"`
 	Established bool      `json:"established"`
-	Since       time.Time `json:"since,omitzero"`
-	Received    uint64    `json:"received"`
-	Advertised  uint64    `json:"advertised"`
+	Since       time.Time `json:"since,omitzero"`       // established since, or down since
+	Received    uint64    `json:"received"`             // prefixes the peer announces inside the import policy
+	Filtered    uint64    `json:"filtered,omitempty"`   // and outside it (foreign prefixes, a default route)
+	Accepted    uint64    `json:"accepted"`             // of the received, the ones netd installs
+	Advertised  uint64    `json:"advertised"`           // prefixes sent to the peer
+	EndOfRIB    bool      `json:"endOfRIB,omitempty"`   // it sent all its routes (marked only with graceful restart)
+	Restarting  bool      `json:"restarting,omitempty"` // down, its routes kept for its graceful restart
+	// Problem says what is wrong and what to check; Pending that it may
+	// still resolve by itself (a session coming up).
+	Problem string `json:"problem,omitempty"`
+	Pending bool   `json:"pending,omitempty"`
 }
 
 // Backend is one mode of connecting nodes.
@@ -136,6 +181,8 @@ type Input struct {
 	Underlay func(netip.Addr) (Path, error)
 	// Kernel is the owned part of the kernel as it is now.
 	Kernel State
+	// Routing is the routing protocol's state (RoutingReader), if any.
+	Routing Routing
 }
 
 // Announcer is a Network with routing-protocol state besides the kernel
@@ -148,11 +195,27 @@ type Announcer interface {
 	Announce(ctx context.Context, self cluster.Lease, peers []cluster.Lease) []Problem
 }
 
-// Problem is a peer a backend cannot connect.
+// Problem is something status shows: a peer a backend cannot connect,
+// or a route it would not install.
 type Problem struct {
-	Peer string
+	Peer string // a node name, or what else it is about ("bgp peer 192.168.50.254", "route ...")
 	Err  error
+	Kind ProblemKind
 }
+
+// ProblemKind says how a problem is logged.
+type ProblemKind uint8
+
+const (
+	// Unreachable: the peer cannot be connected (logged as an error).
+	Unreachable ProblemKind = iota
+	// Pending: not connected yet, and it may resolve by itself (a
+	// session coming up); logged as information.
+	Pending
+	// Refused: a route a peer offered is not installed (a hijack or a
+	// misconfigured router); logged once as a warning and counted.
+	Refused
+)
 
 // Owned is the part of the kernel one network's reconcile owns: what is
 // there and not desired is removed.

@@ -1,84 +1,85 @@
 // Package speaker is netd's BGP speaker: an embedded GoBGP server that
 // announces this node's block, peers with the other nodes (full mesh or
 // through route reflectors) and with external routers (BIRD, FRR), and
-// reports the routes it learned. It does not touch the kernel: the bgp
-// backend turns Routes into kernel routes.
+// reports the paths it learned and its sessions. It does not touch the
+// kernel, and it does not judge the paths: the bgp backend decides which
+// become kernel routes (netd/backend/bgp).
 //
-// Only prefixes inside the cluster CIDR are accepted and announced (a
-// global import and export policy), so a peer announcing 0.0.0.0/0 or a
-// foreign prefix cannot hijack traffic unless AcceptForeign says so.
+// Policy (policy.go): only prefixes inside the cluster CIDR are accepted
+// (unless AcceptForeign) and sent to the other nodes; external routers
+// are sent only what SetExport says (this node's block, or every block on
+// the cluster's edge), so a node is never a transit between two routers.
 //
-// Families: a session to an IPv4 neighbor carries IPv4 unicast, a
-// session to an IPv6 neighbor IPv6 unicast (MP-BGP, RFC 4760), as Calico
-// peers BIRD per family: each family's next hop is then the node's own
-// address of that family, which the kernel routes to directly.
+// Graceful restart (RFC 4724, with RFC 8538's notification handling):
+// peers keep this node's routes while it restarts. A restart is seen by
+// the peers as the TCP connection closing with no NOTIFICATION, which is
+// what happens when netd exits (SIGTERM or kill -9): Stop, which sends a
+// Cease, is for a speaker that goes away for good. A speaker started with
+// Config.Restarted tells its peers that forwarding was preserved.
+//
+// Families (family.go): a session to an IPv4 neighbor carries IPv4
+// unicast, a session to an IPv6 neighbor IPv6 unicast (MP-BGP, RFC
+// 4760), as Calico peers BIRD per family: each family's next hop is then
+// the node's own address of that family, which the kernel routes to
+// directly. Prefix sets and policy statements exist once per family.
 package speaker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"sort"
 	"sync"
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
 	"github.com/osrg/gobgp/v3/pkg/server"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // Config is the speaker's identity and policy.
 type Config struct {
 	RouterID   netip.Addr // an IPv4 address: the node's IPv4 address, else any unique one
 	ASN        uint32     // default 64512
-	ListenPort int32      // default 179
+	ListenPort int32      // default 179; -1: no listener
 	// ListenAddrs are the node's addresses, one per family it peers over
 	// (default: RouterID). An announced prefix's next hop is the one of
 	// its family.
 	ListenAddrs []netip.Addr
-	// ClusterCIDRs (one per family) bound what is accepted and announced.
+	// ClusterCIDRs bound what is accepted from peers and sent to the
+	// other nodes, one prefix per address family the speaker carries.
 	ClusterCIDRs []netip.Prefix
-	// AcceptForeign also accepts prefixes outside ClusterCIDR.
+	// AcceptForeign also accepts prefixes outside ClusterCIDRs.
 	AcceptForeign bool
 	// RestartTime is the graceful restart time announced to peers: how
 	// long they keep this node's routes while netd restarts (RFC 4724).
 	RestartTime time.Duration
-	Logger      *slog.Logger
+	// HoldTime and KeepaliveInterval are proposed to every peer (RFC
+	// 4271: the session uses the smaller hold time of the two OPENs).
+	HoldTime          time.Duration // default 9s
+	KeepaliveInterval time.Duration // default HoldTime/3
+	// Restarted says a previous speaker's forwarding state is still in
+	// place (netd found its routes in the kernel). The sessions to
+	// external routers opened within RestartWindow set the Restart State
+	// and Forwarding State bits, so that the routers keep this node's
+	// routes until it has sent its own again, and it sends them once its
+	// peers have sent theirs.
+	Restarted     bool
+	RestartWindow time.Duration // default 20s
+	Logger        *slog.Logger
 }
 
-// Neighbor is one BGP session to open.
-type Neighbor struct {
-	Address  netip.Addr
-	ASN      uint32 // equal to ours: iBGP
-	Password string // TCP MD5 (RFC 2385); empty: none
-	// RRClient makes this node a route reflector for the neighbor.
-	RRClient bool
-	// Passive waits for the neighbor to connect. Between two berth nodes
-	// only the lower address dials: when both dial, a restarted node and
-	// its peers can keep closing each other's attempts for half a minute.
-	Passive bool
-	Name    string // for logs and status: node name or "external"
-}
-
-// Route is a best path learned from a peer.
-type Route struct {
-	Prefix  netip.Prefix
-	NextHop netip.Addr
-	From    netip.Addr // the peer it came from
-}
-
-// Session is the state of one neighbor.
-type Session struct {
-	Neighbor    Neighbor
-	State       string // idle, connect, active, opensent, openconfirm, established
-	Since       time.Time
-	Received    uint64
-	Advertised  uint64
-	Established bool
-}
+// Defaults.
+const (
+	DefaultASN       = 64512
+	DefaultPort      = 179
+	DefaultHoldTime  = 9 * time.Second
+	defaultRestart   = 120 * time.Second
+	defaultWindow    = 20 * time.Second
+	selectionDefer   = 10 * time.Second // the most a restarted speaker waits for its peers' End-of-RIB
+	connectRetry     = 1                // seconds; GoBGP's minimum
+	idleHoldAfterTry = 1                // seconds a reset session stays idle; GoBGP's minimum
+)
 
 // Speaker is a running BGP speaker.
 type Speaker struct {
@@ -86,59 +87,44 @@ type Speaker struct {
 	srv     *server.BgpServer
 	log     *slog.Logger
 	changed chan struct{} // signalled (without blocking) on any table or peer change
+	started time.Time
 
-	mu        sync.Mutex
+	mu        sync.Mutex // guards the fields below; held across the GoBGP calls that change them
 	neighbors map[netip.Addr]Neighbor
+	added     map[netip.Addr]time.Time // when each neighbor was configured
 	announced map[netip.Prefix]bool
+	exported  map[netip.Prefix]bool // sent to external routers (SetExport)
 }
 
-const (
-	policyName = "berth-cluster"
-	prefixSet  = "berth-cluster-prefixes" // "-v6" for IPv6: a GoBGP prefix set holds one family
-)
-
-var (
-	ipv4Unicast = &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
-	ipv6Unicast = &api.Family{Afi: api.Family_AFI_IP6, Safi: api.Family_SAFI_UNICAST}
-)
-
-// familyOf is the unicast family of an address.
-func familyOf(a netip.Addr) *api.Family {
-	if a.Is4() {
-		return ipv4Unicast
-	}
-	return ipv6Unicast
-}
-
-// listenAddr is the node's address of a's family (zero: none).
-func (s *Speaker) listenAddr(a netip.Addr) netip.Addr {
-	for _, l := range s.cfg.ListenAddrs {
-		if l.Is4() == a.Is4() {
-			return l
-		}
-	}
-	return netip.Addr{}
-}
-
-// Start runs a speaker until ctx ends or Stop is called.
+// Start runs a speaker until Stop is called (or the process exits).
 func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	if cfg.ASN == 0 {
-		cfg.ASN = 64512
+		cfg.ASN = DefaultASN
 	}
 	if cfg.ListenPort == 0 {
-		cfg.ListenPort = 179
+		cfg.ListenPort = DefaultPort
 	}
 	if len(cfg.ListenAddrs) == 0 {
 		cfg.ListenAddrs = []netip.Addr{cfg.RouterID}
 	}
 	if cfg.RestartTime == 0 {
-		cfg.RestartTime = 120 * time.Second
+		cfg.RestartTime = defaultRestart
+	}
+	if cfg.HoldTime == 0 {
+		cfg.HoldTime = DefaultHoldTime
+	}
+	if cfg.KeepaliveInterval == 0 {
+		cfg.KeepaliveInterval = cfg.HoldTime / 3
+	}
+	if cfg.RestartWindow == 0 {
+		cfg.RestartWindow = defaultWindow
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Speaker{cfg: cfg, log: cfg.Logger.With("component", "bgp"), changed: make(chan struct{}, 1),
-		neighbors: map[netip.Addr]Neighbor{}, announced: map[netip.Prefix]bool{}}
+	s := &Speaker{cfg: cfg, log: cfg.Logger.With("component", "bgp"), changed: make(chan struct{}, 1), started: time.Now(),
+		neighbors: map[netip.Addr]Neighbor{}, added: map[netip.Addr]time.Time{},
+		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{s.log}))
 	go s.srv.Serve()
 	var listen []string
@@ -164,8 +150,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		Table: &api.WatchEventRequest_Table{Filters: []*api.WatchEventRequest_Table_Filter{{Type: api.WatchEventRequest_Table_Filter_BEST}}},
 	}, func(r *api.WatchEventResponse) {
 		if p := r.GetPeer(); p != nil && p.Type == api.WatchEventResponse_PeerEvent_STATE {
-			s.log.Info("BGP session", "peer", p.Peer.GetState().GetNeighborAddress(),
-				"state", stateName(p.Peer.GetState().GetSessionState()))
+			s.peerState(p.Peer)
 		}
 		s.signal()
 	})
@@ -173,13 +158,20 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		s.Stop()
 		return nil, fmt.Errorf("watching BGP events: %w", err)
 	}
-	// Nothing is stopped when ctx ends (netd stopping, e.g. for a
-	// restart): the sessions end with the process, the kernel closes them
-	// without a NOTIFICATION, and peers keep this node's routes for the
-	// graceful restart time, as after a crash. GoBGP's Stop would send
-	// each peer a Cease (peer de-configured), on which it drops them at
-	// once: a Kubernetes rollout restart lost a fifth of the pings.
+	if cfg.Restarted {
+		go s.keepRestarting()
+	}
 	return s, nil
+}
+
+// listenAddr is the node's address of a's family (zero: none).
+func (s *Speaker) listenAddr(a netip.Addr) netip.Addr {
+	for _, l := range s.cfg.ListenAddrs {
+		if l.Is4() == a.Is4() {
+			return l
+		}
+	}
+	return netip.Addr{}
 }
 
 // Changes is signalled whenever a session or a best path changes.
@@ -192,260 +184,124 @@ func (s *Speaker) signal() {
 	}
 }
 
-// Stop ends every session with a Cease, on which peers drop this node's
-// routes at once, and the server: for leaving on purpose, not for a
-// restart (see Start).
+// Stop ends every session with a Cease (peers drop this node's routes at
+// once) and the server: for a speaker that is not coming back. A netd
+// that restarts does not call it; its sessions close with the process.
 func (s *Speaker) Stop() { s.srv.Stop() }
 
-// installPolicy accepts and announces only cluster prefixes: one prefix
-// set and one statement per family.
-func (s *Speaker) installPolicy(ctx context.Context) error {
-	if s.cfg.AcceptForeign {
-		return nil
-	}
-	var statements []*api.Statement
-	for _, c := range s.cfg.ClusterCIDRs {
-		name, maxLen := prefixSet, uint32(32)
-		if c.Addr().Is6() {
-			name, maxLen = prefixSet+"-v6", 128
-		}
-		err := s.srv.AddDefinedSet(ctx, &api.AddDefinedSetRequest{DefinedSet: &api.DefinedSet{
-			DefinedType: api.DefinedType_PREFIX, Name: name,
-			Prefixes: []*api.Prefix{{IpPrefix: c.String(), MaskLengthMin: uint32(c.Bits()), MaskLengthMax: maxLen}},
-		}})
-		if err != nil {
-			return fmt.Errorf("BGP prefix set: %w", err)
-		}
-		statements = append(statements, &api.Statement{
-			Name:       name + "-accept",
-			Conditions: &api.Conditions{PrefixSet: &api.MatchSet{Type: api.MatchSet_ANY, Name: name}},
-			Actions:    &api.Actions{RouteAction: api.RouteAction_ACCEPT},
-		})
-	}
-	err := s.srv.AddPolicy(ctx, &api.AddPolicyRequest{Policy: &api.Policy{Name: policyName, Statements: statements}})
-	if err != nil {
-		return fmt.Errorf("BGP policy: %w", err)
-	}
-	for _, dir := range []api.PolicyDirection{api.PolicyDirection_IMPORT, api.PolicyDirection_EXPORT} {
-		err := s.srv.AddPolicyAssignment(ctx, &api.AddPolicyAssignmentRequest{Assignment: &api.PolicyAssignment{
-			Name: "global", Direction: dir, Policies: []*api.Policy{{Name: policyName}}, DefaultAction: api.RouteAction_REJECT,
-		}})
-		if err != nil {
-			return fmt.Errorf("BGP policy assignment: %w", err)
-		}
-	}
-	return nil
+// restarting reports whether sessions opened now are part of this
+// speaker's graceful restart.
+func (s *Speaker) restarting() bool {
+	return s.cfg.Restarted && time.Since(s.started) < s.cfg.RestartWindow
 }
 
-// Announce advertises prefix with this node's address of its family as
-// next hop. Idempotent.
-func (s *Speaker) Announce(ctx context.Context, prefix netip.Prefix) error {
+// peerState logs a session's state change and, when a session to
+// another node has just left its idle hold, arms the next one (see
+// shortenIdleHold).
+func (s *Speaker) peerState(p *api.Peer) {
+	addr, _ := netip.ParseAddr(p.GetState().GetNeighborAddress())
+	state := p.GetState().GetSessionState()
+	s.log.Info("BGP session", "peer", addr, "state", stateName(state))
+	if state != api.PeerState_ACTIVE {
+		return
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.announced[prefix] {
-		return nil
-	}
-	path, err := s.path(prefix)
-	if err != nil {
-		return err
-	}
-	if _, err := s.srv.AddPath(ctx, &api.AddPathRequest{Path: path}); err != nil {
-		return fmt.Errorf("announcing %s: %w", prefix, err)
-	}
-	s.announced[prefix] = true
-	return nil
-}
-
-// Withdraw stops announcing prefix.
-func (s *Speaker) Withdraw(ctx context.Context, prefix netip.Prefix) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.announced[prefix] {
-		return nil
-	}
-	path, err := s.path(prefix)
-	if err != nil {
-		return err
-	}
-	if err := s.srv.DeletePath(ctx, &api.DeletePathRequest{Family: path.Family, Path: path}); err != nil {
-		return fmt.Errorf("withdrawing %s: %w", prefix, err)
-	}
-	delete(s.announced, prefix)
-	return nil
-}
-
-// path is prefix as GoBGP takes it. For IPv6, GoBGP turns the next hop
-// into the MP_REACH_NLRI attribute.
-func (s *Speaker) path(prefix netip.Prefix) (*api.Path, error) {
-	next := s.listenAddr(prefix.Addr())
-	if !next.IsValid() {
-		return nil, fmt.Errorf("announcing %s: this node has no address of its family to be the next hop", prefix)
-	}
-	nlri, _ := anypb.New(&api.IPAddressPrefix{Prefix: prefix.Addr().String(), PrefixLen: uint32(prefix.Bits())})
-	origin, _ := anypb.New(&api.OriginAttribute{Origin: 0}) // IGP
-	nh, _ := anypb.New(&api.NextHopAttribute{NextHop: next.String()})
-	return &api.Path{Family: familyOf(prefix.Addr()), Nlri: nlri, Pattrs: []*anypb.Any{origin, nh}}, nil
-}
-
-// SetNeighbors makes the sessions exactly want: new ones are opened,
-// changed ones replaced, missing ones closed.
-func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	wanted := map[netip.Addr]Neighbor{}
-	for _, n := range want {
-		if n.Address == s.cfg.RouterID || n.Address == s.listenAddr(n.Address) {
-			continue // never peer with ourselves
-		}
-		wanted[n.Address] = n
-	}
-	var errs []error
-	for addr, have := range s.neighbors {
-		if w, ok := wanted[addr]; ok && w == have {
-			continue
-		}
-		if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
-			errs = append(errs, fmt.Errorf("closing BGP session to %s: %w", addr, err))
-			continue
-		}
-		delete(s.neighbors, addr)
-		s.log.Info("BGP neighbor removed", "peer", addr, "name", have.Name)
-	}
-	for addr, n := range wanted {
-		if _, ok := s.neighbors[addr]; ok {
-			continue
-		}
-		if n.Password != "" {
-			if err := md5Supported(); err != nil {
-				errs = append(errs, fmt.Errorf("BGP neighbor %s (%s): %w", addr, n.Name, err))
-				continue
-			}
-		}
-		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(n)}); err != nil {
-			errs = append(errs, fmt.Errorf("opening BGP session to %s: %w", addr, err))
-			continue
-		}
-		s.neighbors[addr] = n
-		s.log.Info("BGP neighbor added", "peer", addr, "name", n.Name, "asn", n.ASN, "rrClient", n.RRClient, "md5", n.Password != "")
-	}
-	return errors.Join(errs...)
-}
-
-// peer is the GoBGP neighbor for n: from the node's address of n's
-// family, carrying that family's unicast routes.
-func (s *Speaker) peer(n Neighbor) *api.Peer {
-	restart := uint32(s.cfg.RestartTime / time.Second)
-	local := s.listenAddr(n.Address)
-	if !local.IsValid() {
-		local = s.cfg.RouterID
-	}
-	p := &api.Peer{
-		Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.ASN, AuthPassword: n.Password, Description: n.Name},
-		Transport: &api.Transport{LocalAddress: local.String(), RemotePort: uint32(s.cfg.ListenPort), PassiveMode: n.Passive},
-		// Short timers: a dead node is noticed in seconds, and a reset
-		// session (a restarted peer) is retried after 1 s, not 30.
-		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: 2, HoldTime: 9, KeepaliveInterval: 3, IdleHoldTimeAfterReset: 1}},
-		// Peers keep our routes while we restart, and we keep theirs.
-		GracefulRestart: &api.GracefulRestart{Enabled: true, RestartTime: restart},
-		AfiSafis: []*api.AfiSafi{{
-			Config:            &api.AfiSafiConfig{Family: familyOf(n.Address), Enabled: true},
-			MpGracefulRestart: &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}},
-		}},
-	}
-	if n.RRClient {
-		p.RouteReflector = &api.RouteReflector{RouteReflectorClient: true, RouteReflectorClusterId: s.cfg.RouterID.String()}
-	}
-	return p
-}
-
-// Routes are the best paths learned from peers (not this node's own), of
-// both families, sorted by prefix.
-func (s *Speaker) Routes(ctx context.Context) ([]Route, error) {
-	var out []Route
-	for _, family := range []*api.Family{ipv4Unicast, ipv6Unicast} {
-		err := s.srv.ListPath(ctx, &api.ListPathRequest{TableType: api.TableType_GLOBAL, Family: family},
-			func(d *api.Destination) {
-				for _, p := range d.Paths {
-					if !p.Best || p.IsWithdraw || p.NeighborIp == "" || p.NeighborIp == "<nil>" {
-						continue
-					}
-					pfx, err := netip.ParsePrefix(d.Prefix)
-					if err != nil {
-						continue
-					}
-					from, _ := netip.ParseAddr(p.NeighborIp)
-					out = append(out, Route{Prefix: pfx, NextHop: nextHop(p), From: from})
-				}
-			})
-		if err != nil {
-			return nil, fmt.Errorf("listing BGP routes: %w", err)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Prefix.String() < out[j].Prefix.String() })
-	return out, nil
-}
-
-// nextHop is a path's next hop: the NEXT_HOP attribute (IPv4), or the
-// first global next hop of MP_REACH_NLRI (IPv6).
-func nextHop(p *api.Path) netip.Addr {
-	for _, a := range p.Pattrs {
-		var nh api.NextHopAttribute
-		if a.UnmarshalTo(&nh) == nil {
-			addr, _ := netip.ParseAddr(nh.NextHop)
-			return addr
-		}
-		var mp api.MpReachNLRIAttribute
-		if a.UnmarshalTo(&mp) == nil && len(mp.NextHops) > 0 {
-			addr, _ := netip.ParseAddr(mp.NextHops[0])
-			return addr
-		}
-	}
-	return netip.Addr{}
-}
-
-// Sessions reports every neighbor's session.
-func (s *Speaker) Sessions(ctx context.Context) ([]Session, error) {
-	s.mu.Lock()
-	neighbors := make(map[netip.Addr]Neighbor, len(s.neighbors))
-	for k, v := range s.neighbors {
-		neighbors[k] = v
-	}
+	n, ok := s.neighbors[addr]
 	s.mu.Unlock()
-	var out []Session
-	err := s.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
-		addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
-		ss := Session{Neighbor: neighbors[addr], State: stateName(p.GetState().GetSessionState())}
-		ss.Neighbor.Address = addr
-		ss.Established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
-		if up := p.GetTimers().GetState().GetUptime(); up != nil && ss.Established {
-			ss.Since = up.AsTime()
-		}
-		for _, af := range p.GetAfiSafis() {
-			ss.Received += af.GetState().GetReceived()
-			ss.Advertised += af.GetState().GetAdvertised()
-		}
-		out = append(out, ss)
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Neighbor.Address.Less(out[j].Neighbor.Address) })
-	return out, err
+	if ok && !n.External {
+		go s.shortenIdleHold(addr)
+	}
 }
 
-func stateName(st api.PeerState_SessionState) string {
-	switch st {
-	case api.PeerState_IDLE:
-		return "idle"
-	case api.PeerState_CONNECT:
-		return "connect"
-	case api.PeerState_ACTIVE:
-		return "active"
-	case api.PeerState_OPENSENT:
-		return "opensent"
-	case api.PeerState_OPENCONFIRM:
-		return "openconfirm"
-	case api.PeerState_ESTABLISHED:
-		return "established"
+// shortenIdleHold makes the next idle hold of the session to addr 1s
+// instead of GoBGP's fixed 5s. When a node restarts, its peers see the
+// session drop and hold it idle, closing every connection attempt
+// meanwhile, and the restarted node that tried is then held idle for 5s
+// too: 6-9s before the session is back. GoBGP shortens the hold only
+// after an explicit reset (IdleHoldTimeAfterReset), and a hold it has
+// entered keeps its length, so the reset must come before the session
+// drops: when it has just become active. ResetPeer also queues a Cease
+// for the session, which GoBGP discards at the session's next state
+// change unless the session is established, so it is only done when it
+// is not. (Should the session get established between the two calls,
+// the Cease resets it once; between nodes the notification is a
+// graceful restart, RFC 8538, and no route is lost.)
+func (s *Speaker) shortenIdleHold(addr netip.Addr) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	established := true
+	s.srv.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+		switch p.GetState().GetSessionState() {
+		case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
+			established = false
+		}
+	})
+	if established {
+		return
 	}
-	return "unknown"
+	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String()}); err != nil {
+		s.log.Debug("shortening the idle hold", "peer", addr, "err", err)
+	}
+}
+
+// keepRestarting keeps each router session that is not up yet part of
+// the restart, for the restart window. GoBGP ends a restart for every
+// session at once, as soon as the sessions that are up have sent their
+// End-of-RIB, and counts a session that is not up as done: a router
+// whose session comes up later (the second family's session to the same
+// router, or a second router) would be told that forwarding was not
+// preserved and flush this node's routes (RFC 4724 4.2). A session GoBGP
+// is told about afresh restarts on its own, so such a session is
+// configured again, which costs nothing while it is down. When the
+// window ends, a router session still down is configured again without
+// the restart.
+func (s *Speaker) keepRestarting() {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for range tick.C {
+		restarting := s.restarting()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var wrong []netip.Addr
+		err := s.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+			addr, _ := netip.ParseAddr(p.GetConf().GetNeighborAddress())
+			switch p.GetState().GetSessionState() {
+			case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
+				if p.GetGracefulRestart().GetLocalRestarting() != restarting {
+					wrong = append(wrong, addr)
+				}
+			}
+		})
+		for _, addr := range wrong {
+			s.reconfigure(ctx, addr)
+		}
+		cancel()
+		if err != nil || !restarting { // stopped, or the window is over
+			return
+		}
+	}
+}
+
+// reconfigure configures the router session to addr again (down: no
+// notification is sent), so that it opens as part of the restart or not,
+// as s.restarting says.
+func (s *Speaker) reconfigure(ctx context.Context, addr netip.Addr) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, ok := s.neighbors[addr]
+	if !ok || !n.External {
+		return
+	}
+	if err := s.srv.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		s.log.Debug("configuring a session again", "peer", addr, "err", err)
+		return
+	}
+	if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(n)}); err != nil {
+		delete(s.neighbors, addr) // SetNeighbors adds it back
+		delete(s.added, addr)
+		s.log.Warn("configuring a session again", "peer", addr, "err", err)
+		return
+	}
+	s.log.Info("BGP session configured again, not up yet", "peer", addr, "restarting", s.restarting())
 }
 
 // logAdapter sends GoBGP's logs to slog, one level down: GoBGP is chatty.

@@ -12,9 +12,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	api "github.com/osrg/gobgp/v3/api"
 )
 
 // GoBGP opens its sockets from its own goroutines, which a test cannot pin
@@ -87,12 +90,19 @@ func eventually(t *testing.T, what string, cond func() error) {
 	}
 }
 
+// routesOf lists s's best paths as "prefix via next hop from neighbor".
 func routesOf(s *Speaker) string {
-	rs, err := s.Routes(context.Background())
+	ps, err := s.Paths(context.Background())
 	if err != nil {
 		return err.Error()
 	}
-	return fmt.Sprint(rs)
+	var out []string
+	for _, p := range ps {
+		if p.Best {
+			out = append(out, fmt.Sprintf("%s via %s from %s", p.Prefix, p.NextHop, p.From))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func TestMeshExchangesBlocksAndRejectsForeign(t *testing.T) {
@@ -101,21 +111,32 @@ func TestMeshExchangesBlocksAndRejectsForeign(t *testing.T) {
 	defer cancel()
 	a := start(t, ctx, "192.0.2.11", Config{})
 	b := start(t, ctx, "192.0.2.12", Config{})
-	// A misbehaving peer: no policy of its own, announces a default route,
-	// a foreign prefix and a block inside the cluster.
+	// A misbehaving router: announces a default route, a foreign prefix
+	// and a block inside the cluster.
 	rogue := start(t, ctx, "192.0.2.13", Config{AcceptForeign: true})
 	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
-	for _, s := range []*Speaker{a, b, rogue} {
+	for _, s := range []*Speaker{a, b} {
 		if err := s.SetNeighbors(ctx, []Neighbor{n("192.0.2.11"), n("192.0.2.12"), n("192.0.2.13")}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	a.Announce(ctx, netip.MustParsePrefix("10.244.1.0/24"))
-	b.Announce(ctx, netip.MustParsePrefix("10.244.2.0/24"))
+	ext := func(ip string) Neighbor {
+		return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512, External: true}
+	}
+	if err := rogue.SetNeighbors(ctx, []Neighbor{ext("192.0.2.11"), ext("192.0.2.12")}); err != nil {
+		t.Fatal(err)
+	}
+	var hijack []netip.Prefix
 	for _, p := range []string{"0.0.0.0/0", "198.51.100.0/24", "10.244.3.0/24"} {
+		hijack = append(hijack, netip.MustParsePrefix(p))
 		rogue.Announce(ctx, netip.MustParsePrefix(p))
 	}
-	want := "[{10.244.2.0/24 192.0.2.12 192.0.2.12} {10.244.3.0/24 192.0.2.13 192.0.2.13}]"
+	if err := rogue.SetExport(ctx, hijack); err != nil {
+		t.Fatal(err)
+	}
+	a.Announce(ctx, netip.MustParsePrefix("10.244.1.0/24"))
+	b.Announce(ctx, netip.MustParsePrefix("10.244.2.0/24"))
+	want := "10.244.2.0/24 via 192.0.2.12 from 192.0.2.12, 10.244.3.0/24 via 192.0.2.13 from 192.0.2.13"
 	eventually(t, "a learns b's block and only the cluster prefix of the rogue", func() error {
 		if got := routesOf(a); got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
@@ -129,7 +150,7 @@ func TestMeshExchangesBlocksAndRejectsForeign(t *testing.T) {
 	// A withdrawn block disappears.
 	b.Withdraw(ctx, netip.MustParsePrefix("10.244.2.0/24"))
 	eventually(t, "withdrawal reaches a", func() error {
-		if got := routesOf(a); got != "[{10.244.3.0/24 192.0.2.13 192.0.2.13}]" {
+		if got := routesOf(a); got != "10.244.3.0/24 via 192.0.2.13 from 192.0.2.13" {
 			return fmt.Errorf("routes %s", got)
 		}
 		return nil
@@ -180,6 +201,263 @@ func TestMD5(t *testing.T) {
 	}
 }
 
+// dualStack are the cluster CIDRs of the tests that run per family.
+var dualStack = []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
+
+// familyCase is one family's addresses for a test that runs per family:
+// speaker i has router ID ids[i] and peers over addrs[i] (its IPv4 or
+// IPv6 address); blocks are of that family.
+type familyCase struct {
+	name   string
+	ids    []string
+	addrs  []string
+	blocks []string
+}
+
+func (fc familyCase) start(t *testing.T, ctx context.Context, i int, cfg Config) *Speaker {
+	t.Helper()
+	cfg.ClusterCIDRs = dualStack
+	cfg.ListenAddrs = []netip.Addr{netip.MustParseAddr(fc.addrs[i])}
+	return start(t, ctx, fc.ids[i], cfg)
+}
+
+func (fc familyCase) lo(t *testing.T) {
+	setupLo(t, append(slices.Clone(fc.ids), fc.addrs...)...)
+}
+
+// A node with two external routers passes neither one's routes to the
+// other (no transit), only its own block; on the cluster's edge, every
+// block SetExport names, still none of the routers' own. Per family: the
+// export policy exists once per family.
+func TestNoTransit(t *testing.T) {
+	for _, fc := range []familyCase{
+		{"IPv4", []string{"192.0.2.31", "192.0.2.32", "192.0.2.33"}, []string{"192.0.2.31", "192.0.2.32", "192.0.2.33"}, []string{"10.244.1.0/24", "10.244.7.0/24"}},
+		{"IPv6", []string{"192.0.2.131", "192.0.2.132", "192.0.2.133"}, []string{"fd00:2::131", "fd00:2::132", "fd00:2::133"}, []string{"fd00:244:0:1::/64", "fd00:244:0:7::/64"}},
+	} {
+		t.Run(fc.name, func(t *testing.T) {
+			fc.lo(t)
+			ctx := context.Background()
+			node := fc.start(t, ctx, 0, Config{})
+			r1 := fc.start(t, ctx, 1, Config{AcceptForeign: true, ASN: 64601})
+			r2 := fc.start(t, ctx, 2, Config{AcceptForeign: true, ASN: 64602})
+			ext := func(i int, asn uint32) Neighbor {
+				return Neighbor{Address: netip.MustParseAddr(fc.addrs[i]), ASN: asn, External: true}
+			}
+			if err := node.SetNeighbors(ctx, []Neighbor{ext(1, 64601), ext(2, 64602)}); err != nil {
+				t.Fatal(err)
+			}
+			own, other := netip.MustParsePrefix(fc.blocks[0]), netip.MustParsePrefix(fc.blocks[1])
+			for _, r := range []*Speaker{r1, r2} {
+				r.SetNeighbors(ctx, []Neighbor{ext(0, 64512)})
+			}
+			// r1 carries another node's block (as a router between segments does).
+			r1.Announce(ctx, other)
+			r1.SetExport(ctx, []netip.Prefix{other})
+			node.Announce(ctx, own)
+			node.SetExport(ctx, []netip.Prefix{own})
+			ownVia := fmt.Sprintf("%s via %s from %s", own, fc.addrs[0], fc.addrs[0])
+			eventually(t, "node learns r1's route and r2 learns node's block", func() error {
+				if got, want := routesOf(node), fmt.Sprintf("%s via %s from %s", other, fc.addrs[1], fc.addrs[1]); got != want {
+					return fmt.Errorf("node: %s, want %s", got, want)
+				}
+				if got := routesOf(r2); got != ownVia {
+					return fmt.Errorf("r2: %s, want %s", got, ownVia)
+				}
+				return nil
+			})
+			time.Sleep(time.Second) // anything more would have followed by now
+			if got := routesOf(r2); strings.Contains(got, other.String()) {
+				t.Fatalf("node is a transit: r2 learned r1's route through it: %s", got)
+			}
+			// The edge announces every block it is told to; when the block goes
+			// away (its path withdrawn, its lease gone), so does the route.
+			node.SetExport(ctx, []netip.Prefix{own, other})
+			eventually(t, "the edge announces the other block", func() error {
+				if got := routesOf(r2); !strings.Contains(got, other.String()+" via "+fc.addrs[0]) {
+					return fmt.Errorf("r2: %s", got)
+				}
+				return nil
+			})
+			node.SetExport(ctx, []netip.Prefix{own})
+			r1.Withdraw(ctx, other)
+			eventually(t, "the edge withdraws it", func() error {
+				if got := routesOf(r2); got != ownVia {
+					return fmt.Errorf("r2: %s", got)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// A speaker started as a restart tells its routers that forwarding was
+// preserved (the F bit of the graceful restart capability, RFC 4724) for
+// the family of the session; a fresh one must not.
+func TestRestartedSetsForwardingBit(t *testing.T) {
+	for _, fc := range []familyCase{
+		{"IPv4", []string{"192.0.2.51", "192.0.2.52", "192.0.2.53"}, []string{"192.0.2.51", "192.0.2.52", "192.0.2.53"}, nil},
+		{"IPv6", []string{"192.0.2.151", "192.0.2.152", "192.0.2.153"}, []string{"fd00:2::151", "fd00:2::152", "fd00:2::153"}, nil},
+	} {
+		t.Run(fc.name, func(t *testing.T) {
+			fc.lo(t)
+			ctx := context.Background()
+			helper := fc.start(t, ctx, 0, Config{})
+			fresh := fc.start(t, ctx, 1, Config{})
+			restarted := fc.start(t, ctx, 2, Config{Restarted: true})
+			n := func(i int) Neighbor { return Neighbor{Address: netip.MustParseAddr(fc.addrs[i]), ASN: 64512} }
+			router := Neighbor{Address: netip.MustParseAddr(fc.addrs[0]), ASN: 64512, External: true}
+			helper.SetNeighbors(ctx, []Neighbor{n(1), n(2)})
+			fresh.SetNeighbors(ctx, []Neighbor{router})
+			restarted.SetNeighbors(ctx, []Neighbor{router})
+			eventually(t, "sessions up", func() error {
+				ss, _ := helper.Sessions(ctx)
+				if len(ss) != 2 || !ss[0].Established || !ss[1].Established {
+					return fmt.Errorf("%+v", ss)
+				}
+				return nil
+			})
+			// flags of the remote graceful restart capability, per neighbor
+			// and family ("192.0.2.53 afi 1").
+			flags := map[string]uint32{}
+			err := helper.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+				for _, c := range p.GetState().GetRemoteCap() {
+					var gr api.GracefulRestartCapability
+					if c.UnmarshalTo(&gr) == nil {
+						for _, tu := range gr.Tuples {
+							flags[fmt.Sprintf("%s afi %d", p.GetConf().GetNeighborAddress(), tu.GetFamily().GetAfi())] = tu.Flags
+						}
+					}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			afi := api.Family_AFI_IP
+			if netip.MustParseAddr(fc.addrs[0]).Is6() {
+				afi = api.Family_AFI_IP6
+			}
+			key := func(i int) string { return fmt.Sprintf("%s afi %d", fc.addrs[i], afi) }
+			if len(flags) != 2 {
+				t.Errorf("graceful restart tuples %v, want one per session, of family %s", flags, afi)
+			}
+			if f, ok := flags[key(2)]; !ok || f&0x80 == 0 {
+				t.Errorf("restarted speaker: %s forwarding state not preserved (flags %#x, tuples %v)", fc.name, f, flags)
+			}
+			if flags[key(1)]&0x80 != 0 {
+				t.Errorf("fresh speaker claims preserved forwarding state (flags %#x)", flags[key(1)])
+			}
+		})
+	}
+}
+
+// A restarted speaker's router session that comes up only after another
+// one has finished the restart (its End-of-RIB in) still restarts: its
+// router is told forwarding was preserved. GoBGP alone would have ended
+// the restart for it too and told it "not preserved", and the router
+// would flush this node's routes. Here the second router is the IPv6
+// session of a dual-stack node.
+func TestRestartedSessionComingUpLater(t *testing.T) {
+	setupLo(t, "192.0.2.81", "fd00:2::81", "192.0.2.82", "192.0.2.83", "fd00:2::83")
+	ctx := context.Background()
+	addr := netip.MustParseAddr
+	node := start(t, ctx, "192.0.2.81", Config{Restarted: true, ClusterCIDRs: dualStack, ListenAddrs: []netip.Addr{addr("192.0.2.81"), addr("fd00:2::81")}})
+	r1 := start(t, ctx, "192.0.2.82", Config{ClusterCIDRs: dualStack})
+	r2 := start(t, ctx, "192.0.2.83", Config{ClusterCIDRs: dualStack, ListenAddrs: []netip.Addr{addr("fd00:2::83")}})
+	node.SetNeighbors(ctx, []Neighbor{{Address: addr("192.0.2.82"), ASN: 64512, External: true}, {Address: addr("fd00:2::83"), ASN: 64512, External: true}})
+	r1.SetNeighbors(ctx, []Neighbor{{Address: addr("192.0.2.81"), ASN: 64512}})
+	eventually(t, "the IPv4 router's session up and its routes in", func() error {
+		ss, _ := node.Sessions(ctx)
+		for _, s := range ss {
+			if s.Neighbor.Address == addr("192.0.2.82") && s.Established && s.EndOfRIB {
+				return nil
+			}
+		}
+		return fmt.Errorf("%+v", ss)
+	})
+	time.Sleep(500 * time.Millisecond)
+	r2.SetNeighbors(ctx, []Neighbor{{Address: addr("fd00:2::81"), ASN: 64512}})
+	eventually(t, "the IPv6 router's session up", func() error {
+		ss, _ := r2.Sessions(ctx)
+		if len(ss) != 1 || !ss[0].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	})
+	var flags []uint32
+	r2.srv.ListPeer(ctx, &api.ListPeerRequest{}, func(p *api.Peer) {
+		for _, c := range p.GetState().GetRemoteCap() {
+			var gr api.GracefulRestartCapability
+			if c.UnmarshalTo(&gr) == nil {
+				for _, tu := range gr.Tuples {
+					flags = append(flags, tu.Flags)
+				}
+			}
+		}
+	})
+	if len(flags) != 1 || flags[0]&0x80 == 0 {
+		t.Errorf("the router whose session came up later: IPv6 forwarding state not preserved (tuple flags %#x)", flags)
+	}
+}
+
+// Sessions count what FRR counts: a peer that announces nothing has
+// received 0 (no End-of-RIB marker), and what it is sent is the prefixes.
+func TestSessionCounts(t *testing.T) {
+	setupLo(t, "192.0.2.61", "192.0.2.62")
+	ctx := context.Background()
+	a := start(t, ctx, "192.0.2.61", Config{})
+	b := start(t, ctx, "192.0.2.62", Config{})
+	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
+	a.SetNeighbors(ctx, []Neighbor{n("192.0.2.62")})
+	b.SetNeighbors(ctx, []Neighbor{n("192.0.2.61")})
+	b.Announce(ctx, netip.MustParsePrefix("10.244.2.0/24"))
+	eventually(t, "counts", func() error {
+		as, _ := a.Sessions(ctx)
+		bs, _ := b.Sessions(ctx)
+		if len(as) != 1 || len(bs) != 1 || !as[0].Established || !as[0].EndOfRIB || !bs[0].EndOfRIB {
+			return fmt.Errorf("a %+v b %+v", as, bs)
+		}
+		if as[0].Received != 1 || as[0].Advertised != 0 || bs[0].Received != 0 || bs[0].Advertised != 1 {
+			return fmt.Errorf("a received %d advertised %d; b received %d advertised %d",
+				as[0].Received, as[0].Advertised, bs[0].Received, bs[0].Advertised)
+		}
+		return nil
+	})
+}
+
+// A session between nodes that drops (the peer restarted) is back within
+// a few seconds, not held idle for GoBGP's 5s on each side.
+func TestSessionBackQuickly(t *testing.T) {
+	setupLo(t, "192.0.2.71", "192.0.2.72")
+	ctx := context.Background()
+	a := start(t, ctx, "192.0.2.71", Config{})
+	b := start(t, ctx, "192.0.2.72", Config{})
+	a.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("192.0.2.72"), ASN: 64512}})
+	toA := []Neighbor{{Address: netip.MustParseAddr("192.0.2.71"), ASN: 64512, Passive: true}}
+	b.SetNeighbors(ctx, toA)
+	up := func() error {
+		ss, _ := a.Sessions(ctx)
+		if len(ss) != 1 || !ss[0].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	}
+	eventually(t, "session up", up)
+	// b goes away and comes back, as a restarted node does.
+	b.SetNeighbors(ctx, nil)
+	eventually(t, "session down", func() error {
+		if up() == nil {
+			return errors.New("still established")
+		}
+		return nil
+	})
+	t0 := time.Now()
+	b.SetNeighbors(ctx, toA)
+	eventually(t, "session back", up)
+	if took := time.Since(t0); took > 4*time.Second {
+		t.Errorf("session back after %s, want < 4s (1s idle hold + the 1-2s before GoBGP dials)", took)
+	}
+}
+
 // Dual-stack: each pair of speakers has an IPv4 session carrying IPv4
 // blocks and an IPv6 session carrying IPv6 blocks (MP-BGP), each with the
 // announcing node's address of that family as next hop; the cluster
@@ -193,12 +471,16 @@ func TestDualStackFamilies(t *testing.T) {
 		return []netip.Addr{netip.MustParseAddr(ip4), netip.MustParseAddr(ip6)}
 	}
 	a := start(t, ctx, "192.0.2.31", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.31", "fd00:2::31")})
+	// b, a misbehaving router, sends a every prefix it has.
 	b := start(t, ctx, "192.0.2.32", Config{ClusterCIDRs: cidrs, ListenAddrs: addrs("192.0.2.32", "fd00:2::32"), AcceptForeign: true})
 	n := func(ip string) Neighbor { return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512} }
 	if err := a.SetNeighbors(ctx, []Neighbor{n("192.0.2.32"), n("fd00:2::32")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.SetNeighbors(ctx, []Neighbor{n("192.0.2.31"), n("fd00:2::31")}); err != nil {
+	ext := func(ip string) Neighbor {
+		return Neighbor{Address: netip.MustParseAddr(ip), ASN: 64512, External: true}
+	}
+	if err := b.SetNeighbors(ctx, []Neighbor{ext("192.0.2.31"), ext("fd00:2::31")}); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []string{"10.244.1.0/24", "fd00:244:0:1::/64"} {
@@ -206,32 +488,40 @@ func TestDualStackFamilies(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	var fromB []netip.Prefix
 	for _, p := range []string{"10.244.2.0/24", "fd00:244:0:2::/64", "::/0", "2001:db8::/32"} {
+		fromB = append(fromB, netip.MustParsePrefix(p))
 		if err := b.Announce(ctx, netip.MustParsePrefix(p)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := b.SetExport(ctx, fromB); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "a learns b's blocks of both families, each via b's address of its family", func() error {
-		if got, want := routesOf(a), "[{10.244.2.0/24 192.0.2.32 192.0.2.32} {fd00:244:0:2::/64 fd00:2::32 fd00:2::32}]"; got != want {
+		if got, want := routesOf(a), "10.244.2.0/24 via 192.0.2.32 from 192.0.2.32, fd00:244:0:2::/64 via fd00:2::32 from fd00:2::32"; got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
 		}
 		return nil
 	})
 	eventually(t, "b learns a's blocks", func() error {
-		if got, want := routesOf(b), "[{10.244.1.0/24 192.0.2.31 192.0.2.31} {fd00:244:0:1::/64 fd00:2::31 fd00:2::31}]"; got != want {
+		if got, want := routesOf(b), "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31, fd00:244:0:1::/64 via fd00:2::31 from fd00:2::31"; got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
 		}
 		return nil
 	})
+	// Each session counts its family's prefixes; received is before the
+	// import policy (the bgp backend splits it).
 	sess, err := a.Sessions(ctx)
-	if err != nil || len(sess) != 2 || !sess[0].Established || !sess[1].Established || sess[1].Neighbor.Address.String() != "fd00:2::32" {
+	if err != nil || len(sess) != 2 || !sess[0].Established || !sess[1].Established || sess[1].Neighbor.Address.String() != "fd00:2::32" ||
+		sess[0].Received != 1 || sess[1].Received != 3 || sess[0].Advertised != 1 || sess[1].Advertised != 1 {
 		t.Errorf("sessions: %+v, %v", sess, err)
 	}
 	if err := a.Withdraw(ctx, netip.MustParsePrefix("fd00:244:0:1::/64")); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "an IPv6 withdrawal reaches b", func() error {
-		if got, want := routesOf(b), "[{10.244.1.0/24 192.0.2.31 192.0.2.31}]"; got != want {
+		if got, want := routesOf(b), "10.244.1.0/24 via 192.0.2.31 from 192.0.2.31"; got != want {
 			return fmt.Errorf("routes %s, want %s", got, want)
 		}
 		return nil

@@ -102,14 +102,11 @@ func saveRecord(stateDir string, r *record) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("%w: creating state dir: %v", cnierr.ErrIO, err)
 	}
-	f, err := os.OpenFile(path+".tmp", os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	f, err := lockedTemp(path + ".tmp")
 	if err != nil {
-		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+		return err
 	}
 	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-		return fmt.Errorf("%w: locking attachment state: %v", cnierr.ErrIO, err)
-	}
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
 	}
@@ -117,6 +114,33 @@ func saveRecord(stateDir string, r *record) error {
 		return fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
 	}
 	return nil
+}
+
+// lockedTemp opens (creating) the temp file at path under an exclusive
+// flock, empty. GC removes a temp file whose lock is free, which it also
+// is between a writer's open and its flock: a writer that then locked a
+// removed file opens the path again.
+func lockedTemp(path string) (*os.File, error) {
+	for {
+		f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%w: locking attachment state: %v", cnierr.ErrIO, err)
+		}
+		held, err1 := f.Stat()
+		named, err2 := os.Stat(path)
+		if err1 == nil && err2 == nil && os.SameFile(held, named) {
+			if err := f.Truncate(0); err != nil {
+				f.Close()
+				return nil, fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
+			}
+			return f, nil
+		}
+		f.Close()
+	}
 }
 
 func loadRecord(path string) (*record, error) {

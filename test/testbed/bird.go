@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,6 +27,9 @@ type BIRDOptions struct {
 	// (IPv6 peers ::/0 and 2001:db8:100::/48), as a misbehaving router
 	// would.
 	Hijack bool
+	// Listen, when set, is the only address BIRD listens on and sends
+	// from (strict bind), so FRR (with its Listen) can run beside it.
+	Listen netip.Addr
 }
 
 // BIRD is BIRD 2 running in the router namespace: eBGP with the peers,
@@ -35,6 +39,7 @@ type BIRD struct {
 	Sock string // control socket, for birdc -s
 	proc *Process
 	tb   *Testbed
+	conf string // the configuration it started with
 }
 
 // StartBIRD starts /usr/sbin/bird (Debian bird2) in the router namespace.
@@ -46,7 +51,11 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 		return nil, fmt.Errorf("testbed: bird2 is not installed (apt-get install bird2): %w", err)
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; ipv6; }\n", RouterIP1)
+	router := RouterIP1 // a router ID is 32 bits, whatever the families
+	if opts.Listen.Is4() {
+		router = opts.Listen
+	}
+	fmt.Fprintf(&b, "router id %s;\nprotocol device {}\nprotocol direct { ipv4; ipv6; }\n", router)
 	b.WriteString("protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }\n")
 	b.WriteString("protocol kernel { ipv6 { import none; export where source = RTS_BGP; }; }\n")
 	export := "source = RTS_BGP"
@@ -57,14 +66,19 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 	}
 	for _, p := range opts.Peers {
 		fmt.Fprintf(&b, "protocol bgp %s {\n  local as %d;\n  neighbor %s as %d;\n  hold time 9;\n  connect retry time 2;\n", p.Name, opts.ASN, p.IP, p.ASN)
+		if opts.Listen.IsValid() && opts.Listen.Is6() == strings.Contains(p.IP, ":") {
+			fmt.Fprintf(&b, "  local %s as %d;\n  strict bind yes;\n", opts.Listen, opts.ASN)
+		}
 		if p.Password != "" {
 			fmt.Fprintf(&b, "  password %q;\n", p.Password)
 		}
-		channel := "ipv4"
+		// As README shows it: accept the nodes' blocks (netd checks them
+		// against its leases), send what BGP learned.
+		channel, blocks := "ipv4", "10.0.0.0/8+"
 		if strings.Contains(p.IP, ":") {
-			channel = "ipv6"
+			channel, blocks = "ipv6", "fd00::/8+"
 		}
-		fmt.Fprintf(&b, "  %s { import all; export where %s; };\n}\n", channel, export)
+		fmt.Fprintf(&b, "  %s { import where net ~ [ %s ]; export where %s; };\n}\n", channel, blocks, export)
 	}
 	dir := filepath.Join(tb.Dir, "bird")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -79,7 +93,7 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 	if err != nil {
 		return nil, err
 	}
-	bird := &BIRD{Sock: sock, proc: p, tb: tb}
+	bird := &BIRD{Sock: sock, proc: p, tb: tb, conf: b.String()}
 	err = waitFor(10*time.Second, func() error { _, err := bird.Show(ctx, "status"); return err })
 	if err != nil {
 		p.Kill()
@@ -92,6 +106,37 @@ func (tb *Testbed) StartBIRD(ctx context.Context, opts BIRDOptions) (*BIRD, erro
 func (b *BIRD) Show(ctx context.Context, args ...string) (string, error) {
 	out, err := b.tb.Router.Run(ctx, "birdc", append([]string{"-s", b.Sock, "show"}, args...)...)
 	return string(out), err
+}
+
+// Announce makes BIRD originate prefixes too, as a misbehaving router
+// would: it is reconfigured with a static protocol whose routes are
+// exported to every peer.
+func (b *BIRD) Announce(ctx context.Context, prefixes ...netip.Prefix) error {
+	var extra strings.Builder
+	for _, v6 := range []bool{false, true} {
+		name, channel := "announced", "ipv4"
+		if v6 {
+			name, channel = "announced6", "ipv6"
+		}
+		fmt.Fprintf(&extra, "protocol static %s { %s; ", name, channel)
+		for _, p := range prefixes {
+			if p.Addr().Is6() == v6 {
+				fmt.Fprintf(&extra, "route %s blackhole; ", p)
+			}
+		}
+		extra.WriteString("}\n")
+	}
+	// To the peers only: the kernel protocol does not take static routes.
+	conf := strings.ReplaceAll(b.conf, "+ ]; export where ", `+ ]; export where proto = "announced" || proto = "announced6" || `)
+	path := filepath.Join(filepath.Dir(b.Sock), "bird.conf")
+	if err := os.WriteFile(path, []byte(conf+extra.String()), 0o644); err != nil {
+		return err
+	}
+	out, err := b.tb.Router.Run(ctx, "birdc", "-s", b.Sock, "configure")
+	if err != nil || !strings.Contains(string(out), "Reconfigured") {
+		return fmt.Errorf("birdc configure: %v: %s", err, out)
+	}
+	return nil
 }
 
 // Config is BIRD's configuration file, for showing.

@@ -3,6 +3,7 @@ package testbed
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -360,5 +361,48 @@ func expectGone(t *testing.T, id, dir string, pid int) {
 	}
 	if pid != 0 && alive(pid) && !zombie(pid) {
 		t.Errorf("container process %d still runs", pid)
+	}
+}
+
+// FRR starts in the router namespace with its own paths, answers on its
+// vty, carries the configured neighbors and originates Announce.
+func TestFRR(t *testing.T) {
+	tb := ForTest(t, Options{Nodes: 1, Router: true})
+	ctx := context.Background()
+	f, err := tb.StartFRR(ctx, FRROptions{ASN: 64600, Peers: []FRRPeer{
+		{IP: tb.Node(1).IP.String(), ASN: 65001, Password: "a,b:c"}, {IP: tb.Node(1).IPv6.String(), ASN: 65001}},
+		Announce: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:100::/48")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	type summary struct {
+		AS    uint32 `json:"as"`
+		Peers map[string]struct {
+			State string `json:"state"`
+		} `json:"peers"`
+	}
+	var sum struct {
+		IPv4 summary `json:"ipv4Unicast"`
+		IPv6 summary `json:"ipv6Unicast"`
+	}
+	if err := f.JSON(ctx, "show bgp summary json", &sum); err != nil {
+		t.Fatal(err)
+	}
+	// Each neighbor in its own family only.
+	_, v4 := sum.IPv4.Peers[tb.Node(1).IP.String()]
+	_, v6 := sum.IPv6.Peers[tb.Node(1).IPv6.String()]
+	if sum.IPv4.AS != 64600 || !v4 || !v6 || len(sum.IPv4.Peers) != 1 || len(sum.IPv6.Peers) != 1 {
+		t.Fatalf("FRR summary: %+v\n%s", sum, f.Conf)
+	}
+	routes, err := f.Routes(ctx)
+	if err != nil || len(routes) != 2 || routes[0].Prefix != "198.51.100.0/24" || routes[1].Prefix != "2001:db8:100::/48" {
+		t.Fatalf("FRR routes %+v, %v", routes, err)
+	}
+	// FRR's crash log and log buffers went to the test bed, not /var/tmp.
+	if entries, err := os.ReadDir(filepath.Join(f.Dir, "tmp", "frr")); err != nil || len(entries) != 2 {
+		t.Errorf("FRR's /var/tmp/frr in its private mount namespace: %v %v", entries, err)
+	}
+	if err := f.Stop(); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -57,7 +57,8 @@ func main() {
 	flag.StringVar(&only, "parts", os.Getenv("BENCH_PARTS"), "comma-separated subset of "+strings.Join(parts, ",")+
 		" (also BENCH_PARTS); empty: all.\nA partial run prints its tables but rewrites neither results nor README")
 	flag.StringVar(&cpModes, "cp-modes", os.Getenv("BENCH_CP_MODES"), "control plane: comma-separated modes to measure, e.g. vxlan,hostgw (also BENCH_CP_MODES); empty: all")
-	flag.StringVar(&cpSizes, "cp-sizes", os.Getenv("BENCH_CP_SIZES"), "control plane: comma-separated cluster sizes, e.g. 3,20 (also BENCH_CP_SIZES); empty: 3,10,20,25,50 (quick: 3,10)")
+	flag.StringVar(&cpSizes, "cp-sizes", os.Getenv("BENCH_CP_SIZES"), "control plane: comma-separated cluster sizes, e.g. 3,20 (also BENCH_CP_SIZES); empty: 3,10,20,25,50 (quick: 3,10).\n"+
+		"A run with -cp-modes or -cp-sizes is partial: it rewrites neither results nor README")
 	flag.Usage = func() {
 		fmt.Fprintf(os.Stderr, `Usage: bench [-quick] [-parts LIST]
 
@@ -96,6 +97,9 @@ Example: make bench BENCH_QUICK=1      (or: bin/bench -quick -parts cni)
 			os.Exit(2)
 		}
 		o.cpSizes = append(o.cpSizes, n)
+	}
+	if (len(o.cpModes) > 0 || len(o.cpSizes) > 0) && len(o.parts) == 0 {
+		o.parts = slices.Clone(parts) // partial: results and README keep every mode and size
 	}
 	var err error
 	if o.render != "" {
