@@ -15,7 +15,8 @@ CNI_CONF_DIR ?= /etc/cni/net.d
 # runtime in use; CNI_VERSION=1.1.0 for runtimes that call GC and STATUS.
 CNI_VERSION  ?= 1.0.0
 
-# The version `runner version` (and netd) report: internal/version.Version.
+# The version `runner version` and `netd version` report
+# (internal/version.Version); make build VERSION=1.2.0 to name a release.
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 
 # Plugins are exec'd on every container start: static, stripped.
@@ -27,7 +28,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install clean deps image test-k8s
+.PHONY: all build test test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install uninstall clean deps image test-k8s
 
 all: build
 
@@ -130,6 +131,14 @@ install: build
 	$(if $(filter-out berth-%,$(BINARIES)),install -m 0755 $(addprefix $(BIN_DIR)/,$(filter-out berth-%,$(BINARIES))) $(DESTDIR)$(PREFIX)/bin/)
 	sed 's/"cniVersion": "[^"]*"/"cniVersion": "$(CNI_VERSION)"/' conf/examples/10-berth-bridge.conflist >$(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
 	chmod 0644 $(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
+
+# Removes what install put in place (same DESTDIR, PREFIX, CNI_BIN_DIR and
+# CNI_CONF_DIR). netd's state (/var/lib/berth, /run/berth) and the conflists
+# netd wrote stay: `netd leave` on each node removes a node's part of a network.
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(CNI_BIN_DIR)/,$(filter berth-%,$(BINARIES)))
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(filter-out berth-%,$(BINARIES)))
+	rm -f $(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist
 
 clean:
 	rm -rf $(BIN_DIR)

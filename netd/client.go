@@ -6,16 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
-	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"github.com/berthnet/berth/conf"
-	"github.com/berthnet/berth/internal/lease"
-	"github.com/berthnet/berth/netd/registry"
 )
 
 // ErrNotRunning: no netd answers on the metrics address.
@@ -50,6 +44,15 @@ func FetchStatus(ctx context.Context, addr string) (*Status, error) {
 func (s *Status) Print(w io.Writer, now time.Time) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "node\t%s (%s on %s)\n", s.Node, join(s.NodeIP, s.NodeIPv6), s.Iface)
+	for _, w := range s.Warnings {
+		fmt.Fprintf(tw, "WARNING\t%s\n", w)
+	}
+	if s.Starting != "" {
+		fmt.Fprintf(tw, "network\t%s\n", s.Network)
+		fmt.Fprintf(tw, "STARTING\t%s\n", s.Starting)
+		tw.Flush()
+		return
+	}
 	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, join(s.CIDR, s.CIDRv6))
 	expiry := "expired"
 	if left := s.LeaseExpires.Sub(now); left > 0 {
@@ -139,75 +142,4 @@ func join(v4, v6 string) string {
 		return v4
 	}
 	return v4 + "," + v6
-}
-
-// Leave is `netd leave`: the node gives up its subnet on purpose. It
-// releases the lease in etcd (peers then remove their routes to it),
-// removes this node's datapath for the network, the lease file and the
-// conflist. netd must be stopped first: a running netd would lease again.
-func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	if cfg.Datastore == DatastoreKubernetes {
-		return errors.New("--datastore=kubernetes: a node leaves the network when its Node is deleted (kubectl delete node NAME: every other node drops its routes); remove berth from the node itself with netd uninstall")
-	}
-	if cfg.MetricsAddr != "" {
-		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := FetchStatus(sctx, cfg.MetricsAddr)
-		cancel()
-		if err == nil {
-			return fmt.Errorf("netd is still running for this node (it answers on %s); stop it first (SIGTERM keeps the datapath for a restart, leave removes it)", cfg.MetricsAddr)
-		}
-	}
-	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
-	if err != nil {
-		return err
-	}
-	endpoints := cfg.EtcdEndpoints
-	if len(endpoints) == 0 {
-		// This node ran the embedded etcd: start it again to release.
-		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
-		if err != nil {
-			return err
-		}
-		defer emb.Close()
-		endpoints = emb.Endpoints
-	}
-	cli, err := newClient(cfg, endpoints)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-	defer cancel()
-	network, err := reg.Config(rctx)
-	if err != nil {
-		return err
-	}
-	released, err := reg.Release(rctx, cfg.NodeName)
-	switch {
-	case errors.Is(err, registry.ErrNotFound):
-		log.Info("no lease in etcd (expired or released already)", "node", cfg.NodeName, "network", network.Name)
-	case err != nil:
-		return err
-	default:
-		log.Info("released lease", "node", cfg.NodeName, "network", network.Name, "subnet", released.Subnet, "subnetV6", released.SubnetV6)
-	}
-	be, err := newBackend(network.Mode, log)
-	if err != nil {
-		return err
-	}
-	node := u.node(cfg.NodeName, network)
-	var errs []error
-	if err := be.Teardown(ctx, node); err != nil {
-		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))
-	}
-	for _, path := range []string{lease.Path(cfg.LeaseDir, network.Name), conf.ConflistPath(cfg.CNIConfDir, network.Name)} {
-		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) == 0 {
-		log.Info("left the network; its datapath, lease file and conflist are removed", "network", network.Name)
-	}
-	return errors.Join(errs...)
 }

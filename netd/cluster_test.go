@@ -49,6 +49,7 @@ func (c *cluster) flags(i int) []string {
 	n := c.tb.Node(i)
 	f := []string{
 		"--node-name", n.Host,
+		"--root-dir", n.Dir,
 		"--network-name", c.network,
 		"--lease-dir", n.LeaseDir,
 		"--cni-conf-dir", n.CNIConfDir,
@@ -62,15 +63,32 @@ func (c *cluster) flags(i int) []string {
 		f = append(f, "--etcd-endpoints", strings.Join(c.etcd, ","))
 	} else if i == 1 {
 		f = append(f, "--etcd-data-dir", filepath.Join(n.Dir, "etcd"))
-	} else {
-		f = append(f, "--etcd-endpoints", "http://"+c.tb.Node(1).IP.String()+":2379")
-	}
+	} // else node1's etcd, once joined (join)
 	return f
+}
+
+// join gets node i the certificates of node1's embedded etcd: `netd
+// token` on node1 (whose netd ran once), `netd join` on node i.
+func (c *cluster) join(i int) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	token, err := c.tb.Node(1).Run(ctx, c.bin, "token", "--root-dir", c.tb.Node(1).Dir)
+	if err != nil {
+		c.t.Fatalf("netd token on node1: %v\n%s", err, token)
+	}
+	n := c.tb.Node(i)
+	if out, err := n.Run(ctx, c.bin, "join", strings.TrimSpace(string(token)), "--root-dir", n.Dir, "--node-name", n.Host); err != nil {
+		c.t.Fatalf("netd join on node%d: %v\n%s", i, err, out)
+	}
 }
 
 // start starts netd on node i and waits until it has written its lease.
 func (c *cluster) start(i int, extra ...string) *testbed.Process {
 	c.t.Helper()
+	if _, err := os.Stat(filepath.Join(c.tb.Node(i).Dir, "pki", "endpoints")); len(c.etcd) == 0 && i != 1 && err != nil {
+		c.join(i)
+	}
 	p, err := c.tb.Node(i).Start(testbed.ProcSpec{
 		Name: fmt.Sprintf("netd-%s-node%d", c.network, i),
 		Path: c.bin,

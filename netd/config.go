@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/berthnet/berth/conf"
-	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/netd/kubestore"
@@ -48,10 +47,18 @@ type Config struct {
 	EtcdDataDir    string
 	EtcdClientPort int
 	EtcdPeerPort   int
+	EtcdPlainHTTP  bool // serve plain HTTP instead of TLS with client certificates
+	JoinPort       int  // where other nodes get their certificates (netd join)
 
 	// Network holds the network flags as given: zero fields were not
 	// given and are taken from etcd (or defaulted by the first netd).
 	Network conf.Network
+
+	// RootDir is --root-dir: where the paths below default to ("": the
+	// system paths); see pathFlags.
+	RootDir    string
+	PKIDir     string // etcd certificates and the join token
+	NodeIDFile string // this node's identity (see identity.go)
 
 	LeaseTTL       time.Duration
 	LeaseDir       string
@@ -66,6 +73,8 @@ type Config struct {
 
 	// BGP configures this node's speaker in bgp mode.
 	BGP backend.BGP
+
+	nodeNameFromHost bool // --node-name not given: the host name
 }
 
 // Datastores.
@@ -79,7 +88,6 @@ const (
 	DefaultLeaseTTL       = 5 * time.Minute
 	DefaultCNIConfDir     = "/etc/cni/net.d"
 	DefaultMetricsAddr    = "127.0.0.1:9472"
-	DefaultEtcdDataDir    = "/var/lib/berth/etcd"
 	DefaultResyncInterval = 30 * time.Second
 )
 
@@ -101,9 +109,10 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&c.EtcdCertFile, "etcd-certfile", "", "client certificate for etcd, e.g. /etc/berth/etcd-client.pem")
 	fs.StringVar(&c.EtcdKeyFile, "etcd-keyfile", "", "client key for etcd, e.g. /etc/berth/etcd-client-key.pem")
 	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", registry.DefaultPrefix, "root of berth's keys in etcd, e.g. /berth/v1")
-	fs.StringVar(&c.EtcdDataDir, "etcd-data-dir", DefaultEtcdDataDir, "embedded etcd: data directory")
-	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on --node-ip and 127.0.0.1")
+	fs.IntVar(&c.EtcdClientPort, "etcd-client-port", 2379, "embedded etcd: client port, served on the node's addresses (--node-ip, both families) and 127.0.0.1")
 	fs.IntVar(&c.EtcdPeerPort, "etcd-peer-port", 2380, "embedded etcd: peer port, served on 127.0.0.1 (single member)")
+	fs.BoolVar(&c.EtcdPlainHTTP, "etcd-plain-http", false, "embedded etcd: serve plain HTTP without certificates instead of TLS with client certificates; anyone who reaches the port can then rewrite every lease: for a machine of your own only")
+	fs.IntVar(&c.JoinPort, "join-port", 2378, "embedded etcd: port on the preferred --node-ip where other nodes get their etcd certificates with netd join TOKEN, e.g. 2378")
 
 	n := &c.Network
 	fs.StringVar(&n.Name, "network-name", conf.DefaultNetworkName, "network name: the CNI network name and lease file <lease-dir>/<name>.json, e.g. pods")
@@ -117,13 +126,10 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.Var(optBool{&n.IPMasq}, "ip-masq", "masquerade traffic leaving the network, e.g. --ip-masq=false (default true when creating)")
 	fs.Var(optBool{&n.DirectRouting}, "direct-routing", "vxlan: plain routes to nodes on the same L2 segment, VXLAN to the rest, e.g. --direct-routing (default false when creating)")
 
+	resolvePaths := c.pathFlagsOn(fs)
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", DefaultLeaseTTL, "how long a node's subnet stays reserved after its netd stops renewing it; peers drop its routes then, e.g. 10m")
-	fs.StringVar(&c.LeaseDir, "lease-dir", lease.DefaultDir, "where to write the node lease file for the plugins, e.g. /run/berth")
-	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", DefaultCNIConfDir, "where to write the network's conflist, e.g. /etc/cni/net.d")
-	fs.StringVar(&c.CNIStateDir, "cni-state-dir", conf.DefaultStateDir, "the plugins' stateDir written into the conflist, e.g. /run/berth")
 	fs.StringVar(&c.Bridge, "bridge", "", "vxlan/hostgw: the node bridge containers attach to, written into the conflist, e.g. berth1 (default berth0; give each network on a node its own)")
 	fs.StringVar(&c.CNIVersion, "cni-version", conf.DefaultCNIVersion, "cniVersion of the conflist, e.g. 1.1.0 for a runtime that calls GC and STATUS (podman 4 and containerd 1.6/1.7 refuse 1.1.0 results)")
-	fs.StringVar(&c.IPAMDataDir, "ipam-data-dir", conf.DefaultIPAMDataDir, "berth-ipam's dataDir written into the conflist, e.g. /var/lib/cni/networks")
 	fs.StringVar(&c.MetricsAddr, "metrics-address", DefaultMetricsAddr, "address for /metrics, /healthz and /status, e.g. 0.0.0.0:9472 (empty: off)")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", DefaultResyncInterval, "full reconcile at least this often, besides reacting to etcd and kernel events, e.g. 10s")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
@@ -136,6 +142,9 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 				return err
 			}
 		}
+		resolvePaths()
+		c.nodeNameFromHost = true
+		fs.Visit(func(f *flag.Flag) { c.nodeNameFromHost = c.nodeNameFromHost && f.Name != "node-name" })
 		if endpoints != "" {
 			c.EtcdEndpoints = strings.Split(endpoints, ",")
 		}
@@ -217,6 +226,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--resync-interval: %s is too short", c.ResyncInterval)
 	case (c.EtcdCertFile == "") != (c.EtcdKeyFile == ""):
 		return errors.New("--etcd-certfile and --etcd-keyfile go together")
+	case c.EtcdPlainHTTP && len(c.EtcdEndpoints) > 0:
+		return errors.New("--etcd-plain-http is for the embedded etcd, which runs without --etcd-endpoints; give http:// endpoints to reach an etcd in plain HTTP")
 	}
 	if c.Bridge != "" {
 		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {

@@ -102,6 +102,31 @@ func TestConfigFile(t *testing.T) {
 	}
 }
 
+// --root-dir moves every file of the node; each path flag still wins.
+func TestRootDir(t *testing.T) {
+	c, err := parse(t, "--root-dir", "/srv/n2", "--cni-conf-dir", "/etc/cni/net.d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{"etcd": c.EtcdDataDir, "pki": c.PKIDir, "id": c.NodeIDFile, "lease": c.LeaseDir,
+		"conf": c.CNIConfDir, "state": c.CNIStateDir, "ipam": c.IPAMDataDir}
+	want := map[string]string{"etcd": "/srv/n2/etcd", "pki": "/srv/n2/pki", "id": "/srv/n2/node-id", "lease": "/srv/n2/leases",
+		"conf": "/etc/cni/net.d", "state": "/srv/n2/state", "ipam": "/srv/n2/ipam"}
+	for k := range want {
+		if got[k] != want[k] {
+			t.Errorf("%s: %q, want %q", k, got[k], want[k])
+		}
+	}
+	c, err = parse(t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.EtcdDataDir != "/var/lib/berth/etcd" || c.PKIDir != "/var/lib/berth/pki" || c.NodeIDFile != "/var/lib/berth/node-id" ||
+		c.LeaseDir != "/run/berth" || c.CNIConfDir != "/etc/cni/net.d" || c.CNIStateDir != "/run/berth" || c.IPAMDataDir != "/var/lib/cni/networks" {
+		t.Errorf("system defaults: %+v", c)
+	}
+}
+
 // --network-cidr and --node-ip take one value per family, as Kubernetes'
 // --cluster-cidr and kubelet's --node-ip do; --bgp-peers takes IPv6
 // routers in brackets.

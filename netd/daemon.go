@@ -44,6 +44,7 @@ const etcdTimeout = 10 * time.Second
 type daemon struct {
 	cfg       *Config
 	log       *slog.Logger
+	id        string // this node's ID (identity.go)
 	endpoints []string
 	node      backend.Node
 	network   *conf.Network
@@ -58,8 +59,9 @@ type daemon struct {
 	kick      chan struct{}  // asks the reconcile loop for a pass
 	fullKick  chan struct{}  // asks it for a full pass
 
-	mu   sync.Mutex // guards last
-	last result
+	mu       sync.Mutex // guards the fields below
+	starting string     // what netd waits for before it runs; "" once running (starting.go)
+	last     result
 
 	reconcileMu sync.Mutex // one reconcile or status check at a time
 }
@@ -82,7 +84,7 @@ type result struct {
 // interrupting traffic, and a node that never comes back loses its lease
 // after --lease-ttl.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), fullKick: make(chan struct{}, 1), kernel: &backend.Cache{}}
+	d := &daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), fullKick: make(chan struct{}, 1), kernel: &backend.Cache{}, starting: startingState}
 	if cfg.Network.Mode != "" {
 		if _, err := newBackend(cfg.Network.Mode, log); err != nil {
 			return err // before writing a network config nobody can run
@@ -92,14 +94,17 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if d.id, err = loadNodeID(cfg.NodeIDFile); err != nil {
+		return err
+	}
 	httpListener, err := d.listen()
 	if err != nil {
 		return err
 	}
-	if httpListener != nil {
-		defer httpListener.Close() // no-op once served
-	}
-	log.Info("underlay", "node", cfg.NodeName, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
+	d.node = u.node(cfg.NodeName, nil) // the network is known once etcd answers
+	d.m = newMetrics(cfg.Network.Name)
+	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
+	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
 	var holder cluster.Holder
 	if cfg.Datastore == DatastoreKubernetes {
@@ -111,15 +116,33 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 		d.store, holder = store, store.Holder(cfg.LeaseTTL)
 	} else {
-		reg, closeEtcd, err := d.openEtcd(ctx, u)
+		etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
 		if err != nil {
 			return err
 		}
-		defer closeEtcd()
-		d.store, holder = reg, reg.Holder(cfg.LeaseTTL)
+		defer etcd.Close()
+		d.mu.Lock() // /status reads them
+		d.endpoints = etcd.Endpoints
+		d.mu.Unlock()
+		for _, w := range etcdWarnings(cfg, d.endpoints) {
+			log.Warn(w)
+		}
+		if err := d.waitEtcd(ctx, etcd.TLS); err != nil {
+			return err
+		}
+		cli, err := newClient(d.endpoints, etcd.TLS)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
+		reg.Log = log
+		d.store = reg
+		log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
+		holder = reg.Holder(cfg.LeaseTTL)
 	}
 
-	err = retry(ctx, log, cfg.LeaseTTL, "reading the network config", func(ctx context.Context) error {
+	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
 		d.network, err = d.store.EnsureConfig(ctx, cfg.Network)
 		return err
 	})
@@ -133,13 +156,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
-	d.node = u.node(cfg.NodeName, n)
-	d.node.BGP = cfg.BGP
+	d.node.Network, d.node.BGP = n, cfg.BGP // the rest was set before /status was served
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err
 	}
 	d.underlay = backend.NewUnderlay(d.node)
-	d.m = newMetrics(n.Name)
 	d.health = &health{log: log, endpoints: d.endpoints, gauge: d.m.etcdUp}
 	d.peers = newPeerView(n, cfg.LeaseTTL, log, d.m)
 	d.keeper = newKeeper(d, holder)
@@ -168,8 +189,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Warn("subscribing to kernel events; relying on full passes until it works", "err", err)
 	}
 	d.reconcile(ctx, true)
-
-	defer d.serveHTTP(httpListener)()
+	d.setRunning()
 
 	wg.Go(func() { d.keeper.run(ctx) })
 	wg.Go(func() { d.watchKernel(ctx, events) })
@@ -192,48 +212,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	wg.Wait()
 	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
-}
-
-// openEtcd connects to the etcd datastore (starting the embedded one
-// without --etcd-endpoints); close ends what it started.
-func (d *daemon) openEtcd(ctx context.Context, u *underlay) (_ *registry.Registry, close func(), err error) {
-	cfg, log := d.cfg, d.log
-	var closers []func()
-	close = func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			closers[i]()
-		}
-	}
-	defer func() {
-		if err != nil {
-			close()
-		}
-	}()
-	d.endpoints = cfg.EtcdEndpoints
-	if len(d.endpoints) == 0 {
-		emb, err := startEmbedded(ctx, cfg, u.primary(), log)
-		if err != nil {
-			return nil, nil, err
-		}
-		closers = append(closers, func() { emb.Close() })
-		d.endpoints = emb.Endpoints
-	}
-	tlsCfg, err := etcdTLS(cfg)
-	if err != nil {
-		return nil, nil, err
-	}
-	if err := checkEtcdTLS(ctx, cfg, d.endpoints, tlsCfg); err != nil {
-		return nil, nil, err
-	}
-	cli, err := newClient(cfg, d.endpoints)
-	if err != nil {
-		return nil, nil, err
-	}
-	closers = append(closers, func() { cli.Close() })
-	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-	reg.Log = log
-	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
-	return reg, close, nil
 }
 
 // leasesChanged takes the leases after a change in the datastore.
@@ -267,9 +245,12 @@ func (d *daemon) revet() {
 // Waits between tries stay well under the lease TTL: when etcd comes
 // back after an outage, the leases it kept expire one TTL later, and a
 // node must renew its own before that or its peers drop its routes.
-func retry(ctx context.Context, log *slog.Logger, ttl time.Duration, what string, f func(context.Context) error) error {
+// Each failure is logged, with what a probe finds wrong with the etcd
+// endpoints when the request timed out, and while netd starts it is what
+// its status says netd waits for.
+func (d *daemon) retry(ctx context.Context, what string, f func(context.Context) error) error {
 	wait := 500 * time.Millisecond
-	longest := min(10*time.Second, ttl/4)
+	longest := min(10*time.Second, d.cfg.LeaseTTL/4)
 	for {
 		rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 		err := f(rctx)
@@ -277,7 +258,11 @@ func retry(ctx context.Context, log *slog.Logger, ttl time.Duration, what string
 		if err == nil || ctx.Err() != nil || permanent(err) {
 			return err
 		}
-		log.Warn(what+" failed; retrying", "err", err, "in", wait)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = d.explainEtcd(ctx, err) // which endpoint, and what to check
+		}
+		d.setStarting(what + ": " + err.Error())
+		d.log.Warn(what+" failed; retrying", "err", err, "in", wait, "etcd", d.endpoints)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -287,9 +272,10 @@ func retry(ctx context.Context, log *slog.Logger, ttl time.Duration, what string
 	}
 }
 
-// permanent errors need a person: a conflicting or invalid config.
+// permanent errors need a person: a conflicting or invalid config, or
+// this node's name held by another node.
 func permanent(err error) bool {
-	return errors.Is(err, cluster.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig)
+	return errors.Is(err, cluster.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig) || errors.Is(err, cluster.ErrNodeTaken)
 }
 
 // poke asks the reconcile loop for a pass; pokes coalesce.

@@ -49,6 +49,11 @@ type Status struct {
 	Refused []string `json:"refused,omitempty"`
 	// Problems not about one node (a BGP peer's, the speaker's).
 	Problems []string `json:"problems,omitempty"`
+	// Starting says what netd waits for while it starts, e.g. "waiting
+	// for etcd at ...: connection refused ..."; empty once it runs.
+	Starting string `json:"starting,omitempty"`
+	// Warnings are about an unsafe setup that works: etcd in plain HTTP.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // PeerStatus is one other node; Error says why it cannot be connected
@@ -74,7 +79,7 @@ type RejectedLease struct {
 // Healthy reports whether the status shows nothing a person must fix
 // (or wait for: a session still coming up is not healthy yet).
 func (s *Status) Healthy() bool {
-	if !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 || len(s.Refused) > 0 || len(s.Problems) > 0 {
+	if s.Starting != "" || !s.KernelMatches || s.LastError != "" || !s.EtcdUp || len(s.Rejected) > 0 || len(s.Refused) > 0 || len(s.Problems) > 0 {
 		return false
 	}
 	for _, p := range s.Peers {
@@ -111,6 +116,10 @@ func (d *daemon) serveHTTP(l net.Listener) (stop func()) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s := d.startingStatus(); s != nil {
+			http.Error(w, "starting: "+s.Starting, http.StatusServiceUnavailable)
+			return
+		}
 		self, expires := d.keeper.lease()
 		subnet := self.Key()
 		_, down := d.health.get()
@@ -165,6 +174,9 @@ func (d *daemon) sessionDown() string {
 // anything: Desired only computes, and the routing protocol's apply step
 // is not run) and reports that with the lease and the peers.
 func (d *daemon) status() *Status {
+	if s := d.startingStatus(); s != nil {
+		return s
+	}
 	self, expires := d.keeper.lease()
 	peers, problems := d.peers.current()
 	d.reconcileMu.Lock()
@@ -208,6 +220,7 @@ func (d *daemon) status() *Status {
 		KernelMatches: readErr == nil && len(pending) == 0,
 		LastReconcile: d.last.At.UTC(),
 		BGP:           sessions,
+		Warnings:      etcdWarnings(d.cfg, d.endpoints),
 	}
 	if d.last.Err != nil {
 		s.LastError = d.last.Err.Error()

@@ -32,6 +32,12 @@ type keeper struct {
 	health  *health
 	// acquired is called after each (re)acquire, with the lease held.
 	acquired func()
+	// retry runs a datastore request until it succeeds or fails for good
+	// (daemon.retry).
+	retry func(ctx context.Context, what string, f func(context.Context) error) error
+	// taken explains a refusal because another node holds this node's
+	// name (cluster.ErrNodeTaken) and says how to proceed.
+	taken func(error) error
 
 	reclaim chan struct{} // asks guard to write the lease back
 	relive  chan struct{} // asks keepAlive to lease again at once (etcd lost its data)
@@ -42,7 +48,7 @@ type keeper struct {
 }
 
 func newKeeper(d *daemon, holder cluster.Holder) *keeper {
-	want := cluster.Lease{NodeName: d.cfg.NodeName, NodeIP: d.node.IP, NodeIPv6: d.node.IPv6, Mode: d.network.Mode}
+	want := cluster.Lease{NodeName: d.cfg.NodeName, NodeID: d.id, NodeIP: d.node.IP, NodeIPv6: d.node.IPv6, Mode: d.network.Mode}
 	d.nw.Publish(&want)
 	return &keeper{
 		holder: holder, store: d.store, network: d.network, want: want, ttl: d.cfg.LeaseTTL,
@@ -60,6 +66,8 @@ func newKeeper(d *daemon, holder cluster.Holder) *keeper {
 		path: lease.Path(d.cfg.LeaseDir, d.network.Name),
 		log:  d.log, m: d.m, health: d.health,
 		acquired: func() {},
+		retry:    d.retry,
+		taken:    func(err error) error { return nodeTaken(d.cfg, want, err) },
 		reclaim:  make(chan struct{}, 1),
 		relive:   make(chan struct{}, 1),
 	}
@@ -75,7 +83,8 @@ func (k *keeper) lease() (cluster.Lease, time.Time) {
 
 // acquire leases a subnet, preferring the one this node held before
 // (still in the datastore, or in its lease file), retrying until it has
-// one or fails in a way retrying cannot fix.
+// one or fails in a way retrying cannot fix: among those, another node
+// holding a live lease under this node's name (cluster.ErrNodeTaken).
 func (k *keeper) acquire(ctx context.Context) error {
 	var previous netip.Prefix
 	if prev, err := lease.Read(k.path, time.Time{}); err == nil && prev.NodeName == k.want.NodeName {
@@ -95,7 +104,7 @@ func (k *keeper) acquire(ctx context.Context) error {
 	}
 	var l cluster.Lease
 	var origin cluster.Origin
-	err := retry(ctx, k.log, k.ttl, "leasing a subnet", func(ctx context.Context) error {
+	err := k.retry(ctx, "leasing a subnet", func(ctx context.Context) error {
 		if again {
 			// etcd may have lost its data, the network's config with it:
 			// store it again, so that a node joining later finds it.
@@ -107,6 +116,9 @@ func (k *keeper) acquire(ctx context.Context) error {
 		l, origin, err = k.holder.Acquire(ctx, k.network, k.want, previous)
 		return err
 	})
+	if errors.Is(err, cluster.ErrNodeTaken) {
+		return k.taken(err)
+	}
 	if err != nil {
 		return err
 	}
@@ -180,11 +192,22 @@ func (k *keeper) keepAlive(ctx context.Context) {
 		case <-k.relive: // this acquire answers it
 		default:
 		}
-		if err := k.acquire(ctx); err != nil {
-			if !errors.Is(err, context.Canceled) {
-				k.log.Error("leasing again", "err", err)
+		for {
+			err := k.acquire(ctx)
+			if ctx.Err() != nil {
+				return
 			}
-			return // only ctx ends the retries
+			if err == nil {
+				break
+			}
+			// Another node took this node's name while its lease was
+			// lost: keep the datapath and try again until it lets go.
+			k.log.Error("cannot lease again; retrying in 10s", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Second):
+			}
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -83,6 +84,17 @@ func (u *underlay) primary() netip.Addr {
 		return u.IPv6
 	}
 	return u.IP
+}
+
+// addrs are the node's addresses, the preferred one first.
+func (u *underlay) addrs() []netip.Addr {
+	var out []netip.Addr
+	for _, ip := range []netip.Addr{u.primary(), u.IP, u.IPv6} {
+		if ip.IsValid() && !slices.Contains(out, ip) {
+			out = append(out, ip)
+		}
+	}
+	return out
 }
 
 // defaultRouteUnderlay is the interface of the default route, IPv4's if

@@ -2,10 +2,17 @@ package netd_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -107,22 +114,39 @@ func TestSegments(t *testing.T) {
 }
 
 // Without --etcd-endpoints the first netd runs an embedded etcd that the
-// other nodes use; nothing else is needed. Node 2 starts first and waits
-// for that etcd to come up.
+// other nodes use after `netd join`; nothing else is needed. It serves
+// TLS on each of the node's addresses (IPv4 preferred here, then IPv6)
+// and wants client certificates of its CA. A joined node started
+// while that etcd is down says it waits for it, and then joins.
 func TestEmbeddedEtcd(t *testing.T) {
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
 	c := newCluster(t, tb, nil, "berth", 9472)
+	c.start(1)
+	c.join(2)
+	if err := c.netd[1].Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	early, err := tb.Node(2).Start(testbed.ProcSpec{Name: "netd-berth-node2", Path: c.bin, Args: c.flags(2)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.netd[2] = early
-	time.Sleep(time.Second)
+	etcdURL, etcdURL6 := tb.Node(1).EtcdURL(), tb.Node(1).EtcdURL6()
+	c.eventually("node2 to say that it waits for node1's etcd", 10*time.Second, func() error {
+		s, err := c.status(2)
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(s.Starting, "waiting for etcd at "+etcdURL+": connection refused") {
+			return fmt.Errorf("status says %q", s.Starting)
+		}
+		return nil
+	})
 	c.start(1)
 	c.lease(2)
 	c.converged(1, 1)
 	st := c.converged(2, 1)
-	if len(st.EtcdEndpoints) != 1 || st.EtcdEndpoints[0] != "http://192.168.50.1:2379" || st.Mode != "vxlan" || st.CIDR != "10.244.0.0/16" {
+	if !slices.Equal(st.EtcdEndpoints, []string{etcdURL, etcdURL6}) || st.Mode != "vxlan" || st.CIDR != "10.244.0.0/16" || len(st.Warnings) > 0 {
 		t.Errorf("status: %+v", st)
 	}
 	s1, s2 := c.lease(1).Subnet, c.lease(2).Subnet
@@ -130,6 +154,89 @@ func TestEmbeddedEtcd(t *testing.T) {
 		t.Fatalf("both nodes hold %s", s1)
 	}
 	ping(t, tb.Node(2), gateway(t, tb.Node(2), s2, "gw"), gateway(t, tb.Node(1), s1, "gw"))
+
+	// What node1 exposes: etcd wants a client certificate of its CA,
+	// plain HTTP gets nothing, and the join port only signs for the token.
+	pkiDir := filepath.Join(tb.Node(2).Dir, "pki")
+	caPEM, err := os.ReadFile(filepath.Join(pkiDir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(pkiDir, "client.pem"), filepath.Join(pkiDir, "client-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, method, url string
+		tls               *tls.Config
+		want              string // in the answer or error; "" for success
+	}{
+		{"CA but no client certificate", "GET", etcdURL + "/version", &tls.Config{RootCAs: roots}, "certificate required"},
+		{"plain HTTP", "GET", "http://192.168.50.1:2379/version", nil, "EOF"},
+		{"node2's client certificate", "GET", etcdURL + "/version", &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}, ""},
+		{"node2's client certificate over IPv6", "GET", etcdURL6 + "/version", &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}}, ""},
+		{"plain HTTP over IPv6", "GET", "http://[fd00:50::1]:2379/version", nil, "EOF"},
+		{"join without the secret", "POST", "https://192.168.50.1:2378/v1/join", &tls.Config{RootCAs: roots}, "wrong join token"},
+	} {
+		client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: tb.Node(2).DialContext, TLSClientConfig: tc.tls}}
+		req, _ := http.NewRequest(tc.method, tc.url, strings.NewReader(`{"secret":"00","node":"x"}`))
+		var answer string
+		resp, err := client.Do(req)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			answer = resp.Status + " " + string(body)
+		}
+		switch {
+		case tc.want == "" && (err != nil || !strings.Contains(answer, "etcdserver")):
+			t.Errorf("%s: %v %s", tc.name, err, answer)
+		case tc.want != "" && !strings.Contains(fmt.Sprint(err)+answer, tc.want):
+			t.Errorf("%s: %v %s; want %q", tc.name, err, answer, tc.want)
+		}
+	}
+	// The embedded etcd is netd's child netd-etcd: a netd killed with -9
+	// takes it down at once, and started again serves it again.
+	child := childProcess(t, c.netd[1].PID, "netd-etcd")
+	if err := c.netd[1].Kill(); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually("netd-etcd to end with the netd killed", 2*time.Second, func() error {
+		if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", child)); err == nil && !strings.Contains(string(stat), ") Z ") {
+			return fmt.Errorf("pid %d still runs: %s", child, stat)
+		}
+		return nil
+	})
+	c.start(1)
+	c.converged(1, 1)
+	c.converged(2, 1)
+}
+
+// childProcess is the pid of parent's child named comm.
+func childProcess(t *testing.T, parent int, comm string) int {
+	t.Helper()
+	dirs, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, d := range dirs {
+		stat, err := os.ReadFile(d)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		name, rest, ok := strings.Cut(string(stat), ") ")
+		if !ok || !strings.HasSuffix(name, "("+comm) {
+			continue
+		}
+		var state string
+		var ppid, pid int
+		fmt.Sscanf(rest, "%s %d", &state, &ppid)
+		fmt.Sscanf(name, "%d", &pid)
+		if ppid == parent {
+			return pid
+		}
+	}
+	t.Fatalf("no child %s of pid %d", comm, parent)
+	return 0
 }
 
 // netd talks to an etcd that requires TLS with client certificates.

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/berthnet/berth/internal/version"
 )
 
 func TestHelp(t *testing.T) {
@@ -35,6 +37,30 @@ func TestBadUsage(t *testing.T) {
 		var out, errOut bytes.Buffer
 		if code := run(tc.args, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), tc.want) {
 			t.Errorf("%q: exit %d, %q; want exit 2 and %q", tc.args, code, errOut.String(), tc.want)
+		}
+	}
+}
+
+// netd version, --version and -version print the stamped version.
+func TestVersion(t *testing.T) {
+	old := version.Version
+	defer func() { version.Version = old }()
+	version.Version = "v9.8.7-test"
+	for _, args := range [][]string{{"version"}, {"--version"}, {"run", "-version"}} {
+		var out, errOut bytes.Buffer
+		if code := run(args, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "netd v9.8.7-test (go") {
+			t.Errorf("%q: exit %d, %q %q; want netd v9.8.7-test (go...)", args, code, out.String(), errOut.String())
+		}
+	}
+}
+
+// Back-quotes in a flag's usage become its argument name in --help.
+func TestHelpNamesArguments(t *testing.T) {
+	var out, errOut bytes.Buffer
+	run([]string{"--help"}, &out, &errOut)
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "  -") && strings.Count(line, " ") > 3 {
+			t.Errorf("odd flag line (a back-quote in its usage?): %q", line)
 		}
 	}
 }

@@ -25,9 +25,10 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/netd/backend"
-	"github.com/berthnet/berth/plugins/bridge"
 )
 
 // PluginPrefix starts the name of every berth CNI plugin.
@@ -263,9 +264,13 @@ func waitNetdStopped(ctx context.Context, addr string, log *slog.Logger) error {
 func waitDetached(ctx context.Context, stateDir, network string, log *slog.Logger) error {
 	var last time.Time
 	for {
-		ids, err := bridge.AttachedContainers(stateDir, network)
+		list, err := attachments.List(stateDir, network)
 		if err != nil {
 			return err
+		}
+		ids := make([]string, 0, len(list))
+		for _, a := range list {
+			ids = append(ids, a.ContainerID)
 		}
 		if len(ids) == 0 {
 			return nil
@@ -324,35 +329,19 @@ func removeVTEPs(log *slog.Logger) error {
 }
 
 // removeBridge deletes the network's bridge if berth made it for this
-// network (its alias says so) and no port is left on it.
+// network (its mark says so) and no berth port is left on it, as the
+// network's last DEL does (nodebridge.Release).
 func removeBridge(name, network string, log *slog.Logger) error {
 	if name == "" {
 		return nil
 	}
-	l, err := netlink.LinkByName(name)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil
-	}
+	removed, err := nodebridge.Release(name, network)
 	if err != nil {
-		return fmt.Errorf("finding bridge %s: %w", name, err)
+		return fmt.Errorf("removing bridge %s: %w", name, err)
 	}
-	if _, ok := l.(*netlink.Bridge); !ok || l.Attrs().Alias != bridge.Alias(network) {
-		log.Warn("not deleting a link berth did not make for this network", "link", name, "alias", l.Attrs().Alias)
-		return nil
+	if removed {
+		log.Info("deleted bridge", "link", name)
 	}
-	links, err := netlink.LinkList()
-	if err != nil {
-		return fmt.Errorf("listing links: %w", err)
-	}
-	for _, p := range links {
-		if p.Attrs().MasterIndex == l.Attrs().Index {
-			return fmt.Errorf("bridge %s still has port %s; delete the pods using it first", name, p.Attrs().Name)
-		}
-	}
-	if err := netlink.LinkDel(l); err != nil {
-		return fmt.Errorf("deleting bridge %s: %w", name, err)
-	}
-	log.Info("deleted bridge", "link", name)
 	return nil
 }
 

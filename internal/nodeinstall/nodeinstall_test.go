@@ -18,9 +18,9 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/netd/backend"
-	"github.com/berthnet/berth/plugins/bridge"
 )
 
 func TestInstall(t *testing.T) {
@@ -101,7 +101,7 @@ func newNode(t *testing.T) *node {
 		if err := netlink.LinkAdd(br); err != nil {
 			return err
 		}
-		if err := netlink.LinkSetAlias(br, bridge.Alias("berth")); err != nil {
+		if err := netlink.LinkSetAlias(br, nodebridge.Mark("berth", false)); err != nil {
 			return err
 		}
 		// Not berth's: left alone.

@@ -26,6 +26,13 @@ func String() string {
 	if !ok {
 		return "devel"
 	}
+	return fromBuildInfo(info)
+}
+
+// fromBuildInfo is what the Go toolchain recorded: the module version (go
+// install module@v1.2.3), else "devel" qualified by the commit (go build
+// in a checkout), else "devel".
+func fromBuildInfo(info *debug.BuildInfo) string {
 	if v := info.Main.Version; v != "" && v != "(devel)" {
 		return v
 	}

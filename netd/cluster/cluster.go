@@ -32,15 +32,20 @@ import (
 // A lease holds a subnet of each family the network has. In etcd the
 // lease is named by its IPv4 subnet (by its IPv6 subnet on an IPv6-only
 // network: Key) and the rest is the JSON value:
-// {"nodeName","nodeIP","nodeIPv6","subnetV6","mode","vtepMAC","vtepMACv6",
-// "vni","asn","routeReflector"}. The IPv6 fields are new fields rather
-// than new meanings of old ones, so a netd from before dual-stack reads a
-// dual-stack lease as the IPv4 lease it knows, and a lease it wrote reads
-// here as an IPv4 lease without IPv6 (see conf.Network.PairedV6).
+// {"nodeName","nodeID","nodeIP","nodeIPv6","subnetV6","mode","vtepMAC",
+// "vtepMACv6","vni","asn","routeReflector"}. The IPv6 fields are new
+// fields rather than new meanings of old ones, so a netd from before
+// dual-stack reads a dual-stack lease as the IPv4 lease it knows, and a
+// lease it wrote reads here as an IPv4 lease without IPv6 (see
+// conf.Network.PairedV6).
 type Lease struct {
 	Subnet   netip.Prefix `json:"-"`                 // IPv4; zero on an IPv6-only network
 	SubnetV6 netip.Prefix `json:"subnetV6,omitzero"` // IPv6; zero without IPv6
 	NodeName string       `json:"nodeName"`
+	// NodeID is kept in the node's state and never changes: another node
+	// started with the same name has another (see identity.go). Empty in
+	// leases of netds from before node IDs.
+	NodeID string `json:"nodeID,omitempty"`
 	// NodeIP and NodeIPv6 are the node's underlay addresses: what peers
 	// send to (at least one is set).
 	NodeIP   netip.Addr `json:"nodeIP,omitzero"`
@@ -200,7 +205,9 @@ type Holder interface {
 	// Acquire leases the node a subnet of n carrying want's record
 	// (want.Subnet is ignored), preferring the subnet it still holds,
 	// then previous (its local copy), then any free one. The returned
-	// lease is the one held from now on.
+	// lease is the one held from now on. It fails with ErrNodeTaken when
+	// another node (another NodeID, see Lease.Owns) holds a live lease
+	// under want's name.
 	Acquire(ctx context.Context, n *conf.Network, want Lease, previous netip.Prefix) (Lease, Origin, error)
 	// KeepAlive keeps the held lease alive until ctx ends (nil) or the
 	// lease is lost (an error). renewed is called after each renewal

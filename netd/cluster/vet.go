@@ -60,9 +60,9 @@ func Vet(n *conf.Network, self Lease, leases []Lease) (peers []Lease, rejected [
 			l.SubnetV6 = netip.Prefix{}
 		}
 		if self.Key().IsValid() && l.Key() == self.Key() {
-			if l.NodeName != self.NodeName || l.NodeIP != self.NodeIP || l.NodeIPv6 != self.NodeIPv6 {
-				reject(l, fmt.Errorf("%w: it names node %q at %s, but this node (%s at %s) holds the subnet",
-					ErrForeignSelf, l.NodeName, addrs(*l), self.NodeName, addrs(self)))
+			if l.NodeName != self.NodeName || l.NodeIP != self.NodeIP || l.NodeIPv6 != self.NodeIPv6 || l.NodeID != self.NodeID {
+				reject(l, fmt.Errorf("%w: it names node %q at %s (node ID %q), but this node (%s at %s, node ID %q) holds the subnet",
+					ErrForeignSelf, l.NodeName, l.NodeAddrs(), l.NodeID, self.NodeName, self.NodeAddrs(), self.NodeID))
 			}
 			continue
 		}
@@ -128,17 +128,6 @@ func (l Lease) vtepMAC() MAC {
 // ownsMAC reports whether m is the MAC of l's VTEP.
 func (l Lease) ownsMAC(m MAC) bool { return !m.IsZero() && m == l.vtepMAC() }
 
-// addrs renders a lease's node addresses for messages.
-func addrs(l Lease) string {
-	switch {
-	case l.NodeIP.IsValid() && l.NodeIPv6.IsValid():
-		return l.NodeIP.String() + "," + l.NodeIPv6.String()
-	case l.NodeIPv6.IsValid():
-		return l.NodeIPv6.String()
-	}
-	return l.NodeIP.String()
-}
-
 // ErrForeignSelf marks the rejection of a lease that took this node's
 // own subnet.
 var ErrForeignSelf = errors.New("lease of this node's subnet rewritten by another writer")
@@ -159,6 +148,11 @@ func checkLease(n *conf.Network, l *Lease) error {
 	}
 	if err := CheckNodeName(l.NodeName); err != nil {
 		return err
+	}
+	if l.NodeID != "" {
+		if err := CheckNodeID(l.NodeID); err != nil {
+			return err
+		}
 	}
 	if !l.NodeIP.IsValid() && !l.NodeIPv6.IsValid() {
 		return errors.New("nodeIP: the lease has no node address (nodeIP is not an IPv4 address, and there is no nodeIPv6)")

@@ -24,6 +24,11 @@ func rec(name, ip, mac string) Lease {
 	return Lease{NodeName: name, NodeIP: netip.MustParseAddr(ip), Mode: "vxlan", VTEPMAC: m, VNI: 1}
 }
 
+func withID(r Lease, id string) Lease {
+	r.NodeID = id
+	return r
+}
+
 func mkLease(subnet string, r Lease, created int64) Lease {
 	r.Subnet, r.Created = netip.MustParsePrefix(subnet), created
 	return r
@@ -47,6 +52,8 @@ func TestVet(t *testing.T) {
 		{"overlaps this node's", mkLease("10.244.1.0/25", rec("x", "192.168.50.9", "02:00:00:00:00:09"), 9), "not a /24 node subnet"},
 		{"this node's subnet, another IP", mkLease("10.244.1.0/24", rec("me", "192.168.50.9", "02:00:00:00:00:01"), 9), "rewritten by another writer"},
 		{"this node's subnet, another name", mkLease("10.244.1.0/24", rec("x", "192.168.50.1", "02:00:00:00:00:01"), 9), "rewritten by another writer"},
+		{"this node's subnet, another node ID", mkLease("10.244.1.0/24", withID(rec("me", "192.168.50.1", "02:00:00:00:00:01"), "0f"), 9), "rewritten by another writer"},
+		{"odd node ID", mkLease("10.244.9.0/24", withID(rec("x", "192.168.50.9", "02:00:00:00:00:09"), "x\n; rm"), 9), "node ID"},
 		{"this node's name", mkLease("10.244.9.0/24", rec("me", "192.168.50.9", "02:00:00:00:00:09"), 1), "claims this node's name"},
 		{"this node's IP", mkLease("10.244.9.0/24", rec("x", "192.168.50.1", "02:00:00:00:00:09"), 9), "claims this node's IP"},
 		{"this node's MAC", mkLease("10.244.9.0/24", rec("x", "192.168.50.9", "02:00:00:00:00:01"), 9), "claims this node's VTEP MAC"},

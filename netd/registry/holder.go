@@ -65,7 +65,9 @@ const maxAttempts = 32
 //
 // Each step is a transaction that only succeeds if the key is as Acquire
 // last read it (absent, for a new subnet); losing a race re-reads and
-// tries again. It fails with ErrExhausted when every subnet is taken.
+// tries again. It fails with ErrExhausted when every subnet is taken,
+// and with cluster.ErrNodeTaken when another node holds a live lease
+// under the node's name (see cluster.Lease.Owns).
 func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluster.Lease, previous netip.Prefix) (_ cluster.Lease, _ cluster.Origin, err error) {
 	r := h.r
 	want.Subnet, want.SubnetV6, want.Created = netip.Prefix{}, netip.Prefix{}, 0
@@ -85,8 +87,11 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", g.err)
 	}
 	grant := g.resp
+	// Until a key is attached to grant, a failure revokes it; once one
+	// is, grant is the node's lease and only the caller may end it.
+	holding := false
 	defer func() {
-		if err != nil {
+		if err != nil && !holding {
 			// Detached: ctx may be what failed.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			r.cli.Revoke(rctx, grant.ID)
@@ -109,22 +114,29 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 				taken[b.Subnet] = true
 			}
 		}
-		var mine *entry
+		var mine, foreign *entry // under the node's name: its own, another node's
 		for i, l := range entries {
 			if !cluster.NodeSubnet(network, l.Key()) || l.Key().Addr().Is6() != network.KeyFamilyV6() {
 				continue // a key of another subnet length or family; not ours to judge
 			}
 			taken[l.Key()] = true
-			if l.NodeName == want.NodeName && (mine == nil || preferred(&l.Lease, &mine.Lease, previous)) {
+			switch {
+			case l.NodeName != want.NodeName:
+			case !want.Owns(l.Lease, previous):
+				foreign = &entries[i]
+			case mine == nil || preferred(&l.Lease, &mine.Lease, previous):
 				mine = &entries[i]
 			}
 		}
 		var ok bool
 		var subnet netip.Prefix
 		origin := cluster.OriginNew
-		if mine != nil {
+		switch {
+		case mine == nil && foreign != nil:
+			return cluster.Lease{}, "", r.taken(ctx, foreign)
+		case mine != nil:
 			subnet, origin = mine.Key(), cluster.OriginKept
-		} else {
+		default:
 			subnet, ok = pickFree(network, taken, previous)
 			if !ok {
 				return cluster.Lease{}, "", fmt.Errorf("%w in network %s: all %d node subnets of %s are leased; enlarge the network's CIDR, use longer subnets, or remove nodes (netd leave)",
@@ -145,8 +157,14 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		if mine != nil {
 			ok, err = r.moveLease(ctx, mine, value, grant.ID)
 		} else {
-			ok, err = r.create(ctx, subnet, value, grant.ID)
+			var created int64
+			ok, created, err = r.create(ctx, subnet, value, grant.ID)
+			if ok {
+				err = r.firstHolder(ctx, want, previous, created)
+				ok = err == nil // else revoking grant deletes the key
+			}
 		}
+		holding = ok
 		if err != nil {
 			return cluster.Lease{}, "", err
 		}
@@ -198,22 +216,26 @@ func preferred(a, b *cluster.Lease, previous netip.Prefix) bool {
 	return a.Key() == previous || a.Created < b.Created
 }
 
-// create stores a lease for subnet only if nobody holds it.
-func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte, id clientv3.LeaseID) (bool, error) {
+// create stores a lease for subnet only if nobody holds it, and returns
+// the revision that created it.
+func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte, id clientv3.LeaseID) (bool, int64, error) {
 	key := r.leaseKey(subnet)
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).
 		Commit()
 	if err != nil {
-		return false, fmt.Errorf("creating lease %s: %w", key, err)
+		return false, 0, fmt.Errorf("creating lease %s: %w", key, err)
 	}
-	return resp.Succeeded, nil
+	return resp.Succeeded, resp.Header.Revision, nil
 }
 
 // moveLease rewrites the node's key under the new etcd lease id, if the
 // key is unchanged since it was read, and revokes the old etcd lease so a
-// keepalive left over from a killed netd cannot hold anything.
+// keepalive left over from a killed netd cannot hold anything. Once the
+// key moved, the old lease holds no key: failing to revoke it is logged,
+// not an error (it expires after its TTL), so that the caller does not
+// give up the new lease, which now holds the node's key.
 func (r *Registry) moveLease(ctx context.Context, l *entry, value []byte, id clientv3.LeaseID) (bool, error) {
 	key := r.leaseKey(l.Key())
 	resp, err := r.cli.Txn(ctx).
@@ -225,7 +247,7 @@ func (r *Registry) moveLease(ctx context.Context, l *entry, value []byte, id cli
 	}
 	if resp.Succeeded && l.id != clientv3.NoLease && l.id != id {
 		if _, err := r.cli.Revoke(ctx, l.id); err != nil && !isLeaseNotFound(err) {
-			return true, fmt.Errorf("revoking the old etcd lease %x of %s: %w", l.id, key, err)
+			r.Log.Warn("could not revoke the previous etcd lease; it holds no key now and expires by itself", "key", key, "lease", fmt.Sprintf("%x", l.id), "err", err)
 		}
 	}
 	return resp.Succeeded, nil

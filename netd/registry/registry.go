@@ -59,9 +59,17 @@ type entry struct {
 	modRev int64
 }
 
+// Client is the part of the etcd client the registry uses. A
+// *clientv3.Client is one; tests wrap one to inject faults.
+type Client interface {
+	clientv3.KV
+	clientv3.Lease
+	clientv3.Watcher
+}
+
 // Registry reads and writes one network's keys.
 type Registry struct {
-	cli    *clientv3.Client
+	cli    Client
 	prefix string // <prefix>/networks/<name>/
 	// Log gets what Follow recovers from on its own (broken watches).
 	Log *slog.Logger
@@ -72,7 +80,7 @@ type Registry struct {
 
 // New returns the registry of network under prefix (DefaultPrefix when
 // empty).
-func New(cli *clientv3.Client, prefix, network string) *Registry {
+func New(cli Client, prefix, network string) *Registry {
 	if prefix == "" {
 		prefix = DefaultPrefix
 	}
@@ -300,17 +308,23 @@ func (r *Registry) Revision(ctx context.Context) (int64, error) {
 	return resp.Header.Revision, nil
 }
 
-// Release gives up the subnet held by nodeName: it revokes the etcd lease
-// (which deletes the key) after checking the key still belongs to the
-// node. It returns the released lease, or ErrNotFound.
-func (r *Registry) Release(ctx context.Context, nodeName string) (*cluster.Lease, error) {
+// Release gives up the subnet held by the node whose record is self: it
+// deletes the key and revokes its etcd lease, after checking the key
+// still belongs to the node (its name and ID, see cluster.Lease.Owns;
+// previous is the subnet its lease file names). It returns the released
+// lease, ErrNotFound, or cluster.ErrNodeTaken when another node holds the
+// name.
+func (r *Registry) Release(ctx context.Context, self cluster.Lease, previous netip.Prefix) (*cluster.Lease, error) {
 	entries, _, err := r.list(ctx)
 	if err != nil {
 		return nil, err
 	}
 	for _, l := range entries {
-		if l.NodeName != nodeName {
+		if l.NodeName != self.NodeName {
 			continue
+		}
+		if !self.Owns(l.Lease, previous) {
+			return nil, r.taken(ctx, &l)
 		}
 		key := r.leaseKey(l.Key())
 		resp, err := r.cli.Txn(ctx).
@@ -331,7 +345,7 @@ func (r *Registry) Release(ctx context.Context, nodeName string) (*cluster.Lease
 		}
 		return &l.Lease, nil
 	}
-	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, nodeName, r.LeasesPrefix())
+	return nil, fmt.Errorf("%w: no lease of node %s under %s", ErrNotFound, self.NodeName, r.LeasesPrefix())
 }
 
 func isLeaseNotFound(err error) bool {

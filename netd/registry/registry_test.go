@@ -322,14 +322,14 @@ func TestRelease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rel, err := r.Release(ctx, "a")
+	rel, err := r.Release(ctx, rec("a"), netip.Prefix{})
 	if err != nil || rel.Subnet != a.Subnet {
 		t.Fatalf("release: %v %v", rel, err)
 	}
 	if snap, _ := r.List(ctx); len(snap.Leases) != 0 {
 		t.Fatalf("leases left: %+v", snap.Leases)
 	}
-	if _, err := r.Release(ctx, "a"); !errors.Is(err, ErrNotFound) {
+	if _, err := r.Release(ctx, rec("a"), netip.Prefix{}); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second release: %v", err)
 	}
 }
@@ -350,7 +350,7 @@ func TestFollowResyncAfterCompaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Changes the follower has not seen, then the history is compacted.
-	if _, err := r.Release(ctx, "a"); err != nil {
+	if _, err := r.Release(ctx, rec("a"), netip.Prefix{}); err != nil {
 		t.Fatal(err)
 	}
 	_, b, err := acquire(ctx, r, n, "b")
@@ -452,7 +452,7 @@ func TestAcquireIPv6Only(t *testing.T) {
 	if ok, err := held[0].Reclaim(ctx); !ok || err != nil {
 		t.Fatalf("reclaim: %v %v", ok, err)
 	}
-	rel, err := r.Release(ctx, "node1")
+	rel, err := r.Release(ctx, rec("node1"), netip.Prefix{})
 	if err != nil || rel.SubnetV6 != held[1].held.SubnetV6 {
 		t.Fatalf("release: %+v %v", rel, err)
 	}

@@ -19,50 +19,21 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/netnsdir"
+	"github.com/berthnet/berth/internal/nodebridge"
 )
-
-// A bridge belongs to one berth network, marked in its alias
-// (IFLA_IFALIAS) so that two networks never share it by accident:
-// "berth:<network>" when berth created it, "berth:<network> (adopted)"
-// when it existed before and berth only took it over. ReleaseBridge
-// removes a bridge berth created; an adopted one it only unmarks.
-const (
-	aliasPrefix   = "berth:"
-	adoptedSuffix = " (adopted)"
-)
-
-// bridgeOwner is the network a bridge alias names, and whether berth
-// adopted the bridge rather than created it; "" when it is not berth's.
-func bridgeOwner(alias string) (network string, adopted bool) {
-	rest, ok := strings.CutPrefix(alias, aliasPrefix)
-	if !ok {
-		return "", false
-	}
-	network, adopted = strings.CutSuffix(rest, adoptedSuffix)
-	return network, adopted
-}
-
-// lockBridge takes the node-wide lock of a bridge name: shared while an
-// ADD uses the network's bridge and plugs its veth in, exclusive while an
-// ADD creates or adopts it (the kernel does not take the alias with
-// RTM_NEWLINK, so a bridge is briefly unmarked) and while ReleaseBridge
-// decides whether to remove it.
-func lockBridge(name string, shared bool) (*netnsdir.Lock, error) {
-	return netnsdir.Acquire("bridge-"+name+".lock", shared)
-}
 
 // useBridge returns the network's bridge, up, creating or adopting it when
 // needed, and the bridge lock the caller releases once its veth is in.
 func useBridge(c *conf.Bridge) (*netlink.Bridge, *netnsdir.Lock, error) {
-	lock, err := lockBridge(c.BridgeName, true)
+	lock, err := nodebridge.Lock(c.BridgeName, true)
 	if err != nil {
 		return nil, nil, err
 	}
 	br, err := bridgeByName(c.BridgeName)
-	if owner, _ := bridgeOwner(aliasOf(br)); err != nil || owner != c.Name {
+	if owner, _ := nodebridge.Owner(aliasOf(br)); err != nil || owner != c.Name {
 		// Creating, adopting or refusing: decided alone.
 		lock.Release()
-		if lock, err = lockBridge(c.BridgeName, false); err != nil {
+		if lock, err = nodebridge.Lock(c.BridgeName, false); err != nil {
 			return nil, nil, err
 		}
 		if br, err = markBridge(c); err != nil {
@@ -94,7 +65,7 @@ func aliasOf(br *netlink.Bridge) string {
 // refuses one marked by another network. The caller holds the bridge's
 // lock exclusively.
 func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
-	alias := aliasPrefix + c.Name + adoptedSuffix
+	alias := nodebridge.Mark(c.Name, true)
 	br, err := bridgeByName(c.BridgeName)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
 		la := netlink.NewLinkAttrs()
@@ -116,13 +87,13 @@ func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		if _, err := sysctl.Sysctl(key, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: setting %s=0: %v", cnierr.ErrDatapath, key, err)
 		}
-		alias = aliasPrefix + c.Name
+		alias = nodebridge.Mark(c.Name, false)
 		br, err = bridgeByName(c.BridgeName)
 	}
 	if err != nil {
 		return nil, err
 	}
-	switch owner, _ := bridgeOwner(br.Attrs().Alias); {
+	switch owner, _ := nodebridge.Owner(br.Attrs().Alias); {
 	case owner == c.Name:
 		return br, nil
 	case br.Attrs().Alias != "":
@@ -133,64 +104,6 @@ func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		return nil, fmt.Errorf("%w: labelling bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 	}
 	return br, nil
-}
-
-// ReleaseBridge removes network's bridge from the calling thread's network
-// namespace once no container is plugged into it, with its gateway
-// addresses and their subnet routes, so that a new network can reuse the
-// bridge name and the subnet. DEL and GC call it when a network's last
-// attachment leaves; netd calls it when the node leaves a network. It
-// reports whether the bridge was removed:
-//   - a bridge that is missing or not marked as network's: nothing to do;
-//   - a berth host veth (bv...) still plugged in: in use, kept;
-//   - other ports only (an uplink someone enslaved), or a bridge berth
-//     adopted rather than created: kept, but no longer marked, so that
-//     another network may use it;
-//   - otherwise: deleted.
-//
-// It holds the bridge's lock exclusively, so an ADD either finds the
-// bridge before the decision (and its veth keeps it) or creates it anew.
-func ReleaseBridge(bridgeName, network string) (removed bool, err error) {
-	lock, err := lockBridge(bridgeName, false)
-	if err != nil {
-		return false, err
-	}
-	defer lock.Release()
-	br, err := netlinksafe.LinkByName(bridgeName)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("%w: finding bridge %s: %v", cnierr.ErrDatapath, bridgeName, err)
-	}
-	owner, adopted := bridgeOwner(br.Attrs().Alias)
-	if _, ok := br.(*netlink.Bridge); !ok || owner != network {
-		return false, nil
-	}
-	links, err := netlinksafe.LinkList()
-	if err != nil {
-		return false, fmt.Errorf("%w: listing links: %v", cnierr.ErrDatapath, err)
-	}
-	ports := 0
-	for _, l := range links {
-		if l.Attrs().MasterIndex != br.Attrs().Index {
-			continue
-		}
-		if strings.HasPrefix(l.Attrs().Name, hostVethPrefix) {
-			return false, nil
-		}
-		ports++
-	}
-	if ports > 0 || adopted {
-		if err := netlink.LinkSetAlias(br, ""); err != nil {
-			return false, fmt.Errorf("%w: unmarking bridge %s: %v", cnierr.ErrDatapath, bridgeName, err)
-		}
-		return false, nil
-	}
-	if err := netlink.LinkDel(br); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
-		return false, fmt.Errorf("%w: deleting bridge %s: %v", cnierr.ErrDatapath, bridgeName, err)
-	}
-	return true, nil
 }
 
 func bridgeByName(name string) (*netlink.Bridge, error) {

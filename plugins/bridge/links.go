@@ -14,6 +14,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/nodebridge"
 )
 
 // Links is what differs between berth's datapaths: how a container's
@@ -58,7 +59,7 @@ type bridgeLinks struct{}
 
 func (bridgeLinks) Setup(r LinkRequest) (*current.Result, error) {
 	c := r.Conf
-	// Held until the veth is in and the gateway set: ReleaseBridge, which
+	// Held until the veth is in and the gateway set: nodebridge.Release, which
 	// takes the lock exclusively, never removes the bridge in between.
 	br, lock, err := useBridge(c)
 	if err != nil {
@@ -87,7 +88,7 @@ func (bridgeLinks) Setup(r LinkRequest) (*current.Result, error) {
 func (bridgeLinks) Ingress(c *conf.Bridge) string { return c.BridgeName }
 
 func (bridgeLinks) Release(c *conf.Bridge) error {
-	_, err := ReleaseBridge(c.BridgeName, c.Name)
+	_, err := nodebridge.Release(c.BridgeName, c.Name)
 	return err
 }
 

@@ -4,10 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	"github.com/berthnet/berth/internal/testenv"
-	"github.com/berthnet/berth/plugins/bridge"
 )
 
 // After a network's last container leaves (podman network rm, netd
@@ -48,68 +45,4 @@ func TestLastLeaveFreesBridgeAndSubnet(t *testing.T) {
 			t.Errorf("network %s left its bridge: %s", s.network, out)
 		}
 	}
-}
-
-// ReleaseBridge (DEL's last step, and netd's on leave) removes only a
-// bridge berth made for that network with nothing plugged in; otherwise it
-// keeps the bridge and, when the network no longer uses it, unmarks it.
-func TestReleaseBridge(t *testing.T) {
-	n := newNode(t)
-	peer := testenv.NewNS(t)
-	tests := []struct {
-		name, alias string
-		port        string // a port of the bridge: a berth host veth (bv...) or another link
-		removed     bool
-		aliasAfter  string
-	}{
-		{name: "made by berth, empty", alias: "berth:net1", removed: true},
-		{name: "made by berth, a container plugged in", alias: "berth:net1", port: "bv0123456789a", aliasAfter: "berth:net1"},
-		{name: "made by berth, an uplink enslaved", alias: "berth:net1", port: "uplink0"},
-		{name: "adopted", alias: "berth:net1 (adopted)"},
-		{name: "another network's", alias: "berth:net2", aliasAfter: "berth:net2"},
-		{name: "not berth's", alias: "", aliasAfter: ""},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			mustRun(t, n.ns, "ip", "link", "add", "brt", "type", "bridge")
-			defer testenv.InNS(n.ns, "ip", "link", "del", "brt")
-			if tt.alias != "" {
-				mustRun(t, n.ns, "ip", "link", "set", "brt", "alias", tt.alias)
-			}
-			if tt.port != "" {
-				testenv.Link(t, n.ns, tt.port, "", peer, "p"+tt.port[:4], "")
-				mustRun(t, n.ns, "ip", "link", "set", tt.port, "master", "brt")
-				defer testenv.InNS(n.ns, "ip", "link", "del", tt.port)
-			}
-			var removed bool
-			err := n.ns.Do(func(ns.NetNS) error {
-				var err error
-				removed, err = bridge.ReleaseBridge("brt", "net1")
-				return err
-			})
-			if err != nil || removed != tt.removed {
-				t.Fatalf("ReleaseBridge: removed %v, %v; want removed %v", removed, err, tt.removed)
-			}
-			out, err := testenv.InNS(n.ns, "ip", "-d", "link", "show", "brt")
-			if tt.removed != (err != nil) {
-				t.Fatalf("bridge after ReleaseBridge: %s", out)
-			}
-			if !tt.removed && alias(out) != tt.aliasAfter {
-				t.Errorf("alias after: %q, want %q", alias(out), tt.aliasAfter)
-			}
-		})
-	}
-	// A bridge that is gone is fine (DEL repeated).
-	if err := n.ns.Do(func(ns.NetNS) error { _, err := bridge.ReleaseBridge("nosuchbr", "net1"); return err }); err != nil {
-		t.Errorf("missing bridge: %v", err)
-	}
-}
-
-func alias(ipLinkOutput []byte) string {
-	for _, l := range strings.Split(string(ipLinkOutput), "\n") {
-		if a, ok := strings.CutPrefix(strings.TrimSpace(l), "alias "); ok {
-			return a
-		}
-	}
-	return ""
 }

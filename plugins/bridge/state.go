@@ -14,7 +14,9 @@ import (
 	"syscall"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/nodebridge"
 )
 
 // record is what berth remembers of one attachment, written before ADD
@@ -39,19 +41,16 @@ func attachmentKey(network, containerID, ifName string) string {
 	return hex.EncodeToString(h[:])
 }
 
-// hostVethPrefix starts the name of every host veth berth makes.
-const hostVethPrefix = "bv"
-
 // HostVeths matches every host veth berth makes, as iptables -i takes it:
 // the Ingress of a routed datapath.
-const HostVeths = hostVethPrefix + "+"
+const HostVeths = nodebridge.HostVethPrefix + "+"
 
 // hostVethName is deterministic so that DEL finds the link without state.
-func hostVethName(key string) string { return hostVethPrefix + key[:11] }
+func hostVethName(key string) string { return nodebridge.HostVethPrefix + key[:11] }
 
-func networkDir(stateDir, network string) string {
-	return filepath.Join(stateDir, "networks", network)
-}
+// networkDir holds the network's records (internal/attachments: netd
+// leave reads them too).
+func networkDir(stateDir, network string) string { return attachments.Dir(stateDir, network) }
 
 // A live attachment's record is <key>.json. DEL and GC first rename it to
 // <key>.leaving: from then on the attachment no longer counts as one of
@@ -60,8 +59,8 @@ func networkDir(stateDir, network string) string {
 // itself stays until everything is gone, so a DEL killed midway is
 // repeated from it.
 const (
-	extLive    = ".json"
-	extLeaving = ".leaving"
+	extLive    = attachments.ExtLive
+	extLeaving = attachments.ExtLeaving
 )
 
 func recordPath(stateDir string, r *record) string {

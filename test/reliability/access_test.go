@@ -124,8 +124,8 @@ func TestStateNotWorldWritable(t *testing.T) {
 	// The components create every directory themselves.
 	n.LeaseDir, n.CNIConfDir = filepath.Join(fresh, "lease"), filepath.Join(fresh, "net.d")
 	n.StateDir, n.IPAMDataDir = filepath.Join(fresh, "state"), filepath.Join(fresh, "ipam")
-	etcdDir := filepath.Join(fresh, "etcd")
-	c := newCluster(t, tb, nil, "--etcd-data-dir", etcdDir) // embedded etcd
+	etcdDir, pkiDir := filepath.Join(fresh, "etcd"), filepath.Join(fresh, "pki")
+	c := newCluster(t, tb, nil, "--etcd-data-dir", etcdDir, "--pki-dir", pkiDir, "--node-id-file", filepath.Join(fresh, "id", "node-id")) // embedded etcd
 	args := c.flags(1)
 	quoted := make([]string, len(args))
 	for k, a := range args {
@@ -150,7 +150,7 @@ func TestStateNotWorldWritable(t *testing.T) {
 
 	checked := 0
 	var modes []string
-	for _, dir := range []string{n.LeaseDir, n.CNIConfDir, etcdDir, n.IPAMDataDir, n.StateDir} {
+	for _, dir := range []string{n.LeaseDir, n.CNIConfDir, etcdDir, pkiDir, filepath.Join(fresh, "id"), n.IPAMDataDir, n.StateDir} {
 		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
@@ -166,7 +166,11 @@ func TestStateNotWorldWritable(t *testing.T) {
 			if info.Mode().Perm()&0o002 != 0 {
 				t.Errorf("%s is world-writable: %s", path, info.Mode())
 			}
-			if path == dir || d.Name() == "pods.json" || strings.HasSuffix(path, ".conflist") {
+			// Keys and the join token: for root's eyes only.
+			if secret := strings.HasSuffix(path, "-key.pem") || d.Name() == "join-token"; secret && info.Mode().Perm()&0o077 != 0 {
+				t.Errorf("%s is readable by others: %s", path, info.Mode())
+			}
+			if path == dir || d.Name() == "pods.json" || strings.HasSuffix(path, ".conflist") || d.Name() == "ca-key.pem" || d.Name() == "node-id" {
 				rel, _ := filepath.Rel(fresh, path)
 				modes = append(modes, fmt.Sprintf("%s %s", rel, info.Mode().Perm()))
 			}
@@ -176,8 +180,10 @@ func TestStateNotWorldWritable(t *testing.T) {
 			t.Errorf("walking %s: %v", dir, err)
 		}
 	}
-	if info, err := os.Stat(etcdDir); err != nil || info.Mode().Perm()&0o077 != 0 {
-		t.Errorf("etcd data dir %s: %v %v, want no access for group and others", etcdDir, info.Mode(), err)
+	for _, dir := range []string{etcdDir, pkiDir} {
+		if info, err := os.Stat(dir); err != nil || info.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s: %v %v, want no access for group and others", dir, info.Mode(), err)
+		}
 	}
 	report(t, "under umask 000: %d files and dirs checked, 0 world-writable (%s)", checked, strings.Join(modes, ", "))
 }
@@ -185,4 +191,39 @@ func TestStateNotWorldWritable(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// The embedded etcd serves plain HTTP only when told so, and then netd
+// warns in its log and in `netd status` on that node and on the nodes
+// that use it (status stays healthy: it works, it is just not safe).
+func TestEtcdPlainHTTPWarns(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
+	ctx := context.Background()
+	nd1, err := tb.StartNetd(ctx, tb.Node(1), testbed.NetdOptions{Args: []string{"--etcd-plain-http"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := "http://" + tb.Node(1).IP.String() + ":2379"
+	nd2, err := tb.StartNetd(ctx, tb.Node(2), testbed.NetdOptions{Etcd: []string{plain}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nd2.WaitConverged(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		nd   *testbed.Netd
+		want string
+	}{
+		{nd1, "embedded etcd serves plain HTTP without authentication (--etcd-plain-http): anyone who reaches"},
+		{nd2, "etcd is reached in plain HTTP (" + plain + "): unencrypted and unauthenticated"},
+	} {
+		if !strings.Contains(tc.nd.Process().Log(), tc.want) {
+			t.Errorf("%s's log lacks %q:\n%s", tc.nd.Node.Host, tc.want, tail(tc.nd.Process().Log(), 5))
+		}
+		out, err := tc.nd.Node.Run(ctx, nd1.Bin, "status", "--metrics-address", tc.nd.MetricsAddr())
+		if err != nil || !strings.Contains(string(out), "WARNING") || !strings.Contains(string(out), tc.want) {
+			t.Errorf("netd status on %s: %v; want exit 0 and a warning %q:\n%s", tc.nd.Node.Host, err, tc.want, out)
+		}
+	}
 }

@@ -47,6 +47,9 @@ type cluster struct {
 	bin     string
 	opts    testbed.NetdOptions
 	network string
+	// v6Underlay: each node gives its IPv6 address first in --node-ip
+	// (VXLAN over the IPv6 underlay); set before starting netd.
+	v6Underlay bool
 
 	mu   sync.Mutex
 	netd map[int]*testbed.Process
@@ -68,7 +71,12 @@ func newCluster(t *testing.T, tb *testbed.Testbed, etcd []string, args ...string
 
 // flags are what netd on node i is started with.
 func (c *cluster) flags(i int) []string {
-	return (&testbed.Netd{Node: c.tb.Node(i), Opts: c.opts, Bin: c.bin}).Flags()
+	n := c.tb.Node(i)
+	f := (&testbed.Netd{Node: n, Opts: c.opts, Bin: c.bin}).Flags()
+	if c.v6Underlay {
+		f = append(f, "--node-ip", n.IPv6.String()+","+n.IP.String())
+	}
+	return f
 }
 
 // spawn starts netd on node i without waiting for it; safe to call

@@ -295,6 +295,7 @@ type container struct {
 	att *testenv.Attachment
 	ns  ns.NetNS
 	ip  netip.Addr
+	ip6 netip.Addr // on a network with IPv6
 }
 
 // runtime is a CNI runtime for node n's conflist, as netd wrote it.
@@ -317,6 +318,11 @@ func addContainer(t *testing.T, n *testbed.Node, id string) *container {
 		t.Fatalf("ADD %s on %s: %v", id, n.Host, err)
 	}
 	c.ip, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	for _, ip := range res.IPs {
+		if a, _ := netip.AddrFromSlice(ip.Address.IP); ip.Address.IP.To4() == nil && a.Is6() {
+			c.ip6 = a
+		}
+	}
 	return c
 }
 

@@ -20,10 +20,13 @@ type NetdOptions struct {
 	// Network is --network-name (default "berth"). Several networks can
 	// share the nodes, each with its own MetricsPort.
 	Network string
-	// Etcd are the --etcd-endpoints. None: this node runs netd's embedded
-	// etcd, with its data in the node's directory; the other nodes then
-	// pass this node's EtcdURL.
+	// Etcd are the --etcd-endpoints. None (and no Join): this node runs
+	// netd's embedded etcd, with its data in the node's directory.
 	Etcd []string
+	// Join is the netd whose embedded etcd this node uses: StartNetd
+	// first runs `netd join` on the node with that netd's token (`netd
+	// token` on its node), and netd then finds that etcd by itself.
+	Join *Netd
 	// MetricsPort is where netd serves /status and /metrics on the node's
 	// 127.0.0.1 (default 9472).
 	MetricsPort int
@@ -80,6 +83,7 @@ func (d *Netd) Flags() []string {
 	n, o := d.Node, d.Opts
 	f := []string{
 		"--node-name", n.Host,
+		"--root-dir", n.Dir, // the node ID, certificates; the dirs below explicitly
 		"--network-name", o.Network,
 		"--lease-dir", n.LeaseDir,
 		"--cni-conf-dir", n.CNIConfDir,
@@ -89,17 +93,49 @@ func (d *Netd) Flags() []string {
 		"--lease-ttl", o.LeaseTTL.String(),
 		"--resync-interval", o.ResyncInterval.String(),
 	}
-	if len(o.Etcd) > 0 {
+	switch {
+	case len(o.Etcd) > 0:
 		f = append(f, "--etcd-endpoints", strings.Join(o.Etcd, ","))
-	} else {
+	case o.Join == nil:
 		f = append(f, "--etcd-data-dir", filepath.Join(n.Dir, "etcd-"+o.Network))
 	}
 	return append(f, o.Args...)
 }
 
 // EtcdURL is the client URL of the embedded etcd of a netd on node n
-// started without NetdOptions.Etcd.
-func (n *Node) EtcdURL() string { return "http://" + n.IP.String() + ":2379" }
+// started without NetdOptions.Etcd, at the node's IPv4 address; it
+// serves the node's IPv6 address too (EtcdURL6), whichever --node-ip
+// prefers.
+func (n *Node) EtcdURL() string { return "https://" + n.IP.String() + ":2379" }
+
+// EtcdURL6 is EtcdURL at the node's IPv6 address.
+func (n *Node) EtcdURL6() string { return "https://[" + n.IPv6.String() + "]:2379" }
+
+// JoinToken is the token other nodes join this netd's embedded etcd
+// with (`netd token` on its node).
+func (d *Netd) JoinToken(ctx context.Context) (string, error) {
+	out, err := d.Node.Run(ctx, d.Bin, "token", "--root-dir", d.Node.Dir)
+	if err != nil {
+		return "", fmt.Errorf("testbed: netd token on %s: %w", d.Node.Host, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// join runs `netd join` on the node with the token of o.Join's etcd,
+// unless the node joined already.
+func (d *Netd) join(ctx context.Context) error {
+	if _, err := os.Stat(filepath.Join(d.Node.Dir, "pki", "endpoints")); err == nil {
+		return nil
+	}
+	token, err := d.Opts.Join.JoinToken(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := d.Node.Run(ctx, d.Bin, "join", token, "--root-dir", d.Node.Dir, "--node-name", d.Node.Host); err != nil {
+		return fmt.Errorf("testbed: netd join on %s: %w", d.Node.Host, err)
+	}
+	return nil
+}
 
 // MetricsAddr is netd's --metrics-address, on the node's loopback.
 func (d *Netd) MetricsAddr() string { return "127.0.0.1:" + strconv.Itoa(d.Opts.MetricsPort) }
@@ -118,6 +154,11 @@ func (d *Netd) Process() *Process { return d.proc }
 func (d *Netd) Restart(ctx context.Context) error {
 	if d.proc != nil && !d.proc.Exited() {
 		return fmt.Errorf("testbed: netd %s on %s is still running", d.Opts.Network, d.Node.Host)
+	}
+	if d.Opts.Join != nil {
+		if err := d.join(ctx); err != nil {
+			return err
+		}
 	}
 	p, err := d.Node.Start(ProcSpec{
 		Name: fmt.Sprintf("netd-%s-%s", d.Opts.Network, d.Node.Host),

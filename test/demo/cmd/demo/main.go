@@ -336,13 +336,21 @@ func (d *demo) startNetd(ctx context.Context) error {
 	}
 	d.step("netd on node1, in %s mode, with its embedded etcd (nothing else to install)%s", d.mode.netdMode, with)
 	opts := testbed.NetdOptions{Network: d.network(), Args: append([]string{"--mode", d.mode.netdMode}, d.nodeArgs(n1)...)}
-	if _, err := d.startOneNetd(ctx, n1, opts); err != nil {
+	nd1, err := d.startOneNetd(ctx, n1, opts)
+	if err != nil {
 		return err
 	}
-	d.step("netd on the other nodes, using node1's etcd at %s", n1.EtcdURL())
-	opts.Etcd = []string{n1.EtcdURL()}
+	d.step("netd on the other nodes, using node1's etcd at %s (TLS): each joins once with node1's token", n1.EtcdURL())
+	token, err := nd1.JoinToken(ctx)
+	if err != nil {
+		return err
+	}
+	d.cmd(n1, []string{"netd", "token", "--root-dir", n1.Dir})
+	d.say("%s", token)
+	opts.Join = nd1
 	for _, n := range tb.Nodes[1:] {
 		opts.Args = d.nodeArgs(n)
+		d.cmd(n, []string{"netd", "join", token, "--root-dir", n.Dir, "--node-name", n.Host})
 		if _, err := d.startOneNetd(ctx, n, opts); err != nil {
 			return err
 		}

@@ -21,7 +21,7 @@ import (
 // leaves nothing behind.
 func TestDemo(t *testing.T) {
 	testenv.RequireRoot(t)
-	testenv.BinDir(t, "netd", "runner", "berth-vxlan", "berth-hostgw", "berth-bgp")
+	testenv.BinDir(t, "netd", "netd-etcd", "runner", "berth-vxlan", "berth-hostgw", "berth-bgp")
 	for name, m := range modes {
 		t.Run(name, func(t *testing.T) {
 			var out strings.Builder

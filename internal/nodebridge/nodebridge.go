@@ -1,0 +1,156 @@
+// Package nodebridge is who owns a berth network's bridge on a node, and
+// its removal once the network no longer uses it. The plugins create or
+// adopt the bridge at a network's first ADD and release it at its last
+// DEL; netd releases it when the node leaves the network (netd leave).
+// Both hold the bridge's lock, so they never decide on it at once.
+//
+// A bridge belongs to one berth network, marked in its alias
+// (IFLA_IFALIAS) so that two networks never share it by accident:
+// "berth:<network>" when berth created it, "berth:<network> (adopted)"
+// when it existed before and berth only took it over.
+package nodebridge
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/netnsdir"
+)
+
+const (
+	markPrefix    = "berth:"
+	adoptedSuffix = " (adopted)"
+)
+
+// HostVethPrefix starts the name of every host veth berth plugs into a
+// bridge: one still plugged in is a container attached.
+const HostVethPrefix = "bv"
+
+// Mark is the alias that marks a bridge as network's: created by berth,
+// or adopted.
+func Mark(network string, adopted bool) string {
+	if adopted {
+		return markPrefix + network + adoptedSuffix
+	}
+	return markPrefix + network
+}
+
+// Owner is the network a bridge alias names, and whether berth adopted
+// the bridge rather than created it; "" when it is not berth's.
+func Owner(alias string) (network string, adopted bool) {
+	rest, ok := strings.CutPrefix(alias, markPrefix)
+	if !ok {
+		return "", false
+	}
+	network, adopted = strings.CutSuffix(rest, adoptedSuffix)
+	return network, adopted
+}
+
+// Lock takes the node-wide lock of a bridge name in the calling thread's
+// network namespace: shared while an ADD uses the network's bridge and
+// plugs its veth in, exclusive while an ADD creates or adopts it (the
+// kernel does not take the alias with RTM_NEWLINK, so a bridge is briefly
+// unmarked) and while Release decides whether to remove it.
+func Lock(name string, shared bool) (*netnsdir.Lock, error) {
+	return netnsdir.Acquire("bridge-"+name+".lock", shared)
+}
+
+// Containers lists the berth host veths plugged into network's bridge
+// name: the containers attached to it. None when the bridge is missing or
+// not network's.
+func Containers(name, network string) ([]string, error) {
+	br, err := networkBridge(name, network)
+	if br == nil || err != nil {
+		return nil, err
+	}
+	veths, _, err := ports(br)
+	return veths, err
+}
+
+// Release removes network's bridge from the calling thread's network
+// namespace once no container is plugged into it, with its gateway
+// addresses and their subnet routes, so that a new network can reuse the
+// bridge name and the subnet. It reports whether the bridge was removed:
+//   - a bridge that is missing or not marked as network's: nothing to do;
+//   - a berth host veth (bv...) still plugged in: in use, kept;
+//   - other ports only (an uplink someone enslaved), or a bridge berth
+//     adopted rather than created: kept, but no longer marked, so that
+//     another network may use it;
+//   - otherwise: deleted.
+//
+// It holds the bridge's lock exclusively, so an ADD either finds the
+// bridge before the decision (and its veth keeps it) or creates it anew.
+func Release(name, network string) (removed bool, err error) {
+	lock, err := Lock(name, false)
+	if err != nil {
+		return false, err
+	}
+	defer lock.Release()
+	br, err := networkBridge(name, network)
+	if br == nil || err != nil {
+		return false, err
+	}
+	veths, others, err := ports(br)
+	switch {
+	case err != nil:
+		return false, err
+	case len(veths) > 0:
+		return false, nil
+	case others > 0 || isAdopted(br):
+		if err := netlink.LinkSetAlias(br, ""); err != nil {
+			return false, fmt.Errorf("%w: unmarking bridge %s: %v", cnierr.ErrDatapath, name, err)
+		}
+		return false, nil
+	}
+	if err := netlink.LinkDel(br); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) {
+		return false, fmt.Errorf("%w: deleting bridge %s: %v", cnierr.ErrDatapath, name, err)
+	}
+	return true, nil
+}
+
+// networkBridge is the bridge called name if it is marked as network's;
+// nil when there is none or it is not.
+func networkBridge(name, network string) (netlink.Link, error) {
+	br, err := netlinksafe.LinkByName(name)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: finding bridge %s: %v", cnierr.ErrDatapath, name, err)
+	}
+	if owner, _ := Owner(br.Attrs().Alias); owner != network {
+		return nil, nil
+	}
+	if _, ok := br.(*netlink.Bridge); !ok {
+		return nil, nil
+	}
+	return br, nil
+}
+
+func isAdopted(br netlink.Link) bool {
+	_, adopted := Owner(br.Attrs().Alias)
+	return adopted
+}
+
+// ports lists br's berth host veths and counts its other ports.
+func ports(br netlink.Link) (veths []string, others int, err error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: listing links: %v", cnierr.ErrDatapath, err)
+	}
+	for _, l := range links {
+		switch {
+		case l.Attrs().MasterIndex != br.Attrs().Index:
+		case strings.HasPrefix(l.Attrs().Name, HostVethPrefix):
+			veths = append(veths, l.Attrs().Name)
+		default:
+			others++
+		}
+	}
+	return veths, others, nil
+}
