@@ -74,6 +74,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--etcd-certfile", "c.pem"}, "--etcd-keyfile"},
 		{[]string{"--node-name", ""}, "--node-name"},
 		{[]string{"--cni-version", "2.0.0"}, "--cni-version"},
+		{[]string{"--datastore", "consul"}, `--datastore: "consul": use etcd or kubernetes`},
 	}
 	for _, tt := range tests {
 		_, err := parse(t, tt.args...)
