@@ -28,7 +28,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-ebpf test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install uninstall clean deps bpf bpf-check
+.PHONY: all build test test-ebpf test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install uninstall clean deps image test-k8s bpf bpf-check
 
 all: build
 
@@ -76,6 +76,25 @@ test-runtimes: build
 	@echo "go test ./test/runtimes/, log in /tmp/berth-runtimes.log"
 	@BERTH_TEST_RUNTIMES=1 $(GO) test -count=1 -v -timeout 10m ./test/runtimes/ >/tmp/berth-runtimes.log 2>&1; rc=$$?; \
 	grep -E '^ *--- |^(ok|FAIL)|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-runtimes.log; exit $$rc
+
+# make image: berth's container image (netd and the berth-* plugins from
+# bin/) as an OCI image tar, written by a Go program, no container engine:
+# load it with `ctr -n k8s.io images import bin/images/berth.tar`.
+IMAGE ?= docker.io/berthnet/berth:dev
+image: build
+	$(GO) run ./deploy/image -bin $(BIN_DIR) -o $(BIN_DIR)/images/berth.tar -name $(IMAGE)
+
+# make test-k8s: a real Kubernetes cluster (v$(K8S_VERSION) built from the Go
+# module proxy into BERTH_K8S_CACHE, skipped when already there) on the test
+# bed, berth installed from deploy/kubernetes in vxlan, hostgw and bgp mode.
+# -v prints the figures (lines with FIGURE); the log is in /tmp/berth-k8s.log.
+K8S_VERSION     ?= 1.37.2
+BERTH_K8S_CACHE ?= $(CURDIR)/.cache/kubernetes
+test-k8s: image
+	@bin=$$(K8S_VERSION=$(K8S_VERSION) BERTH_K8S_CACHE=$(BERTH_K8S_CACHE) ./test/kubecluster/build-kubernetes.sh | tail -n 1) && \
+	echo "go test ./test/k8s/ (Kubernetes binaries in $$bin), log in /tmp/berth-k8s.log" && \
+	BERTH_K8S_BIN=$$bin $(GO) test -count=1 -v -timeout 45m ./test/k8s/ >/tmp/berth-k8s.log 2>&1; rc=$$?; \
+	grep -E '^ *--- |^(ok|FAIL)|FIGURE|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-k8s.log; exit $$rc
 
 test-unit:
 	$(GO) test -count=1 -short ./...

@@ -305,7 +305,7 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 			LeaseDir:     c.LeaseDir,
 			StateDir:     c.StateDir,
 			IPAM:         ipam{Type: IPAMType, DataDir: c.IPAMDataDir},
-			Capabilities: map[string]bool{"portMappings": true},
+			Capabilities: map[string]bool{"portMappings": true, "bandwidth": true},
 		}},
 	}
 	data, err := json.MarshalIndent(list, "", "  ")

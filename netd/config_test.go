@@ -77,6 +77,7 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--datapath", "ebpf", "--network-cidr", "10.1.0.0/16,fd00::/56"}, `datapath: "ebpf" handles IPv4 only, and the network has IPv6`},
 		{[]string{"--datapath", "ebpf", "--network-cidr", "fd00::/56"}, `datapath: "ebpf" handles IPv4 only`},
 		{[]string{"--datapath", "xdp"}, "datapath:"},
+		{[]string{"--datastore", "consul"}, `--datastore: "consul": use etcd or kubernetes`},
 	}
 	for _, tt := range tests {
 		_, err := parse(t, tt.args...)

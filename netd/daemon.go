@@ -109,29 +109,41 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
-	etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
-	if err != nil {
-		return err
+	var holder cluster.Holder
+	if cfg.Datastore == DatastoreKubernetes {
+		kctx, stop := context.WithCancel(ctx) // the informer's
+		defer stop()
+		store, err := openKubernetes(kctx, cfg, log)
+		if err != nil {
+			return err
+		}
+		d.store, holder = store, store.Holder(cfg.LeaseTTL)
+	} else {
+		etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
+		if err != nil {
+			return err
+		}
+		defer etcd.Close()
+		d.mu.Lock() // /status reads them
+		d.endpoints = etcd.Endpoints
+		d.mu.Unlock()
+		for _, w := range etcdWarnings(cfg, d.endpoints) {
+			log.Warn(w)
+		}
+		if err := d.waitEtcd(ctx, etcd.TLS); err != nil {
+			return err
+		}
+		cli, err := newClient(d.endpoints, etcd.TLS)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
+		reg.Log = log
+		d.store = reg
+		log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
+		holder = reg.Holder(cfg.LeaseTTL)
 	}
-	defer etcd.Close()
-	d.mu.Lock() // /status reads them
-	d.endpoints = etcd.Endpoints
-	d.mu.Unlock()
-	for _, w := range etcdWarnings(cfg, d.endpoints) {
-		log.Warn(w)
-	}
-	if err := d.waitEtcd(ctx, etcd.TLS); err != nil {
-		return err
-	}
-	cli, err := newClient(d.endpoints, etcd.TLS)
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-	reg.Log = log
-	d.store = reg
-	log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 
 	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
 		d.network, err = d.store.EnsureConfig(ctx, cfg.Network)
@@ -154,7 +166,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	d.underlay = backend.NewUnderlay(d.node)
 	d.health = &health{log: log, endpoints: d.endpoints, gauge: d.m.etcdUp}
 	d.peers = newPeerView(n, cfg.LeaseTTL, log, d.m)
-	d.keeper = newKeeper(d, reg.Holder(cfg.LeaseTTL))
+	d.keeper = newKeeper(d, holder)
 	d.keeper.acquired = d.revet
 
 	var wg sync.WaitGroup

@@ -34,6 +34,9 @@ var ErrContainersAttached = errors.New("containers are attached")
 // It is refused, before anything changes, while netd runs (it would lease
 // again) or containers are attached (they would lose their network).
 func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	if cfg.Datastore == DatastoreKubernetes {
+		return errors.New("--datastore=kubernetes: a node leaves the network when its Node is deleted (kubectl delete node NAME: every other node drops its routes); remove berth from the node itself with netd uninstall")
+	}
 	if cfg.MetricsAddr != "" {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		_, err := FetchStatus(sctx, cfg.MetricsAddr)

@@ -52,6 +52,10 @@ Usage:
                          a node holds a lease): then a netd may create it
                          anew, e.g. in another --mode
   netd version           print the version (also netd --version)
+  netd install-cni       copy the berth-* plugins next to netd into the CNI
+                         bin dir (the Kubernetes DaemonSet's init step)
+  netd uninstall         remove everything berth put on this node, without
+                         asking the datastore (netd uninstall --help)
 
 Examples:
   netd --node-name=node1                          # embedded etcd, vxlan 10.244.0.0/16
@@ -91,13 +95,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "run", "status", "leave", "join", "token", "network show", "network delete":
+	case "install-cni", "uninstall":
+		return runNodeInstall(cmd, args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version.Line("netd"))
 		return 0
 	case "help":
 		cmd, args = "run", []string{"--help"}
 	default:
-		fmt.Fprintf(stderr, "netd: unknown command %q; use run, join, token, status, leave, network or version (netd --help)\n", cmd)
+		fmt.Fprintf(stderr, "netd: unknown command %q; use run, join, token, status, leave, network, version, install-cni or uninstall (netd --help)\n", cmd)
 		return 2
 	}
 	fs := flag.NewFlagSet("netd "+cmd, flag.ContinueOnError)

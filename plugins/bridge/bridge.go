@@ -113,6 +113,10 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err := c.CheckPortFamilies(); err != nil {
 		return err
 	}
+	bandwidth, err := conf.ParseBandwidth(args.StdinData)
+	if err != nil {
+		return err
+	}
 	netns, err := openNetns(args.Netns)
 	if err != nil {
 		return err
@@ -162,12 +166,16 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 		firewall.RemoveAttachment(c.Name, k.fwAttachment(), func() bool { return false })
 	})
 	undo = append(undo, func() { delLink(k.rec.HostVeth) })
+	undo = append(undo, func() { k.unshape() })
 	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}
 	undo = append(undo, func() { k.detachFastpath() })
 	if err := k.attachFastpath(result); err != nil {
+		return err
+	}
+	if err := k.shape(bandwidth); err != nil {
 		return err
 	}
 	flushUDPConntrack(k.rec)
@@ -292,7 +300,7 @@ func (d Datapath) teardown(k *call) error {
 	fwErr = firewall.RemoveAttachment(c.Name, k.fwAttachment(),
 		func() bool { return networkEmpty(c.StateDir, c.Name) })
 	wg.Wait()
-	if err := errors.Join(linkErr, fwErr, unclaimPorts(k.rec)); err != nil {
+	if err := errors.Join(linkErr, fwErr, k.unshape(), unclaimPorts(k.rec)); err != nil {
 		return err
 	}
 	if err := removeRecord(c.StateDir, k.rec); err != nil {
@@ -348,6 +356,13 @@ func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 	}
 	defer netns.Close()
 	if err := d.Links.Check(k.linkRequest(netns, nil), prev); err != nil {
+		return err
+	}
+	bandwidth, err := conf.ParseBandwidth(args.StdinData)
+	if err != nil {
+		return err
+	}
+	if err := k.checkShaping(bandwidth); err != nil {
 		return err
 	}
 	if err := k.ipam.check(); err != nil {

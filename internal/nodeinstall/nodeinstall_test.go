@@ -1,0 +1,263 @@
+package nodeinstall
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/nodebridge"
+	"github.com/berthnet/berth/internal/testenv"
+	"github.com/berthnet/berth/netd/backend"
+)
+
+func TestInstall(t *testing.T) {
+	src, dst := t.TempDir(), filepath.Join(t.TempDir(), "opt", "cni", "bin")
+	for name, data := range map[string]string{"berth-bridge": "v1", "berth-vxlan": "v1", "netd": "daemon"} {
+		if err := os.WriteFile(filepath.Join(src, name), []byte(data), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wrote, err := Install(src, dst)
+	if err != nil || strings.Join(wrote, " ") != "berth-bridge berth-vxlan" {
+		t.Fatalf("first install wrote %v, %v; want both plugins", wrote, err)
+	}
+	for _, name := range []string{"berth-bridge", "berth-vxlan"} {
+		st, err := os.Stat(filepath.Join(dst, name))
+		if err != nil || st.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v %v, want mode 0755", name, st, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dst, "netd")); err == nil {
+		t.Error("netd is not a CNI plugin but was installed")
+	}
+	if wrote, err := Install(src, dst); err != nil || len(wrote) != 0 {
+		t.Errorf("second install wrote %v, %v; want nothing (identical)", wrote, err)
+	}
+	os.WriteFile(filepath.Join(src, "berth-vxlan"), []byte("v2"), 0o755)
+	if wrote, err := Install(src, dst); err != nil || strings.Join(wrote, " ") != "berth-vxlan" {
+		t.Errorf("after an upgrade of one plugin wrote %v, %v", wrote, err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(dst, "berth-vxlan")); string(got) != "v2" {
+		t.Errorf("berth-vxlan holds %q", got)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dst, ".*")); len(left) > 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+	if _, err := Install(t.TempDir(), dst); err == nil {
+		t.Error("install from a directory without plugins succeeded")
+	}
+}
+
+// node is what netd and the plugins leave on a node running berth: a
+// conflist, a lease file, a VTEP, a bridge, routes of protocol 73, the
+// plugins' state and IPAM data, the plugins, in a namespace of its own.
+type node struct {
+	netns                                     ns.NetNS
+	confDir, binDir, runDir, dataDir, cidrDir string
+}
+
+func newNode(t *testing.T) *node {
+	n := &node{netns: testenv.NewNS(t), confDir: t.TempDir(), binDir: t.TempDir(), runDir: filepath.Join(t.TempDir(), "berth"), dataDir: t.TempDir()}
+	list, err := conf.NodeConflist{Network: "berth", Mode: "vxlan", LeaseDir: n.runDir, StateDir: n.runDir, IPAMDataDir: n.dataDir}.Marshal()
+	must(t, err)
+	must(t, os.WriteFile(conf.ConflistPath(n.confDir, "berth"), list, 0o644))
+	must(t, os.WriteFile(filepath.Join(n.confDir, "99-loopback.conf"), []byte(`{"type":"loopback"}`), 0o644))
+	must(t, lease.Write(lease.Path(n.runDir, "berth"), &lease.Node{Network: "berth", Mode: "vxlan", NetworkCIDR: netip.MustParsePrefix("10.244.0.0/16"),
+		Subnet: netip.MustParsePrefix("10.244.3.0/24"), MTU: 1450, NodeName: "n1", NodeIP: netip.MustParseAddr("192.0.2.1")}))
+	for _, p := range []string{"berth-vxlan", "berth-ipam", "loopback"} {
+		must(t, os.WriteFile(filepath.Join(n.binDir, p), []byte("x"), 0o755))
+	}
+	must(t, os.MkdirAll(filepath.Join(n.runDir, "networks", "berth"), 0o755))
+	must(t, os.WriteFile(filepath.Join(n.runDir, "iptables.lock"), nil, 0o600))
+	must(t, os.MkdirAll(filepath.Join(n.runDir, "netns", "4097", "ports", "tcp-8080"), 0o755))
+	must(t, os.MkdirAll(filepath.Join(n.dataDir, "berth"), 0o755))
+	must(t, os.WriteFile(filepath.Join(n.dataDir, "berth", "10.244.3.2"), []byte("c1"), 0o644))
+	err = n.netns.Do(func(ns.NetNS) error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return err
+		}
+		vtep := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "berth.1"}, VxlanId: 1, Port: 8472}
+		if err := netlink.LinkAdd(vtep); err != nil {
+			return err
+		}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "berth0"}}
+		if err := netlink.LinkAdd(br); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetAlias(br, nodebridge.Mark("berth", false)); err != nil {
+			return err
+		}
+		// Not berth's: left alone.
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "other0"}}); err != nil {
+			return err
+		}
+		for _, r := range []struct {
+			dst   string
+			proto netlink.RouteProtocol
+		}{{"10.244.7.0/24", backend.RouteProtocol}, {"10.244.3.0/24", backend.RouteProtocol}, {"10.99.0.0/24", unix.RTPROT_STATIC}} {
+			_, dst, _ := net.ParseCIDR(r.dst)
+			if err := netlink.RouteAdd(&netlink.Route{Dst: dst, Type: unix.RTN_BLACKHOLE, Protocol: r.proto}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	must(t, err)
+	return n
+}
+
+// spec leaves the other directories to the conflist, as the manifest
+// does.
+func (n *node) spec(metrics string, wait time.Duration) Node {
+	return Node{Network: "berth", CNIConfDir: n.confDir, CNIBinDir: n.binDir, MetricsAddr: metrics, Wait: wait}
+}
+
+// attach writes the record the plugins keep for an attached container.
+func (n *node) attach(t *testing.T, id string) string {
+	path := filepath.Join(n.runDir, "networks", "berth", strings.Repeat("a", 24)+".json")
+	must(t, os.WriteFile(path, []byte(`{"network":"berth","containerID":"`+id+`","ifName":"eth0","hostVeth":"bvaaaaaaaaaaa"}`), 0o600))
+	return path
+}
+
+func (n *node) uninstall(ctx context.Context, spec Node) error {
+	return n.netns.Do(func(ns.NetNS) error {
+		return Uninstall(ctx, spec, slog.New(slog.DiscardHandler))
+	})
+}
+
+func TestUninstall(t *testing.T) {
+	n := newNode(t)
+	// A netd still answering on its metrics address.
+	var l net.Listener
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		var err error
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+		return err
+	}))
+	record := n.attach(t, "c1")
+	done := make(chan error, 1)
+	go func() { done <- n.uninstall(context.Background(), n.spec(l.Addr().String(), time.Minute)) }()
+
+	time.Sleep(1500 * time.Millisecond)
+	if _, err := os.Stat(conf.ConflistPath(n.confDir, "berth")); err != nil {
+		t.Fatalf("uninstall removed the conflist while netd still ran: %v", err)
+	}
+	l.Close()
+	time.Sleep(3 * time.Second)
+	if _, err := os.Stat(conf.ConflistPath(n.confDir, "berth")); err == nil {
+		t.Error("netd stopped, but the conflist is still there: no new pod must start on the network")
+	}
+	if _, err := os.Stat(filepath.Join(n.binDir, "berth-vxlan")); err != nil {
+		t.Fatalf("plugins removed while a container is attached (its DEL needs them): %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("uninstall ended while a container was attached: %v", err)
+	default:
+	}
+	os.Remove(record)
+	if err := <-done; err != nil {
+		t.Fatalf("uninstall: %v", err)
+	}
+
+	left := []string{}
+	for _, p := range []string{conf.ConflistPath(n.confDir, "berth"), n.runDir, filepath.Join(n.dataDir, "berth"),
+		filepath.Join(n.binDir, "berth-vxlan"), filepath.Join(n.binDir, "berth-ipam")} {
+		if _, err := os.Stat(p); err == nil {
+			left = append(left, p)
+		}
+	}
+	for _, p := range []string{filepath.Join(n.confDir, "99-loopback.conf"), filepath.Join(n.binDir, "loopback")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("removed what is not berth's: %s", p)
+		}
+	}
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		for _, name := range []string{"berth.1", "berth0"} {
+			if _, err := netlink.LinkByName(name); err == nil {
+				left = append(left, "link "+name)
+			}
+		}
+		if _, err := netlink.LinkByName("other0"); err != nil {
+			t.Error("removed bridge other0, which is not berth's")
+		}
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Type: unix.RTN_BLACKHOLE}, netlink.RT_FILTER_TYPE)
+		for _, r := range routes {
+			if r.Protocol == backend.RouteProtocol {
+				left = append(left, "route "+r.Dst.String())
+			} else if r.Dst.String() != "10.99.0.0/24" {
+				t.Errorf("unexpected route %v", r)
+			}
+		}
+		if len(routes) == 0 {
+			t.Error("removed the static route 10.99.0.0/24, which is not berth's")
+		}
+		return err
+	}))
+	if len(left) > 0 {
+		t.Errorf("left on the node: %v", left)
+	}
+	// Run again, it finds no conflist: name the directories, whose
+	// defaults are the machine's own (/run/berth).
+	again := n.spec("", time.Minute)
+	again.StateDir, again.LeaseDir, again.IPAMDataDir = n.runDir, n.runDir, n.dataDir
+	if err := n.uninstall(context.Background(), again); err != nil {
+		t.Errorf("second uninstall: %v", err)
+	}
+}
+
+// A node whose containers stay attached gets an error naming the way out.
+func TestUninstallTimesOutOnAttachedContainers(t *testing.T) {
+	n := newNode(t)
+	n.attach(t, "still-there")
+	err := n.uninstall(context.Background(), n.spec("", 3*time.Second))
+	if err == nil || !strings.Contains(err.Error(), "still-there") || !strings.Contains(err.Error(), "drain the node") {
+		t.Fatalf("uninstall with a container attached: %v; want an error naming it and what to do", err)
+	}
+	if _, err := os.Stat(filepath.Join(n.binDir, "berth-vxlan")); errors.Is(err, os.ErrNotExist) {
+		t.Error("plugins removed although a container is still attached")
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Another berth network on the node keeps the shared directories (and
+// its own lease), and only this network's parts go.
+func TestUninstallKeepsOtherNetworks(t *testing.T) {
+	n := newNode(t)
+	other := lease.Path(n.runDir, "other")
+	must(t, os.WriteFile(other, []byte(`{}`), 0o644))
+	if err := n.uninstall(context.Background(), n.spec("", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another network's lease was removed: %v", err)
+	}
+	for _, p := range []string{lease.Path(n.runDir, "berth"), filepath.Join(n.runDir, "networks", "berth")} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s is left", p)
+		}
+	}
+}
