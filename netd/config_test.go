@@ -75,6 +75,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--node-name", ""}, "--node-name"},
 		{[]string{"--cni-version", "2.0.0"}, "--cni-version"},
 		{[]string{"--datastore", "consul"}, `--datastore: "consul": use etcd or kubernetes`},
+		// The test binary, as cmd/netd without the kubernetes tag, lacks it.
+		{[]string{"--datastore", "kubernetes"}, "built without the Kubernetes datastore"},
 	}
 	for _, tt := range tests {
 		_, err := parse(t, tt.args...)
