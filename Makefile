@@ -77,12 +77,14 @@ test-runtimes: build
 	@BERTH_TEST_RUNTIMES=1 $(GO) test -count=1 -v -timeout 10m ./test/runtimes/ >/tmp/berth-runtimes.log 2>&1; rc=$$?; \
 	grep -E '^ *--- |^(ok|FAIL)|^ +[a-z_]+_test.go:[0-9]+: ' /tmp/berth-runtimes.log; exit $$rc
 
-# make image: berth's container image (netd and the berth-* plugins from
+# make image: berth's container image (netd built with the Kubernetes
+# datastore, -tags kubernetes, and the berth-* plugins from
 # bin/) as an OCI image tar, written by a Go program, no container engine:
 # load it with `ctr -n k8s.io images import bin/images/berth.tar`.
 IMAGE ?= docker.io/berthnet/berth:dev
 image: build
-	$(GO) run ./deploy/image -bin $(BIN_DIR) -o $(BIN_DIR)/images/berth.tar -name $(IMAGE)
+	$(GO) build $(GOFLAGS_BUILD) -tags kubernetes -o $(BIN_DIR)/kubernetes/netd ./cmd/netd
+	$(GO) run ./deploy/image -bin $(BIN_DIR) -netd $(BIN_DIR)/kubernetes/netd -o $(BIN_DIR)/images/berth.tar -name $(IMAGE)
 
 # make test-k8s: a real Kubernetes cluster (v$(K8S_VERSION) built from the Go
 # module proxy into BERTH_K8S_CACHE, skipped when already there) on the test
@@ -102,6 +104,7 @@ test-unit:
 lint: bpf-check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags kubernetes ./cmd/netd
 	@out=$$($(GO) mod tidy -diff 2>&1) || { echo "go.mod/go.sum not tidy (run go mod tidy):"; echo "$$out"; exit 1; }
 
 # The eBPF datapath's programs (internal/fastpath/bpf/*.c) are compiled by

@@ -20,7 +20,6 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
-	"github.com/berthnet/berth/netd/kubestore"
 	"github.com/berthnet/berth/netd/registry"
 )
 
@@ -103,7 +102,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.StringVar(&nodeIP, "node-ip", "", "addresses other nodes reach this node at, one per family, comma-separated, the first preferred (VXLAN runs over its family), e.g. 192.168.50.3 or 192.168.50.3,fd00:50::3 (default: the addresses of --iface, or of the default route's interface; a family not given is found on that interface)")
 	fs.StringVar(&c.Iface, "iface", "", "underlay interface, e.g. eth0 (default: the one holding --node-ip, or the default route's)")
 
-	fs.StringVar(&c.Datastore, "datastore", DatastoreEtcd, "where node subnets live: etcd, or kubernetes (each node's subnet is its Node's spec.podCIDRs from kube-controller-manager --allocate-node-cidrs; what peers need is in the Node's annotation "+kubestore.LeaseAnnotation+"; the etcd flags are ignored)")
+	fs.StringVar(&c.Datastore, "datastore", DatastoreEtcd, "where node subnets live: etcd, or kubernetes (each node's subnet is its Node's spec.podCIDRs from kube-controller-manager --allocate-node-cidrs; what peers need is in the Node's annotation "+kubeLeaseAnnotation+"; the etcd flags are ignored)")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubernetes datastore: kubeconfig file, e.g. /etc/kubernetes/netd.kubeconfig (default: in-cluster, the pod's service account, else $KUBECONFIG)")
 	fs.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs, e.g. https://10.0.0.5:2379,https://10.0.0.6:2379 (default: start an embedded single-member etcd on this node that other nodes can use)")
 	fs.StringVar(&c.EtcdCAFile, "etcd-cafile", "", "CA bundle to verify etcd's certificate, e.g. /etc/berth/etcd-ca.pem")
@@ -219,6 +218,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Datastore != DatastoreEtcd && c.Datastore != DatastoreKubernetes:
 		return fmt.Errorf("--datastore: %q: use etcd or kubernetes", c.Datastore)
+	case c.Datastore == DatastoreKubernetes && OpenKubernetes == nil:
+		return errors.New("--datastore=kubernetes: this netd was built without the Kubernetes datastore; use the netd of berth's image (make image), or build it with `go build -tags kubernetes ./cmd/netd`")
 	case c.NodeName == "":
 		return errors.New("--node-name: empty; give this node a unique name")
 	case cluster.CheckNodeName(c.NodeName) != nil:

@@ -78,6 +78,8 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--datapath", "ebpf", "--network-cidr", "fd00::/56"}, `datapath: "ebpf" handles IPv4 only`},
 		{[]string{"--datapath", "xdp"}, "datapath:"},
 		{[]string{"--datastore", "consul"}, `--datastore: "consul": use etcd or kubernetes`},
+		// The test binary, as cmd/netd without the kubernetes tag, lacks it.
+		{[]string{"--datastore", "kubernetes"}, "built without the Kubernetes datastore"},
 	}
 	for _, tt := range tests {
 		_, err := parse(t, tt.args...)

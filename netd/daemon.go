@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if cfg.Datastore == DatastoreKubernetes {
 		kctx, stop := context.WithCancel(ctx) // the informer's
 		defer stop()
-		store, err := openKubernetes(kctx, cfg, log)
+		store, err := OpenKubernetes(kctx, cfg.Kubeconfig, cfg.NodeName, log)
 		if err != nil {
 			return err
 		}

@@ -22,23 +22,24 @@ import (
 )
 
 func main() {
-	binDir := flag.String("bin", "bin", "directory holding netd and the berth-* plugins (make build)")
+	binDir := flag.String("bin", "bin", "directory holding the berth-* plugins (make build)")
+	netdBin := flag.String("netd", "bin/kubernetes/netd", "netd built with the Kubernetes datastore (go build -tags kubernetes ./cmd/netd; make image does)")
 	out := flag.String("o", "bin/images/berth.tar", "the OCI image tar to write")
 	name := flag.String("name", "docker.io/berthnet/berth:dev", "image reference it is imported as; the manifests' image")
 	flag.Parse()
-	if err := build(*binDir, *out, *name); err != nil {
+	if err := build(*binDir, *netdBin, *out, *name); err != nil {
 		fmt.Fprintf(os.Stderr, "image: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func build(binDir, out, name string) error {
+func build(binDir, netd, out, name string) error {
 	plugins, err := filepath.Glob(filepath.Join(binDir, nodeinstall.PluginPrefix+"*"))
 	if err != nil {
 		return err
 	}
 	var files []ociimage.File
-	for _, p := range append([]string{filepath.Join(binDir, "netd")}, plugins...) {
+	for _, p := range append([]string{netd}, plugins...) {
 		st, err := os.Stat(p)
 		if err != nil {
 			return fmt.Errorf("%w (run make build first)", err)

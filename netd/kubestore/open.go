@@ -1,4 +1,4 @@
-package netd
+package kubestore
 
 import (
 	"context"
@@ -10,27 +10,25 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-
-	"github.com/berthnet/berth/netd/kubestore"
 )
 
-// openKubernetes connects to the Kubernetes API (--kubeconfig, else the
-// pod's service account, else $KUBECONFIG) and watches the Nodes until
-// ctx ends.
-func openKubernetes(ctx context.Context, cfg *Config, log *slog.Logger) (*kubestore.Store, error) {
-	rc, err := kubeRESTConfig(cfg.Kubeconfig)
+// Open connects to the Kubernetes API (kubeconfig, else the pod's
+// service account, else $KUBECONFIG) as node nodeName and watches the
+// Nodes until ctx ends.
+func Open(ctx context.Context, kubeconfig, nodeName string, log *slog.Logger) (*Store, error) {
+	rc, err := kubeRESTConfig(kubeconfig)
 	if err != nil {
 		return nil, err
 	}
-	rc.UserAgent = "berth-netd/" + cfg.NodeName
+	rc.UserAgent = "berth-netd/" + nodeName
 	// No rc.Timeout: it would cut the informer's watch. Requests are
 	// bounded by their contexts (retry's etcdTimeout).
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	log.Info("using the Kubernetes API as datastore", "server", rc.Host, "node", cfg.NodeName)
-	return kubestore.New(ctx, cs, cfg.NodeName, log)
+	log.Info("using the Kubernetes API as datastore", "server", rc.Host, "node", nodeName)
+	return New(ctx, cs, nodeName, log)
 }
 
 func kubeRESTConfig(kubeconfig string) (*rest.Config, error) {
