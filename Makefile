@@ -28,7 +28,7 @@ export BERTH_BIN_DIR = $(BIN_DIR)
 TEST_TIMEOUT ?= 20m
 FUZZTIME     ?= 5s
 
-.PHONY: all build test test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install uninstall clean deps image test-k8s
+.PHONY: all build test test-ebpf test-unit test-reliability test-runtimes fuzz lint demo demo-clean bench bench-render install uninstall clean deps image test-k8s bpf bpf-check
 
 all: build
 
@@ -40,7 +40,15 @@ build:
 # packages .ci/run installs, and create their own namespaces.
 test: build
 	$(GO) test -count=1 -p 2 -timeout $(TEST_TIMEOUT) ./...
+	@$(MAKE) --no-print-directory test-ebpf
 	@$(MAKE) --no-print-directory fuzz
+
+# The plugin and end-to-end suites again on the eBPF datapath: the same
+# tests must hold on both (BERTH_TEST_DATAPATH, see internal/testenv).
+# The TestEBPF* tests choose that datapath themselves and ran already.
+EBPF_TEST_PACKAGES := ./plugins/... ./test/e2e/
+test-ebpf: build
+	BERTH_TEST_DATAPATH=ebpf $(GO) test -count=1 -p 2 -timeout $(TEST_TIMEOUT) -skip '^TestEBPF' $(EBPF_TEST_PACKAGES)
 
 # Fuzz targets, each for FUZZTIME (make test: 5s; e.g. make fuzz FUZZTIME=10m).
 # Minimizing each new input is capped at 200 runs: by default it may take
@@ -93,11 +101,27 @@ test-k8s: image
 test-unit:
 	$(GO) test -count=1 -short ./...
 
-lint:
+lint: bpf-check
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags kubernetes ./cmd/netd
 	@out=$$($(GO) mod tidy -diff 2>&1) || { echo "go.mod/go.sum not tidy (run go mod tidy):"; echo "$$out"; exit 1; }
+
+# The eBPF datapath's programs (internal/fastpath/bpf/*.c) are compiled by
+# clang through bpf2go into objects committed next to them, so that
+# `go build` needs no clang. `make bpf` regenerates them; bpf-check (part
+# of lint) compiles a copy and fails when the committed ones differ.
+BPF_CHECK_DIR := $(BIN_DIR)/bpf-check
+bpf:
+	cd internal/fastpath && $(GO) generate
+
+bpf-check:
+	@rm -rf $(BPF_CHECK_DIR) && mkdir -p $(BPF_CHECK_DIR)
+	@cp -r internal/fastpath/gen.go internal/fastpath/bpf $(BPF_CHECK_DIR)/
+	@cd $(BPF_CHECK_DIR) && $(GO) generate
+	@for f in fastpath_bpfel.o fastpath_bpfel.go; do \
+		cmp -s $(BPF_CHECK_DIR)/$$f internal/fastpath/$$f || { echo "internal/fastpath/$$f is stale: run make bpf and commit it"; exit 1; }; \
+	done; rm -rf $(BPF_CHECK_DIR)
 
 # Installs the Debian packages the demo and tests use, when missing.
 deps:

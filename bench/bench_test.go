@@ -71,9 +71,11 @@ func TestSmoke(t *testing.T) {
 	// bridge ADD, DEL and throughput; dual-stack ADD and DEL against
 	// IPv4; throughput and round trip of vxlan, hostgw and bgp; all peers
 	// at 3 nodes of vxlan and hostgw; start → lease of the three modes;
-	// none of the 50-node ones.
-	if len(r.Targets) != 16 {
-		t.Errorf("want 16 targets, got %d: %+v", len(r.Targets), r.Targets)
+	// on the eBPF datapath, ADD and DEL against iptables' and throughput
+	// and round trip of bridge, vxlan, hostgw and bgp; none of the
+	// 50-node ones.
+	if len(r.Targets) != 26 {
+		t.Errorf("want 26 targets, got %d: %+v", len(r.Targets), r.Targets)
 	}
 	dir := t.TempDir()
 	if err := r.WriteJSON(dir); err != nil {
@@ -89,7 +91,8 @@ func TestSmoke(t *testing.T) {
 	}
 	got, _ := os.ReadFile(readme)
 	for _, want := range []string{"berth-bgp | ADD", "bridge (one node)", DualStackName + " | ADD", "bridge IPv6 (one node)", "hostgw (2 nodes)",
-		"raw underlay IPv6 (2 nodes)", "vxlan IPv6 (2 nodes)", "hostgw IPv6 (2 nodes)", "bgp IPv6 (2 nodes)", "**Control plane**", "**Targets**", "tail\n"} {
+		"raw underlay IPv6 (2 nodes)", "vxlan IPv6 (2 nodes)", "hostgw IPv6 (2 nodes)", "bgp IPv6 (2 nodes)", "**Control plane**", "**Targets**", "tail\n",
+		"berth-bridge, eBPF | DEL", "bgp, eBPF (2 nodes)", "**eBPF datapath vs iptables datapath**"} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("README section lacks %q:\n%s", want, got)
 		}

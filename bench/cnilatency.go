@@ -15,6 +15,7 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
@@ -44,6 +45,9 @@ type CNIConfig struct {
 type network struct {
 	name  string
 	setup func(work string) (string, error)
+	// bpf mounts a private BPF filesystem at <work>/bpf first, for the
+	// eBPF datapath's pins.
+	bpf bool
 }
 
 // DualStackName is berth-bridge on a dual-stack network in the CNI
@@ -53,30 +57,39 @@ const DualStackName = "berth-bridge dual-stack"
 // CNINetworks are the jobs compared: every berth plugin and the reference
 // chain doing the same thing (masquerade, one port mapping).
 var CNINetworks = []network{
-	{"berth-bridge", func(work string) (string, error) {
+	{name: "berth-bridge", setup: func(work string) (string, error) {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-berth","plugins":[{"type":"berth-bridge","bridge":"bench0",
 			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
 			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.200.0.0/16"}]]},
 			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam")), nil
 	}},
+	{name: BridgeEBPFPlugin, bpf: true, setup: func(work string) (string, error) {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-berth-ebpf","plugins":[{"type":"berth-bridge","bridge":"benchbpf1",
+			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,"datapath":"ebpf","bpffs":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.205.0.0/16"}]]},
+			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "bpf"), filepath.Join(work, "ipam")), nil
+	}},
 	// The same job on both families: masquerade and the port mapping in
 	// iptables and ip6tables (DualStackName, compared with berth-bridge).
-	{DualStackName, func(work string) (string, error) {
+	{name: DualStackName, setup: func(work string) (string, error) {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-dual","plugins":[{"type":"berth-bridge","bridge":"benchds0",
 			"ipMasq":true,"isDefaultGateway":true,"stateDir":%q,
 			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.204.0.0/16"}],[{"subnet":"fd00:204::/64"}]]},
 			"capabilities":{"portMappings":true}}]}`, filepath.Join(work, "state"), filepath.Join(work, "ipam")), nil
 	}},
-	{"berth-vxlan", leased(lease.ModeVXLAN, "10.210.1.0/24", "benchvx0")},
-	{"berth-hostgw", leased(lease.ModeHostGW, "10.211.1.0/24", "benchgw0")},
-	{"berth-bgp", leased(lease.ModeBGP, "10.212.1.0/26", "")},
-	{"reference bridge+host-local+portmap", func(work string) (string, error) {
+	{name: "berth-vxlan", setup: leased(lease.ModeVXLAN, "10.210.1.0/24", "benchvx0")},
+	{name: "berth-hostgw", setup: leased(lease.ModeHostGW, "10.211.1.0/24", "benchgw0")},
+	{name: "berth-bgp", setup: leased(lease.ModeBGP, "10.212.1.0/26", "")},
+	{name: "reference bridge+host-local+portmap", setup: func(work string) (string, error) {
 		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bench-ref","plugins":[{"type":"bridge","bridge":"benchref0",
 			"isGateway":true,"isDefaultGateway":true,"ipMasq":true,
 			"ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.201.0.0/16"}]]}},
 			{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(work, "ipam")), nil
 	}},
 }
+
+// BridgeEBPFPlugin names berth-bridge's rows on the eBPF datapath.
+const BridgeEBPFPlugin = "berth-bridge, eBPF"
 
 // leased is a netd-managed network: the lease file netd would write for a
 // node holding subnet, and the conflist netd would write next to it. The
@@ -128,6 +141,13 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 	var targets []*target
 	for i, n := range CNINetworks {
 		dir := filepath.Join(work, fmt.Sprint(i))
+		if n.bpf {
+			bpffs := filepath.Join(dir, "bpf")
+			if err := mountBPFFS(bpffs); err != nil {
+				return nil, err
+			}
+			defer unix.Unmount(bpffs, unix.MNT_DETACH) // before RemoveAll(work), deferred earlier
+		}
 		text, err := n.setup(dir)
 		if err != nil {
 			return nil, fmt.Errorf("%s setup: %w", n.name, err)

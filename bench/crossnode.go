@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
@@ -29,7 +30,8 @@ const (
 	HandBuilt     = "hand-built containers (2 nodes)"
 )
 
-// CrossNodeModes are netd's modes, measured in this order.
+// CrossNodeModes are netd's modes, measured in this order, on the
+// iptables datapath and then on the eBPF one.
 var CrossNodeModes = []string{"vxlan", "hostgw", "bgp"}
 
 // CrossNodeConfig says what to measure across two nodes of a test bed.
@@ -53,8 +55,10 @@ type CrossNodeConfig struct {
 // underlay is software too, so every extra hop costs the same CPU as the
 // "wire", and this says what any CNI could reach here.
 //
-// Everything lives in one test bed, the modes side by side (a netd per
-// mode and node, each network with its own CIDR and bridge), so that the
+// Each mode runs twice, on the iptables datapath and on the eBPF one
+// (crossNets), so that every eBPF row has its iptables row from the same
+// run. Everything lives in one test bed, the networks side by side (a netd
+// per network and node, each with its own CIDR and bridge), so that the
 // runs can be interleaved: on a shared machine the load of other
 // processes drifts over minutes, and interleaving makes it weigh on
 // every mode alike rather than on whichever ran at the wrong time.
@@ -179,15 +183,28 @@ func handBuiltNode(c ns.NetNS, i int, peerSubnet, peer string) error {
 	})
 }
 
-// modeNets are the networks CrossNode runs side by side, by mode: each
-// its own (dual-stack) CIDRs, bridge and metrics port.
-var modeNets = map[string]struct {
+// crossNet is one network CrossNode runs on the nodes, side by side with
+// the others: its own CIDRs, bridge and metrics port, and the flags that
+// keep two networks of one mode apart (VNI, BGP port). The iptables
+// networks are dual-stack; the eBPF ones IPv4 only (the eBPF datapath
+// refuses IPv6).
+type crossNet struct {
+	name, mode   string
+	ebpf         bool
 	cidr, bridge string
 	port         int
-}{
-	"vxlan":  {"10.231.0.0/16,fd00:231::/56", "bvx0", 9491},
-	"hostgw": {"10.232.0.0/16,fd00:232::/56", "bhg0", 9492},
-	"bgp":    {"10.233.0.0/16,fd00:233::/56", "bbgp0", 9493},
+	args         []string
+}
+
+// crossNets are netd's modes on the iptables datapath, then on the eBPF
+// one, in the order of the report.
+var crossNets = []crossNet{
+	{"vxlan (2 nodes)", "vxlan", false, "10.231.0.0/16,fd00:231::/56", "bvx0", 9491, nil},
+	{"hostgw (2 nodes)", "hostgw", false, "10.232.0.0/16,fd00:232::/56", "bhg0", 9492, nil},
+	{"bgp (2 nodes)", "bgp", false, "10.233.0.0/16,fd00:233::/56", "bbgp0", 9493, nil},
+	{"vxlan, eBPF (2 nodes)", "vxlan", true, "10.234.0.0/16", "bvxe0", 9494, []string{"--vni", "2"}},
+	{"hostgw, eBPF (2 nodes)", "hostgw", true, "10.235.0.0/16", "bhge0", 9495, nil},
+	{"bgp, eBPF (2 nodes)", "bgp", true, "10.236.0.0/16", "bbgpe0", 9496, []string{"--bgp-port", "1790"}},
 }
 
 // modePaths starts a real etcd and, for each mode, netd on both nodes,
@@ -206,14 +223,25 @@ func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (p
 	if err != nil {
 		return nil, cleanup, err
 	}
-	var daemons [][]*testbed.Netd
+	var nets []crossNet
 	for _, mode := range cfg.Modes {
-		mn, ok := modeNets[mode]
-		if !ok {
+		if !slices.Contains(CrossNodeModes, mode) {
 			return nil, cleanup, fmt.Errorf("cross-node: unknown mode %q", mode)
 		}
-		opts := testbed.NetdOptions{Network: "bench-" + mode, Etcd: []string{etcd.ClientURL}, MetricsPort: mn.port,
-			Args: []string{"--mode", mode, "--network-cidr", mn.cidr, "--bridge", mn.bridge}}
+	}
+	for _, n := range crossNets {
+		if slices.Contains(cfg.Modes, n.mode) {
+			nets = append(nets, n)
+		}
+	}
+	var daemons [][]*testbed.Netd
+	for _, mn := range nets {
+		network := "bench-" + mn.mode
+		if mn.ebpf {
+			network += "-ebpf"
+		}
+		opts := testbed.NetdOptions{Network: network, Etcd: []string{etcd.ClientURL}, MetricsPort: mn.port, EBPF: mn.ebpf,
+			Args: append([]string{"--mode", mn.mode, "--network-cidr", mn.cidr, "--bridge", mn.bridge}, mn.args...)}
 		var nds []*testbed.Netd
 		for _, n := range tb.Nodes {
 			nd, err := tb.StartNetd(ctx, n, opts)
@@ -225,7 +253,7 @@ func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (p
 		daemons = append(daemons, nds)
 	}
 	var v6 []path
-	for i, mode := range cfg.Modes {
+	for i, mn := range nets {
 		var pair []*container
 		for _, nd := range daemons[i] {
 			if err := waitHealthy(ctx, nd, len(tb.Nodes)-1); err != nil {
@@ -237,15 +265,18 @@ func modePaths(ctx context.Context, tb *testbed.Testbed, cfg CrossNodeConfig) (p
 				pair = append(pair, c)
 			}
 			if err != nil {
-				return nil, cleanup, fmt.Errorf("cross-node %s: %w", mode, err)
+				return nil, cleanup, fmt.Errorf("cross-node %s: %w", mn.name, err)
 			}
 		}
-		paths = append(paths, path{name: mode + " (2 nodes)", baseline: RawUnderlay,
+		paths = append(paths, path{name: mn.name, baseline: RawUnderlay,
 			e: Endpoints{Client: pair[0].netns, Server: pair[1].netns, ServerIP: pair[1].ip}})
-		if err := waitAddr(ctx, pair[1].netns, pair[1].ip6); err != nil {
-			return nil, cleanup, fmt.Errorf("cross-node %s IPv6: %w", mode, err)
+		if mn.ebpf {
+			continue
 		}
-		v6 = append(v6, path{name: mode + " IPv6 (2 nodes)", baseline: RawUnderlayV6,
+		if err := waitAddr(ctx, pair[1].netns, pair[1].ip6); err != nil {
+			return nil, cleanup, fmt.Errorf("cross-node %s IPv6: %w", mn.mode, err)
+		}
+		v6 = append(v6, path{name: mn.mode + " IPv6 (2 nodes)", baseline: RawUnderlayV6,
 			e: Endpoints{Client: pair[0].netns, Server: pair[1].netns, ServerIP: pair[1].ip6}})
 	}
 	return append(paths, v6...), cleanup, nil

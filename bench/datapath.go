@@ -355,6 +355,9 @@ type OneNodeNetwork struct {
 	// Baseline (default: raw veth).
 	IPv6     bool
 	Baseline string
+	// BPF mounts a private BPF filesystem at <work>/bpf for the
+	// network's eBPF datapath.
+	BPF bool
 }
 
 // OneNode are the one-node networks measured, berth's and the reference
@@ -381,7 +384,17 @@ var OneNode = []OneNodeNetwork{
 		 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.203.0.0/24"}]]}},
 		{"type":"portmap","capabilities":{"portMappings":true}}]}`, filepath.Join(work, "ipam"))
 	}},
+	{Name: BridgeEBPF, BPF: true, Conflist: func(work string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bench-dpebpf","plugins":[
+		{"type":"berth-bridge","bridge":"benchbpf0","isDefaultGateway":true,"ipMasq":true,"stateDir":%q,
+		 "datapath":"ebpf","bpffs":%q,
+		 "ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.204.0.0/24"}]]}}]}`,
+			filepath.Join(work, "state"), filepath.Join(work, "bpf"), filepath.Join(work, "ipam"))
+	}},
 }
+
+// BridgeEBPF names berth-bridge's row on the eBPF datapath.
+const BridgeEBPF = "bridge, eBPF (one node)"
 
 // OneNodeDatapath measures, interleaved, the one-node paths: raw veth (the
 // limit) and two containers on each OneNode network.
@@ -415,13 +428,23 @@ func OneNodeContainers(ctx context.Context, n OneNodeNetwork, binDirs []string) 
 	}
 	work, _ := os.MkdirTemp("", "berth-bench-dp-")
 	var conts []*container
+	bpffs := filepath.Join(work, "bpf")
 	cleanup := func() {
 		for _, c := range conts {
 			c.remove(ctx)
 		}
 		netnsdir.Remove(node.Path()) // the plugins' locks and port claims of the node
 		closeNS(node)
+		if n.BPF {
+			unix.Unmount(bpffs, unix.MNT_DETACH)
+		}
 		os.RemoveAll(work)
+	}
+	if n.BPF {
+		if err := mountBPFFS(bpffs); err != nil {
+			cleanup()
+			return Endpoints{}, nil, fmt.Errorf("%s: %w", n.Name, err)
+		}
 	}
 	list, err := libcni.ConfListFromBytes([]byte(n.Conflist(work)))
 	if err != nil {
@@ -504,4 +527,16 @@ func (n cniNetwork) attach(ctx context.Context, id string) (*container, error) {
 func (c *container) remove(ctx context.Context) {
 	c.net.inNode(func() error { return c.net.cni.DelNetworkList(ctx, c.net.list, c.rt) })
 	closeNS(c.netns)
+}
+
+// mountBPFFS mounts a private BPF filesystem at dir (the eBPF datapath's
+// pins of one bench node): never the machine's /sys/fs/bpf.
+func mountBPFFS(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mounting a BPF filesystem on %s: %w", dir, err)
+	}
+	return nil
 }

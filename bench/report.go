@@ -76,6 +76,7 @@ func (r *Report) Markdown() string {
 				d.Name, d.Gbps1, d.Gbps4, ratioT, float64(d.RTTP50)/1e3, float64(d.RTTP99)/1e3, ratioL, d.Baseline)
 		}
 	}
+	b.WriteString(r.ebpfMarkdown())
 	if r.ControlPlane != nil {
 		b.WriteString("\n" + r.ControlPlane.Markdown())
 	}

@@ -56,6 +56,8 @@ type Bridge struct {
 	Isolation        *bool  `json:"isolation"` // default true: no traffic to other berth networks
 	StateDir         string `json:"stateDir"`
 	LeaseDir         string `json:"leaseDir"` // vxlan/hostgw: where netd writes the node lease
+	Datapath         string `json:"datapath"` // "iptables" (default) or "ebpf"; see datapath.go
+	BPFFS            string `json:"bpffs"`    // ebpf: BPF filesystem for the pins (default /sys/fs/bpf)
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig"`
 	// Args are the config's "args" (CNI conventions): args.cni.mac.
@@ -192,7 +194,7 @@ func (c *Bridge) validateCommon() error {
 	if err := checkDuplicatePorts(c.RuntimeConfig.PortMappings); err != nil {
 		return err
 	}
-	return nil
+	return c.validateDatapath()
 }
 
 // ParseIPAMFor fills IPAMConf (for bridge, from the config's ipam object).
@@ -206,7 +208,10 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 		c.IPAMConf.Type = IPAMType
 	}
 	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
-	return c.checkMTUForIPv6()
+	if err := c.checkMTUForIPv6(); err != nil {
+		return err
+	}
+	return c.checkDatapathFamilies()
 }
 
 // Subnet is the subnet of the network's first IPv4 (or IPv6) range set:

@@ -64,6 +64,9 @@ type Network struct {
 	// directly via their node IP, as hostgw does, and uses VXLAN only for
 	// the others.
 	DirectRouting *bool `json:"directRouting,omitempty"`
+	// Datapath is "iptables" (also when empty) or "ebpf": every node
+	// attaches the eBPF fast path (see datapath.go), so all must agree.
+	Datapath string `json:"datapath,omitempty"`
 }
 
 // WithDefaults returns n with every field that was not given set to its
@@ -138,6 +141,11 @@ func (n *Network) Validate() error {
 		return invalid("mtu", fmt.Sprintf("%d is outside %d..%d", n.MTU, MinMTU, MaxMTU))
 	case n.MTU != 0 && n.MTU < MinMTUv6 && n.CIDRv6.IsValid():
 		return invalid("mtu", fmt.Sprintf("%d is below IPv6's minimum link MTU of %d, and the network has IPv6", n.MTU, MinMTUv6))
+	case ValidDatapath("datapath", n.Datapath) != nil:
+		return ValidDatapath("datapath", n.Datapath)
+	case n.EBPF() && n.CIDRv6.IsValid():
+		return invalid("datapath", fmt.Sprintf("%q handles IPv4 only, and the network has IPv6 (cidrV6 %s): use %q (netd --datapath=%s) for a dual-stack or IPv6-only network, or an IPv4 network",
+			DatapathEBPF, n.CIDRv6, DatapathIptables, DatapathIptables))
 	}
 	if n.Mode != "" && n.Mode != lease.ModeVXLAN {
 		switch {
@@ -194,6 +202,7 @@ func (n *Network) Conflicts(stored *Network) []string {
 	diff("mtu", n.MTU != 0, n.MTU, stored.MTU)
 	diff("ipMasq", n.IPMasq != nil, deref(n.IPMasq), deref(stored.IPMasq))
 	diff("directRouting", n.DirectRouting != nil, deref(n.DirectRouting), deref(stored.DirectRouting))
+	diff("datapath", n.Datapath != "", n.datapath(), stored.datapath())
 	return out
 }
 
@@ -246,6 +255,8 @@ type NodeConflist struct {
 	StateDir    string // the plugin's state
 	IPAMDataDir string // berth-ipam's data
 	Bridge      string // vxlan/hostgw: the node bridge; "" = berth0. One per network on a node.
+	Datapath    string // "" or "iptables": the default; "ebpf" with BPFFS
+	BPFFS       string // ebpf: the node's BPF filesystem
 	// CNIVersion of the list; "" = DefaultCNIVersion. 1.1.0 for runtimes
 	// that call GC and STATUS (and accept 1.1.0 results).
 	CNIVersion string
@@ -265,6 +276,8 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 	type plugin struct {
 		Type         string          `json:"type"`
 		Bridge       string          `json:"bridge,omitempty"`
+		Datapath     string          `json:"datapath,omitempty"`
+		BPFFS        string          `json:"bpffs,omitempty"`
 		LeaseDir     string          `json:"leaseDir"`
 		StateDir     string          `json:"stateDir"`
 		IPAM         ipam            `json:"ipam"`
@@ -287,6 +300,8 @@ func (c NodeConflist) Marshal() ([]byte, error) {
 		Plugins: []plugin{{
 			Type:         "berth-" + c.Mode,
 			Bridge:       c.Bridge,
+			Datapath:     c.Datapath,
+			BPFFS:        c.BPFFS,
 			LeaseDir:     c.LeaseDir,
 			StateDir:     c.StateDir,
 			IPAM:         ipam{Type: IPAMType, DataDir: c.IPAMDataDir},

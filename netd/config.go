@@ -66,6 +66,7 @@ type Config struct {
 	IPAMDataDir    string
 	Bridge         string // written into the conflist (vxlan, hostgw)
 	CNIVersion     string // of the conflist
+	BPFFS          string // eBPF datapath: this node's BPF filesystem (fastpath.go)
 	MetricsAddr    string
 	ResyncInterval time.Duration
 	LogLevel       string
@@ -124,6 +125,8 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.IntVar(&n.MTU, "mtu", 0, "container MTU, e.g. 1400 (default: underlay MTU, minus 50 in vxlan mode)")
 	fs.Var(optBool{&n.IPMasq}, "ip-masq", "masquerade traffic leaving the network, e.g. --ip-masq=false (default true when creating)")
 	fs.Var(optBool{&n.DirectRouting}, "direct-routing", "vxlan: plain routes to nodes on the same L2 segment, VXLAN to the rest, e.g. --direct-routing (default false when creating)")
+	fs.StringVar(&n.Datapath, "datapath", "", "iptables, or ebpf: TC programs carry the containers' traffic past the bridge and netfilter on every node, e.g. --datapath=ebpf (default iptables when creating); ebpf is IPv4 only: refused with an IPv6 --network-cidr")
+	fs.StringVar(&c.BPFFS, "bpffs", conf.DefaultBPFFS, "ebpf datapath: the BPF filesystem where this node's maps and programs are pinned, e.g. /sys/fs/bpf")
 
 	resolvePaths := c.pathFlagsOn(fs)
 	fs.DurationVar(&c.LeaseTTL, "lease-ttl", DefaultLeaseTTL, "how long a node's subnet stays reserved after its netd stops renewing it; peers drop its routes then, e.g. 10m")

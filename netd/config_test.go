@@ -74,6 +74,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--etcd-certfile", "c.pem"}, "--etcd-keyfile"},
 		{[]string{"--node-name", ""}, "--node-name"},
 		{[]string{"--cni-version", "2.0.0"}, "--cni-version"},
+		{[]string{"--datapath", "ebpf", "--network-cidr", "10.1.0.0/16,fd00::/56"}, `datapath: "ebpf" handles IPv4 only, and the network has IPv6`},
+		{[]string{"--datapath", "ebpf", "--network-cidr", "fd00::/56"}, `datapath: "ebpf" handles IPv4 only`},
+		{[]string{"--datapath", "xdp"}, "datapath:"},
 		{[]string{"--datastore", "consul"}, `--datastore: "consul": use etcd or kubernetes`},
 		// The test binary, as cmd/netd without the kubernetes tag, lacks it.
 		{[]string{"--datastore", "kubernetes"}, "built without the Kubernetes datastore"},

@@ -12,6 +12,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
@@ -58,6 +59,8 @@ type daemon struct {
 	kernel    *backend.Cache // the owned part of the kernel, from netlink events
 	kick      chan struct{}  // asks the reconcile loop for a pass
 	fullKick  chan struct{}  // asks it for a full pass
+
+	fast *fastpath.Network // eBPF datapath only (fastpath.go)
 
 	mu       sync.Mutex // guards the fields below
 	starting string     // what netd waits for before it runs; "" once running (starting.go)
@@ -173,6 +176,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	// The leases are read while this node leases its own.
 	wg.Go(func() { d.store.Follow(ctx, d.leasesChanged) })
 	if err := d.keeper.acquire(ctx); err != nil {
+		return err
+	}
+	if err := d.setupFastpath(); err != nil {
 		return err
 	}
 	if err := d.writeConflist(); err != nil {
@@ -305,7 +311,7 @@ func (d *daemon) writeConflist() error {
 		IPAMDataDir: d.cfg.IPAMDataDir,
 		Bridge:      d.cfg.Bridge,
 		CNIVersion:  d.cfg.CNIVersion,
-	}.Marshal()
+	}.WithDatapath(d.network, d.cfg.BPFFS).Marshal()
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,11 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err := be.Teardown(ctx, u.node(cfg.NodeName, network)); err != nil {
 		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))
 	}
+	if network.EBPF() {
+		if err := leaveFastpath(cfg.BPFFS, name, u.Link); err != nil {
+			errs = append(errs, fmt.Errorf("removing the eBPF datapath: %w", err))
+		}
+	}
 	if network.Mode != lease.ModeBGP {
 		removed, err := nodebridge.Release(local.Bridge, name)
 		if err != nil {

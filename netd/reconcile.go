@@ -134,11 +134,18 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	made, err := backend.Apply(changes)
 	d.kernel.Applied(made)
 	d.m.kernelChanges.Add(float64(len(made)))
+	// After the backend's changes: Ensure may have made a new VTEP.
+	fast, fastErr := d.reconcileFastpath(in.Self)
+	for _, what := range fast {
+		d.log.Info("kernel change", "change", what)
+		res.Changes = append(res.Changes, what)
+	}
+	d.m.kernelChanges.Add(float64(len(fast)))
 	if sl, ok := d.nw.(backend.SessionLister); ok {
 		res.Sessions = sl.Sessions(in)
 		d.m.observeSessions(res.Sessions)
 	}
-	return problems, err
+	return problems, errors.Join(err, fastErr)
 }
 
 // input reads what the backend computes from, for status: the owned part

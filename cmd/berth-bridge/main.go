@@ -23,6 +23,10 @@ const help = `Configuration (a plugin in a conflist; every field but "type" and 
    "promiscMode": false,        bridge in promiscuous mode
    "isolation": true,           no traffic to or from other berth networks on this node
    "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
+   "datapath": "iptables",      or "ebpf": TC programs carry container-to-container
+                                traffic past the bridge and netfilter (IPv4 only:
+                                IPv6 ranges are refused with error 7)
+   "bpffs": "/sys/fs/bpf",      ebpf: BPF filesystem for the pinned maps and programs
    "ipam": {"type": "berth-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 

@@ -70,7 +70,7 @@ Examples:
   netd leave --node-name=node2
 
 Network flags (--network-cidr, --subnet-len, --mode, --vni, --vxlan-port, --mtu,
---ip-masq, --direct-routing) only matter to the netd that creates the network
+--ip-masq, --direct-routing, --datapath) only matter to the netd that creates the network
 in etcd; a netd joining it may leave them out, and is refused if it gives one
 that differs from the stored network.
 

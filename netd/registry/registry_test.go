@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/netd/cluster"
 	"github.com/berthnet/berth/test/testbed"
 )
@@ -515,5 +516,26 @@ func TestUpgradeToDualStack(t *testing.T) {
 	resp, err := cli.Get(ctx, oldKey)
 	if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"subnetV6":"fd00:9:0:5::/64"`) {
 		t.Fatalf("key after the upgrade: %+v %v", resp, err)
+	}
+}
+
+// A network on the eBPF datapath (IPv4 only) does not become dual-stack:
+// a netd given an IPv6 CIDR for it is refused naming datapath, and the
+// stored config stays IPv4.
+func TestEBPFNetworkStaysIPv4(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	r := New(cli, "/test", "ebpf4")
+	v4 := conf.Network{Name: "ebpf4", CIDR: netip.MustParsePrefix("10.11.0.0/16"), Datapath: conf.DatapathEBPF}
+	if _, err := r.EnsureConfig(ctx, v4); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.EnsureConfig(ctx, conf.Network{Name: "ebpf4", CIDR: v4.CIDR, CIDRv6: netip.MustParsePrefix("fd00:11::/56")})
+	if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), "datapath") {
+		t.Fatalf("adding IPv6 to an eBPF network: %v, want an invalid config naming datapath", err)
+	}
+	stored, err := r.Config(ctx)
+	if err != nil || stored.CIDRv6.IsValid() || !stored.EBPF() {
+		t.Fatalf("stored %+v %v, want the IPv4 eBPF network unchanged", stored, err)
 	}
 }

@@ -22,10 +22,15 @@ func TestRoutedAttachment(t *testing.T) {
 	node, outside := testenv.NewNS(t), testenv.NewNS(t)
 	testenv.Link(t, node, "eth0", nodeIP+"/24", outside, "eth0", outsideIP+"/24")
 	leaseDir, stateDir, dataDir := t.TempDir(), t.TempDir(), t.TempDir()
+	datapath, bpffs := "", ""
+	if testenv.Datapath() == "ebpf" {
+		bpffs = testenv.BPFFS(t)
+		datapath = fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, bpffs)
+	}
 	list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bgp","plugins":[{"type":"berth-bgp","leaseDir":%q,
-		"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q},"capabilities":{"portMappings":true}}]}`, leaseDir, stateDir, dataDir)
+		"stateDir":%q,%s"ipam":{"type":"berth-ipam","dataDir":%q},"capabilities":{"portMappings":true}}]}`, leaseDir, stateDir, datapath, dataDir)
 	rt := testenv.NewRuntime(t, node, list)
-	snapshot := func() string { return testenv.Snapshot(t, node, stateDir, dataDir) }
+	snapshot := func() string { return testenv.Snapshot(t, node, stateDir, dataDir, bpffs) }
 
 	c1 := &testenv.Attachment{ID: "b1", Netns: testenv.NewNS(t),
 		Caps: map[string]any{"portMappings": []map[string]any{{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}}}}

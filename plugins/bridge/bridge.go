@@ -81,6 +81,9 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	}
 	rec := &record{Network: c.Name, ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Ports: c.Ports()}
 	rec.HostVeth = hostVethName(rec.key())
+	if c.EBPF() {
+		rec.BPFFS = c.BPFFS
+	}
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }
 
@@ -166,6 +169,10 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	undo = append(undo, func() { k.unshape() })
 	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
+		return err
+	}
+	undo = append(undo, func() { k.detachFastpath() })
+	if err := k.attachFastpath(result); err != nil {
 		return err
 	}
 	if err := k.shape(bandwidth); err != nil {
@@ -272,6 +279,11 @@ func (d Datapath) teardown(k *call) error {
 	if err := markLeaving(c.StateDir, k.rec); err != nil {
 		return err
 	}
+	// Before the address goes back to IPAM, which may give it to another
+	// container at once.
+	if err := k.detachFastpath(); err != nil {
+		return err
+	}
 	if err := k.ipam.del(); err != nil {
 		return err
 	}
@@ -356,6 +368,9 @@ func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 	if err := k.ipam.check(); err != nil {
 		return err
 	}
+	if err := k.checkFastpath(); err != nil {
+		return err
+	}
 	return firewall.Check(d.fwNetwork(c), k.fwAttachment())
 }
 
@@ -386,13 +401,16 @@ func (d Datapath) GC(args *skel.CmdArgs, c *conf.Bridge) error {
 		errs = append(errs, d.teardown(k))
 	}
 	// Addresses whose attachment left no record (or was never berth's).
-	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments))
+	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments), gcFastpath(c))
 	errs = append(errs, d.releaseIfEmpty(c))
 	return errors.Join(errs...)
 }
 
 // Status reports whether the network can take new containers.
 func Status(args *skel.CmdArgs, c *conf.Bridge) error {
+	if err := statusFastpath(c); err != nil {
+		return err
+	}
 	return newAddresser(args, c).status()
 }
 

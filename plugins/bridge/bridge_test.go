@@ -23,6 +23,7 @@ type node struct {
 	ns, outside ns.NetNS
 	stateDir    string
 	dataDir     string
+	bpffs       string // the node's BPF filesystem, when the tests run on the eBPF datapath
 }
 
 const nodeIP, outsideIP = "192.0.2.2", "192.0.2.1"
@@ -32,25 +33,38 @@ func newNode(t *testing.T) *node {
 	testenv.BinDir(t, "berth-bridge", "berth-ipam")
 	n := &node{ns: testenv.NewNS(t), outside: testenv.NewNS(t), stateDir: t.TempDir(), dataDir: t.TempDir()}
 	testenv.Link(t, n.ns, "eth0", nodeIP+"/24", n.outside, "eth0", outsideIP+"/24")
+	if testenv.Datapath() == "ebpf" {
+		n.bpffs = testenv.BPFFS(t)
+	}
 	return n
+}
+
+// datapath is the plugin fields of the datapath under test.
+func (n *node) datapath() string {
+	if n.bpffs == "" {
+		return ""
+	}
+	return fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, n.bpffs)
 }
 
 // conflist is a berth-bridge network; extra is spliced into the plugin.
 func (n *node) conflist(name, bridge, subnet, extra string) string {
 	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"berth-bridge","bridge":%q,
-		"isDefaultGateway":true,"stateDir":%q,%s
+		"isDefaultGateway":true,"stateDir":%q,%s%s
 		"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]},
 		"capabilities":{"portMappings":true,"ips":true,"mac":true}}]}`,
-		name, bridge, n.stateDir, extra, n.dataDir, subnet)
+		name, bridge, n.stateDir, n.datapath(), extra, n.dataDir, subnet)
 }
 
 // conflistPlugin is the same network as one plugin config, for direct exec.
 func (n *node) conflistPlugin(name, bridge, subnet string) string {
-	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"type":"berth-bridge","bridge":%q,"stateDir":%q,
-		"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]}}`, name, bridge, n.stateDir, n.dataDir, subnet)
+	return fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"type":"berth-bridge","bridge":%q,"stateDir":%q,%s
+		"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]}}`, name, bridge, n.stateDir, n.datapath(), n.dataDir, subnet)
 }
 
-func (n *node) snapshot(t *testing.T) string { return testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir) }
+func (n *node) snapshot(t *testing.T) string {
+	return testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir, n.bpffs)
+}
 
 func container(t *testing.T, id string, ports ...map[string]any) *testenv.Attachment {
 	a := &testenv.Attachment{ID: id, Netns: testenv.NewNS(t)}

@@ -152,8 +152,7 @@ func TestMACFromCNIArgs(t *testing.T) {
 // gateway on the bridge.
 func TestIPv6AddDoesNotWaitForDAD(t *testing.T) {
 	n := newNode(t)
-	list := strings.Replace(n.conflist("v6", "berth0", "10.88.0.0/24", ""), `[[{"subnet":"10.88.0.0/24"}]]`,
-		`[[{"subnet":"10.88.0.0/24"}],[{"subnet":"fd00:88::/64"}]]`, 1)
+	list := n.conflistRanges("v6", "berth0", []string{"10.88.0.0/24", "fd00:88::/64"}, "") // IPv6: the iptables datapath
 	rt := testenv.NewRuntime(t, n.ns, list)
 	var ips []string
 	for i := range 2 {

@@ -42,6 +42,18 @@ func TestBadInputGivesErrorAndLeavesNothing(t *testing.T) {
 		b, _ := json.Marshal(m)
 		return string(b)
 	}
+	// withIPv6 gives m ranges with IPv6, on the iptables datapath: the
+	// eBPF one refuses IPv6 (TestEBPFConfigErrors), and these cases are
+	// about other errors.
+	withIPv6 := func(m map[string]any, ranges ...string) {
+		var sets [][]map[string]any
+		for _, r := range ranges {
+			sets = append(sets, []map[string]any{{"subnet": r}})
+		}
+		m["ipam"].(map[string]any)["ranges"] = sets
+		delete(m, "datapath")
+		delete(m, "bpffs")
+	}
 	env := func(over map[string]string) map[string]string {
 		e := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "bad1", "CNI_NETNS": cont.Path(), "CNI_IFNAME": "eth0"}
 		for k, v := range over {
@@ -91,21 +103,21 @@ func TestBadInputGivesErrorAndLeavesNothing(t *testing.T) {
 		}), 7, "runtimeConfig.portMappings[0].hostPort:"},
 		{"MTU too small for an IPv6 range", env(nil), good(func(m map[string]any) {
 			m["mtu"] = 1200
-			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "10.70.0.0/24"}}, {{"subnet": "fd00:70::/64"}}}
+			withIPv6(m, "10.70.0.0/24", "fd00:70::/64")
 		}), 7, "mtu:"},
 		{"IPv4 hostIP on an IPv6-only network", env(nil), good(func(m map[string]any) {
-			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "fd00:70::/64"}}}
+			withIPv6(m, "fd00:70::/64")
 			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "192.0.2.2"}}}
 		}), 7, "runtimeConfig.portMappings[0].hostIP"},
 		{"0.0.0.0 hostIP on an IPv6-only network", env(nil), good(func(m map[string]any) {
-			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "fd00:70::/64"}}}
+			withIPv6(m, "fd00:70::/64")
 			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80}, {"hostPort": 81, "containerPort": 80, "hostIP": "0.0.0.0"}}}
 		}), 7, "runtimeConfig.portMappings[1].hostIP"},
 		{"IPv6 hostIP on an IPv4-only network", env(nil), good(func(m map[string]any) {
 			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "2001:db8::2"}}}
 		}), 7, "runtimeConfig.portMappings[0].hostIP"},
 		{"hostIP ::1", env(nil), good(func(m map[string]any) {
-			m["ipam"].(map[string]any)["ranges"] = [][]map[string]any{{{"subnet": "10.70.0.0/24"}}, {{"subnet": "fd00:70::/64"}}}
+			withIPv6(m, "10.70.0.0/24", "fd00:70::/64")
 			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "::1"}}}
 		}), 7, "runtimeConfig.portMappings[0].hostIP: ::1"},
 		{"one port twice on overlapping host addresses", env(nil), good(func(m map[string]any) {

@@ -37,16 +37,24 @@ func LoadLeased(args *skel.CmdArgs, mode string, needLease bool) (*conf.Bridge, 
 	if c.LeaseDir == "" {
 		c.LeaseDir = lease.DefaultDir
 	}
-	node, err := lease.Read(lease.Path(c.LeaseDir, c.Name), time.Now())
+	path := lease.Path(c.LeaseDir, c.Name)
+	node, err := lease.Read(path, time.Now())
 	if err != nil {
 		if !needLease {
 			return c, nil
 		}
 		return nil, fmt.Errorf("%w: network %s: %w", cnierr.ErrTryAgainLater, c.Name, err)
 	}
+	// DEL and GC still clean up what an attachment made before its
+	// network gained IPv6.
+	if needLease {
+		if err := c.CheckLeasedFamilies(path, node.SubnetV6); err != nil {
+			return nil, err
+		}
+	}
 	if node.Mode != mode {
 		return nil, fmt.Errorf("%w: network %s runs in %s mode (lease %s) but this is the %s plugin; use \"type\": \"berth-%s\"",
-			cnierr.ErrInvalidConfig, c.Name, node.Mode, lease.Path(c.LeaseDir, c.Name), mode, node.Mode)
+			cnierr.ErrInvalidConfig, c.Name, node.Mode, path, mode, node.Mode)
 	}
 	// One range set per family of the lease: a dual-stack network gives
 	// each container an address of each.
@@ -98,6 +106,8 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
    "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
+   "datapath": "iptables",      or "ebpf" (netd --datapath=ebpf writes it, with "bpffs");
+                                IPv4 only: a lease with IPv6 is refused (error 7)
    "ipam": {"type": "berth-ipam", "dataDir": "/var/lib/cni/networks"},
    "capabilities": {"portMappings": true, "ips": true, "mac": true}}
 

@@ -23,8 +23,8 @@ func TestLeasedPlugins(t *testing.T) {
 			n := newNode(t)
 			leaseDir := t.TempDir()
 			list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"berth-%s","leaseDir":%q,
-				"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q},"capabilities":{"portMappings":true}}]}`,
-				mode, mode, leaseDir, n.stateDir, n.dataDir)
+				"stateDir":%q,%s"ipam":{"type":"berth-ipam","dataDir":%q},"capabilities":{"portMappings":true}}]}`,
+				mode, mode, leaseDir, n.stateDir, n.datapath(), n.dataDir)
 			rt := testenv.NewRuntime(t, n.ns, list)
 			c1 := container(t, "l1", port(8080, 80, "tcp"))
 

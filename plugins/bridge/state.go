@@ -31,6 +31,7 @@ type record struct {
 	ContainerIP  netip.Addr         `json:"containerIP,omitzero"` // IPv4
 	ContainerIP6 netip.Addr         `json:"containerIP6,omitzero"`
 	Ports        []conf.PortMapping `json:"ports,omitempty"`
+	BPFFS        string             `json:"bpffs,omitempty"` // eBPF datapath: where its pins are (fastpath.go)
 }
 
 // key identifies the attachment in chain, veth and file names.

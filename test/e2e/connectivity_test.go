@@ -43,7 +43,8 @@ func connectivity(t *testing.T, mode string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL}, Args: []string{"--mode", mode}}, 1, 2, 3)
+	c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL}, Args: []string{"--mode", mode},
+		EBPF: testenv.Datapath() == "ebpf"}, 1, 2, 3)
 
 	var ctrs []*container
 	for i := 1; i <= 3; i++ {

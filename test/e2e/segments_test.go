@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/test/testbed"
 )
@@ -40,7 +41,8 @@ func TestSegments(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL}, Args: tc.args}, 1, 2, 3)
+			c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL}, Args: tc.args,
+				EBPF: testenv.Datapath() == "ebpf"}, 1, 2, 3)
 			for i := 1; i <= 3; i++ {
 				reportsUnreachable(t, c.netd[i], tc.unreachable[i])
 			}

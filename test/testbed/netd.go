@@ -37,6 +37,9 @@ type NetdOptions struct {
 	// Args are further flags, typically the network's: --mode hostgw,
 	// --network-cidr 10.20.0.0/16, --vni 2, --direct-routing ...
 	Args []string
+	// EBPF runs the network on the eBPF datapath, each node with its own
+	// BPF filesystem (Node.MountBPFFS).
+	EBPF bool
 }
 
 // Netd is one netd running on a node of the test bed.
@@ -71,6 +74,11 @@ func (tb *Testbed) StartNetd(ctx context.Context, node *Node, opts NetdOptions) 
 	if err != nil {
 		return nil, err
 	}
+	if opts.EBPF {
+		if _, err := node.MountBPFFS(); err != nil {
+			return nil, err
+		}
+	}
 	d := &Netd{Node: node, Opts: opts, Bin: bin}
 	if err := d.Restart(ctx); err != nil {
 		return nil, err
@@ -92,6 +100,9 @@ func (d *Netd) Flags() []string {
 		"--metrics-address", d.MetricsAddr(),
 		"--lease-ttl", o.LeaseTTL.String(),
 		"--resync-interval", o.ResyncInterval.String(),
+	}
+	if o.EBPF {
+		f = append(f, "--datapath", "ebpf", "--bpffs", n.BPFFSDir())
 	}
 	switch {
 	case len(o.Etcd) > 0:

@@ -1,0 +1,365 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// berth's eBPF fast path: TC programs (TCX ingress) that carry container
+// traffic of one berth network past the node's bridge, routing and
+// netfilter. Everything they do not handle themselves they hand to the
+// kernel's path unchanged (TCX_NEXT), where berth's iptables rules apply as
+// in the default datapath.
+//
+//   from_container  on the host end of each container's veth: drops
+//                   packets whose source is not the container's own
+//                   address, delivers packets for a container of the same
+//                   network on this node straight into its namespace
+//                   (bpf_redirect_peer), and sends packets for a container
+//                   on another node out of the device the kernel's FIB
+//                   names (bpf_fib_lookup, then bpf_redirect or
+//                   bpf_redirect_neigh): the uplink in hostgw and bgp mode,
+//                   the VTEP in vxlan mode, whose FDB encapsulates them.
+//   from_uplink     on the node's uplink (and VTEP): delivers packets from
+//                   the network's other nodes straight into the container.
+//
+// One set of maps per network and node, pinned under
+// <bpffs>/berth/<network>/ and shared by the CNI plugin (which adds
+// endpoints) and netd (which attaches from_uplink).
+//
+// Flows the kernel translated (a published port, a Kubernetes service, a
+// masqueraded connection) stay on the kernel's path in both directions: a
+// conntrack lookup (bpf_skb_ct_lookup) finds them, and only the kernel can
+// translate the reply back.
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+// TCX return codes (linux/bpf.h of newer kernels has them as an enum).
+#define TCX_NEXT (-1) // not ours: the next program, then the kernel
+#define TCX_DROP 2
+
+// An endpoint is one container attached to the network on this node.
+struct endpoint {
+	__u32 ifindex;       // host end of the container's veth
+	__u8 mac[6];         // the container's interface
+	__u8 router_mac[6];  // the container's gateway: the bridge, or the host veth
+	__u64 owner;         // the attachment that added it (DEL removes only its own)
+};
+
+// config says which addresses belong to the network.
+struct config {
+	__be32 local_addr;   // this node's share (its subnet), network byte order
+	__be32 local_mask;
+	__be32 scope_addr;   // the whole network: the cluster CIDR (bridge mode: = local)
+	__be32 scope_mask;
+	__u32 flags;         // bit 0: netd manages these maps; for Go, the programs ignore it
+	__u32 pad;
+};
+
+// Packet counters, per CPU, for tests and `bpftool map dump`.
+enum stat {
+	STAT_LOCAL,       // delivered to a container on this node
+	STAT_FIB,         // sent towards another node (bpf_redirect after a FIB lookup)
+	STAT_NEIGH,       // same, neighbour resolved by the kernel (bpf_redirect_neigh)
+	STAT_ARRIVED,     // arrived from another node, delivered to the container
+	STAT_TRANSLATED,  // left to the kernel: a flow conntrack translated
+	STAT_SPOOFED,     // dropped: source address not the container's
+	STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __be32);
+	__type(value, struct endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} stats SEC(".maps");
+
+// The conntrack kfuncs (net/netfilter/nf_conntrack_bpf.c). Only the field
+// of nf_conn read here is declared; CO-RE finds it in the kernel's BTF.
+struct nf_conn {
+	unsigned long status;
+} __attribute__((preserve_access_index));
+
+// struct bpf_ct_opts in its original 12-byte form, which every kernel
+// with these kfuncs accepts.
+struct ct_opts {
+	__s32 netns_id;
+	__s32 error;
+	__u8 l4proto;
+	__u8 dir;
+	__u8 reserved[2];
+};
+
+// ICMP types that belong to a flow of their own (linux/icmp.h pulls in
+// libc headers, so they are spelled out, as is AF_INET).
+#define ICMP_ECHOREPLY 0
+#define ICMP_ECHO 8
+#define AF_INET 2
+
+#define IPS_SRC_NAT (1 << 4)
+#define IPS_DST_NAT (1 << 5)
+
+extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_tuple *tuple,
+					 __u32 tuple_size, struct ct_opts *opts, __u32 opts_size) __ksym;
+extern void bpf_ct_release(struct nf_conn *ct) __ksym;
+
+static __always_inline void count(enum stat s)
+{
+	__u32 key = s;
+	__u64 *v = bpf_map_lookup_elem(&stats, &key);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int in_prefix(__be32 addr, __be32 net, __be32 mask)
+{
+	return mask && (addr & mask) == net;
+}
+
+// packet is a parsed IPv4 packet. Its pointers are valid until a helper
+// changes the packet.
+struct packet {
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	__be16 *ports;    // source and destination port (TCP, UDP)
+	__u8 icmp_type;
+};
+
+// parse finds the Ethernet and IPv4 headers (and the ports) of skb, pulling
+// them into the linear part if needed. It returns 0 for an IPv4 packet, 1
+// for anything else (ARP, IPv6: the kernel's business) and -1 for a packet
+// too short to hold what its IPv4 header promises.
+static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	// Ethernet + the largest IPv4 header + ports or ICMP type, or less
+	// for a short packet.
+	__u32 want = sizeof(struct ethhdr) + 60 + 4;
+
+	if (want > skb->len)
+		want = skb->len;
+	if (data + want > data_end) {
+		if (bpf_skb_pull_data(skb, want))
+			return -1;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+
+	p->eth = data;
+	if ((void *)(p->eth + 1) > data_end)
+		return -1;
+	if (p->eth->h_proto != bpf_htons(ETH_P_IP))
+		return 1;
+	p->ip = (void *)(p->eth + 1);
+	if ((void *)(p->ip + 1) > data_end || p->ip->ihl < 5)
+		return -1;
+	void *l4 = (void *)p->ip + p->ip->ihl * 4;
+	p->ports = 0;
+	p->icmp_type = 0;
+	if (p->ip->frag_off & bpf_htons(0x1fff)) // not the first fragment: no L4 header
+		return 0;
+	if (p->ip->protocol == IPPROTO_TCP || p->ip->protocol == IPPROTO_UDP) {
+		if (l4 + 4 > data_end)
+			return -1;
+		p->ports = l4;
+	} else if (p->ip->protocol == IPPROTO_ICMP) {
+		if (l4 + 1 > data_end)
+			return -1;
+		p->icmp_type = *(__u8 *)l4;
+	}
+	return 0;
+}
+
+// keep_on_stack reports whether a packet between two containers of the
+// network must still take the kernel's path: a fragment, a protocol the
+// conntrack lookup cannot handle, an ICMP error (it may belong to a
+// translated flow), or a packet of a flow conntrack translated.
+static __always_inline int keep_on_stack(struct __sk_buff *skb, struct packet *p)
+{
+	if (p->ip->frag_off & bpf_htons(0x3fff)) // MF set or an offset: a fragment
+		return 1;
+	switch (p->ip->protocol) {
+	case IPPROTO_ICMP:
+		return p->icmp_type != ICMP_ECHO && p->icmp_type != ICMP_ECHOREPLY;
+	case IPPROTO_TCP:
+	case IPPROTO_UDP:
+		break;
+	default:
+		return 1;
+	}
+	if (!p->ports)
+		return 1;
+
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = p->ip->saddr;
+	t.ipv4.daddr = p->ip->daddr;
+	t.ipv4.sport = p->ports[0];
+	t.ipv4.dport = p->ports[1];
+	struct ct_opts opts = {.netns_id = -1, .l4proto = p->ip->protocol}; // -1: the skb's netns
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
+	if (!ct)
+		return 0; // conntrack never saw the flow: nothing to translate
+	unsigned long status = ct->status;
+	bpf_ct_release(ct);
+	if (status & (IPS_SRC_NAT | IPS_DST_NAT)) {
+		count(STAT_TRANSLATED);
+		return 1;
+	}
+	return 0;
+}
+
+// decrease_ttl does what the kernel's forwarding does (ip_decrease_ttl),
+// updating the header checksum incrementally (RFC 1624).
+static __always_inline void decrease_ttl(struct iphdr *ip)
+{
+	__u32 check = ip->check;
+
+	check += bpf_htons(0x0100);
+	ip->check = (__sum16)(check + (check >= 0xffff));
+	ip->ttl--;
+}
+
+// deliver hands the packet to the container of ep, in its own namespace,
+// as if the node had forwarded it there: a routed packet gets the
+// container's MAC and its gateway's as the source, and one hop less. A
+// packet the container's neighbour addressed by MAC on a shared bridge
+// is switched, not routed: it arrives as sent.
+static __always_inline int deliver(struct packet *p, struct endpoint *ep, int routed, enum stat s)
+{
+	if (routed) {
+		if (p->ip->ttl <= 1)
+			return TCX_NEXT; // the kernel answers with ICMP time exceeded
+		decrease_ttl(p->ip);
+		__builtin_memcpy(p->eth->h_source, ep->router_mac, ETH_ALEN);
+	}
+	__builtin_memcpy(p->eth->h_dest, ep->mac, ETH_ALEN);
+	count(s);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+static __always_inline int same_mac(const __u8 *a, const __u8 *b)
+{
+	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
+}
+
+// to_node sends a packet for another node's container out of the device
+// the node's own routes name, without the bridge, the routing decision or
+// netfilter of the kernel's forwarding path.
+static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
+{
+	struct bpf_fib_lookup fib = {};
+
+	if (p->ip->ttl <= 1)
+		return TCX_NEXT;
+	fib.family = AF_INET;
+	fib.ifindex = skb->ingress_ifindex;
+	fib.tos = p->ip->tos;
+	fib.l4_protocol = p->ip->protocol;
+	fib.ipv4_src = p->ip->saddr;
+	fib.ipv4_dst = p->ip->daddr;
+	// tot_len 0: the kernel checks the packet (GSO or not) against the
+	// MTU of the device it finds.
+	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+
+	switch (rc) {
+	case BPF_FIB_LKUP_RET_SUCCESS:
+		decrease_ttl(p->ip);
+		__builtin_memcpy(p->eth->h_dest, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(p->eth->h_source, fib.smac, ETH_ALEN);
+		count(STAT_FIB);
+		return bpf_redirect(fib.ifindex, 0);
+	case BPF_FIB_LKUP_RET_NO_NEIGH: {
+		// The next hop's MAC is not known yet: the kernel resolves it
+		// (ARP) and queues the packet meanwhile. fib.ipv4_dst is the
+		// next hop now.
+		struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = fib.ipv4_dst};
+
+		decrease_ttl(p->ip);
+		count(STAT_NEIGH);
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	default:
+		// No route, a blackhole, too big for the MTU, forwarding off:
+		// the kernel decides, and answers with ICMP where it should.
+		return TCX_NEXT;
+	}
+}
+
+SEC("tcx/ingress")
+int from_container(struct __sk_buff *skb)
+{
+	struct packet p;
+	int rc = parse(skb, &p);
+
+	if (rc > 0)
+		return TCX_NEXT;
+	if (rc < 0)
+		return TCX_DROP;
+
+	// Anti-spoofing: the source must be this container's own address.
+	struct endpoint *self = bpf_map_lookup_elem(&endpoints, &p.ip->saddr);
+	if (!self || self->ifindex != skb->ingress_ifindex) {
+		count(STAT_SPOOFED);
+		return TCX_DROP;
+	}
+
+	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &p.ip->daddr);
+	if (peer) {
+		if (keep_on_stack(skb, &p))
+			return TCX_NEXT;
+		return deliver(&p, peer, !same_mac(p.eth->h_dest, peer->mac), STAT_LOCAL);
+	}
+
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !in_prefix(p.ip->daddr, cfg->scope_addr, cfg->scope_mask) ||
+	    in_prefix(p.ip->daddr, cfg->local_addr, cfg->local_mask))
+		return TCX_NEXT; // the node, another network, the outside world
+	if (keep_on_stack(skb, &p))
+		return TCX_NEXT;
+	return to_node(skb, &p);
+}
+
+SEC("tcx/ingress")
+int from_uplink(struct __sk_buff *skb)
+{
+	struct packet p;
+
+	if (parse(skb, &p) != 0)
+		return TCX_NEXT;
+	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &p.ip->daddr);
+	if (!peer)
+		return TCX_NEXT; // the node itself, or another network's container
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	// Only the network's own traffic: anything else (the outside world,
+	// other networks) meets the node's rules.
+	if (!cfg || !in_prefix(p.ip->saddr, cfg->scope_addr, cfg->scope_mask))
+		return TCX_NEXT;
+	if (keep_on_stack(skb, &p))
+		return TCX_NEXT;
+	return deliver(&p, peer, 1, STAT_ARRIVED);
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";

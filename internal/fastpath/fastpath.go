@@ -1,0 +1,506 @@
+// Package fastpath is berth's optional eBPF datapath ("datapath": "ebpf"):
+// TC programs (bpf/fastpath.c) that deliver traffic between the
+// containers of one network straight from veth to veth on a node, and
+// across nodes through the device the kernel's FIB names, past the bridge
+// and netfilter. Everything else (the node, other networks, the outside
+// world, translated flows) still takes the kernel's path and berth's
+// iptables rules.
+//
+// Each network has its maps and programs pinned on a BPF filesystem, per
+// node:
+//
+//	<bpffs>/berth/<network>/endpoints              container address -> host veth, MACs, owner
+//	<bpffs>/berth/<network>/config                 the network's local subnet and scope
+//	<bpffs>/berth/<network>/stats                  packet counters
+//	<bpffs>/berth/<network>/from_container_<ver>   program of the host veths
+//	<bpffs>/berth/<network>/from_uplink_<ver>      program of the uplink and VTEP (netd)
+//
+// The CNI plugin adds an endpoint and attaches from_container to the
+// container's host veth (TCX ingress, attached through BPF_PROG_ATTACH so
+// that it stays when the plugin exits and goes with the veth); netd
+// attaches from_uplink. Nothing needs a running process: a crashed plugin
+// or netd leaves the traffic flowing.
+//
+// Callers hold the node's Lock while they open, change or remove a
+// network's pins.
+package fastpath
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// version names this build's programs, so that programs of an older berth
+// attached to existing veths keep theirs while new veths get the new ones.
+var version = func() string {
+	h := sha256.Sum256(_FastpathBytes)
+	return hex.EncodeToString(h[:6])
+}()
+
+// Program names, in the ELF and in the kernel.
+const (
+	progContainer = "from_container"
+	progUplink    = "from_uplink"
+)
+
+// Dir is where network's maps and programs are pinned.
+func Dir(bpffs, network string) string { return filepath.Join(bpffs, "berth", network) }
+
+// Lock serialises the changes to the pins of one node: loading a
+// network's objects the first time, removing them after its last
+// container.
+type Lock struct{ f *os.File }
+
+// Acquire takes the node's lock, after checking that bpffs is a BPF
+// filesystem.
+func Acquire(bpffs string) (*Lock, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffs, &st); err != nil {
+		return nil, fmt.Errorf("bpffs %s: %w", bpffs, err)
+	}
+	if st.Type != unix.BPF_FS_MAGIC {
+		return nil, fmt.Errorf("%w: %s is not a BPF filesystem (mount one: mount -t bpf bpf %s)", ErrNoBPFFS, bpffs, bpffs)
+	}
+	dir := filepath.Join(bpffs, "berth")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", dir, err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	return &Lock{f: f}, nil
+}
+
+// Release drops the lock.
+func (l *Lock) Release() { l.f.Close() }
+
+// ErrNoBPFFS means the configured path is not a BPF filesystem.
+var ErrNoBPFFS = errors.New("not a BPF filesystem")
+
+// Network is one network's fast path on this node: its pinned maps and
+// this build's programs.
+type Network struct {
+	Name string
+	dir  string
+	objs fastpathObjects
+}
+
+// Open loads the network's pinned maps and programs, loading and pinning
+// whatever is missing: the first container of a network (or netd) creates
+// them. The caller holds the Lock.
+func Open(bpffs, network string) (*Network, error) {
+	n := &Network{Name: network, dir: Dir(bpffs, network)}
+	if err := n.loadPinned(); err == nil {
+		return n, nil
+	}
+	if err := os.MkdirAll(n.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", n.dir, err)
+	}
+	spec, err := loadFastpath()
+	if err != nil {
+		return nil, err
+	}
+	// Maps are pinned by name: existing ones are reused (their endpoints
+	// stay), missing ones created and pinned.
+	err = spec.LoadAndAssign(&n.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: n.dir}})
+	if errors.Is(err, ebpf.ErrMapIncompatible) {
+		return nil, fmt.Errorf("the maps pinned in %s were made by another berth version: remove the network's containers, or %s, first: %w", n.dir, n.dir, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
+	}
+	for name, p := range map[string]*ebpf.Program{progContainer: n.objs.FromContainer, progUplink: n.objs.FromUplink} {
+		if err := p.Pin(n.progPin(name)); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("pinning %s: %w", name, err)
+		}
+	}
+	return n, nil
+}
+
+// OpenExisting opens what Open made, without creating anything: nil when
+// the network has nothing pinned on this node.
+func OpenExisting(bpffs, network string) (*Network, error) {
+	n := &Network{Name: network, dir: Dir(bpffs, network)}
+	if _, err := os.Stat(filepath.Join(n.dir, fastpathMapEndpoints)); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err := n.loadPinned(); err != nil {
+		// Maps without this build's programs (pinned by another version):
+		// the maps are enough to remove endpoints.
+		if err := n.loadMaps(); err != nil {
+			return nil, err
+		}
+	}
+	return n, nil
+}
+
+func (n *Network) progPin(name string) string { return filepath.Join(n.dir, name+"_"+version) }
+
+func (n *Network) loadMaps() error {
+	var err error
+	for name, m := range map[string]**ebpf.Map{fastpathMapEndpoints: &n.objs.Endpoints, fastpathMapConfig: &n.objs.Config, fastpathMapStats: &n.objs.Stats} {
+		if *m, err = ebpf.LoadPinnedMap(filepath.Join(n.dir, name), nil); err != nil {
+			n.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+func (n *Network) loadPinned() error {
+	if err := n.loadMaps(); err != nil {
+		return err
+	}
+	var err error
+	for name, p := range map[string]**ebpf.Program{progContainer: &n.objs.FromContainer, progUplink: &n.objs.FromUplink} {
+		if *p, err = ebpf.LoadPinnedProgram(n.progPin(name), nil); err != nil {
+			n.Close()
+			return err
+		}
+	}
+	return nil
+}
+
+// Close releases the file descriptors; the pins stay.
+func (n *Network) Close() {
+	n.objs.Close()
+	n.objs = fastpathObjects{}
+}
+
+// Remove unpins the network's maps and programs (every version). Programs
+// still attached keep working with the unpinned maps until their veths
+// go. The caller holds the Lock.
+func Remove(bpffs, network string) error {
+	dir := Dir(bpffs, network)
+	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Config is what the programs know of the network.
+type Config struct {
+	Local netip.Prefix // this node's addresses of the network
+	Scope netip.Prefix // the whole network; traffic to it from outside the node arrives directly
+	// Netd is set when netd manages the network's pins (leased modes):
+	// the plugin then leaves them in place after its last container.
+	Netd bool
+}
+
+const configNetd = 1
+
+// Configure stores c. A zero Netd keeps netd's mark.
+func (n *Network) Configure(c Config) error {
+	old, err := n.Config()
+	if err != nil {
+		return err
+	}
+	v := fastpathConfig{
+		LocalAddr: be32(c.Local.Masked().Addr()), LocalMask: mask(c.Local),
+		ScopeAddr: be32(c.Scope.Masked().Addr()), ScopeMask: mask(c.Scope),
+	}
+	if c.Netd || old.Netd {
+		v.Flags = configNetd
+	}
+	if err := n.objs.Config.Put(uint32(0), &v); err != nil {
+		return fmt.Errorf("writing the fast path's config: %w", err)
+	}
+	return nil
+}
+
+// Config reads the network's config.
+func (n *Network) Config() (Config, error) {
+	var v fastpathConfig
+	if err := n.objs.Config.Lookup(uint32(0), &v); err != nil {
+		return Config{}, fmt.Errorf("reading the fast path's config: %w", err)
+	}
+	return Config{Local: prefix(v.LocalAddr, v.LocalMask), Scope: prefix(v.ScopeAddr, v.ScopeMask), Netd: v.Flags&configNetd != 0}, nil
+}
+
+// be32 is an IPv4 address as the programs keep it: network byte order
+// in memory.
+func be32(a netip.Addr) uint32 {
+	if !a.Is4() {
+		return 0
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func mask(p netip.Prefix) uint32 {
+	if !p.IsValid() || !p.Addr().Is4() {
+		return 0
+	}
+	m := net.CIDRMask(p.Bits(), 32)
+	return binary.NativeEndian.Uint32(m)
+}
+
+func prefix(addr, m uint32) netip.Prefix {
+	if m == 0 {
+		return netip.Prefix{}
+	}
+	var a, mb [4]byte
+	binary.NativeEndian.PutUint32(a[:], addr)
+	binary.NativeEndian.PutUint32(mb[:], m)
+	ones, _ := net.IPMask(mb[:]).Size()
+	return netip.PrefixFrom(netip.AddrFrom4(a), ones)
+}
+
+// Endpoint is a container attached to the network on this node.
+type Endpoint struct {
+	IP        netip.Addr       // its IPv4 address
+	Ifindex   int              // the host end of its veth
+	MAC       net.HardwareAddr // its interface
+	RouterMAC net.HardwareAddr // its gateway (the bridge, or the host veth)
+	Owner     uint64           // see OwnerOf
+}
+
+// OwnerOf turns an attachment key (hex) into an endpoint's owner.
+func OwnerOf(key string) uint64 {
+	v, _ := strconv.ParseUint(key[:min(16, len(key))], 16, 64)
+	return v
+}
+
+// AddEndpoint adds or replaces e.
+func (n *Network) AddEndpoint(e Endpoint) error {
+	if !e.IP.Is4() || len(e.MAC) != 6 || len(e.RouterMAC) != 6 {
+		return fmt.Errorf("fast path endpoint %s: want an IPv4 address and two MACs (have %s, %s)", e.IP, e.MAC, e.RouterMAC)
+	}
+	v := fastpathEndpoint{Ifindex: uint32(e.Ifindex), Owner: e.Owner}
+	copy(v.Mac[:], e.MAC)
+	copy(v.RouterMac[:], e.RouterMAC)
+	if err := n.objs.Endpoints.Put(e.IP.As4(), &v); err != nil {
+		return fmt.Errorf("adding %s to the fast path's endpoints: %w", e.IP, err)
+	}
+	return nil
+}
+
+// Endpoint returns the endpoint of ip, if any.
+func (n *Network) Endpoint(ip netip.Addr) (Endpoint, bool, error) {
+	var v fastpathEndpoint
+	err := n.objs.Endpoints.Lookup(ip.As4(), &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Endpoint{}, false, nil
+	}
+	if err != nil {
+		return Endpoint{}, false, fmt.Errorf("looking up %s in the fast path's endpoints: %w", ip, err)
+	}
+	return endpoint(ip.As4(), &v), true, nil
+}
+
+func endpoint(ip [4]byte, v *fastpathEndpoint) Endpoint {
+	return Endpoint{IP: netip.AddrFrom4(ip), Ifindex: int(v.Ifindex), MAC: slices.Clone(v.Mac[:]),
+		RouterMAC: slices.Clone(v.RouterMac[:]), Owner: v.Owner}
+}
+
+// Endpoints lists every endpoint (GC).
+func (n *Network) Endpoints() ([]Endpoint, error) {
+	var out []Endpoint
+	var k [4]byte
+	var v fastpathEndpoint
+	it := n.objs.Endpoints.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, endpoint(k, &v))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("listing the fast path's endpoints: %w", err)
+	}
+	return out, nil
+}
+
+// RemoveEndpoint removes the endpoint of ip if owner added it. The
+// caller holds the address in IPAM, so no other attachment can be adding
+// the same address meanwhile.
+func (n *Network) RemoveEndpoint(ip netip.Addr, owner uint64) error {
+	e, ok, err := n.Endpoint(ip)
+	if err != nil || !ok || e.Owner != owner {
+		return err
+	}
+	if err := n.objs.Endpoints.Delete(ip.As4()); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing %s from the fast path's endpoints: %w", ip, err)
+	}
+	return nil
+}
+
+// Empty reports whether the network has no endpoint left.
+func (n *Network) Empty() bool {
+	var k [4]byte
+	return errors.Is(n.objs.Endpoints.NextKey(nil, &k), ebpf.ErrKeyNotExist)
+}
+
+// AttachContainer attaches from_container to the ingress of the host veth
+// ifindex: what the container sends.
+func (n *Network) AttachContainer(ifindex int) error {
+	return n.attach(ifindex, progContainer, n.objs.FromContainer)
+}
+
+// AttachUplink attaches from_uplink to the ingress of the node's uplink
+// or VTEP ifindex: what the network's other nodes send. Other networks'
+// programs on the same device stay.
+func (n *Network) AttachUplink(ifindex int) error {
+	return n.attach(ifindex, progUplink, n.objs.FromUplink)
+}
+
+// attach puts prog on ifindex's TCX ingress, or replaces an older
+// version of this network's program there; it does nothing when prog
+// is attached already.
+func (n *Network) attach(ifindex int, name string, prog *ebpf.Program) error {
+	mine, err := n.attached(ifindex, name)
+	if err != nil {
+		return err
+	}
+	id, err := progID(prog)
+	if err != nil {
+		return err
+	}
+	if slices.Contains(mine, id) {
+		return nil
+	}
+	opts := link.RawAttachProgramOptions{Target: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress}
+	if len(mine) > 0 {
+		opts.Anchor = link.ReplaceProgramByID(mine[0])
+	}
+	if err := link.RawAttachProgram(opts); err != nil {
+		return fmt.Errorf("attaching %s to interface %d (TCX ingress): %w", name, ifindex, err)
+	}
+	return nil
+}
+
+// Attached reports whether this network's program for a host veth
+// (container true) or an uplink is attached to ifindex.
+func (n *Network) Attached(ifindex int, container bool) (bool, error) {
+	name := progUplink
+	if container {
+		name = progContainer
+	}
+	mine, err := n.attached(ifindex, name)
+	return len(mine) > 0, err
+}
+
+// UplinkCurrent reports whether this version of the network's uplink
+// program is attached to ifindex (an older one is not current:
+// AttachUplink replaces it).
+func (n *Network) UplinkCurrent(ifindex int) (bool, error) {
+	mine, err := n.attached(ifindex, progUplink)
+	if err != nil {
+		return false, err
+	}
+	id, err := progID(n.objs.FromUplink)
+	return slices.Contains(mine, id), err
+}
+
+// DetachUplink removes this network's uplink program from ifindex; a
+// missing device or program is fine.
+func (n *Network) DetachUplink(ifindex int) error {
+	mine, err := n.attached(ifindex, progUplink)
+	if err != nil {
+		return err
+	}
+	for _, id := range mine {
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // detached meanwhile
+		}
+		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
+		p.Close()
+		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+			return fmt.Errorf("detaching %s from interface %d: %w", progUplink, ifindex, err)
+		}
+	}
+	return nil
+}
+
+// attached lists the programs named name attached to ifindex's TCX
+// ingress that use this network's endpoints: this network's, of any
+// version.
+func (n *Network) attached(ifindex int, name string) ([]ebpf.ProgramID, error) {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if errors.Is(err, unix.ENODEV) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing the programs of interface %d: %w", ifindex, err)
+	}
+	mapInfo, err := n.objs.Endpoints.Info()
+	if err != nil {
+		return nil, err
+	}
+	mapID, _ := mapInfo.ID()
+	var out []ebpf.ProgramID
+	for _, ap := range res.Programs {
+		p, err := ebpf.NewProgramFromID(ap.ID)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		p.Close()
+		if err != nil || info.Name != name {
+			continue
+		}
+		if ids, _ := info.MapIDs(); slices.Contains(ids, mapID) {
+			out = append(out, ap.ID)
+		}
+	}
+	return out, nil
+}
+
+func progID(p *ebpf.Program) (ebpf.ProgramID, error) {
+	info, err := p.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}
+
+// Stats are the programs' packet counters, summed over the CPUs.
+type Stats struct {
+	Local      uint64 // delivered to a container on this node
+	FIB        uint64 // sent to another node after a FIB lookup
+	Neigh      uint64 // same, with the neighbour resolved by the kernel
+	Arrived    uint64 // arrived from another node into a container
+	Translated uint64 // left to the kernel: conntrack translated the flow
+	Spoofed    uint64 // dropped: not the container's source address
+}
+
+// Stats reads the counters.
+func (n *Network) Stats() (Stats, error) {
+	var s Stats
+	for i, f := range []*uint64{&s.Local, &s.FIB, &s.Neigh, &s.Arrived, &s.Translated, &s.Spoofed} {
+		var perCPU []uint64
+		if err := n.objs.Stats.Lookup(uint32(i), &perCPU); err != nil {
+			return s, fmt.Errorf("reading the fast path's counters: %w", err)
+		}
+		for _, v := range perCPU {
+			*f += v
+		}
+	}
+	return s, nil
+}

@@ -1,0 +1,218 @@
+package netd
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/netd/cluster"
+)
+
+// netd's share of the eBPF datapath (--datapath=ebpf, internal/fastpath):
+// it creates the network's pinned maps and programs on this node before
+// the plugins learn of the network, marks them as its own (the plugins
+// then leave them in place after their last container), and keeps
+// from_uplink attached to the underlay link and, in vxlan mode, the VTEP,
+// where the network's other nodes' packets arrive. The attachments stay
+// when netd stops or crashes; `netd leave` removes them and the pins.
+//
+// It follows the reconcile loop's split: desiredFastpath describes the
+// state (pure), readFastpath reads it, diffFastpath compares (pure), and
+// applyFastpath, called from the loop's one apply step (pass), changes
+// it.
+
+// setupFastpath opens (creating if needed) the network's pins, so that
+// they exist before the conflist, and registers their counters. The
+// reconcile loop configures them and attaches the uplink programs.
+// Without the eBPF datapath it does nothing.
+func (d *daemon) setupFastpath() error {
+	if !d.network.EBPF() {
+		return nil
+	}
+	lock, err := fastpath.Acquire(d.cfg.BPFFS)
+	if err != nil {
+		return fmt.Errorf("--bpffs: %w", err)
+	}
+	defer lock.Release()
+	d.fast, err = fastpath.Open(d.cfg.BPFFS, d.network.Name)
+	if err != nil {
+		return fmt.Errorf("eBPF datapath of network %s: %w", d.network.Name, err)
+	}
+	// Marked as netd's at once, the rest as it was (a restart must not
+	// disturb traffic): a plugin's last DEL before the first pass must
+	// not remove the pins.
+	cfg, err := d.fast.Config()
+	if err == nil {
+		cfg.Netd = true
+		err = d.fast.Configure(cfg)
+	}
+	if err != nil {
+		return fmt.Errorf("eBPF datapath of network %s: %w", d.network.Name, err)
+	}
+	d.m.reg.MustRegister(fastpathCollector{n: d.fast, desc: prometheus.NewDesc("berth_netd_fastpath_packets_total",
+		"eBPF datapath: packets by path on this node (local: delivered to a container of this node, fib and neigh: sent to another node, "+
+			"arrived: from another node into a container, translated: left to the kernel because conntrack translated the flow, "+
+			"spoofed: dropped, not the container's own source address).",
+		[]string{"path"}, prometheus.Labels{"network": d.network.Name})})
+	d.log.Info("eBPF datapath", "pins", fastpath.Dir(d.cfg.BPFFS, d.network.Name), "uplinks", d.uplinks())
+	return nil
+}
+
+// fastpathState is the part of the eBPF datapath netd keeps: the
+// network's config in the programs' map, and the links where the current
+// from_uplink is attached.
+type fastpathState struct {
+	Config  fastpath.Config
+	Uplinks []int // ifindexes, sorted
+}
+
+// desiredFastpath is the state for this node holding self in network n,
+// with uplinks (the underlay link and the backend's links). It only
+// computes.
+func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int) fastpathState {
+	s := fastpathState{Config: fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}, Uplinks: slices.Clone(uplinks)}
+	slices.Sort(s.Uplinks)
+	return s
+}
+
+// readFastpath reads the state of f on the links of want (a link where
+// netd wants no program is not netd's to look at).
+func readFastpath(f *fastpath.Network, want []int) (fastpathState, error) {
+	var s fastpathState
+	var err error
+	if s.Config, err = f.Config(); err != nil {
+		return s, err
+	}
+	for _, idx := range want {
+		ok, err := f.UplinkCurrent(idx)
+		if err != nil {
+			return s, err
+		}
+		if ok {
+			s.Uplinks = append(s.Uplinks, idx)
+		}
+	}
+	slices.Sort(s.Uplinks)
+	return s, nil
+}
+
+// fastpathChange is one change diffFastpath found necessary.
+type fastpathChange struct {
+	What  string
+	apply func(*fastpath.Network) error
+}
+
+// diffFastpath lists the changes that turn have into want. It only
+// compares.
+func diffFastpath(have, want fastpathState) []fastpathChange {
+	var out []fastpathChange
+	if have.Config != want.Config {
+		c := want.Config
+		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF datapath: local %s, scope %s", c.Local, c.Scope),
+			apply: func(f *fastpath.Network) error { return f.Configure(c) }})
+	}
+	for _, idx := range want.Uplinks {
+		if !slices.Contains(have.Uplinks, idx) {
+			out = append(out, fastpathChange{What: fmt.Sprintf("attach eBPF from_uplink to interface %d", idx),
+				apply: func(f *fastpath.Network) error { return f.AttachUplink(idx) }})
+		}
+	}
+	for _, idx := range have.Uplinks {
+		if !slices.Contains(want.Uplinks, idx) {
+			out = append(out, fastpathChange{What: fmt.Sprintf("detach eBPF from_uplink from interface %d", idx),
+				apply: func(f *fastpath.Network) error { return f.DetachUplink(idx) }})
+		}
+	}
+	return out
+}
+
+// applyFastpath makes the changes on f, all of them even when some fail,
+// and returns what it made and the failures joined.
+func applyFastpath(f *fastpath.Network, changes []fastpathChange) (made []string, err error) {
+	var errs []error
+	for _, c := range changes {
+		if err := c.apply(f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", c.What, err))
+			continue
+		}
+		made = append(made, c.What)
+	}
+	return made, errors.Join(errs...)
+}
+
+// reconcileFastpath is the eBPF datapath's share of a pass: the config
+// follows this node's lease (the subnet changes when the lease is lost),
+// and a VTEP re-created by Ensure is a new link that needs from_uplink.
+// It is cheap when nothing changed.
+func (d *daemon) reconcileFastpath(self cluster.Lease) (made []string, err error) {
+	if d.fast == nil {
+		return nil, nil
+	}
+	want := desiredFastpath(d.network, self, d.uplinks())
+	have, err := readFastpath(d.fast, want.Uplinks)
+	if err != nil {
+		return nil, err
+	}
+	return applyFastpath(d.fast, diffFastpath(have, want))
+}
+
+// uplinks are where the network's other nodes' packets arrive: the
+// underlay link, and the backend's own links (the VTEP).
+func (d *daemon) uplinks() []int {
+	links := []int{d.node.Link.Attrs().Index}
+	for _, idx := range d.nw.Owned().Links {
+		if idx > 0 {
+			links = append(links, idx)
+		}
+	}
+	return links
+}
+
+// leaveFastpath detaches the network's uplink programs from link (the
+// backend's teardown deleted the VTEP with its programs) and removes the
+// network's pins. Containers still attached keep their programs with the
+// unpinned maps until they are deleted.
+func leaveFastpath(bpffs, network string, link netlink.Link) error {
+	lock, err := fastpath.Acquire(bpffs)
+	if errors.Is(err, fastpath.ErrNoBPFFS) {
+		return nil // nothing can be pinned
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	n, err := fastpath.OpenExisting(bpffs, network)
+	if err != nil || n == nil {
+		return err
+	}
+	defer n.Close()
+	if err := n.DetachUplink(link.Attrs().Index); err != nil {
+		return err
+	}
+	return fastpath.Remove(bpffs, network)
+}
+
+// fastpathCollector publishes the programs' counters when scraped.
+type fastpathCollector struct {
+	n    *fastpath.Network
+	desc *prometheus.Desc
+}
+
+func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
+	s, err := c.n.Stats()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for path, v := range map[string]uint64{"local": s.Local, "fib": s.FIB, "neigh": s.Neigh, "arrived": s.Arrived,
+		"translated": s.Translated, "spoofed": s.Spoofed} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), path)
+	}
+}

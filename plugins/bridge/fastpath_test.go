@@ -1,0 +1,489 @@
+package bridge_test
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/lease"
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// The tests here are about the eBPF datapath itself and run on it
+// whatever BERTH_TEST_DATAPATH says; the other tests of the package run
+// on both datapaths (make test runs them twice).
+
+// ebpfNode is a node whose networks run the eBPF datapath.
+func ebpfNode(t *testing.T) *node {
+	n := newNode(t)
+	if n.bpffs == "" {
+		n.bpffs = testenv.BPFFS(t)
+	}
+	return n
+}
+
+// fastpathOf opens the pins of network on n, for inspection.
+func (n *node) fastpathOf(t *testing.T, network string) *fastpath.Network {
+	t.Helper()
+	fp, err := fastpath.OpenExisting(n.bpffs, network)
+	if err != nil || fp == nil {
+		t.Fatalf("opening the eBPF maps of %s: %v %v", network, fp, err)
+	}
+	t.Cleanup(fp.Close)
+	return fp
+}
+
+func stats(t *testing.T, fp *fastpath.Network) fastpath.Stats {
+	t.Helper()
+	s, err := fp.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// udpArrives reports whether a datagram sent from src (bound to srcIP)
+// to dst:port arrives there.
+func udpArrives(t *testing.T, src ns.NetNS, srcIP string, dst ns.NetNS, dstIP string, port int) bool {
+	t.Helper()
+	var l *net.UDPConn
+	err := dst.Do(func(ns.NetNS) error {
+		var err error
+		l, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(dstIP), Port: port})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	err = src.Do(func(ns.NetNS) error {
+		c, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.ParseIP(srcIP)}, &net.UDPAddr{IP: net.ParseIP(dstIP), Port: port})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for range 3 {
+			c.Write([]byte("x"))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetReadDeadline(time.Now().Add(time.Second))
+	_, _, err = l.ReadFromUDP(make([]byte, 8))
+	return err == nil
+}
+
+func TestEBPFSameNode(t *testing.T) {
+	n := ebpfNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("fp", "berth0", "10.95.0.0/24", ""))
+	before := n.snapshot(t)
+	c1, c2 := container(t, "f1", port(8085, 80, "tcp")), container(t, "f2")
+	r1, err := rt.Add(c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := rt.Add(c2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip1, ip2 := ipOf(t, r1), ipOf(t, r2)
+	fp := n.fastpathOf(t, "fp")
+	testenv.Serve(t, c1.Netns, "0.0.0.0:80")
+
+	t.Run("containers talk past the bridge and netfilter", func(t *testing.T) {
+		s0 := stats(t, fp)
+		if err := testenv.Ping(c2.Netns, ip1); err != nil {
+			t.Fatal(err)
+		}
+		if src, err := testenv.Dial(c2.Netns, ip1+":80"); err != nil || src != ip2 {
+			t.Errorf("c2 -> c1:80: seen as %q, %v", src, err)
+		}
+		if s := stats(t, fp); s.Local < s0.Local+6 {
+			t.Errorf("counters %+v then %+v: want the ping and the connection delivered by the fast path", s0, s)
+		}
+		// Nothing of the flows went through the node's conntrack.
+		if out, _ := testenv.InNS(n.ns, "conntrack", "-L", "-s", ip2, "-d", ip1); strings.Contains(string(out), "src="+ip2) {
+			t.Errorf("conntrack saw the containers' traffic:\n%s", out)
+		}
+	})
+
+	t.Run("a container sending as another is dropped", func(t *testing.T) {
+		if !udpArrives(t, c1.Netns, ip1, c2.Netns, ip2, 5001) {
+			t.Fatal("control: c1 -> c2 with its own address did not arrive")
+		}
+		mustRun(t, c1.Netns, "ip", "addr", "add", "10.95.0.200/32", "dev", "eth0")
+		s0 := stats(t, fp)
+		if udpArrives(t, c1.Netns, "10.95.0.200", c2.Netns, ip2, 5002) {
+			t.Error("c1 reached c2 with a source address not its own")
+		}
+		if s := stats(t, fp); s.Spoofed < s0.Spoofed+3 {
+			t.Errorf("counters %+v then %+v: want 3 more spoofed", s0, s)
+		}
+		mustRun(t, c1.Netns, "ip", "addr", "del", "10.95.0.200/32", "dev", "eth0")
+	})
+
+	t.Run("the reply of a flow the node translated takes the kernel's path", func(t *testing.T) {
+		// A service address the node translates to c1, as kube-proxy
+		// does, and a rule ahead of berth's that keeps the source (else
+		// berth's hairpin masquerade would send the answers to the
+		// gateway): c1's answers go straight to c2, and only the kernel
+		// can give them the service's address back.
+		const vip = "10.96.0.10"
+		for _, rule := range [][]string{
+			{"PREROUTING", "-d", vip + "/32", "-p", "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", ip1 + ":80"},
+			{"POSTROUTING", "-d", ip1 + "/32", "-p", "tcp", "--dport", "80", "-j", "ACCEPT"},
+		} {
+			mustRun(t, n.ns, "iptables", append([]string{"-t", "nat", "-I"}, rule...)...)
+			defer testenv.InNS(n.ns, "iptables", append([]string{"-t", "nat", "-D"}, rule...)...)
+		}
+		s0 := stats(t, fp)
+		if src, err := testenv.Dial(c2.Netns, vip+":80"); err != nil || src != ip2 {
+			t.Errorf("c2 -> service %s -> c1: seen as %q, %v", vip, src, err)
+		}
+		if s := stats(t, fp); s.Translated == s0.Translated {
+			t.Errorf("counters %+v then %+v: the translated flow's replies were not left to the kernel", s0, s)
+		}
+	})
+
+	t.Run("published port from a neighbour and from outside", func(t *testing.T) {
+		for _, from := range []ns.NetNS{c2.Netns, n.outside, c1.Netns} {
+			if _, err := testenv.Dial(from, nodeIP+":8085"); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+
+	t.Run("CHECK finds a detached program and a missing endpoint", func(t *testing.T) {
+		if err := rt.Check(c1); err != nil {
+			t.Fatalf("CHECK: %v", err)
+		}
+		host := r1.Interfaces[1].Name
+		detachAll(t, n.ns, host)
+		var ce *types.Error
+		if err := rt.Check(c1); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(err.Error(), "eBPF program") {
+			t.Errorf("CHECK with the program detached: %v, want 104 naming the program", err)
+		}
+		eps, _ := fp.Endpoints()
+		for _, ep := range eps {
+			if ep.IP.String() == ip2 {
+				fp.RemoveEndpoint(ep.IP, ep.Owner)
+			}
+		}
+		if err := rt.Check(c2); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(err.Error(), "eBPF endpoints") {
+			t.Errorf("CHECK with the endpoint gone: %v, want 104 naming the endpoint", err)
+		}
+	})
+
+	t.Run("DEL removes the endpoints, the last one the pins", func(t *testing.T) {
+		if err := rt.Del(c1); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok, _ := fp.Endpoint(netipOf(ip1)); ok {
+			t.Error("c1's endpoint survived DEL")
+		}
+		if err := rt.Del(c2); err != nil {
+			t.Fatal(err)
+		}
+		if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
+			t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+		}
+	})
+}
+
+// detachAll removes every program from the TCX ingress of dev in n.
+func detachAll(t *testing.T, n ns.NetNS, dev string) {
+	t.Helper()
+	err := n.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		idx := l.Attrs().Index
+		res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		for _, ap := range res.Programs {
+			p, err := ebpf.NewProgramFromID(ap.ID)
+			if err != nil {
+				return err
+			}
+			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: idx, Program: p, Attach: ebpf.AttachTCXIngress})
+			p.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("detaching the programs of %s: %v", dev, err)
+	}
+}
+
+// A plugin killed at any point of ADD neither disturbs the traffic of the
+// containers already attached nor leaves anything after GC.
+func TestEBPFPluginKillLeavesTrafficFlowing(t *testing.T) {
+	n := ebpfNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("fpkill", "berth0", "10.97.0.0/24", ""))
+	c1, c2 := container(t, "k1"), container(t, "k2")
+	if _, err := rt.Add(c1); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := rt.Add(c2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := n.snapshot(t)
+	done := make(chan string, 1)
+	go func() {
+		out, _ := testenv.InNS(c1.Netns, "ping", "-n", "-q", "-i", "0.05", "-c", "60", "-W", "1", ipOf(t, r2))
+		done <- string(out)
+	}()
+	bin := filepath.Join(testenv.BinDir(t, "berth-bridge"), "berth-bridge")
+	conf := n.conflistPlugin("fpkill", "berth0", "10.97.0.0/24")
+	for i := range 10 {
+		c := testenv.NewNS(t)
+		cmd := exec.Command(bin)
+		cmd.Env = []string{"CNI_COMMAND=ADD", fmt.Sprintf("CNI_CONTAINERID=kill%d", i), "CNI_NETNS=" + c.Path(),
+			"CNI_IFNAME=eth0", "CNI_PATH=" + testenv.BinDir(t)}
+		cmd.Stdin = strings.NewReader(conf)
+		n.ns.Do(func(ns.NetNS) error { return cmd.Start() })
+		time.Sleep(time.Duration(rand.IntN(20000)) * time.Microsecond)
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	}
+	out := <-done
+	if !strings.Contains(out, "60 packets transmitted, 60 received") {
+		t.Errorf("c1 -> c2 while plugins were killed:\n%s", out)
+	}
+	if err := rt.GC(c1, c2); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if after := n.snapshot(t); after != before {
+		t.Errorf("after GC:\n%s", testenv.Diff(before, after))
+	}
+	if err := rt.Check(c2); err != nil {
+		t.Errorf("CHECK after GC: %v", err)
+	}
+	rt.Del(c1)
+	rt.Del(c2)
+}
+
+// GC removes endpoints no attachment owns (what state lost or a crash
+// left) and keeps the live ones.
+func TestEBPFGCRemovesOrphanEndpoints(t *testing.T) {
+	n := ebpfNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("fpgc", "berth0", "10.98.0.0/24", ""))
+	keep := container(t, "keep")
+	res, err := rt.Add(keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fp := n.fastpathOf(t, "fpgc")
+	orphan := fastpath.Endpoint{IP: netipOf("10.98.0.77"), Ifindex: 999, MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1},
+		RouterMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, Owner: 42}
+	if err := fp.AddEndpoint(orphan); err != nil {
+		t.Fatal(err)
+	}
+	if err := rt.GC(keep); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := fp.Endpoint(orphan.IP); ok {
+		t.Error("GC left an endpoint no attachment owns")
+	}
+	if _, ok, _ := fp.Endpoint(netipOf(ipOf(t, res))); !ok {
+		t.Error("GC removed a live endpoint")
+	}
+	if err := rt.Check(keep); err != nil {
+		t.Errorf("CHECK after GC: %v", err)
+	}
+	rt.Del(keep)
+}
+
+func TestEBPFConfigErrors(t *testing.T) {
+	n := newNode(t)
+	var ce *types.Error
+	for _, tt := range []struct {
+		name, extra, ranges, field string
+	}{
+		{"IPv6 range", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		{"IPv6 only", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		{"unknown datapath", `"datapath":"xdp",`, `[{"subnet":"10.99.0.0/24"}]`, "datapath"},
+		{"bpffs without ebpf", `"bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
+		{"not a BPF filesystem", fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, t.TempDir()), `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"berth-bridge","bridge":"berth9","stateDir":%q,%s
+				"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[%s]}}]}`, n.stateDir, tt.extra, n.dataDir, tt.ranges)
+			before := n.snapshot(t)
+			_, err := testenv.NewRuntime(t, n.ns, list).Add(container(t, "bad"))
+			if !errors.As(err, &ce) || ce.Code != 7 || !strings.Contains(err.Error(), tt.field) {
+				t.Errorf("ADD: %v, want error 7 naming %s", err, tt.field)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berth9\n", "", 1); after != before {
+				t.Errorf("failed ADD left:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+	t.Run("STATUS without a BPF filesystem", func(t *testing.T) {
+		list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"nobpf","plugins":[{"type":"berth-bridge","stateDir":%q,"datapath":"ebpf","bpffs":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24"}]]}}]}`, n.stateDir, t.TempDir(), n.dataDir)
+		if err := testenv.NewRuntime(t, n.ns, list).Status(); !errors.As(err, &ce) || ce.Code != 50 || !strings.Contains(err.Error(), "bpffs") {
+			t.Errorf("STATUS: %v, want 50 naming bpffs", err)
+		}
+		n := ebpfNode(t)
+		ok := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bpf","plugins":[{"type":"berth-bridge","stateDir":%q,"datapath":"ebpf","bpffs":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.99.0.0/24"}]]}}]}`, n.stateDir, n.bpffs, n.dataDir)
+		if err := testenv.NewRuntime(t, n.ns, ok).Status(); err != nil {
+			t.Errorf("STATUS with a BPF filesystem: %v", err)
+		}
+	})
+}
+
+// The leased plugins on the eBPF datapath take their families from the
+// node lease: a lease with IPv6 (the network became dual-stack, or is
+// IPv6-only) is refused with error 7 naming datapath and the lease's
+// subnetV6, never attached with IPv4 only; an attachment made before the
+// network gained IPv6 is still deleted, leaving nothing.
+func TestEBPFLeasedIPv6Refused(t *testing.T) {
+	for _, mode := range []string{lease.ModeVXLAN, lease.ModeBGP} {
+		t.Run(mode, func(t *testing.T) {
+			testenv.BinDir(t, "berth-"+mode)
+			n := ebpfNode(t)
+			leaseDir := t.TempDir()
+			list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":%q,"plugins":[{"type":"berth-%s","leaseDir":%q,
+				"stateDir":%q,"datapath":"ebpf","bpffs":%q,"ipam":{"type":"berth-ipam","dataDir":%q}}]}`,
+				mode, mode, leaseDir, n.stateDir, n.bpffs, n.dataDir)
+			rt := testenv.NewRuntime(t, n.ns, list)
+			write := func(l *lease.Node) {
+				l.Network, l.Mode, l.MTU, l.NodeName, l.Expires = mode, mode, 1450, "n1", time.Now().Add(time.Minute)
+				if err := lease.Write(lease.Path(leaseDir, mode), l); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v4 := lease.Node{NetworkCIDR: netip.MustParsePrefix("10.244.0.0/16"), Subnet: netip.MustParsePrefix("10.244.7.0/24"),
+				NodeIP: netip.MustParseAddr(nodeIP)}
+			v6 := lease.Node{NetworkCIDRv6: netip.MustParsePrefix("fd00:244::/56"), SubnetV6: netip.MustParsePrefix("fd00:244:0:7::/64")}
+			dual := v4
+			dual.NetworkCIDRv6, dual.SubnetV6 = v6.NetworkCIDRv6, v6.SubnetV6
+
+			before := n.snapshot(t)
+			write(&v4)
+			old := container(t, "old")
+			if _, err := rt.Add(old); err != nil {
+				t.Fatalf("ADD on the IPv4 lease: %v", err)
+			}
+			var ce *types.Error
+			for name, l := range map[string]*lease.Node{"dual-stack": &dual, "IPv6-only": &v6} {
+				write(l)
+				mid := n.snapshot(t)
+				_, err := rt.Add(container(t, "new"))
+				if !errors.As(err, &ce) || ce.Code != 7 || !strings.Contains(err.Error(), "datapath") || !strings.Contains(err.Error(), "subnetV6") {
+					t.Errorf("ADD on a %s lease: %v, want error 7 naming datapath and subnetV6", name, err)
+				}
+				if err := rt.Status(); !errors.As(err, &ce) || ce.Code != 7 {
+					t.Errorf("STATUS on a %s lease: %v, want error 7", name, err)
+				}
+				if after := n.snapshot(t); after != mid {
+					t.Errorf("refused ADD on a %s lease left:\n%s", name, testenv.Diff(mid, after))
+				}
+			}
+			write(&dual)
+			if err := rt.Del(old); err != nil {
+				t.Fatalf("DEL of the attachment made before the network gained IPv6: %v", err)
+			}
+			if after := n.snapshot(t); after != before {
+				t.Errorf("DEL left:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+}
+
+func netipOf(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// Two networks on one node, each churned by parallel ADD, CHECK and DEL
+// with no resident container: each network's pins are created and
+// removed again and again while other calls use them. Meanwhile a third
+// network is garbage collected over and over around its one container.
+// Every call succeeds, and nothing is left (no pin, endpoint, link,
+// record, bridge or iptables rule).
+func TestEBPFConcurrentNetworks(t *testing.T) {
+	n := ebpfNode(t)
+	before := n.snapshot(t)
+	var wg sync.WaitGroup
+	gcNet := testenv.NewRuntime(t, n.ns, n.conflist("fpc2", "berthc2", "10.99.2.0/24", ""))
+	resident := container(t, "resident")
+	if _, err := gcNet.Add(resident); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	gcDone := make(chan struct{})
+	go func() {
+		defer close(gcDone)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if err := gcNet.GC(resident); err != nil {
+				t.Errorf("GC: %v", err)
+			}
+			if err := gcNet.Check(resident); err != nil {
+				t.Errorf("CHECK after GC: %v", err)
+			}
+		}
+	}()
+	for net := range 2 {
+		rt := testenv.NewRuntime(t, n.ns, n.conflist(fmt.Sprintf("fpc%d", net), fmt.Sprintf("berthc%d", net), fmt.Sprintf("10.99.%d.0/24", net), ""))
+		for w := range 3 {
+			wg.Go(func() {
+				for i := range 8 {
+					c := &testenv.Attachment{ID: fmt.Sprintf("n%dw%di%d", net, w, i), Netns: testenv.NewNS(t)}
+					if _, err := rt.Add(c); err != nil {
+						t.Errorf("ADD %s: %v", c.ID, err)
+						return
+					}
+					if err := rt.Check(c); err != nil {
+						t.Errorf("CHECK %s: %v", c.ID, err)
+					}
+					if err := rt.Del(c); err != nil {
+						t.Errorf("DEL %s: %v", c.ID, err)
+					}
+					c.Netns.Close()
+				}
+			})
+		}
+	}
+	wg.Wait()
+	close(stop)
+	<-gcDone
+	if err := gcNet.Del(resident); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing left: no pin, endpoint, link, record, bridge or rule (a
+	// network's last DEL removes its bridge and chains, also when its
+	// last two containers leave side by side).
+	if d := testenv.Diff(before, n.snapshot(t)); d != "" {
+		t.Errorf("leftovers:\n%s", d)
+	}
+}

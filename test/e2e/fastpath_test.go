@@ -1,0 +1,209 @@
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/test/testbed"
+)
+
+// Two nodes on the eBPF datapath in each mode: the containers' traffic
+// across nodes leaves through the FIB's device and arrives straight in
+// the container (the programs' counters say so), a flow the client's node
+// translated (a service address) gets its replies translated back, and
+// `netd leave` removes the programs and pins. TestConnectivity and
+// TestSegments run on this datapath too (BERTH_TEST_DATAPATH=ebpf).
+func TestEBPFCrossNode(t *testing.T) {
+	for _, mode := range []string{"vxlan", "hostgw", "bgp"} {
+		t.Run(mode, func(t *testing.T) { ebpfCrossNode(t, mode) })
+	}
+}
+
+func ebpfCrossNode(t *testing.T, mode string) {
+	ctx := context.Background()
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
+	etcd, err := tb.StartEtcd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL},
+		Args: []string{"--mode", mode}, EBPF: true}, 1, 2)
+	ctrs := []*container{c.run(1, "n1a"), c.run(1, "n1b"), c.run(2, "n2a")}
+	fp := map[int]*fastpath.Network{}
+	for i := 1; i <= 2; i++ {
+		n, err := fastpath.OpenExisting(tb.Node(i).BPFFSDir(), "pods")
+		if err != nil || n == nil {
+			t.Fatalf("node%d: the network's pins: %v %v", i, n, err)
+		}
+		defer n.Close()
+		fp[i] = n
+	}
+
+	before := [3]fastpath.Stats{}
+	for i := 1; i <= 2; i++ {
+		before[i], _ = fp[i].Stats()
+	}
+	matrix(t, ctrs, 7000)
+	t.Run("the fast path carried it", func(t *testing.T) {
+		var after [3]fastpath.Stats
+		for i := 1; i <= 2; i++ {
+			after[i], _ = fp[i].Stats()
+		}
+		// Six pings and six connections between the nodes each way;
+		// two of each between n1a and n1b.
+		for i := 1; i <= 2; i++ {
+			sent := after[i].FIB + after[i].Neigh - before[i].FIB - before[i].Neigh
+			if sent < 12 || after[i].Arrived-before[i].Arrived < 12 {
+				t.Errorf("node%d: %+v then %+v: want packets sent to and arrived from the other node", i, before[i], after[i])
+			}
+		}
+		if after[1].Local-before[1].Local < 4 {
+			t.Errorf("node1: %+v then %+v: want local deliveries", before[1], after[1])
+		}
+		// Scraped after the counters were read: late packets of the
+		// connections (their last ACKs) may have arrived since.
+		m, err := c.netd[2].Metrics(ctx)
+		const metric = `berth_netd_fastpath_packets_total{network="pods",path="arrived"} `
+		var scraped uint64
+		if i := strings.Index(m, metric); i >= 0 {
+			fmt.Sscan(m[i+len(metric):], &scraped)
+		}
+		if scraped < after[2].Arrived || scraped > after[2].Arrived+50 {
+			t.Errorf("node2's metric %s= %d (%v), want about the counter's %d", metric, scraped, err, after[2].Arrived)
+		}
+	})
+
+	t.Run("a service on the client's node gets its replies translated back", func(t *testing.T) {
+		// As kube-proxy would: node2 translates a service address to n1a.
+		// n1a answers n2a directly; only node2's conntrack can turn the
+		// answer's source back into the service address.
+		const vip = "10.96.0.10"
+		server, client := ctrs[0], ctrs[2]
+		server.serve(t, 7100)
+		rule := []string{"-t", "nat", "-I", "PREROUTING", "-d", vip + "/32", "-p", "tcp", "--dport", "80",
+			"-j", "DNAT", "--to-destination", server.IP.String() + ":7100"}
+		if out, err := tb.Node(2).Run(ctx, "iptables", rule...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		s0, _ := fp[2].Stats()
+		if seen, err := client.dial(vip + ":80"); err != nil || seen != client.IP.String() {
+			t.Errorf("%s -> service %s -> %s: server saw %q (%v)", client, vip, server, seen, err)
+		}
+		if s, _ := fp[2].Stats(); s.Translated == s0.Translated {
+			t.Errorf("node2: %+v then %+v: the replies were not left to the kernel", s0, s)
+		}
+	})
+
+	t.Run("netd puts back an uplink program removed by hand", func(t *testing.T) {
+		n := tb.Node(1)
+		progs := tcxPrograms(t, n, n.Iface)
+		if len(progs) != 1 || !strings.HasPrefix(progs[0], "from_uplink") {
+			t.Fatalf("programs on %s: %v, want from_uplink", n.Iface, progs)
+		}
+		detachUplinks(t, n)
+		err := eventually(10*time.Second, func() error {
+			if progs := tcxPrograms(t, n, n.Iface); len(progs) != 1 {
+				return fmt.Errorf("programs on %s: %v", n.Iface, progs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("netd leave removes the programs and pins", func(t *testing.T) {
+		d := c.netd[2]
+		// netd leave is refused while containers are attached.
+		r, err := d.Node.Runner()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.RemoveAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := d.Leave(ctx); err != nil {
+			t.Fatalf("netd leave: %v\n%s", err, out)
+		}
+		if _, err := os.Stat(filepath.Join(d.Node.BPFFSDir(), "berth", "pods")); !os.IsNotExist(err) {
+			t.Errorf("the network's pins survived leave: %v", err)
+		}
+		if progs := tcxPrograms(t, d.Node, d.Node.Iface); len(progs) != 0 {
+			t.Errorf("programs left on %s: %v", d.Node.Iface, progs)
+		}
+	})
+}
+
+// tcxPrograms names the programs on the TCX ingress of dev on node n.
+func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
+	t.Helper()
+	var names []string
+	err := n.Do(func() error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		for _, ap := range res.Programs {
+			p, err := ebpf.NewProgramFromID(ap.ID)
+			if err != nil {
+				return err
+			}
+			info, _ := p.Info()
+			p.Close()
+			names = append(names, fmt.Sprintf("%s (id %d)", strings.TrimSpace(info.Name), ap.ID))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// detachUplinks removes every program from the TCX ingress of node n's
+// uplink, as an operator's mistake would.
+func detachUplinks(t *testing.T, n *testbed.Node) {
+	t.Helper()
+	err := n.Do(func() error {
+		l, err := netlink.LinkByName(n.Iface)
+		if err != nil {
+			return err
+		}
+		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return err
+		}
+		for _, ap := range res.Programs {
+			p, err := ebpf.NewProgramFromID(ap.ID)
+			if err != nil {
+				return err
+			}
+			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.Attrs().Index, Program: p, Attach: ebpf.AttachTCXIngress})
+			p.Close()
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
