@@ -102,7 +102,10 @@ func (s *sandbox) files(dirs ...string) []string {
 	var files []string
 	for _, f := range strings.Split(out, "\n") {
 		base := filepath.Base(f)
-		if f != "" && !strings.HasSuffix(f, ".lock") && base != "lock" && !strings.HasPrefix(base, "last_reserved_ip") && base != ".berth-index" {
+		// Locks and caches that are decided once and kept (the namespace's
+		// iptables backend, internal/iptables.Open) are not leftovers.
+		if f != "" && !strings.HasSuffix(f, ".lock") && base != "lock" && !strings.HasPrefix(base, "last_reserved_ip") && base != ".berth-index" &&
+			base != "iptables-backend" {
 			files = append(files, f)
 		}
 	}
