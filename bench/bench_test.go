@@ -60,8 +60,11 @@ func TestSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatalf("MeasureControlPlane: %v", err)
 	}
+	// A latency is clamped at 0 when a peer had the route before the
+	// bench's own etcd watch delivered the lease: on an idle machine most
+	// of a 3-node run's are, so only the max must be positive.
 	for _, c := range r.ControlPlane.Convergence {
-		if c.Pairs < minPairs || c.P50 <= 0 || c.Max < c.P50 || c.AllPeersMax < c.AllPeersP50 || c.AllPeersP50 < c.P50 ||
+		if c.Pairs < minPairs || c.P50 < 0 || c.Max <= 0 || c.Max < c.P50 || c.AllPeersMax < c.AllPeersP50 || c.AllPeersP50 < c.P50 ||
 			c.Joins < 3 || c.StartToLeaseP50 <= 0 || c.StartToLeaseMax < c.StartToLeaseP50 {
 			t.Errorf("%s convergence: implausible %+v", c.Mode, c)
 		}
