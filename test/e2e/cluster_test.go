@@ -18,6 +18,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
+	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/testbed"
 )
@@ -57,6 +58,17 @@ func startNetwork(t *testing.T, tb *testbed.Testbed, opts testbed.NetdOptions, n
 // long sleep).
 func (c *cluster) run(i int, name string, args ...string) *container {
 	c.t.Helper()
+	ctr, l := c.start(i, name, args...)
+	if !l.Subnet.Contains(ctr.IP) {
+		c.t.Fatalf("container %s on %s got %v, outside the node's subnet %s", name, ctr.Node.Host, ctr.IP, l.Subnet)
+	}
+	return ctr
+}
+
+// start starts the container of run and run6 and returns it with the
+// node's lease, for the caller to check its addresses against.
+func (c *cluster) start(i int, name string, args ...string) (*container, *lease.Node) {
+	c.t.Helper()
 	r, err := c.tb.Node(i).Runner()
 	if err != nil {
 		c.t.Fatal(err)
@@ -74,15 +86,12 @@ func (c *cluster) run(i int, name string, args ...string) *container {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if !l.Subnet.Contains(ctr.IP) {
-		c.t.Fatalf("container %s on %s got %v, outside the node's subnet %s", name, ctr.Node.Host, ctr.IP, l.Subnet)
-	}
 	netns, err := ns.GetNS(ctr.NetNSPath())
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.t.Cleanup(func() { netns.Close() })
-	return &container{Container: ctr, ns: netns}
+	return &container{Container: ctr, ns: netns}, l
 }
 
 // container is a runner container with its network namespace open, so

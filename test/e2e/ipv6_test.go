@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
-
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/testbed"
 )
@@ -127,32 +125,11 @@ func startNetwork6(t *testing.T, tb *testbed.Testbed, m ipv6Mode, opts testbed.N
 // subnet, and an IPv4 one of its IPv4 subnet when v4.
 func (c *cluster) run6(i int, name string, v4 bool, args ...string) *container {
 	c.t.Helper()
-	r, err := c.tb.Node(i).Runner()
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if len(args) == 0 {
-		args = []string{"--", "sleep", "86400"}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ctr, err := r.Start(ctx, name, append([]string{"--net", c.net}, args...)...)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	l, err := c.netd[i].Lease(ctx)
-	if err != nil {
-		c.t.Fatal(err)
-	}
+	ctr, l := c.start(i, name, args...)
 	if !l.SubnetV6.Contains(ctr.IPv6) || v4 != l.Subnet.Contains(ctr.IP) || !v4 && ctr.IP != ctr.IPv6 {
 		c.t.Fatalf("container %s on %s got %v, want an address of %v", name, ctr.Node.Host, ctr.IPs(), l.Subnets())
 	}
-	netns, err := ns.GetNS(ctr.NetNSPath())
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	c.t.Cleanup(func() { netns.Close() })
-	return &container{Container: ctr, ns: netns}
+	return ctr
 }
 
 // matrix6 is matrix over IPv6: every container reaches every other one
