@@ -130,9 +130,7 @@ func lockedTemp(path string) (*os.File, error) {
 			f.Close()
 			return nil, fmt.Errorf("%w: locking attachment state: %v", cnierr.ErrIO, err)
 		}
-		held, err1 := f.Stat()
-		named, err2 := os.Stat(path)
-		if err1 == nil && err2 == nil && os.SameFile(held, named) {
+		if stillNamed(f, path) {
 			if err := f.Truncate(0); err != nil {
 				f.Close()
 				return nil, fmt.Errorf("%w: saving attachment state: %v", cnierr.ErrIO, err)
@@ -141,6 +139,17 @@ func lockedTemp(path string) (*os.File, error) {
 		}
 		f.Close()
 	}
+}
+
+// stillNamed reports whether path still names the file f. A temp file
+// opened by GC may have been renamed into place by its writer before GC got
+// its lock; the path then names the next writer's file, which is not GC's
+// to remove. While GC holds the lock of the file path names, no writer can
+// rename it, so the answer stays true until GC unlocks.
+func stillNamed(f *os.File, path string) bool {
+	held, err1 := f.Stat()
+	named, err2 := os.Stat(path)
+	return err1 == nil && err2 == nil && os.SameFile(held, named)
 }
 
 func loadRecord(path string) (*record, error) {
@@ -194,7 +203,7 @@ func records(stateDir, network string) ([]*record, error) {
 	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
 	for _, p := range temps {
 		if f, err := os.Open(p); err == nil {
-			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil && stillNamed(f, p) {
 				os.Remove(p)
 			}
 			f.Close()
