@@ -79,14 +79,21 @@ func (tm *tmux) wait(w, re string) string {
 	}
 }
 
-// deadStatus waits until window w's command exited and returns its status.
+// deadStatus waits until window w's command exited and returns its status
+// (or "signal N").
 func (tm *tmux) deadStatus(w string) string {
 	tm.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		out := strings.TrimSpace(tm.run("display-message", "-p", "-t", ":"+w, "#{pane_dead} #{pane_dead_status}"))
-		if dead, status, _ := strings.Cut(out, " "); dead == "1" {
-			return status
+		// tmux marks a pane dead when its pty reads EOF, which may come
+		// before it reaps the command: the status shows only then.
+		out := tm.run("display-message", "-p", "-t", ":"+w, "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}")
+		f := strings.Split(strings.TrimSpace(out), ":")
+		switch {
+		case len(f) == 3 && f[0] == "1" && f[1] != "":
+			return f[1]
+		case len(f) == 3 && f[0] == "1" && f[2] != "":
+			return "signal " + f[2]
 		}
 		if time.Now().After(deadline) {
 			tm.t.Fatalf("window %s: command still runs; screen:\n%s", w, tm.screen(w))
