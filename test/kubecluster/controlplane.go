@@ -90,7 +90,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--bind-address=" + api.String(), "--advertise-address=" + api.String(),
 		fmt.Sprintf("--secure-port=%d", APIServerPort),
 		"--tls-cert-file=" + serving.Cert, "--tls-private-key-file=" + serving.Key,
-		"--client-ca-file=" + p.CA,
+		"--client-ca-file=" + p.Cert,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + p.SAPub, "--service-account-signing-key-file=" + p.SAKey,
 		"--service-cluster-ip-range=" + c.Options.ServiceCIDR.String(),
@@ -127,7 +127,7 @@ func (c *Cluster) startControlPlane(ctx context.Context) error {
 		"--kubeconfig=" + kubeconfigs["controller-manager"],
 		"--bind-address=127.0.0.1", "--secure-port=10257", "--leader-elect=false",
 		"--use-service-account-credentials=true",
-		"--service-account-private-key-file=" + p.SAKey, "--root-ca-file=" + p.CA,
+		"--service-account-private-key-file=" + p.SAKey, "--root-ca-file=" + p.Cert,
 		// spec.podCIDR for every node, what flannel-style networks (and
 		// berth's kubernetes datastore) give each node's pods.
 		"--allocate-node-cidrs=true", "--cluster-cidr=" + c.clusterCIDRs(), "--node-cidr-mask-size-ipv4=24", "--node-cidr-mask-size-ipv6=64",
@@ -155,11 +155,11 @@ func (c *Cluster) bin(name string) string { return filepath.Join(c.KubeBinDir, n
 // httpClient is an admin HTTPS client of the apiserver whose connections
 // start in the underlay namespace.
 func (c *Cluster) httpClient() (*http.Client, error) {
-	cert, err := tls.LoadX509KeyPair(filepath.Join(c.pki.dir, "admin.pem"), filepath.Join(c.pki.dir, "admin-key.pem"))
+	cert, err := tls.LoadX509KeyPair(filepath.Join(c.pki.Dir(), "admin.pem"), filepath.Join(c.pki.Dir(), "admin-key.pem"))
 	if err != nil {
 		return nil, fmt.Errorf("kubecluster: %w", err)
 	}
-	caPEM, err := os.ReadFile(c.pki.CA)
+	caPEM, err := os.ReadFile(c.pki.Cert)
 	if err != nil {
 		return nil, err
 	}

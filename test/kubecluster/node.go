@@ -304,7 +304,7 @@ imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 shutdownGracePeriod: 0s
 resolvConf: /etc/resolv.conf
-`, n.cgroup, n.IP, serving.Cert, serving.Key, c.pki.CA)), 0o644)
+`, n.cgroup, n.IP, serving.Cert, serving.Key, c.pki.Cert)), 0o644)
 	if err != nil {
 		return err
 	}

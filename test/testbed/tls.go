@@ -1,22 +1,13 @@
 package testbed
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+
+	"github.com/berthnet/berth/internal/testpki"
 )
 
 // TLSFiles are the PEM files of a test CA, a server certificate for the
@@ -42,77 +33,23 @@ func NewTLSFiles(dir string, serverIPs ...netip.Addr) (*TLSFiles, error) {
 	return newTLSFiles(dir, serverIPs)
 }
 
-// newTLSFiles makes a CA and certificates valid for an hour in dir.
+// newTLSFiles makes a CA and certificates in dir.
 func newTLSFiles(dir string, serverIPs []netip.Addr) (*TLSFiles, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	f := &TLSFiles{
-		CA:         filepath.Join(dir, "ca.pem"),
-		ServerCert: filepath.Join(dir, "server.pem"), ServerKey: filepath.Join(dir, "server-key.pem"),
-		ClientCert: filepath.Join(dir, "client.pem"), ClientKey: filepath.Join(dir, "client-key.pem"),
-	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testpki.New(dir, "berth testbed CA")
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
-	ca := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "berth testbed CA"},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	server, err := ca.Issue("server", testpki.Subject{CommonName: "etcd", IPs: serverIPs})
 	if err != nil {
-		return nil, err
-	}
-	if err := writePEM(f.CA, "CERTIFICATE", caDER); err != nil {
-		return nil, err
-	}
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP, certPath, keyPath string) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			NotBefore:    now.Add(-time.Minute),
-			NotAfter:     now.Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-			IPAddresses:  ips,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		keyDER, err := x509.MarshalECPrivateKey(key)
-		if err != nil {
-			return err
-		}
-		if err := writePEM(certPath, "CERTIFICATE", der); err != nil {
-			return err
-		}
-		return writePEM(keyPath, "EC PRIVATE KEY", keyDER)
-	}
-	var ips []net.IP
-	for _, ip := range serverIPs {
-		ips = append(ips, ip.AsSlice())
-	}
-	if err := issue(2, "etcd", x509.ExtKeyUsageServerAuth, ips, f.ServerCert, f.ServerKey); err != nil {
 		return nil, fmt.Errorf("testbed: server certificate: %w", err)
 	}
-	if err := issue(3, "netd", x509.ExtKeyUsageClientAuth, nil, f.ClientCert, f.ClientKey); err != nil {
+	client, err := ca.Issue("client", testpki.Subject{CommonName: "netd"})
+	if err != nil {
 		return nil, fmt.Errorf("testbed: client certificate: %w", err)
 	}
-	return f, nil
-}
-
-func writePEM(path, typ string, der []byte) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+	return &TLSFiles{
+		CA:         ca.Cert,
+		ServerCert: server.Cert, ServerKey: server.Key,
+		ClientCert: client.Cert, ClientKey: client.Key,
+	}, nil
 }
