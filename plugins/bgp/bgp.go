@@ -32,7 +32,7 @@ import (
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
-	"github.com/berthnet/berth/plugins/bridge"
+	"github.com/berthnet/berth/plugins/attach"
 )
 
 // Gateway is the container's next hop: link-local, the same in every
@@ -47,7 +47,7 @@ var GatewayV6 = net.ParseIP("fe80::1")
 var Plugin = cniplugin.Plugin{
 	Name:  "berth-bgp",
 	About: "routed containers (a /32 each, no bridge) on the node's block announced over BGP by netd",
-	Help: strings.ReplaceAll(strings.Replace(bridge.LeasedHelp, `   "bridge": "berth0",          bridge name on the node
+	Help: strings.ReplaceAll(strings.Replace(attach.LeasedHelp, `   "bridge": "berth0",          bridge name on the node
 `, "", 1), "MODE", lease.ModeBGP) + `
 
 The container gets <address>/32 and "default via 169.254.1.1" (with IPv6:
@@ -57,7 +57,7 @@ it through the host veth (bv...). No bridge, no L2 between containers.`,
 }
 
 func funcs() skel.CNIFuncs {
-	return bridge.LeasedFuncs(lease.ModeBGP, bridge.Datapath{Links: routedLinks{}})
+	return attach.LeasedFuncs(lease.ModeBGP, attach.Datapath{Links: routedLinks{}})
 }
 
 // routedLinks plugs a container in point-to-point.
@@ -69,11 +69,11 @@ func (routedLinks) Release(*conf.Bridge) error { return nil }
 
 // Ingress is every host veth: each container's packets enter on its own,
 // to which the node routes its address back.
-func (routedLinks) Ingress(*conf.Bridge) string { return bridge.HostVeths }
+func (routedLinks) Ingress(*conf.Bridge) string { return attach.HostVeths }
 
-func (routedLinks) Setup(r bridge.LinkRequest) (*current.Result, error) {
+func (routedLinks) Setup(r attach.LinkRequest) (*current.Result, error) {
 	c := r.Conf
-	hostIf, contIf, err := bridge.SetupVeth(bridge.VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,
+	hostIf, contIf, err := attach.SetupVeth(attach.VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,
 		MTU: r.MTU(), MAC: c.RuntimeConfig.MAC})
 	if err != nil {
 		return nil, err
@@ -113,11 +113,11 @@ func (routedLinks) Setup(r bridge.LinkRequest) (*current.Result, error) {
 		return nil, err
 	}
 	if v6 {
-		if err := bridge.EnableIPv6Forwarding(); err != nil {
+		if err := attach.EnableIPv6Forwarding(); err != nil {
 			return nil, err
 		}
 	}
-	return res, bridge.EnableForwarding(r.HostVeth)
+	return res, attach.EnableForwarding(r.HostVeth)
 }
 
 // configureContainer runs in the container: the /32 (/128), per family
@@ -200,7 +200,7 @@ func configureHost(hostVeth string, res *current.Result) error {
 	return nil
 }
 
-func (routedLinks) Check(r bridge.LinkRequest, prev *current.Result) error {
+func (routedLinks) Check(r attach.LinkRequest, prev *current.Result) error {
 	link, err := netlinksafe.LinkByName(r.HostVeth)
 	if err != nil {
 		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, r.HostVeth, err)
@@ -218,5 +218,5 @@ func (routedLinks) Check(r bridge.LinkRequest, prev *current.Result) error {
 			return fmt.Errorf("%w: node route to %s via %s missing", cnierr.ErrCheckFailed, ipc.Address.String(), r.HostVeth)
 		}
 	}
-	return r.Netns.Do(func(ns.NetNS) error { return bridge.CheckContainerSide(r.IfName, prev) })
+	return r.Netns.Do(func(ns.NetNS) error { return attach.CheckContainerSide(r.IfName, prev) })
 }

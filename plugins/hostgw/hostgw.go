@@ -8,13 +8,13 @@ import (
 
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
-	"github.com/berthnet/berth/plugins/bridge"
+	"github.com/berthnet/berth/plugins/attach"
 )
 
 // Plugin is berth-hostgw.
 var Plugin = cniplugin.Plugin{
 	Name:  "berth-hostgw",
 	About: "containers on the node's subnet, routed to other nodes by netd (host-gw)",
-	Help:  strings.ReplaceAll(bridge.LeasedHelp, "MODE", lease.ModeHostGW),
-	Funcs: bridge.LeasedFuncs(lease.ModeHostGW, bridge.Bridged),
+	Help:  strings.ReplaceAll(attach.LeasedHelp, "MODE", lease.ModeHostGW),
+	Funcs: attach.LeasedFuncs(lease.ModeHostGW, attach.Bridged),
 }

@@ -8,13 +8,13 @@ import (
 
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
-	"github.com/berthnet/berth/plugins/bridge"
+	"github.com/berthnet/berth/plugins/attach"
 )
 
 // Plugin is berth-vxlan.
 var Plugin = cniplugin.Plugin{
 	Name:  "berth-vxlan",
 	About: "containers on the node's subnet of a VXLAN overlay run by netd",
-	Help:  strings.ReplaceAll(bridge.LeasedHelp, "MODE", lease.ModeVXLAN),
-	Funcs: bridge.LeasedFuncs(lease.ModeVXLAN, bridge.Bridged),
+	Help:  strings.ReplaceAll(attach.LeasedHelp, "MODE", lease.ModeVXLAN),
+	Funcs: attach.LeasedFuncs(lease.ModeVXLAN, attach.Bridged),
 }

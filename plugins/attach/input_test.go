@@ -1,4 +1,4 @@
-package bridge_test
+package attach_test
 
 import (
 	"bytes"

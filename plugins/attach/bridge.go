@@ -3,7 +3,7 @@
 // and isolation from other networks. berth-bridge uses it with addresses
 // from its ipam config; berth-vxlan and berth-hostgw with the node's
 // leased subnet.
-package bridge
+package attach
 
 import (
 	"errors"
