@@ -110,8 +110,8 @@ func TestContainerdCalls(t *testing.T) {
 	})
 }
 
-// Shaping is measured: iperf3 through a shaped pod's veth, both ways,
-// within 10% of the rate; an unshaped pod on the same node runs far
+// Shaping is measured: iperf3 through a shaped pod's veth, both ways, at
+// most 10% above the rate and at most 15% below; an unshaped pod on the same node runs far
 // faster, so the measurement would catch missing shaping.
 func TestBandwidthShaping(t *testing.T) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
@@ -144,9 +144,18 @@ func TestBandwidthShaping(t *testing.T) {
 		{"into the pod (ingress)", false, ingress},
 		{"out of the pod (egress)", true, egress},
 	} {
-		got := iperf(t, n.ns, ips[0], m.reverse)
-		if got < 0.9*m.want || got > 1.1*m.want {
-			t.Errorf("%s: %.1f Mbit/s, want %.1f ± 10%%", m.what, got/1e6, m.want/1e6)
+		// Above the rate is a shaping failure at once. Below it a busy
+		// machine can push a TCP stream (its sender or iperf3's timer
+		// starved): the rate must show within 3 tries.
+		var got float64
+		for try := 0; try < 3; try++ {
+			if got = iperf(t, n.ns, ips[0], m.reverse); got > 1.1*m.want || got >= 0.85*m.want {
+				break
+			}
+			t.Logf("%s: %.1f Mbit/s, below the limit %.1f; again", m.what, got/1e6, m.want/1e6)
+		}
+		if got < 0.85*m.want || got > 1.1*m.want {
+			t.Errorf("%s: %.1f Mbit/s, want %.1f (-15%%, +10%%)", m.what, got/1e6, m.want/1e6)
 		} else {
 			t.Logf("%s: %.1f Mbit/s (limit %.1f)", m.what, got/1e6, m.want/1e6)
 		}
