@@ -91,7 +91,7 @@ func (c NodeConflist) WithDatapath(n *Network, bpffs string) NodeConflist {
 
 // CheckBandwidth refuses shaping on the eBPF datapath: its programs
 // redirect a container's packets past the tc qdiscs that shape them
-// (plugins/bridge/bandwidth.go), so the limit would silently not hold.
+// (plugins/attach/bandwidth.go), so the limit would silently not hold.
 func (c *Bridge) CheckBandwidth(b *Bandwidth) error {
 	if b == nil || !c.EBPF() {
 		return nil

@@ -7,7 +7,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cniplugin"
-	"github.com/berthnet/berth/plugins/attach"
+	"github.com/berthnet/berth/plugins/bridge"
 )
 
 const help = `Configuration (a plugin in a conflist; every field but "type" and "ipam" optional):
@@ -44,6 +44,6 @@ func main() {
 		Name:  "berth-bridge",
 		About: "bridge networking with NAT, port mapping and isolation",
 		Help:  help,
-		Funcs: attach.Bridged.Funcs(func(a *skel.CmdArgs, _ bool) (*conf.Bridge, error) { return attach.Load(a) }),
+		Funcs: bridge.Datapath.Funcs(func(a *skel.CmdArgs, _ bool) (*conf.Bridge, error) { return bridge.Load(a) }),
 	})
 }

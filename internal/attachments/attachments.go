@@ -4,7 +4,7 @@
 // anything and removed once DEL undid it all. <key>.json is a live
 // attachment; DEL and GC first rename it to <key>.leaving, which stays
 // until everything of the attachment is gone, so that a DEL killed
-// midway is repeated from it. plugins/bridge writes the records; netd
+// midway is repeated from it. plugins/attach writes the records; netd
 // leave reads them to refuse while containers are attached.
 package attachments
 

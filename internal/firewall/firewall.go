@@ -28,7 +28,7 @@
 //	BERTH-RPF-<net>     -i <ingress> -m rpfilter --invert -j DROP
 //
 // IPv4 drops spoofed sources with rp_filter on the bridge or host veth
-// (plugins/bridge.EnableForwarding); IPv6 has no rp_filter, so the rpfilter
+// (plugins/attach.EnableForwarding); IPv6 has no rp_filter, so the rpfilter
 // match does the same: a packet entering from the network's containers
 // whose source the node would not route back there is dropped, in raw,
 // before conntrack keeps any state for it. It is per network interface,

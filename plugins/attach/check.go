@@ -8,27 +8,8 @@ import (
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
 
-	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 )
-
-func checkHostSide(c *conf.Bridge, hostVeth string) error {
-	br, err := bridgeByName(c.BridgeName)
-	if err != nil {
-		return fmt.Errorf("%w: bridge %s: %v", cnierr.ErrCheckFailed, c.BridgeName, err)
-	}
-	l, err := netlinksafe.LinkByName(hostVeth)
-	if err != nil {
-		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, hostVeth, err)
-	}
-	if l.Attrs().MasterIndex != br.Index {
-		return fmt.Errorf("%w: host veth %s is not attached to bridge %s", cnierr.ErrCheckFailed, hostVeth, c.BridgeName)
-	}
-	if l.Attrs().OperState == netlink.OperDown {
-		return fmt.Errorf("%w: host veth %s is down", cnierr.ErrCheckFailed, hostVeth)
-	}
-	return nil
-}
 
 // CheckContainerSide verifies the addresses and routes of prev on ifName;
 // it runs inside the container namespace.

@@ -5,9 +5,10 @@ import (
 	"time"
 
 	"errors"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/containernetworking/cni/pkg/types"
 

@@ -5,7 +5,7 @@
 // neighbour entry in the container, and proxy ARP for anything else), and
 // the node routes the /32 back through the veth. netd announces the block
 // over BGP. Addresses, host ports, masquerade and isolation are the shared
-// lifecycle of plugins/bridge.
+// lifecycle of plugins/attach.
 //
 // IPv6 (a dual-stack or IPv6-only network) the same way: the container
 // gets a /128 and "default via fe80::1", a link-local address the host

@@ -9,6 +9,7 @@ import (
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/plugins/attach"
+	"github.com/berthnet/berth/plugins/bridge"
 )
 
 // Plugin is berth-hostgw.
@@ -16,5 +17,5 @@ var Plugin = cniplugin.Plugin{
 	Name:  "berth-hostgw",
 	About: "containers on the node's subnet, routed to other nodes by netd (host-gw)",
 	Help:  strings.ReplaceAll(attach.LeasedHelp, "MODE", lease.ModeHostGW),
-	Funcs: attach.LeasedFuncs(lease.ModeHostGW, attach.Bridged),
+	Funcs: attach.LeasedFuncs(lease.ModeHostGW, bridge.Datapath),
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/berthnet/berth/internal/cniplugin"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/plugins/attach"
+	"github.com/berthnet/berth/plugins/bridge"
 )
 
 // Plugin is berth-vxlan.
@@ -16,5 +17,5 @@ var Plugin = cniplugin.Plugin{
 	Name:  "berth-vxlan",
 	About: "containers on the node's subnet of a VXLAN overlay run by netd",
 	Help:  strings.ReplaceAll(attach.LeasedHelp, "MODE", lease.ModeVXLAN),
-	Funcs: attach.LeasedFuncs(lease.ModeVXLAN, attach.Bridged),
+	Funcs: attach.LeasedFuncs(lease.ModeVXLAN, bridge.Datapath),
 }

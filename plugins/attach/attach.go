@@ -1,8 +1,8 @@
-// Package bridge is berth's bridge datapath: a Linux bridge per network,
-// a veth pair per container, addresses from IPAM, masquerade, port mapping
-// and isolation from other networks. berth-bridge uses it with addresses
-// from its ipam config; berth-vxlan and berth-hostgw with the node's
-// leased subnet.
+// Package attach is the life of a container's attachment that every berth
+// plugin shares, whatever plugs the container in (a Datapath's Links: the
+// bridge, or bgp's routed veth): the record written first so that a crash
+// midway is repaired, IPAM, host ports, masquerade, isolation and
+// anti-spoofing (internal/firewall), the eBPF fast path, CHECK, DEL and GC.
 package attach
 
 import (
@@ -24,26 +24,10 @@ import (
 	"github.com/berthnet/berth/internal/firewall"
 )
 
-// Load parses a berth-bridge config: the shared fields and the ipam object.
-func Load(args *skel.CmdArgs) (*conf.Bridge, error) {
-	c, err := conf.ParseBridge(args.StdinData, args.Args)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.ParseIPAMFor(args.StdinData, args.Args); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
 // Datapath is one of berth's ways to plug containers in (its Links), with
 // the attachment lifecycle every datapath shares: record, IPAM, host
 // ports, iptables, teardown, GC.
 type Datapath struct{ Links Links }
-
-// Bridged plugs containers into the network's bridge: berth-bridge,
-// berth-vxlan and berth-hostgw.
-var Bridged = Datapath{Links: bridgeLinks{}}
 
 // Funcs are the CNI operations of d with the config from load; needLease
 // tells load whether the operation needs netd's lease (not DEL and GC,

@@ -1,0 +1,341 @@
+// Package bridge is berth's bridge datapath: a Linux bridge per network
+// and a veth pair per container plugged into it. berth-bridge uses it with
+// addresses from its ipam config; berth-vxlan and berth-hostgw with the
+// node's leased subnet. The rest of an attachment's life is
+// plugins/attach's.
+package bridge
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	cniipam "github.com/containernetworking/plugins/pkg/ipam"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/netnsdir"
+	"github.com/berthnet/berth/internal/nodebridge"
+	"github.com/berthnet/berth/plugins/attach"
+)
+
+// Load parses a berth-bridge config: the shared fields and the ipam object.
+func Load(args *skel.CmdArgs) (*conf.Bridge, error) {
+	c, err := conf.ParseBridge(args.StdinData, args.Args)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ParseIPAMFor(args.StdinData, args.Args); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Datapath plugs containers into the network's bridge: berth-bridge,
+// berth-vxlan and berth-hostgw.
+var Datapath = attach.Datapath{Links: bridgeLinks{}}
+
+// bridgeLinks plugs containers into the network's bridge.
+type bridgeLinks struct{}
+
+func (bridgeLinks) Setup(r attach.LinkRequest) (*current.Result, error) {
+	c := r.Conf
+	// Held until the veth is in and the gateway set: nodebridge.Release, which
+	// takes the lock exclusively, never removes the bridge in between.
+	br, lock, err := useBridge(c)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Release()
+	hostIf, contIf, err := attach.SetupVeth(attach.VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,
+		MTU: r.MTU(), MAC: c.MAC, Hairpin: c.Hairpin(), Bridge: br})
+	if err != nil {
+		return nil, err
+	}
+	result := buildResult(r.IPAM, br, hostIf, contIf, r.Netns.Path(), c)
+	if err := r.Netns.Do(func(ns.NetNS) error { return configureIface(r.IfName, result) }); err != nil {
+		return nil, err
+	}
+	if c.Gateway() {
+		if err := ensureGateway(c, br, gateways(result)); err != nil {
+			return nil, err
+		}
+	}
+	return result, attach.EnableForwarding(c.BridgeName)
+}
+
+// Ingress is the bridge: routed packets from its ports (and, with
+// br_netfilter, bridged ones too) show it as their input device.
+func (bridgeLinks) Ingress(c *conf.Bridge) string { return c.BridgeName }
+
+func (bridgeLinks) Release(c *conf.Bridge) error {
+	_, err := nodebridge.Release(c.BridgeName, c.Name)
+	return err
+}
+
+func (bridgeLinks) Check(r attach.LinkRequest, prev *current.Result) error {
+	if err := checkHostSide(r.Conf, r.HostVeth); err != nil {
+		return err
+	}
+	return r.Netns.Do(func(ns.NetNS) error { return attach.CheckContainerSide(r.IfName, prev) })
+}
+
+func buildResult(ipamRes *current.Result, br *netlink.Bridge, hostIf, contIf net.Interface, netnsPath string, c *conf.Bridge) *current.Result {
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: br.Name, Mac: br.HardwareAddr.String()},
+			{Name: hostIf.Name, Mac: hostIf.HardwareAddr.String()},
+			{Name: contIf.Name, Mac: contIf.HardwareAddr.String(), Sandbox: netnsPath},
+		},
+		Routes: ipamRes.Routes,
+		DNS:    ipamRes.DNS,
+	}
+	for _, ipc := range ipamRes.IPs {
+		ipc := *ipc
+		ipc.Interface = current.Int(2)
+		res.IPs = append(res.IPs, &ipc)
+	}
+	if c.IsDefaultGateway {
+		for _, ipc := range res.IPs {
+			if ipc.Gateway == nil || hasDefaultRoute(res.Routes, ipc.Gateway.To4() != nil) {
+				continue
+			}
+			dst := net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}
+			if ipc.Gateway.To4() == nil {
+				dst = net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+			}
+			res.Routes = append(res.Routes, &types.Route{Dst: dst, GW: ipc.Gateway})
+		}
+	}
+	return res
+}
+
+func hasDefaultRoute(routes []*types.Route, v4 bool) bool {
+	for _, r := range routes {
+		ones, _ := r.Dst.Mask.Size()
+		if ones == 0 && (r.Dst.IP.To4() != nil) == v4 {
+			return true
+		}
+	}
+	return false
+}
+
+// configureIface runs inside the container namespace. The container's
+// IPv6 addresses skip duplicate address detection, as with the reference
+// bridge: they come from IPAM, nobody else holds them, and waiting for
+// DAD would make ADD take a second or two (ConfigureIface waits until no
+// address is tentative).
+func configureIface(ifName string, res *current.Result) error {
+	for _, ipc := range res.IPs {
+		if ipc.Address.IP.To4() == nil {
+			if _, err := sysctl.Sysctl("net/ipv6/conf/"+ifName+"/accept_dad", "0"); err != nil {
+				return fmt.Errorf("%w: turning off DAD on %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+			}
+			break
+		}
+	}
+	if err := cniipam.ConfigureIface(ifName, res); err != nil {
+		return fmt.Errorf("%w: configuring %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+	}
+	return nil
+}
+
+// gateways are the addresses the bridge answers on, with their prefix.
+func gateways(res *current.Result) []netip.Prefix {
+	var out []netip.Prefix
+	for _, ipc := range res.IPs {
+		gw, ok := netip.AddrFromSlice(ipc.Gateway)
+		if !ok {
+			continue
+		}
+		ones, _ := ipc.Address.Mask.Size()
+		out = append(out, netip.PrefixFrom(gw.Unmap(), ones))
+	}
+	return out
+}
+
+// useBridge returns the network's bridge, up, creating or adopting it when
+// needed, and the bridge lock the caller releases once its veth is in.
+func useBridge(c *conf.Bridge) (*netlink.Bridge, *netnsdir.Lock, error) {
+	lock, err := nodebridge.Lock(c.BridgeName, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	br, err := bridgeByName(c.BridgeName)
+	if owner, _ := nodebridge.Owner(aliasOf(br)); err != nil || owner != c.Name {
+		// Creating, adopting or refusing: decided alone.
+		lock.Release()
+		if lock, err = nodebridge.Lock(c.BridgeName, false); err != nil {
+			return nil, nil, err
+		}
+		if br, err = markBridge(c); err != nil {
+			lock.Release()
+			return nil, nil, err
+		}
+	}
+	if c.PromiscMode {
+		if err := netlink.SetPromiscOn(br); err != nil {
+			lock.Release()
+			return nil, nil, fmt.Errorf("%w: promiscMode on %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+		}
+	}
+	if err := netlink.LinkSetUp(br); err != nil {
+		lock.Release()
+		return nil, nil, fmt.Errorf("%w: bringing up %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+	}
+	return br, lock, nil
+}
+
+func aliasOf(br *netlink.Bridge) string {
+	if br == nil {
+		return ""
+	}
+	return br.Attrs().Alias
+}
+
+// markBridge creates the network's bridge, or adopts an unmarked one, or
+// refuses one marked by another network. The caller holds the bridge's
+// lock exclusively.
+func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
+	alias := nodebridge.Mark(c.Name, true)
+	br, err := bridgeByName(c.BridgeName)
+	if errors.As(err, new(netlink.LinkNotFoundError)) {
+		la := netlink.NewLinkAttrs()
+		la.Name = c.BridgeName
+		if c.MTU != 0 {
+			la.MTU = c.MTU
+		}
+		// Without this a new bridge takes the lowest MAC of its ports and
+		// changes address whenever a container comes or goes.
+		la.HardwareAddr = randomMAC()
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
+			return nil, fmt.Errorf("%w: creating bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+		}
+		// Its link-local address, made when it comes up, is usable at
+		// once: while it is tentative (DAD, a second) the node cannot
+		// send neighbour solicitations on the bridge, and the first
+		// packets it forwards to a new container are lost.
+		key := "net/ipv6/conf/" + c.BridgeName + "/accept_dad"
+		if _, err := sysctl.Sysctl(key, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: setting %s=0: %v", cnierr.ErrDatapath, key, err)
+		}
+		alias = nodebridge.Mark(c.Name, false)
+		br, err = bridgeByName(c.BridgeName)
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch owner, _ := nodebridge.Owner(br.Attrs().Alias); {
+	case owner == c.Name:
+		return br, nil
+	case br.Attrs().Alias != "":
+		return nil, fmt.Errorf("%w: bridge %q: already used by %q; give network %q its own \"bridge\" (or, if that network is gone and nothing is plugged into %s, remove it: ip link del %s)",
+			cnierr.ErrLinkInUse, c.BridgeName, br.Attrs().Alias, c.Name, c.BridgeName, c.BridgeName)
+	}
+	if err := netlink.LinkSetAlias(br, alias); err != nil {
+		return nil, fmt.Errorf("%w: labelling bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
+	}
+	return br, nil
+}
+
+func bridgeByName(name string) (*netlink.Bridge, error) {
+	l, err := netlinksafe.LinkByName(name)
+	if err != nil {
+		return nil, err
+	}
+	br, ok := l.(*netlink.Bridge)
+	if !ok {
+		return nil, fmt.Errorf("%w: %s exists and is a %s, not a bridge; choose another \"bridge\" name", cnierr.ErrLinkInUse, name, l.Type())
+	}
+	return br, nil
+}
+
+func randomMAC() net.HardwareAddr {
+	mac := make(net.HardwareAddr, 6)
+	f, err := os.Open("/dev/urandom")
+	if err == nil {
+		f.Read(mac)
+		f.Close()
+	}
+	mac[0] = (mac[0] | 0x02) &^ 0x01 // locally administered, unicast
+	return mac
+}
+
+// ensureGateway puts the gateway addresses on the bridge. An address of
+// another subnet already there means a misconfiguration, unless
+// forceAddress says to replace it.
+func ensureGateway(c *conf.Bridge, br *netlink.Bridge, gws []netip.Prefix) error {
+	for _, gw := range gws {
+		family := netlink.FAMILY_V4
+		if gw.Addr().Is6() {
+			family = netlink.FAMILY_V6
+		}
+		addrs, err := netlinksafe.AddrList(br, family)
+		if err != nil {
+			return fmt.Errorf("%w: listing addresses of %s: %v", cnierr.ErrDatapath, br.Name, err)
+		}
+		present := false
+		for _, a := range addrs {
+			have, _ := netip.AddrFromSlice(a.IP)
+			have = have.Unmap()
+			ones, _ := a.Mask.Size()
+			switch {
+			case have == gw.Addr() && ones == gw.Bits():
+				present = true
+			case !gw.Masked().Contains(have):
+				// Another subnet: several networks may share a bridge's
+				// addresses; only the same subnet twice is a mistake.
+			case !c.ForceAddress:
+				return fmt.Errorf("%w: bridge %s already has %s in the gateway's subnet %s; set \"forceAddress\": true to replace it",
+					cnierr.ErrLinkInUse, br.Name, a.IPNet, gw.Masked())
+			default:
+				if err := netlink.AddrDel(br, &a); err != nil {
+					return fmt.Errorf("%w: removing %s from %s: %v", cnierr.ErrDatapath, a.IPNet, br.Name, err)
+				}
+			}
+		}
+		if present {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: gw.Addr().AsSlice(), Mask: net.CIDRMask(gw.Bits(), gw.Addr().BitLen())}}
+		if gw.Addr().Is6() {
+			// Usable at once: containers get their own addresses without
+			// DAD too, and nobody else answers for the gateway.
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("%w: adding gateway %s to %s: %v", cnierr.ErrDatapath, gw, br.Name, err)
+		}
+	}
+	return nil
+}
+
+func checkHostSide(c *conf.Bridge, hostVeth string) error {
+	br, err := bridgeByName(c.BridgeName)
+	if err != nil {
+		return fmt.Errorf("%w: bridge %s: %v", cnierr.ErrCheckFailed, c.BridgeName, err)
+	}
+	l, err := netlinksafe.LinkByName(hostVeth)
+	if err != nil {
+		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, hostVeth, err)
+	}
+	if l.Attrs().MasterIndex != br.Index {
+		return fmt.Errorf("%w: host veth %s is not attached to bridge %s", cnierr.ErrCheckFailed, hostVeth, c.BridgeName)
+	}
+	if l.Attrs().OperState == netlink.OperDown {
+		return fmt.Errorf("%w: host veth %s is down", cnierr.ErrCheckFailed, hostVeth)
+	}
+	return nil
+}
