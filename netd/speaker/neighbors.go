@@ -107,7 +107,8 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 		Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.ASN, AuthPassword: n.Password, Description: n.Name},
 		Transport: &api.Transport{LocalAddress: local.String(), RemotePort: uint32(s.port(n)), PassiveMode: n.Passive},
 		// A dead peer is noticed within the hold time; a refused
-		// connection is retried after 1-2s (GoBGP's fastest).
+		// connection is retried after 1-2s (GoBGP's fastest; between
+		// nodes netd dials sooner itself, see dial.go).
 		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: connectRetry, HoldTime: secs(s.cfg.HoldTime),
 			KeepaliveInterval: secs(s.cfg.KeepaliveInterval), IdleHoldTimeAfterReset: idleHoldAfterTry}},
 		// Peers keep our routes while we restart, and we keep theirs.

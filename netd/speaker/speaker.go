@@ -28,6 +28,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -88,12 +89,14 @@ type Speaker struct {
 	log     *slog.Logger
 	changed chan struct{} // signalled (without blocking) on any table or peer change
 	started time.Time
+	accept  chan<- *net.TCPConn // GoBGP's accepted connections (dial.go); nil: GoBGP dials alone
 
 	mu        sync.Mutex // guards the fields below; held across the GoBGP calls that change them
 	neighbors map[netip.Addr]Neighbor
 	added     map[netip.Addr]time.Time // when each neighbor was configured
 	announced map[netip.Prefix]bool
 	exported  map[netip.Prefix]bool // sent to external routers (SetExport)
+	dialing   map[netip.Addr]bool   // neighbors netd is dialing (dial.go)
 }
 
 // Start runs a speaker until Stop is called (or the process exits).
@@ -124,7 +127,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	}
 	s := &Speaker{cfg: cfg, log: cfg.Logger.With("component", "bgp"), changed: make(chan struct{}, 1), started: time.Now(),
 		neighbors: map[netip.Addr]Neighbor{}, added: map[netip.Addr]time.Time{},
-		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}}
+		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}, dialing: map[netip.Addr]bool{}}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{s.log}))
 	go s.srv.Serve()
 	var listen []string
@@ -141,6 +144,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		s.srv.Stop()
 		return nil, fmt.Errorf("starting BGP on %v port %d: %w", listen, cfg.ListenPort, err)
 	}
+	s.accept = acceptQueue(s.srv)
 	if err := s.installPolicy(ctx); err != nil {
 		s.Stop()
 		return nil, err
@@ -197,7 +201,7 @@ func (s *Speaker) restarting() bool {
 
 // peerState logs a session's state change and, when a session to
 // another node has just left its idle hold, arms the next one (see
-// shortenIdleHold).
+// shortenIdleHold) and, on the side that dials, opens it (dial.go).
 func (s *Speaker) peerState(p *api.Peer) {
 	addr, _ := netip.ParseAddr(p.GetState().GetNeighborAddress())
 	state := p.GetState().GetSessionState()
@@ -209,7 +213,12 @@ func (s *Speaker) peerState(p *api.Peer) {
 	n, ok := s.neighbors[addr]
 	s.mu.Unlock()
 	if ok && !n.External {
-		go s.shortenIdleHold(addr)
+		go func() {
+			// In this order: the reset's Cease must be queued before the
+			// session can be established, see shortenIdleHold.
+			s.shortenIdleHold(addr)
+			s.dial(addr)
+		}()
 	}
 }
 
