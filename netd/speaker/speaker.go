@@ -231,19 +231,18 @@ func (s *Speaker) peerState(p *api.Peer) {
 // entered keeps its length, so the reset must come before the session
 // drops: when it has just become active. ResetPeer also queues a Cease
 // for the session, which GoBGP discards at the session's next state
-// change unless the session is established, so it is only done when it
-// is not. (Should the session get established between the two calls,
-// the Cease resets it once; between nodes the notification is a
+// change unless the session is established (before that, no state sends
+// it), so it is only done when it is not. Since nodes dial at once
+// (dial.go), the session may be opening already when this runs: it is
+// done then too. (Should the session get established between the two
+// calls, the Cease resets it once; between nodes the notification is a
 // graceful restart, RFC 8538, and no route is lost.)
 func (s *Speaker) shortenIdleHold(addr netip.Addr) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	established := true
 	s.srv.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
-		switch p.GetState().GetSessionState() {
-		case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
-			established = false
-		}
+		established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
 	})
 	if established {
 		return
