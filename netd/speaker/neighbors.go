@@ -53,6 +53,7 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 		}
 		delete(s.neighbors, addr)
 		delete(s.added, addr)
+		delete(s.sessions, addr)
 		if !have.External {
 			if err := s.setNodeNeighbor(ctx, addr, false); err != nil {
 				errs = append(errs, fmt.Errorf("BGP neighbor set: %w", err))

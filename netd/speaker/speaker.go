@@ -97,6 +97,7 @@ type Speaker struct {
 	announced map[netip.Prefix]bool
 	exported  map[netip.Prefix]bool // sent to external routers (SetExport)
 	dialing   map[netip.Addr]bool   // neighbors netd is dialing (dial.go)
+	sessions  map[netip.Addr]sessionHold
 }
 
 // Start runs a speaker until Stop is called (or the process exits).
@@ -127,7 +128,8 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	}
 	s := &Speaker{cfg: cfg, log: cfg.Logger.With("component", "bgp"), changed: make(chan struct{}, 1), started: time.Now(),
 		neighbors: map[netip.Addr]Neighbor{}, added: map[netip.Addr]time.Time{},
-		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}, dialing: map[netip.Addr]bool{}}
+		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}, dialing: map[netip.Addr]bool{},
+		sessions: map[netip.Addr]sessionHold{}}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{s.log}))
 	go s.srv.Serve()
 	var listen []string
@@ -199,27 +201,43 @@ func (s *Speaker) restarting() bool {
 	return s.cfg.Restarted && time.Since(s.started) < s.cfg.RestartWindow
 }
 
-// peerState logs a session's state change and, when a session to
-// another node has just left its idle hold, arms the next one (see
-// shortenIdleHold) and, on the side that dials, opens it (dial.go).
+// peerState logs a session's state change and, for a session to
+// another node: when it has just left its idle hold, arms the next one
+// (see shortenIdleHold) and, on the side that dials, opens it (dial.go);
+// when it has just dropped with GoBGP's 5s hold, restarts the hold at 1s
+// (restartIdleHold).
 func (s *Speaker) peerState(p *api.Peer) {
 	addr, _ := netip.ParseAddr(p.GetState().GetNeighborAddress())
 	state := p.GetState().GetSessionState()
 	s.log.Info("BGP session", "peer", addr, "state", stateName(state))
-	if state != api.PeerState_ACTIVE {
-		return
-	}
 	s.mu.Lock()
 	n, ok := s.neighbors[addr]
-	s.mu.Unlock()
+	was := s.sessions[addr]
 	if ok && !n.External {
+		s.sessions[addr] = sessionHold{state: state, short: was.short && state != api.PeerState_ACTIVE}
+	}
+	s.mu.Unlock()
+	if !ok || n.External {
+		return
+	}
+	switch {
+	case state == api.PeerState_ACTIVE:
 		go func() {
 			// In this order: the reset's Cease must be queued before the
 			// session can be established, see shortenIdleHold.
 			s.shortenIdleHold(addr)
 			s.dial(addr)
 		}()
+	case state == api.PeerState_IDLE && was.state == api.PeerState_ESTABLISHED && !was.short:
+		go s.restartIdleHold(addr)
 	}
+}
+
+// sessionHold is what peerState knows of a session to another node: its
+// last state, and whether its next idle hold is 1s.
+type sessionHold struct {
+	state api.PeerState_SessionState
+	short bool
 }
 
 // shortenIdleHold makes the next idle hold of the session to addr 1s
@@ -234,9 +252,11 @@ func (s *Speaker) peerState(p *api.Peer) {
 // change unless the session is established (before that, no state sends
 // it), so it is only done when it is not. Since nodes dial at once
 // (dial.go), the session may be opening already when this runs: it is
-// done then too. (Should the session get established between the two
-// calls, the Cease resets it once; between nodes the notification is a
-// graceful restart, RFC 8538, and no route is lost.)
+// done then too. Should it be established already (the other node
+// dialed before this ran), its hold stays GoBGP's and restartIdleHold
+// shortens it when it drops. (Should the session get established
+// between the two calls, the Cease resets it once; between nodes the
+// notification is a graceful restart, RFC 8538, and no route is lost.)
 func (s *Speaker) shortenIdleHold(addr netip.Addr) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -249,7 +269,61 @@ func (s *Speaker) shortenIdleHold(addr netip.Addr) {
 	}
 	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String()}); err != nil {
 		s.log.Debug("shortening the idle hold", "peer", addr, "err", err)
+		return
 	}
+	s.mu.Lock()
+	if h, ok := s.sessions[addr]; ok && h.state != api.PeerState_IDLE {
+		h.short = true
+		s.sessions[addr] = h
+	}
+	s.mu.Unlock()
+}
+
+// restartIdleHold restarts the idle hold of the session to addr, which
+// has just dropped with GoBGP's 5s hold, at 1s: the reset makes the next
+// hold 1s (its Cease is discarded: the session is idle), and GoBGP
+// restarts a running hold, at the new length, when the neighbor is
+// enabled again after being disabled (which, while idle, does nothing
+// else). GoBGP drops an admin-state change while the previous one is
+// still pending, so each change is waited for; the neighbor is enabled
+// until it is, or until it is no longer configured.
+func (s *Speaker) restartIdleHold(addr netip.Addr) {
+	ctx := context.Background()
+	a := addr.String()
+	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: a}); err != nil {
+		s.log.Debug("restarting the idle hold", "peer", addr, "err", err)
+		return
+	}
+	if err := s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: a}); err != nil {
+		s.log.Debug("restarting the idle hold", "peer", addr, "err", err)
+		return
+	}
+	s.awaitAdmin(addr, api.PeerState_DOWN)
+	for {
+		if err := s.srv.EnablePeer(ctx, &api.EnablePeerRequest{Address: a}); err != nil {
+			return // no longer configured
+		}
+		if s.awaitAdmin(addr, api.PeerState_UP) {
+			return
+		}
+		s.log.Debug("enabling the neighbor again", "peer", addr)
+	}
+}
+
+// awaitAdmin waits up to 200ms for GoBGP's session to addr to take the
+// admin state want.
+func (s *Speaker) awaitAdmin(addr netip.Addr, want api.PeerState_AdminState) bool {
+	for range 40 {
+		is := false
+		s.srv.ListPeer(context.Background(), &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+			is = p.GetState().GetAdminState() == want
+		})
+		if is {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
 }
 
 // keepRestarting keeps each router session that is not up yet part of

@@ -611,3 +611,78 @@ func TestSessionUpAtOnce(t *testing.T) {
 		quickly(t, "session up", t0, up(a, "fd00::82"))
 	})
 }
+
+// The side that waits for the connection keeps a 1s idle hold after
+// the other side restarts, not GoBGP's 5s, repeatedly; also when the
+// session came up before netd handled GoBGP's event that it waits (the
+// other node dialed at once), which it then shortens when it drops.
+func TestPassiveSideBackQuickly(t *testing.T) {
+	setupLo(t, "192.0.2.91", "192.0.2.92")
+	ctx := context.Background()
+	a := start(t, ctx, "192.0.2.92", Config{}) // stays; passive
+	toB := netip.MustParseAddr("192.0.2.91")
+	up := func() error {
+		ss, _ := a.Sessions(ctx)
+		if len(ss) != 1 || !ss[0].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	}
+	startB := func() *Speaker {
+		// b starts afresh each time, as a restarted netd does.
+		b, err := Start(ctx, Config{RouterID: toB, ListenPort: 1790,
+			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+			Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("192.0.2.92"), ASN: 64512}})
+		return b
+	}
+	// The session comes up while a handles no event: a's hold is GoBGP's.
+	var b *Speaker
+	for try := 0; ; try++ {
+		a.SetNeighbors(ctx, []Neighbor{{Address: toB, ASN: 64512, Passive: true}})
+		a.mu.Lock()
+		b = startB()
+		eventually(t, "session up at b", func() error {
+			if ss, _ := b.Sessions(ctx); len(ss) != 1 || !ss[0].Established {
+				return fmt.Errorf("%+v", ss)
+			}
+			return nil
+		})
+		a.mu.Unlock()
+		eventually(t, "session up", up)
+		time.Sleep(100 * time.Millisecond) // a handled its events
+		a.mu.Lock()
+		short := a.sessions[toB].short
+		a.mu.Unlock()
+		if !short {
+			break
+		}
+		if try == 5 {
+			t.Fatal("a handled the session's events before it came up, every time")
+		}
+		b.srv.Stop()
+		a.SetNeighbors(ctx, nil)
+	}
+	for i := range 4 {
+		time.Sleep(200 * time.Millisecond)
+		b.srv.Stop()
+		eventually(t, "session down", func() error {
+			if up() == nil {
+				return errors.New("still established")
+			}
+			return nil
+		})
+		t0 := time.Now()
+		b = startB()
+		eventually(t, "session up", up)
+		took := time.Since(t0)
+		t.Logf("restart %d: session back after %s", i, took.Round(time.Millisecond))
+		if took > 2*time.Second {
+			t.Errorf("restart %d: session back after %s, want < 2s (a 1s idle hold, not GoBGP's 5s)", i, took)
+		}
+	}
+	b.srv.Stop()
+}
