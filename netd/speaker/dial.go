@@ -32,9 +32,13 @@ import (
 // is still one connection per session. GoBGP's own dialing stays on as a
 // fallback; once netd's connection is taken, GoBGP stops its own.
 const (
-	dialFirstWait = 50 * time.Millisecond  // after a failed attempt, doubling...
-	dialMaxWait   = 250 * time.Millisecond // ...up to this
-	dialFor       = 10 * time.Second       // then GoBGP's own attempts (every 1-2s) take over
+	// After a failed attempt (the neighbor has not configured this node
+	// yet, or is restarting), the next one comes after dialFirstWait,
+	// doubling up to dialMaxWait: an attempt costs a TCP handshake, and
+	// the wait adds to the time a joining node's routes take.
+	dialFirstWait = 25 * time.Millisecond
+	dialMaxWait   = 100 * time.Millisecond
+	dialFor       = 10 * time.Second // then GoBGP's own attempts (every 1-2s) take over
 	dialTimeout   = time.Second
 	// openWait is how long an attempt waits for the neighbor's OPEN
 	// before handing the connection over anyway (a loaded peer).
