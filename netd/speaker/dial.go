@@ -62,30 +62,30 @@ func (s *Speaker) dialsItself(n Neighbor) bool {
 	return s.accept != nil && !n.External && !n.Passive
 }
 
-// dial opens the session to addr while GoBGP has it Active (waiting for
-// a connection), for up to dialFor. A second call while one runs for
-// the same neighbor returns at once.
-func (s *Speaker) dial(addr netip.Addr) {
-	s.mu.Lock()
-	n, ok := s.neighbors[addr]
-	if !ok || !s.dialsItself(n) || s.dialing[addr] {
-		s.mu.Unlock()
+// dial opens ns's session while GoBGP has it Active (waiting for a
+// connection), for up to dialFor. A second call while one runs for the
+// same session returns at once.
+func (s *Speaker) dial(ns *nodeSession) {
+	n := ns.n
+	s.nodesMu.Lock()
+	if ns.dialing || !s.dialsItself(n) {
+		s.nodesMu.Unlock()
 		return
 	}
-	s.dialing[addr] = true
-	s.mu.Unlock()
+	ns.dialing = true
+	s.nodesMu.Unlock()
 	defer func() {
-		s.mu.Lock()
-		delete(s.dialing, addr)
-		s.mu.Unlock()
+		s.nodesMu.Lock()
+		ns.dialing = false
+		s.nodesMu.Unlock()
 	}()
 	wait := dialFirstWait
 	for start := time.Now(); time.Since(start) < dialFor; time.Sleep(wait) {
-		s.mu.Lock()
-		now, ok := s.neighbors[addr]
-		s.mu.Unlock()
-		if !ok || now != n || !s.sessionActive(addr) {
-			return // removed or replaced (a new Active state dials again), or connected
+		s.nodesMu.Lock()
+		current := s.nodes[n.Address] == ns
+		s.nodesMu.Unlock()
+		if !current || !s.sessionActive(n.Address) {
+			return // removed or replaced (its own Active state dials), or connected
 		}
 		conn, err := s.connect(n)
 		if err == nil {
@@ -99,7 +99,7 @@ func (s *Speaker) dial(addr netip.Addr) {
 				conn.Close() // the server is swamped: later
 			}
 		} else {
-			s.log.Debug("dialing BGP neighbor", "peer", addr, "err", err)
+			s.log.Debug("dialing BGP neighbor", "peer", n.Address, "err", err)
 		}
 		wait = min(2*wait, dialMaxWait)
 	}

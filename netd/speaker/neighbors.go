@@ -53,8 +53,8 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 		}
 		delete(s.neighbors, addr)
 		delete(s.added, addr)
-		delete(s.sessions, addr)
 		if !have.External {
+			s.setNode(addr, nil)
 			if err := s.setNodeNeighbor(ctx, addr, false); err != nil {
 				errs = append(errs, fmt.Errorf("BGP neighbor set: %w", err))
 			}
@@ -76,9 +76,11 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 				errs = append(errs, fmt.Errorf("BGP neighbor set: %w", err))
 				continue
 			}
+			s.setNode(addr, &n) // before its first event
 		}
 		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(n)}); err != nil {
 			errs = append(errs, fmt.Errorf("opening BGP session to %s: %w", addr, err))
+			s.setNode(addr, nil)
 			continue
 		}
 		s.neighbors[addr] = n

@@ -96,8 +96,9 @@ type Speaker struct {
 	added     map[netip.Addr]time.Time // when each neighbor was configured
 	announced map[netip.Prefix]bool
 	exported  map[netip.Prefix]bool // sent to external routers (SetExport)
-	dialing   map[netip.Addr]bool   // neighbors netd is dialing (dial.go)
-	sessions  map[netip.Addr]sessionHold
+
+	nodesMu sync.Mutex // guards nodes; never held across a GoBGP call
+	nodes   map[netip.Addr]*nodeSession
 }
 
 // Start runs a speaker until Stop is called (or the process exits).
@@ -128,8 +129,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	}
 	s := &Speaker{cfg: cfg, log: cfg.Logger.With("component", "bgp"), changed: make(chan struct{}, 1), started: time.Now(),
 		neighbors: map[netip.Addr]Neighbor{}, added: map[netip.Addr]time.Time{},
-		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}, dialing: map[netip.Addr]bool{},
-		sessions: map[netip.Addr]sessionHold{}}
+		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}, nodes: map[netip.Addr]*nodeSession{}}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{s.log}))
 	go s.srv.Serve()
 	var listen []string
@@ -210,34 +210,50 @@ func (s *Speaker) peerState(p *api.Peer) {
 	addr, _ := netip.ParseAddr(p.GetState().GetNeighborAddress())
 	state := p.GetState().GetSessionState()
 	s.log.Info("BGP session", "peer", addr, "state", stateName(state))
-	s.mu.Lock()
-	n, ok := s.neighbors[addr]
-	was := s.sessions[addr]
-	if ok && !n.External {
-		s.sessions[addr] = sessionHold{state: state, short: was.short && state != api.PeerState_ACTIVE}
+	s.nodesMu.Lock()
+	ns := s.nodes[addr]
+	var was nodeSession
+	if ns != nil {
+		was = *ns
+		ns.state = state
+		ns.short = ns.short && state != api.PeerState_ACTIVE // the hold that ends now was the one armed
 	}
-	s.mu.Unlock()
-	if !ok || n.External {
-		return
-	}
+	s.nodesMu.Unlock()
 	switch {
+	case ns == nil: // a router, or a neighbor just removed
 	case state == api.PeerState_ACTIVE:
 		go func() {
 			// In this order: the reset's Cease must be queued before the
 			// session can be established, see shortenIdleHold.
-			s.shortenIdleHold(addr)
-			s.dial(addr)
+			s.shortenIdleHold(ns)
+			s.dial(ns)
 		}()
 	case state == api.PeerState_IDLE && was.state == api.PeerState_ESTABLISHED && !was.short:
 		go s.restartIdleHold(addr)
 	}
 }
 
-// sessionHold is what peerState knows of a session to another node: its
-// last state, and whether its next idle hold is 1s.
-type sessionHold struct {
-	state api.PeerState_SessionState
-	short bool
+// nodeSession is a session to another node as the speaker's event
+// handling and dialing see it. They have their own lock (Speaker.nodesMu):
+// mu is held across GoBGP calls, which a busy GoBGP makes slow (0.5s seen
+// with 50 nodes on 2 cores), and a session must not wait for those to be
+// opened.
+type nodeSession struct {
+	n       Neighbor
+	state   api.PeerState_SessionState // GoBGP's last event
+	short   bool                       // its next idle hold is 1s (shortenIdleHold)
+	dialing bool                       // dial runs for it
+}
+
+// setNode starts (n valid) or stops tracking the session to addr.
+func (s *Speaker) setNode(addr netip.Addr, n *Neighbor) {
+	s.nodesMu.Lock()
+	defer s.nodesMu.Unlock()
+	if n == nil {
+		delete(s.nodes, addr)
+		return
+	}
+	s.nodes[addr] = &nodeSession{n: *n}
 }
 
 // shortenIdleHold makes the next idle hold of the session to addr 1s
@@ -257,7 +273,8 @@ type sessionHold struct {
 // shortens it when it drops. (Should the session get established
 // between the two calls, the Cease resets it once; between nodes the
 // notification is a graceful restart, RFC 8538, and no route is lost.)
-func (s *Speaker) shortenIdleHold(addr netip.Addr) {
+func (s *Speaker) shortenIdleHold(ns *nodeSession) {
+	addr := ns.n.Address
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	established := true
@@ -271,12 +288,11 @@ func (s *Speaker) shortenIdleHold(addr netip.Addr) {
 		s.log.Debug("shortening the idle hold", "peer", addr, "err", err)
 		return
 	}
-	s.mu.Lock()
-	if h, ok := s.sessions[addr]; ok && h.state != api.PeerState_IDLE {
-		h.short = true
-		s.sessions[addr] = h
+	s.nodesMu.Lock()
+	if ns.state != api.PeerState_IDLE { // else it dropped meanwhile, with the hold armed before
+		ns.short = true
 	}
-	s.mu.Unlock()
+	s.nodesMu.Unlock()
 }
 
 // restartIdleHold restarts the idle hold of the session to addr, which

@@ -643,7 +643,7 @@ func TestPassiveSideBackQuickly(t *testing.T) {
 	var b *Speaker
 	for try := 0; ; try++ {
 		a.SetNeighbors(ctx, []Neighbor{{Address: toB, ASN: 64512, Passive: true}})
-		a.mu.Lock()
+		a.nodesMu.Lock() // holds a's event handling
 		b = startB()
 		eventually(t, "session up at b", func() error {
 			if ss, _ := b.Sessions(ctx); len(ss) != 1 || !ss[0].Established {
@@ -651,12 +651,12 @@ func TestPassiveSideBackQuickly(t *testing.T) {
 			}
 			return nil
 		})
-		a.mu.Unlock()
+		a.nodesMu.Unlock()
 		eventually(t, "session up", up)
 		time.Sleep(100 * time.Millisecond) // a handled its events
-		a.mu.Lock()
-		short := a.sessions[toB].short
-		a.mu.Unlock()
+		a.nodesMu.Lock()
+		short := a.nodes[toB].short
+		a.nodesMu.Unlock()
 		if !short {
 			break
 		}
