@@ -40,6 +40,9 @@ const (
 	dialMaxWait   = 100 * time.Millisecond
 	dialFor       = 10 * time.Second // then GoBGP's own attempts (every 1-2s) take over
 	dialTimeout   = time.Second
+	// handOverWait is how long the dialer leaves GoBGP to take a
+	// connection before it looks at the session again.
+	handOverWait = 200 * time.Millisecond
 	// openWait is how long an attempt waits for the neighbor's OPEN
 	// before handing the connection over anyway (a loaded peer).
 	openWait = 500 * time.Millisecond
@@ -91,9 +94,10 @@ func (s *Speaker) dial(ns *nodeSession) {
 		if err == nil {
 			select {
 			case s.accept <- conn:
-				// GoBGP's session takes it over; the loop sees the
-				// session leave Active (or a failure: it retries).
-				wait = dialFirstWait
+				// GoBGP's session takes it over; the loop then sees the
+				// session leave Active (given the time to: a second
+				// connection would only be closed), or it retries.
+				wait = handOverWait
 				continue
 			default:
 				conn.Close() // the server is swamped: later
