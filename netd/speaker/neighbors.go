@@ -54,6 +54,7 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 		delete(s.neighbors, addr)
 		delete(s.added, addr)
 		if !have.External {
+			s.setNode(addr, nil)
 			if err := s.setNodeNeighbor(ctx, addr, false); err != nil {
 				errs = append(errs, fmt.Errorf("BGP neighbor set: %w", err))
 			}
@@ -75,9 +76,11 @@ func (s *Speaker) SetNeighbors(ctx context.Context, want []Neighbor) error {
 				errs = append(errs, fmt.Errorf("BGP neighbor set: %w", err))
 				continue
 			}
+			s.setNode(addr, &n) // before its first event
 		}
 		if err := s.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: s.peer(n)}); err != nil {
 			errs = append(errs, fmt.Errorf("opening BGP session to %s: %w", addr, err))
+			s.setNode(addr, nil)
 			continue
 		}
 		s.neighbors[addr] = n
@@ -107,7 +110,8 @@ func (s *Speaker) peer(n Neighbor) *api.Peer {
 		Conf:      &api.PeerConf{NeighborAddress: n.Address.String(), PeerAsn: n.ASN, AuthPassword: n.Password, Description: n.Name},
 		Transport: &api.Transport{LocalAddress: local.String(), RemotePort: uint32(s.port(n)), PassiveMode: n.Passive},
 		// A dead peer is noticed within the hold time; a refused
-		// connection is retried after 1-2s (GoBGP's fastest).
+		// connection is retried after 1-2s (GoBGP's fastest; between
+		// nodes netd dials sooner itself, see dial.go).
 		Timers: &api.Timers{Config: &api.TimersConfig{ConnectRetry: connectRetry, HoldTime: secs(s.cfg.HoldTime),
 			KeepaliveInterval: secs(s.cfg.KeepaliveInterval), IdleHoldTimeAfterReset: idleHoldAfterTry}},
 		// Peers keep our routes while we restart, and we keep theirs.

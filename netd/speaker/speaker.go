@@ -28,6 +28,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"time"
@@ -88,12 +89,16 @@ type Speaker struct {
 	log     *slog.Logger
 	changed chan struct{} // signalled (without blocking) on any table or peer change
 	started time.Time
+	accept  chan<- *net.TCPConn // GoBGP's accepted connections (dial.go); nil: GoBGP dials alone
 
 	mu        sync.Mutex // guards the fields below; held across the GoBGP calls that change them
 	neighbors map[netip.Addr]Neighbor
 	added     map[netip.Addr]time.Time // when each neighbor was configured
 	announced map[netip.Prefix]bool
 	exported  map[netip.Prefix]bool // sent to external routers (SetExport)
+
+	nodesMu sync.Mutex // guards nodes; never held across a GoBGP call
+	nodes   map[netip.Addr]*nodeSession
 }
 
 // Start runs a speaker until Stop is called (or the process exits).
@@ -124,7 +129,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 	}
 	s := &Speaker{cfg: cfg, log: cfg.Logger.With("component", "bgp"), changed: make(chan struct{}, 1), started: time.Now(),
 		neighbors: map[netip.Addr]Neighbor{}, added: map[netip.Addr]time.Time{},
-		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}}
+		announced: map[netip.Prefix]bool{}, exported: map[netip.Prefix]bool{}, nodes: map[netip.Addr]*nodeSession{}}
 	s.srv = server.NewBgpServer(server.LoggerOption(&logAdapter{s.log}))
 	go s.srv.Serve()
 	var listen []string
@@ -141,6 +146,7 @@ func Start(ctx context.Context, cfg Config) (*Speaker, error) {
 		s.srv.Stop()
 		return nil, fmt.Errorf("starting BGP on %v port %d: %w", listen, cfg.ListenPort, err)
 	}
+	s.accept = acceptQueue(s.srv)
 	if err := s.installPolicy(ctx); err != nil {
 		s.Stop()
 		return nil, err
@@ -195,22 +201,59 @@ func (s *Speaker) restarting() bool {
 	return s.cfg.Restarted && time.Since(s.started) < s.cfg.RestartWindow
 }
 
-// peerState logs a session's state change and, when a session to
-// another node has just left its idle hold, arms the next one (see
-// shortenIdleHold).
+// peerState logs a session's state change and, for a session to
+// another node: when it has just left its idle hold, arms the next one
+// (see shortenIdleHold) and, on the side that dials, opens it (dial.go);
+// when it has just dropped with GoBGP's 5s hold, restarts the hold at 1s
+// (restartIdleHold).
 func (s *Speaker) peerState(p *api.Peer) {
 	addr, _ := netip.ParseAddr(p.GetState().GetNeighborAddress())
 	state := p.GetState().GetSessionState()
 	s.log.Info("BGP session", "peer", addr, "state", stateName(state))
-	if state != api.PeerState_ACTIVE {
+	s.nodesMu.Lock()
+	ns := s.nodes[addr]
+	var was nodeSession
+	if ns != nil {
+		was = *ns
+		ns.state = state
+		ns.short = ns.short && state != api.PeerState_ACTIVE // the hold that ends now was the one armed
+	}
+	s.nodesMu.Unlock()
+	switch {
+	case ns == nil: // a router, or a neighbor just removed
+	case state == api.PeerState_ACTIVE:
+		go func() {
+			// In this order: the reset's Cease must be queued before the
+			// session can be established, see shortenIdleHold.
+			s.shortenIdleHold(ns)
+			s.dial(ns)
+		}()
+	case state == api.PeerState_IDLE && was.state == api.PeerState_ESTABLISHED && !was.short:
+		go s.restartIdleHold(addr)
+	}
+}
+
+// nodeSession is a session to another node as the speaker's event
+// handling and dialing see it. They have their own lock (Speaker.nodesMu):
+// mu is held across GoBGP calls, which a busy GoBGP makes slow (0.5s seen
+// with 50 nodes on 2 cores), and a session must not wait for those to be
+// opened.
+type nodeSession struct {
+	n       Neighbor
+	state   api.PeerState_SessionState // GoBGP's last event
+	short   bool                       // its next idle hold is 1s (shortenIdleHold)
+	dialing bool                       // dial runs for it
+}
+
+// setNode starts (n valid) or stops tracking the session to addr.
+func (s *Speaker) setNode(addr netip.Addr, n *Neighbor) {
+	s.nodesMu.Lock()
+	defer s.nodesMu.Unlock()
+	if n == nil {
+		delete(s.nodes, addr)
 		return
 	}
-	s.mu.Lock()
-	n, ok := s.neighbors[addr]
-	s.mu.Unlock()
-	if ok && !n.External {
-		go s.shortenIdleHold(addr)
-	}
+	s.nodes[addr] = &nodeSession{n: *n}
 }
 
 // shortenIdleHold makes the next idle hold of the session to addr 1s
@@ -222,26 +265,81 @@ func (s *Speaker) peerState(p *api.Peer) {
 // entered keeps its length, so the reset must come before the session
 // drops: when it has just become active. ResetPeer also queues a Cease
 // for the session, which GoBGP discards at the session's next state
-// change unless the session is established, so it is only done when it
-// is not. (Should the session get established between the two calls,
-// the Cease resets it once; between nodes the notification is a
-// graceful restart, RFC 8538, and no route is lost.)
-func (s *Speaker) shortenIdleHold(addr netip.Addr) {
+// change unless the session is established (before that, no state sends
+// it), so it is only done when it is not. Since nodes dial at once
+// (dial.go), the session may be opening already when this runs: it is
+// done then too. Should it be established already (the other node
+// dialed before this ran), its hold stays GoBGP's and restartIdleHold
+// shortens it when it drops. (Should the session get established
+// between the two calls, the Cease resets it once; between nodes the
+// notification is a graceful restart, RFC 8538, and no route is lost.)
+func (s *Speaker) shortenIdleHold(ns *nodeSession) {
+	addr := ns.n.Address
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	established := true
 	s.srv.ListPeer(ctx, &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
-		switch p.GetState().GetSessionState() {
-		case api.PeerState_IDLE, api.PeerState_CONNECT, api.PeerState_ACTIVE:
-			established = false
-		}
+		established = p.GetState().GetSessionState() == api.PeerState_ESTABLISHED
 	})
 	if established {
 		return
 	}
 	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: addr.String()}); err != nil {
 		s.log.Debug("shortening the idle hold", "peer", addr, "err", err)
+		return
 	}
+	s.nodesMu.Lock()
+	if ns.state != api.PeerState_IDLE { // else it dropped meanwhile, with the hold armed before
+		ns.short = true
+	}
+	s.nodesMu.Unlock()
+}
+
+// restartIdleHold restarts the idle hold of the session to addr, which
+// has just dropped with GoBGP's 5s hold, at 1s: the reset makes the next
+// hold 1s (its Cease is discarded: the session is idle), and GoBGP
+// restarts a running hold, at the new length, when the neighbor is
+// enabled again after being disabled (which, while idle, does nothing
+// else). GoBGP drops an admin-state change while the previous one is
+// still pending, so each change is waited for; the neighbor is enabled
+// until it is, or until it is no longer configured.
+func (s *Speaker) restartIdleHold(addr netip.Addr) {
+	ctx := context.Background()
+	a := addr.String()
+	if err := s.srv.ResetPeer(ctx, &api.ResetPeerRequest{Address: a}); err != nil {
+		s.log.Debug("restarting the idle hold", "peer", addr, "err", err)
+		return
+	}
+	if err := s.srv.DisablePeer(ctx, &api.DisablePeerRequest{Address: a}); err != nil {
+		s.log.Debug("restarting the idle hold", "peer", addr, "err", err)
+		return
+	}
+	s.awaitAdmin(addr, api.PeerState_DOWN)
+	for {
+		if err := s.srv.EnablePeer(ctx, &api.EnablePeerRequest{Address: a}); err != nil {
+			return // no longer configured
+		}
+		if s.awaitAdmin(addr, api.PeerState_UP) {
+			return
+		}
+		s.log.Debug("enabling the neighbor again", "peer", addr)
+	}
+}
+
+// awaitAdmin waits up to 200ms for GoBGP's session to addr to take the
+// admin state want.
+func (s *Speaker) awaitAdmin(addr netip.Addr, want api.PeerState_AdminState) bool {
+	for range 40 {
+		is := false
+		s.srv.ListPeer(context.Background(), &api.ListPeerRequest{Address: addr.String()}, func(p *api.Peer) {
+			is = p.GetState().GetAdminState() == want
+		})
+		if is {
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return false
 }
 
 // keepRestarting keeps each router session that is not up yet part of

@@ -538,3 +538,151 @@ func TestAnnounceNeedsAddressOfFamily(t *testing.T) {
 		t.Fatalf("announce: %v", err)
 	}
 }
+
+// A session between nodes comes up as soon as both sides have it
+// configured: netd dials it itself (dial.go) instead of waiting GoBGP's
+// random 1-2s before its first attempt; and when the neighbor does not
+// know this node yet, an attempt it refuses leaves the session ready for
+// the next one (retried within 250ms), not held idle for a second.
+func TestSessionUpAtOnce(t *testing.T) {
+	setupLo(t, "192.0.2.81", "192.0.2.82", "192.0.2.83", "fd00::81", "fd00::82")
+	ctx := context.Background()
+	// GoBGP's own first attempt comes 1s or more after the session is
+	// configured, and a session whose connection was closed is held idle
+	// for 1s; netd's attempt within milliseconds (a loaded machine
+	// allowed).
+	const within = 600 * time.Millisecond
+	up := func(s *Speaker, peer string) func() error {
+		return func() error {
+			ss, _ := s.Sessions(ctx)
+			for _, x := range ss {
+				if x.Neighbor.Address.String() == peer && x.Established {
+					return nil
+				}
+			}
+			return fmt.Errorf("no session to %s established: %+v", peer, ss)
+		}
+	}
+	quickly := func(t *testing.T, what string, t0 time.Time, cond func() error) {
+		t.Helper()
+		for time.Since(t0) < within {
+			if cond() == nil {
+				t.Logf("%s after %s", what, time.Since(t0).Round(time.Millisecond))
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Errorf("%s: not within %s: %v", what, within, cond())
+	}
+	nb := func(ip string, passive bool) []Neighbor {
+		return []Neighbor{{Address: netip.MustParseAddr(ip), ASN: 64512, Passive: passive}}
+	}
+
+	t.Run("neighbor ready first", func(t *testing.T) {
+		a := start(t, ctx, "192.0.2.81", Config{})
+		b := start(t, ctx, "192.0.2.82", Config{})
+		if a.accept == nil {
+			t.Fatal("GoBGP's queue of accepted connections not found (another GoBGP version?): sessions wait 1-2s for GoBGP to dial")
+		}
+		b.SetNeighbors(ctx, nb("192.0.2.81", true))
+		t0 := time.Now()
+		a.SetNeighbors(ctx, nb("192.0.2.82", false))
+		quickly(t, "session up", t0, up(a, "192.0.2.82"))
+	})
+	t.Run("neighbor ready later", func(t *testing.T) {
+		a := start(t, ctx, "192.0.2.81", Config{})
+		c := start(t, ctx, "192.0.2.83", Config{})
+		a.SetNeighbors(ctx, nb("192.0.2.83", false)) // c refuses a while
+		time.Sleep(100 * time.Millisecond)
+		t0 := time.Now()
+		c.SetNeighbors(ctx, nb("192.0.2.81", true))
+		quickly(t, "session up", t0, up(a, "192.0.2.83"))
+	})
+	t.Run("IPv6 with a password", func(t *testing.T) {
+		if md5Supported() != nil {
+			t.Skip("no TCP MD5 in this kernel")
+		}
+		a := start(t, ctx, "192.0.2.81", Config{ListenAddrs: []netip.Addr{netip.MustParseAddr("fd00::81")}, ClusterCIDRs: dualStack})
+		b := start(t, ctx, "192.0.2.82", Config{ListenAddrs: []netip.Addr{netip.MustParseAddr("fd00::82")}, ClusterCIDRs: dualStack})
+		pw := func(ns []Neighbor) []Neighbor { ns[0].Password = "s3cret,x"; return ns }
+		b.SetNeighbors(ctx, pw(nb("fd00::81", true)))
+		t0 := time.Now()
+		a.SetNeighbors(ctx, pw(nb("fd00::82", false)))
+		quickly(t, "session up", t0, up(a, "fd00::82"))
+	})
+}
+
+// The side that waits for the connection keeps a 1s idle hold after
+// the other side restarts, not GoBGP's 5s, repeatedly; also when the
+// session came up before netd handled GoBGP's event that it waits (the
+// other node dialed at once), which it then shortens when it drops.
+func TestPassiveSideBackQuickly(t *testing.T) {
+	setupLo(t, "192.0.2.91", "192.0.2.92")
+	ctx := context.Background()
+	a := start(t, ctx, "192.0.2.92", Config{}) // stays; passive
+	toB := netip.MustParseAddr("192.0.2.91")
+	up := func() error {
+		ss, _ := a.Sessions(ctx)
+		if len(ss) != 1 || !ss[0].Established {
+			return fmt.Errorf("%+v", ss)
+		}
+		return nil
+	}
+	startB := func() *Speaker {
+		// b starts afresh each time, as a restarted netd does.
+		b, err := Start(ctx, Config{RouterID: toB, ListenPort: 1790,
+			ClusterCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+			Logger:       slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.SetNeighbors(ctx, []Neighbor{{Address: netip.MustParseAddr("192.0.2.92"), ASN: 64512}})
+		return b
+	}
+	// The session comes up while a handles no event: a's hold is GoBGP's.
+	var b *Speaker
+	for try := 0; ; try++ {
+		a.SetNeighbors(ctx, []Neighbor{{Address: toB, ASN: 64512, Passive: true}})
+		a.nodesMu.Lock() // holds a's event handling
+		b = startB()
+		eventually(t, "session up at b", func() error {
+			if ss, _ := b.Sessions(ctx); len(ss) != 1 || !ss[0].Established {
+				return fmt.Errorf("%+v", ss)
+			}
+			return nil
+		})
+		a.nodesMu.Unlock()
+		eventually(t, "session up", up)
+		time.Sleep(100 * time.Millisecond) // a handled its events
+		a.nodesMu.Lock()
+		short := a.nodes[toB].short
+		a.nodesMu.Unlock()
+		if !short {
+			break
+		}
+		if try == 5 {
+			t.Fatal("a handled the session's events before it came up, every time")
+		}
+		b.srv.Stop()
+		a.SetNeighbors(ctx, nil)
+	}
+	for i := range 4 {
+		time.Sleep(200 * time.Millisecond)
+		b.srv.Stop()
+		eventually(t, "session down", func() error {
+			if up() == nil {
+				return errors.New("still established")
+			}
+			return nil
+		})
+		t0 := time.Now()
+		b = startB()
+		eventually(t, "session up", up)
+		took := time.Since(t0)
+		t.Logf("restart %d: session back after %s", i, took.Round(time.Millisecond))
+		if took > 2*time.Second {
+			t.Errorf("restart %d: session back after %s, want < 2s (a 1s idle hold, not GoBGP's 5s)", i, took)
+		}
+	}
+	b.srv.Stop()
+}
