@@ -229,20 +229,34 @@ func (d *Netd) Metrics(ctx context.Context) (string, error) {
 }
 
 // WaitConverged waits up to 30s until netd knows peers other nodes and
-// the kernel matches their leases.
+// the kernel routes to each of them: the kernel matches their leases and
+// no peer is still coming up. In bgp mode a peer's route comes from its
+// BGP session, which opens a second or so after netd starts; until then
+// the peer is pending, the kernel still matches what netd knows, and a
+// packet for the peer's containers takes the default route (to the test
+// bed's router, which drops it).
 func (d *Netd) WaitConverged(ctx context.Context, peers int) error {
 	return d.Poll(ctx, 30*time.Second, fmt.Sprintf("convergence on %d peers", peers), func() error {
 		// The fields of netd.Status this needs.
 		var s struct {
-			Peers         []json.RawMessage `json:"peers"`
-			KernelMatches bool              `json:"kernelMatches"`
-			Pending       []string          `json:"pending"`
+			Peers []struct {
+				Name    string `json:"name"`
+				Error   string `json:"error"`
+				Pending bool   `json:"pending"`
+			} `json:"peers"`
+			KernelMatches bool     `json:"kernelMatches"`
+			Pending       []string `json:"pending"`
 		}
 		if err := d.Status(ctx, &s); err != nil {
 			return err
 		}
 		if len(s.Peers) != peers || !s.KernelMatches {
 			return fmt.Errorf("%d peers, kernel matches %v, pending %q", len(s.Peers), s.KernelMatches, s.Pending)
+		}
+		for _, p := range s.Peers {
+			if p.Pending {
+				return fmt.Errorf("peer %s is coming up: %s", p.Name, p.Error)
+			}
 		}
 		return nil
 	})

@@ -145,26 +145,39 @@ struct packet {
 	__u8 icmp_type;
 };
 
-// parse finds the Ethernet and IPv4 headers (and the ports) of skb, pulling
-// them into the linear part if needed. It returns 0 for an IPv4 packet, 1
-// for anything else (ARP, IPv6: the kernel's business) and -1 for a packet
-// too short to hold what its IPv4 header promises.
+// linear makes sure the first len bytes of skb are in its linear part,
+// where the program can read them: -1 when the packet is shorter. It
+// pulls (bpf_skb_pull_data) only when they are not there already: a pull
+// makes the kernel copy a cloned skb's head, as every TCP segment a socket
+// sends is (the socket keeps the original to retransmit), and copy payload
+// out of the page fragments a socket writes it into.
+static __always_inline int linear(struct __sk_buff *skb, __u32 len)
+{
+	if ((void *)(long)skb->data + len <= (void *)(long)skb->data_end)
+		return 0;
+	if (len > skb->len || bpf_skb_pull_data(skb, len))
+		return -1;
+	return 0;
+}
+
+// parse finds the Ethernet and IPv4 headers (and the ports) of skb,
+// pulling into the linear part what of them is not there (only the
+// headers: never payload). It returns 0 for an IPv4 packet, 1 for
+// anything else (ARP, IPv6: the kernel's business) and -1 for a packet too
+// short to hold what its IPv4 header promises.
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 {
+	if (linear(skb, sizeof(struct ethhdr) + sizeof(struct iphdr)) < 0) {
+		// Too short for an IPv4 header: fine for anything else.
+		void *data = (void *)(long)skb->data;
+		struct ethhdr *eth = data;
+
+		if ((void *)(eth + 1) > (void *)(long)skb->data_end)
+			return -1;
+		return eth->h_proto == bpf_htons(ETH_P_IP) ? -1 : 1;
+	}
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	// Ethernet + the largest IPv4 header + ports or ICMP type, or less
-	// for a short packet.
-	__u32 want = sizeof(struct ethhdr) + 60 + 4;
-
-	if (want > skb->len)
-		want = skb->len;
-	if (data + want > data_end) {
-		if (bpf_skb_pull_data(skb, want))
-			return -1;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-	}
 
 	p->eth = data;
 	if ((void *)(p->eth + 1) > data_end)
@@ -174,16 +187,35 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	p->ip = (void *)(p->eth + 1);
 	if ((void *)(p->ip + 1) > data_end || p->ip->ihl < 5)
 		return -1;
-	void *l4 = (void *)p->ip + p->ip->ihl * 4;
 	p->ports = 0;
 	p->icmp_type = 0;
 	if (p->ip->frag_off & bpf_htons(0x1fff)) // not the first fragment: no L4 header
 		return 0;
-	if (p->ip->protocol == IPPROTO_TCP || p->ip->protocol == IPPROTO_UDP) {
+	__u8 proto = p->ip->protocol;
+	__u32 l4off = sizeof(struct ethhdr) + p->ip->ihl * 4;
+	__u32 want;
+
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+		want = 4; // the ports
+	else if (proto == IPPROTO_ICMP)
+		want = 1; // the type
+	else
+		return 0;
+	if (linear(skb, l4off + want) < 0)
+		return -1;
+	// A pull moves the packet: find the headers again.
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	p->eth = data;
+	p->ip = (void *)(p->eth + 1);
+	if ((void *)(p->ip + 1) > data_end)
+		return -1;
+	void *l4 = data + (l4off & 0x7f); // ihl is 4 bits: at most 14 + 60
+	if (want == 4) {
 		if (l4 + 4 > data_end)
 			return -1;
 		p->ports = l4;
-	} else if (p->ip->protocol == IPPROTO_ICMP) {
+	} else {
 		if (l4 + 1 > data_end)
 			return -1;
 		p->icmp_type = *(__u8 *)l4;
