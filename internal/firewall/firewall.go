@@ -318,11 +318,13 @@ func Ensure(n Network, a *Attachment) error {
 	if n.IPv6.Local.IsValid() && n.Ingress == "" {
 		return fmt.Errorf("%w: network %s has IPv6 but no ingress interface for its anti-spoofing rule", cnierr.ErrInvalidConfig, n.Name)
 	}
-	return eachFamily(n, b, func(fn familyNet) error { return ensure(b, fn, a) })
+	cycle := b.Begin()
+	defer cycle.Close()
+	return eachFamily(n, b, func(fn familyNet) error { return ensure(cycle, fn, a) })
 }
 
-func ensure(backend iptables.Backend, n familyNet, a *Attachment) error {
-	tables, err := backend.Save(n.family)
+func ensure(cycle *iptables.Cycle, n familyNet, a *Attachment) error {
+	tables, err := cycle.Save(n.family)
 	if err != nil {
 		return err
 	}
@@ -373,7 +375,7 @@ func ensure(backend iptables.Backend, n familyNet, a *Attachment) error {
 		ensureJump(r, raw, chainAntispoof, "-j "+rpfChain(n.Name))
 		ensureJump(r, raw, "PREROUTING", "-j "+chainAntispoof)
 	}
-	return backend.Apply(n.family, b, f, r)
+	return cycle.Apply(n.family, b, f, r)
 }
 
 // RemoveAttachment deletes a's port mappings and, when isLast reports no
@@ -403,7 +405,9 @@ func RemoveAttachment(network string, a *Attachment, isLast func() bool) error {
 	if err != nil {
 		return err
 	}
-	return parallel(len(fams), func(i int) error { return remove(b, fams[i], network, a.Key, last) })
+	cycle := b.Begin()
+	defer cycle.Close()
+	return parallel(len(fams), func(i int) error { return remove(cycle, fams[i], network, a.Key, last) })
 }
 
 // RemoveNetwork deletes the network's rules if isEmpty reports, under the
@@ -421,13 +425,15 @@ func RemoveNetwork(network string, isEmpty func() bool) error {
 	if err != nil {
 		return err
 	}
-	return parallel(len(families), func(i int) error { return remove(b, families[i], network, "", true) })
+	cycle := b.Begin()
+	defer cycle.Close()
+	return parallel(len(families), func(i int) error { return remove(cycle, families[i], network, "", true) })
 }
 
 // remove deletes the port mappings of key (none when "") and, when last,
 // the network's chains and the shared ones no other network jumps to.
-func remove(backend iptables.Backend, family iptables.Family, network, key string, last bool) error {
-	tables, err := backend.Save(family)
+func remove(cycle *iptables.Cycle, family iptables.Family, network, key string, last bool) error {
+	tables, err := cycle.Save(family)
 	if err != nil {
 		return err
 	}
@@ -462,7 +468,7 @@ func remove(backend iptables.Backend, family iptables.Family, network, key strin
 			removeOwned(r, raw, "PREROUTING", chainAntispoof)
 		}
 	}
-	return backend.Apply(family, b, f, r)
+	return cycle.Apply(family, b, f, r)
 }
 
 // Check reports the first rule of n (and a) that is missing or altered,
