@@ -38,8 +38,9 @@
 // idempotent); the shared chains and builtin jumps are added only if missing.
 // Every change holds iptables.Lock, the lock of the network namespace (both
 // families), so that networks with different stateDirs never interleave
-// their cycles. Each family costs one iptables-save and at most one
-// iptables-restore per call; the two families run side by side.
+// their cycles. Each family costs at most one iptables-restore per call,
+// and one iptables-save only when the rules changed since berth last
+// wrote them (iptables.Cycle); the two families run side by side.
 package firewall
 
 import (
@@ -303,8 +304,8 @@ func parallel(n int, do func(i int) error) error {
 }
 
 // Ensure installs the network's rules and, when a has ports, a's port
-// mappings: per family of the network, one iptables-save and at most one
-// iptables-restore.
+// mappings: per family of the network, at most one iptables-restore
+// (and an iptables-save if the remembered rules are stale).
 func Ensure(n Network, a *Attachment) error {
 	lock, err := iptables.Lock()
 	if err != nil {

@@ -418,3 +418,62 @@ func TestConcurrentDualStackNetworks(t *testing.T) {
 		}
 	}
 }
+
+// What the firewall remembers between calls (iptables.Cycle) is what the
+// kernel has, rule for rule as iptables-save prints it, after every kind
+// of change: so a call that trusts it decides as one that saved.
+func TestRememberedRulesMatchTheKernel(t *testing.T) {
+	n := testenv.NewNS(t)
+	ds := dualStack("m", "10.7.0.0/24", "fd00:7::/64")
+	v4 := network("m4", "10.8.0.0/24")
+	v4.Isolated = false
+	att := &Attachment{Key: "km", IPv4: netip.MustParseAddr("10.7.0.2"), IPv6: netip.MustParseAddr("fd00:7::2"),
+		Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}, {HostIP: netip.MustParseAddr("fd00:99::1"), HostPort: 53, ContainerPort: 53, Protocol: "udp"},
+			{HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 54, ContainerPort: 53, Protocol: "sctp"}}}
+	att4 := &Attachment{Key: "km4", IPv4: netip.MustParseAddr("10.8.0.2"), Ports: []Port{{HostPort: 8081, ContainerPort: 80, Protocol: "udp"}}}
+	open := func() (c *iptables.Cycle) {
+		if err := in(n, func() error {
+			b, err := iptables.Open()
+			if b.Name != iptables.NFTables {
+				t.Skipf("backend %s: nothing is remembered", b.Name)
+			}
+			c = b.Begin()
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	ds.Isolated = false
+	for i, step := range []func() error{
+		func() error { return Ensure(ds, att) },
+		func() error { return Ensure(v4, att4) },
+		func() error { ds.Isolated = true; return Ensure(ds, nil) },
+		func() error { ds.Isolated = false; return Ensure(ds, att) },
+		func() error { return RemoveAttachment("m", att, func() bool { return false }) },
+		func() error { return RemoveAttachment("m4", att4, func() bool { return true }) },
+		func() error { return RemoveNetwork("m", func() bool { return true }) },
+	} {
+		if err := in(n, step); err != nil {
+			t.Fatal(err)
+		}
+		c := open()
+		for _, f := range families {
+			known, ok := c.Known(f)
+			if !ok {
+				t.Fatalf("step %d: %s not remembered", i, f)
+			}
+			kernel := saveFamily(t, n, f)
+			for _, table := range []string{"nat", "filter", "raw"} {
+				k, r := known.Get(table), kernel.Get(table)
+				chains := append(r.Chains(""), k.Chains("")...)
+				for _, chain := range chains {
+					// Built-in chains berth never wrote to may be missing.
+					if k.HasChain(chain) && !r.HasChain(chain) || !slices.Equal(k.Rules(chain), r.Rules(chain)) {
+						t.Errorf("step %d: %s %s %s: remembered %q, kernel %q", i, f, table, chain, k.Rules(chain), r.Rules(chain))
+					}
+				}
+			}
+		}
+	}
+}

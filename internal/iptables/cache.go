@@ -101,6 +101,15 @@ func (c *Cycle) Save(f Family) (Tables, error) {
 	return ts, nil
 }
 
+// Known returns family f's tables if the cycle has them without asking
+// the kernel: from the last cycle, or saved or committed in this one.
+func (c *Cycle) Known(f Family) (Tables, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ts, ok := c.known[f]
+	return ts, ok
+}
+
 // Apply commits the batches to family f (Backend.Apply) and, once they
 // are in, to the tables the cycle knows of f.
 func (c *Cycle) Apply(f Family, batches ...*Batch) error {
