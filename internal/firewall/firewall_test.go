@@ -460,10 +460,13 @@ func TestRememberedRulesMatchTheKernel(t *testing.T) {
 		c := open()
 		for _, f := range families {
 			known, ok := c.Known(f)
+			kernel := saveFamily(t, n, f)
+			if !ok && len(berthChains(kernel)) == 0 {
+				continue // the last network went: nothing to remember
+			}
 			if !ok {
 				t.Fatalf("step %d: %s not remembered", i, f)
 			}
-			kernel := saveFamily(t, n, f)
 			for _, table := range []string{"nat", "filter", "raw"} {
 				k, r := known.Get(table), kernel.Get(table)
 				chains := append(r.Chains(""), k.Chains("")...)

@@ -146,7 +146,9 @@ func (c *Cycle) Close() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	gen, err := generation()
-	if err != nil || c.broken || gen != c.start+c.commits || len(c.known) == 0 {
+	// Nothing of berth's left (the last network went): nothing to
+	// remember, and nothing left behind in the namespace's directory.
+	if err != nil || c.broken || gen != c.start+c.commits || !c.holdsBerth() {
 		os.Remove(c.path)
 		return
 	}
@@ -166,6 +168,19 @@ func (c *Cycle) Close() {
 		os.Remove(tmp)
 		os.Remove(c.path)
 	}
+}
+
+// holdsBerth reports whether a table the cycle knows has a chain of
+// berth's.
+func (c *Cycle) holdsBerth() bool {
+	for _, ts := range c.known {
+		for _, t := range ts {
+			if len(t.Chains(Prefix)) > 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func toJSON(ts Tables) map[string]map[string][]string {
