@@ -275,30 +275,32 @@ func eachFamily(n Network, b iptables.Backend, do func(familyNet) error) error {
 }
 
 // parallel runs do(0) ... do(n-1) side by side, each in the calling
-// thread's network namespace: a goroutine runs on any thread, and a
-// caller inside ns.Do (a runtime linking berth, the tests) would otherwise
-// have iptables run in whichever namespace that thread is in.
+// thread's network namespace: do(0) on the calling goroutine, the others
+// on goroutines that enter the namespace first (a goroutine runs on any
+// thread, and a caller inside ns.Do, a runtime linking berth or the
+// tests, would otherwise have iptables run in whichever namespace that
+// thread is in).
 func parallel(n int, do func(i int) error) error {
-	if n <= 1 {
-		if n == 1 {
-			return do(0)
-		}
+	if n == 0 {
 		return nil
 	}
-	netns, err := ns.GetCurrentNS()
-	if err != nil {
-		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
-	}
-	defer netns.Close()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = netns.Do(func(ns.NetNS) error { return do(i) })
-		}()
+	if n > 1 {
+		netns, err := ns.GetCurrentNS()
+		if err != nil {
+			return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
+		}
+		defer netns.Close()
+		for i := 1; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = netns.Do(func(ns.NetNS) error { return do(i) })
+			}()
+		}
 	}
+	errs[0] = do(0)
 	wg.Wait()
 	return errors.Join(errs...)
 }
