@@ -5,6 +5,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -115,7 +116,11 @@ func leased(mode, subnet, bridge string) func(work string) (string, error) {
 }
 
 // MeasureCNI runs cfg.Runs ADD+DEL pairs of every network, interleaved so
-// that both see the same machine load, then a burst of parallel ADDs.
+// that all see the same machine load, then a burst of parallel ADDs. Each
+// round takes the networks in a new order: what one network's calls leave
+// to the next (an nf_tables commit that makes berth read the rules again,
+// a veth still being freed) then falls on every network alike, not always
+// on the one listed after it.
 func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 	node, err := testutils.NewNS()
 	if err != nil {
@@ -189,6 +194,7 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 		defer node.Do(func(ns.NetNS) error { return t.cni.DelNetworkList(ctx, t.list, conf) })
 	}
 
+	order := rand.New(rand.NewPCG(14, 14)) // the same orders in every run
 	for i := 0; i < cfg.Runs; i++ {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -196,7 +202,8 @@ func MeasureCNI(ctx context.Context, cfg CNIConfig) ([]Latency, error) {
 		if i%20 == 0 {
 			cfg.Progress("CNI latency: run %d/%d", i, cfg.Runs)
 		}
-		for _, t := range targets {
+		for _, j := range order.Perm(len(targets)) {
+			t := targets[j]
 			c, err := testutils.NewNS()
 			if err != nil {
 				return nil, err

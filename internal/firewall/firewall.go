@@ -38,8 +38,9 @@
 // idempotent); the shared chains and builtin jumps are added only if missing.
 // Every change holds iptables.Lock, the lock of the network namespace (both
 // families), so that networks with different stateDirs never interleave
-// their cycles. Each family costs one iptables-save and at most one
-// iptables-restore per call; the two families run side by side.
+// their cycles. Each family costs at most one iptables-restore per call,
+// and one iptables-save only when the rules changed since berth last
+// wrote them (iptables.Cycle); the two families run side by side.
 package firewall
 
 import (
@@ -274,37 +275,39 @@ func eachFamily(n Network, b iptables.Backend, do func(familyNet) error) error {
 }
 
 // parallel runs do(0) ... do(n-1) side by side, each in the calling
-// thread's network namespace: a goroutine runs on any thread, and a
-// caller inside ns.Do (a runtime linking berth, the tests) would otherwise
-// have iptables run in whichever namespace that thread is in.
+// thread's network namespace: do(0) on the calling goroutine, the others
+// on goroutines that enter the namespace first (a goroutine runs on any
+// thread, and a caller inside ns.Do, a runtime linking berth or the
+// tests, would otherwise have iptables run in whichever namespace that
+// thread is in).
 func parallel(n int, do func(i int) error) error {
-	if n <= 1 {
-		if n == 1 {
-			return do(0)
-		}
+	if n == 0 {
 		return nil
 	}
-	netns, err := ns.GetCurrentNS()
-	if err != nil {
-		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
-	}
-	defer netns.Close()
 	errs := make([]error, n)
 	var wg sync.WaitGroup
-	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = netns.Do(func(ns.NetNS) error { return do(i) })
-		}()
+	if n > 1 {
+		netns, err := ns.GetCurrentNS()
+		if err != nil {
+			return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
+		}
+		defer netns.Close()
+		for i := 1; i < n; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[i] = netns.Do(func(ns.NetNS) error { return do(i) })
+			}()
+		}
 	}
+	errs[0] = do(0)
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
 // Ensure installs the network's rules and, when a has ports, a's port
-// mappings: per family of the network, one iptables-save and at most one
-// iptables-restore.
+// mappings: per family of the network, at most one iptables-restore
+// (and an iptables-save if the remembered rules are stale).
 func Ensure(n Network, a *Attachment) error {
 	lock, err := iptables.Lock()
 	if err != nil {
@@ -318,11 +321,13 @@ func Ensure(n Network, a *Attachment) error {
 	if n.IPv6.Local.IsValid() && n.Ingress == "" {
 		return fmt.Errorf("%w: network %s has IPv6 but no ingress interface for its anti-spoofing rule", cnierr.ErrInvalidConfig, n.Name)
 	}
-	return eachFamily(n, b, func(fn familyNet) error { return ensure(b, fn, a) })
+	cycle := b.Begin()
+	defer cycle.Close()
+	return eachFamily(n, b, func(fn familyNet) error { return ensure(cycle, fn, a) })
 }
 
-func ensure(backend iptables.Backend, n familyNet, a *Attachment) error {
-	tables, err := backend.Save(n.family)
+func ensure(cycle *iptables.Cycle, n familyNet, a *Attachment) error {
+	tables, err := cycle.Save(n.family)
 	if err != nil {
 		return err
 	}
@@ -373,7 +378,7 @@ func ensure(backend iptables.Backend, n familyNet, a *Attachment) error {
 		ensureJump(r, raw, chainAntispoof, "-j "+rpfChain(n.Name))
 		ensureJump(r, raw, "PREROUTING", "-j "+chainAntispoof)
 	}
-	return backend.Apply(n.family, b, f, r)
+	return cycle.Apply(n.family, b, f, r)
 }
 
 // RemoveAttachment deletes a's port mappings and, when isLast reports no
@@ -403,7 +408,9 @@ func RemoveAttachment(network string, a *Attachment, isLast func() bool) error {
 	if err != nil {
 		return err
 	}
-	return parallel(len(fams), func(i int) error { return remove(b, fams[i], network, a.Key, last) })
+	cycle := b.Begin()
+	defer cycle.Close()
+	return parallel(len(fams), func(i int) error { return remove(cycle, fams[i], network, a.Key, last) })
 }
 
 // RemoveNetwork deletes the network's rules if isEmpty reports, under the
@@ -421,13 +428,15 @@ func RemoveNetwork(network string, isEmpty func() bool) error {
 	if err != nil {
 		return err
 	}
-	return parallel(len(families), func(i int) error { return remove(b, families[i], network, "", true) })
+	cycle := b.Begin()
+	defer cycle.Close()
+	return parallel(len(families), func(i int) error { return remove(cycle, families[i], network, "", true) })
 }
 
 // remove deletes the port mappings of key (none when "") and, when last,
 // the network's chains and the shared ones no other network jumps to.
-func remove(backend iptables.Backend, family iptables.Family, network, key string, last bool) error {
-	tables, err := backend.Save(family)
+func remove(cycle *iptables.Cycle, family iptables.Family, network, key string, last bool) error {
+	tables, err := cycle.Save(family)
 	if err != nil {
 		return err
 	}
@@ -462,7 +471,7 @@ func remove(backend iptables.Backend, family iptables.Family, network, key strin
 			removeOwned(r, raw, "PREROUTING", chainAntispoof)
 		}
 	}
-	return backend.Apply(family, b, f, r)
+	return cycle.Apply(family, b, f, r)
 }
 
 // Check reports the first rule of n (and a) that is missing or altered,

@@ -403,6 +403,7 @@ func TestConcurrentDualStackNetworks(t *testing.T) {
 		}
 	}
 	run(func(i int) error { return Ensure(netOf(i), att(i)) })
+	rememberedMatchesKernel(t, n, "after the parallel ADDs")
 	v6 := saveFamily(t, n, iptables.IPv6)
 	if len(v6.Get("nat").Rules("OUTPUT")) != 1 || len(v6.Get("raw").Rules("PREROUTING")) != 1 || len(v6.Get("filter").Rules("FORWARD")) != 1 {
 		t.Errorf("IPv6 builtin jumps: %q %q %q", v6.Get("nat").Rules("OUTPUT"), v6.Get("raw").Rules("PREROUTING"), v6.Get("filter").Rules("FORWARD"))
@@ -415,6 +416,72 @@ func TestConcurrentDualStackNetworks(t *testing.T) {
 	for _, f := range families {
 		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
 			t.Errorf("%s: left after every network: %v", f, got)
+		}
+	}
+}
+
+// What the firewall remembers between calls (iptables.Cycle) is what the
+// kernel has, rule for rule as iptables-save prints it, after every kind
+// of change: so a call that trusts it decides as one that saved.
+func TestRememberedRulesMatchTheKernel(t *testing.T) {
+	n := testenv.NewNS(t)
+	ds := dualStack("m", "10.7.0.0/24", "fd00:7::/64")
+	v4 := network("m4", "10.8.0.0/24")
+	v4.Isolated = false
+	att := &Attachment{Key: "km", IPv4: netip.MustParseAddr("10.7.0.2"), IPv6: netip.MustParseAddr("fd00:7::2"),
+		Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}, {HostIP: netip.MustParseAddr("fd00:99::1"), HostPort: 53, ContainerPort: 53, Protocol: "udp"},
+			{HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 54, ContainerPort: 53, Protocol: "sctp"}}}
+	att4 := &Attachment{Key: "km4", IPv4: netip.MustParseAddr("10.8.0.2"), Ports: []Port{{HostPort: 8081, ContainerPort: 80, Protocol: "udp"}}}
+	ds.Isolated = false
+	for i, step := range []func() error{
+		func() error { return Ensure(ds, att) },
+		func() error { return Ensure(v4, att4) },
+		func() error { ds.Isolated = true; return Ensure(ds, nil) },
+		func() error { ds.Isolated = false; return Ensure(ds, att) },
+		func() error { return RemoveAttachment("m", att, func() bool { return false }) },
+		func() error { return RemoveAttachment("m4", att4, func() bool { return true }) },
+		func() error { return RemoveNetwork("m", func() bool { return true }) },
+	} {
+		if err := in(n, step); err != nil {
+			t.Fatal(err)
+		}
+		rememberedMatchesKernel(t, n, fmt.Sprint("step ", i))
+	}
+}
+
+// rememberedMatchesKernel fails unless the rules the firewall remembers
+// in n for its next call are the kernel's, rule for rule; when it
+// remembers nothing, berth must have nothing there.
+func rememberedMatchesKernel(t *testing.T, n ns.NetNS, when string) {
+	t.Helper()
+	var c *iptables.Cycle
+	if err := in(n, func() error {
+		b, err := iptables.Open()
+		if b.Name != iptables.NFTables {
+			t.Skipf("backend %s: nothing is remembered", b.Name)
+		}
+		c = b.Begin()
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		known, ok := c.Known(f)
+		kernel := saveFamily(t, n, f)
+		if !ok && len(berthChains(kernel)) == 0 {
+			continue // the last network went: nothing to remember
+		}
+		if !ok {
+			t.Fatalf("%s: %s not remembered", when, f)
+		}
+		for _, table := range []string{"nat", "filter", "raw"} {
+			k, r := known.Get(table), kernel.Get(table)
+			for _, chain := range append(r.Chains(""), k.Chains("")...) {
+				// Built-in chains berth never wrote to may be missing.
+				if k.HasChain(chain) && !r.HasChain(chain) || !slices.Equal(k.Rules(chain), r.Rules(chain)) {
+					t.Errorf("%s: %s %s %s: remembered %q, kernel %q", when, f, table, chain, k.Rules(chain), r.Rules(chain))
+				}
+			}
 		}
 	}
 }

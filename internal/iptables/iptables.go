@@ -14,8 +14,6 @@
 package iptables
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"slices"
 	"strings"
@@ -106,10 +104,8 @@ func (f Family) String() string {
 func Parse(out []byte) (Tables, error) {
 	ts := Tables{}
 	var t *Table
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(make([]byte, 1<<20), 1<<24)
-	for sc.Scan() {
-		line := sc.Text()
+	for line := range strings.Lines(string(out)) {
+		line = strings.TrimRight(line, "\r\n")
 		switch {
 		case strings.HasPrefix(line, "*"):
 			t = &Table{Name: line[1:], chains: map[string][]string{}}
@@ -125,7 +121,7 @@ func Parse(out []byte) (Tables, error) {
 			t.chains[chain] = append(t.chains[chain], spec)
 		}
 	}
-	return ts, sc.Err()
+	return ts, nil
 }
 
 // Batch collects the changes to one table, applied by Apply.

@@ -172,8 +172,16 @@ func TestIPv6AddDoesNotWaitForDAD(t *testing.T) {
 				ips = append(ips, ipc.Address.IP.String())
 			}
 		}
-		if out, _ := testenv.InNS(c.Netns, "ip", "-6", "addr", "show", "dev", "eth0"); strings.Contains(string(out), "tentative") {
+		out, _ := testenv.InNS(c.Netns, "ip", "-6", "addr", "show", "dev", "eth0")
+		if strings.Contains(string(out), "tentative") {
 			t.Errorf("container address still tentative after ADD:\n%s", out)
+		}
+		// Added without DAD, not left to the kernel's address work:
+		// usable from the moment it is there.
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.Contains(line, ips[len(ips)-1]+"/") && !strings.Contains(line, "nodad") {
+				t.Errorf("container address added with DAD: %s", line)
+			}
 		}
 		// Right away, not after DAD: the gateway and the other container.
 		targets := append([]string{"fd00:88::1"}, ips[:len(ips)-1]...)

@@ -12,11 +12,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	cniipam "github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
@@ -132,24 +132,130 @@ func hasDefaultRoute(routes []*types.Route, v4 bool) bool {
 	return false
 }
 
-// configureIface runs inside the container namespace. The container's
-// IPv6 addresses skip duplicate address detection, as with the reference
-// bridge: they come from IPAM, nobody else holds them, and waiting for
-// DAD would make ADD take a second or two (ConfigureIface waits until no
-// address is tentative).
+// configureIface runs inside the container namespace: the result's
+// addresses, the link up, then its routes, as cniipam.ConfigureIface does
+// it but without its 50 ms waits. The container's IPv6 addresses skip
+// duplicate address detection, as with the reference bridge: they come
+// from IPAM and nobody else holds them. They are added with IFA_F_NODAD,
+// so they are usable at once, and accept_dad=0 covers the link-local
+// address the kernel makes when the link comes up; that one is tentative
+// only until the kernel's address work runs, a moment later. ADD still
+// returns with no tentative address (settleIPv6), but looks again within a
+// millisecond: ip.SettleAddresses sleeps 50 ms, and most dual-stack ADDs
+// found the link-local tentative at their first look.
 func configureIface(ifName string, res *current.Result) error {
+	link, err := netlinksafe.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("%w: finding %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+	}
+	var v4gw, v6gw net.IP
+	has6 := false
 	for _, ipc := range res.IPs {
+		if ipc.Interface == nil {
+			continue
+		}
+		if i := *ipc.Interface; i < 0 || i >= len(res.Interfaces) || res.Interfaces[i].Name != ifName {
+			return fmt.Errorf("%w: address %s is for interface %d, not %s", cnierr.ErrDatapath, ipc.Address.String(), i, ifName)
+		}
+		addr := &netlink.Addr{IPNet: &ipc.Address}
 		if ipc.Address.IP.To4() == nil {
-			if _, err := sysctl.Sysctl("net/ipv6/conf/"+ifName+"/accept_dad", "0"); err != nil {
-				return fmt.Errorf("%w: turning off DAD on %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+			if !has6 {
+				if err := enableIPv6(ifName); err != nil {
+					return err
+				}
+				has6 = true
 			}
-			break
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			return fmt.Errorf("%w: adding %s to %s in the container: %v", cnierr.ErrDatapath, ipc.Address.String(), ifName, err)
+		}
+		switch {
+		case ipc.Gateway == nil:
+		case ipc.Gateway.To4() != nil && v4gw == nil:
+			v4gw = ipc.Gateway
+		case ipc.Gateway.To4() == nil && v6gw == nil:
+			v6gw = ipc.Gateway
 		}
 	}
-	if err := cniipam.ConfigureIface(ifName, res); err != nil {
-		return fmt.Errorf("%w: configuring %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("%w: bringing up %s in the container: %v", cnierr.ErrDatapath, ifName, err)
+	}
+	if has6 {
+		if err := settleIPv6(link, 5*time.Second); err != nil {
+			return err
+		}
+	}
+	for _, r := range res.Routes {
+		gw := r.GW
+		if gw == nil {
+			gw = v6gw
+			if r.Dst.IP.To4() != nil {
+				gw = v4gw
+			}
+		}
+		route := netlink.Route{Dst: &r.Dst, LinkIndex: link.Attrs().Index, Gw: gw, Priority: r.Priority}
+		if r.Table != nil {
+			route.Table = *r.Table
+		}
+		if r.Scope != nil {
+			route.Scope = netlink.Scope(*r.Scope)
+		}
+		if err := netlink.RouteAddEcmp(&route); err != nil {
+			return fmt.Errorf("%w: adding route to %s via %s on %s in the container: %v", cnierr.ErrDatapath, r.Dst.String(), gw, ifName, err)
+		}
 	}
 	return nil
+}
+
+// enableIPv6 prepares ifName (in the container) for IPv6 addresses: IPv6
+// on, on it and on lo (a runtime may have turned it off), no DAD, and its
+// addresses kept when it goes down.
+func enableIPv6(ifName string) error {
+	for _, s := range []struct{ key, value string }{
+		{"net/ipv6/conf/lo/disable_ipv6", "0"},
+		{"net/ipv6/conf/" + ifName + "/disable_ipv6", "0"},
+		{"net/ipv6/conf/" + ifName + "/accept_dad", "0"},
+		{"net/ipv6/conf/" + ifName + "/keep_addr_on_down", "1"},
+	} {
+		if v, err := sysctl.Sysctl(s.key); err == nil && v == s.value {
+			continue
+		}
+		if _, err := sysctl.Sysctl(s.key, s.value); err != nil {
+			return fmt.Errorf("%w: setting %s=%s in the container: %v", cnierr.ErrDatapath, s.key, s.value, err)
+		}
+	}
+	return nil
+}
+
+// settleIPv6 waits until link has no tentative IPv6 address, looking
+// again after 1, 2, 4 ... 50 ms, and fails on an address whose DAD failed.
+// A link that is not up (no carrier) after timeout is left as it is.
+func settleIPv6(link netlink.Link, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		addrs, err := netlinksafe.AddrList(link, netlink.FAMILY_V6)
+		if err != nil {
+			return fmt.Errorf("%w: listing the addresses of %s in the container: %v", cnierr.ErrDatapath, link.Attrs().Name, err)
+		}
+		tentative := false
+		for _, a := range addrs {
+			if a.Flags&unix.IFA_F_DADFAILED != 0 {
+				return fmt.Errorf("%w: %s in the container: duplicate address detection failed for %s", cnierr.ErrDatapath, link.Attrs().Name, a.IP)
+			}
+			tentative = tentative || a.Flags&unix.IFA_F_TENTATIVE != 0
+		}
+		if !tentative {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			if l, err := netlinksafe.LinkByName(link.Attrs().Name); err == nil && l.Attrs().OperState != netlink.OperUp {
+				return nil
+			}
+			return fmt.Errorf("%w: %s in the container still has tentative addresses after %s", cnierr.ErrDatapath, link.Attrs().Name, timeout)
+		}
+		time.Sleep(wait)
+	}
 }
 
 // gateways are the addresses the bridge answers on, with their prefix.

@@ -1,0 +1,287 @@
+package iptables
+
+import (
+	byteorder "encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/netnsdir"
+)
+
+// cacheFile holds, in a namespace's netnsdir directory, the tables of
+// every family as berth last saw or wrote them, with the nf_tables
+// generation they are of.
+const cacheFile = "iptables-rules.json"
+
+// Cycle is one read-modify-write of a namespace's rules under Lock: Save
+// reads a family's tables, Apply commits batches to it, Close remembers
+// the result. With the nf_tables backend it saves the iptables-save exec:
+// the kernel numbers every committed transaction of the namespace (its
+// generation, all families and tables together), so tables berth wrote at
+// generation g are still exact while the generation is g. A cycle whose
+// commits were the only ones between its start and its end (the
+// generation moved by exactly the number of transactions it committed)
+// leaves the tables it knows for the next cycle; any other change, by
+// anyone, moves the generation further and the next cycle saves afresh.
+// Save and Apply may run side by side for different families.
+type Cycle struct {
+	backend Backend
+	path    string // "" when nothing is cached (legacy backend, no netnsdir)
+
+	mu      sync.Mutex
+	start   uint32            // generation when the cycle began
+	known   map[Family]Tables // exact as of start plus this cycle's commits
+	commits uint32            // transactions this cycle committed
+	broken  bool              // a commit failed: the outcome is unknown
+}
+
+// cached is cacheFile's content.
+type cached struct {
+	Generation uint32 `json:"generation"`
+	// Families maps "iptables"/"ip6tables" to table → chain → rules.
+	Families map[string]map[string]map[string][]string `json:"families"`
+}
+
+// Begin starts a cycle in the calling thread's namespace. The caller holds
+// Lock until Close.
+func (b Backend) Begin() *Cycle {
+	c := &Cycle{backend: b, known: map[Family]Tables{}}
+	if b.Name != NFTables {
+		return c // legacy tables have no generation: always saved
+	}
+	dir, err := netnsdir.Current()
+	if err != nil {
+		return c
+	}
+	gen, err := generation()
+	if err != nil {
+		return c
+	}
+	c.path, c.start = filepath.Join(dir, cacheFile), gen
+	data, err := os.ReadFile(c.path)
+	var f cached
+	if err != nil || json.Unmarshal(data, &f) != nil || f.Generation != gen {
+		return c
+	}
+	for _, fam := range []Family{IPv4, IPv6} {
+		if tables, ok := f.Families[fam.String()]; ok {
+			c.known[fam] = fromJSON(tables)
+		}
+	}
+	return c
+}
+
+// Save returns family f's tables: as the cycle knows them, else read with
+// iptables-save.
+func (c *Cycle) Save(f Family) (Tables, error) {
+	c.mu.Lock()
+	ts, ok := c.known[f]
+	c.mu.Unlock()
+	if ok {
+		return ts, nil
+	}
+	ts, err := c.backend.Save(f)
+	if err != nil {
+		return nil, err
+	}
+	// Exact as of start if nobody else commits during the cycle (Close
+	// checks): the cycle's own commits to f come after this save, and
+	// those to the other family do not touch f's tables.
+	c.mu.Lock()
+	c.known[f] = ts
+	c.mu.Unlock()
+	return ts, nil
+}
+
+// Known returns family f's tables if the cycle has them without asking
+// the kernel: from the last cycle, or saved or committed in this one.
+func (c *Cycle) Known(f Family) (Tables, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ts, ok := c.known[f]
+	return ts, ok
+}
+
+// Apply commits the batches to family f (Backend.Apply) and, once they
+// are in, to the tables the cycle knows of f.
+func (c *Cycle) Apply(f Family, batches ...*Batch) error {
+	err := c.backend.Apply(f, batches...)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.broken = true
+		return err
+	}
+	ts, ok := c.known[f]
+	for _, b := range batches {
+		if b.Empty() {
+			continue
+		}
+		// iptables-nft-restore commits each table's section as one
+		// transaction; each of berth's sections changes something (it
+		// is computed from the exact tables), so each moves the
+		// generation by one.
+		c.commits++
+		if ok {
+			ts.apply(b)
+		}
+	}
+	return nil
+}
+
+// Close remembers the tables the cycle knows for the next one, if the
+// generation says they are exact; otherwise it forgets them all.
+func (c *Cycle) Close() {
+	if c.path == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	gen, err := generation()
+	// Nothing of berth's left (the last network went): nothing to
+	// remember, and nothing left behind in the namespace's directory.
+	if err != nil || c.broken || gen != c.start+c.commits || !c.holdsBerth() {
+		os.Remove(c.path)
+		return
+	}
+	f := cached{Generation: gen, Families: map[string]map[string]map[string][]string{}}
+	for fam, ts := range c.known {
+		f.Families[fam.String()] = toJSON(ts)
+	}
+	data, err := json.Marshal(f)
+	if err != nil {
+		os.Remove(c.path)
+		return
+	}
+	// Whole or not at all: a cycle killed midway leaves the old file,
+	// whose generation no longer matches.
+	tmp := fmt.Sprintf("%s.%d", c.path, os.Getpid())
+	if os.WriteFile(tmp, data, 0o644) != nil || os.Rename(tmp, c.path) != nil {
+		os.Remove(tmp)
+		os.Remove(c.path)
+	}
+}
+
+// holdsBerth reports whether a table the cycle knows has a chain of
+// berth's.
+func (c *Cycle) holdsBerth() bool {
+	for _, ts := range c.known {
+		for _, t := range ts {
+			if len(t.Chains(Prefix)) > 0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func toJSON(ts Tables) map[string]map[string][]string {
+	out := map[string]map[string][]string{}
+	for name, t := range ts {
+		out[name] = t.chains
+	}
+	return out
+}
+
+func fromJSON(in map[string]map[string][]string) Tables {
+	ts := Tables{}
+	for name, chains := range in {
+		if chains == nil {
+			chains = map[string][]string{}
+		}
+		ts[name] = &Table{Name: name, chains: chains}
+	}
+	return ts
+}
+
+// apply changes ts as iptables-restore applies b to the kernel's tables.
+func (ts Tables) apply(b *Batch) {
+	t, ok := ts[b.table]
+	if !ok {
+		t = &Table{Name: b.table, chains: map[string][]string{}}
+		ts[b.table] = t
+	}
+	for _, line := range b.lines {
+		op, rest, _ := strings.Cut(line, " ")
+		chain, spec, _ := strings.Cut(rest, " ")
+		switch {
+		case strings.HasPrefix(op, ":"): // create or flush
+			t.chains[op[1:]] = nil
+		case op == "-A":
+			t.chains[chain] = append(t.chains[chain], spec)
+		case op == "-I": // "-I CHAIN 1 spec": Batch inserts at the top only
+			_, spec, _ = strings.Cut(spec, " ")
+			t.chains[chain] = append([]string{spec}, t.chains[chain]...)
+		case op == "-D":
+			rules := t.chains[chain]
+			for i, r := range rules {
+				if r == spec {
+					t.chains[chain] = append(rules[:i:i], rules[i+1:]...)
+					break
+				}
+			}
+		case op == "-X":
+			delete(t.chains, chain)
+		}
+	}
+}
+
+// generation asks nf_tables for the calling thread's namespace's
+// generation (NFT_MSG_GETGEN), which every committed transaction moves.
+func generation() (uint32, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	const (
+		nftMsgGetGen = 16 // NFT_MSG_GETGEN
+		nftaGenID    = 1  // NFTA_GEN_ID
+	)
+	// nlmsghdr, then nfgenmsg (family AF_UNSPEC, version, resource id).
+	req := make([]byte, unix.NLMSG_HDRLEN+4)
+	byteorder.NativeEndian.PutUint32(req[0:], uint32(len(req)))
+	byteorder.NativeEndian.PutUint16(req[4:], unix.NFNL_SUBSYS_NFTABLES<<8|nftMsgGetGen)
+	byteorder.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(fd, buf, 0)
+	if err != nil {
+		return 0, err
+	}
+	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+	if err != nil {
+		return 0, err
+	}
+	for _, m := range msgs {
+		if m.Header.Type == unix.NLMSG_ERROR {
+			return 0, errors.New("nf_tables: NFT_MSG_GETGEN refused")
+		}
+		if len(m.Data) < 4 {
+			continue
+		}
+		attrs := m.Data[4:] // after nfgenmsg
+		for len(attrs) >= unix.SizeofNlAttr {
+			l := int(byteorder.NativeEndian.Uint16(attrs))
+			typ := byteorder.NativeEndian.Uint16(attrs[2:]) &^ unix.NLA_F_NESTED
+			if l < unix.SizeofNlAttr || l > len(attrs) {
+				break
+			}
+			if typ == nftaGenID && l >= unix.SizeofNlAttr+4 {
+				return byteorder.BigEndian.Uint32(attrs[unix.SizeofNlAttr:]), nil
+			}
+			attrs = attrs[min((l+3)&^3, len(attrs)):]
+		}
+	}
+	return 0, errors.New("nf_tables: no generation in the answer")
+}
