@@ -173,9 +173,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// The leases are read while this node leases its own.
+	// The leases are read, and the node's devices (the VTEP) made, while
+	// this node leases its own: the lease publishes only what Register
+	// computed, and the devices are needed from the first pass on.
 	wg.Go(func() { d.store.Follow(ctx, d.leasesChanged) })
+	ensured := make(chan error, 1)
+	go func() { ensured <- d.nw.Ensure(ctx) }()
 	if err := d.keeper.acquire(ctx); err != nil {
+		return err
+	}
+	if err := <-ensured; err != nil {
 		return err
 	}
 	if err := d.setupFastpath(); err != nil {
