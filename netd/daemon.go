@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/fastpath"
@@ -109,6 +111,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
+	readConfig := func(ctx context.Context, store cluster.Store) error {
+		n, err := store.EnsureConfig(ctx, cfg.Network)
+		if err == nil {
+			d.network = n
+		}
+		return err
+	}
+	read := false // the network config, by connectEtcd
 	var holder cluster.Holder
 	if cfg.Datastore == DatastoreKubernetes {
 		kctx, stop := context.WithCancel(ctx) // the informer's
@@ -130,27 +140,25 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		for _, w := range etcdWarnings(cfg, d.endpoints) {
 			log.Warn(w)
 		}
-		if err := d.waitEtcd(ctx, etcd.TLS); err != nil {
-			return err
-		}
-		cli, err := newClient(d.endpoints, etcd.TLS)
+		var cli *clientv3.Client
+		cli, read, err = d.connectEtcd(ctx, etcd.TLS, func(ctx context.Context, cli *clientv3.Client) error {
+			return readConfig(ctx, d.registry(cli))
+		})
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
-		reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-		reg.Log = log
+		reg := d.registry(cli)
 		d.store = reg
-		log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
+		log.Info("connected to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 		holder = reg.Holder(cfg.LeaseTTL)
 	}
 
-	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
-		d.network, err = d.store.EnsureConfig(ctx, cfg.Network)
-		return err
-	})
-	if err != nil {
-		return err
+	if !read {
+		err = d.retry(ctx, "reading the network config", func(ctx context.Context) error { return readConfig(ctx, d.store) })
+		if err != nil {
+			return err
+		}
 	}
 	n := d.network
 	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
@@ -225,6 +233,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	wg.Wait()
 	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
+}
+
+// registry is the network's registry in etcd through cli.
+func (d *daemon) registry(cli *clientv3.Client) *registry.Registry {
+	reg := registry.New(cli, d.cfg.EtcdPrefix, d.cfg.Network.Name)
+	reg.Log = d.log
+	return reg
 }
 
 // leasesChanged takes the leases after a change in the datastore.
