@@ -140,18 +140,26 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		for _, w := range etcdWarnings(cfg, d.endpoints) {
 			log.Warn(w)
 		}
-		var cli *clientv3.Client
-		cli, read, err = d.connectEtcd(ctx, etcd.TLS, func(ctx context.Context, cli *clientv3.Client) error {
-			return readConfig(ctx, d.registry(cli))
+		// The etcd lease this node's key will hang on is granted while
+		// the network config is read.
+		var reg *registry.Registry
+		var held *registry.Holder
+		cli, configRead, err := d.connectEtcd(ctx, etcd.TLS, func(rctx context.Context, cli *clientv3.Client) error {
+			reg = d.registry(cli)
+			held = reg.Holder(cfg.LeaseTTL)
+			held.GrantAhead(ctx)
+			return readConfig(rctx, reg)
 		})
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
-		reg := d.registry(cli)
-		d.store = reg
+		if read = configRead; !read { // maybe another client: start over on it
+			reg = d.registry(cli)
+			held = reg.Holder(cfg.LeaseTTL)
+		}
+		d.store, holder = reg, held
 		log.Info("connected to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
-		holder = reg.Holder(cfg.LeaseTTL)
 	}
 
 	if !read {
