@@ -111,7 +111,12 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		grantCh = h.grant(ctx)
 	}
 	entries, snap, listErr := r.list(ctx)
-	g := <-grantCh
+	var g granted
+	select {
+	case g = <-grantCh:
+	case <-ctx.Done(): // GrantAhead's request is not bound by ctx
+		g.err = ctx.Err()
+	}
 	if g.err != nil {
 		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", g.err)
 	}
