@@ -214,15 +214,20 @@ func (d *daemon) explainEtcd(ctx context.Context, err error) error {
 	return err
 }
 
+// probeAfter is how long netd's first request to etcd may take before a
+// probe looks for what is wrong: a healthy etcd answers well within it,
+// and then no probe competes with the request.
+const probeAfter = 200 * time.Millisecond
+
 // connectEtcd returns a client of etcd once etcd answers, and whether
-// first, netd's first request, succeeded on it. The client dials and
-// first runs while a probe checks the endpoints: etcd usually answers,
-// and then the probe, which is there to say what is wrong when it does
-// not, costs netd's start no time. When the probe finds no endpoint
-// answering, first is stopped and netd waits for etcd (waitEtcd, which
-// returns ErrEtcdTLS when a certificate is refused), then dials again: a
-// client that dialed a dead etcd could sit in gRPC's reconnect backoff
-// for seconds after etcd is back.
+// first, netd's first request, succeeded on it. first runs as soon as
+// the client dials; the probe, which is there to say what is wrong when
+// etcd does not answer, runs only when first failed or takes longer than
+// probeAfter. When the probe finds no endpoint answering, first is
+// stopped and netd waits for etcd (waitEtcd, which returns ErrEtcdTLS
+// when a certificate is refused), then dials again: a client that dialed
+// a dead etcd could sit in gRPC's reconnect backoff for seconds after
+// etcd is back.
 func (d *daemon) connectEtcd(ctx context.Context, tlsCfg *tls.Config, first func(context.Context, *clientv3.Client) error) (*clientv3.Client, bool, error) {
 	var problems []error // what the probe found; nil: probe again
 	if cli, err := newClient(d.endpoints, tlsCfg); err == nil {
@@ -230,11 +235,21 @@ func (d *daemon) connectEtcd(ctx context.Context, tlsCfg *tls.Config, first func
 		defer cancel()
 		tried := make(chan error, 1)
 		go func() { tried <- first(fctx, cli) }()
-		if problems = d.etcdProblems(ctx, tlsCfg); problems == nil {
-			return cli, <-tried == nil, nil
+		select {
+		case err := <-tried:
+			if err == nil {
+				return cli, true, nil
+			}
+			if problems = d.etcdProblems(ctx, tlsCfg); problems == nil {
+				return cli, false, nil // etcd answers; the caller retries
+			}
+		case <-time.After(probeAfter):
+			if problems = d.etcdProblems(ctx, tlsCfg); problems == nil {
+				return cli, <-tried == nil, nil
+			}
+			cancel()
+			<-tried
 		}
-		cancel()
-		<-tried
 		cli.Close()
 	}
 	if err := d.waitEtcd(ctx, tlsCfg, problems); err != nil {
