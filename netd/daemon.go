@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/fastpath"
@@ -109,6 +111,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
+	readConfig := func(ctx context.Context, store cluster.Store) error {
+		n, err := store.EnsureConfig(ctx, cfg.Network)
+		if err == nil {
+			d.network = n
+		}
+		return err
+	}
+	read := false // the network config, by connectEtcd
 	var holder cluster.Holder
 	if cfg.Datastore == DatastoreKubernetes {
 		kctx, stop := context.WithCancel(ctx) // the informer's
@@ -130,27 +140,33 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		for _, w := range etcdWarnings(cfg, d.endpoints) {
 			log.Warn(w)
 		}
-		if err := d.waitEtcd(ctx, etcd.TLS); err != nil {
-			return err
-		}
-		cli, err := newClient(d.endpoints, etcd.TLS)
+		// The etcd lease this node's key will hang on is granted while
+		// the network config is read.
+		var reg *registry.Registry
+		var held *registry.Holder
+		cli, configRead, err := d.connectEtcd(ctx, etcd.TLS, func(rctx context.Context, cli *clientv3.Client) error {
+			reg = d.registry(cli)
+			held = reg.Holder(cfg.LeaseTTL)
+			held.GrantAhead(ctx)
+			return readConfig(rctx, reg)
+		})
 		if err != nil {
 			return err
 		}
 		defer cli.Close()
-		reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
-		reg.Log = log
-		d.store = reg
-		log.Info("connecting to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
-		holder = reg.Holder(cfg.LeaseTTL)
+		if read = configRead; !read { // maybe another client: start over on it
+			reg = d.registry(cli)
+			held = reg.Holder(cfg.LeaseTTL)
+		}
+		d.store, holder = reg, held
+		log.Info("connected to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 	}
 
-	err = d.retry(ctx, "reading the network config", func(ctx context.Context) error {
-		d.network, err = d.store.EnsureConfig(ctx, cfg.Network)
-		return err
-	})
-	if err != nil {
-		return err
+	if !read {
+		err = d.retry(ctx, "reading the network config", func(ctx context.Context) error { return readConfig(ctx, d.store) })
+		if err != nil {
+			return err
+		}
 	}
 	n := d.network
 	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
@@ -173,9 +189,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// The leases are read while this node leases its own.
+	// The leases are read, and the node's devices (the VTEP) made, while
+	// this node leases its own: the lease publishes only what Register
+	// computed, and the devices are needed from the first pass on.
 	wg.Go(func() { d.store.Follow(ctx, d.leasesChanged) })
+	ensured := make(chan error, 1)
+	go func() { ensured <- d.nw.Ensure(ctx) }()
 	if err := d.keeper.acquire(ctx); err != nil {
+		return err
+	}
+	if err := <-ensured; err != nil {
 		return err
 	}
 	if err := d.setupFastpath(); err != nil {
@@ -218,6 +241,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	wg.Wait()
 	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
 	return nil
+}
+
+// registry is the network's registry in etcd through cli.
+func (d *daemon) registry(cli *clientv3.Client) *registry.Registry {
+	reg := registry.New(cli, d.cfg.EtcdPrefix, d.cfg.Network.Name)
+	reg.Log = d.log
+	return reg
 }
 
 // leasesChanged takes the leases after a change in the datastore.

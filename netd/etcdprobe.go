@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // probeTimeout bounds each step of probing an etcd endpoint, so that
@@ -212,16 +214,64 @@ func (d *daemon) explainEtcd(ctx context.Context, err error) error {
 	return err
 }
 
+// probeAfter is how long netd's first request to etcd may take before a
+// probe looks for what is wrong: a healthy etcd answers well within it,
+// and then no probe competes with the request.
+const probeAfter = 200 * time.Millisecond
+
+// connectEtcd returns a client of etcd once etcd answers, and whether
+// first, netd's first request, succeeded on it. first runs as soon as
+// the client dials; the probe, which is there to say what is wrong when
+// etcd does not answer, runs only when first failed or takes longer than
+// probeAfter. When the probe finds no endpoint answering, first is
+// stopped and netd waits for etcd (waitEtcd, which returns ErrEtcdTLS
+// when a certificate is refused), then dials again: a client that dialed
+// a dead etcd could sit in gRPC's reconnect backoff for seconds after
+// etcd is back.
+func (d *daemon) connectEtcd(ctx context.Context, tlsCfg *tls.Config, first func(context.Context, *clientv3.Client) error) (*clientv3.Client, bool, error) {
+	var problems []error // what the probe found; nil: probe again
+	if cli, err := newClient(d.endpoints, tlsCfg); err == nil {
+		fctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+		defer cancel()
+		tried := make(chan error, 1)
+		go func() { tried <- first(fctx, cli) }()
+		select {
+		case err := <-tried:
+			if err == nil {
+				return cli, true, nil
+			}
+			if problems = d.etcdProblems(ctx, tlsCfg); problems == nil {
+				return cli, false, nil // etcd answers; the caller retries
+			}
+		case <-time.After(probeAfter):
+			if problems = d.etcdProblems(ctx, tlsCfg); problems == nil {
+				return cli, <-tried == nil, nil
+			}
+			cancel()
+			<-tried
+		}
+		cli.Close()
+	}
+	if err := d.waitEtcd(ctx, tlsCfg, problems); err != nil {
+		return nil, false, err
+	}
+	cli, err := newClient(d.endpoints, tlsCfg)
+	return cli, false, err
+}
+
 // waitEtcd returns once one endpoint answers as etcd, or with ErrEtcdTLS
 // when none answers and one refused the certificates. Meanwhile it says
 // what is wrong with each endpoint: in the log (at once, whenever it
 // changes, and every 30s) and as the status ("waiting for etcd at ...").
-func (d *daemon) waitEtcd(ctx context.Context, tlsCfg *tls.Config) error {
+// problems are what a probe just found (said at once), or nil.
+func (d *daemon) waitEtcd(ctx context.Context, tlsCfg *tls.Config, problems []error) error {
 	wait := time.Second
 	var last []string
 	var lastLogged time.Time
-	for {
-		problems := d.etcdProblems(ctx, tlsCfg)
+	for ; ; problems = nil {
+		if problems == nil {
+			problems = d.etcdProblems(ctx, tlsCfg)
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -77,6 +77,14 @@ func TestVXLAN(t *testing.T) {
 	if len(r) != 2 {
 		t.Errorf("node1 routes: %v", r)
 	}
+	// The MAC node1's lease publishes (netd made the VTEP while it
+	// leased) is the one its VTEP has.
+	st2, _ := c.status(2)
+	for _, p := range st2.Peers {
+		if p.Name == n1.Host && p.VTEPMAC != v.HardwareAddr.String() {
+			t.Errorf("node1's lease publishes VTEP MAC %s; its VTEP has %s", p.VTEPMAC, v.HardwareAddr)
+		}
+	}
 
 	// Traffic between the subnets, from gateway to gateway.
 	gws := map[int]netip.Addr{}

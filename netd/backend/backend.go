@@ -1,7 +1,7 @@
 // Package backend is how netd connects its node to the other nodes of a
 // network. Each mode is a Backend in its own package (vxlan, hostgw,
-// bgp); it registers the network on this node (creating any device it
-// needs) and then, given the peers' leases, describes the kernel state it
+// bgp); it registers the network on this node, creates any device it
+// needs (Ensure) and then, given the peers' leases, describes the kernel state it
 // wants (Desired: computes, changes nothing). The one reconcile loop in
 // netd reads the kernel (Read, or its cache of it), compares it with that
 // (Diff, pure) and changes only what differs (Apply), and only what netd
@@ -144,9 +144,9 @@ type Session struct {
 
 // Backend is one mode of connecting nodes.
 type Backend interface {
-	// Register prepares the node for the network (e.g. creates the VTEP;
-	// an existing one with the right settings is kept, so a restart does
-	// not disturb traffic).
+	// Register checks that the network fits the node and prepares what
+	// the lease publishes, without creating devices (bgp starts its
+	// speaker here); Network.Ensure creates them.
 	Register(ctx context.Context, node Node) (Network, error)
 	// Teardown removes everything the backend made for node's network,
 	// registered or not (netd leave runs without a registered network).
@@ -161,8 +161,11 @@ type Network interface {
 	Publish(self *cluster.Lease)
 	// MTU is the MTU for container interfaces.
 	MTU() int
-	// Ensure re-creates node-local devices that went missing (a VTEP
-	// deleted by hand). It is cheap when nothing is missing.
+	// Ensure creates the node-local devices (the VTEP) or re-creates
+	// those that went missing (deleted by hand); an existing one with the
+	// right settings is kept, so a restart does not disturb traffic. It
+	// is cheap when nothing is missing. netd calls it while it leases
+	// its subnet, and in every full pass.
 	Ensure(ctx context.Context) error
 	// Desired is the kernel state that connects in.Self to in.Peers,
 	// and the peers it cannot connect, with why. It only computes: it

@@ -29,6 +29,13 @@ type Holder struct {
 	held  cluster.Lease // as written
 	value []byte        // held's record, as written
 	id    clientv3.LeaseID
+	ahead chan granted // GrantAhead's grant, for the next Acquire
+}
+
+// granted is the answer to an etcd lease grant.
+type granted struct {
+	resp *clientv3.LeaseGrantResponse
+	err  error
 }
 
 var _ cluster.Holder = (*Holder)(nil)
@@ -42,6 +49,29 @@ func (h *Holder) LeaseID() clientv3.LeaseID {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.id
+}
+
+// GrantAhead starts granting the etcd lease that the next Acquire
+// attaches the node's key to: a grant is a write through etcd's log, and
+// netd starts it while it reads the network config rather than after,
+// so that taking a lease waits for one write, not two. A grant Acquire
+// does not use holds no key and expires by itself after the TTL.
+func (h *Holder) GrantAhead(ctx context.Context) {
+	ch := h.grant(ctx)
+	h.mu.Lock()
+	h.ahead = ch
+	h.mu.Unlock()
+}
+
+// grant asks etcd for a lease of the holder's TTL; the answer comes on
+// the channel.
+func (h *Holder) grant(ctx context.Context) chan granted {
+	ch := make(chan granted, 1)
+	go func() {
+		resp, err := h.r.cli.Grant(ctx, ttlSeconds(h.ttl))
+		ch <- granted{resp, err}
+	}()
+	return ch
 }
 
 // maxAttempts bounds how often Acquire retries after losing a race.
@@ -71,18 +101,22 @@ const maxAttempts = 32
 func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluster.Lease, previous netip.Prefix) (_ cluster.Lease, _ cluster.Origin, err error) {
 	r := h.r
 	want.Subnet, want.SubnetV6, want.Created = netip.Prefix{}, netip.Prefix{}, 0
-	// The grant and the first read of the leases go to etcd together.
-	type granted struct {
-		resp *clientv3.LeaseGrantResponse
-		err  error
+	// The grant (GrantAhead's, if it started one) and the first read of
+	// the leases go to etcd together.
+	h.mu.Lock()
+	grantCh := h.ahead
+	h.ahead = nil
+	h.mu.Unlock()
+	if grantCh == nil {
+		grantCh = h.grant(ctx)
 	}
-	grantCh := make(chan granted, 1)
-	go func() {
-		resp, err := r.cli.Grant(ctx, ttlSeconds(h.ttl))
-		grantCh <- granted{resp, err}
-	}()
 	entries, snap, listErr := r.list(ctx)
-	g := <-grantCh
+	var g granted
+	select {
+	case g = <-grantCh:
+	case <-ctx.Done(): // GrantAhead's request is not bound by ctx
+		g.err = ctx.Err()
+	}
 	if g.err != nil {
 		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", g.err)
 	}

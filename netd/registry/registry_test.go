@@ -206,6 +206,55 @@ func TestAcquireReuse(t *testing.T) {
 	}
 }
 
+// Acquire hangs the key on the etcd lease GrantAhead granted (netd grants
+// it while it reads the network config), and grants no other; the next
+// Acquire grants its own.
+func TestGrantAhead(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := network(t, "10.9.0.0/16", 24)
+	r := New(cli, "/test", n.Name)
+	leases := func() map[clientv3.LeaseID]bool {
+		t.Helper()
+		resp, err := cli.Leases(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids := map[clientv3.LeaseID]bool{}
+		for _, l := range resp.Leases {
+			ids[l.ID] = true
+		}
+		return ids
+	}
+	before := leases()
+	h := r.Holder(time.Minute)
+	h.GrantAhead(ctx)
+	var ahead clientv3.LeaseID
+	for deadline := time.Now().Add(10 * time.Second); ahead == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("GrantAhead granted no etcd lease")
+		}
+		for id := range leases() {
+			if !before[id] {
+				ahead = id
+			}
+		}
+	}
+	if _, _, err := h.Acquire(ctx, n, rec("a"), netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
+	if h.LeaseID() != ahead || len(leases()) != len(before)+1 {
+		t.Fatalf("key on etcd lease %x, granted ahead %x; %d etcd leases, had %d", h.LeaseID(), ahead, len(leases()), len(before))
+	}
+	// The lease is lost (etcd lost it): leasing again grants anew.
+	if _, err := cli.Revoke(ctx, ahead); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.Acquire(ctx, n, rec("a"), netip.Prefix{}); err != nil || h.LeaseID() == ahead {
+		t.Fatalf("second Acquire: etcd lease %x (%v)", h.LeaseID(), err)
+	}
+}
+
 // A lease nobody keeps alive expires, and its subnet goes to the next
 // node that needs one.
 func TestExpiredLeaseReclaimed(t *testing.T) {

@@ -68,7 +68,11 @@ func VTEPName(vni int) string { return fmt.Sprintf("berth.%d", vni) }
 // VTEPNameV6 is the VTEP of a VNI over an IPv6 underlay.
 func VTEPNameV6(vni int) string { return fmt.Sprintf("berth6.%d", vni) }
 
-// Register creates the VTEP or keeps a matching existing one.
+// Register checks that the network fits the node and plans its VTEP; it
+// changes nothing in the kernel. Ensure creates the VTEP (or keeps a
+// matching existing one), which netd does while it leases its subnet:
+// what the lease publishes (the VTEP's MAC, derived from the node's
+// name; the VNI) does not depend on the device.
 func (b *Backend) Register(ctx context.Context, node backend.Node) (backend.Network, error) {
 	n := node.Network
 	v6 := node.PreferIPv6 || !node.IP.IsValid()
@@ -111,9 +115,6 @@ func (b *Backend) Register(ctx context.Context, node backend.Node) (backend.Netw
 	if nw.log == nil {
 		nw.log = slog.Default()
 	}
-	if err := nw.Ensure(ctx); err != nil {
-		return nil, err
-	}
 	return nw, nil
 }
 
@@ -138,7 +139,8 @@ func (nw *network) Publish(self *cluster.Lease) {
 
 func (nw *network) MTU() int { return nw.podMTU }
 
-// Ensure creates the VTEP if missing, re-creates it if its VXLAN settings
+// Ensure creates the VTEP if missing (after Register, and when it was
+// deleted by hand), re-creates it if its VXLAN settings
 // differ (VNI, local address, port or underlay device can only be set at
 // creation), and fixes MTU, MAC and up state in place. A VTEP of the
 // network over the other underlay family (the node's first address

@@ -18,15 +18,24 @@ import (
 	"github.com/berthnet/berth/netd/cluster"
 )
 
-// The VTEP has the settings flannel users expect, survives a second
-// Register untouched (a netd restart), and is re-created when a setting
-// that can only be set at creation differs.
+// Register only plans the VTEP; Ensure makes it with the settings
+// flannel users expect, keeps it untouched on a second start (a netd
+// restart), and re-creates it when a setting that can only be set at
+// creation differs.
 func TestRegister(t *testing.T) {
 	netns, node := backendtest.Node(t, conf.Network{VNI: 7, Port: 4789})
 	ctx := context.Background()
 	err := netns.Do(func(ns.NetNS) error {
 		nw, err := (&Backend{}).Register(ctx, node)
 		if err != nil {
+			return err
+		}
+		// netd leases its subnet while Ensure makes the VTEP: Register
+		// must not wait for the kernel.
+		if _, err := netlink.LinkByName("berth.7"); err == nil {
+			t.Error("Register created the VTEP; Ensure should")
+		}
+		if err := nw.Ensure(ctx); err != nil {
 			return err
 		}
 		l, err := netlink.LinkByName("berth.7")
@@ -44,7 +53,7 @@ func TestRegister(t *testing.T) {
 			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
 		}
 
-		if _, err := (&Backend{}).Register(ctx, node); err != nil {
+		if _, err := register(ctx, node); err != nil {
 			return err
 		}
 		again, _ := netlink.LinkByName("berth.7")
@@ -53,7 +62,7 @@ func TestRegister(t *testing.T) {
 		}
 
 		node.Network.Port = 8472
-		if _, err := (&Backend{}).Register(ctx, node); err != nil {
+		if _, err := register(ctx, node); err != nil {
 			return err
 		}
 		moved, _ := netlink.LinkByName("berth.7")
@@ -70,6 +79,15 @@ func TestRegister(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// register is netd's start: Register, then the VTEP (Ensure).
+func register(ctx context.Context, node backend.Node) (backend.Network, error) {
+	nw, err := (&Backend{}).Register(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	return nw, nw.Ensure(ctx)
 }
 
 // underlay answers as a node on 192.168.50.0/24 with a router at .254.
@@ -147,7 +165,7 @@ func TestApply(t *testing.T) {
 	yes := true
 	netns, node := backendtest.Node(t, conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), DirectRouting: &yes})
 	err := netns.Do(func(ns.NetNS) error {
-		nw, err := (&Backend{}).Register(context.Background(), node)
+		nw, err := register(context.Background(), node)
 		if err != nil {
 			return err
 		}
@@ -299,7 +317,7 @@ func TestIPv6Underlay(t *testing.T) {
 	node.PreferIPv6 = true
 	ctx := context.Background()
 	err := netns.Do(func(ns.NetNS) error {
-		nw, err := (&Backend{}).Register(ctx, node)
+		nw, err := register(ctx, node)
 		if err != nil {
 			return err
 		}
@@ -341,7 +359,7 @@ func TestIPv6Underlay(t *testing.T) {
 		}
 
 		node.PreferIPv6 = false
-		if _, err := (&Backend{}).Register(ctx, node); err != nil {
+		if _, err := register(ctx, node); err != nil {
 			return err
 		}
 		if _, err := netlink.LinkByName("berth6.7"); err == nil {
