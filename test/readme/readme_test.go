@@ -97,6 +97,9 @@ func runOnFreshMachine(t *testing.T, repo string, setup []Block, b Block) (strin
 
 	var script strings.Builder
 	fmt.Fprintf(&script, `set -e
+# The checkout, held open: the mounts below hide it when it lies under one
+# of them (a clone in /tmp); it is bound back at its path after them.
+exec 9<%[4]s
 # The machine's own paths, fresh and private to this test.
 # (/run is a tmpfs as on any booted machine: the runner's overlay layers
 # live there, and overlayfs takes no upper layer on another overlayfs.)
@@ -112,6 +115,7 @@ for h in %[2]s; do
 	mount --bind "$h%[3]s" "$h"
 done
 mount -t tmpfs tmpfs /tmp
+mkdir -p %[4]s && mount --bind /proc/self/fd/9 %[4]s && exec 9<&-
 cd %[4]s
 set -x
 `, tb.Dir, strings.Join(hierarchies, " "), cg, repo)
