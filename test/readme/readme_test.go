@@ -115,7 +115,7 @@ for h in %[2]s; do
 	mount --bind "$h%[3]s" "$h"
 done
 mount -t tmpfs tmpfs /tmp
-mkdir -p %[4]s && mount --bind /proc/self/fd/9 %[4]s && exec 9<&-
+mkdir -p %[4]s && mount --no-canonicalize --bind /proc/self/fd/9 %[4]s && exec 9<&-
 cd %[4]s
 set -x
 `, tb.Dir, strings.Join(hierarchies, " "), cg, repo)
