@@ -102,7 +102,12 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 	r := h.r
 	want.Subnet, want.SubnetV6, want.Created = netip.Prefix{}, netip.Prefix{}, 0
 	// The grant (GrantAhead's, if it started one) and the first read of
-	// the leases go to etcd together.
+	// the leases go to etcd together. That read is served by the member
+	// netd reached, without a round through the quorum, which would wait
+	// for the grant's disk sync: each step below is a transaction that
+	// compares what was read, so a stale view costs a retry, and the
+	// verdicts that end Acquire without one (the name taken, no subnet
+	// free) are only given on a linearizable read.
 	h.mu.Lock()
 	grantCh := h.ahead
 	h.ahead = nil
@@ -110,7 +115,8 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 	if grantCh == nil {
 		grantCh = h.grant(ctx)
 	}
-	entries, snap, listErr := r.list(ctx)
+	entries, snap, listErr := r.list(ctx, clientv3.WithSerializable())
+	fresh := false // entries come from a linearizable read
 	var g granted
 	select {
 	case g = <-grantCh:
@@ -140,6 +146,7 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 			if entries, snap, err = r.list(ctx); err != nil {
 				return cluster.Lease{}, "", err
 			}
+			fresh = true
 		}
 		taken := map[netip.Prefix]bool{}
 		for _, b := range snap.Rejected {
@@ -166,12 +173,17 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		var subnet netip.Prefix
 		origin := cluster.OriginNew
 		switch {
+		case mine == nil && foreign != nil && !fresh:
+			continue // read again before refusing
 		case mine == nil && foreign != nil:
 			return cluster.Lease{}, "", r.taken(ctx, foreign)
 		case mine != nil:
 			subnet, origin = mine.Key(), cluster.OriginKept
 		default:
 			subnet, ok = pickFree(network, taken, previous)
+			if !ok && !fresh {
+				continue
+			}
 			if !ok {
 				return cluster.Lease{}, "", fmt.Errorf("%w in network %s: all %d node subnets of %s are leased; enlarge the network's CIDR, use longer subnets, or remove nodes (netd leave)",
 					ErrExhausted, network.Name, network.Subnets(), strings.Join(cidrs(network), " and "))
@@ -191,10 +203,10 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 		if mine != nil {
 			ok, err = r.moveLease(ctx, mine, value, grant.ID)
 		} else {
-			var created int64
-			ok, created, err = r.create(ctx, subnet, value, grant.ID)
+			var others []entry // the leases as the key was created
+			ok, others, err = r.create(ctx, subnet, value, grant.ID)
 			if ok {
-				err = r.firstHolder(ctx, want, previous, created)
+				err = r.firstHolder(ctx, want, previous, subnet, others)
 				ok = err == nil // else revoking grant deletes the key
 			}
 		}
@@ -252,16 +264,20 @@ func preferred(a, b *cluster.Lease, previous netip.Prefix) bool {
 
 // create stores a lease for subnet only if nobody holds it, and returns
 // the revision that created it.
-func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte, id clientv3.LeaseID) (bool, int64, error) {
+func (r *Registry) create(ctx context.Context, subnet netip.Prefix, value []byte, id clientv3.LeaseID) (bool, []entry, error) {
 	key := r.leaseKey(subnet)
 	resp, err := r.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id))).
+		Then(clientv3.OpPut(key, string(value), clientv3.WithLease(id)), clientv3.OpGet(r.LeasesPrefix(), clientv3.WithPrefix())).
 		Commit()
 	if err != nil {
-		return false, 0, fmt.Errorf("creating lease %s: %w", key, err)
+		return false, nil, fmt.Errorf("creating lease %s: %w", key, err)
 	}
-	return resp.Succeeded, resp.Header.Revision, nil
+	if !resp.Succeeded {
+		return false, nil, nil
+	}
+	entries, _ := r.parseAll(resp.Responses[1].GetResponseRange().Kvs)
+	return true, entries, nil
 }
 
 // moveLease rewrites the node's key under the new etcd lease id, if the

@@ -32,18 +32,15 @@ func (r *Registry) taken(ctx context.Context, l *entry) error {
 		cluster.ErrNodeTaken, l.NodeName, l.NodeAddrs(), id, subnets(l.Lease), left)
 }
 
-// firstHolder checks, after Acquire created a new key for the node whose
-// record is self (at revision created), that no other node created one
-// under the same name meanwhile: two nodes started at once with one name
-// both find the name free. The older key keeps the name; the younger
-// gives way with cluster.ErrNodeTaken.
-func (r *Registry) firstHolder(ctx context.Context, self cluster.Lease, previous netip.Prefix, created int64) error {
-	entries, _, err := r.list(ctx)
-	if err != nil {
-		return err
-	}
+// firstHolder checks, after Acquire created the key of subnet for the
+// node whose record is self, that no other node created one under the
+// same name before it: two nodes started at once with one name both find
+// the name free. entries are the leases as the key was created (read in
+// the same transaction), so any other key under the name is older: it
+// keeps the name, and self gives way with cluster.ErrNodeTaken.
+func (r *Registry) firstHolder(ctx context.Context, self cluster.Lease, previous, subnet netip.Prefix, entries []entry) error {
 	for i, l := range entries {
-		if l.NodeName == self.NodeName && l.Created < created && !self.Owns(l.Lease, previous) {
+		if l.Key() != subnet && l.NodeName == self.NodeName && !self.Owns(l.Lease, previous) {
 			return r.taken(ctx, &entries[i])
 		}
 	}

@@ -183,3 +183,46 @@ func TestDeleteNetwork(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
+
+// staleMember answers serializable reads as a member that has not yet
+// applied the latest writes would: with the keys of before, here the
+// lease of a node that has since left.
+type staleMember struct {
+	Client
+	before *clientv3.GetResponse
+}
+
+func (s staleMember) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	if clientv3.OpGet(key, opts...).IsSerializable() && strings.HasSuffix(key, "/leases/") {
+		return s.before, nil
+	}
+	return s.Client.Get(ctx, key, opts...)
+}
+
+// Acquire's first read of the leases may be stale (served by one member,
+// not through the quorum): a node is refused only on a fresh read, so a
+// name that was free again is taken, whatever a lagging member says.
+func TestStaleReadRefusesNothing(t *testing.T) {
+	cli := client(t)
+	ctx := context.Background()
+	n := network(t, "10.12.0.0/16", 24)
+	r := New(cli, "/test", n.Name)
+	if _, _, err := r.Holder(time.Minute).Acquire(ctx, n, recAs("a", "0a0a", "192.0.2.1"), netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := cli.Get(ctx, r.LeasesPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Release(ctx, recAs("a", "0a0a", "192.0.2.1"), netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := New(staleMember{Client: cli, before: before}, "/test", n.Name).Holder(time.Minute).
+		Acquire(ctx, n, recAs("a", "0b0b", "192.0.2.2"), netip.Prefix{})
+	if err != nil {
+		t.Fatalf("refused on a stale read: %v", err)
+	}
+	if _, err := r.Release(ctx, got, netip.Prefix{}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -175,10 +175,22 @@ func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.
 		return nil, err
 	}
 	key := r.configKey()
-	for range maxAttempts {
+	for attempt := range maxAttempts {
 		// Every node but the first finds the config: a read, not a write
-		// (etcd writes wait for a disk sync).
-		got, err := r.cli.Get(ctx, key)
+		// (etcd writes wait for a disk sync). The first read is served by
+		// the member netd reached, without a round through the quorum: a
+		// linearizable one would also wait until that member applied every
+		// write before it, such as the etcd lease a starting netd asks for
+		// meanwhile (see Holder.GrantAhead). Adding IPv6 below is a
+		// transaction that compares what was read: a stale read costs a
+		// retry there. A member that lags answers with the config as it was
+		// a moment before, as a read started a moment earlier would have;
+		// the config changes only when an operator recreates the network.
+		var opts []clientv3.OpOption
+		if attempt == 0 {
+			opts = append(opts, clientv3.WithSerializable())
+		}
+		got, err := r.cli.Get(ctx, key, opts...)
 		if err != nil {
 			return nil, fmt.Errorf("reading network config at %s: %w", key, err)
 		}
@@ -272,14 +284,21 @@ func (r *Registry) List(ctx context.Context) (cluster.Snapshot, error) {
 
 // list reads every lease with its etcd metadata; the snapshot has the
 // rejected keys and the revision.
-func (r *Registry) list(ctx context.Context) ([]entry, cluster.Snapshot, error) {
-	resp, err := r.cli.Get(ctx, r.LeasesPrefix(), clientv3.WithPrefix())
+func (r *Registry) list(ctx context.Context, opts ...clientv3.OpOption) ([]entry, cluster.Snapshot, error) {
+	resp, err := r.cli.Get(ctx, r.LeasesPrefix(), append(opts, clientv3.WithPrefix())...)
 	if err != nil {
 		return nil, cluster.Snapshot{}, fmt.Errorf("listing leases under %s: %w", r.LeasesPrefix(), err)
 	}
-	s := cluster.Snapshot{Revision: resp.Header.Revision}
+	entries, s := r.parseAll(resp.Kvs)
+	s.Revision = resp.Header.Revision
+	return entries, s, nil
+}
+
+// parseAll parses the lease keys kvs; the snapshot holds the rejected.
+func (r *Registry) parseAll(kvs []*mvccpb.KeyValue) ([]entry, cluster.Snapshot) {
+	var s cluster.Snapshot
 	var entries []entry
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		e, bad := r.parse(kv)
 		if bad != nil {
 			s.Rejected = append(s.Rejected, *bad)
@@ -287,7 +306,7 @@ func (r *Registry) list(ctx context.Context) ([]entry, cluster.Snapshot, error) 
 		}
 		entries = append(entries, e)
 	}
-	return entries, s, nil
+	return entries, s
 }
 
 // Ping reads nothing but the config key's count: whether etcd answers.
