@@ -42,9 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -109,9 +107,6 @@ func ForTest(t testing.TB, ctx context.Context, opts Options) *Cluster {
 	}
 	if opts.KubeBinDir == "" {
 		t.Skip("no Kubernetes binaries: run make test-k8s (it builds them and sets BERTH_K8S_BIN)")
-	}
-	if err := sweepCgroups(testbed.Prefix, staleTestbedName); err != nil {
-		t.Logf("sweeping cgroups of earlier clusters: %v", err)
 	}
 	tb := testbed.ForTest(t, testbed.Options{Nodes: max(opts.Nodes, 2)})
 	c, err := Start(ctx, tb, opts)
@@ -203,7 +198,7 @@ func (c *Cluster) Close() error {
 	}
 	// The test bed removes its cgroups from the runner's hierarchies only;
 	// the kubelets and containerds used all of them.
-	errs = append(errs, removeCgroupTree("/"+c.TB.ID))
+	errs = append(errs, testbed.RemoveCgroupTree("/"+c.TB.ID))
 	return errors.Join(errs...)
 }
 
@@ -268,23 +263,4 @@ func (c *Cluster) logState(t testing.TB) {
 		}
 		t.Logf("--- kubectl %s:\n%s", strings.Join(args, " "), strings.Join(lines, "\n"))
 	}
-}
-
-// staleTestbedName reports whether name was made by a test bed whose
-// process is gone (names are testbed.Prefix + "<pid>x<random>...").
-func staleTestbedName(name string) bool {
-	rest, ok := strings.CutPrefix(name, testbed.Prefix)
-	if !ok {
-		return false
-	}
-	pidStr, _, ok := strings.Cut(rest, "x")
-	if !ok {
-		return false
-	}
-	pid, err := strconv.Atoi(pidStr)
-	if err != nil || pid <= 0 {
-		return false
-	}
-	err = syscall.Kill(pid, 0)
-	return err != nil && !errors.Is(err, syscall.EPERM)
 }

@@ -150,7 +150,7 @@ func (n *Node) tunableFile(name string) string {
 // (in every hierarchy) before it execs: whatever it forks (containerd's
 // shims) is found and killed there.
 func (n *Node) inCgroup(args ...string) (string, []string, error) {
-	mounts, err := cgroupMounts()
+	mounts, err := testbed.CgroupMounts()
 	if err != nil {
 		return "", nil, err
 	}
@@ -330,7 +330,7 @@ func (n *Node) stop() error {
 			errs = append(errs, p.Kill())
 		}
 	}
-	errs = append(errs, removeCgroupTree(n.cgroup))
+	errs = append(errs, testbed.RemoveCgroupTree(n.cgroup))
 	if n.holder != nil {
 		errs = append(errs, n.holder.Kill())
 	}

@@ -161,5 +161,5 @@ func (r *Runner) RemoveAll(ctx context.Context) error {
 			return err
 		}
 	}
-	return removeCgroupTree(ctx, r.CgroupParent)
+	return RemoveCgroupTree(r.CgroupParent)
 }

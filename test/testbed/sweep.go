@@ -1,7 +1,6 @@
 package testbed
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -14,8 +13,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/berthnet/berth/runner/cgroups"
 )
 
 // Sweep removes what test beds of processes that no longer run left
@@ -29,7 +26,7 @@ func Sweep() error {
 		errs = append(errs, err)
 	}
 	for _, e := range entries {
-		if !stale(e.Name()) {
+		if !Stale(e.Name()) {
 			continue
 		}
 		if err := killInside(filepath.Join(netnsDir, e.Name())); err != nil {
@@ -41,12 +38,12 @@ func Sweep() error {
 	}
 	// Containers the runner started live in cgroups named after the
 	// test bed, and in network namespaces pinned in its directory.
-	if h, err := cgroups.Detect(); err == nil {
-		for _, root := range hierarchyRoots(h) {
+	if roots, err := CgroupMounts(); err == nil {
+		for _, root := range roots {
 			entries, _ := os.ReadDir(root)
 			for _, e := range entries {
-				if e.IsDir() && stale(e.Name()) {
-					if err := removeCgroupTree(context.Background(), "/"+e.Name()); err != nil {
+				if e.IsDir() && Stale(e.Name()) {
+					if err := RemoveCgroupTree("/" + e.Name()); err != nil {
 						errs = append(errs, err)
 					}
 				}
@@ -59,7 +56,7 @@ func Sweep() error {
 		errs = append(errs, err)
 	}
 	for _, e := range entries {
-		if e.IsDir() && stale(e.Name()) {
+		if e.IsDir() && Stale(e.Name()) {
 			dir := filepath.Join(tmp, e.Name())
 			if err := releaseMounts(dir); err != nil {
 				errs = append(errs, err)
@@ -78,7 +75,7 @@ func Sweep() error {
 func Leftovers() []string {
 	var ids []string
 	add := func(name string) {
-		if !stale(name) {
+		if !Stale(name) {
 			return
 		}
 		// <Prefix><pid>x<random>[-...]
@@ -91,8 +88,8 @@ func Leftovers() []string {
 	for _, e := range entries {
 		add(e.Name())
 	}
-	if h, err := cgroups.Detect(); err == nil {
-		for _, root := range hierarchyRoots(h) {
+	if roots, err := CgroupMounts(); err == nil {
+		for _, root := range roots {
 			entries, _ := os.ReadDir(root)
 			for _, e := range entries {
 				if e.IsDir() {
@@ -111,49 +108,100 @@ func Leftovers() []string {
 	return ids
 }
 
-// hierarchyRoots are the mount points of the cgroup hierarchies the
-// runner uses.
-func hierarchyRoots(h *cgroups.Hierarchy) []string {
-	var roots []string
-	for _, mnt := range h.V1 {
-		if !slices.Contains(roots, mnt) {
-			roots = append(roots, mnt)
+// The runner's containers use the cgroup controllers the runner knows,
+// a Kubernetes node's kubelet and containerd every one the machine
+// mounts (cpuset, devices, freezer, blkio, ...): what a test bed made is
+// found and removed in all of them. Everything lives under /<test bed
+// ID>/.
+
+// CgroupMounts lists the mount points of every cgroup hierarchy (v1 and
+// v2).
+func CgroupMounts() ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var mounts []string
+	for _, l := range strings.Split(string(data), "\n") {
+		pre, post, ok := strings.Cut(l, " - ")
+		preF, postF := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(preF) < 5 || len(postF) < 1 {
+			continue
+		}
+		if (postF[0] == "cgroup" || postF[0] == "cgroup2") && !slices.Contains(mounts, preF[4]) {
+			mounts = append(mounts, preF[4])
 		}
 	}
-	if h.Unified != "" {
-		roots = append(roots, h.Unified)
-	}
-	return roots
+	return mounts, nil
 }
 
-// removeCgroupTree kills every process in the cgroup at path (relative to
-// each hierarchy's root, e.g. /berthtb-1x2/node1) and below, and removes
-// those cgroups, deepest first. A path that does not exist is fine.
-func removeCgroupTree(ctx context.Context, path string) error {
-	h, err := cgroups.Detect()
+// RemoveCgroupTree kills every process in the cgroup at path (relative
+// to each hierarchy's root, e.g. /berthtb-1x2/node1) and below, in every
+// hierarchy, and removes those cgroups, deepest first. A path that does
+// not exist is fine.
+func RemoveCgroupTree(path string) error {
+	mounts, err := CgroupMounts()
 	if err != nil {
 		return err
 	}
-	var rels []string
-	for _, root := range hierarchyRoots(h) {
-		filepath.WalkDir(filepath.Join(root, path), func(p string, d fs.DirEntry, err error) error {
+	var dirs []string
+	for _, m := range mounts {
+		filepath.WalkDir(filepath.Join(m, path), func(p string, d fs.DirEntry, err error) error {
 			if err == nil && d.IsDir() {
-				if rel, _ := filepath.Rel(root, p); !slices.Contains(rels, "/"+rel) {
-					rels = append(rels, "/"+rel)
-				}
+				dirs = append(dirs, p)
 			}
 			return nil
 		})
 	}
-	// Children before their parents.
-	slices.SortFunc(rels, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	slices.SortFunc(dirs, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	// Kill everything first: a cgroup with a live process cannot go.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		alive := 0
+		for _, d := range dirs {
+			for _, pid := range cgroupProcs(d) {
+				// A thread of this process that joined a container's
+				// cgroup lingers there a moment after it ended.
+				if pid != os.Getpid() {
+					syscall.Kill(pid, syscall.SIGKILL)
+					alive++
+				}
+			}
+		}
+		if alive == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	var errs []error
-	for _, rel := range rels {
-		if err := h.Cgroup(rel).Destroy(ctx); err != nil {
-			errs = append(errs, err)
+	for _, d := range dirs {
+		var err error
+		for range 250 { // an exiting task leaves its cgroup a moment after SIGKILL
+			if err = syscall.Rmdir(d); err == nil || errors.Is(err, syscall.ENOENT) {
+				err = nil
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("removing cgroup %s: %w (processes %v)", d, err, cgroupProcs(d)))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func cgroupProcs(dir string) []int {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(data)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // releaseMounts kills the processes inside network namespaces pinned
@@ -191,9 +239,10 @@ func releaseMounts(dir string) error {
 	return errors.Join(errs...)
 }
 
-// stale reports whether name was made by a test bed whose process is gone.
-// Names are Prefix + "<pid>x<random>-...".
-func stale(name string) bool {
+// Stale reports whether name (of a namespace, directory or cgroup) was
+// made by a test bed whose process is gone. Names are Prefix +
+// "<pid>x<random>-...".
+func Stale(name string) bool {
 	rest, ok := strings.CutPrefix(name, Prefix)
 	if !ok {
 		return false

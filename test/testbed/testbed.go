@@ -238,7 +238,7 @@ func (tb *Testbed) Close() error {
 	}
 	// What a failed RemoveAll left: container processes, their cgroups
 	// and pinned namespaces.
-	if err := removeCgroupTree(context.Background(), "/"+tb.ID); err != nil {
+	if err := RemoveCgroupTree("/" + tb.ID); err != nil {
 		errs = append(errs, err)
 	}
 	if tb.Dir != "" {

@@ -3,10 +3,12 @@ package testbed
 import (
 	"context"
 	"errors"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -254,13 +256,19 @@ func TestSweepContainers(t *testing.T) {
 	}
 	defer os.RemoveAll(dir)
 
-	// A "container" in its cgroup, as the runner makes them.
+	// A "container" in its cgroup, as the runner makes them (in the
+	// hierarchies of the controllers it uses).
 	h, err := cgroups.Detect()
 	if err != nil {
 		t.Fatal(err)
 	}
+	roots := slices.Collect(maps.Values(h.V1))
+	if h.Unified != "" {
+		roots = append(roots, h.Unified)
+	}
+	slices.Sort(roots)
 	inCgroup := startSleep(t)
-	for _, root := range hierarchyRoots(h) {
+	for _, root := range slices.Compact(roots) {
 		cg := filepath.Join(root, id, "node1", "ctr")
 		if err := os.MkdirAll(cg, 0o755); err != nil {
 			t.Fatal(err)
@@ -343,11 +351,11 @@ func mountedAt(path string) bool {
 // under dir, dir itself, or process pid.
 func expectGone(t *testing.T, id, dir string, pid int) {
 	t.Helper()
-	h, err := cgroups.Detect()
+	roots, err := CgroupMounts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, root := range hierarchyRoots(h) {
+	for _, root := range roots {
 		if _, err := os.Stat(filepath.Join(root, id)); !os.IsNotExist(err) {
 			t.Errorf("cgroup %s left in %s (%v)", id, root, err)
 		}
