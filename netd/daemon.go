@@ -3,6 +3,7 @@ package netd
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -111,14 +112,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
 
-	readConfig := func(ctx context.Context, store cluster.Store) error {
-		n, err := store.EnsureConfig(ctx, cfg.Network)
-		if err == nil {
-			d.network = n
-		}
-		return err
-	}
-	read := false // the network config, by connectEtcd
 	var holder cluster.Holder
 	if cfg.Datastore == DatastoreKubernetes {
 		kctx, stop := context.WithCancel(ctx) // the informer's
@@ -128,6 +121,10 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return err
 		}
 		d.store, holder = store, store.Holder(cfg.LeaseTTL)
+		err = d.retry(ctx, "reading the network config", func(ctx context.Context) error { return d.readConfig(ctx, store) })
+		if err != nil {
+			return err
+		}
 	} else {
 		etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
 		if err != nil {
@@ -140,33 +137,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		for _, w := range etcdWarnings(cfg, d.endpoints) {
 			log.Warn(w)
 		}
-		// The etcd lease this node's key will hang on is granted while
-		// the network config is read.
-		var reg *registry.Registry
-		var held *registry.Holder
-		cli, configRead, err := d.connectEtcd(ctx, etcd.TLS, func(rctx context.Context, cli *clientv3.Client) error {
-			reg = d.registry(cli)
-			held = reg.Holder(cfg.LeaseTTL)
-			held.GrantAhead(ctx)
-			return readConfig(rctx, reg)
-		})
+		s, err := d.startEtcd(ctx, etcd.TLS)
 		if err != nil {
 			return err
 		}
-		defer cli.Close()
-		if read = configRead; !read { // maybe another client: start over on it
-			reg = d.registry(cli)
-			held = reg.Holder(cfg.LeaseTTL)
-		}
-		d.store, holder = reg, held
+		defer s.cli.Close()
+		d.store, holder = s.reg, s.held
 		log.Info("connected to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
-	}
-
-	if !read {
-		err = d.retry(ctx, "reading the network config", func(ctx context.Context) error { return readConfig(ctx, d.store) })
-		if err != nil {
-			return err
-		}
 	}
 	n := d.network
 	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
@@ -248,6 +225,52 @@ func (d *daemon) registry(cli *clientv3.Client) *registry.Registry {
 	reg := registry.New(cli, d.cfg.EtcdPrefix, d.cfg.Network.Name)
 	reg.Log = d.log
 	return reg
+}
+
+// readConfig reads the network's config from store (storing the flags'
+// if the network has none yet) into d.network.
+func (d *daemon) readConfig(ctx context.Context, store cluster.Store) error {
+	n, err := store.EnsureConfig(ctx, d.cfg.Network)
+	if err == nil {
+		d.network = n
+	}
+	return err
+}
+
+// etcdStart is what a starting netd holds of etcd: a client etcd
+// answered, the network's registry through it (the config read) and the
+// holder of this node's lease.
+type etcdStart struct {
+	cli  *clientv3.Client
+	reg  *registry.Registry
+	held *registry.Holder
+}
+
+// startEtcd connects to etcd and reads the network config. The etcd
+// lease this node's key will hang on is granted while the config is
+// read: the registry and holder belong to the client that read it.
+func (d *daemon) startEtcd(ctx context.Context, tlsCfg *tls.Config) (*etcdStart, error) {
+	var s *etcdStart
+	read := func(rctx context.Context, cli *clientv3.Client) error {
+		if s == nil || s.cli != cli { // connectEtcd dialed again
+			s = &etcdStart{cli: cli, reg: d.registry(cli)}
+			s.held = s.reg.Holder(d.cfg.LeaseTTL)
+			s.held.GrantAhead(ctx)
+		}
+		return d.readConfig(rctx, s.reg)
+	}
+	cli, ok, err := d.connectEtcd(ctx, tlsCfg, read)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		err = d.retry(ctx, "reading the network config", func(rctx context.Context) error { return read(rctx, cli) })
+		if err != nil {
+			cli.Close()
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // leasesChanged takes the leases after a change in the datastore.
