@@ -2,9 +2,11 @@ package testenv
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
@@ -89,4 +91,34 @@ func (r *Runtime) GC(keep ...*Attachment) error {
 // Status runs STATUS.
 func (r *Runtime) Status() error {
 	return r.Node.Do(func(ns.NetNS) error { return r.CNI.GetStatusNetworkList(context.Background(), r.List) })
+}
+
+// IPv6Of is the IPv6 address of a result (nil without one).
+func IPv6Of(r *current.Result) net.IP {
+	for _, ipc := range r.IPs {
+		if ipc.Address.IP.To4() == nil {
+			return ipc.Address.IP
+		}
+	}
+	return nil
+}
+
+// TalkIPv6 checks that container a reaches container b at bIP over IPv6,
+// ICMP and TCP, and that b sees a's own address aIP. A fresh address may
+// still be tentative (DAD): the ping is tried for 5s.
+func TalkIPv6(t testing.TB, a, b *Attachment, aIP, bIP net.IP) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for err := Ping(a.Netns, bIP.String()); err != nil; err = Ping(a.Netns, bIP.String()) {
+		if time.Now().After(deadline) {
+			t.Errorf("container to container over IPv6: %v", err)
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	addr := net.JoinHostPort(bIP.String(), "7000")
+	Serve(t, b.Netns, addr)
+	if seen, err := Dial(a.Netns, addr); err != nil || seen != aIP.String() {
+		t.Errorf("TCP over IPv6: the server saw %q (%v), want %s", seen, err, aIP)
+	}
 }

@@ -2,13 +2,10 @@ package attach_test
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
-
-	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/testenv"
@@ -70,15 +67,7 @@ func TestLeasedIPv6(t *testing.T) {
 			if out, _ := testenv.InNS(n.ns, "sysctl", "-n", "net.ipv6.conf.all.forwarding"); strings.TrimSpace(string(out)) != "1" {
 				t.Errorf("IPv6 forwarding in the node: %s", out)
 			}
-			a1, a2 := v6Of(r1), v6Of(r2)
-			// The containers' addresses may still be tentative (DAD).
-			if err := eventually(5*time.Second, func() error { return testenv.Ping(c1.Netns, a2.String()) }); err != nil {
-				t.Errorf("container to container over IPv6: %v", err)
-			}
-			testenv.Serve(t, c2.Netns, "["+a2.String()+"]:7000")
-			if seen, err := testenv.Dial(c1.Netns, "["+a2.String()+"]:7000"); err != nil || seen != a1.String() {
-				t.Errorf("TCP over IPv6: the server saw %q (%v), want %s", seen, err, a1)
-			}
+			testenv.TalkIPv6(t, c1, c2, testenv.IPv6Of(r1), testenv.IPv6Of(r2))
 			if err := rt.Check(c1); err != nil {
 				t.Errorf("CHECK: %v", err)
 			}
@@ -91,26 +80,5 @@ func TestLeasedIPv6(t *testing.T) {
 				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
 			}
 		})
-	}
-}
-
-// v6Of is the IPv6 address of a result.
-func v6Of(r *current.Result) net.IP {
-	for _, ipc := range r.IPs {
-		if ipc.Address.IP.To4() == nil {
-			return ipc.Address.IP
-		}
-	}
-	return nil
-}
-
-func eventually(timeout time.Duration, f func() error) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
 	}
 }

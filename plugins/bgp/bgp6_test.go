@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	current "github.com/containernetworking/cni/pkg/types/100"
-
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/testenv"
 )
@@ -60,7 +58,7 @@ func TestRoutedAttachmentIPv6(t *testing.T) {
 			if len(r1.IPs) != want {
 				t.Fatalf("IPs %v, want %d", r1.IPs, want)
 			}
-			a1, a2 := ipv6Of(r1), ipv6Of(r2)
+			a1, a2 := testenv.IPv6Of(r1), testenv.IPv6Of(r2)
 			for _, ipc := range r1.IPs {
 				if ipc.Address.IP.To4() == nil {
 					if ones, _ := ipc.Address.Mask.Size(); ones != 128 || !ipc.Gateway.Equal(net.ParseIP("fe80::1")) ||
@@ -80,13 +78,7 @@ func TestRoutedAttachmentIPv6(t *testing.T) {
 			if out, _ := testenv.InNS(node, "sysctl", "-n", "net.ipv6.conf.all.forwarding"); strings.TrimSpace(string(out)) != "1" {
 				t.Errorf("IPv6 forwarding in the node: %s", out)
 			}
-			if err := testenv.Ping(c1.Netns, a2.String()); err != nil {
-				t.Errorf("container to container over IPv6: %v", err)
-			}
-			testenv.Serve(t, c2.Netns, "["+a2.String()+"]:7000")
-			if seen, err := testenv.Dial(c1.Netns, "["+a2.String()+"]:7000"); err != nil || seen != a1.String() {
-				t.Errorf("TCP over IPv6: the server saw %q (%v), want %s", seen, err, a1)
-			}
+			testenv.TalkIPv6(t, c1, c2, a1, a2)
 			if err := rt.Check(c1); err != nil {
 				t.Errorf("CHECK: %v", err)
 			}
@@ -107,14 +99,4 @@ func TestRoutedAttachmentIPv6(t *testing.T) {
 			}
 		})
 	}
-}
-
-// ipv6Of is the IPv6 address of a result (nil without one).
-func ipv6Of(r *current.Result) net.IP {
-	for _, ipc := range r.IPs {
-		if ipc.Address.IP.To4() == nil {
-			return ipc.Address.IP
-		}
-	}
-	return nil
 }
