@@ -196,10 +196,10 @@ func forgetNeighbour(t *testing.T, n, peer *testbed.Node) {
 	}
 }
 
-// tcxPrograms names the programs on the TCX ingress of dev on node n.
-func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
+// onTCXIngress calls f for each program on the TCX ingress of dev on node
+// n, with dev's index.
+func onTCXIngress(t *testing.T, n *testbed.Node, dev string, f func(ifindex int, id ebpf.ProgramID, p *ebpf.Program) error) {
 	t.Helper()
-	var names []string
 	err := n.Do(func() error {
 		l, err := netlink.LinkByName(dev)
 		if err != nil {
@@ -214,15 +214,28 @@ func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
 			if err != nil {
 				return err
 			}
-			info, _ := p.Info()
+			err = f(l.Attrs().Index, ap.ID, p)
 			p.Close()
-			names = append(names, fmt.Sprintf("%s (id %d)", strings.TrimSpace(info.Name), ap.ID))
+			if err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// tcxPrograms names the programs on the TCX ingress of dev on node n.
+func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
+	t.Helper()
+	var names []string
+	onTCXIngress(t, n, dev, func(_ int, id ebpf.ProgramID, p *ebpf.Program) error {
+		info, _ := p.Info()
+		names = append(names, fmt.Sprintf("%s (id %d)", strings.TrimSpace(info.Name), id))
+		return nil
+	})
 	return names
 }
 
@@ -230,29 +243,7 @@ func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
 // uplink, as an operator's mistake would.
 func detachUplinks(t *testing.T, n *testbed.Node) {
 	t.Helper()
-	err := n.Do(func() error {
-		l, err := netlink.LinkByName(n.Iface)
-		if err != nil {
-			return err
-		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		for _, ap := range res.Programs {
-			p, err := ebpf.NewProgramFromID(ap.ID)
-			if err != nil {
-				return err
-			}
-			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: l.Attrs().Index, Program: p, Attach: ebpf.AttachTCXIngress})
-			p.Close()
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+	onTCXIngress(t, n, n.Iface, func(ifindex int, _ ebpf.ProgramID, p *ebpf.Program) error {
+		return link.RawDetachProgram(link.RawDetachProgramOptions{Target: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 }
