@@ -55,12 +55,11 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	// On the node that ran the embedded etcd, this starts it again.
-	cli, done, err := commandEtcd(ctx, cfg, u.addrs(), log)
+	reg, done, err := commandRegistry(ctx, cfg, u.addrs(), log)
 	if err != nil {
 		return err
 	}
 	defer done()
-	reg := registry.New(cli, cfg.EtcdPrefix, name)
 	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
 	network, err := reg.Config(rctx)

@@ -11,16 +11,15 @@ import (
 	"text/tabwriter"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/berthnet/berth/netd/pki"
 	"github.com/berthnet/berth/netd/registry"
 )
 
-// commandEtcd connects a one-off command (netd network ...) to this
-// node's etcd: --etcd-endpoints, the one it joined, the one its running
-// netd uses, or else its embedded etcd, started for the command.
-func commandEtcd(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *slog.Logger) (*clientv3.Client, func(), error) {
+// commandRegistry connects a one-off command (netd network ..., leave)
+// to the network's registry in this node's etcd: --etcd-endpoints, the
+// one it joined, the one its running netd uses, or else its embedded
+// etcd, started for the command. done closes what it opened.
+func commandRegistry(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *slog.Logger) (reg *registry.Registry, done func(), err error) {
 	if joined, _ := pki.Dir(cfg.PKIDir).Joined(); len(cfg.EtcdEndpoints) == 0 && len(joined) == 0 && cfg.MetricsAddr != "" {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		s, err := FetchStatus(sctx, cfg.MetricsAddr)
@@ -46,7 +45,9 @@ func commandEtcd(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log *sl
 		etcd.Close()
 		return nil, nil, err
 	}
-	return cli, func() { cli.Close(); etcd.Close() }, nil
+	reg = registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
+	reg.Log = log
+	return reg, func() { cli.Close(); etcd.Close() }, nil
 }
 
 // ShowNetwork is `netd network show`: the network's config and leases.
@@ -55,12 +56,11 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 	if err != nil {
 		return err
 	}
-	cli, done, err := commandEtcd(ctx, cfg, u.addrs(), log)
+	reg, done, err := commandRegistry(ctx, cfg, u.addrs(), log)
 	if err != nil {
 		return err
 	}
 	defer done()
-	reg := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name)
 	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
 	n, err := reg.Config(rctx)
@@ -97,14 +97,14 @@ func DeleteNetwork(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	cli, done, err := commandEtcd(ctx, cfg, u.addrs(), log)
+	reg, done, err := commandRegistry(ctx, cfg, u.addrs(), log)
 	if err != nil {
 		return err
 	}
 	defer done()
 	rctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	if err := registry.New(cli, cfg.EtcdPrefix, cfg.Network.Name).Delete(rctx); err != nil {
+	if err := reg.Delete(rctx); err != nil {
 		return err
 	}
 	log.Info("deleted the network from etcd; the next netd to start creates it with its flags", "network", cfg.Network.Name)
