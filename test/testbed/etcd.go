@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Etcd is one member of a real etcd server (the Debian etcd-server
@@ -229,8 +230,15 @@ func (tb *Testbed) client(tlsCfg *tls.Config, endpoints ...string) (*clientv3.Cl
 		Endpoints:   endpoints,
 		TLS:         tlsCfg,
 		DialTimeout: 5 * time.Second,
-		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial)},
-		Logger:      zap.NewNop(),
+		DialOptions: []grpc.DialOption{grpc.WithContextDialer(dial),
+			// gRPC's default reconnect backoff grows to two minutes: after
+			// a test's etcd outage the test's own reads would wait that
+			// long after etcd is back (netd caps it at 3s too).
+			grpc.WithConnectParams(grpc.ConnectParams{
+				Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+				MinConnectTimeout: 5 * time.Second,
+			})},
+		Logger: zap.NewNop(),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("testbed: etcd client for %v: %w", endpoints, err)
