@@ -477,6 +477,14 @@ func remove(cycle *iptables.Cycle, family iptables.Family, network, key string, 
 // Check reports the first rule of n (and a) that is missing or altered,
 // in any family of the network.
 func Check(n Network, a *Attachment) error {
+	// Read while no berth call commits: a save that overlaps a commit
+	// can list a chain's rules twice (seen with iptables-nft 1.8.9 under
+	// parallel ADD and CHECK), which CHECK would report as a fault.
+	lock, err := iptables.SharedLock()
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
 	b, err := iptables.Open()
 	if err != nil {
 		return err

@@ -206,3 +206,7 @@ func Restore(batches ...*Batch) string {
 // whichever network or stateDir the caller serves: iptables' own xtables
 // lock covers single execs only.
 func Lock() (*netnsdir.Lock, error) { return netnsdir.Acquire("iptables.lock", false) }
+
+// SharedLock is Lock for a reader (CHECK): readers run side by side, and
+// never while a read-modify-write cycle commits.
+func SharedLock() (*netnsdir.Lock, error) { return netnsdir.Acquire("iptables.lock", true) }
