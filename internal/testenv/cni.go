@@ -68,6 +68,16 @@ func (r *Runtime) Add(a *Attachment) (*current.Result, error) {
 	return current.NewResultFromResult(res)
 }
 
+// MustAdd runs ADD on the whole list and ends the test if it fails.
+func (r *Runtime) MustAdd(t testing.TB, a *Attachment) *current.Result {
+	t.Helper()
+	res, err := r.Add(a)
+	if err != nil {
+		t.Fatalf("ADD %s: %v", a.ID, err)
+	}
+	return res
+}
+
 // Del runs DEL.
 func (r *Runtime) Del(a *Attachment) error {
 	return r.Node.Do(func(ns.NetNS) error { return r.CNI.DelNetworkList(context.Background(), r.List, a.rt()) })

@@ -93,14 +93,7 @@ func TestBridgeEndToEnd(t *testing.T) {
 
 	c1 := container(t, "c1", port(8080, 80, "tcp"))
 	c2 := container(t, "c2")
-	r1, err := rt.Add(c1)
-	if err != nil {
-		t.Fatalf("ADD c1: %v", err)
-	}
-	r2, err := rt.Add(c2)
-	if err != nil {
-		t.Fatalf("ADD c2: %v", err)
-	}
+	r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 	ip1, ip2 := ipOf(t, r1), ipOf(t, r2)
 	if len(r1.Interfaces) != 3 || r1.Interfaces[2].Sandbox != c1.Netns.Path() {
 		t.Errorf("interfaces = %+v", r1.Interfaces)

@@ -96,14 +96,7 @@ func TestEBPFSameNode(t *testing.T) {
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("fp", "berth0", "10.95.0.0/24", ""))
 	before := n.snapshot(t)
 	c1, c2 := container(t, "f1", port(8085, 80, "tcp")), container(t, "f2")
-	r1, err := rt.Add(c1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2, err := rt.Add(c2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 	ip1, ip2 := ipOf(t, r1), ipOf(t, r2)
 	fp := n.fastpathOf(t, "fp")
 	testenv.Serve(t, c1.Netns, "0.0.0.0:80")
@@ -245,13 +238,8 @@ func TestEBPFPluginKillLeavesTrafficFlowing(t *testing.T) {
 	n := ebpfNode(t)
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("fpkill", "berth0", "10.97.0.0/24", ""))
 	c1, c2 := container(t, "k1"), container(t, "k2")
-	if _, err := rt.Add(c1); err != nil {
-		t.Fatal(err)
-	}
-	r2, err := rt.Add(c2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rt.MustAdd(t, c1)
+	r2 := rt.MustAdd(t, c2)
 	before := n.snapshot(t)
 	done := make(chan string, 1)
 	go func() {

@@ -77,14 +77,7 @@ func TestIPv6EndToEnd(t *testing.T) {
 			rt := testenv.NewRuntime(t, n.ns, n.conflistRanges("e2e6", "berth0", sc.subnets, ""))
 			before := n.snapshot(t)
 			c1, c2 := container(t, "c1", port(8080, 80, "tcp")), container(t, "c2")
-			r1, err := rt.Add(c1)
-			if err != nil {
-				t.Fatalf("ADD c1: %v", err)
-			}
-			r2, err := rt.Add(c2)
-			if err != nil {
-				t.Fatalf("ADD c2: %v", err)
-			}
+			r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 			ip1, ip2, gw := addrOf(r1, true), addrOf(r2, true), r1.IPs[len(r1.IPs)-1].Gateway.String()
 			if ip1 == "" || ip2 == "" || (addrOf(r1, false) != "") != sc.ipv4 {
 				t.Fatalf("addresses: %+v %+v", r1.IPs, r2.IPs)
@@ -553,14 +546,7 @@ func TestLegacyBackendNode(t *testing.T) {
 	rt := testenv.NewRuntime(t, n.ns, n.conflistRanges("legacy", "berth0", stackCases[0].subnets, ""))
 	before := n.snapshot(t)
 	c1, c2 := container(t, "l1", port(8080, 80, "tcp")), container(t, "l2")
-	r1, err := rt.Add(c1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r2, err := rt.Add(c2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 	testenv.Serve(t, c1.Netns, "[::]:80")
 	testenv.Serve(t, n.outside, "[::]:9000")
 	for _, ipv6 := range []bool{false, true} {

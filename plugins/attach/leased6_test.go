@@ -41,14 +41,7 @@ func TestLeasedIPv6(t *testing.T) {
 			}
 			before := n.snapshot(t)
 			c1, c2 := container(t, "s1"), container(t, "s2")
-			r1, err := rt.Add(c1)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
-			r2, err := rt.Add(c2)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
+			r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 			want := []string{"fd00:244:0:7::2/64 via fd00:244:0:7::1"}
 			if tc.v4 {
 				want = append([]string{"10.244.7.2/24 via 10.244.7.1"}, want...)

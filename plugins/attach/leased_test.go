@@ -46,15 +46,8 @@ func TestLeasedPlugins(t *testing.T) {
 			if err := rt.Status(); err != nil {
 				t.Fatalf("STATUS with lease: %v", err)
 			}
-			r1, err := rt.Add(c1)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
 			c2 := container(t, "l2")
-			r2, err := rt.Add(c2)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
+			r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 			if got := r1.IPs[0].Address.String(); got != "10.244.7.2/24" || r1.IPs[0].Gateway.String() != "10.244.7.1" {
 				t.Errorf("address %s via %s, want 10.244.7.2/24 via the subnet's first address", got, r1.IPs[0].Gateway)
 			}

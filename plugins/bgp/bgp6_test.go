@@ -43,14 +43,7 @@ func TestRoutedAttachmentIPv6(t *testing.T) {
 			before := testenv.Snapshot(t, node, stateDir, dataDir)
 			c1 := &testenv.Attachment{ID: "b1", Netns: testenv.NewNS(t)}
 			c2 := &testenv.Attachment{ID: "b2", Netns: testenv.NewNS(t)}
-			r1, err := rt.Add(c1)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
-			r2, err := rt.Add(c2)
-			if err != nil {
-				t.Fatalf("ADD: %v", err)
-			}
+			r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 			want := 1
 			if tc.v4 {
 				want = 2

@@ -46,14 +46,7 @@ func TestRoutedAttachment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r1, err := rt.Add(c1)
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
-	r2, err := rt.Add(c2)
-	if err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
+	r1, r2 := rt.MustAdd(t, c1), rt.MustAdd(t, c2)
 	ip1, ip2 := r1.IPs[0].Address.IP.String(), r2.IPs[0].Address.IP.String()
 	if ones, _ := r1.IPs[0].Address.Mask.Size(); ones != 32 || !strings.HasPrefix(ip1, "10.244.3.") {
 		t.Errorf("address %s, want a /32 of the node block", r1.IPs[0].Address.String())
