@@ -90,7 +90,7 @@ func newClient(endpoints []string, tlsCfg *tls.Config) (*clientv3.Client, error)
 		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 500 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 3 * time.Second},
 			MinConnectTimeout: 5 * time.Second,
-		})},
+		}), grpc.WithDefaultCallOptions(grpc.ForceCodecV2(newEtcdCodec()))},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd client for %v: %w", endpoints, err)
