@@ -70,7 +70,14 @@ type Lock struct{ f *os.File }
 // filesystem.
 func Acquire(bpffs string) (*Lock, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(bpffs, &st); err != nil {
+	err := unix.Statfs(bpffs, &st)
+	if errors.Is(err, unix.ENOENT) {
+		// Not a BPF filesystem either (a mount under /run lost at a
+		// reboot): nothing can be pinned there, so DEL and GC have
+		// nothing to clean up in it, and ADD has a config to fix.
+		return nil, fmt.Errorf("%w: %s does not exist (mount one: mkdir -p %s && mount -t bpf bpf %s)", ErrNoBPFFS, bpffs, bpffs, bpffs)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bpffs %s: %w", bpffs, err)
 	}
 	if st.Type != unix.BPF_FS_MAGIC {

@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
@@ -473,5 +475,49 @@ func TestEBPFConcurrentNetworks(t *testing.T) {
 	// last two containers leave side by side).
 	if d := testenv.Diff(before, n.snapshot(t)); d != "" {
 		t.Errorf("leftovers:\n%s", d)
+	}
+}
+
+// A bpffs path that is gone (a BPF filesystem mounted under /run, lost
+// at a reboot; a directory removed) is a config error for ADD (7, naming
+// bpffs) and nothing to clean up for DEL and GC, which succeed: nothing
+// can be pinned there, the veths (and their programs) go as usual, and a
+// runtime would otherwise retry the failing DEL for ever.
+func TestEBPFMissingBPFFS(t *testing.T) {
+	n := newNode(t)
+	dir := filepath.Join(t.TempDir(), "bpf")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fpgone","plugins":[{"type":"berth-bridge","bridge":"berthgone","stateDir":%q,
+		"datapath":"ebpf","bpffs":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.93.0.0/24"}]]}}]}`, n.stateDir, dir, n.dataDir)
+	rt := testenv.NewRuntime(t, n.ns, list)
+	before := testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir)
+	c1, c2 := container(t, "g1"), container(t, "g2")
+	rt.MustAdd(t, c1)
+	rt.MustAdd(t, c2)
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	var ce *types.Error
+	if _, err := rt.Add(container(t, "g3")); !errors.As(err, &ce) || ce.Code != 7 || !strings.Contains(err.Error(), "bpffs") {
+		t.Errorf("ADD with the bpffs gone: %v, want error 7 naming bpffs", err)
+	}
+	if err := rt.Del(c1); err != nil {
+		t.Errorf("DEL with the bpffs gone: %v", err)
+	}
+	if err := rt.GC(); err != nil {
+		t.Errorf("GC with the bpffs gone: %v", err)
+	}
+	if after := testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir); after != before {
+		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
 	}
 }
