@@ -142,7 +142,15 @@ func Open(bpffs, network string) (*Network, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
 	}
+	// A program pin still there belongs to a set that is incomplete (a
+	// process killed between the two pins, a pin removed by hand) and
+	// may use maps no longer pinned: the new programs replace it. The
+	// veths it is attached to keep it.
 	for name, p := range map[string]*ebpf.Program{progContainer: n.objs.FromContainer, progUplink: n.objs.FromUplink} {
+		if err := os.Remove(n.progPin(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			n.Close()
+			return nil, fmt.Errorf("replacing the pin of %s: %w", name, err)
+		}
 		if err := p.Pin(n.progPin(name)); err != nil {
 			n.Close()
 			return nil, fmt.Errorf("pinning %s: %w", name, err)

@@ -521,3 +521,42 @@ func TestEBPFMissingBPFFS(t *testing.T) {
 		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
 	}
 }
+
+// A network's pins with one missing (a plugin or netd killed between
+// pinning its two programs, an operator's rm) are completed by the next
+// ADD: it neither fails on the pins still there nor disturbs the
+// containers attached, and the last DEL removes everything.
+func TestEBPFPartialPins(t *testing.T) {
+	for _, pin := range []string{"from_container_", "from_uplink_", "endpoints", "config", "stats"} {
+		t.Run(pin, func(t *testing.T) {
+			n := ebpfNode(t)
+			rt := testenv.NewRuntime(t, n.ns, n.conflist("fppart", "berthpart", "10.94.0.0/24", ""))
+			before := n.snapshot(t)
+			c1 := container(t, "p1")
+			r1 := rt.MustAdd(t, c1)
+			gone, _ := filepath.Glob(filepath.Join(fastpath.Dir(n.bpffs, "fppart"), pin+"*"))
+			if len(gone) != 1 {
+				t.Fatalf("pins %q: %v, want one", pin, gone)
+			}
+			if err := os.Remove(gone[0]); err != nil {
+				t.Fatal(err)
+			}
+			c2 := container(t, "p2")
+			if _, err := rt.Add(c2); err != nil {
+				t.Fatalf("ADD with %s unpinned: %v", filepath.Base(gone[0]), err)
+			}
+			if err := rt.Check(c2); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := testenv.Ping(c2.Netns, ipOf(t, r1)); err != nil {
+				t.Errorf("the new container -> the old one: %v", err)
+			}
+			if err := errors.Join(rt.Del(c1), rt.Del(c2)); err != nil {
+				t.Fatal(err)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berthpart\n", "", 1); after != before {
+				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+}
