@@ -317,6 +317,9 @@ func TestEBPFConfigErrors(t *testing.T) {
 	}{
 		{"IPv6 range", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, "datapath"},
 		{"IPv6 only", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		// A second IPv4 address per container, which the programs would
+		// drop as spoofed: refused rather than half carried.
+		{"two IPv4 range sets", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}],[{"subnet":"10.100.0.0/24"}]`, "ipam.ranges[1]"},
 		{"unknown datapath", `"datapath":"xdp",`, `[{"subnet":"10.99.0.0/24"}]`, "datapath"},
 		{"bpffs without ebpf", `"bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
 		{"not a BPF filesystem", fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, t.TempDir()), `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
