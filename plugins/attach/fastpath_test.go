@@ -526,12 +526,47 @@ func TestEBPFMissingBPFFS(t *testing.T) {
 }
 
 // A network's pins with one missing (a plugin or netd killed between
-// pinning its two programs, an operator's rm) are completed by the next
-// ADD: it neither fails on the pins still there nor disturbs the
-// containers attached, and the last DEL removes everything.
+// two pins, an operator's rm) are completed by the next ADD: it neither
+// fails on the pins still there nor disturbs the containers attached,
+// and the last DEL removes everything. Without an ADD, CHECK reports
+// the missing map (104), and DEL and GC still succeed and leave nothing:
+// a runtime retries a failing DEL for ever.
 func TestEBPFPartialPins(t *testing.T) {
-	for _, pin := range []string{"from_container_", "from_uplink_", "endpoints", "config", "stats"} {
-		t.Run(pin, func(t *testing.T) {
+	pins := []string{"from_container_", "from_uplink_", "endpoints", "config", "stats"}
+	for _, pin := range pins {
+		t.Run(pin+" then DEL", func(t *testing.T) {
+			n := ebpfNode(t)
+			rt := testenv.NewRuntime(t, n.ns, n.conflist("fppart", "berthpart", "10.94.0.0/24", ""))
+			before := n.snapshot(t)
+			c1, c2 := container(t, "p1"), container(t, "p2")
+			rt.MustAdd(t, c1)
+			rt.MustAdd(t, c2)
+			gone, _ := filepath.Glob(filepath.Join(fastpath.Dir(n.bpffs, "fppart"), pin+"*"))
+			if len(gone) != 1 {
+				t.Fatalf("pins %q: %v, want one", pin, gone)
+			}
+			if err := os.Remove(gone[0]); err != nil {
+				t.Fatal(err)
+			}
+			var ce *types.Error
+			if err := rt.Check(c1); strings.HasPrefix(pin, "from_") && err != nil {
+				t.Errorf("CHECK with a program's pin gone (the program is attached): %v", err)
+			} else if !strings.HasPrefix(pin, "from_") && (!errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(err.Error(), fastpath.Dir(n.bpffs, "fppart"))) {
+				t.Errorf("CHECK with %s unpinned: %v, want 104 naming the pins", pin, err)
+			}
+			if err := rt.Del(c1); err != nil {
+				t.Errorf("DEL with %s unpinned: %v", pin, err)
+			}
+			if err := rt.GC(); err != nil {
+				t.Errorf("GC with %s unpinned: %v", pin, err)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berthpart\n", "", 1); after != before {
+				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+	for _, pin := range pins {
+		t.Run(pin+" then ADD", func(t *testing.T) {
 			n := ebpfNode(t)
 			rt := testenv.NewRuntime(t, n.ns, n.conflist("fppart", "berthpart", "10.94.0.0/24", ""))
 			before := n.snapshot(t)
