@@ -82,6 +82,8 @@ func TestEBPFRefusesIPv6(t *testing.T) {
 		{"IPv4", `[{"subnet":"10.99.0.0/24"}]`, true},
 		{"dual-stack", `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, false},
 		{"IPv6-only", `[{"subnet":"fd00:99::/64"}]`, false},
+		{"two IPv4 ranges in one set", `[{"subnet":"10.99.0.0/24"},{"subnet":"10.100.0.0/24"}]`, true},
+		{"two IPv4 range sets", `[{"subnet":"10.99.0.0/24"}],[{"subnet":"10.100.0.0/24"}]`, false},
 	} {
 		stdin := []byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","datapath":"ebpf",
 			"ipam":{"type":"berth-ipam","ranges":[` + tt.ranges + `]}}`)

@@ -186,7 +186,7 @@ func leaveFastpath(bpffs, network string, link netlink.Link) error {
 		return err
 	}
 	defer lock.Release()
-	n, err := fastpath.OpenExisting(bpffs, network)
+	n, err := fastpath.OpenToClean(bpffs, network)
 	if err != nil || n == nil {
 		return err
 	}

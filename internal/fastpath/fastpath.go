@@ -70,7 +70,14 @@ type Lock struct{ f *os.File }
 // filesystem.
 func Acquire(bpffs string) (*Lock, error) {
 	var st unix.Statfs_t
-	if err := unix.Statfs(bpffs, &st); err != nil {
+	err := unix.Statfs(bpffs, &st)
+	if errors.Is(err, unix.ENOENT) {
+		// Not a BPF filesystem either (a mount under /run lost at a
+		// reboot): nothing can be pinned there, so DEL and GC have
+		// nothing to clean up in it, and ADD has a config to fix.
+		return nil, fmt.Errorf("%w: %s does not exist (mount one: mkdir -p %s && mount -t bpf bpf %s)", ErrNoBPFFS, bpffs, bpffs, bpffs)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("bpffs %s: %w", bpffs, err)
 	}
 	if st.Type != unix.BPF_FS_MAGIC {
@@ -135,7 +142,15 @@ func Open(bpffs, network string) (*Network, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
 	}
+	// A program pin still there belongs to a set that is incomplete (a
+	// process killed between the two pins, a pin removed by hand) and
+	// may use maps no longer pinned: the new programs replace it. The
+	// veths it is attached to keep it.
 	for name, p := range map[string]*ebpf.Program{progContainer: n.objs.FromContainer, progUplink: n.objs.FromUplink} {
+		if err := os.Remove(n.progPin(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			n.Close()
+			return nil, fmt.Errorf("replacing the pin of %s: %w", name, err)
+		}
 		if err := p.Pin(n.progPin(name)); err != nil {
 			n.Close()
 			return nil, fmt.Errorf("pinning %s: %w", name, err)
@@ -154,11 +169,35 @@ func OpenExisting(bpffs, network string) (*Network, error) {
 	if err := n.loadPinned(); err != nil {
 		// Maps without this build's programs (pinned by another version):
 		// the maps are enough to remove endpoints.
-		if err := n.loadMaps(); err != nil {
+		if err := n.loadMaps(); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s: %w", ErrIncomplete, n.dir, err)
+		} else if err != nil {
 			return nil, err
 		}
 	}
 	return n, nil
+}
+
+// ErrIncomplete means a network's pins lack a map (a process killed
+// while pinning them, a pin removed by hand): Open completes them.
+var ErrIncomplete = errors.New("the network's eBPF pins are incomplete (the next ADD completes them)")
+
+// OpenToClean opens the network's pins for DEL, GC and netd leave: nil
+// when nothing is pinned. A set missing a pin is completed first, as the
+// next ADD would (Open keeps the maps that are there, endpoints
+// included): cleaning up must neither fail on what is missing nor leave
+// behind what is there. The caller holds the Lock.
+func OpenToClean(bpffs, network string) (*Network, error) {
+	n, err := OpenExisting(bpffs, network)
+	switch {
+	case n != nil || (err != nil && !errors.Is(err, ErrIncomplete)):
+		return n, err
+	case err == nil: // no endpoints pinned: pins without them, or none
+		if _, err := os.Stat(Dir(bpffs, network)); errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+	}
+	return Open(bpffs, network)
 }
 
 func (n *Network) progPin(name string) string { return filepath.Join(n.dir, name+"_"+version) }
@@ -168,7 +207,7 @@ func (n *Network) loadMaps() error {
 	for name, m := range map[string]**ebpf.Map{fastpathMapEndpoints: &n.objs.Endpoints, fastpathMapConfig: &n.objs.Config, fastpathMapStats: &n.objs.Stats} {
 		if *m, err = ebpf.LoadPinnedMap(filepath.Join(n.dir, name), nil); err != nil {
 			n.Close()
-			return err
+			return fmt.Errorf("map %s: %w", name, err)
 		}
 	}
 	return nil

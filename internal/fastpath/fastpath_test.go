@@ -1,6 +1,7 @@
 package fastpath_test
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"os"
@@ -239,8 +240,10 @@ func TestSameNode(t *testing.T) {
 }
 
 func TestNotABPFFS(t *testing.T) {
-	_, err := fastpath.Acquire(t.TempDir())
-	if err == nil || !strings.Contains(err.Error(), "mount -t bpf") {
-		t.Errorf("Acquire on a plain directory: %v", err)
+	for name, dir := range map[string]string{"a plain directory": t.TempDir(), "a missing path": filepath.Join(t.TempDir(), "gone")} {
+		_, err := fastpath.Acquire(dir)
+		if !errors.Is(err, fastpath.ErrNoBPFFS) || !strings.Contains(err.Error(), "mount -t bpf") {
+			t.Errorf("Acquire on %s: %v, want ErrNoBPFFS saying how to mount one", name, err)
+		}
 	}
 }

@@ -94,7 +94,7 @@ func (k *call) detachFastpath() error {
 		return nil
 	}
 	err := withFastpath(k.rec.BPFFS, func() error {
-		n, err := fastpath.OpenExisting(k.rec.BPFFS, k.c.Name)
+		n, err := fastpath.OpenToClean(k.rec.BPFFS, k.c.Name)
 		if n == nil || err != nil {
 			return err
 		}
@@ -141,6 +141,9 @@ func (k *call) checkFastpath() error {
 	}
 	return withFastpath(k.rec.BPFFS, func() error {
 		n, err := fastpath.OpenExisting(k.rec.BPFFS, k.c.Name)
+		if errors.Is(err, fastpath.ErrIncomplete) {
+			return fmt.Errorf("%w: %v", cnierr.ErrCheckFailed, err)
+		}
 		if err != nil {
 			return err
 		}
@@ -177,7 +180,7 @@ func gcFastpath(c *conf.Bridge) error {
 		return nil
 	}
 	err := withFastpath(c.BPFFS, func() error {
-		n, err := fastpath.OpenExisting(c.BPFFS, c.Name)
+		n, err := fastpath.OpenToClean(c.BPFFS, c.Name)
 		if n == nil || err != nil {
 			return err
 		}

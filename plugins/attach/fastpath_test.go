@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
@@ -315,6 +317,9 @@ func TestEBPFConfigErrors(t *testing.T) {
 	}{
 		{"IPv6 range", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, "datapath"},
 		{"IPv6 only", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		// A second IPv4 address per container, which the programs would
+		// drop as spoofed: refused rather than half carried.
+		{"two IPv4 range sets", `"datapath":"ebpf","bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}],[{"subnet":"10.100.0.0/24"}]`, "ipam.ranges[1]"},
 		{"unknown datapath", `"datapath":"xdp",`, `[{"subnet":"10.99.0.0/24"}]`, "datapath"},
 		{"bpffs without ebpf", `"bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
 		{"not a BPF filesystem", fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, t.TempDir()), `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
@@ -473,5 +478,123 @@ func TestEBPFConcurrentNetworks(t *testing.T) {
 	// last two containers leave side by side).
 	if d := testenv.Diff(before, n.snapshot(t)); d != "" {
 		t.Errorf("leftovers:\n%s", d)
+	}
+}
+
+// A bpffs path that is gone (a BPF filesystem mounted under /run, lost
+// at a reboot; a directory removed) is a config error for ADD (7, naming
+// bpffs) and nothing to clean up for DEL and GC, which succeed: nothing
+// can be pinned there, the veths (and their programs) go as usual, and a
+// runtime would otherwise retry the failing DEL for ever.
+func TestEBPFMissingBPFFS(t *testing.T) {
+	n := newNode(t)
+	dir := filepath.Join(t.TempDir(), "bpf")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"fpgone","plugins":[{"type":"berth-bridge","bridge":"berthgone","stateDir":%q,
+		"datapath":"ebpf","bpffs":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.93.0.0/24"}]]}}]}`, n.stateDir, dir, n.dataDir)
+	rt := testenv.NewRuntime(t, n.ns, list)
+	before := testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir)
+	c1, c2 := container(t, "g1"), container(t, "g2")
+	rt.MustAdd(t, c1)
+	rt.MustAdd(t, c2)
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+
+	var ce *types.Error
+	if _, err := rt.Add(container(t, "g3")); !errors.As(err, &ce) || ce.Code != 7 || !strings.Contains(err.Error(), "bpffs") {
+		t.Errorf("ADD with the bpffs gone: %v, want error 7 naming bpffs", err)
+	}
+	if err := rt.Del(c1); err != nil {
+		t.Errorf("DEL with the bpffs gone: %v", err)
+	}
+	if err := rt.GC(); err != nil {
+		t.Errorf("GC with the bpffs gone: %v", err)
+	}
+	if after := testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir); after != before {
+		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+	}
+}
+
+// A network's pins with one missing (a plugin or netd killed between
+// two pins, an operator's rm) are completed by the next ADD: it neither
+// fails on the pins still there nor disturbs the containers attached,
+// and the last DEL removes everything. Without an ADD, CHECK reports
+// the missing map (104), and DEL and GC still succeed and leave nothing:
+// a runtime retries a failing DEL for ever.
+func TestEBPFPartialPins(t *testing.T) {
+	pins := []string{"from_container_", "from_uplink_", "endpoints", "config", "stats"}
+	for _, pin := range pins {
+		t.Run(pin+" then DEL", func(t *testing.T) {
+			n := ebpfNode(t)
+			rt := testenv.NewRuntime(t, n.ns, n.conflist("fppart", "berthpart", "10.94.0.0/24", ""))
+			before := n.snapshot(t)
+			c1, c2 := container(t, "p1"), container(t, "p2")
+			rt.MustAdd(t, c1)
+			rt.MustAdd(t, c2)
+			gone, _ := filepath.Glob(filepath.Join(fastpath.Dir(n.bpffs, "fppart"), pin+"*"))
+			if len(gone) != 1 {
+				t.Fatalf("pins %q: %v, want one", pin, gone)
+			}
+			if err := os.Remove(gone[0]); err != nil {
+				t.Fatal(err)
+			}
+			var ce *types.Error
+			if err := rt.Check(c1); strings.HasPrefix(pin, "from_") && err != nil {
+				t.Errorf("CHECK with a program's pin gone (the program is attached): %v", err)
+			} else if !strings.HasPrefix(pin, "from_") && (!errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(err.Error(), fastpath.Dir(n.bpffs, "fppart"))) {
+				t.Errorf("CHECK with %s unpinned: %v, want 104 naming the pins", pin, err)
+			}
+			if err := rt.Del(c1); err != nil {
+				t.Errorf("DEL with %s unpinned: %v", pin, err)
+			}
+			if err := rt.GC(); err != nil {
+				t.Errorf("GC with %s unpinned: %v", pin, err)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berthpart\n", "", 1); after != before {
+				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+	for _, pin := range pins {
+		t.Run(pin+" then ADD", func(t *testing.T) {
+			n := ebpfNode(t)
+			rt := testenv.NewRuntime(t, n.ns, n.conflist("fppart", "berthpart", "10.94.0.0/24", ""))
+			before := n.snapshot(t)
+			c1 := container(t, "p1")
+			r1 := rt.MustAdd(t, c1)
+			gone, _ := filepath.Glob(filepath.Join(fastpath.Dir(n.bpffs, "fppart"), pin+"*"))
+			if len(gone) != 1 {
+				t.Fatalf("pins %q: %v, want one", pin, gone)
+			}
+			if err := os.Remove(gone[0]); err != nil {
+				t.Fatal(err)
+			}
+			c2 := container(t, "p2")
+			if _, err := rt.Add(c2); err != nil {
+				t.Fatalf("ADD with %s unpinned: %v", filepath.Base(gone[0]), err)
+			}
+			if err := rt.Check(c2); err != nil {
+				t.Errorf("CHECK: %v", err)
+			}
+			if err := testenv.Ping(c2.Netns, ipOf(t, r1)); err != nil {
+				t.Errorf("the new container -> the old one: %v", err)
+			}
+			if err := errors.Join(rt.Del(c1), rt.Del(c2)); err != nil {
+				t.Fatal(err)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berthpart\n", "", 1); after != before {
+				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+			}
+		})
 	}
 }

@@ -247,3 +247,51 @@ func detachUplinks(t *testing.T, n *testbed.Node) {
 		return link.RawDetachProgram(link.RawDetachProgramOptions{Target: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
 	})
 }
+
+// A container's published port reached through the node's address from
+// containers (same node, other node) on the eBPF datapath, with
+// masquerade off (--ip-masq=false, as where container addresses are
+// routed, e.g. BGP): nothing but the node's DNAT touches the connection,
+// so the server sees the client's own address and answers it directly,
+// and only the node that translated the connection can turn the answer
+// back. The programs must leave that answer to the kernel (counted as
+// translated), on the server's node, also when the client is on
+// another node.
+func TestEBPFPublishedPortFromContainers(t *testing.T) {
+	ctx := context.Background()
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2})
+	etcd, err := tb.StartEtcd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL},
+		Args: []string{"--mode", "hostgw", "--ip-masq=false"}, EBPF: true}, 1, 2)
+	web := c.run(1, "web", "-p", "8080:7200", "--", "sleep", "86400")
+	web.serve(t, 7200)
+	fp, err := fastpath.OpenExisting(web.Node.BPFFSDir(), "pods")
+	if err != nil || fp == nil {
+		t.Fatalf("node1: the network's pins: %v %v", fp, err)
+	}
+	defer fp.Close()
+	addr := web.Node.IP.String() + ":8080"
+	for _, client := range []*container{c.run(2, "far"), c.run(1, "near")} {
+		t.Run("from "+client.String(), func(t *testing.T) {
+			s0, _ := fp.Stats()
+			seen, err := client.dial(addr)
+			if err != nil {
+				t.Fatalf("%s -> %s: %v", client, addr, err)
+			}
+			// On the same node berth's hairpin masquerade applies: the
+			// answers go to the gateway.
+			if client.Node == web.Node {
+				return
+			}
+			if seen != client.IP.String() {
+				t.Errorf("%s -> %s: server saw %s, want the client's own address", client, addr, seen)
+			}
+			if s, _ := fp.Stats(); s.Translated == s0.Translated {
+				t.Errorf("node1: %+v then %+v: the answers were not left to the kernel", s0, s)
+			}
+		})
+	}
+}
