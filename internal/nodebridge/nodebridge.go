@@ -13,6 +13,9 @@ package nodebridge
 import (
 	"errors"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -59,6 +62,34 @@ func Owner(alias string) (network string, adopted bool) {
 func Lock(name string, shared bool) (*netnsdir.Lock, error) {
 	return netnsdir.Acquire("bridge-"+name+".lock", shared)
 }
+
+// A bridge berth creates is marked only once it exists: the kernel takes
+// no alias with RTM_NEWLINK. A plugin killed in between would leave a
+// bridge that looks like somebody else's, which the next ADD would adopt
+// and the last DEL keep for ever. So the MAC an ADD creates the bridge
+// with is written down first, next to the bridge's lock, until the bridge
+// is marked: an unmarked bridge with that MAC is one berth made.
+func creatingFile(dir, name string) string { return filepath.Join(dir, "bridge-"+name+".creating") }
+
+// Creating records the MAC the caller is about to create bridge name
+// with. The caller holds the bridge's lock exclusively; dir is the lock's.
+func Creating(dir, name string, mac net.HardwareAddr) error {
+	path := creatingFile(dir, name)
+	if err := os.WriteFile(path, []byte(mac.String()), 0o644); err != nil {
+		return fmt.Errorf("%w: writing %s: %v", cnierr.ErrIO, path, err)
+	}
+	return nil
+}
+
+// MadeByBerth reports whether the unmarked bridge br is one an ADD
+// created and was killed before marking.
+func MadeByBerth(dir string, br netlink.Link) bool {
+	data, err := os.ReadFile(creatingFile(dir, br.Attrs().Name))
+	return err == nil && string(data) == br.Attrs().HardwareAddr.String()
+}
+
+// Marked forgets the MAC Creating recorded, once the bridge is marked.
+func Marked(dir, name string) { os.Remove(creatingFile(dir, name)) }
 
 // Containers lists the berth host veths plugged into network's bridge
 // name: the containers attached to it. None when the bridge is missing or

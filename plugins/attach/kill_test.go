@@ -1,9 +1,11 @@
 package attach_test
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +15,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
+	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -88,6 +92,60 @@ func TestSIGKILLDuringAdd(t *testing.T) {
 				t.Errorf("%s is world-writable (%v)", p, info.Mode())
 			}
 			return nil
+		})
+	}
+}
+
+// A first ADD killed between creating the network's bridge and marking it
+// leaves an unmarked bridge: the next ADD must know it as berth's, so
+// that the last DEL removes it, while a bridge that was there before
+// berth is adopted and kept.
+func TestBridgeOfAKilledFirstADD(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		killedAdd   bool // the bridge is one a killed ADD created (its MAC recorded)
+		wantRemoved bool
+	}{
+		{"left by a killed ADD", true, true},
+		{"somebody else's", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := newNode(t)
+			mac, _ := net.ParseMAC("02:42:be:47:00:01")
+			err := n.ns.Do(func(ns.NetNS) error {
+				la := netlink.NewLinkAttrs()
+				la.Name, la.HardwareAddr = "berth7", mac
+				if tc.killedAdd {
+					// What markBridge records before creating the bridge.
+					lock, err := nodebridge.Lock(la.Name, false)
+					if err != nil {
+						return err
+					}
+					defer lock.Release()
+					if err := nodebridge.Creating(lock.Dir, la.Name, mac); err != nil {
+						return err
+					}
+				}
+				return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la})
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt := testenv.NewRuntime(t, n.ns, n.conflist("killed", "berth7", "10.97.0.0/24", ""))
+			c := container(t, "c1")
+			rt.MustAdd(t, c)
+			if err := rt.Del(c); err != nil {
+				t.Fatal(err)
+			}
+			var removed bool
+			n.ns.Do(func(ns.NetNS) error {
+				_, err := netlink.LinkByName("berth7")
+				removed = errors.As(err, new(netlink.LinkNotFoundError))
+				return nil
+			})
+			if removed != tc.wantRemoved {
+				t.Fatalf("bridge removed by the last DEL: %v, want %v", removed, tc.wantRemoved)
+			}
 		})
 	}
 }

@@ -286,7 +286,7 @@ func useBridge(c *conf.Bridge) (*netlink.Bridge, *netnsdir.Lock, error) {
 		if lock, err = nodebridge.Lock(c.BridgeName, false); err != nil {
 			return nil, nil, err
 		}
-		if br, err = markBridge(c); err != nil {
+		if br, err = markBridge(c, lock.Dir); err != nil {
 			lock.Release()
 			return nil, nil, err
 		}
@@ -313,8 +313,8 @@ func aliasOf(br *netlink.Bridge) string {
 
 // markBridge creates the network's bridge, or adopts an unmarked one, or
 // refuses one marked by another network. The caller holds the bridge's
-// lock exclusively.
-func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
+// lock exclusively, in dir.
+func markBridge(c *conf.Bridge, dir string) (*netlink.Bridge, error) {
 	alias := nodebridge.Mark(c.Name, true)
 	br, err := bridgeByName(c.BridgeName)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
@@ -326,6 +326,9 @@ func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		// Without this a new bridge takes the lowest MAC of its ports and
 		// changes address whenever a container comes or goes.
 		la.HardwareAddr = randomMAC()
+		if err := nodebridge.Creating(dir, c.BridgeName, la.HardwareAddr); err != nil {
+			return nil, err
+		}
 		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: la}); err != nil {
 			return nil, fmt.Errorf("%w: creating bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 		}
@@ -350,9 +353,13 @@ func markBridge(c *conf.Bridge) (*netlink.Bridge, error) {
 		return nil, fmt.Errorf("%w: bridge %q: already used by %q; give network %q its own \"bridge\" (or, if that network is gone and nothing is plugged into %s, remove it: ip link del %s)",
 			cnierr.ErrLinkInUse, c.BridgeName, br.Attrs().Alias, c.Name, c.BridgeName, c.BridgeName)
 	}
+	if nodebridge.MadeByBerth(dir, br) {
+		alias = nodebridge.Mark(c.Name, false) // an ADD killed before marking it created it
+	}
 	if err := netlink.LinkSetAlias(br, alias); err != nil {
 		return nil, fmt.Errorf("%w: labelling bridge %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 	}
+	nodebridge.Marked(dir, c.BridgeName)
 	return br, nil
 }
 
