@@ -207,6 +207,9 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 	if c.IPAMConf.Type == "" {
 		c.IPAMConf.Type = IPAMType
 	}
+	if err := c.checkOneSubnetPerFamily(); err != nil {
+		return err
+	}
 	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
 	if err := c.checkMTUForIPv6(); err != nil {
 		return err
@@ -227,6 +230,37 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 		}
 	}
 	return netip.Prefix{}
+}
+
+// checkOneSubnetPerFamily refuses addressing the datapath would leave
+// unprotected: the firewall (masquerade, isolation, forward accepts,
+// IPv6 anti-spoofing) and the gateway cover one subnet per family, the
+// one Subnet names, so an address from a second range set of a family,
+// or from another subnet in a set, would escape isolation and masquerade.
+func (c *Bridge) checkOneSubnetPerFamily() error {
+	first := map[bool]int{} // IPv6? -> index of the family's range set
+	for i, set := range c.IPAMConf.RangeSets {
+		ipv6 := set[0].Subnet.Addr().Is6()
+		if j, ok := first[ipv6]; ok {
+			return invalid(fmt.Sprintf("ipam.ranges[%d]", i), fmt.Sprintf("a second %s range set (ipam.ranges[%d] is one): each container gets one address per family, from one subnet; use one range set per family",
+				familyName(ipv6), j))
+		}
+		first[ipv6] = i
+		for j, r := range set[1:] {
+			if r.Subnet != set[0].Subnet {
+				return invalid(fmt.Sprintf("ipam.ranges[%d][%d].subnet", i, j+1), fmt.Sprintf("%s is not the set's subnet %s: a network has one subnet per family (its masquerade, isolation and gateway cover that one); split it into ranges of %s",
+					r.Subnet, set[0].Subnet, set[0].Subnet))
+			}
+		}
+	}
+	return nil
+}
+
+func familyName(ipv6 bool) string {
+	if ipv6 {
+		return "IPv6"
+	}
+	return "IPv4"
 }
 
 // CheckPortFamilies refuses a port mapping whose hostIP is of a family

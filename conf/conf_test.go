@@ -238,3 +238,32 @@ func TestPortFamilies(t *testing.T) {
 		}
 	}
 }
+
+// The bridge datapath protects one subnet per family: more range sets
+// of a family, or another subnet in a set, are refused naming the field;
+// ranges of one subnet in a set are fine.
+func TestOneSubnetPerFamily(t *testing.T) {
+	for _, tt := range []struct{ ranges, field string }{
+		{`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}]]`, ""},
+		{`[[{"subnet":"fd00:1::/64","rangeEnd":"fd00:1::ff"},{"subnet":"fd00:1::/64","rangeStart":"fd00:1::1:0"}]]`, ""},
+		{`[[{"subnet":"fd00:1::/64"}],[{"subnet":"fd00:2::/64"}]]`, "ipam.ranges[1]: a second IPv6 range set"},
+		{`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}],[{"subnet":"10.2.0.0/24"}]]`, "ipam.ranges[2]: a second IPv4 range set"},
+		{`[[{"subnet":"10.1.0.0/24"},{"subnet":"10.2.0.0/24"}]]`, "ipam.ranges[0][1].subnet: 10.2.0.0/24 is not the set's subnet"},
+	} {
+		stdin := []byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","ipam":{"ranges":` + tt.ranges + `}}`)
+		c, err := ParseBridge(stdin, "")
+		if err == nil {
+			err = c.ParseIPAMFor(stdin, "")
+		}
+		if tt.field == "" && err != nil {
+			t.Errorf("%s: %v", tt.ranges, err)
+		}
+		if tt.field != "" && (!errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field)) {
+			t.Errorf("%s: %v, want code 7 naming %q", tt.ranges, err, tt.field)
+		}
+	}
+	// berth-ipam on its own still takes them, as host-local does.
+	if _, err := ParseIPAM([]byte(`{"ipam":{"ranges":[[{"subnet":"fd00:1::/64"}],[{"subnet":"fd00:2::/64"}]]}}`), ""); err != nil {
+		t.Errorf("berth-ipam: %v", err)
+	}
+}

@@ -1,0 +1,47 @@
+package attach_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// IPv6 addressing berth-bridge cannot protect or cannot configure is
+// refused at ADD with code 7 naming the field as the config spells it,
+// and leaves nothing behind. Before, a second IPv6 range set was
+// accepted, and its addresses escaped isolation, masquerade and the
+// forward rules (only the first subnet of a family had rules): a
+// container of an isolated network pinged another isolated network from
+// its second address.
+func TestIPv6AddressingRefusedWithTheField(t *testing.T) {
+	n := newDualNode(t)
+	before := n.snapshot(t)
+	for i, tt := range []struct {
+		name, ipam, field string
+	}{
+		{"a second IPv6 range set", `"ranges":[[{"subnet":"fd00:140::/64"}],[{"subnet":"fd00:141::/64"}]]`, "ipam.ranges[1]"},
+		{"a second IPv4 range set on a dual-stack network", `"ranges":[[{"subnet":"10.140.0.0/24"}],[{"subnet":"fd00:140::/64"}],[{"subnet":"10.141.0.0/24"}]]`, "ipam.ranges[2]"},
+		{"another IPv6 subnet in a range set", `"ranges":[[{"subnet":"10.140.0.0/24"}],[{"subnet":"fd00:140::/64"},{"subnet":"fd00:141::/64"}]]`, "ipam.ranges[1][1].subnet"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"cfg6-%d","plugins":[{"type":"berth-bridge","bridge":"berth-cfg%d",
+				"isDefaultGateway":true,"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q,%s}}]}`, i, i, n.stateDir, n.dataDir, tt.ipam)
+			rt := testenv.NewRuntime(t, n.ns, conflist)
+			c := container(t, fmt.Sprintf("cfg%d", i))
+			_, err := rt.Add(c)
+			var ce *types.Error
+			if !errors.As(err, &ce) || ce.Code != 7 || !strings.HasPrefix(ce.Details, tt.field+":") {
+				t.Errorf("ADD: %v, want code 7 naming %s", err, tt.field)
+			}
+			rt.Del(c)
+			if after := n.snapshot(t); after != before {
+				t.Errorf("a refused ADD left:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+}
