@@ -267,3 +267,26 @@ func TestOneSubnetPerFamily(t *testing.T) {
 		t.Errorf("berth-ipam: %v", err)
 	}
 }
+
+// Addressing errors name the field as the config spells it: the legacy
+// single range's fields are ipam.subnet, ipam.gateway ...; a subnet no
+// container address can come from is refused, not left to fail half-way
+// through ADD.
+func TestIPAMFieldsAsWritten(t *testing.T) {
+	for _, tt := range []struct{ ipam, want string }{
+		{`"subnet":"fd00:1::/129"`, "ipam.subnet: "},
+		{`"subnet":"fd00:1::/64","gateway":"fd00:2::1"`, "ipam.gateway: fd00:2::1 is outside subnet fd00:1::/64"},
+		{`"subnet":"fd00:1::/64","rangeStart":"fd00:1::9","rangeEnd":"fd00:1::3"`, "ipam.rangeStart: "},
+		{`"subnet":"fd00:1::/64","rangeEnd":"10.0.0.1"`, "ipam.rangeEnd: "},
+		{`"ranges":[[{"subnet":"::ffff:10.1.0.0/120"}]]`, "ipam.ranges[0][0].subnet: ::ffff:10.1.0.0/120 is an IPv4-mapped IPv6 prefix: write the IPv4 subnet 10.1.0.0/24"},
+		{`"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fe80::/64"}]]`, "ipam.ranges[1][0].subnet: fe80::/64 is link-local"},
+		{`"ranges":[[{"subnet":"ff05::/64"}]]`, "ipam.ranges[0][0].subnet: ff05::/64 is a multicast prefix"},
+		{`"subnet":"224.1.0.0/24"`, "ipam.subnet: 224.1.0.0/24 is a multicast prefix"},
+		{`"subnet":"127.1.0.0/24"`, "ipam.subnet: 127.1.0.0/24 is a loopback prefix"},
+	} {
+		_, err := ParseIPAM([]byte(`{"ipam":{`+tt.ipam+`}}`), "")
+		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want code 7 with %q", tt.ipam, err, tt.want)
+		}
+	}
+}

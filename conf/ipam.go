@@ -96,7 +96,8 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 		c.DataDir = DefaultIPAMDataDir
 	}
 	sets := raw.Ranges
-	if raw.Subnet != "" {
+	legacy := raw.Subnet != ""
+	if legacy {
 		if len(sets) > 0 {
 			return nil, invalid("ipam.subnet", "set either ipam.subnet or ipam.ranges, not both")
 		}
@@ -112,6 +113,9 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 		var parsed []Range
 		for j, rr := range set {
 			field := fmt.Sprintf("ipam.ranges[%d][%d]", i, j)
+			if legacy {
+				field = "ipam" // its fields are ipam.subnet, ipam.gateway ...
+			}
 			r, err := parseRange(field, rr)
 			if err != nil {
 				return nil, err
@@ -162,6 +166,9 @@ func parseRange(field string, rr rawRange) (Range, error) {
 	if err != nil {
 		return Range{}, invalid(field+".subnet", fmt.Sprintf("%q is not a CIDR such as 10.88.0.0/16", rr.Subnet))
 	}
+	if why := unusableSubnet(p); why != "" {
+		return Range{}, invalid(field+".subnet", fmt.Sprintf("%s is %s", rr.Subnet, why))
+	}
 	p = p.Masked()
 	hostBits := p.Addr().BitLen() - p.Bits()
 	if hostBits < 2 {
@@ -202,6 +209,25 @@ func parseRange(field string, rr rawRange) (Range, error) {
 		r.Gateway = p.Addr().Next()
 	}
 	return r, nil
+}
+
+// unusableSubnet says why containers cannot be given addresses of p, or
+// "". The kernel refuses multicast and IPv4-mapped addresses on an
+// interface half-way through ADD, and a link-local or loopback subnet
+// cannot be routed, masqueraded or published.
+func unusableSubnet(p netip.Prefix) string {
+	a := p.Masked().Addr()
+	switch {
+	case a.Is4In6():
+		return fmt.Sprintf("an IPv4-mapped IPv6 prefix: write the IPv4 subnet %s", netip.PrefixFrom(a.Unmap(), max(p.Bits()-96, 0)).Masked())
+	case a.IsMulticast():
+		return "a multicast prefix: use a unicast subnet such as fd00:88::/64 or 10.88.0.0/16"
+	case a.IsLinkLocalUnicast() && a.Is6():
+		return "link-local (fe80::/10): every interface has its own; use a unique local (fd00::/8) or global subnet such as fd00:88::/64"
+	case a.IsLoopback():
+		return "a loopback prefix: use a subnet such as 10.88.0.0/16 or fd00:88::/64"
+	}
+	return ""
 }
 
 func parseAddrIn(field, s string, p netip.Prefix) (netip.Addr, error) {

@@ -17,7 +17,8 @@ import (
 // accepted, and its addresses escaped isolation, masquerade and the
 // forward rules (only the first subnet of a family had rules): a
 // container of an isolated network pinged another isolated network from
-// its second address.
+// its second address. Addresses no rule could serve and the legacy
+// single-range form are refused the same way.
 func TestIPv6AddressingRefusedWithTheField(t *testing.T) {
 	n := newDualNode(t)
 	before := n.snapshot(t)
@@ -27,6 +28,16 @@ func TestIPv6AddressingRefusedWithTheField(t *testing.T) {
 		{"a second IPv6 range set", `"ranges":[[{"subnet":"fd00:140::/64"}],[{"subnet":"fd00:141::/64"}]]`, "ipam.ranges[1]"},
 		{"a second IPv4 range set on a dual-stack network", `"ranges":[[{"subnet":"10.140.0.0/24"}],[{"subnet":"fd00:140::/64"}],[{"subnet":"10.141.0.0/24"}]]`, "ipam.ranges[2]"},
 		{"another IPv6 subnet in a range set", `"ranges":[[{"subnet":"10.140.0.0/24"}],[{"subnet":"fd00:140::/64"},{"subnet":"fd00:141::/64"}]]`, "ipam.ranges[1][1].subnet"},
+		// Addresses the kernel will not route or assign: these failed
+		// half-way with code 105, or (link-local) gave containers
+		// addresses no rule or route could serve.
+		{"an IPv4-mapped IPv6 subnet", `"ranges":[[{"subnet":"::ffff:10.142.0.0/120"}]]`, "ipam.ranges[0][0].subnet"},
+		{"an IPv6 link-local subnet", `"ranges":[[{"subnet":"10.140.0.0/24"}],[{"subnet":"fe80::/64"}]]`, "ipam.ranges[1][0].subnet"},
+		{"an IPv6 multicast subnet", `"ranges":[[{"subnet":"ff05::/64"}]]`, "ipam.ranges[0][0].subnet"},
+		// The legacy single range is named as written, not as ranges[0][0].
+		{"legacy form: gateway outside the IPv6 subnet", `"subnet":"fd00:143::/64","gateway":"fd00:144::1"`, "ipam.gateway"},
+		{"legacy form: rangeStart outside the IPv6 subnet", `"subnet":"fd00:143::/64","rangeStart":"fd00:144::1"`, "ipam.rangeStart"},
+		{"legacy form: malformed IPv6 subnet", `"subnet":"fd00:143::/129"`, "ipam.subnet"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			conflist := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"cfg6-%d","plugins":[{"type":"berth-bridge","bridge":"berth-cfg%d",
