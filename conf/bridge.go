@@ -207,9 +207,6 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 	if c.IPAMConf.Type == "" {
 		c.IPAMConf.Type = IPAMType
 	}
-	if err := c.checkOneSubnetPerFamily(); err != nil {
-		return err
-	}
 	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
 	if err := c.checkMTUForIPv6(); err != nil {
 		return err
@@ -232,12 +229,21 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 	return netip.Prefix{}
 }
 
-// checkOneSubnetPerFamily refuses addressing the datapath would leave
-// unprotected: the firewall (masquerade, isolation, forward accepts,
-// IPv6 anti-spoofing) and the gateway cover one subnet per family, the
-// one Subnet names, so an address from a second range set of a family,
-// or from another subnet in a set, would escape isolation and masquerade.
-func (c *Bridge) checkOneSubnetPerFamily() error {
+// CheckAddressing refuses, at ADD, addressing the datapath cannot serve
+// or would leave unprotected: a subnet no address can come from
+// (IPAM.CheckAllocatable), and more than one subnet per family. The
+// firewall (masquerade, isolation, forward accepts, IPv6 anti-spoofing)
+// and the gateway cover the one subnet per family that Subnet names, so
+// an address from a second range set of a family, or from another subnet
+// in a set, would escape isolation and masquerade. Only ADD: DEL and GC
+// must still clean up what an older berth attached with such a config.
+func (c *Bridge) CheckAddressing() error {
+	if c.IPAMConf == nil {
+		return nil
+	}
+	if err := c.IPAMConf.CheckAllocatable(); err != nil {
+		return err
+	}
 	first := map[bool]int{} // IPv6? -> index of the family's range set
 	for i, set := range c.IPAMConf.RangeSets {
 		ipv6 := set[0].Subnet.Addr().Is6()

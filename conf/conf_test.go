@@ -240,8 +240,9 @@ func TestPortFamilies(t *testing.T) {
 }
 
 // The bridge datapath protects one subnet per family: more range sets
-// of a family, or another subnet in a set, are refused naming the field;
-// ranges of one subnet in a set are fine.
+// of a family, or another subnet in a set, are refused at ADD naming the
+// field (DEL and GC still parse them: an older berth took them); ranges
+// of one subnet in a set are fine.
 func TestOneSubnetPerFamily(t *testing.T) {
 	for _, tt := range []struct{ ranges, field string }{
 		{`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}]]`, ""},
@@ -253,8 +254,13 @@ func TestOneSubnetPerFamily(t *testing.T) {
 		stdin := []byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","ipam":{"ranges":` + tt.ranges + `}}`)
 		c, err := ParseBridge(stdin, "")
 		if err == nil {
-			err = c.ParseIPAMFor(stdin, "")
+			err = c.ParseIPAMFor(stdin, "") // DEL and GC: must parse
 		}
+		if err != nil {
+			t.Errorf("%s: %v, want DEL and GC to parse it", tt.ranges, err)
+			continue
+		}
+		err = c.CheckAddressing() // ADD
 		if tt.field == "" && err != nil {
 			t.Errorf("%s: %v", tt.ranges, err)
 		}
@@ -284,7 +290,10 @@ func TestIPAMFieldsAsWritten(t *testing.T) {
 		{`"subnet":"224.1.0.0/24"`, "ipam.subnet: 224.1.0.0/24 is a multicast prefix"},
 		{`"subnet":"127.1.0.0/24"`, "ipam.subnet: 127.1.0.0/24 is a loopback prefix"},
 	} {
-		_, err := ParseIPAM([]byte(`{"ipam":{`+tt.ipam+`}}`), "")
+		c, err := ParseIPAM([]byte(`{"ipam":{`+tt.ipam+`}}`), "")
+		if err == nil {
+			err = c.CheckAllocatable()
+		}
 		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: %v, want code 7 with %q", tt.ipam, err, tt.want)
 		}

@@ -40,6 +40,9 @@ type Range struct {
 	Start   netip.Addr // first allocatable address
 	End     netip.Addr // last allocatable address
 	Gateway netip.Addr // never allocated; zero when the range has none
+	// Field is where the config gives the range ("ipam.ranges[0][0]",
+	// "ipam" for the legacy single range); "" when it comes from a lease.
+	Field string
 }
 
 // Contains reports whether a is allocatable in r.
@@ -166,15 +169,12 @@ func parseRange(field string, rr rawRange) (Range, error) {
 	if err != nil {
 		return Range{}, invalid(field+".subnet", fmt.Sprintf("%q is not a CIDR such as 10.88.0.0/16", rr.Subnet))
 	}
-	if why := unusableSubnet(p); why != "" {
-		return Range{}, invalid(field+".subnet", fmt.Sprintf("%s is %s", rr.Subnet, why))
-	}
 	p = p.Masked()
 	hostBits := p.Addr().BitLen() - p.Bits()
 	if hostBits < 2 {
 		return Range{}, invalid(field+".subnet", fmt.Sprintf("%s is too small: it has no room for a gateway and an address", p))
 	}
-	r := Range{Subnet: p}
+	r := Range{Subnet: p, Field: field}
 	// Network address and (for IPv4) broadcast are never handed out.
 	r.Start = p.Addr().Next()
 	r.End = LastAddr(p)
@@ -209,6 +209,20 @@ func parseRange(field string, rr rawRange) (Range, error) {
 		r.Gateway = p.Addr().Next()
 	}
 	return r, nil
+}
+
+// CheckAllocatable refuses, at ADD, a configured subnet no container
+// address can come from. Only ADD: DEL and GC must still release what an
+// older berth, which took such subnets, allocated from them.
+func (c *IPAM) CheckAllocatable() error {
+	for _, set := range c.RangeSets {
+		for _, r := range set {
+			if why := unusableSubnet(r.Subnet); why != "" && r.Field != "" {
+				return invalid(r.Field+".subnet", fmt.Sprintf("%s is %s", r.Subnet, why))
+			}
+		}
+	}
+	return nil
 }
 
 // unusableSubnet says why containers cannot be given addresses of p, or
