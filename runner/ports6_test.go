@@ -1,6 +1,8 @@
 package runner_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -35,6 +37,17 @@ func TestPortReservationsPerHostAddress(t *testing.T) {
 			n.runner("rm", "-f", "x")
 		}
 	}
+	// A reservation an older runner made (ports/tcp-8095) is of every
+	// address while its container lives.
+	legacy := filepath.Join(n.stateDir, "ports", "tcp-8095")
+	if err := os.WriteFile(legacy, []byte(n.inspect("v4").ID), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if res := n.runner("run", "-d", "--name", "x", "--net", n.network, "-p", "[::]:8095:80", "--", "sleep", "100"); res.code == 0 || !strings.Contains(res.stderr, "published by container v4") {
+		t.Errorf("-p [::]:8095:80 next to an older runner's reservation of 8095: exit %d, %q; want it refused naming v4", res.code, res.stderr)
+		n.runner("rm", "-f", "x")
+	}
+	os.Remove(legacy)
 	n.ok("rm", "-f", "v4", "v6")
 	n.expectClean(before)
 }
