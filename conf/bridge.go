@@ -229,6 +229,46 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 	return netip.Prefix{}
 }
 
+// CheckAddressing refuses, at ADD, addressing the datapath cannot serve
+// or would leave unprotected: a subnet no address can come from
+// (IPAM.CheckAllocatable), and more than one subnet per family. The
+// firewall (masquerade, isolation, forward accepts, IPv6 anti-spoofing)
+// and the gateway cover the one subnet per family that Subnet names, so
+// an address from a second range set of a family, or from another subnet
+// in a set, would escape isolation and masquerade. Only ADD: DEL and GC
+// must still clean up what an older berth attached with such a config.
+func (c *Bridge) CheckAddressing() error {
+	if c.IPAMConf == nil {
+		return nil
+	}
+	if err := c.IPAMConf.CheckAllocatable(); err != nil {
+		return err
+	}
+	first := map[bool]int{} // IPv6? -> index of the family's range set
+	for i, set := range c.IPAMConf.RangeSets {
+		ipv6 := set[0].Subnet.Addr().Is6()
+		if j, ok := first[ipv6]; ok {
+			return invalid(fmt.Sprintf("ipam.ranges[%d]", i), fmt.Sprintf("a second %s range set (ipam.ranges[%d] is one): each container gets one address per family, from one subnet; use one range set per family",
+				familyName(ipv6), j))
+		}
+		first[ipv6] = i
+		for j, r := range set[1:] {
+			if r.Subnet != set[0].Subnet {
+				return invalid(fmt.Sprintf("ipam.ranges[%d][%d].subnet", i, j+1), fmt.Sprintf("%s is not the set's subnet %s: a network has one subnet per family (its masquerade, isolation and gateway cover that one); split it into ranges of %s",
+					r.Subnet, set[0].Subnet, set[0].Subnet))
+			}
+		}
+	}
+	return nil
+}
+
+func familyName(ipv6 bool) string {
+	if ipv6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
 // CheckPortFamilies refuses a port mapping whose hostIP is of a family
 // the network has no addresses in: no container of the network could
 // answer there. It needs the addressing (ParseIPAMFor or the lease).

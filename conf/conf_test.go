@@ -238,3 +238,64 @@ func TestPortFamilies(t *testing.T) {
 		}
 	}
 }
+
+// The bridge datapath protects one subnet per family: more range sets
+// of a family, or another subnet in a set, are refused at ADD naming the
+// field (DEL and GC still parse them: an older berth took them); ranges
+// of one subnet in a set are fine.
+func TestOneSubnetPerFamily(t *testing.T) {
+	for _, tt := range []struct{ ranges, field string }{
+		{`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}]]`, ""},
+		{`[[{"subnet":"fd00:1::/64","rangeEnd":"fd00:1::ff"},{"subnet":"fd00:1::/64","rangeStart":"fd00:1::1:0"}]]`, ""},
+		{`[[{"subnet":"fd00:1::/64"}],[{"subnet":"fd00:2::/64"}]]`, "ipam.ranges[1]: a second IPv6 range set"},
+		{`[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fd00:1::/64"}],[{"subnet":"10.2.0.0/24"}]]`, "ipam.ranges[2]: a second IPv4 range set"},
+		{`[[{"subnet":"10.1.0.0/24"},{"subnet":"10.2.0.0/24"}]]`, "ipam.ranges[0][1].subnet: 10.2.0.0/24 is not the set's subnet"},
+	} {
+		stdin := []byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","ipam":{"ranges":` + tt.ranges + `}}`)
+		c, err := ParseBridge(stdin, "")
+		if err == nil {
+			err = c.ParseIPAMFor(stdin, "") // DEL and GC: must parse
+		}
+		if err != nil {
+			t.Errorf("%s: %v, want DEL and GC to parse it", tt.ranges, err)
+			continue
+		}
+		err = c.CheckAddressing() // ADD
+		if tt.field == "" && err != nil {
+			t.Errorf("%s: %v", tt.ranges, err)
+		}
+		if tt.field != "" && (!errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.field)) {
+			t.Errorf("%s: %v, want code 7 naming %q", tt.ranges, err, tt.field)
+		}
+	}
+	// berth-ipam on its own still takes them, as host-local does.
+	if _, err := ParseIPAM([]byte(`{"ipam":{"ranges":[[{"subnet":"fd00:1::/64"}],[{"subnet":"fd00:2::/64"}]]}}`), ""); err != nil {
+		t.Errorf("berth-ipam: %v", err)
+	}
+}
+
+// Addressing errors name the field as the config spells it: the legacy
+// single range's fields are ipam.subnet, ipam.gateway ...; a subnet no
+// container address can come from is refused, not left to fail half-way
+// through ADD.
+func TestIPAMFieldsAsWritten(t *testing.T) {
+	for _, tt := range []struct{ ipam, want string }{
+		{`"subnet":"fd00:1::/129"`, "ipam.subnet: "},
+		{`"subnet":"fd00:1::/64","gateway":"fd00:2::1"`, "ipam.gateway: fd00:2::1 is outside subnet fd00:1::/64"},
+		{`"subnet":"fd00:1::/64","rangeStart":"fd00:1::9","rangeEnd":"fd00:1::3"`, "ipam.rangeStart: "},
+		{`"subnet":"fd00:1::/64","rangeEnd":"10.0.0.1"`, "ipam.rangeEnd: "},
+		{`"ranges":[[{"subnet":"::ffff:10.1.0.0/120"}]]`, "ipam.ranges[0][0].subnet: ::ffff:10.1.0.0/120 is an IPv4-mapped IPv6 prefix: write the IPv4 subnet 10.1.0.0/24"},
+		{`"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"fe80::/64"}]]`, "ipam.ranges[1][0].subnet: fe80::/64 is link-local"},
+		{`"ranges":[[{"subnet":"ff05::/64"}]]`, "ipam.ranges[0][0].subnet: ff05::/64 is a multicast prefix"},
+		{`"subnet":"224.1.0.0/24"`, "ipam.subnet: 224.1.0.0/24 is a multicast prefix"},
+		{`"subnet":"127.1.0.0/24"`, "ipam.subnet: 127.1.0.0/24 is a loopback prefix"},
+	} {
+		c, err := ParseIPAM([]byte(`{"ipam":{`+tt.ipam+`}}`), "")
+		if err == nil {
+			err = c.CheckAllocatable()
+		}
+		if !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want code 7 with %q", tt.ipam, err, tt.want)
+		}
+	}
+}

@@ -40,6 +40,9 @@ type Range struct {
 	Start   netip.Addr // first allocatable address
 	End     netip.Addr // last allocatable address
 	Gateway netip.Addr // never allocated; zero when the range has none
+	// Field is where the config gives the range ("ipam.ranges[0][0]",
+	// "ipam" for the legacy single range); "" when it comes from a lease.
+	Field string
 }
 
 // Contains reports whether a is allocatable in r.
@@ -96,7 +99,8 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 		c.DataDir = DefaultIPAMDataDir
 	}
 	sets := raw.Ranges
-	if raw.Subnet != "" {
+	legacy := raw.Subnet != ""
+	if legacy {
 		if len(sets) > 0 {
 			return nil, invalid("ipam.subnet", "set either ipam.subnet or ipam.ranges, not both")
 		}
@@ -112,6 +116,9 @@ func ParseIPAM(stdin []byte, cniArgs string) (*IPAM, error) {
 		var parsed []Range
 		for j, rr := range set {
 			field := fmt.Sprintf("ipam.ranges[%d][%d]", i, j)
+			if legacy {
+				field = "ipam" // its fields are ipam.subnet, ipam.gateway ...
+			}
 			r, err := parseRange(field, rr)
 			if err != nil {
 				return nil, err
@@ -167,7 +174,7 @@ func parseRange(field string, rr rawRange) (Range, error) {
 	if hostBits < 2 {
 		return Range{}, invalid(field+".subnet", fmt.Sprintf("%s is too small: it has no room for a gateway and an address", p))
 	}
-	r := Range{Subnet: p}
+	r := Range{Subnet: p, Field: field}
 	// Network address and (for IPv4) broadcast are never handed out.
 	r.Start = p.Addr().Next()
 	r.End = LastAddr(p)
@@ -202,6 +209,39 @@ func parseRange(field string, rr rawRange) (Range, error) {
 		r.Gateway = p.Addr().Next()
 	}
 	return r, nil
+}
+
+// CheckAllocatable refuses, at ADD, a configured subnet no container
+// address can come from. Only ADD: DEL and GC must still release what an
+// older berth, which took such subnets, allocated from them.
+func (c *IPAM) CheckAllocatable() error {
+	for _, set := range c.RangeSets {
+		for _, r := range set {
+			if why := unusableSubnet(r.Subnet); why != "" && r.Field != "" {
+				return invalid(r.Field+".subnet", fmt.Sprintf("%s is %s", r.Subnet, why))
+			}
+		}
+	}
+	return nil
+}
+
+// unusableSubnet says why containers cannot be given addresses of p, or
+// "". The kernel refuses multicast and IPv4-mapped addresses on an
+// interface half-way through ADD, and a link-local or loopback subnet
+// cannot be routed, masqueraded or published.
+func unusableSubnet(p netip.Prefix) string {
+	a := p.Masked().Addr()
+	switch {
+	case a.Is4In6():
+		return fmt.Sprintf("an IPv4-mapped IPv6 prefix: write the IPv4 subnet %s", netip.PrefixFrom(a.Unmap(), max(p.Bits()-96, 0)).Masked())
+	case a.IsMulticast():
+		return "a multicast prefix: use a unicast subnet such as fd00:88::/64 or 10.88.0.0/16"
+	case a.IsLinkLocalUnicast() && a.Is6():
+		return "link-local (fe80::/10): every interface has its own; use a unique local (fd00::/8) or global subnet such as fd00:88::/64"
+	case a.IsLoopback():
+		return "a loopback prefix: use a subnet such as 10.88.0.0/16 or fd00:88::/64"
+	}
+	return ""
 }
 
 func parseAddrIn(field, s string, p netip.Prefix) (netip.Addr, error) {

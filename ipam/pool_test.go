@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -263,5 +264,34 @@ func TestConcurrentAllocateNoDuplicates(t *testing.T) {
 	}
 	if len(seen) != 200 {
 		t.Errorf("allocated %d distinct addresses, want 200", len(seen))
+	}
+}
+
+// berth-ipam on its own refuses, at ADD, a subnet no address can come
+// from (code 7 naming it), and still releases at DEL what an older berth
+// allocated from one.
+func TestAddRefusesUnusableSubnet(t *testing.T) {
+	c, err := conf.ParseIPAM([]byte(`{"ipam":{"ranges":[[{"subnet":"10.5.0.0/24"}],[{"subnet":"fe80::/64"}]]}}`), "")
+	if err != nil {
+		t.Fatalf("DEL and GC must parse it: %v", err)
+	}
+	c.DataDir = t.TempDir()
+	req := &Request{Network: "net", Conf: c, Attachment: att(1)}
+	if _, err := Add(req); !errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), "ipam.ranges[1][0].subnet: fe80::/64 is link-local") {
+		t.Errorf("ADD: %v, want code 7 naming ipam.ranges[1][0].subnet", err)
+	}
+	p, err := Open("net", c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := p.Allocate(att(2)); err != nil { // as an older berth did
+		t.Fatal(err)
+	}
+	if err := Del(&Request{Network: "net", Conf: c, Attachment: att(2)}); err != nil {
+		t.Errorf("DEL: %v", err)
+	}
+	if _, err := p.Addresses(att(2)); !errors.Is(err, cnierr.ErrCheckFailed) {
+		t.Errorf("DEL left the addresses: %v", err)
 	}
 }

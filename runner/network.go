@@ -235,13 +235,17 @@ func (r *Runtime) reservePorts(id string, ports []PortMapping) (out []PortMappin
 
 func (r *Runtime) reservePort(id string, p PortMapping) error {
 	path := r.store.portPath(p)
-	if owner, err := os.ReadFile(path); err == nil {
+	for _, held := range r.store.overlappingPorts(p) {
+		owner, err := os.ReadFile(held)
+		if err != nil {
+			continue
+		}
 		// A reservation whose container record is gone is stale (its
 		// state was deleted by hand): take it over.
 		if c, err := r.store.load(string(owner)); err == nil {
 			return fmt.Errorf("%w: %d/%s is published by container %s", ErrPortInUse, p.HostPort, p.Protocol, c.Name)
 		}
-		os.Remove(path)
+		os.Remove(held)
 	}
 	if err := probePort(p); err != nil {
 		return err
@@ -302,9 +306,11 @@ func unwrapAll(err error) error {
 // returns how many it dropped.
 func (r *Runtime) releasePorts(id string, ports []PortMapping) (released int) {
 	for _, p := range ports {
-		path := r.store.portPath(p)
-		if owner, err := os.ReadFile(path); err == nil && string(owner) == id && os.Remove(path) == nil {
-			released++
+		// The second path is where an older runner reserved it.
+		for _, path := range []string{r.store.portPath(p), filepath.Join(filepath.Dir(r.store.portPath(p)), portKey(p))} {
+			if owner, err := os.ReadFile(path); err == nil && string(owner) == id && os.Remove(path) == nil {
+				released++
+			}
 		}
 	}
 	return released

@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/runner/cgroups"
 )
@@ -98,7 +99,8 @@ type Attachment struct {
 //	lock                     global lock: names and host ports
 //	containers/<id>/         container.json, lock, container.log, upper/, work/, merged/
 //	names/<name>             symlink to the id, taken atomically
-//	ports/<proto>-<port>     host port reservations, content = id
+//	ports/<proto>-<port>@<hostIP|any>
+//	                         host port reservations, content = id
 //	netns/<id>               bind mount pinning the network namespace
 //	cni/                     libcni's cache of attachments (used by gc)
 //	rootfs/                  the default busybox rootfs
@@ -114,7 +116,38 @@ func (s *store) logPath(id string) string    { return filepath.Join(s.containerD
 func (s *store) netnsPath(id string) string  { return filepath.Join(s.dir, "netns", id) }
 func (s *store) namePath(name string) string { return filepath.Join(s.dir, "names", name) }
 func (s *store) portPath(p PortMapping) string {
-	return filepath.Join(s.dir, "ports", p.Protocol+"-"+strconv.Itoa(p.HostPort))
+	host := p.HostIP
+	if host == "" {
+		host = anyHost
+	}
+	return filepath.Join(s.dir, "ports", portKey(p)+"@"+host)
+}
+
+// anyHost names a reservation of every address of both families.
+const anyHost = "any"
+
+func portKey(p PortMapping) string { return p.Protocol + "-" + strconv.Itoa(p.HostPort) }
+
+// overlappingPorts are the reservations of p's port and protocol on a
+// host address that overlaps p's (conf.HostsOverlap: 0.0.0.0 and :: do
+// not), including one an older runner made for every address,
+// ports/<proto>-<port>.
+func (s *store) overlappingPorts(p PortMapping) []string {
+	entries, _ := os.ReadDir(filepath.Join(s.dir, "ports"))
+	var out []string
+	for _, e := range entries {
+		key, host, _ := strings.Cut(e.Name(), "@")
+		if key != portKey(p) {
+			continue
+		}
+		if host == anyHost {
+			host = ""
+		}
+		if conf.HostsOverlap(host, p.HostIP) {
+			out = append(out, filepath.Join(s.dir, "ports", e.Name()))
+		}
+	}
+	return out
 }
 
 // init creates the state directory; only commands that write call it.

@@ -32,8 +32,10 @@ const help = `Configuration (a plugin in a conflist; every field but "type" and 
 
 Any IPAM plugin works; berth-ipam is linked in and not exec'd. Dual-stack:
 "ranges": [[{"subnet": "10.88.0.0/16"}], [{"subnet": "fd00:88::/64"}]], or an
-IPv6 range alone; masquerade, port mapping, isolation and anti-spoofing
-then hold for IPv6 too (ip6tables; IPv6 forwarding is turned on).
+IPv6 range alone (one range set per family, of one subnet: the rules cover
+that subnet, so a second one is refused with error 7); masquerade, port
+mapping, isolation and anti-spoofing then hold for IPv6 too (ip6tables;
+IPv6 forwarding is turned on).
 Port mappings: runtimeConfig.portMappings [{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}]
 answer on every node address of each family and on 127.0.0.1; "hostIP" "0.0.0.0"
 or "::" limits them to one family; "::1" cannot be published (IPv6 has no

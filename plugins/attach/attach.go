@@ -94,6 +94,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := c.CheckAddressing(); err != nil {
+		return err
+	}
 	if err := c.CheckPortFamilies(); err != nil {
 		return err
 	}

@@ -1,0 +1,108 @@
+package runtimes
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+const nodeIP6, outsideIP6 = "2001:db8:2::2", "2001:db8:2::1"
+
+// TestPodman6 runs a dual-stack berth network under podman 4.3: podman
+// shows the IPv6 address, containers reach each other over IPv6, and
+// ports published as podman spells them (-p 8080:80, -p [::]:..., -p
+// [node IPv6]:...) answer over IPv6 from another host, another container
+// and the container itself, also after `podman network reload`; rm
+// leaves nothing of either family.
+func TestPodman6(t *testing.T) {
+	requireRuntimes(t)
+	node, outside := testenv.NewNS(t), testenv.NewNS(t)
+	testenv.Link(t, node, "eth0", nodeIP+"/24", outside, "eth0", outsideIP+"/24")
+	testenv.AddAddr(t, node, "eth0", nodeIP6+"/64")
+	testenv.AddAddr(t, outside, "eth0", outsideIP6+"/64")
+	p := newPodman(t, node)
+	loaded := p.must("load", "-i", busyboxImage(t, t.TempDir()))
+	m := regexp.MustCompile(`Loaded image\(?s?\)?: (\S+)`).FindStringSubmatch(loaded)
+	if m == nil {
+		t.Fatalf("podman load said %q", loaded)
+	}
+	const image = "localhost/berth-busybox:test"
+	p.must("tag", m[1], image)
+	before := p.leftovers()
+	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"ds","plugins":[{"type":"berth-bridge","bridge":"berthd0","isDefaultGateway":true,
+		"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.78.0.0/24"}],[{"subnet":"fd00:78::/64"}]]},
+		"capabilities":{"portMappings":true,"ips":true,"mac":true}}]}`, filepath.Join(p.dir, "state"), filepath.Join(p.dir, "ipam"))
+	if err := os.WriteFile(filepath.Join(p.dir, "net.d", "ds.conflist"), []byte(list), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.must("run", "-d", "--name", "web", "--network", "ds", "-p", "8080:80", "-p", "[::]:8081:80", "-p", "["+nodeIP6+"]:8082:80",
+		image, "httpd", "-f", "-p", "80", "-h", "/tmp")
+	p.must("run", "-d", "--name", "cli", "--network", "ds", image, "sleep", "1000")
+	web6 := p.must("inspect", "--format", `{{(index .NetworkSettings.Networks "ds").GlobalIPv6Address}}`, "web")
+	if !strings.HasPrefix(web6, "fd00:78::") {
+		t.Fatalf("podman shows IPv6 address %q, want one in fd00:78::/64", web6)
+	}
+	if out, err := p.podman("exec", "cli", "ping", "-6", "-c", "1", "-W", "2", web6); err != nil {
+		t.Errorf("ping6 from another container: %v\n%s", err, out)
+	}
+	published := func(t *testing.T) {
+		for _, port := range []string{"8080", "8081", "8082"} {
+			if line, err := httpGet6(outside, net.JoinHostPort(nodeIP6, port)); err != nil || !strings.HasPrefix(line, "HTTP/1") {
+				t.Errorf("port %s from another host over IPv6: %q, %v", port, line, err)
+			}
+			for _, from := range []string{"cli", "web"} {
+				if line, err := p.fetchWithin(from, nodeIP6, port); err != nil || !strings.HasPrefix(line, "HTTP/1") {
+					t.Errorf("port %s from container %s over IPv6: %q, %v", port, from, line, err)
+				}
+			}
+		}
+	}
+	t.Run("published ports answer over IPv6", published)
+	t.Run("and after network reload", func(t *testing.T) {
+		if out, err := p.podman("network", "reload", "web"); err != nil {
+			t.Fatalf("podman network reload: %v\n%s", err, out)
+		}
+		published(t)
+	})
+	p.must("rm", "-f", "-t", "0", "web", "cli")
+	if after := p.leftovers(); after != before {
+		t.Errorf("left after every container is gone:\n%s", testenv.Diff(before, after))
+	}
+}
+
+// fetchWithin is fetch with a deadline: conmon holds the published ports
+// open on the node, so without the DNAT rule a connection is accepted
+// and never answered, and busybox nc -w does not end it.
+func (p *podman) fetchWithin(container, host, port string) (string, error) {
+	return p.podman("exec", container, "sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | busybox timeout 5 nc -w 3 %s %s | head -1`, host, port))
+}
+
+// httpGet6 is httpGetOnce over IPv6.
+func httpGet6(n ns.NetNS, addr string) (string, error) {
+	var c net.Conn
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		d := net.Dialer{Timeout: 3 * time.Second}
+		c, err = d.DialContext(context.Background(), "tcp6", addr)
+		return err
+	})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
