@@ -208,10 +208,7 @@ func (c *Bridge) ParseIPAMFor(stdin []byte, cniArgs string) error {
 		c.IPAMConf.Type = IPAMType
 	}
 	c.Scope, c.Scope6 = c.Subnet(false), c.Subnet(true)
-	if err := c.checkMTUForIPv6(); err != nil {
-		return err
-	}
-	return c.checkDatapathFamilies()
+	return c.checkMTUForIPv6()
 }
 
 // Subnet is the subnet of the network's first IPv4 (or IPv6) range set:
@@ -230,8 +227,9 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 }
 
 // CheckAddressing refuses, at ADD, addressing the datapath cannot serve
-// or would leave unprotected: a subnet no address can come from
-// (IPAM.CheckAllocatable), and more than one subnet per family. The
+// or would leave unprotected: IPv6 on the eBPF datapath, a subnet no
+// address can come from (IPAM.CheckAllocatable), and more than one subnet
+// per family. The
 // firewall (masquerade, isolation, forward accepts, IPv6 anti-spoofing)
 // and the gateway cover the one subnet per family that Subnet names, so
 // an address from a second range set of a family, or from another subnet
@@ -240,6 +238,9 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 func (c *Bridge) CheckAddressing() error {
 	if c.IPAMConf == nil {
 		return nil
+	}
+	if err := c.checkDatapathFamilies(); err != nil {
+		return err
 	}
 	if err := c.IPAMConf.CheckAllocatable(); err != nil {
 		return err

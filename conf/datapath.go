@@ -43,14 +43,13 @@ func (c *Bridge) validateDatapath() error {
 }
 
 // checkDatapathFamilies refuses an IPv6 range on the eBPF datapath, whose
-// programs handle IPv4 only: no family is skipped silently. So is a
-// second IPv4 range set: it gives each container a second IPv4 address,
-// which the programs know nothing of and would drop as spoofed.
+// programs handle IPv4 only: no family is skipped silently. (A second
+// IPv4 range set, whose address the programs would drop as spoofed, is
+// refused on every datapath: CheckAddressing.)
 func (c *Bridge) checkDatapathFamilies() error {
-	if !c.EBPF() || c.IPAMConf == nil {
+	if !c.EBPF() {
 		return nil
 	}
-	ipv4 := -1 // the IPv4 range set
 	for i, set := range c.IPAMConf.RangeSets {
 		for j, r := range set {
 			if r.Subnet.Addr().Is6() {
@@ -58,11 +57,6 @@ func (c *Bridge) checkDatapathFamilies() error {
 					DatapathEBPF, i, j, r.Subnet, DatapathIptables))
 			}
 		}
-		if ipv4 >= 0 {
-			return invalid(fmt.Sprintf("ipam.ranges[%d]", i), fmt.Sprintf("a second IPv4 range set (after ipam.ranges[%d]) gives each container a second IPv4 address, and \"datapath\": %q carries one: "+
-				"put its ranges in ipam.ranges[%d] (one set, tried in order), or use \"datapath\": %q", ipv4, DatapathEBPF, ipv4, DatapathIptables))
-		}
-		ipv4 = i
 	}
 	return nil
 }

@@ -75,15 +75,17 @@ func TestEBPFRefusesIPv6(t *testing.T) {
 			t.Errorf("network %s: %v", tt.name, err)
 		}
 	}
+	// Refused at ADD (CheckAddressing), naming the field; DEL and GC
+	// still parse such a config, to clean up.
 	for _, tt := range []struct {
 		name, ranges string
-		ok           bool
+		want         string // in the error; "" for none
 	}{
-		{"IPv4", `[{"subnet":"10.99.0.0/24"}]`, true},
-		{"dual-stack", `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, false},
-		{"IPv6-only", `[{"subnet":"fd00:99::/64"}]`, false},
-		{"two IPv4 ranges in one set", `[{"subnet":"10.99.0.0/24"},{"subnet":"10.100.0.0/24"}]`, true},
-		{"two IPv4 range sets", `[{"subnet":"10.99.0.0/24"}],[{"subnet":"10.100.0.0/24"}]`, false},
+		{"IPv4", `[{"subnet":"10.99.0.0/24"}]`, ""},
+		{"dual-stack", `[{"subnet":"10.99.0.0/24"}],[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		{"IPv6-only", `[{"subnet":"fd00:99::/64"}]`, "datapath"},
+		{"two IPv4 ranges in one set", `[{"subnet":"10.99.0.0/24","rangeEnd":"10.99.0.99"},{"subnet":"10.99.0.0/24","rangeStart":"10.99.0.200"}]`, ""},
+		{"two IPv4 range sets", `[{"subnet":"10.99.0.0/24"}],[{"subnet":"10.100.0.0/24"}]`, "ipam.ranges[1]"},
 	} {
 		stdin := []byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge","datapath":"ebpf",
 			"ipam":{"type":"berth-ipam","ranges":[` + tt.ranges + `]}}`)
@@ -91,8 +93,13 @@ func TestEBPFRefusesIPv6(t *testing.T) {
 		if err == nil {
 			err = c.ParseIPAMFor(stdin, "")
 		}
-		if (err == nil) != tt.ok || (err != nil && !strings.Contains(err.Error(), "datapath")) {
-			t.Errorf("bridge ranges %s: %v", tt.name, err)
+		if err != nil {
+			t.Errorf("bridge ranges %s: parsing (as DEL does): %v", tt.name, err)
+			continue
+		}
+		err = c.CheckAddressing()
+		if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("bridge ranges %s: %v, want an error naming %q", tt.name, err, tt.want)
 		}
 	}
 	leased := &Bridge{Datapath: DatapathEBPF}

@@ -352,6 +352,26 @@ func TestEBPFConfigErrors(t *testing.T) {
 	})
 }
 
+// An attachment made on the eBPF datapath before its network's config
+// gained an IPv6 range (refused at ADD) is still deleted, leaving nothing.
+func TestEBPFBridgeDelAfterIPv6Added(t *testing.T) {
+	n := ebpfNode(t)
+	list := func(ranges string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.1.0","name":"grown","plugins":[{"type":"berth-bridge","bridge":"berth8","stateDir":%q,"datapath":"ebpf","bpffs":%q,
+			"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[%s]}}]}`, n.stateDir, n.bpffs, n.dataDir, ranges)
+	}
+	before := n.snapshot(t)
+	c := container(t, "c1")
+	testenv.NewRuntime(t, n.ns, list(`[{"subnet":"10.98.0.0/24"}]`)).MustAdd(t, c)
+	grown := testenv.NewRuntime(t, n.ns, list(`[{"subnet":"10.98.0.0/24"}],[{"subnet":"fd00:98::/64"}]`))
+	if err := grown.Del(c); err != nil {
+		t.Fatalf("DEL with the config that gained IPv6: %v", err)
+	}
+	if d := testenv.Diff(before, n.snapshot(t)); d != "" {
+		t.Fatalf("left behind:\n%s", d)
+	}
+}
+
 // The leased plugins on the eBPF datapath take their families from the
 // node lease: a lease with IPv6 (the network became dual-stack, or is
 // IPv6-only) is refused with error 7 naming datapath and the lease's
