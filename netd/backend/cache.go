@@ -184,7 +184,8 @@ const (
 	UnderlayChanged
 	// CacheLost: the cache can no longer tell (an owned or the underlay
 	// link went away or down, taking objects with it without an event
-	// each; another VTEP appeared); load it again.
+	// each; another VTEP appeared; another protocol's route took the
+	// place of one of netd's); load it again.
 	CacheLost
 )
 
@@ -193,11 +194,17 @@ func (c *Cache) Route(u netlink.RouteUpdate) Event {
 	if u.Table != unix.RT_TABLE_MAIN {
 		return Unrelated
 	}
-	if u.Protocol != RouteProtocol {
-		return UnderlayChanged
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if u.Protocol != RouteProtocol {
+		if _, ours := c.routes[routeID(&u.Route)]; c.valid && ours && u.Type == unix.RTM_NEWROUTE {
+			// Another protocol's route where netd's is (`ip route
+			// replace` by hand): the kernel replaced netd's without an
+			// event for it, or appended next to it; only a read tells.
+			return CacheLost
+		}
+		return UnderlayChanged
+	}
 	if c.valid && !c.setRoute(&u.Route, u.Type == unix.RTM_NEWROUTE) {
 		return Unrelated
 	}

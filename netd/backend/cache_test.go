@@ -106,6 +106,13 @@ func TestCacheEvents(t *testing.T) {
 	if ev := c.Route(netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: static}); ev != UnderlayChanged {
 		t.Errorf("static route: %s", ev)
 	}
+	// Another protocol's route to a destination of netd's (`ip route
+	// replace` by hand) replaced netd's without an event for it.
+	replaced := route("10.244.2.0/24", "192.168.50.2", 2)
+	replaced.Protocol, replaced.Flags = unix.RTPROT_BOOT, 0
+	if ev := c.Route(netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, NlFlags: unix.NLM_F_REPLACE, Route: replaced}); ev != CacheLost {
+		t.Errorf("netd's route replaced by another protocol's: %s", ev)
+	}
 	other := r2
 	other.Table = 100
 	if ev := c.Route(netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: other}); ev != Unrelated {
