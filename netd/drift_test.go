@@ -71,14 +71,35 @@ func TestRepairsByHandDualStack(t *testing.T) {
 	within("IPv4 route replaced by hand back", routed)
 	run("ip", "-6", "route", "replace", s2v6.String(), "via", tb.Node(2).IPv6.String(), "dev", "eth0")
 	within("IPv6 route replaced by hand back", routed)
-	run("ip", "-6", "neigh", "del", s2v6.Addr().String(), "dev", "berth.1")
-	within("IPv6 neighbour deleted by hand back", func() error {
+	var mac2 string
+	for _, p := range c.converged(1, 1).Peers {
+		mac2 = p.VTEPMAC
+	}
+	neighbour := func() error {
 		out, _ := n1.Run(ctx, "ip", "-6", "neigh", "show", "dev", "berth.1")
-		if !strings.Contains(string(out), s2v6.Addr().String()+" ") {
+		if !strings.Contains(string(out), s2v6.Addr().String()+" lladdr "+mac2+" PERMANENT") {
 			return fmt.Errorf("%s", out)
 		}
 		return nil
-	})
+	}
+	run("ip", "-6", "neigh", "del", s2v6.Addr().String(), "dev", "berth.1")
+	within("IPv6 neighbour deleted by hand back", neighbour)
+	run("ip", "-6", "neigh", "replace", s2v6.Addr().String(), "lladdr", "02:00:00:00:00:66", "dev", "berth.1", "nud", "reachable")
+	within("IPv6 neighbour replaced by hand back", neighbour)
+	fdb := func() error {
+		_, fdb, _ := vtep(t, n1, "berth.1")
+		if len(fdb) != 1 || fdb[mac2] != tb.Node(2).IP.String() {
+			return fmt.Errorf("fdb %v", fdb)
+		}
+		return nil
+	}
+	for _, dst := range []string{"192.168.50.10", "192.168.50.99"} { // sorting before and after node2's
+		run("bridge", "fdb", "replace", mac2, "dev", "berth.1", "dst", dst, "self", "permanent")
+		within("FDB entry pointed elsewhere by hand back to "+dst, fdb)
+		run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "berth.1", "dst", dst, "self", "permanent")
+		run("bridge", "fdb", "add", "02:00:00:00:00:77", "dev", "berth.1", "dst", dst, "self", "permanent")
+		within("FDB entries added by hand gone "+dst, fdb)
+	}
 	mtu := func() int {
 		var m int
 		n1.Do(func() error {
