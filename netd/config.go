@@ -233,6 +233,12 @@ func (c *Config) Validate() error {
 	case c.EtcdPlainHTTP && len(c.EtcdEndpoints) > 0:
 		return errors.New("--etcd-plain-http is for the embedded etcd, which runs without --etcd-endpoints; give http:// endpoints to reach an etcd in plain HTTP")
 	}
+	for _, ep := range c.EtcdEndpoints {
+		// Not a URL, another scheme: no waiting would make it work.
+		if _, err := parseEndpoint(ep); err != nil {
+			return fmt.Errorf("--etcd-endpoints: %w", err)
+		}
+	}
 	if c.Bridge != "" {
 		if err := conf.ValidIfName("--bridge", c.Bridge); err != nil {
 			return err

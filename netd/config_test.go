@@ -72,6 +72,12 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"--mode", "hostgw", "--vni", "3"}, "vni: only used in vxlan mode"},
 		{[]string{"--lease-ttl", "1s"}, "--lease-ttl"},
 		{[]string{"--etcd-certfile", "c.pem"}, "--etcd-keyfile"},
+		// Endpoints that can never work are flag errors, not something
+		// to wait for.
+		{[]string{"--etcd-endpoints", "10.0.0.5:2379"}, `--etcd-endpoints: "10.0.0.5:2379" is not a URL like https://10.0.0.5:2379`},
+		{[]string{"--etcd-endpoints", "ftp://10.0.0.5:2379"}, `--etcd-endpoints: ftp://10.0.0.5:2379: scheme "ftp"; use http:// or https://`},
+		{[]string{"--etcd-endpoints", "https://10.0.0.5:2379,"}, `--etcd-endpoints: "" is not a URL`},
+		{[]string{"--etcd-endpoints", "https://10.0.0.5:2379, https://10.0.0.6:2379"}, `--etcd-endpoints: " https://10.0.0.6:2379" is not a URL`},
 		{[]string{"--node-name", ""}, "--node-name"},
 		{[]string{"--cni-version", "2.0.0"}, "--cni-version"},
 		{[]string{"--datapath", "ebpf", "--network-cidr", "10.1.0.0/16,fd00::/56"}, `datapath: "ebpf" handles IPv4 only, and the network has IPv6`},

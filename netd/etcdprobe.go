@@ -30,12 +30,9 @@ const probeTimeout = time.Second
 // server speaks (https to a plain etcd, or http to one with TLS), or a
 // certificate (then the error is ErrEtcdTLS: waiting will not fix it).
 func probeEtcd(ctx context.Context, cfg *Config, ep string, tlsCfg *tls.Config) error {
-	u, err := url.Parse(ep)
-	if err != nil || u.Host == "" {
-		return fmt.Errorf("%q is not a URL like https://10.0.0.5:2379", ep)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("%s: scheme %q; use http:// or https://", ep, u.Scheme)
+	u, err := parseEndpoint(ep)
+	if err != nil {
+		return err
 	}
 	err = probeAs(ctx, cfg, ep, u, u.Scheme, tlsCfg)
 	var dial dialError
@@ -52,6 +49,19 @@ func probeEtcd(ctx context.Context, cfg *Config, ep string, tlsCfg *tls.Config) 
 		return fmt.Errorf("%s: etcd there speaks TLS, not plain HTTP (scheme mismatch); use https://%s with --etcd-cafile (and a client certificate)", ep, u.Host)
 	}
 	return err
+}
+
+// parseEndpoint parses an etcd client URL: http:// or https:// and a
+// host.
+func parseEndpoint(ep string) (*url.URL, error) {
+	u, err := url.Parse(ep)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%q is not a URL like https://10.0.0.5:2379", ep)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("%s: scheme %q; use http:// or https://", ep, u.Scheme)
+	}
+	return u, nil
 }
 
 // probeAs connects to u in scheme and checks that etcd answers.

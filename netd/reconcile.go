@@ -114,6 +114,7 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 		res.Announced = a.Announce(ctx, in.Self, in.Peers)
 	}
 	owned := d.nw.Owned()
+	since := d.kernel.Seq()
 	have, cached := d.kernel.State(owned)
 	if full || !cached {
 		var err error
@@ -132,7 +133,7 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 		res.Changes = append(res.Changes, c.What)
 	}
 	made, err := backend.Apply(changes)
-	d.kernel.Applied(made)
+	d.kernel.Applied(made, since)
 	d.m.kernelChanges.Add(float64(len(made)))
 	// After the backend's changes: Ensure may have made a new VTEP.
 	fast, fastErr := d.reconcileFastpath(in.Self)

@@ -25,6 +25,12 @@ type Cache struct {
 	neighs map[string]netlink.Neigh // by neighID
 	fdb    map[string]netlink.Neigh // by fdbID
 	routes map[string]netlink.Route // by routeID; RouteProtocol routes of the main table
+	// seq counts the kernel's events taken; reported holds, by kind and
+	// ID, the seq of the last event about each object since the last
+	// fill, so that Applied does not override what the kernel reported
+	// after a pass read the cache.
+	seq      uint64
+	reported map[string]uint64
 }
 
 // The kernel's identity of each kind of object: what one add replaces and
@@ -55,6 +61,7 @@ func (c *Cache) fill(owned Owned, s State) {
 	c.owned = Owned{CIDRs: slices.Clone(owned.CIDRs), Links: slices.Clone(owned.Links)}
 	c.links = maps.Clone(s.Links)
 	c.addrs, c.neighs, c.fdb, c.routes = map[string]netlink.Addr{}, map[string]netlink.Neigh{}, map[string]netlink.Neigh{}, map[string]netlink.Route{}
+	c.reported = map[string]uint64{}
 	for _, a := range s.Addrs {
 		c.addrs[addrID(&a)] = a
 	}
@@ -105,16 +112,34 @@ func (c *Cache) State(owned Owned) (State, bool) {
 	return s, true
 }
 
+// Seq marks the events taken so far: a pass takes it before it reads
+// the cache, and gives it to Applied.
+func (c *Cache) Seq() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seq
+}
+
 // Applied records changes netd made successfully, so that a pass right
-// after sees them before the kernel's events about them arrive.
-func (c *Cache) Applied(changes []Change) {
+// after sees them before the kernel's events about them arrive. A change
+// to an object the kernel reported on after since (Seq before the pass
+// read the cache) is not recorded: its events, handled meanwhile, are
+// newer than what the pass did (its echo, or someone changing it again
+// at once), and the echo of the change follows them anyway.
+func (c *Cache) Applied(changes []Change, since uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, ch := range changes {
 		switch o := ch.obj.(type) {
 		case *netlink.Addr:
-			c.setAddr(o, !ch.remove)
+			if c.reported["addr/"+addrID(o)] <= since {
+				c.setAddr(o, !ch.remove)
+			}
 		case *netlink.Neigh:
+			if o.Family == unix.AF_BRIDGE && c.reported["fdb/"+fdbID(o)] > since ||
+				o.Family != unix.AF_BRIDGE && c.reported["neigh/"+neighID(o)] > since {
+				continue
+			}
 			if o.Family == unix.AF_BRIDGE {
 				if !ch.remove {
 					// A replace moves the MAC to this node IP.
@@ -129,8 +154,18 @@ func (c *Cache) Applied(changes []Change) {
 				c.setNeigh(o, !ch.remove)
 			}
 		case *netlink.Route:
-			c.setRoute(o, !ch.remove)
+			if c.reported["route/"+routeID(o)] <= since {
+				c.setRoute(o, !ch.remove)
+			}
 		}
+	}
+}
+
+// report notes an event about the object of kind and id (under c.mu).
+func (c *Cache) report(kind, id string) {
+	c.seq++
+	if c.reported != nil {
+		c.reported[kind+"/"+id] = c.seq
 	}
 }
 
@@ -184,7 +219,8 @@ const (
 	UnderlayChanged
 	// CacheLost: the cache can no longer tell (an owned or the underlay
 	// link went away or down, taking objects with it without an event
-	// each; another VTEP appeared); load it again.
+	// each; another VTEP appeared; another protocol's route took the
+	// place of one of netd's); load it again.
 	CacheLost
 )
 
@@ -193,12 +229,22 @@ func (c *Cache) Route(u netlink.RouteUpdate) Event {
 	if u.Table != unix.RT_TABLE_MAIN {
 		return Unrelated
 	}
-	if u.Protocol != RouteProtocol {
-		return UnderlayChanged
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.valid && !c.setRoute(&u.Route, u.Type == unix.RTM_NEWROUTE) {
+	if u.Protocol != RouteProtocol {
+		if _, ours := c.routes[routeID(&u.Route)]; c.valid && ours && u.Type == unix.RTM_NEWROUTE {
+			// Another protocol's route where netd's is (`ip route
+			// replace` by hand): the kernel replaced netd's without an
+			// event for it, or appended next to it; only a read tells.
+			return CacheLost
+		}
+		return UnderlayChanged
+	}
+	if !c.valid {
+		return OwnedChanged
+	}
+	c.report("route", routeID(&u.Route))
+	if !c.setRoute(&u.Route, u.Type == unix.RTM_NEWROUTE) {
 		return Unrelated
 	}
 	return OwnedChanged
@@ -214,9 +260,11 @@ func (c *Cache) Neigh(u netlink.NeighUpdate) Event {
 	present, changed := u.Type == unix.RTM_NEWNEIGH, false
 	switch u.Family {
 	case unix.AF_BRIDGE:
+		c.report("fdb", fdbID(&u.Neigh))
 		changed = c.setFDB(&u.Neigh, present)
 	case netlink.FAMILY_V4, netlink.FAMILY_V6:
 		if ownedNeigh(u.IP) { // as Read: the kernel's own entries are not netd's
+			c.report("neigh", neighID(&u.Neigh))
 			changed = c.setNeigh(&u.Neigh, present)
 		}
 	}
@@ -237,7 +285,9 @@ func (c *Cache) Addr(u netlink.AddrUpdate) Event {
 		return UnderlayChanged
 	}
 	ipnet := u.LinkAddress
-	if !c.setAddr(&netlink.Addr{IPNet: &ipnet, LinkIndex: u.LinkIndex, Flags: u.Flags, Scope: u.Scope}, u.NewAddr) {
+	a := &netlink.Addr{IPNet: &ipnet, LinkIndex: u.LinkIndex, Flags: u.Flags, Scope: u.Scope}
+	c.report("addr", addrID(a))
+	if !c.setAddr(a, u.NewAddr) {
 		return Unrelated
 	}
 	return OwnedChanged

@@ -58,7 +58,7 @@ func TestCacheEvents(t *testing.T) {
 	// netd applies them: the cache has them before the kernel's echo,
 	// and the echo is no news.
 	have, _ := c.State(owned)
-	c.Applied(Diff(have, want))
+	c.Applied(Diff(have, want), c.Seq())
 	if got := pending(); got != "" {
 		t.Fatalf("after applying: %s", got)
 	}
@@ -105,6 +105,13 @@ func TestCacheEvents(t *testing.T) {
 	static.Protocol = unix.RTPROT_BOOT
 	if ev := c.Route(netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, Route: static}); ev != UnderlayChanged {
 		t.Errorf("static route: %s", ev)
+	}
+	// Another protocol's route to a destination of netd's (`ip route
+	// replace` by hand) replaced netd's without an event for it.
+	replaced := route("10.244.2.0/24", "192.168.50.2", 2)
+	replaced.Protocol, replaced.Flags = unix.RTPROT_BOOT, 0
+	if ev := c.Route(netlink.RouteUpdate{Type: unix.RTM_NEWROUTE, NlFlags: unix.NLM_F_REPLACE, Route: replaced}); ev != CacheLost {
+		t.Errorf("netd's route replaced by another protocol's: %s", ev)
 	}
 	other := r2
 	other.Table = 100
@@ -185,5 +192,53 @@ func TestCacheEventsIPv6(t *testing.T) {
 	}
 	if have, _ := c.State(owned); len(have.Routes) != 0 || len(have.Neighs) != 0 || len(have.Addrs) != 1 {
 		t.Errorf("after the events: %+v", have)
+	}
+}
+
+// TestCacheAppliedAfterEvents: the kernel's events about what a pass
+// changed can be handled before the pass records its changes. When an
+// object was changed again meanwhile (`ip addr flush` deletes in rounds
+// until nothing is left, and netd's re-added address with it), the
+// events are the truth, not what the pass did: the cache must not hold
+// an object the kernel no longer has, or no pass would ever add it back.
+func TestCacheAppliedAfterEvents(t *testing.T) {
+	owned := Owned{CIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")}, Links: []int{5}}
+	addr := netlink.Addr{IPNet: IPNet(netip.MustParsePrefix("10.244.1.0/32")), LinkIndex: 5}
+	update := func(present bool) netlink.AddrUpdate {
+		return netlink.AddrUpdate{LinkAddress: *addr.IPNet, LinkIndex: 5, NewAddr: present}
+	}
+	want := State{Addrs: []netlink.Addr{addr}}
+	c := &Cache{}
+	c.fill(owned, State{Links: map[int]string{5: "berth.1"}})
+
+	// A pass finds the address missing and adds it; before it records
+	// that, the kernel's echo and a delete by hand are handled.
+	since := c.Seq()
+	have, _ := c.State(owned)
+	changes := Diff(have, want)
+	if len(changes) != 1 {
+		t.Fatalf("changes %v", changes)
+	}
+	if ev := c.Addr(update(true)); ev != OwnedChanged {
+		t.Fatalf("echo before the pass recorded its change: %s", ev)
+	}
+	if ev := c.Addr(update(false)); ev != OwnedChanged {
+		t.Fatalf("deleted by hand: %s", ev)
+	}
+	c.Applied(changes, since)
+	have, _ = c.State(owned)
+	if got := Diff(have, want); len(got) != 1 {
+		t.Fatalf("the next pass changes %v; the address deleted after netd added it must be added again", got)
+	}
+
+	// Without events meanwhile, the pass's changes are recorded: the
+	// echo that follows is no news.
+	since = c.Seq()
+	c.Applied(Diff(have, want), since)
+	if have, _ = c.State(owned); len(Diff(have, want)) != 0 {
+		t.Fatalf("applied change not recorded: %+v", have)
+	}
+	if ev := c.Addr(update(true)); ev != Unrelated {
+		t.Errorf("echo of an applied change: %s", ev)
 	}
 }

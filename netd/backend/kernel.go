@@ -317,9 +317,27 @@ func routes(name func(int) string) kind[netlink.Route] {
 		},
 		same:   sameRoute,
 		show:   func(r *netlink.Route) string { return DescribeRoute(r, name) },
-		set:    netlink.RouteReplace,
+		set:    replaceRoute,
 		remove: netlink.RouteDel,
 	}
+}
+
+// replaceRoute adds r or replaces the route to its destination. IPv6
+// checks an onlink gateway against the routes already there
+// (ip6_route_check_nh_onlink): another route to the same destination
+// through another link (put there by hand) makes the kernel refuse
+// netd's with EINVAL instead of replacing it as IPv4 does, on every
+// pass. That route is removed first, which is what a replace does.
+func replaceRoute(r *netlink.Route) error {
+	err := netlink.RouteReplace(r)
+	if !errors.Is(err, unix.EINVAL) || r.Flags&int(netlink.FLAG_ONLINK) == 0 || r.Dst == nil || family(r.Dst.IP) != netlink.FAMILY_V6 {
+		return err
+	}
+	other := &netlink.Route{Dst: r.Dst, Priority: r.Priority, Table: r.Table}
+	if derr := netlink.RouteDel(other); derr != nil {
+		return err
+	}
+	return netlink.RouteReplace(r)
 }
 
 // ip6DefaultMetric is the metric the kernel gives an IPv6 route added

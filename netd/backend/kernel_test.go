@@ -312,6 +312,15 @@ func TestReadApplyDualStack(t *testing.T) {
 		if err := netlink.RouteAdd(&stale); err != nil {
 			return err
 		}
+		// A route to a peer's subnet put by hand through another link:
+		// IPv6 refuses netd's onlink route next to it (EINVAL), so it
+		// must be replaced all the same, as IPv4's is.
+		byHand := route("fd00:244:0:3::/64", "fd00:50::3", eth0)
+		if err := netlink.RouteAdd(&byHand); err != nil {
+			return err
+		}
+		overlay := route("fd00:244:0:3::/64", "fd00:244:0:3::", idx)
+		overlay.Flags = int(netlink.FLAG_ONLINK)
 		// What the kernel keeps on any IPv6 link is not netd's: entries
 		// for the multicast groups of neighbour discovery and MLD.
 		for _, n := range []netlink.Neigh{
@@ -330,6 +339,7 @@ func TestReadApplyDualStack(t *testing.T) {
 				route("10.244.2.0/24", "192.168.50.2", eth0),
 				route("fd00:244:0:2::/64", "fd00:50::2", eth0),
 				{Dst: backend.IPNet(netip.MustParsePrefix("fd00:244:0:1::/64")), Type: unix.RTN_BLACKHOLE},
+				overlay,
 			},
 		}
 		owned := backend.Owned{CIDRs: node.Network.CIDRs(), Links: []int{idx}}
@@ -349,7 +359,7 @@ func TestReadApplyDualStack(t *testing.T) {
 		if again := backend.Diff(have, want); len(again) != 0 {
 			t.Errorf("second pass: %v", again)
 		}
-		if len(have.Routes) != 3 || len(have.Neighs) != 1 || len(have.Addrs) != 2 {
+		if len(have.Routes) != 4 || len(have.Neighs) != 1 || len(have.Addrs) != 2 {
 			t.Errorf("read back %+v", have)
 		}
 		_, err = backend.Apply(backend.Diff(have, backend.State{}))
