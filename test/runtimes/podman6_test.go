@@ -1,8 +1,6 @@
 package runtimes
 
 import (
-	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"os"
@@ -10,9 +8,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/berthnet/berth/internal/testenv"
 )
@@ -58,7 +53,7 @@ func TestPodman6(t *testing.T) {
 	}
 	published := func(t *testing.T) {
 		for _, port := range []string{"8080", "8081", "8082"} {
-			if line, err := httpGet6(outside, net.JoinHostPort(nodeIP6, port)); err != nil || !strings.HasPrefix(line, "HTTP/1") {
+			if line, err := httpGetOnce(outside, "tcp6", net.JoinHostPort(nodeIP6, port)); err != nil || !strings.HasPrefix(line, "HTTP/1") {
 				t.Errorf("port %s from another host over IPv6: %q, %v", port, line, err)
 			}
 			for _, from := range []string{"cli", "web"} {
@@ -86,23 +81,4 @@ func TestPodman6(t *testing.T) {
 // and never answered, and busybox nc -w does not end it.
 func (p *podman) fetchWithin(container, host, port string) (string, error) {
 	return p.podman("exec", container, "sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | busybox timeout 5 nc -w 3 %s %s | head -1`, host, port))
-}
-
-// httpGet6 is httpGetOnce over IPv6.
-func httpGet6(n ns.NetNS, addr string) (string, error) {
-	var c net.Conn
-	err := n.Do(func(ns.NetNS) error {
-		var err error
-		d := net.Dialer{Timeout: 3 * time.Second}
-		c, err = d.DialContext(context.Background(), "tcp6", addr)
-		return err
-	})
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(3 * time.Second))
-	fmt.Fprintf(c, "GET / HTTP/1.0\r\n\r\n")
-	line, err := bufio.NewReader(c).ReadString('\n')
-	return strings.TrimSpace(line), err
 }

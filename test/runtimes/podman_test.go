@@ -41,7 +41,7 @@ func requireRuntimes(t *testing.T) {
 func httpGet(n ns.NetNS, addr string) (string, error) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		line, err := httpGetOnce(n, addr)
+		line, err := httpGetOnce(n, "tcp4", addr)
 		if !errors.Is(err, syscall.ECONNREFUSED) || time.Now().After(deadline) {
 			return line, err
 		}
@@ -49,12 +49,14 @@ func httpGet(n ns.NetNS, addr string) (string, error) {
 	}
 }
 
-func httpGetOnce(n ns.NetNS, addr string) (string, error) {
+// httpGetOnce sends GET / to addr over network ("tcp4" or "tcp6") from
+// inside n and returns the status line.
+func httpGetOnce(n ns.NetNS, network, addr string) (string, error) {
 	var c net.Conn
 	err := n.Do(func(ns.NetNS) error {
 		var err error
 		d := net.Dialer{Timeout: 3 * time.Second}
-		c, err = d.DialContext(context.Background(), "tcp4", addr)
+		c, err = d.DialContext(context.Background(), network, addr)
 		return err
 	})
 	if err != nil {
