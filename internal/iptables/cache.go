@@ -4,7 +4,6 @@ import (
 	byteorder "encoding/binary"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,11 +160,11 @@ func (c *Cycle) Close() {
 		os.Remove(c.path)
 		return
 	}
-	// Whole or not at all: a cycle killed midway leaves the old file,
-	// whose generation no longer matches.
-	tmp := fmt.Sprintf("%s.%d", c.path, os.Getpid())
-	if os.WriteFile(tmp, data, 0o644) != nil || os.Rename(tmp, c.path) != nil {
-		os.Remove(tmp)
+	// Written in place, not through a temporary file, which a plugin
+	// killed before the rename would leave behind for good: only cycles
+	// read the file, under the same lock, and what a killed writer leaves
+	// half-written is not JSON, so the next cycle saves afresh.
+	if os.WriteFile(c.path, data, 0o644) != nil {
 		os.Remove(c.path)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
@@ -189,6 +190,40 @@ func TestCycle(t *testing.T) {
 	inNS(t, n, func() (err error) { dir, err = netnsdir.Current(); return err })
 	if _, err := os.Stat(filepath.Join(dir, cacheFile)); !os.IsNotExist(err) {
 		t.Errorf("after a failed commit the cache is still there: %v", err)
+	}
+
+	// A cycle killed while writing the file leaves it half-written: the
+	// next cycle trusts nothing of it, and writes it whole again.
+	c = begin(t, n)
+	inNS(t, n, func() error {
+		defer c.Close()
+		_, err := c.Save(IPv4)
+		return err
+	})
+	data, err := os.ReadFile(filepath.Join(dir, cacheFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, cacheFile), data[:len(data)-1], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c = begin(t, n)
+	if len(c.known) != 0 {
+		t.Fatalf("the cycle trusts a half-written file: %v", c.known)
+	}
+	inNS(t, n, func() error {
+		defer c.Close()
+		_, err := c.Save(IPv4)
+		return err
+	})
+	if c := begin(t, n); len(c.known) != 1 {
+		t.Fatalf("after a cycle that read IPv4 the file holds %d families, want 1", len(c.known))
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), cacheFile) && e.Name() != cacheFile {
+			t.Errorf("%s left next to %s", e.Name(), cacheFile)
+		}
 	}
 }
 
