@@ -229,12 +229,12 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 // CheckAddressing refuses, at ADD, addressing the datapath cannot serve
 // or would leave unprotected: IPv6 on the eBPF datapath, a subnet no
 // address can come from (IPAM.CheckAllocatable), and more than one subnet
-// per family. The
-// firewall (masquerade, isolation, forward accepts, IPv6 anti-spoofing)
-// and the gateway cover the one subnet per family that Subnet names, so
-// an address from a second range set of a family, or from another subnet
-// in a set, would escape isolation and masquerade. Only ADD: DEL and GC
-// must still clean up what an older berth attached with such a config.
+// per family. The firewall (masquerade, isolation, forward accepts, IPv6
+// anti-spoofing) and the gateway cover the one subnet per family that
+// Subnet names, so an address from a second range set of a family, or
+// from another subnet in a set, would escape isolation and masquerade.
+// Only ADD: DEL and GC must still clean up what an older berth attached
+// with such a config.
 func (c *Bridge) CheckAddressing() error {
 	if c.IPAMConf == nil {
 		return nil

@@ -306,8 +306,7 @@ func unwrapAll(err error) error {
 // returns how many it dropped.
 func (r *Runtime) releasePorts(id string, ports []PortMapping) (released int) {
 	for _, p := range ports {
-		// The second path is where an older runner reserved it.
-		for _, path := range []string{r.store.portPath(p), filepath.Join(filepath.Dir(r.store.portPath(p)), portKey(p))} {
+		for _, path := range []string{r.store.portPath(p), r.store.legacyPortPath(p)} {
 			if owner, err := os.ReadFile(path); err == nil && string(owner) == id && os.Remove(path) == nil {
 				released++
 			}

@@ -128,6 +128,11 @@ const anyHost = "any"
 
 func portKey(p PortMapping) string { return p.Protocol + "-" + strconv.Itoa(p.HostPort) }
 
+// legacyPortPath is where an older runner reserved p, for every address.
+func (s *store) legacyPortPath(p PortMapping) string {
+	return filepath.Join(s.dir, "ports", portKey(p))
+}
+
 // overlappingPorts are the reservations of p's port and protocol on a
 // host address that overlaps p's (conf.HostsOverlap: 0.0.0.0 and :: do
 // not), including one an older runner made for every address,

@@ -266,11 +266,22 @@ func (a *Attachment) dnatRules(f iptables.Family) []string {
 // exec that keeps a CPU busy while the plugin sets up the veth, and the
 // commits take the namespace's one nf_tables mutex anyway.
 func eachFamily(n Network, b iptables.Backend, do func(familyNet) error) error {
-	var errs []error
+	var fns []familyNet
 	for _, f := range families {
 		if fn, ok := n.inFamily(f, b); ok {
-			errs = append(errs, do(fn))
+			fns = append(fns, fn)
 		}
+	}
+	return inTurn(fns, do)
+}
+
+// inTurn runs do for each of xs, one after the other (see eachFamily),
+// and joins their errors: one family's failure does not keep the other's
+// rules from being written or removed.
+func inTurn[T any](xs []T, do func(T) error) error {
+	var errs []error
+	for _, x := range xs {
+		errs = append(errs, do(x))
 	}
 	return errors.Join(errs...)
 }
@@ -380,11 +391,7 @@ func RemoveAttachment(network string, a *Attachment, isLast func() bool) error {
 	}
 	cycle := b.Begin()
 	defer cycle.Close()
-	var errs []error
-	for _, f := range fams {
-		errs = append(errs, remove(cycle, f, network, a.Key, last))
-	}
-	return errors.Join(errs...)
+	return inTurn(fams, func(f iptables.Family) error { return remove(cycle, f, network, a.Key, last) })
 }
 
 // RemoveNetwork deletes the network's rules if isEmpty reports, under the
@@ -404,11 +411,7 @@ func RemoveNetwork(network string, isEmpty func() bool) error {
 	}
 	cycle := b.Begin()
 	defer cycle.Close()
-	var errs []error
-	for _, f := range families {
-		errs = append(errs, remove(cycle, f, network, "", true))
-	}
-	return errors.Join(errs...)
+	return inTurn(families, func(f iptables.Family) error { return remove(cycle, f, network, "", true) })
 }
 
 // remove deletes the port mappings of key (none when "") and, when last,
