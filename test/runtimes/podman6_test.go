@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -27,13 +26,7 @@ func TestPodman6(t *testing.T) {
 	testenv.AddAddr(t, node, "eth0", nodeIP6+"/64")
 	testenv.AddAddr(t, outside, "eth0", outsideIP6+"/64")
 	p := newPodman(t, node)
-	loaded := p.must("load", "-i", busyboxImage(t, t.TempDir()))
-	m := regexp.MustCompile(`Loaded image\(?s?\)?: (\S+)`).FindStringSubmatch(loaded)
-	if m == nil {
-		t.Fatalf("podman load said %q", loaded)
-	}
-	const image = "localhost/berth-busybox:test"
-	p.must("tag", m[1], image)
+	image := p.busybox()
 	before := p.leftovers()
 	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"ds","plugins":[{"type":"berth-bridge","bridge":"berthd0","isDefaultGateway":true,
 		"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.78.0.0/24"}],[{"subnet":"fd00:78::/64"}]]},

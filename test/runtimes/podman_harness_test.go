@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -83,6 +84,19 @@ func (p *podman) podman(args ...string) (string, error) {
 	}
 	base := []string{"--root", filepath.Join(p.dir, "storage"), "--runroot", filepath.Join(p.dir, "runroot"), "--tmpdir", filepath.Join(p.dir, "tmp")}
 	return p.run("podman", append(base, args...)...)
+}
+
+// busybox loads the busybox image into p's storage and returns its name.
+func (p *podman) busybox() string {
+	p.t.Helper()
+	loaded := p.must("load", "-i", busyboxImage(p.t, p.t.TempDir()))
+	m := regexp.MustCompile(`Loaded image\(?s?\)?: (\S+)`).FindStringSubmatch(loaded)
+	if m == nil {
+		p.t.Fatalf("podman load said %q", loaded)
+	}
+	const image = "localhost/berth-busybox:test"
+	p.must("tag", m[1], image)
+	return image
 }
 
 // must runs podman and fails the test if it fails.

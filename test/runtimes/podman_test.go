@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -117,13 +116,7 @@ func TestPodman(t *testing.T) {
 	node, outside := testenv.NewNS(t), testenv.NewNS(t)
 	testenv.Link(t, node, "eth0", nodeIP+"/24", outside, "eth0", outsideIP+"/24")
 	p := newPodman(t, node)
-	loaded := p.must("load", "-i", busyboxImage(t, t.TempDir()))
-	m := regexp.MustCompile(`Loaded image\(?s?\)?: (\S+)`).FindStringSubmatch(loaded)
-	if m == nil {
-		t.Fatalf("podman load said %q", loaded)
-	}
-	const image = "localhost/berth-busybox:test"
-	p.must("tag", m[1], image)
+	image := p.busybox()
 	before := p.leftovers()
 	serve := []string{image, "httpd", "-f", "-p", "80", "-h", "/tmp"}
 
