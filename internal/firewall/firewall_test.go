@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -482,6 +485,98 @@ func rememberedMatchesKernel(t *testing.T, n ns.NetNS, when string) {
 					t.Errorf("%s: %s %s %s: remembered %q, kernel %q", when, f, table, chain, k.Rules(chain), r.Rules(chain))
 				}
 			}
+		}
+	}
+}
+
+// An ADD on a dual-stack network that exists writes its port mappings in
+// both families without iptables-restore (iptables.directWrite), and
+// those rules are what iptables-restore would have written: CHECK, a
+// repair, the remembered rules and DEL all take them as such.
+func TestEverydayADDWritesWithoutRestore(t *testing.T) {
+	n := testenv.NewNS(t)
+	var b iptables.Backend
+	if err := in(n, func() (err error) { b, err = iptables.Open(); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if b.Name != iptables.NFTables {
+		t.Skipf("backend %s: every change goes through iptables-restore", b.Name)
+	}
+	// The restores run, logged by wrappers found first on PATH.
+	dir, log := t.TempDir(), filepath.Join(t.TempDir(), "restores")
+	for _, tool := range []string{"iptables-nft-restore", "ip6tables-nft-restore"} {
+		real, err := exec.LookPath(tool)
+		if err != nil {
+			t.Skip(err)
+		}
+		script := fmt.Sprintf("#!/bin/sh\necho %s >> %s\nexec %s \"$@\"\n", tool, log, real)
+		if err := os.WriteFile(filepath.Join(dir, tool), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	restores := func() string {
+		data, _ := os.ReadFile(log)
+		os.Remove(log)
+		return strings.Join(strings.Fields(string(data)), " ")
+	}
+
+	ds := dualStack("ev", "10.9.0.0/24", "fd00:9::/64")
+	first := &Attachment{Key: "ev1", IPv4: netip.MustParseAddr("10.9.0.2"), IPv6: netip.MustParseAddr("fd00:9::2")}
+	att := &Attachment{Key: "ev2", IPv4: netip.MustParseAddr("10.9.0.3"), IPv6: netip.MustParseAddr("fd00:9::3"),
+		Ports: []Port{{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"}, {HostIP: netip.MustParseAddr("fd00:99::1"), HostPort: 53, ContainerPort: 53, Protocol: "udp"}}}
+	if err := in(n, func() error { return Ensure(ds, first) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := restores(); got != "iptables-nft-restore ip6tables-nft-restore" {
+		t.Errorf("the network's first ADD: restores %q", got)
+	}
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{"a container with ports", func() error { return Ensure(ds, att) }},
+		{"its ports changed", func() error {
+			att.Ports = append(att.Ports, Port{HostIP: netip.MustParseAddr("192.0.2.1"), HostPort: 8443, ContainerPort: 443, Protocol: "tcp"})
+			return Ensure(ds, att)
+		}},
+		{"its IPv6 mappings flushed by hand, then repaired", func() error {
+			if out, err := testenv.InNS(n, "ip6tables", "-t", "nat", "-F", dnatChain("ev2")); err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if err := Check(ds, att); !errors.Is(err, cnierr.ErrCheckFailed) {
+				return fmt.Errorf("CHECK after the flush: %v", err)
+			}
+			return Ensure(ds, att)
+		}},
+	}
+	for _, s := range steps {
+		if err := in(n, s.do); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got := restores(); got != "" {
+			t.Errorf("%s: restores %q, want none", s.name, got)
+		}
+		if err := in(n, func() error { return Check(ds, att) }); err != nil {
+			t.Errorf("%s: CHECK: %v", s.name, err)
+		}
+		rememberedMatchesKernel(t, n, s.name)
+	}
+	v4, v6 := save(t, n), saveFamily(t, n, iptables.IPv6)
+	if got, want := v4.Get("nat").Rules(dnatChain("ev2")), att.dnatRules(iptables.IPv4); !slices.Equal(got, want) {
+		t.Errorf("IPv4 mappings %q, want %q", got, want)
+	}
+	if got, want := v6.Get("nat").Rules(dnatChain("ev2")), att.dnatRules(iptables.IPv6); !slices.Equal(got, want) {
+		t.Errorf("IPv6 mappings %q, want %q", got, want)
+	}
+	for _, a := range []*Attachment{att, first} {
+		if err := in(n, func() error { return RemoveAttachment("ev", a, func() bool { return a == first }) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range families {
+		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
+			t.Errorf("%s: chains left after the last DEL: %v", f, got)
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -35,6 +36,10 @@ type Backend struct {
 	// (iptables 1.6.2 and later): source ports picked at random, so that
 	// two connections masqueraded at once never race for one port.
 	RandomFully bool `json:"randomFully"`
+	// Version is the tools' version, "1.8.9"; "" when unknown. On
+	// nf_tables it says whether berth may write the everyday changes
+	// itself (see directWrite).
+	Version string `json:"version,omitempty"`
 }
 
 // Backend names as iptables --version prints them.
@@ -59,12 +64,17 @@ func Open() (Backend, error) {
 	var b Backend
 	data, err := os.ReadFile(path)
 	if err == nil && json.Unmarshal(data, &b) == nil && b.Name != "" {
-		return b, nil
-	}
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if b.Name != NFTables || b.Version != "" {
+			return b, nil
+		}
+		// Chosen by a berth that did not note the version: the choice
+		// stays, the version is added.
+		b.Version = b.version()
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return Backend{}, fmt.Errorf("%w: reading %s: %v", cnierr.ErrIO, path, err)
+	} else {
+		b = Detect()
 	}
-	b = Detect()
 	data, _ = json.Marshal(b)
 	// Written whole, then renamed: a reader sees the old file or the new.
 	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
@@ -92,6 +102,12 @@ func Open() (Backend, error) {
 // It reads both backends' rules of both families once, which is why Open
 // caches the answer.
 func Detect() Backend {
+	b := detect()
+	b.Version = b.version()
+	return b
+}
+
+func detect() Backend {
 	var installed []Backend
 	for _, b := range []Backend{{Name: NFTables, Variant: "-nft"}, {Name: Legacy, Variant: "-legacy"}} {
 		// Both variants came with iptables 1.8, which has --random-fully.
@@ -178,6 +194,35 @@ func parseVersion(out []byte) Backend {
 	}
 	b.RandomFully = v[0] > 1 || v[0] == 1 && (v[1] > 6 || v[1] == 6 && v[2] >= 2)
 	return b
+}
+
+// version asks b's iptables for its version: "1.8.9", or "" if it does
+// not say.
+func (b Backend) version() string {
+	out, _ := exec.Command(binary("iptables"+b.Variant), "--version").Output()
+	m := versionRe.FindSubmatch(out)
+	if m == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s.%s.%s", m[1], m[2], m[3])
+}
+
+// writesDirect says whether berth writes b's everyday changes through
+// nf_tables' netlink API itself (directWrite): on nf_tables, with an
+// iptables that reads them back.
+func (b Backend) writesDirect() bool {
+	if b.Name != NFTables {
+		return false
+	}
+	var v [3]int
+	parts := strings.Split(b.Version, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for i, p := range parts {
+		v[i], _ = strconv.Atoi(p)
+	}
+	return slices.Compare(v[:], minDirectVersion[:]) >= 0
 }
 
 // tool is the name of family f's save or restore command on b:

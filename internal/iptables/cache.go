@@ -40,6 +40,9 @@ type Cycle struct {
 	known   map[Family]Tables // exact as of start plus this cycle's commits
 	commits uint32            // transactions this cycle committed
 	broken  bool              // a commit failed: the outcome is unknown
+	// reread are the families whose berth rules the cache held when it
+	// was found stale: Close reads those the cycle did not need.
+	reread []Family
 }
 
 // cached is cacheFile's content.
@@ -67,12 +70,17 @@ func (b Backend) Begin() *Cycle {
 	c.path, c.start = filepath.Join(dir, cacheFile), gen
 	data, err := os.ReadFile(c.path)
 	var f cached
-	if err != nil || json.Unmarshal(data, &f) != nil || f.Generation != gen {
+	if err != nil || json.Unmarshal(data, &f) != nil {
 		return c
 	}
 	for _, fam := range []Family{IPv4, IPv6} {
-		if tables, ok := f.Families[fam.String()]; ok {
+		tables, ok := f.Families[fam.String()]
+		switch {
+		case !ok:
+		case f.Generation == gen:
 			c.known[fam] = fromJSON(tables)
+		case holdsBerth(fromJSON(tables)):
+			c.reread = append(c.reread, fam)
 		}
 	}
 	return c
@@ -112,28 +120,48 @@ func (c *Cycle) Known(f Family) (Tables, bool) {
 // Apply commits the batches to family f (Backend.Apply) and, once they
 // are in, to the tables the cycle knows of f.
 func (c *Cycle) Apply(f Family, batches ...*Batch) error {
-	err := c.backend.Apply(f, batches...)
+	c.mu.Lock()
+	ts, ok := c.known[f]
+	c.mu.Unlock()
+	commits, err := c.commit(f, ts, ok, batches)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
 		c.broken = true
 		return err
 	}
-	ts, ok := c.known[f]
+	c.commits += uint32(commits)
 	for _, b := range batches {
-		if b.Empty() {
-			continue
-		}
-		// iptables-nft-restore commits each table's section as one
-		// transaction; each of berth's sections changes something (it
-		// is computed from the exact tables), so each moves the
-		// generation by one.
-		c.commits++
-		if ok {
+		if ok && !b.Empty() {
 			ts.apply(b)
 		}
 	}
 	return nil
+}
+
+// commit writes the batches to family f, whose tables are known as ts
+// when ok, and returns the number of transactions that took: one when
+// nf_tables' netlink API can take them directly (see directWrite), else
+// one per table iptables-restore changes. Each moves the generation by
+// one: each batch changes something, computed from the exact tables.
+func (c *Cycle) commit(f Family, ts Tables, ok bool, batches []*Batch) (int, error) {
+	if ok && c.backend.writesDirect() {
+		if w, can := planDirect(f, ts, batches); can {
+			err := w.commit()
+			if !errors.Is(err, errRefused) {
+				return 1, err
+			}
+			// Nothing was applied: iptables-restore tries, and names
+			// the rule at fault if it fails too.
+		}
+	}
+	n := 0
+	for _, b := range batches {
+		if !b.Empty() {
+			n++
+		}
+	}
+	return n, c.backend.Apply(f, batches...)
 }
 
 // Close remembers the tables the cycle knows for the next one, if the
@@ -144,6 +172,20 @@ func (c *Cycle) Close() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Somebody else changed the rules since the cache was written, and
+	// this cycle only read the families it changes. The others are read
+	// now, while the lock is held anyway: otherwise the next cycle on
+	// the other family pays for the read, and with one network per
+	// family on a node where anything else writes rules (the reference
+	// plugins, kube-proxy), the dual-stack network's cycles paid for an
+	// ip6tables-save after almost every change of the IPv4 network's.
+	for _, f := range c.reread {
+		if _, ok := c.known[f]; !ok && !c.broken {
+			if ts, err := c.backend.Save(f); err == nil {
+				c.known[f] = ts
+			}
+		}
+	}
 	gen, err := generation()
 	// Nothing of berth's left (the last network went): nothing to
 	// remember, and nothing left behind in the namespace's directory.
@@ -173,10 +215,17 @@ func (c *Cycle) Close() {
 // berth's.
 func (c *Cycle) holdsBerth() bool {
 	for _, ts := range c.known {
-		for _, t := range ts {
-			if len(t.Chains(Prefix)) > 0 {
-				return true
-			}
+		if holdsBerth(ts) {
+			return true
+		}
+	}
+	return false
+}
+
+func holdsBerth(ts Tables) bool {
+	for _, t := range ts {
+		if len(t.Chains(Prefix)) > 0 {
+			return true
 		}
 	}
 	return false
