@@ -492,7 +492,8 @@ func rememberedMatchesKernel(t *testing.T, n ns.NetNS, when string) {
 // An ADD on a dual-stack network that exists writes its port mappings in
 // both families without iptables-restore (iptables.directWrite), and
 // those rules are what iptables-restore would have written: CHECK, a
-// repair, the remembered rules and DEL all take them as such.
+// repair, the remembered rules and DEL all take them as such. A DEL
+// that is not the network's last removes them without it too.
 func TestEverydayADDWritesWithoutRestore(t *testing.T) {
 	n := testenv.NewNS(t)
 	var b iptables.Backend
@@ -569,10 +570,22 @@ func TestEverydayADDWritesWithoutRestore(t *testing.T) {
 	if got, want := v6.Get("nat").Rules(dnatChain("ev2")), att.dnatRules(iptables.IPv6); !slices.Equal(got, want) {
 		t.Errorf("IPv6 mappings %q, want %q", got, want)
 	}
-	for _, a := range []*Attachment{att, first} {
-		if err := in(n, func() error { return RemoveAttachment("ev", a, func() bool { return a == first }) }); err != nil {
-			t.Fatal(err)
+	// A DEL that is not the network's last removes the mappings
+	// without iptables-restore too.
+	if err := in(n, func() error { return RemoveAttachment("ev", att, func() bool { return false }) }); err != nil {
+		t.Fatal(err)
+	}
+	if got := restores(); got != "" {
+		t.Errorf("a DEL: restores %q, want none", got)
+	}
+	rememberedMatchesKernel(t, n, "after a DEL")
+	for _, f := range families {
+		if got := saveFamily(t, n, f).Get("nat"); got.HasChain(dnatChain("ev2")) || got.Jumps(chainHostPorts, dnatChain("ev2")) {
+			t.Errorf("%s: the DEL left %s or the jump to it", f, dnatChain("ev2"))
 		}
+	}
+	if err := in(n, func() error { return RemoveAttachment("ev", first, func() bool { return true }) }); err != nil {
+		t.Fatal(err)
 	}
 	for _, f := range families {
 		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {

@@ -1,10 +1,12 @@
 package iptables
 
 import (
+	"bytes"
 	byteorder "encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -13,22 +15,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The nf_tables backend's everyday change, written without
+// The nf_tables backend's everyday changes, written without
 // iptables-restore.
 //
 // A CNI ADD with port mappings on a network that exists changes one
-// thing per family: the container's DNAT chain and the jump to it. Each
-// iptables-restore is an exec of about 8 ms here, most of what an ADD
-// costs besides the plugin's own start, and a dual-stack ADD paid two.
-// So on nf_tables, batches made only of what directWrite encodes (chains
-// created or flushed, jumps, ACCEPT and RETURN, and port-mapping DNAT
-// rules, appended or inserted at the top) go to the kernel through
-// nf_tables' netlink API, as the very expressions iptables-nft writes for
-// them: iptables-save prints them, iptables -D finds them, CHECK compares
-// them, as if iptables-restore had written them (TestDirectWriteIsIptables
-// compares the two, expression by expression). Everything else (another
-// match, a deletion, which nf_tables takes by rule handle, a table that
-// does not exist yet) goes through iptables-restore, as before.
+// thing per family: the container's DNAT chain and the jump to it; its
+// DEL removes them. Each iptables-restore is an exec of about 8 ms here,
+// most of what an ADD costs besides the plugin's own start, and a
+// dual-stack ADD paid two. So on nf_tables, batches made only of what
+// planDirect encodes go to the kernel through nf_tables' netlink API, as
+// one transaction:
+//   - chains of berth's created, flushed or removed;
+//   - rules appended or inserted at the top: jumps, ACCEPT and RETURN,
+//     and port-mapping DNAT rules, as the very expressions iptables-nft
+//     writes for them (TestDirectWriteIsIptables compares the two), so
+//     that iptables-save prints them, iptables -D finds them and CHECK
+//     compares them as if iptables-restore had written them;
+//   - jumps deleted ("-D chain -j target"): nf_tables deletes a rule by
+//     handle, which commit asks the kernel for.
+//
+// Everything else (another match, a deletion by a longer spec, a table
+// that does not exist yet), and a transaction the kernel refuses, goes
+// through iptables-restore, as before.
 
 // minDirectVersion is the oldest iptables-nft known to read what
 // directWrite writes: the one whose encoding the tests compare with.
@@ -39,8 +47,20 @@ var minDirectVersion = [3]int{1, 8, 9}
 // directWrite is one family's batches as one nf_tables transaction.
 type directWrite struct {
 	family uint8 // NFPROTO_IPV4 or NFPROTO_IPV6
-	msgs   [][]byte
+	steps  []step
 }
+
+// step is one message of the transaction, or the deletion of a jump,
+// whose rule handle commit asks the kernel for (nf_tables deletes a rule
+// by handle; iptables -D finds it by its spec).
+type step struct {
+	msg    []byte
+	unjump *unjump
+}
+
+// unjump deletes the first rule of chain that does nothing but jump to
+// target ("-D chain -j target").
+type unjump struct{ table, chain, target string }
 
 // nf_tables' netlink constants (linux/netfilter/nf_tables.h) that
 // x/sys/unix lacks.
@@ -75,12 +95,33 @@ func planDirect(f Family, ts Tables, batches []*Batch) (*directWrite, bool) {
 		if !ok {
 			return nil, false
 		}
-		made := map[string]bool{}
+		made, removed := map[string]bool{}, map[string]bool{}
+		for _, line := range b.lines {
+			if chain, ok := strings.CutPrefix(line, "-X "); ok {
+				removed[chain] = true
+			}
+		}
 		for _, line := range b.lines {
 			op, rest, _ := strings.Cut(line, " ")
 			chain, spec, _ := strings.Cut(rest, " ")
 			flags := uint16(unix.NLM_F_CREATE)
 			switch {
+			case op == "-D" && removed[chain]:
+				continue // the chain is flushed before it goes
+			case op == "-D":
+				target, ok := strings.CutPrefix(spec, "-j ")
+				if !ok || !strings.HasPrefix(target, Prefix) || strings.Contains(target, " ") || !t.HasChain(chain) {
+					return nil, false
+				}
+				w.steps = append(w.steps, step{unjump: &unjump{b.table, chain, target}})
+				continue
+			case op == "-X":
+				if !strings.HasPrefix(chain, Prefix) || !t.HasChain(chain) && !made[chain] {
+					return nil, false
+				}
+				w.add(unix.NFT_MSG_DELRULE, 0, attr(unix.NFTA_RULE_TABLE, cstr(b.table)), attr(unix.NFTA_RULE_CHAIN, cstr(chain)))
+				w.add(unix.NFT_MSG_DELCHAIN, 0, attr(unix.NFTA_CHAIN_TABLE, cstr(b.table)), attr(unix.NFTA_CHAIN_NAME, cstr(chain)))
+				continue
 			case strings.HasPrefix(op, ":"): // create or flush
 				name := op[1:]
 				if !strings.HasPrefix(name, Prefix) {
@@ -121,7 +162,7 @@ func planDirect(f Family, ts Tables, batches []*Batch) (*directWrite, bool) {
 			w.add(unix.NFT_MSG_NEWRULE, flags, attrs...)
 		}
 	}
-	return w, len(w.msgs) > 0
+	return w, len(w.steps) > 0
 }
 
 // encodeRule turns a rule spec of the forms berth writes on the everyday
@@ -296,7 +337,37 @@ func be64(v uint64) []byte { return byteorder.BigEndian.AppendUint64(nil, v) }
 // add appends an nf_tables message (nlmsghdr, nfgenmsg, attributes) that
 // the kernel acknowledges.
 func (w *directWrite) add(typ int, flags uint16, attrs ...[]byte) {
-	w.msgs = append(w.msgs, nfMessage(uint16(unix.NFNL_SUBSYS_NFTABLES<<8|typ), flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, w.family, 0, concat(attrs)))
+	w.steps = append(w.steps, step{msg: w.message(typ, flags, attrs...)})
+}
+
+func (w *directWrite) message(typ int, flags uint16, attrs ...[]byte) []byte {
+	return nfMessage(uint16(unix.NFNL_SUBSYS_NFTABLES<<8|typ), flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK, w.family, 0, concat(attrs))
+}
+
+// messages are the transaction's messages, with the handles of the
+// jumps to delete looked up in the kernel. A jump that is not there
+// (somebody else deleted it) fails the write as a refusal: iptables-
+// restore then tries, and says what it finds.
+func (w *directWrite) messages() ([][]byte, error) {
+	var msgs [][]byte
+	for _, s := range w.steps {
+		if s.unjump == nil {
+			msgs = append(msgs, s.msg)
+			continue
+		}
+		u := s.unjump
+		rules, err := listRules(w.family, u.table, u.chain)
+		if err != nil {
+			return nil, err
+		}
+		i := slices.IndexFunc(rules, func(r rule) bool { return r.onlyJumpsTo(u.target) })
+		if i < 0 {
+			return nil, fmt.Errorf("%w: %s %s has no rule -j %s", errRefused, u.table, u.chain, u.target)
+		}
+		msgs = append(msgs, w.message(unix.NFT_MSG_DELRULE, 0, attr(unix.NFTA_RULE_TABLE, cstr(u.table)),
+			attr(unix.NFTA_RULE_CHAIN, cstr(u.chain)), attr(unix.NFTA_RULE_HANDLE, be64(rules[i].handle))))
+	}
+	return msgs, nil
 }
 
 func nfMessage(typ, flags uint16, family uint8, resID uint16, data []byte) []byte {
@@ -326,9 +397,13 @@ func (w *directWrite) commit() error {
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return err
 	}
+	msgs, err := w.messages()
+	if err != nil {
+		return err
+	}
 	var out []byte
 	out = append(out, nfMessage(unix.NFNL_MSG_BATCH_BEGIN, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES, nil)...)
-	for i, m := range w.msgs {
+	for i, m := range msgs {
 		byteorder.NativeEndian.PutUint32(m[8:], uint32(i+1)) // sequence numbers, to match the answers
 		out = append(out, m...)
 	}
@@ -339,7 +414,7 @@ func (w *directWrite) commit() error {
 	// One answer per message, an acknowledgement or an error; the first
 	// error means the kernel applied nothing.
 	buf := make([]byte, 1<<16)
-	for answered := 0; answered < len(w.msgs); {
+	for answered := 0; answered < len(msgs); {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
 			return fmt.Errorf("nf_tables: waiting for the answer: %w", err)
@@ -359,4 +434,137 @@ func (w *directWrite) commit() error {
 		}
 	}
 	return nil
+}
+
+// rule is a rule as the kernel lists it.
+type rule struct {
+	handle uint64
+	exprs  []byte // NFTA_RULE_EXPRESSIONS
+}
+
+// onlyJumpsTo reports whether r does nothing but jump to target (with
+// the counter iptables-nft gives every rule).
+func (r rule) onlyJumpsTo(target string) bool {
+	jumps := false
+	for _, e := range attrs(r.exprs) { // NFTA_LIST_ELEM
+		name, data := "", []byte(nil)
+		for _, a := range attrs(e.data) {
+			switch a.typ {
+			case unix.NFTA_EXPR_NAME:
+				name = strings.TrimRight(string(a.data), "\x00")
+			case unix.NFTA_EXPR_DATA:
+				data = a.data
+			}
+		}
+		switch {
+		case name == "counter":
+		case name == "immediate" && !jumps:
+			jumps = verdictJumpsTo(data, target)
+			if !jumps {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+	return jumps
+}
+
+// verdictJumpsTo reports whether an immediate expression's data is the
+// verdict "jump target".
+func verdictJumpsTo(immediate []byte, target string) bool {
+	for _, a := range attrs(immediate) {
+		if a.typ != unix.NFTA_IMMEDIATE_DATA {
+			continue
+		}
+		for _, d := range attrs(a.data) {
+			if d.typ != unix.NFTA_DATA_VERDICT {
+				continue
+			}
+			var code int32
+			chain := ""
+			for _, v := range attrs(d.data) {
+				switch {
+				case v.typ == unix.NFTA_VERDICT_CODE && len(v.data) == 4:
+					code = int32(byteorder.BigEndian.Uint32(v.data))
+				case v.typ == unix.NFTA_VERDICT_CHAIN:
+					chain = strings.TrimRight(string(v.data), "\x00")
+				}
+			}
+			return code == nftJump && chain == target
+		}
+	}
+	return false
+}
+
+type nlattr struct {
+	typ  uint16 // without NLA_F_NESTED
+	data []byte
+}
+
+// attrs splits netlink attributes.
+func attrs(b []byte) []nlattr {
+	var out []nlattr
+	for len(b) >= unix.NLA_HDRLEN {
+		l := int(byteorder.NativeEndian.Uint16(b))
+		if l < unix.NLA_HDRLEN || l > len(b) {
+			break
+		}
+		out = append(out, nlattr{byteorder.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER), b[unix.NLA_HDRLEN:l]})
+		b = b[min((l+3)&^3, len(b)):]
+	}
+	return out
+}
+
+// listRules lists the rules of a chain, in order, in the calling
+// thread's namespace.
+func listRules(family uint8, table, chain string) ([]rule, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return nil, fmt.Errorf("nf_tables socket: %w", err)
+	}
+	defer unix.Close(fd)
+	tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return nil, err
+	}
+	req := nfMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, family, 0,
+		concat([][]byte{attr(unix.NFTA_RULE_TABLE, cstr(table)), attr(unix.NFTA_RULE_CHAIN, cstr(chain))}))
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
+	}
+	var rules []rule
+	buf := make([]byte, 1<<16)
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil {
+			return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				return rules, nil
+			case unix.NLMSG_ERROR:
+				errno := syscall.Errno(-int32(byteorder.NativeEndian.Uint32(m.Data)))
+				return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, errno)
+			}
+			if len(m.Data) < 4 {
+				continue
+			}
+			var r rule
+			for _, a := range attrs(m.Data[4:]) { // after nfgenmsg
+				switch {
+				case a.typ == unix.NFTA_RULE_HANDLE && len(a.data) == 8:
+					r.handle = byteorder.BigEndian.Uint64(a.data)
+				case a.typ == unix.NFTA_RULE_EXPRESSIONS:
+					r.exprs = bytes.Clone(a.data)
+				}
+			}
+			rules = append(rules, r)
+		}
+	}
 }

@@ -2,10 +2,9 @@ package iptables
 
 import (
 	"bytes"
-	byteorder "encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
-	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -113,52 +112,60 @@ func TestDirectWriteIsIptables(t *testing.T) {
 	}
 }
 
-// planDirect takes what the everyday path writes and leaves everything
+// planDirect takes what the everyday paths write and leaves everything
 // else to iptables-restore.
 func TestPlanDirect(t *testing.T) {
-	saved, _ := Parse([]byte("*nat\n:BERTH-HOSTPORTS - [0:0]\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n"))
+	saved, _ := Parse([]byte("*nat\n:BERTH-HOSTPORTS - [0:0]\n:PREROUTING ACCEPT [0:0]\n:BERTH-DN-1 - [0:0]\n" +
+		"-A BERTH-HOSTPORTS -j BERTH-DN-1\n-A BERTH-DN-1 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080\nCOMMIT\n"))
 	tests := []struct {
 		name  string
 		f     Family
 		lines []string
 		table string
-		want  bool
+		steps int // 0: not written directly
 	}{
-		{"a DNAT chain and its jump", IPv4, []string{":BERTH-DN-1 - [0:0]",
-			"-A BERTH-DN-1 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080",
-			"-A BERTH-DN-1 -d 10.1.1.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.2:53",
-			"-A BERTH-HOSTPORTS -j BERTH-DN-1"}, "nat", true},
-		{"IPv6", IPv6, []string{":BERTH-DN-1 - [0:0]",
-			"-A BERTH-DN-1 -d fd00::1/128 -p tcp -m tcp --dport 80 -j DNAT --to-destination [fd00::2]:8080",
-			"-I BERTH-HOSTPORTS 1 -j BERTH-DN-1"}, "nat", true},
-		{"a table that does not exist yet", IPv4, []string{":BERTH-FWD - [0:0]"}, "filter", false},
-		{"a chain that does not exist", IPv4, []string{"-A BERTH-NONE -j ACCEPT"}, "nat", false},
-		{"a builtin chain", IPv4, []string{":PREROUTING - [0:0]"}, "nat", false},
-		{"a deletion", IPv4, []string{"-D BERTH-HOSTPORTS -j BERTH-DN-1"}, "nat", false},
-		{"a chain removed", IPv4, []string{"-X BERTH-DN-1"}, "nat", false},
-		{"an insertion lower down", IPv4, []string{"-I BERTH-HOSTPORTS 2 -j ACCEPT"}, "nat", false},
-		{"another match", IPv4, []string{"-A BERTH-HOSTPORTS -m conntrack --ctstate DNAT -j ACCEPT"}, "nat", false},
-		{"a source", IPv4, []string{"-A BERTH-HOSTPORTS -s 10.0.0.0/8 -j ACCEPT"}, "nat", false},
-		{"a destination subnet", IPv4, []string{"-A BERTH-HOSTPORTS -d 10.0.0.0/8 -j ACCEPT"}, "nat", false},
-		{"DROP", IPv4, []string{"-A BERTH-HOSTPORTS -j DROP"}, "nat", false},
-		{"another target", IPv4, []string{"-A BERTH-HOSTPORTS -j MASQUERADE"}, "nat", false},
-		{"a jump out of berth's chains", IPv4, []string{"-A BERTH-HOSTPORTS -j KUBE-SERVICES"}, "nat", false},
-		{"sctp", IPv4, []string{"-A BERTH-HOSTPORTS -p sctp -m sctp --dport 80 -j DNAT --to-destination 10.0.0.2:80"}, "nat", false},
-		{"DNAT without a port", IPv4, []string{"-A BERTH-HOSTPORTS -p tcp -j DNAT --to-destination 10.0.0.2"}, "nat", false},
-		{"a port without its match", IPv4, []string{"-A BERTH-HOSTPORTS -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80"}, "nat", false},
-		{"the other family's address", IPv4, []string{"-A BERTH-HOSTPORTS -p tcp -m tcp --dport 80 -j DNAT --to-destination [fd00::2]:80"}, "nat", false},
-		{"an inverted match", IPv4, []string{"-A BERTH-HOSTPORTS ! -d 10.0.0.1/32 -j ACCEPT"}, "nat", false},
+		{"a DNAT chain and its jump", IPv4, []string{":BERTH-DN-2 - [0:0]",
+			"-A BERTH-DN-2 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080",
+			"-A BERTH-DN-2 -d 10.1.1.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 10.0.0.2:53",
+			"-A BERTH-HOSTPORTS -j BERTH-DN-2"}, "nat", 2 + 3},
+		{"IPv6", IPv6, []string{":BERTH-DN-2 - [0:0]",
+			"-A BERTH-DN-2 -d fd00::1/128 -p tcp -m tcp --dport 80 -j DNAT --to-destination [fd00::2]:8080",
+			"-I BERTH-HOSTPORTS 1 -j BERTH-DN-2"}, "nat", 2 + 2},
+		{"a DNAT chain and its jump removed", IPv4, []string{"-D BERTH-HOSTPORTS -j BERTH-DN-1",
+			"-D BERTH-DN-1 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:8080", "-X BERTH-DN-1"}, "nat", 1 + 2},
+		{"a jump out of a builtin chain removed", IPv4, []string{"-D PREROUTING -j BERTH-HOSTPORTS"}, "nat", 1},
+		{"a table that does not exist yet", IPv4, []string{":BERTH-FWD - [0:0]"}, "filter", 0},
+		{"a chain that does not exist", IPv4, []string{"-A BERTH-NONE -j ACCEPT"}, "nat", 0},
+		{"a builtin chain", IPv4, []string{":PREROUTING - [0:0]"}, "nat", 0},
+		{"a builtin chain removed", IPv4, []string{"-X PREROUTING"}, "nat", 0},
+		{"a chain that does not exist removed", IPv4, []string{"-X BERTH-NONE"}, "nat", 0},
+		{"a deletion by a spec", IPv4, []string{"-D BERTH-HOSTPORTS -p tcp -j BERTH-DN-1"}, "nat", 0},
+		{"a jump to a chain not berth's removed", IPv4, []string{"-D BERTH-HOSTPORTS -j ACCEPT"}, "nat", 0},
+		{"an insertion lower down", IPv4, []string{"-I BERTH-HOSTPORTS 2 -j ACCEPT"}, "nat", 0},
+		{"another match", IPv4, []string{"-A BERTH-HOSTPORTS -m conntrack --ctstate DNAT -j ACCEPT"}, "nat", 0},
+		{"a source", IPv4, []string{"-A BERTH-HOSTPORTS -s 10.0.0.0/8 -j ACCEPT"}, "nat", 0},
+		{"a destination subnet", IPv4, []string{"-A BERTH-HOSTPORTS -d 10.0.0.0/8 -j ACCEPT"}, "nat", 0},
+		{"DROP", IPv4, []string{"-A BERTH-HOSTPORTS -j DROP"}, "nat", 0},
+		{"another target", IPv4, []string{"-A BERTH-HOSTPORTS -j MASQUERADE"}, "nat", 0},
+		{"a jump out of berth's chains", IPv4, []string{"-A BERTH-HOSTPORTS -j KUBE-SERVICES"}, "nat", 0},
+		{"sctp", IPv4, []string{"-A BERTH-HOSTPORTS -p sctp -m sctp --dport 80 -j DNAT --to-destination 10.0.0.2:80"}, "nat", 0},
+		{"DNAT without a port", IPv4, []string{"-A BERTH-HOSTPORTS -p tcp -j DNAT --to-destination 10.0.0.2"}, "nat", 0},
+		{"a port without its match", IPv4, []string{"-A BERTH-HOSTPORTS -p tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80"}, "nat", 0},
+		{"the other family's address", IPv4, []string{"-A BERTH-HOSTPORTS -p tcp -m tcp --dport 80 -j DNAT --to-destination [fd00::2]:80"}, "nat", 0},
+		{"an inverted match", IPv4, []string{"-A BERTH-HOSTPORTS ! -d 10.0.0.1/32 -j ACCEPT"}, "nat", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			b := NewBatch(tt.table)
 			b.lines = tt.lines
 			w, ok := planDirect(tt.f, saved, []*Batch{b})
-			if ok != tt.want {
-				t.Fatalf("planDirect(%q) = %v, want %v", tt.lines, ok, tt.want)
-			}
-			if ok && len(w.msgs) != len(tt.lines)+1 { // a chain: created, then flushed
-				t.Errorf("%d messages for %d lines", len(w.msgs), len(tt.lines))
+			if steps := 0; ok {
+				steps = len(w.steps)
+				if steps != tt.steps {
+					t.Errorf("planDirect(%q): %d steps, want %d", tt.lines, steps, tt.steps)
+				}
+			} else if tt.steps != 0 {
+				t.Errorf("planDirect(%q): not written directly", tt.lines)
 			}
 		})
 	}
@@ -172,51 +179,90 @@ func TestPlanDirect(t *testing.T) {
 	}
 }
 
-// dumpRules returns the expressions (NFTA_RULE_EXPRESSIONS, as the
-// kernel dumps them) of every rule of a chain, in order.
-func dumpRules(f Family, table, chain string) ([][]byte, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return nil, err
+// A jump deleted directly goes as iptables -D takes it: the first rule
+// that only jumps there, not a duplicate; a jump that is not there
+// refuses the whole transaction, which then changes nothing.
+func TestDirectDelete(t *testing.T) {
+	if !isInstalled("iptables-nft-restore") {
+		t.Skip("needs iptables-nft")
 	}
-	defer unix.Close(fd)
+	b := Backend{Name: NFTables, Variant: "-nft"}
+	b.Version = b.version()
+	if !b.writesDirect() {
+		t.Skipf("iptables-nft %s is older than berth writes for", b.Version)
+	}
+	n := testenv.NewNS(t)
+	setup := NewBatch("nat")
+	for _, c := range []string{"BERTH-HOSTPORTS", "BERTH-DN-A", "BERTH-DN-B"} {
+		setup.Chain(c)
+	}
+	for _, r := range []string{"-p tcp -j BERTH-DN-A", "-j BERTH-DN-A", "-j BERTH-DN-B", "-j BERTH-DN-A"} {
+		setup.Append("BERTH-HOSTPORTS", r)
+	}
+	setup.Append("BERTH-DN-B", "-p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80")
+	inNS(t, n, func() error { return b.Apply(IPv4, setup) })
+	hostports := func() string {
+		out, err := testenv.InNS(n, "iptables-nft-save", "-t", "nat")
+		if err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		ts, _ := Parse(out)
+		return strings.Join(ts.Get("nat").Rules("BERTH-HOSTPORTS"), ", ") + fmt.Sprintf(" (BERTH-DN-B there: %v)", ts.Get("nat").HasChain("BERTH-DN-B"))
+	}
+	write := func(lines ...string) error {
+		batch := NewBatch("nat")
+		batch.lines = lines
+		var err error
+		inNS(t, n, func() error {
+			ts, serr := b.Save(IPv4)
+			if serr != nil {
+				return serr
+			}
+			w, ok := planDirect(IPv4, ts, []*Batch{batch})
+			if !ok {
+				return fmt.Errorf("%q: not written directly", lines)
+			}
+			err = w.commit()
+			return nil
+		})
+		return err
+	}
+	if err := write("-D BERTH-HOSTPORTS -j BERTH-DN-A"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-B, -j BERTH-DN-A (BERTH-DN-B there: true)"; got != want {
+		t.Errorf("after -D -j BERTH-DN-A: %s, want %s", got, want)
+	}
+	if err := write("-D BERTH-HOSTPORTS -j BERTH-DN-B", "-D BERTH-DN-B -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.0.0.2:80", "-X BERTH-DN-B"); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-A (BERTH-DN-B there: false)"; got != want {
+		t.Errorf("after BERTH-DN-B removed: %s, want %s", got, want)
+	}
+	if err := write("-D BERTH-DN-A -j BERTH-DN-B"); !errors.Is(err, errRefused) {
+		t.Errorf("a jump that is not there: %v, want a refusal", err)
+	}
+	// The kernel refuses to remove a chain that rules jump to, and
+	// then applies nothing of the transaction.
+	if err := write("-A BERTH-HOSTPORTS -j RETURN", "-X BERTH-DN-A"); !errors.Is(err, errRefused) {
+		t.Errorf("a chain in use removed: %v, want a refusal", err)
+	}
+	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-A (BERTH-DN-B there: false)"; got != want {
+		t.Errorf("after a refused transaction: %s, want %s", got, want)
+	}
+}
+
+// dumpRules returns the expressions (NFTA_RULE_EXPRESSIONS, as the
+// kernel lists them) of every rule of a chain, in order.
+func dumpRules(f Family, table, chain string) ([][]byte, error) {
 	family := uint8(unix.NFPROTO_IPV4)
 	if f == IPv6 {
 		family = unix.NFPROTO_IPV6
 	}
-	req := nfMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, family, 0,
-		concat([][]byte{attr(unix.NFTA_RULE_TABLE, cstr(table)), attr(unix.NFTA_RULE_CHAIN, cstr(chain))}))
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, err
+	rules, err := listRules(family, table, chain)
+	var exprs [][]byte
+	for _, r := range rules {
+		exprs = append(exprs, r.exprs)
 	}
-	var rules [][]byte
-	buf := make([]byte, 1<<16)
-	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil {
-			return nil, err
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return rules, nil
-			case unix.NLMSG_ERROR:
-				return nil, fmt.Errorf("dumping %s %s: %w", table, chain, syscall.Errno(-int32(byteorder.NativeEndian.Uint32(m.Data))))
-			}
-			for a := m.Data[4:]; len(a) >= unix.NLA_HDRLEN; {
-				l := int(byteorder.NativeEndian.Uint16(a))
-				if l < unix.NLA_HDRLEN || l > len(a) {
-					break
-				}
-				if byteorder.NativeEndian.Uint16(a[2:])&^unix.NLA_F_NESTED == unix.NFTA_RULE_EXPRESSIONS {
-					rules = append(rules, bytes.Clone(a[unix.NLA_HDRLEN:l]))
-				}
-				a = a[min((l+3)&^3, len(a)):]
-			}
-		}
-	}
+	return exprs, err
 }
