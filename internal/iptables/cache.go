@@ -285,20 +285,12 @@ func (ts Tables) apply(b *Batch) {
 // generation asks nf_tables for the calling thread's namespace's
 // generation (NFT_MSG_GETGEN), which every committed transaction moves.
 func generation() (uint32, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	fd, err := nfSocket()
 	if err != nil {
 		return 0, err
 	}
 	defer unix.Close(fd)
-	const (
-		nftMsgGetGen = 16 // NFT_MSG_GETGEN
-		nftaGenID    = 1  // NFTA_GEN_ID
-	)
-	// nlmsghdr, then nfgenmsg (family AF_UNSPEC, version, resource id).
-	req := make([]byte, unix.NLMSG_HDRLEN+4)
-	byteorder.NativeEndian.PutUint32(req[0:], uint32(len(req)))
-	byteorder.NativeEndian.PutUint16(req[4:], unix.NFNL_SUBSYS_NFTABLES<<8|nftMsgGetGen)
-	byteorder.NativeEndian.PutUint16(req[6:], unix.NLM_F_REQUEST)
+	req := nfMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, unix.NLM_F_REQUEST, unix.AF_UNSPEC, 0, nil)
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return 0, err
 	}
@@ -318,17 +310,10 @@ func generation() (uint32, error) {
 		if len(m.Data) < 4 {
 			continue
 		}
-		attrs := m.Data[4:] // after nfgenmsg
-		for len(attrs) >= unix.SizeofNlAttr {
-			l := int(byteorder.NativeEndian.Uint16(attrs))
-			typ := byteorder.NativeEndian.Uint16(attrs[2:]) &^ unix.NLA_F_NESTED
-			if l < unix.SizeofNlAttr || l > len(attrs) {
-				break
+		for _, a := range attrs(m.Data[4:]) { // after nfgenmsg
+			if a.typ == unix.NFTA_GEN_ID && len(a.data) >= 4 {
+				return byteorder.BigEndian.Uint32(a.data), nil
 			}
-			if typ == nftaGenID && l >= unix.SizeofNlAttr+4 {
-				return byteorder.BigEndian.Uint32(attrs[unix.SizeofNlAttr:]), nil
-			}
-			attrs = attrs[min((l+3)&^3, len(attrs)):]
 		}
 	}
 	return 0, errors.New("nf_tables: no generation in the answer")

@@ -388,15 +388,11 @@ var errRefused = errors.New("nf_tables refused the transaction")
 // end messages) in the calling thread's namespace, and waits for the
 // kernel's answer to every message.
 func (w *directWrite) commit() error {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	fd, err := nfSocket()
 	if err != nil {
-		return fmt.Errorf("nf_tables socket: %w", err)
-	}
-	defer unix.Close(fd)
-	tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return err
 	}
+	defer unix.Close(fd)
 	msgs, err := w.messages()
 	if err != nil {
 		return err
@@ -434,6 +430,22 @@ func (w *directWrite) commit() error {
 		}
 	}
 	return nil
+}
+
+// nfSocket opens a netfilter netlink socket in the calling thread's
+// namespace. Reads from it give up after 5 s: an answer that does not
+// come is an error, not a CNI call that hangs.
+func nfSocket() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return -1, fmt.Errorf("nf_tables socket: %w", err)
+	}
+	tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("nf_tables socket: %w", err)
+	}
+	return fd, nil
 }
 
 // rule is a rule as the kernel lists it.
@@ -519,15 +531,11 @@ func attrs(b []byte) []nlattr {
 // listRules lists the rules of a chain, in order, in the calling
 // thread's namespace.
 func listRules(family uint8, table, chain string) ([]rule, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	fd, err := nfSocket()
 	if err != nil {
-		return nil, fmt.Errorf("nf_tables socket: %w", err)
-	}
-	defer unix.Close(fd)
-	tv := unix.NsecToTimeval((5 * time.Second).Nanoseconds())
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return nil, err
 	}
+	defer unix.Close(fd)
 	req := nfMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, family, 0,
 		concat([][]byte{attr(unix.NFTA_RULE_TABLE, cstr(table)), attr(unix.NFTA_RULE_CHAIN, cstr(chain))}))
 	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {

@@ -16,14 +16,7 @@ import (
 // writes for the same lines, expression by expression, and every
 // iptables tool takes them as its own.
 func TestDirectWriteIsIptables(t *testing.T) {
-	if !isInstalled("iptables-nft-restore") {
-		t.Skip("needs iptables-nft")
-	}
-	b := Backend{Name: NFTables, Variant: "-nft"}
-	b.Version = b.version()
-	if !b.writesDirect() {
-		t.Skipf("iptables-nft %s is older than berth writes for", b.Version)
-	}
+	b := directBackend(t)
 	rules := map[Family][]string{
 		IPv4: {
 			"-p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.0.0.2:80",
@@ -183,14 +176,7 @@ func TestPlanDirect(t *testing.T) {
 // that only jumps there, not a duplicate; a jump that is not there
 // refuses the whole transaction, which then changes nothing.
 func TestDirectDelete(t *testing.T) {
-	if !isInstalled("iptables-nft-restore") {
-		t.Skip("needs iptables-nft")
-	}
-	b := Backend{Name: NFTables, Variant: "-nft"}
-	b.Version = b.version()
-	if !b.writesDirect() {
-		t.Skipf("iptables-nft %s is older than berth writes for", b.Version)
-	}
+	b := directBackend(t)
 	n := testenv.NewNS(t)
 	setup := NewBatch("nat")
 	for _, c := range []string{"BERTH-HOSTPORTS", "BERTH-DN-A", "BERTH-DN-B"} {
@@ -250,6 +236,20 @@ func TestDirectDelete(t *testing.T) {
 	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-A (BERTH-DN-B there: false)"; got != want {
 		t.Errorf("after a refused transaction: %s, want %s", got, want)
 	}
+}
+
+// directBackend is the nf_tables backend, skipping the test where its
+// iptables is missing or too old for berth to write directly.
+func directBackend(t *testing.T) Backend {
+	if !isInstalled("iptables-nft-restore") {
+		t.Skip("needs iptables-nft")
+	}
+	b := Backend{Name: NFTables, Variant: "-nft"}
+	b.Version = b.version()
+	if !b.writesDirect() {
+		t.Skipf("iptables-nft %s is older than berth writes for", b.Version)
+	}
+	return b
 }
 
 // dumpRules returns the expressions (NFTA_RULE_EXPRESSIONS, as the
