@@ -593,3 +593,36 @@ func TestEverydayADDWritesWithoutRestore(t *testing.T) {
 		}
 	}
 }
+
+// A container may publish a thousand ports (podman -p 10000-10999:...,
+// one mapping per port): its ADD on a network that exists is far larger
+// than a transaction berth writes itself, and works like any other.
+func TestManyPortMappings(t *testing.T) {
+	n := testenv.NewNS(t)
+	ds := dualStack("mp", "10.12.0.0/24", "fd00:12::/64")
+	first := &Attachment{Key: "mp1", IPv4: netip.MustParseAddr("10.12.0.2"), IPv6: netip.MustParseAddr("fd00:12::2")}
+	if err := in(n, func() error { return Ensure(ds, first) }); err != nil {
+		t.Fatal(err)
+	}
+	att := &Attachment{Key: "mp2", IPv4: netip.MustParseAddr("10.12.0.3"), IPv6: netip.MustParseAddr("fd00:12::3")}
+	for p := range 1000 {
+		att.Ports = append(att.Ports, Port{HostPort: uint16(10000 + p), ContainerPort: uint16(10000 + p), Protocol: "tcp"})
+	}
+	if err := in(n, func() error { return Ensure(ds, att) }); err != nil {
+		t.Fatalf("ADD with %d ports: %v", len(att.Ports), err)
+	}
+	if err := in(n, func() error { return Check(ds, att) }); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	rememberedMatchesKernel(t, n, "after the ADD")
+	for _, a := range []*Attachment{att, first} {
+		if err := in(n, func() error { return RemoveAttachment("mp", a, func() bool { return a == first }) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range families {
+		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
+			t.Errorf("%s: chains left after the last DEL: %v", f, got)
+		}
+	}
+}

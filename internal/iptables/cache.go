@@ -148,7 +148,7 @@ func (c *Cycle) commit(f Family, ts Tables, ok bool, batches []*Batch) (int, err
 	if ok && c.backend.writesDirect() {
 		if w, can := planDirect(f, ts, batches); can {
 			err := w.commit()
-			if !errors.Is(err, errRefused) {
+			if !errors.Is(err, errNotApplied) {
 				return 1, err
 			}
 			// Nothing was applied: iptables-restore tries, and names

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/cnierr"
 )
 
 // The nf_tables backend's everyday changes, written without
@@ -162,7 +164,7 @@ func planDirect(f Family, ts Tables, batches []*Batch) (*directWrite, bool) {
 			w.add(unix.NFT_MSG_NEWRULE, flags, attrs...)
 		}
 	}
-	return w, len(w.steps) > 0
+	return w, len(w.steps) > 0 && len(w.steps) <= maxDirectSteps
 }
 
 // encodeRule turns a rule spec of the forms berth writes on the everyday
@@ -362,7 +364,7 @@ func (w *directWrite) messages() ([][]byte, error) {
 		}
 		i := slices.IndexFunc(rules, func(r rule) bool { return r.onlyJumpsTo(u.target) })
 		if i < 0 {
-			return nil, fmt.Errorf("%w: %s %s has no rule -j %s", errRefused, u.table, u.chain, u.target)
+			return nil, fmt.Errorf("%w: %s %s has no rule -j %s", errNotApplied, u.table, u.chain, u.target)
 		}
 		msgs = append(msgs, w.message(unix.NFT_MSG_DELRULE, 0, attr(unix.NFTA_RULE_TABLE, cstr(u.table)),
 			attr(unix.NFTA_RULE_CHAIN, cstr(u.chain)), attr(unix.NFTA_RULE_HANDLE, be64(rules[i].handle))))
@@ -380,9 +382,19 @@ func nfMessage(typ, flags uint16, family uint8, resID uint16, data []byte) []byt
 	return append(b, data...)
 }
 
-// errRefused is a transaction nf_tables refused as a whole: nothing of it
-// was applied, so iptables-restore may still do the same change.
-var errRefused = errors.New("nf_tables refused the transaction")
+// errNotApplied is a transaction the kernel did not apply: it refused
+// it as a whole, or it was never sent. iptables-restore may still make
+// the change.
+var errNotApplied = errors.New("nf_tables did not apply the transaction")
+
+// maxDirectSteps bounds a transaction written directly, so that it and
+// the kernel's answers fit a netlink socket's default buffers (208 KiB;
+// a rule is a few hundred bytes, an answer takes about 1 KiB of the
+// receive buffer): a container publishing a port range (podman -p
+// 10000-10999:..., one mapping per port) goes through iptables-restore.
+// Beyond the buffers the send fails (EMSGSIZE), or, worse, the kernel
+// applies the transaction and its answers are lost (ENOBUFS).
+const maxDirectSteps = 128
 
 // commit sends the write as one transaction (between a batch's begin and
 // end messages) in the calling thread's namespace, and waits for the
@@ -390,12 +402,12 @@ var errRefused = errors.New("nf_tables refused the transaction")
 func (w *directWrite) commit() error {
 	fd, err := nfSocket()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errNotApplied, err)
 	}
 	defer unix.Close(fd)
 	msgs, err := w.messages()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", errNotApplied, err)
 	}
 	var out []byte
 	out = append(out, nfMessage(unix.NFNL_MSG_BATCH_BEGIN, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES, nil)...)
@@ -405,27 +417,28 @@ func (w *directWrite) commit() error {
 	}
 	out = append(out, nfMessage(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES, nil)...)
 	if err := unix.Sendto(fd, out, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("nf_tables: sending the transaction: %w", err)
+		return fmt.Errorf("%w: nf_tables: sending the transaction: %w", errNotApplied, err)
 	}
 	// One answer per message, an acknowledgement or an error; the first
-	// error means the kernel applied nothing.
+	// error means the kernel applied nothing. Without an answer the
+	// outcome is unknown.
 	buf := make([]byte, 1<<16)
 	for answered := 0; answered < len(msgs); {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
 		if err != nil {
-			return fmt.Errorf("nf_tables: waiting for the answer: %w", err)
+			return fmt.Errorf("%w: nf_tables: waiting for the answer: %w", cnierr.ErrDatapath, err)
 		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		answers, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return fmt.Errorf("nf_tables: reading the answer: %w", err)
+			return fmt.Errorf("%w: nf_tables: reading the answer: %w", cnierr.ErrDatapath, err)
 		}
-		for _, m := range msgs {
+		for _, m := range answers {
 			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
 				continue
 			}
 			answered++
 			if errno := -int32(byteorder.NativeEndian.Uint32(m.Data)); errno != 0 {
-				return fmt.Errorf("%w: message %d: %w", errRefused, m.Header.Seq, syscall.Errno(errno))
+				return fmt.Errorf("%w: message %d: %w", errNotApplied, m.Header.Seq, syscall.Errno(errno))
 			}
 		}
 	}

@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berthnet/berth/internal/netnsdir"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -162,6 +166,13 @@ func TestPlanDirect(t *testing.T) {
 			}
 		})
 	}
+	big := NewBatch("nat")
+	for range maxDirectSteps + 1 {
+		big.Append("BERTH-HOSTPORTS", "-j RETURN")
+	}
+	if _, ok := planDirect(IPv4, saved, []*Batch{big}); ok {
+		t.Errorf("%d rules written directly: more than the socket's buffers hold with the answers", maxDirectSteps+1)
+	}
 	for v, want := range map[string]bool{"1.8.9": true, "1.8.11": true, "1.10.0": true, "1.8.8": false, "1.6.2": false, "": false} {
 		if got := (Backend{Name: NFTables, Version: v}).writesDirect(); got != want {
 			t.Errorf("iptables-nft %q writes directly: %v, want %v", v, got, want)
@@ -225,12 +236,12 @@ func TestDirectDelete(t *testing.T) {
 	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-A (BERTH-DN-B there: false)"; got != want {
 		t.Errorf("after BERTH-DN-B removed: %s, want %s", got, want)
 	}
-	if err := write("-D BERTH-DN-A -j BERTH-DN-B"); !errors.Is(err, errRefused) {
+	if err := write("-D BERTH-DN-A -j BERTH-DN-B"); !errors.Is(err, errNotApplied) {
 		t.Errorf("a jump that is not there: %v, want a refusal", err)
 	}
 	// The kernel refuses to remove a chain that rules jump to, and
 	// then applies nothing of the transaction.
-	if err := write("-A BERTH-HOSTPORTS -j RETURN", "-X BERTH-DN-A"); !errors.Is(err, errRefused) {
+	if err := write("-A BERTH-HOSTPORTS -j RETURN", "-X BERTH-DN-A"); !errors.Is(err, errNotApplied) {
 		t.Errorf("a chain in use removed: %v, want a refusal", err)
 	}
 	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-A (BERTH-DN-B there: false)"; got != want {
@@ -265,4 +276,88 @@ func dumpRules(f Family, table, chain string) ([][]byte, error) {
 		exprs = append(exprs, r.exprs)
 	}
 	return exprs, err
+}
+
+// The largest transaction written directly fits a netlink socket's
+// default buffers, also where they cannot be forced larger (in a user
+// namespace, as rootless podman's network namespace is), and a larger
+// one (a container publishing a thousand ports) goes through
+// iptables-restore whole. (In a user namespace iptables-nft-restore
+// itself cannot send that one: "Message too long".)
+func TestDirectWriteLargeTransaction(t *testing.T) {
+	if os.Getenv("BERTH_TEST_IN_USERNS") != "" {
+		largeTransactions(t, false)
+		return
+	}
+	directBackend(t)
+	t.Run("privileged", func(t *testing.T) {
+		n := testenv.NewNS(t)
+		inNS(t, n, func() error { largeTransactions(t, true); return nil })
+	})
+	t.Run("user namespace", func(t *testing.T) {
+		// A new user and network namespace: the test binary runs this
+		// test again in there.
+		cmd := exec.Command("unshare", "--user", "--map-root-user", "--net", os.Args[0], "-test.run=^TestDirectWriteLargeTransaction$", "-test.v")
+		cmd.Env = append(os.Environ(), "BERTH_TEST_IN_USERNS=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("in a user namespace: %v\n%s", err, out)
+		}
+	})
+}
+
+// largeTransactions writes the largest direct transaction, then, with
+// aRange, 1000 port mappings, in the calling thread's namespace, and
+// reads them back.
+func largeTransactions(t *testing.T, aRange bool) {
+	b := directBackend(t)
+	dir, err := netnsdir.Current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	base := NewBatch("nat")
+	base.Chain("BERTH-HOSTPORTS")
+	if err := b.Apply(IPv4, base); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		chain  string
+		rules  int
+		direct bool
+	}{
+		{"BERTH-DN-LARGEST", maxDirectSteps - 3, true}, // the chain made and flushed, the jump to it
+		{"BERTH-DN-RANGE", 1000, false},
+	} {
+		if tc.rules > maxDirectSteps && !aRange {
+			continue
+		}
+		c := b.Begin()
+		ts, err := c.Save(IPv4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := NewBatch("nat")
+		w.Chain(tc.chain)
+		var want []string
+		for p := range tc.rules {
+			want = append(want, fmt.Sprintf("-p tcp -m tcp --dport %d -j DNAT --to-destination 10.0.0.2:%d", 10000+p, 10000+p))
+			w.Append(tc.chain, want[p])
+		}
+		w.Append("BERTH-HOSTPORTS", "-j "+tc.chain)
+		if _, ok := planDirect(IPv4, ts, []*Batch{w}); ok != tc.direct {
+			t.Errorf("%d rules written directly: %v, want %v", tc.rules, ok, tc.direct)
+		}
+		err = c.Apply(IPv4, w)
+		c.Close()
+		if err != nil {
+			t.Fatalf("%d port mappings: %v", tc.rules, err)
+		}
+		saved, err := b.Save(IPv4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := saved.Get("nat").Rules(tc.chain); !slices.Equal(got, want) {
+			t.Errorf("%d rules in the kernel, want %d", len(got), len(want))
+		}
+	}
 }
