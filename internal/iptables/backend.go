@@ -76,13 +76,13 @@ func Open() (Backend, error) {
 		b = Detect()
 	}
 	data, _ = json.Marshal(b)
-	// Written whole, then renamed: a reader sees the old file or the new.
-	tmp := fmt.Sprintf("%s.%d", path, os.Getpid())
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return Backend{}, fmt.Errorf("%w: writing %s: %v", cnierr.ErrIO, tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	// Written in place, not through a temporary file and a rename, which
+	// a plugin killed in between would leave behind for good. Callers
+	// hold the namespace's iptables lock, but CHECKs share it, so a
+	// reader may find the file half-written: that is not JSON, and it
+	// decides again. The answer is the same, as it is berth's chains
+	// that decide once there are any.
+	if err := os.WriteFile(path, data, 0o644); err != nil {
 		return Backend{}, fmt.Errorf("%w: writing %s: %v", cnierr.ErrIO, path, err)
 	}
 	return b, nil

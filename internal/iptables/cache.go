@@ -172,6 +172,12 @@ func (c *Cycle) Close() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Nothing of berth's left (the last network went): nothing to
+	// remember, and nothing left behind in the namespace's directory.
+	if !c.exact() || !c.holdsBerth() {
+		os.Remove(c.path)
+		return
+	}
 	// Somebody else changed the rules since the cache was written, and
 	// this cycle only read the families it changes. The others are read
 	// now, while the lock is held anyway: otherwise the next cycle on
@@ -179,17 +185,17 @@ func (c *Cycle) Close() {
 	// family on a node where anything else writes rules (the reference
 	// plugins, kube-proxy), the dual-stack network's cycles paid for an
 	// ip6tables-save after almost every change of the IPv4 network's.
+	// (Not when the cycle's own tables are stale already: then the
+	// read would be thrown away.)
 	for _, f := range c.reread {
-		if _, ok := c.known[f]; !ok && !c.broken {
+		if _, ok := c.known[f]; !ok {
 			if ts, err := c.backend.Save(f); err == nil {
 				c.known[f] = ts
 			}
 		}
 	}
 	gen, err := generation()
-	// Nothing of berth's left (the last network went): nothing to
-	// remember, and nothing left behind in the namespace's directory.
-	if err != nil || c.broken || gen != c.start+c.commits || !c.holdsBerth() {
+	if err != nil || gen != c.start+c.commits {
 		os.Remove(c.path)
 		return
 	}
@@ -209,6 +215,13 @@ func (c *Cycle) Close() {
 	if os.WriteFile(c.path, data, 0o644) != nil {
 		os.Remove(c.path)
 	}
+}
+
+// exact reports whether the tables the cycle knows are the kernel's: no
+// commit of the cycle failed, and nobody else committed since it began.
+func (c *Cycle) exact() bool {
+	gen, err := generation()
+	return err == nil && !c.broken && gen == c.start+c.commits
 }
 
 // holdsBerth reports whether a table the cycle knows has a chain of
@@ -295,7 +308,7 @@ func generation() (uint32, error) {
 		return 0, err
 	}
 	buf := make([]byte, 4096)
-	n, _, err := unix.Recvfrom(fd, buf, 0)
+	n, err := recv(fd, buf)
 	if err != nil {
 		return 0, err
 	}

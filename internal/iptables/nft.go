@@ -424,7 +424,7 @@ func (w *directWrite) commit() error {
 	// outcome is unknown.
 	buf := make([]byte, 1<<16)
 	for answered := 0; answered < len(msgs); {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, err := recv(fd, buf)
 		if err != nil {
 			return fmt.Errorf("%w: nf_tables: waiting for the answer: %w", cnierr.ErrDatapath, err)
 		}
@@ -459,6 +459,18 @@ func nfSocket() (int, error) {
 		return -1, fmt.Errorf("nf_tables socket: %w", err)
 	}
 	return fd, nil
+}
+
+// recv reads the next answers from fd. The read timeout makes it a
+// system call the kernel does not restart after a signal: EINTR is
+// retried here.
+func recv(fd int, buf []byte) (int, error) {
+	for {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != unix.EINTR {
+			return n, err
+		}
+	}
 }
 
 // rule is a rule as the kernel lists it.
@@ -557,7 +569,7 @@ func listRules(family uint8, table, chain string) ([]rule, error) {
 	var rules []rule
 	buf := make([]byte, 1<<16)
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, err := recv(fd, buf)
 		if err != nil {
 			return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
 		}
