@@ -145,7 +145,7 @@ func (r *Registry) watch(ctx context.Context, rev *int64, f func(*clientv3.Watch
 			f(&resp)
 		case <-tick.C:
 			rctx, rcancel := context.WithTimeout(ctx, every)
-			now, err := r.Revision(rctx)
+			now, err := r.checkConfig(rctx)
 			rcancel()
 			// An unreachable etcd is the watch's business; only a
 			// revision that answers and is lower ends the watch.

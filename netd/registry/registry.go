@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -74,8 +75,13 @@ type Registry struct {
 	// Log gets what Follow recovers from on its own (broken watches).
 	Log *slog.Logger
 	// RewindCheck is how often Follow checks that etcd's revision has
-	// not gone back (DefaultRewindCheck when zero).
+	// not gone back, and that the network's config is still there
+	// (DefaultRewindCheck when zero).
 	RewindCheck time.Duration
+
+	// config is the network's config as EnsureConfig last found or
+	// stored it: Follow writes it back if the key is deleted.
+	config atomic.Pointer[conf.Network]
 }
 
 // New returns the registry of network under prefix (DefaultPrefix when
@@ -166,6 +172,14 @@ func (r *Registry) parse(kv *mvccpb.KeyValue) (entry, *cluster.Rejected) {
 // IPv6 network for a stored IPv4 network without one, it adds it (see
 // conf.Network.WithIPv6Of): the network becomes dual-stack.
 func (r *Registry) EnsureConfig(ctx context.Context, given conf.Network) (*conf.Network, error) {
+	n, err := r.ensureConfig(ctx, given)
+	if err == nil {
+		r.config.Store(n)
+	}
+	return n, err
+}
+
+func (r *Registry) ensureConfig(ctx context.Context, given conf.Network) (*conf.Network, error) {
 	want := given.WithDefaults()
 	if err := want.Validate(); err != nil {
 		return nil, err
@@ -315,14 +329,42 @@ func (r *Registry) Ping(ctx context.Context) error {
 	return err
 }
 
-// Revision is etcd's current revision, read through the quorum. It only
-// grows, unless etcd lost its data (restored from an empty data dir or
-// an old backup): then it goes back, and a watch from a later revision
-// would wait silently.
-func (r *Registry) Revision(ctx context.Context) (int64, error) {
-	resp, err := r.cli.Get(ctx, r.configKey(), clientv3.WithCountOnly())
+// checkConfig returns etcd's current revision, read through the quorum,
+// and writes the network's config back (as EnsureConfig settled on it)
+// if its key is gone.
+//
+// The revision only grows, unless etcd lost its data (restored from an
+// empty data dir or an old backup): then it goes back, and a watch from
+// a later revision would wait silently.
+//
+// A config deleted by hand while nodes run would not come back until one
+// restarts, and a node started meanwhile with other flags would store
+// its own: a second network under the same name, whose nodes and the
+// first ones each ignore the others' leases as outside their network.
+// (Delete removes a network once no node holds a lease.)
+func (r *Registry) checkConfig(ctx context.Context) (int64, error) {
+	key := r.configKey()
+	resp, err := r.cli.Get(ctx, key, clientv3.WithCountOnly())
 	if err != nil {
 		return 0, fmt.Errorf("reading etcd's revision: %w", err)
+	}
+	n := r.config.Load()
+	if resp.Count > 0 || n == nil {
+		return resp.Header.Revision, nil
+	}
+	data, err := json.Marshal(n)
+	if err != nil {
+		return resp.Header.Revision, err
+	}
+	put, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, string(data))).
+		Commit()
+	if err != nil {
+		return resp.Header.Revision, fmt.Errorf("writing the network config back at %s: %w", key, err)
+	}
+	if put.Succeeded {
+		r.Log.Warn("the network's config was deleted from etcd while this node is in the network; wrote it back (to remove a network, stop its nodes and run `netd leave` on each, then delete it)", "key", key)
 	}
 	return resp.Header.Revision, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -586,5 +587,66 @@ func TestEBPFNetworkStaysIPv4(t *testing.T) {
 	stored, err := r.Config(ctx)
 	if err != nil || stored.CIDRv6.IsValid() || !stored.EBPF() {
 		t.Fatalf("stored %+v %v, want the IPv4 eBPF network unchanged", stored, err)
+	}
+}
+
+// A config deleted by hand while a node follows the network comes back
+// as it was, so that a node started later with other flags is refused,
+// not given a second network under the same name. A follower that never
+// settled on a config writes none.
+func TestConfigWrittenBack(t *testing.T) {
+	cli := client(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r := New(cli, "/test", "back")
+	r.RewindCheck = 50 * time.Millisecond
+	stored, err := r.EnsureConfig(ctx, conf.Network{Name: "back", CIDR: netip.MustParsePrefix("10.51.0.0/16"), Mode: "vxlan"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bystander := New(cli, "/test", "back")
+	bystander.RewindCheck = 50 * time.Millisecond
+	go r.Follow(ctx, func(cluster.Change) {})
+	go bystander.Follow(ctx, func(cluster.Change) {})
+
+	key := "/test/networks/back/config"
+	for round := range 2 {
+		if _, err := cli.Delete(ctx, key); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			got, err := r.Config(ctx)
+			if err == nil {
+				if !reflect.DeepEqual(got, stored) {
+					t.Fatalf("round %d: written back as %+v, want %+v", round, got, stored)
+				}
+				break
+			}
+			if !errors.Is(err, ErrNotFound) || time.Now().After(deadline) {
+				t.Fatalf("round %d: the config did not come back: %v", round, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	_, err = New(cli, "/test", "back").EnsureConfig(ctx, conf.Network{Name: "back", CIDR: netip.MustParsePrefix("10.99.0.0/16"), Mode: "hostgw"})
+	if !errors.Is(err, ErrConflict) {
+		t.Errorf("a node with other flags after the config came back: %v, want a conflict", err)
+	}
+
+	// Without a follower that settled on it, a deleted config stays gone.
+	cancel()
+	time.Sleep(200 * time.Millisecond)
+	if _, err := cli.Delete(context.Background(), key); err != nil {
+		t.Fatal(err)
+	}
+	lone := New(cli, "/test", "back")
+	lone.RewindCheck = 50 * time.Millisecond
+	lctx, lcancel := context.WithCancel(context.Background())
+	defer lcancel()
+	go lone.Follow(lctx, func(cluster.Change) {})
+	time.Sleep(300 * time.Millisecond)
+	if _, err := lone.Config(context.Background()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a follower that never settled on a config wrote one: %v", err)
 	}
 }
