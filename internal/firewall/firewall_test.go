@@ -136,6 +136,16 @@ func saveFamily(t *testing.T, n ns.NetNS, f iptables.Family) iptables.Tables {
 	return ts
 }
 
+// noChainsLeft fails unless n has no chain of berth's in either family.
+func noChainsLeft(t *testing.T, n ns.NetNS, when string) {
+	t.Helper()
+	for _, f := range families {
+		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
+			t.Errorf("%s: %s: %v", f, when, got)
+		}
+	}
+}
+
 func berthChains(ts iptables.Tables) []string {
 	var out []string
 	for _, table := range []string{"nat", "filter", "raw"} {
@@ -416,11 +426,7 @@ func TestConcurrentDualStackNetworks(t *testing.T) {
 	}
 	run(func(i int) error { return Check(netOf(i), att(i)) })
 	run(func(i int) error { return RemoveAttachment(netOf(i).Name, att(i), func() bool { return true }) })
-	for _, f := range families {
-		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
-			t.Errorf("%s: left after every network: %v", f, got)
-		}
-	}
+	noChainsLeft(t, n, "left after every network")
 }
 
 // What the firewall remembers between calls (iptables.Cycle) is what the
@@ -587,11 +593,7 @@ func TestEverydayADDWritesWithoutRestore(t *testing.T) {
 	if err := in(n, func() error { return RemoveAttachment("ev", first, func() bool { return true }) }); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range families {
-		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
-			t.Errorf("%s: chains left after the last DEL: %v", f, got)
-		}
-	}
+	noChainsLeft(t, n, "chains left after the last DEL")
 }
 
 // A container may publish a thousand ports (podman -p 10000-10999:...,
@@ -620,9 +622,5 @@ func TestManyPortMappings(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, f := range families {
-		if got := berthChains(saveFamily(t, n, f)); len(got) != 0 {
-			t.Errorf("%s: chains left after the last DEL: %v", f, got)
-		}
-	}
+	noChainsLeft(t, n, "chains left after the last DEL")
 }
