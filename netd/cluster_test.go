@@ -229,7 +229,15 @@ func startEtcd(t *testing.T, tb *testbed.Testbed) *testbed.Etcd {
 
 func readConflist(t *testing.T, n *testbed.Node, network string) map[string]any {
 	t.Helper()
-	data, err := os.ReadFile(conf.ConflistPath(n.CNIConfDir, network))
+	// netd writes the conflist once the node is ready for containers,
+	// after its lease file (which cluster.start waits for).
+	var data []byte
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if data, err = os.ReadFile(conf.ConflistPath(n.CNIConfDir, network)); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -144,15 +144,17 @@ func TestBandwidthShaping(t *testing.T) {
 		{"into the pod (ingress)", false, ingress},
 		{"out of the pod (egress)", true, egress},
 	} {
-		// Above the rate is a shaping failure at once. Below it a busy
-		// machine can push a TCP stream (its sender or iperf3's timer
-		// starved): the rate must show within 3 tries.
+		// A busy machine can push a TCP stream below the rate (its
+		// sender or iperf3's timer starved), and once in CI a little
+		// above it (11.0 Mbit/s for 10: the receiver's interval cut
+		// short): the rate must show within 3 tries. Without shaping
+		// the stream runs at Gbit/s, every try.
 		var got float64
 		for try := 0; try < 3; try++ {
-			if got = iperf(t, n.ns, ips[0], m.reverse); got > 1.1*m.want || got >= 0.85*m.want {
+			if got = iperf(t, n.ns, ips[0], m.reverse); got >= 0.85*m.want && got <= 1.1*m.want {
 				break
 			}
-			t.Logf("%s: %.1f Mbit/s, below the limit %.1f; again", m.what, got/1e6, m.want/1e6)
+			t.Logf("%s: %.1f Mbit/s, off the limit %.1f; again", m.what, got/1e6, m.want/1e6)
 		}
 		if got < 0.85*m.want || got > 1.1*m.want {
 			t.Errorf("%s: %.1f Mbit/s, want %.1f (-15%%, +10%%)", m.what, got/1e6, m.want/1e6)
