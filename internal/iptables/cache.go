@@ -172,9 +172,10 @@ func (c *Cycle) Close() {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	gen, err := generation()
 	// Nothing of berth's left (the last network went): nothing to
 	// remember, and nothing left behind in the namespace's directory.
-	if !c.exact() || !c.holdsBerth() {
+	if err != nil || c.broken || gen != c.start+c.commits || !c.holdsBerth() {
 		os.Remove(c.path)
 		return
 	}
@@ -187,17 +188,22 @@ func (c *Cycle) Close() {
 	// ip6tables-save after almost every change of the IPv4 network's.
 	// (Not when the cycle's own tables are stale already: then the
 	// read would be thrown away.)
+	read := false
 	for _, f := range c.reread {
-		if _, ok := c.known[f]; !ok {
-			if ts, err := c.backend.Save(f); err == nil {
-				c.known[f] = ts
-			}
+		if _, ok := c.known[f]; ok {
+			continue
+		}
+		if ts, err := c.backend.Save(f); err == nil {
+			c.known[f], read = ts, true
 		}
 	}
-	gen, err := generation()
-	if err != nil || gen != c.start+c.commits {
-		os.Remove(c.path)
-		return
+	// A read is an exec: the tables are exact only if nobody else
+	// committed meanwhile.
+	if read {
+		if gen, err = generation(); err != nil || gen != c.start+c.commits {
+			os.Remove(c.path)
+			return
+		}
 	}
 	f := cached{Generation: gen, Families: map[string]map[string]map[string][]string{}}
 	for fam, ts := range c.known {
@@ -215,13 +221,6 @@ func (c *Cycle) Close() {
 	if os.WriteFile(c.path, data, 0o644) != nil {
 		os.Remove(c.path)
 	}
-}
-
-// exact reports whether the tables the cycle knows are the kernel's: no
-// commit of the cycle failed, and nobody else committed since it began.
-func (c *Cycle) exact() bool {
-	gen, err := generation()
-	return err == nil && !c.broken && gen == c.start+c.commits
 }
 
 // holdsBerth reports whether a table the cycle knows has a chain of
