@@ -297,36 +297,21 @@ func (ts Tables) apply(b *Batch) {
 // generation asks nf_tables for the calling thread's namespace's
 // generation (NFT_MSG_GETGEN), which every committed transaction moves.
 func generation() (uint32, error) {
-	fd, err := nfSocket()
-	if err != nil {
-		return 0, err
-	}
-	defer unix.Close(fd)
+	var gen uint32
 	req := nfMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETGEN, unix.NLM_F_REQUEST, unix.AF_UNSPEC, 0, nil)
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return 0, err
-	}
-	buf := make([]byte, 4096)
-	n, err := recv(fd, buf)
-	if err != nil {
-		return 0, err
-	}
-	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-	if err != nil {
-		return 0, err
-	}
-	for _, m := range msgs {
+	_, err := query(req, func(m syscall.NetlinkMessage) (bool, error) {
 		if m.Header.Type == unix.NLMSG_ERROR {
-			return 0, errors.New("nf_tables: NFT_MSG_GETGEN refused")
+			return true, errors.New("nf_tables: NFT_MSG_GETGEN refused")
 		}
-		if len(m.Data) < 4 {
-			continue
-		}
-		for _, a := range attrs(m.Data[4:]) { // after nfgenmsg
-			if a.typ == unix.NFTA_GEN_ID && len(a.data) >= 4 {
-				return byteorder.BigEndian.Uint32(a.data), nil
+		if len(m.Data) >= 4 {
+			for _, a := range attrs(m.Data[4:]) { // after nfgenmsg
+				if a.typ == unix.NFTA_GEN_ID && len(a.data) >= 4 {
+					gen = byteorder.BigEndian.Uint32(a.data)
+					return true, nil
+				}
 			}
 		}
-	}
-	return 0, errors.New("nf_tables: no generation in the answer")
+		return true, errors.New("nf_tables: no generation in the answer")
+	})
+	return gen, err
 }

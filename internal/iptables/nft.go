@@ -400,11 +400,6 @@ const maxDirectSteps = 128
 // end messages) in the calling thread's namespace, and waits for the
 // kernel's answer to every message.
 func (w *directWrite) commit() error {
-	fd, err := nfSocket()
-	if err != nil {
-		return fmt.Errorf("%w: %w", errNotApplied, err)
-	}
-	defer unix.Close(fd)
 	msgs, err := w.messages()
 	if err != nil {
 		return fmt.Errorf("%w: %w", errNotApplied, err)
@@ -416,33 +411,58 @@ func (w *directWrite) commit() error {
 		out = append(out, m...)
 	}
 	out = append(out, nfMessage(unix.NFNL_MSG_BATCH_END, unix.NLM_F_REQUEST, unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES, nil)...)
-	if err := unix.Sendto(fd, out, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("%w: nf_tables: sending the transaction: %w", errNotApplied, err)
-	}
 	// One answer per message, an acknowledgement or an error; the first
-	// error means the kernel applied nothing. Without an answer the
-	// outcome is unknown.
+	// error means the kernel applied nothing.
+	answered := 0
+	sent, err := query(out, func(m syscall.NetlinkMessage) (bool, error) {
+		if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+			return false, nil
+		}
+		answered++
+		if errno := -int32(byteorder.NativeEndian.Uint32(m.Data)); errno != 0 {
+			return true, fmt.Errorf("%w: message %d: %w", errNotApplied, m.Header.Seq, syscall.Errno(errno))
+		}
+		return answered == len(msgs), nil
+	})
+	switch {
+	case err == nil || errors.Is(err, errNotApplied):
+		return err
+	case !sent:
+		return fmt.Errorf("%w: nf_tables: sending the transaction: %w", errNotApplied, err)
+	default: // without an answer the outcome is unknown
+		return fmt.Errorf("%w: nf_tables: waiting for the answer: %w", cnierr.ErrDatapath, err)
+	}
+}
+
+// query sends req on a netfilter socket of its own, in the calling
+// thread's namespace, and hands the answers to each, one message at a
+// time, until each says it is done or fails. sent says whether the
+// kernel took req.
+func query(req []byte, each func(syscall.NetlinkMessage) (done bool, err error)) (sent bool, err error) {
+	fd, err := nfSocket()
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return false, err
+	}
 	buf := make([]byte, 1<<16)
-	for answered := 0; answered < len(msgs); {
+	for {
 		n, err := recv(fd, buf)
 		if err != nil {
-			return fmt.Errorf("%w: nf_tables: waiting for the answer: %w", cnierr.ErrDatapath, err)
+			return true, err
 		}
-		answers, err := syscall.ParseNetlinkMessage(buf[:n])
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
 		if err != nil {
-			return fmt.Errorf("%w: nf_tables: reading the answer: %w", cnierr.ErrDatapath, err)
+			return true, err
 		}
-		for _, m := range answers {
-			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
-				continue
-			}
-			answered++
-			if errno := -int32(byteorder.NativeEndian.Uint32(m.Data)); errno != 0 {
-				return fmt.Errorf("%w: message %d: %w", errNotApplied, m.Header.Seq, syscall.Errno(errno))
+		for _, m := range msgs {
+			if done, err := each(m); done || err != nil {
+				return true, err
 			}
 		}
 	}
-	return nil
 }
 
 // nfSocket opens a netfilter netlink socket in the calling thread's
@@ -556,48 +576,33 @@ func attrs(b []byte) []nlattr {
 // listRules lists the rules of a chain, in order, in the calling
 // thread's namespace.
 func listRules(family uint8, table, chain string) ([]rule, error) {
-	fd, err := nfSocket()
-	if err != nil {
-		return nil, err
-	}
-	defer unix.Close(fd)
 	req := nfMessage(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETRULE, unix.NLM_F_REQUEST|unix.NLM_F_DUMP, family, 0,
 		concat([][]byte{attr(unix.NFTA_RULE_TABLE, cstr(table)), attr(unix.NFTA_RULE_CHAIN, cstr(chain))}))
-	if err := unix.Sendto(fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	var rules []rule
+	_, err := query(req, func(m syscall.NetlinkMessage) (bool, error) {
+		switch m.Header.Type {
+		case unix.NLMSG_DONE:
+			return true, nil
+		case unix.NLMSG_ERROR:
+			return true, syscall.Errno(-int32(byteorder.NativeEndian.Uint32(m.Data)))
+		}
+		if len(m.Data) < 4 {
+			return false, nil
+		}
+		var r rule
+		for _, a := range attrs(m.Data[4:]) { // after nfgenmsg
+			switch {
+			case a.typ == unix.NFTA_RULE_HANDLE && len(a.data) == 8:
+				r.handle = byteorder.BigEndian.Uint64(a.data)
+			case a.typ == unix.NFTA_RULE_EXPRESSIONS:
+				r.exprs = bytes.Clone(a.data)
+			}
+		}
+		rules = append(rules, r)
+		return false, nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
 	}
-	var rules []rule
-	buf := make([]byte, 1<<16)
-	for {
-		n, err := recv(fd, buf)
-		if err != nil {
-			return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
-		}
-		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
-		if err != nil {
-			return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, err)
-		}
-		for _, m := range msgs {
-			switch m.Header.Type {
-			case unix.NLMSG_DONE:
-				return rules, nil
-			case unix.NLMSG_ERROR:
-				errno := syscall.Errno(-int32(byteorder.NativeEndian.Uint32(m.Data)))
-				return nil, fmt.Errorf("nf_tables: listing %s %s: %w", table, chain, errno)
-			}
-			if len(m.Data) < 4 {
-				continue
-			}
-			var r rule
-			for _, a := range attrs(m.Data[4:]) { // after nfgenmsg
-				switch {
-				case a.typ == unix.NFTA_RULE_HANDLE && len(a.data) == 8:
-					r.handle = byteorder.BigEndian.Uint64(a.data)
-				case a.typ == unix.NFTA_RULE_EXPRESSIONS:
-					r.exprs = bytes.Clone(a.data)
-				}
-			}
-			rules = append(rules, r)
-		}
-	}
+	return rules, nil
 }
