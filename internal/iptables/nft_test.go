@@ -14,6 +14,7 @@ import (
 
 	"github.com/berthnet/berth/internal/netnsdir"
 	"github.com/berthnet/berth/internal/testenv"
+	"github.com/containernetworking/plugins/pkg/ns"
 )
 
 // The rules berth writes directly are the ones iptables-nft-restore
@@ -53,21 +54,10 @@ func TestDirectWriteIsIptables(t *testing.T) {
 			}
 			byBerth.Insert("BERTH-BY-BERTH", "-j BERTH-DN-X")
 			byIptables.Insert("BERTH-BY-IPTABLES", "-j BERTH-DN-X")
-			c := begin(t, n)
-			inNS(t, n, func() error {
-				ts, err := c.Save(f)
-				if err != nil {
-					return err
-				}
-				w, ok := planDirect(f, ts, []*Batch{byBerth})
-				if !ok {
-					return fmt.Errorf("%q: not written directly", byBerth.lines)
-				}
-				if err := w.commit(); err != nil {
-					return err
-				}
-				return b.Apply(f, byIptables)
-			})
+			if err := writeDirect(t, n, b, f, byBerth); err != nil {
+				t.Fatal(err)
+			}
+			inNS(t, n, func() error { return b.Apply(f, byIptables) })
 			var got, want [][]byte
 			inNS(t, n, func() error {
 				var err error
@@ -209,20 +199,7 @@ func TestDirectDelete(t *testing.T) {
 	write := func(lines ...string) error {
 		batch := NewBatch("nat")
 		batch.lines = lines
-		var err error
-		inNS(t, n, func() error {
-			ts, serr := b.Save(IPv4)
-			if serr != nil {
-				return serr
-			}
-			w, ok := planDirect(IPv4, ts, []*Batch{batch})
-			if !ok {
-				return fmt.Errorf("%q: not written directly", lines)
-			}
-			err = w.commit()
-			return nil
-		})
-		return err
+		return writeDirect(t, n, b, IPv4, batch)
 	}
 	if err := write("-D BERTH-HOSTPORTS -j BERTH-DN-A"); err != nil {
 		t.Fatal(err)
@@ -247,6 +224,27 @@ func TestDirectDelete(t *testing.T) {
 	if got, want := hostports(), "-p tcp -j BERTH-DN-A, -j BERTH-DN-A (BERTH-DN-B there: false)"; got != want {
 		t.Errorf("after a refused transaction: %s, want %s", got, want)
 	}
+}
+
+// writeDirect writes batch to family f in n as planDirect and commit do,
+// failing the test unless it is written directly, and returns commit's
+// error.
+func writeDirect(t *testing.T, n ns.NetNS, b Backend, f Family, batch *Batch) error {
+	t.Helper()
+	var err error
+	inNS(t, n, func() error {
+		ts, serr := b.Save(f)
+		if serr != nil {
+			return serr
+		}
+		w, ok := planDirect(f, ts, []*Batch{batch})
+		if !ok {
+			return fmt.Errorf("%q: not written directly", batch.lines)
+		}
+		err = w.commit()
+		return nil
+	})
+	return err
 }
 
 // directBackend is the nf_tables backend, skipping the test where its
