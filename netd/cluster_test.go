@@ -227,23 +227,18 @@ func startEtcd(t *testing.T, tb *testbed.Testbed) *testbed.Etcd {
 	return e
 }
 
-func readConflist(t *testing.T, n *testbed.Node, network string) map[string]any {
-	t.Helper()
-	// netd writes the conflist once the node is ready for containers,
-	// after its lease file (which cluster.start waits for).
+// conflist waits for node i's conflist, which netd writes once the node
+// is ready for containers, after its lease file (which start waits for).
+func (c *cluster) conflist(i int) map[string]any {
+	c.t.Helper()
 	var data []byte
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if data, err = os.ReadFile(conf.ConflistPath(n.CNIConfDir, network)); err == nil || time.Now().After(deadline) {
-			break
-		}
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	c.eventually(fmt.Sprintf("node%d's conflist", i), 10*time.Second, func() (err error) {
+		data, err = os.ReadFile(conf.ConflistPath(c.tb.Node(i).CNIConfDir, c.network))
+		return err
+	})
 	var v map[string]any
 	if err := json.Unmarshal(data, &v); err != nil {
-		t.Fatal(err)
+		c.t.Fatal(err)
 	}
 	return v
 }

@@ -39,7 +39,7 @@ func TestVXLAN(t *testing.T) {
 			l.Subnet.Bits() != 24 || !l.NetworkCIDR.Contains(l.Subnet.Addr()) || !l.IPMasq || l.Expires.Before(time.Now()) {
 			t.Errorf("node%d lease file: %+v", i, l)
 		}
-		cl := readConflist(t, tb.Node(i), "vx")
+		cl := c.conflist(i)
 		plugin := cl["plugins"].([]any)[0].(map[string]any)
 		if cl["cniVersion"] != "1.0.0" || cl["name"] != "vx" || plugin["type"] != "berth-vxlan" ||
 			plugin["leaseDir"] != tb.Node(i).LeaseDir || plugin["stateDir"] != tb.Node(i).StateDir ||
