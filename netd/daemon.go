@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -100,6 +101,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	d.node = u.node(cfg.NodeName, nil) // the network is known once the datastore answers
+	// The datastore's first answers wait for its disk (etcd syncs the
+	// lease grant before it answers the config read), so the node's own
+	// start (its ID, the HTTP server, metrics) runs meanwhile.
+	opening := d.openStore(ctx, u)
+	defer opening.close()
 	if d.id, err = loadNodeID(cfg.NodeIDFile); err != nil {
 		return err
 	}
@@ -107,43 +114,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	d.node = u.node(cfg.NodeName, nil) // the network is known once etcd answers
 	d.m = newMetrics(cfg.Network.Name)
 	defer d.serveHTTP(httpListener)() // status says what netd waits for while it starts
 	log.Info("underlay", "node", cfg.NodeName, "nodeID", d.id, "nodeIP", u.IP, "nodeIPv6", u.IPv6, "preferIPv6", u.PreferIPv6, "iface", u.Link.Attrs().Name, "mtu", u.Link.Attrs().MTU, "found", u.How)
-
 	var holder cluster.Holder
-	if cfg.Datastore == DatastoreKubernetes {
-		kctx, stop := context.WithCancel(ctx) // the informer's
-		defer stop()
-		store, err := OpenKubernetes(kctx, cfg.Kubeconfig, cfg.NodeName, log)
-		if err != nil {
-			return err
-		}
-		d.store, holder = store, store.Holder(cfg.LeaseTTL)
-		err = d.retry(ctx, "reading the network config", func(ctx context.Context) error { return d.readConfig(ctx, store) })
-		if err != nil {
-			return err
-		}
-	} else {
-		etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
-		if err != nil {
-			return err
-		}
-		defer etcd.Close()
-		d.mu.Lock() // /status reads them
-		d.endpoints = etcd.Endpoints
-		d.mu.Unlock()
-		for _, w := range etcdWarnings(cfg, d.endpoints) {
-			log.Warn(w)
-		}
-		s, err := d.startEtcd(ctx, etcd.TLS)
-		if err != nil {
-			return err
-		}
-		defer s.cli.Close()
-		d.store, holder = s.reg, s.held
-		log.Info("connected to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
+	if d.store, holder, err = opening.wait(); err != nil {
+		return err
 	}
 	n := d.network
 	log.Info("network", "name", n.Name, "cidr", n.CIDR, "subnetLen", n.SubnetLen, "cidrV6", n.CIDRv6, "subnetLenV6", n.SubnetLenV6,
@@ -217,6 +193,79 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	log.Info("running", "subnet", self.Subnet, "subnetV6", self.SubnetV6, "endpoints", d.endpoints)
 	wg.Wait()
 	log.Info("stopped; datapath and lease left in place for the next start", "subnet", self.Subnet, "subnetV6", self.SubnetV6)
+	return nil
+}
+
+// storeOpening is the datastore being opened while the node starts
+// (openStore): the store with the network's config read, the holder of
+// this node's lease, and what closes them.
+type storeOpening struct {
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when the opening ends
+	store   cluster.Store
+	holder  cluster.Holder
+	closers []func() // in the order opened
+	err     error
+}
+
+// openStore opens the datastore (--datastore) and reads the network's
+// config into d.network, in the background; wait returns the holder.
+func (d *daemon) openStore(ctx context.Context, u *underlay) *storeOpening {
+	ctx, cancel := context.WithCancel(ctx)
+	o := &storeOpening{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(o.done)
+		o.err = d.open(ctx, u, o)
+	}()
+	return o
+}
+
+// wait waits for the opening and returns the store and the holder of
+// this node's lease.
+func (o *storeOpening) wait() (cluster.Store, cluster.Holder, error) {
+	<-o.done
+	return o.store, o.holder, o.err
+}
+
+// close ends the opening if it still runs and closes what it opened,
+// the last first.
+func (o *storeOpening) close() {
+	o.cancel()
+	<-o.done
+	for _, c := range slices.Backward(o.closers) {
+		c()
+	}
+}
+
+// open is openStore's work: o's store and holder, and d.network.
+func (d *daemon) open(ctx context.Context, u *underlay, o *storeOpening) error {
+	cfg, log := d.cfg, d.log
+	if cfg.Datastore == DatastoreKubernetes {
+		store, err := OpenKubernetes(ctx, cfg.Kubeconfig, cfg.NodeName, log) // its informer lives as long as ctx
+		if err != nil {
+			return err
+		}
+		o.store, o.holder = store, store.Holder(cfg.LeaseTTL)
+		return d.retry(ctx, "reading the network config", func(ctx context.Context) error { return d.readConfig(ctx, store) })
+	}
+	etcd, err := openEtcd(ctx, cfg, u.addrs(), log, true)
+	if err != nil {
+		return err
+	}
+	o.closers = append(o.closers, etcd.Close)
+	d.mu.Lock() // /status reads them
+	d.endpoints = etcd.Endpoints
+	d.mu.Unlock()
+	for _, w := range etcdWarnings(cfg, d.endpoints) {
+		log.Warn(w)
+	}
+	s, err := d.startEtcd(ctx, etcd.TLS)
+	if err != nil {
+		return err
+	}
+	o.closers = append(o.closers, func() { s.cli.Close() })
+	o.store, o.holder = s.reg, s.held
+	log.Info("connected to etcd", "endpoints", d.endpoints, "prefix", cfg.EtcdPrefix)
 	return nil
 }
 
