@@ -296,15 +296,16 @@ type etcdStart struct {
 }
 
 // startEtcd connects to etcd and reads the network config. The etcd
-// lease this node's key will hang on is granted while the config is
-// read: the registry and holder belong to the client that read it.
+// lease this node's key will hang on is granted, and the leases read,
+// while the config is read (Holder.Prepare): the registry and holder
+// belong to the client that read it.
 func (d *daemon) startEtcd(ctx context.Context, tlsCfg *tls.Config) (*etcdStart, error) {
 	var s *etcdStart
 	read := func(rctx context.Context, cli *clientv3.Client) error {
 		if s == nil || s.cli != cli { // connectEtcd dialed again
 			s = &etcdStart{cli: cli, reg: d.registry(cli)}
 			s.held = s.reg.Holder(d.cfg.LeaseTTL)
-			s.held.GrantAhead(ctx)
+			s.held.Prepare(ctx)
 		}
 		return d.readConfig(rctx, s.reg)
 	}

@@ -29,13 +29,26 @@ type Holder struct {
 	held  cluster.Lease // as written
 	value []byte        // held's record, as written
 	id    clientv3.LeaseID
-	ahead chan granted // GrantAhead's grant, for the next Acquire
+	ahead *ahead // Prepare's requests, for the next Acquire
+}
+
+// ahead are the requests Prepare starts for the next Acquire.
+type ahead struct {
+	grant chan granted
+	list  chan listed
 }
 
 // granted is the answer to an etcd lease grant.
 type granted struct {
 	resp *clientv3.LeaseGrantResponse
 	err  error
+}
+
+// listed is the answer to a read of the leases.
+type listed struct {
+	entries []entry
+	snap    cluster.Snapshot
+	err     error
 }
 
 var _ cluster.Holder = (*Holder)(nil)
@@ -51,15 +64,16 @@ func (h *Holder) LeaseID() clientv3.LeaseID {
 	return h.id
 }
 
-// GrantAhead starts granting the etcd lease that the next Acquire
-// attaches the node's key to: a grant is a write through etcd's log, and
-// netd starts it while it reads the network config rather than after,
-// so that taking a lease waits for one write, not two. A grant Acquire
-// does not use holds no key and expires by itself after the TTL.
-func (h *Holder) GrantAhead(ctx context.Context) {
-	ch := h.grant(ctx)
+// Prepare starts the two requests the next Acquire begins with: granting
+// the etcd lease it attaches the node's key to, and reading the leases.
+// netd starts them while it reads the network config rather than after:
+// a grant is a write through etcd's log, so taking a lease then waits for
+// one write, not two. A grant Acquire does not use holds no key and
+// expires by itself after the TTL.
+func (h *Holder) Prepare(ctx context.Context) {
+	a := &ahead{grant: h.grant(ctx), list: h.list(ctx)}
 	h.mu.Lock()
-	h.ahead = ch
+	h.ahead = a
 	h.mu.Unlock()
 }
 
@@ -70,6 +84,17 @@ func (h *Holder) grant(ctx context.Context) chan granted {
 	go func() {
 		resp, err := h.r.cli.Grant(ctx, ttlSeconds(h.ttl))
 		ch <- granted{resp, err}
+	}()
+	return ch
+}
+
+// list reads the leases from the member netd reached, without a round
+// through the quorum (see Acquire); the answer comes on the channel.
+func (h *Holder) list(ctx context.Context) chan listed {
+	ch := make(chan listed, 1)
+	go func() {
+		entries, snap, err := h.r.list(ctx, clientv3.WithSerializable())
+		ch <- listed{entries, snap, err}
 	}()
 	return ch
 }
@@ -101,28 +126,34 @@ const maxAttempts = 32
 func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluster.Lease, previous netip.Prefix) (_ cluster.Lease, _ cluster.Origin, err error) {
 	r := h.r
 	want.Subnet, want.SubnetV6, want.Created = netip.Prefix{}, netip.Prefix{}, 0
-	// The grant (GrantAhead's, if it started one) and the first read of
-	// the leases go to etcd together. That read is served by the member
+	// The grant and the first read of the leases go to etcd together
+	// (Prepare's, if it started them). That read is served by the member
 	// netd reached, without a round through the quorum, which would wait
 	// for the grant's disk sync: each step below is a transaction that
 	// compares what was read, so a stale view costs a retry, and the
 	// verdicts that end Acquire without one (the name taken, no subnet
 	// free) are only given on a linearizable read.
 	h.mu.Lock()
-	grantCh := h.ahead
+	a := h.ahead
 	h.ahead = nil
 	h.mu.Unlock()
-	if grantCh == nil {
-		grantCh = h.grant(ctx)
+	if a == nil {
+		a = &ahead{grant: h.grant(ctx), list: h.list(ctx)}
 	}
-	entries, snap, listErr := r.list(ctx, clientv3.WithSerializable())
-	fresh := false // entries come from a linearizable read
 	var g granted
+	var l listed
 	select {
-	case g = <-grantCh:
-	case <-ctx.Done(): // GrantAhead's request is not bound by ctx
+	case l = <-a.list:
+	case <-ctx.Done(): // Prepare's requests are not bound by ctx
+		l.err = ctx.Err()
+	}
+	select {
+	case g = <-a.grant:
+	case <-ctx.Done():
 		g.err = ctx.Err()
 	}
+	entries, snap, listErr := l.entries, l.snap, l.err
+	fresh := false // entries come from a linearizable read
 	if g.err != nil {
 		return cluster.Lease{}, "", fmt.Errorf("granting an etcd lease: %w", g.err)
 	}

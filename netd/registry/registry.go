@@ -195,7 +195,7 @@ func (r *Registry) ensureConfig(ctx context.Context, given conf.Network) (*conf.
 		// the member netd reached, without a round through the quorum: a
 		// linearizable one would also wait until that member applied every
 		// write before it, such as the etcd lease a starting netd asks for
-		// meanwhile (see Holder.GrantAhead). Adding IPv6 below is a
+		// meanwhile (see Holder.Prepare). Adding IPv6 below is a
 		// transaction that compares what was read: a stale read costs a
 		// retry there. A member that lags answers with the config as it was
 		// a moment before, as a read started a moment earlier would have;

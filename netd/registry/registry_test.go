@@ -207,10 +207,10 @@ func TestAcquireReuse(t *testing.T) {
 	}
 }
 
-// Acquire hangs the key on the etcd lease GrantAhead granted (netd grants
+// Acquire hangs the key on the etcd lease Prepare granted (netd grants
 // it while it reads the network config), and grants no other; the next
 // Acquire grants its own.
-func TestGrantAhead(t *testing.T) {
+func TestPrepare(t *testing.T) {
 	cli := client(t)
 	ctx := context.Background()
 	n := network(t, "10.9.0.0/16", 24)
@@ -229,11 +229,11 @@ func TestGrantAhead(t *testing.T) {
 	}
 	before := leases()
 	h := r.Holder(time.Minute)
-	h.GrantAhead(ctx)
+	h.Prepare(ctx)
 	var ahead clientv3.LeaseID
 	for deadline := time.Now().Add(10 * time.Second); ahead == 0; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("GrantAhead granted no etcd lease")
+			t.Fatal("Prepare granted no etcd lease")
 		}
 		for id := range leases() {
 			if !before[id] {
