@@ -40,6 +40,10 @@ type Backend struct {
 	// nf_tables it says whether berth may write the everyday changes
 	// itself (see directWrite).
 	Version string `json:"version,omitempty"`
+	// VersionOf identifies the iptables binary Version was read from
+	// (toolStamp): when iptables is upgraded or downgraded, Open reads
+	// the version again.
+	VersionOf string `json:"versionOf,omitempty"`
 }
 
 // Backend names as iptables --version prints them.
@@ -64,12 +68,13 @@ func Open() (Backend, error) {
 	var b Backend
 	data, err := os.ReadFile(path)
 	if err == nil && json.Unmarshal(data, &b) == nil && b.Name != "" {
-		if b.Name != NFTables || b.Version != "" {
+		if b.Name != NFTables || b.VersionOf == b.toolStamp() {
 			return b, nil
 		}
-		// Chosen by a berth that did not note the version: the choice
-		// stays, the version is added.
-		b.Version = b.version()
+		// iptables changed since the version was read (or a berth that
+		// did not note it chose): the choice stays, the version is read
+		// again. Direct writes need 1.8.9 to read them back.
+		b.noteVersion()
 	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return Backend{}, fmt.Errorf("%w: reading %s: %v", cnierr.ErrIO, path, err)
 	} else {
@@ -103,7 +108,7 @@ func Open() (Backend, error) {
 // caches the answer.
 func Detect() Backend {
 	b := detect()
-	b.Version = b.version()
+	b.noteVersion()
 	return b
 }
 
@@ -196,15 +201,30 @@ func parseVersion(out []byte) Backend {
 	return b
 }
 
-// version asks b's iptables for its version: "1.8.9", or "" if it does
-// not say.
-func (b Backend) version() string {
+// noteVersion asks b's iptables for its version ("1.8.9", or "" if it
+// does not say) and notes which binary answered.
+func (b *Backend) noteVersion() {
+	b.Version, b.VersionOf = "", b.toolStamp()
 	out, _ := exec.Command(binary("iptables"+b.Variant), "--version").Output()
-	m := versionRe.FindSubmatch(out)
-	if m == nil {
+	if m := versionRe.FindSubmatch(out); m != nil {
+		b.Version = fmt.Sprintf("%s.%s.%s", m[1], m[2], m[3])
+	}
+}
+
+// toolStamp identifies the binary b's iptables command runs: its path
+// (after symlinks, such as Debian's alternatives), size and modification
+// time, which a package upgrade or downgrade changes. "" when there is
+// none.
+func (b Backend) toolStamp() string {
+	path, err := filepath.EvalSymlinks(binary("iptables" + b.Variant))
+	if err != nil {
 		return ""
 	}
-	return fmt.Sprintf("%s.%s.%s", m[1], m[2], m[3])
+	info, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s %d %d", path, info.Size(), info.ModTime().UnixNano())
 }
 
 // writesDirect says whether berth writes b's everyday changes through

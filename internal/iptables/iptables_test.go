@@ -3,7 +3,9 @@ package iptables
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -275,6 +277,68 @@ func TestDetectBackend(t *testing.T) {
 				t.Errorf("the namespace's backend changed from %+v to %+v", got, again)
 			}
 		})
+	}
+}
+
+// A namespace keeps its backend, but its iptables' version is read again
+// when the iptables binary changes: berth writes directly only for an
+// iptables-nft that reads those rules back (1.8.9), so a downgrade must
+// end the direct writes and an upgrade may start them.
+func TestOpenNoticesAnotherIptables(t *testing.T) {
+	if !isInstalled("iptables-nft-restore") {
+		t.Skip("needs iptables-nft")
+	}
+	dir := t.TempDir()
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	// install replaces the iptables-nft found first on PATH, as a package
+	// upgrade does: a new file renamed over the old one.
+	install := func(version string) {
+		t.Helper()
+		script := "#!/bin/sh\n[ \"$1\" = --version ] && echo 'iptables v" + version + " (nf_tables)' && exit 0\nexec " + binary("iptables-nft") + " \"$@\"\n"
+		tmp := filepath.Join(dir, ".iptables-nft.new")
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "iptables-nft")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := testenv.NewNS(t)
+	open := func() Backend {
+		t.Helper()
+		var b Backend
+		err := n.Do(func(ns.NetNS) error {
+			var err error
+			b, err = Open()
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	install("1.8.9")
+	// berth's chain puts the namespace on nf_tables whatever else is installed.
+	if out, err := testenv.InNS(n, "iptables-nft", "-N", "BERTH-FORWARD"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	for _, step := range []struct {
+		install string // "": iptables unchanged
+		want    string
+		direct  bool
+	}{
+		{"", "1.8.9", true},
+		{"1.8.7", "1.8.7", false}, // downgraded
+		{"", "1.8.7", false},
+		{"1.8.10", "1.8.10", true}, // upgraded
+	} {
+		if step.install != "" {
+			install(step.install)
+		}
+		b := open()
+		if b.Name != NFTables || b.Version != step.want || b.writesDirect() != step.direct {
+			t.Fatalf("with iptables %s installed: backend %+v, writes directly %v", step.want, b, b.writesDirect())
+		}
 	}
 }
 

@@ -254,7 +254,7 @@ func directBackend(t *testing.T) Backend {
 		t.Skip("needs iptables-nft")
 	}
 	b := Backend{Name: NFTables, Variant: "-nft"}
-	b.Version = b.version()
+	b.noteVersion()
 	if !b.writesDirect() {
 		t.Skipf("iptables-nft %s is older than berth writes for", b.Version)
 	}
