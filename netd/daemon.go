@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"slices"
@@ -146,9 +147,19 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	// this node leases its own: the lease publishes only what Register
 	// computed, and the devices are needed from the first pass on.
 	wg.Go(func() { d.store.Follow(ctx, d.leasesChanged) })
+	_, statErr := os.Stat(d.keeper.path)
+	firstStart := errors.Is(statErr, fs.ErrNotExist) // no datapath of an earlier run here
 	ensured := make(chan error, 1)
 	go func() { ensured <- d.nw.Ensure(ctx) }()
 	if err := d.keeper.acquire(ctx); err != nil {
+		if errors.Is(err, cluster.ErrNodeTaken) && firstStart {
+			// Refused at its first start, the node keeps nothing of it:
+			// the VTEP just made would stay until `netd uninstall`.
+			<-ensured
+			if terr := be.Teardown(context.WithoutCancel(ctx), d.node); terr != nil {
+				log.Warn("removing what this refused start made", "err", terr)
+			}
+		}
 		return err
 	}
 	if err := <-ensured; err != nil {

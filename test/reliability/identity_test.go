@@ -108,6 +108,10 @@ func impostorRefused(t *testing.T, dualStack bool, args []string) {
 			t.Errorf("impostor: %v; output lacks %q:\n%s", err, want, tail(string(out), 5))
 		}
 	}
+	// node3 never ran before: its refused start leaves no VTEP behind.
+	if links, err := tb.Node(3).Run(ctx, "ip", "-o", "link", "show", "type", "vxlan"); err != nil || len(strings.TrimSpace(string(links))) > 0 {
+		t.Errorf("the refused node keeps VXLAN devices (%v):\n%s", err, links)
+	}
 	time.Sleep(3 * time.Second) // peers would have moved node2's FDB entry by now
 	lost, sent, received := stopPings()
 	if len(lost) > 0 {
