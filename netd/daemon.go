@@ -220,7 +220,10 @@ type storeOpening struct {
 }
 
 // openStore opens the datastore (--datastore) and reads the network's
-// config into d.network, in the background; wait returns the holder.
+// config into d.network, in the background; wait returns the store and
+// the holder, close ends what they hold (the etcd client, the embedded
+// etcd, the Kubernetes informer, which lives as long as the opening's
+// context).
 func (d *daemon) openStore(ctx context.Context, u *underlay) *storeOpening {
 	ctx, cancel := context.WithCancel(ctx)
 	o := &storeOpening{cancel: cancel, done: make(chan struct{})}
@@ -252,7 +255,7 @@ func (o *storeOpening) close() {
 func (d *daemon) open(ctx context.Context, u *underlay, o *storeOpening) error {
 	cfg, log := d.cfg, d.log
 	if cfg.Datastore == DatastoreKubernetes {
-		store, err := OpenKubernetes(ctx, cfg.Kubeconfig, cfg.NodeName, log) // its informer lives as long as ctx
+		store, err := OpenKubernetes(ctx, cfg.Kubeconfig, cfg.NodeName, log)
 		if err != nil {
 			return err
 		}
