@@ -71,10 +71,16 @@ func (h *Holder) LeaseID() clientv3.LeaseID {
 // one write, not two. A grant Acquire does not use holds no key and
 // expires by itself after the TTL.
 func (h *Holder) Prepare(ctx context.Context) {
-	a := &ahead{grant: h.grant(ctx), list: h.list(ctx)}
+	a := h.begin(ctx)
 	h.mu.Lock()
 	h.ahead = a
 	h.mu.Unlock()
+}
+
+// begin starts the grant and the read of the leases that Acquire begins
+// with.
+func (h *Holder) begin(ctx context.Context) *ahead {
+	return &ahead{grant: h.grant(ctx), list: h.list(ctx)}
 }
 
 // grant asks etcd for a lease of the holder's TTL; the answer comes on
@@ -138,7 +144,7 @@ func (h *Holder) Acquire(ctx context.Context, network *conf.Network, want cluste
 	h.ahead = nil
 	h.mu.Unlock()
 	if a == nil {
-		a = &ahead{grant: h.grant(ctx), list: h.list(ctx)}
+		a = h.begin(ctx)
 	}
 	var g granted
 	var l listed
