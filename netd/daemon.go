@@ -65,7 +65,11 @@ type daemon struct {
 	kick      chan struct{}  // asks the reconcile loop for a pass
 	fullKick  chan struct{}  // asks it for a full pass
 
-	fast *fastpath.Network // eBPF datapath only (fastpath.go)
+	// eBPF datapath only (fastpath.go). The loop replaces fast when the
+	// pins were made anew; fastMu guards that against the metrics scrape.
+	fast     *fastpath.Network
+	fastMu   sync.Mutex
+	replaced []*fastpath.Network // fast's predecessors, until their from_uplink is detached
 
 	mu       sync.Mutex // guards the fields below
 	starting string     // what netd waits for before it runs; "" once running (starting.go)

@@ -54,7 +54,7 @@ func (d *daemon) setupFastpath() error {
 	if err != nil {
 		return fmt.Errorf("eBPF datapath of network %s: %w", d.network.Name, err)
 	}
-	d.m.reg.MustRegister(fastpathCollector{n: d.fast, desc: prometheus.NewDesc("berth_netd_fastpath_packets_total",
+	d.m.reg.MustRegister(fastpathCollector{d: d, desc: prometheus.NewDesc("berth_netd_fastpath_packets_total",
 		"eBPF datapath: packets by path on this node (local: delivered to a container of this node, fib and neigh: sent to another node, "+
 			"arrived: from another node into a container, translated: left to the kernel because conntrack translated the flow, "+
 			"spoofed: dropped, not the container's own source address).",
@@ -148,17 +148,67 @@ func applyFastpath(f *fastpath.Network, changes []fastpathChange) (made []string
 // reconcileFastpath is the eBPF datapath's share of a pass: the config
 // follows this node's lease (the subnet changes when the lease is lost),
 // and a VTEP re-created by Ensure is a new link that needs from_uplink.
+// A full pass also follows the pins when they were made anew (followPins).
 // It is cheap when nothing changed.
-func (d *daemon) reconcileFastpath(self cluster.Lease) (made []string, err error) {
+func (d *daemon) reconcileFastpath(self cluster.Lease, full bool) (made []string, err error) {
 	if d.fast == nil {
 		return nil, nil
+	}
+	if full {
+		if made, err = d.followPins(); err != nil {
+			return made, err
+		}
 	}
 	want := desiredFastpath(d.network, self, d.uplinks())
 	have, err := readFastpath(d.fast, want.Uplinks)
 	if err != nil {
+		return made, err
+	}
+	changed, err := applyFastpath(d.fast, diffFastpath(have, want))
+	made = append(made, changed...)
+	if err != nil {
+		return made, err
+	}
+	// The new from_uplink is attached: the old ones can go.
+	for _, old := range d.replaced {
+		for _, idx := range want.Uplinks {
+			if err := old.DetachUplink(idx); err != nil {
+				return made, err
+			}
+		}
+		old.Close()
+		made = append(made, "detach the eBPF from_uplink of the replaced pins")
+	}
+	d.replaced = nil
+	return made, nil
+}
+
+// followPins opens the network's pins again when they are no longer the
+// maps and programs netd holds (fastpath.Network.Pinned): someone removed
+// them, and a plugin's ADD made new ones, or none yet (Open makes them
+// here). The pins are what every plugin uses, so netd follows them: the
+// pass then configures the new maps and attaches the new from_uplink, and
+// detaches the old one. Containers attached before keep their programs
+// and the old maps; traffic from other nodes reaches them through the
+// kernel's path.
+func (d *daemon) followPins() ([]string, error) {
+	if pinned, err := d.fast.Pinned(); err != nil || pinned {
 		return nil, err
 	}
-	return applyFastpath(d.fast, diffFastpath(have, want))
+	lock, err := fastpath.Acquire(d.cfg.BPFFS)
+	if err != nil {
+		return nil, fmt.Errorf("--bpffs: %w", err)
+	}
+	defer lock.Release()
+	n, err := fastpath.Open(d.cfg.BPFFS, d.network.Name)
+	if err != nil {
+		return nil, fmt.Errorf("eBPF datapath of network %s: opening its pins again: %w", d.network.Name, err)
+	}
+	d.fastMu.Lock()
+	d.replaced = append(d.replaced, d.fast)
+	d.fast = n
+	d.fastMu.Unlock()
+	return []string{"follow the eBPF pins of network " + d.network.Name + ", made anew in " + fastpath.Dir(d.cfg.BPFFS, d.network.Name)}, nil
 }
 
 // uplinks are where the network's other nodes' packets arrive: the
@@ -199,14 +249,16 @@ func leaveFastpath(bpffs, network string, link netlink.Link) error {
 
 // fastpathCollector publishes the programs' counters when scraped.
 type fastpathCollector struct {
-	n    *fastpath.Network
+	d    *daemon
 	desc *prometheus.Desc
 }
 
 func (c fastpathCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
-	s, err := c.n.Stats()
+	c.d.fastMu.Lock()
+	s, err := c.d.fast.Stats()
+	c.d.fastMu.Unlock()
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(c.desc, err)
 		return

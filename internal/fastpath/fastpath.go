@@ -227,6 +227,73 @@ func (n *Network) loadPinned() error {
 	return nil
 }
 
+// Pinned reports whether the network's pins are still the maps and
+// programs n holds. They are not when a pin was removed (by hand, by a
+// tool that cleaned the BPF filesystem) and Open, in a plugin's ADD or
+// here, made a new one: programs on n's maps neither see the containers
+// added since nor the config written to the new map.
+func (n *Network) Pinned() (bool, error) {
+	for name, m := range map[string]*ebpf.Map{fastpathMapEndpoints: n.objs.Endpoints, fastpathMapConfig: n.objs.Config, fastpathMapStats: n.objs.Stats} {
+		same, err := samePinnedMap(filepath.Join(n.dir, name), m)
+		if err != nil || !same {
+			return false, err
+		}
+	}
+	for name, p := range map[string]*ebpf.Program{progContainer: n.objs.FromContainer, progUplink: n.objs.FromUplink} {
+		same, err := samePinnedProgram(n.progPin(name), p)
+		if err != nil || !same {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// samePinnedMap reports whether the map pinned at path is m: false when
+// nothing is pinned there.
+func samePinnedMap(path string, m *ebpf.Map) (bool, error) {
+	pinned, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("map pinned at %s: %w", path, err)
+	}
+	defer pinned.Close()
+	a, err := mapID(pinned)
+	if err != nil {
+		return false, err
+	}
+	b, err := mapID(m)
+	return a == b, err
+}
+
+// samePinnedProgram is samePinnedMap for a program.
+func samePinnedProgram(path string, p *ebpf.Program) (bool, error) {
+	pinned, err := ebpf.LoadPinnedProgram(path, &ebpf.LoadPinOptions{ReadOnly: true})
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("program pinned at %s: %w", path, err)
+	}
+	defer pinned.Close()
+	a, err := progID(pinned)
+	if err != nil {
+		return false, err
+	}
+	b, err := progID(p)
+	return a == b, err
+}
+
+func mapID(m *ebpf.Map) (ebpf.MapID, error) {
+	info, err := m.Info()
+	if err != nil {
+		return 0, err
+	}
+	id, _ := info.ID()
+	return id, nil
+}
+
 // Close releases the file descriptors; the pins stay.
 func (n *Network) Close() {
 	n.objs.Close()
@@ -487,11 +554,10 @@ func (n *Network) attached(ifindex int, name string) ([]ebpf.ProgramID, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing the programs of interface %d: %w", ifindex, err)
 	}
-	mapInfo, err := n.objs.Endpoints.Info()
+	endpoints, err := mapID(n.objs.Endpoints)
 	if err != nil {
 		return nil, err
 	}
-	mapID, _ := mapInfo.ID()
 	var out []ebpf.ProgramID
 	for _, ap := range res.Programs {
 		p, err := ebpf.NewProgramFromID(ap.ID)
@@ -503,7 +569,7 @@ func (n *Network) attached(ifindex int, name string) ([]ebpf.ProgramID, error) {
 		if err != nil || info.Name != name {
 			continue
 		}
-		if ids, _ := info.MapIDs(); slices.Contains(ids, mapID) {
+		if ids, _ := info.MapIDs(); slices.Contains(ids, endpoints) {
 			out = append(out, ap.ID)
 		}
 	}

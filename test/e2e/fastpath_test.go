@@ -155,6 +155,58 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		}
 	})
 
+	t.Run("netd follows pins made anew by a plugin", func(t *testing.T) {
+		// Someone cleans the BPF filesystem; the next ADD pins new maps
+		// and programs. netd must configure those and move from_uplink
+		// to them, or the new container gets nothing from the fast path.
+		n := tb.Node(1)
+		if err := os.RemoveAll(fastpath.Dir(n.BPFFSDir(), "pods")); err != nil {
+			t.Fatal(err)
+		}
+		fresh := c.run(1, "n1c")
+		pins, err := fastpath.OpenExisting(n.BPFFSDir(), "pods")
+		if err != nil || pins == nil {
+			t.Fatalf("node1: the pins the ADD made: %v %v", pins, err)
+		}
+		defer pins.Close()
+		err = eventually(10*time.Second, func() error {
+			cfg, err := pins.Config()
+			if err != nil {
+				return err
+			}
+			if !cfg.Netd || !cfg.Local.IsValid() {
+				return fmt.Errorf("config of the new pins: %+v, want netd's", cfg)
+			}
+			err = n.Do(func() error {
+				l, err := netlink.LinkByName(n.Iface)
+				if err != nil {
+					return err
+				}
+				if ok, err := pins.UplinkCurrent(l.Attrs().Index); !ok || err != nil {
+					return fmt.Errorf("the new from_uplink is not on %s (%v)", n.Iface, err)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if progs := tcxPrograms(t, n, n.Iface); len(progs) != 1 {
+				return fmt.Errorf("programs on %s: %v, want only the new from_uplink", n.Iface, progs)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s0, _ := pins.Stats()
+		if err := ctrs[2].ping(ctx, fresh.IP); err != nil {
+			t.Fatalf("%s -> %s: %v", ctrs[2], fresh, err)
+		}
+		if s, _ := pins.Stats(); s.Arrived == s0.Arrived {
+			t.Errorf("node1: %+v then %+v: the ping did not arrive through the new pins", s0, s)
+		}
+	})
+
 	t.Run("netd leave removes the programs and pins", func(t *testing.T) {
 		d := c.netd[2]
 		// netd leave is refused while containers are attached.
