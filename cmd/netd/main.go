@@ -29,7 +29,7 @@ in etcd, writes the node lease file and conflist for berth's CNI plugins, and
 keeps routes (and the VTEP, neighbours and FDB in vxlan mode) to every other
 node's subnet in the kernel.
 
-Usage:
+Usage (netd COMMAND --help: what it does and the flags it reads):
   netd [run] [flags]     run the daemon (SIGTERM stops it and leaves the
                          datapath and lease in place for the next start);
                          without --etcd-endpoints and before netd join, it
