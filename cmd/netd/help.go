@@ -8,7 +8,7 @@ import (
 
 // subcommand is what `netd <subcommand> --help` prints: what it does, its
 // usage and an example, then only the flags its code path reads, so that
-// they are not lost among the daemon's forty. It still accepts every netd
+// they are not lost among the daemon's many. It still accepts every netd
 // flag: scripts (and the test bed) give netd leave the flags netd ran with.
 type subcommand struct {
 	usage string
