@@ -29,7 +29,7 @@ in etcd, writes the node lease file and conflist for berth's CNI plugins, and
 keeps routes (and the VTEP, neighbours and FDB in vxlan mode) to every other
 node's subnet in the kernel.
 
-Usage:
+Usage (netd COMMAND --help: what it does and the flags it reads):
   netd [run] [flags]     run the daemon (SIGTERM stops it and leaves the
                          datapath and lease in place for the next start);
                          without --etcd-endpoints and before netd join, it
@@ -118,13 +118,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "token":
 		fs.BoolVar(&rotate, "rotate", false, "token: make a new join token; the old one stops working (nodes that joined keep theirs)")
 	}
-	fs.Usage = func() {} // the full text only on --help, on stdout
+	fs.Usage = func() {} // the help only on --help, on stdout
 	parse := func(args []string) int {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(stdout, usage)
-				fs.SetOutput(stdout)
-				fs.PrintDefaults()
+				printHelp(stdout, cmd, fs)
 				return 0
 			}
 			fmt.Fprintf(stderr, "see netd --help\n")
