@@ -50,8 +50,18 @@ func commandRegistry(ctx context.Context, cfg *Config, nodeIPs []netip.Addr, log
 	return reg, func() { cli.Close(); etcd.Close() }, nil
 }
 
+// errNetworkInCluster refuses netd network show and delete with
+// --datastore=kubernetes: they read and change etcd, and would otherwise
+// start an embedded etcd that holds no network at all.
+var errNetworkInCluster = errors.New("--datastore=kubernetes: the network is the cluster's, not etcd's: " +
+	"its subnets are the Nodes' pod CIDRs (kubectl get nodes -o custom-columns=NODE:.metadata.name,PODCIDRS:.spec.podCIDRs), " +
+	"its config netd's flags; netd network show and delete work on etcd only")
+
 // ShowNetwork is `netd network show`: the network's config and leases.
 func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) error {
+	if cfg.Datastore == DatastoreKubernetes {
+		return errNetworkInCluster
+	}
 	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
@@ -93,6 +103,9 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 // etcd once no node holds a lease, so that a netd may create it anew,
 // e.g. in another mode.
 func DeleteNetwork(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	if cfg.Datastore == DatastoreKubernetes {
+		return errNetworkInCluster
+	}
 	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
