@@ -54,7 +54,9 @@ func TestParse(t *testing.T) {
 	}{
 		{"TCP with one byte of data", tcpPacket, redirect},
 		{"TCP without data", func() []byte { return tcpPacket()[:14+20+20] }, redirect},
-		{"ICMP echo", icmp, redirect},
+		// ICMP stays on the kernel's path: conntrack may have translated
+		// it, and the kfuncs cannot look it up (keep_on_stack).
+		{"ICMP echo", icmp, next},
 		{"ports cut short", func() []byte { return tcpPacket()[:14+20+2] }, drop},
 		{"IPv4 options promised, not there", func() []byte {
 			p := tcpPacket()[:14+24]

@@ -50,28 +50,31 @@ func ebpfCrossNode(t *testing.T, mode string) {
 	}
 
 	t.Run("the first packet to a node whose MAC is unknown goes through", func(t *testing.T) {
-		// No warm-up: the first ping between the containers must be
-		// answered. In hostgw and bgp mode the nodes first forget each
-		// other's MAC, so that the first packet meets no neighbour entry
-		// (the FIB lookup says NO_NEIGH) and the kernel resolves it
-		// (bpf_redirect_neigh) instead of the packet being dropped. In
-		// vxlan mode netd keeps the VTEPs' neighbours permanent.
+		// No warm-up: the first connection between the containers must
+		// succeed (TCP: ICMP takes the kernel's path). In hostgw and bgp
+		// mode the nodes first forget each other's MAC, so that the first
+		// packet meets no neighbour entry (the FIB lookup says NO_NEIGH)
+		// and the kernel resolves it (bpf_redirect_neigh) instead of the
+		// packet being dropped. In vxlan mode netd keeps the VTEPs'
+		// neighbours permanent.
+		ctrs[2].serve(t, 6990)
+		server := ctrs[2].IP.String() + ":6990"
 		if mode == "vxlan" {
-			if err := ctrs[0].ping(ctx, ctrs[2].IP); err != nil {
-				t.Fatalf("%s -> %s: %v", ctrs[0], ctrs[2], err)
+			if _, err := ctrs[0].dial(server); err != nil {
+				t.Fatalf("%s -> %s: %v", ctrs[0], server, err)
 			}
 			return
 		}
-		// Every ping must be answered. In bgp mode a keepalive may
-		// resolve the MAC again between the removal and the ping (every
-		// 3 s, a 100 ms window): then the ping did not test the
-		// unknown neighbour, and it is tried again.
+		// Every connection must succeed. In bgp mode a keepalive may
+		// resolve the MAC again between the removal and the connection
+		// (every 3 s, a 100 ms window): then it did not test the unknown
+		// neighbour, and it is tried again.
 		for try := 1; ; try++ {
 			forgetNeighbour(t, tb.Node(1), tb.Node(2))
 			forgetNeighbour(t, tb.Node(2), tb.Node(1))
 			s0, _ := fp[1].Stats()
-			if err := ctrs[0].ping(ctx, ctrs[2].IP); err != nil {
-				t.Fatalf("%s -> %s (try %d): %v", ctrs[0], ctrs[2], try, err)
+			if _, err := ctrs[0].dial(server); err != nil {
+				t.Fatalf("%s -> %s (try %d): %v", ctrs[0], server, try, err)
 			}
 			s, _ := fp[1].Stats()
 			if s.Neigh > s0.Neigh {
@@ -92,8 +95,9 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		for i := 1; i <= 2; i++ {
 			after[i], _ = fp[i].Stats()
 		}
-		// Six pings and six connections between the nodes each way;
-		// two of each between n1a and n1b.
+		// Four connections between the nodes, each with packets both
+		// ways; two between n1a and n1b. (The pings take the kernel's
+		// path.)
 		for i := 1; i <= 2; i++ {
 			sent := after[i].FIB + after[i].Neigh - before[i].FIB - before[i].Neigh
 			if sent < 12 || after[i].Arrived-before[i].Arrived < 12 {
@@ -134,6 +138,18 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		}
 		if s, _ := fp[2].Stats(); s.Translated == s0.Translated {
 			t.Errorf("node2: %+v then %+v: the replies were not left to the kernel", s0, s)
+		}
+		// A DNAT rule without a protocol translates pings too; only the
+		// kernel can give the echo reply the service's address back.
+		const vipAny = "10.96.0.11"
+		rule = []string{"-t", "nat", "-I", "PREROUTING", "-d", vipAny + "/32",
+			"-j", "DNAT", "--to-destination", server.IP.String()}
+		if out, err := tb.Node(2).Run(ctx, "iptables", rule...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		out, err := client.in("ping", "-c", "1", "-W", "3", vipAny)
+		if err != nil || !strings.Contains(out, "from "+vipAny+":") {
+			t.Errorf("%s pings %s (-> %s): %v\n%s", client, vipAny, server, err, out)
 		}
 	})
 
@@ -198,12 +214,13 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		fresh.serve(t, 7300)
 		s0, _ := pins.Stats()
-		if err := ctrs[2].ping(ctx, fresh.IP); err != nil {
+		if _, err := ctrs[2].dial(fresh.IP.String() + ":7300"); err != nil {
 			t.Fatalf("%s -> %s: %v", ctrs[2], fresh, err)
 		}
 		if s, _ := pins.Stats(); s.Arrived == s0.Arrived {
-			t.Errorf("node1: %+v then %+v: the ping did not arrive through the new pins", s0, s)
+			t.Errorf("node1: %+v then %+v: the connection did not arrive through the new pins", s0, s)
 		}
 	})
 

@@ -109,10 +109,7 @@ struct ct_opts {
 	__u8 reserved[2];
 };
 
-// ICMP types that belong to a flow of their own (linux/icmp.h pulls in
-// libc headers, so they are spelled out, as is AF_INET).
-#define ICMP_ECHOREPLY 0
-#define ICMP_ECHO 8
+// linux/socket.h pulls in libc headers: AF_INET is spelled out.
 #define AF_INET 2
 
 #define IPS_SRC_NAT (1 << 4)
@@ -142,7 +139,6 @@ struct packet {
 	struct ethhdr *eth;
 	struct iphdr *ip;
 	__be16 *ports;    // source and destination port (TCP, UDP)
-	__u8 icmp_type;
 };
 
 // linear makes sure the first len bytes of skb are in its linear part,
@@ -188,20 +184,13 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	if ((void *)(p->ip + 1) > data_end || p->ip->ihl < 5)
 		return -1;
 	p->ports = 0;
-	p->icmp_type = 0;
 	if (p->ip->frag_off & bpf_htons(0x1fff)) // not the first fragment: no L4 header
 		return 0;
-	__u8 proto = p->ip->protocol;
-	__u32 l4off = sizeof(struct ethhdr) + p->ip->ihl * 4;
-	__u32 want;
-
-	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
-		want = 4; // the ports
-	else if (proto == IPPROTO_ICMP)
-		want = 1; // the type
-	else
+	if (p->ip->protocol != IPPROTO_TCP && p->ip->protocol != IPPROTO_UDP)
 		return 0;
-	if (linear(skb, l4off + want) < 0)
+	__u32 l4off = sizeof(struct ethhdr) + p->ip->ihl * 4;
+
+	if (linear(skb, l4off + 4) < 0) // the ports
 		return -1;
 	// A pull moves the packet: find the headers again.
 	data = (void *)(long)skb->data;
@@ -211,29 +200,28 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	if ((void *)(p->ip + 1) > data_end)
 		return -1;
 	void *l4 = data + (l4off & 0x7f); // ihl is 4 bits: at most 14 + 60
-	if (want == 4) {
-		if (l4 + 4 > data_end)
-			return -1;
-		p->ports = l4;
-	} else {
-		if (l4 + 1 > data_end)
-			return -1;
-		p->icmp_type = *(__u8 *)l4;
-	}
+	if (l4 + 4 > data_end)
+		return -1;
+	p->ports = l4;
 	return 0;
 }
 
 // keep_on_stack reports whether a packet between two containers of the
 // network must still take the kernel's path: a fragment, a protocol the
-// conntrack lookup cannot handle, an ICMP error (it may belong to a
-// translated flow), or a packet of a flow conntrack translated.
+// conntrack lookup cannot handle (ICMP among them), or a packet of a flow
+// conntrack translated.
+//
+// ICMP stays on the kernel's path in both directions. An echo reply may
+// answer a request that conntrack translated (a DNAT rule without a
+// protocol), and the conntrack kfuncs look up only TCP and UDP. Sending
+// only the replies through the kernel would not do: conntrack would meet
+// replies without their requests and call them invalid, which rules
+// such as kube-proxy's drop.
 static __always_inline int keep_on_stack(struct __sk_buff *skb, struct packet *p)
 {
 	if (p->ip->frag_off & bpf_htons(0x3fff)) // MF set or an offset: a fragment
 		return 1;
 	switch (p->ip->protocol) {
-	case IPPROTO_ICMP:
-		return p->icmp_type != ICMP_ECHO && p->icmp_type != ICMP_ECHOREPLY;
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 		break;
