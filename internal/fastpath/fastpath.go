@@ -31,6 +31,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/netip"
@@ -234,13 +235,13 @@ func (n *Network) loadPinned() error {
 // added since nor the config written to the new map.
 func (n *Network) Pinned() (bool, error) {
 	for name, m := range map[string]*ebpf.Map{fastpathMapEndpoints: n.objs.Endpoints, fastpathMapConfig: n.objs.Config, fastpathMapStats: n.objs.Stats} {
-		same, err := samePinnedMap(filepath.Join(n.dir, name), m)
+		same, err := samePinned(filepath.Join(n.dir, name), m, ebpf.LoadPinnedMap, mapID)
 		if err != nil || !same {
 			return false, err
 		}
 	}
 	for name, p := range map[string]*ebpf.Program{progContainer: n.objs.FromContainer, progUplink: n.objs.FromUplink} {
-		same, err := samePinnedProgram(n.progPin(name), p)
+		same, err := samePinned(n.progPin(name), p, ebpf.LoadPinnedProgram, progID)
 		if err != nil || !same {
 			return false, err
 		}
@@ -248,40 +249,22 @@ func (n *Network) Pinned() (bool, error) {
 	return true, nil
 }
 
-// samePinnedMap reports whether the map pinned at path is m: false when
-// nothing is pinned there.
-func samePinnedMap(path string, m *ebpf.Map) (bool, error) {
-	pinned, err := ebpf.LoadPinnedMap(path, &ebpf.LoadPinOptions{ReadOnly: true})
+// samePinned reports whether the map or program pinned at path is held:
+// false when nothing is pinned there.
+func samePinned[T io.Closer, ID comparable](path string, held T, load func(string, *ebpf.LoadPinOptions) (T, error), id func(T) (ID, error)) (bool, error) {
+	pinned, err := load(path, &ebpf.LoadPinOptions{ReadOnly: true})
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("map pinned at %s: %w", path, err)
+		return false, fmt.Errorf("%s: %w", path, err)
 	}
 	defer pinned.Close()
-	a, err := mapID(pinned)
+	a, err := id(pinned)
 	if err != nil {
 		return false, err
 	}
-	b, err := mapID(m)
-	return a == b, err
-}
-
-// samePinnedProgram is samePinnedMap for a program.
-func samePinnedProgram(path string, p *ebpf.Program) (bool, error) {
-	pinned, err := ebpf.LoadPinnedProgram(path, &ebpf.LoadPinOptions{ReadOnly: true})
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("program pinned at %s: %w", path, err)
-	}
-	defer pinned.Close()
-	a, err := progID(pinned)
-	if err != nil {
-		return false, err
-	}
-	b, err := progID(p)
+	b, err := id(held)
 	return a == b, err
 }
 
