@@ -57,16 +57,22 @@ var errNetworkInCluster = errors.New("--datastore=kubernetes: the network is the
 	"its subnets are the Nodes' pod CIDRs (kubectl get nodes -o custom-columns=NODE:.metadata.name,PODCIDRS:.spec.podCIDRs), " +
 	"its config netd's flags; netd network show and delete work on etcd only")
 
-// ShowNetwork is `netd network show`: the network's config and leases.
-func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) error {
+// networkRegistry is commandRegistry for netd network show and delete,
+// which work on etcd only.
+func networkRegistry(ctx context.Context, cfg *Config, log *slog.Logger) (*registry.Registry, func(), error) {
 	if cfg.Datastore == DatastoreKubernetes {
-		return errNetworkInCluster
+		return nil, nil, errNetworkInCluster
 	}
 	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	reg, done, err := commandRegistry(ctx, cfg, u.addrs(), log)
+	return commandRegistry(ctx, cfg, u.addrs(), log)
+}
+
+// ShowNetwork is `netd network show`: the network's config and leases.
+func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writer) error {
+	reg, done, err := networkRegistry(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -103,14 +109,7 @@ func ShowNetwork(ctx context.Context, cfg *Config, log *slog.Logger, out io.Writ
 // etcd once no node holds a lease, so that a netd may create it anew,
 // e.g. in another mode.
 func DeleteNetwork(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	if cfg.Datastore == DatastoreKubernetes {
-		return errNetworkInCluster
-	}
-	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
-	if err != nil {
-		return err
-	}
-	reg, done, err := commandRegistry(ctx, cfg, u.addrs(), log)
+	reg, done, err := networkRegistry(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
