@@ -169,17 +169,20 @@ func (d *daemon) reconcileFastpath(self cluster.Lease, full bool) (made []string
 	if err != nil {
 		return made, err
 	}
-	// The new from_uplink is attached: the old ones can go.
-	for _, old := range d.replaced {
+	// The new from_uplink is attached: the old ones can go. One whose
+	// detach fails stays for the next pass; those before it are closed,
+	// so they leave the list as they go.
+	for len(d.replaced) > 0 {
+		old := d.replaced[0]
 		for _, idx := range want.Uplinks {
 			if err := old.DetachUplink(idx); err != nil {
 				return made, err
 			}
 		}
 		old.Close()
+		d.replaced = d.replaced[1:]
 		made = append(made, "detach the eBPF from_uplink of the replaced pins")
 	}
-	d.replaced = nil
 	return made, nil
 }
 
