@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -190,10 +192,45 @@ func TestSameNode(t *testing.T) {
 			if err != nil || !ok {
 				t.Errorf("program on %s: %v %v", c.host.Attrs().Name, ok, err)
 			}
+			// A tc filter, once (attached twice above), and nothing on TCX,
+			// whose first attach waits for a full RCU grace period.
+			name := c.host.Attrs().Name
+			out, _ := testenv.InNS(node, "tc", "filter", "show", "dev", name, "ingress")
+			if got := strings.Count(string(out), "direct-action"); got != 1 || !strings.Contains(string(out), "from_container") {
+				t.Errorf("tc filters of %s: want from_container once:\n%s", name, out)
+			}
+			if progs := tcxPrograms(t, node, c.ifindex); len(progs) != 0 {
+				t.Errorf("TCX programs on %s: %v, want none", name, progs)
+			}
 		}
 		eps, err := n.Endpoints()
 		if err != nil || len(eps) != 2 {
 			t.Errorf("endpoints: %v %v", eps, err)
+		}
+	})
+
+	t.Run("a program an earlier berth attached on TCX counts", func(t *testing.T) {
+		prog := pinnedProgram(t, bpffs, "net1", "from_container")
+		attached := func() bool {
+			var ok bool
+			if err := node.Do(func(ns.NetNS) error { ok, err = n.Attached(a.ifindex, true); return err }); err != nil {
+				t.Fatal(err)
+			}
+			return ok
+		}
+		testenv.InNS(node, "tc", "qdisc", "del", "dev", a.host.Attrs().Name, "clsact")
+		if attached() {
+			t.Fatal("attached with the filter removed")
+		}
+		opts := link.RawAttachProgramOptions{Target: a.ifindex, Program: prog, Attach: ebpf.AttachTCXIngress}
+		if err := node.Do(func(ns.NetNS) error { return link.RawAttachProgram(opts) }); err != nil {
+			t.Fatal(err)
+		}
+		if !attached() {
+			t.Error("the program on TCX is not seen")
+		}
+		if udpTTL(t, a, b) == 0 { // switched since the test above: TTL 64
+			t.Error("a does not reach b through the program on TCX")
 		}
 	})
 
@@ -235,6 +272,39 @@ func TestSameNode(t *testing.T) {
 			t.Errorf("OpenExisting after Remove: %v %v", n, err)
 		}
 	})
+}
+
+// tcxPrograms lists the programs on ifindex's TCX ingress in node.
+func tcxPrograms(t *testing.T, node ns.NetNS, ifindex int) []ebpf.ProgramID {
+	t.Helper()
+	var res *link.QueryResult
+	err := node.Do(func(ns.NetNS) (err error) {
+		res, err = link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []ebpf.ProgramID
+	for _, p := range res.Programs {
+		ids = append(ids, p.ID)
+	}
+	return ids
+}
+
+// pinnedProgram loads network's pinned program named name.
+func pinnedProgram(t *testing.T, bpffs, network, name string) *ebpf.Program {
+	t.Helper()
+	pins, _ := filepath.Glob(filepath.Join(bpffs, "berth", network, name+"_*"))
+	if len(pins) != 1 {
+		t.Fatalf("pins of %s: %v, want one", name, pins)
+	}
+	p, err := ebpf.LoadPinnedProgram(pins[0], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
 }
 
 func TestNotABPFFS(t *testing.T) {

@@ -204,7 +204,8 @@ func TestEBPFSameNode(t *testing.T) {
 	})
 }
 
-// detachAll removes every program from the TCX ingress of dev in n.
+// detachAll removes every program from the ingress of dev in n: the tc
+// filters (with their clsact qdisc) and whatever is on TCX.
 func detachAll(t *testing.T, n ns.NetNS, dev string) {
 	t.Helper()
 	err := n.Do(func(ns.NetNS) error {
@@ -213,6 +214,11 @@ func detachAll(t *testing.T, n ns.NetNS, dev string) {
 			return err
 		}
 		idx := l.Attrs().Index
+		clsact := &netlink.GenericQdisc{QdiscType: "clsact",
+			QdiscAttrs: netlink.QdiscAttrs{LinkIndex: idx, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT}}
+		if err := netlink.QdiscDel(clsact); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("deleting the clsact qdisc: %w", err)
+		}
 		res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress})
 		if err != nil {
 			return err
