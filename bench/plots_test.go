@@ -66,3 +66,29 @@ func TestConvergenceTargets(t *testing.T) {
 		}
 	}
 }
+
+// A VXLAN row's throughput target shows the plain VXLAN device's figure,
+// its ceiling; the other modes' do not.
+func TestVXLANTargetShowsCeiling(t *testing.T) {
+	r := &Report{Datapath: []Datapath{
+		{Name: RawUnderlay, Gbps1: 10, RTTP50: 20e3},
+		{Name: PlainVXLAN, Baseline: RawUnderlay, Gbps1: 7.8, RTTP50: 25e3},
+		{Name: "vxlan, eBPF (2 nodes)", Baseline: RawUnderlay, Gbps1: 7.4, RTTP50: 28e3},
+		{Name: "hostgw, eBPF (2 nodes)", Baseline: RawUnderlay, Gbps1: 9, RTTP50: 22e3},
+	}}
+	want := map[string]string{
+		"vxlan, eBPF (2 nodes) throughput, 1 stream":  "74% (7.40 vs 10.00 Gbit/s); the plain vxlan device: 78%",
+		"hostgw, eBPF (2 nodes) throughput, 1 stream": "90% (9.00 vs 10.00 Gbit/s)",
+	}
+	for _, tg := range r.targets() {
+		if w, ok := want[tg.What]; ok {
+			if tg.Measured != w {
+				t.Errorf("%s: %q, want %q", tg.What, tg.Measured, w)
+			}
+			delete(want, tg.What)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("targets missing: %v", want)
+	}
+}
