@@ -21,9 +21,10 @@ import (
 type podman struct {
 	*sandbox
 	dir string
+	dp  datapath // of the networks berthList writes
 }
 
-func newPodman(t *testing.T, node ns.NetNS) *podman {
+func newPodman(t *testing.T, node ns.NetNS, dp datapath) *podman {
 	t.Helper()
 	if _, err := exec.LookPath("podman"); err != nil {
 		t.Skip("podman is not installed (apt-get install podman)")
@@ -72,7 +73,7 @@ volume_path = %q
 		"CONTAINERS_CONF=/etc/containers/containers.conf",
 		"CONTAINERS_STORAGE_CONF=/etc/containers/storage.conf",
 		"CONTAINERS_REGISTRIES_CONF=/etc/containers/registries.conf")
-	p := &podman{sandbox: s, dir: dir}
+	p := &podman{sandbox: s, dir: dir, dp: dp}
 	t.Cleanup(func() { p.podman("rm", "-af", "-t", "0") }) // before the sandbox goes (cleanups run last first)
 	return p
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -68,13 +70,13 @@ func httpGetOnce(n ns.NetNS, network, addr string) (string, error) {
 	return strings.TrimSpace(line), err
 }
 
-// berthList is a berth-bridge conflist at cniVersion v.
+// berthList is a berth-bridge conflist at cniVersion v on p's datapath.
 func (p *podman) berthList(name, v, bridge, subnet string) {
 	p.t.Helper()
-	list := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"berth-bridge","bridge":%q,"isDefaultGateway":true,
+	list := fmt.Sprintf(`{"cniVersion":%q,"name":%q,"plugins":[{"type":"berth-bridge","bridge":%q,"isDefaultGateway":true%s,
 		"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]},
 		"capabilities":{"portMappings":true,"ips":true,"mac":true}}]}`,
-		v, name, bridge, filepath.Join(p.dir, "state"), filepath.Join(p.dir, "ipam"), subnet)
+		v, name, bridge, p.dp.config(), filepath.Join(p.dir, "state"), filepath.Join(p.dir, "ipam"), subnet)
 	if err := os.WriteFile(filepath.Join(p.dir, "net.d", name+".conflist"), []byte(list), 0o644); err != nil {
 		p.t.Fatal(err)
 	}
@@ -94,11 +96,12 @@ func (p *podman) fetch(container, host, port string) (string, error) {
 // routes and iptables rules (without the empty chains the reference
 // portmap and firewall plugins keep by design), and the CNI state files
 // (berth's records and port claims, IPAM reservations) in podman's mount
-// namespace.
+// namespace, and on eBPF the pins in the BPF filesystem.
 func (p *podman) leftovers() string {
 	p.t.Helper()
 	var keep []string
-	for _, l := range strings.Split(testenv.Snapshot(p.t, p.node, filepath.Join(p.dir, "state"), filepath.Join(p.dir, "ipam")), "\n") {
+	dirs := append([]string{filepath.Join(p.dir, "state"), filepath.Join(p.dir, "ipam")}, p.dp.dirs()...)
+	for _, l := range strings.Split(testenv.Snapshot(p.t, p.node, dirs...), "\n") {
 		if !strings.Contains(l, "CNI-HOSTPORT-") && !strings.Contains(l, "CNI-FORWARD") && !strings.Contains(l, "CNI-ADMIN") {
 			keep = append(keep, l)
 		}
@@ -110,12 +113,17 @@ func (p *podman) leftovers() string {
 	return strings.Join(keep, "\n")
 }
 
-// TestPodman runs berth under podman 4.3 (CNI backend) as a user would.
+// TestPodman runs berth under podman 4.3 (CNI backend) as a user would,
+// on each datapath.
 func TestPodman(t *testing.T) {
 	requireRuntimes(t)
+	forEachDatapath(t, testPodman)
+}
+
+func testPodman(t *testing.T, dp datapath) {
 	node, outside := testenv.NewNS(t), testenv.NewNS(t)
 	testenv.Link(t, node, "eth0", nodeIP+"/24", outside, "eth0", outsideIP+"/24")
-	p := newPodman(t, node)
+	p := newPodman(t, node, dp)
 	image := p.busybox()
 	before := p.leftovers()
 	serve := []string{image, "httpd", "-f", "-p", "80", "-h", "/tmp"}
@@ -134,8 +142,21 @@ func TestPodman(t *testing.T) {
 		if line, err := httpGet(node, "127.0.0.1:"+port); err != nil || !strings.HasPrefix(line, "HTTP/1") {
 			t.Errorf("from the node to localhost: %q, %v", line, err)
 		}
+		var s0 fastpath.Stats
+		if dp.ebpf() {
+			s0 = dp.stats(t, "bnet")
+		}
 		if line, err := p.fetch("cli", nodeIP, port); err != nil || !strings.HasPrefix(line, "HTTP/1") {
 			t.Errorf("from another container: %q, %v", line, err)
+		}
+		// A published port is the kernel's (README "eBPF datapath"): cli's
+		// requests go to the node's address, and the node masquerades
+		// them (hairpin), so web answers the gateway. The programs must
+		// have delivered none of it.
+		if dp.ebpf() {
+			if s := dp.stats(t, "bnet"); s.Local != s0.Local {
+				t.Errorf("from another container: fast path counters %+v then %+v: want none of it delivered by the fast path", s0, s)
+			}
 		}
 		if line, err := p.fetch("web", nodeIP, port); err != nil || !strings.HasPrefix(line, "HTTP/1") {
 			t.Errorf("hairpin, from the container itself: %q, %v", line, err)
@@ -149,6 +170,29 @@ func TestPodman(t *testing.T) {
 			}
 		}
 	})
+	// connects opens a TCP connection from cli to web's own address; on
+	// eBPF the programs must have delivered it (ICMP, the pings above,
+	// always takes the kernel's path, so only TCP or UDP can tell).
+	connects := func(t *testing.T) {
+		t.Helper()
+		var s0 fastpath.Stats
+		if dp.ebpf() {
+			s0 = dp.stats(t, "bnet")
+		}
+		if line, err := p.fetch("cli", webIP, "80"); err != nil || !strings.HasPrefix(line, "HTTP/1") {
+			t.Fatalf("cli to %s:80: %q, %v", webIP, line, err)
+		}
+		if !dp.ebpf() {
+			return
+		}
+		// A connection is at least 6 packets between the veths (the
+		// handshake, the request, the answer, the FINs), each one a
+		// local delivery.
+		if s := dp.stats(t, "bnet"); s.Local < s0.Local+6 {
+			t.Errorf("fast path counters %+v then %+v: want the connection delivered by the fast path", s0, s)
+		}
+	}
+	t.Run("containers connect to each other", connects)
 	t.Run("a published port answers", func(t *testing.T) { published(t, "8080") })
 	t.Run("network reload keeps the container working", func(t *testing.T) {
 		// conmon holds 8080 open: berth refused it as "in use" and the
@@ -160,6 +204,19 @@ func TestPodman(t *testing.T) {
 			t.Errorf("no address after reload")
 		}
 		published(t, "8080")
+		if dp.ebpf() {
+			// podman 4.3's reload is a DEL then an ADD (web gets a new
+			// host veth): the program is on the new veth, once.
+			iflink := p.must("exec", "web", "cat", "/sys/class/net/eth0/iflink")
+			index, err := strconv.Atoi(iflink)
+			if err != nil {
+				t.Fatalf("web's eth0 iflink %q: %v", iflink, err)
+			}
+			if shown, n := fromContainerFilters(t, node, index); n != 1 {
+				t.Errorf("%d from_container filters on web's host veth, want 1: %s", n, shown)
+			}
+		}
+		connects(t)
 	})
 	t.Run("network connect and disconnect keep published ports", func(t *testing.T) {
 		p.berthList("bnet2", "1.0.0", "berthp2", "10.79.0.0/24")
@@ -214,7 +271,7 @@ func TestPodman(t *testing.T) {
 				t.Fatalf("podman's chain has no %s:\n%s", plugin, list)
 			}
 		}
-		list = strings.Replace(list, `"type": "bridge"`, `"type": "berth-bridge"`, 1)
+		list = strings.Replace(list, `"type": "bridge"`, `"type": "berth-bridge"`+p.dp.config(), 1)
 		list = strings.Replace(list, `"type": "host-local"`, `"type": "berth-ipam"`, 1)
 		os.WriteFile(path, []byte(list), 0o644)
 		p.must(append([]string{"run", "-d", "--name", "pdef", "--network", "pdef", "-p", "8091:80"}, serve...)...)
