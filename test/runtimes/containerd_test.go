@@ -1,14 +1,17 @@
 package runtimes
 
 import (
+	"bufio"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -16,7 +19,7 @@ import (
 // runtime of it does, `ctr run --cni`: ctr reads the first conflist of
 // /etc/cni/net.d and finds plugins in /opt/cni/bin, so the sandbox binds
 // the test's directories there; containerd runs in the sandbox with its
-// own root, state and socket.
+// own root, state and socket. It runs on each datapath.
 func TestContainerd(t *testing.T) {
 	requireRuntimes(t)
 	for _, bin := range []string{"containerd", "ctr", "containerd-shim-runc-v2"} {
@@ -24,6 +27,10 @@ func TestContainerd(t *testing.T) {
 			t.Skipf("%s is not installed (apt-get install containerd)", bin)
 		}
 	}
+	forEachDatapath(t, testContainerd)
+}
+
+func testContainerd(t *testing.T, dp datapath) {
 	node := testenv.NewNS(t)
 	testenv.Link(t, node, "eth0", nodeIP+"/24", testenv.NewNS(t), "eth0", outsideIP+"/24")
 	dir := t.TempDir()
@@ -74,14 +81,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 	}
 	const image = "localhost/berth-busybox:latest"
 	stateDir, ipamDir := filepath.Join(dir, "berth-state"), filepath.Join(dir, "ipam")
-	snapshot := func() string { return testenv.Snapshot(t, node, stateDir, ipamDir) }
+	snapshot := func() string { return testenv.Snapshot(t, node, append([]string{stateDir, ipamDir}, dp.dirs()...)...) }
 	before := snapshot()
+	// ctr uses the first conflist of /etc/cni/net.d: this one.
+	berthList := func(v string, subnet int) {
+		list := fmt.Sprintf(`{"cniVersion":%q,"name":"ctrnet","plugins":[{"type":"berth-bridge","bridge":"berthc0","isDefaultGateway":true%s,
+			"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.84.%d.0/24"}]]}}]}`, v, dp.config(), stateDir, ipamDir, subnet)
+		if err := os.WriteFile(filepath.Join(netd, "10-berth.conflist"), []byte(list), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	for i, v := range []string{"0.3.1", "1.0.0", "1.1.0"} {
 		t.Run("cniVersion "+v, func(t *testing.T) {
-			list := fmt.Sprintf(`{"cniVersion":%q,"name":"ctrnet","plugins":[{"type":"berth-bridge","bridge":"berthc0","isDefaultGateway":true,
-				"stateDir":%q,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.84.%d.0/24"}]]}}]}`, v, stateDir, ipamDir, i)
-			os.WriteFile(filepath.Join(netd, "10-berth.conflist"), []byte(list), 0o644)
+			berthList(v, i)
 			id := fmt.Sprintf("c%d", i)
 			gateway := fmt.Sprintf("10.84.%d.1", i)
 			out, err := ctr("run", "--rm", "--cni", "--snapshotter", "native", "--cgroup", s.cgroup+"/"+id, image, id,
@@ -100,6 +113,48 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 			}
 		})
 	}
+	t.Run("containers connect to each other", func(t *testing.T) {
+		berthList("1.0.0", 9)
+		// The server runs as long as its ctr run (--rm: ctr removes the
+		// container's network when the task ends); it prints its address
+		// first.
+		server := s.command("ctr", "--address", sock, "--namespace", "berth", "run", "--rm", "--cni", "--snapshotter", "native",
+			"--cgroup", s.cgroup+"/srv", image, "srv", "sh", "-c", "ip -4 -o addr show eth0; exec httpd -f -p 80 -h /tmp")
+		stdout, err := server.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		server.Stderr = server.Stdout
+		if err := server.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			ctr("tasks", "kill", "-s", "KILL", "srv")
+			server.Wait()
+		}()
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		m := regexp.MustCompile(`inet (10\.84\.9\.\d+)/`).FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("the server's address: ctr run said %q", line)
+		}
+		var s0 fastpath.Stats
+		if dp.ebpf() {
+			s0 = dp.stats(t, "ctrnet")
+		}
+		out, err := ctr("run", "--rm", "--cni", "--snapshotter", "native", "--cgroup", s.cgroup+"/cli", image, "cli",
+			"sh", "-c", fmt.Sprintf(`printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 %s 80 | head -1`, m[1]))
+		if err != nil || !strings.HasPrefix(out, "HTTP/1") {
+			t.Fatalf("cli to %s:80: %v\n%s", m[1], err, out)
+		}
+		// Read before the server goes: its DEL is the network's last and
+		// removes the pins. A connection is at least 6 packets between
+		// the veths, each one a local delivery.
+		if dp.ebpf() {
+			if s := dp.stats(t, "ctrnet"); s.Local < s0.Local+6 {
+				t.Errorf("fast path counters %+v then %+v: want the connection delivered by the fast path", s0, s)
+			}
+		}
+	})
 	if after := snapshot(); after != before {
 		t.Errorf("left after the containers are gone:\n%s", testenv.Diff(before, after))
 	}
