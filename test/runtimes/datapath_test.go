@@ -68,8 +68,11 @@ func (d datapath) stats(t *testing.T, network string) fastpath.Stats {
 	}
 	fp, err := fastpath.OpenExisting(d.bpffs, network)
 	lock.Release()
-	if err != nil || fp == nil {
-		t.Fatalf("the eBPF pins of network %s: %v %v", network, fp, err)
+	if err != nil {
+		t.Fatalf("the eBPF pins of network %s: %v", network, err)
+	}
+	if fp == nil {
+		t.Fatalf("network %s has no eBPF pins in %s: is it on the eBPF datapath?", network, d.bpffs)
 	}
 	defer fp.Close()
 	s, err := fp.Stats()
