@@ -75,7 +75,8 @@ test-reliability: build
 
 # berth under real runtimes (test/runtimes): Debian's podman 4.3 with its
 # CNI backend, and containerd's ctr, each in a private mount namespace and
-# network namespaces the test makes, with a busybox image built locally.
+# network namespaces the test makes, with a busybox image built locally;
+# each test on the iptables and the eBPF datapath.
 test-runtimes: build
 	@echo "go test ./test/runtimes/, log in /tmp/berth-runtimes.log"
 	@BERTH_TEST_RUNTIMES=1 $(GO) test -count=1 -v -timeout 10m ./test/runtimes/ >/tmp/berth-runtimes.log 2>&1; rc=$$?; \
