@@ -593,7 +593,7 @@ func (n *Network) tcx(ifindex int, name string) ([]ebpf.ProgramID, error) {
 }
 
 // filters lists this network's from_container programs (of any version)
-// in ifindex's tc ingress filters.
+// in ifindex's tc ingress filters that act on their verdicts.
 func (n *Network) filters(ifindex int) ([]ebpf.ProgramID, error) {
 	fs, err := netlinksafe.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
 	if errors.Is(err, unix.ENODEV) {
@@ -604,7 +604,9 @@ func (n *Network) filters(ifindex int) ([]ebpf.ProgramID, error) {
 	}
 	var ids []ebpf.ProgramID
 	for _, f := range fs {
-		if b, ok := f.(*netlink.BpfFilter); ok {
+		// Without direct action, tc ignores the program's verdict: a
+		// drop (anti-spoofing) or a redirect becomes "pass".
+		if b, ok := f.(*netlink.BpfFilter); ok && b.DirectAction {
 			ids = append(ids, ebpf.ProgramID(b.Id))
 		}
 	}

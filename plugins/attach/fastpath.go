@@ -166,7 +166,8 @@ func (k *call) checkFastpath() error {
 			return err
 		}
 		if !attached {
-			return fmt.Errorf("%w: no eBPF program of network %s on %s (TCX ingress)", cnierr.ErrCheckFailed, k.c.Name, k.rec.HostVeth)
+			return fmt.Errorf("%w: the eBPF program from_container of network %s is not on %s (tc filter show dev %s ingress); DEL and ADD the container again",
+				cnierr.ErrCheckFailed, k.c.Name, k.rec.HostVeth, k.rec.HostVeth)
 		}
 		return nil
 	})

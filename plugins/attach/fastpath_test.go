@@ -174,8 +174,19 @@ func TestEBPFSameNode(t *testing.T) {
 		host := r1.Interfaces[1].Name
 		detachAll(t, n.ns, host)
 		var ce *types.Error
-		if err := rt.Check(c1); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(err.Error(), "eBPF program") {
+		if err := rt.Check(c1); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(err.Error(), "from_container") {
 			t.Errorf("CHECK with the program detached: %v, want 104 naming the program", err)
+		}
+		// The program as a filter without direct action: tc would ignore
+		// its drops and redirects.
+		pins, _ := filepath.Glob(filepath.Join(fastpath.Dir(n.bpffs, "fp"), "from_container_*"))
+		if len(pins) != 1 {
+			t.Fatalf("program pins: %v", pins)
+		}
+		mustRun(t, n.ns, "tc", "qdisc", "add", "dev", host, "clsact")
+		mustRun(t, n.ns, "tc", "filter", "add", "dev", host, "ingress", "pref", "1", "handle", "1", "bpf", "pinned", pins[0])
+		if err := rt.Check(c1); !errors.As(err, &ce) || ce.Code != 104 {
+			t.Errorf("CHECK with the program attached without direct action: %v, want 104", err)
 		}
 		eps, _ := fp.Endpoints()
 		for _, ep := range eps {
@@ -330,6 +341,8 @@ func TestEBPFConfigErrors(t *testing.T) {
 		{"unknown datapath", `"datapath":"xdp",`, `[{"subnet":"10.99.0.0/24"}]`, "datapath"},
 		{"bpffs without ebpf", `"bpffs":"/sys/fs/bpf",`, `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
 		{"not a BPF filesystem", fmt.Sprintf(`"datapath":"ebpf","bpffs":%q,`, t.TempDir()), `[{"subnet":"10.99.0.0/24"}]`, "bpffs"},
+		// ADD and DEL may run in different directories.
+		{"relative bpffs", `"datapath":"ebpf","bpffs":"bpf",`, `[{"subnet":"10.99.0.0/24"}]`, `bpffs: "bpf" is not an absolute path`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			list := fmt.Sprintf(`{"cniVersion":"1.1.0","name":"bad","plugins":[{"type":"berth-bridge","bridge":"berth9","stateDir":%q,%s
