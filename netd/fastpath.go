@@ -207,6 +207,20 @@ func (d *daemon) followPins() ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("eBPF datapath of network %s: opening its pins again: %w", d.network.Name, err)
 	}
+	// The containers attached before run programs of the set netd held:
+	// move them onto the new one (a plugin that made the pins anew moved
+	// those it has records of already).
+	eps, err := d.fast.Endpoints()
+	if err != nil {
+		n.Close()
+		return nil, fmt.Errorf("eBPF datapath of network %s: listing the endpoints of its older pins: %w", d.network.Name, err)
+	}
+	for _, ep := range eps {
+		if _, err := n.Adopt(ep.Ifindex); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("eBPF datapath of network %s: moving interface %d onto its new pins: %w", d.network.Name, ep.Ifindex, err)
+		}
+	}
 	d.fastMu.Lock()
 	d.replaced = append(d.replaced, d.fast)
 	d.fast = n

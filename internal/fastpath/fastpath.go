@@ -119,7 +119,13 @@ type Network struct {
 	Name string
 	dir  string
 	objs fastpathObjects
+	made bool // Open loaded the programs: the pins were missing or incomplete
 }
+
+// Made reports whether Open made the network's programs (and any missing
+// map) rather than finding them pinned. When containers were attached
+// before, their veths run programs of the older set: see Adopt.
+func (n *Network) Made() bool { return n.made }
 
 // Open loads the network's pinned maps and programs, loading and pinning
 // whatever is missing: the first container of a network (or netd) creates
@@ -145,6 +151,7 @@ func Open(bpffs, network string) (*Network, error) {
 	if err != nil {
 		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
 	}
+	n.made = true
 	// A program pin still there belongs to a set that is incomplete (a
 	// process killed between the two pins, a pin removed by hand) and
 	// may use maps no longer pinned: the new programs replace it. The
@@ -494,6 +501,103 @@ func (n *Network) AttachContainer(ifindex int) error {
 // containerFilter is the handle and priority of from_container's filter.
 const containerFilter = 1
 
+// Adopt moves the container behind host veth ifindex onto n's pins when
+// its program belongs to an older set of this network (the pins were
+// removed, by hand or by a tool, and Open made them anew): its endpoint
+// is copied from the older set's map into n's, and n's program replaces
+// the older one on the veth. Left on the older set, the container would
+// not reach containers added since, an address freed meanwhile would stay
+// in its map, and on a netd node other nodes' packets for it would take
+// the kernel's path while its replies skip conntrack (dropped as invalid
+// where a rule drops those, as kube-proxy's does). A veth already on n's
+// program, or with no program of this network, is left alone; an address
+// n's map gives to another container is not taken back. It reports
+// whether it moved the veth.
+func (n *Network) Adopt(ifindex int) (bool, error) {
+	current, err := progID(n.objs.FromContainer)
+	if err != nil {
+		return false, err
+	}
+	filters, err := filterPrograms(ifindex)
+	if err != nil {
+		return false, err
+	}
+	// TCX, where earlier builds of berth attached from_container.
+	onTCX, err := tcxPrograms(ifindex)
+	if err != nil {
+		return false, err
+	}
+	onTCX = named(onTCX, progContainer)
+	var older []ebpf.ProgramID
+	for _, id := range named(append(filters, onTCX...), progContainer) {
+		if id != current {
+			older = append(older, id)
+		}
+	}
+	if len(older) == 0 {
+		return false, nil
+	}
+	for _, id := range older {
+		if err := n.copyEndpoints(id, ifindex); err != nil {
+			return false, err
+		}
+	}
+	if err := n.AttachContainer(ifindex); err != nil {
+		return false, err
+	}
+	// An earlier berth's program on TCX runs before any filter.
+	for _, id := range onTCX {
+		if err := detachTCX(ifindex, id); err != nil {
+			return false, fmt.Errorf("detaching the older %s from interface %d: %w", progContainer, ifindex, err)
+		}
+	}
+	return true, nil
+}
+
+// copyEndpoints copies into n the endpoints of host veth ifindex that the
+// maps of program id hold.
+func (n *Network) copyEndpoints(id ebpf.ProgramID, ifindex int) error {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return nil // gone meanwhile
+	}
+	info, err := p.Info()
+	p.Close()
+	if err != nil {
+		return err
+	}
+	maps, _ := info.MapIDs()
+	for _, mid := range maps {
+		m, err := ebpf.NewMapFromID(mid)
+		if err != nil {
+			continue
+		}
+		mi, err := m.Info()
+		if err != nil || mi.Name != fastpathMapEndpoints {
+			m.Close()
+			continue
+		}
+		older := &Network{objs: fastpathObjects{fastpathMaps: fastpathMaps{Endpoints: m}}}
+		eps, err := older.Endpoints()
+		m.Close()
+		if err != nil {
+			return err
+		}
+		for _, e := range eps {
+			if e.Ifindex != ifindex {
+				continue
+			}
+			if _, taken, err := n.Endpoint(e.IP); err != nil || taken {
+				return err
+			}
+			if err := n.AddEndpoint(e); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // AttachUplink attaches from_uplink to the ingress of the node's uplink
 // or VTEP ifindex: what the network's other nodes send. Other networks'
 // programs on the same device stay.
@@ -562,13 +666,7 @@ func (n *Network) DetachUplink(ifindex int) error {
 		return err
 	}
 	for _, id := range mine {
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // detached meanwhile
-		}
-		err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
-		p.Close()
-		if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENODEV) {
+		if err := detachTCX(ifindex, id); err != nil {
 			return fmt.Errorf("detaching %s from interface %d: %w", progUplink, ifindex, err)
 		}
 	}
@@ -578,6 +676,15 @@ func (n *Network) DetachUplink(ifindex int) error {
 // tcx lists this network's programs named name (of any version) on
 // ifindex's TCX ingress.
 func (n *Network) tcx(ifindex int, name string) ([]ebpf.ProgramID, error) {
+	ids, err := tcxPrograms(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	return n.mine(ids, name)
+}
+
+// tcxPrograms lists the programs on ifindex's TCX ingress.
+func tcxPrograms(ifindex int) ([]ebpf.ProgramID, error) {
 	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
 	if errors.Is(err, unix.ENODEV) {
 		return nil, nil
@@ -589,12 +696,37 @@ func (n *Network) tcx(ifindex int, name string) ([]ebpf.ProgramID, error) {
 	for _, ap := range res.Programs {
 		ids = append(ids, ap.ID)
 	}
-	return n.mine(ids, name)
+	return ids, nil
+}
+
+// detachTCX removes program id from ifindex's TCX ingress; a program or
+// device gone meanwhile is fine.
+func detachTCX(ifindex int, id ebpf.ProgramID) error {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return nil
+	}
+	defer p.Close()
+	err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) {
+		return nil
+	}
+	return err
 }
 
 // filters lists this network's from_container programs (of any version)
 // in ifindex's tc ingress filters that act on their verdicts.
 func (n *Network) filters(ifindex int) ([]ebpf.ProgramID, error) {
+	ids, err := filterPrograms(ifindex)
+	if err != nil {
+		return nil, err
+	}
+	return n.mine(ids, progContainer)
+}
+
+// filterPrograms lists the programs of ifindex's tc ingress filters that
+// act on their verdicts.
+func filterPrograms(ifindex int) ([]ebpf.ProgramID, error) {
 	fs, err := netlinksafe.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
 	if errors.Is(err, unix.ENODEV) {
 		return nil, nil
@@ -610,7 +742,7 @@ func (n *Network) filters(ifindex int) ([]ebpf.ProgramID, error) {
 			ids = append(ids, ebpf.ProgramID(b.Id))
 		}
 	}
-	return n.mine(ids, progContainer)
+	return ids, nil
 }
 
 // mine keeps the programs of ids named name that use this network's
@@ -620,6 +752,20 @@ func (n *Network) mine(ids []ebpf.ProgramID, name string) ([]ebpf.ProgramID, err
 	if err != nil {
 		return nil, err
 	}
+	return programsWhere(ids, func(info *ebpf.ProgramInfo) bool {
+		maps, _ := info.MapIDs()
+		return info.Name == name && slices.Contains(maps, endpoints)
+	}), nil
+}
+
+// named keeps the programs of ids named name.
+func named(ids []ebpf.ProgramID, name string) []ebpf.ProgramID {
+	return programsWhere(ids, func(info *ebpf.ProgramInfo) bool { return info.Name == name })
+}
+
+// programsWhere keeps the programs of ids whose info passes keep; those
+// gone meanwhile are left out.
+func programsWhere(ids []ebpf.ProgramID, keep func(*ebpf.ProgramInfo) bool) []ebpf.ProgramID {
 	var out []ebpf.ProgramID
 	for _, id := range ids {
 		p, err := ebpf.NewProgramFromID(id)
@@ -628,14 +774,11 @@ func (n *Network) mine(ids []ebpf.ProgramID, name string) ([]ebpf.ProgramID, err
 		}
 		info, err := p.Info()
 		p.Close()
-		if err != nil || info.Name != name {
-			continue
-		}
-		if maps, _ := info.MapIDs(); slices.Contains(maps, endpoints) {
+		if err == nil && keep(info) {
 			out = append(out, id)
 		}
 	}
-	return out, nil
+	return out
 }
 
 func progID(p *ebpf.Program) (ebpf.ProgramID, error) {

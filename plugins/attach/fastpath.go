@@ -42,6 +42,9 @@ func (k *call) attachFastpath(res *current.Result) error {
 		if err := n.Configure(fastpath.Config{Local: k.c.Subnet(false), Scope: k.c.Scope}); err != nil {
 			return err
 		}
+		if err := adoptAttached(n, k.c); err != nil {
+			return err
+		}
 		// The endpoint first: the program drops what a container sends
 		// before its address is known (anti-spoofing).
 		if err := n.AddEndpoint(ep); err != nil {
@@ -99,6 +102,11 @@ func (k *call) detachFastpath() error {
 			return err
 		}
 		defer n.Close()
+		// Before the emptiness check below: the other containers'
+		// endpoints may be in an older set only.
+		if err := adoptAttached(n, k.c); err != nil {
+			return err
+		}
 		if err := n.RemoveEndpoint(k.rec.ContainerIP, fastpath.OwnerOf(k.rec.key())); err != nil {
 			return err
 		}
@@ -108,6 +116,33 @@ func (k *call) detachFastpath() error {
 		return nil // no BPF filesystem (a reboot): nothing can be pinned
 	}
 	return err
+}
+
+// adoptAttached moves the network's containers on this node onto n when
+// Open made its pins anew (someone removed them): their veths still run
+// the older set's programs (fastpath.Adopt says what that breaks). The
+// records name the veths; one gone meanwhile runs nothing.
+func adoptAttached(n *fastpath.Network, c *conf.Bridge) error {
+	if !n.Made() {
+		return nil
+	}
+	recs, err := records(c.StateDir, c.Name)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if r.BPFFS == "" {
+			continue
+		}
+		host, err := netlinksafe.LinkByName(r.HostVeth)
+		if err != nil {
+			continue
+		}
+		if _, err := n.Adopt(host.Attrs().Index); err != nil {
+			return fmt.Errorf("moving %s onto the network's new pins: %w", r.HostVeth, err)
+		}
+	}
+	return nil
 }
 
 // removeIfUnused unpins the network's maps and programs when no container
@@ -186,6 +221,9 @@ func gcFastpath(c *conf.Bridge) error {
 			return err
 		}
 		defer n.Close()
+		if err := adoptAttached(n, c); err != nil {
+			return err
+		}
 		// Read under the lock: an ADD adds its endpoint under it, after
 		// saving its record, so every endpoint here has its record now.
 		recs, err := records(c.StateDir, c.Name)

@@ -638,3 +638,65 @@ func TestEBPFPartialPins(t *testing.T) {
 		})
 	}
 }
+
+// Someone removes a network's pins while containers run (all of them, or
+// the endpoints map alone), and a container is deleted meanwhile. The
+// next call that makes the pins anew moves the running containers onto
+// them: they keep reaching each other and reach a new container over the
+// fast path, also when it has the deleted container's address, which the
+// older set's map still gave to the deleted veth.
+func TestEBPFPinsMadeAnew(t *testing.T) {
+	for _, removed := range []string{"", "endpoints"} {
+		name := "the whole directory"
+		if removed != "" {
+			name = removed
+		}
+		t.Run(name, func(t *testing.T) {
+			n := ebpfNode(t)
+			rt := testenv.NewRuntime(t, n.ns, n.conflist("fpnew", "berthnew", "10.93.0.0/24", ""))
+			before := n.snapshot(t)
+			a, b, c := container(t, "a"), container(t, "b"), container(t, "c")
+			ipA, ipB := ipOf(t, rt.MustAdd(t, a)), ipOf(t, rt.MustAdd(t, b))
+			rt.MustAdd(t, c)
+			testenv.Serve(t, a.Netns, "0.0.0.0:80")
+
+			dir := fastpath.Dir(n.bpffs, "fpnew")
+			if err := os.RemoveAll(filepath.Join(dir, removed)); err != nil {
+				t.Fatal(err)
+			}
+			if err := rt.Del(b); err != nil {
+				t.Fatalf("DEL with %s removed: %v", name, err)
+			}
+			d := container(t, "d")
+			d.Caps = map[string]any{"ips": []string{ipB + "/24"}}
+			if ipD := ipOf(t, rt.MustAdd(t, d)); ipD != ipB {
+				t.Fatalf("d got %s, want the deleted container's %s", ipD, ipB)
+			}
+			testenv.Serve(t, d.Netns, "0.0.0.0:80")
+			for _, x := range []*testenv.Attachment{a, c, d} {
+				if err := rt.Check(x); err != nil {
+					t.Errorf("CHECK %s: %v", x.ID, err)
+				}
+			}
+			fp := n.fastpathOf(t, "fpnew")
+			s0 := stats(t, fp)
+			for _, p := range []struct {
+				from *testenv.Attachment
+				to   string
+			}{{a, ipB}, {c, ipB}, {d, ipA}, {c, ipA}} {
+				if _, err := testenv.Dial(p.from.Netns, p.to+":80"); err != nil {
+					t.Errorf("%s -> %s:80: %v", p.from.ID, p.to, err)
+				}
+			}
+			if s := stats(t, fp); s.Local < s0.Local+4*6 {
+				t.Errorf("counters %+v then %+v: want the 4 connections delivered by the new pins' programs", s0, s)
+			}
+			if err := errors.Join(rt.Del(a), rt.Del(c), rt.Del(d)); err != nil {
+				t.Fatal(err)
+			}
+			if after := strings.Replace(n.snapshot(t), "link berthnew\n", "", 1); after != before {
+				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+			}
+		})
+	}
+}

@@ -171,6 +171,54 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		}
 	})
 
+	t.Run("netd makes removed pins anew and moves the containers onto them", func(t *testing.T) {
+		// Left on the older maps, which netd's new from_uplink does not
+		// read, node1's containers would get node2's packets through the
+		// kernel's path while their replies skip conntrack: a rule that
+		// drops invalid packets, as kube-proxy has, would cut them off.
+		n := tb.Node(1)
+		drop := []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
+		if out, err := n.Run(ctx, "iptables", append([]string{"-I"}, drop...)...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		defer n.Run(ctx, "iptables", append([]string{"-D"}, drop...)...)
+		if err := os.RemoveAll(fastpath.Dir(n.BPFFSDir(), "pods")); err != nil {
+			t.Fatal(err)
+		}
+		err := eventually(10*time.Second, func() error {
+			pins, err := fastpath.OpenExisting(n.BPFFSDir(), "pods")
+			if err != nil || pins == nil {
+				return fmt.Errorf("node1's pins: %v %v", pins, err)
+			}
+			defer pins.Close()
+			for _, ctr := range ctrs[:2] {
+				if _, ok, err := pins.Endpoint(ctr.IP); !ok || err != nil {
+					return fmt.Errorf("%s is not in the new pins (%v)", ctr, err)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pins, err := fastpath.OpenExisting(n.BPFFSDir(), "pods")
+		if err != nil || pins == nil {
+			t.Fatalf("node1's pins: %v %v", pins, err)
+		}
+		defer pins.Close()
+		ctrs[0].serve(t, 7400)
+		ctrs[2].serve(t, 7400)
+		s0, _ := pins.Stats()
+		for _, p := range [][2]*container{{ctrs[2], ctrs[0]}, {ctrs[0], ctrs[2]}} {
+			if _, err := p[0].dial(p[1].IP.String() + ":7400"); err != nil {
+				t.Errorf("%s -> %s: %v", p[0], p[1], err)
+			}
+		}
+		if s, _ := pins.Stats(); s.Arrived == s0.Arrived || s.FIB+s.Neigh == s0.FIB+s0.Neigh {
+			t.Errorf("node1: %+v then %+v: the connections did not take the new pins' programs both ways", s0, s)
+		}
+	})
+
 	t.Run("netd follows pins made anew by a plugin", func(t *testing.T) {
 		// Someone cleans the BPF filesystem; the next ADD pins new maps
 		// and programs. netd must configure those and move from_uplink
