@@ -387,11 +387,22 @@ func (c *cluster) checkKernels(cli *clientv3.Client, up []int) {
 }
 
 // gateway puts the first address of subnet on a bridge in node n, as the
-// CNI plugin would, so that traffic between nodes has an end.
+// CNI plugin would, so that traffic between nodes has an end. A node with
+// containers has it on the plugin's bridge already, and keeps it there: a
+// second bridge with the subnet would take the containers' route.
 func gateway(t *testing.T, n *testbed.Node, subnet netip.Prefix) netip.Addr {
 	t.Helper()
 	gw := subnet.Masked().Addr().Next()
 	err := n.Do(func() error {
+		held, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, a := range held {
+			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil && a.IP.Equal(gw.AsSlice()) && l.Attrs().Name != "gw" {
+				return nil
+			}
+		}
 		br, err := netlink.LinkByName("gw")
 		if err != nil {
 			la := netlink.NewLinkAttrs()
