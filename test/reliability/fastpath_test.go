@@ -25,35 +25,35 @@ import (
 
 // withPins calls f with the network's pins on node n, holding the node's
 // fastpath lock as the plugins and netd do (no ADD or DEL changes the
-// endpoints meanwhile). It fails t when nothing is pinned.
-func withPins(t *testing.T, n *testbed.Node, network string, f func(*fastpath.Network) error) {
-	t.Helper()
+// endpoints meanwhile). Nothing pinned is an error.
+func withPins(n *testbed.Node, network string, f func(*fastpath.Network) error) error {
 	lock, err := fastpath.Acquire(n.BPFFSDir())
 	if err != nil {
-		t.Fatalf("%s: %v", n.Host, err)
+		return fmt.Errorf("%s: %w", n.Host, err)
 	}
 	defer lock.Release()
 	p, err := fastpath.OpenExisting(n.BPFFSDir(), network)
 	if err == nil && p == nil {
 		err = fmt.Errorf("nothing pinned in %s", fastpath.Dir(n.BPFFSDir(), network))
 	}
-	if err == nil {
-		err = f(p)
-		p.Close()
-	}
 	if err != nil {
-		t.Fatalf("%s: eBPF datapath of %s: %v", n.Host, network, err)
+		return fmt.Errorf("%s: eBPF datapath of %s: %w", n.Host, network, err)
 	}
+	defer p.Close()
+	return f(p)
 }
 
 // fastStats reads the programs' counters on node n.
 func fastStats(t *testing.T, n *testbed.Node, network string) fastpath.Stats {
 	t.Helper()
 	var s fastpath.Stats
-	withPins(t, n, network, func(p *fastpath.Network) (err error) {
+	err := withPins(n, network, func(p *fastpath.Network) (err error) {
 		s, err = p.Stats()
 		return err
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 
@@ -65,25 +65,26 @@ func sent(s fastpath.Stats) uint64 { return s.FIB + s.Neigh }
 func endpointIPs(t *testing.T, n *testbed.Node, network string) []string {
 	t.Helper()
 	var ips []string
-	withPins(t, n, network, func(p *fastpath.Network) error {
+	err := withPins(n, network, func(p *fastpath.Network) error {
 		eps, err := p.Endpoints()
 		for _, e := range eps {
 			ips = append(ips, e.IP.String())
 		}
 		return err
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	slices.Sort(ips)
 	return ips
 }
 
-// checkUplinkPrograms checks that node n's uplink and VTEP each carry
-// exactly one TCX ingress program, the network's pinned from_uplink: a
-// netd that attached it again at each start would pile copies up (each
-// would run, the first one taking the packets), one that lost it would
-// leave the other nodes' traffic to the kernel.
-func checkUplinkPrograms(t *testing.T, n *testbed.Node, network string) {
-	t.Helper()
-	withPins(t, n, network, func(p *fastpath.Network) error {
+// uplinkPrograms checks that node n's uplink and VTEP each carry exactly
+// one TCX ingress program, the network's pinned from_uplink: a netd that
+// attached it again at each start would pile copies up, one that lost it
+// would leave the other nodes' traffic to the kernel.
+func uplinkPrograms(n *testbed.Node, network string) error {
+	return withPins(n, network, func(p *fastpath.Network) error {
 		return n.Do(func() error {
 			var errs []string
 			for _, dev := range []string{n.Iface, vtepName} {
@@ -104,7 +105,7 @@ func checkUplinkPrograms(t *testing.T, n *testbed.Node, network string) {
 				}
 			}
 			if len(errs) > 0 {
-				return fmt.Errorf("%s", strings.Join(errs, "; "))
+				return fmt.Errorf("%s: %s", n.Host, strings.Join(errs, "; "))
 			}
 			return nil
 		})
