@@ -144,15 +144,19 @@ func checkLeftEBPF(t *testing.T, n *testbed.Node, network string) {
 		if err != nil {
 			return err
 		}
-		if names, err := tcxIngress(l.Attrs().Index); err != nil || len(names) > 0 {
-			return fmt.Errorf("TCX ingress programs on %s: %v (%v)", n.Iface, names, err)
+		names, err := tcxIngress(l.Attrs().Index)
+		if err == nil && len(names) > 0 {
+			err = fmt.Errorf("TCX ingress programs on %s: %v", n.Iface, names)
 		}
-		return nil
+		return err
 	})
-	if _, statErr := os.Stat(fastpath.Dir(n.BPFFSDir(), network)); !os.IsNotExist(statErr) {
-		err = fmt.Errorf("the network's pins are still there (%v); %v", statErr, err)
-	}
 	if err != nil {
+		t.Errorf("%s after leaving: %v", n.Host, err)
+	}
+	dir := fastpath.Dir(n.BPFFSDir(), network)
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("%s after leaving: the network's pins are still in %s", n.Host, dir)
+	} else if !os.IsNotExist(err) {
 		t.Errorf("%s after leaving: %v", n.Host, err)
 	}
 }
