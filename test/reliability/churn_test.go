@@ -3,9 +3,12 @@ package reliability
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,19 +16,37 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"golang.org/x/sys/unix"
 
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/testbed"
 )
 
 // 100 containers come and go across three vxlan nodes, three workers per
 // node, each keeping up to three alive: every new container pings a live
-// one on another node. Besides, one ADD in ten is given a netns that
+// one on another node and connects to it over TCP. Besides, one ADD in
+// ten is given a netns that
 // is already gone. Every operation succeeds or returns a CNI error; no address is
 // ever held by two live containers (cluster-wide); when they are all
 // deleted, every node has the links, iptables rules and IPAM/state files
 // it had before.
+//
+// On the eBPF datapath, besides: the connections went through the
+// programs (the pings take the kernel's path there, see the README: only
+// TCP and UDP can be checked against conntrack), counted on both nodes of
+// each, and the endpoints map and the pins end as they began, holding
+// only the containers that stay; once those are deleted, the map is
+// empty.
 func TestChurnAcrossNodes(t *testing.T) {
 	testenv.BinDir(t, "berth-vxlan")
+	for _, dp := range datapaths {
+		t.Run(dp, func(t *testing.T) { churnAcrossNodes(t, dp == "ebpf") })
+	}
+}
+
+// churnPort is where every churned container answers connections.
+const churnPort = 7000
+
+func churnAcrossNodes(t *testing.T, ebpf bool) {
 	const total, workersPerNode, keep = 100, 3, 3
 	tb := testbed.ForTest(t, testbed.Options{Nodes: 3})
 	etcd, err := tb.StartEtcd(t.Context())
@@ -33,6 +54,7 @@ func TestChurnAcrossNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := newCluster(t, tb, []string{etcd.ClientURL})
+	c.ebpf = ebpf
 	all := nodes(3)
 	for _, i := range all {
 		c.start(i)
@@ -44,18 +66,28 @@ func TestChurnAcrossNodes(t *testing.T) {
 	// node's rules exist before the snapshot, as on a busy node.
 	before := map[int]string{}
 	rts := map[int]*testenv.Runtime{}
+	warm := map[int]*container{}
+	statsBefore := map[int]fastpath.Stats{}
 	for _, i := range all {
 		n := tb.Node(i)
-		addContainer(t, n, fmt.Sprintf("warm%d", i))
+		warm[i] = addContainer(t, n, fmt.Sprintf("warm%d", i))
 		rts[i] = runtime(t, n)
-		before[i] = testenv.Snapshot(t, n.NetNS.NetNS, n.IPAMDataDir, n.StateDir)
+		dirs := []string{n.IPAMDataDir, n.StateDir}
+		if ebpf {
+			// The pins: a DEL must neither leave a pin behind nor
+			// remove one netd still uses.
+			dirs = append(dirs, n.BPFFSDir())
+			statsBefore[i] = fastStats(t, n, c.network)
+		}
+		before[i] = testenv.Snapshot(t, n.NetNS.NetNS, dirs...)
 	}
 
 	type live struct {
-		node int
-		id   string
-		ctr  *testenv.Attachment
-		ip   string
+		node   int
+		id     string
+		ctr    *testenv.Attachment
+		ip     string
+		server io.Closer
 	}
 	var (
 		mu                   sync.Mutex
@@ -66,6 +98,8 @@ func TestChurnAcrossNodes(t *testing.T) {
 		next                 int
 		failures             []string
 		maxAlive, crossPings int
+		crossDials           int
+		dialsOf              = map[int]int{} // node -> connections it took part in
 	)
 	fail := func(format string, args ...any) {
 		mu.Lock()
@@ -95,6 +129,9 @@ func TestChurnAcrossNodes(t *testing.T) {
 						}
 					}
 					mu.Unlock()
+					if l.server != nil {
+						l.server.Close()
+					}
 					l.ctr.Netns.Close()
 				}
 				for {
@@ -149,7 +186,13 @@ func TestChurnAcrossNodes(t *testing.T) {
 						continue
 					}
 					ip := res.IPs[0].Address.IP.String()
-					l := live{node: i, id: id, ctr: att, ip: ip}
+					// Listening before it is listed as alive: whoever
+					// picks it as a peer finds the server up.
+					server, err := serveSource(att.Netns, churnPort)
+					if err != nil {
+						fail("%s: serving on port %d: %v", id, churnPort, err)
+					}
+					l := live{node: i, id: id, ctr: att, ip: ip, server: server}
 					mu.Lock()
 					if other, dup := byIP[ip]; dup {
 						failures = append(failures, fmt.Sprintf("%s given to %s while %s holds it", ip, id, other))
@@ -162,24 +205,43 @@ func TestChurnAcrossNodes(t *testing.T) {
 						}
 					}
 					var peerIP, peerID string
+					var peerNode int
 					if peer != nil {
-						peerIP, peerID = peer.ip, peer.id
+						peerIP, peerID, peerNode = peer.ip, peer.id, peer.node
 					}
 					alive = append(alive, l)
 					maxAlive = max(maxAlive, len(alive))
 					mu.Unlock()
 					if peerIP != "" {
-						if err := testenv.Ping(att.Netns, peerIP); err != nil {
-							// The peer may be going away right now.
+						// The peer may be going away right now: a
+						// failure counts only while it is still there.
+						stillThere := func() bool {
 							mu.Lock()
-							stillThere := byIP[peerIP] == peerID
-							mu.Unlock()
-							if stillThere {
+							defer mu.Unlock()
+							return byIP[peerIP] == peerID
+						}
+						if err := testenv.Ping(att.Netns, peerIP); err != nil {
+							if stillThere() {
 								fail("%s -> %s (%s): %v", id, peerID, peerIP, err)
 							}
 						} else {
 							mu.Lock()
 							crossPings++
+							mu.Unlock()
+						}
+						// Inside the cluster nothing translates: the
+						// server sees the client's own address.
+						seen, err := testenv.Dial(att.Netns, fmt.Sprintf("%s:%d", peerIP, churnPort))
+						switch {
+						case err != nil || seen != ip:
+							if stillThere() {
+								fail("%s -> %s (%s:%d) over TCP: server saw %q (%v)", id, peerID, peerIP, churnPort, seen, err)
+							}
+						default:
+							mu.Lock()
+							crossDials++
+							dialsOf[i]++
+							dialsOf[peerNode]++
 							mu.Unlock()
 						}
 						mu.Lock()
@@ -208,13 +270,58 @@ func TestChurnAcrossNodes(t *testing.T) {
 	}
 	for _, i := range all {
 		n := tb.Node(i)
-		if d := testenv.Diff(before[i], testenv.Snapshot(t, n.NetNS.NetNS, n.IPAMDataDir, n.StateDir)); d != "" {
+		dirs := []string{n.IPAMDataDir, n.StateDir}
+		if ebpf {
+			dirs = append(dirs, n.BPFFSDir())
+		}
+		if d := testenv.Diff(before[i], testenv.Snapshot(t, n.NetNS.NetNS, dirs...)); d != "" {
 			t.Errorf("node%d leaked:\n%s", i, d)
 		}
 		c.converged(i, without(all, i)...)
 	}
-	report(t, "%d containers added and deleted across 3 vxlan nodes by 9 workers in %s, up to %d alive at once, plus %d ADDs into a vanished netns (%d ADDs, %d DELs in all): %d CNI errors (the vanished netns), 0 other errors, 0 duplicate addresses, 0 leaked links/rules/IPAM files, %d/%d cross-node pings answered",
-		adds-gone, elapsed.Round(time.Second), maxAlive, gone, adds, dels, cniErrs, crossPings, pings)
+	datapath := "iptables"
+	var fast string
+	if ebpf {
+		datapath = "eBPF"
+		fast = checkChurnFastpath(t, tb, c.network, warm, statsBefore, dialsOf)
+	}
+	report(t, "%d containers added and deleted across 3 vxlan nodes (%s datapath) by 9 workers in %s, up to %d alive at once, plus %d ADDs into a vanished netns (%d ADDs, %d DELs in all): %d CNI errors (the vanished netns), 0 other errors, 0 duplicate addresses, 0 leaked links/rules/IPAM files, %d/%d cross-node pings answered, %d/%d TCP connections across nodes answered%s",
+		adds-gone, datapath, elapsed.Round(time.Second), maxAlive, gone, adds, dels, cniErrs, crossPings, pings, crossDials, pings, fast)
+}
+
+// checkChurnFastpath checks the eBPF datapath after the churn: each node's
+// counters show every connection it took part in (dialsOf) in both
+// directions, the endpoints map holds only the warm container (then,
+// once that is deleted, nothing), and it describes that for the figure.
+func checkChurnFastpath(t *testing.T, tb *testbed.Testbed, network string, warm map[int]*container, before map[int]fastpath.Stats, dialsOf map[int]int) string {
+	t.Helper()
+	var fig []string
+	for i, w := range warm {
+		n := tb.Node(i)
+		// Each connection's client sends at least SYN and ACK, its
+		// server at least SYN-ACK and the answer, each packet counted
+		// once by the node that sends it (FIB or Neigh) and once by the
+		// one it arrives at (Arrived). Pings are not counted: they take
+		// the kernel's path.
+		s := fastStats(t, n, network)
+		out, in := sent(s)-sent(before[i]), s.Arrived-before[i].Arrived
+		if dialsOf[i] == 0 || out < 2*uint64(dialsOf[i]) || in < 2*uint64(dialsOf[i]) {
+			t.Errorf("node%d took part in %d connections across nodes, but its programs sent %d packets to other nodes and delivered %d from them (counters %+v, before %+v): want at least 2 each way per connection",
+				i, dialsOf[i], out, in, s, before[i])
+		}
+		fig = append(fig, fmt.Sprintf("node%d %d connections, %d packets sent and %d arrived by the programs", i, dialsOf[i], out, in))
+		if got, want := endpointIPs(t, n, network), []string{w.ip.String()}; !slices.Equal(got, want) {
+			t.Errorf("node%d's eBPF endpoints after the churn: %v, want only the warm container's %v", i, got, want)
+		}
+		if err := w.rt.Del(w.att); err != nil {
+			t.Errorf("DEL warm%d: %v", i, err)
+		}
+		if got := endpointIPs(t, n, network); len(got) != 0 {
+			t.Errorf("node%d's eBPF endpoints once every container is deleted: %v, want none", i, got)
+		}
+	}
+	slices.Sort(fig)
+	return "; fast path: " + strings.Join(fig, ", ") + "; endpoints maps empty after the last DEL"
 }
 
 // vanish removes a namespace's bind mount and file, as a runtime that

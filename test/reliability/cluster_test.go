@@ -37,6 +37,12 @@ var metricsAddr = "127.0.0.1:" + strconv.Itoa(testbed.DefaultMetricsPort)
 // vtepName is the VTEP of the default VNI.
 const vtepName = "berth.1"
 
+// datapaths are the datapaths the churn and netd-kill suites run on, one
+// subtest each: the default one, and the eBPF one (netd --datapath=ebpf),
+// whose programs stay attached while netd dies and whose endpoints map
+// must lose each container at DEL.
+var datapaths = []string{"iptables", "ebpf"}
+
 // cluster is one netd per node of a test bed, for one vxlan network.
 // testbed.StartNetd waits for each start; these suites also start netd
 // without waiting (to kill it while it starts) and from goroutines, so
@@ -50,6 +56,9 @@ type cluster struct {
 	// v6Underlay: each node gives its IPv6 address first in --node-ip
 	// (VXLAN over the IPv6 underlay); set before starting netd.
 	v6Underlay bool
+	// ebpf runs the network on the eBPF datapath, each node with its own
+	// BPF filesystem (testbed.Node.BPFFSDir); set before starting netd.
+	ebpf bool
 
 	mu   sync.Mutex
 	netd map[int]*testbed.Process
@@ -72,7 +81,9 @@ func newCluster(t *testing.T, tb *testbed.Testbed, etcd []string, args ...string
 // flags are what netd on node i is started with.
 func (c *cluster) flags(i int) []string {
 	n := c.tb.Node(i)
-	f := (&testbed.Netd{Node: n, Opts: c.opts, Bin: c.bin}).Flags()
+	opts := c.opts
+	opts.EBPF = c.ebpf
+	f := (&testbed.Netd{Node: n, Opts: opts, Bin: c.bin}).Flags()
 	if c.v6Underlay {
 		f = append(f, "--node-ip", n.IPv6.String()+","+n.IP.String())
 	}
@@ -82,6 +93,13 @@ func (c *cluster) flags(i int) []string {
 // spawn starts netd on node i without waiting for it; safe to call
 // from any goroutine.
 func (c *cluster) spawn(i int) (*testbed.Process, error) {
+	if c.ebpf {
+		// Once per node; testbed.StartNetd would do it, these suites
+		// start netd themselves.
+		if _, err := c.tb.Node(i).MountBPFFS(); err != nil {
+			return nil, err
+		}
+	}
 	p, err := c.tb.Node(i).Start(testbed.ProcSpec{Name: fmt.Sprintf("netd-node%d", i), Path: c.bin, Args: c.flags(i)})
 	if err != nil {
 		return nil, err
@@ -369,11 +387,22 @@ func (c *cluster) checkKernels(cli *clientv3.Client, up []int) {
 }
 
 // gateway puts the first address of subnet on a bridge in node n, as the
-// CNI plugin would, so that traffic between nodes has an end.
+// CNI plugin would, so that traffic between nodes has an end. A node with
+// containers has it on the plugin's bridge already, and keeps it there: a
+// second bridge with the subnet would take the containers' route.
 func gateway(t *testing.T, n *testbed.Node, subnet netip.Prefix) netip.Addr {
 	t.Helper()
 	gw := subnet.Masked().Addr().Next()
 	err := n.Do(func() error {
+		held, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, a := range held {
+			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil && a.IP.Equal(gw.AsSlice()) && l.Attrs().Name != "gw" {
+				return nil
+			}
+		}
 		br, err := netlink.LinkByName("gw")
 		if err != nil {
 			la := netlink.NewLinkAttrs()
