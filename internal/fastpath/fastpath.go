@@ -146,7 +146,7 @@ func Open(bpffs, network string) (*Network, error) {
 	// stay), missing ones created and pinned.
 	err = spec.LoadAndAssign(&n.objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: n.dir}})
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
-		return nil, fmt.Errorf("the maps pinned in %s were made by another berth version: remove the network's containers, or %s, first: %w", n.dir, n.dir, err)
+		return nil, incompatible(n.dir, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
@@ -167,6 +167,36 @@ func Open(bpffs, network string) (*Network, error) {
 		}
 	}
 	return n, nil
+}
+
+func incompatible(dir string, err error) error {
+	return fmt.Errorf("the maps pinned in %s were made by another berth version: remove the network's containers, or %s, first: %w", dir, dir, err)
+}
+
+// CheckPins fails when a map pinned for the network is not what this
+// build's programs take, so that Open would fail (ErrMapIncompatible):
+// for a runtime's STATUS. Missing pins are fine; Open makes them.
+func CheckPins(bpffs, network string) error {
+	spec, err := loadFastpath()
+	if err != nil {
+		return err
+	}
+	dir := Dir(bpffs, network)
+	for name, ms := range spec.Maps {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("map %s pinned in %s: %w", name, dir, err)
+		}
+		err = ms.Compatible(m)
+		m.Close()
+		if err != nil {
+			return incompatible(dir, fmt.Errorf("map %s: %w", name, err))
+		}
+	}
+	return nil
 }
 
 // OpenExisting opens what Open made, without creating anything: nil when

@@ -125,6 +125,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err := d.refuseDuplicate(k, netns); err != nil {
 		return err // before any undo is registered: the first ADD's work stays
 	}
+	if err := k.refuseSecondAttachment(netns); err != nil {
+		return err
+	}
 	// The record goes first: if this process is killed below, a DEL or GC
 	// finds it and removes what was made.
 	if err := saveRecord(c.StateDir, k.rec); err != nil {

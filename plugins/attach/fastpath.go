@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/conf"
@@ -42,7 +44,7 @@ func (k *call) attachFastpath(res *current.Result) error {
 		if err := n.Configure(fastpath.Config{Local: k.c.Subnet(false), Scope: k.c.Scope}); err != nil {
 			return err
 		}
-		if err := adoptAttached(n, k.c); err != nil {
+		if err := adoptAttached(n, k.c, k.rec.BPFFS); err != nil {
 			return err
 		}
 		// The endpoint first: the program drops what a container sends
@@ -51,6 +53,36 @@ func (k *call) attachFastpath(res *current.Result) error {
 			return err
 		}
 		return n.AttachContainer(ep.Ifindex)
+	})
+}
+
+// refuseSecondAttachment fails an eBPF ADD when the container has an
+// address of the network on another interface already (attached twice to
+// one network): the programs accept from a host veth only its own
+// container address, and the container's replies from one address may
+// leave through the other interface, to be dropped as spoofed.
+func (k *call) refuseSecondAttachment(netns ns.NetNS) error {
+	if !k.c.EBPF() || !k.c.Scope.IsValid() {
+		return nil
+	}
+	return netns.Do(func(ns.NetNS) error {
+		addrs, err := netlinksafe.AddrList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return fmt.Errorf("%w: listing the container's addresses: %v", cnierr.ErrDatapath, err)
+		}
+		for _, a := range addrs {
+			ip, ok := netip.AddrFromSlice(a.IP)
+			if !ok || !k.c.Scope.Contains(ip.Unmap()) {
+				continue
+			}
+			name := strconv.Itoa(a.LinkIndex)
+			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
+				name = l.Attrs().Name
+			}
+			return fmt.Errorf("%w: datapath: %q attaches a container to network %s once, and container %s has %s of it on %s already: its replies could leave through the other interface and be dropped as spoofed; use \"datapath\": %q for a container with two interfaces on one network",
+				cnierr.ErrInvalidConfig, conf.DatapathEBPF, k.c.Name, k.args.ContainerID, ip.Unmap(), name, conf.DatapathIptables)
+		}
+		return nil
 	})
 }
 
@@ -104,7 +136,7 @@ func (k *call) detachFastpath() error {
 		defer n.Close()
 		// Before the emptiness check below: the other containers'
 		// endpoints may be in an older set only.
-		if err := adoptAttached(n, k.c); err != nil {
+		if err := adoptAttached(n, k.c, k.rec.BPFFS); err != nil {
 			return err
 		}
 		if err := n.RemoveEndpoint(k.rec.ContainerIP, fastpath.OwnerOf(k.rec.key())); err != nil {
@@ -122,7 +154,7 @@ func (k *call) detachFastpath() error {
 // Open made its pins anew (someone removed them): their veths still run
 // the older set's programs (fastpath.Adopt says what that breaks). The
 // records name the veths; one gone meanwhile runs nothing.
-func adoptAttached(n *fastpath.Network, c *conf.Bridge) error {
+func adoptAttached(n *fastpath.Network, c *conf.Bridge, bpffs string) error {
 	if !n.Made() {
 		return nil
 	}
@@ -131,8 +163,8 @@ func adoptAttached(n *fastpath.Network, c *conf.Bridge) error {
 		return err
 	}
 	for _, r := range recs {
-		if r.BPFFS == "" {
-			continue
+		if r.BPFFS != bpffs {
+			continue // not on these pins
 		}
 		host, err := netlinksafe.LinkByName(r.HostVeth)
 		if err != nil {
@@ -221,7 +253,7 @@ func gcFastpath(c *conf.Bridge) error {
 			return err
 		}
 		defer n.Close()
-		if err := adoptAttached(n, c); err != nil {
+		if err := adoptAttached(n, c, c.BPFFS); err != nil {
 			return err
 		}
 		// Read under the lock: an ADD adds its endpoint under it, after
@@ -254,7 +286,8 @@ func gcFastpath(c *conf.Bridge) error {
 }
 
 // statusFastpath fails (50) when the eBPF datapath cannot take a
-// container: its BPF filesystem is missing.
+// container: its BPF filesystem is missing, or holds maps of the network
+// that this build's programs cannot use.
 func statusFastpath(c *conf.Bridge) error {
 	if !c.EBPF() {
 		return nil
@@ -263,7 +296,10 @@ func statusFastpath(c *conf.Bridge) error {
 	if err != nil {
 		return fmt.Errorf("%w: bpffs: %w", cnierr.ErrUnavailable, err)
 	}
-	lock.Release()
+	defer lock.Release()
+	if err := fastpath.CheckPins(c.BPFFS, c.Name); err != nil {
+		return fmt.Errorf("%w: eBPF datapath: %w", cnierr.ErrUnavailable, err)
+	}
 	return nil
 }
 

@@ -369,6 +369,23 @@ func TestEBPFConfigErrors(t *testing.T) {
 		if err := testenv.NewRuntime(t, n.ns, ok).Status(); err != nil {
 			t.Errorf("STATUS with a BPF filesystem: %v", err)
 		}
+		// A map of another shape pinned where the network's endpoints go
+		// (another berth version): every ADD would fail.
+		dir := fastpath.Dir(n.bpffs, "bpf")
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 4, ValueSize: 8, MaxEntries: 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		if err := m.Pin(filepath.Join(dir, "endpoints")); err != nil {
+			t.Fatal(err)
+		}
+		if err := testenv.NewRuntime(t, n.ns, ok).Status(); !errors.As(err, &ce) || ce.Code != 50 || !strings.Contains(err.Error(), dir) {
+			t.Errorf("STATUS with an incompatible map pinned: %v, want 50 naming %s", err, dir)
+		}
 	})
 }
 
@@ -698,5 +715,35 @@ func TestEBPFPinsMadeAnew(t *testing.T) {
 				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
 			}
 		})
+	}
+}
+
+// A container attached twice to one eBPF network would have its replies
+// from one address leave through the other interface and be dropped as
+// spoofed: the second ADD is refused, naming datapath, and the first
+// attachment stays as it was.
+func TestEBPFSecondAttachmentRefused(t *testing.T) {
+	n := ebpfNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("twice", "berthtw", "10.92.0.0/24", ""))
+	before := n.snapshot(t)
+	first := container(t, "m1")
+	rt.MustAdd(t, first)
+	withFirst := n.snapshot(t)
+	second := &testenv.Attachment{ID: first.ID, IfName: "eth1", Netns: first.Netns}
+	var ce *types.Error
+	if _, err := rt.Add(second); !errors.As(err, &ce) || ce.Code != 7 || !strings.Contains(err.Error(), "datapath") || !strings.Contains(err.Error(), "eth0") {
+		t.Errorf("second ADD: %v, want error 7 naming datapath and eth0", err)
+	}
+	if after := n.snapshot(t); after != withFirst {
+		t.Errorf("the refused ADD changed:\n%s", testenv.Diff(withFirst, after))
+	}
+	if err := rt.Check(first); err != nil {
+		t.Errorf("CHECK of the first attachment: %v", err)
+	}
+	if err := errors.Join(rt.Del(second), rt.Del(first)); err != nil {
+		t.Fatal(err)
+	}
+	if after := strings.Replace(n.snapshot(t), "link berthtw\n", "", 1); after != before {
+		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
 	}
 }
