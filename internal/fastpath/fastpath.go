@@ -66,12 +66,21 @@ func Dir(bpffs, network string) string { return filepath.Join(bpffs, "berth", ne
 
 // Lock serialises the changes to the pins of one node: loading a
 // network's objects the first time, removing them after its last
-// container.
+// container. Using pins as they are (adding an endpoint, attaching a
+// program, reading) needs it shared only.
 type Lock struct{ f *os.File }
 
-// Acquire takes the node's lock, after checking that bpffs is a BPF
-// filesystem.
-func Acquire(bpffs string) (*Lock, error) {
+// Acquire takes the node's lock exclusively, after checking that bpffs is
+// a BPF filesystem: to make, complete, configure for netd or remove a
+// network's pins.
+func Acquire(bpffs string) (*Lock, error) { return acquire(bpffs, syscall.LOCK_EX) }
+
+// AcquireShared takes the node's lock shared with other shared holders:
+// enough to use a network's pins as OpenPinned finds them, which parallel
+// ADDs do side by side.
+func AcquireShared(bpffs string) (*Lock, error) { return acquire(bpffs, syscall.LOCK_SH) }
+
+func acquire(bpffs string, how int) (*Lock, error) {
 	var st unix.Statfs_t
 	err := unix.Statfs(bpffs, &st)
 	if errors.Is(err, unix.ENOENT) {
@@ -95,7 +104,7 @@ func Acquire(bpffs string) (*Lock, error) {
 		return nil, err
 	}
 	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		err = syscall.Flock(int(f.Fd()), how)
 		if !errors.Is(err, syscall.EINTR) {
 			break
 		}
@@ -197,6 +206,19 @@ func CheckPins(bpffs, network string) error {
 		}
 	}
 	return nil
+}
+
+// OpenPinned opens the network's pins when all of them are there, this
+// build's programs included; nil when one is missing (Open makes it, under
+// the exclusive lock).
+func OpenPinned(bpffs, network string) (*Network, error) {
+	n := &Network{Name: network, dir: Dir(bpffs, network)}
+	if err := n.loadPinned(); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	return n, nil
 }
 
 // OpenExisting opens what Open made, without creating anything: nil when

@@ -35,11 +35,7 @@ func (k *call) attachFastpath(res *current.Result) error {
 	if err != nil {
 		return err
 	}
-	return withFastpath(k.rec.BPFFS, func() error {
-		n, err := fastpath.Open(k.rec.BPFFS, k.c.Name)
-		if err != nil {
-			return err
-		}
+	add := func(n *fastpath.Network) error {
 		defer n.Close()
 		if err := n.Configure(fastpath.Config{Local: k.c.Subnet(false), Scope: k.c.Scope}); err != nil {
 			return err
@@ -53,6 +49,28 @@ func (k *call) attachFastpath(res *current.Result) error {
 			return err
 		}
 		return n.AttachContainer(ep.Ifindex)
+	}
+	// Pins complete, as for every ADD but a network's first on the node:
+	// the lock shared with the other ADDs, whose endpoints and veths are
+	// their own.
+	added := false
+	err = withFastpath(fastpath.AcquireShared, k.rec.BPFFS, func() error {
+		n, err := fastpath.OpenPinned(k.rec.BPFFS, k.c.Name)
+		if n == nil || err != nil {
+			return err
+		}
+		added = true
+		return add(n)
+	})
+	if added || err != nil {
+		return err
+	}
+	return withFastpath(fastpath.Acquire, k.rec.BPFFS, func() error {
+		n, err := fastpath.Open(k.rec.BPFFS, k.c.Name)
+		if err != nil {
+			return err
+		}
+		return add(n)
 	})
 }
 
@@ -128,7 +146,7 @@ func (k *call) detachFastpath() error {
 	if k.rec.BPFFS == "" || !k.rec.ContainerIP.IsValid() {
 		return nil
 	}
-	err := withFastpath(k.rec.BPFFS, func() error {
+	err := withFastpath(fastpath.Acquire, k.rec.BPFFS, func() error {
 		n, err := fastpath.OpenToClean(k.rec.BPFFS, k.c.Name)
 		if n == nil || err != nil {
 			return err
@@ -206,7 +224,7 @@ func (k *call) checkFastpath() error {
 	if err != nil {
 		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 	}
-	return withFastpath(k.rec.BPFFS, func() error {
+	return withFastpath(fastpath.AcquireShared, k.rec.BPFFS, func() error {
 		n, err := fastpath.OpenExisting(k.rec.BPFFS, k.c.Name)
 		if errors.Is(err, fastpath.ErrIncomplete) {
 			return fmt.Errorf("%w: %v", cnierr.ErrCheckFailed, err)
@@ -247,7 +265,7 @@ func gcFastpath(c *conf.Bridge) error {
 	if !c.EBPF() {
 		return nil
 	}
-	err := withFastpath(c.BPFFS, func() error {
+	err := withFastpath(fastpath.Acquire, c.BPFFS, func() error {
 		n, err := fastpath.OpenToClean(c.BPFFS, c.Name)
 		if n == nil || err != nil {
 			return err
@@ -292,7 +310,7 @@ func statusFastpath(c *conf.Bridge) error {
 	if !c.EBPF() {
 		return nil
 	}
-	lock, err := fastpath.Acquire(c.BPFFS)
+	lock, err := fastpath.AcquireShared(c.BPFFS)
 	if err != nil {
 		return fmt.Errorf("%w: bpffs: %w", cnierr.ErrUnavailable, err)
 	}
@@ -303,10 +321,11 @@ func statusFastpath(c *conf.Bridge) error {
 	return nil
 }
 
-// withFastpath runs f under the node's fast path lock and gives its
-// errors their CNI codes.
-func withFastpath(bpffs string, f func() error) error {
-	lock, err := fastpath.Acquire(bpffs)
+// withFastpath runs f under the node's fast path lock, taken by acquire
+// (fastpath.Acquire or AcquireShared), and gives its errors their CNI
+// codes.
+func withFastpath(acquire func(bpffs string) (*fastpath.Lock, error), bpffs string, f func() error) error {
+	lock, err := acquire(bpffs)
 	if errors.Is(err, fastpath.ErrNoBPFFS) {
 		return fmt.Errorf("%w: bpffs: %w", cnierr.ErrInvalidConfig, err)
 	}

@@ -747,3 +747,33 @@ func TestEBPFSecondAttachmentRefused(t *testing.T) {
 		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
 	}
 }
+
+// ADDs to a network whose pins are complete, every ADD but the network's
+// first on the node, hold the node's lock shared: parallel ADDs do not
+// queue for it (here another holder, the test, keeps it shared meanwhile).
+func TestEBPFAddsShareTheLock(t *testing.T) {
+	n := ebpfNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("shared", "berthsh", "10.91.0.0/24", ""))
+	first, second := container(t, "s1"), container(t, "s2")
+	rt.MustAdd(t, first) // makes the pins
+	lock, err := fastpath.AcquireShared(n.bpffs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := rt.Add(second); done <- err }()
+	select {
+	case err = <-done:
+		lock.Release()
+	case <-time.After(10 * time.Second):
+		t.Error("the ADD waited for the lock held shared")
+		lock.Release()
+		err = <-done
+	}
+	if err != nil {
+		t.Errorf("ADD: %v", err)
+	}
+	if err := errors.Join(rt.Check(second), rt.Del(second), rt.Del(first)); err != nil {
+		t.Fatal(err)
+	}
+}
