@@ -22,7 +22,8 @@
 // running process, and a crashed plugin or netd leaves the traffic flowing.
 //
 // Callers hold the node's Lock while they open, change or remove a
-// network's pins.
+// network's pins: exclusively (Acquire) to make, complete or remove them,
+// shared (AcquireShared) to use them as they are.
 package fastpath
 
 import (
