@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 //
-// berth's eBPF fast path: TC programs (TCX ingress) that carry container
-// traffic of one berth network past the node's bridge, routing and
-// netfilter. Everything they do not handle themselves they hand to the
-// kernel's path unchanged (TCX_NEXT), where berth's iptables rules apply as
-// in the default datapath.
+// berth's eBPF fast path: TC programs (a tc filter on the host veths, TCX on
+// the uplink) that carry container traffic of one network past the node's
+// bridge, routing and netfilter. What they do not handle they hand to the
+// kernel's path unchanged (TCX_NEXT, TC_ACT_UNSPEC for a filter), where
+// berth's iptables rules apply as in the default datapath.
 //
 //   from_container  on the host end of each container's veth: drops
 //                   packets whose source is not the container's own
