@@ -41,6 +41,22 @@ func tcpFamily(host string) string {
 
 func serve(t testing.TB, n ns.NetNS, network, addr string) {
 	t.Helper()
+	l, err := listen(n, network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+}
+
+// Listen is Serve for a caller that cannot fail the test where it runs (a
+// goroutine) or ends the server itself: closing the listener stops it.
+// addr is of one family ("0.0.0.0:80", "[::]:80" for IPv6 only).
+func Listen(n ns.NetNS, addr string) (net.Listener, error) {
+	host, _, _ := net.SplitHostPort(addr)
+	return listen(n, tcpFamily(host), addr)
+}
+
+func listen(n ns.NetNS, network, addr string) (net.Listener, error) {
 	var l net.Listener
 	// A socket belongs to the namespace it was created in, whichever
 	// thread later accepts on it.
@@ -50,9 +66,8 @@ func serve(t testing.TB, n ns.NetNS, network, addr string) {
 		return err
 	})
 	if err != nil {
-		t.Fatalf("listening on %s: %v", addr, err)
+		return nil, fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
 			c, err := l.Accept()
@@ -64,6 +79,7 @@ func serve(t testing.TB, n ns.NetNS, network, addr string) {
 			c.Close()
 		}
 	}()
+	return l, nil
 }
 
 // Dial connects from netns n to addr ("10.0.0.2:80", "[fd00::2]:80") and

@@ -188,7 +188,7 @@ func churnAcrossNodes(t *testing.T, ebpf bool) {
 					ip := res.IPs[0].Address.IP.String()
 					// Listening before it is listed as alive: whoever
 					// picks it as a peer finds the server up.
-					server, err := serveSource(att.Netns, churnPort)
+					server, err := testenv.Listen(att.Netns, fmt.Sprintf("0.0.0.0:%d", churnPort))
 					if err != nil {
 						fail("%s: serving on port %d: %v", id, churnPort, err)
 					}

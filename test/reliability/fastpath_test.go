@@ -2,9 +2,6 @@ package reliability
 
 import (
 	"fmt"
-	"io"
-	"net"
-	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -12,7 +9,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
@@ -159,34 +155,4 @@ func checkLeftEBPF(t *testing.T, n *testbed.Node, network string) {
 	} else if !os.IsNotExist(err) {
 		t.Errorf("%s after leaving: %v", n.Host, err)
 	}
-}
-
-// serveSource answers each TCP connection to port inside netns n with the
-// address it came from, as testenv.Serve does, until the listener is
-// closed. Unlike testenv.Serve it returns its error and leaves the
-// listener's end to the caller: the churn's workers are goroutines (no
-// t.Fatal there), and a container's server goes with the container.
-func serveSource(n ns.NetNS, port int) (io.Closer, error) {
-	var l net.Listener
-	// A socket belongs to the namespace it was created in.
-	err := n.Do(func(ns.NetNS) error {
-		var err error
-		l, err = net.Listen("tcp4", fmt.Sprintf("0.0.0.0:%d", port))
-		return err
-	})
-	if err != nil {
-		return nil, err
-	}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			ip, _ := netip.AddrFromSlice(c.RemoteAddr().(*net.TCPAddr).IP)
-			fmt.Fprintf(c, "%s\n", ip.Unmap())
-			c.Close()
-		}
-	}()
-	return l, nil
 }
