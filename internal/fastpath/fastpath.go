@@ -531,6 +531,12 @@ func (n *Network) AttachContainer(ifindex int) error {
 	if slices.Contains(mine, id) {
 		return nil
 	}
+	return attachFilter(ifindex, n.objs.FromContainer)
+}
+
+// attachFilter puts prog, a from_container, on ifindex's tc ingress, in
+// place of the one there.
+func attachFilter(ifindex int, prog *ebpf.Program) error {
 	clsact := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
@@ -543,7 +549,7 @@ func (n *Network) AttachContainer(ifindex int) error {
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
 			Handle: containerFilter, Priority: containerFilter, Protocol: unix.ETH_P_ALL},
-		Fd: n.objs.FromContainer.FD(), Name: progContainer + "_" + version, DirectAction: true,
+		Fd: prog.FD(), Name: progContainer + "_" + version, DirectAction: true,
 	}
 	if err := netlink.FilterReplace(filter); err != nil {
 		return fmt.Errorf("attaching %s to interface %d (tc ingress): %w", progContainer, ifindex, err)
@@ -562,15 +568,11 @@ const containerFilter = 1
 // not reach containers added since, an address freed meanwhile would stay
 // in its map, and on a netd node other nodes' packets for it would take
 // the kernel's path while its replies skip conntrack (dropped as invalid
-// where a rule drops those, as kube-proxy's does). A veth already on n's
-// program, or with no program of this network, is left alone; an address
-// n's map gives to another container is not taken back. It reports
-// whether it moved the veth.
+// where a rule drops those, as kube-proxy's does). A veth whose program
+// uses n's maps (an older berth's version included: it keeps it) or has
+// no from_container is left alone; an address n's map gives to another
+// container is not taken back. It reports whether it moved the veth.
 func (n *Network) Adopt(ifindex int) (bool, error) {
-	current, err := progID(n.objs.FromContainer)
-	if err != nil {
-		return false, err
-	}
 	filters, err := filterPrograms(ifindex)
 	if err != nil {
 		return false, err
@@ -580,10 +582,15 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	onTCX = named(onTCX, progContainer)
+	all := named(append(filters, onTCX...), progContainer)
+	// n's own maps, of this version or an older one, are no older set.
+	mine, err := n.mine(all, progContainer)
+	if err != nil {
+		return false, err
+	}
 	var older []ebpf.ProgramID
-	for _, id := range named(append(filters, onTCX...), progContainer) {
-		if id != current {
+	for _, id := range all {
+		if !slices.Contains(mine, id) {
 			older = append(older, id)
 		}
 	}
@@ -600,6 +607,9 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 	}
 	// An earlier berth's program on TCX runs before any filter.
 	for _, id := range onTCX {
+		if !slices.Contains(older, id) {
+			continue
+		}
 		if err := detachTCX(ifindex, id); err != nil {
 			return false, fmt.Errorf("detaching the older %s from interface %d: %w", progContainer, ifindex, err)
 		}

@@ -1,0 +1,100 @@
+package fastpath
+
+import (
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// Adopt moves a veth off a program of another set of maps, and leaves
+// alone one whose program, of another version, uses the network's own
+// maps: an upgrade keeps the programs of the veths attached before it.
+func TestAdoptOnlyOtherMaps(t *testing.T) {
+	node := testenv.NewNS(t)
+	bpffs := testenv.BPFFS(t)
+	var n *Network
+	var ifindex int
+	err := node.Do(func(ns.NetNS) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "host0"}, PeerName: "peer0"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("host0")
+		if err != nil {
+			return err
+		}
+		ifindex = l.Attrs().Index
+		n, err = Open(bpffs, "net1")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+
+	// load gives from_container a program of its own, on n's maps or on
+	// new ones, as another version of berth or another set of pins would.
+	load := func(sameMaps bool) *ebpf.Program {
+		spec, err := loadFastpath()
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := &ebpf.CollectionOptions{}
+		if sameMaps {
+			opts.MapReplacements = map[string]*ebpf.Map{fastpathMapEndpoints: n.objs.Endpoints, fastpathMapConfig: n.objs.Config, fastpathMapStats: n.objs.Stats}
+		} else {
+			for _, m := range spec.Maps {
+				m.Pinning = ebpf.PinNone // new maps, unpinned: the set pins removed leave
+			}
+		}
+		var objs fastpathObjects
+		if err := spec.LoadAndAssign(&objs, opts); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { objs.Close() })
+		return objs.FromContainer
+	}
+	for _, tt := range []struct {
+		name     string
+		sameMaps bool
+		moved    bool
+	}{
+		{"another version on the network's maps", true, false},
+		{"another set of maps", false, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			other := &Network{objs: fastpathObjects{fastpathPrograms: fastpathPrograms{FromContainer: load(tt.sameMaps)}}}
+			err := node.Do(func(ns.NetNS) error {
+				if err := attachFilter(ifindex, other.objs.FromContainer); err != nil {
+					return err
+				}
+				moved, err := n.Adopt(ifindex)
+				if err != nil {
+					return err
+				}
+				if moved != tt.moved {
+					t.Errorf("Adopt moved the veth: %v, want %v", moved, tt.moved)
+				}
+				ids, err := filterPrograms(ifindex)
+				if err != nil {
+					return err
+				}
+				want, _ := progID(other.objs.FromContainer)
+				if tt.moved {
+					want, _ = progID(n.objs.FromContainer)
+				}
+				if len(ids) != 1 || ids[0] != want {
+					t.Errorf("programs on the veth: %v, want [%d]", ids, want)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
