@@ -557,6 +557,22 @@ func attachFilter(ifindex int, prog *ebpf.Program) error {
 	return nil
 }
 
+// copyConfig writes the config of an older set, from, into n when n's is
+// unset.
+func (n *Network) copyConfig(from *ebpf.Map) error {
+	var mine, older fastpathConfig
+	if err := n.objs.Config.Lookup(uint32(0), &mine); err != nil || mine != (fastpathConfig{}) {
+		return err
+	}
+	if err := from.Lookup(uint32(0), &older); err != nil {
+		return fmt.Errorf("reading the config of the older pins: %w", err)
+	}
+	if err := n.objs.Config.Put(uint32(0), &older); err != nil {
+		return fmt.Errorf("writing the fast path's config: %w", err)
+	}
+	return nil
+}
+
 // containerFilter is the handle and priority of from_container's filter.
 const containerFilter = 1
 
@@ -583,11 +599,21 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 		return false, err
 	}
 	all := named(append(filters, onTCX...), progContainer)
-	// n's own maps, of this version or an older one, are no older set.
-	mine, err := n.mine(all, progContainer)
+	// On n's own maps, of this version or an older one, a program is on
+	// no older set. The config counts too: a config pin made anew leaves
+	// the programs on the older config.
+	endpoints, err := mapID(n.objs.Endpoints)
 	if err != nil {
 		return false, err
 	}
+	config, err := mapID(n.objs.Config)
+	if err != nil {
+		return false, err
+	}
+	mine := programsWhere(all, func(info *ebpf.ProgramInfo) bool {
+		maps, _ := info.MapIDs()
+		return slices.Contains(maps, endpoints) && slices.Contains(maps, config)
+	})
 	var older []ebpf.ProgramID
 	for _, id := range all {
 		if !slices.Contains(mine, id) {
@@ -618,7 +644,9 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 }
 
 // copyEndpoints copies into n the endpoints of host veth ifindex that the
-// maps of program id hold.
+// maps of program id hold, and their config when n's is unset (its pin
+// was made anew): netd's mark with it, which a last DEL reads before it
+// removes the pins.
 func (n *Network) copyEndpoints(id ebpf.ProgramID, ifindex int) error {
 	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
@@ -637,7 +665,15 @@ func (n *Network) copyEndpoints(id ebpf.ProgramID, ifindex int) error {
 		}
 		mi, err := m.Info()
 		if err != nil || mi.Name != fastpathMapEndpoints {
+			if err == nil && mi.Name == fastpathMapConfig {
+				err = n.copyConfig(m)
+			} else {
+				err = nil // a map gone meanwhile, the stats
+			}
 			m.Close()
+			if err != nil {
+				return err
+			}
 			continue
 		}
 		older := &Network{objs: fastpathObjects{fastpathMaps: fastpathMaps{Endpoints: m}}}
@@ -650,8 +686,12 @@ func (n *Network) copyEndpoints(id ebpf.ProgramID, ifindex int) error {
 			if e.Ifindex != ifindex {
 				continue
 			}
-			if _, taken, err := n.Endpoint(e.IP); err != nil || taken {
+			_, taken, err := n.Endpoint(e.IP)
+			if err != nil {
 				return err
+			}
+			if taken {
+				continue
 			}
 			if err := n.AddEndpoint(e); err != nil {
 				return err

@@ -165,7 +165,7 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 		return err
 	}
 	undo = append(undo, func() { k.detachFastpath() })
-	if err := k.attachFastpath(result); err != nil {
+	if err := k.attachFastpath(result, netns); err != nil {
 		return err
 	}
 	if err := k.shape(bandwidth); err != nil {

@@ -26,13 +26,16 @@ import (
 // filesystem ADD used, so that DEL cleans up whatever the config says now.
 
 // attachFastpath adds the container's endpoint and attaches the program
-// to its host veth. res is the result of the links.
-func (k *call) attachFastpath(res *current.Result) error {
+// to its host veth. res is the result of the links in netns.
+func (k *call) attachFastpath(res *current.Result, netns ns.NetNS) error {
 	if k.rec.BPFFS == "" {
 		return nil
 	}
 	ep, err := k.fastpathEndpoint(res)
 	if err != nil {
+		return err
+	}
+	if err := k.refuseSecondAttachment(netns); err != nil {
 		return err
 	}
 	add := func(n *fastpath.Network) error {
@@ -75,10 +78,13 @@ func (k *call) attachFastpath(res *current.Result) error {
 }
 
 // refuseSecondAttachment fails an eBPF ADD when the container has an
-// address of the network on another interface already (attached twice to
-// one network): the programs accept from a host veth only its own
-// container address, and the container's replies from one address may
-// leave through the other interface, to be dropped as spoofed.
+// address of the network on another interface (attached twice to one
+// network): the programs accept from a host veth only its own container
+// address, and the container's replies from one address may leave
+// through the other interface, to be dropped as spoofed. ADD asks before
+// it makes anything, and again once its own address is in place, which
+// two parallel ADDs of one container cannot both pass: each adds its
+// address before it asks, so the one that asks last sees the other's.
 func (k *call) refuseSecondAttachment(netns ns.NetNS) error {
 	if !k.c.EBPF() || !k.c.Scope.IsValid() {
 		return nil
@@ -96,6 +102,9 @@ func (k *call) refuseSecondAttachment(netns ns.NetNS) error {
 			name := strconv.Itoa(a.LinkIndex)
 			if l, err := netlink.LinkByIndex(a.LinkIndex); err == nil {
 				name = l.Attrs().Name
+			}
+			if name == k.args.IfName {
+				continue // this ADD's own
 			}
 			return fmt.Errorf("%w: datapath: %q attaches a container to network %s once, and container %s has %s of it on %s already: its replies could leave through the other interface and be dropped as spoofed; use \"datapath\": %q for a container with two interfaces on one network",
 				cnierr.ErrInvalidConfig, conf.DatapathEBPF, k.c.Name, k.args.ContainerID, ip.Unmap(), name, conf.DatapathIptables)

@@ -663,7 +663,7 @@ func TestEBPFPartialPins(t *testing.T) {
 // fast path, also when it has the deleted container's address, which the
 // older set's map still gave to the deleted veth.
 func TestEBPFPinsMadeAnew(t *testing.T) {
-	for _, removed := range []string{"", "endpoints"} {
+	for _, removed := range []string{"", "endpoints", "config"} {
 		name := "the whole directory"
 		if removed != "" {
 			name = removed
@@ -683,6 +683,14 @@ func TestEBPFPinsMadeAnew(t *testing.T) {
 			}
 			if err := rt.Del(b); err != nil {
 				t.Fatalf("DEL with %s removed: %v", name, err)
+			}
+			// A DEL that made the pins anew wrote the network's config
+			// (netd's mark included) into them, as the older set had it.
+			if removed != "" {
+				fp := n.fastpathOf(t, "fpnew")
+				if cfg, err := fp.Config(); err != nil || cfg.Scope != netip.MustParsePrefix("10.93.0.0/24") {
+					t.Errorf("config of the pins the DEL made: %+v %v, want the network's", cfg, err)
+				}
 			}
 			d := container(t, "d")
 			d.Caps = map[string]any{"ips": []string{ipB + "/24"}}
@@ -742,6 +750,23 @@ func TestEBPFSecondAttachmentRefused(t *testing.T) {
 	}
 	if err := errors.Join(rt.Del(second), rt.Del(first)); err != nil {
 		t.Fatal(err)
+	}
+	// Two ADDs of one container side by side: at most one may pass.
+	for i := range 5 {
+		ctr := container(t, fmt.Sprintf("p%d", i))
+		ifs := []*testenv.Attachment{ctr, {ID: ctr.ID, IfName: "eth1", Netns: ctr.Netns}}
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for j, a := range ifs {
+			wg.Go(func() { _, errs[j] = rt.Add(a) })
+		}
+		wg.Wait()
+		if errs[0] == nil && errs[1] == nil {
+			t.Errorf("round %d: both parallel ADDs of one container passed", i)
+		}
+		if err := errors.Join(rt.Del(ifs[0]), rt.Del(ifs[1])); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if after := strings.Replace(n.snapshot(t), "link berthtw\n", "", 1); after != before {
 		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
