@@ -66,6 +66,15 @@ func (n *node) snapshot(t *testing.T) string {
 	return testenv.Snapshot(t, n.ns, n.stateDir, n.dataDir, n.bpffs)
 }
 
+// checkNothingLeft fails t when the node differs from before other than
+// by the network's bridge, which DEL leaves in place.
+func (n *node) checkNothingLeft(t *testing.T, before, bridge string) {
+	t.Helper()
+	if after := strings.Replace(n.snapshot(t), "link "+bridge+"\n", "", 1); after != before {
+		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
+	}
+}
+
 func container(t *testing.T, id string, ports ...map[string]any) *testenv.Attachment {
 	a := &testenv.Attachment{ID: id, Netns: testenv.NewNS(t)}
 	if len(ports) > 0 {

@@ -209,9 +209,7 @@ func TestEBPFSameNode(t *testing.T) {
 		if err := rt.Del(c2); err != nil {
 			t.Fatal(err)
 		}
-		if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
-			t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
-		}
+		n.checkNothingLeft(t, before, "berth0")
 	})
 }
 
@@ -617,9 +615,7 @@ func TestEBPFPartialPins(t *testing.T) {
 			if err := rt.GC(); err != nil {
 				t.Errorf("GC with %s unpinned: %v", pin, err)
 			}
-			if after := strings.Replace(n.snapshot(t), "link berthpart\n", "", 1); after != before {
-				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
-			}
+			n.checkNothingLeft(t, before, "berthpart")
 		})
 	}
 	for _, pin := range pins {
@@ -649,9 +645,7 @@ func TestEBPFPartialPins(t *testing.T) {
 			if err := errors.Join(rt.Del(c1), rt.Del(c2)); err != nil {
 				t.Fatal(err)
 			}
-			if after := strings.Replace(n.snapshot(t), "link berthpart\n", "", 1); after != before {
-				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
-			}
+			n.checkNothingLeft(t, before, "berthpart")
 		})
 	}
 }
@@ -719,9 +713,7 @@ func TestEBPFPinsMadeAnew(t *testing.T) {
 			if err := errors.Join(rt.Del(a), rt.Del(c), rt.Del(d)); err != nil {
 				t.Fatal(err)
 			}
-			if after := strings.Replace(n.snapshot(t), "link berthnew\n", "", 1); after != before {
-				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
-			}
+			n.checkNothingLeft(t, before, "berthnew")
 		})
 	}
 }
@@ -768,9 +760,7 @@ func TestEBPFSecondAttachmentRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if after := strings.Replace(n.snapshot(t), "link berthtw\n", "", 1); after != before {
-		t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
-	}
+	n.checkNothingLeft(t, before, "berthtw")
 }
 
 // ADDs to a network whose pins are complete, every ADD but the network's

@@ -69,9 +69,7 @@ func TestLeasedIPv6(t *testing.T) {
 					t.Fatalf("DEL: %v", err)
 				}
 			}
-			if after := strings.Replace(n.snapshot(t), "link berth0\n", "", 1); after != before {
-				t.Errorf("leftovers:\n%s", testenv.Diff(before, after))
-			}
+			n.checkNothingLeft(t, before, "berth0")
 		})
 	}
 }
