@@ -557,22 +557,6 @@ func attachFilter(ifindex int, prog *ebpf.Program) error {
 	return nil
 }
 
-// copyConfig writes the config of an older set, from, into n when n's is
-// unset.
-func (n *Network) copyConfig(from *ebpf.Map) error {
-	var mine, older fastpathConfig
-	if err := n.objs.Config.Lookup(uint32(0), &mine); err != nil || mine != (fastpathConfig{}) {
-		return err
-	}
-	if err := from.Lookup(uint32(0), &older); err != nil {
-		return fmt.Errorf("reading the config of the older pins: %w", err)
-	}
-	if err := n.objs.Config.Put(uint32(0), &older); err != nil {
-		return fmt.Errorf("writing the fast path's config: %w", err)
-	}
-	return nil
-}
-
 // containerFilter is the handle and priority of from_container's filter.
 const containerFilter = 1
 
@@ -624,7 +608,7 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 		return false, nil
 	}
 	for _, id := range older {
-		if err := n.copyEndpoints(id, ifindex); err != nil {
+		if err := n.copyFromOlder(id, ifindex); err != nil {
 			return false, err
 		}
 	}
@@ -643,11 +627,11 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 	return true, nil
 }
 
-// copyEndpoints copies into n the endpoints of host veth ifindex that the
-// maps of program id hold, and their config when n's is unset (its pin
-// was made anew): netd's mark with it, which a last DEL reads before it
-// removes the pins.
-func (n *Network) copyEndpoints(id ebpf.ProgramID, ifindex int) error {
+// copyFromOlder copies into n what the maps of program id, an older set's,
+// hold for host veth ifindex: its endpoints, and the config when n's is
+// unset (its pin was made anew), netd's mark with it, which a last DEL
+// reads before it removes the pins.
+func (n *Network) copyFromOlder(id ebpf.ProgramID, ifindex int) error {
 	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
 		return nil // gone meanwhile
@@ -661,42 +645,60 @@ func (n *Network) copyEndpoints(id ebpf.ProgramID, ifindex int) error {
 	for _, mid := range maps {
 		m, err := ebpf.NewMapFromID(mid)
 		if err != nil {
-			continue
+			continue // gone meanwhile
 		}
-		mi, err := m.Info()
-		if err != nil || mi.Name != fastpathMapEndpoints {
-			if err == nil && mi.Name == fastpathMapConfig {
-				err = n.copyConfig(m)
-			} else {
-				err = nil // a map gone meanwhile, the stats
-			}
-			m.Close()
-			if err != nil {
-				return err
-			}
-			continue
+		mi, infoErr := m.Info()
+		switch {
+		case infoErr != nil: // gone meanwhile
+		case mi.Name == fastpathMapEndpoints:
+			err = n.copyEndpoints(m, ifindex)
+		case mi.Name == fastpathMapConfig:
+			err = n.copyConfig(m)
 		}
-		older := &Network{objs: fastpathObjects{fastpathMaps: fastpathMaps{Endpoints: m}}}
-		eps, err := older.Endpoints()
 		m.Close()
 		if err != nil {
 			return err
 		}
-		for _, e := range eps {
-			if e.Ifindex != ifindex {
-				continue
-			}
-			_, taken, err := n.Endpoint(e.IP)
-			if err != nil {
-				return err
-			}
-			if taken {
-				continue
-			}
+	}
+	return nil
+}
+
+// copyEndpoints copies into n the endpoints of host veth ifindex in from,
+// an older set's endpoints map, but not an address n gives to another.
+func (n *Network) copyEndpoints(from *ebpf.Map, ifindex int) error {
+	eps, err := (&Network{objs: fastpathObjects{fastpathMaps: fastpathMaps{Endpoints: from}}}).Endpoints()
+	if err != nil {
+		return err
+	}
+	for _, e := range eps {
+		if e.Ifindex != ifindex {
+			continue
+		}
+		_, taken, err := n.Endpoint(e.IP)
+		if err != nil {
+			return err
+		}
+		if !taken {
 			if err := n.AddEndpoint(e); err != nil {
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// copyConfig writes the config of an older set, from, into n when n's is
+// unset.
+func (n *Network) copyConfig(from *ebpf.Map) error {
+	var mine, older fastpathConfig
+	if err := n.objs.Config.Lookup(uint32(0), &mine); err != nil || mine != (fastpathConfig{}) {
+		return err
+	}
+	if err := from.Lookup(uint32(0), &older); err != nil {
+		return fmt.Errorf("reading the config of the older pins: %w", err)
+	}
+	if err := n.objs.Config.Put(uint32(0), &older); err != nil {
+		return fmt.Errorf("writing the fast path's config: %w", err)
 	}
 	return nil
 }
