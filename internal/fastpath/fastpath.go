@@ -265,9 +265,17 @@ func OpenToClean(bpffs, network string) (*Network, error) {
 
 func (n *Network) progPin(name string) string { return filepath.Join(n.dir, name+"_"+version) }
 
+// maps are the network's maps by the name they are pinned under.
+func (n *Network) maps() map[string]**ebpf.Map {
+	return map[string]**ebpf.Map{
+		fastpathMapEndpoints: &n.objs.Endpoints, fastpathMapConfig: &n.objs.Config, fastpathMapStats: &n.objs.Stats,
+		fastpathMapVxlan: &n.objs.Vxlan, fastpathMapTunnels: &n.objs.Tunnels, fastpathMapTunnelStats: &n.objs.TunnelStats,
+	}
+}
+
 func (n *Network) loadMaps() error {
 	var err error
-	for name, m := range map[string]**ebpf.Map{fastpathMapEndpoints: &n.objs.Endpoints, fastpathMapConfig: &n.objs.Config, fastpathMapStats: &n.objs.Stats} {
+	for name, m := range n.maps() {
 		if *m, err = ebpf.LoadPinnedMap(filepath.Join(n.dir, name), nil); err != nil {
 			n.Close()
 			return fmt.Errorf("map %s: %w", name, err)
@@ -296,8 +304,8 @@ func (n *Network) loadPinned() error {
 // here, made a new one: programs on n's maps neither see the containers
 // added since nor the config written to the new map.
 func (n *Network) Pinned() (bool, error) {
-	for name, m := range map[string]*ebpf.Map{fastpathMapEndpoints: n.objs.Endpoints, fastpathMapConfig: n.objs.Config, fastpathMapStats: n.objs.Stats} {
-		same, err := samePinned(filepath.Join(n.dir, name), m, ebpf.LoadPinnedMap, mapID)
+	for name, m := range n.maps() {
+		same, err := samePinned(filepath.Join(n.dir, name), *m, ebpf.LoadPinnedMap, mapID)
 		if err != nil || !same {
 			return false, err
 		}
@@ -393,6 +401,90 @@ func (n *Network) Config() (Config, error) {
 		return Config{}, fmt.Errorf("reading the fast path's config: %w", err)
 	}
 	return Config{Local: prefix(v.LocalAddr, v.LocalMask), Scope: prefix(v.ScopeAddr, v.ScopeMask), Netd: v.Flags&configNetd != 0}, nil
+}
+
+// VXLAN is the node's VTEP as the programs see it, in vxlan mode over an
+// IPv4 underlay: they encapsulate the network's packets to other nodes'
+// containers and decapsulate those for this node's containers themselves,
+// as the VTEP would, past its UDP socket, its second pass through the
+// stack and the node's netfilter hooks. The zero VXLAN (hostgw, bgp, an
+// IPv6 underlay) leaves that to the VTEP; so does a peer without a tunnel.
+type VXLAN struct {
+	VTEP  int        // the VTEP's ifindex: packets the FIB routes through it are encapsulated
+	Local netip.Addr // this node's underlay address (IPv4), the VTEP's source
+	VNI   uint32
+	Port  uint16 // UDP destination port
+}
+
+// ConfigureVXLAN stores v.
+func (n *Network) ConfigureVXLAN(v VXLAN) error {
+	val := fastpathVxlan{VtepIfindex: uint32(v.VTEP), Vni: v.VNI, Port: htons(v.Port)}
+	if v.Local.IsValid() {
+		val.Local = be32(v.Local)
+	}
+	if err := n.objs.Vxlan.Put(uint32(0), &val); err != nil {
+		return fmt.Errorf("writing the fast path's VXLAN config: %w", err)
+	}
+	return nil
+}
+
+// VXLAN reads what ConfigureVXLAN stored.
+func (n *Network) VXLAN() (VXLAN, error) {
+	var val fastpathVxlan
+	if err := n.objs.Vxlan.Lookup(uint32(0), &val); err != nil {
+		return VXLAN{}, fmt.Errorf("reading the fast path's VXLAN config: %w", err)
+	}
+	v := VXLAN{VTEP: int(val.VtepIfindex), VNI: val.Vni, Port: htons(val.Port)}
+	if val.Local != 0 {
+		v.Local = addr4(val.Local)
+	}
+	return v, nil
+}
+
+// Tunnels are the peers the programs encapsulate for: the next hop of
+// the VTEP's route to a peer's subnet -> the peer's node address.
+func (n *Network) Tunnels() (map[netip.Addr]netip.Addr, error) {
+	out := map[netip.Addr]netip.Addr{}
+	var via, node uint32
+	it := n.objs.Tunnels.Iterate()
+	for it.Next(&via, &node) {
+		out[addr4(via)] = addr4(node)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the fast path's tunnels: %w", err)
+	}
+	return out, nil
+}
+
+// SetTunnel sends packets routed via the IPv4 next hop via to node.
+func (n *Network) SetTunnel(via, node netip.Addr) error {
+	if err := n.objs.Tunnels.Put(be32(via), be32(node)); err != nil {
+		return fmt.Errorf("writing the fast path's tunnel via %s: %w", via, err)
+	}
+	return nil
+}
+
+// RemoveTunnel removes the tunnel of next hop via: the VTEP takes its
+// packets.
+func (n *Network) RemoveTunnel(via netip.Addr) error {
+	if err := n.objs.Tunnels.Delete(be32(via)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing the fast path's tunnel via %s: %w", via, err)
+	}
+	return nil
+}
+
+// addr4 is the address the programs keep as be32 does.
+func addr4(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+// htons swaps a port between host and network byte order (both ways).
+func htons(p uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], p)
+	return binary.NativeEndian.Uint16(b[:])
 }
 
 // be32 is an IPv4 address as the programs keep it: network byte order
@@ -903,18 +995,26 @@ type Stats struct {
 	Arrived    uint64 // arrived from another node into a container
 	Translated uint64 // left to the kernel: conntrack translated the flow
 	Spoofed    uint64 // dropped: not the container's source address
+	// vxlan mode: of FIB and Arrived, what the programs encapsulated and
+	// decapsulated themselves (the rest went through the VTEP).
+	Encapsulated, Decapsulated uint64
 }
 
 // Stats reads the counters.
 func (n *Network) Stats() (Stats, error) {
 	var s Stats
-	for i, f := range []*uint64{&s.Local, &s.FIB, &s.Neigh, &s.Arrived, &s.Translated, &s.Spoofed} {
-		var perCPU []uint64
-		if err := n.objs.Stats.Lookup(uint32(i), &perCPU); err != nil {
-			return s, fmt.Errorf("reading the fast path's counters: %w", err)
-		}
-		for _, v := range perCPU {
-			*f += v
+	for m, counters := range map[*ebpf.Map][]*uint64{
+		n.objs.Stats:       {&s.Local, &s.FIB, &s.Neigh, &s.Arrived, &s.Translated, &s.Spoofed},
+		n.objs.TunnelStats: {&s.Encapsulated, &s.Decapsulated},
+	} {
+		for i, f := range counters {
+			var perCPU []uint64
+			if err := m.Lookup(uint32(i), &perCPU); err != nil {
+				return s, fmt.Errorf("reading the fast path's counters: %w", err)
+			}
+			for _, v := range perCPU {
+				*f += v
+			}
 		}
 	}
 	return s, nil

@@ -31,6 +31,15 @@ type fastpathEndpoint struct {
 	Owner     uint64
 }
 
+type fastpathVxlan struct {
+	_           structs.HostLayout
+	Local       uint32
+	Vni         uint32
+	Port        uint16
+	Pad         uint16
+	VtepIfindex uint32
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -38,6 +47,9 @@ const (
 	fastpathMapConfig         = "config"
 	fastpathMapEndpoints      = "endpoints"
 	fastpathMapStats          = "stats"
+	fastpathMapTunnelStats    = "tunnel_stats"
+	fastpathMapTunnels        = "tunnels"
+	fastpathMapVxlan          = "vxlan"
 	fastpathProgFromContainer = "from_container"
 	fastpathProgFromUplink    = "from_uplink"
 )
@@ -92,9 +104,12 @@ type fastpathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fastpathMapSpecs struct {
-	Config    *ebpf.MapSpec `ebpf:"config"`
-	Endpoints *ebpf.MapSpec `ebpf:"endpoints"`
-	Stats     *ebpf.MapSpec `ebpf:"stats"`
+	Config      *ebpf.MapSpec `ebpf:"config"`
+	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	TunnelStats *ebpf.MapSpec `ebpf:"tunnel_stats"`
+	Tunnels     *ebpf.MapSpec `ebpf:"tunnels"`
+	Vxlan       *ebpf.MapSpec `ebpf:"vxlan"`
 }
 
 // fastpathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -123,9 +138,12 @@ func (o *fastpathObjects) Close() error {
 //
 // It can be passed to loadFastpathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fastpathMaps struct {
-	Config    *ebpf.Map `ebpf:"config"`
-	Endpoints *ebpf.Map `ebpf:"endpoints"`
-	Stats     *ebpf.Map `ebpf:"stats"`
+	Config      *ebpf.Map `ebpf:"config"`
+	Endpoints   *ebpf.Map `ebpf:"endpoints"`
+	Stats       *ebpf.Map `ebpf:"stats"`
+	TunnelStats *ebpf.Map `ebpf:"tunnel_stats"`
+	Tunnels     *ebpf.Map `ebpf:"tunnels"`
+	Vxlan       *ebpf.Map `ebpf:"vxlan"`
 }
 
 func (m *fastpathMaps) Close() error {
@@ -133,6 +151,9 @@ func (m *fastpathMaps) Close() error {
 		m.Config,
 		m.Endpoints,
 		m.Stats,
+		m.TunnelStats,
+		m.Tunnels,
+		m.Vxlan,
 	)
 }
 

@@ -13,10 +13,12 @@
 //                   (bpf_redirect_peer), and sends packets for a container
 //                   on another node out of the device the kernel's FIB
 //                   names (bpf_fib_lookup, then bpf_redirect or
-//                   bpf_redirect_neigh): the uplink in hostgw and bgp mode,
-//                   the VTEP in vxlan mode, whose FDB encapsulates them.
+//                   bpf_redirect_neigh): the uplink in hostgw and bgp mode;
+//                   in vxlan mode the program encapsulates them itself and
+//                   sends them out of the uplink (the VTEP when it cannot).
 //   from_uplink     on the node's uplink (and VTEP): delivers packets from
-//                   the network's other nodes straight into the container.
+//                   the network's other nodes straight into the container,
+//                   decapsulating VXLAN packets first.
 //
 // One set of maps per network and node, pinned under
 // <bpffs>/berth/<network>/ and shared by the CNI plugin (which adds
@@ -32,6 +34,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
@@ -85,6 +88,52 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } config SEC(".maps");
 
+// Counters of the VXLAN encapsulation done here (vxlan mode), in a map of
+// their own so that the pinned stats of an earlier berth stay usable.
+enum tunnel_stat {
+	TUNNEL_ENCAP,     // sent to another node, encapsulated by the program (also counted as STAT_FIB)
+	TUNNEL_DECAP,     // arrived encapsulated, decapsulated by the program (also STAT_ARRIVED)
+	TUNNEL_STAT_MAX,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, TUNNEL_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnel_stats SEC(".maps");
+
+// vxlan describes the node's VTEP, as netd made it (vxlan mode over an
+// IPv4 underlay; all zero otherwise): the programs encapsulate and
+// decapsulate its traffic themselves.
+struct vxlan {
+	__be32 local;        // this node's underlay address: the outer source
+	__u32 vni;
+	__be16 port;         // UDP destination port
+	__u16 pad;
+	__u32 vtep_ifindex;  // the kernel's VTEP, whose routes name the peers
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vxlan);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vxlan SEC(".maps");
+
+// tunnels: the next hop the VTEP's route to a peer's subnet names (the
+// peer subnet's first address) -> the peer node's underlay address.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __be32);
+	__type(value, __be32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnels SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -123,6 +172,15 @@ static __always_inline void count(enum stat s)
 {
 	__u32 key = s;
 	__u64 *v = bpf_map_lookup_elem(&stats, &key);
+
+	if (v)
+		*v += 1;
+}
+
+static __always_inline void count_tunnel(enum tunnel_stat s)
+{
+	__u32 key = s;
+	__u64 *v = bpf_map_lookup_elem(&tunnel_stats, &key);
 
 	if (v)
 		*v += 1;
@@ -283,6 +341,106 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
 }
 
+// The headers a VXLAN packet carries in front of the inner IPv4 header.
+struct vxlan_hdrs {
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct udphdr udp;
+	__be32 flags;        // 0x08000000: the VNI is valid
+	__be32 vni;          // VNI << 8
+	struct ethhdr inner;
+} __attribute__((packed));
+
+#define VXLAN_ROOM (sizeof(struct vxlan_hdrs) - sizeof(struct ethhdr))
+
+static __always_inline __sum16 ip_checksum(struct iphdr *ip)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)sizeof(*ip) / 2; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__sum16)~sum;
+}
+
+// tunnel finds where a packet the FIB routed through the VTEP (inner:
+// that lookup) goes in the underlay: the peer node (tunnels) and the
+// device and MACs towards it (outer). It changes nothing: -1 when it
+// cannot tell (no tunnel for the next hop, the peer's MAC not resolved
+// yet), and the VTEP then takes the packet.
+static __always_inline int tunnel(struct __sk_buff *skb, struct bpf_fib_lookup *inner, struct vxlan *vx,
+				  struct bpf_fib_lookup *outer)
+{
+	__be32 *remote = bpf_map_lookup_elem(&tunnels, &inner->ipv4_dst);
+	if (!remote)
+		return -1;
+	outer->family = AF_INET;
+	outer->ifindex = skb->ingress_ifindex;
+	outer->l4_protocol = IPPROTO_UDP;
+	outer->ipv4_src = vx->local;
+	outer->ipv4_dst = *remote;
+	if (bpf_fib_lookup(skb, outer, sizeof(*outer), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	return 0;
+}
+
+// encap sends the packet to the peer node itself, VXLAN-encapsulated as
+// the VTEP would, out of the underlay device tunnel found: past the
+// VTEP's xmit, its route and neighbour lookups and the node's netfilter
+// hooks.
+static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *inner, struct vxlan *vx,
+				 struct bpf_fib_lookup *outer)
+{
+	// The flow's hash picks the outer source port, as the kernel's
+	// udp_flow_src_port does: the underlay's ECMP spreads flows.
+	__u32 hash = bpf_get_hash_recalc(skb);
+	// FIXED_GSO: the container's MTU leaves room for the headers.
+	if (bpf_skb_adjust_room(skb, VXLAN_ROOM, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 |
+				BPF_F_ADJ_ROOM_ENCAP_L4_UDP | BPF_F_ADJ_ROOM_ENCAP_L2_ETH |
+				BPF_F_ADJ_ROOM_ENCAP_L2(sizeof(struct ethhdr))))
+		return TCX_NEXT; // unchanged: the kernel forwards it to the VTEP
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct vxlan_hdrs *h = data;
+	struct iphdr *ip = data + sizeof(*h);
+	if ((void *)(ip + 1) > data_end)
+		return TCX_DROP; // cannot happen: the room is in the linear part
+	decrease_ttl(ip);
+	__builtin_memcpy(h->inner.h_dest, inner->dmac, ETH_ALEN);
+	__builtin_memcpy(h->inner.h_source, inner->smac, ETH_ALEN);
+	h->inner.h_proto = bpf_htons(ETH_P_IP);
+	__builtin_memcpy(h->eth.h_dest, outer->dmac, ETH_ALEN);
+	__builtin_memcpy(h->eth.h_source, outer->smac, ETH_ALEN);
+	h->eth.h_proto = bpf_htons(ETH_P_IP);
+	__u32 len = skb->len - sizeof(struct ethhdr);
+	h->ip.version = 4;
+	h->ip.ihl = 5;
+	h->ip.tos = ip->tos & 3; // ECN, as the kernel's VTEP copies it
+	h->ip.tot_len = bpf_htons(len);
+	h->ip.id = bpf_htons(hash);
+	h->ip.frag_off = 0;
+	h->ip.ttl = 64;
+	h->ip.protocol = IPPROTO_UDP;
+	h->ip.check = 0;
+	h->ip.saddr = vx->local;
+	h->ip.daddr = outer->ipv4_dst;
+	h->ip.check = ip_checksum((void *)h + sizeof(struct ethhdr));
+	hash ^= hash << 16;
+	h->udp.source = bpf_htons((((__u64)hash * (61000 - 32768)) >> 32) + 32768);
+	h->udp.dest = vx->port;
+	h->udp.len = bpf_htons(len - sizeof(struct iphdr));
+	h->udp.check = 0; // IPv4: no checksum, as the VTEP sends by default
+	h->flags = bpf_htonl(0x08000000);
+	h->vni = bpf_htonl(vx->vni << 8);
+	count(STAT_FIB);
+	count_tunnel(TUNNEL_ENCAP);
+	return bpf_redirect(outer->ifindex, 0);
+}
+
 // to_node sends a packet for another node's container out of the device
 // the node's own routes name, without the bridge, the routing decision or
 // netfilter of the kernel's forwarding path.
@@ -303,12 +461,18 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 
 	switch (rc) {
-	case BPF_FIB_LKUP_RET_SUCCESS:
+	case BPF_FIB_LKUP_RET_SUCCESS: {
+		__u32 zero = 0;
+		struct vxlan *vx = bpf_map_lookup_elem(&vxlan, &zero);
+		struct bpf_fib_lookup outer = {};
+		if (vx && vx->vtep_ifindex && vx->vtep_ifindex == fib.ifindex && tunnel(skb, &fib, vx, &outer) == 0)
+			return encap(skb, &fib, vx, &outer);
 		decrease_ttl(p->ip);
 		__builtin_memcpy(p->eth->h_dest, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(p->eth->h_source, fib.smac, ETH_ALEN);
 		count(STAT_FIB);
 		return bpf_redirect(fib.ifindex, 0);
+	}
 	case BPF_FIB_LKUP_RET_NO_NEIGH: {
 		// The next hop's MAC is not known yet: the kernel resolves it
 		// (ARP) and queues the packet meanwhile. fib.ipv4_dst is the
@@ -361,6 +525,45 @@ int from_container(struct __sk_buff *skb)
 	return to_node(skb, &p);
 }
 
+// from_tunnel decapsulates a VXLAN packet of the network for a container
+// of this node and delivers it, past the kernel's UDP socket, VTEP and
+// second receive. Anything else it leaves to the kernel's VTEP.
+static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
+{
+	const __u32 l4 = sizeof(struct vxlan_hdrs) + sizeof(struct iphdr);
+
+	if (linear(skb, l4 + 4) < 0)
+		return TCX_NEXT;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct vxlan_hdrs *h = data;
+	struct packet inner = {.eth = &h->inner, .ip = data + sizeof(*h), .ports = data + l4};
+	if ((void *)(inner.ports + 2) > data_end)
+		return TCX_NEXT;
+	// A fragment of a VXLAN packet is the kernel's to reassemble.
+	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x3fff)) || h->flags != bpf_htonl(0x08000000) || h->vni != bpf_htonl(vx->vni << 8) ||
+	    h->inner.h_proto != bpf_htons(ETH_P_IP) || inner.ip->ihl != 5)
+		return TCX_NEXT;
+	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &inner.ip->daddr);
+	if (!peer)
+		return TCX_NEXT;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !in_prefix(inner.ip->saddr, cfg->scope_addr, cfg->scope_mask))
+		return TCX_NEXT;
+	if (keep_on_stack(skb, &inner))
+		return TCX_NEXT;
+	if (bpf_skb_adjust_room(skb, -(int)VXLAN_ROOM, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
+		return TCX_NEXT;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	struct packet p = {.eth = data, .ip = data + sizeof(struct ethhdr)};
+	if ((void *)(p.ip + 1) > data_end)
+		return TCX_DROP;
+	count_tunnel(TUNNEL_DECAP);
+	return deliver(&p, peer, 1, STAT_ARRIVED);
+}
+
 SEC("tcx/ingress")
 int from_uplink(struct __sk_buff *skb)
 {
@@ -369,8 +572,14 @@ int from_uplink(struct __sk_buff *skb)
 	if (parse(skb, &p) != 0)
 		return TCX_NEXT;
 	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &p.ip->daddr);
-	if (!peer)
+	if (!peer) {
+		__u32 zero = 0;
+		struct vxlan *vx = bpf_map_lookup_elem(&vxlan, &zero);
+		if (vx && vx->vtep_ifindex && p.ip->protocol == IPPROTO_UDP && p.ports &&
+		    p.ports[1] == vx->port && p.ip->daddr == vx->local)
+			return from_tunnel(skb, vx);
 		return TCX_NEXT; // the node itself, or another network's container
+	}
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	// Only the network's own traffic: anything else (the outside world,
