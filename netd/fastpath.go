@@ -3,6 +3,8 @@ package netd
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"net/netip"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 )
 
@@ -57,26 +60,50 @@ func (d *daemon) setupFastpath() error {
 	d.m.reg.MustRegister(fastpathCollector{d: d, desc: prometheus.NewDesc("berth_netd_fastpath_packets_total",
 		"eBPF datapath: packets by path on this node (local: delivered to a container of this node, fib and neigh: sent to another node, "+
 			"arrived: from another node into a container, translated: left to the kernel because conntrack translated the flow, "+
-			"spoofed: dropped, not the container's own source address).",
+			"spoofed: dropped, not the container's own source address; vxlan mode: encapsulated and decapsulated, what of fib and arrived "+
+			"the programs encapsulated or decapsulated themselves rather than the VTEP).",
 		[]string{"path"}, prometheus.Labels{"network": d.network.Name})})
 	d.log.Info("eBPF datapath", "pins", fastpath.Dir(d.cfg.BPFFS, d.network.Name), "uplinks", d.uplinks())
 	return nil
 }
 
 // fastpathState is the part of the eBPF datapath netd keeps: the
-// network's config in the programs' map, and the links where the current
-// from_uplink is attached.
+// network's config in the programs' map, the links where the current
+// from_uplink is attached and, in vxlan mode, the VTEP and the peers the
+// programs encapsulate for.
 type fastpathState struct {
 	Config  fastpath.Config
 	Uplinks []int // ifindexes, sorted
+	VXLAN   fastpath.VXLAN
+	Tunnels map[netip.Addr]netip.Addr // next hop of a peer subnet -> peer node address
 }
 
 // desiredFastpath is the state for this node holding self in network n,
-// with uplinks (the underlay link and the backend's links). It only
+// with uplinks (the underlay link and the backend's links), the backend's
+// VTEP (tunnel, when ok) and the backend's desired kernel state (want),
+// whose VTEP neighbours and FDB entries name the peers' tunnels. It only
 // computes.
-func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int) fastpathState {
-	s := fastpathState{Config: fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}, Uplinks: slices.Clone(uplinks)}
+func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel backend.Tunnel, ok bool, want backend.State) fastpathState {
+	s := fastpathState{Config: fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}, Uplinks: slices.Clone(uplinks),
+		Tunnels: map[netip.Addr]netip.Addr{}}
 	slices.Sort(s.Uplinks)
+	if !ok || !tunnel.Local.Is4() {
+		return s
+	}
+	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
+	nodeOf := map[string]netip.Addr{} // peer VTEP MAC -> its node address
+	for _, f := range want.FDB {
+		if a, ok := netip.AddrFromSlice(f.IP); ok && f.LinkIndex == tunnel.VTEP && a.Unmap().Is4() {
+			nodeOf[f.HardwareAddr.String()] = a.Unmap()
+		}
+	}
+	for _, nb := range want.Neighs {
+		via, ok := netip.AddrFromSlice(nb.IP)
+		node, found := nodeOf[nb.HardwareAddr.String()]
+		if ok && found && nb.LinkIndex == tunnel.VTEP && via.Unmap().Is4() {
+			s.Tunnels[via.Unmap()] = node
+		}
+	}
 	return s
 }
 
@@ -86,6 +113,12 @@ func readFastpath(f *fastpath.Network, want []int) (fastpathState, error) {
 	var s fastpathState
 	var err error
 	if s.Config, err = f.Config(); err != nil {
+		return s, err
+	}
+	if s.VXLAN, err = f.VXLAN(); err != nil {
+		return s, err
+	}
+	if s.Tunnels, err = f.Tunnels(); err != nil {
 		return s, err
 	}
 	for _, idx := range want {
@@ -115,6 +148,23 @@ func diffFastpath(have, want fastpathState) []fastpathChange {
 		c := want.Config
 		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF datapath: local %s, scope %s", c.Local, c.Scope),
 			apply: func(f *fastpath.Network) error { return f.Configure(c) }})
+	}
+	if have.VXLAN != want.VXLAN {
+		v := want.VXLAN
+		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d, local %s, VNI %d, port %d", v.VTEP, v.Local, v.VNI, v.Port),
+			apply: func(f *fastpath.Network) error { return f.ConfigureVXLAN(v) }})
+	}
+	for _, via := range slices.SortedFunc(maps.Keys(want.Tunnels), netip.Addr.Compare) {
+		if node := want.Tunnels[via]; have.Tunnels[via] != node {
+			out = append(out, fastpathChange{What: fmt.Sprintf("eBPF VXLAN tunnel via %s to node %s", via, node),
+				apply: func(f *fastpath.Network) error { return f.SetTunnel(via, node) }})
+		}
+	}
+	for _, via := range slices.SortedFunc(maps.Keys(have.Tunnels), netip.Addr.Compare) {
+		if _, ok := want.Tunnels[via]; !ok {
+			out = append(out, fastpathChange{What: fmt.Sprintf("remove eBPF VXLAN tunnel via %s", via),
+				apply: func(f *fastpath.Network) error { return f.RemoveTunnel(via) }})
+		}
 	}
 	for _, idx := range want.Uplinks {
 		if !slices.Contains(have.Uplinks, idx) {
@@ -150,7 +200,7 @@ func applyFastpath(f *fastpath.Network, changes []fastpathChange) (made []string
 // and a VTEP re-created by Ensure is a new link that needs from_uplink.
 // A full pass also follows the pins when they were made anew (followPins).
 // It is cheap when nothing changed.
-func (d *daemon) reconcileFastpath(self cluster.Lease, full bool) (made []string, err error) {
+func (d *daemon) reconcileFastpath(self cluster.Lease, backendWant backend.State, full bool) (made []string, err error) {
 	if d.fast == nil {
 		return nil, nil
 	}
@@ -159,7 +209,12 @@ func (d *daemon) reconcileFastpath(self cluster.Lease, full bool) (made []string
 			return made, err
 		}
 	}
-	want := desiredFastpath(d.network, self, d.uplinks())
+	var tunnel backend.Tunnel
+	var ok bool
+	if t, is := d.nw.(backend.Tunneler); is {
+		tunnel, ok = t.Tunnel()
+	}
+	want := desiredFastpath(d.network, self, d.uplinks(), tunnel, ok, backendWant)
 	have, err := readFastpath(d.fast, want.Uplinks)
 	if err != nil {
 		return made, err
@@ -281,7 +336,7 @@ func (c fastpathCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	for path, v := range map[string]uint64{"local": s.Local, "fib": s.FIB, "neigh": s.Neigh, "arrived": s.Arrived,
-		"translated": s.Translated, "spoofed": s.Spoofed} {
+		"translated": s.Translated, "spoofed": s.Spoofed, "encapsulated": s.Encapsulated, "decapsulated": s.Decapsulated} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(v), path)
 	}
 }

@@ -1,12 +1,17 @@
 package netd
 
 import (
+	"maps"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 )
 
@@ -16,9 +21,9 @@ import (
 func TestFastpathDesiredAndDiff(t *testing.T) {
 	n := &conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"), Datapath: conf.DatapathEBPF}
 	self := cluster.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")}
-	want := desiredFastpath(n, self, []int{7, 2})
+	want := desiredFastpath(n, self, []int{7, 2}, backend.Tunnel{}, false, backend.State{})
 	wantCfg := fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}
-	if want.Config != wantCfg || !slices.Equal(want.Uplinks, []int{2, 7}) {
+	if want.Config != wantCfg || !slices.Equal(want.Uplinks, []int{2, 7}) || want.VXLAN != (fastpath.VXLAN{}) || len(want.Tunnels) != 0 {
 		t.Fatalf("desired %+v", want)
 	}
 	whats := func(cs []fastpathChange) []string {
@@ -43,6 +48,77 @@ func TestFastpathDesiredAndDiff(t *testing.T) {
 		{"a link netd no longer wants", fastpathState{Config: wantCfg, Uplinks: []int{2, 5, 7}}, []string{"detach eBPF from_uplink from interface 5"}},
 	} {
 		if got := whats(diffFastpath(tt.have, want)); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: changes %q, want %q", tt.name, got, tt.want)
+		}
+	}
+}
+
+// In vxlan mode over an IPv4 underlay the programs encapsulate for the
+// peers the backend's state names: a VTEP neighbour (a peer subnet's next
+// hop) whose MAC has an FDB entry (the peer's node address). IPv6 next
+// hops, neighbours without an FDB entry, other links and an IPv6 underlay
+// give no tunnel.
+func TestFastpathTunnels(t *testing.T) {
+	n := &conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"), Datapath: conf.DatapathEBPF}
+	self := cluster.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")}
+	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
+	ip := func(s string) net.IP { return net.ParseIP(s) }
+	state := backend.State{
+		FDB: []netlink.Neigh{
+			{LinkIndex: 7, IP: ip("192.168.1.2"), HardwareAddr: mac("02:00:00:00:00:02")},
+			{LinkIndex: 7, IP: ip("192.168.1.4"), HardwareAddr: mac("02:00:00:00:00:04")},
+			{LinkIndex: 9, IP: ip("192.168.1.6"), HardwareAddr: mac("02:00:00:00:00:06")},
+		},
+		Neighs: []netlink.Neigh{
+			{LinkIndex: 7, IP: ip("10.244.5.0"), HardwareAddr: mac("02:00:00:00:00:02")},
+			{LinkIndex: 7, IP: ip("fd00:244:0:5::"), HardwareAddr: mac("02:00:00:00:00:02")},
+			{LinkIndex: 7, IP: ip("10.244.8.0"), HardwareAddr: mac("02:00:00:00:00:04")},
+			{LinkIndex: 7, IP: ip("10.244.9.0"), HardwareAddr: mac("02:00:00:00:00:09")}, // no FDB entry
+			{LinkIndex: 9, IP: ip("10.244.6.0"), HardwareAddr: mac("02:00:00:00:00:06")}, // not the VTEP
+		},
+	}
+	tun := backend.Tunnel{VTEP: 7, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472}
+	want := desiredFastpath(n, self, []int{2, 7}, tun, true, state)
+	wantVX := fastpath.VXLAN{VTEP: 7, Local: tun.Local, VNI: 1, Port: 8472}
+	wantTun := map[netip.Addr]netip.Addr{
+		netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
+		netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.4"),
+	}
+	if want.VXLAN != wantVX || !maps.Equal(want.Tunnels, wantTun) {
+		t.Fatalf("desired VXLAN %+v, tunnels %v; want %+v, %v", want.VXLAN, want.Tunnels, wantVX, wantTun)
+	}
+	v6 := tun
+	v6.Local = netip.MustParseAddr("fd00::1")
+	if got := desiredFastpath(n, self, []int{2, 7}, v6, true, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 {
+		t.Errorf("IPv6 underlay: VXLAN %+v, tunnels %v; want none (the VTEP encapsulates)", got.VXLAN, got.Tunnels)
+	}
+
+	in := func(have fastpathState) fastpathState {
+		have.Config, have.Uplinks = want.Config, want.Uplinks
+		return have
+	}
+	for _, tt := range []struct {
+		name string
+		have fastpathState
+		want []string
+	}{
+		{"in sync", want, nil},
+		{"netd's first pass", in(fastpathState{}), []string{
+			"configure eBPF VXLAN encapsulation: VTEP 7, local 192.168.1.1, VNI 1, port 8472",
+			"eBPF VXLAN tunnel via 10.244.5.0 to node 192.168.1.2", "eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4"}},
+		{"VTEP re-created", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 4, Local: tun.Local, VNI: 1, Port: 8472}, Tunnels: wantTun}),
+			[]string{"configure eBPF VXLAN encapsulation: VTEP 7, local 192.168.1.1, VNI 1, port 8472"}},
+		{"a peer moved and one left", in(fastpathState{VXLAN: wantVX, Tunnels: map[netip.Addr]netip.Addr{
+			netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
+			netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.99"),
+			netip.MustParseAddr("10.244.1.0"): netip.MustParseAddr("192.168.1.5"),
+		}}), []string{"eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4", "remove eBPF VXLAN tunnel via 10.244.1.0"}},
+	} {
+		var got []string
+		for _, c := range diffFastpath(tt.have, want) {
+			got = append(got, c.What)
+		}
+		if !slices.Equal(got, tt.want) {
 			t.Errorf("%s: changes %q, want %q", tt.name, got, tt.want)
 		}
 	}

@@ -136,7 +136,7 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	d.kernel.Applied(made, since)
 	d.m.kernelChanges.Add(float64(len(made)))
 	// After the backend's changes: Ensure may have made a new VTEP.
-	fast, fastErr := d.reconcileFastpath(in.Self, full)
+	fast, fastErr := d.reconcileFastpath(in.Self, want, full)
 	for _, what := range fast {
 		d.log.Info("kernel change", "change", what)
 		res.Changes = append(res.Changes, what)

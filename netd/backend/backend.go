@@ -116,6 +116,24 @@ type SessionLister interface {
 	Sessions(in Input) []Session
 }
 
+// Tunneler is a Network whose overlay the eBPF datapath can encapsulate
+// itself (vxlan over an IPv4 underlay). The peers' tunnels come from
+// Desired's state: each neighbour on the VTEP (a peer subnet's next hop)
+// and the FDB entry of its MAC (the peer's node address).
+type Tunneler interface {
+	// Tunnel describes the VTEP; false when the datapath cannot
+	// encapsulate for it (an IPv6 underlay, no VTEP yet).
+	Tunnel() (Tunnel, bool)
+}
+
+// Tunnel is a VTEP as the eBPF datapath encapsulates for it.
+type Tunnel struct {
+	VTEP  int        // ifindex
+	Local netip.Addr // the node's underlay address it sends from
+	VNI   int
+	Port  int // UDP destination port
+}
+
 // Session is one routing session, for status and metrics. The counts are
 // FRR's: prefixes, not End-of-RIB markers or paths looping through this
 // node's AS.

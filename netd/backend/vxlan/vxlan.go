@@ -237,6 +237,16 @@ func (nw *network) Owned() backend.Owned {
 	return backend.Owned{CIDRs: nw.node.Network.CIDRs(), Links: []int{int(nw.vtep.Load())}}
 }
 
+// Tunnel is the VTEP over an IPv4 underlay; the eBPF datapath does not
+// encapsulate over IPv6.
+func (nw *network) Tunnel() (backend.Tunnel, bool) {
+	vtep := int(nw.vtep.Load())
+	if nw.v6 || vtep <= 0 {
+		return backend.Tunnel{}, false
+	}
+	return backend.Tunnel{VTEP: vtep, Local: nw.local, VNI: nw.node.Network.VNI, Port: nw.node.Network.Port}, true
+}
+
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
 	var s backend.State
 	var problems []backend.Problem
