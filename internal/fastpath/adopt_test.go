@@ -45,7 +45,10 @@ func TestAdoptOnlyOtherMaps(t *testing.T) {
 		}
 		opts := &ebpf.CollectionOptions{}
 		if sameMaps {
-			opts.MapReplacements = map[string]*ebpf.Map{fastpathMapEndpoints: n.objs.Endpoints, fastpathMapConfig: n.objs.Config, fastpathMapStats: n.objs.Stats}
+			opts.MapReplacements = map[string]*ebpf.Map{}
+			for name, m := range n.maps() {
+				opts.MapReplacements[name] = *m
+			}
 		} else {
 			for _, m := range spec.Maps {
 				m.Pinning = ebpf.PinNone // new maps, unpinned: the set pins removed leave

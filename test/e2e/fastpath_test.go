@@ -3,14 +3,18 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/testutils"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
@@ -130,6 +134,9 @@ func ebpfCrossNode(t *testing.T, mode string) {
 	if mode == "vxlan" {
 		t.Run("the programs' VXLAN packets and the VTEP's are one protocol", func(t *testing.T) {
 			vxlanInterop(t, ctx, fp, ctrs)
+		})
+		t.Run("a container forwards what arrived decapsulated whole", func(t *testing.T) {
+			forwardDecapsulated(t, fp[2], ctrs[0], ctrs[2])
 		})
 	}
 
@@ -466,4 +473,121 @@ func vxlanInterop(t *testing.T, ctx context.Context, fp map[int]*fastpath.Networ
 			t.Fatalf("netd turned node2's encapsulation on again during each of 3 connections")
 		}
 	}
+}
+
+// forwardDecapsulated makes router (on node2) a router, as a container
+// running containers of its own is: it translates port 7300 to a
+// namespace behind it, through a veth that takes one segment at a time
+// (gso_max_size 1500), so that the kernel must cut the large packets the
+// programs decapsulated into segments again. A decapsulated packet keeps
+// the encapsulation's GSO type (bpf_skb_adjust_room cannot clear it):
+// the data must still arrive whole.
+func forwardDecapsulated(t *testing.T, fp *fastpath.Network, client, router *container) {
+	behind, err := testutils.NewNS()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { behind.Close(); testutils.UnmountNS(behind) })
+	err = router.ns.Do(func(ns.NetNS) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "fwd0"}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(behind.Fd()))}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		// Not gso_max_segs: a decapsulated packet's segment count is
+		// zero until it is segmented.
+		if err := netlink.LinkSetGSOMaxSize(veth, 1500); err != nil {
+			return err
+		}
+		a, _ := netlink.ParseAddr("10.99.0.1/30")
+		if err := netlink.AddrAdd(veth, a); err != nil {
+			return err
+		}
+		// /proc/sys/net shows the namespace of the thread that opens it.
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1"), 0o644); err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(veth)
+	})
+	if err != nil {
+		t.Fatalf("router %s: %v", router, err)
+	}
+	if out, err := router.in("iptables", "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "7300",
+		"-j", "DNAT", "--to-destination", "10.99.0.2:7300"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	err = behind.Do(func(ns.NetNS) error {
+		eth, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		a, _ := netlink.ParseAddr("10.99.0.2/30")
+		if err := netlink.AddrAdd(eth, a); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(eth); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{Gw: net.ParseIP("10.99.0.1")})
+	})
+	if err != nil {
+		t.Fatalf("behind %s: %v", router, err)
+	}
+	echoCount(t, behind, "10.99.0.2:7300")
+	// The subtest before turned node2's encapsulation off; netd turns it
+	// on again at its next pass.
+	err = eventually(10*time.Second, func() error {
+		if v, err := fp.VXLAN(); err != nil || v.VTEP == 0 {
+			return fmt.Errorf("node2's VXLAN config %+v (%v): want netd's", v, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s0, _ := fp.Stats()
+	const size = 16 << 20
+	got, err := send(client.ns, router.IP.String()+":7300", size)
+	if err != nil || got != strconv.Itoa(size) {
+		t.Fatalf("%s -> %s:7300 -> behind it: the server counted %q bytes (%v), want %d", client, router, got, err, size)
+	}
+	if s, _ := fp.Stats(); s.Decapsulated-s0.Decapsulated < 100 {
+		t.Errorf("node2: %+v then %+v: want the data decapsulated by the programs", s0, s)
+	}
+	// Cut into segments of at most the MTU on the way: one packet per
+	// 1500 bytes at least.
+	if got := ipInReceives(t, behind); got < size/1500 {
+		t.Errorf("behind %s: %d packets arrived, want at least %d: were the large packets cut?", router, got, size/1500)
+	}
+}
+
+// ipInReceives is the IPv4 packets netns n received (/proc/net/snmp).
+func ipInReceives(t *testing.T, n ns.NetNS) int {
+	var snmp []byte
+	err := n.Do(func(ns.NetNS) error {
+		var err error
+		snmp, err = os.ReadFile("/proc/net/snmp") // the reading thread's namespace
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two "Ip:" lines: the field names, then the values.
+	var names, values []string
+	for _, l := range strings.Split(string(snmp), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == "Ip:" {
+			if names == nil {
+				names = f
+			} else {
+				values = f
+			}
+		}
+	}
+	for i, name := range names {
+		if name == "InReceives" && i < len(values) {
+			v, _ := strconv.Atoi(values[i])
+			return v
+		}
+	}
+	t.Fatalf("no Ip InReceives in /proc/net/snmp:\n%s", snmp)
+	return 0
 }
