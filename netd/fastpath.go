@@ -76,6 +76,7 @@ type fastpathState struct {
 	Uplinks []int // ifindexes, sorted
 	VXLAN   fastpath.VXLAN
 	Tunnels map[netip.Addr]netip.Addr // next hop of a peer subnet -> peer node address
+	Peers   []netip.Addr              // the nodes of Tunnels, sorted: whose VXLAN packets the programs decapsulate
 }
 
 // desiredFastpath is the state for this node holding self in network n,
@@ -90,7 +91,7 @@ func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel 
 	if !ok || !tunnel.Local.Is4() {
 		return s
 	}
-	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
+	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Underlay: tunnel.Underlay, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
 	nodeOf := map[string]netip.Addr{} // peer VTEP MAC -> its node address
 	for _, f := range want.FDB {
 		if a, ok := netip.AddrFromSlice(f.IP); ok && f.LinkIndex == tunnel.VTEP && a.Unmap().Is4() {
@@ -102,8 +103,11 @@ func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel 
 		node, found := nodeOf[nb.HardwareAddr.String()]
 		if ok && found && nb.LinkIndex == tunnel.VTEP && via.Unmap().Is4() {
 			s.Tunnels[via.Unmap()] = node
+			s.Peers = append(s.Peers, node)
 		}
 	}
+	slices.SortFunc(s.Peers, netip.Addr.Compare)
+	s.Peers = slices.Compact(s.Peers)
 	return s
 }
 
@@ -119,6 +123,9 @@ func readFastpath(f *fastpath.Network, want []int) (fastpathState, error) {
 		return s, err
 	}
 	if s.Tunnels, err = f.Tunnels(); err != nil {
+		return s, err
+	}
+	if s.Peers, err = f.TunnelPeers(); err != nil {
 		return s, err
 	}
 	for _, idx := range want {
@@ -151,7 +158,8 @@ func diffFastpath(have, want fastpathState) []fastpathChange {
 	}
 	if have.VXLAN != want.VXLAN {
 		v := want.VXLAN
-		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d, local %s, VNI %d, port %d", v.VTEP, v.Local, v.VNI, v.Port),
+		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d over %d, local %s, VNI %d, port %d",
+			v.VTEP, v.Underlay, v.Local, v.VNI, v.Port),
 			apply: func(f *fastpath.Network) error { return f.ConfigureVXLAN(v) }})
 	}
 	for _, via := range slices.SortedFunc(maps.Keys(want.Tunnels), netip.Addr.Compare) {
@@ -164,6 +172,18 @@ func diffFastpath(have, want fastpathState) []fastpathChange {
 		if _, ok := want.Tunnels[via]; !ok {
 			out = append(out, fastpathChange{What: fmt.Sprintf("remove eBPF VXLAN tunnel via %s", via),
 				apply: func(f *fastpath.Network) error { return f.RemoveTunnel(via) }})
+		}
+	}
+	for _, node := range want.Peers {
+		if !slices.Contains(have.Peers, node) {
+			out = append(out, fastpathChange{What: fmt.Sprintf("decapsulate eBPF VXLAN from node %s", node),
+				apply: func(f *fastpath.Network) error { return f.AddTunnelPeer(node) }})
+		}
+	}
+	for _, node := range have.Peers {
+		if !slices.Contains(want.Peers, node) {
+			out = append(out, fastpathChange{What: fmt.Sprintf("stop decapsulating eBPF VXLAN from node %s", node),
+				apply: func(f *fastpath.Network) error { return f.RemoveTunnelPeer(node) }})
 		}
 	}
 	for _, idx := range want.Uplinks {

@@ -77,19 +77,20 @@ func TestFastpathTunnels(t *testing.T) {
 			{LinkIndex: 9, IP: ip("10.244.6.0"), HardwareAddr: mac("02:00:00:00:00:06")}, // not the VTEP
 		},
 	}
-	tun := backend.Tunnel{VTEP: 7, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472}
+	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472}
 	want := desiredFastpath(n, self, []int{2, 7}, tun, true, state)
-	wantVX := fastpath.VXLAN{VTEP: 7, Local: tun.Local, VNI: 1, Port: 8472}
+	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}
 	wantTun := map[netip.Addr]netip.Addr{
 		netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
 		netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.4"),
 	}
-	if want.VXLAN != wantVX || !maps.Equal(want.Tunnels, wantTun) {
-		t.Fatalf("desired VXLAN %+v, tunnels %v; want %+v, %v", want.VXLAN, want.Tunnels, wantVX, wantTun)
+	wantPeers := []netip.Addr{netip.MustParseAddr("192.168.1.2"), netip.MustParseAddr("192.168.1.4")}
+	if want.VXLAN != wantVX || !maps.Equal(want.Tunnels, wantTun) || !slices.Equal(want.Peers, wantPeers) {
+		t.Fatalf("desired VXLAN %+v, tunnels %v, peers %v; want %+v, %v, %v", want.VXLAN, want.Tunnels, want.Peers, wantVX, wantTun, wantPeers)
 	}
 	v6 := tun
 	v6.Local = netip.MustParseAddr("fd00::1")
-	if got := desiredFastpath(n, self, []int{2, 7}, v6, true, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 {
+	if got := desiredFastpath(n, self, []int{2, 7}, v6, true, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
 		t.Errorf("IPv6 underlay: VXLAN %+v, tunnels %v; want none (the VTEP encapsulates)", got.VXLAN, got.Tunnels)
 	}
 
@@ -104,15 +105,19 @@ func TestFastpathTunnels(t *testing.T) {
 	}{
 		{"in sync", want, nil},
 		{"netd's first pass", in(fastpathState{}), []string{
-			"configure eBPF VXLAN encapsulation: VTEP 7, local 192.168.1.1, VNI 1, port 8472",
-			"eBPF VXLAN tunnel via 10.244.5.0 to node 192.168.1.2", "eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4"}},
-		{"VTEP re-created", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 4, Local: tun.Local, VNI: 1, Port: 8472}, Tunnels: wantTun}),
-			[]string{"configure eBPF VXLAN encapsulation: VTEP 7, local 192.168.1.1, VNI 1, port 8472"}},
+			"configure eBPF VXLAN encapsulation: VTEP 7 over 2, local 192.168.1.1, VNI 1, port 8472",
+			"eBPF VXLAN tunnel via 10.244.5.0 to node 192.168.1.2", "eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4",
+			"decapsulate eBPF VXLAN from node 192.168.1.2", "decapsulate eBPF VXLAN from node 192.168.1.4"}},
+		{"VTEP re-created", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 4, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}, Tunnels: wantTun, Peers: wantPeers}),
+			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 over 2, local 192.168.1.1, VNI 1, port 8472"}},
 		{"a peer moved and one left", in(fastpathState{VXLAN: wantVX, Tunnels: map[netip.Addr]netip.Addr{
 			netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
 			netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.99"),
 			netip.MustParseAddr("10.244.1.0"): netip.MustParseAddr("192.168.1.5"),
-		}}), []string{"eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4", "remove eBPF VXLAN tunnel via 10.244.1.0"}},
+		}, Peers: []netip.Addr{netip.MustParseAddr("192.168.1.2"), netip.MustParseAddr("192.168.1.5"), netip.MustParseAddr("192.168.1.99")}}),
+			[]string{"eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4", "remove eBPF VXLAN tunnel via 10.244.1.0",
+				"decapsulate eBPF VXLAN from node 192.168.1.4",
+				"stop decapsulating eBPF VXLAN from node 192.168.1.5", "stop decapsulating eBPF VXLAN from node 192.168.1.99"}},
 	} {
 		var got []string
 		for _, c := range diffFastpath(tt.have, want) {

@@ -1,6 +1,10 @@
 package fastpath
 
 import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -99,5 +103,56 @@ func TestAdoptOnlyOtherMaps(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
+	}
+}
+
+// A set an earlier berth pinned has no VXLAN maps: opening it to remove
+// endpoints or to CHECK a container still works, and it reads as no
+// encapsulation; Open completes it.
+func TestOpenEarlierSet(t *testing.T) {
+	bpffs := testenv.BPFFS(t)
+	n, err := Open(bpffs, "net1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	dir := Dir(bpffs, "net1")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries { // what an earlier berth pinned: three maps and its programs
+		if slices.Contains(olderSets, e.Name()) || strings.HasSuffix(e.Name(), "_"+version) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	old, err := OpenExisting(bpffs, "net1")
+	if err != nil || old == nil {
+		t.Fatalf("OpenExisting of an earlier set: %v, %v", old, err)
+	}
+	defer old.Close()
+	if _, err := old.Stats(); err != nil {
+		t.Errorf("Stats: %v", err)
+	}
+	if v, err := old.VXLAN(); err != nil || v != (VXLAN{}) {
+		t.Errorf("VXLAN: %+v, %v; want none", v, err)
+	}
+	if tun, err := old.Tunnels(); err != nil || len(tun) != 0 {
+		t.Errorf("Tunnels: %v, %v; want none", tun, err)
+	}
+	full, err := Open(bpffs, "net1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	if !full.Made() {
+		t.Errorf("Open of an earlier set made nothing")
+	}
+	for _, name := range olderSets {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Errorf("Open left %s missing: %v", name, err)
+		}
 	}
 }

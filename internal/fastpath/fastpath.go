@@ -232,7 +232,7 @@ func OpenExisting(bpffs, network string) (*Network, error) {
 	if err := n.loadPinned(); err != nil {
 		// Maps without this build's programs (pinned by another version):
 		// the maps are enough to remove endpoints.
-		if err := n.loadMaps(); errors.Is(err, fs.ErrNotExist) {
+		if err := n.loadMaps(olderSets); errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s: %w", ErrIncomplete, n.dir, err)
 		} else if err != nil {
 			return nil, err
@@ -269,14 +269,24 @@ func (n *Network) progPin(name string) string { return filepath.Join(n.dir, name
 func (n *Network) maps() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
 		fastpathMapEndpoints: &n.objs.Endpoints, fastpathMapConfig: &n.objs.Config, fastpathMapStats: &n.objs.Stats,
-		fastpathMapVxlan: &n.objs.Vxlan, fastpathMapTunnels: &n.objs.Tunnels, fastpathMapTunnelStats: &n.objs.TunnelStats,
+		fastpathMapVxlan: &n.objs.Vxlan, fastpathMapTunnels: &n.objs.Tunnels, fastpathMapTunnelPeers: &n.objs.TunnelPeers,
+		fastpathMapTunnelStats: &n.objs.TunnelStats,
 	}
 }
 
-func (n *Network) loadMaps() error {
+// olderSets names the maps that sets pinned by an earlier berth lack (they
+// came with the VXLAN encapsulation): loadMaps(olderSets) leaves them nil.
+var olderSets = []string{fastpathMapVxlan, fastpathMapTunnels, fastpathMapTunnelPeers, fastpathMapTunnelStats}
+
+// loadMaps loads the pinned maps; one named in optional may be missing.
+func (n *Network) loadMaps(optional []string) error {
 	var err error
 	for name, m := range n.maps() {
-		if *m, err = ebpf.LoadPinnedMap(filepath.Join(n.dir, name), nil); err != nil {
+		*m, err = ebpf.LoadPinnedMap(filepath.Join(n.dir, name), nil)
+		if errors.Is(err, fs.ErrNotExist) && slices.Contains(optional, name) {
+			continue
+		}
+		if err != nil {
 			n.Close()
 			return fmt.Errorf("map %s: %w", name, err)
 		}
@@ -285,7 +295,7 @@ func (n *Network) loadMaps() error {
 }
 
 func (n *Network) loadPinned() error {
-	if err := n.loadMaps(); err != nil {
+	if err := n.loadMaps(nil); err != nil {
 		return err
 	}
 	var err error
@@ -410,15 +420,16 @@ func (n *Network) Config() (Config, error) {
 // stack and the node's netfilter hooks. The zero VXLAN (hostgw, bgp, an
 // IPv6 underlay) leaves that to the VTEP; so does a peer without a tunnel.
 type VXLAN struct {
-	VTEP  int        // the VTEP's ifindex: packets the FIB routes through it are encapsulated
-	Local netip.Addr // this node's underlay address (IPv4), the VTEP's source
-	VNI   uint32
-	Port  uint16 // UDP destination port
+	VTEP     int        // the VTEP's ifindex: packets the FIB routes through it are encapsulated
+	Underlay int        // the VTEP's device, the only one encapsulated packets leave by
+	Local    netip.Addr // this node's underlay address (IPv4), the VTEP's source
+	VNI      uint32
+	Port     uint16 // UDP destination port
 }
 
 // ConfigureVXLAN stores v.
 func (n *Network) ConfigureVXLAN(v VXLAN) error {
-	val := fastpathVxlan{VtepIfindex: uint32(v.VTEP), Vni: v.VNI, Port: htons(v.Port)}
+	val := fastpathVxlan{VtepIfindex: uint32(v.VTEP), UnderlayIfindex: uint32(v.Underlay), Vni: v.VNI, Port: htons(v.Port)}
 	if v.Local.IsValid() {
 		val.Local = be32(v.Local)
 	}
@@ -428,13 +439,16 @@ func (n *Network) ConfigureVXLAN(v VXLAN) error {
 	return nil
 }
 
-// VXLAN reads what ConfigureVXLAN stored.
+// VXLAN reads what ConfigureVXLAN stored (zero in an earlier berth's set).
 func (n *Network) VXLAN() (VXLAN, error) {
 	var val fastpathVxlan
+	if n.objs.Vxlan == nil {
+		return VXLAN{}, nil
+	}
 	if err := n.objs.Vxlan.Lookup(uint32(0), &val); err != nil {
 		return VXLAN{}, fmt.Errorf("reading the fast path's VXLAN config: %w", err)
 	}
-	v := VXLAN{VTEP: int(val.VtepIfindex), VNI: val.Vni, Port: htons(val.Port)}
+	v := VXLAN{VTEP: int(val.VtepIfindex), Underlay: int(val.UnderlayIfindex), VNI: val.Vni, Port: htons(val.Port)}
 	if val.Local != 0 {
 		v.Local = addr4(val.Local)
 	}
@@ -445,6 +459,9 @@ func (n *Network) VXLAN() (VXLAN, error) {
 // the VTEP's route to a peer's subnet -> the peer's node address.
 func (n *Network) Tunnels() (map[netip.Addr]netip.Addr, error) {
 	out := map[netip.Addr]netip.Addr{}
+	if n.objs.Tunnels == nil {
+		return out, nil
+	}
 	var via, node uint32
 	it := n.objs.Tunnels.Iterate()
 	for it.Next(&via, &node) {
@@ -460,6 +477,41 @@ func (n *Network) Tunnels() (map[netip.Addr]netip.Addr, error) {
 func (n *Network) SetTunnel(via, node netip.Addr) error {
 	if err := n.objs.Tunnels.Put(be32(via), be32(node)); err != nil {
 		return fmt.Errorf("writing the fast path's tunnel via %s: %w", via, err)
+	}
+	return nil
+}
+
+// TunnelPeers are the nodes whose VXLAN packets the programs decapsulate.
+func (n *Network) TunnelPeers() ([]netip.Addr, error) {
+	var out []netip.Addr
+	if n.objs.TunnelPeers == nil {
+		return out, nil
+	}
+	var node uint32
+	var one uint8
+	it := n.objs.TunnelPeers.Iterate()
+	for it.Next(&node, &one) {
+		out = append(out, addr4(node))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("reading the fast path's tunnel peers: %w", err)
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out, nil
+}
+
+// AddTunnelPeer lets the programs decapsulate node's VXLAN packets.
+func (n *Network) AddTunnelPeer(node netip.Addr) error {
+	if err := n.objs.TunnelPeers.Put(be32(node), uint8(1)); err != nil {
+		return fmt.Errorf("writing the fast path's tunnel peer %s: %w", node, err)
+	}
+	return nil
+}
+
+// RemoveTunnelPeer leaves node's VXLAN packets to the VTEP.
+func (n *Network) RemoveTunnelPeer(node netip.Addr) error {
+	if err := n.objs.TunnelPeers.Delete(be32(node)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing the fast path's tunnel peer %s: %w", node, err)
 	}
 	return nil
 }
@@ -1007,6 +1059,9 @@ func (n *Network) Stats() (Stats, error) {
 		n.objs.Stats:       {&s.Local, &s.FIB, &s.Neigh, &s.Arrived, &s.Translated, &s.Spoofed},
 		n.objs.TunnelStats: {&s.Encapsulated, &s.Decapsulated},
 	} {
+		if m == nil { // an earlier berth's set: no tunnel counters
+			continue
+		}
 		for i, f := range counters {
 			var perCPU []uint64
 			if err := m.Lookup(uint32(i), &perCPU); err != nil {

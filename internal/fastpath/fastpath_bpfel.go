@@ -32,12 +32,13 @@ type fastpathEndpoint struct {
 }
 
 type fastpathVxlan struct {
-	_           structs.HostLayout
-	Local       uint32
-	Vni         uint32
-	Port        uint16
-	Pad         uint16
-	VtepIfindex uint32
+	_               structs.HostLayout
+	Local           uint32
+	Vni             uint32
+	Port            uint16
+	Pad             uint16
+	VtepIfindex     uint32
+	UnderlayIfindex uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -47,6 +48,7 @@ const (
 	fastpathMapConfig         = "config"
 	fastpathMapEndpoints      = "endpoints"
 	fastpathMapStats          = "stats"
+	fastpathMapTunnelPeers    = "tunnel_peers"
 	fastpathMapTunnelStats    = "tunnel_stats"
 	fastpathMapTunnels        = "tunnels"
 	fastpathMapVxlan          = "vxlan"
@@ -107,6 +109,7 @@ type fastpathMapSpecs struct {
 	Config      *ebpf.MapSpec `ebpf:"config"`
 	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	TunnelPeers *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	TunnelStats *ebpf.MapSpec `ebpf:"tunnel_stats"`
 	Tunnels     *ebpf.MapSpec `ebpf:"tunnels"`
 	Vxlan       *ebpf.MapSpec `ebpf:"vxlan"`
@@ -141,6 +144,7 @@ type fastpathMaps struct {
 	Config      *ebpf.Map `ebpf:"config"`
 	Endpoints   *ebpf.Map `ebpf:"endpoints"`
 	Stats       *ebpf.Map `ebpf:"stats"`
+	TunnelPeers *ebpf.Map `ebpf:"tunnel_peers"`
 	TunnelStats *ebpf.Map `ebpf:"tunnel_stats"`
 	Tunnels     *ebpf.Map `ebpf:"tunnels"`
 	Vxlan       *ebpf.Map `ebpf:"vxlan"`
@@ -151,6 +155,7 @@ func (m *fastpathMaps) Close() error {
 		m.Config,
 		m.Endpoints,
 		m.Stats,
+		m.TunnelPeers,
 		m.TunnelStats,
 		m.Tunnels,
 		m.Vxlan,

@@ -128,10 +128,11 @@ type Tunneler interface {
 
 // Tunnel is a VTEP as the eBPF datapath encapsulates for it.
 type Tunnel struct {
-	VTEP  int        // ifindex
-	Local netip.Addr // the node's underlay address it sends from
-	VNI   int
-	Port  int // UDP destination port
+	VTEP     int        // ifindex
+	Underlay int        // ifindex of the VTEP's device
+	Local    netip.Addr // the node's underlay address it sends from
+	VNI      int
+	Port     int // UDP destination port
 }
 
 // Session is one routing session, for status and metrics. The counts are

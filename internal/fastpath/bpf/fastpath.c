@@ -32,6 +32,7 @@
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/udp.h>
@@ -113,6 +114,7 @@ struct vxlan {
 	__be16 port;         // UDP destination port
 	__u16 pad;
 	__u32 vtep_ifindex;  // the kernel's VTEP, whose routes name the peers
+	__u32 underlay_ifindex; // the VTEP's device: the only one encapsulated packets leave by
 };
 
 struct {
@@ -133,6 +135,19 @@ struct {
 	__type(value, __be32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } tunnels SEC(".maps");
+
+// tunnel_peers: the peer nodes' underlay addresses (the values of
+// tunnels). Only their VXLAN packets are decapsulated here: the kernel's
+// VTEP gets the rest, behind the node's INPUT rules, which commonly let
+// VXLAN in from the cluster's nodes only.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __be32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tunnel_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -341,6 +356,20 @@ static __always_inline int same_mac(const __u8 *a, const __u8 *b)
 	return *(__u32 *)a == *(__u32 *)b && *(__u16 *)(a + 4) == *(__u16 *)(b + 4);
 }
 
+// set_ce marks an ECT packet Congestion Experienced, updating the header
+// checksum as the kernel's IP_ECN_set_ce does.
+static __always_inline void set_ce(struct iphdr *ip)
+{
+	__u32 ecn = (ip->tos + 1) & 3; // ECT(1): 2, ECT(0): 3, Not-ECT: 1, CE: 0
+
+	if (!(ecn & 2))
+		return;
+	__u16 add = (__u16)bpf_htons(0xFFFB) + (__u16)bpf_htons(ecn);
+	__u16 sum = (__u16)ip->check + add; // csum16_add
+	ip->check = (__sum16)(sum + (sum < add));
+	ip->tos |= 3;
+}
+
 // The headers a VXLAN packet carries in front of the inner IPv4 header.
 struct vxlan_hdrs {
 	struct ethhdr eth;
@@ -372,17 +401,24 @@ static __always_inline __sum16 ip_checksum(struct iphdr *ip)
 // cannot tell (no tunnel for the next hop, the peer's MAC not resolved
 // yet), and the VTEP then takes the packet.
 static __always_inline int tunnel(struct __sk_buff *skb, struct bpf_fib_lookup *inner, struct vxlan *vx,
-				  struct bpf_fib_lookup *outer)
+				  struct bpf_fib_lookup *outer, __be32 *remote)
 {
-	__be32 *remote = bpf_map_lookup_elem(&tunnels, &inner->ipv4_dst);
-	if (!remote)
+	__be32 *r = bpf_map_lookup_elem(&tunnels, &inner->ipv4_dst);
+	if (!r)
 		return -1;
+	*remote = *r;
 	outer->family = AF_INET;
 	outer->ifindex = skb->ingress_ifindex;
 	outer->l4_protocol = IPPROTO_UDP;
 	outer->ipv4_src = vx->local;
-	outer->ipv4_dst = *remote;
-	if (bpf_fib_lookup(skb, outer, sizeof(*outer), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+	outer->ipv4_dst = *r;
+	long rc = bpf_fib_lookup(skb, outer, sizeof(*outer), 0);
+	// NO_NEIGH too: encap's bpf_redirect_neigh resolves the next hop.
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return -1;
+	// Out of the VTEP's own device only, as the VTEP sends (another
+	// route, a policy rule for the peer: the VTEP decides).
+	if (outer->ifindex != vx->underlay_ifindex)
 		return -1;
 	return 0;
 }
@@ -392,7 +428,7 @@ static __always_inline int tunnel(struct __sk_buff *skb, struct bpf_fib_lookup *
 // VTEP's xmit, its route and neighbour lookups and the node's netfilter
 // hooks.
 static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *inner, struct vxlan *vx,
-				 struct bpf_fib_lookup *outer)
+				 struct bpf_fib_lookup *outer, __be32 remote)
 {
 	// The flow's hash picks the outer source port, as the kernel's
 	// udp_flow_src_port does: the underlay's ECMP spreads flows.
@@ -413,21 +449,23 @@ static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *i
 	__builtin_memcpy(h->inner.h_dest, inner->dmac, ETH_ALEN);
 	__builtin_memcpy(h->inner.h_source, inner->smac, ETH_ALEN);
 	h->inner.h_proto = bpf_htons(ETH_P_IP);
-	__builtin_memcpy(h->eth.h_dest, outer->dmac, ETH_ALEN);
-	__builtin_memcpy(h->eth.h_source, outer->smac, ETH_ALEN);
-	h->eth.h_proto = bpf_htons(ETH_P_IP);
+	h->eth.h_proto = bpf_htons(ETH_P_IP); // the MACs: bpf_redirect_neigh
 	__u32 len = skb->len - sizeof(struct ethhdr);
+	// ECN as the VTEP copies it (INET_ECN_encapsulate): CE becomes ECT(0).
+	__u8 ecn = ip->tos & 3;
 	h->ip.version = 4;
 	h->ip.ihl = 5;
-	h->ip.tos = ip->tos & 3; // ECN, as the kernel's VTEP copies it
+	h->ip.tos = ecn == 3 ? 2 : ecn;
 	h->ip.tot_len = bpf_htons(len);
-	h->ip.id = bpf_htons(hash);
+	// DF clear, as the VTEP sends: every packet its own ID, so that
+	// fragments of two never reassemble into one.
+	h->ip.id = bpf_get_prandom_u32();
 	h->ip.frag_off = 0;
 	h->ip.ttl = 64;
 	h->ip.protocol = IPPROTO_UDP;
 	h->ip.check = 0;
 	h->ip.saddr = vx->local;
-	h->ip.daddr = outer->ipv4_dst;
+	h->ip.daddr = remote; // outer->ipv4_dst is the next hop now
 	h->ip.check = ip_checksum((void *)h + sizeof(struct ethhdr));
 	hash ^= hash << 16;
 	h->udp.source = bpf_htons((((__u64)hash * (61000 - 32768)) >> 32) + 32768);
@@ -438,7 +476,10 @@ static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *i
 	h->vni = bpf_htonl(vx->vni << 8);
 	count(STAT_FIB);
 	count_tunnel(TUNNEL_ENCAP);
-	return bpf_redirect(outer->ifindex, 0);
+	// The kernel's neighbour table gives the MACs (and resolves or
+	// re-probes a stale one), as for the VTEP's own packets.
+	struct bpf_redir_neigh nh = {.nh_family = AF_INET, .ipv4_nh = outer->ipv4_dst};
+	return bpf_redirect_neigh(outer->ifindex, &nh, sizeof(nh), 0);
 }
 
 // to_node sends a packet for another node's container out of the device
@@ -456,8 +497,12 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 	fib.l4_protocol = p->ip->protocol;
 	fib.ipv4_src = p->ip->saddr;
 	fib.ipv4_dst = p->ip->daddr;
-	// tot_len 0: the kernel checks the packet (GSO or not) against the
-	// MTU of the device it finds.
+	// The kernel checks tot_len against the MTU of the route it finds
+	// (too big: FRAG_NEEDED, and the kernel's path answers). A GSO
+	// packet's segments are checked where it is cut, as on the kernel's
+	// path: tot_len 0 only checks it against the device.
+	if (!skb->gso_size)
+		fib.tot_len = bpf_ntohs(p->ip->tot_len);
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 
 	switch (rc) {
@@ -465,8 +510,9 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 		__u32 zero = 0;
 		struct vxlan *vx = bpf_map_lookup_elem(&vxlan, &zero);
 		struct bpf_fib_lookup outer = {};
-		if (vx && vx->vtep_ifindex && vx->vtep_ifindex == fib.ifindex && tunnel(skb, &fib, vx, &outer) == 0)
-			return encap(skb, &fib, vx, &outer);
+		__be32 remote;
+		if (vx && vx->vtep_ifindex && vx->vtep_ifindex == fib.ifindex && tunnel(skb, &fib, vx, &outer, &remote) == 0)
+			return encap(skb, &fib, vx, &outer, remote);
 		decrease_ttl(p->ip);
 		__builtin_memcpy(p->eth->h_dest, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(p->eth->h_source, fib.smac, ETH_ALEN);
@@ -544,12 +590,23 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x3fff)) || h->flags != bpf_htonl(0x08000000) || h->vni != bpf_htonl(vx->vni << 8) ||
 	    h->inner.h_proto != bpf_htons(ETH_P_IP) || inner.ip->ihl != 5)
 		return TCX_NEXT;
+	// Only from the network's nodes (tunnel_peers), and what deliver
+	// will not hand back to the kernel (TTL): once decapsulated, the
+	// packet must not reach the kernel's path on the uplink.
+	if (skb->pkt_type != PACKET_HOST || !bpf_map_lookup_elem(&tunnel_peers, &h->ip.saddr) || inner.ip->ttl <= 1)
+		return TCX_NEXT;
 	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &inner.ip->daddr);
 	if (!peer)
 		return TCX_NEXT;
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !in_prefix(inner.ip->saddr, cfg->scope_addr, cfg->scope_mask))
+		return TCX_NEXT;
+	// ECN as the VTEP decapsulates (RFC 6040): the underlay's congestion
+	// mark goes to the inner packet; CE over a Not-ECT packet is the
+	// kernel's to drop.
+	int ce = (h->ip.tos & 3) == 3;
+	if (ce && !(inner.ip->tos & 3))
 		return TCX_NEXT;
 	if (keep_on_stack(skb, &inner))
 		return TCX_NEXT;
@@ -560,6 +617,8 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	struct packet p = {.eth = data, .ip = data + sizeof(struct ethhdr)};
 	if ((void *)(p.ip + 1) > data_end)
 		return TCX_DROP;
+	if (ce)
+		set_ce(p.ip);
 	count_tunnel(TUNNEL_DECAP);
 	return deliver(&p, peer, 1, STAT_ARRIVED);
 }

@@ -244,7 +244,8 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 	if nw.v6 || vtep <= 0 {
 		return backend.Tunnel{}, false
 	}
-	return backend.Tunnel{VTEP: vtep, Local: nw.local, VNI: nw.node.Network.VNI, Port: nw.node.Network.Port}, true
+	return backend.Tunnel{VTEP: vtep, Underlay: nw.node.Link.Attrs().Index, Local: nw.local, VNI: nw.node.Network.VNI,
+		Port: nw.node.Network.Port}, true
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
