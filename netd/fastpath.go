@@ -174,28 +174,39 @@ func diffFastpath(have, want fastpathState) []fastpathChange {
 				apply: func(f *fastpath.Network) error { return f.RemoveTunnel(via) }})
 		}
 	}
-	for _, node := range want.Peers {
-		if !slices.Contains(have.Peers, node) {
-			out = append(out, fastpathChange{What: fmt.Sprintf("decapsulate eBPF VXLAN from node %s", node),
-				apply: func(f *fastpath.Network) error { return f.AddTunnelPeer(node) }})
+	out = append(out, diffSet(have.Peers, want.Peers,
+		func(node netip.Addr) fastpathChange {
+			return fastpathChange{What: fmt.Sprintf("decapsulate eBPF VXLAN from node %s", node),
+				apply: func(f *fastpath.Network) error { return f.AddTunnelPeer(node) }}
+		},
+		func(node netip.Addr) fastpathChange {
+			return fastpathChange{What: fmt.Sprintf("stop decapsulating eBPF VXLAN from node %s", node),
+				apply: func(f *fastpath.Network) error { return f.RemoveTunnelPeer(node) }}
+		})...)
+	out = append(out, diffSet(have.Uplinks, want.Uplinks,
+		func(idx int) fastpathChange {
+			return fastpathChange{What: fmt.Sprintf("attach eBPF from_uplink to interface %d", idx),
+				apply: func(f *fastpath.Network) error { return f.AttachUplink(idx) }}
+		},
+		func(idx int) fastpathChange {
+			return fastpathChange{What: fmt.Sprintf("detach eBPF from_uplink from interface %d", idx),
+				apply: func(f *fastpath.Network) error { return f.DetachUplink(idx) }}
+		})...)
+	return out
+}
+
+// diffSet is add of each element of want that have lacks, then remove of
+// each element of have that want lacks, in their order.
+func diffSet[T comparable](have, want []T, add, remove func(T) fastpathChange) []fastpathChange {
+	var out []fastpathChange
+	for _, x := range want {
+		if !slices.Contains(have, x) {
+			out = append(out, add(x))
 		}
 	}
-	for _, node := range have.Peers {
-		if !slices.Contains(want.Peers, node) {
-			out = append(out, fastpathChange{What: fmt.Sprintf("stop decapsulating eBPF VXLAN from node %s", node),
-				apply: func(f *fastpath.Network) error { return f.RemoveTunnelPeer(node) }})
-		}
-	}
-	for _, idx := range want.Uplinks {
-		if !slices.Contains(have.Uplinks, idx) {
-			out = append(out, fastpathChange{What: fmt.Sprintf("attach eBPF from_uplink to interface %d", idx),
-				apply: func(f *fastpath.Network) error { return f.AttachUplink(idx) }})
-		}
-	}
-	for _, idx := range have.Uplinks {
-		if !slices.Contains(want.Uplinks, idx) {
-			out = append(out, fastpathChange{What: fmt.Sprintf("detach eBPF from_uplink from interface %d", idx),
-				apply: func(f *fastpath.Network) error { return f.DetachUplink(idx) }})
+	for _, x := range have {
+		if !slices.Contains(want, x) {
+			out = append(out, remove(x))
 		}
 	}
 	return out
