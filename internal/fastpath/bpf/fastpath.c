@@ -449,7 +449,11 @@ static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *i
 	__builtin_memcpy(h->inner.h_dest, inner->dmac, ETH_ALEN);
 	__builtin_memcpy(h->inner.h_source, inner->smac, ETH_ALEN);
 	h->inner.h_proto = bpf_htons(ETH_P_IP);
-	h->eth.h_proto = bpf_htons(ETH_P_IP); // the MACs: bpf_redirect_neigh
+	// bpf_redirect_neigh writes the MACs again from the neighbour table;
+	// it only needs a unicast destination here.
+	__builtin_memcpy(h->eth.h_dest, outer->dmac, ETH_ALEN);
+	__builtin_memcpy(h->eth.h_source, outer->smac, ETH_ALEN);
+	h->eth.h_proto = bpf_htons(ETH_P_IP);
 	__u32 len = skb->len - sizeof(struct ethhdr);
 	// ECN as the VTEP copies it (INET_ECN_encapsulate): CE becomes ECT(0).
 	__u8 ecn = ip->tos & 3;
