@@ -1,6 +1,8 @@
 package fastpath
 
 import (
+	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -141,6 +143,9 @@ func TestOpenEarlierSet(t *testing.T) {
 	}
 	if tun, err := old.Tunnels(); err != nil || len(tun) != 0 {
 		t.Errorf("Tunnels: %v, %v; want none", tun, err)
+	}
+	if err := old.SetTunnel(netip.MustParseAddr("10.1.2.0"), netip.MustParseAddr("192.168.1.2")); !errors.Is(err, errEarlierSet) {
+		t.Errorf("SetTunnel: %v, want %v", err, errEarlierSet)
 	}
 	full, err := Open(bpffs, "net1")
 	if err != nil {

@@ -315,6 +315,9 @@ func (n *Network) loadPinned() error {
 // added since nor the config written to the new map.
 func (n *Network) Pinned() (bool, error) {
 	for name, m := range n.maps() {
+		if *m == nil { // an earlier berth's set: not held, not compared
+			continue
+		}
 		same, err := samePinned(filepath.Join(n.dir, name), *m, ebpf.LoadPinnedMap, mapID)
 		if err != nil || !same {
 			return false, err
@@ -427,8 +430,15 @@ type VXLAN struct {
 	Port     uint16 // UDP destination port
 }
 
+// errEarlierSet: a set an earlier berth pinned, opened by OpenExisting,
+// has no VXLAN maps to write; Open completes it.
+var errEarlierSet = errors.New("the network's pins are an earlier berth's, without the VXLAN maps (Open completes them)")
+
 // ConfigureVXLAN stores v.
 func (n *Network) ConfigureVXLAN(v VXLAN) error {
+	if n.objs.Vxlan == nil {
+		return errEarlierSet
+	}
 	val := fastpathVxlan{VtepIfindex: uint32(v.VTEP), UnderlayIfindex: uint32(v.Underlay), Vni: v.VNI, Port: htons(v.Port)}
 	if v.Local.IsValid() {
 		val.Local = be32(v.Local)
@@ -475,6 +485,9 @@ func (n *Network) Tunnels() (map[netip.Addr]netip.Addr, error) {
 
 // SetTunnel sends packets routed via the IPv4 next hop via to node.
 func (n *Network) SetTunnel(via, node netip.Addr) error {
+	if n.objs.Tunnels == nil {
+		return errEarlierSet
+	}
 	if err := n.objs.Tunnels.Put(be32(via), be32(node)); err != nil {
 		return fmt.Errorf("writing the fast path's tunnel via %s: %w", via, err)
 	}
@@ -502,6 +515,9 @@ func (n *Network) TunnelPeers() ([]netip.Addr, error) {
 
 // AddTunnelPeer lets the programs decapsulate node's VXLAN packets.
 func (n *Network) AddTunnelPeer(node netip.Addr) error {
+	if n.objs.TunnelPeers == nil {
+		return errEarlierSet
+	}
 	if err := n.objs.TunnelPeers.Put(be32(node), uint8(1)); err != nil {
 		return fmt.Errorf("writing the fast path's tunnel peer %s: %w", node, err)
 	}
@@ -510,6 +526,9 @@ func (n *Network) AddTunnelPeer(node netip.Addr) error {
 
 // RemoveTunnelPeer leaves node's VXLAN packets to the VTEP.
 func (n *Network) RemoveTunnelPeer(node netip.Addr) error {
+	if n.objs.TunnelPeers == nil {
+		return nil
+	}
 	if err := n.objs.TunnelPeers.Delete(be32(node)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("removing the fast path's tunnel peer %s: %w", node, err)
 	}
@@ -519,6 +538,9 @@ func (n *Network) RemoveTunnelPeer(node netip.Addr) error {
 // RemoveTunnel removes the tunnel of next hop via: the VTEP takes its
 // packets.
 func (n *Network) RemoveTunnel(via netip.Addr) error {
+	if n.objs.Tunnels == nil {
+		return nil
+	}
 	if err := n.objs.Tunnels.Delete(be32(via)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("removing the fast path's tunnel via %s: %w", via, err)
 	}

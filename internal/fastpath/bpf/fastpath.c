@@ -396,28 +396,31 @@ static __always_inline __sum16 ip_checksum(struct iphdr *ip)
 }
 
 // tunnel finds where a packet the FIB routed through the VTEP (inner:
-// that lookup) goes in the underlay: the peer node (tunnels) and the
-// device and MACs towards it (outer). It changes nothing: -1 when it
-// cannot tell (no tunnel for the next hop, the peer's MAC not resolved
-// yet), and the VTEP then takes the packet.
+// that lookup; tot_len: its IP length, 0 for GSO) goes in the underlay:
+// the peer node (tunnels) and the next hop towards it (outer). It
+// changes nothing: -1 when it cannot tell (no tunnel for the next hop,
+// no route out of the VTEP's device, too big for it), and the VTEP then
+// takes the packet.
 static __always_inline int tunnel(struct __sk_buff *skb, struct bpf_fib_lookup *inner, struct vxlan *vx,
-				  struct bpf_fib_lookup *outer, __be32 *remote)
+				  __u16 tot_len, struct bpf_fib_lookup *outer, __be32 *remote)
 {
 	__be32 *r = bpf_map_lookup_elem(&tunnels, &inner->ipv4_dst);
 	if (!r)
 		return -1;
 	*remote = *r;
+	// The lookup the VTEP makes: an output lookup from this node, out
+	// of its own device.
 	outer->family = AF_INET;
-	outer->ifindex = skb->ingress_ifindex;
+	outer->ifindex = vx->underlay_ifindex;
 	outer->l4_protocol = IPPROTO_UDP;
 	outer->ipv4_src = vx->local;
 	outer->ipv4_dst = *r;
-	long rc = bpf_fib_lookup(skb, outer, sizeof(*outer), 0);
+	if (tot_len)
+		outer->tot_len = tot_len + VXLAN_ROOM;
+	long rc = bpf_fib_lookup(skb, outer, sizeof(*outer), BPF_FIB_LOOKUP_OUTPUT);
 	// NO_NEIGH too: encap's bpf_redirect_neigh resolves the next hop.
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return -1;
-	// Out of the VTEP's own device only, as the VTEP sends (another
-	// route, a policy rule for the peer: the VTEP decides).
 	if (outer->ifindex != vx->underlay_ifindex)
 		return -1;
 	return 0;
@@ -501,10 +504,11 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 	fib.l4_protocol = p->ip->protocol;
 	fib.ipv4_src = p->ip->saddr;
 	fib.ipv4_dst = p->ip->daddr;
-	// The kernel checks tot_len against the MTU of the route it finds
-	// (too big: FRAG_NEEDED, and the kernel's path answers). A GSO
-	// packet's segments are checked where it is cut, as on the kernel's
-	// path: tot_len 0 only checks it against the device.
+	// With tot_len the kernel checks the packet against the MTU of the
+	// device it finds, or of a locked route or a learned path MTU (too
+	// big: FRAG_NEEDED, and the kernel's path answers). A GSO packet's
+	// segments are checked where it is cut: with tot_len 0 the lookup
+	// lets every GSO packet through, as the kernel's forwarding does.
 	if (!skb->gso_size)
 		fib.tot_len = bpf_ntohs(p->ip->tot_len);
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
@@ -515,7 +519,8 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 		struct vxlan *vx = bpf_map_lookup_elem(&vxlan, &zero);
 		struct bpf_fib_lookup outer = {};
 		__be32 remote;
-		if (vx && vx->vtep_ifindex && vx->vtep_ifindex == fib.ifindex && tunnel(skb, &fib, vx, &outer, &remote) == 0)
+		if (vx && vx->vtep_ifindex && vx->vtep_ifindex == fib.ifindex &&
+		    tunnel(skb, &fib, vx, skb->gso_size ? 0 : bpf_ntohs(p->ip->tot_len), &outer, &remote) == 0)
 			return encap(skb, &fib, vx, &outer, remote);
 		decrease_ttl(p->ip);
 		__builtin_memcpy(p->eth->h_dest, fib.dmac, ETH_ALEN);
@@ -590,8 +595,9 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	struct packet inner = {.eth = &h->inner, .ip = data + sizeof(*h), .ports = data + l4};
 	if ((void *)(inner.ports + 2) > data_end)
 		return TCX_NEXT;
-	// A fragment of a VXLAN packet is the kernel's to reassemble.
-	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x3fff)) || h->flags != bpf_htonl(0x08000000) || h->vni != bpf_htonl(vx->vni << 8) ||
+	// A fragment of a VXLAN packet is the kernel's to reassemble; a
+	// damaged header, the kernel's to drop.
+	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x3fff)) || ip_checksum((void *)h + sizeof(struct ethhdr)) != 0 || h->flags != bpf_htonl(0x08000000) || h->vni != bpf_htonl(vx->vni << 8) ||
 	    h->inner.h_proto != bpf_htons(ETH_P_IP) || inner.ip->ihl != 5)
 		return TCX_NEXT;
 	// Only from the network's nodes (tunnel_peers), and what deliver
@@ -614,6 +620,9 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 		return TCX_NEXT;
 	if (keep_on_stack(skb, &inner))
 		return TCX_NEXT;
+	// Without BPF_F_ADJ_ROOM_NO_CSUM_RESET a checksum the NIC verified
+	// (CHECKSUM_UNNECESSARY, perhaps only the outer UDP's) no longer
+	// counts: the container's stack checks the inner one.
 	if (bpf_skb_adjust_room(skb, -(int)VXLAN_ROOM, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
 		return TCX_NEXT;
 	data = (void *)(long)skb->data;
