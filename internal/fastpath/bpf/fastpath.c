@@ -582,10 +582,19 @@ int from_container(struct __sk_buff *skb)
 
 // from_tunnel decapsulates a VXLAN packet of the network for a container
 // of this node and delivers it, past the kernel's UDP socket, VTEP and
-// second receive. Anything else it leaves to the kernel's VTEP.
+// second receive. Anything else, GSO packets among them, it leaves to the
+// kernel's VTEP.
 static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 {
 	const __u32 l4 = sizeof(struct vxlan_hdrs) + sizeof(struct iphdr);
+
+	// A GSO packet (GRO's, or a large one a veth passed on whole) is
+	// the VTEP's: bpf_skb_adjust_room cannot clear its tunnel GSO type
+	// and encapsulation mark (iptunnel_pull_offloads does), and a
+	// container that hands such a packet on (a tap device of a VM, a
+	// NIC) can fail to segment it.
+	if (skb->gso_size)
+		return TCX_NEXT;
 
 	if (linear(skb, l4 + 4) < 0)
 		return TCX_NEXT;
