@@ -26,13 +26,6 @@ func TestFastpathDesiredAndDiff(t *testing.T) {
 	if want.Config != wantCfg || !slices.Equal(want.Uplinks, []int{2, 7}) || want.VXLAN != (fastpath.VXLAN{}) || len(want.Tunnels) != 0 {
 		t.Fatalf("desired %+v", want)
 	}
-	whats := func(cs []fastpathChange) []string {
-		var out []string
-		for _, c := range cs {
-			out = append(out, c.What)
-		}
-		return out
-	}
 	for _, tt := range []struct {
 		name string
 		have fastpathState
@@ -119,12 +112,17 @@ func TestFastpathTunnels(t *testing.T) {
 				"decapsulate eBPF VXLAN from node 192.168.1.4",
 				"stop decapsulating eBPF VXLAN from node 192.168.1.5", "stop decapsulating eBPF VXLAN from node 192.168.1.99"}},
 	} {
-		var got []string
-		for _, c := range diffFastpath(tt.have, want) {
-			got = append(got, c.What)
-		}
-		if !slices.Equal(got, tt.want) {
+		if got := whats(diffFastpath(tt.have, want)); !slices.Equal(got, tt.want) {
 			t.Errorf("%s: changes %q, want %q", tt.name, got, tt.want)
 		}
 	}
+}
+
+// whats are the changes' descriptions, in order.
+func whats(cs []fastpathChange) []string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.What)
+	}
+	return out
 }

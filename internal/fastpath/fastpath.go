@@ -526,23 +526,23 @@ func (n *Network) AddTunnelPeer(node netip.Addr) error {
 
 // RemoveTunnelPeer leaves node's VXLAN packets to the VTEP.
 func (n *Network) RemoveTunnelPeer(node netip.Addr) error {
-	if n.objs.TunnelPeers == nil {
-		return nil
-	}
-	if err := n.objs.TunnelPeers.Delete(be32(node)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("removing the fast path's tunnel peer %s: %w", node, err)
-	}
-	return nil
+	return deleteAddr(n.objs.TunnelPeers, node, "tunnel peer")
 }
 
 // RemoveTunnel removes the tunnel of next hop via: the VTEP takes its
 // packets.
 func (n *Network) RemoveTunnel(via netip.Addr) error {
-	if n.objs.Tunnels == nil {
+	return deleteAddr(n.objs.Tunnels, via, "tunnel via")
+}
+
+// deleteAddr deletes the entry of a from m, a map keyed by IPv4 address:
+// fine when there is none, or no map (an earlier berth's set).
+func deleteAddr(m *ebpf.Map, a netip.Addr, what string) error {
+	if m == nil {
 		return nil
 	}
-	if err := n.objs.Tunnels.Delete(be32(via)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("removing the fast path's tunnel via %s: %w", via, err)
+	if err := m.Delete(be32(a)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("removing the fast path's %s %s: %w", what, a, err)
 	}
 	return nil
 }
