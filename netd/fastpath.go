@@ -81,14 +81,14 @@ type fastpathState struct {
 
 // desiredFastpath is the state for this node holding self in network n,
 // with uplinks (the underlay link and the backend's links), the backend's
-// VTEP (tunnel, when ok) and the backend's desired kernel state (want),
+// VTEP (tunnel, nil without one) and the backend's desired kernel state (want),
 // whose VTEP neighbours and FDB entries name the peers' tunnels. It only
 // computes.
-func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel backend.Tunnel, ok bool, want backend.State) fastpathState {
+func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel *backend.Tunnel, want backend.State) fastpathState {
 	s := fastpathState{Config: fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}, Uplinks: slices.Clone(uplinks),
 		Tunnels: map[netip.Addr]netip.Addr{}}
 	slices.Sort(s.Uplinks)
-	if !ok || !tunnel.Local.Is4() {
+	if tunnel == nil || !tunnel.Local.Is4() {
 		return s
 	}
 	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Underlay: tunnel.Underlay, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
@@ -240,12 +240,13 @@ func (d *daemon) reconcileFastpath(self cluster.Lease, backendWant backend.State
 			return made, err
 		}
 	}
-	var tunnel backend.Tunnel
-	var ok bool
+	var tunnel *backend.Tunnel
 	if t, is := d.nw.(backend.Tunneler); is {
-		tunnel, ok = t.Tunnel()
+		if vtep, ok := t.Tunnel(); ok {
+			tunnel = &vtep
+		}
 	}
-	want := desiredFastpath(d.network, self, d.uplinks(), tunnel, ok, backendWant)
+	want := desiredFastpath(d.network, self, d.uplinks(), tunnel, backendWant)
 	have, err := readFastpath(d.fast, want.Uplinks)
 	if err != nil {
 		return made, err

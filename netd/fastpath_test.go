@@ -21,7 +21,7 @@ import (
 func TestFastpathDesiredAndDiff(t *testing.T) {
 	n := &conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"), Datapath: conf.DatapathEBPF}
 	self := cluster.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")}
-	want := desiredFastpath(n, self, []int{7, 2}, backend.Tunnel{}, false, backend.State{})
+	want := desiredFastpath(n, self, []int{7, 2}, nil, backend.State{})
 	wantCfg := fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}
 	if want.Config != wantCfg || !slices.Equal(want.Uplinks, []int{2, 7}) || want.VXLAN != (fastpath.VXLAN{}) || len(want.Tunnels) != 0 {
 		t.Fatalf("desired %+v", want)
@@ -71,7 +71,7 @@ func TestFastpathTunnels(t *testing.T) {
 		},
 	}
 	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472}
-	want := desiredFastpath(n, self, []int{2, 7}, tun, true, state)
+	want := desiredFastpath(n, self, []int{2, 7}, &tun, state)
 	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}
 	wantTun := map[netip.Addr]netip.Addr{
 		netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
@@ -83,7 +83,7 @@ func TestFastpathTunnels(t *testing.T) {
 	}
 	v6 := tun
 	v6.Local = netip.MustParseAddr("fd00::1")
-	if got := desiredFastpath(n, self, []int{2, 7}, v6, true, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
+	if got := desiredFastpath(n, self, []int{2, 7}, &v6, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
 		t.Errorf("IPv6 underlay: VXLAN %+v, tunnels %v; want none (the VTEP encapsulates)", got.VXLAN, got.Tunnels)
 	}
 
