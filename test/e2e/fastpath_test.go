@@ -357,22 +357,7 @@ func onTCXIngress(t *testing.T, n *testbed.Node, dev string, f func(ifindex int,
 		if err != nil {
 			return err
 		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: l.Attrs().Index, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		for _, ap := range res.Programs {
-			p, err := ebpf.NewProgramFromID(ap.ID)
-			if err != nil {
-				return err
-			}
-			err = f(l.Attrs().Index, ap.ID, p)
-			p.Close()
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+		return testbed.TCXIngress(l.Attrs().Index, func(id ebpf.ProgramID, p *ebpf.Program) error { return f(l.Attrs().Index, id, p) })
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -383,11 +368,17 @@ func onTCXIngress(t *testing.T, n *testbed.Node, dev string, f func(ifindex int,
 func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
 	t.Helper()
 	var names []string
-	onTCXIngress(t, n, dev, func(_ int, id ebpf.ProgramID, p *ebpf.Program) error {
-		info, _ := p.Info()
-		names = append(names, fmt.Sprintf("%s (id %d)", strings.TrimSpace(info.Name), id))
-		return nil
+	err := n.Do(func() error {
+		l, err := netlink.LinkByName(dev)
+		if err != nil {
+			return err
+		}
+		names, err = testbed.TCXIngressNames(l.Attrs().Index)
+		return err
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	return names
 }
 

@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
@@ -88,7 +86,7 @@ func uplinkPrograms(n *testbed.Node, network string) error {
 				if err != nil {
 					return err
 				}
-				names, err := tcxIngress(l.Attrs().Index)
+				names, err := testbed.TCXIngressNames(l.Attrs().Index)
 				if err != nil {
 					return err
 				}
@@ -108,29 +106,6 @@ func uplinkPrograms(n *testbed.Node, network string) error {
 	})
 }
 
-// tcxIngress names the programs on the TCX ingress of interface ifindex
-// (of the calling thread's namespace), as bpftool net shows them.
-func tcxIngress(ifindex int) ([]string, error) {
-	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
-	if err != nil {
-		return nil, err
-	}
-	var names []string
-	for _, ap := range res.Programs {
-		p, err := ebpf.NewProgramFromID(ap.ID)
-		if err != nil {
-			return nil, err
-		}
-		info, err := p.Info()
-		p.Close()
-		if err != nil {
-			return nil, err
-		}
-		names = append(names, fmt.Sprintf("%s (id %d)", info.Name, ap.ID))
-	}
-	return names, nil
-}
-
 // checkLeftEBPF checks that a node that left (netd leave) keeps no
 // program on its uplink and no pins of the network.
 func checkLeftEBPF(t *testing.T, n *testbed.Node, network string) {
@@ -140,7 +115,7 @@ func checkLeftEBPF(t *testing.T, n *testbed.Node, network string) {
 		if err != nil {
 			return err
 		}
-		names, err := tcxIngress(l.Attrs().Index)
+		names, err := testbed.TCXIngressNames(l.Attrs().Index)
 		if err == nil && len(names) > 0 {
 			err = fmt.Errorf("TCX ingress programs on %s: %v", n.Iface, names)
 		}
