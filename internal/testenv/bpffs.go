@@ -1,9 +1,13 @@
 package testenv
 
 import (
+	"fmt"
 	"os"
+	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -35,4 +39,41 @@ func Datapath() string {
 		return "ebpf"
 	}
 	return "iptables"
+}
+
+// TCXIngress calls f for each program on the TCX ingress of interface
+// ifindex, in the calling thread's network namespace (call it in the namespace).
+func TCXIngress(ifindex int, f func(id ebpf.ProgramID, p *ebpf.Program) error) error {
+	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
+	if err != nil {
+		return err
+	}
+	for _, ap := range res.Programs {
+		p, err := ebpf.NewProgramFromID(ap.ID)
+		if err != nil {
+			return err
+		}
+		err = f(ap.ID, p)
+		p.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TCXIngressNames names the programs on the TCX ingress of interface
+// ifindex as bpftool net shows them, "from_uplink (id 42)", in the
+// calling thread's network namespace.
+func TCXIngressNames(ifindex int) ([]string, error) {
+	var names []string
+	err := TCXIngress(ifindex, func(id ebpf.ProgramID, p *ebpf.Program) error {
+		info, err := p.Info()
+		if err != nil {
+			return err
+		}
+		names = append(names, fmt.Sprintf("%s (id %d)", strings.TrimSpace(info.Name), id))
+		return nil
+	})
+	return names, err
 }

@@ -228,22 +228,9 @@ func detachAll(t *testing.T, n ns.NetNS, dev string) {
 		if err := netlink.QdiscDel(clsact); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
 			return fmt.Errorf("deleting the clsact qdisc: %w", err)
 		}
-		res, err := link.QueryPrograms(link.QueryOptions{Target: idx, Attach: ebpf.AttachTCXIngress})
-		if err != nil {
-			return err
-		}
-		for _, ap := range res.Programs {
-			p, err := ebpf.NewProgramFromID(ap.ID)
-			if err != nil {
-				return err
-			}
-			err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: idx, Program: p, Attach: ebpf.AttachTCXIngress})
-			p.Close()
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+		return testenv.TCXIngress(idx, func(_ ebpf.ProgramID, p *ebpf.Program) error {
+			return link.RawDetachProgram(link.RawDetachProgramOptions{Target: idx, Program: p, Attach: ebpf.AttachTCXIngress})
+		})
 	})
 	if err != nil {
 		t.Fatalf("detaching the programs of %s: %v", dev, err)

@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -357,7 +358,7 @@ func onTCXIngress(t *testing.T, n *testbed.Node, dev string, f func(ifindex int,
 		if err != nil {
 			return err
 		}
-		return testbed.TCXIngress(l.Attrs().Index, func(id ebpf.ProgramID, p *ebpf.Program) error { return f(l.Attrs().Index, id, p) })
+		return testenv.TCXIngress(l.Attrs().Index, func(id ebpf.ProgramID, p *ebpf.Program) error { return f(l.Attrs().Index, id, p) })
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +374,7 @@ func tcxPrograms(t *testing.T, n *testbed.Node, dev string) []string {
 		if err != nil {
 			return err
 		}
-		names, err = testbed.TCXIngressNames(l.Attrs().Index)
+		names, err = testenv.TCXIngressNames(l.Attrs().Index)
 		return err
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -86,7 +87,7 @@ func uplinkPrograms(n *testbed.Node, network string) error {
 				if err != nil {
 					return err
 				}
-				names, err := testbed.TCXIngressNames(l.Attrs().Index)
+				names, err := testenv.TCXIngressNames(l.Attrs().Index)
 				if err != nil {
 					return err
 				}
@@ -115,7 +116,7 @@ func checkLeftEBPF(t *testing.T, n *testbed.Node, network string) {
 		if err != nil {
 			return err
 		}
-		names, err := testbed.TCXIngressNames(l.Attrs().Index)
+		names, err := testenv.TCXIngressNames(l.Attrs().Index)
 		if err == nil && len(names) > 0 {
 			err = fmt.Errorf("TCX ingress programs on %s: %v", n.Iface, names)
 		}
