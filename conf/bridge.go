@@ -226,6 +226,19 @@ func (c *Bridge) Subnet(ipv6 bool) netip.Prefix {
 	return netip.Prefix{}
 }
 
+// CheckPaths refuses, at ADD, a relative stateDir or berth-ipam dataDir.
+// Only ADD: configs written before berth checked may have one, and DEL,
+// CHECK and GC must still find what such an ADD recorded.
+func (c *Bridge) CheckPaths() error {
+	if err := absolute("stateDir", c.StateDir, DefaultStateDir); err != nil {
+		return err
+	}
+	if c.IPAMConf != nil {
+		return c.IPAMConf.CheckDataDir()
+	}
+	return nil
+}
+
 // CheckAddressing refuses, at ADD, addressing the datapath cannot serve
 // or would leave unprotected: IPv6 on the eBPF datapath, a subnet no
 // address can come from (IPAM.CheckAllocatable), and more than one subnet

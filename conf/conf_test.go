@@ -299,3 +299,35 @@ func TestIPAMFieldsAsWritten(t *testing.T) {
 		}
 	}
 }
+
+// A relative stateDir or berth-ipam dataDir is refused at ADD naming the
+// field as written; DEL, CHECK and GC still parse it, to clean up what an
+// earlier berth recorded there. Another IPAM plugin's dataDir is its own.
+func TestRelativePathsRefusedAtAdd(t *testing.T) {
+	for _, tt := range []struct{ fields, ipam, want string }{
+		{`"stateDir":"/run/berth",`, `"dataDir":"/var/lib/cni/networks",`, ""},
+		{``, ``, ""},
+		{`"stateDir":"state",`, ``, `stateDir: "state" is not an absolute path`},
+		{`"stateDir":"./run/berth",`, ``, `stateDir: "./run/berth" is not an absolute path`},
+		{``, `"dataDir":"networks",`, `ipam.dataDir: "networks" is not an absolute path`},
+		{``, `"type":"host-local","dataDir":"networks",`, ""},
+	} {
+		stdin := []byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge",` + tt.fields +
+			`"ipam":{` + tt.ipam + `"ranges":[[{"subnet":"10.1.0.0/24"}]]}}`)
+		c, err := ParseBridge(stdin, "")
+		if err == nil {
+			err = c.ParseIPAMFor(stdin, "") // DEL, CHECK and GC: must parse
+		}
+		if err != nil {
+			t.Errorf("%s%s: %v, want DEL, CHECK and GC to parse it", tt.fields, tt.ipam, err)
+			continue
+		}
+		err = c.CheckPaths() // ADD
+		if tt.want == "" && err != nil {
+			t.Errorf("%s%s: %v", tt.fields, tt.ipam, err)
+		}
+		if tt.want != "" && (!errors.Is(err, cnierr.ErrInvalidConfig) || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%s%s: %v, want code 7 with %q", tt.fields, tt.ipam, err, tt.want)
+		}
+	}
+}

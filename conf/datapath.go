@@ -3,7 +3,6 @@ package conf
 import (
 	"fmt"
 	"net/netip"
-	"path/filepath"
 )
 
 // Datapaths a network can run on. The default is the kernel's: bridge or
@@ -40,10 +39,8 @@ func (c *Bridge) validateDatapath() error {
 	if c.EBPF() && c.BPFFS == "" {
 		c.BPFFS = DefaultBPFFS
 	}
-	// Plugins run in whatever directory the runtime is in: a relative
-	// path would pin in one place at ADD and look in another at DEL.
-	if !filepath.IsAbs(c.BPFFS) && c.BPFFS != "" {
-		return invalid("bpffs", fmt.Sprintf("%q is not an absolute path (e.g. %q)", c.BPFFS, DefaultBPFFS))
+	if c.BPFFS != "" {
+		return absolute("bpffs", c.BPFFS, DefaultBPFFS)
 	}
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -209,6 +210,26 @@ func parseRange(field string, rr rawRange) (Range, error) {
 		r.Gateway = p.Addr().Next()
 	}
 	return r, nil
+}
+
+// CheckDataDir refuses, at ADD, a relative dataDir for berth-ipam (other
+// IPAM plugins read their own). Only ADD, like Bridge.CheckPaths.
+func (c *IPAM) CheckDataDir() error {
+	if c.Type != IPAMType {
+		return nil
+	}
+	return absolute("ipam.dataDir", c.DataDir, DefaultIPAMDataDir)
+}
+
+// absolute refuses a relative path. CNI plugins run in whatever directory
+// the runtime is in (containerd's, or for podman the user's shell's), so
+// a relative path would record in one place at ADD and look in another at
+// DEL, leaking the container's addresses, rules and state.
+func absolute(field, path, example string) error {
+	if filepath.IsAbs(path) {
+		return nil
+	}
+	return invalid(field, fmt.Sprintf("%q is not an absolute path: plugins run in the runtime's working directory, which changes between calls; write an absolute path such as %q", path, example))
 }
 
 // CheckAllocatable refuses, at ADD, a configured subnet no container

@@ -38,6 +38,9 @@ func NewRequest(args *skel.CmdArgs) (*Request, string, error) {
 
 // Add allocates and returns the IPAM result (addresses, gateways, routes).
 func Add(req *Request) (*current.Result, error) {
+	if err := req.Conf.CheckDataDir(); err != nil {
+		return nil, err
+	}
 	if err := req.Conf.CheckAllocatable(); err != nil {
 		return nil, err
 	}

@@ -128,6 +128,16 @@ func TestRootDir(t *testing.T) {
 			t.Errorf("%s: %q, want %q", k, got[k], want[k])
 		}
 	}
+	// Relative paths are the working directory's: the conflist gets them
+	// absolute, as the plugins want them.
+	c, err = parse(t, "--root-dir", "n2", "--ipam-data-dir", "./ipam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wd, _ := os.Getwd()
+	if c.CNIStateDir != filepath.Join(wd, "n2/state") || c.LeaseDir != filepath.Join(wd, "n2/leases") || c.IPAMDataDir != filepath.Join(wd, "ipam") {
+		t.Errorf("relative paths: stateDir %q, leaseDir %q, ipam dataDir %q, want them under %s", c.CNIStateDir, c.LeaseDir, c.IPAMDataDir, wd)
+	}
 	c, err = parse(t)
 	if err != nil {
 		t.Fatal(err)

@@ -36,7 +36,10 @@ var pathFlags = []pathFlag{
 }
 
 // pathFlagsOn registers --root-dir and the path flags on fs; the returned
-// function fills the paths that were not given, after fs.Parse.
+// function fills the paths that were not given, after fs.Parse, and makes
+// relative ones absolute: netd writes some into the conflist, and the
+// plugins, which run in the runtime's working directory, refuse relative
+// ones.
 func (c *Config) pathFlagsOn(fs *flag.FlagSet) (resolve func()) {
 	fs.StringVar(&c.RootDir, "root-dir", "", "put all of this node's files under this directory, e.g. /srv/berth/node2 for one of several nodes on a machine: "+rootLayout()+"; each flag below still overrides its own (default: the system paths named by each flag)")
 	for _, f := range pathFlags {
@@ -51,6 +54,9 @@ func (c *Config) pathFlagsOn(fs *flag.FlagSet) (resolve func()) {
 				*p = filepath.Join(c.RootDir, f.rel)
 			default:
 				*p = f.system
+			}
+			if abs, err := filepath.Abs(*p); err == nil { // fails only without a working directory
+				*p = abs
 			}
 		}
 	}

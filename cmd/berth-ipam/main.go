@@ -20,7 +20,8 @@ const help = `Configuration (the "ipam" object; host-local's, change only "type"
   ranges      one address is allocated from each inner list (e.g. IPv4 + IPv6)
   subnet      legacy single range (with rangeStart, rangeEnd, gateway)
   routes      returned to the calling plugin as-is
-  dataDir     reservations live in <dataDir>/<network name>/ (default /var/lib/cni/networks)
+  dataDir     reservations live in <dataDir>/<network name>/ (default /var/lib/cni/networks;
+              an absolute path: ADD refuses a relative one)
 
 Specific addresses: the "ips" capability (runtimeConfig.ips), args.cni.ips,
 or CNI_ARGS="IP=10.88.0.9". GC releases every address whose attachment is

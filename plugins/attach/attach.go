@@ -94,6 +94,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := c.CheckPaths(); err != nil {
+		return err
+	}
 	if err := c.CheckAddressing(); err != nil {
 		return err
 	}

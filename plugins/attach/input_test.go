@@ -17,12 +17,19 @@ import (
 // exec runs the plugin binary as a runtime would, inside the node.
 func execPlugin(t *testing.T, n *node, env map[string]string, stdin string) (map[string]any, error) {
 	t.Helper()
+	return execPluginIn(t, n, t.TempDir(), env, stdin) // a relative path in the config must not land in the source tree
+}
+
+// execPluginIn is execPlugin in the working directory dir.
+func execPluginIn(t *testing.T, n *node, dir string, env map[string]string, stdin string) (map[string]any, error) {
+	t.Helper()
 	cmd := exec.Command(filepath.Join(testenv.BinDir(t, "berth-bridge"), "berth-bridge"))
 	cmd.Env = []string{"CNI_PATH=" + testenv.BinDir(t)}
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	cmd.Stdin = strings.NewReader(stdin)
+	cmd.Dir = dir
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	var err error
@@ -123,6 +130,9 @@ func TestBadInputGivesErrorAndLeavesNothing(t *testing.T) {
 		{"one port twice on overlapping host addresses", env(nil), good(func(m map[string]any) {
 			m["runtimeConfig"] = map[string]any{"portMappings": []map[string]any{{"hostPort": 80, "containerPort": 80, "hostIP": "::"}, {"hostPort": 80, "containerPort": 81}}}
 		}), 7, "runtimeConfig.portMappings[1]"},
+		{"relative stateDir", env(nil), good(func(m map[string]any) { m["stateDir"] = "state" }), 7, `stateDir: "state" is not an absolute path`},
+		{"relative ipam dataDir", env(nil), good(func(m map[string]any) { m["ipam"].(map[string]any)["dataDir"] = "networks" }), 7,
+			`ipam.dataDir: "networks" is not an absolute path`},
 		{"CNI_NETNS is the plugin's own", env(map[string]string{"CNI_NETNS": "/proc/self/ns/net"}), good(func(map[string]any) {}), 4, "CNI_NETNS"},
 		{"CNI_ARGS MAC not a MAC", env(map[string]string{"CNI_ARGS": "IgnoreUnknown=1;MAC=02:xx"}), good(func(map[string]any) {}), 4, "MAC"},
 		{"missing netns", env(map[string]string{"CNI_NETNS": "/proc/nonexistent/ns/net"}), good(func(map[string]any) {}), 4, "CNI_NETNS"},
@@ -158,4 +168,31 @@ func TestBadInputGivesErrorAndLeavesNothing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An earlier berth took a relative stateDir and dataDir, which ADD now
+// refuses: DEL still removes what such an ADD recorded, run from the
+// directory the paths resolve in.
+func TestRelativePathsStillDeleted(t *testing.T) {
+	n := newNode(t)
+	dir := filepath.Dir(n.stateDir)
+	if filepath.Dir(n.dataDir) != dir {
+		t.Fatalf("stateDir %s and dataDir %s are in different directories", n.stateDir, n.dataDir)
+	}
+	before := n.snapshot(t)
+	cont := testenv.NewNS(t)
+	env := map[string]string{"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "rel1", "CNI_NETNS": cont.Path(), "CNI_IFNAME": "eth0"}
+	if res, err := execPluginIn(t, n, dir, env, n.conflistPlugin("rel", "berth0", "10.71.0.0/24")); err != nil {
+		t.Fatalf("ADD with absolute paths: %v %v", err, res)
+	}
+	relative := map[string]any{}
+	json.Unmarshal([]byte(n.conflistPlugin("rel", "berth0", "10.71.0.0/24")), &relative)
+	relative["stateDir"] = filepath.Base(n.stateDir)
+	relative["ipam"].(map[string]any)["dataDir"] = filepath.Base(n.dataDir)
+	stdin, _ := json.Marshal(relative)
+	env["CNI_COMMAND"] = "DEL"
+	if res, err := execPluginIn(t, n, dir, env, string(stdin)); err != nil {
+		t.Fatalf("DEL with relative paths: %v %v", err, res)
+	}
+	n.checkNothingLeft(t, before, "berth0")
 }
