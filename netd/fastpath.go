@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -92,6 +93,7 @@ func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel 
 		return s
 	}
 	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Underlay: tunnel.Underlay, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
+	s.VXLAN.MAC = tunnel.MAC
 	nodeOf := map[string]netip.Addr{} // peer VTEP MAC -> its node address
 	for _, f := range want.FDB {
 		if a, ok := netip.AddrFromSlice(f.IP); ok && f.LinkIndex == tunnel.VTEP && a.Unmap().Is4() {
@@ -158,8 +160,8 @@ func diffFastpath(have, want fastpathState) []fastpathChange {
 	}
 	if have.VXLAN != want.VXLAN {
 		v := want.VXLAN
-		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d over %d, local %s, VNI %d, port %d",
-			v.VTEP, v.Underlay, v.Local, v.VNI, v.Port),
+		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d (%s) over %d, local %s, VNI %d, port %d",
+			v.VTEP, net.HardwareAddr(v.MAC[:]), v.Underlay, v.Local, v.VNI, v.Port),
 			apply: func(f *fastpath.Network) error { return f.ConfigureVXLAN(v) }})
 	}
 	for _, via := range slices.SortedFunc(maps.Keys(want.Tunnels), netip.Addr.Compare) {

@@ -70,9 +70,10 @@ func TestFastpathTunnels(t *testing.T) {
 			{LinkIndex: 9, IP: ip("10.244.6.0"), HardwareAddr: mac("02:00:00:00:00:06")}, // not the VTEP
 		},
 	}
-	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472}
+	vtepMAC := cluster.MAC{2, 0xbe, 0, 0, 0, 7}
+	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472, MAC: vtepMAC}
 	want := desiredFastpath(n, self, []int{2, 7}, &tun, state)
-	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}
+	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472, MAC: vtepMAC}
 	wantTun := map[netip.Addr]netip.Addr{
 		netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
 		netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.4"),
@@ -98,11 +99,14 @@ func TestFastpathTunnels(t *testing.T) {
 	}{
 		{"in sync", want, nil},
 		{"netd's first pass", in(fastpathState{}), []string{
-			"configure eBPF VXLAN encapsulation: VTEP 7 over 2, local 192.168.1.1, VNI 1, port 8472",
+			"configure eBPF VXLAN encapsulation: VTEP 7 (02:be:00:00:00:07) over 2, local 192.168.1.1, VNI 1, port 8472",
 			"eBPF VXLAN tunnel via 10.244.5.0 to node 192.168.1.2", "eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4",
 			"decapsulate eBPF VXLAN from node 192.168.1.2", "decapsulate eBPF VXLAN from node 192.168.1.4"}},
 		{"VTEP re-created", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 4, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}, Tunnels: wantTun, Peers: wantPeers}),
-			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 over 2, local 192.168.1.1, VNI 1, port 8472"}},
+			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 (02:be:00:00:00:07) over 2, local 192.168.1.1, VNI 1, port 8472"}},
+		{"pins of the berth before vtep_mac (no MAC: nothing decapsulated)", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472},
+			Tunnels: wantTun, Peers: wantPeers}),
+			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 (02:be:00:00:00:07) over 2, local 192.168.1.1, VNI 1, port 8472"}},
 		{"a peer moved and one left", in(fastpathState{VXLAN: wantVX, Tunnels: map[netip.Addr]netip.Addr{
 			netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
 			netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.99"),

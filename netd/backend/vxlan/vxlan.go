@@ -390,7 +390,7 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 		return backend.Tunnel{}, false
 	}
 	return backend.Tunnel{VTEP: vtep, Underlay: nw.node.Link.Attrs().Index, Local: nw.local, VNI: nw.node.Network.VNI,
-		Port: nw.node.Network.Port}, true
+		Port: nw.node.Network.Port, MAC: nw.mac}, true
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {

@@ -53,6 +53,10 @@ func TestRegister(t *testing.T) {
 		if nw.MTU() != 1450 || published.VNI != 7 || published.VTEPMAC != stableMAC("node1", 7) {
 			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
 		}
+		// The eBPF datapath decapsulates only frames for the VTEP's MAC.
+		if tun, ok := nw.(backend.Tunneler).Tunnel(); !ok || tun.VTEP != v.Index || tun.MAC != stableMAC("node1", 7) {
+			t.Errorf("Tunnel: %+v %v, want VTEP %d with its MAC", tun, ok, v.Index)
+		}
 
 		if _, err := register(ctx, node); err != nil {
 			return err
