@@ -21,7 +21,7 @@ import (
 func TestFastpathDesiredAndDiff(t *testing.T) {
 	n := &conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"), Datapath: conf.DatapathEBPF}
 	self := cluster.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")}
-	want := desiredFastpath(n, self, []int{7, 2}, nil, backend.State{})
+	want := desiredFastpath(n, self, []int{7, 2}, nil, false, backend.State{})
 	wantCfg := fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}
 	if want.Config != wantCfg || !slices.Equal(want.Uplinks, []int{2, 7}) || want.VXLAN != (fastpath.VXLAN{}) || len(want.Tunnels) != 0 {
 		t.Fatalf("desired %+v", want)
@@ -72,7 +72,7 @@ func TestFastpathTunnels(t *testing.T) {
 	}
 	vtepMAC := cluster.MAC{2, 0xbe, 0, 0, 0, 7}
 	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472, MAC: vtepMAC}
-	want := desiredFastpath(n, self, []int{2, 7}, &tun, state)
+	want := desiredFastpath(n, self, []int{2, 7}, &tun, true, state)
 	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472, MAC: vtepMAC}
 	wantTun := map[netip.Addr]netip.Addr{
 		netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
@@ -84,8 +84,22 @@ func TestFastpathTunnels(t *testing.T) {
 	}
 	v6 := tun
 	v6.Local = netip.MustParseAddr("fd00::1")
-	if got := desiredFastpath(n, self, []int{2, 7}, &v6, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
+	if got := desiredFastpath(n, self, []int{2, 7}, &v6, true, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
 		t.Errorf("IPv6 underlay: VXLAN %+v, tunnels %v; want none (the VTEP encapsulates)", got.VXLAN, got.Tunnels)
+	}
+
+	// A VTEP that is not up: no tunnel at all. The diff from what netd
+	// had set clears the VXLAN config (the programs neither encapsulate
+	// nor decapsulate), the tunnels and the peers.
+	down := desiredFastpath(n, self, []int{2, 7}, &tun, false, state)
+	if down.VXLAN != (fastpath.VXLAN{}) || len(down.Tunnels) != 0 || len(down.Peers) != 0 || !slices.Equal(down.Uplinks, want.Uplinks) {
+		t.Errorf("VTEP down: VXLAN %+v, tunnels %v, peers %v, uplinks %v; want no tunnel, the same uplinks", down.VXLAN, down.Tunnels, down.Peers, down.Uplinks)
+	}
+	if got := whats(diffFastpath(want, down)); !slices.Equal(got, []string{
+		"stop eBPF VXLAN encapsulation and decapsulation (no VTEP, or not up)",
+		"remove eBPF VXLAN tunnel via 10.244.5.0", "remove eBPF VXLAN tunnel via 10.244.8.0",
+		"stop decapsulating eBPF VXLAN from node 192.168.1.2", "stop decapsulating eBPF VXLAN from node 192.168.1.4"}) {
+		t.Errorf("VTEP set down: changes %q", got)
 	}
 
 	in := func(have fastpathState) fastpathState {
