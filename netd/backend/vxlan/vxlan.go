@@ -225,26 +225,27 @@ func (nw *network) create(want *netlink.Vxlan) (netlink.Link, error) {
 }
 
 // mismatch says why an existing link cannot serve as the VTEP, or "".
-// Besides what only creation sets, that is every setting that changes
-// the packets the VTEP sends from what netd creates it with, which the
+// Besides what only creation sets, that is every setting that makes the
+// VTEP's packets differ from those of a VTEP netd creates, which the
 // eBPF datapath's programs emit as the VTEP's own (internal/fastpath,
 // encap): outer TTL from the route (ttl 0: 64 unless the node's
-// ip_default_ttl says otherwise; the programs write 64), DSCP 0 with
-// the inner packet's ECN (tos 0), DF clear (df unset), the same UDP
-// checksum setting (the programs send none, see below), a source port from the flow's hash over the node's local port range
-// (srcport 0 0; the programs use the default range 32768-60999), and
-// the plain VXLAN header (no GBP, GPE, remote checksum offload, nor
-// external mode). A VTEP made by hand or by another tool with one of
-// them otherwise would send and accept other packets than the programs
-// beside it; re-created, it is what netd wants. extra holds what
-// netlink.Vxlan does not parse (readExtra).
+// ip_default_ttl says otherwise; the programs write 64), DSCP 0 with the
+// inner packet's ECN (tos 0), DF clear (df unset), a source port from
+// the flow's hash over the node's local port range (srcport 0 0; the
+// programs use the default range, 32768-60999), the plain VXLAN header
+// (no GBP, GPE, remote checksum offload, nor external mode), and outer
+// UDP checksums on (udpcsum). A VTEP made by hand or by another tool
+// with one of them otherwise would send and accept other packets than
+// the programs beside it; re-created, it is what netd wants. extra
+// holds what netlink.Vxlan does not parse (readExtra).
 //
-// The UDP checksum is the one difference left: the VTEP computes one
-// (the kernel's default for a VTEP made without IFLA_VXLAN_UDP_CSUM, as
-// vishvananda/netlink makes it), the programs send 0 ("none", which
-// every IPv4 receiver takes) because bpf_skb_adjust_room cannot give an
-// encapsulated GSO packet a checksummed tunnel type. Making netd's VTEPs
-// send none too would re-create every existing one at the upgrade.
+// The UDP checksum is the one difference left between the VTEP and the
+// programs: the VTEP computes one (the kernel's default for a VTEP made
+// without IFLA_VXLAN_UDP_CSUM, as every netd so far made them), the
+// programs send 0 ("none", which every IPv4 receiver takes) because
+// bpf_skb_adjust_room cannot give an encapsulated GSO packet a
+// checksummed tunnel type. Wanting VTEPs without checksums instead
+// would re-create every existing one at the upgrade.
 func mismatch(link netlink.Link, extra vtepExtra, want *netlink.Vxlan) string {
 	v, ok := link.(*netlink.Vxlan)
 	switch {
