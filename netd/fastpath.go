@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -81,17 +82,22 @@ type fastpathState struct {
 
 // desiredFastpath is the state for this node holding self in network n,
 // with uplinks (the underlay link and the backend's links), the backend's
-// VTEP (tunnel, nil without one) and the backend's desired kernel state (want),
-// whose VTEP neighbours and FDB entries name the peers' tunnels. It only
-// computes.
-func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel *backend.Tunnel, want backend.State) fastpathState {
+// VTEP (tunnel, nil without one; vtepUp: whether it is up) and the
+// backend's desired kernel state (want), whose VTEP neighbours and FDB
+// entries name the peers' tunnels. It only computes.
+//
+// A VTEP that is not up (set down by hand and not up again yet, or one
+// netd cannot set up) is no tunnel: the kernel drops what would go
+// through it, and the programs must not carry it past it either.
+func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel *backend.Tunnel, vtepUp bool, want backend.State) fastpathState {
 	s := fastpathState{Config: fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}, Uplinks: slices.Clone(uplinks),
 		Tunnels: map[netip.Addr]netip.Addr{}}
 	slices.Sort(s.Uplinks)
-	if tunnel == nil || !tunnel.Local.Is4() {
+	if tunnel == nil || !tunnel.Local.Is4() || !vtepUp {
 		return s
 	}
 	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Underlay: tunnel.Underlay, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
+	s.VXLAN.MAC = tunnel.MAC
 	nodeOf := map[string]netip.Addr{} // peer VTEP MAC -> its node address
 	for _, f := range want.FDB {
 		if a, ok := netip.AddrFromSlice(f.IP); ok && f.LinkIndex == tunnel.VTEP && a.Unmap().Is4() {
@@ -158,9 +164,12 @@ func diffFastpath(have, want fastpathState) []fastpathChange {
 	}
 	if have.VXLAN != want.VXLAN {
 		v := want.VXLAN
-		out = append(out, fastpathChange{What: fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d over %d, local %s, VNI %d, port %d",
-			v.VTEP, v.Underlay, v.Local, v.VNI, v.Port),
-			apply: func(f *fastpath.Network) error { return f.ConfigureVXLAN(v) }})
+		what := fmt.Sprintf("configure eBPF VXLAN encapsulation: VTEP %d (%s) over %d, local %s, VNI %d, port %d",
+			v.VTEP, net.HardwareAddr(v.MAC[:]), v.Underlay, v.Local, v.VNI, v.Port)
+		if v == (fastpath.VXLAN{}) {
+			what = "stop eBPF VXLAN encapsulation and decapsulation (no VTEP, or not up)"
+		}
+		out = append(out, fastpathChange{What: what, apply: func(f *fastpath.Network) error { return f.ConfigureVXLAN(v) }})
 	}
 	for _, via := range slices.SortedFunc(maps.Keys(want.Tunnels), netip.Addr.Compare) {
 		if node := want.Tunnels[via]; have.Tunnels[via] != node {
@@ -241,12 +250,16 @@ func (d *daemon) reconcileFastpath(self cluster.Lease, backendWant backend.State
 		}
 	}
 	var tunnel *backend.Tunnel
+	vtepUp := false
 	if t, is := d.nw.(backend.Tunneler); is {
 		if vtep, ok := t.Tunnel(); ok {
 			tunnel = &vtep
+			if vtepUp, err = linkUp(vtep.VTEP); err != nil {
+				return made, err
+			}
 		}
 	}
-	want := desiredFastpath(d.network, self, d.uplinks(), tunnel, backendWant)
+	want := desiredFastpath(d.network, self, d.uplinks(), tunnel, vtepUp, backendWant)
 	have, err := readFastpath(d.fast, want.Uplinks)
 	if err != nil {
 		return made, err
@@ -313,6 +326,20 @@ func (d *daemon) followPins() ([]string, error) {
 	d.fast = n
 	d.fastMu.Unlock()
 	return []string{"follow the eBPF pins of network " + d.network.Name + ", made anew in " + fastpath.Dir(d.cfg.BPFFS, d.network.Name)}, nil
+}
+
+// linkUp reads whether link idx is administratively up (IFF_UP); a
+// missing link is not.
+func linkUp(idx int) (bool, error) {
+	l, err := netlink.LinkByIndex(idx)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading link %d: %w", idx, err)
+	}
+	return l.Attrs().Flags&net.FlagUp != 0, nil
 }
 
 // uplinks are where the network's other nodes' packets arrive: the

@@ -21,7 +21,7 @@ import (
 func TestFastpathDesiredAndDiff(t *testing.T) {
 	n := &conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"), Datapath: conf.DatapathEBPF}
 	self := cluster.Lease{Subnet: netip.MustParsePrefix("10.244.3.0/24")}
-	want := desiredFastpath(n, self, []int{7, 2}, nil, backend.State{})
+	want := desiredFastpath(n, self, []int{7, 2}, nil, false, backend.State{})
 	wantCfg := fastpath.Config{Local: self.Subnet, Scope: n.CIDR, Netd: true}
 	if want.Config != wantCfg || !slices.Equal(want.Uplinks, []int{2, 7}) || want.VXLAN != (fastpath.VXLAN{}) || len(want.Tunnels) != 0 {
 		t.Fatalf("desired %+v", want)
@@ -70,9 +70,10 @@ func TestFastpathTunnels(t *testing.T) {
 			{LinkIndex: 9, IP: ip("10.244.6.0"), HardwareAddr: mac("02:00:00:00:00:06")}, // not the VTEP
 		},
 	}
-	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472}
-	want := desiredFastpath(n, self, []int{2, 7}, &tun, state)
-	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}
+	vtepMAC := cluster.MAC{2, 0xbe, 0, 0, 0, 7}
+	tun := backend.Tunnel{VTEP: 7, Underlay: 2, Local: netip.MustParseAddr("192.168.1.1"), VNI: 1, Port: 8472, MAC: vtepMAC}
+	want := desiredFastpath(n, self, []int{2, 7}, &tun, true, state)
+	wantVX := fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472, MAC: vtepMAC}
 	wantTun := map[netip.Addr]netip.Addr{
 		netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
 		netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.4"),
@@ -83,8 +84,22 @@ func TestFastpathTunnels(t *testing.T) {
 	}
 	v6 := tun
 	v6.Local = netip.MustParseAddr("fd00::1")
-	if got := desiredFastpath(n, self, []int{2, 7}, &v6, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
+	if got := desiredFastpath(n, self, []int{2, 7}, &v6, true, state); got.VXLAN != (fastpath.VXLAN{}) || len(got.Tunnels) != 0 || len(got.Peers) != 0 {
 		t.Errorf("IPv6 underlay: VXLAN %+v, tunnels %v; want none (the VTEP encapsulates)", got.VXLAN, got.Tunnels)
+	}
+
+	// A VTEP that is not up: no tunnel at all. The diff from what netd
+	// had set clears the VXLAN config (the programs neither encapsulate
+	// nor decapsulate), the tunnels and the peers.
+	down := desiredFastpath(n, self, []int{2, 7}, &tun, false, state)
+	if down.VXLAN != (fastpath.VXLAN{}) || len(down.Tunnels) != 0 || len(down.Peers) != 0 || !slices.Equal(down.Uplinks, want.Uplinks) {
+		t.Errorf("VTEP down: VXLAN %+v, tunnels %v, peers %v, uplinks %v; want no tunnel, the same uplinks", down.VXLAN, down.Tunnels, down.Peers, down.Uplinks)
+	}
+	if got := whats(diffFastpath(want, down)); !slices.Equal(got, []string{
+		"stop eBPF VXLAN encapsulation and decapsulation (no VTEP, or not up)",
+		"remove eBPF VXLAN tunnel via 10.244.5.0", "remove eBPF VXLAN tunnel via 10.244.8.0",
+		"stop decapsulating eBPF VXLAN from node 192.168.1.2", "stop decapsulating eBPF VXLAN from node 192.168.1.4"}) {
+		t.Errorf("VTEP set down: changes %q", got)
 	}
 
 	in := func(have fastpathState) fastpathState {
@@ -98,11 +113,14 @@ func TestFastpathTunnels(t *testing.T) {
 	}{
 		{"in sync", want, nil},
 		{"netd's first pass", in(fastpathState{}), []string{
-			"configure eBPF VXLAN encapsulation: VTEP 7 over 2, local 192.168.1.1, VNI 1, port 8472",
+			"configure eBPF VXLAN encapsulation: VTEP 7 (02:be:00:00:00:07) over 2, local 192.168.1.1, VNI 1, port 8472",
 			"eBPF VXLAN tunnel via 10.244.5.0 to node 192.168.1.2", "eBPF VXLAN tunnel via 10.244.8.0 to node 192.168.1.4",
 			"decapsulate eBPF VXLAN from node 192.168.1.2", "decapsulate eBPF VXLAN from node 192.168.1.4"}},
 		{"VTEP re-created", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 4, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472}, Tunnels: wantTun, Peers: wantPeers}),
-			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 over 2, local 192.168.1.1, VNI 1, port 8472"}},
+			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 (02:be:00:00:00:07) over 2, local 192.168.1.1, VNI 1, port 8472"}},
+		{"pins of the berth before vtep_mac (no MAC: nothing decapsulated)", in(fastpathState{VXLAN: fastpath.VXLAN{VTEP: 7, Underlay: 2, Local: tun.Local, VNI: 1, Port: 8472},
+			Tunnels: wantTun, Peers: wantPeers}),
+			[]string{"configure eBPF VXLAN encapsulation: VTEP 7 (02:be:00:00:00:07) over 2, local 192.168.1.1, VNI 1, port 8472"}},
 		{"a peer moved and one left", in(fastpathState{VXLAN: wantVX, Tunnels: map[netip.Addr]netip.Addr{
 			netip.MustParseAddr("10.244.5.0"): netip.MustParseAddr("192.168.1.2"),
 			netip.MustParseAddr("10.244.8.0"): netip.MustParseAddr("192.168.1.99"),

@@ -107,7 +107,14 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
 	if full {
 		if err := d.nw.Ensure(ctx); err != nil {
-			return nil, err
+			// The backend's devices are not what its state needs (a VTEP
+			// that would not come up, or be made): that state waits for
+			// the next pass. The eBPF datapath follows them now, knowing
+			// no peer: a VTEP left down is no tunnel, and an up one
+			// carries all its traffic itself meanwhile.
+			fast, fastErr := d.reconcileFastpath(in.Self, backend.State{}, full)
+			d.logFastpath(res, fast)
+			return nil, errors.Join(err, fastErr)
 		}
 	}
 	if a, ok := d.nw.(backend.Announcer); ok {
@@ -137,16 +144,21 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	d.m.kernelChanges.Add(float64(len(made)))
 	// After the backend's changes: Ensure may have made a new VTEP.
 	fast, fastErr := d.reconcileFastpath(in.Self, want, full)
-	for _, what := range fast {
-		d.log.Info("kernel change", "change", what)
-		res.Changes = append(res.Changes, what)
-	}
-	d.m.kernelChanges.Add(float64(len(fast)))
+	d.logFastpath(res, fast)
 	if sl, ok := d.nw.(backend.SessionLister); ok {
 		res.Sessions = sl.Sessions(in)
 		d.m.observeSessions(res.Sessions)
 	}
 	return problems, errors.Join(err, fastErr)
+}
+
+// logFastpath logs and counts the eBPF datapath's changes of a pass.
+func (d *daemon) logFastpath(res *result, made []string) {
+	for _, what := range made {
+		d.log.Info("kernel change", "change", what)
+		res.Changes = append(res.Changes, what)
+	}
+	d.m.kernelChanges.Add(float64(len(made)))
 }
 
 // input reads what the backend computes from, for status: the owned part

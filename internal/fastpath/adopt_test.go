@@ -161,3 +161,66 @@ func TestOpenEarlierSet(t *testing.T) {
 		}
 	}
 }
+
+// A set the berth before vtep_mac pinned (its VXLAN maps without
+// vtep_mac) opens to remove endpoints or CHECK a container, reads its
+// VXLAN config without a MAC (the programs then decapsulate nothing:
+// the VTEP does), refuses a VXLAN config it could not hold whole, and
+// Open completes it keeping the maps it had, their entries with them.
+func TestOpenSetWithoutVTEPMAC(t *testing.T) {
+	bpffs := testenv.BPFFS(t)
+	n, err := Open(bpffs, "net1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vx := VXLAN{VTEP: 40, Underlay: 2, Local: netip.MustParseAddr("192.168.50.1"), VNI: 1, Port: 8472, MAC: [6]byte{2, 0xbe, 0, 0, 0, 1}}
+	if err := n.ConfigureVXLAN(vx); err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
+	dir := Dir(bpffs, "net1")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() == fastpathMapVtepMac || strings.HasSuffix(e.Name(), "_"+version) {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := CheckPins(bpffs, "net1"); err != nil {
+		t.Errorf("CheckPins: %v, want the set usable", err)
+	}
+	old, err := OpenExisting(bpffs, "net1")
+	if err != nil || old == nil {
+		t.Fatalf("OpenExisting of a set without vtep_mac: %v, %v", old, err)
+	}
+	defer old.Close()
+	noMAC := vx
+	noMAC.MAC = [6]byte{}
+	if v, err := old.VXLAN(); err != nil || v != noMAC {
+		t.Errorf("VXLAN: %+v, %v; want %+v", v, err, noMAC)
+	}
+	if err := old.ConfigureVXLAN(vx); !errors.Is(err, errEarlierSet) {
+		t.Errorf("ConfigureVXLAN: %v, want %v", err, errEarlierSet)
+	}
+	full, err := Open(bpffs, "net1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer full.Close()
+	if !full.Made() {
+		t.Errorf("Open of a set without vtep_mac made nothing")
+	}
+	if v, err := full.VXLAN(); err != nil || v != noMAC {
+		t.Errorf("VXLAN after Open: %+v, %v; want the set's %+v", v, err, noMAC)
+	}
+	if err := full.ConfigureVXLAN(vx); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := full.VXLAN(); err != nil || v != vx {
+		t.Errorf("VXLAN: %+v, %v; want %+v", v, err, vx)
+	}
+}

@@ -270,13 +270,14 @@ func (n *Network) maps() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{
 		fastpathMapEndpoints: &n.objs.Endpoints, fastpathMapConfig: &n.objs.Config, fastpathMapStats: &n.objs.Stats,
 		fastpathMapVxlan: &n.objs.Vxlan, fastpathMapTunnels: &n.objs.Tunnels, fastpathMapTunnelPeers: &n.objs.TunnelPeers,
-		fastpathMapTunnelStats: &n.objs.TunnelStats,
+		fastpathMapTunnelStats: &n.objs.TunnelStats, fastpathMapVtepMac: &n.objs.VtepMac,
 	}
 }
 
 // olderSets names the maps that sets pinned by an earlier berth lack (they
-// came with the VXLAN encapsulation): loadMaps(olderSets) leaves them nil.
-var olderSets = []string{fastpathMapVxlan, fastpathMapTunnels, fastpathMapTunnelPeers, fastpathMapTunnelStats}
+// came with the VXLAN encapsulation, vtep_mac after it):
+// loadMaps(olderSets) leaves them nil.
+var olderSets = []string{fastpathMapVxlan, fastpathMapTunnels, fastpathMapTunnelPeers, fastpathMapTunnelStats, fastpathMapVtepMac}
 
 // loadMaps loads the pinned maps; one named in optional may be missing.
 func (n *Network) loadMaps(optional []string) error {
@@ -428,20 +429,29 @@ type VXLAN struct {
 	Local    netip.Addr // this node's underlay address (IPv4), the VTEP's source
 	VNI      uint32
 	Port     uint16 // UDP destination port
+	// MAC is the VTEP's own: the programs decapsulate only frames
+	// addressed to it (the VTEP's IP takes no other); zero: none.
+	MAC [6]byte
 }
 
 // errEarlierSet: a set an earlier berth pinned, opened by OpenExisting,
-// has no VXLAN maps to write; Open completes it.
+// has no VXLAN maps (or no vtep_mac) to write; Open completes it.
 var errEarlierSet = errors.New("the network's pins are an earlier berth's, without the VXLAN maps (Open completes them)")
 
-// ConfigureVXLAN stores v.
+// ConfigureVXLAN stores v. The VTEP's MAC is in a map of its own
+// (vtep_mac, which earlier sets lack), tied to v.VTEP: until both are
+// written the programs decapsulate nothing, whichever goes first.
 func (n *Network) ConfigureVXLAN(v VXLAN) error {
-	if n.objs.Vxlan == nil {
+	if n.objs.Vxlan == nil || n.objs.VtepMac == nil {
 		return errEarlierSet
 	}
 	val := fastpathVxlan{VtepIfindex: uint32(v.VTEP), UnderlayIfindex: uint32(v.Underlay), Vni: v.VNI, Port: htons(v.Port)}
 	if v.Local.IsValid() {
 		val.Local = be32(v.Local)
+	}
+	mac := fastpathVtepMac{VtepIfindex: uint32(v.VTEP), Mac: v.MAC}
+	if err := n.objs.VtepMac.Put(uint32(0), &mac); err != nil {
+		return fmt.Errorf("writing the fast path's VTEP MAC: %w", err)
 	}
 	if err := n.objs.Vxlan.Put(uint32(0), &val); err != nil {
 		return fmt.Errorf("writing the fast path's VXLAN config: %w", err)
@@ -461,6 +471,17 @@ func (n *Network) VXLAN() (VXLAN, error) {
 	v := VXLAN{VTEP: int(val.VtepIfindex), Underlay: int(val.UnderlayIfindex), VNI: val.Vni, Port: htons(val.Port)}
 	if val.Local != 0 {
 		v.Local = addr4(val.Local)
+	}
+	if n.objs.VtepMac == nil { // the set of the berth before vtep_mac
+		return v, nil
+	}
+	var mac fastpathVtepMac
+	if err := n.objs.VtepMac.Lookup(uint32(0), &mac); err != nil {
+		return VXLAN{}, fmt.Errorf("reading the fast path's VTEP MAC: %w", err)
+	}
+	// A MAC of another VTEP is none: the programs do not use it.
+	if mac.VtepIfindex == val.VtepIfindex {
+		v.MAC = mac.Mac
 	}
 	return v, nil
 }

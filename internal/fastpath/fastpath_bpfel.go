@@ -31,6 +31,13 @@ type fastpathEndpoint struct {
 	Owner     uint64
 }
 
+type fastpathVtepMac struct {
+	_           structs.HostLayout
+	VtepIfindex uint32
+	Mac         [6]uint8
+	Pad         uint16
+}
+
 type fastpathVxlan struct {
 	_               structs.HostLayout
 	Local           uint32
@@ -51,6 +58,7 @@ const (
 	fastpathMapTunnelPeers    = "tunnel_peers"
 	fastpathMapTunnelStats    = "tunnel_stats"
 	fastpathMapTunnels        = "tunnels"
+	fastpathMapVtepMac        = "vtep_mac"
 	fastpathMapVxlan          = "vxlan"
 	fastpathProgFromContainer = "from_container"
 	fastpathProgFromUplink    = "from_uplink"
@@ -112,6 +120,7 @@ type fastpathMapSpecs struct {
 	TunnelPeers *ebpf.MapSpec `ebpf:"tunnel_peers"`
 	TunnelStats *ebpf.MapSpec `ebpf:"tunnel_stats"`
 	Tunnels     *ebpf.MapSpec `ebpf:"tunnels"`
+	VtepMac     *ebpf.MapSpec `ebpf:"vtep_mac"`
 	Vxlan       *ebpf.MapSpec `ebpf:"vxlan"`
 }
 
@@ -147,6 +156,7 @@ type fastpathMaps struct {
 	TunnelPeers *ebpf.Map `ebpf:"tunnel_peers"`
 	TunnelStats *ebpf.Map `ebpf:"tunnel_stats"`
 	Tunnels     *ebpf.Map `ebpf:"tunnels"`
+	VtepMac     *ebpf.Map `ebpf:"vtep_mac"`
 	Vxlan       *ebpf.Map `ebpf:"vxlan"`
 }
 
@@ -158,6 +168,7 @@ func (m *fastpathMaps) Close() error {
 		m.TunnelPeers,
 		m.TunnelStats,
 		m.Tunnels,
+		m.VtepMac,
 		m.Vxlan,
 	)
 }

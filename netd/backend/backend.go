@@ -133,6 +133,9 @@ type Tunnel struct {
 	Local    netip.Addr // the node's underlay address it sends from
 	VNI      int
 	Port     int // UDP destination port
+	// MAC is the VTEP's own, the inner destination of what peers send
+	// it: the programs decapsulate only frames addressed to it.
+	MAC cluster.MAC
 }
 
 // Session is one routing session, for status and metrics. The counts are

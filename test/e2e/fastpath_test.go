@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -143,6 +144,9 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		})
 		t.Run("a container forwards what arrived encapsulated whole", func(t *testing.T) {
 			forwardDecapsulated(t, fp[2], ctrs[0], ctrs[2])
+		})
+		t.Run("a VTEP that is down is no tunnel for the programs", func(t *testing.T) {
+			vtepDown(t, tb.Node(1), fp[1], ctrs)
 		})
 	}
 
@@ -617,5 +621,124 @@ func vxlanStranger(t *testing.T, fp map[int]*fastpath.Network, node2 netip.Addr,
 		if try == 3 {
 			t.Fatalf("netd made node2 a tunnel peer again during each of 3 connections")
 		}
+	}
+}
+
+// vtepDown sets node1's VTEP down. netd sets it up again itself (the link
+// event brings a full pass, whose Ensure does), and the programs keep
+// carrying node1's VXLAN. A VTEP netd cannot set up (a socket took its
+// UDP port while it was down, and the kernel refuses it) stays down, as
+// the kernel's path is then: netd must describe no tunnel to the
+// programs, which then leave node2's VXLAN packets to the kernel (here:
+// the socket) instead of decapsulating them into node1's container. Once
+// the port is free, netd sets the VTEP up and the programs carry it again.
+func vtepDown(t *testing.T, n *testbed.Node, fp *fastpath.Network, ctrs []*container) {
+	const vtep = "berth.1"
+	server := ctrs[0].IP.String() + ":7080"
+	ctrs[0].serve(t, 7080)
+	vx, err := fp.VXLAN()
+	if err != nil || vx.VTEP == 0 {
+		t.Fatalf("node1's VXLAN config: %+v, %v", vx, err)
+	}
+	link := func() netlink.Link {
+		var l netlink.Link
+		if err := n.Do(func() (err error) { l, err = netlink.LinkByName(vtep); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	carried := func() error {
+		if l := link(); l.Attrs().Flags&net.FlagUp == 0 {
+			return fmt.Errorf("%s is down", vtep)
+		}
+		if v, err := fp.VXLAN(); err != nil || v != vx {
+			return fmt.Errorf("node1's VXLAN config %+v (%v), want %+v", v, err, vx)
+		}
+		s0, _ := fp.Stats()
+		if _, err := ctrs[2].dial(server); err != nil {
+			return fmt.Errorf("%s -> %s: %v", ctrs[2], server, err)
+		}
+		if s, _ := fp.Stats(); s.Decapsulated == s0.Decapsulated {
+			return fmt.Errorf("node1: %+v then %+v: the programs decapsulated nothing", s0, s)
+		}
+		return nil
+	}
+
+	if out, err := n.Run(context.Background(), "ip", "link", "set", vtep, "down"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if err := eventually(10*time.Second, carried); err != nil {
+		t.Fatalf("set down by hand: %v", err)
+	}
+
+	// Down, with its port taken before netd sets it up again (netd may
+	// win the race: then again).
+	var sock *net.UDPConn
+	for try := 1; sock == nil; try++ {
+		err := n.Do(func() error {
+			if err := netlink.LinkSetDown(link()); err != nil {
+				return err
+			}
+			var err error
+			sock, err = net.ListenUDP("udp4", &net.UDPAddr{Port: int(vx.Port)})
+			return err
+		})
+		if err != nil && try == 5 {
+			t.Fatalf("taking port %d while %s is down: %v", vx.Port, vtep, err)
+		}
+	}
+	defer sock.Close()
+	err = eventually(10*time.Second, func() error {
+		if l := link(); l.Attrs().Flags&net.FlagUp != 0 {
+			t.Fatalf("netd set %s up with its port taken", vtep)
+		}
+		v, err := fp.VXLAN()
+		tun, _ := fp.Tunnels()
+		peers, _ := fp.TunnelPeers()
+		if err != nil || v != (fastpath.VXLAN{}) || len(tun) != 0 || len(peers) != 0 {
+			return fmt.Errorf("node1 with %s down: VXLAN config %+v (%v), tunnels %v, peers %v; want none", vtep, v, err, tun, peers)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err) // and what the programs then do with the traffic
+	}
+	s0, _ := fp.Stats()
+	err = ctrs[2].ns.Do(func(ns.NetNS) error {
+		c, err := net.Dial("udp4", ctrs[0].IP.String()+":7081")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write([]byte("for the VTEP"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// It reaches node1 encapsulated (node2 knows nothing of node1's
+	// VTEP), and the kernel hands it to the socket on the port (after,
+	// perhaps, late packets of earlier connections).
+	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	const inner = 8 + 14 // VXLAN header, inner Ethernet
+	for {
+		got, _, err := sock.ReadFromUDP(buf)
+		if err != nil {
+			t.Errorf("the socket on node1's port %d got no VXLAN for %s:7081 (%v)", vx.Port, ctrs[0], err)
+			break
+		}
+		ip := buf[inner:got]
+		if len(ip) >= 20+4 && ip[9] == 17 && net.IP(ip[16:20]).Equal(ctrs[0].IP.AsSlice()) && binary.BigEndian.Uint16(ip[22:]) == 7081 {
+			break
+		}
+	}
+	if s, _ := fp.Stats(); s.Decapsulated != s0.Decapsulated || s.Arrived != s0.Arrived {
+		t.Errorf("node1: %+v then %+v: the programs carried VXLAN past a VTEP that is down", s0, s)
+	}
+
+	sock.Close()
+	if err := eventually(15*time.Second, carried); err != nil {
+		t.Fatalf("port free again: %v", err)
 	}
 }

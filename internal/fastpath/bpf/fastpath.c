@@ -125,6 +125,27 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vxlan SEC(".maps");
 
+// vtep_mac is the VTEP's own MAC (vxlan mode, IPv4 underlay; all zero
+// otherwise): only frames addressed to it are decapsulated here, as only
+// those does the VTEP hand to IP as PACKET_HOST. It has a map of its own
+// rather than a field of struct vxlan: a pinned map whose value grew
+// would no longer open (ErrMapIncompatible), and the sets an earlier
+// berth pinned must. vtep_ifindex ties it to the VTEP the vxlan map
+// names, whichever of the two netd writes first.
+struct vtep_mac {
+	__u32 vtep_ifindex;
+	__u8 mac[6];
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vtep_mac);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vtep_mac SEC(".maps");
+
 // tunnels: the next hop the VTEP's route to a peer's subnet names (the
 // peer subnet's first address) -> the peer node's underlay address.
 struct {
@@ -478,7 +499,11 @@ static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *i
 	h->udp.source = bpf_htons((((__u64)hash * (61000 - 32768)) >> 32) + 32768);
 	h->udp.dest = vx->port;
 	h->udp.len = bpf_htons(len - sizeof(struct iphdr));
-	h->udp.check = 0; // IPv4: no checksum, as the VTEP sends by default
+	// IPv4: no checksum ("none"), which every receiver takes. netd's
+	// VTEP computes one; the encapsulated GSO packets could not carry
+	// one (bpf_skb_adjust_room gives them the tunnel GSO type without
+	// checksum).
+	h->udp.check = 0;
 	h->flags = bpf_htonl(0x08000000);
 	h->vni = bpf_htonl(vx->vni << 8);
 	count(STAT_FIB);
@@ -609,6 +634,14 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x3fff)) || ip_checksum((void *)h + sizeof(struct ethhdr)) != 0 || h->flags != bpf_htonl(0x08000000) || h->vni != bpf_htonl(vx->vni << 8) ||
 	    h->inner.h_proto != bpf_htons(ETH_P_IP) || inner.ip->ihl != 5)
 		return TCX_NEXT;
+	// Only a frame for the VTEP itself. The VTEP would hand any other
+	// (another node's MAC, a broadcast) to IP as PACKET_OTHERHOST or
+	// BROADCAST, which IP neither delivers nor forwards: the VTEP gets
+	// it, and the kernel decides, as without the programs.
+	__u32 zero = 0;
+	struct vtep_mac *own = bpf_map_lookup_elem(&vtep_mac, &zero);
+	if (!own || own->vtep_ifindex != vx->vtep_ifindex || !same_mac(h->inner.h_dest, own->mac))
+		return TCX_NEXT;
 	// Only from the network's nodes (tunnel_peers), and what deliver
 	// will not hand back to the kernel (TTL): once decapsulated, the
 	// packet must not reach the kernel's path on the uplink.
@@ -617,7 +650,6 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &inner.ip->daddr);
 	if (!peer)
 		return TCX_NEXT;
-	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !in_prefix(inner.ip->saddr, cfg->scope_addr, cfg->scope_mask))
 		return TCX_NEXT;

@@ -1,7 +1,7 @@
 // Package vxlan connects nodes through a VXLAN overlay, the way flannel's
 // vxlan backend does, with static state only (no learning, no multicast):
 //
-//	VTEP  berth.<vni>  local <node IP>, dev <underlay>, learning off,
+//	VTEP  berth.<vni>  local <node IP>, dev <underlay>, learning off, udpcsum,
 //	                   MTU = underlay MTU - 50, address <own subnet>.0/32
 //	per peer:
 //	  neighbour  <peer subnet>.0 lladdr <peer VTEP MAC> dev berth.<vni> permanent
@@ -35,9 +35,12 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
@@ -159,6 +162,10 @@ func (nw *network) Ensure(ctx context.Context) error {
 		SrcAddr:      nw.local.AsSlice(),
 		Port:         nw.node.Network.Port,
 		Learning:     false,
+		// Outer UDP checksums, which the kernel computes unless told
+		// otherwise, and every VTEP netd made so far does. Said, so that
+		// mismatch can compare: a VTEP without them is re-created.
+		UDPCSum: true,
 	}
 	link, err := netlink.LinkByName(nw.name)
 	var notFound netlink.LinkNotFoundError
@@ -168,7 +175,11 @@ func (nw *network) Ensure(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("looking up VTEP %s: %w", nw.name, err)
 	default:
-		if why := mismatch(link, want); why != "" {
+		var extra vtepExtra
+		if extra, err = readExtra(link.Attrs().Index); err != nil {
+			return fmt.Errorf("reading VTEP %s: %w", nw.name, err)
+		}
+		if why := mismatch(link, extra, want); why != "" {
 			nw.log.Warn("re-creating VTEP with other settings", "vtep", nw.name, "why", why)
 			if err := netlink.LinkDel(link); err != nil {
 				return fmt.Errorf("deleting VTEP %s (%s): %w", nw.name, why, err)
@@ -214,7 +225,28 @@ func (nw *network) create(want *netlink.Vxlan) (netlink.Link, error) {
 }
 
 // mismatch says why an existing link cannot serve as the VTEP, or "".
-func mismatch(link netlink.Link, want *netlink.Vxlan) string {
+// Besides what only creation sets, that is every setting that makes the
+// VTEP's packets differ from those of a VTEP netd creates, which the
+// eBPF datapath's programs emit as the VTEP's own (internal/fastpath,
+// encap): outer TTL from the route (ttl 0: 64 unless the node's
+// ip_default_ttl says otherwise; the programs write 64), DSCP 0 with the
+// inner packet's ECN (tos 0), DF clear (df unset), a source port from
+// the flow's hash over the node's local port range (srcport 0 0; the
+// programs use the default range, 32768-60999), the plain VXLAN header
+// (no GBP, GPE, remote checksum offload, nor external mode), and outer
+// UDP checksums on (udpcsum). A VTEP made by hand or by another tool
+// with one of them otherwise would send and accept other packets than
+// the programs beside it; re-created, it is what netd wants. extra
+// holds what netlink.Vxlan does not parse (readExtra).
+//
+// The UDP checksum is the one difference left between the VTEP and the
+// programs: the VTEP computes one (the kernel's default for a VTEP made
+// without IFLA_VXLAN_UDP_CSUM, as every netd so far made them), the
+// programs send 0 ("none", which every IPv4 receiver takes) because
+// bpf_skb_adjust_room cannot give an encapsulated GSO packet a
+// checksummed tunnel type. Wanting VTEPs without checksums instead
+// would re-create every existing one at the upgrade.
+func mismatch(link netlink.Link, extra vtepExtra, want *netlink.Vxlan) string {
 	v, ok := link.(*netlink.Vxlan)
 	switch {
 	case !ok:
@@ -229,8 +261,122 @@ func mismatch(link netlink.Link, want *netlink.Vxlan) string {
 		return fmt.Sprintf("underlay link %d, want %d", v.VtepDevIndex, want.VtepDevIndex)
 	case v.Learning:
 		return "learning on"
+	case v.UDPCSum != want.UDPCSum:
+		return fmt.Sprintf("udpcsum %v, want %v", v.UDPCSum, want.UDPCSum)
+	case v.TTL != want.TTL:
+		return fmt.Sprintf("ttl %d, want %d", v.TTL, want.TTL)
+	case extra.TTLInherit:
+		return "ttl inherit, want the route's"
+	case v.TOS != want.TOS:
+		return fmt.Sprintf("tos %#x, want %#x", v.TOS, want.TOS)
+	case extra.DF != dfUnset:
+		return fmt.Sprintf("df %s, want unset (DF clear)", extra.DF)
+	case v.PortLow != want.PortLow || v.PortHigh != want.PortHigh:
+		return fmt.Sprintf("srcport %d %d, want %d %d", v.PortLow, v.PortHigh, want.PortLow, want.PortHigh)
+	case v.GBP:
+		return "gbp on"
+	case extra.GPE:
+		return "gpe on"
+	case extra.RemCsumTx || extra.RemCsumRx:
+		return "remote checksum offload on"
+	case v.FlowBased:
+		return "external (collect metadata) on"
 	}
 	return ""
+}
+
+// vtepExtra is what of a VXLAN link's settings netlink.Vxlan leaves out.
+type vtepExtra struct {
+	DF                   df
+	TTLInherit           bool
+	GPE                  bool
+	RemCsumTx, RemCsumRx bool
+}
+
+// df is IFLA_VXLAN_DF: what the VTEP does with the outer header's DF bit.
+type df uint8
+
+const (
+	dfUnset   df = iota // clear (IPv4)
+	dfSet               // set
+	dfInherit           // copied from the inner IPv4 header
+)
+
+func (d df) String() string {
+	switch d {
+	case dfUnset:
+		return "unset"
+	case dfSet:
+		return "set"
+	case dfInherit:
+		return "inherit"
+	}
+	return strconv.Itoa(int(d))
+}
+
+// The kernel's IFLA_VXLAN_* numbers that vishvananda/netlink does not
+// name (include/uapi/linux/if_link.h).
+const (
+	iflaVXLANGPE        = 27
+	iflaVXLANTTLInherit = 28
+	iflaVXLANDF         = 29
+)
+
+// readExtra reads what netlink.Vxlan leaves out of link idx's settings,
+// from the kernel's own description of it (RTM_GETLINK).
+func readExtra(idx int) (vtepExtra, error) {
+	var x vtepExtra
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(idx)
+	req.AddData(msg)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return x, fmt.Errorf("RTM_GETLINK of link %d: %w", idx, err)
+	}
+	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
+		return x, fmt.Errorf("RTM_GETLINK of link %d: %d answers", idx, len(msgs))
+	}
+	attrs, err := nl.ParseRouteAttr(msgs[0][unix.SizeofIfInfomsg:])
+	if err != nil {
+		return x, fmt.Errorf("RTM_GETLINK of link %d: %w", idx, err)
+	}
+	for _, a := range attrs {
+		if a.Attr.Type != unix.IFLA_LINKINFO {
+			continue
+		}
+		info, err := nl.ParseRouteAttr(a.Value)
+		if err != nil {
+			return x, fmt.Errorf("link %d's link info: %w", idx, err)
+		}
+		for _, i := range info {
+			if i.Attr.Type != unix.IFLA_INFO_DATA {
+				continue
+			}
+			data, err := nl.ParseRouteAttr(i.Value)
+			if err != nil {
+				return x, fmt.Errorf("link %d's VXLAN data: %w", idx, err)
+			}
+			for _, d := range data {
+				set := len(d.Value) > 0 && d.Value[0] != 0
+				switch d.Attr.Type {
+				case iflaVXLANDF:
+					if len(d.Value) > 0 {
+						x.DF = df(d.Value[0])
+					}
+				case iflaVXLANTTLInherit:
+					x.TTLInherit = set
+				case iflaVXLANGPE: // a flag: present when on
+					x.GPE = true
+				case nl.IFLA_VXLAN_REMCSUM_TX:
+					x.RemCsumTx = set
+				case nl.IFLA_VXLAN_REMCSUM_RX:
+					x.RemCsumRx = set
+				}
+			}
+		}
+	}
+	return x, nil
 }
 
 func (nw *network) Owned() backend.Owned {
@@ -245,7 +391,7 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 		return backend.Tunnel{}, false
 	}
 	return backend.Tunnel{VTEP: vtep, Underlay: nw.node.Link.Attrs().Index, Local: nw.local, VNI: nw.node.Network.VNI,
-		Port: nw.node.Network.Port}, true
+		Port: nw.node.Network.Port, MAC: nw.mac}, true
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {

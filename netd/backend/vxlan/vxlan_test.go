@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -51,6 +52,10 @@ func TestRegister(t *testing.T) {
 		nw.Publish(&published)
 		if nw.MTU() != 1450 || published.VNI != 7 || published.VTEPMAC != stableMAC("node1", 7) {
 			t.Errorf("MTU %d, published %+v", nw.MTU(), published)
+		}
+		// The eBPF datapath decapsulates only frames for the VTEP's MAC.
+		if tun, ok := nw.(backend.Tunneler).Tunnel(); !ok || tun.VTEP != v.Index || tun.MAC != stableMAC("node1", 7) {
+			t.Errorf("Tunnel: %+v %v, want VTEP %d with its MAC", tun, ok, v.Index)
 		}
 
 		if _, err := register(ctx, node); err != nil {
@@ -369,6 +374,121 @@ func TestIPv6Underlay(t *testing.T) {
 			t.Errorf("berth.7: %v %v", l, err)
 		}
 		return (&Backend{}).Teardown(ctx, node)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// mismatch, without root: a VTEP found with any setting that makes it
+// send other packets than the eBPF datapath's programs (and a VTEP netd
+// makes) must be re-created; one as netd makes it is kept.
+func TestMismatch(t *testing.T) {
+	want := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "berth.1"}, VxlanId: 1, VtepDevIndex: 2,
+		SrcAddr: net.ParseIP("192.168.50.1"), Port: 8472, UDPCSum: true}
+	same := func(change func(v *netlink.Vxlan, x *vtepExtra)) (netlink.Link, vtepExtra) {
+		v := *want
+		v.SrcAddr = net.ParseIP("192.168.50.1").To4() // as the kernel reports it
+		var x vtepExtra
+		change(&v, &x)
+		return &v, x
+	}
+	for _, tt := range []struct {
+		name   string
+		change func(v *netlink.Vxlan, x *vtepExtra)
+		why    string // "": kept
+	}{
+		{"as netd makes it", func(*netlink.Vxlan, *vtepExtra) {}, ""},
+		{"other MTU, MAC and ageing: fixed in place or unused", func(v *netlink.Vxlan, _ *vtepExtra) {
+			v.MTU, v.HardwareAddr, v.Age = 1400, net.HardwareAddr{2, 0, 0, 0, 0, 9}, 300
+		}, ""},
+		{"other VNI", func(v *netlink.Vxlan, _ *vtepExtra) { v.VxlanId = 2 }, "vni 2, want 1"},
+		{"other local", func(v *netlink.Vxlan, _ *vtepExtra) { v.SrcAddr = net.ParseIP("192.168.50.9") }, "local 192.168.50.9, want 192.168.50.1"},
+		{"other port", func(v *netlink.Vxlan, _ *vtepExtra) { v.Port = 4789 }, "port 4789, want 8472"},
+		{"other underlay", func(v *netlink.Vxlan, _ *vtepExtra) { v.VtepDevIndex = 3 }, "underlay link 3, want 2"},
+		{"learning", func(v *netlink.Vxlan, _ *vtepExtra) { v.Learning = true }, "learning on"},
+		{"no UDP checksum", func(v *netlink.Vxlan, _ *vtepExtra) { v.UDPCSum = false }, "udpcsum false, want true"},
+		{"fixed TTL", func(v *netlink.Vxlan, _ *vtepExtra) { v.TTL = 64 }, "ttl 64, want 0"},
+		{"TTL inherited", func(_ *netlink.Vxlan, x *vtepExtra) { x.TTLInherit = true }, "ttl inherit, want the route's"},
+		{"TOS inherited", func(v *netlink.Vxlan, _ *vtepExtra) { v.TOS = 1 }, "tos 0x1, want 0x0"},
+		{"fixed TOS", func(v *netlink.Vxlan, _ *vtepExtra) { v.TOS = 0x28 }, "tos 0x28, want 0x0"},
+		{"DF set", func(_ *netlink.Vxlan, x *vtepExtra) { x.DF = dfSet }, "df set, want unset (DF clear)"},
+		{"DF inherited", func(_ *netlink.Vxlan, x *vtepExtra) { x.DF = dfInherit }, "df inherit, want unset (DF clear)"},
+		{"source port range", func(v *netlink.Vxlan, _ *vtepExtra) { v.PortLow, v.PortHigh = 49152, 65535 },
+			"srcport 49152 65535, want 0 0"},
+		{"GBP", func(v *netlink.Vxlan, _ *vtepExtra) { v.GBP = true }, "gbp on"},
+		{"GPE", func(_ *netlink.Vxlan, x *vtepExtra) { x.GPE = true }, "gpe on"},
+		{"remote checksum offload, sending", func(_ *netlink.Vxlan, x *vtepExtra) { x.RemCsumTx = true }, "remote checksum offload on"},
+		{"remote checksum offload, receiving", func(_ *netlink.Vxlan, x *vtepExtra) { x.RemCsumRx = true }, "remote checksum offload on"},
+		{"external", func(v *netlink.Vxlan, _ *vtepExtra) { v.FlowBased = true }, "external (collect metadata) on"},
+	} {
+		link, x := same(tt.change)
+		if got := mismatch(link, x, want); got != tt.why {
+			t.Errorf("%s: mismatch %q, want %q", tt.name, got, tt.why)
+		}
+	}
+	if got := mismatch(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: "berth.1"}}, vtepExtra{}, want); got != "berth.1 is a dummy link, not vxlan" {
+		t.Errorf("a dummy link: mismatch %q", got)
+	}
+}
+
+// In a namespace: a VTEP made beforehand (by hand, by another tool) with
+// settings that change its packets is read as the kernel has it and
+// re-created as netd makes it; the VTEP netd made is kept.
+func TestEnsureRecreatesOtherSettings(t *testing.T) {
+	netns, node := backendtest.Node(t, conf.Network{VNI: 7, Port: 4789})
+	ctx := context.Background()
+	err := netns.Do(func(ns.NetNS) error {
+		nw, err := register(ctx, node)
+		if err != nil {
+			return err
+		}
+		mine, err := netlink.LinkByName("berth.7")
+		if err != nil {
+			return err
+		}
+		x, err := readExtra(mine.Attrs().Index)
+		if err != nil || x != (vtepExtra{}) {
+			t.Errorf("netd's VTEP read as %+v (%v), want no extra setting", x, err)
+		}
+		for _, settings := range [][]string{{"noudpcsum"}, {"ttl", "64"}, {"ttl", "inherit"}, {"tos", "inherit"},
+			{"df", "set"}, {"df", "inherit"}, {"srcport", "49152", "65535"}, {"gbp"}, {"remcsumtx"}} {
+			if err := netlink.LinkDel(mine); err != nil {
+				return err
+			}
+			args := append([]string{"link", "add", "berth.7", "type", "vxlan", "id", "7", "dstport", "4789",
+				"local", "192.168.50.1", "dev", node.Link.Attrs().Name, "nolearning"}, settings...)
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, out)
+			}
+			made, err := netlink.LinkByName("berth.7")
+			if err != nil {
+				return err
+			}
+			if err := nw.Ensure(ctx); err != nil {
+				return err
+			}
+			if mine, err = netlink.LinkByName("berth.7"); err != nil {
+				return err
+			}
+			if mine.Attrs().Index == made.Attrs().Index {
+				t.Errorf("a VTEP with %v was kept", settings)
+			}
+			out, _ := exec.Command("ip", "-d", "link", "show", "berth.7").CombinedOutput()
+			for _, s := range []string{"noudpcsum", "ttl 64", "ttl inherit", "tos inherit", "df set", "df inherit", "srcport 49152", "gbp", "remcsumtx"} {
+				if strings.Contains(string(out), s+" ") || strings.HasSuffix(strings.TrimSpace(string(out)), s) {
+					t.Errorf("re-created after %v, the VTEP still has %q:\n%s", settings, s, out)
+				}
+			}
+		}
+		again := mine.Attrs().Index
+		if err := nw.Ensure(ctx); err != nil {
+			return err
+		}
+		if l, _ := netlink.LinkByName("berth.7"); l == nil || l.Attrs().Index != again {
+			t.Error("Ensure re-created its own VTEP")
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
