@@ -86,6 +86,7 @@ func sameNameRefused(t *testing.T, n *node) {
 			a1, a2, b1 := container(t, "a1", port(24601, 80, "tcp")), container(t, "a2"), container(t, "b1")
 			ip1, ip2 := ipOf(t, a.MustAdd(t, a1)), ipOf(t, a.MustAdd(t, a2))
 			testenv.Serve(t, n.outside, outsideIP+":9000")
+			testenv.Serve(t, a1.Netns, "0.0.0.0:80")
 			intact := func(what string) {
 				t.Helper()
 				checks(t, what, a, a1, a2)
@@ -126,12 +127,11 @@ func sameNameRefused(t *testing.T, n *node) {
 			n.checkNothingLeft(t, before, "")
 			stateEmpty(t, stateB)
 			// Once the first network has left, the name is free.
-			rb := b.MustAdd(t, b1)
+			b.MustAdd(t, b1)
 			checks(t, "the second config once the name is free", b, b1)
 			if err := b.Del(b1); err != nil {
 				t.Errorf("DEL %s: %v", b1.ID, err)
 			}
-			_ = rb
 			n.checkNothingLeft(t, before, "")
 		})
 	}
