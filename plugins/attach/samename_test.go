@@ -74,19 +74,29 @@ func stateEmpty(t *testing.T, dir string) {
 	}
 }
 
-func TestSameNameSecondNetworkRefused(t *testing.T) { sameNameRefused(t, newNode(t)) }
+// subnetsOf is one or two range sets: dual-stack on the iptables
+// datapath, IPv4 on the eBPF one (which refuses IPv6).
+func (n *node) subnetsOf(v4, v6 string) []string {
+	if n.bpffs != "" {
+		return []string{v4}
+	}
+	return []string{v4, v6}
+}
+
+func TestSameNameSecondNetworkRefused(t *testing.T) { sameNameRefused(t, newDualNode(t)) }
 
 func TestEBPFSameNameSecondNetworkRefused(t *testing.T) { sameNameRefused(t, ebpfNode(t)) }
 
 func sameNameRefused(t *testing.T, n *node) {
 	for _, ownState := range []bool{false, true} {
 		t.Run(fmt.Sprintf("own state dir %v", ownState), func(t *testing.T) {
-			a, b, stateB := sameName(t, n, ownState, []string{"10.61.0.0/24"}, []string{"10.62.0.0/24"})
+			a, b, stateB := sameName(t, n, ownState, n.subnetsOf("10.61.0.0/24", "fd00:61::/64"), n.subnetsOf("10.62.0.0/24", "fd00:62::/64"))
 			before := n.snapshot(t)
 			a1, a2, b1 := container(t, "a1", port(24601, 80, "tcp")), container(t, "a2"), container(t, "b1")
-			ip1, ip2 := ipOf(t, a.MustAdd(t, a1)), ipOf(t, a.MustAdd(t, a2))
+			ra1, ra2 := a.MustAdd(t, a1), a.MustAdd(t, a2)
+			ip1, ip2 := ipOf(t, ra1), ipOf(t, ra2)
 			testenv.Serve(t, n.outside, outsideIP+":9000")
-			testenv.Serve(t, a1.Netns, "0.0.0.0:80")
+			testenv.Serve(t, a1.Netns, "[::]:80")
 			intact := func(what string) {
 				t.Helper()
 				checks(t, what, a, a1, a2)
@@ -96,6 +106,14 @@ func sameNameRefused(t *testing.T, n *node) {
 				}
 				if _, err := testenv.Dial(n.outside, nodeIP+":24601"); err != nil {
 					t.Errorf("%s: a1's published port: %v", what, err)
+				}
+				if v6 := testenv.IPv6Of(ra1); v6 != nil {
+					if err := testenv.Ping(a2.Netns, v6.String()); err != nil {
+						t.Errorf("%s: a2 to a1 over IPv6: %v", what, err)
+					}
+					if _, err := testenv.Dial(n.outside, hostPort(nodeIP6, 24601)); err != nil {
+						t.Errorf("%s: a1's published port over IPv6: %v", what, err)
+					}
 				}
 			}
 
@@ -199,8 +217,90 @@ func sameNameMadeBefore(t *testing.T, n *node) {
 					t.Errorf("DEL %s: %v", c.ID, err)
 				}
 			}
+			// In one state dir a's last DEL saw b's records and kept its
+			// bridge and the rules; the runtimes' next GCs remove them.
+			for _, rt := range []*testenv.Runtime{a, b} {
+				if err := rt.GC(); err != nil {
+					t.Errorf("GC after every container left: %v", err)
+				}
+			}
 			n.checkNothingLeft(t, before, "")
 			stateEmpty(t, stateB)
+		})
+	}
+}
+
+func TestSameNameConcurrentNetworks(t *testing.T) { sameNameConcurrent(t, newDualNode(t)) }
+
+func TestEBPFSameNameConcurrentNetworks(t *testing.T) { sameNameConcurrent(t, ebpfNode(t)) }
+
+// The first ADDs of two configs of one name at once, with each config's
+// GC (listing its own containers) among them: one network has the name,
+// every ADD of the other is refused (7), the first one's containers pass
+// CHECK and talk, and once everybody has DELeted (the refused ones too,
+// as runtimes do) nothing is left.
+func sameNameConcurrent(t *testing.T, n *node) {
+	for _, ownState := range []bool{false, true} {
+		t.Run(fmt.Sprintf("own state dir %v", ownState), func(t *testing.T) {
+			a, b, stateB := sameName(t, n, ownState, n.subnetsOf("10.65.0.0/24", "fd00:65::/64"), n.subnetsOf("10.66.0.0/24", "fd00:66::/64"))
+			rts := []*testenv.Runtime{a, b}
+			before := n.snapshot(t)
+			const per = 3
+			for r := range 3 {
+				cs := [2][]*testenv.Attachment{}
+				ips := [2][]string{make([]string, per), make([]string, per)}
+				for net := range 2 {
+					for i := range per {
+						cs[net] = append(cs[net], container(t, fmt.Sprintf("c%d-%d-%d", r, net, i)))
+					}
+				}
+				errs := parallel(2*per+2, func(i int) error {
+					if i >= 2*per {
+						net := i - 2*per
+						return rts[net].GC(cs[net]...)
+					}
+					net, j := i%2, i/2
+					res, err := rts[net].Add(cs[net][j])
+					if err == nil {
+						ips[net][j] = ipOf(t, res)
+					}
+					return err
+				})
+				noErrors(t, "GC", errs[2*per:])
+				won := [2]int{}
+				for i, err := range errs[:2*per] {
+					var ce *types.Error
+					switch {
+					case err == nil:
+						won[i%2]++
+					case !errors.As(err, &ce) || ce.Code != types.ErrInvalidNetworkConfig || !strings.Contains(err.Error(), "name:"):
+						t.Errorf("round %d: ADD %s: %v, want success or error 7 naming \"name\"", r, cs[i%2][i/2].ID, err)
+					}
+				}
+				winner := 0
+				if won[1] > 0 {
+					winner = 1
+				}
+				if won[winner] != per || won[1-winner] != 0 {
+					t.Errorf("round %d: ADDs passed %v of %d per config, want all of one config and none of the other", r, won, per)
+				}
+				if won[winner] == per {
+					checks(t, fmt.Sprintf("round %d", r), rts[winner], cs[winner]...)
+					talks(t, fmt.Sprintf("round %d", r), cs[winner][0], cs[winner][1], ips[winner][0], ips[winner][1], 5500)
+				}
+				var all []func() error
+				for net := range 2 {
+					for _, c := range cs[net] {
+						all = append(all, func() error { return rts[net].Del(c) })
+					}
+					all = append(all, func() error { return rts[net].GC() })
+				}
+				noErrors(t, "DEL and GC", parallel(len(all), func(i int) error { return all[i]() }))
+				if after := n.snapshot(t); after != before {
+					t.Fatalf("round %d: left after every container left:\n%s", r, testenv.Diff(before, after))
+				}
+				stateEmpty(t, stateB)
+			}
 		})
 	}
 }
