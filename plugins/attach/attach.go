@@ -130,7 +130,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 		return err
 	}
 	// Before any address or rule: the rules, state and eBPF maps of
-	// another network of this name would be overwritten or shared.
+	// another network of this name would be overwritten or shared. The
+	// claim is held up to Setup, so that a last DEL or GC of the network
+	// meanwhile does not release the bridge.
 	unclaim := func() {}
 	if nk, ok := d.Links.(nameKeeper); ok {
 		done, err := nk.ClaimName(c)
@@ -176,8 +178,11 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	})
 	undo = append(undo, func() { delLink(k.rec.HostVeth) })
 	undo = append(undo, func() { k.unshape() })
+	// Setup takes the bridge's lock itself, exclusively when it finds
+	// the bridge changed (by hand): a shared hold of this process's own
+	// would block it for ever.
+	unclaim()
 	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
-	unclaim() // the veth is in (or Setup failed): it holds the bridge now
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}

@@ -88,9 +88,9 @@ func (bridgeLinks) Ingress(c *conf.Bridge) string { return c.BridgeName }
 // eBPF datapath, share its endpoints (past the isolation between
 // networks). A bridge marked as c's already has passed this check. It
 // returns holding the bridge's lock shared, until unclaim: a last DEL or
-// GC of the network (Release) must not remove the bridge before the ADD
-// plugs its veth in, or the ADD's Setup would have to claim the name
-// again, after its rules are in.
+// GC of the network (Release) must not remove the bridge while the ADD
+// takes its address, or the ADD's Setup would have to claim the name
+// again, with its rules on the way.
 func (bridgeLinks) ClaimName(c *conf.Bridge) (unclaim func(), err error) {
 	for {
 		lock, err := nodebridge.Lock(c.BridgeName, true)
@@ -129,6 +129,7 @@ func (bridgeLinks) NameSharedWith(c *conf.Bridge) ([]attach.SharedName, error) {
 	return out, err
 }
 
+// LockName holds off ClaimName for c's name (GC's sweep, see attach).
 func (bridgeLinks) LockName(c *conf.Bridge) (func(), error) {
 	lock, err := nodebridge.NameLock(c.Name)
 	if err != nil {
