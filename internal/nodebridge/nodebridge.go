@@ -144,6 +144,48 @@ func Release(name, network string) (removed bool, err error) {
 	return true, nil
 }
 
+// NameLock takes the node-wide lock of a network name, exclusively: held
+// while an ADD marks a bridge as network's, so that two networks of one
+// name (two configs with different bridges) cannot both mark theirs.
+// Taken after the bridge's lock, never before it.
+func NameLock(network string) (*netnsdir.Lock, error) {
+	return netnsdir.Acquire("network-"+network+".lock", false)
+}
+
+// Other is another bridge of a network's name: see Others.
+type Other struct {
+	Name  string
+	InUse bool // a berth host veth is plugged in: a container is attached
+}
+
+// Others lists the bridges of the calling thread's network namespace,
+// other than name, that are marked as network's: another network of the
+// same name on the node. CNI network names are unique, but configs that
+// predate a runtime's check reuse one for two bridges.
+func Others(name, network string) ([]Other, error) {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("%w: listing links: %v", cnierr.ErrDatapath, err)
+	}
+	var out []Other
+	byIndex := map[int]int{} // bridge ifindex -> its index in out
+	for _, l := range links {
+		if _, ok := l.(*netlink.Bridge); !ok || l.Attrs().Name == name {
+			continue
+		}
+		if owner, _ := Owner(l.Attrs().Alias); owner == network {
+			byIndex[l.Attrs().Index] = len(out)
+			out = append(out, Other{Name: l.Attrs().Name})
+		}
+	}
+	for _, l := range links {
+		if i, ok := byIndex[l.Attrs().MasterIndex]; ok && l.Attrs().MasterIndex != 0 && strings.HasPrefix(l.Attrs().Name, HostVethPrefix) {
+			out[i].InUse = true
+		}
+	}
+	return out, nil
+}
+
 // networkBridge is the bridge called name if it is marked as network's;
 // nil when there is none or it is not.
 func networkBridge(name, network string) (netlink.Link, error) {

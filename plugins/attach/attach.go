@@ -68,6 +68,7 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	if c.EBPF() {
 		rec.BPFFS = c.BPFFS
 	}
+	rec.Bridge = c.BridgeName
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }
 
@@ -131,6 +132,23 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err := k.refuseSecondAttachment(netns); err != nil {
 		return err
 	}
+	// Before any address or rule: the rules, state and eBPF maps of
+	// another network of this name would be overwritten or shared. The
+	// claim is held up to Setup, so that a last DEL or GC of the network
+	// meanwhile does not release the bridge.
+	unclaim := func() {}
+	if nk, ok := d.Links.(nameKeeper); ok {
+		done, err := nk.ClaimName(c)
+		if err != nil {
+			return err
+		}
+		undo = append(undo, func() { d.releaseIfEmpty(c) })
+		var once sync.Once
+		unclaim = func() { once.Do(done) }
+		// Deferred after undo, so run before it: undo's Release takes
+		// the lock the claim holds.
+		defer unclaim()
+	}
 	// The record goes first: if this process is killed below, a DEL or GC
 	// finds it and removes what was made.
 	if err := saveRecord(c.StateDir, k.rec); err != nil {
@@ -163,6 +181,10 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	})
 	undo = append(undo, func() { delLink(k.rec.HostVeth) })
 	undo = append(undo, func() { k.unshape() })
+	// Setup takes the bridge's lock itself, exclusively when it finds
+	// the bridge changed (by hand): a shared hold of this process's own
+	// would block it for ever.
+	unclaim()
 	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
@@ -294,7 +316,7 @@ func (d Datapath) teardown(k *call) error {
 		linkErr = delLink(k.rec.HostVeth)
 	}()
 	fwErr = firewall.RemoveAttachment(c.Name, k.fwAttachment(),
-		func() bool { return networkEmpty(c.StateDir, c.Name) })
+		func() bool { return d.lastOfName(c) })
 	wg.Wait()
 	if err := errors.Join(linkErr, fwErr, k.unshape(), unclaimPorts(k.rec)); err != nil {
 		return err
@@ -309,16 +331,40 @@ func (d Datapath) teardown(k *call) error {
 }
 
 // releaseIfEmpty removes the network's rules and what its links made for
-// it when it has no attachment left.
+// it when it has no attachment left. While another network of its name
+// is on the node, the rules (kept by name) stay: they are its too.
 func (d Datapath) releaseIfEmpty(c *conf.Bridge) error {
-	isEmpty := func() bool { return networkEmpty(c.StateDir, c.Name) }
-	if err := firewall.RemoveNetwork(c.Name, isEmpty); err != nil {
+	if err := firewall.RemoveNetwork(c.Name, func() bool { return d.lastOfName(c) }); err != nil {
 		return err
 	}
-	if isEmpty() {
+	if networkEmpty(c.StateDir, c.Name) {
 		return d.Links.Release(c)
 	}
 	return nil
+}
+
+// sharedWith names the other networks of c's name on the node (see
+// nameKeeper): none for links that do not mark their networks.
+func (d Datapath) sharedWith(c *conf.Bridge) ([]SharedName, error) {
+	nk, ok := d.Links.(nameKeeper)
+	if !ok {
+		return nil, nil
+	}
+	return nk.NameSharedWith(c)
+}
+
+// lastOfName reports whether c's network has no live attachment left and
+// no other network of its name is on the node, so that what is kept by
+// the name alone (its rules) can go. Another network's bridge counts
+// with no container plugged in yet: its first ADD marks it before it
+// adds its rules, and with a state dir of its own its records are not
+// seen here. In doubt (the links cannot be listed) the rules stay.
+func (d Datapath) lastOfName(c *conf.Bridge) bool {
+	if !networkEmpty(c.StateDir, c.Name) {
+		return false
+	}
+	others, err := d.sharedWith(c)
+	return err == nil && len(others) == 0
 }
 
 // Check verifies that what ADD made is still there: the links (as d's
@@ -386,9 +432,20 @@ func (d Datapath) GC(args *skel.CmdArgs, c *conf.Bridge) error {
 	if err != nil {
 		return err
 	}
+	// Another network of this name (an earlier berth let a second config
+	// use it): the runtime lists only this config's attachments, and its
+	// records may be in the same state dir.
+	others, err := d.sharedWith(c)
+	if err != nil {
+		return err
+	}
+	theirs := map[string]bool{}
+	for _, o := range others {
+		theirs[o.Bridge] = true
+	}
 	var errs []error
 	for _, r := range recs {
-		if valid[[2]string{r.ContainerID, r.IfName}] {
+		if valid[[2]string{r.ContainerID, r.IfName}] || theirs[r.bridge()] {
 			continue
 		}
 		a := *args
@@ -396,10 +453,30 @@ func (d Datapath) GC(args *skel.CmdArgs, c *conf.Bridge) error {
 		k := &call{args: &a, c: c, rec: r, ipam: newAddresser(&a, c)}
 		errs = append(errs, d.teardown(k))
 	}
-	// Addresses whose attachment left no record (or was never berth's).
-	errs = append(errs, newAddresser(args, c).gc(gcConf.ValidAttachments), gcFastpath(c))
-	errs = append(errs, d.releaseIfEmpty(c))
+	errs = append(errs, d.sweep(args, c, gcConf.ValidAttachments), d.releaseIfEmpty(c))
 	return errors.Join(errs...)
+}
+
+// sweep releases the addresses whose attachment left no record (or was
+// never berth's) and removes the eBPF endpoints no record owns. Both
+// stores are kept by name: with another network of the name on the
+// node, what this GC does not list may be that network's, so they are
+// left to a GC once it has gone. The name's lock holds off that
+// network's first ADD (it claims the name under it) from the look to the
+// sweep, which would free the addresses it takes meanwhile.
+func (d Datapath) sweep(args *skel.CmdArgs, c *conf.Bridge, valid []types.GCAttachment) error {
+	if nk, ok := d.Links.(nameKeeper); ok {
+		unlock, err := nk.LockName(c)
+		if err != nil {
+			return err
+		}
+		defer unlock()
+	}
+	others, err := d.sharedWith(c)
+	if err != nil || len(others) > 0 {
+		return err
+	}
+	return errors.Join(newAddresser(args, c).gc(valid), gcFastpath(c))
 }
 
 // Status reports whether the network can take new containers.

@@ -28,6 +28,31 @@ type Links interface {
 	Ingress(c *conf.Bridge) string
 }
 
+// nameKeeper is what links that mark which network uses them (the
+// bridge's alias) add: a network name is one network's on a node, and a
+// second config under it (with another bridge) is refused at ADD. While
+// networks of one name made before that check share the node, what is
+// keyed by the name alone (rules, eBPF maps, addresses) is left to the
+// last of them: GC and DEL of one remove only its own attachments.
+type nameKeeper interface {
+	// ClaimName refuses c (error 7 naming the field) when another
+	// network of c.Name is on the node, and makes the name c's; until
+	// unclaim (once Setup is done) the claim cannot be released.
+	ClaimName(c *conf.Bridge) (unclaim func(), err error)
+	// NameSharedWith lists the other networks of c.Name on the node;
+	// none normally.
+	NameSharedWith(c *conf.Bridge) ([]SharedName, error)
+	// LockName takes the node-wide lock under which ClaimName decides,
+	// until unlock; the caller holds none of the links' other locks.
+	LockName(c *conf.Bridge) (unlock func(), err error)
+}
+
+// SharedName is another network of a network's name on the node.
+type SharedName struct {
+	Bridge string
+	InUse  bool // it has containers attached
+}
+
 // LinkRequest is one container interface to plug in or check.
 type LinkRequest struct {
 	Conf     *conf.Bridge

@@ -13,6 +13,9 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/vishvananda/netlink"
+
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/internal/cnierr"
@@ -32,6 +35,10 @@ type record struct {
 	ContainerIP6 netip.Addr         `json:"containerIP6,omitzero"`
 	Ports        []conf.PortMapping `json:"ports,omitempty"`
 	BPFFS        string             `json:"bpffs,omitempty"` // eBPF datapath: where its pins are (fastpath.go)
+	// Bridge is the config's "bridge": which of two networks of one
+	// name (see nameKeeper) the attachment is on. Empty in the records
+	// of an earlier berth, whose host veth's master tells.
+	Bridge string `json:"bridge,omitempty"`
 }
 
 // key identifies the attachment in chain, veth and file names.
@@ -48,6 +55,24 @@ const HostVeths = nodebridge.HostVethPrefix + "+"
 
 // hostVethName is deterministic so that DEL finds the link without state.
 func hostVethName(key string) string { return nodebridge.HostVethPrefix + key[:11] }
+
+// bridge is the bridge r's attachment was made on: its record's, else
+// (a record of an earlier berth) its host veth's master; "" when neither
+// tells.
+func (r *record) bridge() string {
+	if r.Bridge != "" {
+		return r.Bridge
+	}
+	host, err := netlinksafe.LinkByName(r.HostVeth)
+	if err != nil || host.Attrs().MasterIndex == 0 {
+		return ""
+	}
+	br, err := netlink.LinkByIndex(host.Attrs().MasterIndex)
+	if err != nil {
+		return ""
+	}
+	return br.Attrs().Name
+}
 
 // networkDir holds the network's records (internal/attachments: netd
 // leave reads them too).

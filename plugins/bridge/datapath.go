@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
@@ -78,6 +79,93 @@ func (bridgeLinks) Setup(r attach.LinkRequest) (*current.Result, error) {
 // Ingress is the bridge: routed packets from its ports (and, with
 // br_netfilter, bridged ones too) show it as their input device.
 func (bridgeLinks) Ingress(c *conf.Bridge) string { return c.BridgeName }
+
+// ClaimName makes c's bridge the node's one bridge of network c.Name, or
+// refuses (error 7) when another bridge has the name already. ADD asks
+// before its addresses and rules: berth keeps a network's iptables
+// chains, attachment state, addresses and eBPF maps by name, so a second
+// network under the name would overwrite the first's rules and, on the
+// eBPF datapath, share its endpoints (past the isolation between
+// networks). A bridge marked as c's already has passed this check. It
+// returns holding the bridge's lock shared, until unclaim: a last DEL or
+// GC of the network (Release) must not remove the bridge while the ADD
+// takes its address, or the ADD's Setup would have to claim the name
+// again, with its rules on the way.
+func (bridgeLinks) ClaimName(c *conf.Bridge) (unclaim func(), err error) {
+	for {
+		lock, err := nodebridge.Lock(c.BridgeName, true)
+		if err != nil {
+			return nil, err
+		}
+		if br, err := bridgeByName(c.BridgeName); err == nil {
+			if owner, _ := nodebridge.Owner(br.Attrs().Alias); owner == c.Name {
+				return lock.Release, nil
+			}
+		}
+		lock.Release()
+		// Marking is decided alone; then the shared lock again, under
+		// which a Release that came in between is seen.
+		if lock, err = nodebridge.Lock(c.BridgeName, false); err != nil {
+			return nil, err
+		}
+		_, err = markBridge(c, lock.Dir)
+		lock.Release()
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// NameSharedWith lists the other bridges marked as network c.Name's on
+// the node: networks of the same name made by a berth that did not
+// refuse them. What is the network's as a whole (its rules, eBPF maps,
+// addresses) is theirs too while they are there.
+func (bridgeLinks) NameSharedWith(c *conf.Bridge) ([]attach.SharedName, error) {
+	others, err := nodebridge.Others(c.BridgeName, c.Name)
+	out := make([]attach.SharedName, 0, len(others))
+	for _, o := range others {
+		out = append(out, attach.SharedName{Bridge: o.Name, InUse: o.InUse})
+	}
+	return out, err
+}
+
+// LockName holds off ClaimName for c's name (GC's sweep, see attach).
+func (bridgeLinks) LockName(c *conf.Bridge) (func(), error) {
+	lock, err := nodebridge.NameLock(c.Name)
+	if err != nil {
+		return nil, err
+	}
+	return lock.Release, nil
+}
+
+// refuseSharedName fails when another bridge than c's is marked as
+// network c.Name's. The caller holds nodebridge.NameLock.
+func refuseSharedName(c *conf.Bridge) error {
+	others, err := nodebridge.Others(c.BridgeName, c.Name)
+	if err != nil || len(others) == 0 {
+		return err
+	}
+	var gws []string
+	if l, err := netlinksafe.LinkByName(others[0].Name); err == nil {
+		if addrs, err := netlinksafe.AddrList(l, netlink.FAMILY_ALL); err == nil {
+			for _, a := range addrs {
+				if a.IP.IsGlobalUnicast() {
+					gws = append(gws, a.IPNet.String())
+				}
+			}
+		}
+	}
+	of := ""
+	if len(gws) > 0 {
+		of = " (gateway " + strings.Join(gws, ", ") + ")"
+	}
+	gone := ""
+	if !others[0].InUse {
+		gone = fmt.Sprintf(" (if that network is gone: nothing is plugged into %s, remove it with ip link del %s)", others[0].Name, others[0].Name)
+	}
+	return fmt.Errorf("%w: name: network name %q is already used on this node by bridge %q%s, and this config's \"bridge\" is %q; CNI network names must be unique on a node (berth keeps a network's rules, state, addresses and eBPF maps by name): give one of the two configs another \"name\"%s",
+		cnierr.ErrInvalidConfig, c.Name, others[0].Name, of, c.BridgeName, gone)
+}
 
 func (bridgeLinks) Release(c *conf.Bridge) error {
 	_, err := nodebridge.Release(c.BridgeName, c.Name)
@@ -315,6 +403,16 @@ func aliasOf(br *netlink.Bridge) string {
 // refuses one marked by another network. The caller holds the bridge's
 // lock exclusively, in dir.
 func markBridge(c *conf.Bridge, dir string) (*netlink.Bridge, error) {
+	// Under the name's lock from the check to the mark: two first ADDs of
+	// two networks of one name at once would each find no other bridge.
+	nameLock, err := nodebridge.NameLock(c.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer nameLock.Release()
+	if err := refuseSharedName(c); err != nil {
+		return nil, err
+	}
 	alias := nodebridge.Mark(c.Name, true)
 	br, err := bridgeByName(c.BridgeName)
 	if errors.As(err, new(netlink.LinkNotFoundError)) {
