@@ -56,13 +56,13 @@ func TestDecapsulateOnlyForTheVTEP(t *testing.T) {
 		next     = 0xffffffff // TCX_NEXT (-1): the VTEP's
 		redirect = 7          // TC_ACT_REDIRECT: into the container
 	)
-	run := func(innerDst [6]byte) (uint32, Stats) {
+	run := func(packet []byte) (uint32, Stats) {
 		var ret uint32
 		// A test run looks conntrack up in the caller's namespace: the
 		// test's own, not the machine's.
 		err := testenv.NewNS(t).Do(func(ns.NetNS) error {
 			var err error
-			ret, _, err = objs.FromUplink.Test(vxlanPacket(innerDst))
+			ret, _, err = objs.FromUplink.Test(packet)
 			return err
 		})
 		if err != nil {
@@ -74,7 +74,7 @@ func TestDecapsulateOnlyForTheVTEP(t *testing.T) {
 		}
 		return ret, s
 	}
-	if ret, s := run(vtepMAC); ret != redirect || s.Decapsulated != 1 {
+	if ret, s := run(vxlanPacket(vtepMAC, 0)); ret != redirect || s.Decapsulated != 1 {
 		t.Fatalf("for the VTEP's MAC: verdict %#x, %+v; want %#x, decapsulated (the test proves nothing otherwise)", ret, s, redirect)
 	}
 	for name, mac := range map[string][6]byte{
@@ -83,9 +83,15 @@ func TestDecapsulateOnlyForTheVTEP(t *testing.T) {
 		"the container's":   dst.Mac,
 		"the VTEP's, a bit": {3, 0xbe, 0, 0, 0, 1},
 	} {
-		if ret, s := run(mac); ret != next || s.Decapsulated != 1 {
+		if ret, s := run(vxlanPacket(mac, 0)); ret != next || s.Decapsulated != 1 {
 			t.Errorf("%s: verdict %#x, %+v; want %#x, nothing more decapsulated", name, ret, s, uint32(next))
 		}
+	}
+	// An outer UDP checksum nothing verified (a test run's packet is
+	// CHECKSUM_NONE, as one from a veth of a VTEP with udpcsum is
+	// CHECKSUM_PARTIAL) is the VTEP socket's to check: this one is wrong.
+	if ret, s := run(vxlanPacket(vtepMAC, 1234)); ret != next || s.Decapsulated != 1 {
+		t.Errorf("an outer UDP checksum: verdict %#x, %+v; want %#x, nothing more decapsulated", ret, s, uint32(next))
 	}
 	// A MAC written for another VTEP (netd re-created it and has not
 	// written the new one's yet) is none.
@@ -93,7 +99,7 @@ func TestDecapsulateOnlyForTheVTEP(t *testing.T) {
 	if err := objs.VtepMac.Put(uint32(0), &mac); err != nil {
 		t.Fatal(err)
 	}
-	if ret, s := run(vtepMAC); ret != next || s.Decapsulated != 1 {
+	if ret, s := run(vxlanPacket(vtepMAC, 0)); ret != next || s.Decapsulated != 1 {
 		t.Errorf("the MAC of another VTEP: verdict %#x, %+v; want %#x", ret, s, uint32(next))
 	}
 	if got, err := n.VXLAN(); err != nil || got.MAC != ([6]byte{}) {
@@ -103,8 +109,9 @@ func TestDecapsulateOnlyForTheVTEP(t *testing.T) {
 
 // vxlanPacket is a VXLAN packet from peer node 192.168.50.2 to node
 // 192.168.50.1 (port 8472, VNI 1) holding a UDP datagram from 10.77.2.5
-// to container 10.77.1.3, in a frame for innerDst.
-func vxlanPacket(innerDst [6]byte) []byte {
+// to container 10.77.1.3, in a frame for innerDst, with the outer UDP
+// checksum udpCheck (0: none).
+func vxlanPacket(innerDst [6]byte, udpCheck uint16) []byte {
 	const outer = 14 + 20 + 8 + 8
 	p := make([]byte, outer+14+20+8+4)
 	// Outer Ethernet: the test run's device is the loopback one, whose
@@ -120,6 +127,7 @@ func vxlanPacket(innerDst [6]byte) []byte {
 	binary.BigEndian.PutUint16(udp[0:], 40000)
 	binary.BigEndian.PutUint16(udp[2:], 8472)
 	binary.BigEndian.PutUint16(udp[4:], uint16(len(p)-14-20))
+	binary.BigEndian.PutUint16(udp[6:], udpCheck)
 	vx := udp[8:]
 	binary.BigEndian.PutUint32(vx[0:], 0x08000000)
 	binary.BigEndian.PutUint32(vx[4:], 1<<8)

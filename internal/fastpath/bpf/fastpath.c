@@ -417,9 +417,8 @@ static __always_inline __sum16 ip_checksum(struct iphdr *ip)
 }
 
 // tunnel finds where a packet the FIB routed through the VTEP (inner:
-// that lookup; tot_len: its IP length, 0 for GSO) goes in the underlay:
-// the peer node (tunnels) and the next hop towards it (outer). It
-// changes nothing: -1 when it cannot tell (no tunnel for the next hop,
+// that lookup; tot_len: ip_len's) goes in the underlay: the peer node
+// (tunnels) and the next hop towards it (outer). It changes nothing: -1 when it cannot tell (no tunnel for the next hop,
 // no route out of the VTEP's device, too big for it), and the VTEP then
 // takes the packet.
 static __always_inline int tunnel(struct __sk_buff *skb, struct bpf_fib_lookup *inner, struct vxlan *vx,
@@ -436,8 +435,9 @@ static __always_inline int tunnel(struct __sk_buff *skb, struct bpf_fib_lookup *
 	outer->l4_protocol = IPPROTO_UDP;
 	outer->ipv4_src = vx->local;
 	outer->ipv4_dst = *r;
-	if (tot_len)
-		outer->tot_len = tot_len + VXLAN_ROOM;
+	// Too big for the way out once encapsulated (FRAG_NEEDED): the VTEP
+	// takes it, and fragments the outer packet as its DF is clear.
+	outer->tot_len = tot_len + VXLAN_ROOM;
 	long rc = bpf_fib_lookup(skb, outer, sizeof(*outer), BPF_FIB_LOOKUP_OUTPUT);
 	// NO_NEIGH too: encap's bpf_redirect_neigh resolves the next hop.
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
@@ -514,6 +514,29 @@ static __always_inline int encap(struct __sk_buff *skb, struct bpf_fib_lookup *i
 	return bpf_redirect_neigh(outer->ifindex, &nh, sizeof(nh), 0);
 }
 
+// ip_len is the IPv4 length the MTU of the way out must hold: the
+// packet's own, or for a GSO packet that of each segment it will be cut
+// into (its headers and gso_size), as the kernel's forwarding checks it
+// (skb_gso_validate_network_len). 0: a GSO packet of another kind, which
+// the kernel's path takes.
+static __always_inline __u32 ip_len(struct __sk_buff *skb, struct packet *p)
+{
+	if (!skb->gso_size)
+		return bpf_ntohs(p->ip->tot_len);
+	__u32 iphl = p->ip->ihl * 4;
+	switch (p->ip->protocol) {
+	case IPPROTO_UDP:
+		return iphl + sizeof(struct udphdr) + skb->gso_size;
+	case IPPROTO_TCP: {
+		__u8 doff; // the TCP header's length in words, in the high nibble
+		if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + iphl + 12, &doff, 1) < 0)
+			return 0;
+		return iphl + (doff >> 4) * 4 + skb->gso_size;
+	}
+	}
+	return 0;
+}
+
 // to_node sends a packet for another node's container out of the device
 // the node's own routes name, without the bridge, the routing decision or
 // netfilter of the kernel's forwarding path.
@@ -531,11 +554,14 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 	fib.ipv4_dst = p->ip->daddr;
 	// With tot_len the kernel checks the packet against the MTU of the
 	// device it finds, or of a locked route or a learned path MTU (too
-	// big: FRAG_NEEDED, and the kernel's path answers). A GSO packet's
-	// segments are checked where it is cut: with tot_len 0 the lookup
-	// lets every GSO packet through, as the kernel's forwarding does.
-	if (!skb->gso_size)
-		fib.tot_len = bpf_ntohs(p->ip->tot_len);
+	// big: FRAG_NEEDED, and the kernel's path answers with ICMP or
+	// fragments). A GSO packet is checked by the size of its segments:
+	// with tot_len 0 the lookup would let it through whole, and segments
+	// too big for a smaller link would be dropped there, unanswered.
+	__u32 len = ip_len(skb, p);
+	if (!len)
+		return TCX_NEXT;
+	fib.tot_len = len;
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 
 	switch (rc) {
@@ -545,7 +571,7 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 		struct bpf_fib_lookup outer = {};
 		__be32 remote;
 		if (vx && vx->vtep_ifindex && vx->vtep_ifindex == fib.ifindex &&
-		    tunnel(skb, &fib, vx, skb->gso_size ? 0 : bpf_ntohs(p->ip->tot_len), &outer, &remote) == 0)
+		    tunnel(skb, &fib, vx, len, &outer, &remote) == 0)
 			return encap(skb, &fib, vx, &outer, remote);
 		decrease_ttl(p->ip);
 		__builtin_memcpy(p->eth->h_dest, fib.dmac, ETH_ALEN);
@@ -633,6 +659,12 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	// damaged header, the kernel's to drop.
 	if (h->ip.ihl != 5 || (h->ip.frag_off & bpf_htons(0x3fff)) || ip_checksum((void *)h + sizeof(struct ethhdr)) != 0 || h->flags != bpf_htonl(0x08000000) || h->vni != bpf_htonl(vx->vni << 8) ||
 	    h->inner.h_proto != bpf_htons(ETH_P_IP) || inner.ip->ihl != 5)
+		return TCX_NEXT;
+	// The outer UDP checksum, when the sender gave one, is verified as
+	// the VTEP's socket would: only a packet whose checksum the device
+	// vouched for (CHECKSUM_UNNECESSARY; a NIC's receive offload) is
+	// decapsulated here. Others go to the VTEP, whose UDP socket checks.
+	if (h->udp.check && bpf_csum_level(skb, BPF_CSUM_LEVEL_QUERY) < 0)
 		return TCX_NEXT;
 	// Only a frame for the VTEP itself. The VTEP would hand any other
 	// (another node's MAC, a broadcast) to IP as PACKET_OTHERHOST or
