@@ -3,10 +3,6 @@ package fastpath
 import (
 	"encoding/binary"
 	"testing"
-
-	"github.com/cilium/ebpf"
-
-	"github.com/berthnet/berth/internal/testenv"
 )
 
 // BenchmarkFromContainer is the cost of from_container on one TCP packet
@@ -15,19 +11,7 @@ import (
 // lookup and the redirect verdict. `go test -bench . ./internal/fastpath`
 // (as root).
 func BenchmarkFromContainer(b *testing.B) {
-	testenv.RequireRoot(b)
-	spec, err := loadFastpath()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	var objs fastpathObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		b.Fatal(err)
-	}
-	defer objs.Close()
+	objs := loadUnpinned(b)
 	// A test run's packet arrives on no interface (ingress_ifindex 0):
 	// the sender's endpoint says so.
 	src := fastpathEndpoint{Mac: [6]byte{2, 0, 0, 0, 0, 1}, RouterMac: [6]byte{2, 0, 0, 0, 0, 9}}

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/berthnet/berth/internal/testenv"
@@ -19,20 +18,8 @@ import (
 // delivers nor forwards: it must go to the VTEP (TCX_NEXT), not into
 // the container.
 func TestDecapsulateOnlyForTheVTEP(t *testing.T) {
-	testenv.RequireRoot(t)
-	spec, err := loadFastpath()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	var objs fastpathObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
-	n := &Network{objs: objs}
+	objs := loadUnpinned(t)
+	n := &Network{objs: *objs}
 	vtepMAC := [6]byte{2, 0xbe, 0, 0, 0, 1}
 	vx := VXLAN{VTEP: 40, Underlay: 2, Local: netip.MustParseAddr("192.168.50.1"), VNI: 1, Port: 8472, MAC: vtepMAC}
 	if err := n.ConfigureVXLAN(vx); err != nil {

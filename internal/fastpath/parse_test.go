@@ -13,19 +13,7 @@ import (
 // IPv4 packet whose headers are cut short, leaving anything else to the
 // kernel.
 func TestParse(t *testing.T) {
-	testenv.RequireRoot(t)
-	spec, err := loadFastpath()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	var objs fastpathObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
+	objs := loadUnpinned(t)
 	src := fastpathEndpoint{Mac: [6]byte{2, 0, 0, 0, 0, 1}, RouterMac: [6]byte{2, 0, 0, 0, 0, 9}}
 	dst := fastpathEndpoint{Ifindex: 5, Mac: [6]byte{2, 0, 0, 0, 0, 2}, RouterMac: [6]byte{2, 0, 0, 0, 0, 9}}
 	if err := objs.Endpoints.Put([4]byte{10, 77, 0, 2}, &src); err != nil {
@@ -86,4 +74,23 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// loadUnpinned loads the programs with maps of their own, pinned nowhere,
+// for BPF_PROG_TEST_RUN; they are closed when the test ends.
+func loadUnpinned(tb testing.TB) *fastpathObjects {
+	testenv.RequireRoot(tb)
+	spec, err := loadFastpath()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	var objs fastpathObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { objs.Close() })
+	return &objs
 }
