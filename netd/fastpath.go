@@ -96,8 +96,8 @@ func desiredFastpath(n *conf.Network, self cluster.Lease, uplinks []int, tunnel 
 	if tunnel == nil || !tunnel.Local.Is4() || !vtepUp {
 		return s
 	}
-	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Underlay: tunnel.Underlay, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port)}
-	s.VXLAN.MAC = tunnel.MAC
+	s.VXLAN = fastpath.VXLAN{VTEP: tunnel.VTEP, Underlay: tunnel.Underlay, Local: tunnel.Local, VNI: uint32(tunnel.VNI), Port: uint16(tunnel.Port),
+		MAC: tunnel.MAC}
 	nodeOf := map[string]netip.Addr{} // peer VTEP MAC -> its node address
 	for _, f := range want.FDB {
 		if a, ok := netip.AddrFromSlice(f.IP); ok && f.LinkIndex == tunnel.VTEP && a.Unmap().Is4() {
