@@ -294,3 +294,72 @@ func checksum(b []byte) uint16 {
 	}
 	return uint16(sum)
 }
+
+// TestICMPErrorsFromARouter: in bgp mode across two segments, a router
+// of the underlay between the nodes with a smaller MTU answers the
+// containers' large packets with fragmentation needed, from its own
+// address (outside the network, and no node's). With an INVALID drop in
+// FORWARD on the nodes, the sender must get it (on the eBPF datapath the
+// programs deliver it; conntrack never saw the flow), or its TCP stalls
+// in a PMTU black hole. Datapath under test: BERTH_TEST_DATAPATH.
+func TestICMPErrorsFromARouter(t *testing.T) {
+	ctx := context.Background()
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 2, Segment2: []int{2}})
+	etcd, err := tb.StartEtcd(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peers []testbed.BIRDPeer
+	for _, n := range tb.Nodes {
+		peers = append(peers, testbed.BIRDPeer{Name: n.Host, IP: n.IP.String(), ASN: uint32(65000 + n.Index)})
+	}
+	if _, err := tb.StartBIRD(ctx, testbed.BIRDOptions{ASN: 64600, Peers: peers}); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, tb: tb, net: "pods", netd: map[int]*testbed.Netd{}}
+	for i := 1; i <= 2; i++ {
+		n := tb.Node(i)
+		router := testbed.RouterIP1
+		if n.Segment == 2 {
+			router = testbed.RouterIP2
+		}
+		d, err := tb.StartNetd(ctx, n, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL},
+			EBPF: testenv.Datapath() == "ebpf",
+			Args: []string{"--mode", "bgp", "--bgp-node-mesh=false", "--bgp-asn", fmt.Sprint(65000 + n.Index),
+				"--bgp-peers", router.String() + ":64600"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.netd[i] = d
+	}
+	for i := 1; i <= 2; i++ {
+		if err := c.netd[i].WaitConverged(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n1a, n2a := c.run(1, "n1a"), c.run(2, "n2a")
+	drop := []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
+	for i := 1; i <= 2; i++ {
+		n := tb.Node(i)
+		if out, err := n.Run(ctx, "iptables", append([]string{"-I"}, drop...)...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		defer n.Run(ctx, "iptables", append([]string{"-D"}, drop...)...)
+	}
+	echoCount(t, n2a.ns, n2a.IP.String()+":7001")
+	// The routes through the router first, at full size.
+	const size = 1 << 20
+	if got, err := send(n1a.ns, n2a.IP.String()+":7001", size); err != nil || got != fmt.Sprint(size) {
+		t.Fatalf("bulk TCP %s -> %s: server read %q of %d bytes (%v)", n1a, n2a, got, size, err)
+	}
+	if out, err := tb.Router.Run(ctx, "ip", "link", "set", "eth1", "mtu", "1300"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if got, err := send(n1a.ns, n2a.IP.String()+":7001", size); err != nil || got != fmt.Sprint(size) {
+		t.Errorf("bulk TCP %s -> %s past a 1300-byte link: server read %q of %d bytes (%v), want all (fragmentation needed from the router)",
+			n1a, n2a, got, size, err)
+	}
+	if route, err := n1a.in("ip", "-4", "route", "get", n2a.IP.String()); !strings.Contains(route, " mtu 1300") {
+		t.Errorf("%s's route to %s did not learn the router's MTU: %q (%v)", n1a, n2a, route, err)
+	}
+}
