@@ -1,6 +1,7 @@
 package fastpath
 
 import (
+	"encoding/binary"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -20,6 +21,14 @@ func TestParse(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := objs.Endpoints.Put([4]byte{10, 77, 0, 3}, &dst); err != nil {
+		t.Fatal(err)
+	}
+
+	// The network: 10.77.0.0/16, this node's share 10.77.0.0/24.
+	be := func(a, b, c, d byte) uint32 { return binary.NativeEndian.Uint32([]byte{a, b, c, d}) }
+	cfg := fastpathConfig{LocalAddr: be(10, 77, 0, 0), LocalMask: be(255, 255, 255, 0),
+		ScopeAddr: be(10, 77, 0, 0), ScopeMask: be(255, 255, 0, 0)}
+	if err := objs.Config.Put(uint32(0), &cfg); err != nil {
 		t.Fatal(err)
 	}
 
@@ -45,6 +54,22 @@ func TestParse(t *testing.T) {
 		// ICMP stays on the kernel's path: conntrack may have translated
 		// it, and the kfuncs cannot look it up (keep_on_stack).
 		{"ICMP echo", icmp, next},
+		// An ICMP error about a flow conntrack does not know goes where
+		// the flow's packets go (icmp_error): 10.77.0.2 tells 10.77.0.3
+		// that its UDP port 40000 is closed.
+		{"ICMP port unreachable", func() []byte { return icmpError(3, 3, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 17, 28) }, redirect},
+		{"ICMP fragmentation needed", func() []byte { return icmpError(3, 4, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 6, 28) }, redirect},
+		{"ICMP time exceeded", func() []byte { return icmpError(11, 0, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 17, 28) }, redirect},
+		{"ICMP parameter problem", func() []byte { return icmpError(12, 0, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 17, 28) }, redirect},
+		{"ICMP source quench", func() []byte { return icmpError(4, 0, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 17, 28) }, next},
+		{"ICMP error about a packet another address sent", func() []byte {
+			return icmpError(3, 3, [4]byte{10, 77, 0, 4}, [4]byte{10, 77, 0, 2}, 17, 28)
+		}, next},
+		{"ICMP error about a packet to the outside world", func() []byte {
+			return icmpError(3, 3, [4]byte{10, 77, 0, 3}, [4]byte{192, 0, 2, 1}, 17, 28)
+		}, next},
+		{"ICMP error about a ping", func() []byte { return icmpError(3, 1, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 1, 28) }, next},
+		{"ICMP error without the embedded ports", func() []byte { return icmpError(3, 3, [4]byte{10, 77, 0, 3}, [4]byte{10, 77, 0, 2}, 17, 22) }, next},
 		{"ports cut short", func() []byte { return tcpPacket()[:14+20+2] }, drop},
 		{"IPv4 options promised, not there", func() []byte {
 			p := tcpPacket()[:14+24]
@@ -74,6 +99,31 @@ func TestParse(t *testing.T) {
 			}
 		})
 	}
+}
+
+// icmpError is an ICMP error (type, code) from 10.77.0.2 to 10.77.0.3
+// about a packet from src to dst (protocol proto, its source port 40000,
+// destination port 80) of which quoted bytes are embedded.
+func icmpError(typ, code byte, src, dst [4]byte, proto byte, quoted int) []byte {
+	p := make([]byte, 14+20+8+28)
+	copy(p[0:6], []byte{2, 0, 0, 0, 0, 9})
+	copy(p[6:12], []byte{2, 0, 0, 0, 0, 1})
+	binary.BigEndian.PutUint16(p[12:], 0x0800)
+	ip := p[14:]
+	ip[0], ip[8], ip[9] = 0x45, 64, 1 // IPv4, TTL, ICMP
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+quoted))
+	copy(ip[12:16], []byte{10, 77, 0, 2})
+	copy(ip[16:20], []byte{10, 77, 0, 3})
+	icmp := ip[20:]
+	icmp[0], icmp[1] = typ, code
+	in := icmp[8:]
+	in[0], in[8], in[9] = 0x45, 1, proto
+	binary.BigEndian.PutUint16(in[2:], 100)
+	copy(in[12:16], src[:])
+	copy(in[16:20], dst[:])
+	binary.BigEndian.PutUint16(in[20:], 40000)
+	binary.BigEndian.PutUint16(in[22:], 80)
+	return p[:14+20+8+quoted]
 }
 
 // loadUnpinned loads the programs with maps of their own, pinned nowhere,

@@ -136,6 +136,44 @@ func TestEBPFSameNode(t *testing.T) {
 		mustRun(t, c1.Netns, "ip", "addr", "del", "10.95.0.200/32", "dev", "eth0")
 	})
 
+	t.Run("an ICMP error about the containers' flow passes an INVALID drop", func(t *testing.T) {
+		// The flow skips conntrack; through the kernel's path c1's port
+		// unreachable would be invalid there, and kube-proxy's rule would
+		// drop it: c2 would wait for an answer instead of ECONNREFUSED.
+		drop := []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
+		mustRun(t, n.ns, "iptables", append([]string{"-I"}, drop...)...)
+		defer testenv.InNS(n.ns, "iptables", append([]string{"-D"}, drop...)...)
+		s0 := stats(t, fp)
+		var got error
+		sent := 0
+		err := c2.Netns.Do(func(ns.NetNS) error {
+			conn, err := net.Dial("udp4", ip1+":4444") // nothing listens there
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			for range 3 {
+				conn.Write([]byte("x"))
+				sent++
+				conn.SetReadDeadline(time.Now().Add(time.Second))
+				if _, got = conn.Read(make([]byte, 8)); errors.Is(got, syscall.ECONNREFUSED) {
+					break
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(got, syscall.ECONNREFUSED) {
+			t.Errorf("c2 -> c1:4444 (closed): %v, want connection refused (ICMP port unreachable)", got)
+		}
+		// The datagrams and the error, all delivered by the programs.
+		if s := stats(t, fp); s.Local < s0.Local+uint64(sent)+1 {
+			t.Errorf("counters %+v then %+v: want the %d datagrams and the error delivered by the fast path", s0, s, sent)
+		}
+	})
+
 	t.Run("the reply of a flow the node translated takes the kernel's path", func(t *testing.T) {
 		// A service address the node translates to c1, as kube-proxy
 		// does, and a rule ahead of berth's that keeps the source (else

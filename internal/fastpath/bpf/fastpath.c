@@ -300,18 +300,109 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 	return 0;
 }
 
+// The ICMPv4 errors (RFC 792) whose embedded packet icmp_error reads.
+#define ICMP_DEST_UNREACH 3   // port and host unreachable, fragmentation needed (PMTU)
+#define ICMP_TIME_EXCEEDED 11 // a TTL run out (traceroute), reassembly timed out
+#define ICMP_PARAMETERPROB 12
+
+// icmp_error reports whether p, an unfragmented ICMP packet whose
+// Ethernet header is eth_off bytes into skb, is an error about a packet
+// of a flow the fast path carries, and so must go where that flow's
+// packets go: a destination unreachable, time exceeded or parameter
+// problem whose embedded packet (after the 8-byte ICMP header) is TCP or
+// UDP with its ports, was sent by the error's destination, has both
+// addresses in the network's scope, and belongs to a flow conntrack does
+// not know. conntrack alone would call such an error invalid (it never
+// saw the flow), and rules such as kube-proxy's drop invalid packets: the
+// sender would never hear of a closed port (ECONNREFUSED), a TTL run out
+// or a smaller path MTU (a PMTU black hole). An error about a flow
+// conntrack knows, translated or not, stays on the kernel's path, where
+// it is RELATED (and translated back when the flow was). Echo requests
+// and replies are no errors: they stay on the kernel's path.
+//
+// It pulls the headers it reads into the linear part and finds p's
+// headers again: p's pointers stay valid.
+static __always_inline int icmp_error(struct __sk_buff *skb, struct packet *p, const __u32 eth_off)
+{
+	if (p->ip->frag_off & bpf_htons(0x3fff)) // a fragment: the kernel reassembles it
+		return 0;
+	__u32 icmp_off = eth_off + sizeof(struct ethhdr) + p->ip->ihl * 4;
+
+	// The ICMP header and the embedded IPv4 header.
+	if (linear(skb, icmp_off + 8 + sizeof(struct iphdr)) < 0)
+		return 0;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	p->eth = data + eth_off;
+	p->ip = (void *)(p->eth + 1);
+	if ((void *)(p->ip + 1) > data_end)
+		return 0;
+	// ihl is 4 bits: the ICMP header is at most eth_off + 14 + 60 in.
+	__u8 *icmp = data + (icmp_off & 0xff);
+	struct iphdr *in = (void *)(icmp + 8);
+	if ((void *)(in + 1) > data_end)
+		return 0;
+	if (icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED && icmp[0] != ICMP_PARAMETERPROB)
+		return 0;
+	// The first (or only) fragment of a TCP or UDP packet: its ports.
+	if (in->version != 4 || in->ihl < 5 || (in->frag_off & bpf_htons(0x1fff)) ||
+	    (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+		return 0;
+	__u32 ports_off = icmp_off + 8 + in->ihl * 4;
+	if (linear(skb, ports_off + 4) < 0)
+		return 0;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	p->eth = data + eth_off;
+	p->ip = (void *)(p->eth + 1);
+	in = data + ((icmp_off + 8) & 0xff);
+	__be16 *ports = data + (ports_off & 0x1ff);
+	if ((void *)(p->ip + 1) > data_end || (void *)(in + 1) > data_end || (void *)(ports + 2) > data_end)
+		return 0;
+	// The error goes back to the embedded packet's sender.
+	if (in->saddr != p->ip->daddr)
+		return 0;
+	__u32 zero = 0;
+	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !in_prefix(in->saddr, cfg->scope_addr, cfg->scope_mask) ||
+	    !in_prefix(in->daddr, cfg->scope_addr, cfg->scope_mask))
+		return 0;
+
+	// The tuple the error answers, as conntrack looks it up
+	// (icmp_error_message): the embedded packet's, inverted. Of a flow
+	// conntrack translated, the embedded packet may match no direction
+	// of its entry as it is (its destination translated), but the
+	// inverted one matches the reply direction.
+	struct bpf_sock_tuple t = {};
+	t.ipv4.saddr = in->daddr;
+	t.ipv4.daddr = in->saddr;
+	t.ipv4.sport = ports[1];
+	t.ipv4.dport = ports[0];
+	struct ct_opts opts = {.netns_id = -1, .l4proto = in->protocol};
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
+	if (ct) {
+		bpf_ct_release(ct);
+		return 0; // the kernel's flow: the error is RELATED there
+	}
+	return 1;
+}
+
 // keep_on_stack reports whether a packet between two containers of the
-// network must still take the kernel's path: a fragment, a protocol the
-// conntrack lookup cannot handle (ICMP among them), or a packet of a flow
-// conntrack translated.
+// network (its Ethernet header eth_off bytes into skb) must still take
+// the kernel's path: a fragment, a protocol the conntrack lookup cannot
+// handle (ICMP among them, but for the errors icmp_error takes), or a
+// packet of a flow conntrack translated. It may pull headers into the
+// linear part: p's pointers stay valid, but pointers into the packet the
+// caller kept do not.
 //
 // ICMP stays on the kernel's path in both directions. An echo reply may
 // answer a request that conntrack translated (a DNAT rule without a
 // protocol), and the conntrack kfuncs look up only TCP and UDP. Sending
 // only the replies through the kernel would not do: conntrack would meet
 // replies without their requests and call them invalid, which rules
-// such as kube-proxy's drop.
-static __always_inline int keep_on_stack(struct __sk_buff *skb, struct packet *p)
+// such as kube-proxy's drop. ICMP errors about the fast path's own flows
+// are the exception (icmp_error): conntrack never saw those flows.
+static __always_inline int keep_on_stack(struct __sk_buff *skb, struct packet *p, const __u32 eth_off)
 {
 	if (p->ip->frag_off & bpf_htons(0x3fff)) // MF set or an offset: a fragment
 		return 1;
@@ -319,6 +410,8 @@ static __always_inline int keep_on_stack(struct __sk_buff *skb, struct packet *p
 	case IPPROTO_TCP:
 	case IPPROTO_UDP:
 		break;
+	case IPPROTO_ICMP:
+		return !icmp_error(skb, p, eth_off);
 	default:
 		return 1;
 	}
@@ -616,7 +709,7 @@ int from_container(struct __sk_buff *skb)
 
 	struct endpoint *peer = bpf_map_lookup_elem(&endpoints, &p.ip->daddr);
 	if (peer) {
-		if (keep_on_stack(skb, &p))
+		if (keep_on_stack(skb, &p, 0))
 			return TCX_NEXT;
 		return deliver(&p, peer, !same_mac(p.eth->h_dest, peer->mac), STAT_LOCAL);
 	}
@@ -626,7 +719,7 @@ int from_container(struct __sk_buff *skb)
 	if (!cfg || !in_prefix(p.ip->daddr, cfg->scope_addr, cfg->scope_mask) ||
 	    in_prefix(p.ip->daddr, cfg->local_addr, cfg->local_mask))
 		return TCX_NEXT; // the node, another network, the outside world
-	if (keep_on_stack(skb, &p))
+	if (keep_on_stack(skb, &p, 0))
 		return TCX_NEXT;
 	return to_node(skb, &p);
 }
@@ -683,7 +776,9 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	if (!peer)
 		return TCX_NEXT;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || !in_prefix(inner.ip->saddr, cfg->scope_addr, cfg->scope_mask))
+	// ICMP errors from any source, as from_uplink takes them.
+	if (!cfg || (!in_prefix(inner.ip->saddr, cfg->scope_addr, cfg->scope_mask) &&
+		     inner.ip->protocol != IPPROTO_ICMP))
 		return TCX_NEXT;
 	// ECN as the VTEP decapsulates (RFC 6040): the underlay's congestion
 	// mark goes to the inner packet; CE over a Not-ECT packet is the
@@ -691,7 +786,7 @@ static __always_inline int from_tunnel(struct __sk_buff *skb, struct vxlan *vx)
 	int ce = (h->ip.tos & 3) == 3;
 	if (ce && !(inner.ip->tos & 3))
 		return TCX_NEXT;
-	if (keep_on_stack(skb, &inner))
+	if (keep_on_stack(skb, &inner, VXLAN_ROOM))
 		return TCX_NEXT;
 	// Without BPF_F_ADJ_ROOM_NO_CSUM_RESET a checksum the NIC verified
 	// (CHECKSUM_UNNECESSARY, perhaps only the outer UDP's) no longer
@@ -728,10 +823,18 @@ int from_uplink(struct __sk_buff *skb)
 	__u32 zero = 0;
 	struct config *cfg = bpf_map_lookup_elem(&config, &zero);
 	// Only the network's own traffic: anything else (the outside world,
-	// other networks) meets the node's rules.
-	if (!cfg || !in_prefix(p.ip->saddr, cfg->scope_addr, cfg->scope_mask))
+	// other networks) meets the node's rules. An ICMP error about one of
+	// the network's flows to this container (keep_on_stack takes no
+	// other ICMP) comes from wherever the flow met trouble: a container
+	// or a VTEP of the network, but also another node's underlay address
+	// (hostgw, bgp: the address its route back names) or a router of the
+	// underlay (a smaller MTU: fragmentation needed). On the iptables
+	// datapath conntrack takes it as RELATED to the flow from any source;
+	// here conntrack never saw the flow, and the kernel's path would call
+	// it invalid.
+	if (!cfg || (!in_prefix(p.ip->saddr, cfg->scope_addr, cfg->scope_mask) && p.ip->protocol != IPPROTO_ICMP))
 		return TCX_NEXT;
-	if (keep_on_stack(skb, &p))
+	if (keep_on_stack(skb, &p, 0))
 		return TCX_NEXT;
 	return deliver(&p, peer, 1, STAT_ARRIVED);
 }
