@@ -1,6 +1,7 @@
 package netd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/berthnet/berth/conf"
 )
 
 // ErrNotRunning: no netd answers on the metrics address.
@@ -53,7 +56,7 @@ func (s *Status) Print(w io.Writer, now time.Time) {
 		tw.Flush()
 		return
 	}
-	fmt.Fprintf(tw, "network\t%s, %s mode, %s\n", s.Network, s.Mode, join(s.CIDR, s.CIDRv6))
+	fmt.Fprintf(tw, "network\t%s, %s mode, %s datapath, %s\n", s.Network, s.Mode, cmp.Or(s.Datapath, conf.DatapathIptables), join(s.CIDR, s.CIDRv6))
 	expiry := "expired"
 	if left := s.LeaseExpires.Sub(now); left > 0 {
 		expiry = "expires in " + left.Round(time.Second).String()

@@ -1,6 +1,7 @@
 package netd
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/backend"
 )
 
@@ -24,6 +26,7 @@ type Status struct {
 	Iface         string    `json:"iface"`
 	Network       string    `json:"network"`
 	Mode          string    `json:"mode"`
+	Datapath      string    `json:"datapath"` // "iptables" or "ebpf"
 	CIDR          string    `json:"cidr"`
 	CIDRv6        string    `json:"cidrV6,omitempty"`
 	Subnet        string    `json:"subnet"`
@@ -207,6 +210,7 @@ func (d *daemon) status() *Status {
 		Iface:         d.node.Link.Attrs().Name,
 		Network:       d.network.Name,
 		Mode:          d.network.Mode,
+		Datapath:      cmp.Or(d.network.Datapath, conf.DatapathIptables),
 		NodeIPv6:      str(d.node.IPv6),
 		CIDR:          str(d.network.CIDR),
 		CIDRv6:        str(d.network.CIDRv6),

@@ -23,6 +23,7 @@ import (
 
 	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/testenv"
+	"github.com/berthnet/berth/netd"
 	"github.com/berthnet/berth/test/testbed"
 )
 
@@ -57,6 +58,13 @@ func ebpfCrossNode(t *testing.T, mode string) {
 		defer n.Close()
 		fp[i] = n
 	}
+
+	t.Run("netd status names the eBPF datapath", func(t *testing.T) {
+		var s netd.Status
+		if err := c.netd[1].Status(ctx, &s); err != nil || s.Datapath != "ebpf" {
+			t.Errorf("node1's status: datapath %q (%v), want ebpf", s.Datapath, err)
+		}
+	})
 
 	t.Run("the first packet to a node whose MAC is unknown goes through", func(t *testing.T) {
 		// No warm-up: the first connection between the containers must
