@@ -20,7 +20,7 @@ in_ns() { local n=$1; shift; ip netns exec "$n" "$@"; }
 # directory of the run with that pid.
 remove_run() {
 	local pid=$1 n
-	for n in $(ip netns list | awk '{print $1}' | grep "^$PREFIX$pid-" || true); do
+	for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$PREFIX$pid-" || true); do
 		ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
 		ip netns del "$n" 2>/dev/null || true
 	done
@@ -39,7 +39,7 @@ running() {
 # script is gone.
 runs_left() {
 	{
-		ip netns list | awk '{print $1}' | sed -n "s/^$PREFIX\([0-9]*\)-.*/\1/p"
+		ip netns list 2>/dev/null | awk '{print $1}' | sed -n "s/^$PREFIX\([0-9]*\)-.*/\1/p"
 		for d in /tmp/"$PREFIX"*.*; do [ -d "$d" ] && basename "$d" | sed -n "s/^$PREFIX\([0-9]*\)\..*/\1/p"; done
 	} | sort -u | while read -r pid; do
 		[ -n "$pid" ] && ! running "$pid" && echo "$pid"
@@ -61,7 +61,7 @@ NODE=$P-node OUT=$P-outside C1=$P-c1 C2=$P-c2
 WORK=$(mktemp -d "/tmp/$P.XXXXXX")
 cleanup() {
 	set +e
-	if [ -f "$WORK/conf-c1.json" ] && ip netns list | grep -q "^$NODE"; then
+	if [ -f "$WORK/conf-c1.json" ] && ip netns list 2>/dev/null | grep -q "^$NODE"; then
 		for c in c1 c2; do cni DEL $c "$P-$c" >/dev/null 2>&1; done
 	fi
 	remove_run $$
