@@ -44,14 +44,7 @@ func icmpErrors(t *testing.T, mode string) {
 	c := startNetwork(t, tb, testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL},
 		Args: []string{"--mode", mode}, EBPF: testenv.Datapath() == "ebpf"}, 1, 2)
 	n1a, n1b, n2a := c.run(1, "n1a"), c.run(1, "n1b"), c.run(2, "n2a")
-	drop := []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
-	for i := 1; i <= 2; i++ {
-		n := tb.Node(i)
-		if out, err := n.Run(ctx, "iptables", append([]string{"-I"}, drop...)...); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		defer n.Run(ctx, "iptables", append([]string{"-D"}, drop...)...)
-	}
+	dropInvalid(t, tb.Node(1), tb.Node(2))
 
 	t.Run("UDP to a closed port is refused", func(t *testing.T) {
 		for _, p := range [][2]*container{{n1a, n2a}, {n2a, n1a}, {n1a, n1b}, {n1b, n1a}} {
@@ -338,14 +331,7 @@ func TestICMPErrorsFromARouter(t *testing.T) {
 		}
 	}
 	n1a, n2a := c.run(1, "n1a"), c.run(2, "n2a")
-	drop := []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
-	for i := 1; i <= 2; i++ {
-		n := tb.Node(i)
-		if out, err := n.Run(ctx, "iptables", append([]string{"-I"}, drop...)...); err != nil {
-			t.Fatalf("%v: %s", err, out)
-		}
-		defer n.Run(ctx, "iptables", append([]string{"-D"}, drop...)...)
-	}
+	dropInvalid(t, tb.Node(1), tb.Node(2))
 	echoCount(t, n2a.ns, n2a.IP.String()+":7001")
 	// The routes through the router first, at full size.
 	const size = 1 << 20
@@ -361,5 +347,18 @@ func TestICMPErrorsFromARouter(t *testing.T) {
 	}
 	if route, err := n1a.in("ip", "-4", "route", "get", n2a.IP.String()); !strings.Contains(route, " mtu 1300") {
 		t.Errorf("%s's route to %s did not learn the router's MTU: %q (%v)", n1a, n2a, route, err)
+	}
+}
+
+// dropInvalid drops what conntrack calls invalid in the nodes' FORWARD
+// chain until the test ends, as kube-proxy does.
+func dropInvalid(t *testing.T, nodes ...*testbed.Node) {
+	t.Helper()
+	drop := []string{"FORWARD", "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"}
+	for _, n := range nodes {
+		if out, err := n.Run(context.Background(), "iptables", append([]string{"-I"}, drop...)...); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+		t.Cleanup(func() { n.Run(context.Background(), "iptables", append([]string{"-D"}, drop...)...) })
 	}
 }

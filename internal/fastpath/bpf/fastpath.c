@@ -204,6 +204,23 @@ extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *skb, struct bpf_sock_
 					 __u32 tuple_size, struct ct_opts *opts, __u32 opts_size) __ksym;
 extern void bpf_ct_release(struct nf_conn *ct) __ksym;
 
+// CT_NONE is ct_status's answer for a flow conntrack does not know.
+#define CT_NONE (-1L)
+
+// ct_status looks the IPv4 flow t of protocol l4proto up in the skb's
+// netns's conntrack: the entry's status bits (IPS_*), or CT_NONE.
+static __always_inline long ct_status(struct __sk_buff *skb, struct bpf_sock_tuple *t, __u8 l4proto)
+{
+	struct ct_opts opts = {.netns_id = -1, .l4proto = l4proto}; // -1: the skb's netns
+	struct nf_conn *ct = bpf_skb_ct_lookup(skb, t, sizeof(t->ipv4), &opts, sizeof(opts));
+
+	if (!ct)
+		return CT_NONE;
+	long status = ct->status;
+	bpf_ct_release(ct);
+	return status;
+}
+
 static __always_inline void count(enum stat s)
 {
 	__u32 key = s;
@@ -378,13 +395,8 @@ static __always_inline int icmp_error(struct __sk_buff *skb, struct packet *p, c
 	t.ipv4.daddr = in->saddr;
 	t.ipv4.sport = ports[1];
 	t.ipv4.dport = ports[0];
-	struct ct_opts opts = {.netns_id = -1, .l4proto = in->protocol};
-	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
-	if (ct) {
-		bpf_ct_release(ct);
-		return 0; // the kernel's flow: the error is RELATED there
-	}
-	return 1;
+	// A flow conntrack knows is the kernel's: the error is RELATED there.
+	return ct_status(skb, &t, in->protocol) == CT_NONE;
 }
 
 // keep_on_stack reports whether a packet between two containers of the
@@ -423,13 +435,8 @@ static __always_inline int keep_on_stack(struct __sk_buff *skb, struct packet *p
 	t.ipv4.daddr = p->ip->daddr;
 	t.ipv4.sport = p->ports[0];
 	t.ipv4.dport = p->ports[1];
-	struct ct_opts opts = {.netns_id = -1, .l4proto = p->ip->protocol}; // -1: the skb's netns
-	struct nf_conn *ct = bpf_skb_ct_lookup(skb, &t, sizeof(t.ipv4), &opts, sizeof(opts));
-	if (!ct)
-		return 0; // conntrack never saw the flow: nothing to translate
-	unsigned long status = ct->status;
-	bpf_ct_release(ct);
-	if (status & (IPS_SRC_NAT | IPS_DST_NAT)) {
+	long status = ct_status(skb, &t, p->ip->protocol);
+	if (status != CT_NONE && (status & (IPS_SRC_NAT | IPS_DST_NAT))) {
 		count(STAT_TRANSLATED);
 		return 1;
 	}
