@@ -249,18 +249,7 @@ func (d *daemon) reconcileFastpath(self cluster.Lease, backendWant backend.State
 			return made, err
 		}
 	}
-	var tunnel *backend.Tunnel
-	vtepUp := false
-	if t, is := d.nw.(backend.Tunneler); is {
-		if vtep, ok := t.Tunnel(); ok {
-			tunnel = &vtep
-			if vtepUp, err = linkUp(vtep.VTEP); err != nil {
-				return made, err
-			}
-		}
-	}
-	want := desiredFastpath(d.network, self, d.uplinks(), tunnel, vtepUp, backendWant)
-	have, err := readFastpath(d.fast, want.Uplinks)
+	have, want, err := d.readFastpath(self, backendWant)
 	if err != nil {
 		return made, err
 	}
@@ -284,6 +273,52 @@ func (d *daemon) reconcileFastpath(self cluster.Lease, backendWant backend.State
 		made = append(made, "detach the eBPF from_uplink of the replaced pins")
 	}
 	return made, nil
+}
+
+// readFastpath reads the eBPF datapath's state on this node and what
+// desiredFastpath wants it to be, with the backend's VTEP as the kernel
+// has it now and the backend's desired kernel state.
+func (d *daemon) readFastpath(self cluster.Lease, backendWant backend.State) (have, want fastpathState, err error) {
+	var tunnel *backend.Tunnel
+	vtepUp := false
+	if t, is := d.nw.(backend.Tunneler); is {
+		if vtep, ok := t.Tunnel(); ok {
+			tunnel = &vtep
+			if vtepUp, err = linkUp(vtep.VTEP); err != nil {
+				return have, want, err
+			}
+		}
+	}
+	want = desiredFastpath(d.network, self, d.uplinks(), tunnel, vtepUp, backendWant)
+	have, err = readFastpath(d.fast, want.Uplinks)
+	return have, want, err
+}
+
+// pendingFastpath lists what the next pass would change in the eBPF
+// datapath, for status (which holds reconcileMu); it changes nothing.
+// The maps change without an event (bpftool, a plugin of another
+// version): only a pass or this comparison sees it.
+func (d *daemon) pendingFastpath(self cluster.Lease, backendWant backend.State) ([]string, error) {
+	if d.fast == nil {
+		return nil, nil
+	}
+	var pending []string
+	if pinned, err := d.fast.Pinned(); err != nil {
+		return nil, err
+	} else if !pinned {
+		pending = append(pending, "follow the eBPF pins made anew (netd's were removed)")
+	}
+	if len(d.replaced) > 0 {
+		pending = append(pending, "detach the eBPF from_uplink of the replaced pins")
+	}
+	have, want, err := d.readFastpath(self, backendWant)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range diffFastpath(have, want) {
+		pending = append(pending, c.What)
+	}
+	return pending, nil
 }
 
 // followPins opens the network's pins again when they are no longer the

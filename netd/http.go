@@ -40,8 +40,9 @@ type Status struct {
 	Peers         []PeerStatus `json:"peers"`
 	// Rejected are keys in etcd ignored as leases, and why.
 	Rejected []RejectedLease `json:"rejected,omitempty"`
-	// KernelMatches: comparing the kernel with the leases right now found
-	// no difference; Pending lists the differences otherwise.
+	// KernelMatches: comparing the kernel (with the eBPF datapath, its
+	// maps and programs too) with the leases right now found no
+	// difference; Pending lists the differences otherwise.
 	KernelMatches bool      `json:"kernelMatches"`
 	Pending       []string  `json:"pending,omitempty"`
 	LastReconcile time.Time `json:"lastReconcile"`
@@ -186,12 +187,17 @@ func (d *daemon) status() *Status {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	in, readErr := d.input(ctx, self, peers)
 	cancel()
-	var pending []backend.Change
+	var pending []string
 	var sessions []backend.Session
 	if readErr == nil {
 		want, more := d.nw.Desired(in)
 		problems = append(problems, more...)
-		pending = backend.Diff(in.Kernel, want)
+		for _, c := range backend.Diff(in.Kernel, want) {
+			pending = append(pending, c.What)
+		}
+		var fast []string
+		fast, readErr = d.pendingFastpath(self, want)
+		pending = append(pending, fast...)
 		if sl, ok := d.nw.(backend.SessionLister); ok {
 			sessions = sl.Sessions(in)
 			d.m.observeSessions(sessions)
@@ -230,11 +236,9 @@ func (d *daemon) status() *Status {
 		s.LastError = d.last.Err.Error()
 	}
 	if readErr != nil {
-		s.Pending = []string{"cannot read the kernel or the routing protocol: " + readErr.Error()}
+		s.Pending = []string{"cannot read the kernel, the eBPF datapath or the routing protocol: " + readErr.Error()}
 	}
-	for _, c := range pending {
-		s.Pending = append(s.Pending, c.What)
-	}
+	s.Pending = append(s.Pending, pending...)
 	why := map[string]backend.Problem{}
 	for _, p := range problems {
 		why[p.Peer] = p
