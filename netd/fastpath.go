@@ -389,30 +389,6 @@ func (d *daemon) uplinks() []int {
 	return links
 }
 
-// leaveFastpath detaches the network's uplink programs from link (the
-// backend's teardown deleted the VTEP with its programs) and removes the
-// network's pins. Containers still attached keep their programs with the
-// unpinned maps until they are deleted.
-func leaveFastpath(bpffs, network string, link netlink.Link) error {
-	lock, err := fastpath.Acquire(bpffs)
-	if errors.Is(err, fastpath.ErrNoBPFFS) {
-		return nil // nothing can be pinned
-	}
-	if err != nil {
-		return err
-	}
-	defer lock.Release()
-	n, err := fastpath.OpenToClean(bpffs, network)
-	if err != nil || n == nil {
-		return err
-	}
-	defer n.Close()
-	if err := n.DetachUplink(link.Attrs().Index); err != nil {
-		return err
-	}
-	return fastpath.Remove(bpffs, network)
-}
-
 // fastpathCollector publishes the programs' counters when scraped.
 type fastpathCollector struct {
 	d    *daemon

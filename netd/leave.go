@@ -15,6 +15,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/attachments"
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/netd/cluster"
@@ -95,7 +96,8 @@ func Leave(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("removing the datapath: %w", err))
 	}
 	if network.EBPF() {
-		if err := leaveFastpath(cfg.BPFFS, name, u.Link); err != nil {
+		// The backend's teardown deleted the VTEP with its programs.
+		if err := fastpath.Leave(cfg.BPFFS, name, []int{u.Link.Attrs().Index}); err != nil {
 			errs = append(errs, fmt.Errorf("removing the eBPF datapath: %w", err))
 		}
 	}

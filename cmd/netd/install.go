@@ -33,8 +33,9 @@ until netd no longer answers on --metrics-address, removes the network's
 conflist (no new pod starts on it), waits until no container is attached to
 the network any more (their DEL needs the plugins: delete or drain the pods),
 then removes the lease file, the routes netd made (protocol 73), the VTEPs
-(berth.<vni>), the bridge, the plugins' state and IPAM data of the network
-and the berth-* plugins in --cni-bin-dir. Paths come from the conflist netd
+(berth.<vni>), the bridge, the eBPF datapath (the network's uplink
+programs and its pins), the plugins' state and IPAM data of the network and
+the berth-* plugins in --cni-bin-dir. Paths come from the conflist netd
 wrote. It needs no datastore; with etcd, the node's lease there expires
 after --lease-ttl (or release it with netd leave before).
 
@@ -59,6 +60,7 @@ func runNodeInstall(cmd string, args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&n.CNIConfDir, "cni-conf-dir", netd.DefaultCNIConfDir, "where netd wrote the conflist")
 		fs.StringVar(&n.MetricsAddr, "metrics-address", netd.DefaultMetricsAddr, "netd's; wait until nothing answers there (empty: do not wait)")
 		fs.StringVar(&n.LeaseDir, "lease-dir", "", "netd's lease dir (default: the conflist's leaseDir)")
+		fs.StringVar(&n.BPFFS, "bpffs", "", "eBPF datapath: the BPF filesystem of the network's pins (default: the conflist's bpffs, else "+conf.DefaultBPFFS+")")
 		fs.DurationVar(&n.Wait, "wait", 0, "how long to wait for netd to stop and the network's containers to go (default 10m)")
 		fs.BoolVar(&keepRunning, "keep-running", false, "after removing berth, run until stopped: the uninstall DaemonSet's pods stay up so that rollout status sees every node done")
 	}

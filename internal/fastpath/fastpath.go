@@ -378,6 +378,36 @@ func Remove(bpffs, network string) error {
 	return nil
 }
 
+// Leave removes network's datapath from this node for good (netd leave,
+// uninstall): its from_uplink detached from each of links, and its pins.
+// Containers still attached keep their programs with the unpinned maps
+// until they are deleted. Nothing pinned, or no BPF filesystem at bpffs,
+// is nothing to remove.
+func Leave(bpffs, network string, links []int) error {
+	if _, err := os.Stat(Dir(bpffs, network)); errors.Is(err, fs.ErrNotExist) {
+		return nil // and Acquire would make bpffs/berth
+	}
+	lock, err := Acquire(bpffs)
+	if errors.Is(err, ErrNoBPFFS) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	n, err := OpenToClean(bpffs, network)
+	if err != nil || n == nil {
+		return err
+	}
+	defer n.Close()
+	for _, idx := range links {
+		if err := n.DetachUplink(idx); err != nil {
+			return err
+		}
+	}
+	return Remove(bpffs, network)
+}
+
 // Config is what the programs know of the network.
 type Config struct {
 	Local netip.Prefix // this node's addresses of the network

@@ -20,12 +20,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/attachments"
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/netd/backend"
@@ -103,6 +105,7 @@ type Node struct {
 	LeaseDir    string // default: the conflist's leaseDir, else lease.DefaultDir
 	StateDir    string // default: the conflist's stateDir, else conf.DefaultStateDir
 	IPAMDataDir string // default: the conflist's ipam dataDir, else conf.DefaultIPAMDataDir
+	BPFFS       string // eBPF datapath's pins; default: the conflist's bpffs, else conf.DefaultBPFFS
 	MetricsAddr string // netd's; Uninstall waits until nothing answers there
 	// Wait bounds how long Uninstall waits for netd to stop and for the
 	// node's containers on the network to go.
@@ -152,6 +155,9 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 	}
 	errs = append(errs,
 		removeFile(leasePath),
+		// Before the VTEPs: their programs go with them, but an
+		// earlier pass that deleted them may have stopped here.
+		removeFastpath(n.BPFFS, n.Network, log),
 		removeVTEPs(log),
 		removeBridge(bridgeName, n.Network, log),
 		os.RemoveAll(filepath.Join(n.StateDir, "networks", n.Network)),
@@ -195,6 +201,7 @@ func (n *Node) readConflist(path string, log *slog.Logger) (bridgeName string) {
 			Bridge   string `json:"bridge"`
 			LeaseDir string `json:"leaseDir"`
 			StateDir string `json:"stateDir"`
+			BPFFS    string `json:"bpffs"`
 			IPAM     struct {
 				DataDir string `json:"dataDir"`
 			} `json:"ipam"`
@@ -218,10 +225,12 @@ func (n *Node) readConflist(path string, log *slog.Logger) (bridgeName string) {
 		n.LeaseDir = firstOf(n.LeaseDir, p.LeaseDir)
 		n.StateDir = firstOf(n.StateDir, p.StateDir)
 		n.IPAMDataDir = firstOf(n.IPAMDataDir, p.IPAM.DataDir)
+		n.BPFFS = firstOf(n.BPFFS, p.BPFFS)
 	}
 	n.LeaseDir = firstOf(n.LeaseDir, lease.DefaultDir)
 	n.StateDir = firstOf(n.StateDir, conf.DefaultStateDir)
 	n.IPAMDataDir = firstOf(n.IPAMDataDir, conf.DefaultIPAMDataDir)
+	n.BPFFS = firstOf(n.BPFFS, conf.DefaultBPFFS)
 	return bridgeName
 }
 
@@ -291,6 +300,34 @@ func waitDetached(ctx context.Context, stateDir, network string, log *slog.Logge
 
 func removeFile(path string) error {
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// removeFastpath removes the network's eBPF datapath, whatever the
+// conflist said (a run stopped after removing it must not leave the
+// programs behind): the network's from_uplink from every link (the
+// underlay link is netd's --iface, which uninstall does not know) and its
+// pins, and bpffs's berth directory when no other network has pins there.
+func removeFastpath(bpffs, network string, log *slog.Logger) error {
+	if _, err := os.Stat(fastpath.Dir(bpffs, network)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("listing links: %w", err)
+	}
+	idx := make([]int, 0, len(links))
+	for _, l := range links {
+		idx = append(idx, l.Attrs().Index)
+	}
+	if err := fastpath.Leave(bpffs, network, idx); err != nil {
+		return fmt.Errorf("removing the eBPF datapath of %s: %w", network, err)
+	}
+	log.Info("removed the eBPF datapath", "network", network, "pins", fastpath.Dir(bpffs, network))
+	// Empty once the last network is gone; a network's pins in it keep it.
+	if err := os.Remove(filepath.Dir(fastpath.Dir(bpffs, network))); err != nil && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil

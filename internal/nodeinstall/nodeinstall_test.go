@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/internal/testenv"
@@ -259,5 +260,54 @@ func TestUninstallKeepsOtherNetworks(t *testing.T) {
 		if _, err := os.Stat(p); err == nil {
 			t.Errorf("%s is left", p)
 		}
+	}
+}
+
+// On the eBPF datapath, uninstall detaches the network's uplink program
+// from whichever link netd attached it to (uninstall does not know netd's
+// --iface) and removes its pins; another network's stay.
+func TestUninstallRemovesTheEBPFDatapath(t *testing.T) {
+	n := newNode(t)
+	bpffs := testenv.BPFFS(t)
+	list, err := conf.NodeConflist{Network: "berth", Mode: "vxlan", LeaseDir: n.runDir, StateDir: n.runDir, IPAMDataDir: n.dataDir,
+		Datapath: conf.DatapathEBPF, BPFFS: bpffs}.Marshal()
+	must(t, err)
+	must(t, os.WriteFile(conf.ConflistPath(n.confDir, "berth"), list, 0o644))
+	var uplink int
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "eth0-peer"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("eth0")
+		uplink = l.Attrs().Index
+		return err
+	}))
+	for _, network := range []string{"berth", "other"} {
+		lock, err := fastpath.Acquire(bpffs)
+		must(t, err)
+		f, err := fastpath.Open(bpffs, network)
+		lock.Release()
+		must(t, err)
+		must(t, n.netns.Do(func(ns.NetNS) error { return f.AttachUplink(uplink) }))
+		f.Close()
+	}
+
+	if err := n.uninstall(context.Background(), n.spec("", time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(fastpath.Dir(bpffs, "berth")); err == nil {
+		t.Errorf("the pins of berth are left in %s", fastpath.Dir(bpffs, "berth"))
+	}
+	if _, err := os.Stat(fastpath.Dir(bpffs, "other")); err != nil {
+		t.Errorf("another network's pins were removed: %v", err)
+	}
+	var progs []string
+	must(t, n.netns.Do(func(ns.NetNS) (err error) {
+		progs, err = testenv.TCXIngressNames(uplink)
+		return err
+	}))
+	if len(progs) != 1 {
+		t.Errorf("programs on the uplink after uninstall: %v, want other's from_uplink only", progs)
 	}
 }
