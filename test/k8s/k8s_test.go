@@ -15,11 +15,16 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
+	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/fastpath"
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/kubecluster"
 	"github.com/berthnet/berth/test/testbed"
@@ -56,11 +61,17 @@ func TestKubernetes(t *testing.T) {
 
 	manifest := readManifest(t, "berth.yaml")
 	uninstall := readManifest(t, "uninstall.yaml")
-	for _, mode := range []string{"vxlan", "hostgw", "bgp"} {
-		ok := t.Run(mode, func(t *testing.T) {
-			m := &modeRun{c: c, mode: mode, manifest: install(t, ctx, c, manifest, mode)}
+	// The eBPF datapath handles IPv4 only: its network is IPv4 (the
+	// cluster stays dual-stack; pods get IPv4 only).
+	for _, run := range []struct {
+		name, mode string
+		ebpf       bool
+	}{{"vxlan", "vxlan", false}, {"hostgw", "hostgw", false}, {"bgp", "bgp", false}, {"vxlan-ebpf", "vxlan", true}} {
+		ok := t.Run(run.name, func(t *testing.T) {
+			m := &modeRun{c: c, name: run.name, mode: run.mode, ebpf: run.ebpf}
+			m.manifest = m.install(t, ctx, manifest)
 			t.Cleanup(func() { m.uninstall(t, ctx, uninstall) })
-			if mode == "vxlan" {
+			if run.name == "vxlan" {
 				t.Run("manifest applies with dry-run=server", func(t *testing.T) {
 					if out, err := c.Apply(ctx, m.manifest, "--dry-run=server"); err != nil {
 						t.Fatalf("%v\n%s", err, out)
@@ -70,6 +81,9 @@ func TestKubernetes(t *testing.T) {
 			}
 			m.startPods(t, ctx)
 			t.Run("pods reach each other across nodes", m.podToPod)
+			if m.ebpf {
+				t.Run("the eBPF programs carry the pods' traffic", m.fastPath)
+			}
 			t.Run("hostPort answers on the node address", m.hostPort)
 			t.Run("bandwidth annotations shape the pod", m.bandwidth)
 			t.Run("netd restarted by the DaemonSet loses no packet", m.restartNetd)
@@ -84,7 +98,9 @@ func TestKubernetes(t *testing.T) {
 // modeRun is berth installed in one mode, with its test pods.
 type modeRun struct {
 	c        *kubecluster.Cluster
+	name     string // of the run, in figures: the mode, -ebpf on that datapath
 	mode     string
+	ebpf     bool   // the eBPF datapath, on an IPv4 network
 	manifest []byte // as applied
 	pods     map[string]*kubecluster.PodObject
 }
@@ -125,13 +141,19 @@ func withNetdConfig(t *testing.T, manifest []byte, netdJSON string) []byte {
 	return []byte(strings.Join(out, "\n"))
 }
 
-func install(t *testing.T, ctx context.Context, c *kubecluster.Cluster, base []byte, mode string) []byte {
+func (m *modeRun) install(t *testing.T, ctx context.Context, base []byte) []byte {
 	t.Helper()
-	netdJSON, _ := json.MarshalIndent(map[string]any{
+	c := m.c
+	settings := map[string]any{
 		"datastore":    "kubernetes",
-		"mode":         mode,
+		"mode":         m.mode,
 		"network-cidr": clusterCIDR.String() + "," + clusterCIDRv6.String(),
-	}, "", "  ")
+	}
+	if m.ebpf {
+		settings["datapath"] = "ebpf"
+		settings["network-cidr"] = clusterCIDR.String()
+	}
+	netdJSON, _ := json.MarshalIndent(settings, "", "  ")
 	manifest := withNetdConfig(t, base, string(netdJSON))
 	// The apiserver for pods of the host network: the service IP needs
 	// kube-proxy, which this cluster does not run.
@@ -151,12 +173,13 @@ data:
 		t.Fatalf("kubectl apply: %v\n%s", err, out)
 	}
 	if out, err := c.Kubectl(ctx, "-n", "berth-system", "rollout", "status", "daemonset/berth-node", "--timeout=4m"); err != nil {
-		t.Fatalf("berth's DaemonSet did not roll out: %v\n%s", err, out)
+		logs, _ := c.Kubectl(ctx, "-n", "berth-system", "logs", "-l", "app.kubernetes.io/name=berth-node", "-c", "netd", "--tail=20", "--previous")
+		t.Fatalf("berth's DaemonSet did not roll out: %v\n%s\nnetd's last logs:\n%s", err, out, logs)
 	}
 	if err := c.WaitNodesReady(ctx, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("FIGURE %s: kubectl apply to every node Ready in %s", mode, time.Since(start).Round(time.Millisecond))
+	t.Logf("FIGURE %s: kubectl apply to every node Ready in %s", m.name, time.Since(start).Round(time.Millisecond))
 	return manifest
 }
 
@@ -241,20 +264,30 @@ func clientAddr(body string) string {
 }
 
 // podToPod: ICMP and TCP between pods on node1 and node2, over IPv4 and
-// IPv6 (the cluster is dual-stack), and the server sees the client pod's
-// own address (no NAT between pods).
+// IPv6 (the cluster is dual-stack; IPv4 only on the eBPF datapath, whose
+// pods must then have no IPv6 address), and the server sees the client
+// pod's own address (no NAT between pods).
 func (m *modeRun) podToPod(t *testing.T) {
 	ctx := context.Background()
+	families := []struct {
+		name     string
+		ip       func(string) string
+		hostport func(string) string
+	}{
+		{"IPv4", m.ip, func(ip string) string { return ip }},
+		{"IPv6", m.ipv6, func(ip string) string { return "[" + ip + "]" }},
+	}
+	if m.ebpf {
+		for _, p := range []string{"srv-1", "srv-2"} {
+			if a := m.ipv6(p); a != "" {
+				t.Errorf("%s has IPv6 address %s on the IPv4 network of the eBPF datapath", p, a)
+			}
+		}
+		families = families[:1]
+	}
 	for _, d := range [][2]string{{"srv-1", "srv-2"}, {"srv-2", "srv-1"}} {
 		from, to := d[0], d[1]
-		for _, family := range []struct {
-			name     string
-			ip       func(string) string
-			hostport func(string) string
-		}{
-			{"IPv4", m.ip, func(ip string) string { return ip }},
-			{"IPv6", m.ipv6, func(ip string) string { return "[" + ip + "]" }},
-		} {
+		for _, family := range families {
 			src, dst := family.ip(from), family.ip(to)
 			if src == "" || dst == "" {
 				t.Errorf("%s: %s has %q, %s has %q: want both pods dual-stack", family.name, from, src, to, dst)
@@ -271,6 +304,38 @@ func (m *modeRun) podToPod(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fastPath: a transfer from srv-2 (node2) to srv-1 (node1) goes through
+// berth's eBPF programs on both nodes, netd's pod and the plugins sharing
+// the node's BPF filesystem: node2's encapsulate it, node1's deliver it
+// into the pod.
+func (m *modeRun) fastPath(t *testing.T) {
+	n1, n2 := m.c.Nodes[0], m.c.Nodes[1]
+	a1, a2 := fastpathStats(t, n1), fastpathStats(t, n2)
+	if _, err := m.iperf(context.Background(), "srv-2", m.ip("srv-1"), false); err != nil {
+		t.Fatal(err)
+	}
+	b1, b2 := fastpathStats(t, n1), fastpathStats(t, n2)
+	if b2.Encapsulated-a2.Encapsulated < 100 || b1.Arrived-a1.Arrived < 100 {
+		t.Errorf("iperf3 srv-2 → srv-1: node2's programs encapsulated %d packets, node1's delivered %d: want the transfer on the eBPF datapath",
+			b2.Encapsulated-a2.Encapsulated, b1.Arrived-a1.Arrived)
+	}
+}
+
+// fastpathStats reads the counters of the eBPF programs on node n.
+func fastpathStats(t *testing.T, n *kubecluster.Node) fastpath.Stats {
+	t.Helper()
+	f, err := fastpath.OpenExisting(n.BPFFSDir(), conf.DefaultNetworkName)
+	if err != nil || f == nil {
+		t.Fatalf("%s: the network's pins in its BPF filesystem: %v %v", n.Name, f, err)
+	}
+	defer f.Close()
+	s, err := f.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // hostPort: srv-1's hostPort 30080 answers on node1's address, from a
@@ -304,7 +369,7 @@ func (m *modeRun) bandwidth(t *testing.T) {
 			t.Error(err)
 			continue
 		}
-		t.Logf("FIGURE %s: %s %.2f Mbit/s (annotation %.0f Mbit/s)", m.mode, d.what, got/1e6, shapedRate/1e6)
+		t.Logf("FIGURE %s: %s %.2f Mbit/s (annotation %.0f Mbit/s)", m.name, d.what, got/1e6, shapedRate/1e6)
 		if got < 0.9*shapedRate || got > 1.1*shapedRate {
 			t.Errorf("%s: %.2f Mbit/s, want %.0f ± 10%%", d.what, got/1e6, shapedRate/1e6)
 		}
@@ -371,7 +436,7 @@ func (m *modeRun) restartNetd(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	took := time.Since(start)
-	t.Logf("FIGURE %s: rollout restart of %d netd pods took %s", m.mode, len(before), took.Round(time.Millisecond))
+	t.Logf("FIGURE %s: rollout restart of %d netd pods took %s", m.name, len(before), took.Round(time.Millisecond))
 	if took > window-5*time.Second {
 		t.Errorf("the restart took %s, longer than the ping that watches it", took)
 	}
@@ -381,7 +446,7 @@ func (m *modeRun) restartNetd(t *testing.T) {
 		t.Fatalf("ping during the restart: %v\n%s", r.err, r.out)
 	}
 	sent, got := s[1], s[2]
-	t.Logf("FIGURE %s: %s of %s pings answered while every netd restarted", m.mode, got, sent)
+	t.Logf("FIGURE %s: %s of %s pings answered while every netd restarted", m.name, got, sent)
 	if sent != got || sent == "0" {
 		t.Errorf("%s of %s pings answered while netd restarted", got, sent)
 	}
@@ -421,7 +486,7 @@ func (m *modeRun) uninstall(t *testing.T, ctx context.Context, uninstall []byte)
 	if out, err := c.Delete(ctx, uninstall, "--timeout=2m"); err != nil {
 		t.Errorf("kubectl delete -f uninstall.yaml: %v\n%s", err, out)
 	}
-	t.Logf("FIGURE %s: uninstall (delete berth.yaml, uninstall.yaml until every node is clean) took %s", m.mode, time.Since(start).Round(time.Millisecond))
+	t.Logf("FIGURE %s: uninstall (delete berth.yaml, uninstall.yaml until every node is clean) took %s", m.name, time.Since(start).Round(time.Millisecond))
 	for _, n := range c.Nodes {
 		if left := berthLeftOn(ctx, n); len(left) > 0 {
 			t.Errorf("left on %s after uninstall:\n%s", n.Name, strings.Join(left, "\n"))
@@ -446,6 +511,23 @@ func berthLeftOn(ctx context.Context, n *kubecluster.Node) []string {
 		if f := strings.Fields(l); len(f) > 1 && regexp.MustCompile(`^(berth|bv|bw)`).MatchString(f[1]) {
 			left = append(left, "link "+strings.TrimSuffix(f[1], ":"))
 		}
+	}
+	if _, err := os.Stat(filepath.Join(n.BPFFSDir(), "berth")); err == nil {
+		left = append(left, "eBPF pins in "+filepath.Join(n.BPFFSDir(), "berth"))
+	}
+	err = n.Do(func() error {
+		l, err := netlink.LinkByName(n.Iface)
+		if err != nil {
+			return err
+		}
+		progs, err := testenv.TCXIngressNames(l.Attrs().Index)
+		if len(progs) > 0 {
+			left = append(left, fmt.Sprintf("eBPF programs on %s: %v", n.Iface, progs))
+		}
+		return err
+	})
+	if err != nil {
+		left = append(left, err.Error())
 	}
 	if routes, err := n.Exec(ctx, "ip", "route", "show", "proto", "73"); err != nil || strings.TrimSpace(routes) != "" {
 		left = append(left, fmt.Sprintf("routes of protocol 73: %s %v", routes, err))
@@ -493,7 +575,7 @@ func (m *modeRun) nodeDeletion(t *testing.T) {
 	if left != "" {
 		t.Errorf("%s still routes to deleted node %s's pod subnets %v after 30s:\n%s", n1.Name, n2.Name, cidrs, left)
 	} else {
-		t.Logf("FIGURE %s: node deleted → its routes gone on the other node in %s", m.mode, time.Since(start).Round(time.Millisecond))
+		t.Logf("FIGURE %s: node deleted → its routes gone on the other node in %s", m.name, time.Since(start).Round(time.Millisecond))
 	}
 
 	// Back to a cluster of two nodes for what follows (uninstall).
@@ -515,14 +597,18 @@ func (m *modeRun) nodeDeletion(t *testing.T) {
 	}
 }
 
-// podCIDRs are node's spec.podCIDRs (both families), waiting for the
-// controller manager to allocate them.
+// podCIDRs are node's spec.podCIDRs of the network's families (the
+// cluster allocates both), waiting for the controller manager to
+// allocate them.
 func (m *modeRun) podCIDRs(t *testing.T, ctx context.Context, node string) []string {
 	t.Helper()
 	for {
 		var n kubecluster.NodeObject
 		err := m.c.KubectlJSON(ctx, &n, "get", "node", node)
 		if err == nil && len(n.Spec.PodCIDRs) == 2 {
+			if m.ebpf { // an IPv4 network
+				return slices.DeleteFunc(n.Spec.PodCIDRs, func(c string) bool { return strings.Contains(c, ":") })
+			}
 			return n.Spec.PodCIDRs
 		}
 		select {

@@ -175,6 +175,13 @@ func (n *Node) startHolder(ctx context.Context) error {
 	for name := range kernelTunables {
 		fmt.Fprintf(&script, "mount --bind %s /proc/sys/%s\n", n.tunableFile(name), name)
 	}
+	// The node's own BPF filesystem where a node has it: the eBPF
+	// datapath's pins, which netd's pod and the plugins share.
+	bpffs, err := n.MountBPFFS()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(&script, "mount --bind %s /sys/fs/bpf\n", bpffs)
 	fmt.Fprintf(&script, "touch %s\nexec sleep infinity\n", ready)
 	path, args, err := n.inCgroup("unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script.String())
 	if err != nil {
