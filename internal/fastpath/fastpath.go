@@ -158,6 +158,12 @@ func Open(bpffs, network string) (*Network, error) {
 	if errors.Is(err, ebpf.ErrMapIncompatible) {
 		return nil, incompatible(n.dir, err)
 	}
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		// The verifier refuses the programs' packet pointer arithmetic
+		// without CAP_PERFMON ("prohibited for !root"), the maps and
+		// programs need CAP_BPF, attaching them CAP_NET_ADMIN.
+		return nil, fmt.Errorf("loading the eBPF programs needs the capabilities BPF, PERFMON and NET_ADMIN (in a pod: securityContext.capabilities.add): %w", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("loading the eBPF programs: %w", err)
 	}
@@ -799,7 +805,10 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	all := named(append(filters, onTCX...), progContainer)
+	all, err := named(append(filters, onTCX...), progContainer)
+	if err != nil {
+		return false, err
+	}
 	// On n's own maps, of this version or an older one, a program is on
 	// no older set. The config counts too: a config pin made anew leaves
 	// the programs on the older config.
@@ -811,10 +820,13 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	mine := programsWhere(all, func(info *ebpf.ProgramInfo) bool {
+	mine, err := programsWhere(all, func(info *ebpf.ProgramInfo) bool {
 		maps, _ := info.MapIDs()
 		return slices.Contains(maps, endpoints) && slices.Contains(maps, config)
 	})
+	if err != nil {
+		return false, err
+	}
 	var older []ebpf.ProgramID
 	for _, id := range all {
 		if !slices.Contains(mine, id) {
@@ -1077,20 +1089,26 @@ func (n *Network) mine(ids []ebpf.ProgramID, name string) ([]ebpf.ProgramID, err
 	return programsWhere(ids, func(info *ebpf.ProgramInfo) bool {
 		maps, _ := info.MapIDs()
 		return info.Name == name && slices.Contains(maps, endpoints)
-	}), nil
+	})
 }
 
 // named keeps the programs of ids named name.
-func named(ids []ebpf.ProgramID, name string) []ebpf.ProgramID {
+func named(ids []ebpf.ProgramID, name string) ([]ebpf.ProgramID, error) {
 	return programsWhere(ids, func(info *ebpf.ProgramInfo) bool { return info.Name == name })
 }
 
 // programsWhere keeps the programs of ids whose info passes keep; those
-// gone meanwhile are left out.
-func programsWhere(ids []ebpf.ProgramID, keep func(*ebpf.ProgramInfo) bool) []ebpf.ProgramID {
+// gone meanwhile are left out. Opening a program by ID takes
+// CAP_SYS_ADMIN: without it every program would look like someone
+// else's (netd would attach its own again on each pass), so that is an
+// error.
+func programsWhere(ids []ebpf.ProgramID, keep func(*ebpf.ProgramInfo) bool) ([]ebpf.ProgramID, error) {
 	var out []ebpf.ProgramID
 	for _, id := range ids {
 		p, err := ebpf.NewProgramFromID(id)
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("reading the eBPF programs attached to a link needs the capability SYS_ADMIN (in a pod: securityContext.capabilities.add): %w", err)
+		}
 		if err != nil {
 			continue
 		}
@@ -1100,7 +1118,7 @@ func programsWhere(ids []ebpf.ProgramID, keep func(*ebpf.ProgramInfo) bool) []eb
 			out = append(out, id)
 		}
 	}
-	return out
+	return out, nil
 }
 
 func progID(p *ebpf.Program) (ebpf.ProgramID, error) {
