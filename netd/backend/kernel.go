@@ -345,8 +345,9 @@ func replaceRoute(r *netlink.Route) error {
 const ip6DefaultMetric = 1024
 
 func sameRoute(a, b *netlink.Route) bool {
-	if routeType(a) == unix.RTN_BLACKHOLE || routeType(b) == unix.RTN_BLACKHOLE {
-		// The kernel reports an IPv6 blackhole route on lo.
+	if reject(a) || reject(b) {
+		// The kernel reports an IPv6 blackhole or unreachable route on
+		// lo; an IPv4 one on no link.
 		return routeType(a) == routeType(b) && a.Priority == b.Priority
 	}
 	onlink := int(netlink.FLAG_ONLINK)
@@ -371,12 +372,23 @@ func routeType(r *netlink.Route) int {
 	return r.Type
 }
 
+// rejectTypes are the route types that send nowhere, by the name `ip
+// route` gives them: blackhole (bgp's own block) and unreachable (vxlan
+// and hostgw: the network's CIDR).
+var rejectTypes = map[int]string{unix.RTN_BLACKHOLE: "blackhole", unix.RTN_UNREACHABLE: "unreachable", unix.RTN_PROHIBIT: "prohibit"}
+
+// reject reports whether r is a route of one of rejectTypes.
+func reject(r *netlink.Route) bool {
+	_, ok := rejectTypes[routeType(r)]
+	return ok
+}
+
 // DescribeRoute renders a route the way `ip route` does, for logs and
 // status, naming links with name.
 func DescribeRoute(r *netlink.Route, name func(int) string) string {
 	var b strings.Builder
-	if routeType(r) == unix.RTN_BLACKHOLE {
-		b.WriteString("blackhole ")
+	if t, ok := rejectTypes[routeType(r)]; ok {
+		b.WriteString(t + " ")
 	}
 	fmt.Fprintf(&b, "%s", r.Dst)
 	if r.Gw != nil {
