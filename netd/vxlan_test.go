@@ -75,7 +75,7 @@ func TestVXLAN(t *testing.T) {
 		}
 	}
 	// and the network's CIDR refused past the node subnets.
-	if len(r) != 3 || r["10.244.0.0/16"] != "unreachable 10.244.0.0/16" {
+	if len(r) != 3 || r["10.244.0.0/16"] != "unreachable 10.244.0.0/16 metric 4294967295" {
 		t.Errorf("node1 routes: %v", r)
 	}
 	// The MAC node1's lease publishes (netd made the VTEP while it

@@ -75,12 +75,13 @@ func TestDiff(t *testing.T) {
 			want: backend.State{Routes: []netlink.Route{
 				route("10.244.2.0/24", "192.168.50.2", 2), route("10.244.3.0/24", "192.168.50.3", 2), route("10.244.4.0/24", "192.168.50.4", 2),
 			}},
+			// A route of another metric is another route to the kernel,
+			// which a replace would not touch: it is removed.
 			changes: []string{
 				"replace route 10.244.2.0/24 via 192.168.50.99 dev eth0 with 10.244.2.0/24 via 192.168.50.2 dev eth0",
 				"add route 10.244.3.0/24 via 192.168.50.3 dev eth0",
-				"remove duplicate route 10.244.4.0/24 via 192.168.50.4 dev eth0",
-				"replace route 10.244.4.0/24 via 192.168.50.4 dev eth0 with 10.244.4.0/24 via 192.168.50.4 dev eth0",
 				"remove route 10.244.9.0/24 via 192.168.50.9 dev eth0",
+				"remove route 10.244.4.0/24 via 192.168.50.4 dev eth0 metric 7",
 			},
 		},
 		{
@@ -133,18 +134,23 @@ func TestDiff(t *testing.T) {
 			links: map[int]string{1: "lo"},
 		},
 		{
-			name: "unreachable routes to the network: added, another metric or type replaced, removed when not wanted",
+			name: "unreachable routes to the network: added, another type replaced, another metric added and the old removed, removed when not wanted",
 			have: backend.State{Routes: []netlink.Route{
 				mine(unreachable("10.244.0.0/16", 0, 0)),
-				mine(route("fd00:244::/56", "fd00:50::7", 2)),
+				func() netlink.Route {
+					r := mine(route("fd00:244::/56", "fd00:50::7", 2))
+					r.Priority = backend.UnreachableMetric
+					return r
+				}(),
 				mine(unreachable("10.245.0.0/16", 0, backend.UnreachableMetric)),
 			}},
 			want: backend.State{Routes: backend.UnreachableRoutes([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56"), netip.MustParsePrefix("10.246.0.0/16")})},
 			changes: []string{
-				"replace route unreachable 10.244.0.0/16 with unreachable 10.244.0.0/16",
-				"replace route fd00:244::/56 via fd00:50::7 dev eth0 with unreachable fd00:244::/56",
-				"add route unreachable 10.246.0.0/16",
-				"remove route unreachable 10.245.0.0/16",
+				"add route unreachable 10.244.0.0/16 metric 4294967295",
+				"replace route fd00:244::/56 via fd00:50::7 dev eth0 metric 4294967295 with unreachable fd00:244::/56 metric 4294967295",
+				"add route unreachable 10.246.0.0/16 metric 4294967295",
+				"remove route unreachable 10.244.0.0/16",
+				"remove route unreachable 10.245.0.0/16 metric 4294967295",
 			},
 		},
 		{
@@ -406,18 +412,39 @@ func TestReadApplyDualStack(t *testing.T) {
 	}
 }
 
-// In a namespace: with the unreachable routes to the network, the kernel
-// refuses an address of it that no more specific route takes (a subnet
-// no node holds) and still routes a node subnet; netd leave's removal
-// (Teardown: RemoveRoutes) takes them away again.
+// In a namespace: the unreachable routes to the network take the place
+// of netd's routes to the CIDR of another type or metric (made by hand)
+// in one pass; then the kernel refuses an address of the network that no
+// more specific route takes (a subnet no node holds) and still routes a
+// node subnet; netd leave's removal (Teardown: RemoveRoutes) takes them
+// away again.
 func TestUnreachableRoutes(t *testing.T) {
 	netns, node := backendtest.Node(t, conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")})
 	err := netns.Do(func(ns.NetNS) error {
 		eth0 := node.Link.Attrs().Index
+		for _, r := range []netlink.Route{
+			mine(route("10.244.0.0/16", "192.168.50.7", eth0)),
+			mine(unreachable("fd00:244::/56", 0, 0)),
+		} {
+			if err := netlink.RouteAdd(&r); err != nil {
+				return err
+			}
+		}
 		want := backend.State{Routes: append(backend.UnreachableRoutes(node.Network.CIDRs()),
 			route("10.244.2.0/24", "192.168.50.2", eth0), route("fd00:244:0:2::/64", "fd00:50::2", eth0))}
-		if _, err := backend.Apply(backend.Diff(backend.State{}, want)); err != nil {
+		owned := backend.Owned{CIDRs: node.Network.CIDRs()}
+		have, err := backend.Read(owned)
+		if err != nil {
 			return err
+		}
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
+			return err
+		}
+		if have, err = backend.Read(owned); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
 		}
 		for _, tc := range []struct {
 			dst  string
@@ -440,7 +467,7 @@ func TestUnreachableRoutes(t *testing.T) {
 		if err := backend.RemoveRoutes(node.Network.CIDRs()); err != nil {
 			return err
 		}
-		have, err := backend.Read(backend.Owned{CIDRs: node.Network.CIDRs()})
+		have, err = backend.Read(owned)
 		if err != nil || len(have.Routes) != 0 {
 			t.Errorf("after RemoveRoutes: %v %v", have.Routes, err)
 		}

@@ -3,7 +3,6 @@ package hostgw
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -60,7 +59,7 @@ func TestDesired(t *testing.T) {
 		Underlay: underlay,
 	})
 	name := func(int) string { return "eth0" }
-	if len(s.Routes) != 2 || backend.DescribeRoute(&s.Routes[0], name) != "unreachable 10.244.0.0/16" ||
+	if len(s.Routes) != 2 || backend.DescribeRoute(&s.Routes[0], name) != "unreachable 10.244.0.0/16 metric 4294967295" ||
 		backend.DescribeRoute(&s.Routes[1], name) != "10.244.2.0/24 via 192.168.50.2 dev eth0" {
 		t.Errorf("routes %v", s.Routes)
 	}
@@ -122,7 +121,7 @@ func TestDesiredDualStack(t *testing.T) {
 	for _, r := range s.Routes {
 		got = append(got, backend.DescribeRoute(&r, func(int) string { return "eth0" }))
 	}
-	want := "unreachable 10.244.0.0/16; unreachable fd00:244::/56; 10.244.2.0/24 via 192.168.50.2 dev eth0; fd00:244:0:2::/64 via fd00:50::2 dev eth0; 10.244.3.0/24 via 192.168.50.3 dev eth0; " +
+	want := "unreachable 10.244.0.0/16 metric 4294967295; unreachable fd00:244::/56 metric 4294967295; 10.244.2.0/24 via 192.168.50.2 dev eth0; fd00:244:0:2::/64 via fd00:50::2 dev eth0; 10.244.3.0/24 via 192.168.50.3 dev eth0; " +
 		"10.244.4.0/24 via 192.168.50.4 dev eth0; fd00:244:0:9::/64 via fd00:50::9 dev eth0"
 	if strings.Join(got, "; ") != want {
 		t.Errorf("routes\n got %s\nwant %s", strings.Join(got, "; "), want)
@@ -167,7 +166,7 @@ func TestDesiredUnreachable(t *testing.T) {
 			s, problems := nw.Desired(backend.Input{Underlay: underlay6})
 			var got []string
 			for _, r := range s.Routes {
-				got = append(got, fmt.Sprintf("%s metric %d", backend.DescribeRoute(&r, strconv.Itoa), r.Priority))
+				got = append(got, backend.DescribeRoute(&r, strconv.Itoa))
 			}
 			if strings.Join(got, "; ") != tc.want || len(problems) != 0 {
 				t.Errorf("routes %s, problems %v; want %s", strings.Join(got, "; "), problems, tc.want)
