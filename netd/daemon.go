@@ -133,6 +133,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
+	if err := u.outside(n); err != nil {
+		return err
+	}
 	d.node.Network, d.node.BGP = n, cfg.BGP // the rest was set before /status was served
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
 		return err

@@ -78,6 +78,23 @@ func (u *underlay) node(name string, n *conf.Network) backend.Node {
 	return backend.Node{Name: name, IP: u.IP, IPv6: u.IPv6, PreferIPv6: u.PreferIPv6, Link: u.Link, Network: n}
 }
 
+// outside checks that the node's underlay addresses are outside network
+// n's CIDRs. Every other node ignores the lease of a node inside them
+// (traffic to it would loop), and in vxlan and hostgw mode the
+// unreachable route to the CIDR would take the node's own neighbours and
+// gateway inside it off the underlay.
+func (u *underlay) outside(n *conf.Network) error {
+	for _, ip := range u.addrs() {
+		for _, cidr := range n.CIDRs() {
+			if cidr.Contains(ip) {
+				return fmt.Errorf("network %s: this node's address %s is inside the network's CIDR %s: the network's addresses must be apart from the underlay's (another --network-cidr, or another --node-ip)",
+					n.Name, ip, cidr)
+			}
+		}
+	}
+	return nil
+}
+
 // primary is the node's preferred address.
 func (u *underlay) primary() netip.Addr {
 	if u.PreferIPv6 {

@@ -74,7 +74,8 @@ func TestVXLAN(t *testing.T) {
 			t.Errorf("route to node%d: %q, want %q", i, r[subnets[i].String()], want)
 		}
 	}
-	if len(r) != 2 {
+	// and the network's CIDR refused past the node subnets.
+	if len(r) != 3 || r["10.244.0.0/16"] != "unreachable 10.244.0.0/16 metric 4294967295" {
 		t.Errorf("node1 routes: %v", r)
 	}
 	// The MAC node1's lease publishes (netd made the VTEP while it
@@ -245,7 +246,7 @@ func TestVXLAN(t *testing.T) {
 		}
 		c.start(1)
 		c.converged(1, 1)
-		if r := routes(t, n1); r[subnets[3].String()] != "" || len(r) != 1 {
+		if r := routes(t, n1); r[subnets[3].String()] != "" || len(r) != 2 {
 			t.Errorf("node1 after restart: %v", r)
 		}
 		err = n3.Do(func() error {

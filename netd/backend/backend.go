@@ -14,12 +14,14 @@ package backend
 import (
 	"context"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"sort"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/netd/cluster"
@@ -266,6 +268,32 @@ type State struct {
 // IPNet converts p to the form netlink takes.
 func IPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// UnreachableMetric is the metric of a network's unreachable routes
+// (UnreachableRoutes): the last resort, so that a route someone else puts to
+// the whole network CIDR wins over it. The routes to node subnets win by
+// their longer prefix.
+const UnreachableMetric = math.MaxUint32
+
+// UnreachableRoutes are, per CIDR (family) of an overlay or host-gw network,
+//
+//	unreachable <network CIDR> proto 73 metric 4294967295
+//
+// which takes what no more specific route does: an address of a subnet no
+// node holds, or of a peer whose lease expired and whose route netd
+// removed. Without it such a packet would follow the node's default route
+// and leave the node unencapsulated, with a container's address, to the
+// gateway; with it the kernel answers the sender at once with ICMP
+// unreachable (connect: EHOSTUNREACH or ENETUNREACH). Not for bgp: there
+// a node may reach other blocks through its default gateway, a router
+// that learned them over BGP and sends the nodes only a default route.
+func UnreachableRoutes(cidrs []netip.Prefix) []netlink.Route {
+	var out []netlink.Route
+	for _, cidr := range cidrs {
+		out = append(out, netlink.Route{Dst: IPNet(cidr), Type: unix.RTN_UNREACHABLE, Priority: UnreachableMetric})
+	}
+	return out
 }
 
 // UnderlayMTU is the container MTU of a routed network (hostgw, bgp):

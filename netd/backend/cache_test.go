@@ -242,3 +242,54 @@ func TestCacheAppliedAfterEvents(t *testing.T) {
 		t.Errorf("echo of an applied change: %s", ev)
 	}
 }
+
+// The unreachable routes to the network, as the kernel echoes them (IPv4
+// on no link, IPv6 on lo), are what netd applied, whichever comes first:
+// the echo is no change, and no pass re-adds them.
+func TestCacheUnreachableEcho(t *testing.T) {
+	cidrs := []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")}
+	owned := Owned{CIDRs: cidrs, Links: []int{5}}
+	want := State{Routes: UnreachableRoutes(cidrs)}
+	echoes := []netlink.RouteUpdate{
+		{Type: unix.RTM_NEWROUTE, Route: netlink.Route{Dst: IPNet(cidrs[0]), Type: unix.RTN_UNREACHABLE, Priority: UnreachableMetric,
+			Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN, Family: netlink.FAMILY_V4}},
+		{Type: unix.RTM_NEWROUTE, Route: netlink.Route{Dst: IPNet(cidrs[1]), Type: unix.RTN_UNREACHABLE, Priority: UnreachableMetric,
+			Protocol: RouteProtocol, Table: unix.RT_TABLE_MAIN, Family: netlink.FAMILY_V6, LinkIndex: 1}},
+	}
+	for _, tc := range []struct {
+		name       string
+		echoFirst  bool
+		echoEvents Event // what the echoes mean to the cache
+	}{
+		{"applied, then the echo", false, Unrelated},
+		{"the echo, then applied", true, OwnedChanged},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &Cache{}
+			c.fill(owned, State{Links: map[int]string{1: "lo", 5: "berth.1"}})
+			since := c.Seq()
+			changes := Diff(State{}, want)
+			if len(changes) != 2 {
+				t.Fatalf("changes %v", changes)
+			}
+			if !tc.echoFirst {
+				c.Applied(changes, since)
+			}
+			for _, u := range echoes {
+				if ev := c.Route(u); ev != tc.echoEvents {
+					t.Errorf("echo of %s: %s, want %s", u.Dst, ev, tc.echoEvents)
+				}
+			}
+			if tc.echoFirst {
+				c.Applied(changes, since)
+			}
+			have, ok := c.State(owned)
+			if !ok || len(have.Routes) != 2 {
+				t.Fatalf("state %+v %v", have, ok)
+			}
+			if again := Diff(have, want); len(again) != 0 {
+				t.Errorf("next pass: %v", again)
+			}
+		})
+	}
+}

@@ -197,8 +197,8 @@ func Diff(have, want State) []Change {
 // kind is what diff needs to know about one kind of kernel object.
 type kind[T any] struct {
 	noun string // "route", "neighbour" ...
-	// key identifies an object: the kernel holds one per key (routes:
-	// possibly several, of different metrics; the extras are removed).
+	// key identifies an object: the kernel holds one per key, which one
+	// set replaces (the extras some kernels let in are removed).
 	key func(*T) string
 	// normalize fills in what the kernel reports back on a wanted object
 	// (family, state, protocol), so that it compares equal.
@@ -307,7 +307,13 @@ func fdbs(name func(int) string) kind[netlink.Neigh] {
 func routes(name func(int) string) kind[netlink.Route] {
 	return kind[netlink.Route]{
 		noun: "route",
-		key:  func(r *netlink.Route) string { return r.Dst.String() },
+		// The kernel holds a route per destination and metric (and TOS,
+		// which netd leaves 0), and replaces only the one of the same
+		// metric: a route of another metric is another route, added
+		// next to it. Keyed by destination alone, a route of netd's at
+		// another metric than wanted (made by hand, or by a netd that
+		// wanted another) would be "replaced" on every pass and never go.
+		key: func(r *netlink.Route) string { return fmt.Sprintf("%s/%d", r.Dst, r.Priority) },
 		normalize: func(r *netlink.Route) {
 			r.Protocol = RouteProtocol
 			r.Table = unix.RT_TABLE_MAIN
@@ -345,8 +351,9 @@ func replaceRoute(r *netlink.Route) error {
 const ip6DefaultMetric = 1024
 
 func sameRoute(a, b *netlink.Route) bool {
-	if routeType(a) == unix.RTN_BLACKHOLE || routeType(b) == unix.RTN_BLACKHOLE {
-		// The kernel reports an IPv6 blackhole route on lo.
+	if reject(a) || reject(b) {
+		// The kernel reports an IPv6 blackhole or unreachable route on
+		// lo; an IPv4 one on no link.
 		return routeType(a) == routeType(b) && a.Priority == b.Priority
 	}
 	onlink := int(netlink.FLAG_ONLINK)
@@ -371,12 +378,23 @@ func routeType(r *netlink.Route) int {
 	return r.Type
 }
 
+// rejectTypes are the route types that send nowhere, by the name `ip
+// route` gives them: blackhole (bgp's own block) and unreachable (vxlan
+// and hostgw: the network's CIDR).
+var rejectTypes = map[int]string{unix.RTN_BLACKHOLE: "blackhole", unix.RTN_UNREACHABLE: "unreachable"}
+
+// reject reports whether r is a route of one of rejectTypes.
+func reject(r *netlink.Route) bool {
+	_, ok := rejectTypes[routeType(r)]
+	return ok
+}
+
 // DescribeRoute renders a route the way `ip route` does, for logs and
 // status, naming links with name.
 func DescribeRoute(r *netlink.Route, name func(int) string) string {
 	var b strings.Builder
-	if routeType(r) == unix.RTN_BLACKHOLE {
-		b.WriteString("blackhole ")
+	if t, ok := rejectTypes[routeType(r)]; ok {
+		b.WriteString(t + " ")
 	}
 	fmt.Fprintf(&b, "%s", r.Dst)
 	if r.Gw != nil {
@@ -387,6 +405,10 @@ func DescribeRoute(r *netlink.Route, name func(int) string) string {
 	}
 	if r.Flags&int(netlink.FLAG_ONLINK) != 0 {
 		b.WriteString(" onlink")
+	}
+	// The metric, but the kernel's default of each family.
+	if r.Priority != 0 && (r.Dst == nil || family(r.Dst.IP) != netlink.FAMILY_V6 || r.Priority != ip6DefaultMetric) {
+		fmt.Fprintf(&b, " metric %d", r.Priority)
 	}
 	return b.String()
 }

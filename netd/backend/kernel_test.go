@@ -1,6 +1,8 @@
 package backend_test
 
 import (
+	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"strings"
@@ -28,6 +30,12 @@ func mine(r netlink.Route) netlink.Route {
 	return r
 }
 
+// unreachable is an unreachable route to dst on link (the kernel reports
+// an IPv6 one on lo) with metric.
+func unreachable(dst string, link, metric int) netlink.Route {
+	return netlink.Route{Dst: backend.IPNet(netip.MustParsePrefix(dst)), Type: unix.RTN_UNREACHABLE, LinkIndex: link, Priority: metric}
+}
+
 func mac(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 
 func neigh(ip, lladdr string, state int) netlink.Neigh {
@@ -53,6 +61,7 @@ func TestDiff(t *testing.T) {
 		name       string
 		have, want backend.State
 		changes    []string
+		links      map[int]string // besides eth0 and berth.1
 	}{
 		{name: "nothing"},
 		{
@@ -66,12 +75,13 @@ func TestDiff(t *testing.T) {
 			want: backend.State{Routes: []netlink.Route{
 				route("10.244.2.0/24", "192.168.50.2", 2), route("10.244.3.0/24", "192.168.50.3", 2), route("10.244.4.0/24", "192.168.50.4", 2),
 			}},
+			// A route of another metric is another route to the kernel,
+			// which a replace would not touch: it is removed.
 			changes: []string{
 				"replace route 10.244.2.0/24 via 192.168.50.99 dev eth0 with 10.244.2.0/24 via 192.168.50.2 dev eth0",
 				"add route 10.244.3.0/24 via 192.168.50.3 dev eth0",
-				"remove duplicate route 10.244.4.0/24 via 192.168.50.4 dev eth0",
-				"replace route 10.244.4.0/24 via 192.168.50.4 dev eth0 with 10.244.4.0/24 via 192.168.50.4 dev eth0",
 				"remove route 10.244.9.0/24 via 192.168.50.9 dev eth0",
+				"remove route 10.244.4.0/24 via 192.168.50.4 dev eth0 metric 7",
 			},
 		},
 		{
@@ -113,6 +123,35 @@ func TestDiff(t *testing.T) {
 				route("fd00:244:0:3::/64", "fd00:50::3", 2),
 			}},
 			changes: []string{"replace route fd00:244:0:3::/64 via fd00:50::99 dev eth0 with fd00:244:0:3::/64 via fd00:50::3 dev eth0"},
+		},
+		{
+			name: "unreachable routes to the network: as the kernel reports them (IPv4 on no link, IPv6 on lo), what was asked for",
+			have: backend.State{Routes: []netlink.Route{
+				mine(unreachable("10.244.0.0/16", 0, backend.UnreachableMetric)),
+				mine(unreachable("fd00:244::/56", 1, backend.UnreachableMetric)),
+			}},
+			want:  backend.State{Routes: backend.UnreachableRoutes([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")})},
+			links: map[int]string{1: "lo"},
+		},
+		{
+			name: "unreachable routes to the network: added, another type replaced, another metric added and the old removed, removed when not wanted",
+			have: backend.State{Routes: []netlink.Route{
+				mine(unreachable("10.244.0.0/16", 0, 0)),
+				func() netlink.Route {
+					r := mine(route("fd00:244::/56", "fd00:50::7", 2))
+					r.Priority = backend.UnreachableMetric
+					return r
+				}(),
+				mine(unreachable("10.245.0.0/16", 0, backend.UnreachableMetric)),
+			}},
+			want: backend.State{Routes: backend.UnreachableRoutes([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56"), netip.MustParsePrefix("10.246.0.0/16")})},
+			changes: []string{
+				"add route unreachable 10.244.0.0/16 metric 4294967295",
+				"replace route fd00:244::/56 via fd00:50::7 dev eth0 metric 4294967295 with unreachable fd00:244::/56 metric 4294967295",
+				"add route unreachable 10.246.0.0/16 metric 4294967295",
+				"remove route unreachable 10.244.0.0/16",
+				"remove route unreachable 10.245.0.0/16 metric 4294967295",
+			},
 		},
 		{
 			name: "IPv6 neighbours: compared as IPv4 ones",
@@ -186,7 +225,8 @@ func TestDiff(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			tc.have.Links = links
+			tc.have.Links = maps.Clone(links)
+			maps.Copy(tc.have.Links, tc.links)
 			var got []string
 			for _, c := range backend.Diff(tc.have, tc.want) {
 				got = append(got, c.What)
@@ -288,7 +328,8 @@ func TestReadApply(t *testing.T) {
 }
 
 // The same for both families at once: IPv6 routes (with the kernel's
-// metric and an IPv6 blackhole), IPv6 neighbours and addresses on an
+// metric, an IPv6 blackhole, and the unreachable routes to the network
+// of both families), IPv6 neighbours and addresses on an
 // owned link are read, applied and then match; the link-local address
 // the kernel gave the link is not netd's.
 func TestReadApplyDualStack(t *testing.T) {
@@ -342,6 +383,7 @@ func TestReadApplyDualStack(t *testing.T) {
 				overlay,
 			},
 		}
+		want.Routes = append(want.Routes, backend.UnreachableRoutes(node.Network.CIDRs())...)
 		owned := backend.Owned{CIDRs: node.Network.CIDRs(), Links: []int{idx}}
 		have, err := backend.Read(owned)
 		if err != nil {
@@ -359,11 +401,77 @@ func TestReadApplyDualStack(t *testing.T) {
 		if again := backend.Diff(have, want); len(again) != 0 {
 			t.Errorf("second pass: %v", again)
 		}
-		if len(have.Routes) != 4 || len(have.Neighs) != 1 || len(have.Addrs) != 2 {
+		if len(have.Routes) != 6 || len(have.Neighs) != 1 || len(have.Addrs) != 2 {
 			t.Errorf("read back %+v", have)
 		}
 		_, err = backend.Apply(backend.Diff(have, backend.State{}))
 		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// In a namespace: the unreachable routes to the network take the place
+// of netd's routes to the CIDR of another type or metric (made by hand)
+// in one pass; then the kernel refuses an address of the network that no
+// more specific route takes (a subnet no node holds) and still routes a
+// node subnet; netd leave's removal (Teardown: RemoveRoutes) takes them
+// away again.
+func TestUnreachableRoutes(t *testing.T) {
+	netns, node := backendtest.Node(t, conf.Network{CIDR: netip.MustParsePrefix("10.244.0.0/16"), CIDRv6: netip.MustParsePrefix("fd00:244::/56")})
+	err := netns.Do(func(ns.NetNS) error {
+		eth0 := node.Link.Attrs().Index
+		for _, r := range []netlink.Route{
+			mine(route("10.244.0.0/16", "192.168.50.7", eth0)),
+			mine(unreachable("fd00:244::/56", 0, 0)),
+		} {
+			if err := netlink.RouteAdd(&r); err != nil {
+				return err
+			}
+		}
+		want := backend.State{Routes: append(backend.UnreachableRoutes(node.Network.CIDRs()),
+			route("10.244.2.0/24", "192.168.50.2", eth0), route("fd00:244:0:2::/64", "fd00:50::2", eth0))}
+		owned := backend.Owned{CIDRs: node.Network.CIDRs()}
+		have, err := backend.Read(owned)
+		if err != nil {
+			return err
+		}
+		if _, err := backend.Apply(backend.Diff(have, want)); err != nil {
+			return err
+		}
+		if have, err = backend.Read(owned); err != nil {
+			return err
+		}
+		if again := backend.Diff(have, want); len(again) != 0 {
+			t.Errorf("second pass: %v", again)
+		}
+		for _, tc := range []struct {
+			dst  string
+			want error // nil: routed via eth0
+		}{
+			{"10.244.2.5", nil},
+			{"fd00:244:0:2::5", nil},
+			{"10.244.7.5", unix.EHOSTUNREACH}, // what the node itself gets; a container, ICMP
+			{"fd00:244:0:7::5", unix.EHOSTUNREACH},
+			{"10.245.0.1", nil}, // outside the network: the default route
+		} {
+			rs, err := netlink.RouteGet(net.ParseIP(tc.dst))
+			switch {
+			case tc.want != nil && !errors.Is(err, tc.want):
+				t.Errorf("route get %s: %v %v, want %v", tc.dst, rs, err, tc.want)
+			case tc.want == nil && (err != nil || len(rs) != 1 || rs[0].LinkIndex != eth0):
+				t.Errorf("route get %s: %v %v, want via eth0", tc.dst, rs, err)
+			}
+		}
+		if err := backend.RemoveRoutes(node.Network.CIDRs()); err != nil {
+			return err
+		}
+		have, err = backend.Read(owned)
+		if err != nil || len(have.Routes) != 0 {
+			t.Errorf("after RemoveRoutes: %v %v", have.Routes, err)
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)

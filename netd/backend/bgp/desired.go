@@ -20,6 +20,11 @@ import (
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
 	var s backend.State
 	var problems []backend.Problem
+	// No unreachable route to the network's CIDR (backend.UnreachableRoutes,
+	// as vxlan and hostgw have): a node may reach other blocks through
+	// its default gateway, a router that learned them over BGP and sends
+	// the nodes only a default route. Only the node's own block is
+	// refused, below.
 	self := in.Self.Subnets()
 	for _, block := range self {
 		// Addresses of the block not (yet) given to a container must not

@@ -4,6 +4,9 @@
 //	<peer subnet> via <peer node IP> dev <underlay> proto 73
 //	<peer IPv6 subnet> via <peer node IPv6> dev <underlay> proto 73
 //
+// and per family of the network the route that refuses the rest of it
+// (backend.UnreachableRoutes: unreachable <network CIDR> proto 73).
+//
 // A peer behind a router cannot be reached this way (the router knows
 // nothing of the node subnets); it is reported as a problem instead of
 // getting a route that would silently black-hole its traffic.
@@ -47,7 +50,7 @@ func (nw *network) Owned() backend.Owned {
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
-	var s backend.State
+	s := backend.State{Routes: backend.UnreachableRoutes(nw.node.Network.CIDRs())}
 	var problems []backend.Problem
 	for _, p := range in.Peers {
 		var errs []error // a family that cannot be routed leaves the other one routed

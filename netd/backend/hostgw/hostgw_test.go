@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -58,7 +59,8 @@ func TestDesired(t *testing.T) {
 		Underlay: underlay,
 	})
 	name := func(int) string { return "eth0" }
-	if len(s.Routes) != 1 || backend.DescribeRoute(&s.Routes[0], name) != "10.244.2.0/24 via 192.168.50.2 dev eth0" {
+	if len(s.Routes) != 2 || backend.DescribeRoute(&s.Routes[0], name) != "unreachable 10.244.0.0/16 metric 4294967295" ||
+		backend.DescribeRoute(&s.Routes[1], name) != "10.244.2.0/24 via 192.168.50.2 dev eth0" {
 		t.Errorf("routes %v", s.Routes)
 	}
 	if len(problems) != 2 || problems[0].Peer != "far" ||
@@ -119,7 +121,7 @@ func TestDesiredDualStack(t *testing.T) {
 	for _, r := range s.Routes {
 		got = append(got, backend.DescribeRoute(&r, func(int) string { return "eth0" }))
 	}
-	want := "10.244.2.0/24 via 192.168.50.2 dev eth0; fd00:244:0:2::/64 via fd00:50::2 dev eth0; 10.244.3.0/24 via 192.168.50.3 dev eth0; " +
+	want := "unreachable 10.244.0.0/16 metric 4294967295; unreachable fd00:244::/56 metric 4294967295; 10.244.2.0/24 via 192.168.50.2 dev eth0; fd00:244:0:2::/64 via fd00:50::2 dev eth0; 10.244.3.0/24 via 192.168.50.3 dev eth0; " +
 		"10.244.4.0/24 via 192.168.50.4 dev eth0; fd00:244:0:9::/64 via fd00:50::9 dev eth0"
 	if strings.Join(got, "; ") != want {
 		t.Errorf("routes\n got %s\nwant %s", strings.Join(got, "; "), want)
@@ -127,5 +129,48 @@ func TestDesiredDualStack(t *testing.T) {
 	if len(problems) != 2 || problems[0].Peer != "noipv6" || !strings.Contains(problems[0].Err.Error(), "no IPv6 node address (nodeIPv6) to route its subnet fd00:244:0:3::/64") ||
 		problems[1].Peer != "far6" || !strings.Contains(problems[1].Err.Error(), "node IP fd00:60::4 is not on this node's L2 segment") {
 		t.Errorf("problems %v", problems)
+	}
+}
+
+// Per family of the network, whether this node has a lease or peers yet:
+// the unreachable route to the network's CIDR, with the last metric, so
+// that an address of a subnet no peer holds is refused instead of
+// following the default route.
+func TestDesiredUnreachable(t *testing.T) {
+	v4, v6 := netip.MustParsePrefix("10.244.0.0/16"), netip.MustParsePrefix("fd00:244::/56")
+	for _, tc := range []struct {
+		name  string
+		cidrs []netip.Prefix
+		want  string
+	}{
+		{"IPv4", []netip.Prefix{v4}, "unreachable 10.244.0.0/16 metric 4294967295"},
+		{"dual-stack", []netip.Prefix{v4, v6}, "unreachable 10.244.0.0/16 metric 4294967295; unreachable fd00:244::/56 metric 4294967295"},
+		{"IPv6-only", []netip.Prefix{v6}, "unreachable fd00:244::/56 metric 4294967295"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := conf.Network{Mode: "hostgw"}
+			for _, c := range tc.cidrs {
+				if c.Addr().Is4() {
+					n.CIDR = c
+				} else {
+					n.CIDRv6 = c
+				}
+			}
+			n = n.WithDefaults()
+			nd := node(0)
+			nd.Network = &n
+			nw, err := Backend{}.Register(context.Background(), nd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, problems := nw.Desired(backend.Input{Underlay: underlay6})
+			var got []string
+			for _, r := range s.Routes {
+				got = append(got, backend.DescribeRoute(&r, strconv.Itoa))
+			}
+			if strings.Join(got, "; ") != tc.want || len(problems) != 0 {
+				t.Errorf("routes %s, problems %v; want %s", strings.Join(got, "; "), problems, tc.want)
+			}
+		})
 	}
 }

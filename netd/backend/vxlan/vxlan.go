@@ -7,6 +7,8 @@
 //	  neighbour  <peer subnet>.0 lladdr <peer VTEP MAC> dev berth.<vni> permanent
 //	  fdb        <peer VTEP MAC> dst <peer node IP> dev berth.<vni> self permanent
 //	  route      <peer subnet> via <peer subnet>.0 dev berth.<vni> onlink proto 73
+//	per family of the network:
+//	  route      unreachable <network CIDR> proto 73 (backend.UnreachableRoutes)
 //
 // With directRouting a peer on the same L2 segment gets a host-gw route
 // (<peer subnet> via <peer node IP> dev <underlay>) instead.
@@ -395,7 +397,7 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
-	var s backend.State
+	s := backend.State{Routes: backend.UnreachableRoutes(nw.node.Network.CIDRs())}
 	var problems []backend.Problem
 	vtep := int(nw.vtep.Load())
 	for _, self := range in.Self.Subnets() {

@@ -133,10 +133,10 @@ func TestDesired(t *testing.T) {
 		got := describe(s)
 		want := "address 10.244.1.0/32 dev 5; neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; " +
 			"fdb 02:00:00:00:00:02 192.168.50.2 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
-			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
+			"route unreachable 10.244.0.0/16 metric 4294967295; route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
 		if direct {
 			want = "address 10.244.1.0/32 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
-				"route 10.244.2.0/24 via 192.168.50.2 dev 2; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
+				"route unreachable 10.244.0.0/16 metric 4294967295; route 10.244.2.0/24 via 192.168.50.2 dev 2; route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink"
 		}
 		if got != want {
 			t.Errorf("direct routing %v:\n got %s\nwant %s", direct, got, want)
@@ -183,7 +183,7 @@ func TestApply(t *testing.T) {
 			Underlay: backend.NewUnderlay(node).Path,
 		}
 		want, problems := nw.Desired(in)
-		if len(problems) != 0 || len(want.Routes) != 2 || want.Routes[0].LinkIndex != node.Link.Attrs().Index {
+		if len(problems) != 0 || len(want.Routes) != 3 || want.Routes[1].LinkIndex != node.Link.Attrs().Index {
 			t.Errorf("want %+v, problems %v", want, problems)
 		}
 		have, err := backend.Read(nw.Owned())
@@ -255,16 +255,16 @@ func TestDesiredDualStack(t *testing.T) {
 		{"vtep over IPv4", false, false, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
 			"neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour fd00:244:0:2:: 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; " +
 			"fdb 02:00:00:00:00:02 192.168.50.2 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
-			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
+			"route unreachable 10.244.0.0/16 metric 4294967295; route unreachable fd00:244::/56 metric 4294967295; route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
 			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
 		{"vtep over IPv6", true, false, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
 			"neighbour 10.244.2.0 02:00:00:00:00:02 dev 5; neighbour fd00:244:0:2:: 02:00:00:00:00:02 dev 5; neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; " +
 			"fdb 02:00:00:00:00:02 fd00:50::2 dev 5; fdb 02:00:00:00:00:03 fd00:60::3 dev 5; " +
-			"route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
+			"route unreachable 10.244.0.0/16 metric 4294967295; route unreachable fd00:244::/56 metric 4294967295; route 10.244.2.0/24 via 10.244.2.0 dev 5 onlink; route fd00:244:0:2::/64 via fd00:244:0:2:: dev 5 onlink; " +
 			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
 		{"direct routing", false, true, "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; " +
 			"neighbour 10.244.3.0 02:00:00:00:00:03 dev 5; neighbour fd00:244:0:3:: 02:00:00:00:00:03 dev 5; fdb 02:00:00:00:00:03 192.168.60.3 dev 5; " +
-			"route 10.244.2.0/24 via 192.168.50.2 dev 2; route fd00:244:0:2::/64 via fd00:50::2 dev 2; " +
+			"route unreachable 10.244.0.0/16 metric 4294967295; route unreachable fd00:244::/56 metric 4294967295; route 10.244.2.0/24 via 192.168.50.2 dev 2; route fd00:244:0:2::/64 via fd00:50::2 dev 2; " +
 			"route 10.244.3.0/24 via 10.244.3.0 dev 5 onlink; route fd00:244:0:3::/64 via fd00:244:0:3:: dev 5 onlink"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -302,7 +302,7 @@ func TestDesiredDualStackProblems(t *testing.T) {
 	old.VTEPMACv6, old.NodeIPv6 = cluster.MAC{2, 0, 0, 0, 0, 4}, netip.MustParseAddr("fd00:50::4")
 	s, problems := nw.Desired(backend.Input{Self: dualPeer("node1", 1, 50, ""), Peers: []cluster.Lease{v4vtep, noaddr, old}, Underlay: underlay6})
 	want := "address 10.244.1.0/32 dev 5; address fd00:244:0:1::/128 dev 5; neighbour 10.244.4.0 02:00:00:00:00:04 dev 5; " +
-		"fdb 02:00:00:00:00:04 fd00:50::4 dev 5; route 10.244.4.0/24 via 10.244.4.0 dev 5 onlink"
+		"fdb 02:00:00:00:00:04 fd00:50::4 dev 5; route unreachable 10.244.0.0/16 metric 4294967295; route unreachable fd00:244::/56 metric 4294967295; route 10.244.4.0/24 via 10.244.4.0 dev 5 onlink"
 	if got := describe(s); got != want {
 		t.Errorf("\n got %s\nwant %s", got, want)
 	}
@@ -359,7 +359,7 @@ func TestIPv6Underlay(t *testing.T) {
 		if again := backend.Diff(have, want); len(again) != 0 {
 			t.Errorf("second pass: %v", again)
 		}
-		if len(have.Routes) != 2 || len(have.Neighs) != 2 || len(have.FDB) != 1 || len(have.Addrs) != 2 {
+		if len(have.Routes) != 4 || len(have.Neighs) != 2 || len(have.FDB) != 1 || len(have.Addrs) != 2 {
 			t.Errorf("kernel %+v", have)
 		}
 

@@ -67,6 +67,9 @@ func routesNote(more string) string {
 	return "(routes with protocol 73 are netd's: reconcile owns them and nothing else" + more + ")"
 }
 
+// unreachableNote explains the route vxlan and hostgw keep to the network.
+const unreachableNote = "; the unreachable route refuses the network's addresses no node holds, instead of the default route"
+
 var modes = map[string]mode{
 	"vxlan": {
 		summary:  "an overlay: a VXLAN device per node with a static FDB entry, neighbour and route per peer",
@@ -75,14 +78,14 @@ var modes = map[string]mode{
 			{[]string{"ip", "-d", "link", "show", "berth.1"}, "(the VTEP: vxlan id 1, local = this node's address, dstport 8472, nolearning: netd writes the FDB)"},
 			{[]string{"bridge", "fdb", "show", "dev", "berth.1"}, "(one entry per peer: its VTEP's MAC -> its node address)"},
 			{[]string{"ip", "neigh", "show", "dev", "berth.1"}, "(one per peer: the .0 of its subnet -> its VTEP's MAC, permanent)"},
-			{[]string{"ip", "route", "show", "proto", "73"}, routesNote("")},
+			{[]string{"ip", "route", "show", "proto", "73"}, routesNote(unreachableNote)},
 		},
 	},
 	"hostgw": {
 		summary:  "plain routing: a route per peer's subnet via the peer's node address (nodes share an L2 segment)",
 		netdMode: "hostgw",
 		datapath: []show{
-			{[]string{"ip", "route", "show", "proto", "73"}, routesNote("")},
+			{[]string{"ip", "route", "show", "proto", "73"}, routesNote(unreachableNote)},
 		},
 	},
 	"bgp": {
