@@ -85,7 +85,11 @@ func TestKubernetes(t *testing.T) {
 				t.Run("the eBPF programs carry the pods' traffic", m.fastPath)
 			}
 			t.Run("hostPort answers on the node address", m.hostPort)
-			t.Run("bandwidth annotations shape the pod", m.bandwidth)
+			if m.ebpf {
+				t.Run("bandwidth annotations are refused, naming the field", m.bandwidthRefused)
+			} else {
+				t.Run("bandwidth annotations shape the pod", m.bandwidth)
+			}
 			t.Run("netd restarted by the DaemonSet loses no packet", m.restartNetd)
 			t.Run("node deletion removes its routes", m.nodeDeletion)
 		})
@@ -223,7 +227,11 @@ spec:
 	if out, err := m.c.Apply(ctx, b.Bytes()); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	pods, err := m.c.WaitPodsReady(ctx, 3*time.Minute, testNamespace, "srv-1", "srv-2", "bw-1")
+	ready := []string{"srv-1", "srv-2", "bw-1"}
+	if m.ebpf { // bw-1 is refused: bandwidthRefused
+		ready = ready[:2]
+	}
+	pods, err := m.c.WaitPodsReady(ctx, 3*time.Minute, testNamespace, ready...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -378,6 +386,34 @@ func (m *modeRun) bandwidth(t *testing.T) {
 		t.Error(err)
 	} else if got < 5*shapedRate {
 		t.Errorf("unshaped srv-1: %.1f Mbit/s, expected far above the shaped pod's %.0f", got/1e6, shapedRate/1e6)
+	}
+}
+
+// bandwidthRefused: the eBPF datapath's programs bypass tc shaping, so
+// the plugin refuses the annotated pod bw-1 (error 7) rather than run it
+// unshaped, and the pod's events say why.
+func (m *modeRun) bandwidthRefused(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const want = `runtimeConfig.bandwidth: not enforced on "datapath": "ebpf"`
+	for {
+		var events struct {
+			Items []struct {
+				Reason  string `json:"reason"`
+				Message string `json:"message"`
+			} `json:"items"`
+		}
+		err := m.c.KubectlJSON(ctx, &events, "get", "events", "-n", testNamespace, "--field-selector", "involvedObject.name=bw-1")
+		for _, e := range events.Items {
+			if e.Reason == "FailedCreatePodSandBox" && strings.Contains(e.Message, want) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("bw-1 (bandwidth annotations) on the eBPF datapath: no event saying %q after a minute (%v): %+v", want, err, events.Items)
+		case <-time.After(time.Second):
+		}
 	}
 }
 
