@@ -224,3 +224,56 @@ func TestOpenSetWithoutVTEPMAC(t *testing.T) {
 		t.Errorf("VXLAN: %+v, %v; want %+v", v, err, vx)
 	}
 }
+
+// An upgrade leaves the previous build's from_uplink attached, on the
+// network's own maps: AttachUplink replaces it in place with this
+// build's, and UplinkCurrent then says so.
+func TestAttachUplinkReplacesAnotherBuilds(t *testing.T) {
+	node := testenv.NewNS(t)
+	bpffs := testenv.BPFFS(t)
+	err := node.Do(func(ns.NetNS) error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up1"}); err != nil {
+			return err
+		}
+		l, err := netlink.LinkByName("up0")
+		if err != nil {
+			return err
+		}
+		idx := l.Attrs().Index
+		older, err := Open(bpffs, "net1")
+		if err != nil {
+			return err
+		}
+		defer older.Close()
+		if err := older.AttachUplink(idx); err != nil {
+			return err
+		}
+		// The program pins become another build's, as after an upgrade:
+		// the next Open loads this build's programs over the same maps.
+		for _, name := range []string{progUplink, progContainer} {
+			if err := os.Rename(older.progPin(name), filepath.Join(older.dir, name+"_olderbuild")); err != nil {
+				return err
+			}
+		}
+		n, err := Open(bpffs, "net1")
+		if err != nil {
+			return err
+		}
+		defer n.Close()
+		if current, err := n.UplinkCurrent(idx); err != nil || current {
+			t.Fatalf("before the replacement: current %v (%v), want the other build's program", current, err)
+		}
+		if err := n.AttachUplink(idx); err != nil {
+			t.Fatalf("replacing the other build's from_uplink: %v", err)
+		}
+		current, err := n.UplinkCurrent(idx)
+		progs, _ := testenv.TCXIngressNames(idx)
+		if err != nil || !current || len(progs) != 1 {
+			t.Errorf("after AttachUplink: current %v (%v), programs %v; want this build's alone", current, err, progs)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -956,7 +956,17 @@ func (n *Network) attach(ifindex int, name string, prog *ebpf.Program) error {
 	}
 	opts := link.RawAttachProgramOptions{Target: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress}
 	if len(mine) > 0 {
-		opts.Anchor = link.ReplaceProgramByID(mine[0])
+		// By file descriptor: the kernel takes the program to replace
+		// only as one (tcx_prog_attach: bpf_prog_get_type of
+		// replace_bpf_fd), and link.ReplaceProgramByID passes the ID
+		// there, which fails with EBADF, so an upgrade's new program
+		// was never attached.
+		old, err := ebpf.NewProgramFromID(mine[0])
+		if err != nil {
+			return fmt.Errorf("opening the %s to replace on interface %d: %w", name, ifindex, err)
+		}
+		defer old.Close()
+		opts.Anchor = link.ReplaceProgram(old)
 	}
 	if err := link.RawAttachProgram(opts); err != nil {
 		return fmt.Errorf("attaching %s to interface %d (TCX ingress): %w", name, ifindex, err)
