@@ -64,13 +64,16 @@ type cluster struct {
 	netd map[int]*testbed.Process
 }
 
+// networkCIDR is the network of the cluster's nodes.
+var networkCIDR = netip.MustParsePrefix("10.244.0.0/16")
+
 // newCluster runs netd with etcd at the endpoints (none: node 1's
 // embedded etcd) and the network's flags plus args.
 func newCluster(t *testing.T, tb *testbed.Testbed, etcd []string, args ...string) *cluster {
 	opts := testbed.NetdOptions{
 		Network: "pods", Etcd: etcd, MetricsPort: testbed.DefaultMetricsPort,
 		LeaseTTL: 10 * time.Second, ResyncInterval: 2 * time.Second,
-		Args: append([]string{"--network-cidr", "10.244.0.0/16", "--mode", "vxlan"}, args...),
+		Args: append([]string{"--network-cidr", networkCIDR.String(), "--mode", "vxlan"}, args...),
 	}
 	return &cluster{
 		t: t, tb: tb, bin: filepath.Join(testenv.BinDir(t, "netd"), "netd"),
@@ -348,9 +351,13 @@ func readKernel(t *testing.T, n *testbed.Node) kernel {
 }
 
 // wantKernel is what node self must have for the leases in etcd: per
-// other lease a route, an FDB entry and a neighbour, nothing else.
+// other lease a route, an FDB entry and a neighbour, and the network's
+// unreachable route, nothing else.
 func wantKernel(snap bcluster.Snapshot, self string) kernel {
 	var k kernel
+	for _, r := range backend.UnreachableRoutes([]netip.Prefix{networkCIDR}) {
+		k.Routes = append(k.Routes, backend.Describe(&r))
+	}
 	for _, l := range snap.Leases {
 		if l.NodeName == self {
 			k.Addrs = append(k.Addrs, netip.PrefixFrom(l.Subnet.Addr(), 32).String())
