@@ -49,6 +49,11 @@ func TestContainerCannotReachNodeLocalhost(t *testing.T) {
 	if _, err := testenv.Dial(n.ns, "127.0.0.1:8080"); err != nil {
 		t.Errorf("the node no longer reaches the published port on 127.0.0.1: %v", err)
 	}
+	// The node must know the container's MAC, as it would from any
+	// traffic: its own ARP for it, sent from 127.0.0.1, gets no answer.
+	if err := testenv.Ping(c.Netns, "10.122.0.1"); err != nil {
+		t.Fatal(err)
+	}
 	for i, tt := range []struct {
 		name     string
 		listener string // on the node

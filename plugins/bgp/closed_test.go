@@ -60,6 +60,11 @@ func TestRoutedIPv4OnlyIsClosed(t *testing.T) {
 		if _, err := testenv.Dial(node, "127.0.0.1:8080"); err != nil {
 			t.Errorf("the node no longer reaches the published port on 127.0.0.1: %v", err)
 		}
+		// The node must know the container's MAC, as it would from any
+		// traffic: its own ARP for it, sent from 127.0.0.1, gets no answer.
+		if err := testenv.Ping(c.Netns, nodeIP); err != nil {
+			t.Fatal(err)
+		}
 		testenv.Serve(t, node, "127.0.0.1:9472")
 		answered, err := testenv.SYNAnswered(c.Netns, "eth0", gw, netip.AddrPortFrom(src, 40001), netip.MustParseAddrPort("127.0.0.1:9472"))
 		if err != nil {
