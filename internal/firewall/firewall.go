@@ -390,6 +390,12 @@ func ensure(cycle *iptables.Cycle, n familyNet, a *Attachment) error {
 		}
 		return cycle.Apply(n.family, f)
 	}
+	// A network given IPv6 since its last ADD (a lease or config that
+	// gained a range) opens it again.
+	removeOwned(f, filter, chainForward, no6Chain(n.Name))
+	if len(n.inRules()) == 0 {
+		removeOwned(f, filter, chainInput, inChain(n.Name))
+	}
 
 	nat := tables.Get("nat")
 	b := iptables.NewBatch("nat")

@@ -380,6 +380,14 @@ func TestLocalnetAndClosedIPv6(t *testing.T) {
 			t.Errorf("Ensure did not repair %s %v: %v", tt.tool, tt.tamper, err)
 		}
 	}
+	// The IPv4-only network given IPv6 opens it again.
+	v4.IPv6 = network("v4", "fd00:9::/64").IPv6
+	if err := in(n, func() error { return Ensure(v4, nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if f6 := saveFamily(t, n, iptables.IPv6).Get("filter"); f6.HasChain(no6Chain("v4")) || f6.HasChain(inChain("v4")) || f6.Jumps(chainForward, no6Chain("v4")) {
+		t.Errorf("IPv6 still closed for a network that has it now: %v", berthChains(saveFamily(t, n, iptables.IPv6)))
+	}
 	for _, step := range []func() error{
 		func() error { return RemoveAttachment("v4", &Attachment{Key: "x"}, func() bool { return true }) },
 		func() error { return RemoveNetwork("rt", func() bool { return true }) },
