@@ -20,6 +20,13 @@
 //	BERTH-ISOLATION     -j BERTH-ISO-<network>     stage 1: leaving network N
 //	BERTH-ISOLATION-2   -j BERTH-ISD-<network>     stage 2: entering network M: drop
 //	BERTH-FWD-<net>     accept the network's traffic (even under a DROP policy)
+//	INPUT               -j BERTH-INPUT (first rule)
+//	BERTH-INPUT         -j BERTH-IN-<network>
+//	BERTH-IN-<net>      what the network's containers may not send to the node
+//
+// A network without IPv6 (on a bridge) gets in ip6tables' filter table
+// only BERTH-IN-<net> and, first in BERTH-FORWARD, BERTH-NO6-<net>: every
+// IPv6 packet from or to its bridge is dropped (closedRules).
 //
 // (raw table, ip6tables only):
 //
@@ -49,6 +56,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"slices"
 
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/iptables"
@@ -61,6 +70,7 @@ const (
 	chainIsolation   = "BERTH-ISOLATION"
 	chainIsolation2  = "BERTH-ISOLATION-2"
 	chainAntispoof   = "BERTH-ANTISPOOF"
+	chainInput       = "BERTH-INPUT"
 
 	jumpHostPorts = "-m addrtype --dst-type LOCAL -j " + chainHostPorts
 )
@@ -76,8 +86,15 @@ type Network struct {
 	// Ingress is where the containers' packets enter the node's IP stack,
 	// as iptables -i takes it: the bridge, or "bv+" for routed host veths
 	// (with br_netfilter, bridged packets show the bridge as their input
-	// too). IPv6 anti-spoofing checks their source's reverse path there.
+	// too). IPv6 anti-spoofing checks their source's reverse path there,
+	// and the node's 127.0.0.0/8 is closed to them there (inRules).
 	Ingress string
+	// Bridge is the network's own bridge, "" for routed host veths. A
+	// network without IPv6 has every IPv6 packet from or to it dropped
+	// (closedRules); routed host veths are shared by every routed network
+	// under one iptables -i pattern, so plugins/attach turns IPv6 off on
+	// each of those instead.
+	Bridge string
 }
 
 // Subnet is a network's addressing in one family.
@@ -119,18 +136,25 @@ func fwdChain(n string) string    { return "BERTH-FWD-" + hash(n) }
 func isoChain(n string) string    { return "BERTH-ISO-" + hash(n) }
 func isdChain(n string) string    { return "BERTH-ISD-" + hash(n) }
 func rpfChain(n string) string    { return "BERTH-RPF-" + hash(n) }
+func inChain(n string) string     { return "BERTH-IN-" + hash(n) }
+func no6Chain(n string) string    { return "BERTH-NO6-" + hash(n) }
 func dnatChain(key string) string { return "BERTH-DN-" + hash(key) }
 
 var families = []iptables.Family{iptables.IPv4, iptables.IPv6}
 
-// inFamily is n's share of family f, false when n is not on f.
+// inFamily is n's share of family f, false when n has no rules in f. An
+// IPv4-only network on a bridge is closed in IPv6: its containers could
+// otherwise turn IPv6 on in their own namespace and, once the node
+// forwards IPv6 for another network, reach that network and the world
+// from any source they like, with no rule of berth's in the way.
 func (n Network) inFamily(f iptables.Family, b iptables.Backend) (familyNet, bool) {
 	s := n.IPv4
 	if f == iptables.IPv6 {
 		s = n.IPv6
 	}
 	if !s.Local.IsValid() {
-		return familyNet{}, false
+		closed := f == iptables.IPv6 && n.IPv4.Local.IsValid() && n.Bridge != ""
+		return familyNet{Network: n, family: f, closed: closed}, closed
 	}
 	if !s.Scope.IsValid() {
 		s.Scope = s.Local
@@ -144,6 +168,9 @@ type familyNet struct {
 	family       iptables.Family
 	local, scope netip.Prefix
 	randomFully  bool
+	// closed: the network has no address in this family, and its
+	// containers may send nothing in it (closedRules, inRules).
+	closed bool
 }
 
 // Rules in the exact form iptables-save prints them, so that CHECK can
@@ -211,6 +238,31 @@ func (n familyNet) rpfRules() []string {
 	return []string{"-i " + n.Ingress + " -m rpfilter --invert -j DROP"}
 }
 
+// inRules keep the network's containers off what the node serves on
+// 127.0.0.0/8 (CVE-2020-8558): route_localnet on the ingress, which lets
+// the answers of a published port's connections from 127.0.0.1 back in
+// (plugins/attach.EnableForwarding), would also let a container's own
+// packets for 127.0.0.1 through to the node's localhost services. Those
+// answers are ESTABLISHED by then; kube-proxy's KUBE-FIREWALL rule, but
+// only on the network's ingress. Closed in IPv6: everything to the node.
+func (n familyNet) inRules() []string {
+	switch {
+	case n.closed:
+		return []string{"-i " + n.Bridge + " -j DROP"}
+	case n.family == iptables.IPv6:
+		return nil // no route_localnet: the kernel drops ::1 from outside
+	}
+	return []string{"-d 127.0.0.0/8 -i " + n.Ingress + " -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"}
+}
+
+// closedRules drop what the node would forward from or to the bridge of
+// a network closed in this family. A bridge with no address of the
+// family needs no neighbour discovery either: the node's own packets
+// (OUTPUT) are left alone.
+func (n familyNet) closedRules() []string {
+	return []string{"-i " + n.Bridge + " -j DROP", "-o " + n.Bridge + " -j DROP"}
+}
+
 // localhostRule is the OUTPUT jump to the port mappings. IPv6 has no
 // route_localnet: the kernel drops the answer to a connection DNATed from
 // ::1 (a packet with a loopback address arriving on another device,
@@ -268,11 +320,23 @@ func (a *Attachment) dnatRules(f iptables.Family) []string {
 func eachFamily(n Network, b iptables.Backend, do func(familyNet) error) error {
 	var fns []familyNet
 	for _, f := range families {
-		if fn, ok := n.inFamily(f, b); ok {
+		if fn, ok := n.inFamily(f, b); ok && (!fn.closed || carries(b, f)) {
 			fns = append(fns, fn)
 		}
 	}
 	return inTurn(fns, do)
+}
+
+// carries reports whether the node can carry family f at all: a node
+// without IPv6 (the kernel's IPv6 off, or no ip6tables to write rules
+// with, in which case no network of berth's has IPv6 either) needs no
+// rule closing it, and an ADD must not fail for want of one.
+func carries(b iptables.Backend, f iptables.Family) bool {
+	if f != iptables.IPv6 {
+		return true
+	}
+	_, err := os.Stat("/proc/sys/net/ipv6")
+	return err == nil && b.Installed(f)
 }
 
 // inTurn runs do for each of xs, one after the other (see eachFamily),
@@ -312,6 +376,26 @@ func ensure(cycle *iptables.Cycle, n familyNet, a *Attachment) error {
 	if err != nil {
 		return err
 	}
+	filter := tables.Get("filter")
+	f := iptables.NewBatch("filter")
+	ensureInput(f, filter, n)
+	if n.closed {
+		ensureChain(f, filter, chainForward)
+		f.Owned(filter, no6Chain(n.Name), n.closedRules())
+		if !filter.Jumps(chainForward, no6Chain(n.Name)) {
+			f.Insert(chainForward, "-j "+no6Chain(n.Name)) // before any network's accepts
+		}
+		if !filter.Jumps("FORWARD", chainForward) {
+			f.Insert("FORWARD", "-j "+chainForward)
+		}
+		return cycle.Apply(n.family, f)
+	}
+	// A network given IPv6 since its last ADD (a lease or config that
+	// gained a range) opens it again.
+	removeOwned(f, filter, chainForward, no6Chain(n.Name))
+	if len(n.inRules()) == 0 {
+		removeOwned(f, filter, chainInput, inChain(n.Name))
+	}
 
 	nat := tables.Get("nat")
 	b := iptables.NewBatch("nat")
@@ -327,8 +411,6 @@ func ensure(cycle *iptables.Cycle, n familyNet, a *Attachment) error {
 	ensureJump(b, nat, "OUTPUT", localhostRule(n.family))
 	ensureJump(b, nat, "POSTROUTING", "-j "+chainPostrouting)
 
-	filter := tables.Get("filter")
-	f := iptables.NewBatch("filter")
 	ensureChain(f, filter, chainIsolation)
 	ensureChain(f, filter, chainIsolation2)
 	ensureChain(f, filter, chainForward)
@@ -374,20 +456,24 @@ func RemoveAttachment(network string, a *Attachment, isLast func() bool) error {
 	}
 	defer lock.Release()
 	last := isLast()
-	var fams []iptables.Family
-	for _, f := range families {
-		// The network's rules may be in either family, whatever the
-		// config given to this DEL says: it may lack the lease.
-		if last || len(a.dnatRules(f)) > 0 {
-			fams = append(fams, f)
-		}
-	}
-	if len(fams) == 0 {
+	if !last && len(a.dnatRules(iptables.IPv4))+len(a.dnatRules(iptables.IPv6)) == 0 {
 		return nil // nothing of this container is in iptables
 	}
 	b, err := iptables.Open()
 	if err != nil {
 		return err
+	}
+	var fams []iptables.Family
+	for _, f := range families {
+		// The network's rules may be in either family, whatever the
+		// config given to this DEL says: it may lack the lease. A family
+		// the node has no tools for holds none.
+		if (last || len(a.dnatRules(f)) > 0) && b.Installed(f) {
+			fams = append(fams, f)
+		}
+	}
+	if len(fams) == 0 {
+		return nil
 	}
 	cycle := b.Begin()
 	defer cycle.Close()
@@ -411,7 +497,8 @@ func RemoveNetwork(network string, isEmpty func() bool) error {
 	}
 	cycle := b.Begin()
 	defer cycle.Close()
-	return inTurn(families, func(f iptables.Family) error { return remove(cycle, f, network, "", true) })
+	fams := slices.DeleteFunc(slices.Clone(families), func(f iptables.Family) bool { return !b.Installed(f) })
+	return inTurn(fams, func(f iptables.Family) error { return remove(cycle, f, network, "", true) })
 }
 
 // remove deletes the port mappings of key (none when "") and, when last,
@@ -437,9 +524,14 @@ func remove(cycle *iptables.Cycle, family iptables.Family, network, key string, 
 		}
 		filter := tables.Get("filter")
 		removeOwned(f, filter, chainForward, fwdChain(network))
+		removeOwned(f, filter, chainForward, no6Chain(network))
 		removeOwned(f, filter, chainIsolation, isoChain(network))
 		removeOwned(f, filter, chainIsolation2, isdChain(network))
-		if onlyJumpsTo(filter, chainForward, fwdChain(network), chainIsolation) {
+		removeOwned(f, filter, chainInput, inChain(network))
+		if onlyJumpsTo(filter, chainInput, inChain(network)) {
+			removeOwned(f, filter, "INPUT", chainInput)
+		}
+		if onlyJumpsTo(filter, chainForward, fwdChain(network), no6Chain(network), chainIsolation) {
 			removeOwned(f, filter, chainForward, chainIsolation)
 			removeOwned(f, filter, "FORWARD", chainForward)
 			if filter.HasChain(chainIsolation2) {
@@ -479,12 +571,18 @@ func check(backend iptables.Backend, n familyNet, a *Attachment) error {
 		return err
 	}
 	nat, filter, raw := tables.Get("nat"), tables.Get("filter"), tables.Get("raw")
-	type want struct {
-		t     *iptables.Table
-		chain string
-		rules []string
+	var wants []want
+	var jumps []jump
+	if in := n.inRules(); len(in) > 0 {
+		wants = append(wants, want{filter, inChain(n.Name), in})
+		jumps = append(jumps, jump{filter, "INPUT", chainInput}, jump{filter, chainInput, inChain(n.Name)})
 	}
-	wants := []want{{nat, natChain(n.Name), n.natRules()}, {filter, fwdChain(n.Name), n.fwdRules()}, {filter, isoChain(n.Name), n.isoRules()}}
+	if n.closed {
+		wants = append(wants, want{filter, no6Chain(n.Name), n.closedRules()})
+		jumps = append(jumps, jump{filter, "FORWARD", chainForward}, jump{filter, chainForward, no6Chain(n.Name)})
+		return checkRules(n, wants, jumps)
+	}
+	wants = append(wants, want{nat, natChain(n.Name), n.natRules()}, want{filter, fwdChain(n.Name), n.fwdRules()}, want{filter, isoChain(n.Name), n.isoRules()})
 	if n.Isolated {
 		wants = append(wants, want{filter, isdChain(n.Name), n.isdRules()})
 	}
@@ -497,23 +595,37 @@ func check(backend iptables.Backend, n familyNet, a *Attachment) error {
 			return fmt.Errorf("%w: %s nat %s has no jump to the container's port mappings %s", cnierr.ErrCheckFailed, n.family, chainHostPorts, dnatChain(a.Key))
 		}
 	}
+	jumps = append(jumps,
+		jump{nat, "PREROUTING", chainHostPorts}, jump{nat, "OUTPUT", chainHostPorts},
+		jump{nat, "POSTROUTING", chainPostrouting}, jump{nat, chainPostrouting, natChain(n.Name)},
+		jump{filter, "FORWARD", chainForward}, jump{filter, chainForward, fwdChain(n.Name)})
+	if n.family == iptables.IPv6 {
+		jumps = append(jumps, jump{raw, "PREROUTING", chainAntispoof}, jump{raw, chainAntispoof, rpfChain(n.Name)})
+	}
+	return checkRules(n, wants, jumps)
+}
+
+// want is a chain of berth's and its exact rules; jump, a jump CHECK
+// looks for.
+type want struct {
+	t     *iptables.Table
+	chain string
+	rules []string
+}
+
+type jump struct {
+	t             *iptables.Table
+	chain, target string
+}
+
+// checkRules fails on the first of wants whose chain does not hold
+// exactly its rules, or of jumps missing.
+func checkRules(n familyNet, wants []want, jumps []jump) error {
 	for _, w := range wants {
 		got := w.t.Rules(w.chain)
 		if !w.t.HasChain(w.chain) || fmt.Sprint(got) != fmt.Sprint(w.rules) {
 			return fmt.Errorf("%w: %s %s chain %s of network %s: have %q, want %q", cnierr.ErrCheckFailed, n.family, w.t.Name, w.chain, n.Name, got, w.rules)
 		}
-	}
-	type jump struct {
-		t             *iptables.Table
-		chain, target string
-	}
-	jumps := []jump{
-		{nat, "PREROUTING", chainHostPorts}, {nat, "OUTPUT", chainHostPorts},
-		{nat, "POSTROUTING", chainPostrouting}, {nat, chainPostrouting, natChain(n.Name)},
-		{filter, "FORWARD", chainForward}, {filter, chainForward, fwdChain(n.Name)},
-	}
-	if n.family == iptables.IPv6 {
-		jumps = append(jumps, jump{raw, "PREROUTING", chainAntispoof}, jump{raw, chainAntispoof, rpfChain(n.Name)})
 	}
 	for _, j := range jumps {
 		if !j.t.Jumps(j.chain, j.target) {
@@ -521,6 +633,21 @@ func check(backend iptables.Backend, n familyNet, a *Attachment) error {
 		}
 	}
 	return nil
+}
+
+// ensureInput installs n's BERTH-IN chain and the jumps to it, first in
+// INPUT so that no ACCEPT of the node's own comes before it.
+func ensureInput(f *iptables.Batch, filter *iptables.Table, n familyNet) {
+	rules := n.inRules()
+	if len(rules) == 0 {
+		return
+	}
+	ensureChain(f, filter, chainInput)
+	f.Owned(filter, inChain(n.Name), rules)
+	ensureJump(f, filter, chainInput, "-j "+inChain(n.Name))
+	if !filter.Jumps("INPUT", chainInput) {
+		f.Insert("INPUT", "-j "+chainInput)
+	}
 }
 
 func ensureChain(b *iptables.Batch, t *iptables.Table, chain string) {

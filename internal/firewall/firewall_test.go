@@ -21,7 +21,7 @@ import (
 
 func network(name, local string) Network {
 	p := netip.MustParsePrefix(local)
-	n := Network{Name: name, Masq: true, Isolated: true, Ingress: "br-" + name}
+	n := Network{Name: name, Masq: true, Isolated: true, Ingress: "br-" + name, Bridge: "br-" + name}
 	if p.Addr().Is4() {
 		n.IPv4 = Subnet{Local: p, Scope: p}
 	} else {
@@ -89,8 +89,23 @@ func TestRules(t *testing.T) {
 	if got := in6(n).isdRules(); !slices.Equal(got, []string{"-d fd00:1::/64 -j DROP"}) {
 		t.Errorf("IPv6 scope defaults to the local subnet: %q", got)
 	}
-	if _, ok := network("v4", "10.9.0.0/24").inFamily(iptables.IPv6, iptables.Backend{}); ok {
-		t.Error("an IPv4-only network has IPv6 rules")
+	if got := in4(n).inRules(); !slices.Equal(got, []string{"-d 127.0.0.0/8 -i br-a -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"}) {
+		t.Errorf("localnet rules: %q", got)
+	}
+	if got := in6(n).inRules(); len(got) != 0 {
+		t.Errorf("IPv6 has no route_localnet, yet a network with IPv6 has input rules: %q", got)
+	}
+	v4 := network("v4", "10.9.0.0/24")
+	if fn, ok := v4.inFamily(iptables.IPv6, iptables.Backend{}); !ok || !fn.closed ||
+		!slices.Equal(fn.closedRules(), []string{"-i br-v4 -j DROP", "-o br-v4 -j DROP"}) || !slices.Equal(fn.inRules(), []string{"-i br-v4 -j DROP"}) {
+		t.Errorf("an IPv4-only network's IPv6 must be closed on its bridge: %v %+v", ok, fn)
+	}
+	v4.Bridge = "" // routed: closed per host veth, not here
+	if _, ok := v4.inFamily(iptables.IPv6, iptables.Backend{}); ok {
+		t.Error("a routed IPv4-only network has IPv6 rules")
+	}
+	if _, ok := network("v6", "fd00:9::/64").inFamily(iptables.IPv4, iptables.Backend{}); ok {
+		t.Error("an IPv6-only network has IPv4 rules (rp_filter closes IPv4 there: its bridge has no IPv4 route)")
 	}
 	a := &Attachment{Key: "k", IPv4: netip.MustParseAddr("10.1.0.5"), IPv6: netip.MustParseAddr("fd00:1::5"), Ports: []Port{
 		{HostPort: 8080, ContainerPort: 80, Protocol: "tcp"},
@@ -281,6 +296,14 @@ func TestConcurrentNetworks(t *testing.T) {
 	if len(nat.Rules(chainHostPorts)) != nets || len(nat.Rules(chainPostrouting)) != nets || len(filter.Rules(chainForward)) != nets+1 {
 		t.Errorf("per-network jumps: %q %q %q", nat.Rules(chainHostPorts), nat.Rules(chainPostrouting), filter.Rules(chainForward))
 	}
+	if len(filter.Rules("INPUT")) != 1 || len(filter.Rules(chainInput)) != nets {
+		t.Errorf("localnet jumps: %q %q", filter.Rules("INPUT"), filter.Rules(chainInput))
+	}
+	// IPv4-only: IPv6 closed, a jump each, no more.
+	f6 := saveFamily(t, n, iptables.IPv6).Get("filter")
+	if len(f6.Rules("INPUT")) != 1 || len(f6.Rules(chainInput)) != nets || len(f6.Rules("FORWARD")) != 1 || len(f6.Rules(chainForward)) != nets {
+		t.Errorf("IPv6 closing jumps: %q %q %q %q", f6.Rules("INPUT"), f6.Rules(chainInput), f6.Rules("FORWARD"), f6.Rules(chainForward))
+	}
 	for i := range nets {
 		if err := in(n, func() error { return Check(netOf(i), att(i)) }); err != nil {
 			t.Error(err)
@@ -289,9 +312,92 @@ func TestConcurrentNetworks(t *testing.T) {
 	run(func(i int) error {
 		return RemoveAttachment(netOf(i).Name, att(i), func() bool { return true })
 	})
-	if got := berthChains(save(t, n)); len(got) != 0 {
-		t.Errorf("left after every network: %v", got)
+	noChainsLeft(t, n, "after every network")
+	for _, f := range families {
+		for _, c := range []string{"INPUT", "FORWARD"} {
+			if r := saveFamily(t, n, f).Get("filter").Rules(c); len(r) != 0 {
+				t.Errorf("%s filter %s keeps %q", f, c, r)
+			}
+		}
 	}
+}
+
+// The node's 127.0.0.0/8 is closed to a network's containers on its
+// ingress (route_localnet), and IPv6 to an IPv4-only network on its
+// bridge: the chains, their place before anyone's accepts, CHECK seeing
+// each go, Ensure repairing it, and the last container taking them away.
+func TestLocalnetAndClosedIPv6(t *testing.T) {
+	n := testenv.NewNS(t)
+	// A dual-stack network first, so that its accepts are in place when
+	// the IPv4-only network closes IPv6 before them.
+	ds := dualStack("ds", "10.8.0.0/24", "fd00:8::/64")
+	v4 := network("v4", "10.9.0.0/24")
+	routed := network("rt", "10.10.0.0/24")
+	routed.Ingress, routed.Bridge = "bv+", ""
+	for _, step := range []func() error{
+		func() error { return Ensure(ds, nil) },
+		func() error { return Ensure(v4, nil) },
+		func() error { return Ensure(routed, nil) },
+		func() error { return Check(v4, nil) },
+		func() error { return Check(routed, nil) },
+	} {
+		if err := in(n, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f4, f6 := save(t, n).Get("filter"), saveFamily(t, n, iptables.IPv6).Get("filter")
+	if got := f4.Rules(inChain("rt")); !slices.Equal(got, []string{"-d 127.0.0.0/8 -i bv+ -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"}) {
+		t.Errorf("routed network's localnet rule: %q", got)
+	}
+	if got := f6.Rules(chainForward); len(got) == 0 || got[0] != "-j "+no6Chain("v4") {
+		t.Errorf("IPv6 closed after another network's accepts: %q", got)
+	}
+	if f6.HasChain(no6Chain("rt")) || f6.HasChain(inChain("rt")) || f6.HasChain(inChain("ds")) {
+		t.Errorf("IPv6 chains for the routed network or for the dual-stack one's localhost: %v", berthChains(saveFamily(t, n, iptables.IPv6)))
+	}
+	for _, tt := range []struct {
+		tool   string
+		tamper []string
+	}{
+		{"iptables", []string{"-F", inChain("v4")}},
+		{"iptables", []string{"-D", chainInput, "-j", inChain("v4")}},
+		{"iptables", []string{"-D", "INPUT", "-j", chainInput}},
+		{"ip6tables", []string{"-F", no6Chain("v4")}},
+		{"ip6tables", []string{"-D", chainForward, "-j", no6Chain("v4")}},
+		{"ip6tables", []string{"-F", inChain("v4")}},
+		{"ip6tables", []string{"-D", "INPUT", "-j", chainInput}},
+	} {
+		if out, err := testenv.InNS(n, tt.tool, tt.tamper...); err != nil {
+			t.Fatalf("%s %v: %v: %s", tt.tool, tt.tamper, err, out)
+		}
+		if err := in(n, func() error { return Check(v4, nil) }); !errors.Is(err, cnierr.ErrCheckFailed) {
+			t.Errorf("Check after %s %v: %v", tt.tool, tt.tamper, err)
+		}
+		if err := in(n, func() error { return Ensure(v4, nil) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := in(n, func() error { return Check(v4, nil) }); err != nil {
+			t.Errorf("Ensure did not repair %s %v: %v", tt.tool, tt.tamper, err)
+		}
+	}
+	// The IPv4-only network given IPv6 opens it again.
+	v4.IPv6 = network("v4", "fd00:9::/64").IPv6
+	if err := in(n, func() error { return Ensure(v4, nil) }); err != nil {
+		t.Fatal(err)
+	}
+	if f6 := saveFamily(t, n, iptables.IPv6).Get("filter"); f6.HasChain(no6Chain("v4")) || f6.HasChain(inChain("v4")) || f6.Jumps(chainForward, no6Chain("v4")) {
+		t.Errorf("IPv6 still closed for a network that has it now: %v", berthChains(saveFamily(t, n, iptables.IPv6)))
+	}
+	for _, step := range []func() error{
+		func() error { return RemoveAttachment("v4", &Attachment{Key: "x"}, func() bool { return true }) },
+		func() error { return RemoveNetwork("rt", func() bool { return true }) },
+		func() error { return RemoveAttachment("ds", &Attachment{Key: "y"}, func() bool { return true }) },
+	} {
+		if err := in(n, step); err != nil {
+			t.Fatal(err)
+		}
+	}
+	noChainsLeft(t, n, "after every network")
 }
 
 // A dual-stack network gets the same layout in ip6tables, plus the

@@ -249,6 +249,12 @@ func (b Backend) writesDirect() bool {
 // "ip6tables-nft-restore".
 func (b Backend) tool(f Family, op string) string { return f.String() + b.Variant + "-" + op }
 
+// Installed reports whether b has family f's tools: a node may have
+// iptables without ip6tables.
+func (b Backend) Installed(f Family) bool {
+	return isInstalled(b.tool(f, "save")) && isInstalled(b.tool(f, "restore"))
+}
+
 // Save reads all tables of family f with one iptables-save.
 func (b Backend) Save(f Family) (Tables, error) {
 	cmd := exec.Command(binary(b.tool(f, "save")))

@@ -76,11 +76,18 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 // subnet of each (from the ipam range sets, which the leased modes fill
 // from the node lease) and the whole network's.
 func (d Datapath) fwNetwork(c *conf.Bridge) firewall.Network {
-	return firewall.Network{Name: c.Name,
+	n := firewall.Network{Name: c.Name,
 		IPv4:    firewall.Subnet{Local: c.Subnet(false), Scope: c.Scope},
 		IPv6:    firewall.Subnet{Local: c.Subnet(true), Scope: c.Scope6},
 		Masq:    c.Masq(),
 		Ingress: d.Links.Ingress(c), Isolated: c.Isolated()}
+	// Every other ingress is the network's own bridge; routed host veths
+	// are every routed network's (their IPv6 is closed per veth, see
+	// DisableIPv6).
+	if n.Ingress != HostVeths {
+		n.Bridge = n.Ingress
+	}
+	return n
 }
 
 func (k *call) fwAttachment() *firewall.Attachment {

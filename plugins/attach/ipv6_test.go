@@ -585,7 +585,8 @@ func TestLegacyBackendNode(t *testing.T) {
 
 // Each CNI call reads each family's rules once and commits them at most
 // once: a dual-stack ADD is two iptables-save and two iptables-restore
-// (one of each per family), an IPv4-only one touches no ip6tables.
+// (one of each per family), and so is an IPv4-only one, whose IPv6 is
+// closed on its bridge (BERTH-NO6-<net>).
 func TestOneTransactionPerFamily(t *testing.T) {
 	n := newDualNode(t)
 	// Every iptables tool the plugins may run, logged, then run.
@@ -633,7 +634,7 @@ func TestOneTransactionPerFamily(t *testing.T) {
 	}{
 		{"dual-stack", stackCases[0].subnets, map[string]int{"v4 save": 1, "v4 restore": 1, "v6 save": 1, "v6 restore": 1}},
 		{"IPv6-only", stackCases[1].subnets, map[string]int{"v6 save": 1, "v6 restore": 1}},
-		{"IPv4-only", []string{"10.113.0.0/24"}, map[string]int{"v4 save": 1, "v4 restore": 1}},
+		{"IPv4-only", []string{"10.113.0.0/24"}, map[string]int{"v4 save": 1, "v4 restore": 1, "v6 save": 1, "v6 restore": 1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			rt := testenv.NewRuntime(t, n.ns, n.conflistRanges("tx-"+strings.ToLower(tt.name[:4]), "berth-tx", tt.subnets, ""))

@@ -105,6 +105,37 @@ func EnableForwarding(iface string) error {
 	return nil
 }
 
+// DisableIPv6 turns IPv6 off on a routed host veth of a network without
+// IPv6: the kernel then drops every IPv6 packet the container sends,
+// before any rule (forwarded or to the node, neighbour discovery too),
+// and sends it none. The container could otherwise turn IPv6 on in its
+// own namespace and, once the node forwards IPv6 for another network,
+// send with any source. An ip6tables rule per network cannot do it:
+// iptables -i knows the routed veths of all networks only as one
+// pattern ("bv+"), those of networks with IPv6 included. A node without
+// IPv6 has nothing to turn off.
+func DisableIPv6(hostVeth string) error {
+	key := "net/ipv6/conf/" + hostVeth + "/disable_ipv6"
+	v, err := sysctl.Sysctl(key)
+	if v == "1" || errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if _, err := sysctl.Sysctl(key, "1"); err != nil {
+		return fmt.Errorf("%w: setting %s=1: %v", cnierr.ErrDatapath, key, err)
+	}
+	return nil
+}
+
+// CheckIPv6Disabled fails (CHECK) when IPv6 is on on hostVeth again.
+func CheckIPv6Disabled(hostVeth string) error {
+	key := "net/ipv6/conf/" + hostVeth + "/disable_ipv6"
+	v, err := sysctl.Sysctl(key)
+	if errors.Is(err, fs.ErrNotExist) || v == "1" {
+		return nil
+	}
+	return fmt.Errorf("%w: %s is %q, want 1: the network has no IPv6, and its container could send IPv6 through the node", cnierr.ErrCheckFailed, key, v)
+}
+
 // EnableIPv6Forwarding turns on IPv6 routing in the node's namespace
 // (net.ipv6.conf.all.forwarding), for a network with IPv6. A forwarding
 // node ignores router advertisements on interfaces with accept_ra=1, so

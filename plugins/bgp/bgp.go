@@ -116,6 +116,8 @@ func (routedLinks) Setup(r attach.LinkRequest) (*current.Result, error) {
 		if err := attach.EnableIPv6Forwarding(); err != nil {
 			return nil, err
 		}
+	} else if err := attach.DisableIPv6(r.HostVeth); err != nil {
+		return nil, err
 	}
 	return res, attach.EnableForwarding(r.HostVeth)
 }
@@ -208,6 +210,15 @@ func (routedLinks) Check(r attach.LinkRequest, prev *current.Result) error {
 	routes, err := netlinksafe.RouteList(link, netlink.FAMILY_ALL)
 	if err != nil {
 		return fmt.Errorf("%w: routes of %s: %v", cnierr.ErrDatapath, r.HostVeth, err)
+	}
+	v6 := false
+	for _, ipc := range prev.IPs {
+		v6 = v6 || ipc.Address.IP.To4() == nil
+	}
+	if !v6 {
+		if err := attach.CheckIPv6Disabled(r.HostVeth); err != nil {
+			return err
+		}
 	}
 	for _, ipc := range prev.IPs {
 		found := false
