@@ -24,9 +24,9 @@ import (
 //	                 -p udp --dport <port> -m addrtype --dst-type LOCAL,BROADCAST,MULTICAST -j DROP
 //	                 -d <peer node address> -p udp --dport <port> -j DROP   (each peer)
 //
-// The same in ip6tables (no BROADCAST there) for a VTEP over an IPv6
-// underlay, and for the peers' addresses of the other family, which
-// cost nothing. Nothing a container sends enters the node through the
+// The same in ip6tables (LOCAL and MULTICAST, see Rules) for a VTEP over
+// an IPv6 underlay, and for the peers' addresses of the other family,
+// which cost nothing. Nothing a container sends enters the node through the
 // underlay link, and every container's packet (bridge, routed veth, any
 // berth network or none) passes raw PREROUTING before it is delivered
 // or forwarded: in raw, before conntrack, no plugin rule (BERTH-FORWARD
@@ -51,13 +51,16 @@ func GuardChain(network string) string { return "BERTH-VTEP-" + hash(network) }
 // Rules are the guard's chain in family f, in iptables-save's form.
 func (g VTEPGuard) Rules(f iptables.Family) []string {
 	udp := fmt.Sprintf("-p udp -m udp --dport %d", g.Port)
-	types, bits := "LOCAL,BROADCAST,MULTICAST", 32
+	// IPv4's addrtype matches any of the types listed, IPv6's wants a
+	// multicast address besides a local one when both are listed (and
+	// IPv6 has no broadcast): one rule per type there.
+	types, bits := []string{"LOCAL,BROADCAST,MULTICAST"}, 32
 	if f == iptables.IPv6 {
-		types, bits = "LOCAL,MULTICAST", 128
+		types, bits = []string{"LOCAL", "MULTICAST"}, 128
 	}
-	rules := []string{
-		"-i " + g.Underlay + " -j RETURN",
-		udp + " -m addrtype --dst-type " + types + " -j DROP",
+	rules := []string{"-i " + g.Underlay + " -j RETURN"}
+	for _, t := range types {
+		rules = append(rules, udp+" -m addrtype --dst-type "+t+" -j DROP")
 	}
 	peers := slices.Clone(g.Peers)
 	slices.SortFunc(peers, netip.Addr.Compare)

@@ -35,7 +35,8 @@ func TestVTEPGuardRules(t *testing.T) {
 		}},
 		{"IPv6 peers (berth6.<vni>)", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: peers}, iptables.IPv6, []string{
 			"-i eth0 -j RETURN",
-			"-p udp -m udp --dport 8472 -m addrtype --dst-type LOCAL,MULTICAST -j DROP",
+			"-p udp -m udp --dport 8472 -m addrtype --dst-type LOCAL -j DROP",
+			"-p udp -m udp --dport 8472 -m addrtype --dst-type MULTICAST -j DROP",
 			"-d fd00:50::2/128 -p udp -m udp --dport 8472 -j DROP",
 		}},
 	} {
