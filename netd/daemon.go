@@ -161,8 +161,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		// No VTEP without its guard; the first pass adds the peers. A
 		// restarted netd keeps the chain it wrote (with its peers) until
 		// that pass, which changes nothing then.
-		if _, err := d.guardVTEP(nil, true); err != nil {
+		made, err := d.guardVTEP(nil, true)
+		if err != nil {
 			return err
+		}
+		for _, what := range made {
+			d.log.Info("kernel change", "change", what)
 		}
 	}
 	ensured := make(chan error, 1)

@@ -31,9 +31,10 @@ import (
 // either node, nor at a container of a bridge network on its node, nor
 // at a socket of its node; the same packet sent by the peer node's own
 // stack arrives (the frame is right, and the peers' VXLAN still flows).
-// The cluster's containers reach each other across nodes, and the guard
-// netd keeps comes back after a flush of the raw table. Datapath under
-// test: BERTH_TEST_DATAPATH.
+// The cluster's containers reach each other across nodes; the guard
+// netd keeps comes back after a flush of the raw table, stays while netd
+// is stopped, is not rewritten by the restarted netd, and goes with netd
+// leave. Datapath under test: BERTH_TEST_DATAPATH.
 func TestVXLANInjection(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		name := "ipv4 underlay"
@@ -164,6 +165,66 @@ func vxlanInjection(t *testing.T, v6 bool) {
 		inject(t)
 	})
 	matrix(t, []*container{attacker, v1, v2}, 7010)
+
+	t.Run("kept while netd restarts, removed by netd leave", func(t *testing.T) {
+		d := c.netd[1]
+		before := guardRules(t, node1)
+		if err := d.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if got := guardRules(t, node1); got != before {
+			t.Fatalf("the guard changed when netd stopped:\n%s\nthen\n%s", before, got)
+		}
+		inject(t)
+		if err := d.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.WaitConverged(ctx, 1); err != nil {
+			t.Fatal(err)
+		}
+		if got := guardRules(t, node1); got != before {
+			t.Errorf("the guard changed when netd restarted:\n%s\nthen\n%s", before, got)
+		}
+		log := d.Process().Log() // of every start, each after a "=== <time> <command>" line
+		if i := strings.LastIndex(log, "=== "); strings.Contains(log[i+1:], "VTEP guard") {
+			t.Errorf("the restarted netd rewrote the guard:\n%s", log[i:])
+		}
+		r, err := node1.Runner()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.RemoveAll(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := d.Leave(ctx); err != nil {
+			t.Fatalf("netd leave: %v\n%s", err, out)
+		}
+		if got := guardRules(t, node1); got != "" {
+			t.Errorf("netd leave left the guard:\n%s", got)
+		}
+	})
+}
+
+// guardRules are the VTEP guard's rules of network pods on node n, of
+// both families, as iptables-save prints them.
+func guardRules(t *testing.T, n *testbed.Node) string {
+	t.Helper()
+	var rules []string
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := n.Run(context.Background(), tool, "-t", "raw")
+		if err != nil {
+			t.Fatalf("%s on %s: %v\n%s", tool, n.Host, err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, firewall.GuardChain("pods")) {
+				rules = append(rules, tool+": "+l)
+			}
+		}
+	}
+	return strings.Join(rules, "\n")
 }
 
 // tunnel is what a VTEP decapsulates: its VNI, port and MAC.
@@ -289,7 +350,8 @@ func bridgeContainer(t *testing.T, n *testbed.Node) *container {
 	}
 	t.Cleanup(func() {
 		netns.Close()
-		if out, err := r.Run(context.Background(), "rm", "-f", "local"); err != nil {
+		// A test may have removed it (netd leave wants no container).
+		if out, err := r.Run(context.Background(), "rm", "-f", "local"); err != nil && !strings.Contains(fmt.Sprint(err, string(out)), "no such container") {
 			t.Errorf("runner rm local: %v\n%s", err, out)
 		}
 		os.Remove(path)
