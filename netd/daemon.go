@@ -160,13 +160,15 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if firstStart {
 		// No VTEP without its guard; the first pass adds the peers. A
 		// restarted netd keeps the chain it wrote (with its peers) until
-		// that pass, which changes nothing then.
+		// that pass, which changes nothing then. A failure is the passes'
+		// error too (status, metrics), not a reason to leave the network
+		// down: a node without iptables tools cannot be guarded by netd.
 		made, err := d.guardVTEP(nil, true)
 		if err != nil {
-			return err
+			log.Error("VTEP guard", "err", err)
 		}
 		for _, what := range made {
-			d.log.Info("kernel change", "change", what)
+			log.Info("kernel change", "change", what)
 		}
 	}
 	ensured := make(chan error, 1)

@@ -105,12 +105,10 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 // could not set up and its sessions, and returns the problems Desired
 // found (peers it cannot connect, routes it refuses).
 func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
+	// Before Ensure may make a VTEP. A failure fails the pass (logged,
+	// status, metrics, retried) but holds nothing else up.
 	guarded, guardErr := d.guardVTEP(in.Peers, full)
 	d.logChanges(res, guarded)
-	if guardErr != nil {
-		// Nothing else waits for it: the peers' routes are still wanted.
-		d.log.Error("VTEP guard", "err", guardErr)
-	}
 	if full {
 		if err := d.nw.Ensure(ctx); err != nil {
 			// The backend's devices are not what its state needs (a VTEP
