@@ -18,6 +18,7 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
@@ -76,6 +77,9 @@ type daemon struct {
 	last     result
 
 	reconcileMu sync.Mutex // one reconcile or status check at a time
+	// guarded is the VTEP guard as the loop last wrote it (guard.go),
+	// nil until then; under reconcileMu.
+	guarded *firewall.VTEPGuard
 }
 
 // result is what the last reconcile did.
@@ -156,6 +160,20 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	wg.Go(func() { d.store.Follow(ctx, d.leasesChanged) })
 	_, statErr := os.Stat(d.keeper.path)
 	firstStart := errors.Is(statErr, fs.ErrNotExist) // no datapath of an earlier run here
+	if firstStart {
+		// No VTEP without its guard; the first pass adds the peers. A
+		// restarted netd keeps the chain it wrote (with its peers) until
+		// that pass, which changes nothing then. A failure is the passes'
+		// error too (status, metrics), not a reason to leave the network
+		// down: a node without iptables tools cannot be guarded by netd.
+		made, err := d.guardVTEP(nil, true)
+		if err != nil {
+			log.Error("VTEP guard", "err", err)
+		}
+		for _, what := range made {
+			log.Info("kernel change", "change", what)
+		}
+	}
 	ensured := make(chan error, 1)
 	go func() { ensured <- d.nw.Ensure(ctx) }()
 	if err := d.keeper.acquire(ctx); err != nil {

@@ -105,6 +105,10 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 // could not set up and its sessions, and returns the problems Desired
 // found (peers it cannot connect, routes it refuses).
 func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
+	// Before Ensure may make a VTEP. A failure fails the pass (logged,
+	// status, metrics, retried) but holds nothing else up.
+	guarded, guardErr := d.guardVTEP(in.Peers, full)
+	d.logChanges(res, guarded)
 	if full {
 		if err := d.nw.Ensure(ctx); err != nil {
 			// The backend's devices are not what its state needs (a VTEP
@@ -113,8 +117,8 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 			// no peer: a VTEP left down is no tunnel, and an up one
 			// carries all its traffic itself meanwhile.
 			fast, fastErr := d.reconcileFastpath(in.Self, backend.State{}, full)
-			d.logFastpath(res, fast)
-			return nil, errors.Join(err, fastErr)
+			d.logChanges(res, fast)
+			return nil, errors.Join(err, fastErr, guardErr)
 		}
 	}
 	if a, ok := d.nw.(backend.Announcer); ok {
@@ -144,16 +148,17 @@ func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.In
 	d.m.kernelChanges.Add(float64(len(made)))
 	// After the backend's changes: Ensure may have made a new VTEP.
 	fast, fastErr := d.reconcileFastpath(in.Self, want, full)
-	d.logFastpath(res, fast)
+	d.logChanges(res, fast)
 	if sl, ok := d.nw.(backend.SessionLister); ok {
 		res.Sessions = sl.Sessions(in)
 		d.m.observeSessions(res.Sessions)
 	}
-	return problems, errors.Join(err, fastErr)
+	return problems, errors.Join(err, fastErr, guardErr)
 }
 
-// logFastpath logs and counts the eBPF datapath's changes of a pass.
-func (d *daemon) logFastpath(res *result, made []string) {
+// logChanges logs and counts changes of a pass besides the backend's
+// (the eBPF datapath's, the VTEP guard's).
+func (d *daemon) logChanges(res *result, made []string) {
 	for _, what := range made {
 		d.log.Info("kernel change", "change", what)
 		res.Changes = append(res.Changes, what)

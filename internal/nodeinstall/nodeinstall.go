@@ -28,6 +28,7 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/attachments"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/netd/backend"
@@ -116,8 +117,9 @@ type Node struct {
 // the runtime starts no new container on it), then, once netd has stopped
 // and no container is attached any more, the lease file, the routes
 // (protocol 73), VTEPs, the bridge, the plugins' state and IPAM data of the
-// network, and the plugins in the CNI bin dir. It does not ask the
-// datastore for anything, so it works with either; with etcd, the node's
+// network, its VTEP guard (firewall.VTEPGuard), and the plugins in the
+// CNI bin dir. It does not ask the datastore for anything, so it works
+// with either; with etcd, the node's
 // lease there expires after netd's --lease-ttl (netd leave releases it at
 // once).
 //
@@ -159,6 +161,8 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 		// earlier pass that deleted them may have stopped here.
 		removeFastpath(n.BPFFS, n.Network, log),
 		removeVTEPs(log),
+		// After them: a VTEP is never left unguarded.
+		firewall.RemoveVTEPGuard(n.Network),
 		removeBridge(bridgeName, n.Network, log),
 		os.RemoveAll(filepath.Join(n.StateDir, "networks", n.Network)),
 		os.RemoveAll(filepath.Join(n.IPAMDataDir, n.Network)),

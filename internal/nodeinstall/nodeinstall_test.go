@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/internal/testenv"
@@ -145,6 +146,13 @@ func (n *node) uninstall(ctx context.Context, spec Node) error {
 
 func TestUninstall(t *testing.T) {
 	n := newNode(t)
+	// netd's VTEP guards: the network's, and another network's (kept).
+	for _, network := range []string{"berth", "other"} {
+		must(t, n.netns.Do(func(ns.NetNS) error {
+			_, err := firewall.EnsureVTEPGuard(firewall.VTEPGuard{Network: network, Port: 8472, Underlay: "eth0"})
+			return err
+		}))
+	}
 	// A netd still answering on its metrics address.
 	var l net.Listener
 	must(t, n.netns.Do(func(ns.NetNS) error {
@@ -212,6 +220,16 @@ func TestUninstall(t *testing.T) {
 		}
 		return err
 	}))
+	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
+		out, err := testenv.InNS(n.netns, tool, "-t", "raw")
+		must(t, err)
+		if strings.Contains(string(out), firewall.GuardChain("berth")) {
+			left = append(left, tool+" "+firewall.GuardChain("berth"))
+		}
+		if !strings.Contains(string(out), "-A PREROUTING -j "+firewall.GuardChain("other")) {
+			t.Errorf("removed another network's VTEP guard (%s):\n%s", tool, out)
+		}
+	}
 	if len(left) > 0 {
 		t.Errorf("left on the node: %v", left)
 	}

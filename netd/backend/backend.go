@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/netd/cluster"
 )
 
@@ -126,6 +127,14 @@ type Tunneler interface {
 	// Tunnel describes the VTEP; false when the datapath cannot
 	// encapsulate for it (an IPv6 underlay, no VTEP yet).
 	Tunnel() (Tunnel, bool)
+}
+
+// Guarded is a Network with a tunnel socket on the node that no
+// container may send to (vxlan: the VTEP's UDP port, which decapsulates
+// whatever reaches it). Guard only computes, like Desired; the reconcile
+// loop applies it (firewall.EnsureVTEPGuard) and Teardown removes it.
+type Guarded interface {
+	Guard(peers []cluster.Lease) firewall.VTEPGuard
 }
 
 // Tunnel is a VTEP as the eBPF datapath encapsulates for it.

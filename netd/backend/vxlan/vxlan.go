@@ -37,6 +37,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync/atomic"
 
@@ -45,6 +46,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 )
@@ -396,6 +398,23 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 		Port: nw.node.Network.Port, MAC: nw.mac}, true
 }
 
+// Guard keeps the node's containers out of its VTEP and its peers'
+// (firewall.VTEPGuard): the VTEP's port, arriving anywhere but on the
+// underlay link, to this node or to a peer's address of either family
+// (the peers' VTEPs share the network's port).
+func (nw *network) Guard(peers []cluster.Lease) firewall.VTEPGuard {
+	g := firewall.VTEPGuard{Network: nw.node.Network.Name, Port: nw.node.Network.Port, Underlay: nw.node.Link.Attrs().Name}
+	for _, p := range peers {
+		for _, a := range []netip.Addr{p.NodeIP, p.NodeIPv6} {
+			if a.IsValid() {
+				g.Peers = append(g.Peers, a)
+			}
+		}
+	}
+	slices.SortFunc(g.Peers, netip.Addr.Compare) // the loop compares it with the last one
+	return g
+}
+
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
 	s := backend.State{Routes: backend.UnreachableRoutes(nw.node.Network.CIDRs())}
 	var problems []backend.Problem
@@ -461,7 +480,8 @@ func (nw *network) connect(p cluster.Lease, underlay func(netip.Addr) (backend.P
 }
 
 // Teardown deletes the VTEP (over either underlay family), which takes
-// its neighbours, FDB entries and routes with it, and the direct routes.
+// its neighbours, FDB entries and routes with it, the direct routes, and
+// the VTEP guard.
 func (b *Backend) Teardown(ctx context.Context, node backend.Node) error {
 	var errs []error
 	for _, name := range []string{VTEPName(node.Network.VNI), VTEPNameV6(node.Network.VNI)} {
@@ -470,6 +490,9 @@ func (b *Backend) Teardown(ctx context.Context, node backend.Node) error {
 				errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", name, err))
 			}
 		}
+	}
+	if len(errs) == 0 { // no VTEP left to guard
+		errs = append(errs, firewall.RemoveVTEPGuard(node.Network.Name))
 	}
 	return errors.Join(append(errs, backend.RemoveRoutes(node.Network.CIDRs()))...)
 }
