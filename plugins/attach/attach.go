@@ -189,6 +189,10 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}
+	// Before the container runs anything: its addresses are known now.
+	if err := k.guard(result); err != nil {
+		return err
+	}
 	undo = append(undo, func() { k.detachFastpath() })
 	if err := k.attachFastpath(result, netns); err != nil {
 		return err
@@ -411,6 +415,9 @@ func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 		return err
 	}
 	if err := k.checkFastpath(); err != nil {
+		return err
+	}
+	if err := k.checkGuard(prev); err != nil {
 		return err
 	}
 	return firewall.Check(d.fwNetwork(c), k.fwAttachment())
