@@ -17,8 +17,8 @@ var (
 	otherMAC = net.HardwareAddr{0x02, 0xbe, 0, 0, 0, 0x03}
 	// farMAC differs from ownMAC in its first four bytes only.
 	farMAC = net.HardwareAddr{0x0a, 0xbe, 0, 0, 0, 0x02}
-	own4     = netip.MustParseAddr("10.70.0.2")
-	own6     = netip.MustParseAddr("fd70::2")
+	own4   = netip.MustParseAddr("10.70.0.2")
+	own6   = netip.MustParseAddr("fd70::2")
 )
 
 func eth(src net.HardwareAddr, typ uint16, payload []byte) []byte {

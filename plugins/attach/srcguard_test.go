@@ -249,8 +249,10 @@ func TestSourceGuard(t *testing.T) {
 		frame []byte
 		legit bool // the attacker's own traffic: must arrive
 	}
-	frames := []frame{ // the forged MAC first: see below
+	frames := []frame{ // the forged MACs first: see below
 		{"neighbour's MAC", ethFrame(vic.mac, nbr.mac, unix.ETH_P_IP, udp4(att.ip4, vic.ip4, "m-nbrmac")), false},
+		// To the node: on the eBPF datapath too, through the bridge.
+		{"neighbour's MAC, to the node", ethFrame(brMAC, nbr.mac, unix.ETH_P_IP, udp4(att.ip4, gw, "m-nbrmacgw")), false},
 		{"own IPv4", ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(att.ip4, vic.ip4, "m-own4")), true},
 		{"neighbour's IPv4", ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(nbr.ip4, vic.ip4, "m-nbr4")), false},
 		{"gateway's IPv4", ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(gw, vic.ip4, "m-gw4")), false},
@@ -274,7 +276,7 @@ func TestSourceGuard(t *testing.T) {
 		// Checked at once, before the frames from the neighbour's address
 		// make the victim ask for its MAC: the neighbour's answer would
 		// move the entry back.
-		if i == 0 {
+		if i == 1 {
 			if port := fdbPort(t, n.ns, nbr.mac); port != nbr.hostVeth {
 				t.Errorf("neighbour's MAC: the bridge's FDB has it on %q, want %s", port, nbr.hostVeth)
 			}
