@@ -2,7 +2,8 @@
 // plugin shares, whatever plugs the container in (a Datapath's Links: the
 // bridge, or bgp's routed veth): the record written first so that a crash
 // midway is repaired, IPAM, host ports, masquerade, isolation and
-// anti-spoofing (internal/firewall), the eBPF fast path, CHECK, DEL and GC.
+// anti-spoofing (internal/srcguard per container; internal/firewall for
+// routed IPv6), the eBPF fast path, CHECK, DEL and GC.
 package attach
 
 import (
