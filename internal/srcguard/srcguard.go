@@ -3,13 +3,15 @@
 // sends) drops every frame whose Ethernet source is not the container's
 // MAC, every IPv4 packet whose source is not its IPv4 address, every IPv6
 // packet whose source is neither its IPv6 address, a link-local one nor ::
-// (duplicate address detection), and every ARP packet whose sender is not
-// its IPv4 address (or 0.0.0.0, a probe) at its MAC. That is libvirt's
-// clean-traffic and Calico's per-workload rule, in the one place that sees
-// bridged traffic too: rp_filter and iptables see only routed packets
-// (berth does not load br_netfilter), so a container could otherwise send
-// with a neighbour's address or MAC across the bridge, and poison the
-// node's neighbour entries and the bridge's FDB with ARP and forged MACs.
+// (duplicate address detection), every neighbour advertisement for another
+// address, every ARP packet whose sender is not its IPv4 address (or
+// 0.0.0.0, a probe) at its MAC, and any other protocol or VLAN tag. That
+// is libvirt's clean-traffic and Calico's per-workload rule, in the one
+// place that sees bridged traffic too: rp_filter and iptables see only
+// routed packets (berth does not load br_netfilter), so a container could
+// otherwise send with a neighbour's address or MAC across the bridge, and
+// poison the node's neighbour entries and the bridge's FDB with ARP and
+// forged MACs.
 //
 // The filter is a classic BPF program in cls_bpf, direct action, on the
 // veth's clsact ingress, with the container's addresses as constants: one
@@ -19,8 +21,7 @@
 // ifb device, at a later priority). TC_ACT_OK would end the
 // classification: shaping would never see the container's traffic. (Not
 // a "match, then drop" filter: this kernel has no gact action.) The eBPF
-// datapath
-// does the same checks in its from_container program instead.
+// datapath does the same checks in its from_container program instead.
 package srcguard
 
 import (

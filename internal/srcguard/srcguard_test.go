@@ -128,8 +128,8 @@ func run(t *testing.T, c Container, frame []byte) bool {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Anything but the
-	// two verdicts (0: a load past the end) is a bug of the program.
+	// Anything but the two verdicts (0: a load past the end, which
+	// cls_bpf would take as TC_ACT_OK) is a bug of the program.
 	v, err := vm.Run(frame)
 	if err != nil {
 		t.Fatal(err)
