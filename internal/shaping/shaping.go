@@ -27,6 +27,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
+	"github.com/berthnet/berth/internal/srcguard"
 )
 
 // latency is how long a packet may wait in a tbf queue before it is
@@ -164,10 +165,15 @@ func tbf(linkIndex int, rateBits, burstBits uint64) *netlink.Tbf {
 	}
 }
 
+// redirectPriority puts the redirect after the source guard
+// (internal/srcguard.Priority), which drops what the container may not
+// send before it is queued and paced.
+const redirectPriority = srcguard.Priority + 1
+
 // redirect sends every packet arriving on linkIndex to ifbIndex's egress.
 func redirect(linkIndex, ifbIndex int) *netlink.U32 {
 	return &netlink.U32{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: linkIndex, Parent: netlink.HANDLE_MIN_INGRESS, Priority: 1, Protocol: unix.ETH_P_ALL},
+		FilterAttrs: netlink.FilterAttrs{LinkIndex: linkIndex, Parent: netlink.HANDLE_MIN_INGRESS, Priority: redirectPriority, Protocol: unix.ETH_P_ALL},
 		// One key matching any packet: mask 0 at offset 0.
 		Sel: &netlink.TcU32Sel{Flags: netlink.TC_U32_TERMINAL, Nkeys: 1, Keys: []netlink.TcU32Key{{Mask: 0, Val: 0, Off: 0}}},
 		Actions: []netlink.Action{&netlink.MirredAction{

@@ -2,7 +2,8 @@
 // plugin shares, whatever plugs the container in (a Datapath's Links: the
 // bridge, or bgp's routed veth): the record written first so that a crash
 // midway is repaired, IPAM, host ports, masquerade, isolation and
-// anti-spoofing (internal/firewall), the eBPF fast path, CHECK, DEL and GC.
+// anti-spoofing (internal/srcguard per container; internal/firewall for
+// routed IPv6), the eBPF fast path, CHECK, DEL and GC.
 package attach
 
 import (
@@ -194,6 +195,10 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	unclaim()
 	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
 	if err := errors.Join(linkErr, <-fwDone); err != nil {
+		return err
+	}
+	// Before the container runs anything: its addresses are known now.
+	if err := k.guard(result); err != nil {
 		return err
 	}
 	undo = append(undo, func() { k.detachFastpath() })
@@ -418,6 +423,9 @@ func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 		return err
 	}
 	if err := k.checkFastpath(); err != nil {
+		return err
+	}
+	if err := k.checkGuard(prev); err != nil {
 		return err
 	}
 	return firewall.Check(d.fwNetwork(c), k.fwAttachment())

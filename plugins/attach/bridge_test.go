@@ -246,6 +246,10 @@ func TestCheckDetectsTampering(t *testing.T) {
 		{"route removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, c.Netns, "ip", "route", "del", "default")
 		}},
+		// The source guard (iptables datapath) or from_container (eBPF).
+		{"anti-spoofing filter removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, n.ns, "tc", "filter", "del", "dev", res.Interfaces[1].Name, "ingress", "pref", "1")
+		}},
 		{"host veth removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, n.ns, "ip", "link", "del", res.Interfaces[1].Name)
 		}},

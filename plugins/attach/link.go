@@ -75,8 +75,11 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 //   - route_localnet, so that DNAT of connections from 127.0.0.1 to a
 //     container is not dropped as a martian;
 //   - strict reverse-path filtering, so that a container cannot send with a
-//     source address that the node does not route back through iface (no
-//     spoofing; in routed mode that pins each container to its own /32);
+//     source address that the node does not route back through iface (in
+//     routed mode that pins each container to its own /32). It sees routed
+//     packets only, not bridged ones, and any address of the subnet passes
+//     on a bridge: the per-container anti-spoofing is the host veth's
+//     filter (srcguard.go, or the eBPF datapath's from_container);
 //   - no IPv6 router advertisements accepted on iface, whatever the
 //     network's families: a container could otherwise give the node a
 //     default route through itself (CVE-2020-10749). A node without IPv6

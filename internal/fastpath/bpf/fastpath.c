@@ -68,7 +68,7 @@ enum stat {
 	STAT_NEIGH,       // same, neighbour resolved by the kernel (bpf_redirect_neigh)
 	STAT_ARRIVED,     // arrived from another node, delivered to the container
 	STAT_TRANSLATED,  // left to the kernel: a flow conntrack translated
-	STAT_SPOOFED,     // dropped: source address not the container's
+	STAT_SPOOFED,     // dropped: source address or MAC (IPv4, ARP) not the container's
 	STAT_MAX,
 };
 
@@ -270,8 +270,8 @@ static __always_inline int linear(struct __sk_buff *skb, __u32 len)
 // parse finds the Ethernet and IPv4 headers (and the ports) of skb,
 // pulling into the linear part what of them is not there (only the
 // headers: never payload). It returns 0 for an IPv4 packet, 1 for
-// anything else (ARP, IPv6: the kernel's business) and -1 for a packet too
-// short to hold what its IPv4 header promises.
+// anything else (ARP, IPv6) and -1 for a packet too short to hold what its
+// IPv4 header promises.
 static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 {
 	if (linear(skb, sizeof(struct ethhdr) + sizeof(struct iphdr)) < 0) {
@@ -293,6 +293,15 @@ static __always_inline int parse(struct __sk_buff *skb, struct packet *p)
 		return 1;
 	p->ip = (void *)(p->eth + 1);
 	if ((void *)(p->ip + 1) > data_end || p->ip->ihl < 5)
+		return -1;
+	// A packet shorter than its tot_len (or tot_len shorter than its
+	// header) is the kernel's to drop (ip_rcv_core), not the programs' to
+	// hand on: the destination's stack would get it past that check. A
+	// BIG TCP packet (GSO, over 64 KiB) has tot_len 0, as the kernel's
+	// iph_totlen knows.
+	__u32 tot_len = bpf_ntohs(p->ip->tot_len);
+	if (!(tot_len == 0 && skb->gso_size) &&
+	    (tot_len < p->ip->ihl * 4 || tot_len > skb->len - sizeof(struct ethhdr)))
 		return -1;
 	p->ports = 0;
 	if (p->ip->frag_off & bpf_htons(0x1fff)) // not the first fragment: no L4 header
@@ -696,20 +705,89 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 	}
 }
 
+// arp4 is an ARP packet for IPv4 over Ethernet (RFC 826), the only
+// layout the kernel reads.
+struct arp4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__u8 spa[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+// arp_from lets an ARP packet from the container of host veth ifindex
+// through only when its sender is the container, at its own MAC (in the
+// frame and in the packet): a reply "X is at my MAC" would otherwise
+// rewrite the node's or a neighbour's entry for X, and a forged MAC the
+// bridge's FDB. A probe (RFC 5227, sender 0.0.0.0) is known by the
+// address it asks about, which must be the container's own.
+// stack_same_mac is same_mac for a MAC at any offset on the stack, where
+// the verifier refuses unaligned words.
+static __always_inline int stack_same_mac(const __u8 *a, const __u8 *b)
+{
+	__u8 d = 0;
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
+static __always_inline int arp_from(struct __sk_buff *skb)
+{
+	// Copied out (ARP is rare): no packet pointers to keep valid.
+	struct {
+		struct ethhdr eth;
+		struct arp4 arp;
+	} __attribute__((packed)) f;
+	if (bpf_skb_load_bytes(skb, 0, &f, sizeof(f)) < 0)
+		return TCX_DROP;
+	struct arp4 *a = &f.arp;
+	if (a->htype != bpf_htons(1) || a->ptype != bpf_htons(ETH_P_IP) || a->hlen != ETH_ALEN || a->plen != 4)
+		return TCX_DROP;
+	__be32 spa, tpa;
+	__builtin_memcpy(&spa, a->spa, 4);
+	__builtin_memcpy(&tpa, a->tpa, 4);
+	struct endpoint *self = bpf_map_lookup_elem(&endpoints, spa ? &spa : &tpa);
+	if (!self || self->ifindex != skb->ingress_ifindex || !stack_same_mac(f.eth.h_source, self->mac) ||
+	    !stack_same_mac(a->sha, self->mac)) {
+		count(STAT_SPOOFED);
+		return TCX_DROP;
+	}
+	return TCX_NEXT;
+}
+
 SEC("tcx/ingress")
 int from_container(struct __sk_buff *skb)
 {
+	// A VLAN tag the veth carries out of band (the container's VLAN
+	// device, offloaded) would hide the frame's real type.
+	if (skb->vlan_present)
+		return TCX_DROP;
+
 	struct packet p;
 	int rc = parse(skb, &p);
 
-	if (rc > 0)
-		return TCX_NEXT;
 	if (rc < 0)
 		return TCX_DROP;
+	if (rc > 0) {
+		// The network is IPv4 only: IPv6 from a container (its
+		// link-local's MLD and router solicitations too) and any other
+		// protocol goes nowhere. (skb->protocol is the frame's type,
+		// as the veth's eth_type_trans read it.)
+		if (skb->protocol == bpf_htons(ETH_P_ARP))
+			return arp_from(skb);
+		return TCX_DROP;
+	}
 
-	// Anti-spoofing: the source must be this container's own address.
+	// Anti-spoofing: the source must be this container's own address,
+	// sent from its own MAC (a neighbour's would move the neighbour's
+	// FDB entry on the bridge to this container's port).
 	struct endpoint *self = bpf_map_lookup_elem(&endpoints, &p.ip->saddr);
-	if (!self || self->ifindex != skb->ingress_ifindex) {
+	if (!self || self->ifindex != skb->ingress_ifindex || !same_mac(p.eth->h_source, self->mac)) {
 		count(STAT_SPOOFED);
 		return TCX_DROP;
 	}

@@ -1,0 +1,147 @@
+package srcguard
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/net/bpf"
+)
+
+// The program run on frames in x/net/bpf's interpreter (no root); the
+// filter on a real veth is tested in plugins/attach.
+
+var (
+	ownMAC   = net.HardwareAddr{0x02, 0xbe, 0, 0, 0, 0x02}
+	otherMAC = net.HardwareAddr{0x02, 0xbe, 0, 0, 0, 0x03}
+	// farMAC differs from ownMAC in its first four bytes only.
+	farMAC = net.HardwareAddr{0x0a, 0xbe, 0, 0, 0, 0x02}
+	own4   = netip.MustParseAddr("10.70.0.2")
+	own6   = netip.MustParseAddr("fd70::2")
+)
+
+func eth(src net.HardwareAddr, typ uint16, payload []byte) []byte {
+	f := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, src...)
+	f = binary.BigEndian.AppendUint16(f, typ)
+	return append(f, payload...)
+}
+
+func ipv4(src string) []byte {
+	h := make([]byte, 20)
+	h[0] = 0x45
+	copy(h[12:], netip.MustParseAddr(src).AsSlice())
+	copy(h[16:], netip.MustParseAddr("10.70.0.3").AsSlice())
+	return h
+}
+
+func arp(sha net.HardwareAddr, spa string) []byte {
+	h := []byte{0, 1, 8, 0, 6, 4, 0, 2}
+	h = append(h, sha...)
+	h = append(h, netip.MustParseAddr(spa).AsSlice()...)
+	h = append(h, make([]byte, 6)...)
+	return append(h, netip.MustParseAddr("10.70.0.1").AsSlice()...)
+}
+
+// ipv6 is a header from src with next header next and payload.
+func ipv6(src string, next byte, payload []byte) []byte {
+	h := make([]byte, 40)
+	h[0] = 0x60
+	binary.BigEndian.PutUint16(h[4:], uint16(len(payload)))
+	h[6], h[7] = next, 255
+	copy(h[8:], netip.MustParseAddr(src).AsSlice())
+	copy(h[24:], netip.MustParseAddr("ff02::1").AsSlice())
+	return append(h, payload...)
+}
+
+func na(target string) []byte {
+	m := []byte{icmp6NA, 0, 0, 0, 0x20, 0, 0, 0}
+	return append(m, netip.MustParseAddr(target).AsSlice()...)
+}
+
+func TestProgram(t *testing.T) {
+	mld := append([]byte{nextICMPv6, 0, 5, 2, 0, 0, 1, 0}, mldv2Report, 0, 0, 0, 0, 0, 0, 0)
+	for _, tc := range []struct {
+		name  string
+		c     Container
+		frame []byte
+		pass  bool
+	}{
+		{"own IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, ipv4("10.70.0.2")), true},
+		{"neighbour's IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, ipv4("10.70.0.3")), false},
+		{"gateway's IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, ipv4("10.70.0.1")), false},
+		{"outside IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, ipv4("1.2.3.4")), false},
+		{"loopback IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, ipv4("127.0.0.1")), false},
+		{"IPv4 without an IPv4 address", Container{ownMAC, netip.Addr{}, own6}, eth(ownMAC, 0x0800, ipv4("10.70.0.2")), false},
+		{"truncated IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, ipv4("10.70.0.2")[:14]), false},
+		{"neighbour's MAC", Container{ownMAC, own4, own6}, eth(otherMAC, 0x0800, ipv4("10.70.0.2")), false},
+		{"MAC differing in its first bytes", Container{ownMAC, own4, own6}, eth(farMAC, 0x0800, ipv4("10.70.0.2")), false},
+		{"short frame", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0800, nil)[:10], false},
+		{"ARP from itself", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(ownMAC, "10.70.0.2")), true},
+		{"ARP probe", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(ownMAC, "0.0.0.0")), true},
+		{"ARP claiming the neighbour's IPv4", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(ownMAC, "10.70.0.3")), false},
+		{"ARP claiming the gateway", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(ownMAC, "10.70.0.1")), false},
+		{"ARP with a forged sender MAC", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(otherMAC, "10.70.0.2")), false},
+		{"ARP with 8-byte hardware addresses", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, func() []byte {
+			a := arp(ownMAC, "10.70.0.2")
+			a[4] = 8
+			return a
+		}()), false},
+		{"ARP with a sender MAC differing in its first bytes", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(farMAC, "10.70.0.2")), false},
+		{"truncated ARP", Container{ownMAC, own4, own6}, eth(ownMAC, 0x0806, arp(ownMAC, "10.70.0.2")[:20]), false},
+		{"ARP without an IPv4 address", Container{ownMAC, netip.Addr{}, own6}, eth(ownMAC, 0x0806, arp(ownMAC, "0.0.0.0")), false},
+		{"own IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fd70::2", 17, make([]byte, 8))), true},
+		{"link-local IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::be:ff:fe00:2", 17, make([]byte, 8))), true},
+		{"link-local IPv6, IPv4-only", Container{ownMAC, own4, netip.Addr{}}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 17, make([]byte, 8))), true},
+		{"DAD from ::", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("::", 58, []byte{135, 0, 0, 0})), true},
+		{"neighbour's IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fd70::3", 17, make([]byte, 8))), false},
+		{"made-up IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("2001:db8::1", 17, make([]byte, 8))), false},
+		{"global IPv6, IPv4-only", Container{ownMAC, own4, netip.Addr{}}, eth(ownMAC, 0x86dd, ipv6("fd70::2", 17, make([]byte, 8))), false},
+		{"NA for itself", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 58, na("fd70::2"))), true},
+		{"NA claiming the neighbour's IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fd70::2", 58, na("fd70::3"))), false},
+		{"MLDv2 report", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 0, mld)), true},
+		{"NA behind hop-by-hop options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 0, append([]byte{58, 0, 5, 2, 0, 0, 1, 0}, na("fd70::3")...))), false},
+		{"NA behind destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 60, append([]byte{58, 0, 1, 4, 0, 0, 0, 0}, na("fd70::3")...))), false},
+		{"VLAN in band", Container{ownMAC, own4, own6}, eth(ownMAC, 0x8100, append([]byte{0, 1, 8, 0}, ipv4("10.70.0.3")...)), false},
+		{"other ethertype", Container{ownMAC, own4, own6}, eth(ownMAC, 0x88cc, make([]byte, 40)), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if pass := run(t, tc.c, tc.frame); pass != tc.pass {
+				t.Errorf("passed %v, want %v", pass, tc.pass)
+			}
+		})
+	}
+}
+
+// run runs c's program on frame, without its first two instructions
+// (the VLAN tag check: the interpreter has no such extension).
+func run(t *testing.T, c Container, frame []byte) bool {
+	raw, err := Program(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, ok := bpf.Disassemble(raw[2:])
+	if !ok {
+		t.Fatal("disassembling the program")
+	}
+	vm, err := bpf.NewVM(prog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Anything but the two verdicts (0: a load past the end, which
+	// cls_bpf would take as TC_ACT_OK) is a bug of the program.
+	v, err := vm.Run(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v != tcActShot && v != tcActUnspec {
+		t.Fatalf("the program returned %d", v)
+	}
+	return v != tcActShot
+}
+
+func TestProgramRefusesABadMAC(t *testing.T) {
+	if _, err := Program(Container{MAC: net.HardwareAddr{1, 2, 3}}); err == nil {
+		t.Fatal("a 3-byte MAC was taken")
+	}
+}

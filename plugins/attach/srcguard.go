@@ -1,0 +1,77 @@
+package attach
+
+import (
+	"fmt"
+	"net"
+
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
+
+	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/srcguard"
+)
+
+// The iptables datapath's anti-spoofing per container (internal/srcguard):
+// a filter on the host veth's ingress that lets the container send only
+// with its own MAC and addresses. The eBPF datapath's from_container does
+// the same, so an eBPF attachment gets none. The filter goes with the
+// veth.
+//
+// The MAC is the one the result of ADD names, which berth set (or the
+// mac capability asked for). A plugin chained after berth that changes it
+// (tuning's "mac") leaves the guard on the old one: the container's
+// traffic is dropped, and CHECK says why.
+
+// guard puts the source guard on the attachment's host veth; res is the
+// result of the links.
+func (k *call) guard(res *current.Result) error {
+	if k.rec.BPFFS != "" {
+		return nil
+	}
+	c, err := k.guarded(res)
+	if err != nil {
+		return err
+	}
+	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
+	if err != nil {
+		return fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
+	}
+	if err := srcguard.Apply(host.Attrs().Index, c); err != nil {
+		return fmt.Errorf("%w: anti-spoofing on %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
+	}
+	return nil
+}
+
+// checkGuard verifies the source guard against prev, the result of ADD.
+func (k *call) checkGuard(prev *current.Result) error {
+	if k.rec.BPFFS != "" {
+		return nil
+	}
+	c, err := k.guarded(prev)
+	if err != nil {
+		return err
+	}
+	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
+	if err != nil {
+		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
+	}
+	if err := srcguard.Check(host.Attrs().Index, c); err != nil {
+		return fmt.Errorf("%w: anti-spoofing on %s: %v; DEL and ADD the container again", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
+	}
+	return nil
+}
+
+// guarded is what the container may send: the MAC of its interface in
+// res and the addresses of the record.
+func (k *call) guarded(res *current.Result) (srcguard.Container, error) {
+	c := srcguard.Container{IPv4: k.rec.ContainerIP, IPv6: k.rec.ContainerIP6}
+	for _, i := range res.Interfaces {
+		if i.Sandbox != "" && i.Name == k.args.IfName {
+			c.MAC, _ = net.ParseMAC(i.Mac)
+		}
+	}
+	if len(c.MAC) != 6 {
+		return c, fmt.Errorf("%w: anti-spoofing needs the MAC of %s; the result has none", cnierr.ErrDatapath, k.args.IfName)
+	}
+	return c, nil
+}
