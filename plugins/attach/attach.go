@@ -69,6 +69,7 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	if c.EBPF() {
 		rec.BPFFS = c.BPFFS
 	}
+	rec.SourceGuard = !c.EBPF() // the eBPF datapath's from_container checks the sources
 	rec.Bridge = c.BridgeName
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }

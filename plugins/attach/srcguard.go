@@ -25,7 +25,7 @@ import (
 // guard puts the source guard on the attachment's host veth; res is the
 // result of the links.
 func (k *call) guard(res *current.Result) error {
-	if k.rec.BPFFS != "" {
+	if !k.rec.SourceGuard {
 		return nil
 	}
 	c, err := k.guarded(res)
@@ -42,9 +42,10 @@ func (k *call) guard(res *current.Result) error {
 	return nil
 }
 
-// checkGuard verifies the source guard against prev, the result of ADD.
+// checkGuard verifies the source guard against prev, the result of ADD,
+// of an attachment that has one (not one of an earlier berth's).
 func (k *call) checkGuard(prev *current.Result) error {
-	if k.rec.BPFFS != "" {
+	if !k.rec.SourceGuard {
 		return nil
 	}
 	c, err := k.guarded(prev)

@@ -39,6 +39,11 @@ type record struct {
 	// name (see nameKeeper) the attachment is on. Empty in the records
 	// of an earlier berth, whose host veth's master tells.
 	Bridge string `json:"bridge,omitempty"`
+	// SourceGuard: the iptables datapath's source guard is on the host
+	// veth (srcguard.go). False in the records of an earlier berth, whose
+	// containers have none until attached again: CHECK does not ask for
+	// one there.
+	SourceGuard bool `json:"sourceGuard,omitempty"`
 }
 
 // key identifies the attachment in chain, veth and file names.
