@@ -719,12 +719,6 @@ struct arp4 {
 	__u8 tpa[4];
 } __attribute__((packed));
 
-// arp_from lets an ARP packet from the container of host veth ifindex
-// through only when its sender is the container, at its own MAC (in the
-// frame and in the packet): a reply "X is at my MAC" would otherwise
-// rewrite the node's or a neighbour's entry for X, and a forged MAC the
-// bridge's FDB. A probe (RFC 5227, sender 0.0.0.0) is known by the
-// address it asks about, which must be the container's own.
 // stack_same_mac is same_mac for a MAC at any offset on the stack, where
 // the verifier refuses unaligned words.
 static __always_inline int stack_same_mac(const __u8 *a, const __u8 *b)
@@ -736,6 +730,12 @@ static __always_inline int stack_same_mac(const __u8 *a, const __u8 *b)
 	return d == 0;
 }
 
+// arp_from lets an ARP packet from the container of the host veth skb
+// arrived on through only when its sender is the container, at its own
+// MAC (in the frame and in the packet): a reply "X is at my MAC" would
+// otherwise rewrite the node's or a neighbour's entry for X, and a forged
+// MAC the bridge's FDB. A probe (RFC 5227, sender 0.0.0.0) is known by
+// the address it asks about, which must be the container's own.
 static __always_inline int arp_from(struct __sk_buff *skb)
 {
 	// Copied out (ARP is rare): no packet pointers to keep valid.
