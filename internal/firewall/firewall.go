@@ -124,6 +124,11 @@ type Attachment struct {
 	// has none in (its ports are not published in that family).
 	IPv4, IPv6 netip.Addr
 	Ports      []Port
+	// Earlier: attached by an earlier berth, before the network's rules
+	// closing the node's 127/8 and an IPv4-only network's IPv6 (inRules,
+	// closedRules). CHECK does not ask for those, which the network's
+	// next ADD adds: after an upgrade it passes as before.
+	Earlier bool
 }
 
 func hash(s string) string {
@@ -573,11 +578,15 @@ func check(backend iptables.Backend, n familyNet, a *Attachment) error {
 	nat, filter, raw := tables.Get("nat"), tables.Get("filter"), tables.Get("raw")
 	var wants []want
 	var jumps []jump
-	if in := n.inRules(); len(in) > 0 {
+	earlier := a != nil && a.Earlier
+	if in := n.inRules(); len(in) > 0 && !earlier {
 		wants = append(wants, want{filter, inChain(n.Name), in})
 		jumps = append(jumps, jump{filter, "INPUT", chainInput}, jump{filter, chainInput, inChain(n.Name)})
 	}
 	if n.closed {
+		if earlier {
+			return nil // nothing else of berth's is in this family
+		}
 		wants = append(wants, want{filter, no6Chain(n.Name), n.closedRules()})
 		jumps = append(jumps, jump{filter, "FORWARD", chainForward}, jump{filter, chainForward, no6Chain(n.Name)})
 		return checkRules(n, wants, jumps)

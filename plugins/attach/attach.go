@@ -69,7 +69,7 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	if c.EBPF() {
 		rec.BPFFS = c.BPFFS
 	}
-	rec.SourceGuard = !c.EBPF() // the eBPF datapath's from_container checks the sources
+	rec.Guards = guardsV1
 	rec.Bridge = c.BridgeName
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }
@@ -93,7 +93,8 @@ func (d Datapath) fwNetwork(c *conf.Bridge) firewall.Network {
 }
 
 func (k *call) fwAttachment() *firewall.Attachment {
-	return &firewall.Attachment{Key: k.rec.key(), IPv4: k.rec.ContainerIP, IPv6: k.rec.ContainerIP6, Ports: firewallPorts(k.rec.Ports)}
+	return &firewall.Attachment{Key: k.rec.key(), IPv4: k.rec.ContainerIP, IPv6: k.rec.ContainerIP6, Ports: firewallPorts(k.rec.Ports),
+		Earlier: !k.rec.guarded()}
 }
 
 // Add attaches the container: allocate, claim host ports, then plug it in
@@ -259,7 +260,7 @@ func openNetns(path string) (ns.NetNS, error) {
 }
 
 func (k *call) linkRequest(netns ns.NetNS, res *current.Result) LinkRequest {
-	return LinkRequest{Conf: k.c, Netns: netns, IfName: k.args.IfName, HostVeth: k.rec.HostVeth, IPAM: res}
+	return LinkRequest{Conf: k.c, Netns: netns, IfName: k.args.IfName, HostVeth: k.rec.HostVeth, IPAM: res, Earlier: !k.rec.guarded()}
 }
 
 // setupFirewall records the container's addresses and installs the

@@ -295,10 +295,10 @@ func TestCheckDetectsTampering(t *testing.T) {
 	}
 }
 
-// A container attached by an earlier berth has no source guard (it came
-// with the iptables datapath's anti-spoofing per container): CHECK by
-// this build, after an upgrade, passes for it as before, while one that
-// this build attached must have its guard.
+// A container attached by an earlier berth has no source guard, and its
+// network none of the rules closing the node's 127/8 (both came later):
+// CHECK by this build, after an upgrade, passes for it as before, while
+// one that this build attached must have them (TestCheckDetectsTampering).
 func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	if testenv.Datapath() == "ebpf" {
 		t.Skip("the eBPF datapath has no source guard filter: from_container checks the sources")
@@ -320,15 +320,23 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	earlier := strings.Replace(string(data), `,"sourceGuard":true`, "", 1)
+	earlier := strings.Replace(string(data), `,"guards":1`, "", 1)
 	if earlier == string(data) {
 		t.Fatalf("the record does not say the attachment has a source guard: %s", data)
 	}
 	if err := os.WriteFile(records[0], []byte(earlier), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		out, _ := testenv.InNS(n.ns, tool+"-save", "-t", "filter")
+		for _, l := range strings.Split(string(out), "\n") {
+			if chain, ok := strings.CutPrefix(l, ":BERTH-IN-"); ok {
+				mustRun(t, n.ns, tool, "-F", "BERTH-IN-"+strings.Fields(chain)[0])
+			}
+		}
+	}
 	if err := rt.Check(c); err != nil {
-		t.Errorf("CHECK of an earlier berth's attachment (no source guard): %v", err)
+		t.Errorf("CHECK of an earlier berth's attachment (no source guard, no 127/8 rule): %v", err)
 	}
 }
 

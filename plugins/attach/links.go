@@ -60,6 +60,9 @@ type LinkRequest struct {
 	IfName   string
 	HostVeth string
 	IPAM     *current.Result // addresses and routes from IPAM (Setup only)
+	// Earlier: attached by an earlier berth, without this build's guards
+	// (record.Guards); Check does not ask for them.
+	Earlier bool
 }
 
 // MTU is the container interface MTU: configured, else 1500.

@@ -25,7 +25,7 @@ import (
 // guard puts the source guard on the attachment's host veth; res is the
 // result of the links.
 func (k *call) guard(res *current.Result) error {
-	if !k.rec.SourceGuard {
+	if k.rec.BPFFS != "" {
 		return nil
 	}
 	c, err := k.guarded(res)
@@ -45,7 +45,7 @@ func (k *call) guard(res *current.Result) error {
 // checkGuard verifies the source guard against prev, the result of ADD,
 // of an attachment that has one (not one of an earlier berth's).
 func (k *call) checkGuard(prev *current.Result) error {
-	if !k.rec.SourceGuard {
+	if k.rec.BPFFS != "" || !k.rec.guarded() {
 		return nil
 	}
 	c, err := k.guarded(prev)

@@ -39,12 +39,24 @@ type record struct {
 	// name (see nameKeeper) the attachment is on. Empty in the records
 	// of an earlier berth, whose host veth's master tells.
 	Bridge string `json:"bridge,omitempty"`
-	// SourceGuard: the iptables datapath's source guard is on the host
-	// veth (srcguard.go). False in the records of an earlier berth, whose
-	// containers have none until attached again: CHECK does not ask for
-	// one there.
-	SourceGuard bool `json:"sourceGuard,omitempty"`
+	// Guards is the generation of guards the attachment was made with:
+	// 0 by an earlier berth, guardsV1 by this one (the source guard on the
+	// host veth on the iptables datapath, srcguard.go; the network's
+	// rules closing the node's 127/8 and an IPv4-only network's IPv6,
+	// internal/firewall; a routed host veth's IPv6 off). CHECK asks only
+	// for what the attachment was made with, so that after an upgrade it
+	// passes for the containers of an earlier berth as before: their
+	// network gets its new rules at its next ADD, they get the source
+	// guard when attached again.
+	Guards int `json:"guards,omitempty"`
 }
+
+// guardsV1 is the generation of guards of this build (record.Guards).
+const guardsV1 = 1
+
+// guarded reports whether the attachment was made with this build's
+// guards.
+func (r *record) guarded() bool { return r.Guards >= guardsV1 }
 
 // key identifies the attachment in chain, veth and file names.
 func (r *record) key() string { return attachmentKey(r.Network, r.ContainerID, r.IfName) }

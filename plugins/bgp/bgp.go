@@ -215,7 +215,7 @@ func (routedLinks) Check(r attach.LinkRequest, prev *current.Result) error {
 	for _, ipc := range prev.IPs {
 		v6 = v6 || ipc.Address.IP.To4() == nil
 	}
-	if !v6 {
+	if !v6 && !r.Earlier {
 		if err := attach.CheckIPv6Disabled(r.HostVeth); err != nil {
 			return err
 		}
