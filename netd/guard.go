@@ -32,3 +32,13 @@ func (d *daemon) guardVTEP(peers []cluster.Lease, full bool) ([]string, error) {
 	d.guarded = &want
 	return changed, nil
 }
+
+// pendingGuard lists what the next full pass would change in the VTEP
+// guard, for netd status.
+func (d *daemon) pendingGuard(peers []cluster.Lease) ([]string, error) {
+	g, ok := d.nw.(backend.Guarded)
+	if !ok {
+		return nil, nil
+	}
+	return firewall.PendingVTEPGuard(g.Guard(peers))
+}

@@ -124,7 +124,14 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 	ensure(g, "written (port 8472, 2 peer addresses)")
 	ensure(g, "") // again: no write
 	nft(func(c *nftables.Conn) { c.FlushTable(guardTable) })
+	var pending []string
+	if err := in(n, func() (err error) { pending, err = PendingVTEPGuard(g); return err }); err != nil || len(pending) != 1 || !strings.Contains(pending[0], "written") {
+		t.Errorf("pending after a flush: %q %v, want the chain written", pending, err)
+	}
 	ensure(g, "written")
+	if err := in(n, func() (err error) { pending, err = PendingVTEPGuard(g); return err }); err != nil || len(pending) != 0 {
+		t.Errorf("pending after Ensure: %q %v, want none", pending, err)
+	}
 	nft(func(c *nftables.Conn) { c.DelTable(guardTable) })
 	ensure(g, "written")
 	g.Peers = append(g.Peers, netip.MustParseAddr("192.168.50.3"))
