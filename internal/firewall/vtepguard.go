@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -77,11 +78,11 @@ func legacyGuardChain(network string) string { return "BERTH-VTEP-" + hash(netwo
 var guardTable = &nftables.Table{Name: GuardTable, Family: nftables.TableFamilyINet}
 
 // guardRule is one rule of the chain: its expressions, and the nft
-// syntax they stand for, which the rule carries as its comment. The
-// comparison with the kernel reads the comments back: decoding the
-// expressions again would compare the library's decoder, not the rule,
-// and any rule not written from the same text (an nft replace without
-// berth's comment) differs and is rewritten.
+// syntax they stand for, which the rule carries as its comment (for
+// people, netd status and the tests, without an nft binary). The
+// comparison with the kernel takes both: the expressions are what runs
+// (the kernel gives back exactly what was written, which the namespace
+// test checks), the text catches a rule put there by someone else.
 type guardRule struct {
 	text  string
 	exprs []expr.Any
@@ -182,6 +183,7 @@ const (
 type VTEPGuardState struct {
 	Chain objState
 	Rules []string     // the chain's rules, by their comments (guardRule)
+	exprs [][]expr.Any // and their expressions
 	Sets  [2]objState  // peers4, peers6
 	Peers []netip.Addr // both sets' elements, sorted
 }
@@ -202,7 +204,12 @@ func (p guardPlan) empty() bool { return !p.rewrite && len(p.add) == 0 && len(p.
 // planGuard compares the guard g with the kernel's.
 func planGuard(g VTEPGuard, have VTEPGuardState) guardPlan {
 	want := g.peers()
-	if have.Chain != right || have.Sets != [2]objState{right, right} || !slices.Equal(have.Rules, g.Rules()) {
+	var exprs [][]expr.Any
+	for _, r := range g.rules() {
+		exprs = append(exprs, r.exprs)
+	}
+	if have.Chain != right || have.Sets != [2]objState{right, right} ||
+		!slices.Equal(have.Rules, g.Rules()) || !reflect.DeepEqual(have.exprs, exprs) {
 		return guardPlan{rewrite: true, add: want}
 	}
 	var p guardPlan
@@ -288,6 +295,7 @@ func readGuard(c *nftables.Conn, network string) (VTEPGuardState, error) {
 		for _, r := range rules {
 			text, _ := userdata.GetString(r.UserData, userdata.TypeComment)
 			s.Rules = append(s.Rules, text)
+			s.exprs = append(s.exprs, r.Exprs)
 		}
 	}
 	sets, err := c.GetSets(guardTable)

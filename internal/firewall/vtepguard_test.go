@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 
 	"github.com/berthnet/berth/internal/testenv"
 )
@@ -60,9 +61,12 @@ func TestPlanGuard(t *testing.T) {
 	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: addrs("192.168.50.3", "fd00:50::2", "192.168.50.2", "192.168.50.3")}
 	sorted := addrs("192.168.50.2", "192.168.50.3", "fd00:50::2")
 	same := VTEPGuardState{Chain: right, Rules: g.Rules(), Sets: [2]objState{right, right}, Peers: sorted}
+	for _, r := range g.rules() {
+		same.exprs = append(same.exprs, r.exprs)
+	}
 	with := func(change func(*VTEPGuardState)) VTEPGuardState {
 		s := same
-		s.Rules, s.Peers = slices.Clone(s.Rules), slices.Clone(s.Peers)
+		s.Rules, s.Peers, s.exprs = slices.Clone(s.Rules), slices.Clone(s.Peers), slices.Clone(s.exprs)
 		change(&s)
 		return s
 	}
@@ -75,6 +79,9 @@ func TestPlanGuard(t *testing.T) {
 		{"no table", VTEPGuardState{}, guardPlan{rewrite: true, add: sorted}},
 		{"flushed chain", with(func(s *VTEPGuardState) { s.Rules = nil }), guardPlan{rewrite: true, add: sorted}},
 		{"a rule changed", with(func(s *VTEPGuardState) { s.Rules[1] = "udp dport 8472 fib daddr type local accept" }), guardPlan{rewrite: true, add: sorted}},
+		{"a rule's expressions changed under berth's comment", with(func(s *VTEPGuardState) {
+			s.exprs[4] = slices.Concat(s.exprs[4][:len(s.exprs[4])-1], []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})
+		}), guardPlan{rewrite: true, add: sorted}},
 		{"a rule without berth's comment", with(func(s *VTEPGuardState) { s.Rules[0] = "" }), guardPlan{rewrite: true, add: sorted}},
 		{"chain on another hook", with(func(s *VTEPGuardState) { s.Chain = different }), guardPlan{rewrite: true, add: sorted}},
 		{"IPv6 set missing", with(func(s *VTEPGuardState) { s.Sets[1] = absent }), guardPlan{rewrite: true, add: sorted}},
