@@ -245,7 +245,7 @@ func (p guardPlan) describe(g VTEPGuard) []string {
 	return []string{fmt.Sprintf("%s: peers %s", where, strings.Join(d, " "))}
 }
 
-// chain is g's base chain.
+// guardChain is network's base chain.
 func guardChain(network string) *nftables.Chain {
 	policy := nftables.ChainPolicyAccept
 	return &nftables.Chain{Name: GuardChain(network), Table: guardTable, Type: nftables.ChainTypeFilter,
@@ -278,17 +278,17 @@ func readGuard(c *nftables.Conn, network string) (VTEPGuardState, error) {
 	if err != nil {
 		return s, err
 	}
-	want := guardChain(network)
+	chain := guardChain(network)
 	for _, ch := range chains {
-		if ch.Table.Name != GuardTable || ch.Name != want.Name {
+		if ch.Table.Name != GuardTable || ch.Name != chain.Name {
 			continue
 		}
 		s.Chain = different
-		if ch.Type == want.Type && ch.Hooknum != nil && *ch.Hooknum == *want.Hooknum &&
-			ch.Priority != nil && *ch.Priority == *want.Priority && (ch.Policy == nil || *ch.Policy == *want.Policy) {
+		if ch.Type == chain.Type && ch.Hooknum != nil && *ch.Hooknum == *chain.Hooknum &&
+			ch.Priority != nil && *ch.Priority == *chain.Priority && (ch.Policy == nil || *ch.Policy == *chain.Policy) {
 			s.Chain = right
 		}
-		rules, err := c.GetRules(guardTable, want)
+		rules, err := c.GetRules(guardTable, chain)
 		if err != nil {
 			return s, err
 		}
@@ -302,13 +302,13 @@ func readGuard(c *nftables.Conn, network string) (VTEPGuardState, error) {
 	if err != nil {
 		return s, err
 	}
-	for i, want := range guardSets(network) {
+	for i, mine := range guardSets(network) {
 		for _, set := range sets {
-			if set.Name != want.Name {
+			if set.Name != mine.Name {
 				continue
 			}
 			s.Sets[i] = different
-			if set.KeyType.Name != want.KeyType.Name || set.Interval || set.IsMap {
+			if set.KeyType.Name != mine.KeyType.Name || set.Interval || set.IsMap {
 				continue
 			}
 			s.Sets[i] = right
