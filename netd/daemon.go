@@ -162,10 +162,10 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	firstStart := errors.Is(statErr, fs.ErrNotExist) // no datapath of an earlier run here
 	if firstStart {
 		// No VTEP without its guard; the first pass adds the peers. A
-		// restarted netd keeps the chain it wrote (with its peers) until
-		// that pass, which changes nothing then. A failure is the passes'
+		// restarted netd keeps the guard it wrote (with its peers) until
+		// that pass, which writes nothing then. A failure is the passes'
 		// error too (status, metrics), not a reason to leave the network
-		// down: a node without iptables tools cannot be guarded by netd.
+		// down: a kernel without nf_tables cannot be guarded by netd.
 		made, err := d.guardVTEP(nil, true)
 		if err != nil {
 			log.Error("VTEP guard", "err", err)

@@ -11,10 +11,10 @@ import (
 
 // guardVTEP writes the backend's VTEP guard (vxlan: no container may
 // send to the VTEP port, see firewall.VTEPGuard) for these peers: on a
-// full pass, to repair a flushed table, and whenever the peers' addresses
-// changed since it was last written. It is written before the VTEP is
-// made or re-created, so that no VTEP runs unguarded. It returns what it
-// changed, for the pass's log.
+// full pass, to repair a flushed or deleted table, and whenever the
+// peers' addresses changed since it was last written. It is written
+// before the VTEP is made or re-created, so that no VTEP runs unguarded.
+// It returns what it changed, for the pass's log.
 func (d *daemon) guardVTEP(peers []cluster.Lease, full bool) ([]string, error) {
 	g, ok := d.nw.(backend.Guarded)
 	if !ok {
@@ -30,8 +30,15 @@ func (d *daemon) guardVTEP(peers []cluster.Lease, full bool) ([]string, error) {
 		return nil, fmt.Errorf("%w; containers may reach the VTEP port %d until it is fixed", err, want.Port)
 	}
 	d.guarded = &want
-	if !changed {
+	return changed, nil
+}
+
+// pendingGuard lists what the next full pass would change in the VTEP
+// guard, for netd status.
+func (d *daemon) pendingGuard(peers []cluster.Lease) ([]string, error) {
+	g, ok := d.nw.(backend.Guarded)
+	if !ok {
 		return nil, nil
 	}
-	return []string{fmt.Sprintf("VTEP guard %s (raw): port %d, %d peer addresses", firewall.GuardChain(want.Network), want.Port, len(want.Peers))}, nil
+	return firewall.PendingVTEPGuard(g.Guard(peers))
 }

@@ -198,6 +198,11 @@ func (d *daemon) status() *Status {
 		var fast []string
 		fast, readErr = d.pendingFastpath(self, want)
 		pending = append(pending, fast...)
+		if readErr == nil {
+			var guard []string
+			guard, readErr = d.pendingGuard(in.Peers)
+			pending = append(pending, guard...)
+		}
 		if sl, ok := d.nw.(backend.SessionLister); ok {
 			sessions = sl.Sessions(in)
 			d.m.observeSessions(sessions)
@@ -236,7 +241,7 @@ func (d *daemon) status() *Status {
 		s.LastError = d.last.Err.Error()
 	}
 	if readErr != nil {
-		s.Pending = []string{"cannot read the kernel, the eBPF datapath or the routing protocol: " + readErr.Error()}
+		s.Pending = []string{"cannot read the kernel, the eBPF datapath, the VTEP guard or the routing protocol: " + readErr.Error()}
 	}
 	s.Pending = append(s.Pending, pending...)
 	why := map[string]backend.Problem{}

@@ -220,16 +220,21 @@ func TestUninstall(t *testing.T) {
 		}
 		return err
 	}))
-	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-		out, err := testenv.InNS(n.netns, tool, "-t", "raw")
-		must(t, err)
-		if strings.Contains(string(out), firewall.GuardChain("berth")) {
-			left = append(left, tool+" "+firewall.GuardChain("berth"))
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		for _, network := range []string{"berth", "other"} {
+			s, err := firewall.ReadVTEPGuard(network)
+			if err != nil {
+				return err
+			}
+			switch {
+			case network == "berth" && s.Exists():
+				left = append(left, "VTEP guard "+firewall.GuardChain(network))
+			case network == "other" && !s.Exists():
+				t.Errorf("removed another network's VTEP guard: %+v", s)
+			}
 		}
-		if !strings.Contains(string(out), "-A PREROUTING -j "+firewall.GuardChain("other")) {
-			t.Errorf("removed another network's VTEP guard (%s):\n%s", tool, out)
-		}
-	}
+		return nil
+	}))
 	if len(left) > 0 {
 		t.Errorf("left on the node: %v", left)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/firewall"
@@ -32,9 +33,9 @@ import (
 // at a socket of its node; the same packet sent by the peer node's own
 // stack arrives (the frame is right, and the peers' VXLAN still flows).
 // The cluster's containers reach each other across nodes; the guard
-// netd keeps comes back after a flush of the raw table, stays while netd
-// is stopped, is not rewritten by the restarted netd, and goes with netd
-// leave. Datapath under test: BERTH_TEST_DATAPATH.
+// netd keeps comes back after its nftables table is flushed or deleted,
+// stays while netd is stopped, is not rewritten by the restarted netd,
+// and goes with netd leave. Datapath under test: BERTH_TEST_DATAPATH.
 func TestVXLANInjection(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		name := "ipv4 underlay"
@@ -143,26 +144,28 @@ func vxlanInjection(t *testing.T, v6 bool) {
 	}
 	t.Run("injection", inject)
 
-	t.Run("a flushed raw table is guarded again", func(t *testing.T) {
-		tool := "iptables"
-		if v6 {
-			tool = "ip6tables"
-		}
-		if out, err := node1.Run(ctx, tool, "-t", "raw", "-F"); err != nil {
-			t.Fatalf("%s -t raw -F: %v\n%s", tool, err, out)
-		}
-		chain := firewall.GuardChain("pods")
-		err := eventually(10*time.Second, func() error {
-			out, err := node1.Run(ctx, tool+"-save", "-t", "raw")
-			if err != nil || !strings.Contains(string(out), "-A PREROUTING -j "+chain) || !strings.Contains(string(out), "-A "+chain+" ") {
-				return fmt.Errorf("%s raw on node1 has no guard: %v\n%s", tool, err, out)
+	t.Run("a flushed or deleted guard table is guarded again", func(t *testing.T) {
+		for _, undo := range []func(*nftables.Conn){
+			func(c *nftables.Conn) { c.FlushTable(guardTable) },
+			func(c *nftables.Conn) { c.DelTable(guardTable) },
+		} {
+			if err := node1.NetNS.NetNS.Do(func(ns.NetNS) error {
+				c, _ := nftables.New()
+				undo(c)
+				return c.Flush()
+			}); err != nil {
+				t.Fatal(err)
 			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+			if err := eventually(10*time.Second, func() error {
+				if got := guardRules(t, node1); !strings.Contains(got, "fib daddr type local drop") {
+					return fmt.Errorf("node1 has no VTEP guard: %q", got)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			inject(t)
 		}
-		inject(t)
 	})
 	matrix(t, []*container{attacker, v1, v2}, 7010)
 
@@ -208,23 +211,20 @@ func vxlanInjection(t *testing.T, v6 bool) {
 	})
 }
 
-// guardRules are the VTEP guard's rules of network pods on node n, of
-// both families, as iptables-save prints them.
+var guardTable = &nftables.Table{Name: firewall.GuardTable, Family: nftables.TableFamilyINet}
+
+// guardRules are the VTEP guard of network pods on node n as the kernel
+// has it (rules and peer addresses); "" when it has none.
 func guardRules(t *testing.T, n *testbed.Node) string {
 	t.Helper()
-	var rules []string
-	for _, tool := range []string{"iptables-save", "ip6tables-save"} {
-		out, err := n.Run(context.Background(), tool, "-t", "raw")
-		if err != nil {
-			t.Fatalf("%s on %s: %v\n%s", tool, n.Host, err, out)
-		}
-		for _, l := range strings.Split(string(out), "\n") {
-			if strings.Contains(l, firewall.GuardChain("pods")) {
-				rules = append(rules, tool+": "+l)
-			}
-		}
+	var s firewall.VTEPGuardState
+	if err := n.NetNS.NetNS.Do(func(ns.NetNS) (err error) { s, err = firewall.ReadVTEPGuard("pods"); return err }); err != nil {
+		t.Fatalf("%s: %v", n.Host, err)
 	}
-	return strings.Join(rules, "\n")
+	if !s.Exists() {
+		return ""
+	}
+	return fmt.Sprintf("%s\npeers %v", strings.Join(s.Rules, "\n"), s.Peers)
 }
 
 // tunnel is what a VTEP decapsulates: its VNI, port and MAC.

@@ -25,6 +25,7 @@ import (
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/test/kubecluster"
 	"github.com/berthnet/berth/test/testbed"
@@ -81,6 +82,9 @@ func TestKubernetes(t *testing.T) {
 			}
 			m.startPods(t, ctx)
 			t.Run("pods reach each other across nodes", m.podToPod)
+			if m.mode == "vxlan" {
+				t.Run("netd guards the VTEPs without iptables tools", m.vtepGuard)
+			}
 			if m.ebpf {
 				t.Run("the eBPF programs carry the pods' traffic", m.fastPath)
 			}
@@ -346,6 +350,41 @@ func fastpathStats(t *testing.T, n *kubecluster.Node) fastpath.Stats {
 	return s
 }
 
+// vtepGuard: netd, in berth's image (no iptables or nft tools), wrote
+// the VTEP guard on every node, with the other node's address among the
+// peers, and logged no error about it.
+func (m *modeRun) vtepGuard(t *testing.T) {
+	ctx := context.Background()
+	for i, n := range m.c.Nodes {
+		// The pods reached each other: each node's netd has the other's lease.
+		peer := m.c.Nodes[1-i]
+		var s firewall.VTEPGuardState
+		if err := n.Do(func() (err error) { s, err = firewall.ReadVTEPGuard(conf.DefaultNetworkName); return err }); err != nil {
+			t.Fatalf("%s: %v", n.Name, err)
+		}
+		if !s.Exists() || len(s.Rules) == 0 || !slices.Contains(s.Peers, peer.IP) {
+			t.Errorf("%s has no VTEP guard with %s among its peers: %+v", n.Name, peer.IP, s)
+		}
+	}
+	logs, err := m.c.Kubectl(ctx, "-n", "berth-system", "logs", "-l", "app.kubernetes.io/name=berth-node", "-c", "netd", "--tail=-1", "--prefix")
+	if err != nil {
+		t.Fatalf("netd's logs: %v\n%s", err, logs)
+	}
+	var written []string
+	for _, l := range strings.Split(logs, "\n") {
+		switch {
+		case strings.Contains(l, "VTEP guard") && strings.Contains(l, "level=ERROR"):
+			t.Errorf("netd: %s", l)
+		case strings.Contains(l, "VTEP guard inet "+firewall.GuardTable):
+			written = append(written, l)
+		}
+	}
+	if len(written) < len(m.c.Nodes) {
+		t.Errorf("netd logged the guard written %d times, want at least once per node:\n%s", len(written), logs)
+	}
+	t.Logf("netd's guard changes:\n%s", strings.Join(written, "\n"))
+}
+
 // hostPort: srv-1's hostPort 30080 answers on node1's address, from a
 // machine on the underlay (its address kept) and from a pod on node2.
 func (m *modeRun) hostPort(t *testing.T) {
@@ -567,6 +606,16 @@ func berthLeftOn(ctx context.Context, n *kubecluster.Node) []string {
 	}
 	if routes, err := n.Exec(ctx, "ip", "route", "show", "proto", "73"); err != nil || strings.TrimSpace(routes) != "" {
 		left = append(left, fmt.Sprintf("routes of protocol 73: %s %v", routes, err))
+	}
+	err = n.Do(func() error {
+		s, err := firewall.ReadVTEPGuard(conf.DefaultNetworkName)
+		if err == nil && (s.Exists() || len(s.Rules) > 0) {
+			left = append(left, fmt.Sprintf("VTEP guard (nftables inet %s) %v", firewall.GuardTable, s.Rules))
+		}
+		return err
+	})
+	if err != nil {
+		left = append(left, err.Error())
 	}
 	rules, err := n.Exec(ctx, "iptables-save")
 	if err != nil {
