@@ -75,7 +75,9 @@ const (
 
 // ICMPv6 types the guard looks into (RFC 4861, 2710, 3810).
 const (
+	icmp6RA         = 134
 	icmp6NA         = 136
+	icmp6Redirect   = 137
 	mldQuery        = 130
 	mldReport       = 131
 	mldDone         = 132
@@ -164,6 +166,12 @@ func Program(c Container) ([]bpf.RawInstruction, error) {
 	p.label("icmpv6")
 	p.atLeast(ip6Payload + 1)
 	p.ins(bpf.LoadAbsolute{Off: ip6Payload, Size: 1})
+	// A container is no router: its router advertisements and redirects
+	// would give its neighbours (accept_ra=1, the kernel's default) a
+	// default route or a next hop through it. The node takes none
+	// (accept_ra=0 on its side).
+	p.jump(bpf.JumpEqual, icmp6RA, "drop")
+	p.jump(bpf.JumpEqual, icmp6Redirect, "drop")
 	p.jump(bpf.JumpNotEqual, icmp6NA, "source6")
 	p.atLeast(ip6Payload + 24)
 	p.own6(c.IPv6, ip6Payload+8, "source6", "drop")

@@ -54,6 +54,9 @@ func ipv6(src string, next byte, payload []byte) []byte {
 	return append(h, payload...)
 }
 
+// make16 is an ICMPv6 message of type typ, 16 bytes long.
+func make16(typ byte) []byte { return append([]byte{typ}, make([]byte, 15)...) }
+
 func na(target string) []byte {
 	m := []byte{icmp6NA, 0, 0, 0, 0x20, 0, 0, 0}
 	return append(m, netip.MustParseAddr(target).AsSlice()...)
@@ -100,6 +103,9 @@ func TestProgram(t *testing.T) {
 		{"NA for itself", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 58, na("fd70::2"))), true},
 		{"NA claiming the neighbour's IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fd70::2", 58, na("fd70::3"))), false},
 		{"MLDv2 report", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 0, mld)), true},
+		{"router solicitation", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 58, []byte{133, 0, 0, 0, 0, 0, 0, 0})), true},
+		{"router advertisement", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 58, make16(icmp6RA))), false},
+		{"redirect", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 58, make16(icmp6Redirect))), false},
 		{"NA behind hop-by-hop options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 0, append([]byte{58, 0, 5, 2, 0, 0, 1, 0}, na("fd70::3")...))), false},
 		{"NA behind destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 60, append([]byte{58, 0, 1, 4, 0, 0, 0, 0}, na("fd70::3")...))), false},
 		{"VLAN in band", Container{ownMAC, own4, own6}, eth(ownMAC, 0x8100, append([]byte{0, 1, 8, 0}, ipv4("10.70.0.3")...)), false},

@@ -30,7 +30,7 @@ func (k *call) guard(res *current.Result) error {
 	}
 	c, err := k.guarded(res)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
 	}
 	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
 	if err != nil {
@@ -50,7 +50,7 @@ func (k *call) checkGuard(prev *current.Result) error {
 	}
 	c, err := k.guarded(prev)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %v", cnierr.ErrCheckFailed, err)
 	}
 	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
 	if err != nil {
@@ -72,7 +72,7 @@ func (k *call) guarded(res *current.Result) (srcguard.Container, error) {
 		}
 	}
 	if len(c.MAC) != 6 {
-		return c, fmt.Errorf("%w: anti-spoofing needs the MAC of %s; the result has none", cnierr.ErrDatapath, k.args.IfName)
+		return c, fmt.Errorf("anti-spoofing needs the MAC of %s; the result has none", k.args.IfName)
 	}
 	return c, nil
 }

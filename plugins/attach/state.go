@@ -51,7 +51,9 @@ type record struct {
 	Guards int `json:"guards,omitempty"`
 }
 
-// guardsV1 is the generation of guards of this build (record.Guards).
+// guardsV1 is the generation of guards of this build (record.Guards). A
+// build that changes them (the source guard's program included, which
+// CHECK compares byte for byte) makes the next generation.
 const guardsV1 = 1
 
 // guarded reports whether the attachment was made with this build's

@@ -297,14 +297,17 @@ func configureIface(ifName string, res *current.Result) error {
 }
 
 // enableIPv6 prepares ifName (in the container) for IPv6 addresses: IPv6
-// on, on it and on lo (a runtime may have turned it off), no DAD, and its
-// addresses kept when it goes down.
+// on, on it and on lo (a runtime may have turned it off), no DAD, its
+// addresses kept when it goes down, and no router advertisements taken
+// (its routes are IPAM's; a neighbour's would be forged: the source
+// guard drops them, on the iptables datapath).
 func enableIPv6(ifName string) error {
 	for _, s := range []struct{ key, value string }{
 		{"net/ipv6/conf/lo/disable_ipv6", "0"},
 		{"net/ipv6/conf/" + ifName + "/disable_ipv6", "0"},
 		{"net/ipv6/conf/" + ifName + "/accept_dad", "0"},
 		{"net/ipv6/conf/" + ifName + "/keep_addr_on_down", "1"},
+		{"net/ipv6/conf/" + ifName + "/accept_ra", "0"},
 	} {
 		if v, err := sysctl.Sysctl(s.key); err == nil && v == s.value {
 			continue
