@@ -305,7 +305,3 @@ func isExecutable(p string) bool {
 	info, err := os.Stat(p)
 	return err == nil && !info.IsDir() && info.Mode()&0o111 != 0
 }
-
-// ToolsInstalled reports whether the node has any iptables tools: berth's
-// image has none, and needs none (see firewall.VTEPGuard).
-func ToolsInstalled() bool { return isInstalled("iptables-save") || isInstalled("ip6tables-save") }

@@ -134,7 +134,7 @@ type Tunneler interface {
 // whatever reaches it). Guard only computes, like Desired; the reconcile
 // loop applies it (firewall.EnsureVTEPGuard) and Teardown removes it.
 type Guarded interface {
-	Guard(peers []cluster.Lease) firewall.VTEPGuard
+	Guard() firewall.VTEPGuard
 }
 
 // Tunnel is a VTEP as the eBPF datapath encapsulates for it.

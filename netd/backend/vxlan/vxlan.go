@@ -37,7 +37,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"strconv"
 	"sync/atomic"
 
@@ -399,20 +398,10 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 }
 
 // Guard keeps the node's containers out of its VTEP and its peers'
-// (firewall.VTEPGuard): the VTEP's port, arriving anywhere but on the
-// underlay link, to this node or to a peer's address of either family
-// (the peers' VTEPs share the network's port).
-func (nw *network) Guard(peers []cluster.Lease) firewall.VTEPGuard {
-	g := firewall.VTEPGuard{Network: nw.node.Network.Name, Port: nw.node.Network.Port, Underlay: nw.node.Link.Attrs().Name}
-	for _, p := range peers {
-		for _, a := range []netip.Addr{p.NodeIP, p.NodeIPv6} {
-			if a.IsValid() {
-				g.Peers = append(g.Peers, a)
-			}
-		}
-	}
-	slices.SortFunc(g.Peers, netip.Addr.Compare) // the loop compares it with the last one
-	return g
+// (firewall.VTEPGuard): the VTEP's port (the peers' VTEPs share it),
+// arriving anywhere but on the underlay link.
+func (nw *network) Guard() firewall.VTEPGuard {
+	return firewall.VTEPGuard{Network: nw.node.Network.Name, Port: nw.node.Network.Port, Underlay: nw.node.Link.Attrs().Name}
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {
