@@ -376,20 +376,7 @@ func ebpfCrossNode(t *testing.T, mode string) {
 
 	t.Run("netd leave removes the programs and pins", func(t *testing.T) {
 		d := c.netd[2]
-		// netd leave is refused while containers are attached.
-		r, err := d.Node.Runner()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.RemoveAll(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Stop(); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := d.Leave(ctx); err != nil {
-			t.Fatalf("netd leave: %v\n%s", err, out)
-		}
+		leave(t, d)
 		if _, err := os.Stat(filepath.Join(d.Node.BPFFSDir(), "berth", "pods")); !os.IsNotExist(err) {
 			t.Errorf("the network's pins survived leave: %v", err)
 		}
@@ -703,6 +690,26 @@ func statusSeesMaps(t *testing.T, d *testbed.Netd, fp *fastpath.Network) {
 	var s netd.Status
 	if err := d.Status(ctx, &s); err != nil || !s.KernelMatches {
 		t.Errorf("status with the map as netd wants it: in sync %v, pending %q (%v)", s.KernelMatches, s.Pending, err)
+	}
+}
+
+// leave removes the containers of d's node (netd leave refuses while
+// containers are attached), stops d and runs netd leave there.
+func leave(t *testing.T, d *testbed.Netd) {
+	t.Helper()
+	ctx := context.Background()
+	r, err := d.Node.Runner()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RemoveAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := d.Leave(ctx); err != nil {
+		t.Fatalf("netd leave: %v\n%s", err, out)
 	}
 }
 

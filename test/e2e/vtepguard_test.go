@@ -206,19 +206,7 @@ func vxlanInjection(t *testing.T, v6 bool) {
 		if i := strings.LastIndex(log, "=== "); strings.Contains(log[i+1:], "VTEP guard") {
 			t.Errorf("the restarted netd rewrote the guard:\n%s", log[i:])
 		}
-		r, err := node1.Runner()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r.RemoveAll(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if err := d.Stop(); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := d.Leave(ctx); err != nil {
-			t.Fatalf("netd leave: %v\n%s", err, out)
-		}
+		leave(t, d)
 		if got := guardRules(t, node1); got != "" {
 			t.Errorf("netd leave left the guard:\n%s", got)
 		}
