@@ -71,7 +71,7 @@ func synFrame(from, to net.HardwareAddr, src, dst netip.AddrPort) []byte {
 	binary.BigEndian.PutUint16(tcp[14:], 65535)
 	s, d := src.Addr().As4(), dst.Addr().As4()
 	pseudo := append(append(append([]byte{}, s[:]...), d[:]...), 0, unix.IPPROTO_TCP, 0, byte(len(tcp)))
-	binary.BigEndian.PutUint16(tcp[16:], checksum(append(pseudo, tcp...)))
+	binary.BigEndian.PutUint16(tcp[16:], Checksum(append(pseudo, tcp...)))
 
 	ip := make([]byte, 20)
 	ip[0] = 0x45
@@ -80,7 +80,7 @@ func synFrame(from, to net.HardwareAddr, src, dst netip.AddrPort) []byte {
 	ip[8], ip[9] = 64, unix.IPPROTO_TCP
 	copy(ip[12:], s[:])
 	copy(ip[16:], d[:])
-	binary.BigEndian.PutUint16(ip[10:], checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], Checksum(ip))
 
 	eth := append(append(append([]byte{}, to...), from...), 0x08, 0x00)
 	return append(append(eth, ip...), tcp...)
@@ -104,7 +104,8 @@ func isSYNACK(frame []byte, src, dst netip.AddrPort) bool {
 		tcp[13]&0x12 == 0x12
 }
 
-func checksum(b []byte) uint16 {
+// Checksum is the Internet checksum of b (RFC 1071), ready for a header.
+func Checksum(b []byte) uint16 {
 	var sum uint32
 	for i := 0; i+1 < len(b); i += 2 {
 		sum += uint32(binary.BigEndian.Uint16(b[i:]))

@@ -233,7 +233,7 @@ func fragNeeded(a, b *container, mtu int) error {
 		dst := b.IP.As4()
 		copy(quote[12:], src[:])
 		copy(quote[16:], dst[:])
-		binary.BigEndian.PutUint16(quote[10:], ^checksum(quote[:20]))
+		binary.BigEndian.PutUint16(quote[10:], testenv.Checksum(quote[:20]))
 		binary.BigEndian.PutUint16(quote[20:], uint16(sport))
 		binary.BigEndian.PutUint16(quote[22:], 4445)
 		binary.BigEndian.PutUint16(quote[24:], uint16(8+len(payload)))
@@ -246,7 +246,7 @@ func fragNeeded(a, b *container, mtu int) error {
 	icmp[0], icmp[1] = 3, 4 // destination unreachable, fragmentation needed
 	binary.BigEndian.PutUint16(icmp[6:], uint16(mtu))
 	icmp = append(icmp, quote...)
-	binary.BigEndian.PutUint16(icmp[2:], ^checksum(icmp))
+	binary.BigEndian.PutUint16(icmp[2:], testenv.Checksum(icmp))
 	var route string
 	for try := 0; try < 3; try++ {
 		err = b.ns.Do(func(ns.NetNS) error {
@@ -270,22 +270,6 @@ func fragNeeded(a, b *container, mtu int) error {
 		}
 	}
 	return fmt.Errorf("the route did not learn MTU %d from the ICMP error: %q (%v)", mtu, route, err)
-}
-
-// checksum is the Internet checksum's sum of b (RFC 1071), not yet
-// complemented.
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum > 0xffff {
-		sum = (sum & 0xffff) + (sum >> 16)
-	}
-	return uint16(sum)
 }
 
 // TestICMPErrorsFromARouter: in bgp mode across two segments, a router

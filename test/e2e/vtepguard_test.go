@@ -271,7 +271,7 @@ func vxlanFrame(tun tunnel, src, dst netip.Addr, port uint16, payload string) []
 	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+len(payload)))
 	copy(ip[12:], src.AsSlice())
 	copy(ip[16:], dst.AsSlice())
-	binary.BigEndian.PutUint16(ip[10:], ^checksum(ip))
+	binary.BigEndian.PutUint16(ip[10:], testenv.Checksum(ip))
 	udp := make([]byte, 8)
 	binary.BigEndian.PutUint16(udp[0:], 40000)
 	binary.BigEndian.PutUint16(udp[2:], port)
