@@ -2,14 +2,11 @@ package e2e_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
@@ -66,28 +63,8 @@ func TestContainerConfinement(t *testing.T) {
 	})
 
 	t.Run("IPv6 from the IPv4-only network", func(t *testing.T) {
-		list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"ds","plugins":[{"type":"berth-bridge","bridge":"berth-ds",
-			"isDefaultGateway":true,"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.72.0.0/24"}],[{"subnet":"fd72::/64"}]]}}]}`,
-			filepath.Join(n1.IPAMDataDir, "ds"))
-		if err := os.WriteFile(filepath.Join(n1.CNIConfDir, "ds.conflist"), []byte(list), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		r, err := n1.Runner()
-		if err != nil {
-			t.Fatal(err)
-		}
-		sctx, cancel := context.WithTimeout(ctx, time.Minute)
-		defer cancel()
-		x, err := r.Start(sctx, "x", "--net", "ds", "--", "sleep", "86400")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if out, err := r.Run(context.Background(), "rm", "-f", "x"); err != nil {
-				t.Errorf("runner rm x: %v\n%s", err, out)
-			}
-		}()
-		xns := openNS(t, x.NetNSPath())
+		x := bridgeContainer(t, n1, bridgeNet{name: "ds", bridge: "berth-ds", subnets: []string{"10.72.0.0/24", "fd72::/64"},
+			defaultGateway: true, dataDir: filepath.Join(n1.IPAMDataDir, "ds")}, "x")
 		for _, cmd := range [][]string{
 			{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.eth0.disable_ipv6=0"},
 			{"ip", "addr", "add", "fd99::6/128", "dev", "eth0", "nodad"},
@@ -104,7 +81,7 @@ func TestContainerConfinement(t *testing.T) {
 			at   ns.NetNS
 			addr netip.Addr
 		}{
-			{"the dual-stack network's container", xns, x.IPv6},
+			{"the dual-stack network's container", x.ns, x.IPv6},
 			{"node1", node1, n1.IPv6},
 			{"node2", node2, n2.IPv6},
 		} {

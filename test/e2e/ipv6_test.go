@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -214,27 +212,10 @@ func published6(t *testing.T, web *container, clients []*testbed.NetNS) {
 // network.
 func isolation6(t *testing.T, n *testbed.Node, dst *container) {
 	t.Run("isolation over ipv6", func(t *testing.T) {
-		list := `{"cniVersion":"1.0.0","name":"iso6","plugins":[{"type":"berth-bridge","bridge":"berthiso6",
-			"isDefaultGateway":true,"ipam":{"type":"berth-ipam","ranges":[[{"subnet":"fd00:99::/64"}]]}}]}`
-		if err := os.WriteFile(filepath.Join(n.CNIConfDir, "iso6.conflist"), []byte(list), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		r, err := n.Runner()
-		if err != nil {
-			t.Fatal(err)
-		}
+		other := bridgeContainer(t, n, bridgeNet{name: "iso6", bridge: "berthiso6", subnets: []string{"fd00:99::/64"},
+			defaultGateway: true}, "iso6")
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		other, err := r.Start(ctx, "iso6", "--net", "iso6", "--", "sleep", "86400")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() {
-			if out, err := r.Run(context.Background(), "rm", "-f", "iso6"); err != nil {
-				t.Errorf("runner rm iso6: %v\n%s", err, out)
-			}
-			os.Remove(filepath.Join(n.CNIConfDir, "iso6.conflist"))
-		}()
 		if out, err := other.Exec(ctx, "ping", "-6", "-c", "1", "-W", "2", "fd00:99::1"); err != nil {
 			t.Fatalf("iso6 container cannot reach its own gateway: %v\n%s", err, out)
 		}

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,7 +81,9 @@ func vxlanInjection(t *testing.T, v6 bool) {
 		}
 	}
 	attacker, v1, v2 := c.run(1, "attacker"), c.run(1, "v1"), c.run(2, "v2")
-	other := bridgeContainer(t, tb.Node(1))
+	// Another network's container on node1, which the forged frames must not
+	// reach either: berth-bridge isolates networks by default.
+	other := bridgeContainer(t, tb.Node(1), bridgeNet{name: "local", bridge: "berthlocal", subnets: []string{"10.99.0.0/24"}}, "local")
 	matrix(t, []*container{attacker, v1, v2}, 7000)
 
 	node1, node2 := tb.Node(1), tb.Node(2)
@@ -324,39 +324,4 @@ func listenUDP(t *testing.T, n ns.NetNS, addr netip.AddrPort) <-chan datagram {
 		}
 	}()
 	return got
-}
-
-// bridgeContainer starts a container of a local bridge network (isolated,
-// the default) on node n, removed when the test ends.
-func bridgeContainer(t *testing.T, n *testbed.Node) *container {
-	t.Helper()
-	list := `{"cniVersion":"1.0.0","name":"local","plugins":[{"type":"berth-bridge","bridge":"berthlocal",
-		"isGateway":true,"ipMasq":true,"ipam":{"type":"berth-ipam","ranges":[[{"subnet":"10.99.0.0/24"}]]}}]}`
-	path := filepath.Join(n.CNIConfDir, "local.conflist")
-	if err := os.WriteFile(path, []byte(list), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	r, err := n.Runner()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	ctr, err := r.Start(ctx, "local", "--net", "local", "--", "sleep", "86400")
-	if err != nil {
-		t.Fatal(err)
-	}
-	netns, err := ns.GetNS(ctr.NetNSPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		netns.Close()
-		// A test may have removed it (netd leave wants no container).
-		if out, err := r.Run(context.Background(), "rm", "-f", "local"); err != nil && !strings.Contains(fmt.Sprint(err, string(out)), "no such container") {
-			t.Errorf("runner rm local: %v\n%s", err, out)
-		}
-		os.Remove(path)
-	})
-	return &container{Container: ctr, ns: netns}
 }
