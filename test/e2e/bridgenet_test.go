@@ -20,13 +20,12 @@ import (
 // checks, which needs no lease and no netd.
 type bridgeNet struct {
 	name    string   // the network's, and its conflist's
-	bridge  string   // apart from netd's berth0, so the networks share no bridge
+	bridge  string   // not netd's: each network has a bridge of its own
 	subnets []string // one IPAM range set each: v4, v6, or both for dual stack
 	// defaultGateway gives the container a default route via the bridge;
 	// without it the gateway address is still there (berth-bridge's
 	// default), reachable on the subnet only.
 	defaultGateway bool
-	dataDir        string // berth-ipam's; "" for its default
 }
 
 // bridgeContainer writes b's conflist into node n's CNI conf dir and
@@ -34,7 +33,11 @@ type bridgeNet struct {
 func bridgeContainer(t *testing.T, n *testbed.Node, b bridgeNet, name string) *container {
 	t.Helper()
 	path := filepath.Join(n.CNIConfDir, b.name+".conflist")
-	if err := os.WriteFile(path, b.conflist(t), 0o644); err != nil {
+	// IPAM's data in the node's dir, not berth-ipam's default on the
+	// machine (/var/lib/cni/networks), which every test bed would share
+	// and none would clean.
+	dataDir := filepath.Join(n.IPAMDataDir, b.name)
+	if err := os.WriteFile(path, b.conflist(t, dataDir), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// Registered first so that it runs last: runner rm's CNI DEL reads it.
@@ -63,16 +66,13 @@ func bridgeContainer(t *testing.T, n *testbed.Node, b bridgeNet, name string) *c
 	return &container{Container: ctr, ns: netns}
 }
 
-func (b bridgeNet) conflist(t *testing.T) []byte {
+func (b bridgeNet) conflist(t *testing.T, dataDir string) []byte {
 	t.Helper()
 	ranges := make([][]map[string]string, len(b.subnets))
 	for i, s := range b.subnets {
 		ranges[i] = []map[string]string{{"subnet": s}}
 	}
-	ipam := map[string]any{"type": "berth-ipam", "ranges": ranges}
-	if b.dataDir != "" {
-		ipam["dataDir"] = b.dataDir
-	}
+	ipam := map[string]any{"type": "berth-ipam", "dataDir": dataDir, "ranges": ranges}
 	list, err := json.Marshal(map[string]any{
 		"cniVersion": "1.0.0",
 		"name":       b.name,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -64,7 +63,7 @@ func TestContainerConfinement(t *testing.T) {
 
 	t.Run("IPv6 from the IPv4-only network", func(t *testing.T) {
 		x := bridgeContainer(t, n1, bridgeNet{name: "ds", bridge: "berth-ds", subnets: []string{"10.72.0.0/24", "fd72::/64"},
-			defaultGateway: true, dataDir: filepath.Join(n1.IPAMDataDir, "ds")}, "x")
+			defaultGateway: true}, "x")
 		for _, cmd := range [][]string{
 			{"sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.eth0.disable_ipv6=0"},
 			{"ip", "addr", "add", "fd99::6/128", "dev", "eth0", "nodad"},
