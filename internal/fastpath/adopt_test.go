@@ -14,6 +14,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/testenv"
+
+	"github.com/berthnet/berth/internal/bpfattach"
 )
 
 // Adopt moves a veth off a program of another set of maps, and leaves
@@ -88,13 +90,13 @@ func TestAdoptOnlyOtherMaps(t *testing.T) {
 				if moved != tt.moved {
 					t.Errorf("Adopt moved the veth: %v, want %v", moved, tt.moved)
 				}
-				ids, err := filterPrograms(ifindex)
+				ids, err := bpfattach.FilterPrograms(ifindex)
 				if err != nil {
 					return err
 				}
-				want, _ := progID(other.objs.FromContainer)
+				want, _ := bpfattach.ID(other.objs.FromContainer)
 				if tt.moved {
-					want, _ = progID(n.objs.FromContainer)
+					want, _ = bpfattach.ID(n.objs.FromContainer)
 				}
 				if len(ids) != 1 || ids[0] != want {
 					t.Errorf("programs on the veth: %v, want [%d]", ids, want)

@@ -43,10 +43,9 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-	"github.com/containernetworking/plugins/pkg/netlinksafe"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/bpfattach"
 )
 
 // version names this build's programs, so that programs of an older berth
@@ -331,7 +330,7 @@ func (n *Network) Pinned() (bool, error) {
 		}
 	}
 	for name, p := range map[string]*ebpf.Program{progContainer: n.objs.FromContainer, progUplink: n.objs.FromUplink} {
-		same, err := samePinned(n.progPin(name), p, ebpf.LoadPinnedProgram, progID)
+		same, err := samePinned(n.progPin(name), p, ebpf.LoadPinnedProgram, bpfattach.ID)
 		if err != nil || !same {
 			return false, err
 		}
@@ -734,20 +733,16 @@ func (n *Network) Empty() bool {
 // is attached already, and replaces an older version of this network's.
 //
 // The program is a tc filter (cls_bpf in direct-action mode, on a clsact
-// qdisc), not a TCX program like the uplink's. The kernel gives a device
-// its first TCX program by swapping the device's program list and waiting
-// for a full RCU grace period under RTNL (tcx_entry_sync): 6-18 ms on a
-// 2-vCPU VM, most of an ADD, and every other ADD on the node waits for
-// RTNL meanwhile. A device's first tc filter waits for an expedited grace
-// period instead (mini_qdisc_pair_swap): qdisc and filter together take
-// 0.1-0.7 ms there. The uplink gets its program once per network and
-// node, and TCX lets several networks' programs share it.
+// qdisc), not a TCX program like the uplink's: a device's first tc
+// filter costs an ADD far less (internal/bpfattach). The uplink gets its
+// program once per network and node, and TCX lets several networks'
+// programs share it.
 func (n *Network) AttachContainer(ifindex int) error {
 	mine, err := n.filters(ifindex)
 	if err != nil {
 		return err
 	}
-	id, err := progID(n.objs.FromContainer)
+	id, err := bpfattach.ID(n.objs.FromContainer)
 	if err != nil {
 		return err
 	}
@@ -758,26 +753,10 @@ func (n *Network) AttachContainer(ifindex int) error {
 }
 
 // attachFilter puts prog, a from_container, on ifindex's tc ingress, in
-// place of the one there.
+// place of the one there: one filter at a fixed place, so that a newer
+// version replaces the older in place.
 func attachFilter(ifindex int, prog *ebpf.Program) error {
-	clsact := &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
-	}
-	if err := netlink.QdiscAdd(clsact); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("adding a clsact qdisc to interface %d for %s: %w", ifindex, progContainer, err)
-	}
-	// One filter at a fixed place, so that a newer version replaces the
-	// older in place.
-	filter := &netlink.BpfFilter{
-		FilterAttrs: netlink.FilterAttrs{LinkIndex: ifindex, Parent: netlink.HANDLE_MIN_INGRESS,
-			Handle: containerFilter, Priority: containerFilter, Protocol: unix.ETH_P_ALL},
-		Fd: prog.FD(), Name: progContainer + "_" + version, DirectAction: true,
-	}
-	if err := netlink.FilterReplace(filter); err != nil {
-		return fmt.Errorf("attaching %s to interface %d (tc ingress): %w", progContainer, ifindex, err)
-	}
-	return nil
+	return bpfattach.AttachFilter(ifindex, prog, bpfattach.Filter{Priority: containerFilter, Name: progContainer + "_" + version})
 }
 
 // containerFilter is the handle and priority of from_container's filter.
@@ -796,16 +775,16 @@ const containerFilter = 1
 // no from_container is left alone; an address n's map gives to another
 // container is not taken back. It reports whether it moved the veth.
 func (n *Network) Adopt(ifindex int) (bool, error) {
-	filters, err := filterPrograms(ifindex)
+	filters, err := bpfattach.FilterPrograms(ifindex)
 	if err != nil {
 		return false, err
 	}
 	// TCX, where earlier builds of berth attached from_container.
-	onTCX, err := tcxPrograms(ifindex)
+	onTCX, err := bpfattach.TCXPrograms(ifindex)
 	if err != nil {
 		return false, err
 	}
-	all, err := named(append(filters, onTCX...), progContainer)
+	all, err := bpfattach.Named(append(filters, onTCX...), progContainer)
 	if err != nil {
 		return false, err
 	}
@@ -820,7 +799,7 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	mine, err := programsWhere(all, func(info *ebpf.ProgramInfo) bool {
+	mine, err := bpfattach.Where(all, func(info *ebpf.ProgramInfo) bool {
 		maps, _ := info.MapIDs()
 		return slices.Contains(maps, endpoints) && slices.Contains(maps, config)
 	})
@@ -849,7 +828,7 @@ func (n *Network) Adopt(ifindex int) (bool, error) {
 		if !slices.Contains(older, id) {
 			continue
 		}
-		if err := detachTCX(ifindex, id); err != nil {
+		if err := bpfattach.DetachTCX(ifindex, id); err != nil {
 			return false, fmt.Errorf("detaching the older %s from interface %d: %w", progContainer, ifindex, err)
 		}
 	}
@@ -947,29 +926,19 @@ func (n *Network) attach(ifindex int, name string, prog *ebpf.Program) error {
 	if err != nil {
 		return err
 	}
-	id, err := progID(prog)
+	id, err := bpfattach.ID(prog)
 	if err != nil {
 		return err
 	}
 	if slices.Contains(mine, id) {
 		return nil
 	}
-	opts := link.RawAttachProgramOptions{Target: ifindex, Program: prog, Attach: ebpf.AttachTCXIngress}
+	var place bpfattach.TCXPlace
 	if len(mine) > 0 {
-		// By file descriptor: the kernel takes the program to replace
-		// only as one (tcx_prog_attach: bpf_prog_get_type of
-		// replace_bpf_fd), and link.ReplaceProgramByID passes the ID
-		// there, which fails with EBADF, so an upgrade's new program
-		// was never attached.
-		old, err := ebpf.NewProgramFromID(mine[0])
-		if err != nil {
-			return fmt.Errorf("opening the %s to replace on interface %d: %w", name, ifindex, err)
-		}
-		defer old.Close()
-		opts.Anchor = link.ReplaceProgram(old)
+		place.Replace = mine[0]
 	}
-	if err := link.RawAttachProgram(opts); err != nil {
-		return fmt.Errorf("attaching %s to interface %d (TCX ingress): %w", name, ifindex, err)
+	if err := bpfattach.AttachTCX(ifindex, prog, place); err != nil {
+		return fmt.Errorf("attaching %s: %w", name, err)
 	}
 	return nil
 }
@@ -998,7 +967,7 @@ func (n *Network) UplinkCurrent(ifindex int) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	id, err := progID(n.objs.FromUplink)
+	id, err := bpfattach.ID(n.objs.FromUplink)
 	return slices.Contains(mine, id), err
 }
 
@@ -1010,7 +979,7 @@ func (n *Network) DetachUplink(ifindex int) error {
 		return err
 	}
 	for _, id := range mine {
-		if err := detachTCX(ifindex, id); err != nil {
+		if err := bpfattach.DetachTCX(ifindex, id); err != nil {
 			return fmt.Errorf("detaching %s from interface %d: %w", progUplink, ifindex, err)
 		}
 	}
@@ -1020,73 +989,21 @@ func (n *Network) DetachUplink(ifindex int) error {
 // tcx lists this network's programs named name (of any version) on
 // ifindex's TCX ingress.
 func (n *Network) tcx(ifindex int, name string) ([]ebpf.ProgramID, error) {
-	ids, err := tcxPrograms(ifindex)
+	ids, err := bpfattach.TCXPrograms(ifindex)
 	if err != nil {
 		return nil, err
 	}
 	return n.mine(ids, name)
 }
 
-// tcxPrograms lists the programs on ifindex's TCX ingress.
-func tcxPrograms(ifindex int) ([]ebpf.ProgramID, error) {
-	res, err := link.QueryPrograms(link.QueryOptions{Target: ifindex, Attach: ebpf.AttachTCXIngress})
-	if errors.Is(err, unix.ENODEV) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing the programs of interface %d: %w", ifindex, err)
-	}
-	ids := make([]ebpf.ProgramID, 0, len(res.Programs))
-	for _, ap := range res.Programs {
-		ids = append(ids, ap.ID)
-	}
-	return ids, nil
-}
-
-// detachTCX removes program id from ifindex's TCX ingress; a program or
-// device gone meanwhile is fine.
-func detachTCX(ifindex int, id ebpf.ProgramID) error {
-	p, err := ebpf.NewProgramFromID(id)
-	if err != nil {
-		return nil
-	}
-	defer p.Close()
-	err = link.RawDetachProgram(link.RawDetachProgramOptions{Target: ifindex, Program: p, Attach: ebpf.AttachTCXIngress})
-	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) {
-		return nil
-	}
-	return err
-}
-
 // filters lists this network's from_container programs (of any version)
 // in ifindex's tc ingress filters that act on their verdicts.
 func (n *Network) filters(ifindex int) ([]ebpf.ProgramID, error) {
-	ids, err := filterPrograms(ifindex)
+	ids, err := bpfattach.FilterPrograms(ifindex)
 	if err != nil {
 		return nil, err
 	}
 	return n.mine(ids, progContainer)
-}
-
-// filterPrograms lists the programs of ifindex's tc ingress filters that
-// act on their verdicts.
-func filterPrograms(ifindex int) ([]ebpf.ProgramID, error) {
-	fs, err := netlinksafe.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
-	if errors.Is(err, unix.ENODEV) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("listing the tc filters of interface %d: %w", ifindex, err)
-	}
-	var ids []ebpf.ProgramID
-	for _, f := range fs {
-		// Without direct action, tc ignores the program's verdict: a
-		// drop (anti-spoofing) or a redirect becomes "pass".
-		if b, ok := f.(*netlink.BpfFilter); ok && b.DirectAction {
-			ids = append(ids, ebpf.ProgramID(b.Id))
-		}
-	}
-	return ids, nil
 }
 
 // mine keeps the programs of ids named name that use this network's
@@ -1096,48 +1013,10 @@ func (n *Network) mine(ids []ebpf.ProgramID, name string) ([]ebpf.ProgramID, err
 	if err != nil {
 		return nil, err
 	}
-	return programsWhere(ids, func(info *ebpf.ProgramInfo) bool {
+	return bpfattach.Where(ids, func(info *ebpf.ProgramInfo) bool {
 		maps, _ := info.MapIDs()
 		return info.Name == name && slices.Contains(maps, endpoints)
 	})
-}
-
-// named keeps the programs of ids named name.
-func named(ids []ebpf.ProgramID, name string) ([]ebpf.ProgramID, error) {
-	return programsWhere(ids, func(info *ebpf.ProgramInfo) bool { return info.Name == name })
-}
-
-// programsWhere keeps the programs of ids whose info passes keep; those
-// gone meanwhile are left out. Opening a program by ID takes
-// CAP_SYS_ADMIN: without it every program would look like someone
-// else's (netd would attach its own again on each pass), so that is an
-// error.
-func programsWhere(ids []ebpf.ProgramID, keep func(*ebpf.ProgramInfo) bool) ([]ebpf.ProgramID, error) {
-	var out []ebpf.ProgramID
-	for _, id := range ids {
-		p, err := ebpf.NewProgramFromID(id)
-		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("reading the eBPF programs attached to a link needs the capability SYS_ADMIN (in a pod: securityContext.capabilities.add): %w", err)
-		}
-		if err != nil {
-			continue
-		}
-		info, err := p.Info()
-		p.Close()
-		if err == nil && keep(info) {
-			out = append(out, id)
-		}
-	}
-	return out, nil
-}
-
-func progID(p *ebpf.Program) (ebpf.ProgramID, error) {
-	info, err := p.Info()
-	if err != nil {
-		return 0, err
-	}
-	id, _ := info.ID()
-	return id, nil
 }
 
 // Stats are the programs' packet counters, summed over the CPUs.

@@ -13,39 +13,46 @@
 // poison the node's neighbour entries and the bridge's FDB with ARP and
 // forged MACs.
 //
-// The filter is a classic BPF program in cls_bpf, direct action, on the
-// veth's clsact ingress, with the container's addresses as constants: one
-// netlink request at ADD, no map, no verifier. It returns TC_ACT_SHOT for
-// a forged frame and TC_ACT_UNSPEC for an allowed one, which lets the
-// veth's next filters run (berth's bandwidth shaping, a u32 redirect to an
-// ifb device, at a later priority). TC_ACT_OK would end the
-// classification: shaping would never see the container's traffic. (Not
-// a "match, then drop" filter: this kernel has no gact action.) The eBPF
-// datapath does the same checks in its from_container program instead.
+// The guard is an eBPF program (bpf/guard.c), one copy per container
+// with its addresses as constants, first on the TCX ingress of the host
+// veth: before any tc qdisc. So the `ingress` qdisc of a reference
+// bandwidth plugin chained after berth (which cannot sit beside a clsact
+// one) has its place, and what a shaping filter redirects to an ifb
+// device has been judged already: the ifb hands it back past tc and
+// netfilter's ingress hooks, so a guard behind the redirect (a tc filter
+// of a later priority, an nftables netdev chain) never sees it. The
+// program returns "next" for an allowed frame, which runs the device's
+// tc filters (berth's own shaping, at priority 2, internal/shaping).
+//
+// TCX costs an ADD about 10 ms (internal/bpfattach says why); a guard
+// that fails the bandwidth plugin or lets a shaped container spoof costs
+// more. On a kernel without TCX (before 6.6) the same program is a tc
+// filter instead (cls_bpf, direct action, priority 1), and the bandwidth
+// plugin's egress limit fails there as it did with berth before.
+// The eBPF datapath does the same checks in its from_container program.
 package srcguard
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"syscall"
 
+	"github.com/cilium/ebpf"
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netlink/nl"
-	"golang.org/x/net/bpf"
-	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/bpfattach"
 )
 
-// Priority is the guard's place on the veth's ingress: first, before the
-// bandwidth shaping's redirect (internal/shaping), which must only see
-// what the guard lets through.
+// Priority is the guard's place among the veth's tc ingress filters on a
+// kernel without TCX, and where earlier releases put their classic BPF
+// guard: before the bandwidth shaping's redirect (internal/shaping).
 const Priority = 1
 
-// handle is the guard filter's handle, fixed so that Apply replaces it.
-const handle = 1
+// progName is the guard's program name, as the kernel has it.
+const progName = "berth_guard"
 
 // Container is what the guard lets a container send.
 type Container struct {
@@ -54,338 +61,183 @@ type Container struct {
 	IPv6 netip.Addr // invalid: only link-local and :: sources
 }
 
-// Ethernet, ARP and IPv6 offsets in the frame, as cls_bpf shows it at
-// ingress (from the Ethernet header).
-const (
-	ethSrc     = 6
-	ethType    = 12
-	ethLen     = 14
-	ip4Src     = ethLen + 12
-	ip4Min     = ethLen + 20
-	arpHWProto = ethLen     // htype (1, Ethernet) and ptype (IPv4), one word
-	arpLens    = ethLen + 4 // hlen 6, plen 4
-	arpSHA     = ethLen + 8
-	arpSPA     = ethLen + 14
-	arpMin     = ethLen + 28
-	ip6Next    = ethLen + 6
-	ip6Src     = ethLen + 8
-	ip6Min     = ethLen + 40
-	ip6Payload = ip6Min
-)
-
-// ICMPv6 types the guard looks into (RFC 4861, 2710, 3810).
-const (
-	icmp6RA         = 134
-	icmp6NA         = 136
-	icmp6Redirect   = 137
-	mldQuery        = 130
-	mldReport       = 131
-	mldDone         = 132
-	mldv2Report     = 143
-	nextHopByHop    = 0
-	nextRouting     = 43
-	nextDestOptions = 60
-	nextICMPv6      = 58
-)
-
-// The program's verdicts (direct action): drop, or let the next filter
-// decide.
-const (
-	tcActShot   = 2          // TC_ACT_SHOT
-	tcActUnspec = 0xffffffff // TC_ACT_UNSPEC, -1
-)
-
-// Program is the guard's classic BPF program for c.
-//
-// Classic BPF ends a program with 0 when a load falls outside the packet,
-// which cls_bpf takes as TC_ACT_OK (accept, past the shaping): every load
-// below is behind a length check, so that a short frame is judged.
-func Program(c Container) ([]bpf.RawInstruction, error) {
+// spec is the guard's program for c: the compiled one with c's
+// addresses in its constants.
+func spec(c Container) (*ebpf.CollectionSpec, error) {
 	if len(c.MAC) != 6 {
 		return nil, fmt.Errorf("source guard: the container's MAC %q is not an Ethernet address", c.MAC)
 	}
-	macHi, macLo := binary.BigEndian.Uint32(c.MAC[:4]), uint32(binary.BigEndian.Uint16(c.MAC[4:]))
-	p := &asm{}
-	// A tag the veth carries out of band (the container's VLAN device,
-	// offloaded) would hide its frames' real type behind the one below.
-	p.ins(bpf.LoadExtension{Num: bpf.ExtVLANTagPresent})
-	p.jump(bpf.JumpNotEqual, 0, "drop")
-	p.atLeast(ethLen)
-	p.ins(bpf.LoadAbsolute{Off: ethSrc, Size: 4})
-	p.jump(bpf.JumpNotEqual, macHi, "drop")
-	p.ins(bpf.LoadAbsolute{Off: ethSrc + 4, Size: 2})
-	p.jump(bpf.JumpNotEqual, macLo, "drop")
-	p.ins(bpf.LoadAbsolute{Off: ethType, Size: 2})
-	p.jump(bpf.JumpEqual, unix.ETH_P_IP, "ipv4")
-	p.jump(bpf.JumpEqual, unix.ETH_P_ARP, "arp")
-	p.jump(bpf.JumpEqual, unix.ETH_P_IPV6, "ipv6")
-	p.goTo("drop")
-
-	p.label("ipv4")
-	if c.IPv4.IsValid() {
-		ip4 := binary.BigEndian.Uint32(c.IPv4.AsSlice())
-		p.atLeast(ip4Min)
-		p.ins(bpf.LoadAbsolute{Off: ip4Src, Size: 4})
-		p.jump(bpf.JumpEqual, ip4, "pass")
-		p.goTo("drop")
-
-		p.label("arp")
-		p.atLeast(arpMin)
-		// Only the layout the kernel reads (Ethernet, IPv4, 6- and
-		// 4-byte addresses): the sender fields are at fixed places.
-		p.ins(bpf.LoadAbsolute{Off: arpHWProto, Size: 4})
-		p.jump(bpf.JumpNotEqual, 1<<16|unix.ETH_P_IP, "drop")
-		p.ins(bpf.LoadAbsolute{Off: arpLens, Size: 2})
-		p.jump(bpf.JumpNotEqual, 6<<8|4, "drop")
-		p.ins(bpf.LoadAbsolute{Off: arpSHA, Size: 4})
-		p.jump(bpf.JumpNotEqual, macHi, "drop")
-		p.ins(bpf.LoadAbsolute{Off: arpSHA + 4, Size: 2})
-		p.jump(bpf.JumpNotEqual, macLo, "drop")
-		p.ins(bpf.LoadAbsolute{Off: arpSPA, Size: 4})
-		p.jump(bpf.JumpEqual, ip4, "pass")
-		p.jump(bpf.JumpEqual, 0, "pass") // a probe (RFC 5227)
-		p.goTo("drop")
-	} else {
-		p.label("arp")
-		p.goTo("drop")
+	if c.IPv4.IsValid() && !c.IPv4.Is4() || c.IPv6.IsValid() && !c.IPv6.Is6() {
+		return nil, fmt.Errorf("source guard: addresses %v and %v are not IPv4 and IPv6", c.IPv4, c.IPv6)
 	}
-
-	p.label("ipv6")
-	p.atLeast(ip6Min)
-	p.ins(bpf.LoadAbsolute{Off: ip6Next, Size: 1})
-	p.jump(bpf.JumpEqual, nextICMPv6, "icmpv6")
-	p.jump(bpf.JumpEqual, nextHopByHop, "hop-by-hop")
-	// Headers the kernel reads before an ICMPv6 message behind them,
-	// whose neighbour advertisement the program would not see below.
-	p.jump(bpf.JumpEqual, nextRouting, "drop")
-	p.jump(bpf.JumpEqual, nextDestOptions, "drop")
-	p.goTo("source6")
-
-	// A neighbour advertisement names the address it claims (its
-	// target): the IPv6 counterpart of an ARP reply's sender address.
-	p.label("icmpv6")
-	p.atLeast(ip6Payload + 1)
-	p.ins(bpf.LoadAbsolute{Off: ip6Payload, Size: 1})
-	// A container is no router: its router advertisements and redirects
-	// would give its neighbours (accept_ra=1, the kernel's default) a
-	// default route or a next hop through it. The node takes none
-	// (accept_ra=0 on its side).
-	p.jump(bpf.JumpEqual, icmp6RA, "drop")
-	p.jump(bpf.JumpEqual, icmp6Redirect, "drop")
-	p.jump(bpf.JumpNotEqual, icmp6NA, "source6")
-	p.atLeast(ip6Payload + 24)
-	p.own6(c.IPv6, ip6Payload+8, "source6", "drop")
-
-	// Hop-by-hop options carry MLD's router alert; nothing else from a
-	// container needs them, and behind them the target above would move.
-	p.label("hop-by-hop")
-	p.atLeast(ip6Payload + 9)
-	p.ins(bpf.LoadAbsolute{Off: ip6Payload, Size: 1})
-	p.jump(bpf.JumpNotEqual, nextICMPv6, "drop")
-	p.ins(bpf.LoadAbsolute{Off: ip6Payload + 1, Size: 1})
-	p.jump(bpf.JumpNotEqual, 0, "drop") // 8 bytes of options
-	p.ins(bpf.LoadAbsolute{Off: ip6Payload + 8, Size: 1})
-	for _, t := range []uint32{mldQuery, mldReport, mldDone, mldv2Report} {
-		p.jump(bpf.JumpEqual, t, "source6")
-	}
-	p.goTo("drop")
-
-	p.label("source6")
-	p.own6(c.IPv6, ip6Src, "pass", "unspecified6")
-	p.label("unspecified6")
-	for i := uint32(0); i < 4; i++ {
-		p.ins(bpf.LoadAbsolute{Off: ip6Src + 4*i, Size: 4})
-		p.jump(bpf.JumpNotEqual, 0, "drop")
-	}
-	p.goTo("pass")
-
-	p.label("pass")
-	p.ins(bpf.RetConstant{Val: tcActUnspec})
-	p.label("drop")
-	p.ins(bpf.RetConstant{Val: tcActShot})
-	return p.assemble()
-}
-
-// own6 jumps to yes when the IPv6 address at off is own or link-local
-// (fe80::/10; the container picks its own, by its addr_gen_mode), else
-// to no.
-func (p *asm) own6(own netip.Addr, off uint32, yes, no string) {
-	p.ins(bpf.LoadAbsolute{Off: off, Size: 4})
-	p.ins(bpf.ALUOpConstant{Op: bpf.ALUOpAnd, Val: 0xffc00000})
-	p.jump(bpf.JumpEqual, 0xfe800000, yes)
-	if !own.IsValid() {
-		p.goTo(no)
-		return
-	}
-	b := own.As16()
-	for i := uint32(0); i < 4; i++ {
-		p.ins(bpf.LoadAbsolute{Off: off + 4*i, Size: 4})
-		p.jump(bpf.JumpNotEqual, binary.BigEndian.Uint32(b[4*i:]), no)
-	}
-	p.goTo(yes)
-}
-
-// asm assembles a program whose jumps name labels.
-type asm struct {
-	prog   []bpf.Instruction
-	labels map[string]int
-	jumps  map[int]string // instruction → the label it jumps to when true (or always)
-}
-
-func (p *asm) ins(i bpf.Instruction) { p.prog = append(p.prog, i) }
-
-func (p *asm) label(name string) {
-	if p.labels == nil {
-		p.labels = map[string]int{}
-	}
-	p.labels[name] = len(p.prog)
-}
-
-func (p *asm) jump(cond bpf.JumpTest, val uint32, to string) {
-	if p.jumps == nil {
-		p.jumps = map[int]string{}
-	}
-	p.jumps[len(p.prog)] = to
-	p.ins(bpf.JumpIf{Cond: cond, Val: val})
-}
-
-func (p *asm) goTo(to string) {
-	if p.jumps == nil {
-		p.jumps = map[int]string{}
-	}
-	p.jumps[len(p.prog)] = to
-	p.ins(bpf.Jump{})
-}
-
-// atLeast drops frames shorter than n bytes.
-func (p *asm) atLeast(n uint32) {
-	p.ins(bpf.LoadExtension{Num: bpf.ExtLen})
-	p.jump(bpf.JumpLessThan, n, "drop")
-}
-
-func (p *asm) assemble() ([]bpf.RawInstruction, error) {
-	for at, to := range p.jumps {
-		target, ok := p.labels[to]
-		if !ok || target <= at {
-			return nil, fmt.Errorf("source guard: jump to %q", to)
-		}
-		skip := target - at - 1
-		switch j := p.prog[at].(type) {
-		case bpf.JumpIf:
-			if skip > 255 {
-				return nil, fmt.Errorf("source guard: jump to %q too far", to)
-			}
-			j.SkipTrue = uint8(skip)
-			p.prog[at] = j
-		case bpf.Jump:
-			p.prog[at] = bpf.Jump{Skip: uint32(skip)}
-		}
-	}
-	return bpf.Assemble(p.prog)
-}
-
-// ops is prog as cls_bpf takes it (struct sock_filter, native order).
-func ops(prog []bpf.RawInstruction) []byte {
-	var b bytes.Buffer
-	for _, i := range prog {
-		binary.Write(&b, binary.NativeEndian, i)
-	}
-	return b.Bytes()
-}
-
-// Apply puts c's guard on the ingress of the host veth ifindex (adding
-// its clsact qdisc), in place of one there.
-func Apply(ifindex int, c Container) error {
-	prog, err := Program(c)
+	s, err := loadGuard()
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("source guard: reading its program: %w", err)
 	}
-	clsact := &netlink.GenericQdisc{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
-		QdiscType:  "clsact",
+	// What is not set stays 0: no IPv4, no IPv6 of its own.
+	set := map[string]any{"own_mac": [6]byte(c.MAC)}
+	if c.IPv4.IsValid() {
+		set["has_ipv4"], set["own_ipv4"] = uint8(1), c.IPv4.As4()
 	}
-	if err := netlink.QdiscAdd(clsact); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("adding a clsact qdisc to interface %d for the source guard: %w", ifindex, err)
+	if c.IPv6.IsValid() {
+		set["has_ipv6"], set["own_ipv6"] = uint8(1), c.IPv6.As16()
 	}
-	// vishvananda/netlink's BpfFilter takes eBPF programs only: the
-	// request is written here, as tc writes "bpf bytecode ... da".
-	req := nl.NewNetlinkRequest(unix.RTM_NEWTFILTER, unix.NLM_F_CREATE|unix.NLM_F_ACK)
-	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(ifindex), Handle: handle,
-		Parent: netlink.HANDLE_MIN_INGRESS, Info: netlink.MakeHandle(Priority, nl.Swap16(unix.ETH_P_ALL))})
-	req.AddData(nl.NewRtAttr(nl.TCA_KIND, nl.ZeroTerminated("bpf")))
-	options := nl.NewRtAttr(nl.TCA_OPTIONS, nil)
-	options.AddRtAttr(nl.TCA_BPF_OPS_LEN, nl.Uint16Attr(uint16(len(prog))))
-	options.AddRtAttr(nl.TCA_BPF_OPS, ops(prog))
-	options.AddRtAttr(nl.TCA_BPF_FLAGS, nl.Uint32Attr(nl.TCA_BPF_FLAG_ACT_DIRECT))
-	req.AddData(options)
-	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
-		return fmt.Errorf("adding the source guard to interface %d (tc ingress, priority %d): %w", ifindex, Priority, err)
+	for name, v := range set {
+		if err := s.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("source guard: setting %s: %w", name, err)
+		}
 	}
-	return nil
+	return s, nil
+}
+
+// sameConstants reports whether rodata, the constants of a loaded
+// guard, hold the values s gives them.
+func sameConstants(s *ebpf.CollectionSpec, rodata []byte) bool {
+	for _, v := range s.Variables {
+		if v.SectionName != ".rodata" {
+			continue
+		}
+		end := int(v.Offset) + len(v.Value)
+		if end > len(rodata) || !bytes.Equal(rodata[v.Offset:end], v.Value) {
+			return false
+		}
+	}
+	return true
+}
+
+// load loads the guard for c into the kernel.
+func load(c Container) (*ebpf.Program, error) {
+	s, err := spec(c)
+	if err != nil {
+		return nil, err
+	}
+	coll, err := ebpf.NewCollection(s)
+	if err != nil {
+		return nil, fmt.Errorf("source guard: loading its program: %w", err)
+	}
+	defer coll.Close()
+	return coll.DetachProgram(progName), nil
+}
+
+// Apply puts c's guard first on the ingress of the host veth ifindex, in
+// place of one there: on TCX, or as a tc filter on a kernel without it.
+func Apply(ifindex int, c Container) error {
+	return apply(ifindex, c, !haveTCX(ifindex))
 }
 
 // Check verifies that the ingress of ifindex runs c's guard, as Apply
-// made it: a filter missing, or one made for other addresses (the
-// container's MAC changed after ADD), fails.
+// made it: a guard missing, one made for other addresses (the
+// container's MAC changed after ADD), or one behind another program
+// fails.
 func Check(ifindex int, c Container) error {
-	prog, err := Program(c)
+	return check(ifindex, c, !haveTCX(ifindex))
+}
+
+func haveTCX(ifindex int) bool {
+	_, err := bpfattach.TCXPrograms(ifindex)
+	return !errors.Is(err, bpfattach.ErrNoTCX)
+}
+
+func apply(ifindex int, c Container, onTC bool) error {
+	prog, err := load(c)
 	if err != nil {
 		return err
 	}
-	want := ops(prog)
-	have, err := guardOps(ifindex)
+	defer prog.Close()
+	if onTC {
+		return bpfattach.AttachFilter(ifindex, prog, bpfattach.Filter{Priority: Priority, Name: progName})
+	}
+	onTCX, err := bpfattach.TCXPrograms(ifindex)
+	if err != nil {
+		return err
+	}
+	guards, err := bpfattach.Named(onTCX, progName)
+	if err != nil {
+		return err
+	}
+	place := bpfattach.TCXPlace{First: true}
+	if len(guards) > 0 {
+		place = bpfattach.TCXPlace{Replace: guards[0]}
+	}
+	return bpfattach.AttachTCX(ifindex, prog, place)
+}
+
+func check(ifindex int, c Container, onTC bool) error {
+	s, err := spec(c)
+	if err != nil {
+		return err
+	}
+	list, where := bpfattach.TCXPrograms, "TCX ingress"
+	if onTC {
+		list, where = bpfattach.FilterPrograms, fmt.Sprintf("tc ingress, priority %d", Priority)
+	}
+	ids, err := list(ifindex)
+	if err != nil {
+		return err
+	}
+	guards, err := bpfattach.Named(ids, progName)
 	if err != nil {
 		return err
 	}
 	switch {
-	case have == nil:
-		return fmt.Errorf("no source guard (tc filter, priority %d) on the ingress of interface %d", Priority, ifindex)
-	case !bytes.Equal(have, want):
+	case len(guards) == 0:
+		return fmt.Errorf("no source guard (%s) on interface %d", where, ifindex)
+	case guards[0] != ids[0]:
+		return fmt.Errorf("the source guard on interface %d (%s) runs after another program, which may let the container's frames past it", ifindex, where)
+	}
+	have, err := attachedConstants(guards[0])
+	if err != nil {
+		return fmt.Errorf("reading the source guard on interface %d: %w", ifindex, err)
+	}
+	if !sameConstants(s, have) {
 		return fmt.Errorf("the source guard on interface %d lets through other addresses than the container's (MAC %s, %v, %v): was the MAC changed after ADD (use berth's mac capability)?",
 			ifindex, c.MAC, c.IPv4, c.IPv6)
 	}
 	return nil
 }
 
-// guardOps returns the classic program of the guard's filter on ifindex,
-// or nil when there is none.
-func guardOps(ifindex int) ([]byte, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETTFILTER, unix.NLM_F_DUMP)
-	req.AddData(&nl.TcMsg{Family: nl.FAMILY_ALL, Ifindex: int32(ifindex), Parent: netlink.HANDLE_MIN_INGRESS,
-		Info: netlink.MakeHandle(Priority, 0)})
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWTFILTER)
+// attachedConstants reads the constants of the loaded program id.
+func attachedConstants(id ebpf.ProgramID) ([]byte, error) {
+	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
-		return nil, fmt.Errorf("listing the ingress filters of interface %d: %w", ifindex, err)
+		return nil, err
 	}
-	for _, m := range msgs {
-		tc := nl.DeserializeTcMsg(m)
-		if tc.Handle != handle || tc.Info>>16 != Priority {
-			continue
-		}
-		attrs, err := nl.ParseRouteAttr(m[nl.SizeofTcMsg:])
+	info, err := p.Info()
+	p.Close()
+	if err != nil {
+		return nil, err
+	}
+	maps, _ := info.MapIDs()
+	for _, mid := range maps {
+		m, err := ebpf.NewMapFromID(mid)
 		if err != nil {
 			return nil, err
 		}
-		var kind string
-		var options []syscall.NetlinkRouteAttr
-		for _, a := range attrs {
-			switch a.Attr.Type {
-			case nl.TCA_KIND:
-				kind = string(bytes.TrimRight(a.Value, "\x00"))
-			case nl.TCA_OPTIONS:
-				if options, err = nl.ParseRouteAttr(a.Value); err != nil {
-					return nil, err
-				}
-			}
+		var b []byte
+		mi, err := m.Info()
+		if err == nil && mi.Name == ".rodata" {
+			b, err = m.LookupBytes(uint32(0))
 		}
-		if kind != "bpf" {
-			continue
-		}
-		for _, o := range options {
-			if o.Attr.Type == nl.TCA_BPF_OPS {
-				return o.Value, nil
-			}
+		m.Close()
+		if err != nil || b != nil {
+			return b, err
 		}
 	}
-	return nil, nil
+	return nil, errors.New("its program has no constants")
+}
+
+// CheckClassic verifies that the ingress of ifindex has the classic BPF
+// guard of an earlier release (a tc filter at Priority): what its
+// attachments were made with. Its program is not compared.
+func CheckClassic(ifindex int) error {
+	fs, err := netlinksafe.FilterList(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}, netlink.HANDLE_MIN_INGRESS)
+	if err != nil {
+		return fmt.Errorf("listing the tc filters of interface %d: %w", ifindex, err)
+	}
+	for _, f := range fs {
+		if b, ok := f.(*netlink.BpfFilter); ok && b.Priority == Priority && b.DirectAction {
+			return nil
+		}
+	}
+	return fmt.Errorf("no source guard (tc filter, priority %d) on the ingress of interface %d", Priority, ifindex)
 }

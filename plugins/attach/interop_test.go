@@ -3,11 +3,17 @@ package attach_test
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/testenv"
 )
@@ -52,5 +58,100 @@ func TestStatus(t *testing.T) {
 	var ce *types.Error
 	if !errors.As(err, &ce) || ce.Code != 50 {
 		t.Errorf("STATUS with a broken store: %v, want code 50", err)
+	}
+}
+
+// The reference bandwidth plugin chained after berth-bridge, as the
+// conflists of Calico and of many clusters have it (berth itself
+// declaring no bandwidth capability): its egress limit takes the host
+// veth's `ingress` qdisc and redirects what the pod sends to an ifb
+// device. On the iptables datapath that works beside berth's source
+// guard, both limits hold, and the guard still drops a shaped pod's
+// forged packets (it runs before the redirect: the ifb hands packets
+// back past every ingress hook). On the eBPF datapath the fast path
+// would skip the plugin's qdiscs, and its ADD fails (README).
+func TestInteropReferenceBandwidthAfterBerthBridge(t *testing.T) {
+	testenv.ReferenceCNIDir(t, "bandwidth")
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("iperf3 not installed")
+	}
+	n := newNode(t)
+	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bwref","plugins":[
+		{"type":"berth-bridge","isDefaultGateway":true,"stateDir":%q,%s"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.83.0.0/24"}]]}},
+		{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`, n.stateDir, n.datapath(), n.dataDir)
+	rt := testenv.NewRuntime(t, n.ns, list)
+	before := n.snapshot(t)
+
+	const ingress, egress = 20e6, 10e6
+	// A burst of its own: the plugin overflows on the 4294967295 that
+	// stands for none (its tbf would pass nothing).
+	shaped := pod(t, "shaped", map[string]any{"ingressRate": ingress, "ingressBurst": 2e6, "egressRate": egress, "egressBurst": 2e6})
+	res, err := rt.Add(shaped)
+	if n.bpffs != "" {
+		if err == nil || !strings.Contains(err.Error(), "create ingress qdisc") {
+			t.Errorf("ADD on the eBPF datapath: %v, want the bandwidth plugin's create ingress qdisc error", err)
+		}
+		if err := rt.Del(shaped); err != nil {
+			t.Errorf("DEL: %v", err)
+		}
+		if d := diffIgnoringBridge(before, n.snapshot(t)); d != "" {
+			t.Errorf("left after DEL:\n%s", d)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	victim := pod(t, "victim", nil)
+	vres, err := rt.Add(victim)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if err := rt.Check(shaped); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+
+	ip := ipOf(t, res)
+	iperfServer(t, shaped.Netns)
+	for _, m := range []struct {
+		what    string
+		reverse bool
+		limit   float64
+	}{{"into the pod", false, ingress}, {"out of the pod", true, egress}} {
+		// Shaped, and flowing: the accuracy of tbf is the plugin's
+		// (berth's own is measured in TestBandwidthShaping); unshaped,
+		// a stream runs at Gbit/s.
+		got := iperf(t, n.ns, ip, m.reverse)
+		if got > 1.5*m.limit || got < 0.3*m.limit {
+			t.Errorf("%s: %.1f Mbit/s, want about the limit %.0f", m.what, got/1e6, m.limit/1e6)
+		}
+		t.Logf("%s: %.1f Mbit/s (limit %.0f)", m.what, got/1e6, m.limit/1e6)
+	}
+
+	// A shaped pod's packets with the victim's address as source must
+	// not arrive: the guard judges them before the ifb takes them.
+	var mac, vmac net.HardwareAddr
+	mac, _ = net.ParseMAC(containerIf(res).Mac)
+	vmac, _ = net.ParseMAC(containerIf(vres).Mac)
+	own, vip := netip.MustParseAddr(ip), netip.MustParseAddr(ipOf(t, vres))
+	rx, _ := rawSocket(t, victim.Netns)
+	// Both must know each other's MAC for the own packet to be taken.
+	if err := testenv.Ping(shaped.Netns, vip.String()); err != nil {
+		t.Fatal(err)
+	}
+	sendFrame(t, shaped.Netns, ethFrame(vmac, mac, unix.ETH_P_IP, udp4(vip, vip, "m-forged")))
+	sendFrame(t, shaped.Netns, ethFrame(vmac, mac, unix.ETH_P_IP, udp4(own, vip, "m-own")))
+	got := received(rx, 500*time.Millisecond, []string{"m-forged", "m-own"})
+	if got["m-forged"] || !got["m-own"] {
+		t.Errorf("from the shaped pod: the forged packet arrived %v (want false), its own %v (want true)", got["m-forged"], got["m-own"])
+	}
+
+	for _, p := range []*testenv.Attachment{shaped, victim} {
+		if err := rt.Del(p); err != nil {
+			t.Errorf("DEL %s: %v", p.ID, err)
+		}
+	}
+	if d := diffIgnoringBridge(before, n.snapshot(t)); d != "" {
+		t.Errorf("left after DEL:\n%s", d)
 	}
 }

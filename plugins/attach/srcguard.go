@@ -56,7 +56,13 @@ func (k *call) checkGuard(prev *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 	}
-	if err := srcguard.Check(host.Attrs().Index, c); err != nil {
+	check := func() error { return srcguard.Check(host.Attrs().Index, c) }
+	if k.rec.Guards == guardsV1 {
+		// An earlier release's classic BPF filter: it stays until the
+		// container is attached again.
+		check = func() error { return srcguard.CheckClassic(host.Attrs().Index) }
+	}
+	if err := check(); err != nil {
 		return fmt.Errorf("%w: anti-spoofing on %s: %v; DEL and ADD the container again", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 	}
 	return nil

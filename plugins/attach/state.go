@@ -40,10 +40,12 @@ type record struct {
 	// of an earlier berth, whose host veth's master tells.
 	Bridge string `json:"bridge,omitempty"`
 	// Guards is the generation of guards the attachment was made with:
-	// 0 by an earlier berth, guardsV1 by this one (the source guard on the
-	// host veth on the iptables datapath, srcguard.go; the network's
-	// rules closing the node's 127/8 and an IPv4-only network's IPv6,
-	// internal/firewall; a routed host veth's IPv6 off). CHECK asks only
+	// 0 by an earlier berth; guardsV1 the source guard on the host veth
+	// on the iptables datapath (srcguard.go), the network's rules
+	// closing the node's 127/8 and an IPv4-only network's IPv6
+	// (internal/firewall) and a routed host veth's IPv6 off; guardsV2,
+	// this build's, the same with the source guard an eBPF program on
+	// TCX instead of a classic BPF tc filter. CHECK asks only
 	// for what the attachment was made with, so that after an upgrade it
 	// passes for the containers of an earlier berth as before: their
 	// network gets its new rules at its next ADD, they get the source
@@ -51,10 +53,13 @@ type record struct {
 	Guards int `json:"guards,omitempty"`
 }
 
-// guardsV1 is the generation of guards of this build (record.Guards). A
-// build that changes them (the source guard's program included, which
-// CHECK compares byte for byte) makes the next generation.
-const guardsV1 = 1
+// The generations of guards (record.Guards); guardsV2 is this build's. A
+// build that changes them (the source guard's program included, whose
+// constants CHECK compares) makes the next generation.
+const (
+	guardsV1 = 1
+	guardsV2 = 2
+)
 
 // guarded reports whether the attachment was made with this build's
 // guards.

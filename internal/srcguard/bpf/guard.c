@@ -1,0 +1,184 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// berth's source guard (internal/srcguard): on the ingress of a
+// container's host veth on the iptables datapath, it drops every frame the
+// container sends with another MAC or address than its own. One copy of
+// the program per container, its addresses in the constants below (set
+// when the plugin loads it, before the verifier sees it).
+//
+// Its two verdicts mean the same on TCX and to a tc filter in direct
+// action (TCX_NEXT is TC_ACT_UNSPEC, TCX_DROP is TC_ACT_SHOT), so the one
+// program serves both: "next" hands an allowed frame on to the device's
+// later programs and tc filters (a shaping redirect to an ifb device),
+// which must only see what the guard let through.
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define TCX_NEXT (-1)
+#define TCX_DROP 2
+
+// What the container may send as; set by the loader (srcguard.go).
+volatile const __u8 own_mac[ETH_ALEN];
+volatile const __u8 has_ipv4; // 0: no IPv4 (and no ARP) at all
+volatile const __be32 own_ipv4;
+volatile const __u8 has_ipv6; // 0: only link-local and :: sources
+volatile const __u8 own_ipv6[16];
+
+// ICMPv6 types the guard looks into (RFC 4861, 2710, 3810).
+#define ICMP6_RA 134
+#define ICMP6_NA 136
+#define ICMP6_REDIRECT 137
+#define MLD_QUERY 130
+#define MLD_REPORT 131
+#define MLD_DONE 132
+#define MLD2_REPORT 143
+
+#define IP6_OFF ETH_HLEN
+#define IP6_PAYLOAD (ETH_HLEN + sizeof(struct ipv6hdr))
+
+struct arp4 {
+	__be16 htype;
+	__be16 ptype;
+	__u8 hlen;
+	__u8 plen;
+	__be16 op;
+	__u8 sha[ETH_ALEN];
+	__u8 spa[4];
+	__u8 tha[ETH_ALEN];
+	__u8 tpa[4];
+} __attribute__((packed));
+
+static __always_inline int is_own_mac(const __u8 *mac)
+{
+	for (int i = 0; i < ETH_ALEN; i++)
+		if (mac[i] != own_mac[i])
+			return 0;
+	return 1;
+}
+
+// own6 reports whether a is the container's IPv6 address or a link-local
+// one (fe80::/10: the container picks its own, by its addr_gen_mode).
+static __always_inline int own6(const __u8 *a)
+{
+	if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
+		return 1;
+	if (!has_ipv6)
+		return 0;
+	for (int i = 0; i < 16; i++)
+		if (a[i] != own_ipv6[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline int unspecified6(const __u8 *a)
+{
+	for (int i = 0; i < 16; i++)
+		if (a[i])
+			return 0;
+	return 1;
+}
+
+static __always_inline int from_ipv4(struct __sk_buff *skb)
+{
+	struct iphdr ip;
+	if (!has_ipv4 || bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) < 0)
+		return TCX_DROP;
+	return ip.saddr == own_ipv4 ? TCX_NEXT : TCX_DROP;
+}
+
+// from_arp lets through only the layout the kernel reads (Ethernet,
+// IPv4, 6- and 4-byte addresses) with the container as its sender, or
+// 0.0.0.0 for a probe (RFC 5227).
+static __always_inline int from_arp(struct __sk_buff *skb)
+{
+	struct arp4 a;
+	if (!has_ipv4 || bpf_skb_load_bytes(skb, ETH_HLEN, &a, sizeof(a)) < 0)
+		return TCX_DROP;
+	if (a.htype != bpf_htons(1) || a.ptype != bpf_htons(ETH_P_IP) || a.hlen != ETH_ALEN || a.plen != 4 ||
+	    !is_own_mac(a.sha))
+		return TCX_DROP;
+	__be32 spa;
+	__builtin_memcpy(&spa, a.spa, 4);
+	return spa == own_ipv4 || spa == 0 ? TCX_NEXT : TCX_DROP;
+}
+
+static __always_inline int from_ipv6(struct __sk_buff *skb)
+{
+	struct ipv6hdr ip;
+	if (bpf_skb_load_bytes(skb, IP6_OFF, &ip, sizeof(ip)) < 0)
+		return TCX_DROP;
+	switch (ip.nexthdr) {
+	case IPPROTO_ICMPV6: {
+		// A neighbour advertisement names the address it claims (its
+		// target): the IPv6 counterpart of an ARP reply's sender.
+		struct {
+			__u8 type, code;
+			__be16 checksum;
+			__be32 flags;
+			__u8 target[16];
+		} m;
+		if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &m, 1) < 0)
+			return TCX_DROP;
+		// A container is no router: its router advertisements and
+		// redirects would give its neighbours (accept_ra=1, the
+		// kernel's default) a default route or a next hop through it.
+		if (m.type == ICMP6_RA || m.type == ICMP6_REDIRECT)
+			return TCX_DROP;
+		if (m.type == ICMP6_NA &&
+		    (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &m, sizeof(m)) < 0 || !own6(m.target)))
+			return TCX_DROP;
+		break;
+	}
+	case IPPROTO_HOPOPTS: {
+		// Hop-by-hop options carry MLD's router alert; nothing else
+		// from a container needs them, and behind them a neighbour
+		// advertisement's target would move.
+		struct {
+			__u8 next, len, options[6];
+			__u8 type;
+		} h;
+		if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &h, sizeof(h)) < 0 || h.next != IPPROTO_ICMPV6 || h.len != 0)
+			return TCX_DROP;
+		if (h.type != MLD_QUERY && h.type != MLD_REPORT && h.type != MLD_DONE && h.type != MLD2_REPORT)
+			return TCX_DROP;
+		break;
+	}
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+		// Headers the kernel reads before an ICMPv6 message behind
+		// them, whose neighbour advertisement the guard would not see.
+		return TCX_DROP;
+	}
+	// :: is duplicate address detection's source.
+	return own6(ip.saddr.in6_u.u6_addr8) || unspecified6(ip.saddr.in6_u.u6_addr8) ? TCX_NEXT : TCX_DROP;
+}
+
+SEC("tcx/ingress")
+int berth_guard(struct __sk_buff *skb)
+{
+	// A tag the veth carries out of band (the container's VLAN device,
+	// offloaded) would hide the frame's real type; one in band is a
+	// type of its own, dropped below.
+	if (skb->vlan_present)
+		return TCX_DROP;
+	struct ethhdr eth;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || !is_own_mac(eth.h_source))
+		return TCX_DROP;
+	switch (eth.h_proto) {
+	case bpf_htons(ETH_P_IP):
+		return from_ipv4(skb);
+	case bpf_htons(ETH_P_ARP):
+		return from_arp(skb);
+	case bpf_htons(ETH_P_IPV6):
+		return from_ipv6(skb);
+	}
+	return TCX_DROP;
+}
+
+char __license[] SEC("license") = "Dual MIT/GPL";
