@@ -112,20 +112,23 @@ lint: bpf-check
 	$(GO) vet -tags kubernetes ./cmd/netd
 	@out=$$($(GO) mod tidy -diff 2>&1) || { echo "go.mod/go.sum not tidy (run go mod tidy):"; echo "$$out"; exit 1; }
 
-# The eBPF datapath's programs (internal/fastpath/bpf/*.c) are compiled by
-# clang through bpf2go into objects committed next to them, so that
-# `go build` needs no clang. `make bpf` regenerates them; bpf-check (part
-# of lint) compiles a copy and fails when the committed ones differ.
+# The eBPF programs (internal/fastpath/bpf/*.c, the eBPF datapath;
+# internal/srcguard/bpf/*.c, the source guard) are compiled by clang
+# through bpf2go into objects committed next to them, so that `go build`
+# needs no clang. `make bpf` regenerates them; bpf-check (part of lint)
+# compiles a copy and fails when the committed ones differ.
+BPF_DIRS      := internal/fastpath internal/srcguard
 BPF_CHECK_DIR := $(BIN_DIR)/bpf-check
 bpf:
-	cd internal/fastpath && $(GO) generate
+	for d in $(BPF_DIRS); do (cd $$d && $(GO) generate) || exit 1; done
 
 bpf-check:
-	@rm -rf $(BPF_CHECK_DIR) && mkdir -p $(BPF_CHECK_DIR)
-	@cp -r internal/fastpath/gen.go internal/fastpath/bpf $(BPF_CHECK_DIR)/
-	@cd $(BPF_CHECK_DIR) && $(GO) generate
-	@for f in fastpath_bpfel.o fastpath_bpfel.go; do \
-		cmp -s $(BPF_CHECK_DIR)/$$f internal/fastpath/$$f || { echo "internal/fastpath/$$f is stale: run make bpf and commit it"; exit 1; }; \
+	@for d in $(BPF_DIRS); do \
+		rm -rf $(BPF_CHECK_DIR) && mkdir -p $(BPF_CHECK_DIR) && cp -r $$d/gen.go $$d/bpf $(BPF_CHECK_DIR)/ && \
+		(cd $(BPF_CHECK_DIR) && $(GO) generate) || exit 1; \
+		for f in $$(cd $(BPF_CHECK_DIR) && ls *_bpfel.o *_bpfel.go); do \
+			cmp -s $(BPF_CHECK_DIR)/$$f $$d/$$f || { echo "$$d/$$f is stale: run make bpf and commit it"; exit 1; }; \
+		done; \
 	done; rm -rf $(BPF_CHECK_DIR)
 
 # Installs the Debian packages the demo and tests use, when missing.

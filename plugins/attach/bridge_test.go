@@ -13,7 +13,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 
+	"github.com/berthnet/berth/internal/bpfattach"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -247,8 +249,12 @@ func TestCheckDetectsTampering(t *testing.T) {
 			mustRun(t, c.Netns, "ip", "route", "del", "default")
 		}},
 		// The source guard (iptables datapath) or from_container (eBPF).
-		{"anti-spoofing filter removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
-			mustRun(t, n.ns, "tc", "filter", "del", "dev", res.Interfaces[1].Name, "ingress", "pref", "1")
+		{"anti-spoofing program removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			if n.bpffs != "" {
+				mustRun(t, n.ns, "tc", "filter", "del", "dev", res.Interfaces[1].Name, "ingress", "pref", "1")
+				return
+			}
+			removeGuard(t, n.ns, res.Interfaces[1].Name)
 		}},
 		{"host veth removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, n.ns, "ip", "link", "del", res.Interfaces[1].Name)
@@ -299,45 +305,103 @@ func TestCheckDetectsTampering(t *testing.T) {
 // network none of the rules closing the node's 127/8 (both came later):
 // CHECK by this build, after an upgrade, passes for it as before, while
 // one that this build attached must have them (TestCheckDetectsTampering).
+// One attached by the release before this has its guard as a classic BPF
+// tc filter, not on TCX: CHECK asks for that filter.
 func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	if testenv.Datapath() == "ebpf" {
 		t.Skip("the eBPF datapath has no source guard filter: from_container checks the sources")
 	}
 	n := newNode(t)
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("old", "berth0", "10.31.0.0/24", ""))
-	c := container(t, "old1")
-	res, err := rt.Add(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rt.Del(c)
-	mustRun(t, n.ns, "tc", "filter", "del", "dev", res.Interfaces[1].Name, "ingress", "pref", "1")
-	records, _ := filepath.Glob(filepath.Join(n.stateDir, "networks", "old", "*.json"))
-	if len(records) != 1 {
-		t.Fatalf("records of network old: %v", records)
-	}
-	data, err := os.ReadFile(records[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	earlier := strings.Replace(string(data), `,"guards":1`, "", 1)
-	if earlier == string(data) {
-		t.Fatalf("the record does not say the attachment has a source guard: %s", data)
-	}
-	if err := os.WriteFile(records[0], []byte(earlier), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		out, _ := testenv.InNS(n.ns, tool+"-save", "-t", "filter")
-		for _, l := range strings.Split(string(out), "\n") {
-			if chain, ok := strings.CutPrefix(l, ":BERTH-IN-"); ok {
-				mustRun(t, n.ns, tool, "-F", "BERTH-IN-"+strings.Fields(chain)[0])
+	for i, tc := range []struct {
+		name    string
+		guards  string // the record's, as that release wrote it
+		classic bool   // the veth has that release's classic filter
+	}{{"no guard", "", false}, {"classic BPF guard", `,"guards":1`, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := container(t, fmt.Sprintf("old%d", i))
+			res, err := rt.Add(c)
+			if err != nil {
+				t.Fatal(err)
 			}
+			defer rt.Del(c)
+			veth := res.Interfaces[1].Name
+			removeGuard(t, n.ns, veth)
+			if tc.classic {
+				mustRun(t, n.ns, "tc", "qdisc", "add", "dev", veth, "clsact")
+				// Any classic program will do: CHECK does not compare it.
+				mustRun(t, n.ns, "tc", "filter", "add", "dev", veth, "ingress", "pref", "1", "handle", "1",
+					"protocol", "all", "bpf", "bytecode", "1,6 0 0 4294967295,", "da")
+			}
+			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":2`, tc.guards)
+			for _, tool := range []string{"iptables", "ip6tables"} {
+				out, _ := testenv.InNS(n.ns, tool+"-save", "-t", "filter")
+				for _, l := range strings.Split(string(out), "\n") {
+					if chain, ok := strings.CutPrefix(l, ":BERTH-IN-"); ok && tc.guards == "" {
+						mustRun(t, n.ns, tool, "-F", "BERTH-IN-"+strings.Fields(chain)[0])
+					}
+				}
+			}
+			if err := rt.Check(c); err != nil {
+				t.Errorf("CHECK of an earlier berth's attachment: %v", err)
+			}
+			if tc.classic {
+				mustRun(t, n.ns, "tc", "filter", "del", "dev", veth, "ingress", "pref", "1")
+				var ce *types.Error
+				if err := rt.Check(c); !errors.As(err, &ce) || ce.Code != 104 {
+					t.Errorf("CHECK without the classic guard: %v, want code 104", err)
+				}
+			}
+		})
+	}
+}
+
+// removeGuard detaches the source guard from veth's TCX ingress in node.
+func removeGuard(t *testing.T, node ns.NetNS, veth string) {
+	t.Helper()
+	err := node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(veth)
+		if err != nil {
+			return err
 		}
+		ids, err := bpfattach.TCXPrograms(l.Attrs().Index)
+		if err != nil {
+			return err
+		}
+		guards, err := bpfattach.Named(ids, "berth_guard")
+		if err != nil || len(guards) != 1 {
+			return fmt.Errorf("source guards on %s: %v %v", veth, guards, err)
+		}
+		return bpfattach.DetachTCX(l.Attrs().Index, guards[0])
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := rt.Check(c); err != nil {
-		t.Errorf("CHECK of an earlier berth's attachment (no source guard, no 127/8 rule): %v", err)
+}
+
+// rewriteRecord replaces old by new in the record of the attachment of
+// container id on network.
+func rewriteRecord(t *testing.T, stateDir, network, id, old, new string) {
+	t.Helper()
+	records, _ := filepath.Glob(filepath.Join(stateDir, "networks", network, "*.json"))
+	for _, r := range records {
+		data, err := os.ReadFile(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), `"`+id+`"`) {
+			continue
+		}
+		changed := strings.Replace(string(data), old, new, 1)
+		if changed == string(data) {
+			t.Fatalf("the record has no %s: %s", old, data)
+		}
+		if err := os.WriteFile(r, []byte(changed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return
 	}
+	t.Fatalf("no record of %s in %v", id, records)
 }
 
 func mustRun(t *testing.T, n ns.NetNS, name string, args ...string) {

@@ -12,10 +12,10 @@ import (
 )
 
 // The iptables datapath's anti-spoofing per container (internal/srcguard):
-// a filter on the host veth's ingress that lets the container send only
-// with its own MAC and addresses. The eBPF datapath's from_container does
-// the same, so an eBPF attachment gets none. The filter goes with the
-// veth.
+// a program first on the host veth's ingress that lets the container send
+// only with its own MAC and addresses. The eBPF datapath's from_container
+// does the same, so an eBPF attachment gets none. The program goes with
+// the veth.
 //
 // The MAC is the one the result of ADD names, which berth set (or the
 // mac capability asked for). A plugin chained after berth that changes it
