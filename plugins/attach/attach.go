@@ -196,11 +196,16 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	// would block it for ever.
 	unclaim()
 	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
-	if err := errors.Join(linkErr, <-fwDone); err != nil {
-		return err
-	}
 	// Before the container runs anything: its addresses are known now.
-	if err := k.guard(result); err != nil {
+	// Beside the iptables commit: the guard's attach waits for an RCU
+	// grace period (internal/srcguard).
+	guardDone := make(chan error, 1)
+	if linkErr == nil {
+		go func() { guardDone <- k.guard(result) }()
+	} else {
+		guardDone <- nil
+	}
+	if err := errors.Join(linkErr, <-fwDone, <-guardDone); err != nil {
 		return err
 	}
 	undo = append(undo, func() { k.detachFastpath() })
