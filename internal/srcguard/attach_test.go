@@ -89,6 +89,25 @@ func testAttached(t *testing.T, n ns.NetNS, onTC bool) {
 	if err := check(ifindex, c, onTC); err != nil {
 		t.Errorf("Check: %v", err)
 	}
+	// A program of that name with the guard's constants, passing all.
+	impostor := impostor(t, ifindex)
+	defer impostor.Close()
+	ids, _ = list(ifindex)
+	guards, _ := bpfattach.Named(ids, progName)
+	if onTC {
+		err = bpfattach.AttachFilter(ifindex, impostor, bpfattach.Filter{Priority: Priority, Name: progName})
+	} else {
+		err = bpfattach.AttachTCX(ifindex, impostor, bpfattach.TCXPlace{Replace: guards[0]})
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := check(ifindex, c, onTC); err == nil || !strings.Contains(err.Error(), "not this berth's source guard") {
+		t.Errorf("Check of an impostor: %v, want not this berth's source guard", err)
+	}
+	if err := apply(ifindex, c, onTC); err != nil {
+		t.Fatal(err)
+	}
 	other := c
 	other.MAC = otherMAC
 	if err := check(ifindex, other, onTC); err == nil || !strings.Contains(err.Error(), "other addresses") {
@@ -169,4 +188,39 @@ func udp4(src, dst, payload string) []byte {
 	binary.BigEndian.PutUint16(u[2:], 9)
 	binary.BigEndian.PutUint16(u[4:], uint16(8+len(payload)))
 	return append(append(h, u...), payload...)
+}
+
+// impostor is a program named as the guard, with the constants of the
+// guard attached to ifindex in a map named as the guard's, that lets
+// everything through.
+func impostor(t *testing.T, ifindex int) *ebpf.Program {
+	t.Helper()
+	ids, err := bpfattach.TCXPrograms(ifindex)
+	if err == nil && len(ids) == 0 {
+		ids, err = bpfattach.FilterPrograms(ifindex)
+	}
+	if err != nil || len(ids) == 0 {
+		t.Fatalf("no guard to copy: %v", err)
+	}
+	real, err := ebpf.NewProgramFromID(ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer real.Close()
+	rodata, err := attachedConstants(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: ".rodata", Type: ebpf.Array, KeySize: 4, ValueSize: uint32(len(rodata)), MaxEntries: 1,
+		Contents: []ebpf.MapKV{{Key: uint32(0), Value: rodata}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: progName, Type: ebpf.SchedCLS, License: "MIT",
+		Instructions: asm.Instructions{asm.LoadMapValue(asm.R1, m.FD(), 0), asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

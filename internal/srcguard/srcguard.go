@@ -185,7 +185,19 @@ func check(ifindex int, c Container, onTC bool) error {
 	case guards[0] != ids[0]:
 		return fmt.Errorf("the source guard on interface %d (%s) runs after another program, which may let the container's frames past it", ifindex, where)
 	}
-	have, err := attachedConstants(guards[0])
+	attached, err := ebpf.NewProgramFromID(guards[0])
+	if err != nil {
+		return fmt.Errorf("reading the source guard on interface %d: %w", ifindex, err)
+	}
+	defer attached.Close()
+	same, err := sameCode(s, attached)
+	if err != nil {
+		return fmt.Errorf("reading the source guard on interface %d: %w", ifindex, err)
+	}
+	if !same {
+		return fmt.Errorf("the program named %s on interface %d is not this berth's source guard (another build's, or someone else's): DEL and ADD the container again", progName, ifindex)
+	}
+	have, err := attachedConstants(attached)
 	if err != nil {
 		return fmt.Errorf("reading the source guard on interface %d: %w", ifindex, err)
 	}
@@ -196,14 +208,29 @@ func check(ifindex int, c Container, onTC bool) error {
 	return nil
 }
 
-// attachedConstants reads the constants of the loaded program id.
-func attachedConstants(id ebpf.ProgramID) ([]byte, error) {
-	p, err := ebpf.NewProgramFromID(id)
+// sameCode reports whether attached runs the code of s's program: its
+// tag (a hash of the instructions, the constants left out) is the one the
+// kernel gives s's program loaded now.
+func sameCode(s *ebpf.CollectionSpec, attached *ebpf.Program) (bool, error) {
+	coll, err := ebpf.NewCollection(s)
 	if err != nil {
-		return nil, err
+		return false, fmt.Errorf("loading the source guard to compare: %w", err)
 	}
+	defer coll.Close()
+	want, err := coll.Programs[progName].Info()
+	if err != nil {
+		return false, err
+	}
+	have, err := attached.Info()
+	if err != nil {
+		return false, err
+	}
+	return have.Tag == want.Tag, nil
+}
+
+// attachedConstants reads the constants of p, a loaded guard.
+func attachedConstants(p *ebpf.Program) ([]byte, error) {
 	info, err := p.Info()
-	p.Close()
 	if err != nil {
 		return nil, err
 	}

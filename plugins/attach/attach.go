@@ -195,17 +195,13 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	// the bridge changed (by hand): a shared hold of this process's own
 	// would block it for ever.
 	unclaim()
-	result, linkErr := d.Links.Setup(k.linkRequest(netns, res))
-	// Before the container runs anything: its addresses are known now.
-	// Beside the iptables commit: the guard's attach waits for an RCU
-	// grace period (internal/srcguard).
-	guardDone := make(chan error, 1)
-	if linkErr == nil {
-		go func() { guardDone <- k.guard(result) }()
-	} else {
-		guardDone <- nil
+	// The source guard goes on in Setup, before the host veth is up.
+	req := k.linkRequest(netns, res)
+	if k.rec.BPFFS == "" {
+		req.Guard = k.guard
 	}
-	if err := errors.Join(linkErr, <-fwDone, <-guardDone); err != nil {
+	result, linkErr := d.Links.Setup(req)
+	if err := errors.Join(linkErr, <-fwDone); err != nil {
 		return err
 	}
 	undo = append(undo, func() { k.detachFastpath() })

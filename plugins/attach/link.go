@@ -8,7 +8,6 @@ import (
 	"os"
 	"strings"
 
-	"github.com/containernetworking/plugins/pkg/ip"
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
@@ -27,47 +26,83 @@ type VethSpec struct {
 	MAC      string          // container side; random when empty
 	Hairpin  bool            // with Bridge
 	Bridge   *netlink.Bridge // nil: the host end stays unplugged (routed datapath)
+	// Guard, when set, puts the source guard on the host end (its
+	// index, the container side's MAC) before that end goes up.
+	Guard func(hostIndex int, mac net.HardwareAddr) error
 }
 
-// SetupVeth creates the pair in the container namespace, moves the host end
-// out and, with a bridge, plugs it in.
+// SetupVeth creates the pair in the container namespace with the host end
+// in the node's, guards the host end and, with a bridge, plugs it in;
+// only then does the host end go up. The container side stays down
+// (configured and set up by the caller): until the host end is up,
+// nothing the container sends gets anywhere, so that no frame of a
+// process already in the namespace (a network added to a running
+// container) passes unguarded.
 func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 	hostNS, err := ns.GetCurrentNS()
 	if err != nil {
 		return host, cont, fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
 	}
 	defer hostNS.Close()
+	veth := &netlink.Veth{LinkAttrs: netlink.NewLinkAttrs(), PeerName: s.HostName, PeerNamespace: netlink.NsFd(int(hostNS.Fd()))}
+	veth.Name, veth.MTU = s.IfName, s.MTU
+	if s.MAC != "" {
+		if veth.HardwareAddr, err = net.ParseMAC(s.MAC); err != nil {
+			return host, cont, fmt.Errorf("%w: mac %q: %v", cnierr.ErrInvalidConfig, s.MAC, err)
+		}
+	}
 	err = s.Netns.Do(func(ns.NetNS) error {
 		if _, err := netlinksafe.LinkByName(s.IfName); err == nil {
 			return fmt.Errorf("%w: ifName %q already exists in the container namespace", cnierr.ErrLinkInUse, s.IfName)
 		}
-		h, c, err := ip.SetupVethWithName(s.IfName, s.HostName, s.MTU, s.MAC, hostNS)
-		if err != nil {
+		if err := netlink.LinkAdd(veth); err != nil {
 			if errors.Is(err, unix.EEXIST) || os.IsExist(err) {
 				return fmt.Errorf("%w: creating veth %s: %v", cnierr.ErrLinkInUse, s.HostName, err)
 			}
 			return fmt.Errorf("%w: creating veth %s/%s: %v", cnierr.ErrDatapath, s.HostName, s.IfName, err)
 		}
-		host, cont = h, c
+		// Read back for what the kernel chose: index, random MAC.
+		c, err := netlinksafe.LinkByName(s.IfName)
+		if err != nil {
+			return fmt.Errorf("%w: finding %s in the container namespace: %v", cnierr.ErrDatapath, s.IfName, err)
+		}
+		cont = iface(c)
 		return nil
 	})
 	if err != nil {
 		return host, cont, err
 	}
-	if s.Bridge == nil {
-		return host, cont, nil
-	}
 	link, err := netlinksafe.LinkByName(s.HostName)
 	if err != nil {
 		return host, cont, fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, s.HostName, err)
 	}
-	if err := netlink.LinkSetMaster(link, s.Bridge); err != nil {
-		return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.HostName, s.Bridge.Name, err)
+	host = iface(link)
+	if s.Guard != nil {
+		if err := s.Guard(host.Index, cont.HardwareAddr); err != nil {
+			return host, cont, err
+		}
 	}
-	if err := netlink.LinkSetHairpin(link, s.Hairpin); err != nil {
-		return host, cont, fmt.Errorf("%w: hairpinMode on %s: %v", cnierr.ErrDatapath, s.HostName, err)
+	if s.Bridge != nil {
+		if err := netlink.LinkSetMaster(link, s.Bridge); err != nil {
+			return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.HostName, s.Bridge.Name, err)
+		}
+		if err := netlink.LinkSetHairpin(link, s.Hairpin); err != nil {
+			return host, cont, fmt.Errorf("%w: hairpinMode on %s: %v", cnierr.ErrDatapath, s.HostName, err)
+		}
+	}
+	// The node routes for this interface itself (the reference plugins'
+	// pkg/ip does the same); a node without IPv6 has no such key.
+	_, _ = sysctl.Sysctl("net/ipv6/conf/"+s.HostName+"/accept_ra", "0")
+	if err := netlink.LinkSetUp(link); err != nil {
+		return host, cont, fmt.Errorf("%w: setting %s up: %v", cnierr.ErrDatapath, s.HostName, err)
 	}
 	return host, cont, nil
+}
+
+// iface is l as net.Interface.
+func iface(l netlink.Link) net.Interface {
+	a := l.Attrs()
+	return net.Interface{Index: a.Index, MTU: a.MTU, Name: a.Name, HardwareAddr: a.HardwareAddr, Flags: a.Flags}
 }
 
 // EnableForwarding turns on routing in the node's namespace and prepares

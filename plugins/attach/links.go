@@ -1,6 +1,8 @@
 package attach
 
 import (
+	"net"
+
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
 
@@ -60,6 +62,9 @@ type LinkRequest struct {
 	IfName   string
 	HostVeth string
 	IPAM     *current.Result // addresses and routes from IPAM (Setup only)
+	// Guard puts the source guard on the host veth (Setup only, through
+	// VethSpec.Guard); nil: none (the eBPF datapath).
+	Guard func(hostIndex int, mac net.HardwareAddr) error
 	// Earlier: attached by an earlier berth, without this build's guards
 	// (record.Guards); Check does not ask for them.
 	Earlier bool

@@ -22,21 +22,11 @@ import (
 // (tuning's "mac") leaves the guard on the old one: the container's
 // traffic is dropped, and CHECK says why.
 
-// guard puts the source guard on the attachment's host veth; res is the
-// result of the links.
-func (k *call) guard(res *current.Result) error {
-	if k.rec.BPFFS != "" {
-		return nil
-	}
-	c, err := k.guarded(res)
-	if err != nil {
-		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
-	}
-	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
-	if err != nil {
-		return fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
-	}
-	if err := srcguard.Apply(host.Attrs().Index, c); err != nil {
+// guard puts the source guard on the attachment's host veth, hostIndex,
+// for its container side's MAC.
+func (k *call) guard(hostIndex int, mac net.HardwareAddr) error {
+	c := srcguard.Container{MAC: mac, IPv4: k.rec.ContainerIP, IPv6: k.rec.ContainerIP6}
+	if err := srcguard.Apply(hostIndex, c); err != nil {
 		return fmt.Errorf("%w: anti-spoofing on %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
 	}
 	return nil

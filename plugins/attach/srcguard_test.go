@@ -3,6 +3,7 @@ package attach_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/testenv"
@@ -350,4 +352,88 @@ func TestSourceGuard(t *testing.T) {
 	if err := rt.Check(att.a); err != nil {
 		t.Errorf("CHECK: %v", err)
 	}
+}
+
+// A process already in the container's namespace (a network added to a
+// running container) that sends forged frames while ADD runs: none gets
+// past, because the host veth goes up only once its guard is on. Here
+// the process even brings eth0 up itself as soon as it appears (it has
+// CAP_NET_ADMIN in its namespace), before ADD would.
+func TestSourceGuardDuringADD(t *testing.T) {
+	n := newNode(t)
+	if n.bpffs != "" {
+		t.Skip("the eBPF datapath attaches from_container after the links are up: a window left open (README)")
+	}
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("win", "berth0", "10.101.0.0/24", ""))
+	vic := newGuardPeer(t, rt, "victim")
+	rx, _ := rawSocket(t, vic.a.Netns)
+	sent, arrived := 0, 0
+	for round := range 5 {
+		att := container(t, fmt.Sprintf("late%d", round))
+		stop, count := make(chan struct{}), make(chan int)
+		go func() { count <- floodForged(att.Netns, vic.ip4, stop) }()
+		if _, err := rt.Add(att); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond)
+		close(stop)
+		c := <-count
+		var markers []string
+		for i := range c {
+			markers = append(markers, fmt.Sprintf("m-late-%d;", i))
+		}
+		sent += c
+		arrived += len(received(rx, 300*time.Millisecond, markers))
+		if err := rt.Del(att); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sent == 0 {
+		t.Fatal("no forged frame was sent while ADD ran")
+	}
+	if arrived > 0 {
+		t.Errorf("%d of %d forged frames sent while ADD ran reached the victim", arrived, sent)
+	}
+	t.Logf("%d forged frames sent while ADD ran, none arrived", sent)
+}
+
+// floodForged sends, from eth0 in n once it appears (setting it up),
+// broadcast frames from a forged address to victim until stop, each with
+// its own marker, and returns how many it sent.
+func floodForged(n ns.NetNS, victim netip.Addr, stop chan struct{}) int {
+	sent := 0
+	n.Do(func(ns.NetNS) error {
+		fd := -1
+		defer func() {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}()
+		var eth0 netlink.Link
+		for {
+			select {
+			case <-stop:
+				return nil
+			default:
+			}
+			if eth0 == nil {
+				l, err := netlink.LinkByName("eth0")
+				if err != nil {
+					continue
+				}
+				netlink.LinkSetUp(l)
+				if fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+					return err
+				}
+				eth0 = l
+			}
+			bcast := net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+			f := ethFrame(bcast, eth0.Attrs().HardwareAddr, unix.ETH_P_IP,
+				udp4(netip.MustParseAddr("10.101.0.250"), victim, fmt.Sprintf("m-late-%d;", sent)))
+			if unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: eth0.Attrs().Index, Halen: 6}) == nil {
+				sent++
+			}
+		}
+	})
+	return sent
 }

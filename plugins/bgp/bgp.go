@@ -74,7 +74,7 @@ func (routedLinks) Ingress(*conf.Bridge) string { return attach.HostVeths }
 func (routedLinks) Setup(r attach.LinkRequest) (*current.Result, error) {
 	c := r.Conf
 	hostIf, contIf, err := attach.SetupVeth(attach.VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,
-		MTU: r.MTU(), MAC: c.RuntimeConfig.MAC})
+		MTU: r.MTU(), MAC: c.RuntimeConfig.MAC, Guard: r.Guard})
 	if err != nil {
 		return nil, err
 	}

@@ -60,7 +60,7 @@ func (bridgeLinks) Setup(r attach.LinkRequest) (*current.Result, error) {
 	}
 	defer lock.Release()
 	hostIf, contIf, err := attach.SetupVeth(attach.VethSpec{Netns: r.Netns, IfName: r.IfName, HostName: r.HostVeth,
-		MTU: r.MTU(), MAC: c.MAC, Hairpin: c.Hairpin(), Bridge: br})
+		MTU: r.MTU(), MAC: c.MAC, Hairpin: c.Hairpin(), Bridge: br, Guard: r.Guard})
 	if err != nil {
 		return nil, err
 	}
