@@ -43,6 +43,7 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/bpfattach"
@@ -761,6 +762,22 @@ func attachFilter(ifindex int, prog *ebpf.Program) error {
 
 // containerFilter is the handle and priority of from_container's filter.
 const containerFilter = 1
+
+// CloseContainer makes the host veth ifindex drop everything the
+// container sends until AttachContainer puts from_container in its
+// place: a filter at from_container's place that drops every frame. ADD
+// calls it before the veth is up, so that a process already in the
+// container's namespace sends nothing unguarded while the container's
+// endpoint is being made.
+func CloseContainer(ifindex int) error {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "berth_closed", Type: ebpf.SchedCLS, License: "Dual MIT/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* TC_ACT_SHOT */), asm.Return()}})
+	if err != nil {
+		return fmt.Errorf("loading the filter that closes interface %d: %w", ifindex, err)
+	}
+	defer prog.Close()
+	return bpfattach.AttachFilter(ifindex, prog, bpfattach.Filter{Priority: containerFilter, Name: "berth_closed"})
+}
 
 // Adopt moves the container behind host veth ifindex onto n's pins when
 // its program belongs to an older set of this network (the pins were

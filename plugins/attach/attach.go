@@ -195,10 +195,13 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 	// the bridge changed (by hand): a shared hold of this process's own
 	// would block it for ever.
 	unclaim()
-	// The source guard goes on in Setup, before the host veth is up.
+	// The source guard goes on in Setup, before the host veth is up; on
+	// the eBPF datapath a filter that drops everything, which
+	// from_container replaces once the endpoint is made.
 	req := k.linkRequest(netns, res)
-	if k.rec.BPFFS == "" {
-		req.Guard = k.guard
+	req.Guard = k.guard
+	if k.rec.BPFFS != "" {
+		req.Guard = k.closeFastpath
 	}
 	result, linkErr := d.Links.Setup(req)
 	if err := errors.Join(linkErr, <-fwDone); err != nil {

@@ -115,6 +115,15 @@ func (k *call) refuseSecondAttachment(netns ns.NetNS) error {
 
 // fastpathEndpoint describes the container for the programs: its IPv4
 // address, the host veth, the container's MAC and its gateway's (the
+// closeFastpath keeps the host veth hostIndex closed until
+// attachFastpath attaches from_container (fastpath.CloseContainer).
+func (k *call) closeFastpath(hostIndex int, _ net.HardwareAddr) error {
+	if err := fastpath.CloseContainer(hostIndex); err != nil {
+		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
+	}
+	return nil
+}
+
 // bridge's, or in routed mode the host veth's).
 func (k *call) fastpathEndpoint(res *current.Result) (fastpath.Endpoint, error) {
 	ep := fastpath.Endpoint{Owner: fastpath.OwnerOf(k.rec.key())}
