@@ -184,8 +184,9 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 
 	// The iptables commit and the veth setup both wait on the kernel;
 	// side by side they cost the longer of the two, not the sum.
+	k.takeAddresses(res)
 	fwDone := make(chan error, 1)
-	go func() { fwDone <- k.setupFirewall(res, d.fwNetwork(c)) }()
+	go func() { fwDone <- k.setupFirewall(d.fwNetwork(c)) }()
 	undo = append(undo, func() {
 		firewall.RemoveAttachment(c.Name, k.fwAttachment(), func() bool { return false })
 	})
@@ -267,9 +268,9 @@ func (k *call) linkRequest(netns ns.NetNS, res *current.Result) LinkRequest {
 	return LinkRequest{Conf: k.c, Netns: netns, IfName: k.args.IfName, HostVeth: k.rec.HostVeth, IPAM: res, Earlier: !k.rec.guarded()}
 }
 
-// setupFirewall records the container's addresses and installs the
-// rules of n (with IPv6 forwarding when n has IPv6).
-func (k *call) setupFirewall(res *current.Result, n firewall.Network) error {
+// takeAddresses puts IPAM's addresses for the container, res, in the
+// record; before the firewall and the links, which both read them.
+func (k *call) takeAddresses(res *current.Result) {
 	for _, ipc := range res.IPs {
 		a, ok := netip.AddrFromSlice(ipc.Address.IP)
 		switch a = a.Unmap(); {
@@ -280,6 +281,11 @@ func (k *call) setupFirewall(res *current.Result, n firewall.Network) error {
 			k.rec.ContainerIP6 = a
 		}
 	}
+}
+
+// setupFirewall saves the record with the container's addresses and
+// installs the rules of n (with IPv6 forwarding when n has IPv6).
+func (k *call) setupFirewall(n firewall.Network) error {
 	if err := saveRecord(k.c.StateDir, k.rec); err != nil {
 		return err
 	}
