@@ -55,9 +55,10 @@ type Bridge struct {
 	PromiscMode      bool   `json:"promiscMode"`
 	Isolation        *bool  `json:"isolation"` // default true: no traffic to other berth networks
 	StateDir         string `json:"stateDir"`
-	LeaseDir         string `json:"leaseDir"` // vxlan/hostgw: where netd writes the node lease
-	Datapath         string `json:"datapath"` // "iptables" (default) or "ebpf"; see datapath.go
-	BPFFS            string `json:"bpffs"`    // ebpf: BPF filesystem for the pins (default /sys/fs/bpf)
+	LeaseDir         string `json:"leaseDir"`  // vxlan/hostgw: where netd writes the node lease
+	Datapath         string `json:"datapath"`  // "iptables" (default) or "ebpf"; see datapath.go
+	BPFFS            string `json:"bpffs"`     // ebpf: BPF filesystem for the pins (default /sys/fs/bpf)
+	GuardHook        string `json:"guardHook"` // iptables: where the source guard runs, "tc" (default) or "tcx"; see datapath.go
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig"`
 	// Args are the config's "args" (CNI conventions): args.cni.mac.

@@ -112,3 +112,20 @@ func TestEBPFRefusesIPv6(t *testing.T) {
 		t.Errorf("lease with IPv6: %v", err)
 	}
 }
+
+func TestGuardHook(t *testing.T) {
+	for _, tt := range []struct {
+		config string
+		want   string // in the error; "" for none
+	}{
+		{`"guardHook":"tc"`, ""},
+		{`"guardHook":"tcx"`, ""},
+		{`"guardHook":"xdp"`, "guardHook"},
+		{`"guardHook":"tcx","datapath":"ebpf"`, "guardHook"},
+	} {
+		_, err := ParseBridge([]byte(`{"cniVersion":"1.0.0","name":"n","type":"berth-bridge",`+tt.config+`}`), "")
+		if (err == nil) != (tt.want == "") || (err != nil && !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%s: %v, want an error naming %q", tt.config, err, tt.want)
+		}
+	}
+}

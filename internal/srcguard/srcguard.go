@@ -14,22 +14,21 @@
 // forged MACs.
 //
 // The guard is an eBPF program (bpf/guard.c), one copy per container
-// with its addresses as constants, first on the TCX ingress of the host
-// veth: before any tc qdisc. So the `ingress` qdisc of a reference
-// bandwidth plugin chained after berth (which cannot sit beside a clsact
-// one) has its place, and what a shaping filter redirects to an ifb
-// device has been judged already: the ifb hands it back past tc and
-// netfilter's ingress hooks, so a guard behind the redirect (a tc filter
-// of a later priority, an nftables netdev chain) never sees it. The
-// program returns "next" for an allowed frame, which runs the device's
-// tc filters (berth's own shaping, at priority 2, internal/shaping).
+// with its addresses as constants, first on the host veth's ingress,
+// before the veth is up. It returns "next" for an allowed frame, which
+// runs the veth's later tc filters (berth's own shaping, a redirect to an
+// ifb device at priority 2, internal/shaping): the guard must judge a
+// frame before such a redirect, since the ifb hands it back past the
+// veth's tc and netfilter ingress hooks.
 //
-// TCX costs an ADD about 10 ms (internal/bpfattach says why); a guard
-// that fails the bandwidth plugin or lets a shaped container spoof costs
-// more. On a kernel without TCX (before 6.6) the same program is a tc
-// filter instead (cls_bpf, direct action, priority 1), and the bandwidth
-// plugin's egress limit fails there as it did with berth before.
-// The eBPF datapath does the same checks in its from_container program.
+// By default it is a tc filter (cls_bpf, direct action, priority 1, on a
+// clsact qdisc): a device's first filter costs an ADD well under a
+// millisecond. A clsact qdisc leaves no room for the `ingress` qdisc of a
+// reference bandwidth plugin chained after berth, whose egress limit then
+// fails ADD. A network's "guardHook": "tcx" puts the guard on TCX
+// instead, before any qdisc, at about 10 ms more per ADD
+// (internal/bpfattach says why). The eBPF datapath does the same checks
+// in its from_container program.
 package srcguard
 
 import (
@@ -120,22 +119,31 @@ func load(c Container) (*ebpf.Program, error) {
 }
 
 // Apply puts c's guard first on the ingress of the host veth ifindex, in
-// place of one there: on TCX, or as a tc filter on a kernel without it.
-func Apply(ifindex int, c Container) error {
-	return apply(ifindex, c, !haveTCX(ifindex))
+// place of one there: as a tc filter, or on TCX with onTCX (which the
+// kernel must have).
+func Apply(ifindex int, c Container, onTCX bool) error {
+	if onTCX {
+		if _, err := bpfattach.TCXPrograms(ifindex); err != nil {
+			return fmt.Errorf("source guard on TCX: %w", err)
+		}
+	}
+	return apply(ifindex, c, !onTCX)
 }
 
 // Check verifies that the ingress of ifindex runs c's guard, as Apply
-// made it: a guard missing, one made for other addresses (the
-// container's MAC changed after ADD), or one behind another program
-// fails.
+// made it, where it is (on TCX, else as a tc filter): a guard missing,
+// one made for other addresses (the container's MAC changed after ADD),
+// one that is not this build's, or one behind another program fails.
 func Check(ifindex int, c Container) error {
-	return check(ifindex, c, !haveTCX(ifindex))
-}
-
-func haveTCX(ifindex int) bool {
-	_, err := bpfattach.TCXPrograms(ifindex)
-	return !errors.Is(err, bpfattach.ErrNoTCX)
+	onTC := true
+	if ids, err := bpfattach.TCXPrograms(ifindex); err == nil {
+		guards, err := bpfattach.Named(ids, progName)
+		if err != nil {
+			return err
+		}
+		onTC = len(guards) == 0
+	}
+	return check(ifindex, c, onTC)
 }
 
 func apply(ifindex int, c Container, onTC bool) error {

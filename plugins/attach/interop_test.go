@@ -65,40 +65,49 @@ func TestStatus(t *testing.T) {
 // conflists of Calico and of many clusters have it (berth itself
 // declaring no bandwidth capability): its egress limit takes the host
 // veth's `ingress` qdisc and redirects what the pod sends to an ifb
-// device. On the iptables datapath that works beside berth's source
-// guard, both limits hold, and the guard still drops a shaped pod's
-// forged packets (it runs before the redirect: the ifb hands packets
-// back past every ingress hook). On the eBPF datapath the fast path
-// would skip the plugin's qdiscs, and its ADD fails (README).
+// device. On the iptables datapath with "guardHook": "tcx" that works
+// beside berth's source guard, both limits hold, and the guard still
+// drops a shaped pod's forged packets (it runs before the redirect: the
+// ifb hands packets back past every ingress hook). With the default
+// guard, a tc filter, and on the eBPF datapath (whose fast path would
+// skip the plugin's qdiscs), the plugin's ADD fails (README).
 func TestInteropReferenceBandwidthAfterBerthBridge(t *testing.T) {
 	testenv.ReferenceCNIDir(t, "bandwidth")
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("iperf3 not installed")
 	}
 	n := newNode(t)
-	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"bwref","plugins":[
-		{"type":"berth-bridge","isDefaultGateway":true,"stateDir":%q,%s"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":"10.83.0.0/24"}]]}},
-		{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`, n.stateDir, n.datapath(), n.dataDir)
-	rt := testenv.NewRuntime(t, n.ns, list)
+	conflist := func(name, subnet, hook string) string {
+		return fmt.Sprintf(`{"cniVersion":"1.0.0","name":%q,"plugins":[
+		{"type":"berth-bridge","bridge":%q,"isDefaultGateway":true,"stateDir":%q,%s%s"ipam":{"type":"berth-ipam","dataDir":%q,"ranges":[[{"subnet":%q}]]}},
+		{"type":"bandwidth","capabilities":{"bandwidth":true}}]}`, name, "br-"+name, n.stateDir, n.datapath(), hook, n.dataDir, subnet)
+	}
 	before := n.snapshot(t)
-
 	const ingress, egress = 20e6, 10e6
 	// A burst of its own: the plugin overflows on the 4294967295 that
 	// stands for none (its tbf would pass nothing).
-	shaped := pod(t, "shaped", map[string]any{"ingressRate": ingress, "ingressBurst": 2e6, "egressRate": egress, "egressBurst": 2e6})
-	res, err := rt.Add(shaped)
+	limits := map[string]any{"ingressRate": ingress, "ingressBurst": 2e6, "egressRate": egress, "egressBurst": 2e6}
+
+	// The plugin's ADD fails beside a clsact qdisc.
+	refused := testenv.NewRuntime(t, n.ns, conflist("bwtc", "10.84.0.0/24", ""))
+	probe := pod(t, "probe", limits)
+	if _, err := refused.Add(probe); err == nil || !strings.Contains(err.Error(), "create ingress qdisc") {
+		t.Errorf("ADD with the guard on tc: %v, want the bandwidth plugin's create ingress qdisc error", err)
+	}
+	if err := refused.Del(probe); err != nil {
+		t.Errorf("DEL: %v", err)
+	}
+	if d := diffIgnoringBridge(before, n.snapshot(t)); d != "" {
+		t.Errorf("left after DEL:\n%s", d)
+	}
 	if n.bpffs != "" {
-		if err == nil || !strings.Contains(err.Error(), "create ingress qdisc") {
-			t.Errorf("ADD on the eBPF datapath: %v, want the bandwidth plugin's create ingress qdisc error", err)
-		}
-		if err := rt.Del(shaped); err != nil {
-			t.Errorf("DEL: %v", err)
-		}
-		if d := diffIgnoringBridge(before, n.snapshot(t)); d != "" {
-			t.Errorf("left after DEL:\n%s", d)
-		}
 		return
 	}
+
+	rt := testenv.NewRuntime(t, n.ns, conflist("bwref", "10.83.0.0/24", `"guardHook":"tcx",`))
+	before = n.snapshot(t)
+	shaped := pod(t, "shaped", limits)
+	res, err := rt.Add(shaped)
 	if err != nil {
 		t.Fatalf("ADD: %v", err)
 	}

@@ -26,7 +26,7 @@ import (
 // for its container side's MAC.
 func (k *call) guard(hostIndex int, mac net.HardwareAddr) error {
 	c := srcguard.Container{MAC: mac, IPv4: k.rec.ContainerIP, IPv6: k.rec.ContainerIP6}
-	if err := srcguard.Apply(hostIndex, c); err != nil {
+	if err := srcguard.Apply(hostIndex, c, k.c.GuardOnTCX()); err != nil {
 		return fmt.Errorf("%w: anti-spoofing on %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
 	}
 	return nil
