@@ -167,9 +167,9 @@ func tbf(linkIndex int, rateBits, burstBits uint64) *netlink.Tbf {
 
 // redirectPriority puts the redirect after the source guard, which drops
 // what the container may not send before it is queued and paced: the
-// guard runs on TCX, before every filter, or on a kernel without TCX as
-// the filter at srcguard.Priority. (What the ifb hands back skips the
-// veth's hooks: a guard behind the redirect would never see it.)
+// guard is the filter at srcguard.Priority, or on TCX, before every
+// filter. (What the ifb hands back skips the veth's hooks: a guard
+// behind the redirect would never see it.)
 const redirectPriority = srcguard.Priority + 1
 
 // redirect sends every packet arriving on linkIndex to ifbIndex's egress.

@@ -45,9 +45,9 @@ import (
 	"github.com/berthnet/berth/internal/bpfattach"
 )
 
-// Priority is the guard's place among the veth's tc ingress filters on a
-// kernel without TCX, and where earlier releases put their classic BPF
-// guard: before the bandwidth shaping's redirect (internal/shaping).
+// Priority is the guard's place among the veth's tc ingress filters (as
+// it was for the classic BPF guard of earlier releases): before the
+// bandwidth shaping's redirect (internal/shaping).
 const Priority = 1
 
 // progName is the guard's program name, as the kernel has it.

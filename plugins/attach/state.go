@@ -44,8 +44,8 @@ type record struct {
 	// on the iptables datapath (srcguard.go), the network's rules
 	// closing the node's 127/8 and an IPv4-only network's IPv6
 	// (internal/firewall) and a routed host veth's IPv6 off; guardsV2,
-	// this build's, the same with the source guard an eBPF program on
-	// TCX instead of a classic BPF tc filter. CHECK asks only
+	// this build's, the same with the source guard an eBPF program (a tc
+	// filter, or on TCX) instead of a classic BPF one. CHECK asks only
 	// for what the attachment was made with, so that after an upgrade it
 	// passes for the containers of an earlier berth as before: their
 	// network gets its new rules at its next ADD, they get the source
