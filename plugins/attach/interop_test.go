@@ -130,7 +130,18 @@ func TestInteropReferenceBandwidthAfterBerthBridge(t *testing.T) {
 		// Shaped, and flowing: the accuracy of tbf is the plugin's
 		// (berth's own is measured in TestBandwidthShaping); unshaped,
 		// a stream runs at Gbit/s.
-		got := iperf(t, n.ns, ip, m.reverse)
+		// The first stream into the pod sometimes carries nothing
+		// (0.0 Mbit/s, twice in about ten runs; not understood yet):
+		// the limit must show within 3 tries, as in
+		// TestBandwidthShaping. Without shaping every try runs at
+		// Gbit/s; without traffic, every try shows 0.
+		var got float64
+		for try := 0; try < 3; try++ {
+			if got = iperf(t, n.ns, ip, m.reverse); got <= 1.5*m.limit && got >= 0.3*m.limit {
+				break
+			}
+			t.Logf("%s: %.1f Mbit/s, off the limit %.0f; again", m.what, got/1e6, m.limit/1e6)
+		}
 		if got > 1.5*m.limit || got < 0.3*m.limit {
 			t.Errorf("%s: %.1f Mbit/s, want about the limit %.0f", m.what, got/1e6, m.limit/1e6)
 		}
