@@ -122,11 +122,6 @@ func load(c Container) (*ebpf.Program, error) {
 // place of one there: as a tc filter, or on TCX with onTCX (which the
 // kernel must have).
 func Apply(ifindex int, c Container, onTCX bool) error {
-	if onTCX {
-		if _, err := bpfattach.TCXPrograms(ifindex); err != nil {
-			return fmt.Errorf("source guard on TCX: %w", err)
-		}
-	}
 	return apply(ifindex, c, !onTCX)
 }
 
@@ -157,7 +152,7 @@ func apply(ifindex int, c Container, onTC bool) error {
 	}
 	onTCX, err := bpfattach.TCXPrograms(ifindex)
 	if err != nil {
-		return err
+		return fmt.Errorf("source guard on TCX: %w", err)
 	}
 	guards, err := bpfattach.Named(onTCX, progName)
 	if err != nil {

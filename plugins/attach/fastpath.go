@@ -113,8 +113,6 @@ func (k *call) refuseSecondAttachment(netns ns.NetNS) error {
 	})
 }
 
-// fastpathEndpoint describes the container for the programs: its IPv4
-// address, the host veth, the container's MAC and its gateway's (the
 // closeFastpath keeps the host veth hostIndex closed until
 // attachFastpath attaches from_container (fastpath.CloseContainer).
 func (k *call) closeFastpath(hostIndex int, _ net.HardwareAddr) error {
@@ -124,6 +122,8 @@ func (k *call) closeFastpath(hostIndex int, _ net.HardwareAddr) error {
 	return nil
 }
 
+// fastpathEndpoint describes the container for the programs: its IPv4
+// address, the host veth, the container's MAC and its gateway's (the
 // bridge's, or in routed mode the host veth's).
 func (k *call) fastpathEndpoint(res *current.Result) (fastpath.Endpoint, error) {
 	ep := fastpath.Endpoint{Owner: fastpath.OwnerOf(k.rec.key())}

@@ -62,8 +62,9 @@ type LinkRequest struct {
 	IfName   string
 	HostVeth string
 	IPAM     *current.Result // addresses and routes from IPAM (Setup only)
-	// Guard puts the source guard on the host veth (Setup only, through
-	// VethSpec.Guard); nil: none (the eBPF datapath).
+	// Guard closes the host veth to forged frames before it goes up
+	// (Setup only, through VethSpec.Guard): the source guard, or on the
+	// eBPF datapath a filter dropping all until from_container.
 	Guard func(hostIndex int, mac net.HardwareAddr) error
 	// Earlier: attached by an earlier berth, without this build's guards
 	// (record.Guards); Check does not ask for them.

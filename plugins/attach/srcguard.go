@@ -46,13 +46,14 @@ func (k *call) checkGuard(prev *current.Result) error {
 	if err != nil {
 		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 	}
-	check := func() error { return srcguard.Check(host.Attrs().Index, c) }
 	if k.rec.Guards == guardsV1 {
 		// An earlier release's classic BPF filter: it stays until the
 		// container is attached again.
-		check = func() error { return srcguard.CheckClassic(host.Attrs().Index) }
+		err = srcguard.CheckClassic(host.Attrs().Index)
+	} else {
+		err = srcguard.Check(host.Attrs().Index, c)
 	}
-	if err := check(); err != nil {
+	if err != nil {
 		return fmt.Errorf("%w: anti-spoofing on %s: %v; DEL and ADD the container again", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 	}
 	return nil
