@@ -28,7 +28,9 @@
 // fails ADD. A network's "guardHook": "tcx" puts the guard on TCX
 // instead, before any qdisc, at about 10 ms more per ADD
 // (internal/bpfattach says why). The eBPF datapath does the same checks
-// in its from_container program.
+// in its from_container program. Both mark what they let through, and
+// the bridge drops a guarded veth's frames without the mark: those that
+// skipped the veth's ingress programs (bridge.go).
 package srcguard
 
 import (
@@ -270,4 +272,30 @@ func CheckClassic(ifindex int) error {
 		}
 	}
 	return fmt.Errorf("no source guard (tc filter, priority %d) on the ingress of interface %d", Priority, ifindex)
+}
+
+// CheckPresent verifies that the ingress of ifindex runs a program named
+// as the guard first, on TCX or as a tc filter: the eBPF guard of an
+// earlier release, whose code and constants differ from this build's.
+func CheckPresent(ifindex int) error {
+	for _, l := range []struct {
+		list  func(int) ([]ebpf.ProgramID, error)
+		where string
+	}{{bpfattach.TCXPrograms, "TCX ingress"}, {bpfattach.FilterPrograms, fmt.Sprintf("tc ingress, priority %d", Priority)}} {
+		ids, err := l.list(ifindex)
+		if err != nil {
+			continue // no TCX in this kernel
+		}
+		guards, err := bpfattach.Named(ids, progName)
+		if err != nil {
+			return err
+		}
+		if len(guards) > 0 {
+			if guards[0] != ids[0] {
+				return fmt.Errorf("the source guard on interface %d (%s) runs after another program, which may let the container's frames past it", ifindex, l.where)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no source guard on the ingress of interface %d", ifindex)
 }

@@ -10,12 +10,16 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/bpfattach"
+	"github.com/berthnet/berth/internal/srcguard"
 	"github.com/berthnet/berth/internal/testenv"
 )
 
@@ -256,6 +260,24 @@ func TestCheckDetectsTampering(t *testing.T) {
 			}
 			removeGuard(t, n.ns, res.Interfaces[1].Name)
 		}},
+		// The bridge's layer, which drops frames that skipped it
+		// (srcguard.Require).
+		{"host veth out of the guarded group", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, n.ns, "ip", "link", "set", res.Interfaces[1].Name, "group", "0")
+		}},
+		{"bridge table deleted", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			err := n.ns.Do(func(ns.NetNS) error {
+				nc, err := nftables.New()
+				if err != nil {
+					return err
+				}
+				nc.DelTable(&nftables.Table{Name: srcguard.BridgeTable, Family: nftables.TableFamilyBridge})
+				return nc.Flush()
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"host veth removed", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, n.ns, "ip", "link", "del", res.Interfaces[1].Name)
 		}},
@@ -305,8 +327,10 @@ func TestCheckDetectsTampering(t *testing.T) {
 // network none of the rules closing the node's 127/8 (both came later):
 // CHECK by this build, after an upgrade, passes for it as before, while
 // one that this build attached must have them (TestCheckDetectsTampering).
-// One attached by the release before this has its guard as a classic BPF
-// tc filter, not on TCX: CHECK asks for that filter.
+// One attached by an earlier release has its guard as a classic BPF tc
+// filter, or as that release's eBPF program (which does not mark what it
+// lets through, and the bridge does not ask it to): CHECK asks for that
+// filter, or for a program of the guard's name.
 func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	if testenv.Datapath() == "ebpf" {
 		t.Skip("the eBPF datapath has no source guard filter: from_container checks the sources")
@@ -314,10 +338,10 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	n := newNode(t)
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("old", "berth0", "10.31.0.0/24", ""))
 	for i, tc := range []struct {
-		name    string
-		guards  string // the record's, as that release wrote it
-		classic bool   // the veth has that release's classic filter
-	}{{"no guard", "", false}, {"classic BPF guard", `,"guards":1`, true}} {
+		name   string
+		guards string // the record's, as that release wrote it
+		guard  string // the veth's guard from that release: classic BPF, eBPF
+	}{{"no guard", "", ""}, {"classic BPF guard", `,"guards":1`, "classic"}, {"eBPF guard without the mark", `,"guards":2`, "ebpf"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := container(t, fmt.Sprintf("old%d", i))
 			res, err := rt.Add(c)
@@ -327,12 +351,18 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 			defer rt.Del(c)
 			veth := res.Interfaces[1].Name
 			removeGuard(t, n.ns, veth)
-			if tc.classic {
+			forgetVeth(t, n.ns, veth)
+			switch tc.guard {
+			case "classic":
 				// Any classic program will do: CHECK does not compare it.
 				mustRun(t, n.ns, "tc", "filter", "add", "dev", veth, "ingress", "pref", "1", "handle", "1",
 					"protocol", "all", "bpf", "bytecode", "1,6 0 0 4294967295,", "da")
+			case "ebpf":
+				// Any program of the guard's name will do, here one that
+				// lets everything through unmarked.
+				passAllGuard(t, n.ns, veth)
 			}
-			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":2`, tc.guards)
+			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":3`, tc.guards)
 			for _, tool := range []string{"iptables", "ip6tables"} {
 				out, _ := testenv.InNS(n.ns, tool+"-save", "-t", "filter")
 				for _, l := range strings.Split(string(out), "\n") {
@@ -344,7 +374,12 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 			if err := rt.Check(c); err != nil {
 				t.Errorf("CHECK of an earlier berth's attachment: %v", err)
 			}
-			if tc.classic {
+			if tc.guard != "" {
+				// Its traffic flows: the bridge does not ask its frames
+				// for the mark.
+				if err := testenv.Ping(c.Netns, outsideIP); err != nil {
+					t.Errorf("from an earlier berth's container to the outside: %v", err)
+				}
 				mustRun(t, n.ns, "tc", "filter", "del", "dev", veth, "ingress", "pref", "1")
 				var ce *types.Error
 				if err := rt.Check(c); !errors.As(err, &ce) || ce.Code != 104 {
@@ -381,6 +416,36 @@ func removeGuard(t *testing.T, node ns.NetNS, veth string) {
 	}
 	if !onTCX {
 		mustRun(t, node, "tc", "filter", "del", "dev", veth, "ingress", "pref", "1")
+	}
+}
+
+// forgetVeth puts veth back in device group 0, where an earlier berth
+// left it: the bridge does not ask its frames for the guard's mark.
+func forgetVeth(t *testing.T, node ns.NetNS, veth string) {
+	t.Helper()
+	mustRun(t, node, "ip", "link", "set", veth, "group", "0")
+}
+
+// passAllGuard puts a program named as the source guard that lets every
+// frame through, unmarked, on veth's ingress in node as a tc filter at
+// the guard's priority.
+func passAllGuard(t *testing.T, node ns.NetNS, veth string) {
+	t.Helper()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "berth_guard", Type: ebpf.SchedCLS, License: "MIT",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	err = node.Do(func(ns.NetNS) error {
+		l, err := netlink.LinkByName(veth)
+		if err != nil {
+			return err
+		}
+		return bpfattach.AttachFilter(l.Attrs().Index, prog, bpfattach.Filter{Priority: srcguard.Priority, Name: "berth_guard"})
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -489,7 +554,7 @@ func TestParallelChurnNoDuplicatesNoLeaks(t *testing.T) {
 	}
 	wg.Wait()
 	if after := n.snapshot(t); after != before {
-		t.Errorf("leak after churn:\n%s\nvs\n%s", after, before)
+		t.Errorf("leak after churn:\n%s", testenv.Diff(before, after))
 	}
 	rt.Del(warm)
 }

@@ -114,12 +114,13 @@ func (k *call) refuseSecondAttachment(netns ns.NetNS) error {
 }
 
 // closeFastpath keeps the host veth hostIndex closed until
-// attachFastpath attaches from_container (fastpath.CloseContainer).
+// attachFastpath attaches from_container (fastpath.CloseContainer), and
+// holds the bridge to from_container's mark.
 func (k *call) closeFastpath(hostIndex int, _ net.HardwareAddr) error {
 	if err := fastpath.CloseContainer(hostIndex); err != nil {
 		return fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
 	}
-	return nil
+	return k.requireGuard(hostIndex)
 }
 
 // fastpathEndpoint describes the container for the programs: its IPv4

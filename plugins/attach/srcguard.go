@@ -15,7 +15,9 @@ import (
 // a program first on the host veth's ingress that lets the container send
 // only with its own MAC and addresses. The eBPF datapath's from_container
 // does the same, so an eBPF attachment gets none. The program goes with
-// the veth.
+// the veth. On both datapaths the bridge then drops what comes from the
+// host veth without the program's mark (srcguard.Require): frames a
+// container got past the veth's ingress programs.
 //
 // The MAC is the one the result of ADD names, which berth set (or the
 // mac capability asked for). A plugin chained after berth that changes it
@@ -29,28 +31,51 @@ func (k *call) guard(hostIndex int, mac net.HardwareAddr) error {
 	if err := srcguard.Apply(hostIndex, c, k.c.GuardOnTCX()); err != nil {
 		return fmt.Errorf("%w: anti-spoofing on %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
 	}
+	return k.requireGuard(hostIndex)
+}
+
+// requireGuard makes the bridge drop what comes from the host veth
+// hostIndex without its guard's mark; after the guard (or
+// from_container's closed door) is on, or it would drop everything.
+func (k *call) requireGuard(hostIndex int) error {
+	if err := srcguard.Require(hostIndex); err != nil {
+		return fmt.Errorf("%w: anti-spoofing on %s: %v", cnierr.ErrDatapath, k.rec.HostVeth, err)
+	}
 	return nil
 }
 
 // checkGuard verifies the source guard against prev, the result of ADD,
-// of an attachment that has one (not one of an earlier berth's).
+// as the attachment was made (an earlier berth's, with the guards of its
+// generation).
 func (k *call) checkGuard(prev *current.Result) error {
-	if k.rec.BPFFS != "" || !k.rec.guarded() {
+	if !k.rec.guarded() {
 		return nil
-	}
-	c, err := k.guarded(prev)
-	if err != nil {
-		return fmt.Errorf("%w: %v", cnierr.ErrCheckFailed, err)
 	}
 	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
 	if err != nil {
 		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 	}
-	if k.rec.Guards == guardsV1 {
-		// An earlier release's classic BPF filter: it stays until the
-		// container is attached again.
+	if k.rec.Guards >= guardsV3 {
+		if err := srcguard.CheckRequired(host.Attrs().Index); err != nil {
+			return fmt.Errorf("%w: anti-spoofing on %s: %v; DEL and ADD the container again", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
+		}
+	}
+	if k.rec.BPFFS != "" {
+		return nil // from_container: checkFastpath
+	}
+	c, err := k.guarded(prev)
+	if err != nil {
+		return fmt.Errorf("%w: %v", cnierr.ErrCheckFailed, err)
+	}
+	// An earlier release's guard stays until the container is attached
+	// again: its classic BPF filter, or its eBPF program (another build
+	// of it, whose code and constants this build cannot compare).
+	switch k.rec.Guards {
+	case guardsV1:
 		err = srcguard.CheckClassic(host.Attrs().Index)
-	} else {
+	case guardsV2:
+		err = srcguard.CheckPresent(host.Attrs().Index)
+	default:
 		err = srcguard.Check(host.Attrs().Index, c)
 	}
 	if err != nil {

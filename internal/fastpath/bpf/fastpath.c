@@ -43,6 +43,13 @@
 #define TCX_NEXT (-1) // not ours: the next program, then the kernel
 #define TCX_DROP 2
 
+// PASSED_MARK is the bit of skb->mark that from_container sets on what it
+// hands to the kernel's path, as berth's source guard does
+// (internal/srcguard's guard.c and PassedMark): the bridge's nftables
+// table drops a frame from a guarded veth without it, one that skipped
+// the veth's ingress programs.
+#define PASSED_MARK 0x04000000
+
 // An endpoint is one container attached to the network on this node.
 struct endpoint {
 	__u32 ifindex;       // host end of the container's veth
@@ -760,8 +767,7 @@ static __always_inline int arp_from(struct __sk_buff *skb)
 	return TCX_NEXT;
 }
 
-SEC("tcx/ingress")
-int from_container(struct __sk_buff *skb)
+static __always_inline int container_verdict(struct __sk_buff *skb)
 {
 	// A VLAN tag the veth carries out of band (the container's VLAN
 	// device, offloaded) would hide the frame's real type.
@@ -807,6 +813,17 @@ int from_container(struct __sk_buff *skb)
 	if (keep_on_stack(skb, &p, 0))
 		return TCX_NEXT;
 	return to_node(skb, &p);
+}
+
+SEC("tcx/ingress")
+int from_container(struct __sk_buff *skb)
+{
+	int verdict = container_verdict(skb);
+	// Only what goes on to the kernel's path: a frame delivered or sent
+	// out here does not meet the bridge, and its mark would go with it.
+	if (verdict == TCX_NEXT)
+		skb->mark |= PASSED_MARK;
+	return verdict;
 }
 
 // from_tunnel decapsulates a VXLAN packet of the network for a container

@@ -23,6 +23,14 @@
 #define TCX_NEXT (-1)
 #define TCX_DROP 2
 
+// PASSED_MARK is the bit of skb->mark the guard sets on what it lets
+// through (srcguard.PassedMark): the bridge's nftables table drops a
+// frame from a guarded veth without it, one that skipped the veth's
+// ingress programs (an ifb device in the container hands its frames back
+// marked tc_skip_classify). The mark cannot come from the container: a
+// veth clears it when the frame changes namespace.
+#define PASSED_MARK 0x04000000
+
 // What the container may send as; set by the loader (srcguard.go).
 volatile const __u8 own_mac[ETH_ALEN];
 volatile const __u8 has_ipv4; // 0: no IPv4 (and no ARP) at all
@@ -159,8 +167,7 @@ static __always_inline int from_ipv6(struct __sk_buff *skb)
 	return own6(ip.saddr.in6_u.u6_addr8) || unspecified6(ip.saddr.in6_u.u6_addr8) ? TCX_NEXT : TCX_DROP;
 }
 
-SEC("tcx/ingress")
-int berth_guard(struct __sk_buff *skb)
+static __always_inline int judge(struct __sk_buff *skb)
 {
 	// A tag the veth carries out of band (the container's VLAN device,
 	// offloaded) would hide the frame's real type; one in band is a
@@ -179,6 +186,15 @@ int berth_guard(struct __sk_buff *skb)
 		return from_ipv6(skb);
 	}
 	return TCX_DROP;
+}
+
+SEC("tcx/ingress")
+int berth_guard(struct __sk_buff *skb)
+{
+	int verdict = judge(skb);
+	if (verdict == TCX_NEXT)
+		skb->mark |= PASSED_MARK;
+	return verdict;
 }
 
 char __license[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,235 @@
+package srcguard
+
+import (
+	"encoding/binary"
+	"fmt"
+	"reflect"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netlink"
+)
+
+// The guard's second layer, on the bridge. A container with CAP_NET_ADMIN
+// in its namespace can get frames past every ingress program of its host
+// veth: it redirects its eth0's egress to an ifb device of its own, which
+// hands the frames back marked tc_skip_classify, and the veth keeps that
+// flag across the pair, so the host end's receive path skips TCX, tc and
+// netfilter's netdev ingress alike. The bridge's netfilter hooks run
+// whatever the flag says. So the guard marks every frame it lets through
+// (PassedMark in skb->mark, which the container cannot set: a veth clears
+// the mark when a frame changes namespace), and a table of the bridge
+// family drops a frame from a guarded host veth without it. A guarded
+// host veth is one in device group GuardedGroup:
+//
+//	table bridge berth
+//	  chain prerouting   filter hook prerouting priority -350
+//	    meta iifgroup 0x62657274 jump passed
+//	  chain input        filter hook input priority -350
+//	    ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 meta iifgroup 0x62657274 jump passed
+//	  chain passed
+//	    meta mark & 0x04000000 == 0 drop
+//	    meta mark set meta mark & 0xfbffffff
+//
+// A link-local frame (01:80:c2:00:00:0X, which a bridge does not forward)
+// skips prerouting: the bridge hands it to input, and learns its source
+// MAC only once input let it through, so a forged one cannot move a
+// neighbour's FDB entry either. The mark is cleared once checked, so
+// nothing after the bridge (policy routing, the VTEP's route lookup, other
+// firewalls) sees it. Priority -350 comes before the bridge's conntrack,
+// br_netfilter and the reference plugins' macspoofchk.
+//
+// The device group, not a set of names, says which veths are guarded: it
+// is set with the veth and goes with it, so an ADD or DEL commits no
+// nftables transaction (each would move the namespace's nf_tables
+// generation, which internal/iptables' cache of the rules relies on),
+// nothing is left to clean up after a crash, and the veths of an earlier
+// berth, whose guard does not mark, stay in group 0 and are not asked
+// for the mark. The table is written when it is missing or differs (the
+// first ADD on a node, or after someone flushed it) and stays when the
+// last container goes, as berth's bridge and iptables chains do.
+//
+// Routed host veths (berth-bgp) are no bridge's ports: there the IP
+// layer's checks, rp_filter and the ip6tables rpfilter rule, hold
+// whatever the flag says, and the group does nothing.
+
+// PassedMark is the bit of skb->mark the guard (and the eBPF datapath's
+// from_container) sets on each frame it lets through; it is PASSED_MARK in
+// bpf/guard.c and in internal/fastpath's fastpath.c.
+const PassedMark = 0x04000000
+
+// GuardedGroup is the device group of guarded host veths ("bert").
+const GuardedGroup = 0x62657274
+
+// BridgeTable is the nftables table (family bridge) of the second layer.
+const BridgeTable = "berth"
+
+var bridgeTable = &nftables.Table{Name: BridgeTable, Family: nftables.TableFamilyBridge}
+
+// bridgeChain is one chain of the table with its rules, each carrying the
+// nft syntax it stands for as its comment (for people and CHECK's
+// messages; there is no nft binary on a node).
+type bridgeChain struct {
+	chain *nftables.Chain
+	rules []bridgeRule
+}
+
+type bridgeRule struct {
+	text  string
+	exprs []expr.Any
+}
+
+// bridgeChains are the table's chains, the one they jump to first.
+func bridgeChains() []bridgeChain {
+	accept := nftables.ChainPolicyAccept
+	base := func(name string, hook *nftables.ChainHook) *nftables.Chain {
+		return &nftables.Chain{Name: name, Table: bridgeTable, Type: nftables.ChainTypeFilter,
+			Hooknum: hook, Priority: nftables.ChainPriorityRef(-350), Policy: &accept}
+	}
+	// Meta keys are in host order.
+	mark := func(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+	guarded := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFGROUP, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark(GuardedGroup)},
+	}
+	jump := &expr.Verdict{Kind: expr.VerdictJump, Chain: "passed"}
+	linkLocal := []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 6},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 6,
+			Mask: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xf0}, Xor: make([]byte, 6)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x01, 0x80, 0xc2, 0, 0, 0}},
+	}
+	return []bridgeChain{{
+		chain: &nftables.Chain{Name: "passed", Table: bridgeTable},
+		rules: []bridgeRule{{
+			text: fmt.Sprintf("meta mark & %#x == 0 drop", PassedMark),
+			exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(PassedMark), Xor: mark(0)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark(0)},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			},
+		}, {
+			text: fmt.Sprintf("meta mark set meta mark & %#x", ^uint32(PassedMark)),
+			exprs: []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(^uint32(PassedMark)), Xor: mark(0)},
+				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+			},
+		}},
+	}, {
+		chain: base("prerouting", nftables.ChainHookPrerouting),
+		rules: []bridgeRule{{
+			text:  fmt.Sprintf("meta iifgroup %#x jump passed", GuardedGroup),
+			exprs: append(slices.Clone(guarded), jump),
+		}},
+	}, {
+		chain: base("input", nftables.ChainHookInput),
+		rules: []bridgeRule{{
+			text:  fmt.Sprintf("ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 meta iifgroup %#x jump passed", GuardedGroup),
+			exprs: append(append(slices.Clone(linkLocal), guarded...), jump),
+		}},
+	}}
+}
+
+// newConn talks to the calling thread's network namespace.
+func newConn() *nftables.Conn {
+	c, _ := nftables.New() // without options it never fails
+	return c
+}
+
+// Require puts the host veth ifindex in GuardedGroup, with the bridge's
+// table in place: from then on the bridge drops every frame from it that
+// its guard did not let through. The guard must be on ifindex first, or
+// every frame from it is dropped.
+func Require(ifindex int) error {
+	if err := ensureBridgeTable(); err != nil {
+		return err
+	}
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
+	if err := netlink.LinkSetGroup(link, GuardedGroup); err != nil {
+		return fmt.Errorf("source guard: putting interface %d in device group %#x: %w", ifindex, GuardedGroup, err)
+	}
+	return nil
+}
+
+// ensureBridgeTable writes the table when the kernel's differs from it
+// (or has none), in one transaction: parallel writers leave one copy.
+func ensureBridgeTable() error {
+	c := newConn()
+	if err := checkBridgeTable(c); err == nil {
+		return nil
+	}
+	c.AddTable(bridgeTable)
+	for _, ch := range bridgeChains() {
+		c.AddChain(ch.chain)
+		c.FlushChain(ch.chain)
+		for _, r := range ch.rules {
+			c.AddRule(&nftables.Rule{Table: bridgeTable, Chain: ch.chain, Exprs: r.exprs,
+				UserData: userdata.AppendString(nil, userdata.TypeComment, r.text)})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("source guard: writing nftables bridge %s (needs the kernel's nf_tables with bridge support): %w", BridgeTable, err)
+	}
+	return nil
+}
+
+// CheckRequired verifies that the bridge holds the host veth ifindex to
+// its guard's mark: the veth in GuardedGroup, the table as Require
+// writes it.
+func CheckRequired(ifindex int) error {
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("reading interface %d: %w", ifindex, err)
+	}
+	if g := link.Attrs().Group; g != GuardedGroup {
+		return fmt.Errorf("%s is in device group %#x, not %#x: the bridge lets through its frames that skipped the guard", link.Attrs().Name, g, GuardedGroup)
+	}
+	return checkBridgeTable(newConn())
+}
+
+func checkBridgeTable(c *nftables.Conn) error {
+	for _, want := range bridgeChains() {
+		have, err := c.ListChain(bridgeTable, want.chain.Name)
+		if err != nil {
+			return fmt.Errorf("nftables bridge %s has no chain %s (%v): the bridge lets through frames that skipped the guard", BridgeTable, want.chain.Name, err)
+		}
+		if !sameHook(have, want.chain) {
+			return fmt.Errorf("nftables bridge %s chain %s is not hooked as berth makes it", BridgeTable, want.chain.Name)
+		}
+		rules, err := c.GetRules(bridgeTable, want.chain)
+		if err != nil {
+			return fmt.Errorf("reading nftables bridge %s chain %s: %w", BridgeTable, want.chain.Name, err)
+		}
+		if !sameRules(rules, want.rules) {
+			return fmt.Errorf("nftables bridge %s chain %s is not berth's (changed by hand?)", BridgeTable, want.chain.Name)
+		}
+	}
+	return nil
+}
+
+func sameHook(have, want *nftables.Chain) bool {
+	if want.Hooknum == nil {
+		return have.Hooknum == nil
+	}
+	return have.Type == want.Type && have.Hooknum != nil && *have.Hooknum == *want.Hooknum &&
+		have.Priority != nil && *have.Priority == *want.Priority && (have.Policy == nil || *have.Policy == *want.Policy)
+}
+
+// sameRules compares rules as the kernel gives them back with want: their
+// comments, and the expressions that run.
+func sameRules(have []*nftables.Rule, want []bridgeRule) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	for i, r := range have {
+		text, _ := userdata.GetString(r.UserData, userdata.TypeComment)
+		if text != want[i].text || !reflect.DeepEqual(r.Exprs, want[i].exprs) {
+			return false
+		}
+	}
+	return true
+}

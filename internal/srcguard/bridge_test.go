@@ -1,0 +1,223 @@
+package srcguard
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/testenv"
+)
+
+// The bridge's layer against the bypass it exists for: a container with
+// CAP_NET_ADMIN redirects its eth0's egress through an ifb device of its
+// own, which hands frames back marked tc_skip_classify, past the host
+// veth's guard. Without the layer some forged frames reach the node;
+// with it none do, and the container's own still do.
+func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
+	testenv.RequireRoot(t)
+	node, cont := testenv.NewNS(t), testenv.NewNS(t)
+	testenv.Link(t, cont, "eth0", "10.70.0.2/24", node, "hv", "")
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "br0", "type", "bridge"},
+		{"ip", "addr", "add", "10.70.0.1/24", "dev", "br0"},
+		{"ip", "link", "set", "br0", "up"},
+		{"ip", "link", "set", "hv", "master", "br0"},
+	} {
+		mustRun(t, node, cmd...)
+	}
+	mustRun(t, cont, "ip", "link", "set", "eth0", "address", ownMAC.String())
+	var hvIndex int
+	var brMAC net.HardwareAddr
+	node.Do(func(ns.NetNS) error {
+		hv, _ := net.InterfaceByName("hv")
+		br, _ := net.InterfaceByName("br0")
+		hvIndex, brMAC = hv.Index, br.HardwareAddr
+		return nil
+	})
+	inNode(t, node, func() error { return Apply(hvIndex, Container{MAC: ownMAC, IPv4: own4}, false) })
+	// The trick (classic BPF reading SKF_AD_RANDOM: a frame redirected
+	// the first time through eth0's egress and not the second, when ifb0
+	// hands it back, keeps the flag: about a quarter).
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "ifb0", "type", "ifb"},
+		{"ip", "link", "set", "ifb0", "up"},
+		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
+		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
+			"4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0", "action", "mirred", "egress", "redirect", "dev", "ifb0"},
+	} {
+		mustRun(t, cont, cmd...)
+	}
+
+	// send sends 40 frames from src to the node's UDP port 9 and counts
+	// those that arrive.
+	send := func(src string) int {
+		var sock *net.UDPConn
+		inNode(t, node, func() (err error) {
+			sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 70, 0, 1), Port: 9})
+			return err
+		})
+		defer sock.Close()
+		inNode(t, cont, func() error {
+			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			eth0, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			for i := range 40 {
+				frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
+				copy(frame, brMAC)
+				if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: eth0.Index, Halen: 6}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		sock.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, buf := 0, make([]byte, 64)
+		for {
+			if _, err := sock.Read(buf); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+
+	if testing.Verbose() && false {
+	}
+	// The control: without the layer the trick works in this bed.
+	if got := send("10.70.0.3"); got == 0 {
+		t.Fatal("without the bridge's layer no forged frame got past the guard: the bed does not reproduce the bypass")
+	} else {
+		t.Logf("without the bridge's layer: %d of 40 forged frames past the guard", got)
+	}
+	inNode(t, node, func() error { return Require(hvIndex) })
+	if got := send("10.70.0.3"); got != 0 {
+		t.Errorf("with the bridge's layer: %d of 40 forged frames past the guard", got)
+	}
+	// The container's own frames that kept the flag skipped the guard
+	// too: they are dropped as well, the others arrive.
+	if got := send("10.70.0.2"); got < 10 || got == 40 {
+		t.Errorf("with the bridge's layer: %d of 40 of the container's own frames arrived through the trick, want those that met the guard", got)
+	}
+	// A container that sends everything through an ifb (shaping its
+	// own egress there, say) keeps no flag: its frames meet the guard,
+	// and all arrive.
+	mustRun(t, cont, "tc", "filter", "replace", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
+		"1,6 0 0 4294967295", "action", "mirred", "egress", "redirect", "dev", "ifb0")
+	if got := send("10.70.0.2"); got != 40 {
+		t.Errorf("through an ifb on every frame: %d of 40 of the container's own frames arrived", got)
+	}
+}
+
+// Require and CheckRequired without traffic: CHECK finds each kind of
+// damage, Require repairs it, and parallel callers leave one table.
+func TestBridgeLayerTable(t *testing.T) {
+	testenv.RequireRoot(t)
+	n := testenv.NewNS(t)
+	var indexes []int
+	inNode(t, n, func() error {
+		for i := range 16 {
+			veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("hv%d", i)}, PeerName: fmt.Sprintf("cv%d", i)}
+			if err := netlink.LinkAdd(veth); err != nil {
+				return err
+			}
+			indexes = append(indexes, veth.Index)
+		}
+		if err := CheckRequired(indexes[0]); err == nil {
+			return fmt.Errorf("CheckRequired before Require passed")
+		}
+		return nil
+	})
+	// Parallel callers, each in the namespace on its own thread, the
+	// first on a node.
+	var wg sync.WaitGroup
+	for _, i := range indexes {
+		wg.Go(func() { inNode(t, n, func() error { return Require(i) }) })
+	}
+	wg.Wait()
+	inNode(t, n, func() error {
+		for _, i := range indexes {
+			if err := CheckRequired(i); err != nil {
+				t.Errorf("after parallel Require: %v", err)
+			}
+		}
+		// One copy of each rule, however many wrote the table.
+		c := newConn()
+		for _, ch := range bridgeChains() {
+			rules, err := c.GetRules(bridgeTable, ch.chain)
+			if err != nil {
+				return err
+			}
+			if len(rules) != len(ch.rules) {
+				t.Errorf("chain %s has %d rules, want %d", ch.chain.Name, len(rules), len(ch.rules))
+			}
+		}
+		return nil
+	})
+
+	first := indexes[0]
+	damage := []struct {
+		name, want string
+		do         func(c *nftables.Conn)
+	}{
+		{"the veth's group changed", "not 0x62657274", func(*nftables.Conn) {
+			netlink.LinkSetGroup(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: first}}, 0)
+		}},
+		{"the check flushed", "chain passed is not berth's", func(c *nftables.Conn) { c.FlushChain(bridgeChains()[0].chain) }},
+		{"a rule changed", "chain prerouting is not berth's", func(c *nftables.Conn) {
+			ch := bridgeChains()[1].chain
+			c.FlushChain(ch)
+			c.AddRule(&nftables.Rule{Table: bridgeTable, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}},
+				UserData: userdata.AppendString(nil, userdata.TypeComment, bridgeChains()[1].rules[0].text)})
+		}},
+		{"a hook deleted", "no chain input", func(c *nftables.Conn) { c.DelChain(bridgeChains()[2].chain) }},
+		{"the table deleted", "no chain passed", func(c *nftables.Conn) { c.DelTable(bridgeTable) }},
+	}
+	for _, d := range damage {
+		inNode(t, n, func() error {
+			c := newConn()
+			d.do(c)
+			if err := c.Flush(); err != nil {
+				return err
+			}
+			if err := CheckRequired(first); err == nil || !strings.Contains(err.Error(), d.want) {
+				t.Errorf("CheckRequired after %s: %v, want %q", d.name, err, d.want)
+			}
+			if err := Require(first); err != nil {
+				return err
+			}
+			if err := CheckRequired(first); err != nil {
+				t.Errorf("after %s, Require did not repair: %v", d.name, err)
+			}
+			return nil
+		})
+	}
+}
+
+func inNode(t *testing.T, n ns.NetNS, f func() error) {
+	t.Helper()
+	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustRun(t *testing.T, n ns.NetNS, cmd ...string) {
+	t.Helper()
+	if out, err := testenv.InNS(n, cmd[0], cmd[1:]...); err != nil {
+		t.Fatalf("%v: %v\n%s", cmd, err, out)
+	}
+}
