@@ -2,8 +2,9 @@
 // datapath: a filter on the ingress of its host veth (what the container
 // sends) drops every frame whose Ethernet source is not the container's
 // MAC, every IPv4 packet whose source is not its IPv4 address, every IPv6
-// packet whose source is neither its IPv6 address, a link-local one nor ::
-// (duplicate address detection), every neighbour advertisement for another
+// packet whose source is neither its IPv6 address, a link-local one nor
+// :: (ICMPv6 only: duplicate address detection, MLD), every neighbour
+// advertisement for another
 // address, every ARP packet whose sender is not its IPv4 address (or
 // 0.0.0.0, a probe) at its MAC, and any other protocol or VLAN tag. That
 // is libvirt's clean-traffic and Calico's per-workload rule, in the one
@@ -132,15 +133,16 @@ func Apply(ifindex int, c Container, onTCX bool) error {
 // one made for other addresses (the container's MAC changed after ADD),
 // one that is not this build's, or one behind another program fails.
 func Check(ifindex int, c Container) error {
-	onTC := true
 	if ids, err := bpfattach.TCXPrograms(ifindex); err == nil {
 		guards, err := bpfattach.Named(ids, progName)
 		if err != nil {
 			return err
 		}
-		onTC = len(guards) == 0
+		if len(guards) > 0 {
+			return checkAttached(ifindex, c, ids, guards, "TCX ingress")
+		}
 	}
-	return check(ifindex, c, onTC)
+	return check(ifindex, c, true)
 }
 
 func apply(ifindex int, c Container, onTC bool) error {
@@ -168,10 +170,6 @@ func apply(ifindex int, c Container, onTC bool) error {
 }
 
 func check(ifindex int, c Container, onTC bool) error {
-	s, err := spec(c)
-	if err != nil {
-		return err
-	}
 	list, where := bpfattach.TCXPrograms, "TCX ingress"
 	if onTC {
 		list, where = bpfattach.FilterPrograms, fmt.Sprintf("tc ingress, priority %d", Priority)
@@ -181,6 +179,16 @@ func check(ifindex int, c Container, onTC bool) error {
 		return err
 	}
 	guards, err := bpfattach.Named(ids, progName)
+	if err != nil {
+		return err
+	}
+	return checkAttached(ifindex, c, ids, guards, where)
+}
+
+// checkAttached is check on ids, the programs of one hook (where), and
+// guards, those of them named as the guard.
+func checkAttached(ifindex int, c Container, ids, guards []ebpf.ProgramID, where string) error {
+	s, err := spec(c)
 	if err != nil {
 		return err
 	}

@@ -163,8 +163,14 @@ static __always_inline int from_ipv6(struct __sk_buff *skb)
 		// them, whose neighbour advertisement the guard would not see.
 		return TCX_DROP;
 	}
-	// :: is duplicate address detection's source.
-	return own6(ip.saddr.in6_u.u6_addr8) || unspecified6(ip.saddr.in6_u.u6_addr8) ? TCX_NEXT : TCX_DROP;
+	if (own6(ip.saddr.in6_u.u6_addr8))
+		return TCX_NEXT;
+	// :: is the source of duplicate address detection's solicitations
+	// and of MLD reports before an address is there (behind hop-by-hop
+	// options), nothing else's.
+	if (unspecified6(ip.saddr.in6_u.u6_addr8) && (ip.nexthdr == IPPROTO_ICMPV6 || ip.nexthdr == IPPROTO_HOPOPTS))
+		return TCX_NEXT;
+	return TCX_DROP;
 }
 
 static __always_inline int judge(struct __sk_buff *skb)
