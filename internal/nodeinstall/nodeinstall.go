@@ -31,6 +31,7 @@ import (
 	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
+	"github.com/berthnet/berth/internal/srcguard"
 	"github.com/berthnet/berth/netd/backend"
 )
 
@@ -117,8 +118,9 @@ type Node struct {
 // the runtime starts no new container on it), then, once netd has stopped
 // and no container is attached any more, the lease file, the routes
 // (protocol 73), VTEPs, the bridge, the plugins' state and IPAM data of the
-// network, its VTEP guard (firewall.VTEPGuard), and the plugins in the
-// CNI bin dir. It does not ask the datastore for anything, so it works
+// network, its VTEP guard (firewall.VTEPGuard), the source guard's
+// bridge table once no network's container needs it, and the plugins in
+// the CNI bin dir. It does not ask the datastore for anything, so it works
 // with either; with etcd, the node's
 // lease there expires after netd's --lease-ttl (netd leave releases it at
 // once).
@@ -164,6 +166,9 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 		// After them: a VTEP is never left unguarded.
 		firewall.RemoveVTEPGuard(n.Network),
 		removeBridge(bridgeName, n.Network, log),
+		// The source guard's bridge table is the node's: it goes with
+		// the last guarded host veth of any network.
+		srcguard.RemoveBridgeTable(),
 		os.RemoveAll(filepath.Join(n.StateDir, "networks", n.Network)),
 		os.RemoveAll(filepath.Join(n.IPAMDataDir, n.Network)),
 		removePlugins(n.CNIBinDir),

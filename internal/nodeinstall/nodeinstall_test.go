@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/internal/nodebridge"
+	"github.com/berthnet/berth/internal/srcguard"
 	"github.com/berthnet/berth/internal/testenv"
 	"github.com/berthnet/berth/netd/backend"
 )
@@ -153,6 +155,15 @@ func TestUninstall(t *testing.T) {
 			return err
 		}))
 	}
+	// The source guard's bridge table, needed by a guarded host veth of
+	// another network (kept until that one goes).
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "bvother"}, PeerName: "cvother"}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return err
+		}
+		return srcguard.Require(veth.Index)
+	}))
 	// A netd still answering on its metrics address.
 	var l net.Listener
 	must(t, n.netns.Do(func(ns.NetNS) error {
@@ -238,13 +249,41 @@ func TestUninstall(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("left on the node: %v", left)
 	}
+	if !bridgeTable(t, n) {
+		t.Error("removed the source guard's bridge table, which another network's container needs")
+	}
 	// Run again, it finds no conflist: name the directories, whose
-	// defaults are the machine's own (/run/berth).
+	// defaults are the machine's own (/run/berth). The other network's
+	// container is gone now, and the bridge table goes.
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		return netlink.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "bvother"}})
+	}))
 	again := n.spec("", time.Minute)
 	again.StateDir, again.LeaseDir, again.IPAMDataDir = n.runDir, n.runDir, n.dataDir
 	if err := n.uninstall(context.Background(), again); err != nil {
 		t.Errorf("second uninstall: %v", err)
 	}
+	if bridgeTable(t, n) {
+		t.Error("the source guard's bridge table is left with no guarded host veth")
+	}
+}
+
+// bridgeTable reports whether n has the source guard's nftables table.
+func bridgeTable(t *testing.T, n *node) bool {
+	t.Helper()
+	var found bool
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
+		for _, tb := range tables {
+			found = found || tb.Name == srcguard.BridgeTable
+		}
+		return err
+	}))
+	return found
 }
 
 // A node whose containers stay attached gets an error naming the way out.

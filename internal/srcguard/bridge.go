@@ -2,14 +2,17 @@ package srcguard
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
 
+	"github.com/containernetworking/plugins/pkg/netlinksafe"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The guard's second layer, on the bridge. A container with CAP_NET_ADMIN
@@ -232,4 +235,25 @@ func sameRules(have []*nftables.Rule, want []bridgeRule) bool {
 		}
 	}
 	return true
+}
+
+// RemoveBridgeTable deletes the table (at uninstall) when no host veth in
+// GuardedGroup is left: another network's containers still need it. A
+// container attached meanwhile has the table written again by its ADD.
+func RemoveBridgeTable() error {
+	links, err := netlinksafe.LinkList()
+	if err != nil {
+		return fmt.Errorf("source guard: listing links: %w", err)
+	}
+	for _, l := range links {
+		if l.Attrs().Group == GuardedGroup {
+			return nil
+		}
+	}
+	c := newConn()
+	c.DelTable(bridgeTable)
+	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("source guard: removing nftables bridge %s: %w", BridgeTable, err)
+	}
+	return nil
 }
