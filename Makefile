@@ -119,15 +119,17 @@ lint: bpf-check
 # compiles a copy and fails when the committed ones differ.
 BPF_DIRS      := internal/fastpath internal/srcguard
 BPF_CHECK_DIR := $(BIN_DIR)/bpf-check
+BPF_INCLUDE   := internal/bpfinclude
 bpf:
 	for d in $(BPF_DIRS); do (cd $$d && $(GO) generate) || exit 1; done
 
 bpf-check:
 	@for d in $(BPF_DIRS); do \
-		rm -rf $(BPF_CHECK_DIR) && mkdir -p $(BPF_CHECK_DIR) && cp -r $$d/gen.go $$d/bpf $(BPF_CHECK_DIR)/ && \
-		(cd $(BPF_CHECK_DIR) && $(GO) generate) || exit 1; \
-		for f in $$(cd $(BPF_CHECK_DIR) && ls *_bpfel.o *_bpfel.go); do \
-			cmp -s $(BPF_CHECK_DIR)/$$f $$d/$$f || { echo "$$d/$$f is stale: run make bpf and commit it"; exit 1; }; \
+		rm -rf $(BPF_CHECK_DIR) && mkdir -p $(BPF_CHECK_DIR)/$$d && cp -r $$d/gen.go $$d/bpf $(BPF_CHECK_DIR)/$$d/ && \
+		cp -r $(BPF_INCLUDE) $(BPF_CHECK_DIR)/$(BPF_INCLUDE) && \
+		(cd $(BPF_CHECK_DIR)/$$d && $(GO) generate) || exit 1; \
+		for f in $$(cd $(BPF_CHECK_DIR)/$$d && ls *_bpfel.o *_bpfel.go); do \
+			cmp -s $(BPF_CHECK_DIR)/$$d/$$f $$d/$$f || { echo "$$d/$$f is stale: run make bpf and commit it"; exit 1; }; \
 		done; \
 	done; rm -rf $(BPF_CHECK_DIR)
 

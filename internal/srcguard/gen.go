@@ -4,4 +4,4 @@ package srcguard
 // that bpf2go embeds (guard_bpfel.o) with Go types for its constants
 // (guard_bpfel.go). Both are committed, so `go build` needs no clang;
 // `make bpf` regenerates them and `make lint` fails when they are stale.
-//go:generate go tool bpf2go -cc clang -target bpfel -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" guard bpf/guard.c
+//go:generate go tool bpf2go -cc clang -target bpfel -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu -I../bpfinclude" guard bpf/guard.c

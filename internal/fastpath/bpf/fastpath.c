@@ -39,16 +39,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-// TCX return codes (linux/bpf.h of newer kernels has them as an enum).
-#define TCX_NEXT (-1) // not ours: the next program, then the kernel
-#define TCX_DROP 2
-
-// PASSED_MARK is the bit of skb->mark that from_container sets on what it
-// hands to the kernel's path, as berth's source guard does
-// (internal/srcguard's guard.c and PassedMark): the bridge's nftables
-// table drops a frame from a guarded veth without it, one that skipped
-// the veth's ingress programs.
-#define PASSED_MARK 0x04000000
+#include "berth.h" // TCX_NEXT, TCX_DROP, PASSED_MARK, struct arp4
 
 // An endpoint is one container attached to the network on this node.
 struct endpoint {
@@ -711,20 +702,6 @@ static __always_inline int to_node(struct __sk_buff *skb, struct packet *p)
 		return TCX_NEXT;
 	}
 }
-
-// arp4 is an ARP packet for IPv4 over Ethernet (RFC 826), the only
-// layout the kernel reads.
-struct arp4 {
-	__be16 htype;
-	__be16 ptype;
-	__u8 hlen;
-	__u8 plen;
-	__be16 op;
-	__u8 sha[ETH_ALEN];
-	__u8 spa[4];
-	__u8 tha[ETH_ALEN];
-	__u8 tpa[4];
-} __attribute__((packed));
 
 // stack_same_mac is same_mac for a MAC at any offset on the stack, where
 // the verifier refuses unaligned words.

@@ -7,10 +7,10 @@
 // when the plugin loads it, before the verifier sees it).
 //
 // Its two verdicts mean the same on TCX and to a tc filter in direct
-// action (TCX_NEXT is TC_ACT_UNSPEC, TCX_DROP is TC_ACT_SHOT), so the one
-// program serves both: "next" hands an allowed frame on to the device's
-// later programs and tc filters (a shaping redirect to an ifb device),
-// which must only see what the guard let through.
+// action (berth.h), so the one program serves both: "next" hands an
+// allowed frame, marked (PASSED_MARK), on to the device's later programs
+// and tc filters (a shaping redirect to an ifb device), which must only
+// see what the guard let through.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -20,16 +20,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#define TCX_NEXT (-1)
-#define TCX_DROP 2
-
-// PASSED_MARK is the bit of skb->mark the guard sets on what it lets
-// through (srcguard.PassedMark): the bridge's nftables table drops a
-// frame from a guarded veth without it, one that skipped the veth's
-// ingress programs (an ifb device in the container hands its frames back
-// marked tc_skip_classify). The mark cannot come from the container: a
-// veth clears it when the frame changes namespace.
-#define PASSED_MARK 0x04000000
+#include "berth.h" // TCX_NEXT, TCX_DROP, PASSED_MARK, struct arp4
 
 // What the container may send as; set by the loader (srcguard.go).
 volatile const __u8 own_mac[ETH_ALEN];
@@ -49,18 +40,6 @@ volatile const __u8 own_ipv6[16];
 
 #define IP6_OFF ETH_HLEN
 #define IP6_PAYLOAD (ETH_HLEN + sizeof(struct ipv6hdr))
-
-struct arp4 {
-	__be16 htype;
-	__be16 ptype;
-	__u8 hlen;
-	__u8 plen;
-	__be16 op;
-	__u8 sha[ETH_ALEN];
-	__u8 spa[4];
-	__u8 tha[ETH_ALEN];
-	__u8 tpa[4];
-} __attribute__((packed));
 
 static __always_inline int is_own_mac(const __u8 *mac)
 {
