@@ -12,6 +12,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -182,7 +183,8 @@ func ensureBridgeTable() error {
 
 // CheckRequired verifies that the bridge holds the host veth ifindex to
 // its guard's mark: the veth in GuardedGroup, the table as Require
-// writes it.
+// writes it, and the veth's bridge (if any) learning nothing from
+// link-local frames (NoLinkLocalLearning).
 func CheckRequired(ifindex int) error {
 	link, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
@@ -190,6 +192,15 @@ func CheckRequired(ifindex int) error {
 	}
 	if g := link.Attrs().Group; g != GuardedGroup {
 		return fmt.Errorf("%s is in device group %#x, not %#x: the bridge lets through its frames that skipped the guard", link.Attrs().Name, g, GuardedGroup)
+	}
+	if master := link.Attrs().MasterIndex; master != 0 {
+		on, err := noLinkLocalLearning(master)
+		if err != nil {
+			return fmt.Errorf("reading the bridge of %s: %w", link.Attrs().Name, err)
+		}
+		if !on {
+			return fmt.Errorf("the bridge of %s learns MACs from link-local frames (no_linklocal_learn off): a forged one can take a neighbour's traffic", link.Attrs().Name)
+		}
 	}
 	return checkBridgeTable(newConn())
 }
@@ -256,4 +267,70 @@ func RemoveBridgeTable() error {
 		return fmt.Errorf("source guard: removing nftables bridge %s: %w", BridgeTable, err)
 	}
 	return nil
+}
+
+// brBoolOptNoLLLearn is BR_BOOLOPT_NO_LL_LEARN (linux/if_bridge.h): the
+// bit of a bridge's IFLA_BR_MULTI_BOOLOPT that stops it learning source
+// MACs from link-local frames.
+const brBoolOptNoLLLearn = 1 << 0
+
+// NoLinkLocalLearning stops the bridge bridgeIndex learning source MACs
+// from link-local frames. A bridge learns the source of an LLDP frame
+// (01:80:c2:00:00:0e), and of an STP one with STP on, before any of its
+// netfilter hooks (br_handle_frame hands those frames up past them): one
+// a container got past its guard (above) with a neighbour's MAC would
+// move the neighbour's FDB entry to its own port, and the neighbour's
+// traffic to it. No container needs the bridge to learn from those.
+func NoLinkLocalLearning(bridgeIndex int) error {
+	if on, err := noLinkLocalLearning(bridgeIndex); err == nil && on {
+		return nil // as it should be: no change, no notification
+	}
+	req := nl.NewNetlinkRequest(unix.RTM_NEWLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(bridgeIndex)
+	req.AddData(msg)
+	info := nl.NewRtAttr(unix.IFLA_LINKINFO, nil)
+	info.AddRtAttr(nl.IFLA_INFO_KIND, nl.NonZeroTerminated("bridge"))
+	data := info.AddRtAttr(nl.IFLA_INFO_DATA, nil)
+	// struct br_boolopt_multi: the values, then which of them to set.
+	data.AddRtAttr(unix.IFLA_BR_MULTI_BOOLOPT, binary.NativeEndian.AppendUint32(
+		binary.NativeEndian.AppendUint32(nil, brBoolOptNoLLLearn), brBoolOptNoLLLearn))
+	req.AddData(info)
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
+		return fmt.Errorf("source guard: setting no_linklocal_learn on bridge %d: %w", bridgeIndex, err)
+	}
+	return nil
+}
+
+// noLinkLocalLearning reports whether the bridge bridgeIndex learns
+// nothing from link-local frames.
+func noLinkLocalLearning(bridgeIndex int) (bool, error) {
+	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(bridgeIndex)
+	req.AddData(msg)
+	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	if err != nil {
+		return false, err
+	}
+	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
+		return false, fmt.Errorf("reading link %d: %d answers", bridgeIndex, len(msgs))
+	}
+	attrs, err := nl.ParseRouteAttrAsMap(msgs[0][unix.SizeofIfInfomsg:])
+	if err != nil {
+		return false, err
+	}
+	info, err := nl.ParseRouteAttrAsMap(attrs[unix.IFLA_LINKINFO].Value)
+	if err != nil {
+		return false, err
+	}
+	data, err := nl.ParseRouteAttrAsMap(info[nl.IFLA_INFO_DATA].Value)
+	if err != nil {
+		return false, err
+	}
+	opt, ok := data[unix.IFLA_BR_MULTI_BOOLOPT]
+	if !ok || len(opt.Value) < 4 {
+		return false, fmt.Errorf("link %d is no bridge, or its kernel predates IFLA_BR_MULTI_BOOLOPT (Linux 5.0)", bridgeIndex)
+	}
+	return binary.NativeEndian.Uint32(opt.Value)&brBoolOptNoLLLearn != 0, nil
 }

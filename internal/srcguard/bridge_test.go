@@ -208,6 +208,64 @@ func TestBridgeLayerTable(t *testing.T) {
 	}
 }
 
+// A bridge learns the source MAC of an LLDP frame before its netfilter
+// hooks; NoLinkLocalLearning stops it, and noLinkLocalLearning reads it.
+func TestNoLinkLocalLearning(t *testing.T) {
+	testenv.RequireRoot(t)
+	node, cont := testenv.NewNS(t), testenv.NewNS(t)
+	testenv.Link(t, cont, "eth0", "", node, "hv", "")
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "br0", "type", "bridge"},
+		{"ip", "link", "set", "br0", "up"},
+		{"ip", "link", "set", "hv", "master", "br0"},
+	} {
+		mustRun(t, node, cmd...)
+	}
+	var brIndex int
+	inNode(t, node, func() error {
+		br, err := net.InterfaceByName("br0")
+		brIndex = br.Index
+		return err
+	})
+	// learned reports whether, after an LLDP frame from mac, the bridge
+	// has mac on hv.
+	learned := func(mac net.HardwareAddr) bool {
+		inNode(t, cont, func() error {
+			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				return err
+			}
+			defer unix.Close(fd)
+			eth0, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			frame := eth(mac, 0x88cc, make([]byte, 46))
+			copy(frame, []byte{0x01, 0x80, 0xc2, 0, 0, 0x0e})
+			return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: eth0.Index, Halen: 6})
+		})
+		time.Sleep(50 * time.Millisecond)
+		out, _ := testenv.InNS(node, "bridge", "fdb", "show", "br", "br0")
+		return strings.Contains(string(out), mac.String()+" dev hv")
+	}
+	var on bool
+	inNode(t, node, func() (err error) { on, err = noLinkLocalLearning(brIndex); return err })
+	if on {
+		t.Fatal("a new bridge has no_linklocal_learn on already")
+	}
+	if !learned(otherMAC) {
+		t.Fatal("a new bridge learned no MAC from an LLDP frame: the bed cannot show the option's effect")
+	}
+	inNode(t, node, func() error { return NoLinkLocalLearning(brIndex) })
+	inNode(t, node, func() (err error) { on, err = noLinkLocalLearning(brIndex); return err })
+	if !on {
+		t.Error("after NoLinkLocalLearning, the bridge still learns from link-local frames")
+	}
+	if learned(farMAC) {
+		t.Error("after NoLinkLocalLearning, the bridge learned a MAC from an LLDP frame")
+	}
+}
+
 func inNode(t *testing.T, n ns.NetNS, f func() error) {
 	t.Helper()
 	if err := n.Do(func(ns.NetNS) error { return f() }); err != nil {

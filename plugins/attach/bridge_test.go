@@ -265,6 +265,9 @@ func TestCheckDetectsTampering(t *testing.T) {
 		{"host veth out of the guarded group", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, n.ns, "ip", "link", "set", res.Interfaces[1].Name, "group", "0")
 		}},
+		{"bridge learning from link-local frames", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, n.ns, "ip", "link", "set", "berth0", "type", "bridge", "no_linklocal_learn", "0")
+		}},
 		{"bridge table deleted", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			err := n.ns.Do(func(ns.NetNS) error {
 				nc, err := nftables.New()

@@ -28,6 +28,7 @@ import (
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/netnsdir"
 	"github.com/berthnet/berth/internal/nodebridge"
+	"github.com/berthnet/berth/internal/srcguard"
 	"github.com/berthnet/berth/plugins/attach"
 )
 
@@ -363,8 +364,10 @@ func gateways(res *current.Result) []netip.Prefix {
 	return out
 }
 
-// useBridge returns the network's bridge, up, creating or adopting it when
-// needed, and the bridge lock the caller releases once its veth is in.
+// useBridge returns the network's bridge, up and learning no MACs from
+// link-local frames (srcguard.NoLinkLocalLearning), creating or adopting
+// it when needed, and the bridge lock the caller releases once its veth
+// is in.
 func useBridge(c *conf.Bridge) (*netlink.Bridge, *netnsdir.Lock, error) {
 	lock, err := nodebridge.Lock(c.BridgeName, true)
 	if err != nil {
@@ -387,6 +390,10 @@ func useBridge(c *conf.Bridge) (*netlink.Bridge, *netnsdir.Lock, error) {
 			lock.Release()
 			return nil, nil, fmt.Errorf("%w: promiscMode on %s: %v", cnierr.ErrDatapath, c.BridgeName, err)
 		}
+	}
+	if err := srcguard.NoLinkLocalLearning(br.Index); err != nil {
+		lock.Release()
+		return nil, nil, fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
 	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		lock.Release()
