@@ -149,10 +149,16 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 	}
 
 	rx, _ := rawSocket(t, vic.a.Netns)
-	send := frameSender(t, att.a.Netns)
+	// Every frame goes out through the trick; sent counts them.
+	var sent uint64
+	plain, marked := frameSender(t, att.a.Netns, 0), frameSender(t, att.a.Netns, -1)
+	send := func(frame []byte) { sent++; plain(frame) }
+	// sendMarked sends with every bit of the socket's mark set: a mark
+	// the sender chose must not stand for one the node's guard set.
+	sendMarked := func(frame []byte) { sent++; marked(frame) }
 	// sendKind sends perKind frames of a kind, each with its own marker,
 	// and returns the markers; arrived counts those the victim receives.
-	sendKind := func(kind string, frame func(marker string) []byte) []string {
+	sendKind := func(kind string, frame func(marker string) []byte, send func([]byte)) []string {
 		var markers []string
 		for i := range perKind {
 			m := fmt.Sprintf("m-%s-%02d;", kind, i)
@@ -191,7 +197,7 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 		{"lldp", net.HardwareAddr{0x01, 0x80, 0xc2, 0, 0, 0x0e}},
 		{"unicast", net.HardwareAddr{0x02, 0x42, 0, 0, 0, 0x99}},
 	} {
-		markers := sendKind("fdb-"+d.name, func(m string) []byte { return ethFrame(d.dst, vic.mac, 0x88cc, []byte(m)) })
+		markers := sendKind("fdb-"+d.name, func(m string) []byte { return ethFrame(d.dst, vic.mac, 0x88cc, []byte(m)) }, send)
 		if port := fdbPort(t, n.ns, vic.mac); port != vic.hostVeth {
 			t.Errorf("frames from the victim's MAC to %s (%s) through the ifb trick: the bridge has the victim's MAC on %q (the attacker's port is %s), want %s",
 				d.name, d.dst, port, att.hostVeth, vic.hostVeth)
@@ -214,6 +220,27 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 			vic.ip4, mac, att.mac, vic.mac)
 	}
 
+	// The same in IPv6: unsolicited neighbour advertisements (override
+	// set) from the attacker's own address, saying the victim's IPv6 is
+	// at the attacker's MAC.
+	if dual {
+		if err := testenv.Ping(n.ns, vic.ip6.String()); err != nil {
+			t.Fatal(err)
+		}
+		if mac := neighMAC(t, n.ns, vic.ip6); mac != vic.mac.String() {
+			t.Fatalf("before the attack, the node's neighbour entry for the victim %s is %q, want %s", vic.ip6, mac, vic.mac)
+		}
+		allNodes := net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}
+		for range perKind {
+			send(ethFrame(allNodes, att.mac, unix.ETH_P_IPV6, na6(att.ip6, vic.ip6, att.mac)))
+		}
+		time.Sleep(100 * time.Millisecond)
+		if mac := neighMAC(t, n.ns, vic.ip6); mac != vic.mac.String() {
+			t.Errorf("forged neighbour advertisements through the ifb trick: the node's neighbour entry for the victim %s is %q (the attacker's is %s), want %s",
+				vic.ip6, mac, att.mac, vic.mac)
+		}
+	}
+
 	// Whatever got through is undone, so that the frames below find the
 	// victim where it is: the node learns its MAC anew from its ping (the
 	// ping's replies need it).
@@ -225,22 +252,25 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 	type kind struct {
 		name  string
 		frame func(marker string) []byte
+		send  func([]byte)
 	}
+	forgedIP4 := func(m string) []byte { return ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(forged4, vic.ip4, m)) }
 	own := []kind{
-		{"own4", func(m string) []byte { return ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(att.ip4, vic.ip4, m)) }},
+		{"own4", func(m string) []byte { return ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(att.ip4, vic.ip4, m)) }, send},
 	}
 	forged := []kind{
-		{"ip4", func(m string) []byte { return ethFrame(vic.mac, att.mac, unix.ETH_P_IP, udp4(forged4, vic.ip4, m)) }},
-		{"mac", func(m string) []byte { return ethFrame(vic.mac, forgedMAC, unix.ETH_P_IP, udp4(att.ip4, vic.ip4, m)) }},
+		{"ip4", forgedIP4, send},
+		{"mac", func(m string) []byte { return ethFrame(vic.mac, forgedMAC, unix.ETH_P_IP, udp4(att.ip4, vic.ip4, m)) }, send},
+		{"ip4-marked", forgedIP4, sendMarked},
 	}
 	if dual {
 		forged6 := netip.MustParseAddr(fmt.Sprintf("fd00:%d::c8", net4))
 		own = append(own, kind{"own6", func(m string) []byte {
 			return ethFrame(vic.mac, att.mac, unix.ETH_P_IPV6, udp6(att.ip6, vic.ip6, m))
-		}})
+		}, send})
 		forged = append(forged, kind{"ip6", func(m string) []byte {
 			return ethFrame(vic.mac, att.mac, unix.ETH_P_IPV6, udp6(forged6, vic.ip6, m))
-		}})
+		}, send})
 	}
 	// The control: the attacker's own frames, through the same trick,
 	// must flow, or "nothing forged arrived" proves nothing. Frames the
@@ -248,14 +278,14 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 	// defence may drop (they skipped the guard): most must arrive, not
 	// all.
 	for _, k := range own {
-		got := arrived(sendKind(k.name, k.frame))
+		got := arrived(sendKind(k.name, k.frame, k.send))
 		t.Logf("own frames (%s) through the ifb trick that reached the victim: %d of %d", k.name, got, perKind)
 		if got < perKind/2 {
 			t.Errorf("own frames (%s) through the ifb trick: %d of %d reached the victim, want at least %d", k.name, got, perKind, perKind/2)
 		}
 	}
 	for _, k := range forged {
-		got := arrived(sendKind(k.name, k.frame))
+		got := arrived(sendKind(k.name, k.frame, k.send))
 		t.Logf("forged frames (%s) through the ifb trick that reached the victim: %d of %d", k.name, got, perKind)
 		if got > 0 {
 			t.Errorf("forged frames (%s) through the ifb trick: %d of %d reached the victim, want none", k.name, got, perKind)
@@ -264,7 +294,6 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 
 	// The trick took effect: ifb0 handed frames back (about half of all
 	// sent; a quarter keep the flag).
-	sent := uint64((len(own) + len(forged) + 3) * perKind)
 	if r := ifbTxPackets(t, att.a.Netns) - redirected; r < sent/4 {
 		t.Errorf("ifb0 handed back %d of %d frames: the trick did not take effect", r, sent)
 	} else {
@@ -289,10 +318,16 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 }
 
 // frameSender is a function sending frames as they are out of eth0 in n,
-// through one AF_PACKET socket (sendFrame opens one per frame).
-func frameSender(t *testing.T, n ns.NetNS) func(frame []byte) {
+// through one AF_PACKET socket (sendFrame opens one per frame) whose
+// SO_MARK is mark unless 0.
+func frameSender(t *testing.T, n ns.NetNS, mark int) func(frame []byte) {
 	t.Helper()
 	fd, ifindex := rawSocket(t, n)
+	if mark != 0 {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_MARK, mark); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// The socket sees every frame on eth0 too: no need to queue them.
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 0)
 	return func(frame []byte) {
