@@ -39,8 +39,10 @@ import (
 //
 // A link-local frame (01:80:c2:00:00:0X, which a bridge does not forward)
 // skips prerouting: the bridge hands it to input, and learns its source
-// MAC only once input let it through, so a forged one cannot move a
-// neighbour's FDB entry either. The mark is cleared once checked, so
+// MAC once input let it through; but an LLDP frame (and an STP one with
+// STP on) it learns from and hands up past every hook, so berth's
+// bridges learn nothing from link-local frames (NoLinkLocalLearning).
+// The mark is cleared once checked, so
 // nothing after the bridge (policy routing, the VTEP's route lookup, other
 // firewalls) sees it. Priority -350 comes before the bridge's conntrack,
 // br_netfilter and the reference plugins' macspoofchk.
