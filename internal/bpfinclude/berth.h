@@ -24,6 +24,18 @@
 // namespace.
 #define PASSED_MARK 0x04000000
 
+// link_local_group reports whether mac is one of the link-local group
+// addresses 01:80:c2:00:00:00-0f (STP, LLDP, 802.1X ...). A bridge does
+// not forward a frame to one of them: it hands it up on the port it came
+// in on, to the node's own stack with the host veth as its interface,
+// where rules about the bridge do not apply, and it hands LLDP (and, with
+// STP on, STP) up before any of its netfilter hooks. What a container
+// may send (IPv4, ARP, IPv6) never goes to one.
+static __always_inline int link_local_group(const __u8 *mac)
+{
+	return mac[0] == 0x01 && mac[1] == 0x80 && mac[2] == 0xc2 && mac[3] == 0 && mac[4] == 0 && (mac[5] & 0xf0) == 0;
+}
+
 // arp4 is an ARP packet for IPv4 over Ethernet (RFC 826), the only
 // layout the kernel reads.
 struct arp4 {

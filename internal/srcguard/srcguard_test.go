@@ -39,6 +39,13 @@ func eth(src net.HardwareAddr, typ uint16, payload []byte) []byte {
 	return append(f, payload...)
 }
 
+// to gives frame the destination dst.
+func to(dst string, frame []byte) []byte {
+	mac, _ := net.ParseMAC(dst)
+	copy(frame, mac)
+	return frame
+}
+
 func ipv4(src string) []byte {
 	h := make([]byte, 20)
 	h[0] = 0x45
@@ -122,6 +129,12 @@ func TestProgram(t *testing.T) {
 		{"NA behind destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 60, append([]byte{58, 0, 1, 4, 0, 0, 0, 0}, na("fd70::3")...))), false},
 		{"VLAN in band", Container{ownMAC, own4, own6}, eth(ownMAC, 0x8100, append([]byte{0, 1, 8, 0}, ipv4("10.70.0.3")...)), false},
 		{"other ethertype", Container{ownMAC, own4, own6}, eth(ownMAC, 0x88cc, make([]byte, 40)), false},
+		// A bridge hands these up on the host veth itself, past its rules.
+		{"own IPv4 to the LLDP group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:0e", eth(ownMAC, 0x0800, ipv4("10.70.0.2"))), false},
+		{"own ARP to 802.1X's group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:03", eth(ownMAC, 0x0806, arp(ownMAC, "10.70.0.2"))), false},
+		{"DAD to the STP group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:00", eth(ownMAC, 0x86dd, ipv6("::", 58, []byte{135, 0, 0, 0}))), false},
+		{"own IPv4 to an IPv4 multicast group", Container{ownMAC, own4, own6}, to("01:00:5e:00:00:fb", eth(ownMAC, 0x0800, ipv4("10.70.0.2"))), true},
+		{"own IPv4 to 01:80:c2:00:00:10 (not link-local)", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:10", eth(ownMAC, 0x0800, ipv4("10.70.0.2"))), true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if pass := run(t, tc.c, tc.frame); pass != tc.pass {

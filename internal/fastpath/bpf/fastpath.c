@@ -737,7 +737,7 @@ static __always_inline int arp_from(struct __sk_buff *skb)
 	__builtin_memcpy(&tpa, a->tpa, 4);
 	struct endpoint *self = bpf_map_lookup_elem(&endpoints, spa ? &spa : &tpa);
 	if (!self || self->ifindex != skb->ingress_ifindex || !stack_same_mac(f.eth.h_source, self->mac) ||
-	    !stack_same_mac(a->sha, self->mac)) {
+	    !stack_same_mac(a->sha, self->mac) || link_local_group(f.eth.h_dest)) {
 		count(STAT_SPOOFED);
 		return TCX_DROP;
 	}
@@ -770,7 +770,8 @@ static __always_inline int container_verdict(struct __sk_buff *skb)
 	// sent from its own MAC (a neighbour's would move the neighbour's
 	// FDB entry on the bridge to this container's port).
 	struct endpoint *self = bpf_map_lookup_elem(&endpoints, &p.ip->saddr);
-	if (!self || self->ifindex != skb->ingress_ifindex || !same_mac(p.eth->h_source, self->mac)) {
+	if (!self || self->ifindex != skb->ingress_ifindex || !same_mac(p.eth->h_source, self->mac) ||
+	    link_local_group(p.eth->h_dest)) {
 		count(STAT_SPOOFED);
 		return TCX_DROP;
 	}

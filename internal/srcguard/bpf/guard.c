@@ -160,7 +160,8 @@ static __always_inline int judge(struct __sk_buff *skb)
 	if (skb->vlan_present)
 		return TCX_DROP;
 	struct ethhdr eth;
-	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || !is_own_mac(eth.h_source))
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 || !is_own_mac(eth.h_source) ||
+	    link_local_group(eth.h_dest))
 		return TCX_DROP;
 	switch (eth.h_proto) {
 	case bpf_htons(ETH_P_IP):
