@@ -4,10 +4,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"reflect"
 	"slices"
+	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
@@ -162,31 +165,43 @@ func Require(ifindex int) error {
 }
 
 // ensureBridgeTable writes the table when the kernel's differs from it
-// (or has none), in one transaction: parallel writers leave one copy.
+// (or has none), in one transaction: parallel writers leave one copy. A
+// table that differs is deleted in that transaction and made anew: a base
+// chain's hook or priority cannot be changed in place. When another
+// writer deleted it between the look and the write (the transaction
+// fails), it looks again.
 func ensureBridgeTable() error {
-	c := newConn()
-	if err := checkBridgeTable(c); err == nil {
-		return nil
-	}
-	c.AddTable(bridgeTable)
-	for _, ch := range bridgeChains() {
-		c.AddChain(ch.chain)
-		c.FlushChain(ch.chain)
-		for _, r := range ch.rules {
-			c.AddRule(&nftables.Rule{Table: bridgeTable, Chain: ch.chain, Exprs: r.exprs,
-				UserData: userdata.AppendString(nil, userdata.TypeComment, r.text)})
+	var err error
+	for range 3 {
+		c := newConn()
+		if checkBridgeTable(c) == nil {
+			return nil
+		}
+		if _, lerr := c.ListTableOfFamily(BridgeTable, nftables.TableFamilyBridge); lerr == nil {
+			c.DelTable(bridgeTable)
+		}
+		c.AddTable(bridgeTable)
+		for _, ch := range bridgeChains() {
+			// Flushed: a parallel writer may have made it since the look.
+			c.AddChain(ch.chain)
+			c.FlushChain(ch.chain)
+			for _, r := range ch.rules {
+				c.AddRule(&nftables.Rule{Table: bridgeTable, Chain: ch.chain, Exprs: r.exprs,
+					UserData: userdata.AppendString(nil, userdata.TypeComment, r.text)})
+			}
+		}
+		if err = c.Flush(); err == nil {
+			return nil
 		}
 	}
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("source guard: writing nftables bridge %s (needs the kernel's nf_tables with bridge support): %w", BridgeTable, err)
-	}
-	return nil
+	return fmt.Errorf("source guard: writing nftables bridge %s (needs the kernel's nf_tables with bridge support): %w", BridgeTable, err)
 }
 
 // CheckRequired verifies that the bridge holds the host veth ifindex to
 // its guard's mark: the veth in GuardedGroup, the table as Require
-// writes it, and the veth's bridge (if any) learning nothing from
-// link-local frames (NoLinkLocalLearning).
+// writes it, and on a bridge (if the veth is a port) the bridge learning
+// nothing from link-local frames (NoLinkLocalLearning) and the veth's own
+// stack closed (ClosePortStack).
 func CheckRequired(ifindex int) error {
 	link, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
@@ -202,6 +217,9 @@ func CheckRequired(ifindex int) error {
 		}
 		if !on {
 			return fmt.Errorf("the bridge of %s learns MACs from link-local frames (no_linklocal_learn off): a forged one can take a neighbour's traffic", link.Attrs().Name)
+		}
+		if err := checkPortStack(link.Attrs().Name); err != nil {
+			return err
 		}
 	}
 	return checkBridgeTable(newConn())
@@ -335,4 +353,45 @@ func noLinkLocalLearning(bridgeIndex int) (bool, error) {
 		return false, fmt.Errorf("link %d is no bridge, or its kernel predates IFLA_BR_MULTI_BOOLOPT (Linux 5.0)", bridgeIndex)
 	}
 	return binary.NativeEndian.Uint32(opt.Value)&brBoolOptNoLLLearn != 0, nil
+}
+
+// portStack are the settings that keep a bridge port's own stack closed
+// (ClosePortStack): what a node without IPv6 lacks is left out.
+func portStack(port string) []struct{ key, value string } {
+	return []struct{ key, value string }{
+		{"net/ipv4/conf/" + port + "/rp_filter", "1"},
+		{"net/ipv6/conf/" + port + "/disable_ipv6", "1"},
+	}
+}
+
+// ClosePortStack closes the node's own IPv4 and IPv6 on port, a host veth
+// about to join a bridge. A bridge hands a frame for a link-local group
+// address (01:80:c2:00:00:0X) up on the port it came in on, to the node's
+// stack with the port as its interface: past the rules that name the
+// bridge, and for LLDP past the bridge's hooks. The guard drops such
+// frames, but one a container got past it (above) would reach the node's
+// sockets with any source. Strict rp_filter drops its IPv4 (no route
+// goes back through a port), disable_ipv6 its IPv6; neither touches what
+// the port bridges.
+func ClosePortStack(port string) error {
+	for _, s := range portStack(port) {
+		if _, err := sysctl.Sysctl(s.key, s.value); err != nil && !(errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/")) {
+			return fmt.Errorf("source guard: setting %s=%s: %w", s.key, s.value, err)
+		}
+	}
+	return nil
+}
+
+// checkPortStack fails when port's own stack is open (ClosePortStack).
+func checkPortStack(port string) error {
+	for _, s := range portStack(port) {
+		v, err := sysctl.Sysctl(s.key)
+		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/") {
+			continue // a node without IPv6
+		}
+		if err != nil || strings.TrimSpace(v) != s.value {
+			return fmt.Errorf("%s is %q, not %s (%v): the node's stack takes link-local frames from the container on the port", s.key, v, s.value, err)
+		}
+	}
+	return nil
 }

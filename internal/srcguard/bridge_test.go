@@ -185,6 +185,15 @@ func TestBridgeLayerTable(t *testing.T) {
 				UserData: userdata.AppendString(nil, userdata.TypeComment, bridgeChains()[1].rules[0].text)})
 		}},
 		{"a hook deleted", "no chain input", func(c *nftables.Conn) { c.DelChain(bridgeChains()[2].chain) }},
+		// Another build's, say: a base chain's priority cannot be
+		// changed in place, so Require makes the table anew.
+		{"a hook at another priority", "chain prerouting is not hooked as berth makes it", func(c *nftables.Conn) {
+			ch := *bridgeChains()[1].chain
+			c.FlushChain(&ch)
+			c.DelChain(&ch)
+			ch.Priority = nftables.ChainPriorityRef(-300)
+			c.AddChain(&ch)
+		}},
 		{"the table deleted", "no chain passed", func(c *nftables.Conn) { c.DelTable(bridgeTable) }},
 	}
 	for _, d := range damage {

@@ -268,6 +268,9 @@ func TestCheckDetectsTampering(t *testing.T) {
 		{"bridge learning from link-local frames", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, n.ns, "ip", "link", "set", "berth0", "type", "bridge", "no_linklocal_learn", "0")
 		}},
+		{"host veth's own IPv4 open", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			mustRun(t, n.ns, "sysctl", "-qw", "net.ipv4.conf."+res.Interfaces[1].Name+".rp_filter=0")
+		}},
 		{"bridge table deleted", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			err := n.ns.Do(func(ns.NetNS) error {
 				nc, err := nftables.New()

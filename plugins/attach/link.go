@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/srcguard"
 )
 
 // VethSpec is the veth pair of one attachment.
@@ -32,7 +33,8 @@ type VethSpec struct {
 }
 
 // SetupVeth creates the pair in the container namespace with the host end
-// in the node's, guards the host end and, with a bridge, plugs it in;
+// in the node's, guards the host end and, with a bridge, closes the host
+// end's own stack (srcguard.ClosePortStack) and plugs it in;
 // only then does the host end go up. The container side stays down
 // (configured and set up by the caller): until the host end is up,
 // nothing the container sends gets anywhere, so that no frame of a
@@ -83,6 +85,9 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 		}
 	}
 	if s.Bridge != nil {
+		if err := srcguard.ClosePortStack(s.HostName); err != nil {
+			return host, cont, fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
+		}
 		if err := netlink.LinkSetMaster(link, s.Bridge); err != nil {
 			return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.HostName, s.Bridge.Name, err)
 		}
