@@ -85,6 +85,21 @@ func TestSourceGuardIfbBypass(t *testing.T) {
 	}
 }
 
+// ifbTrick sends a quarter of what eth0 in c sends past the host veth's
+// ingress programs: through ifb0, with halfTheFrames.
+func ifbTrick(t *testing.T, c ns.NetNS) {
+	t.Helper()
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "ifb0", "type", "ifb"},
+		{"ip", "link", "set", "ifb0", "up"},
+		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
+		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode", halfTheFrames,
+			"action", "mirred", "egress", "redirect", "dev", "ifb0"},
+	} {
+		mustRun(t, c, cmd[0], cmd[1:]...)
+	}
+}
+
 // ifbBypass runs the attack on a fresh node whose network has the
 // subnets 10.<net>.0.0/24 and (iptables datapath) fd00:<net>::/64.
 func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any) {
@@ -139,15 +154,7 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 		t.Fatalf("before the attack, the bridge has the victim's MAC on %q, want %s", port, vic.hostVeth)
 	}
 
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "ifb0", "type", "ifb"},
-		{"ip", "link", "set", "ifb0", "up"},
-		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
-		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode", halfTheFrames,
-			"action", "mirred", "egress", "redirect", "dev", "ifb0"},
-	} {
-		mustRun(t, att.a.Netns, cmd[0], cmd[1:]...)
-	}
+	ifbTrick(t, att.a.Netns)
 
 	rx, _ := rawSocket(t, vic.a.Netns)
 	// Every frame goes out through the trick; sent counts them.
