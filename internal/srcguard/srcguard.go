@@ -6,7 +6,8 @@
 // :: (ICMPv6 only: duplicate address detection, MLD), every neighbour
 // advertisement for another
 // address, every ARP packet whose sender is not its IPv4 address (or
-// 0.0.0.0, a probe) at its MAC, and any other protocol or VLAN tag. That
+// 0.0.0.0, a probe) at its MAC, every frame to a link-local group address
+// (berth.h), and any other protocol or VLAN tag. That
 // is libvirt's clean-traffic and Calico's per-workload rule, in the one
 // place that sees bridged traffic too: rp_filter and iptables see only
 // routed packets (berth does not load br_netfilter), so a container could
