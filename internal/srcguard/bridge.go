@@ -17,6 +17,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
+
+	"github.com/berthnet/berth/internal/linkinfo"
 )
 
 // The guard's second layer, on the bridge. A container with CAP_NET_ADMIN
@@ -325,34 +327,15 @@ func NoLinkLocalLearning(bridgeIndex int) error {
 // noLinkLocalLearning reports whether the bridge bridgeIndex learns
 // nothing from link-local frames.
 func noLinkLocalLearning(bridgeIndex int) (bool, error) {
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(bridgeIndex)
-	req.AddData(msg)
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	data, err := linkinfo.Data(bridgeIndex)
 	if err != nil {
 		return false, err
 	}
-	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
-		return false, fmt.Errorf("reading link %d: %d answers", bridgeIndex, len(msgs))
-	}
-	attrs, err := nl.ParseRouteAttrAsMap(msgs[0][unix.SizeofIfInfomsg:])
-	if err != nil {
-		return false, err
-	}
-	info, err := nl.ParseRouteAttrAsMap(attrs[unix.IFLA_LINKINFO].Value)
-	if err != nil {
-		return false, err
-	}
-	data, err := nl.ParseRouteAttrAsMap(info[nl.IFLA_INFO_DATA].Value)
-	if err != nil {
-		return false, err
-	}
-	opt, ok := data[unix.IFLA_BR_MULTI_BOOLOPT]
-	if !ok || len(opt.Value) < 4 {
+	opt := data[unix.IFLA_BR_MULTI_BOOLOPT]
+	if len(opt) < 4 {
 		return false, fmt.Errorf("link %d is no bridge, or its kernel predates IFLA_BR_MULTI_BOOLOPT (Linux 5.0)", bridgeIndex)
 	}
-	return binary.NativeEndian.Uint32(opt.Value)&brBoolOptNoLLLearn != 0, nil
+	return binary.NativeEndian.Uint32(opt)&brBoolOptNoLLLearn != 0, nil
 }
 
 // portStack are the settings that keep a bridge port's own stack closed

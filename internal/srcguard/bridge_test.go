@@ -67,25 +67,13 @@ func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
 			return err
 		})
 		defer sock.Close()
-		inNode(t, cont, func() error {
-			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			eth0, err := net.InterfaceByName("eth0")
-			if err != nil {
-				return err
-			}
-			for i := range 40 {
-				frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
-				copy(frame, brMAC)
-				if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: eth0.Index, Halen: 6}); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
+		var frames [][]byte
+		for i := range 40 {
+			frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
+			copy(frame, brMAC)
+			frames = append(frames, frame)
+		}
+		sendOnEth0(t, cont, frames...)
 		sock.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 		n, buf := 0, make([]byte, 64)
 		for {
@@ -96,8 +84,6 @@ func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
 		}
 	}
 
-	if testing.Verbose() && false {
-	}
 	// The control: without the layer the trick works in this bed.
 	if got := send("10.70.0.3"); got == 0 {
 		t.Fatal("without the bridge's layer no forged frame got past the guard: the bed does not reproduce the bypass")
@@ -239,20 +225,7 @@ func TestNoLinkLocalLearning(t *testing.T) {
 	// learned reports whether, after an LLDP frame from mac, the bridge
 	// has mac on hv.
 	learned := func(mac net.HardwareAddr) bool {
-		inNode(t, cont, func() error {
-			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return err
-			}
-			defer unix.Close(fd)
-			eth0, err := net.InterfaceByName("eth0")
-			if err != nil {
-				return err
-			}
-			frame := eth(mac, 0x88cc, make([]byte, 46))
-			copy(frame, []byte{0x01, 0x80, 0xc2, 0, 0, 0x0e})
-			return unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: eth0.Index, Halen: 6})
-		})
+		sendOnEth0(t, cont, to("01:80:c2:00:00:0e", eth(mac, 0x88cc, make([]byte, 46))))
 		time.Sleep(50 * time.Millisecond)
 		out, _ := testenv.InNS(node, "bridge", "fdb", "show", "br", "br0")
 		return strings.Contains(string(out), mac.String()+" dev hv")
@@ -273,6 +246,28 @@ func TestNoLinkLocalLearning(t *testing.T) {
 	if learned(farMAC) {
 		t.Error("after NoLinkLocalLearning, the bridge learned a MAC from an LLDP frame")
 	}
+}
+
+// sendOnEth0 sends frames out of eth0 in n, through an AF_PACKET socket.
+func sendOnEth0(t *testing.T, n ns.NetNS, frames ...[]byte) {
+	t.Helper()
+	inNode(t, n, func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		eth0, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		for _, f := range frames {
+			if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: eth0.Index, Halen: 6}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 func inNode(t *testing.T, n ns.NetNS, f func() error) {

@@ -42,10 +42,10 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
-	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/firewall"
+	"github.com/berthnet/berth/internal/linkinfo"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/cluster"
 )
@@ -329,54 +329,25 @@ const (
 // from the kernel's own description of it (RTM_GETLINK).
 func readExtra(idx int) (vtepExtra, error) {
 	var x vtepExtra
-	req := nl.NewNetlinkRequest(unix.RTM_GETLINK, unix.NLM_F_ACK)
-	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
-	msg.Index = int32(idx)
-	req.AddData(msg)
-	msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWLINK)
+	data, err := linkinfo.Data(idx)
 	if err != nil {
-		return x, fmt.Errorf("RTM_GETLINK of link %d: %w", idx, err)
+		return x, err
 	}
-	if len(msgs) != 1 || len(msgs[0]) < unix.SizeofIfInfomsg {
-		return x, fmt.Errorf("RTM_GETLINK of link %d: %d answers", idx, len(msgs))
-	}
-	attrs, err := nl.ParseRouteAttr(msgs[0][unix.SizeofIfInfomsg:])
-	if err != nil {
-		return x, fmt.Errorf("RTM_GETLINK of link %d: %w", idx, err)
-	}
-	for _, a := range attrs {
-		if a.Attr.Type != unix.IFLA_LINKINFO {
-			continue
-		}
-		info, err := nl.ParseRouteAttr(a.Value)
-		if err != nil {
-			return x, fmt.Errorf("link %d's link info: %w", idx, err)
-		}
-		for _, i := range info {
-			if i.Attr.Type != unix.IFLA_INFO_DATA {
-				continue
+	for typ, v := range data {
+		set := len(v) > 0 && v[0] != 0
+		switch typ {
+		case iflaVXLANDF:
+			if len(v) > 0 {
+				x.DF = df(v[0])
 			}
-			data, err := nl.ParseRouteAttr(i.Value)
-			if err != nil {
-				return x, fmt.Errorf("link %d's VXLAN data: %w", idx, err)
-			}
-			for _, d := range data {
-				set := len(d.Value) > 0 && d.Value[0] != 0
-				switch d.Attr.Type {
-				case iflaVXLANDF:
-					if len(d.Value) > 0 {
-						x.DF = df(d.Value[0])
-					}
-				case iflaVXLANTTLInherit:
-					x.TTLInherit = set
-				case iflaVXLANGPE: // a flag: present when on
-					x.GPE = true
-				case nl.IFLA_VXLAN_REMCSUM_TX:
-					x.RemCsumTx = set
-				case nl.IFLA_VXLAN_REMCSUM_RX:
-					x.RemCsumRx = set
-				}
-			}
+		case iflaVXLANTTLInherit:
+			x.TTLInherit = set
+		case iflaVXLANGPE: // a flag: present when on
+			x.GPE = true
+		case nl.IFLA_VXLAN_REMCSUM_TX:
+			x.RemCsumTx = set
+		case nl.IFLA_VXLAN_REMCSUM_RX:
+			x.RemCsumRx = set
 		}
 	}
 	return x, nil
