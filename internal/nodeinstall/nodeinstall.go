@@ -119,8 +119,8 @@ type Node struct {
 // and no container is attached any more, the lease file, the routes
 // (protocol 73), VTEPs, the bridge, the plugins' state and IPAM data of the
 // network, its VTEP guard (firewall.VTEPGuard), the source guard's
-// bridge table once no network's container needs it, and the plugins in
-// the CNI bin dir. It does not ask the datastore for anything, so it works
+// nftables tables once no network's container needs them, and the
+// plugins in the CNI bin dir. It does not ask the datastore for anything, so it works
 // with either; with etcd, the node's
 // lease there expires after netd's --lease-ttl (netd leave releases it at
 // once).
@@ -166,8 +166,8 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 		// After them: a VTEP is never left unguarded.
 		firewall.RemoveVTEPGuard(n.Network),
 		removeBridge(bridgeName, n.Network, log),
-		// The source guard's bridge table is the node's: it goes with
-		// the last guarded host veth of any network.
+		// The source guard's tables are the node's: they go with the
+		// last guarded host veth of any network.
 		srcguard.RemoveBridgeTable(),
 		os.RemoveAll(filepath.Join(n.StateDir, "networks", n.Network)),
 		os.RemoveAll(filepath.Join(n.IPAMDataDir, n.Network)),

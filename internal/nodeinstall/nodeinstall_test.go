@@ -249,8 +249,8 @@ func TestUninstall(t *testing.T) {
 	if len(left) > 0 {
 		t.Errorf("left on the node: %v", left)
 	}
-	if !bridgeTable(t, n) {
-		t.Error("removed the source guard's bridge table, which another network's container needs")
+	if k := guardTables(t, n); k != 2 {
+		t.Errorf("%d of the source guard's 2 tables left, which another network's container needs", k)
 	}
 	// Run again, it finds no conflist: name the directories, whose
 	// defaults are the machine's own (/run/berth). The other network's
@@ -263,25 +263,30 @@ func TestUninstall(t *testing.T) {
 	if err := n.uninstall(context.Background(), again); err != nil {
 		t.Errorf("second uninstall: %v", err)
 	}
-	if bridgeTable(t, n) {
-		t.Error("the source guard's bridge table is left with no guarded host veth")
+	if k := guardTables(t, n); k != 0 {
+		t.Errorf("%d of the source guard's tables left with no guarded host veth", k)
 	}
 }
 
-// bridgeTable reports whether n has the source guard's nftables table.
-func bridgeTable(t *testing.T, n *node) bool {
+// guardTables counts the source guard's nftables tables n has (bridge
+// and inet).
+func guardTables(t *testing.T, n *node) int {
 	t.Helper()
-	var found bool
+	found := 0
 	must(t, n.netns.Do(func(ns.NetNS) error {
 		c, err := nftables.New()
 		if err != nil {
 			return err
 		}
-		tables, err := c.ListTablesOfFamily(nftables.TableFamilyBridge)
-		for _, tb := range tables {
-			found = found || tb.Name == srcguard.BridgeTable
+		for _, want := range []*nftables.Table{
+			{Name: srcguard.BridgeTable, Family: nftables.TableFamilyBridge},
+			{Name: srcguard.RoutedTable, Family: nftables.TableFamilyINet},
+		} {
+			if _, err := c.ListTableOfFamily(want.Name, want.Family); err == nil {
+				found++
+			}
 		}
-		return err
+		return nil
 	}))
 	return found
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"reflect"
-	"slices"
 	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
@@ -21,36 +20,45 @@ import (
 	"github.com/berthnet/berth/internal/linkinfo"
 )
 
-// The guard's second layer, on the bridge. A container with CAP_NET_ADMIN
-// in its namespace can get frames past every ingress program of its host
-// veth: it redirects its eth0's egress to an ifb device of its own, which
-// hands the frames back marked tc_skip_classify, and the veth keeps that
-// flag across the pair, so the host end's receive path skips TCX, tc and
-// netfilter's netdev ingress alike. The bridge's netfilter hooks run
-// whatever the flag says. So the guard marks every frame it lets through
-// (PassedMark in skb->mark, which the container cannot set: a veth clears
-// the mark when a frame changes namespace), and a table of the bridge
-// family drops a frame from a guarded host veth without it. A guarded
-// host veth is one in device group GuardedGroup:
+// The guard's second layer, on the bridge and at the node's IP
+// prerouting. A container with CAP_NET_ADMIN in its namespace can get
+// frames past every ingress program of its host veth: it redirects its
+// eth0's egress to an ifb device of its own, which hands the frames back
+// marked tc_skip_classify, and the veth keeps that flag across the pair,
+// so the host end's receive path skips TCX, tc and netfilter's netdev
+// ingress alike. The bridge's netfilter hooks, and IP's, run whatever the
+// flag says. So the guard marks every frame it lets through (PassedMark in
+// skb->mark, which the container cannot set: a veth clears the mark when
+// a frame changes namespace), and two tables drop a frame from a guarded
+// host veth without it. A guarded host veth is one in device group
+// GuardedGroup:
 //
-//	table bridge berth
+//	table bridge berth                     bridged veths
 //	  chain prerouting   filter hook prerouting priority -350
 //	    meta iifgroup 0x62657274 jump passed
 //	  chain input        filter hook input priority -350
 //	    ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 meta iifgroup 0x62657274 jump passed
 //	  chain passed
-//	    meta mark & 0x04000000 == 0 drop
+//	    meta mark & 0x4000000 == 0 drop
 //	    meta mark set meta mark & 0xfbffffff
 //
+//	table inet berth-guard                 routed veths (berth-bgp), and
+//	  chain prerouting   filter hook prerouting priority -350    what a bridge
+//	    meta iifgroup 0x62657274 jump passed                      hands up on a port
+//	  chain passed
+//	    (the same two rules)
+//
 // A link-local frame (01:80:c2:00:00:0X, which a bridge does not forward)
-// skips prerouting: the bridge hands it to input, and learns its source
-// MAC once input let it through; but an LLDP frame (and an STP one with
-// STP on) it learns from and hands up past every hook, so berth's
-// bridges learn nothing from link-local frames (NoLinkLocalLearning).
-// The mark is cleared once checked, so
-// nothing after the bridge (policy routing, the VTEP's route lookup, other
-// firewalls) sees it. Priority -350 comes before the bridge's conntrack,
-// br_netfilter and the reference plugins' macspoofchk.
+// skips the bridge's prerouting: the bridge hands it to input, and learns
+// its source MAC once input let it through; but an LLDP frame (and an STP
+// one with STP on) it learns from and hands up past every hook, so
+// berth's bridges learn nothing from link-local frames
+// (NoLinkLocalLearning). The mark is cleared once checked, so nothing
+// after (policy routing, the VTEP's route lookup, other firewalls) sees
+// it; a bridged frame the bridge hands up to the node comes in on the
+// bridge, in group 0, and meets the inet table no more. Priority -350
+// comes before conntrack, iptables' raw table, br_netfilter and the
+// reference plugins' macspoofchk.
 //
 // The device group, not a set of names, says which veths are guarded: it
 // is set with the veth and goes with it, so an ADD or DEL commits no
@@ -58,13 +66,9 @@ import (
 // generation, which internal/iptables' cache of the rules relies on),
 // nothing is left to clean up after a crash, and the veths of an earlier
 // berth, whose guard does not mark, stay in group 0 and are not asked
-// for the mark. The table is written when it is missing or differs (the
-// first ADD on a node, or after someone flushed it) and stays when the
-// last container goes, as berth's bridge and iptables chains do.
-//
-// Routed host veths (berth-bgp) are no bridge's ports: there the IP
-// layer's checks, rp_filter and the ip6tables rpfilter rule, hold
-// whatever the flag says, and the group does nothing.
+// for the mark. The tables are written when they are missing or differ
+// (the first ADD on a node, or after someone flushed them) and stay when
+// the last container goes, as berth's bridge and iptables chains do.
 
 // PassedMark is the bit of skb->mark the guard (and the eBPF datapath's
 // from_container) sets on each frame it lets through; it is PASSED_MARK in
@@ -74,75 +78,115 @@ const PassedMark = 0x04000000
 // GuardedGroup is the device group of guarded host veths ("bert").
 const GuardedGroup = 0x62657274
 
-// BridgeTable is the nftables table (family bridge) of the second layer.
-const BridgeTable = "berth"
+// BridgeTable is the nftables table (family bridge) of the second layer;
+// RoutedTable its counterpart (family inet) for what enters the node's IP
+// stack from a guarded veth itself: a routed (berth-bgp) veth's traffic,
+// and what a bridge hands up on its port.
+const (
+	BridgeTable = "berth"
+	RoutedTable = "berth-guard"
+)
 
-var bridgeTable = &nftables.Table{Name: BridgeTable, Family: nftables.TableFamilyBridge}
+var (
+	bridgeTable = &nftables.Table{Name: BridgeTable, Family: nftables.TableFamilyBridge}
+	routedTable = &nftables.Table{Name: RoutedTable, Family: nftables.TableFamilyINet}
+)
 
-// bridgeChain is one chain of the table with its rules, each carrying the
-// nft syntax it stands for as its comment (for people and CHECK's
-// messages; there is no nft binary on a node).
-type bridgeChain struct {
-	chain *nftables.Chain
-	rules []bridgeRule
+// layerTable is one table of the layer with its chains, the one the
+// others jump to first.
+type layerTable struct {
+	table  *nftables.Table
+	chains []layerChain
 }
 
-type bridgeRule struct {
+// layerChain is one chain with its rules, each carrying the nft syntax it
+// stands for as its comment (for people and CHECK's messages; there is no
+// nft binary on a node).
+type layerChain struct {
+	chain *nftables.Chain
+	rules []layerRule
+}
+
+type layerRule struct {
 	text  string
 	exprs []expr.Any
 }
 
-// bridgeChains are the table's chains, the one they jump to first.
-func bridgeChains() []bridgeChain {
+// layerTables are the layer's two tables.
+func layerTables() []layerTable {
+	return []layerTable{
+		{bridgeTable, []layerChain{passed(bridgeTable), prerouting(bridgeTable), linkLocalInput()}},
+		{routedTable, []layerChain{passed(routedTable), prerouting(routedTable)}},
+	}
+}
+
+// bridgeChains are the bridge table's chains.
+func bridgeChains() []layerChain { return layerTables()[0].chains }
+
+// Meta keys are in host order.
+func hostOrder(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
+
+func baseChain(t *nftables.Table, name string, hook *nftables.ChainHook) *nftables.Chain {
 	accept := nftables.ChainPolicyAccept
-	base := func(name string, hook *nftables.ChainHook) *nftables.Chain {
-		return &nftables.Chain{Name: name, Table: bridgeTable, Type: nftables.ChainTypeFilter,
-			Hooknum: hook, Priority: nftables.ChainPriorityRef(-350), Policy: &accept}
-	}
-	// Meta keys are in host order.
-	mark := func(v uint32) []byte { return binary.NativeEndian.AppendUint32(nil, v) }
-	guarded := []expr.Any{
+	return &nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: hook, Priority: nftables.ChainPriorityRef(-350), Policy: &accept}
+}
+
+// fromGuarded jumps to passed for what comes in from a guarded veth.
+func fromGuarded() []expr.Any {
+	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyIIFGROUP, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark(GuardedGroup)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: hostOrder(GuardedGroup)},
+		&expr.Verdict{Kind: expr.VerdictJump, Chain: "passed"},
 	}
-	jump := &expr.Verdict{Kind: expr.VerdictJump, Chain: "passed"}
-	linkLocal := []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 6},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 6,
-			Mask: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xf0}, Xor: make([]byte, 6)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x01, 0x80, 0xc2, 0, 0, 0}},
-	}
-	return []bridgeChain{{
-		chain: &nftables.Chain{Name: "passed", Table: bridgeTable},
-		rules: []bridgeRule{{
+}
+
+// passed drops what the guard did not mark, and clears the mark.
+func passed(t *nftables.Table) layerChain {
+	return layerChain{
+		chain: &nftables.Chain{Name: "passed", Table: t},
+		rules: []layerRule{{
 			text: fmt.Sprintf("meta mark & %#x == 0 drop", PassedMark),
 			exprs: []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(PassedMark), Xor: mark(0)},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: mark(0)},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: hostOrder(PassedMark), Xor: hostOrder(0)},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: hostOrder(0)},
 				&expr.Verdict{Kind: expr.VerdictDrop},
 			},
 		}, {
 			text: fmt.Sprintf("meta mark set meta mark & %#x", ^uint32(PassedMark)),
 			exprs: []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mark(^uint32(PassedMark)), Xor: mark(0)},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: hostOrder(^uint32(PassedMark)), Xor: hostOrder(0)},
 				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 			},
 		}},
-	}, {
-		chain: base("prerouting", nftables.ChainHookPrerouting),
-		rules: []bridgeRule{{
-			text:  fmt.Sprintf("meta iifgroup %#x jump passed", GuardedGroup),
-			exprs: append(slices.Clone(guarded), jump),
-		}},
-	}, {
-		chain: base("input", nftables.ChainHookInput),
-		rules: []bridgeRule{{
+	}
+}
+
+func prerouting(t *nftables.Table) layerChain {
+	return layerChain{
+		chain: baseChain(t, "prerouting", nftables.ChainHookPrerouting),
+		rules: []layerRule{{text: fmt.Sprintf("meta iifgroup %#x jump passed", GuardedGroup), exprs: fromGuarded()}},
+	}
+}
+
+// linkLocalInput is the bridge's input chain, for link-local frames,
+// which skip prerouting.
+func linkLocalInput() layerChain {
+	linkLocal := []expr.Any{
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 0, Len: 6},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 6,
+			Mask: []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xf0}, Xor: make([]byte, 6)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0x01, 0x80, 0xc2, 0, 0, 0}},
+	}
+	return layerChain{
+		chain: baseChain(bridgeTable, "input", nftables.ChainHookInput),
+		rules: []layerRule{{
 			text:  fmt.Sprintf("ether daddr & ff:ff:ff:ff:ff:f0 == 01:80:c2:00:00:00 meta iifgroup %#x jump passed", GuardedGroup),
-			exprs: append(append(slices.Clone(linkLocal), guarded...), jump),
+			exprs: append(linkLocal, fromGuarded()...),
 		}},
-	}}
+	}
 }
 
 // newConn talks to the calling thread's network namespace.
@@ -151,9 +195,9 @@ func newConn() *nftables.Conn {
 	return c
 }
 
-// Require puts the host veth ifindex in GuardedGroup, with the bridge's
-// table in place: from then on the bridge drops every frame from it that
-// its guard did not let through. The guard must be on ifindex first, or
+// Require puts the host veth ifindex in GuardedGroup, with the layer's
+// tables in place: from then on the bridge (or IP's prerouting) drops
+// every frame from it that its guard did not let through. The guard must be on ifindex first, or
 // every frame from it is dropped.
 func Require(ifindex int) error {
 	if err := ensureBridgeTable(); err != nil {
@@ -179,24 +223,26 @@ func ensureBridgeTable() error {
 		if checkBridgeTable(c) == nil {
 			return nil
 		}
-		if _, lerr := c.ListTableOfFamily(BridgeTable, nftables.TableFamilyBridge); lerr == nil {
-			c.DelTable(bridgeTable)
-		}
-		c.AddTable(bridgeTable)
-		for _, ch := range bridgeChains() {
-			// Flushed: a parallel writer may have made it since the look.
-			c.AddChain(ch.chain)
-			c.FlushChain(ch.chain)
-			for _, r := range ch.rules {
-				c.AddRule(&nftables.Rule{Table: bridgeTable, Chain: ch.chain, Exprs: r.exprs,
-					UserData: userdata.AppendString(nil, userdata.TypeComment, r.text)})
+		for _, lt := range layerTables() {
+			if _, lerr := c.ListTableOfFamily(lt.table.Name, lt.table.Family); lerr == nil {
+				c.DelTable(lt.table)
+			}
+			c.AddTable(lt.table)
+			for _, ch := range lt.chains {
+				// Flushed: a parallel writer may have made it since the look.
+				c.AddChain(ch.chain)
+				c.FlushChain(ch.chain)
+				for _, r := range ch.rules {
+					c.AddRule(&nftables.Rule{Table: lt.table, Chain: ch.chain, Exprs: r.exprs,
+						UserData: userdata.AppendString(nil, userdata.TypeComment, r.text)})
+				}
 			}
 		}
 		if err = c.Flush(); err == nil {
 			return nil
 		}
 	}
-	return fmt.Errorf("source guard: writing nftables bridge %s (needs the kernel's nf_tables with bridge support): %w", BridgeTable, err)
+	return fmt.Errorf("source guard: writing nftables bridge %s and inet %s (needs the kernel's nf_tables with bridge support): %w", BridgeTable, RoutedTable, err)
 }
 
 // CheckRequired verifies that the bridge holds the host veth ifindex to
@@ -228,23 +274,33 @@ func CheckRequired(ifindex int) error {
 }
 
 func checkBridgeTable(c *nftables.Conn) error {
-	for _, want := range bridgeChains() {
-		have, err := c.ListChain(bridgeTable, want.chain.Name)
-		if err != nil {
-			return fmt.Errorf("nftables bridge %s has no chain %s (%v): the bridge lets through frames that skipped the guard", BridgeTable, want.chain.Name, err)
-		}
-		if !sameHook(have, want.chain) {
-			return fmt.Errorf("nftables bridge %s chain %s is not hooked as berth makes it", BridgeTable, want.chain.Name)
-		}
-		rules, err := c.GetRules(bridgeTable, want.chain)
-		if err != nil {
-			return fmt.Errorf("reading nftables bridge %s chain %s: %w", BridgeTable, want.chain.Name, err)
-		}
-		if !sameRules(rules, want.rules) {
-			return fmt.Errorf("nftables bridge %s chain %s is not berth's (changed by hand?)", BridgeTable, want.chain.Name)
+	for _, lt := range layerTables() {
+		where := fmt.Sprintf("nftables %s %s", family(lt.table.Family), lt.table.Name)
+		for _, want := range lt.chains {
+			have, err := c.ListChain(lt.table, want.chain.Name)
+			if err != nil {
+				return fmt.Errorf("%s has no chain %s (%v): frames that skipped the guard get through", where, want.chain.Name, err)
+			}
+			if !sameHook(have, want.chain) {
+				return fmt.Errorf("%s chain %s is not hooked as berth makes it", where, want.chain.Name)
+			}
+			rules, err := c.GetRules(lt.table, want.chain)
+			if err != nil {
+				return fmt.Errorf("reading %s chain %s: %w", where, want.chain.Name, err)
+			}
+			if !sameRules(rules, want.rules) {
+				return fmt.Errorf("%s chain %s is not berth's (changed by hand?)", where, want.chain.Name)
+			}
 		}
 	}
 	return nil
+}
+
+func family(f nftables.TableFamily) string {
+	if f == nftables.TableFamilyBridge {
+		return "bridge"
+	}
+	return "inet"
 }
 
 func sameHook(have, want *nftables.Chain) bool {
@@ -257,7 +313,7 @@ func sameHook(have, want *nftables.Chain) bool {
 
 // sameRules compares rules as the kernel gives them back with want: their
 // comments, and the expressions that run.
-func sameRules(have []*nftables.Rule, want []bridgeRule) bool {
+func sameRules(have []*nftables.Rule, want []layerRule) bool {
 	if len(have) != len(want) {
 		return false
 	}
@@ -270,7 +326,7 @@ func sameRules(have []*nftables.Rule, want []bridgeRule) bool {
 	return true
 }
 
-// RemoveBridgeTable deletes the table (at uninstall) when no host veth in
+// RemoveBridgeTable deletes the tables (at uninstall) when no host veth in
 // GuardedGroup is left: another network's containers still need it. A
 // container attached meanwhile has the table written again by its ADD.
 func RemoveBridgeTable() error {
@@ -284,9 +340,13 @@ func RemoveBridgeTable() error {
 		}
 	}
 	c := newConn()
-	c.DelTable(bridgeTable)
+	for _, lt := range layerTables() {
+		if _, err := c.ListTableOfFamily(lt.table.Name, lt.table.Family); err == nil {
+			c.DelTable(lt.table)
+		}
+	}
 	if err := c.Flush(); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("source guard: removing nftables bridge %s: %w", BridgeTable, err)
+		return fmt.Errorf("source guard: removing nftables bridge %s and inet %s: %w", BridgeTable, RoutedTable, err)
 	}
 	return nil
 }

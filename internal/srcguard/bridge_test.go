@@ -109,6 +109,68 @@ func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
 	}
 }
 
+// A routed host veth (berth-bgp) is no bridge's port: what comes in on
+// it meets the inet table at prerouting, which drops what skipped the
+// guard and clears the mark of what did not, before any of the node's
+// rules see it (here an iptables rule dropping marked packets).
+func TestRoutedLayer(t *testing.T) {
+	testenv.RequireRoot(t)
+	node, cont := testenv.NewNS(t), testenv.NewNS(t)
+	testenv.Link(t, cont, "eth0", "10.70.0.2/32", node, "hv", "10.70.0.1/32")
+	mustRun(t, node, "ip", "route", "add", "10.70.0.2/32", "dev", "hv")
+	mustRun(t, cont, "ip", "route", "add", "10.70.0.1/32", "dev", "eth0")
+	mustRun(t, cont, "ip", "link", "set", "eth0", "address", ownMAC.String())
+	// Not what berth sets on a routed veth (strict): here the layer, not
+	// rp_filter, is what drops a forged source.
+	mustRun(t, node, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.hv.rp_filter=0")
+	mustRun(t, node, "iptables", "-A", "INPUT", "-m", "mark", "--mark", fmt.Sprintf("%#x/%#x", PassedMark, PassedMark), "-j", "DROP")
+	var hv *net.Interface
+	inNode(t, node, func() (err error) { hv, err = net.InterfaceByName("hv"); return err })
+	inNode(t, node, func() error { return Apply(hv.Index, Container{MAC: ownMAC, IPv4: own4}, false) })
+	inNode(t, node, func() error { return Require(hv.Index) })
+
+	// send sends 40 packets from src to the node's UDP port 9 and counts
+	// those that arrive.
+	send := func(src string) int {
+		var sock *net.UDPConn
+		inNode(t, node, func() (err error) {
+			sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 70, 0, 1), Port: 9})
+			return err
+		})
+		defer sock.Close()
+		var frames [][]byte
+		for i := range 40 {
+			frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
+			copy(frame, hv.HardwareAddr)
+			frames = append(frames, frame)
+		}
+		sendOnEth0(t, cont, frames...)
+		sock.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		n, buf := 0, make([]byte, 64)
+		for {
+			if _, err := sock.Read(buf); err != nil {
+				return n
+			}
+			n++
+		}
+	}
+	if got := send("10.70.0.2"); got != 40 {
+		t.Errorf("%d of 40 of the container's own packets arrived, want all: their mark was not cleared", got)
+	}
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "ifb0", "type", "ifb"},
+		{"ip", "link", "set", "ifb0", "up"},
+		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
+		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
+			"4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0", "action", "mirred", "egress", "redirect", "dev", "ifb0"},
+	} {
+		mustRun(t, cont, cmd...)
+	}
+	if got := send("10.70.0.3"); got != 0 {
+		t.Errorf("%d of 40 forged packets got past the guard on a routed veth", got)
+	}
+}
+
 // Require and CheckRequired without traffic: CHECK finds each kind of
 // damage, Require repairs it, and parallel callers leave one table.
 func TestBridgeLayerTable(t *testing.T) {
@@ -180,7 +242,8 @@ func TestBridgeLayerTable(t *testing.T) {
 			ch.Priority = nftables.ChainPriorityRef(-300)
 			c.AddChain(&ch)
 		}},
-		{"the table deleted", "no chain passed", func(c *nftables.Conn) { c.DelTable(bridgeTable) }},
+		{"the table deleted", "bridge berth has no chain passed", func(c *nftables.Conn) { c.DelTable(bridgeTable) }},
+		{"the routed table deleted", "inet berth-guard has no chain passed", func(c *nftables.Conn) { c.DelTable(routedTable) }},
 	}
 	for _, d := range damage {
 		inNode(t, n, func() error {
