@@ -218,7 +218,10 @@ func Require(ifindex int) error {
 // fails), it looks again.
 func ensureBridgeTable() error {
 	var err error
-	for range 3 {
+	// Every try but the last is lost to another writer's commit between
+	// this one's look and its write: a few are plenty even with many
+	// first ADDs on a node at once.
+	for range 8 {
 		c := newConn()
 		if checkBridgeTable(c) == nil {
 			return nil

@@ -45,44 +45,9 @@ func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
 		return nil
 	})
 	inNode(t, node, func() error { return Apply(hvIndex, Container{MAC: ownMAC, IPv4: own4}, false) })
-	// The trick (classic BPF reading SKF_AD_RANDOM: a frame redirected
-	// the first time through eth0's egress and not the second, when ifb0
-	// hands it back, keeps the flag: about a quarter).
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "ifb0", "type", "ifb"},
-		{"ip", "link", "set", "ifb0", "up"},
-		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
-		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
-			"4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0", "action", "mirred", "egress", "redirect", "dev", "ifb0"},
-	} {
-		mustRun(t, cont, cmd...)
-	}
+	ifbTrick(t, cont)
 
-	// send sends 40 frames from src to the node's UDP port 9 and counts
-	// those that arrive.
-	send := func(src string) int {
-		var sock *net.UDPConn
-		inNode(t, node, func() (err error) {
-			sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 70, 0, 1), Port: 9})
-			return err
-		})
-		defer sock.Close()
-		var frames [][]byte
-		for i := range 40 {
-			frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
-			copy(frame, brMAC)
-			frames = append(frames, frame)
-		}
-		sendOnEth0(t, cont, frames...)
-		sock.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		n, buf := 0, make([]byte, 64)
-		for {
-			if _, err := sock.Read(buf); err != nil {
-				return n
-			}
-			n++
-		}
-	}
+	send := func(src string) int { return arrivals(t, node, cont, brMAC, src) }
 
 	// The control: without the layer the trick works in this bed.
 	if got := send("10.70.0.3"); got == 0 {
@@ -129,43 +94,11 @@ func TestRoutedLayer(t *testing.T) {
 	inNode(t, node, func() error { return Apply(hv.Index, Container{MAC: ownMAC, IPv4: own4}, false) })
 	inNode(t, node, func() error { return Require(hv.Index) })
 
-	// send sends 40 packets from src to the node's UDP port 9 and counts
-	// those that arrive.
-	send := func(src string) int {
-		var sock *net.UDPConn
-		inNode(t, node, func() (err error) {
-			sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 70, 0, 1), Port: 9})
-			return err
-		})
-		defer sock.Close()
-		var frames [][]byte
-		for i := range 40 {
-			frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
-			copy(frame, hv.HardwareAddr)
-			frames = append(frames, frame)
-		}
-		sendOnEth0(t, cont, frames...)
-		sock.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		n, buf := 0, make([]byte, 64)
-		for {
-			if _, err := sock.Read(buf); err != nil {
-				return n
-			}
-			n++
-		}
-	}
+	send := func(src string) int { return arrivals(t, node, cont, hv.HardwareAddr, src) }
 	if got := send("10.70.0.2"); got != 40 {
 		t.Errorf("%d of 40 of the container's own packets arrived, want all: their mark was not cleared", got)
 	}
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "ifb0", "type", "ifb"},
-		{"ip", "link", "set", "ifb0", "up"},
-		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
-		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
-			"4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0", "action", "mirred", "egress", "redirect", "dev", "ifb0"},
-	} {
-		mustRun(t, cont, cmd...)
-	}
+	ifbTrick(t, cont)
 	if got := send("10.70.0.3"); got != 0 {
 		t.Errorf("%d of 40 forged packets got past the guard on a routed veth", got)
 	}
@@ -194,7 +127,11 @@ func TestBridgeLayerTable(t *testing.T) {
 	// first on a node.
 	var wg sync.WaitGroup
 	for _, i := range indexes {
-		wg.Go(func() { inNode(t, n, func() error { return Require(i) }) })
+		wg.Go(func() {
+			if err := n.Do(func(ns.NetNS) error { return Require(i) }); err != nil {
+				t.Errorf("parallel Require: %v", err)
+			}
+		})
 	}
 	wg.Wait()
 	inNode(t, n, func() error {
@@ -285,13 +222,17 @@ func TestNoLinkLocalLearning(t *testing.T) {
 		brIndex = br.Index
 		return err
 	})
-	// learned reports whether, after an LLDP frame from mac, the bridge
-	// has mac on hv.
+	// learned reports whether, within a second of an LLDP frame from
+	// mac, the bridge has mac on hv.
 	learned := func(mac net.HardwareAddr) bool {
 		sendOnEth0(t, cont, to("01:80:c2:00:00:0e", eth(mac, 0x88cc, make([]byte, 46))))
-		time.Sleep(50 * time.Millisecond)
-		out, _ := testenv.InNS(node, "bridge", "fdb", "show", "br", "br0")
-		return strings.Contains(string(out), mac.String()+" dev hv")
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			out, _ := testenv.InNS(node, "bridge", "fdb", "show", "br", "br0")
+			if strings.Contains(string(out), mac.String()+" dev hv") {
+				return true
+			}
+		}
+		return false
 	}
 	var on bool
 	inNode(t, node, func() (err error) { on, err = noLinkLocalLearning(brIndex); return err })
@@ -309,6 +250,54 @@ func TestNoLinkLocalLearning(t *testing.T) {
 	if learned(farMAC) {
 		t.Error("after NoLinkLocalLearning, the bridge learned a MAC from an LLDP frame")
 	}
+}
+
+// ifbTrick sends a quarter of what eth0 in c sends past the host veth's
+// ingress programs: a classic BPF classifier reading SKF_AD_RANDOM
+// redirects half of eth0's egress to ifb0; a frame redirected the first
+// time and not the second, when ifb0 hands it back, keeps
+// tc_skip_classify across the veth.
+func ifbTrick(t *testing.T, c ns.NetNS) {
+	t.Helper()
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "ifb0", "type", "ifb"},
+		{"ip", "link", "set", "ifb0", "up"},
+		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
+		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
+			"4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0", "action", "mirred", "egress", "redirect", "dev", "ifb0"},
+	} {
+		mustRun(t, c, cmd...)
+	}
+}
+
+// arrivals sends 40 UDP packets from src (with ownMAC) in cont to
+// 10.70.0.1:9 in node, at the MAC to, and counts those that arrive.
+func arrivals(t *testing.T, node, cont ns.NetNS, to net.HardwareAddr, src string) int {
+	t.Helper()
+	var sock *net.UDPConn
+	inNode(t, node, func() (err error) {
+		sock, err = net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 70, 0, 1), Port: 9})
+		return err
+	})
+	defer sock.Close()
+	var frames [][]byte
+	for i := range 40 {
+		frame := eth(ownMAC, 0x0800, udp4(src, "10.70.0.1", fmt.Sprintf("m%02d", i)))
+		copy(frame, to)
+		frames = append(frames, frame)
+	}
+	sendOnEth0(t, cont, frames...)
+	// Each read waits up to a second: a loaded machine (CI) may take a
+	// while to hand the packets over.
+	n, buf := 0, make([]byte, 64)
+	for n < len(frames) {
+		sock.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := sock.Read(buf); err != nil {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 // sendOnEth0 sends frames out of eth0 in n, through an AF_PACKET socket.

@@ -62,7 +62,7 @@ func TestSourceGuardLinkLocalGroups(t *testing.T) {
 				sendFrame(t, att.a.Netns, k.make(fmt.Sprintf("%s/%s/%02d", tag, k.name, i)))
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
+		sink.settle()
 		for _, k := range kinds {
 			if !k.v6 || dual {
 				got[k.name] = sink.count(tag + "/" + k.name + "/")
@@ -152,6 +152,23 @@ func newUDPSink(t *testing.T, n ns.NetNS) *udpSink {
 		}()
 	}
 	return s
+}
+
+// settle waits until nothing has arrived for 300 ms (3 s at most): a
+// loaded machine may take a while to hand the packets over.
+func (s *udpSink) settle() {
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+		s.mu.Lock()
+		before := len(s.got)
+		s.mu.Unlock()
+		time.Sleep(300 * time.Millisecond)
+		s.mu.Lock()
+		after := len(s.got)
+		s.mu.Unlock()
+		if after == before {
+			return
+		}
+	}
 }
 
 // count is how many markers that start with prefix arrived.
