@@ -168,7 +168,7 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 		removeBridge(bridgeName, n.Network, log),
 		// The source guard's tables are the node's: they go with the
 		// last guarded host veth of any network.
-		srcguard.RemoveBridgeTable(),
+		srcguard.RemoveTables(),
 		os.RemoveAll(filepath.Join(n.StateDir, "networks", n.Network)),
 		os.RemoveAll(filepath.Join(n.IPAMDataDir, n.Network)),
 		removePlugins(n.CNIBinDir),

@@ -4,12 +4,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"reflect"
-	"strings"
 
 	"github.com/containernetworking/plugins/pkg/netlinksafe"
-	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
@@ -197,10 +194,10 @@ func newConn() *nftables.Conn {
 
 // Require puts the host veth ifindex in GuardedGroup, with the layer's
 // tables in place: from then on the bridge (or IP's prerouting) drops
-// every frame from it that its guard did not let through. The guard must be on ifindex first, or
-// every frame from it is dropped.
+// every frame from it that its guard did not let through. The guard must
+// be on ifindex first, or every frame from it is dropped.
 func Require(ifindex int) error {
-	if err := ensureBridgeTable(); err != nil {
+	if err := ensureTables(); err != nil {
 		return err
 	}
 	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: ifindex}}
@@ -210,20 +207,20 @@ func Require(ifindex int) error {
 	return nil
 }
 
-// ensureBridgeTable writes the table when the kernel's differs from it
-// (or has none), in one transaction: parallel writers leave one copy. A
-// table that differs is deleted in that transaction and made anew: a base
+// ensureTables writes the layer's tables when the kernel's differ from
+// them (or it has none), in one transaction: parallel writers leave one
+// copy. A table that differs is deleted in that transaction and made anew: a base
 // chain's hook or priority cannot be changed in place. When another
 // writer deleted it between the look and the write (the transaction
 // fails), it looks again.
-func ensureBridgeTable() error {
+func ensureTables() error {
 	var err error
 	// Every try but the last is lost to another writer's commit between
 	// this one's look and its write: a few are plenty even with many
 	// first ADDs on a node at once.
 	for range 8 {
 		c := newConn()
-		if checkBridgeTable(c) == nil {
+		if checkTables(c) == nil {
 			return nil
 		}
 		for _, lt := range layerTables() {
@@ -251,8 +248,7 @@ func ensureBridgeTable() error {
 // CheckRequired verifies that the bridge holds the host veth ifindex to
 // its guard's mark: the veth in GuardedGroup, the table as Require
 // writes it, and on a bridge (if the veth is a port) the bridge learning
-// nothing from link-local frames (NoLinkLocalLearning) and the veth's own
-// stack closed (ClosePortStack).
+// nothing from link-local frames (NoLinkLocalLearning).
 func CheckRequired(ifindex int) error {
 	link, err := netlink.LinkByIndex(ifindex)
 	if err != nil {
@@ -269,14 +265,11 @@ func CheckRequired(ifindex int) error {
 		if !on {
 			return fmt.Errorf("the bridge of %s learns MACs from link-local frames (no_linklocal_learn off): a forged one can take a neighbour's traffic", link.Attrs().Name)
 		}
-		if err := checkPortStack(link.Attrs().Name); err != nil {
-			return err
-		}
 	}
-	return checkBridgeTable(newConn())
+	return checkTables(newConn())
 }
 
-func checkBridgeTable(c *nftables.Conn) error {
+func checkTables(c *nftables.Conn) error {
 	for _, lt := range layerTables() {
 		where := fmt.Sprintf("nftables %s %s", family(lt.table.Family), lt.table.Name)
 		for _, want := range lt.chains {
@@ -329,10 +322,10 @@ func sameRules(have []*nftables.Rule, want []layerRule) bool {
 	return true
 }
 
-// RemoveBridgeTable deletes the tables (at uninstall) when no host veth in
+// RemoveTables deletes the tables (at uninstall) when no host veth in
 // GuardedGroup is left: another network's containers still need it. A
 // container attached meanwhile has the table written again by its ADD.
-func RemoveBridgeTable() error {
+func RemoveTables() error {
 	links, err := netlinksafe.LinkList()
 	if err != nil {
 		return fmt.Errorf("source guard: listing links: %w", err)
@@ -399,45 +392,4 @@ func noLinkLocalLearning(bridgeIndex int) (bool, error) {
 		return false, fmt.Errorf("link %d is no bridge, or its kernel predates IFLA_BR_MULTI_BOOLOPT (Linux 5.0)", bridgeIndex)
 	}
 	return binary.NativeEndian.Uint32(opt)&brBoolOptNoLLLearn != 0, nil
-}
-
-// portStack are the settings that keep a bridge port's own stack closed
-// (ClosePortStack): what a node without IPv6 lacks is left out.
-func portStack(port string) []struct{ key, value string } {
-	return []struct{ key, value string }{
-		{"net/ipv4/conf/" + port + "/rp_filter", "1"},
-		{"net/ipv6/conf/" + port + "/disable_ipv6", "1"},
-	}
-}
-
-// ClosePortStack closes the node's own IPv4 and IPv6 on port, a host veth
-// about to join a bridge. A bridge hands a frame for a link-local group
-// address (01:80:c2:00:00:0X) up on the port it came in on, to the node's
-// stack with the port as its interface: past the rules that name the
-// bridge, and for LLDP past the bridge's hooks. The guard drops such
-// frames, but one a container got past it (above) would reach the node's
-// sockets with any source. Strict rp_filter drops its IPv4 (no route
-// goes back through a port), disable_ipv6 its IPv6; neither touches what
-// the port bridges.
-func ClosePortStack(port string) error {
-	for _, s := range portStack(port) {
-		if _, err := sysctl.Sysctl(s.key, s.value); err != nil && !(errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/")) {
-			return fmt.Errorf("source guard: setting %s=%s: %w", s.key, s.value, err)
-		}
-	}
-	return nil
-}
-
-// checkPortStack fails when port's own stack is open (ClosePortStack).
-func checkPortStack(port string) error {
-	for _, s := range portStack(port) {
-		v, err := sysctl.Sysctl(s.key)
-		if errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/") {
-			continue // a node without IPv6
-		}
-		if err != nil || strings.TrimSpace(v) != s.value {
-			return fmt.Errorf("%s is %q, not %s (%v): the node's stack takes link-local frames from the container on the port", s.key, v, s.value, err)
-		}
-	}
-	return nil
 }

@@ -134,16 +134,11 @@ func Apply(ifindex int, c Container, onTCX bool) error {
 // one made for other addresses (the container's MAC changed after ADD),
 // one that is not this build's, or one behind another program fails.
 func Check(ifindex int, c Container) error {
-	if ids, err := bpfattach.TCXPrograms(ifindex); err == nil {
-		guards, err := bpfattach.Named(ids, progName)
-		if err != nil {
-			return err
-		}
-		if len(guards) > 0 {
-			return checkAttached(ifindex, c, ids, guards, "TCX ingress")
-		}
+	h, err := findGuard(ifindex)
+	if err != nil {
+		return err
 	}
-	return check(ifindex, c, true)
+	return checkAttached(ifindex, c, h)
 }
 
 func apply(ifindex int, c Container, onTC bool) error {
@@ -155,51 +150,84 @@ func apply(ifindex int, c Container, onTC bool) error {
 	if onTC {
 		return bpfattach.AttachFilter(ifindex, prog, bpfattach.Filter{Priority: Priority, Name: progName})
 	}
-	onTCX, err := bpfattach.TCXPrograms(ifindex)
+	h, err := listHook(ifindex, false)
 	if err != nil {
 		return fmt.Errorf("source guard on TCX: %w", err)
 	}
-	guards, err := bpfattach.Named(onTCX, progName)
-	if err != nil {
-		return err
-	}
 	place := bpfattach.TCXPlace{First: true}
-	if len(guards) > 0 {
-		place = bpfattach.TCXPlace{Replace: guards[0]}
+	if len(h.guards) > 0 {
+		place = bpfattach.TCXPlace{Replace: h.guards[0]}
 	}
 	return bpfattach.AttachTCX(ifindex, prog, place)
 }
 
 func check(ifindex int, c Container, onTC bool) error {
+	h, err := listHook(ifindex, onTC)
+	if err != nil {
+		return err
+	}
+	return checkAttached(ifindex, c, h)
+}
+
+// hook is the programs of one ingress hook of a veth (where, for
+// messages) and those of them named as the guard.
+type hook struct {
+	ids, guards []ebpf.ProgramID
+	where       string
+}
+
+func newHook(ids []ebpf.ProgramID, where string) (hook, error) {
+	guards, err := bpfattach.Named(ids, progName)
+	return hook{ids: ids, guards: guards, where: where}, err
+}
+
+// listHook lists the TCX programs on the ingress of ifindex, or with onTC
+// its tc filters.
+func listHook(ifindex int, onTC bool) (hook, error) {
 	list, where := bpfattach.TCXPrograms, "TCX ingress"
 	if onTC {
 		list, where = bpfattach.FilterPrograms, fmt.Sprintf("tc ingress, priority %d", Priority)
 	}
 	ids, err := list(ifindex)
 	if err != nil {
-		return err
+		return hook{}, err
 	}
-	guards, err := bpfattach.Named(ids, progName)
-	if err != nil {
-		return err
-	}
-	return checkAttached(ifindex, c, ids, guards, where)
+	return newHook(ids, where)
 }
 
-// checkAttached is check on ids, the programs of one hook (where), and
-// guards, those of them named as the guard.
-func checkAttached(ifindex int, c Container, ids, guards []ebpf.ProgramID, where string) error {
+// findGuard is the hook the guard is on: TCX when a guard is there (a
+// kernel without TCX has none), else the tc filters.
+func findGuard(ifindex int) (hook, error) {
+	if ids, err := bpfattach.TCXPrograms(ifindex); err == nil {
+		if h, err := newHook(ids, "TCX ingress"); err != nil || len(h.guards) > 0 {
+			return h, err
+		}
+	}
+	return listHook(ifindex, true)
+}
+
+// first fails when h has no guard, or its guard runs after another
+// program, which may let the container's frames past it.
+func (h hook) first(ifindex int) error {
+	switch {
+	case len(h.guards) == 0:
+		return fmt.Errorf("no source guard (%s) on interface %d", h.where, ifindex)
+	case h.guards[0] != h.ids[0]:
+		return fmt.Errorf("the source guard on interface %d (%s) runs after another program, which may let the container's frames past it", ifindex, h.where)
+	}
+	return nil
+}
+
+// checkAttached is check on h, the hook the guard should be first on.
+func checkAttached(ifindex int, c Container, h hook) error {
 	s, err := spec(c)
 	if err != nil {
 		return err
 	}
-	switch {
-	case len(guards) == 0:
-		return fmt.Errorf("no source guard (%s) on interface %d", where, ifindex)
-	case guards[0] != ids[0]:
-		return fmt.Errorf("the source guard on interface %d (%s) runs after another program, which may let the container's frames past it", ifindex, where)
+	if err := h.first(ifindex); err != nil {
+		return err
 	}
-	attached, err := ebpf.NewProgramFromID(guards[0])
+	attached, err := ebpf.NewProgramFromID(h.guards[0])
 	if err != nil {
 		return fmt.Errorf("reading the source guard on interface %d: %w", ifindex, err)
 	}
@@ -287,24 +315,9 @@ func CheckClassic(ifindex int) error {
 // as the guard first, on TCX or as a tc filter: the eBPF guard of an
 // earlier release, whose code and constants differ from this build's.
 func CheckPresent(ifindex int) error {
-	for _, l := range []struct {
-		list  func(int) ([]ebpf.ProgramID, error)
-		where string
-	}{{bpfattach.TCXPrograms, "TCX ingress"}, {bpfattach.FilterPrograms, fmt.Sprintf("tc ingress, priority %d", Priority)}} {
-		ids, err := l.list(ifindex)
-		if err != nil {
-			continue // no TCX in this kernel
-		}
-		guards, err := bpfattach.Named(ids, progName)
-		if err != nil {
-			return err
-		}
-		if len(guards) > 0 {
-			if guards[0] != ids[0] {
-				return fmt.Errorf("the source guard on interface %d (%s) runs after another program, which may let the container's frames past it", ifindex, l.where)
-			}
-			return nil
-		}
+	h, err := findGuard(ifindex)
+	if err != nil {
+		return err
 	}
-	return fmt.Errorf("no source guard on the ingress of interface %d", ifindex)
+	return h.first(ifindex)
 }

@@ -15,7 +15,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/cnierr"
-	"github.com/berthnet/berth/internal/srcguard"
 )
 
 // VethSpec is the veth pair of one attachment.
@@ -34,7 +33,7 @@ type VethSpec struct {
 
 // SetupVeth creates the pair in the container namespace with the host end
 // in the node's, guards the host end and, with a bridge, closes the host
-// end's own stack (srcguard.ClosePortStack) and plugs it in;
+// end's own stack (closePortStack) and plugs it in;
 // only then does the host end go up. The container side stays down
 // (configured and set up by the caller): until the host end is up,
 // nothing the container sends gets anywhere, so that no frame of a
@@ -85,8 +84,8 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 		}
 	}
 	if s.Bridge != nil {
-		if err := srcguard.ClosePortStack(s.HostName); err != nil {
-			return host, cont, fmt.Errorf("%w: %v", cnierr.ErrDatapath, err)
+		if err := closePortStack(s.HostName); err != nil {
+			return host, cont, err
 		}
 		if err := netlink.LinkSetMaster(link, s.Bridge); err != nil {
 			return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.HostName, s.Bridge.Name, err)
@@ -131,18 +130,62 @@ func iface(l netlink.Link) net.Interface {
 // every datapath.
 func EnableForwarding(iface string) error {
 	// Slashes, not dots: an interface name may hold a dot.
-	for _, s := range []struct{ key, value string }{
-		{"net/ipv4/ip_forward", "1"},
-		{"net/ipv4/conf/" + iface + "/route_localnet", "1"},
-		{"net/ipv4/conf/" + iface + "/rp_filter", "1"},
-		{"net/ipv6/conf/" + iface + "/accept_ra", "0"},
-	} {
+	return ensureSysctls(
+		sysctlSetting{"net/ipv4/ip_forward", "1"},
+		sysctlSetting{"net/ipv4/conf/" + iface + "/route_localnet", "1"},
+		sysctlSetting{"net/ipv4/conf/" + iface + "/rp_filter", "1"},
+		sysctlSetting{"net/ipv6/conf/" + iface + "/accept_ra", "0"},
+	)
+}
+
+type sysctlSetting struct{ key, value string }
+
+// ensureSysctls sets what differs of settings; an IPv6 key a node without
+// IPv6 lacks is left out.
+func ensureSysctls(settings ...sysctlSetting) error {
+	for _, s := range settings {
 		v, err := sysctl.Sysctl(s.key)
-		if v == s.value || errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(s.key, "net/ipv6/") {
+		if v == s.value || noIPv6(s.key, err) {
 			continue
 		}
 		if _, err := sysctl.Sysctl(s.key, s.value); err != nil {
 			return fmt.Errorf("%w: setting %s=%s: %v", cnierr.ErrDatapath, s.key, s.value, err)
+		}
+	}
+	return nil
+}
+
+// noIPv6 reports whether err, reading key, says the node has no IPv6.
+func noIPv6(key string, err error) bool {
+	return errors.Is(err, fs.ErrNotExist) && strings.HasPrefix(key, "net/ipv6/")
+}
+
+// portStack are the settings that close a bridge port's own stack
+// (closePortStack).
+func portStack(port string) []sysctlSetting {
+	return []sysctlSetting{
+		{"net/ipv4/conf/" + port + "/rp_filter", "1"},
+		{"net/ipv6/conf/" + port + "/disable_ipv6", "1"},
+	}
+}
+
+// closePortStack closes the node's own IPv4 and IPv6 on port, a host veth
+// about to join a bridge. A bridge hands a frame for a link-local group
+// address (01:80:c2:00:00:0X) up on the port it came in on, to the node's
+// stack with the port as its interface: past the rules that name the
+// bridge, and for LLDP past the bridge's hooks. The source guard drops
+// such frames, but one a container got past it (internal/srcguard's
+// bridge.go) would reach the node's sockets with any source. Strict
+// rp_filter drops its IPv4 (no route goes back through a port),
+// disable_ipv6 its IPv6; neither touches what the port bridges.
+func closePortStack(port string) error { return ensureSysctls(portStack(port)...) }
+
+// checkPortStack fails (CHECK) when port's own stack is open again.
+func checkPortStack(port string) error {
+	for _, s := range portStack(port) {
+		v, err := sysctl.Sysctl(s.key)
+		if v != s.value && !noIPv6(s.key, err) {
+			return fmt.Errorf("%w: %s is %q, want %s: the node's own stack takes link-local frames from the container on the bridge port", cnierr.ErrCheckFailed, s.key, v, s.value)
 		}
 	}
 	return nil

@@ -59,6 +59,11 @@ func (k *call) checkGuard(prev *current.Result) error {
 		if err := srcguard.CheckRequired(host.Attrs().Index); err != nil {
 			return fmt.Errorf("%w: anti-spoofing on %s: %v; DEL and ADD the container again", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
 		}
+		if host.Attrs().MasterIndex != 0 {
+			if err := checkPortStack(k.rec.HostVeth); err != nil {
+				return err
+			}
+		}
 	}
 	if k.rec.BPFFS != "" {
 		return nil // from_container: checkFastpath
