@@ -24,18 +24,7 @@ import (
 // veth's guard. Without the layer some forged frames reach the node;
 // with it none do, and the container's own still do.
 func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
-	testenv.RequireRoot(t)
-	node, cont := testenv.NewNS(t), testenv.NewNS(t)
-	testenv.Link(t, cont, "eth0", "10.70.0.2/24", node, "hv", "")
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "br0", "type", "bridge"},
-		{"ip", "addr", "add", "10.70.0.1/24", "dev", "br0"},
-		{"ip", "link", "set", "br0", "up"},
-		{"ip", "link", "set", "hv", "master", "br0"},
-	} {
-		mustRun(t, node, cmd...)
-	}
-	mustRun(t, cont, "ip", "link", "set", "eth0", "address", ownMAC.String())
+	node, cont := bridgedContainer(t)
 	var hvIndex int
 	var brMAC net.HardwareAddr
 	node.Do(func(ns.NetNS) error {
@@ -45,7 +34,7 @@ func TestBridgeLayerStopsTheIfbBypass(t *testing.T) {
 		return nil
 	})
 	inNode(t, node, func() error { return Apply(hvIndex, Container{MAC: ownMAC, IPv4: own4}, false) })
-	ifbTrick(t, cont)
+	testenv.IfbTrick(t, cont)
 
 	send := func(src string) int { return arrivals(t, node, cont, brMAC, src) }
 
@@ -98,7 +87,7 @@ func TestRoutedLayer(t *testing.T) {
 	if got := send("10.70.0.2"); got != 40 {
 		t.Errorf("%d of 40 of the container's own packets arrived, want all: their mark was not cleared", got)
 	}
-	ifbTrick(t, cont)
+	testenv.IfbTrick(t, cont)
 	if got := send("10.70.0.3"); got != 0 {
 		t.Errorf("%d of 40 forged packets got past the guard on a routed veth", got)
 	}
@@ -206,16 +195,7 @@ func TestBridgeLayerTable(t *testing.T) {
 // A bridge learns the source MAC of an LLDP frame before its netfilter
 // hooks; NoLinkLocalLearning stops it, and noLinkLocalLearning reads it.
 func TestNoLinkLocalLearning(t *testing.T) {
-	testenv.RequireRoot(t)
-	node, cont := testenv.NewNS(t), testenv.NewNS(t)
-	testenv.Link(t, cont, "eth0", "", node, "hv", "")
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "br0", "type", "bridge"},
-		{"ip", "link", "set", "br0", "up"},
-		{"ip", "link", "set", "hv", "master", "br0"},
-	} {
-		mustRun(t, node, cmd...)
-	}
+	node, cont := bridgedContainer(t)
 	var brIndex int
 	inNode(t, node, func() error {
 		br, err := net.InterfaceByName("br0")
@@ -252,22 +232,22 @@ func TestNoLinkLocalLearning(t *testing.T) {
 	}
 }
 
-// ifbTrick sends a quarter of what eth0 in c sends past the host veth's
-// ingress programs: a classic BPF classifier reading SKF_AD_RANDOM
-// redirects half of eth0's egress to ifb0; a frame redirected the first
-// time and not the second, when ifb0 hands it back, keeps
-// tc_skip_classify across the veth.
-func ifbTrick(t *testing.T, c ns.NetNS) {
-	t.Helper()
+// bridgedContainer is a node with bridge br0 (10.70.0.1/24) and a
+// container (eth0: ownMAC, 10.70.0.2/24) whose host veth hv is its port.
+func bridgedContainer(t *testing.T) (node, cont ns.NetNS) {
+	testenv.RequireRoot(t)
+	node, cont = testenv.NewNS(t), testenv.NewNS(t)
+	testenv.Link(t, cont, "eth0", "10.70.0.2/24", node, "hv", "")
 	for _, cmd := range [][]string{
-		{"ip", "link", "add", "ifb0", "type", "ifb"},
-		{"ip", "link", "set", "ifb0", "up"},
-		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
-		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode",
-			"4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0", "action", "mirred", "egress", "redirect", "dev", "ifb0"},
+		{"ip", "link", "add", "br0", "type", "bridge"},
+		{"ip", "addr", "add", "10.70.0.1/24", "dev", "br0"},
+		{"ip", "link", "set", "br0", "up"},
+		{"ip", "link", "set", "hv", "master", "br0"},
 	} {
-		mustRun(t, c, cmd...)
+		mustRun(t, node, cmd...)
 	}
+	mustRun(t, cont, "ip", "link", "set", "eth0", "address", ownMAC.String())
+	return node, cont
 }
 
 // arrivals sends 40 UDP packets from src (with ownMAC) in cont to

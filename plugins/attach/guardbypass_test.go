@@ -28,20 +28,10 @@ import (
 // the attacker's own traffic still flows.
 
 // perKind is how many frames of each kind the attacker sends. The trick
-// keeps the flag on about a quarter of them (see halfTheFrames): 40 make
+// keeps the flag on about a quarter of them (testenv.IfbTrick): 40 make
 // "none got through" mean something (0.75^40 is about 1e-5) and cost
 // little time.
 const perKind = 40
-
-// halfTheFrames is a classic BPF classifier for eth0's egress (tc's bpf
-// classifier takes its bytecode inline: no eBPF object to build) that
-// matches a frame at random, one time in two (ld SKF_AD_RANDOM; jset #1;
-// ret -1; ret 0). A frame matched the first time goes to ifb0; if not
-// matched again when ifb0 hands it back to eth0, it leaves eth0 with
-// tc_skip_classify still set: a quarter of all frames. (A classifier
-// matching every frame matches the second time too, and no frame keeps
-// the flag.)
-const halfTheFrames = "4,32 0 0 4294963256,69 0 1 1,6 0 0 4294967295,6 0 0 0"
 
 func TestSourceGuardIfbBypass(t *testing.T) {
 	egress := map[string]any{"bandwidth": map[string]any{"egressRate": 10e6, "egressBurst": 2e6}}
@@ -82,21 +72,6 @@ func TestSourceGuardIfbBypass(t *testing.T) {
 			}
 			ifbBypass(t, 105+i, c.berth, c.chain, c.caps)
 		})
-	}
-}
-
-// ifbTrick sends a quarter of what eth0 in c sends past the host veth's
-// ingress programs: through ifb0, with halfTheFrames.
-func ifbTrick(t *testing.T, c ns.NetNS) {
-	t.Helper()
-	for _, cmd := range [][]string{
-		{"ip", "link", "add", "ifb0", "type", "ifb"},
-		{"ip", "link", "set", "ifb0", "up"},
-		{"tc", "qdisc", "add", "dev", "eth0", "clsact"},
-		{"tc", "filter", "add", "dev", "eth0", "egress", "prio", "1", "protocol", "all", "bpf", "bytecode", halfTheFrames,
-			"action", "mirred", "egress", "redirect", "dev", "ifb0"},
-	} {
-		mustRun(t, c, cmd[0], cmd[1:]...)
 	}
 }
 
@@ -154,7 +129,7 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 		t.Fatalf("before the attack, the bridge has the victim's MAC on %q, want %s", port, vic.hostVeth)
 	}
 
-	ifbTrick(t, att.a.Netns)
+	testenv.IfbTrick(t, att.a.Netns)
 
 	rx, _ := rawSocket(t, vic.a.Netns)
 	// Every frame goes out through the trick; sent counts them.

@@ -89,7 +89,7 @@ func TestSourceGuardLinkLocalGroups(t *testing.T) {
 		}
 	}
 
-	ifbTrick(t, att.a.Netns)
+	testenv.IfbTrick(t, att.a.Netns)
 	forged := []frames{
 		{"forged IPv4 to LLDP's group", false, func(m string) []byte { return ethFrame(lldp, att.mac, unix.ETH_P_IP, udp4(far4, node4, m)) }},
 		{"forged IPv6 to LLDP's group", true, func(m string) []byte { return ethFrame(lldp, att.mac, unix.ETH_P_IPV6, to6(far6, m)) }},
