@@ -124,6 +124,28 @@ func (n *node) waitProc(c, name string) {
 	}
 }
 
+// waitForeground waits until the process called name in container c is
+// running in its terminal's foreground process group: after a shell's fg,
+// which hands over the terminal and continues the job after it returns, a
+// ^C sent too early reaches the shell instead.
+func (n *node) waitForeground(c, name string) {
+	n.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		res := n.runner("exec", c, "sh", "-c", "cat /proc/$(pidof "+name+")/stat")
+		// After the command's name in parentheses: state, ppid, pgrp,
+		// session, tty, tpgid (proc(5)).
+		_, after, _ := strings.Cut(res.stdout, ") ")
+		if f := strings.Fields(after); res.code == 0 && len(f) > 5 && f[0] != "T" && f[2] == f[5] {
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s in container %s never ran in the foreground: %q", name, c, res.stdout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // A terminal (-it) behaves as with docker: the container's own pts, the
 // window size following the runner's terminal, ^C and ^Z reaching the
 // foreground process, job control; for run and for exec.
@@ -185,6 +207,7 @@ func TestTerminal(t *testing.T) {
 		tm.line(exe, "bg; jobs")
 		tm.wait(exe, `\[1\]\+\s+Running\s+sleep 1001`)
 		tm.line(exe, "fg")
+		n.waitForeground("tty1", "sleep")
 		tm.keys(exe, "C-c")
 		tm.line(exe, "echo J:$?")
 		tm.wait(exe, "J:130")

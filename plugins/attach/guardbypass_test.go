@@ -302,21 +302,11 @@ func ifbBypass(t *testing.T, net4 int, berth, chain string, caps map[string]any)
 	n.checkNothingLeft(t, empty, "berth0")
 }
 
-// attachmentState is n's snapshot and nftState, less berth's cache of
-// the namespace's iptables rules (internal/iptables), which a plugin
-// keeps or drops depending on whether any other nf_tables commit came
-// during its own: what a container's ADD and DEL would leave behind.
-// (The cache goes with the network's last rules: checkNothingLeft sees
-// it.)
+// attachmentState is n's snapshot and nftState: what a container's ADD
+// and DEL would leave behind.
 func attachmentState(t *testing.T, n *node) string {
 	t.Helper()
-	var keep []string
-	for _, l := range strings.Split(n.snapshot(t), "\n") {
-		if !strings.HasSuffix(l, "/iptables-rules.json") {
-			keep = append(keep, l)
-		}
-	}
-	return strings.Join(keep, "\n") + nftState(t, n.ns)
+	return n.snapshot(t) + nftState(t, n.ns)
 }
 
 // frameSender is a function sending frames as they are out of eth0 in n,
