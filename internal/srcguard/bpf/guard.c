@@ -44,10 +44,11 @@ volatile const __u8 own_ipv6[16];
 // source (in solicitations) and target (in advertisements).
 #define ND_OPT_SLLA 1
 #define ND_OPT_TLLA 2
-// A container's solicitations and advertisements carry one or two
-// options (its link-layer address, a nonce); one with more than this
-// many is dropped.
-#define ND_MAX_OPTS 8
+// A container's solicitations and advertisements carry one option (its
+// link-layer address, or a nonce in duplicate address detection); one
+// with more than this many is dropped. Each more costs the verifier time
+// at every ADD.
+#define ND_MAX_OPTS 4
 
 #define IP6_OFF ETH_HLEN
 #define IP6_PAYLOAD (ETH_HLEN + sizeof(struct ipv6hdr))
