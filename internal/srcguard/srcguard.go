@@ -4,8 +4,10 @@
 // MAC, every IPv4 packet whose source is not its IPv4 address, every IPv6
 // packet whose source is neither its IPv6 address, a link-local one nor
 // :: (ICMPv6 only: duplicate address detection, MLD), every neighbour
-// advertisement for another
-// address, every ARP packet whose sender is not its IPv4 address (or
+// advertisement for another address, every neighbour or router
+// solicitation and neighbour advertisement whose link-layer address
+// option is not its MAC or whose options are malformed, neighbour
+// discovery in fragments, every ARP packet whose sender is not its IPv4 address (or
 // 0.0.0.0, a probe) at its MAC, every frame to a link-local group address
 // (berth.h), and any other protocol or VLAN tag. That
 // is libvirt's clean-traffic and Calico's per-workload rule, in the one

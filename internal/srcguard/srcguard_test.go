@@ -17,7 +17,9 @@ import (
 
 // ICMPv6 types and next headers of the frames below.
 const (
+	icmp6RS       = 133
 	icmp6RA       = 134
+	icmp6NS       = 135
 	icmp6NA       = 136
 	icmp6Redirect = 137
 	mldv2Report   = 143
@@ -62,14 +64,17 @@ func arp(sha net.HardwareAddr, spa string) []byte {
 	return append(h, netip.MustParseAddr("10.70.0.1").AsSlice()...)
 }
 
-// ipv6 is a header from src with next header next and payload.
-func ipv6(src string, next byte, payload []byte) []byte {
+// ipv6 is a header from src to ff02::1 with next header next and payload.
+func ipv6(src string, next byte, payload []byte) []byte { return ipv6to(src, "ff02::1", next, payload) }
+
+// ipv6to is a header from src to dst with next header next and payload.
+func ipv6to(src, dst string, next byte, payload []byte) []byte {
 	h := make([]byte, 40)
 	h[0] = 0x60
 	binary.BigEndian.PutUint16(h[4:], uint16(len(payload)))
 	h[6], h[7] = next, 255
 	copy(h[8:], netip.MustParseAddr(src).AsSlice())
-	copy(h[24:], netip.MustParseAddr("ff02::1").AsSlice())
+	copy(h[24:], netip.MustParseAddr(dst).AsSlice())
 	return append(h, payload...)
 }
 
@@ -83,6 +88,29 @@ func na(target string) []byte {
 
 func TestProgram(t *testing.T) {
 	mld := append([]byte{nextICMPv6, 0, 5, 2, 0, 0, 1, 0}, mldv2Report, 0, 0, 0, 0, 0, 0, 0)
+	ll, node6, allNodes := netip.MustParseAddr("fe80::be:ff:fe00:2"), netip.MustParseAddr("fd70::1"), netip.MustParseAddr("ff02::1")
+	// Neighbour discovery from the container with options: a
+	// solicitation of the node, an advertisement of itself, a router
+	// solicitation.
+	nsWith := func(opts ...[]byte) []byte {
+		return eth(ownMAC, 0x86dd, nd(own6, node6, icmp6NS, nsBody(node6), opts...))
+	}
+	naWith := func(opts ...[]byte) []byte {
+		return eth(ownMAC, 0x86dd, nd(own6, allNodes, icmp6NA, naBody(own6, true), opts...))
+	}
+	rsWith := func(opts ...[]byte) []byte {
+		return eth(ownMAC, 0x86dd, nd(ll, netip.MustParseAddr("ff02::2"), icmp6RS, make([]byte, 4), opts...))
+	}
+	nonce := []byte{14, 1, 1, 2, 3, 4, 5, 6} // RFC 3971, which Linux sends in DAD
+	// The guard walks 4 options at most.
+	four := [][]byte{nonce, nonce, nonce, llOption(1, ownMAC)}
+	five := append([][]byte{nonce}, four...)
+	// A 3000-byte ping (echo request) in two fragments.
+	ping := ipv6to(own6.String(), node6.String(), nextICMPv6, append([]byte{128, 0, 0, 0, 0, 1, 0, 1}, make([]byte, 3000)...))
+	// Duplicate address detection: a solicitation from ::, to the
+	// target's solicited-node group, without options.
+	dad := nd(netip.IPv6Unspecified(), netip.MustParseAddr("ff02::1:ff00:2"), icmp6NS, nsBody(own6))
+	naPacket := nd(own6, allNodes, icmp6NA, naBody(own6, true), llOption(2, ownMAC))
 	for _, tc := range []struct {
 		name  string
 		c     Container
@@ -113,7 +141,7 @@ func TestProgram(t *testing.T) {
 		{"own IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fd70::2", 17, make([]byte, 8))), true},
 		{"link-local IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::be:ff:fe00:2", 17, make([]byte, 8))), true},
 		{"link-local IPv6, IPv4-only", Container{ownMAC, own4, netip.Addr{}}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 17, make([]byte, 8))), true},
-		{"DAD from ::", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("::", 58, []byte{135, 0, 0, 0})), true},
+		{"DAD from ::", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, dad), true},
 		{"UDP from ::", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("::", 17, make([]byte, 8))), false},
 		{"neighbour's IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fd70::3", 17, make([]byte, 8))), false},
 		{"made-up IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("2001:db8::1", 17, make([]byte, 8))), false},
@@ -127,12 +155,47 @@ func TestProgram(t *testing.T) {
 		{"redirect", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 58, make16(icmp6Redirect))), false},
 		{"NA behind hop-by-hop options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 0, append([]byte{58, 0, 5, 2, 0, 0, 1, 0}, na("fd70::3")...))), false},
 		{"NA behind destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, ipv6("fe80::1", 60, append([]byte{58, 0, 1, 4, 0, 0, 0, 0}, na("fd70::3")...))), false},
+		// Link-layer address options: the receiver takes them, not the
+		// frame's source. The kernel drops malformed options itself.
+		{"NS, own source link-layer address", Container{ownMAC, own4, own6}, nsWith(llOption(1, ownMAC)), true},
+		{"NS without options", Container{ownMAC, own4, own6}, nsWith(), true},
+		{"NS, another source link-layer address", Container{ownMAC, own4, own6}, nsWith(llOption(1, otherMAC)), false},
+		{"NS, a source link-layer address differing in its first bytes", Container{ownMAC, own4, own6}, nsWith(llOption(1, farMAC)), false},
+		{"NS, another target link-layer address", Container{ownMAC, own4, own6}, nsWith(llOption(2, otherMAC)), false},
+		{"NS, a nonce, then own address", Container{ownMAC, own4, own6}, nsWith(nonce, llOption(1, ownMAC)), true},
+		{"NS, own address, then another", Container{ownMAC, own4, own6}, nsWith(llOption(1, ownMAC), llOption(1, otherMAC)), false},
+		{"NS, an option of length 0", Container{ownMAC, own4, own6}, nsWith([]byte{14, 0, 0, 0, 0, 0, 0, 0}), false},
+		{"NS, an option running past the packet", Container{ownMAC, own4, own6}, nsWith([]byte{14, 2, 0, 0, 0, 0, 0, 0}), false},
+		{"NS, a truncated option", Container{ownMAC, own4, own6}, nsWith([]byte{1, 1, 2, 0xbe}), false},
+		{"NS, a 16-byte source link-layer address", Container{ownMAC, own4, own6}, nsWith(append(append([]byte{1, 2}, ownMAC...), make([]byte, 8)...)), false},
+		{"NS, 4 options", Container{ownMAC, own4, own6}, nsWith(four...), true},
+		{"NS, 5 options", Container{ownMAC, own4, own6}, nsWith(five...), false},
+		{"NS shorter than its target", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, nd(own6, node6, icmp6NS, make([]byte, 12))), false},
+		{"NA, own target link-layer address", Container{ownMAC, own4, own6}, naWith(llOption(2, ownMAC)), true},
+		{"NA without options", Container{ownMAC, own4, own6}, naWith(), true},
+		{"NA, another target link-layer address", Container{ownMAC, own4, own6}, naWith(llOption(2, otherMAC)), false},
+		{"NA, another source link-layer address", Container{ownMAC, own4, own6}, naWith(llOption(1, otherMAC)), false},
+		{"NA, an option of length 0", Container{ownMAC, own4, own6}, naWith([]byte{2, 0, 2, 0xbe, 0, 0, 0, 2}), false},
+		{"NA, an option running past the packet", Container{ownMAC, own4, own6}, naWith([]byte{2, 3, 2, 0xbe, 0, 0, 0, 2}), false},
+		{"RS, own source link-layer address", Container{ownMAC, own4, own6}, rsWith(llOption(1, ownMAC)), true},
+		{"RS without options", Container{ownMAC, own4, own6}, rsWith(), true},
+		{"RS, another source link-layer address", Container{ownMAC, own4, own6}, rsWith(llOption(1, otherMAC)), false},
+		{"RS, an option of length 0", Container{ownMAC, own4, own6}, rsWith([]byte{14, 0, 2, 0xbe, 0, 0, 0, 2}), false},
+		{"RS, an option running past the packet", Container{ownMAC, own4, own6}, rsWith([]byte{14, 2, 2, 0xbe, 0, 0, 0, 2}), false},
+		// Fragments: receivers drop neighbour discovery in them.
+		{"NA, an atomic fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(naPacket, 0, 0, false)), false},
+		{"NA, a first fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(naPacket, 0, 24, true)), false},
+		{"RS, a first fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ipv6to(ll.String(), "ff02::2", nextICMPv6, []byte{icmp6RS, 0, 0, 0, 0, 0, 0, 0}), 0, 0, false)), false},
+		{"a first fragment without the ICMPv6 type", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(naPacket, 0, 0, false)[:48]), false},
+		{"ping, first fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ping, 0, 1448, true)), true},
+		{"ping, second fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ping, 1448, 0, false)), true},
+		{"ping fragment from the neighbour's IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ipv6to("fd70::3", node6.String(), nextICMPv6, ping[40:]), 0, 1448, true)), false},
 		{"VLAN in band", Container{ownMAC, own4, own6}, eth(ownMAC, 0x8100, append([]byte{0, 1, 8, 0}, ipv4("10.70.0.3")...)), false},
 		{"other ethertype", Container{ownMAC, own4, own6}, eth(ownMAC, 0x88cc, make([]byte, 40)), false},
 		// A bridge hands these up on the host veth itself, past its rules.
 		{"own IPv4 to the LLDP group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:0e", eth(ownMAC, 0x0800, ipv4("10.70.0.2"))), false},
 		{"own ARP to 802.1X's group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:03", eth(ownMAC, 0x0806, arp(ownMAC, "10.70.0.2"))), false},
-		{"DAD to the STP group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:00", eth(ownMAC, 0x86dd, ipv6("::", 58, []byte{135, 0, 0, 0}))), false},
+		{"DAD to the STP group", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:00", eth(ownMAC, 0x86dd, dad)), false},
 		{"own IPv4 to an IPv4 multicast group", Container{ownMAC, own4, own6}, to("01:00:5e:00:00:fb", eth(ownMAC, 0x0800, ipv4("10.70.0.2"))), true},
 		{"own IPv4 to 01:80:c2:00:00:10 (not link-local)", Container{ownMAC, own4, own6}, to("01:80:c2:00:00:10", eth(ownMAC, 0x0800, ipv4("10.70.0.2"))), true},
 	} {

@@ -335,8 +335,9 @@ func TestCheckDetectsTampering(t *testing.T) {
 // one that this build attached must have them (TestCheckDetectsTampering).
 // One attached by an earlier release has its guard as a classic BPF tc
 // filter, or as that release's eBPF program (which does not mark what it
-// lets through, and the bridge does not ask it to): CHECK asks for that
-// filter, or for a program of the guard's name.
+// lets through, and the bridge does not ask it to), or as an earlier
+// build's marking one, with the bridge's layer: CHECK asks for that
+// filter, or for a program of the guard's name (and for the layer).
 func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	if testenv.Datapath() == "ebpf" {
 		t.Skip("the eBPF datapath has no source guard filter: from_container checks the sources")
@@ -346,8 +347,13 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	for i, tc := range []struct {
 		name   string
 		guards string // the record's, as that release wrote it
-		guard  string // the veth's guard from that release: classic BPF, eBPF
-	}{{"no guard", "", ""}, {"classic BPF guard", `,"guards":1`, "classic"}, {"eBPF guard without the mark", `,"guards":2`, "ebpf"}} {
+		guard  string // the veth's guard from that release: classic BPF, eBPF, eBPF marking
+	}{
+		{"no guard", "", ""},
+		{"classic BPF guard", `,"guards":1`, "classic"},
+		{"eBPF guard without the mark", `,"guards":2`, "ebpf"},
+		{"eBPF guard of an earlier build, marking", `,"guards":3`, "marking"},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := container(t, fmt.Sprintf("old%d", i))
 			res, err := rt.Add(c)
@@ -357,18 +363,20 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 			defer rt.Del(c)
 			veth := res.Interfaces[1].Name
 			removeGuard(t, n.ns, veth)
-			forgetVeth(t, n.ns, veth)
+			if tc.guard != "marking" { // the bridge's layer came with it
+				forgetVeth(t, n.ns, veth)
+			}
 			switch tc.guard {
 			case "classic":
 				// Any classic program will do: CHECK does not compare it.
 				mustRun(t, n.ns, "tc", "filter", "add", "dev", veth, "ingress", "pref", "1", "handle", "1",
 					"protocol", "all", "bpf", "bytecode", "1,6 0 0 4294967295,", "da")
-			case "ebpf":
+			case "ebpf", "marking":
 				// Any program of the guard's name will do, here one that
-				// lets everything through unmarked.
-				passAllGuard(t, n.ns, veth)
+				// lets everything through, marked or not.
+				passAllGuard(t, n.ns, veth, tc.guard == "marking")
 			}
-			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":3`, tc.guards)
+			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":4`, tc.guards)
 			for _, tool := range []string{"iptables", "ip6tables"} {
 				out, _ := testenv.InNS(n.ns, tool+"-save", "-t", "filter")
 				for _, l := range strings.Split(string(out), "\n") {
@@ -382,7 +390,7 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 			}
 			if tc.guard != "" {
 				// Its traffic flows: the bridge does not ask its frames
-				// for the mark.
+				// for the mark, or they have it.
 				if err := testenv.Ping(c.Netns, outsideIP); err != nil {
 					t.Errorf("from an earlier berth's container to the outside: %v", err)
 				}
@@ -433,12 +441,18 @@ func forgetVeth(t *testing.T, node ns.NetNS, veth string) {
 }
 
 // passAllGuard puts a program named as the source guard that lets every
-// frame through, unmarked, on veth's ingress in node as a tc filter at
-// the guard's priority.
-func passAllGuard(t *testing.T, node ns.NetNS, veth string) {
+// frame through, marked as the guard marks it with mark, on veth's
+// ingress in node as a tc filter at the guard's priority.
+func passAllGuard(t *testing.T, node ns.NetNS, veth string, mark bool) {
 	t.Helper()
+	var insns asm.Instructions
+	if mark {
+		// skb->mark (struct __sk_buff, offset 8) |= PassedMark
+		insns = asm.Instructions{asm.LoadMem(asm.R2, asm.R1, 8, asm.Word), asm.Or.Imm32(asm.R2, srcguard.PassedMark),
+			asm.StoreMem(asm.R1, 8, asm.R2, asm.Word)}
+	}
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "berth_guard", Type: ebpf.SchedCLS, License: "MIT",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+		Instructions: append(insns, asm.Mov.Imm(asm.R0, -1), asm.Return())})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,7 +78,7 @@ func (k *call) checkGuard(prev *current.Result) error {
 	switch k.rec.Guards {
 	case guardsV1:
 		err = srcguard.CheckClassic(host.Attrs().Index)
-	case guardsV2:
+	case guardsV2, guardsV3:
 		err = srcguard.CheckPresent(host.Attrs().Index)
 	default:
 		err = srcguard.Check(host.Attrs().Index, c)

@@ -305,6 +305,13 @@ func TestSourceGuard(t *testing.T) {
 			t.Fatal(err)
 		}
 		sendFrame(t, att.a.Netns, ethFrame(net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, att.mac, unix.ETH_P_IPV6, na6(att.ip6, nbr.ip6, att.mac)))
+		// The attacker's own IPv6 at the neighbour's MAC, in the
+		// advertisement's link-layer address option, which the node
+		// takes rather than the frame's source.
+		if err := testenv.Ping(n.ns, att.ip6.String()); err != nil {
+			t.Fatal(err)
+		}
+		sendFrame(t, att.a.Netns, ethFrame(net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}, att.mac, unix.ETH_P_IPV6, na6(att.ip6, att.ip6, nbr.mac)))
 	}
 	time.Sleep(200 * time.Millisecond)
 	for _, c := range []struct {
@@ -324,6 +331,9 @@ func TestSourceGuard(t *testing.T) {
 	if dual {
 		if mac := neighMAC(t, n.ns, nbr.ip6); mac != nbr.mac.String() {
 			t.Errorf("neighbour advertisement claiming the neighbour's IPv6: the node's entry for %s is %q, want %s", nbr.ip6, mac, nbr.mac)
+		}
+		if mac := neighMAC(t, n.ns, att.ip6); mac != att.mac.String() {
+			t.Errorf("neighbour advertisement of the attacker's IPv6 at the neighbour's MAC: the node's entry for %s is %q, want %s", att.ip6, mac, att.mac)
 		}
 	}
 

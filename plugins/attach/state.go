@@ -45,10 +45,12 @@ type record struct {
 	// closing the node's 127/8 and an IPv4-only network's IPv6
 	// (internal/firewall) and a routed host veth's IPv6 off; guardsV2
 	// the same with the source guard an eBPF program (a tc filter, or on
-	// TCX) instead of a classic BPF one; guardsV3, this build's, the
-	// same with the guard marking what it lets through and the bridge
-	// dropping what comes from the host veth unmarked (srcguard.Require:
-	// the veth's device group, on both datapaths). CHECK asks only
+	// TCX) instead of a classic BPF one; guardsV3 the same with the
+	// guard marking what it lets through and the bridge dropping what
+	// comes from the host veth unmarked (srcguard.Require: the veth's
+	// device group, on both datapaths); guardsV4, this build's, the same
+	// with the guard checking IPv6 neighbour discovery's link-layer
+	// address options and fragments. CHECK asks only
 	// for what the attachment was made with, so that after an upgrade it
 	// passes for the containers of an earlier berth as before: their
 	// network gets its new rules at its next ADD, they get the source
@@ -56,13 +58,14 @@ type record struct {
 	Guards int `json:"guards,omitempty"`
 }
 
-// The generations of guards (record.Guards); guardsV3 is this build's. A
+// The generations of guards (record.Guards); guardsV4 is this build's. A
 // build that changes them (the source guard's program included, whose
-// constants CHECK compares) makes the next generation.
+// code and constants CHECK compares) makes the next generation.
 const (
 	guardsV1 = 1
 	guardsV2 = 2
 	guardsV3 = 3
+	guardsV4 = 4
 )
 
 // guarded reports whether the attachment was made with this build's

@@ -30,7 +30,9 @@ volatile const __u8 has_ipv6; // 0: only link-local and :: sources
 volatile const __u8 own_ipv6[16];
 
 // ICMPv6 types the guard looks into (RFC 4861, 2710, 3810).
+#define ICMP6_RS 133
 #define ICMP6_RA 134
+#define ICMP6_NS 135
 #define ICMP6_NA 136
 #define ICMP6_REDIRECT 137
 #define MLD_QUERY 130
@@ -38,8 +40,19 @@ volatile const __u8 own_ipv6[16];
 #define MLD_DONE 132
 #define MLD2_REPORT 143
 
+// Neighbour discovery's link-layer address options (RFC 4861 4.6.1):
+// source (in solicitations) and target (in advertisements).
+#define ND_OPT_SLLA 1
+#define ND_OPT_TLLA 2
+// A container's solicitations and advertisements carry one option (its
+// link-layer address, or a nonce in duplicate address detection); one
+// with more than this many is dropped. Each more costs the verifier time
+// at every ADD.
+#define ND_MAX_OPTS 4
+
 #define IP6_OFF ETH_HLEN
 #define IP6_PAYLOAD (ETH_HLEN + sizeof(struct ipv6hdr))
+#define IP6_OFFSET_MASK 0xfff8 // a fragment header's offset, in 8-byte units
 
 static __always_inline int is_own_mac(const __u8 *mac)
 {
@@ -95,33 +108,81 @@ static __always_inline int from_arp(struct __sk_buff *skb)
 	return spa == own_ipv4 || spa == 0 ? TCX_NEXT : TCX_DROP;
 }
 
+// nd_fixed is the length of the part before the options of the
+// neighbour discovery message of type t that a container may send, 0 for
+// another type.
+static __always_inline __u32 nd_fixed(__u8 t)
+{
+	switch (t) {
+	case ICMP6_RS:
+		return 8;
+	case ICMP6_NS:
+	case ICMP6_NA:
+		return 24; // the same 8 bytes, then the target address
+	}
+	return 0;
+}
+
+// nd_options_own reports whether the options of a neighbour discovery
+// message, from off to end, are well formed and every link-layer address
+// among them is the container's own MAC: its receivers write that address,
+// not the frame's source, into their neighbour entries. The kernel drops
+// a message whose options are malformed or whose link-layer address is
+// not 6 bytes; so does the guard.
+static __always_inline int nd_options_own(struct __sk_buff *skb, __u32 off, __u32 end)
+{
+	for (int i = 0; i < ND_MAX_OPTS && off < end; i++) {
+		struct {
+			__u8 type, len; // len in units of 8 bytes, the header's 2 included
+			__u8 mac[ETH_ALEN];
+		} o;
+		if (bpf_skb_load_bytes(skb, off, &o, sizeof(o)) < 0)
+			return 0;
+		if ((o.type == ND_OPT_SLLA || o.type == ND_OPT_TLLA) && (o.len != 1 || !is_own_mac(o.mac)))
+			return 0;
+		off += o.len * 8;
+	}
+	// Malformed options end elsewhere: one of length 0 never moves off
+	// (the walk ends at its bound), one too long moves it past end.
+	return off == end;
+}
+
+// icmp6_allowed reports whether the container may send the ICMPv6
+// message right behind the IPv6 header, whose payload ends at end (its
+// source is judged apart).
+static __always_inline int icmp6_allowed(struct __sk_buff *skb, __u32 end)
+{
+	// A neighbour advertisement names the address it claims (its
+	// target): the IPv6 counterpart of an ARP reply's sender.
+	struct {
+		__u8 type, code;
+		__be16 checksum;
+		__be32 flags;
+		__u8 target[16];
+	} m;
+	if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &m, 1) < 0)
+		return 0;
+	// A container is no router: its router advertisements and
+	// redirects would give its neighbours (accept_ra=1, the kernel's
+	// default) a default route or a next hop through it.
+	if (m.type == ICMP6_RA || m.type == ICMP6_REDIRECT)
+		return 0;
+	if (m.type == ICMP6_NA && (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &m, sizeof(m)) < 0 || !own6(m.target)))
+		return 0;
+	__u32 fixed = nd_fixed(m.type);
+	return !fixed || nd_options_own(skb, IP6_PAYLOAD + fixed, end);
+}
+
 static __always_inline int from_ipv6(struct __sk_buff *skb)
 {
 	struct ipv6hdr ip;
 	if (bpf_skb_load_bytes(skb, IP6_OFF, &ip, sizeof(ip)) < 0)
 		return TCX_DROP;
 	switch (ip.nexthdr) {
-	case IPPROTO_ICMPV6: {
-		// A neighbour advertisement names the address it claims (its
-		// target): the IPv6 counterpart of an ARP reply's sender.
-		struct {
-			__u8 type, code;
-			__be16 checksum;
-			__be32 flags;
-			__u8 target[16];
-		} m;
-		if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &m, 1) < 0)
-			return TCX_DROP;
-		// A container is no router: its router advertisements and
-		// redirects would give its neighbours (accept_ra=1, the
-		// kernel's default) a default route or a next hop through it.
-		if (m.type == ICMP6_RA || m.type == ICMP6_REDIRECT)
-			return TCX_DROP;
-		if (m.type == ICMP6_NA &&
-		    (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &m, sizeof(m)) < 0 || !own6(m.target)))
+	case IPPROTO_ICMPV6:
+		if (!icmp6_allowed(skb, IP6_PAYLOAD + bpf_ntohs(ip.payload_len)))
 			return TCX_DROP;
 		break;
-	}
 	case IPPROTO_HOPOPTS: {
 		// Hop-by-hop options carry MLD's router alert; nothing else
 		// from a container needs them, and behind them a neighbour
@@ -133,6 +194,25 @@ static __always_inline int from_ipv6(struct __sk_buff *skb)
 		if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &h, sizeof(h)) < 0 || h.next != IPPROTO_ICMPV6 || h.len != 0)
 			return TCX_DROP;
 		if (h.type != MLD_QUERY && h.type != MLD_REPORT && h.type != MLD_DONE && h.type != MLD2_REPORT)
+			return TCX_DROP;
+		break;
+	}
+	case IPPROTO_FRAGMENT: {
+		// Receivers drop neighbour discovery in fragments (RFC 6980;
+		// Linux's ndisc_rcv, atomic fragments too), and no sender
+		// fragments it: the guard drops the first fragment of one,
+		// which names its type, rather than rely on every receiver.
+		// Other fragmented ICMPv6 (a large ping) goes on.
+		struct {
+			__u8 next, reserved;
+			__be16 frag_off;
+			__be32 id;
+		} f;
+		__u8 type;
+		if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &f, sizeof(f)) < 0)
+			return TCX_DROP;
+		if (f.next == IPPROTO_ICMPV6 && !(f.frag_off & bpf_htons(IP6_OFFSET_MASK)) &&
+		    (bpf_skb_load_bytes(skb, IP6_PAYLOAD + sizeof(f), &type, 1) < 0 || (type >= ICMP6_RS && type <= ICMP6_REDIRECT)))
 			return TCX_DROP;
 		break;
 	}
