@@ -86,8 +86,10 @@ func vxlanMultiHomed(t *testing.T, v6 bool) {
 		neigh(node1.NetNS, []netip.Addr{n.IP, n.IPv6}, linkMAC(t, n, "eth0").String())
 	}
 
+	// No full pass after the first (the test bed's default is every 2s):
+	// the passes a lease change starts must keep the guard by themselves.
 	opts := testbed.NetdOptions{Network: "pods", Etcd: []string{etcd.ClientURL}, Args: []string{"--mode", "vxlan"},
-		EBPF: testenv.Datapath() == "ebpf"}
+		EBPF: testenv.Datapath() == "ebpf", ResyncInterval: time.Hour}
 	vtep := vxlan.VTEPName(1)
 	if v6 {
 		opts.Args = append(opts.Args, "--network-cidr", "10.244.0.0/16,fd00:244::/56")
@@ -119,7 +121,7 @@ func vxlanMultiHomed(t *testing.T, v6 bool) {
 
 	rx := linkRx(t, node1, "eth1")
 	matrix(t, []*container{v1, v2}, 7000)
-	if got := linkRx(t, node1, "eth1") - rx; got < 8 {
+	if got := linkRx(t, node1, "eth1") - rx; got < 2 {
 		t.Fatalf("node1's eth1 received %d packets while the containers talked: node2's VXLAN does not take it", got)
 	}
 	wantPeers(t, node1, underlay(node2))
