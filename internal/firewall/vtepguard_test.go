@@ -98,7 +98,7 @@ func TestGuardDiff(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := g.diff(tc.have); !reflect.DeepEqual(got, tc.want) {
-				t.Errorf("diff %+v, want %+v", got, tc.want)
+				t.Errorf("diff: rewrite %v, add %v, del %v; want rewrite %v, add %v, del %v", got.rewrite, got.add, got.del, tc.want.rewrite, tc.want.add, tc.want.del)
 			}
 		})
 	}
