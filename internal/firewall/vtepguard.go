@@ -159,15 +159,18 @@ func (g VTEPGuard) Rules() []string {
 }
 
 // peers are g.Peers of one family, sorted, each once.
-func (g VTEPGuard) peers(v6 bool) []netip.Addr {
-	var addrs []netip.Addr
-	for _, a := range g.Peers {
+func (g VTEPGuard) peers(v6 bool) []netip.Addr { return ofFamily(g.Peers, v6) }
+
+// ofFamily is addrs of one family, sorted, each once.
+func ofFamily(addrs []netip.Addr, v6 bool) []netip.Addr {
+	var of []netip.Addr
+	for _, a := range addrs {
 		if a = a.Unmap(); a.IsValid() && a.Is6() == v6 {
-			addrs = append(addrs, a)
+			of = append(of, a)
 		}
 	}
-	slices.SortFunc(addrs, netip.Addr.Compare)
-	return slices.Compact(addrs)
+	slices.SortFunc(of, netip.Addr.Compare)
+	return slices.Compact(of)
 }
 
 // Equal reports whether g and o are the same guard: the same network,
@@ -263,8 +266,13 @@ func (g VTEPGuard) diff(have VTEPGuardState) guardChange {
 func (g VTEPGuard) written(c guardChange) []string {
 	prefix := fmt.Sprintf("VTEP guard inet %s %s: ", GuardTable, GuardChain(g.Network))
 	if c.rewrite {
-		peers := "no peer"
-		if addrs := slices.Concat(g.peers(false), g.peers(true)); len(addrs) > 0 {
+		// A large cluster's addresses would fill the log line.
+		addrs := slices.Concat(g.peers(false), g.peers(true))
+		peers := fmt.Sprintf("%d peers", len(addrs))
+		switch {
+		case len(addrs) == 0:
+			peers = "no peer"
+		case len(addrs) <= 8:
 			peers = "the peers " + join(addrs)
 		}
 		return []string{fmt.Sprintf("%swritten (port %d, from %s or over %s only)", prefix, g.Port, peers, g.Underlay)}
@@ -463,8 +471,10 @@ func applyGuard(c *nftables.Conn, g VTEPGuard, have VTEPGuardState, change guard
 		switch have.sets[i] {
 		case rightSet:
 			c.FlushSet(set)
-			if err := c.SetAddElements(set, family(g.Peers, v6)); err != nil {
-				return err
+			if elems := family(g.Peers, v6); len(elems) > 0 {
+				if err := c.SetAddElements(set, elems); err != nil {
+					return err
+				}
 			}
 			continue
 		case otherSet:
@@ -484,7 +494,7 @@ func applyGuard(c *nftables.Conn, g VTEPGuard, have VTEPGuardState, change guard
 // family is addrs of one family as set elements.
 func family(addrs []netip.Addr, v6 bool) []nftables.SetElement {
 	var elems []nftables.SetElement
-	for _, a := range (VTEPGuard{Peers: addrs}).peers(v6) {
+	for _, a := range ofFamily(addrs, v6) {
 		elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
 	}
 	return elems

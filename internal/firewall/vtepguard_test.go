@@ -184,7 +184,12 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 	})
 	ensure(g, written)
 	other := VTEPGuard{Network: "other", Port: 4789, Underlay: "eth1", Peers: []netip.Addr{peer4a}}
-	ensure(other, "VTEP guard inet berth "+GuardChain("other")+": written (port 4789, from the peers 192.168.50.2 or over eth1 only)")
+	otherWritten := "VTEP guard inet berth " + GuardChain("other") + ": written (port 4789, from the peers 192.168.50.2 or over eth1 only)"
+	ensure(other, otherWritten)
+	// Rewritten over its sets, one of them without elements.
+	nft(func(c *nftables.Conn) error { c.FlushChain(guardChain("other")); return nil })
+	ensure(other, otherWritten)
+	ensure(g) // untouched
 
 	// A network's iptables rules come and go beside it.
 	a := dualStack("a", "10.1.0.0/24", "fd00:1::/64")
