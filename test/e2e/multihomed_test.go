@@ -205,8 +205,14 @@ func vxlanMultiHomed(t *testing.T, v6 bool) {
 		}); err != nil {
 			t.Error(err)
 		}
-		if out := <-done; !strings.Contains(out, " 0% packet loss") {
+		out := <-done
+		if !strings.Contains(out, " 0% packet loss") {
 			t.Errorf("%s -> %s while node3 joined and left:\n%s", v2, v1, out)
+		}
+		for l := range strings.Lines(out) {
+			if strings.Contains(l, "packets transmitted") {
+				t.Logf("%s -> %s while node3 joined and left: %s", v2, v1, strings.TrimSpace(l))
+			}
 		}
 	})
 	matrix(t, []*container{v1, v2}, 7010)
