@@ -52,6 +52,31 @@ func TestVTEPGuardPeers(t *testing.T) {
 	}
 }
 
+// Equal, which spares netd's event passes a kernel read: the peers'
+// order and form do not count, anything else does.
+func TestVTEPGuardEqual(t *testing.T) {
+	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a, peer6a}}
+	for _, tc := range []struct {
+		name string
+		o    VTEPGuard
+		want bool
+	}{
+		{"same", g, true},
+		{"peers in another order, twice, IPv4-mapped", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0",
+			Peers: []netip.Addr{peer6a, netip.AddrFrom16(peer4a.As16()), peer4a}}, true},
+		{"a peer more", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a, peer4b, peer6a}}, false},
+		{"a peer less", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a}}, false},
+		{"another underlay", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth1", Peers: g.Peers}, false},
+		{"another port", VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0", Peers: g.Peers}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := g.Equal(tc.o); got != tc.want {
+				t.Errorf("Equal %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
 // The comparison with the kernel, without a namespace: equal writes
 // nothing, peers that differ change the sets' elements, anything else
 // rewrites the chain and its sets.
