@@ -65,6 +65,7 @@ func TestVTEPGuardEqual(t *testing.T) {
 		{"peers in another order, twice, IPv4-mapped", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0",
 			Peers: []netip.Addr{peer6a, netip.AddrFrom16(peer4a.As16()), peer4a}}, true},
 		{"a peer more", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a, peer4b, peer6a}}, false},
+		{"another peer instead", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4b, peer6a}}, false},
 		{"a peer less", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a}}, false},
 		{"another underlay", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth1", Peers: g.Peers}, false},
 		{"another port", VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0", Peers: g.Peers}, false},
