@@ -18,6 +18,7 @@ import (
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
 	"github.com/berthnet/berth/internal/fastpath"
+	"github.com/berthnet/berth/internal/firewall"
 	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/netd/backend/bgp"
@@ -76,9 +77,11 @@ type daemon struct {
 	last     result
 
 	reconcileMu sync.Mutex // one reconcile or status check at a time
-	// guarded: the loop wrote the VTEP guard (guard.go) and need not
-	// look at it again before the next full pass; under reconcileMu.
+	// guarded: the loop wrote the VTEP guard (guard.go), guard, and
+	// need not look at it again before the next full pass unless the
+	// peers change; under reconcileMu.
 	guarded bool
+	guard   firewall.VTEPGuard
 }
 
 // result is what the last reconcile did.
@@ -165,7 +168,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		// that pass, which writes nothing then. A failure is the passes'
 		// error too (status, metrics), not a reason to leave the network
 		// down: a kernel without nf_tables cannot be guarded by netd.
-		made, err := d.guardVTEP(true)
+		made, err := d.guardVTEP(true, backend.Input{})
 		if err != nil {
 			log.Error("VTEP guard", "err", err)
 		}

@@ -7,32 +7,39 @@ import (
 	"github.com/berthnet/berth/netd/backend"
 )
 
-// guardVTEP writes the backend's VTEP guard (vxlan: no container may
-// send to the VTEP port, see firewall.VTEPGuard) on a full pass, to
-// repair a flushed or deleted table, and on the first pass after it
-// could not be written. It is written before the VTEP is made or
-// re-created, so that no VTEP runs unguarded. It returns what it
-// changed, for the pass's log.
-func (d *daemon) guardVTEP(full bool) ([]string, error) {
-	g, ok := d.nw.(backend.Guarded)
-	if !ok || !full && d.guarded {
-		return nil, nil
-	}
-	want := g.Guard()
-	changed, err := firewall.EnsureVTEPGuard(want)
-	d.guarded = err == nil
-	if err != nil {
-		return nil, fmt.Errorf("%w; containers may reach the VTEP port %d until it is fixed", err, want.Port)
-	}
-	return changed, nil
-}
-
-// pendingGuard lists what the next full pass would change in the VTEP
-// guard, for netd status.
-func (d *daemon) pendingGuard() ([]string, error) {
+// guardVTEP makes the kernel hold the backend's VTEP guard for in's
+// peers (vxlan: no container may send to the VTEP port, but peers' VXLAN
+// passes on any link, see firewall.VTEPGuard): on a full pass, to repair
+// a flushed or deleted table or a set changed by hand; on the first pass
+// after it could not be written; and on every pass whose peers differ
+// from the ones last written. It is written before the VTEP is made or
+// re-created, so that no VTEP runs unguarded, and before the pass's
+// routes and FDB entries, so that a new peer's VXLAN is let in no later
+// than this node sends it its own. It returns what it changed, for the
+// pass's log.
+func (d *daemon) guardVTEP(full bool, in backend.Input) ([]string, error) {
 	g, ok := d.nw.(backend.Guarded)
 	if !ok {
 		return nil, nil
 	}
-	return firewall.PendingVTEPGuard(g.Guard())
+	want := g.Guard(in)
+	if !full && d.guarded && want.Equal(d.guard) {
+		return nil, nil
+	}
+	changed, err := firewall.EnsureVTEPGuard(want)
+	d.guarded, d.guard = err == nil, want
+	if err != nil {
+		return nil, fmt.Errorf("%w; containers may reach the VTEP port %d, and peers' VXLAN arriving on other links than %s is dropped, until it is fixed", err, want.Port, want.Underlay)
+	}
+	return changed, nil
+}
+
+// pendingGuard lists what the next pass would change in the VTEP guard
+// for in's peers, for netd status.
+func (d *daemon) pendingGuard(in backend.Input) ([]string, error) {
+	g, ok := d.nw.(backend.Guarded)
+	if !ok {
+		return nil, nil
+	}
+	return firewall.PendingVTEPGuard(g.Guard(in))
 }

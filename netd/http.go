@@ -200,7 +200,7 @@ func (d *daemon) status() *Status {
 		pending = append(pending, fast...)
 		if readErr == nil {
 			var guard []string
-			guard, readErr = d.pendingGuard()
+			guard, readErr = d.pendingGuard(in)
 			pending = append(pending, guard...)
 		}
 		if sl, ok := d.nw.(backend.SessionLister); ok {

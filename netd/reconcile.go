@@ -107,7 +107,7 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 func (d *daemon) pass(ctx context.Context, full bool, res *result, in backend.Input) ([]backend.Problem, error) {
 	// Before Ensure may make a VTEP. A failure fails the pass (logged,
 	// status, metrics, retried) but holds nothing else up.
-	guarded, guardErr := d.guardVTEP(full)
+	guarded, guardErr := d.guardVTEP(full, in)
 	d.logChanges(res, guarded)
 	if full {
 		if err := d.nw.Ensure(ctx); err != nil {

@@ -2,8 +2,10 @@ package firewall
 
 import (
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -20,37 +22,63 @@ import (
 // every network's containers and the node's own sockets; sent to another
 // node of the network, masquerade gives it this node's address, so that
 // node takes it for a peer's tunnel traffic (its eBPF programs
-// decapsulate it too). As Calico does, berth drops UDP to the VTEP port
-// from anything but the underlay link, whatever the destination: a
-// peer's VTEP answers at each of its addresses, a VIP or a secondary
-// address included, which no lease names. In an nftables table of its
-// own:
+// decapsulate it too). berth drops UDP to the VTEP port, whatever the
+// destination (a peer's VTEP answers at each of its addresses, a VIP or a
+// secondary address included, which no lease names), unless it comes
+// from a peer: in an nftables table of its own,
 //
 //	table inet berth
+//	  set vtep-<net>-v4 { type ipv4_addr }  the peers' tunnel addresses
+//	  set vtep-<net>-v6 { type ipv6_addr }
 //	  chain vtep-<net>   filter hook prerouting priority raw (-300)
-//	    iifname <underlay> return     peers' VXLAN arrives there
+//	    iifname <underlay> return
+//	    udp dport <port> ip saddr @vtep-<net>-v4 return
+//	    udp dport <port> ip6 saddr @vtep-<net>-v6 return
 //	    udp dport <port> drop
+//
+// As Calico does (felix accepts VXLAN from the set of known hosts'
+// tunnel addresses on any interface, and drops the rest), a peer's VXLAN
+// passes whichever link it arrives on: a multi-homed node may receive it
+// on another link than the VTEP's (asymmetric routing, a second uplink,
+// ARP answered by another NIC of the same segment). The sets hold the
+// node addresses the peers' VTEPs send from (their leases), which netd
+// keeps equal to the leases. A container cannot use a peer's address as
+// its source: berth's source guard drops what a berth container sends
+// from an address not its own (containers of other CNI plugins on the
+// node are their plugin's business).
+//
+// The underlay link stays open to everything, as before: nothing a
+// container sends enters the node there, and every container's packet
+// (bridge, routed veth, any berth network or none) passes prerouting on
+// its own link before it is delivered or forwarded, where the last rule
+// drops it. Keeping it means a single-homed node never drops a peer's
+// VXLAN that its own view of the leases does not hold yet: a new node
+// sends to this one as soon as it has read this node's lease, which may
+// be before this node's watch sees the new one; the same while netd is
+// stopped, or its nftables write fails. Hosts on the underlay that are
+// no peers can send VXLAN there, as with flannel; Calico drops those.
 //
 // It is written through netlink, so that netd needs no iptables tools
 // (berth's image has none). Every table's hooks run, so the chain drops
-// whatever iptables-nft's or iptables-legacy's tables accept. Nothing a
-// container sends enters the node through the underlay link, and every
-// container's packet (bridge, routed veth, any berth network or none)
-// passes prerouting before it is delivered or forwarded: at raw
+// whatever iptables-nft's or iptables-legacy's tables accept. At raw
 // priority, before conntrack, no plugin rule (BERTH-FORWARD accepts the
 // network's traffic) and no NAT can come first. The price: a container
 // cannot send UDP to that port anywhere (a VXLAN service outside the
 // cluster), as with Calico.
 //
-// netd of a vxlan network owns the chain: it compares it with the
-// kernel on its full passes and writes it anew in one transaction when
-// it differs (a flushed or deleted table is repaired), keeps it when it
-// stops (a restart does not open a window) and removes it on netd leave
-// and netd uninstall.
+// netd of a vxlan network owns the chain and its sets: it compares them
+// with the kernel on its full passes and when its peers change, adds and
+// deletes the sets' elements when only they differ and writes the rest
+// anew otherwise, in one transaction (a flushed or deleted table is
+// repaired), keeps them when it stops (a restart does not open a window)
+// and removes them on netd leave and netd uninstall.
 type VTEPGuard struct {
 	Network  string
 	Port     int
 	Underlay string // the VTEP's underlay link, as iifname matches it
+	// Peers are the addresses the peers' VTEPs send from, of either
+	// family, in any order.
+	Peers []netip.Addr
 }
 
 // GuardTable is the nftables table (family inet) of berth's VTEP guards.
@@ -58,6 +86,15 @@ const GuardTable = "berth"
 
 // GuardChain is the chain of network's VTEP guard in GuardTable.
 func GuardChain(network string) string { return "vtep-" + hash(network) }
+
+// GuardSet is the set of network's peers' tunnel addresses of one family
+// in GuardTable.
+func GuardSet(network string, v6 bool) string {
+	if v6 {
+		return GuardChain(network) + "-v6"
+	}
+	return GuardChain(network) + "-v4"
+}
 
 var guardTable = &nftables.Table{Name: GuardTable, Family: nftables.TableFamilyINet}
 
@@ -76,6 +113,29 @@ type guardRule struct {
 func (g VTEPGuard) rules() []guardRule {
 	ifname := make([]byte, unix.IFNAMSIZ) // as nft writes it: NUL-padded
 	copy(ifname, g.Underlay)
+	dport := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(g.Port))},
+	}
+	fromPeer := func(v6 bool) guardRule {
+		ip, proto, offset, length := "ip", byte(unix.NFPROTO_IPV4), uint32(12), uint32(4)
+		if v6 {
+			ip, proto, offset, length = "ip6", unix.NFPROTO_IPV6, 8, 16
+		}
+		set := GuardSet(g.Network, v6)
+		return guardRule{
+			text: fmt.Sprintf("udp dport %d %s saddr @%s return", g.Port, ip, set),
+			exprs: slices.Concat(dport, []expr.Any{
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: length},
+				&expr.Lookup{SourceRegister: 1, SetName: set},
+				&expr.Verdict{Kind: expr.VerdictReturn},
+			}),
+		}
+	}
 	return []guardRule{{
 		text: fmt.Sprintf("iifname %q return", g.Underlay),
 		exprs: []expr.Any{
@@ -83,15 +143,9 @@ func (g VTEPGuard) rules() []guardRule {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		},
-	}, {
-		text: fmt.Sprintf("udp dport %d drop", g.Port),
-		exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(uint16(g.Port))},
-			&expr.Verdict{Kind: expr.VerdictDrop},
-		},
+	}, fromPeer(false), fromPeer(true), {
+		text:  fmt.Sprintf("udp dport %d drop", g.Port),
+		exprs: slices.Concat(dport, []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}),
 	}}
 }
 
@@ -102,6 +156,28 @@ func (g VTEPGuard) Rules() []string {
 		texts = append(texts, r.text)
 	}
 	return texts
+}
+
+// peers are g.Peers of one family, sorted, each once.
+func (g VTEPGuard) peers(v6 bool) []netip.Addr { return ofFamily(g.Peers, v6) }
+
+// ofFamily is addrs of one family, sorted, each once.
+func ofFamily(addrs []netip.Addr, v6 bool) []netip.Addr {
+	var of []netip.Addr
+	for _, a := range addrs {
+		if a = a.Unmap(); a.IsValid() && a.Is6() == v6 {
+			of = append(of, a)
+		}
+	}
+	slices.SortFunc(of, netip.Addr.Compare)
+	return slices.Compact(of)
+}
+
+// Equal reports whether g and o are the same guard: the same network,
+// port and underlay link, and the same peers, whatever their order.
+func (g VTEPGuard) Equal(o VTEPGuard) bool {
+	return g.Network == o.Network && g.Port == o.Port && g.Underlay == o.Underlay &&
+		slices.Equal(g.peers(false), o.peers(false)) && slices.Equal(g.peers(true), o.peers(true))
 }
 
 func (g VTEPGuard) valid() error {
@@ -120,29 +196,103 @@ const (
 	right
 )
 
+// setState is how the kernel has one of the guard's sets.
+type setState int
+
+const (
+	noSet    setState = iota
+	otherSet          // another key type or flags: made anew
+	rightSet
+)
+
 // VTEPGuardState is a network's guard as the kernel has it.
 type VTEPGuardState struct {
 	Chain chainState
 	Rules []string     // the chain's rules, by their comments (guardRule)
 	exprs [][]expr.Any // and their expressions
+	// Peers are the sets' elements, IPv4 then IPv6, each sorted.
+	Peers []netip.Addr
+	sets  [2]setState // IPv4's, IPv6's
 }
 
 // Exists reports whether the chain is there, hooked as the guard's.
 func (s VTEPGuardState) Exists() bool { return s.Chain == right }
 
-// differs reports whether the kernel's guard is not g: then the chain is
-// written anew.
-func (g VTEPGuard) differs(have VTEPGuardState) bool {
+// peers are s.Peers of one family.
+func (s VTEPGuardState) peers(v6 bool) []netip.Addr {
+	return slices.DeleteFunc(slices.Clone(s.Peers), func(a netip.Addr) bool { return a.Is6() != v6 })
+}
+
+// guardChange is what makes the kernel's guard g.
+type guardChange struct {
+	// rewrite: the chain and its sets are written anew (the chain, a
+	// rule or a set is not g's).
+	rewrite bool
+	// Otherwise the peers whose addresses are added to their family's set,
+	// and removed from it.
+	add, del []netip.Addr
+}
+
+func (c guardChange) none() bool { return !c.rewrite && len(c.add) == 0 && len(c.del) == 0 }
+
+// diff is what turns the kernel's guard, have, into g.
+func (g VTEPGuard) diff(have VTEPGuardState) guardChange {
 	var exprs [][]expr.Any
 	for _, r := range g.rules() {
 		exprs = append(exprs, r.exprs)
 	}
-	return have.Chain != right || !slices.Equal(have.Rules, g.Rules()) || !reflect.DeepEqual(have.exprs, exprs)
+	if have.Chain != right || have.sets != [2]setState{rightSet, rightSet} ||
+		!slices.Equal(have.Rules, g.Rules()) || !reflect.DeepEqual(have.exprs, exprs) {
+		return guardChange{rewrite: true}
+	}
+	var c guardChange
+	for _, v6 := range []bool{false, true} {
+		want, got := g.peers(v6), have.peers(v6)
+		for _, a := range want {
+			if _, found := slices.BinarySearchFunc(got, a, netip.Addr.Compare); !found {
+				c.add = append(c.add, a)
+			}
+		}
+		for _, a := range got {
+			if _, found := slices.BinarySearchFunc(want, a, netip.Addr.Compare); !found {
+				c.del = append(c.del, a)
+			}
+		}
+	}
+	return c
 }
 
-// written says what writing g changes, for the log and netd status.
-func (g VTEPGuard) written() []string {
-	return []string{fmt.Sprintf("VTEP guard inet %s %s: written (port %d, from anywhere but %s)", GuardTable, GuardChain(g.Network), g.Port, g.Underlay)}
+// written says what change does to the guard, for the log and netd status.
+func (g VTEPGuard) written(c guardChange) []string {
+	prefix := fmt.Sprintf("VTEP guard inet %s %s: ", GuardTable, GuardChain(g.Network))
+	if c.rewrite {
+		// A large cluster's addresses would fill the log line.
+		addrs := slices.Concat(g.peers(false), g.peers(true))
+		peers := fmt.Sprintf("%d peers", len(addrs))
+		switch {
+		case len(addrs) == 0:
+			peers = "no peer"
+		case len(addrs) <= 8:
+			peers = "the peers " + join(addrs)
+		}
+		return []string{fmt.Sprintf("%swritten (port %d, from %s or over %s only)", prefix, g.Port, peers, g.Underlay)}
+	}
+	var what []string
+	if len(c.add) > 0 {
+		what = append(what, prefix+"peers "+join(c.add)+" let in")
+	}
+	if len(c.del) > 0 {
+		what = append(what, prefix+"peers "+join(c.del)+" no longer let in")
+	}
+	return what
+}
+
+func join(addrs []netip.Addr) string {
+	s := make([]string, len(addrs))
+	for i, a := range addrs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 // guardChain is network's base chain.
@@ -150,6 +300,15 @@ func guardChain(network string) *nftables.Chain {
 	policy := nftables.ChainPolicyAccept
 	return &nftables.Chain{Name: GuardChain(network), Table: guardTable, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw, Policy: &policy}
+}
+
+// guardSet is network's set of one family's peer addresses.
+func guardSet(network string, v6 bool) *nftables.Set {
+	s := &nftables.Set{Table: guardTable, Name: GuardSet(network, false), KeyType: nftables.TypeIPAddr}
+	if v6 {
+		s.Name, s.KeyType = GuardSet(network, true), nftables.TypeIP6Addr
+	}
+	return s
 }
 
 // ReadVTEPGuard reads network's guard from the calling thread's network
@@ -191,6 +350,36 @@ func readGuard(c *nftables.Conn, network string) (VTEPGuardState, error) {
 			s.exprs = append(s.exprs, r.Exprs)
 		}
 	}
+	sets, err := c.GetSets(guardTable)
+	if err != nil {
+		return s, err
+	}
+	for i, v6 := range []bool{false, true} {
+		want := guardSet(network, v6)
+		at := slices.IndexFunc(sets, func(set *nftables.Set) bool { return set.Name == want.Name })
+		if at < 0 {
+			continue
+		}
+		set := sets[at]
+		s.sets[i] = otherSet
+		if set.KeyType.Name != want.KeyType.Name || set.KeyType.Bytes != want.KeyType.Bytes || set.Interval || set.IsMap ||
+			set.Constant || set.Anonymous || set.HasTimeout || set.Dynamic || set.Concatenation {
+			continue
+		}
+		s.sets[i] = rightSet
+		elems, err := c.GetSetElements(set)
+		if err != nil {
+			return s, err
+		}
+		var addrs []netip.Addr
+		for _, e := range elems {
+			if a, ok := netip.AddrFromSlice(e.Key); ok {
+				addrs = append(addrs, a)
+			}
+		}
+		slices.SortFunc(addrs, netip.Addr.Compare)
+		s.Peers = append(s.Peers, addrs...)
+	}
 	return s, nil
 }
 
@@ -221,44 +410,94 @@ func EnsureVTEPGuard(g VTEPGuard) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("VTEP guard of network %s: reading nftables inet %s: %w", g.Network, GuardTable, err)
 	}
-	if !g.differs(have) {
+	change := g.diff(have)
+	if change.none() {
 		return nil, nil
 	}
-	if err := applyGuard(c, g, have); err != nil {
+	if err := applyGuard(c, g, have, change); err != nil {
 		return nil, fmt.Errorf("VTEP guard of network %s: writing nftables inet %s (needs CAP_NET_ADMIN and the kernel's nf_tables): %w", g.Network, GuardTable, err)
 	}
-	return g.written(), nil
+	return g.written(change), nil
 }
 
 // PendingVTEPGuard is what EnsureVTEPGuard would change now.
 func PendingVTEPGuard(g VTEPGuard) ([]string, error) {
 	have, err := ReadVTEPGuard(g.Network)
-	if err != nil || !g.differs(have) {
+	if err != nil {
 		return nil, err
 	}
-	return g.written(), nil
+	if change := g.diff(have); !change.none() {
+		return g.written(change), nil
+	}
+	return nil, nil
 }
 
-// applyGuard writes g's chain in one transaction (Flush commits the
-// batch). A chain of the right kind is emptied and refilled rather than
-// made anew, so that the hook stays registered.
-func applyGuard(c *nftables.Conn, g VTEPGuard, have VTEPGuardState) error {
+// applyGuard makes the kernel's guard, have, g in one transaction (Flush
+// commits the batch), so that no packet meets a half-written guard: a
+// new peer is let in at once, a rewritten chain never lets everything
+// through. A chain of the right kind is emptied and refilled rather than
+// made anew, so that the hook stays registered; a set of the right kind
+// is emptied and refilled too.
+func applyGuard(c *nftables.Conn, g VTEPGuard, have VTEPGuardState, change guardChange) error {
+	if !change.rewrite {
+		for _, v6 := range []bool{false, true} {
+			set := guardSet(g.Network, v6)
+			if add := family(change.add, v6); len(add) > 0 {
+				if err := c.SetAddElements(set, add); err != nil {
+					return err
+				}
+			}
+			if del := family(change.del, v6); len(del) > 0 {
+				if err := c.SetDeleteElements(set, del); err != nil {
+					return err
+				}
+			}
+		}
+		return c.Flush()
+	}
 	c.AddTable(guardTable)
 	chain := guardChain(g.Network)
 	switch have.Chain {
 	case different:
-		c.DelChain(chain)
+		c.DelChain(chain) // before its sets, which its rules use
 		c.AddChain(chain)
 	case absent:
 		c.AddChain(chain)
 	case right:
 		c.FlushChain(chain)
 	}
+	for i, v6 := range []bool{false, true} {
+		set := guardSet(g.Network, v6)
+		switch have.sets[i] {
+		case rightSet:
+			c.FlushSet(set)
+			if elems := family(g.Peers, v6); len(elems) > 0 {
+				if err := c.SetAddElements(set, elems); err != nil {
+					return err
+				}
+			}
+			continue
+		case otherSet:
+			c.DelSet(set)
+		}
+		if err := c.AddSet(set, family(g.Peers, v6)); err != nil {
+			return err
+		}
+	}
 	for _, r := range g.rules() {
 		c.AddRule(&nftables.Rule{Table: guardTable, Chain: chain, Exprs: r.exprs,
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.text)})
 	}
 	return c.Flush()
+}
+
+// family is addrs of one family as set elements.
+func family(addrs []netip.Addr, v6 bool) []nftables.SetElement {
+	var elems []nftables.SetElement
+	for _, a := range ofFamily(addrs, v6) {
+		elems = append(elems, nftables.SetElement{Key: a.AsSlice()})
+	}
+	return elems
 }
 
 // RemoveVTEPGuard deletes network's guard, and the table when no other
@@ -291,6 +530,16 @@ func removeGuard(c *nftables.Conn, network string) error {
 	}
 	if !others {
 		c.DelTable(guardTable)
+		return c.Flush()
+	}
+	sets, err := c.GetSets(guardTable)
+	if err != nil {
+		return err
+	}
+	for _, set := range sets {
+		if set.Name == GuardSet(network, false) || set.Name == GuardSet(network, true) {
+			c.DelSet(set) // after the chain whose rules use it
+		}
 	}
 	return c.Flush()
 }

@@ -1,8 +1,9 @@
 package firewall
 
 import (
+	"net/netip"
+	"reflect"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/google/nftables"
@@ -11,16 +12,25 @@ import (
 	"github.com/berthnet/berth/internal/testenv"
 )
 
+var (
+	peer4a, peer4b = netip.MustParseAddr("192.168.50.2"), netip.MustParseAddr("192.168.50.3")
+	peer6a         = netip.MustParseAddr("fd00:50::2")
+)
+
 // The guard's chain, without a namespace: arrivals on the underlay pass,
-// then the VTEP port is dropped, whatever the destination.
+// then the peers' VXLAN of each family, then the VTEP port is dropped,
+// whatever the destination.
 func TestVTEPGuardRules(t *testing.T) {
+	set := "@" + GuardChain("pods")
 	for _, tc := range []struct {
 		name string
 		g    VTEPGuard
 		want []string
 	}{
-		{"vxlan default port", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0"}, []string{`iifname "eth0" return`, "udp dport 8472 drop"}},
-		{"IANA port", VTEPGuard{Network: "pods", Port: 4789, Underlay: "ens3"}, []string{`iifname "ens3" return`, "udp dport 4789 drop"}},
+		{"vxlan default port", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0"},
+			[]string{`iifname "eth0" return`, "udp dport 8472 ip saddr " + set + "-v4 return", "udp dport 8472 ip6 saddr " + set + "-v6 return", "udp dport 8472 drop"}},
+		{"IANA port, peers", VTEPGuard{Network: "pods", Port: 4789, Underlay: "ens3", Peers: []netip.Addr{peer4a, peer6a}},
+			[]string{`iifname "ens3" return`, "udp dport 4789 ip saddr " + set + "-v4 return", "udp dport 4789 ip6 saddr " + set + "-v6 return", "udp dport 4789 drop"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.g.Rules(); !slices.Equal(got, tc.want) {
@@ -30,92 +40,182 @@ func TestVTEPGuardRules(t *testing.T) {
 	}
 }
 
-// The comparison with the kernel, without a namespace: equal writes
-// nothing, anything else rewrites the chain.
-func TestGuardDiffers(t *testing.T) {
-	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0"}
-	same := VTEPGuardState{Chain: right, Rules: g.Rules()}
-	for _, r := range g.rules() {
-		same.exprs = append(same.exprs, r.exprs)
+// The peers of a family, whatever order, duplicates or IPv4-mapped
+// forms netd passes: each once, sorted.
+func TestVTEPGuardPeers(t *testing.T) {
+	g := VTEPGuard{Peers: []netip.Addr{peer4b, peer6a, netip.AddrFrom16(peer4a.As16()), peer4b, {}, peer4a}}
+	if got, want := g.peers(false), []netip.Addr{peer4a, peer4b}; !slices.Equal(got, want) {
+		t.Errorf("IPv4 peers %v, want %v", got, want)
 	}
-	with := func(change func(*VTEPGuardState)) VTEPGuardState {
-		s := same
-		s.Rules, s.exprs = slices.Clone(s.Rules), slices.Clone(s.exprs)
-		change(&s)
-		return s
+	if got, want := g.peers(true), []netip.Addr{peer6a}; !slices.Equal(got, want) {
+		t.Errorf("IPv6 peers %v, want %v", got, want)
 	}
+}
+
+// Equal, which spares netd's event passes a kernel read: the peers'
+// order and form do not count, anything else does.
+func TestVTEPGuardEqual(t *testing.T) {
+	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a, peer6a}}
 	for _, tc := range []struct {
 		name string
-		have VTEPGuardState
+		o    VTEPGuard
 		want bool
 	}{
-		{"equal", same, false},
-		{"no table", VTEPGuardState{}, true},
-		{"flushed chain", with(func(s *VTEPGuardState) { s.Rules, s.exprs = nil, nil }), true},
-		{"a rule changed", with(func(s *VTEPGuardState) { s.Rules[1] = "udp dport 8472 accept" }), true},
-		{"a rule's expressions changed under berth's comment", with(func(s *VTEPGuardState) {
-			s.exprs[1] = slices.Concat(s.exprs[1][:len(s.exprs[1])-1], []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})
-		}), true},
-		{"another port under berth's comment", with(func(s *VTEPGuardState) {
-			s.exprs[1] = VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0"}.rules()[1].exprs
-		}), true},
-		{"a rule without berth's comment", with(func(s *VTEPGuardState) { s.Rules[0] = "" }), true},
-		{"chain on another hook", with(func(s *VTEPGuardState) { s.Chain = different }), true},
+		{"same", g, true},
+		{"peers in another order, twice, IPv4-mapped", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0",
+			Peers: []netip.Addr{peer6a, netip.AddrFrom16(peer4a.As16()), peer4a}}, true},
+		{"a peer more", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a, peer4b, peer6a}}, false},
+		{"another peer instead", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4b, peer6a}}, false},
+		{"a peer less", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a}}, false},
+		{"another underlay", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth1", Peers: g.Peers}, false},
+		{"another port", VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0", Peers: g.Peers}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := g.differs(tc.have); got != tc.want {
-				t.Errorf("differs %v, want %v", got, tc.want)
+			if got := g.Equal(tc.o); got != tc.want {
+				t.Errorf("Equal %v, want %v", got, tc.want)
 			}
 		})
 	}
 }
 
-// In a namespace: the kernel reads back what Rules says (so that a pass
-// over an unchanged guard writes nothing), a flushed or deleted table is
-// repaired, the plugins' iptables rules leave it alone, and Remove takes
-// the network's guard away, keeps another network's, and removes the
-// table with the last one.
+// The comparison with the kernel, without a namespace: equal writes
+// nothing, peers that differ change the sets' elements, anything else
+// rewrites the chain and its sets.
+func TestGuardDiff(t *testing.T) {
+	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer6a, peer4a}}
+	same := VTEPGuardState{Chain: right, Rules: g.Rules(), Peers: []netip.Addr{peer4a, peer6a}, sets: [2]setState{rightSet, rightSet}}
+	for _, r := range g.rules() {
+		same.exprs = append(same.exprs, r.exprs)
+	}
+	with := func(change func(*VTEPGuardState)) VTEPGuardState {
+		s := same
+		s.Rules, s.exprs, s.Peers = slices.Clone(s.Rules), slices.Clone(s.exprs), slices.Clone(s.Peers)
+		change(&s)
+		return s
+	}
+	rewrite := guardChange{rewrite: true}
+	for _, tc := range []struct {
+		name string
+		have VTEPGuardState
+		want guardChange
+	}{
+		{"equal", same, guardChange{}},
+		{"no table", VTEPGuardState{}, rewrite},
+		{"flushed chain", with(func(s *VTEPGuardState) { s.Rules, s.exprs = nil, nil }), rewrite},
+		{"a rule changed", with(func(s *VTEPGuardState) { s.Rules[3] = "udp dport 8472 accept" }), rewrite},
+		{"a rule's expressions changed under berth's comment", with(func(s *VTEPGuardState) {
+			s.exprs[3] = slices.Concat(s.exprs[3][:len(s.exprs[3])-1], []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})
+		}), rewrite},
+		{"another port under berth's comment", with(func(s *VTEPGuardState) {
+			s.exprs[3] = VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0"}.rules()[3].exprs
+		}), rewrite},
+		{"another set under berth's comment", with(func(s *VTEPGuardState) {
+			s.exprs[1] = VTEPGuard{Network: "other", Port: 8472, Underlay: "eth0"}.rules()[1].exprs
+		}), rewrite},
+		{"a rule without berth's comment", with(func(s *VTEPGuardState) { s.Rules[0] = "" }), rewrite},
+		{"chain on another hook", with(func(s *VTEPGuardState) { s.Chain = different }), rewrite},
+		{"an IPv6 set missing", with(func(s *VTEPGuardState) { s.sets[1], s.Peers = noSet, s.Peers[:1] }), rewrite},
+		{"an IPv4 set of another type", with(func(s *VTEPGuardState) { s.sets[0] = otherSet }), rewrite},
+		{"a peer joined", with(func(s *VTEPGuardState) { s.Peers = s.Peers[1:] }), guardChange{add: []netip.Addr{peer4a}}},
+		{"a peer left, a set's element added by hand", with(func(s *VTEPGuardState) {
+			s.Peers = []netip.Addr{peer4a, peer4b, peer6a}
+		}), guardChange{del: []netip.Addr{peer4b}}},
+		{"both", with(func(s *VTEPGuardState) { s.Peers = []netip.Addr{peer4b} }), guardChange{add: []netip.Addr{peer4a, peer6a}, del: []netip.Addr{peer4b}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := g.diff(tc.have); !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("diff: rewrite %v, add %v, del %v; want rewrite %v, add %v, del %v", got.rewrite, got.add, got.del, tc.want.rewrite, tc.want.add, tc.want.del)
+			}
+		})
+	}
+}
+
+// In a namespace: the kernel reads back what Rules says and the peers
+// (so that a pass over an unchanged guard writes nothing), peers that
+// join and leave change the sets' elements only, an element added by
+// hand shows as pending and goes, a flushed or deleted table or a set
+// of another type is repaired, the plugins' iptables rules leave it
+// alone, and Remove takes the network's guard away, keeps another
+// network's, and removes the table with the last one.
 func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 	n := testenv.NewNS(t)
-	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0"}
-	ensure := func(g VTEPGuard, want string) {
+	g := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0", Peers: []netip.Addr{peer4a, peer6a}}
+	ensure := func(g VTEPGuard, want ...string) {
 		t.Helper()
 		var changed []string
 		if err := in(n, func() (err error) { changed, err = EnsureVTEPGuard(g); return err }); err != nil {
 			t.Fatal(err)
 		}
-		if got := strings.Join(changed, "; "); !strings.Contains(got, want) || (want == "") != (got == "") {
-			t.Errorf("EnsureVTEPGuard changed %q, want %q", got, want)
+		if !slices.Equal(changed, want) {
+			t.Errorf("EnsureVTEPGuard changed %q, want %q", changed, want)
 		}
 		var s VTEPGuardState
 		if err := in(n, func() (err error) { s, err = ReadVTEPGuard(g.Network); return err }); err != nil {
 			t.Fatal(err)
 		}
-		if !s.Exists() || !slices.Equal(s.Rules, g.Rules()) || g.differs(s) {
-			t.Errorf("the kernel has %+v, want the rules %q", s, g.Rules())
+		if !s.Exists() || !slices.Equal(s.Rules, g.Rules()) || !g.diff(s).none() {
+			t.Errorf("the kernel has %+v, want the rules %q and the peers %v", s, g.Rules(), g.Peers)
 		}
 	}
-	nft := func(do func(c *nftables.Conn)) {
+	nft := func(do func(c *nftables.Conn) error) {
 		t.Helper()
-		if err := in(n, func() error { c := newConn(); do(c); return c.Flush() }); err != nil {
+		if err := in(n, func() error {
+			c := newConn()
+			if err := do(c); err != nil {
+				return err
+			}
+			return c.Flush()
+		}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	ensure(g, "written (port 8472, from anywhere but eth0)")
-	ensure(g, "") // again: no write
-	nft(func(c *nftables.Conn) { c.FlushTable(guardTable) })
-	var pending []string
-	if err := in(n, func() (err error) { pending, err = PendingVTEPGuard(g); return err }); err != nil || len(pending) != 1 || !strings.Contains(pending[0], "written") {
-		t.Errorf("pending after a flush: %q %v, want the chain written", pending, err)
+	pending := func(want ...string) {
+		t.Helper()
+		var got []string
+		if err := in(n, func() (err error) { got, err = PendingVTEPGuard(g); return err }); err != nil || !slices.Equal(got, want) {
+			t.Errorf("pending %q %v, want %q", got, err, want)
+		}
 	}
-	ensure(g, "written")
-	if err := in(n, func() (err error) { pending, err = PendingVTEPGuard(g); return err }); err != nil || len(pending) != 0 {
-		t.Errorf("pending after Ensure: %q %v, want none", pending, err)
-	}
-	nft(func(c *nftables.Conn) { c.DelTable(guardTable) })
-	ensure(g, "written")
-	other := VTEPGuard{Network: "other", Port: 4789, Underlay: "eth1"}
-	ensure(other, "written")
+	chain := "VTEP guard inet berth " + GuardChain("pods") + ": "
+	written := chain + "written (port 8472, from the peers 192.168.50.2, fd00:50::2 or over eth0 only)"
+	ensure(g, written)
+	ensure(g) // again: no write
+	pending()
+
+	// A peer joins, another leaves.
+	g.Peers = []netip.Addr{peer6a, peer4b, peer4a}
+	ensure(g, chain+"peers 192.168.50.3 let in")
+	g.Peers = []netip.Addr{peer4b, peer6a}
+	ensure(g, chain+"peers 192.168.50.2 no longer let in")
+
+	// An element added by hand: status sees it, Ensure takes it out.
+	nft(func(c *nftables.Conn) error {
+		return c.SetAddElements(guardSet("pods", false), []nftables.SetElement{{Key: netip.MustParseAddr("10.9.9.9").AsSlice()}})
+	})
+	pending(chain + "peers 10.9.9.9 no longer let in")
+	ensure(g, chain+"peers 10.9.9.9 no longer let in")
+
+	written = chain + "written (port 8472, from the peers 192.168.50.3, fd00:50::2 or over eth0 only)"
+	nft(func(c *nftables.Conn) error { c.FlushTable(guardTable); return nil })
+	pending(written)
+	ensure(g, written)
+	pending()
+	nft(func(c *nftables.Conn) error { c.DelTable(guardTable); return nil })
+	ensure(g, written)
+	// A set of another type under the guard's name.
+	nft(func(c *nftables.Conn) error {
+		c.FlushChain(guardChain("pods"))
+		c.DelSet(guardSet("pods", true))
+		return c.AddSet(&nftables.Set{Table: guardTable, Name: GuardSet("pods", true), KeyType: nftables.TypeIPAddr}, nil)
+	})
+	ensure(g, written)
+	other := VTEPGuard{Network: "other", Port: 4789, Underlay: "eth1", Peers: []netip.Addr{peer4a}}
+	otherWritten := "VTEP guard inet berth " + GuardChain("other") + ": written (port 4789, from the peers 192.168.50.2 or over eth1 only)"
+	ensure(other, otherWritten)
+	// Rewritten over its sets, one of them without elements.
+	nft(func(c *nftables.Conn) error { c.FlushChain(guardChain("other")); return nil })
+	ensure(other, otherWritten)
+	ensure(g) // untouched
 
 	// A network's iptables rules come and go beside it.
 	a := dualStack("a", "10.1.0.0/24", "fd00:1::/64")
@@ -125,7 +225,7 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 	if err := in(n, func() error { return RemoveNetwork("a", func() bool { return true }) }); err != nil {
 		t.Fatal(err)
 	}
-	ensure(g, "")
+	ensure(g)
 
 	for range 2 { // the second time finds nothing
 		if err := in(n, func() error { return RemoveVTEPGuard("pods") }); err != nil {
@@ -141,10 +241,10 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if pods.Chain != absent {
+	if pods.Chain != absent || pods.sets != [2]setState{noSet, noSet} {
 		t.Errorf("pods' guard left: %+v", pods)
 	}
-	if !kept.Exists() || !slices.Equal(kept.Rules, other.Rules()) {
+	if !kept.Exists() || !other.diff(kept).none() {
 		t.Errorf("removed another network's guard: %+v", kept)
 	}
 	if err := in(n, func() error { return RemoveVTEPGuard("other") }); err != nil {

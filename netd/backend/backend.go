@@ -131,10 +131,12 @@ type Tunneler interface {
 
 // Guarded is a Network with a tunnel socket on the node that no
 // container may send to (vxlan: the VTEP's UDP port, which decapsulates
-// whatever reaches it). Guard only computes, like Desired; the reconcile
-// loop applies it (firewall.EnsureVTEPGuard) and Teardown removes it.
+// whatever reaches it) and that in.Peers send to. Guard only computes
+// from in.Peers, like Desired; the reconcile loop applies it
+// (firewall.EnsureVTEPGuard) before the state Desired describes, and
+// Teardown removes it.
 type Guarded interface {
-	Guard() firewall.VTEPGuard
+	Guard(in Input) firewall.VTEPGuard
 }
 
 // Tunnel is a VTEP as the eBPF datapath encapsulates for it.

@@ -426,6 +426,33 @@ func (tb *Testbed) AddHost(role string, ip netip.Addr) (*NetNS, error) {
 	return n, nil
 }
 
+// AddLink gives node n a second link into its segment's bridge, a
+// multi-homed node's second NIC: a veth named iface with address ip (and
+// IPv6Of(ip)) on the segment. It returns the link's MAC, for a peer that
+// is to reach the node through it (a neighbour entry of the node's
+// address with that MAC, as when both NICs answer ARP for it).
+func (tb *Testbed) AddLink(n *Node, iface string, ip netip.Addr) (net.HardwareAddr, error) {
+	seg, bridge := Segment1, bridge1
+	if n.Segment == 2 {
+		seg, bridge = Segment2, bridge2
+	}
+	if !seg.Contains(ip) {
+		return nil, fmt.Errorf("testbed: %s %s: %s is not on its segment %s", n.Host, iface, ip, seg)
+	}
+	if err := tb.plug(n.NetNS, iface, fmt.Sprintf("n%d%s", n.Index, iface), bridge, netip.PrefixFrom(ip, seg.Bits())); err != nil {
+		return nil, fmt.Errorf("testbed: %s: %w", n.Host, err)
+	}
+	var mac net.HardwareAddr
+	err := n.Do(func() error {
+		l, err := netlink.LinkByName(iface)
+		if err == nil {
+			mac = l.Attrs().HardwareAddr
+		}
+		return err
+	})
+	return mac, err
+}
+
 // Node returns node i (1-based).
 func (tb *Testbed) Node(i int) *Node { return tb.Nodes[i-1] }
 

@@ -370,9 +370,18 @@ func (nw *network) Tunnel() (backend.Tunnel, bool) {
 
 // Guard keeps the node's containers out of its VTEP and its peers'
 // (firewall.VTEPGuard): the VTEP's port (the peers' VTEPs share it),
-// arriving anywhere but on the underlay link.
-func (nw *network) Guard() firewall.VTEPGuard {
-	return firewall.VTEPGuard{Network: nw.node.Network.Name, Port: nw.node.Network.Port, Underlay: nw.node.Link.Attrs().Name}
+// unless it arrives on the underlay link or from a peer's address of the
+// VTEP's family, which its VTEP sends from (the FDB entries' dst). Every
+// peer with such an address is let in, even one connect gives a direct
+// route: its own view of the segment may differ, and it may send VXLAN.
+func (nw *network) Guard(in backend.Input) firewall.VTEPGuard {
+	g := firewall.VTEPGuard{Network: nw.node.Network.Name, Port: nw.node.Network.Port, Underlay: nw.node.Link.Attrs().Name}
+	for _, p := range in.Peers {
+		if a := p.NodeAddr(nw.v6); a.IsValid() {
+			g.Peers = append(g.Peers, a)
+		}
+	}
+	return g
 }
 
 func (nw *network) Desired(in backend.Input) (backend.State, []backend.Problem) {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -496,14 +497,32 @@ func TestEnsureRecreatesOtherSettings(t *testing.T) {
 	}
 }
 
-// Guard, without a namespace: the network's port and the VTEP's underlay
-// link.
+// Guard, without a namespace: the network's port, the VTEP's underlay
+// link, and the peers' node addresses of the VTEP's family.
 func TestGuard(t *testing.T) {
 	n := conf.Network{Name: "pods", CIDR: netip.MustParsePrefix("10.244.0.0/16"), Port: 4789}.WithDefaults()
-	nw := &network{node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"),
-		Link: &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}, Network: &n}}
-	want := firewall.VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0"}
-	if g := nw.Guard(); g != want {
-		t.Errorf("Guard:\n got %+v\nwant %+v", g, want)
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Index: 2, MTU: 1500}}
+	peers := []cluster.Lease{
+		{NodeName: "node2", NodeIP: netip.MustParseAddr("192.168.50.2"), NodeIPv6: netip.MustParseAddr("fd00:50::2")},
+		{NodeName: "node3", NodeIP: netip.MustParseAddr("192.168.50.3")},
+		{NodeName: "node4", NodeIPv6: netip.MustParseAddr("fd00:50::4")},
+	}
+	for _, tc := range []struct {
+		name  string
+		v6    bool
+		peers []cluster.Lease
+		want  []netip.Addr
+	}{
+		{"no peer", false, nil, nil},
+		{"IPv4 underlay", false, peers, []netip.Addr{netip.MustParseAddr("192.168.50.2"), netip.MustParseAddr("192.168.50.3")}},
+		{"IPv6 underlay", true, peers, []netip.Addr{netip.MustParseAddr("fd00:50::2"), netip.MustParseAddr("fd00:50::4")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nw := &network{node: backend.Node{Name: "node1", IP: netip.MustParseAddr("192.168.50.1"), Link: link, Network: &n}, v6: tc.v6}
+			want := firewall.VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0", Peers: tc.want}
+			if g := nw.Guard(backend.Input{Peers: tc.peers}); !reflect.DeepEqual(g, want) {
+				t.Errorf("Guard:\n got %+v\nwant %+v", g, want)
+			}
+		})
 	}
 }
