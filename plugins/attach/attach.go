@@ -494,6 +494,7 @@ func (d Datapath) GC(args *skel.CmdArgs, c *conf.Bridge) error {
 		}
 		errs = append(errs, d.collect(args, c, r))
 	}
+	removeStaleLocks(networkDir(c.StateDir, c.Name))
 	errs = append(errs, d.sweep(args, c, gcConf.ValidAttachments), d.releaseIfEmpty(c))
 	return errors.Join(errs...)
 }

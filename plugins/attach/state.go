@@ -251,10 +251,8 @@ func networkEmpty(stateDir, network string) bool {
 }
 
 // records lists the attachments of network, live or leaving (GC only), and removes the
-// temp files of writers that died (their flock is free) and the lock files
-// of calls that died before writing a record.
+// temp files of writers that died (their flock is free).
 func records(stateDir, network string) ([]*record, error) {
-	removeStaleLocks(networkDir(stateDir, network))
 	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
 	for _, p := range temps {
 		if f, err := os.Open(p); err == nil {
