@@ -43,7 +43,7 @@ type serialNet struct {
 	bin      string
 	rt       *testenv.Runtime
 	resident *testenv.Attachment
-	before   string   // the node's snapshot with the resident alone
+	before   string   // the node's attachmentState with the resident alone
 	files    []string // the state dir's files then, lock files included
 }
 
@@ -53,7 +53,7 @@ func newSerialNet(t *testing.T, name, subnet string) *serialNet {
 		bin: filepath.Join(testenv.BinDir(t, "berth-bridge"), "berth-bridge"),
 		rt:  testenv.NewRuntime(t, n.ns, n.conflist(name, "berth0", subnet+".0/24", "")), resident: container(t, "resident")}
 	s.rt.MustAdd(t, s.resident)
-	s.before, s.files = n.snapshot(t), s.stateFiles()
+	s.before, s.files = attachmentState(t, n), s.stateFiles()
 	return s
 }
 
@@ -76,7 +76,7 @@ func (s *serialNet) stateFiles() []string {
 // what they were with the resident alone.
 func (s *serialNet) nothingLeft(t *testing.T, what string) {
 	t.Helper()
-	if d := testenv.Diff(s.before, s.snapshot(t)); d != "" {
+	if d := testenv.Diff(s.before, attachmentState(t, s.node)); d != "" {
 		t.Errorf("%s: left behind:\n%s", what, d)
 	}
 	if files := s.stateFiles(); strings.Join(files, "\n") != strings.Join(s.files, "\n") {
@@ -162,14 +162,14 @@ func (c *pluginCall) wait(t *testing.T) (*current.Result, error) {
 }
 
 // stopWhen stops c (SIGSTOP) as soon as reached reports that it got
-// far enough, midway through its work; the test fails if c ended first.
-func (s *serialNet) stopWhen(t *testing.T, c *pluginCall, point string, reached func() bool) {
+// far enough, midway through its work; false if c ended first.
+func (s *serialNet) stopWhen(t *testing.T, c *pluginCall, point string, reached func() bool) bool {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !reached() {
 		select {
 		case <-c.done:
-			t.Fatalf("the call ended (%v) before %s", c.err, point)
+			return false
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -178,6 +178,7 @@ func (s *serialNet) stopWhen(t *testing.T, c *pluginCall, point string, reached 
 		time.Sleep(100 * time.Microsecond)
 	}
 	c.cmd.Process.Signal(syscall.SIGSTOP)
+	return true
 }
 
 func (c *pluginCall) resume() { c.cmd.Process.Signal(syscall.SIGCONT) }
@@ -214,12 +215,29 @@ var (
 	}}
 )
 
-// stopped starts command for a new container's eth0 and stops it at p.
+// stopped starts command (ADD or DEL) for a's eth0 and stops it at p. A
+// call that ended before the poll saw it reach p (a loaded machine) is
+// undone and made again. Whatever the test finds, a is DELeted at its end, so that
+// a failure does not spill into the next test on s.
 func (s *serialNet) stopped(t *testing.T, command string, a *testenv.Attachment, p stopPoint, conf string) *pluginCall {
 	t.Helper()
-	c := s.start(t, command, a.ID, a.Netns, conf)
-	s.stopWhen(t, c, p.name, func() bool { return p.reached(s, a.ID) })
-	return c
+	t.Cleanup(func() { s.start(t, "DEL", a.ID, a.Netns, "").wait(t) })
+	for range 5 {
+		c := s.start(t, command, a.ID, a.Netns, conf)
+		if s.stopWhen(t, c, p.name, func() bool { return p.reached(s, a.ID) }) {
+			return c
+		}
+		t.Logf("%s %s ended (%v) before %s: again", command, a.ID, c.err, p.name)
+		if command == "DEL" {
+			if _, err := s.start(t, "ADD", a.ID, a.Netns, "").wait(t); err != nil {
+				t.Fatal(err)
+			}
+		} else {
+			s.del(t, a)
+		}
+	}
+	t.Fatalf("%s %s ended before %s 5 times", command, a.ID, p.name)
+	return nil
 }
 
 // The other call has time to run (or to wait for the lock) meanwhile.
@@ -446,14 +464,24 @@ func TestGCWhileAddRuns(t *testing.T) {
 			add := s.stopped(t, "ADD", a, p, "")
 			gc := make(chan error, 1)
 			go func() { gc <- s.rt.GC(s.resident) }()
-			time.Sleep(meanwhile)
+			// GC ends while the ADD is stopped, unless it waits for
+			// a node lock the ADD holds (IPAM's, the iptables lock):
+			// then it is past the attachments, for which it takes
+			// no such lock, within milliseconds.
+			var gcErr error
+			select {
+			case gcErr = <-gc:
+			case <-time.After(2 * time.Second):
+				add.resume()
+				gcErr = <-gc
+			}
 			add.resume()
+			if gcErr != nil {
+				t.Errorf("GC: %v", gcErr)
+			}
 			res, err := add.wait(t)
 			if err != nil {
 				t.Fatalf("ADD: %v", err)
-			}
-			if err := <-gc; err != nil {
-				t.Errorf("GC: %v", err)
 			}
 			s.whole(t, "after GC", a, res)
 			// Now that the ADD is done, GC removes it (the runtime
