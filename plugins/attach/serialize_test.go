@@ -213,6 +213,13 @@ var (
 		rec, _ := s.attachmentOf(id)
 		return exists(rec + ".leaving")
 	}}
+	// DEL released the address (berth-ipam's index entry of the
+	// attachment is gone): the veth and the rules are next.
+	addressReleased = stopPoint{"address released", func(s *serialNet, id string) bool {
+		h := sha256.Sum256([]byte(id + "/eth0"))
+		rec, _ := s.attachmentOf(id)
+		return exists(rec+".leaving") && !exists(filepath.Join(s.dataDir, s.name, "attach", hex.EncodeToString(h[:12])))
+	}}
 )
 
 // stopped starts command (ADD or DEL) for a's eth0 and stops it at p. A
@@ -383,39 +390,44 @@ func TestSecondAddWhileAddRuns(t *testing.T) {
 }
 
 // A DEL repeated while the first still runs waits for it and succeeds
-// with nothing to do; so does an ADD of the container again, which then
-// gets a whole attachment. Before the lock, the first DEL went on after
-// the second had returned and removed what the new ADD made.
+// with nothing to do; the ADD the runtime sends once that DEL returned
+// gets a whole attachment. Before the lock, the second DEL returned at
+// once, and the first, going on, removed what the new ADD made.
 func TestDelAgainWhileDelRuns(t *testing.T) {
 	s := newSerialNet(t, "racedd", "10.43.0")
-	a := container(t, "dd")
-	if _, err := s.start(t, "ADD", a.ID, a.Netns, "").wait(t); err != nil {
-		t.Fatal(err)
+	for i, p := range []stopPoint{markedLeaving, addressReleased} {
+		t.Run(p.name, func(t *testing.T) {
+			a := container(t, fmt.Sprintf("dd%d", i))
+			if _, err := s.start(t, "ADD", a.ID, a.Netns, "").wait(t); err != nil {
+				t.Fatal(err)
+			}
+			first := s.stopped(t, "DEL", a, p, "")
+			second := s.start(t, "DEL", a.ID, a.Netns, "")
+			var readd *pluginCall
+			if second.finished(meanwhile) {
+				readd = s.start(t, "ADD", a.ID, a.Netns, "")
+				time.Sleep(meanwhile)
+			}
+			first.resume()
+			if _, err := first.wait(t); err != nil {
+				t.Errorf("first DEL: %v", err)
+			}
+			if _, err := second.wait(t); err != nil {
+				t.Errorf("second DEL: %v", err)
+			}
+			if readd == nil {
+				readd = s.start(t, "ADD", a.ID, a.Netns, "")
+			}
+			if res, err := readd.wait(t); err != nil {
+				t.Errorf("ADD after the DELs: %v", err)
+			} else {
+				s.whole(t, "ADD after two DELs", a, res)
+			}
+			s.del(t, a)
+			s.del(t, a) // once more: nothing to do
+			s.nothingLeft(t, "after the last DEL")
+		})
 	}
-	first := s.stopped(t, "DEL", a, markedLeaving, "")
-	again := make(chan error, 1)
-	var readd *pluginCall
-	go func() {
-		_, err := s.start(t, "DEL", a.ID, a.Netns, "").wait(t)
-		readd = s.start(t, "ADD", a.ID, a.Netns, "")
-		again <- err
-	}()
-	time.Sleep(meanwhile)
-	first.resume()
-	if _, err := first.wait(t); err != nil {
-		t.Errorf("first DEL: %v", err)
-	}
-	if err := <-again; err != nil {
-		t.Errorf("second DEL: %v", err)
-	}
-	if res, err := readd.wait(t); err != nil {
-		t.Errorf("ADD after the DELs: %v", err)
-	} else {
-		s.whole(t, "ADD after two DELs", a, res)
-	}
-	s.del(t, a)
-	s.del(t, a) // once more: nothing to do
-	s.nothingLeft(t, "after the last DEL")
 }
 
 // CHECK while an ADD of the container runs (one it repeats after a DEL,
