@@ -85,19 +85,25 @@ func Check(req *Request) error {
 	return err
 }
 
-// GC releases every address not held by one of valid.
-func GC(req *Request, valid []types.GCAttachment) error {
+// GC releases every address whose attachment keep refuses (Listed: not
+// one of a GC call's valid attachments). keep runs under the store's lock.
+func GC(req *Request, keep func(Attachment) bool) error {
 	pool, err := Open(req.Network, req.Conf)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	keep := make([]Attachment, 0, len(valid))
-	for _, v := range valid {
-		keep = append(keep, Attachment{v.ContainerID, v.IfName})
-	}
 	_, err = pool.GC(keep)
 	return err
+}
+
+// Listed tells the attachments in valid, a GC call's list.
+func Listed(valid []types.GCAttachment) func(Attachment) bool {
+	set := make(map[Attachment]bool, len(valid))
+	for _, v := range valid {
+		set[Attachment{v.ContainerID, v.IfName}] = true
+	}
+	return func(a Attachment) bool { return set[a] }
 }
 
 // Status reports error 50 when the store cannot take allocations.

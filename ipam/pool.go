@@ -221,13 +221,10 @@ func (p *Pool) Addresses(att Attachment) ([]netip.Addr, error) {
 	return out, err
 }
 
-// GC releases every reservation whose attachment is not in valid and
-// returns how many addresses it freed.
-func (p *Pool) GC(valid []Attachment) (int, error) {
-	keep := make(map[Attachment]bool, len(valid))
-	for _, v := range valid {
-		keep[v] = true
-	}
+// GC releases every reservation whose attachment keep refuses and
+// returns how many addresses it freed. keep runs under the store's lock:
+// what it reads cannot change under an allocation meanwhile.
+func (p *Pool) GC(keep func(Attachment) bool) (int, error) {
 	freed := 0
 	err := p.store.withLock(func() error {
 		p.store.removeTemps()
@@ -236,7 +233,7 @@ func (p *Pool) GC(valid []Attachment) (int, error) {
 			return err
 		}
 		for a, att := range all {
-			if keep[att] {
+			if keep(att) {
 				continue
 			}
 			if err := os.Remove(p.store.path(a)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -249,7 +246,7 @@ func (p *Pool) GC(valid []Attachment) (int, error) {
 			return err
 		}
 		for _, r := range recs {
-			if !keep[r.Attachment] {
+			if !keep(r.Attachment) {
 				if err := p.store.removeRecord(r.Attachment); err != nil {
 					return err
 				}

@@ -175,7 +175,7 @@ func TestReleaseUnknownAndGC(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	freed, err := p.GC([]Attachment{att(0), att(3)})
+	freed, err := p.GC(func(a Attachment) bool { return a == att(0) || a == att(3) })
 	if err != nil || freed != 3 {
 		t.Fatalf("GC freed %d, %v", freed, err)
 	}
@@ -203,7 +203,7 @@ func TestInterruptedAdd(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(p.store.dir, "10.5.0.9")); !os.IsNotExist(err) {
 		t.Fatalf("reservation survived DEL: %v", err)
 	}
-	if _, err := p.GC(nil); err != nil {
+	if _, err := p.GC(func(Attachment) bool { return false }); err != nil {
 		t.Fatal(err)
 	}
 	entries, _ := os.ReadDir(p.store.dir)

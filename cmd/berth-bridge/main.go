@@ -22,7 +22,8 @@ const help = `Configuration (a plugin in a conflist; every field but "type" and 
    "hairpinMode": true,         a container can reach its own published ports
    "promiscMode": false,        bridge in promiscuous mode
    "isolation": true,           no traffic to or from other berth networks on this node
-   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
+   "stateDir": "/run/berth",    attachment records and their locks (the node's locks and
+                                host port claims: /run/berth/netns/)
    "datapath": "iptables",      or "ebpf": TC programs carry container-to-container
                                 traffic past the bridge and netfilter (IPv4 only:
                                 IPv6 ranges are refused with error 7)

@@ -66,5 +66,5 @@ func gc(req *ipam.Request, args *skel.CmdArgs, _ string) error {
 	if err != nil {
 		return err
 	}
-	return ipam.GC(req, valid)
+	return ipam.GC(req, ipam.Listed(valid))
 }

@@ -126,6 +126,13 @@ func (d Datapath) Add(args *skel.CmdArgs, c *conf.Bridge) (err error) {
 		return err
 	}
 	defer netns.Close()
+	lock, err := lockAttachment(c.StateDir, k.rec, "ADD", lockWait)
+	if err != nil {
+		return err
+	}
+	// Deferred before undo, so run after it: a call waiting for the
+	// lock finds the failed ADD's remains gone.
+	defer lock.unlock()
 
 	var undo []func()
 	defer func() {
@@ -304,6 +311,11 @@ func (d Datapath) Del(args *skel.CmdArgs, c *conf.Bridge) error {
 	if err != nil {
 		return err
 	}
+	lock, err := lockAttachment(c.StateDir, k.rec, "DEL", lockWait)
+	if err != nil {
+		return err
+	}
+	defer lock.unlock()
 	if saved, err := loadAttachment(c.StateDir, k.rec); err != nil {
 		return err
 	} else if saved != nil {
@@ -408,6 +420,11 @@ func (d Datapath) Check(args *skel.CmdArgs, c *conf.Bridge) error {
 	if err != nil {
 		return fmt.Errorf("%w: prevResult: %v", cnierr.ErrDecode, err)
 	}
+	lock, err := lockAttachment(c.StateDir, k.rec, "CHECK", lockWait)
+	if err != nil {
+		return err
+	}
+	defer lock.unlock()
 	saved, err := loadRecord(recordPath(c.StateDir, k.rec))
 	if err != nil {
 		return err
@@ -475,13 +492,30 @@ func (d Datapath) GC(args *skel.CmdArgs, c *conf.Bridge) error {
 		if valid[[2]string{r.ContainerID, r.IfName}] || theirs[r.bridge()] {
 			continue
 		}
-		a := *args
-		a.ContainerID, a.IfName = r.ContainerID, r.IfName
-		k := &call{args: &a, c: c, rec: r, ipam: newAddresser(&a, c)}
-		errs = append(errs, d.teardown(k))
+		errs = append(errs, d.collect(args, c, r))
 	}
+	removeStaleLocks(networkDir(c.StateDir, c.Name))
 	errs = append(errs, d.sweep(args, c, gcConf.ValidAttachments), d.releaseIfEmpty(c))
 	return errors.Join(errs...)
+}
+
+// collect tears down r's attachment for GC, unless another call is on it
+// now (an ADD the runtime gave up on, a DEL): GC does not wait, and the
+// next GC gets the attachment if it is still stale. The record is read
+// again under the lock: it may have gone meanwhile.
+func (d Datapath) collect(args *skel.CmdArgs, c *conf.Bridge, r *record) error {
+	lock, err := tryLockAttachment(c.StateDir, r, "GC")
+	if lock == nil || err != nil {
+		return err
+	}
+	defer lock.unlock()
+	saved, err := loadAttachment(c.StateDir, r)
+	if saved == nil || err != nil {
+		return err
+	}
+	a := *args
+	a.ContainerID, a.IfName = saved.ContainerID, saved.IfName
+	return d.teardown(&call{args: &a, c: c, rec: saved, ipam: newAddresser(&a, c)})
 }
 
 // sweep releases the addresses whose attachment left no record (or was
@@ -503,7 +537,14 @@ func (d Datapath) sweep(args *skel.CmdArgs, c *conf.Bridge, valid []types.GCAtta
 	if err != nil || len(others) > 0 {
 		return err
 	}
-	return errors.Join(newAddresser(args, c).gc(valid), gcFastpath(c))
+	// An address whose attachment has a record stays: GC left it to the
+	// call on it now, or failed to remove it (the next GC repeats). An
+	// ADD writes its record before it takes an address, so one that GC
+	// did not list (begun since) keeps its address too.
+	attached := func(containerID, ifName string) bool {
+		return hasRecord(c.StateDir, &record{Network: c.Name, ContainerID: containerID, IfName: ifName})
+	}
+	return errors.Join(newAddresser(args, c).gc(valid, attached), gcFastpath(c))
 }
 
 // Status reports whether the network can take new containers.

@@ -23,7 +23,9 @@ type addresser interface {
 	add() (*current.Result, error)
 	del() error
 	check() error
-	gc(valid []types.GCAttachment) error
+	// gc releases the addresses of the attachments neither in valid nor
+	// attached (asked under the addresses' lock, where it can be).
+	gc(valid []types.GCAttachment, attached func(containerID, ifName string) bool) error
 	status() error
 }
 
@@ -41,8 +43,9 @@ func (p *inProcess) add() (*current.Result, error) { return ipam.Add(p.req) }
 func (p *inProcess) del() error                    { return ipam.Del(p.req) }
 func (p *inProcess) check() error                  { return ipam.Check(p.req) }
 func (p *inProcess) status() error                 { return ipam.Status(p.req) }
-func (p *inProcess) gc(valid []types.GCAttachment) error {
-	return ipam.GC(p.req, valid)
+func (p *inProcess) gc(valid []types.GCAttachment, attached func(containerID, ifName string) bool) error {
+	listed := ipam.Listed(valid)
+	return ipam.GC(p.req, func(a ipam.Attachment) bool { return listed(a) || attached(a.ContainerID, a.IfName) })
 }
 
 type delegated struct {
@@ -101,7 +104,9 @@ func (d *delegated) status() error {
 }
 
 // gc passes the GC call (with its valid attachments, already in stdin) on.
-func (d *delegated) gc([]types.GCAttachment) error {
+// The plugin knows only the runtime's list: berth's records cannot be
+// asked under that plugin's lock.
+func (d *delegated) gc([]types.GCAttachment, func(string, string) bool) error {
 	if err := d.find(); err != nil {
 		return err
 	}

@@ -74,6 +74,10 @@ func TestSIGKILLDuringAdd(t *testing.T) {
 		if d := testenv.Diff(before, n.snapshot(t)); d != "" {
 			t.Fatalf("round %d: left behind:\n%s", i, d)
 		}
+		// The snapshot leaves lock files out; the killed ADD's goes too.
+		if locks, _ := filepath.Glob(filepath.Join(n.stateDir, "networks", "kill", "*.lock")); len(locks) != 1 {
+			t.Fatalf("round %d: lock files %v, want the resident's alone", i, locks)
+		}
 	}
 	t.Logf("%d of %d ADDs killed midway", killedMidway, rounds)
 	if killedMidway < rounds/3 {

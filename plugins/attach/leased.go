@@ -103,7 +103,8 @@ const LeasedHelp = `Configuration (netd writes this conflist into the CNI conf d
   {"type": "berth-MODE",
    "leaseDir": "/run/berth",    where netd writes the node lease <leaseDir>/<network name>.json
    "bridge": "berth0",          bridge name on the node
-   "stateDir": "/run/berth",    attachment records (locks and host port claims: /run/berth/netns/)
+   "stateDir": "/run/berth",    attachment records and their locks (the node's locks and
+                                host port claims: /run/berth/netns/)
    "isolation": true,           no traffic to or from other berth networks on this node
    "hairpinMode": true,
    "datapath": "iptables",      or "ebpf" (netd --datapath=ebpf writes it, with "bpffs");
