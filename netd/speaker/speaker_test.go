@@ -680,8 +680,10 @@ func TestPassiveSideBackQuickly(t *testing.T) {
 		eventually(t, "session up", up)
 		took := time.Since(t0)
 		t.Logf("restart %d: session back after %s", i, took.Round(time.Millisecond))
-		if took > 2*time.Second {
-			t.Errorf("restart %d: session back after %s, want < 2s (a 1s idle hold, not GoBGP's 5s)", i, took)
+		// 1-1.1 s on an idle machine; 2.04 s once on a loaded one. The
+		// bound tells a 1 s hold from GoBGP's 5 s with room for load.
+		if took > 3500*time.Millisecond {
+			t.Errorf("restart %d: session back after %s, want < 3.5s (a 1s idle hold, not GoBGP's 5s)", i, took)
 		}
 	}
 	b.srv.Stop()
