@@ -362,8 +362,10 @@ func readGuard(c *nftables.Conn, network string) (VTEPGuardState, error) {
 		}
 		set := sets[at]
 		s.sets[i] = otherSet
+		// A size caps the elements: adding peers past it fails (ENFILE)
+		// on every pass, so such a set is made anew like one of another type.
 		if set.KeyType.Name != want.KeyType.Name || set.KeyType.Bytes != want.KeyType.Bytes || set.Interval || set.IsMap ||
-			set.Constant || set.Anonymous || set.HasTimeout || set.Dynamic || set.Concatenation {
+			set.Constant || set.Anonymous || set.HasTimeout || set.Dynamic || set.Concatenation || set.Size != 0 {
 			continue
 		}
 		s.sets[i] = rightSet

@@ -209,6 +209,17 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 		return c.AddSet(&nftables.Set{Table: guardTable, Name: GuardSet("pods", true), KeyType: nftables.TypeIPAddr}, nil)
 	})
 	ensure(g, written)
+	// A set of the right type with a size too small for the peers: adding
+	// the second peer failed on every pass until it was made anew.
+	nft(func(c *nftables.Conn) error {
+		c.FlushChain(guardChain("pods"))
+		c.DelSet(guardSet("pods", false))
+		return c.AddSet(&nftables.Set{Table: guardTable, Name: GuardSet("pods", false), KeyType: nftables.TypeIPAddr, Size: 1}, nil)
+	})
+	g.Peers = []netip.Addr{peer4a, peer4b, peer6a}
+	ensure(g, chain+"written (port 8472, from the peers 192.168.50.2, 192.168.50.3, fd00:50::2 or over eth0 only)")
+	g.Peers = []netip.Addr{peer4b, peer6a}
+	ensure(g, chain+"peers 192.168.50.2 no longer let in")
 	other := VTEPGuard{Network: "other", Port: 4789, Underlay: "eth1", Peers: []netip.Addr{peer4a}}
 	otherWritten := "VTEP guard inet berth " + GuardChain("other") + ": written (port 4789, from the peers 192.168.50.2 or over eth1 only)"
 	ensure(other, otherWritten)
