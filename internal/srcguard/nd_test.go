@@ -147,6 +147,50 @@ func TestKernelDropsFragmentedND(t *testing.T) {
 	}
 }
 
+// A first fragment with another extension header behind its fragment
+// header: Linux reads the ICMPv6 message behind both, and a receiver
+// with suppress_frag_ndisc=0 takes neighbour discovery in fragments.
+// The guard drops those fragments as it drops the headers unfragmented:
+// without it the node wrote another MAC (TLLA) into its entry for the
+// container's address, each of 10 times out of 10.
+func TestNeighbourDiscoveryBehindFragmentAndOptions(t *testing.T) {
+	node, cont := bridgedContainer(t)
+	mustRun(t, node, "ip", "addr", "add", "fd70::1/64", "dev", "br0", "nodad")
+	mustRun(t, node, "sysctl", "-qw", "net.ipv6.conf.br0.suppress_frag_ndisc=0")
+	mustRun(t, cont, "ip", "addr", "add", own6.String()+"/64", "dev", "eth0", "nodad")
+	var hvIndex int
+	inNode(t, node, func() error {
+		hv, err := net.InterfaceByName("hv")
+		hvIndex = hv.Index
+		return err
+	})
+	forged := nd(own6, netip.MustParseAddr("ff02::1"), icmp6NA, naBody(own6, true), llOption(2, otherMAC))
+	taken := func(exts ...ext) bool {
+		mustRun(t, node, "ip", "-6", "neigh", "replace", own6.String(), "lladdr", ownMAC.String(), "dev", "br0", "nud", "stale")
+		sendOnEth0(t, cont, to("33:33:00:00:00:01", eth(ownMAC, 0x86dd, chain(forged, exts...))))
+		return neighAfter(t, node, own6, otherMAC) == otherMAC.String()
+	}
+	// The control: without the guard the node takes it.
+	if !taken(atomicFrag(), dstOpts()) {
+		t.Fatal("without the guard the node did not take the advertisement behind a fragment header and destination options: the bed does not reproduce the attack")
+	}
+	inNode(t, node, func() error { return Apply(hvIndex, Container{MAC: ownMAC, IPv4: own4, IPv6: own6}, false) })
+	for _, tc := range []struct {
+		name string
+		exts []ext
+	}{
+		{"atomic fragment, destination options", []ext{atomicFrag(), dstOpts()}},
+		{"atomic fragment, routing header", []ext{atomicFrag(), routingSkipped()}},
+		{"atomic fragment, atomic fragment", []ext{atomicFrag(), atomicFrag()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if taken(tc.exts...) {
+				t.Errorf("the node has %s at %s", own6, otherMAC)
+			}
+		})
+	}
+}
+
 // advertisementsIn is n's count of neighbour advertisements ICMPv6
 // received, before neighbour discovery judged them.
 func advertisementsIn(t *testing.T, n ns.NetNS) int {
@@ -222,6 +266,43 @@ func fragment(packet []byte, off, n int, more bool) []byte {
 	payload := append(fh, packet[40+off:40+off+n]...)
 	binary.BigEndian.PutUint16(h[4:], uint16(len(payload)))
 	return append(h, payload...)
+}
+
+// Extension header numbers.
+const (
+	nextRouting  = 43
+	nextFragment = 44
+	nextDstOpts  = 60
+)
+
+// ext is an extension header: its protocol number and its bytes, whose
+// first (next header) chain sets.
+type ext struct {
+	proto byte
+	body  []byte
+}
+
+func atomicFrag() ext     { return ext{nextFragment, []byte{0, 0, 0, 0, 0, 0, 0x0b, 0xe7}} }
+func firstFrag() ext      { return ext{nextFragment, []byte{0, 0, 0, 1, 0, 0, 0x0b, 0xe8}} }
+func dstOpts() ext        { return ext{nextDstOpts, []byte{0, 0, 1, 4, 0, 0, 0, 0}} }
+func routingSkipped() ext { return ext{nextRouting, []byte{0, 0, 253, 0, 0, 0, 0, 0}} } // an unknown type, segments left 0: skipped
+
+// chain puts exts between packet's IPv6 header and its payload.
+func chain(packet []byte, exts ...ext) []byte {
+	h := append([]byte{}, packet[:40]...)
+	payload := packet[40:]
+	next := h[6]
+	var mid []byte
+	for i := len(exts) - 1; i >= 0; i-- {
+		b := append([]byte{}, exts[i].body...)
+		b[0] = next
+		next = exts[i].proto
+		mid = append(b, mid...)
+	}
+	h[6] = next
+	all := append(mid, payload...)
+	binary.BigEndian.PutUint16(h[4:], uint16(len(all)))
+	return append(h, all...)
 }
 
 func hw(s string) net.HardwareAddr {

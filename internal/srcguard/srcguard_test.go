@@ -187,6 +187,15 @@ func TestProgram(t *testing.T) {
 		{"NA, a first fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(naPacket, 0, 24, true)), false},
 		{"RS, a first fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ipv6to(ll.String(), "ff02::2", nextICMPv6, []byte{icmp6RS, 0, 0, 0, 0, 0, 0, 0}), 0, 0, false)), false},
 		{"a first fragment without the ICMPv6 type", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(naPacket, 0, 0, false)[:48]), false},
+		// Behind a first fragment, another extension header hides the
+		// message as it does unfragmented; receivers with
+		// suppress_frag_ndisc=0 take it.
+		{"NA for the neighbour, atomic fragment, destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, chain(nd(own6, allNodes, icmp6NA, naBody(netip.MustParseAddr("fd70::3"), true)), atomicFrag(), dstOpts())), false},
+		{"NA, another target link-layer address, first fragment, destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, chain(naWith(llOption(2, otherMAC))[14:], firstFrag(), dstOpts())), false},
+		{"NA for the neighbour, atomic fragment, routing header", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, chain(nd(own6, allNodes, icmp6NA, naBody(netip.MustParseAddr("fd70::3"), true)), atomicFrag(), routingSkipped())), false},
+		{"NA for the neighbour, two atomic fragments", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, chain(nd(own6, allNodes, icmp6NA, naBody(netip.MustParseAddr("fd70::3"), true)), atomicFrag(), atomicFrag())), false},
+		{"RA, atomic fragment, destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, chain(nd(ll, allNodes, icmp6RA, make([]byte, 12)), atomicFrag(), dstOpts())), false},
+		{"ping, atomic fragment, destination options", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, chain(ping, atomicFrag(), dstOpts())), false},
 		{"ping, first fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ping, 0, 1448, true)), true},
 		{"ping, second fragment", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ping, 1448, 0, false)), true},
 		{"ping fragment from the neighbour's IPv6", Container{ownMAC, own4, own6}, eth(ownMAC, 0x86dd, fragment(ipv6to("fd70::3", node6.String(), nextICMPv6, ping[40:]), 0, 1448, true)), false},

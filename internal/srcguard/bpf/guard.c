@@ -199,10 +199,14 @@ static __always_inline int from_ipv6(struct __sk_buff *skb)
 	}
 	case IPPROTO_FRAGMENT: {
 		// Receivers drop neighbour discovery in fragments (RFC 6980;
-		// Linux's ndisc_rcv, atomic fragments too), and no sender
+		// Linux's ndisc_rcv, atomic fragments too, unless the
+		// receiver set suppress_frag_ndisc=0), and no sender
 		// fragments it: the guard drops the first fragment of one,
 		// which names its type, rather than rely on every receiver.
-		// Other fragmented ICMPv6 (a large ping) goes on.
+		// Other fragmented ICMPv6 (a large ping) goes on. A first
+		// fragment with another extension header behind it is
+		// dropped as one without the fragment header is: behind it
+		// the kernel reads an ICMPv6 message the guard would not see.
 		struct {
 			__u8 next, reserved;
 			__be16 frag_off;
@@ -211,7 +215,12 @@ static __always_inline int from_ipv6(struct __sk_buff *skb)
 		__u8 type;
 		if (bpf_skb_load_bytes(skb, IP6_PAYLOAD, &f, sizeof(f)) < 0)
 			return TCX_DROP;
-		if (f.next == IPPROTO_ICMPV6 && !(f.frag_off & bpf_htons(IP6_OFFSET_MASK)) &&
+		if (f.frag_off & bpf_htons(IP6_OFFSET_MASK))
+			break;
+		if (f.next == IPPROTO_HOPOPTS || f.next == IPPROTO_ROUTING || f.next == IPPROTO_FRAGMENT ||
+		    f.next == IPPROTO_DSTOPTS)
+			return TCX_DROP;
+		if (f.next == IPPROTO_ICMPV6 &&
 		    (bpf_skb_load_bytes(skb, IP6_PAYLOAD + sizeof(f), &type, 1) < 0 || (type >= ICMP6_RS && type <= ICMP6_REDIRECT)))
 			return TCX_DROP;
 		break;
