@@ -239,7 +239,7 @@ func checkAttached(ifindex int, c Container, h hook) error {
 		return fmt.Errorf("reading the source guard on interface %d: %w", ifindex, err)
 	}
 	if !same {
-		return fmt.Errorf("the program named %s on interface %d is not this berth's source guard (another build's, or someone else's): DEL and ADD the container again", progName, ifindex)
+		return fmt.Errorf("the program named %s on interface %d is not this berth's source guard (another build's, or someone else's)", progName, ifindex)
 	}
 	have, err := attachedConstants(attached)
 	if err != nil {

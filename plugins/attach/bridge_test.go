@@ -262,6 +262,10 @@ func TestCheckDetectsTampering(t *testing.T) {
 		}},
 		// The bridge's layer, which drops frames that skipped it
 		// (srcguard.Require).
+		{"anti-spoofing program of another build", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
+			removeGuard(t, n.ns, res.Interfaces[1].Name)
+			passAllGuard(t, n.ns, res.Interfaces[1].Name, true)
+		}},
 		{"host veth out of the guarded group", func(t *testing.T, c *testenv.Attachment, res *current.Result) {
 			mustRun(t, n.ns, "ip", "link", "set", res.Interfaces[1].Name, "group", "0")
 		}},
@@ -324,6 +328,9 @@ func TestCheckDetectsTampering(t *testing.T) {
 			var ce *types.Error
 			if !errors.As(err, &ce) || ce.Code != 104 {
 				t.Errorf("CHECK after %s: %v, want code 104", tt.name, err)
+			}
+			if n := strings.Count(err.Error(), "DEL and ADD"); n > 1 {
+				t.Errorf("CHECK after %s names its fix %d times: %v", tt.name, n, err)
 			}
 		})
 	}
