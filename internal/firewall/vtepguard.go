@@ -136,18 +136,52 @@ func (g VTEPGuard) rules() []guardRule {
 			}),
 		}
 	}
-	return []guardRule{{
+	fromKind := func(kind string) guardRule {
+		name := make([]byte, unix.IFNAMSIZ) // the kernel loads the kind NUL-padded
+		copy(name, kind)
+		return guardRule{
+			text: fmt.Sprintf("udp dport %d meta iifkind %q drop", g.Port, kind),
+			exprs: slices.Concat(dport, []expr.Any{
+				&expr.Meta{Key: metaKeyIIFKIND, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
+				&expr.Verdict{Kind: expr.VerdictDrop},
+			}),
+		}
+	}
+	rules := []guardRule{{
 		text: fmt.Sprintf("iifname %q return", g.Underlay),
 		exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		},
-	}, fromPeer(false), fromPeer(true), {
+	}}
+	for _, kind := range untrustedKinds {
+		rules = append(rules, fromKind(kind))
+	}
+	return append(rules, fromPeer(false), fromPeer(true), guardRule{
 		text:  fmt.Sprintf("udp dport %d drop", g.Port),
 		exprs: slices.Concat(dport, []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}),
-	}}
+	})
 }
+
+// untrustedKinds are the kinds of link (rtnl_link_ops->kind, as `ip -d
+// link` shows it) that containers or tunnels sit behind: what arrives on
+// them may carry a peer's address as its source without being the peer's
+// (a container of another plugin on a veth or bridge, a packet
+// decapsulated from a tunnel a container can send into), so a peer's
+// address is not trusted there. Uplinks stay trusted: physical NICs
+// (which have no kind, so that the meta expression does not match),
+// bonds, teams, VLANs, macvlans and VRFs.
+var untrustedKinds = []string{
+	"veth", "netkit", "bridge", "tun",
+	"vxlan", "geneve", "gre", "gretap", "ip6gre", "ip6gretap", "erspan", "ip6erspan",
+	"ipip", "ip6tnl", "sit", "vti", "vti6", "xfrm", "wireguard",
+}
+
+// metaKeyIIFKIND is NFT_META_IIFKIND (linux/netfilter/nf_tables.h),
+// which neither google/nftables v0.3.0 nor x/sys/unix names.
+const metaKeyIIFKIND expr.MetaKey = 26
 
 // Rules are the guard's chain, in nft's syntax.
 func (g VTEPGuard) Rules() []string {

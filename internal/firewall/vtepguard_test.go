@@ -18,19 +18,30 @@ var (
 )
 
 // The guard's chain, without a namespace: arrivals on the underlay pass,
-// then the peers' VXLAN of each family, then the VTEP port is dropped,
-// whatever the destination.
+// then the VTEP port is dropped on links containers or tunnels sit
+// behind, then the peers' VXLAN of each family passes, then the VTEP
+// port is dropped, whatever the destination.
 func TestVTEPGuardRules(t *testing.T) {
 	set := "@" + GuardChain("pods")
+	kinds := func(port string) []string {
+		var r []string
+		for _, k := range []string{"veth", "netkit", "bridge", "tun", "vxlan", "geneve", "gre", "gretap", "ip6gre", "ip6gretap",
+			"erspan", "ip6erspan", "ipip", "ip6tnl", "sit", "vti", "vti6", "xfrm", "wireguard"} {
+			r = append(r, "udp dport "+port+` meta iifkind "`+k+`" drop`)
+		}
+		return r
+	}
 	for _, tc := range []struct {
 		name string
 		g    VTEPGuard
 		want []string
 	}{
 		{"vxlan default port", VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0"},
-			[]string{`iifname "eth0" return`, "udp dport 8472 ip saddr " + set + "-v4 return", "udp dport 8472 ip6 saddr " + set + "-v6 return", "udp dport 8472 drop"}},
+			slices.Concat([]string{`iifname "eth0" return`}, kinds("8472"),
+				[]string{"udp dport 8472 ip saddr " + set + "-v4 return", "udp dport 8472 ip6 saddr " + set + "-v6 return", "udp dport 8472 drop"})},
 		{"IANA port, peers", VTEPGuard{Network: "pods", Port: 4789, Underlay: "ens3", Peers: []netip.Addr{peer4a, peer6a}},
-			[]string{`iifname "ens3" return`, "udp dport 4789 ip saddr " + set + "-v4 return", "udp dport 4789 ip6 saddr " + set + "-v6 return", "udp dport 4789 drop"}},
+			slices.Concat([]string{`iifname "ens3" return`}, kinds("4789"),
+				[]string{"udp dport 4789 ip saddr " + set + "-v4 return", "udp dport 4789 ip6 saddr " + set + "-v6 return", "udp dport 4789 drop"})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := tc.g.Rules(); !slices.Equal(got, tc.want) {
@@ -94,6 +105,8 @@ func TestGuardDiff(t *testing.T) {
 		return s
 	}
 	rewrite := guardChange{rewrite: true}
+	// The rules' places: the first kind's, the IPv4 peers', the last.
+	kind, peers, last := 1, 1+len(untrustedKinds), len(same.Rules)-1
 	for _, tc := range []struct {
 		name string
 		have VTEPGuardState
@@ -102,15 +115,22 @@ func TestGuardDiff(t *testing.T) {
 		{"equal", same, guardChange{}},
 		{"no table", VTEPGuardState{}, rewrite},
 		{"flushed chain", with(func(s *VTEPGuardState) { s.Rules, s.exprs = nil, nil }), rewrite},
-		{"a rule changed", with(func(s *VTEPGuardState) { s.Rules[3] = "udp dport 8472 accept" }), rewrite},
+		{"a rule changed", with(func(s *VTEPGuardState) { s.Rules[last] = "udp dport 8472 accept" }), rewrite},
 		{"a rule's expressions changed under berth's comment", with(func(s *VTEPGuardState) {
-			s.exprs[3] = slices.Concat(s.exprs[3][:len(s.exprs[3])-1], []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})
+			s.exprs[last] = slices.Concat(s.exprs[last][:len(s.exprs[last])-1], []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}})
 		}), rewrite},
 		{"another port under berth's comment", with(func(s *VTEPGuardState) {
-			s.exprs[3] = VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0"}.rules()[3].exprs
+			s.exprs[last] = VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0"}.rules()[last].exprs
 		}), rewrite},
 		{"another set under berth's comment", with(func(s *VTEPGuardState) {
-			s.exprs[1] = VTEPGuard{Network: "other", Port: 8472, Underlay: "eth0"}.rules()[1].exprs
+			s.exprs[peers] = VTEPGuard{Network: "other", Port: 8472, Underlay: "eth0"}.rules()[peers].exprs
+		}), rewrite},
+		{"a kind's rule missing", with(func(s *VTEPGuardState) {
+			s.Rules, s.exprs = slices.Delete(s.Rules, kind, kind+1), slices.Delete(s.exprs, kind, kind+1)
+		}), rewrite},
+		{"another kind under berth's comment", with(func(s *VTEPGuardState) {
+			s.exprs[kind] = slices.Clone(s.exprs[kind])
+			s.exprs[kind][5] = &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte("macvlan\x00\x00\x00\x00\x00\x00\x00\x00\x00")}
 		}), rewrite},
 		{"a rule without berth's comment", with(func(s *VTEPGuardState) { s.Rules[0] = "" }), rewrite},
 		{"chain on another hook", with(func(s *VTEPGuardState) { s.Chain = different }), rewrite},
