@@ -427,10 +427,14 @@ func (tb *Testbed) AddHost(role string, ip netip.Addr) (*NetNS, error) {
 }
 
 // AddLink gives node n a second link into its segment's bridge, a
-// multi-homed node's second NIC: a veth named iface with address ip (and
-// IPv6Of(ip)) on the segment. It returns the link's MAC, for a peer that
-// is to reach the node through it (a neighbour entry of the node's
-// address with that MAC, as when both NICs answer ARP for it).
+// multi-homed node's second NIC: a macvlan named iface with address ip
+// (and IPv6Of(ip)) on the segment, on a veth "u<iface>" without an
+// address plugged into the bridge. A macvlan, not the veth, holds the
+// address so that packets arrive on a link of a kind an uplink has (the
+// VTEP guard does not trust peers' addresses on veths, which containers
+// sit behind). It returns the macvlan's MAC, for a peer that is to reach
+// the node through it (a neighbour entry of the node's address with that
+// MAC, as when both NICs answer ARP for it).
 func (tb *Testbed) AddLink(n *Node, iface string, ip netip.Addr) (net.HardwareAddr, error) {
 	seg, bridge := Segment1, bridge1
 	if n.Segment == 2 {
@@ -439,28 +443,54 @@ func (tb *Testbed) AddLink(n *Node, iface string, ip netip.Addr) (net.HardwareAd
 	if !seg.Contains(ip) {
 		return nil, fmt.Errorf("testbed: %s %s: %s is not on its segment %s", n.Host, iface, ip, seg)
 	}
-	if err := tb.plug(n.NetNS, iface, fmt.Sprintf("n%d%s", n.Index, iface), bridge, netip.PrefixFrom(ip, seg.Bits())); err != nil {
+	lower := "u" + iface
+	if err := tb.plug(n.NetNS, lower, fmt.Sprintf("n%d%s", n.Index, iface), bridge, netip.Prefix{}); err != nil {
 		return nil, fmt.Errorf("testbed: %s: %w", n.Host, err)
 	}
 	var mac net.HardwareAddr
 	err := n.Do(func() error {
+		low, err := netlink.LinkByName(lower)
+		if err != nil {
+			return err
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name, la.ParentIndex = iface, low.Attrs().Index
+		if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: la, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
+			return fmt.Errorf("creating macvlan %s on %s: %w", iface, lower, err)
+		}
+		addr := netip.PrefixFrom(ip, seg.Bits())
+		if err := addAddr(iface, addr); err != nil {
+			return err
+		}
+		if err := addAddr(iface, netip.PrefixFrom(IPv6Of(ip), 64)); err != nil {
+			return err
+		}
+		if err := noDAD(iface); err != nil {
+			return err
+		}
+		if err := linkUp(iface); err != nil {
+			return err
+		}
 		l, err := netlink.LinkByName(iface)
 		if err == nil {
 			mac = l.Attrs().HardwareAddr
 		}
 		return err
 	})
-	return mac, err
+	if err != nil {
+		return nil, fmt.Errorf("testbed: %s: %w", n.Host, err)
+	}
+	return mac, nil
 }
 
 // Node returns node i (1-based).
 func (tb *Testbed) Node(i int) *Node { return tb.Nodes[i-1] }
 
 // plug connects namespace n to an underlay bridge: a veth named iface in
-// n with address addr (and its IPv6 twin, IPv6Of, on a /64), its peer
-// port enslaved to bridge. The veth is made inside n with its peer
-// created directly in the underlay, so it never appears in the machine's
-// own namespace.
+// n with address addr (and its IPv6 twin, IPv6Of, on a /64; none if addr
+// is the zero prefix), its peer port enslaved to bridge. The veth is made
+// inside n with its peer created directly in the underlay, so it never
+// appears in the machine's own namespace.
 func (tb *Testbed) plug(n *NetNS, iface, port, bridge string, addr netip.Prefix) error {
 	err := n.Do(func() error {
 		la := netlink.NewLinkAttrs()
@@ -468,6 +498,9 @@ func (tb *Testbed) plug(n *NetNS, iface, port, bridge string, addr netip.Prefix)
 		veth := &netlink.Veth{LinkAttrs: la, PeerName: port, PeerNamespace: netlink.NsFd(int(tb.Underlay.Fd()))}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("creating veth %s: %w", iface, err)
+		}
+		if !addr.IsValid() {
+			return linkUp(iface)
 		}
 		if err := addAddr(iface, addr); err != nil {
 			return err
