@@ -309,7 +309,7 @@ func (g VTEPGuard) written(c guardChange) []string {
 		case len(addrs) <= 8:
 			peers = "the peers " + join(addrs)
 		}
-		return []string{fmt.Sprintf("%swritten (port %d, from %s or over %s only)", prefix, g.Port, peers, g.Underlay)}
+		return []string{fmt.Sprintf("%swritten (port %d, from %s on uplinks or over %s only)", prefix, g.Port, peers, g.Underlay)}
 	}
 	var what []string
 	if len(c.add) > 0 {

@@ -1,13 +1,19 @@
 package firewall
 
 import (
+	"fmt"
+	"net"
 	"net/netip"
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"github.com/vishvananda/netlink"
 
 	"github.com/berthnet/berth/internal/testenv"
 )
@@ -197,7 +203,7 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 		}
 	}
 	chain := "VTEP guard inet berth " + GuardChain("pods") + ": "
-	written := chain + "written (port 8472, from the peers 192.168.50.2, fd00:50::2 or over eth0 only)"
+	written := chain + "written (port 8472, from the peers 192.168.50.2, fd00:50::2 on uplinks or over eth0 only)"
 	ensure(g, written)
 	ensure(g) // again: no write
 	pending()
@@ -215,7 +221,22 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 	pending(chain + "peers 10.9.9.9 no longer let in")
 	ensure(g, chain+"peers 10.9.9.9 no longer let in")
 
-	written = chain + "written (port 8472, from the peers 192.168.50.3, fd00:50::2 or over eth0 only)"
+	written = chain + "written (port 8472, from the peers 192.168.50.3, fd00:50::2 on uplinks or over eth0 only)"
+	// A kind's rule deleted by hand: peers' addresses would pass on veths.
+	nft(func(c *nftables.Conn) error {
+		rules, err := c.GetRules(guardTable, guardChain("pods"))
+		if err != nil {
+			return err
+		}
+		for _, r := range rules {
+			if text, _ := userdata.GetString(r.UserData, userdata.TypeComment); text == `udp dport 8472 meta iifkind "veth" drop` {
+				return c.DelRule(r)
+			}
+		}
+		return fmt.Errorf("no veth rule in %q", g.Rules())
+	})
+	pending(written)
+	ensure(g, written)
 	nft(func(c *nftables.Conn) error { c.FlushTable(guardTable); return nil })
 	pending(written)
 	ensure(g, written)
@@ -237,11 +258,11 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 		return c.AddSet(&nftables.Set{Table: guardTable, Name: GuardSet("pods", false), KeyType: nftables.TypeIPAddr, Size: 1}, nil)
 	})
 	g.Peers = []netip.Addr{peer4a, peer4b, peer6a}
-	ensure(g, chain+"written (port 8472, from the peers 192.168.50.2, 192.168.50.3, fd00:50::2 or over eth0 only)")
+	ensure(g, chain+"written (port 8472, from the peers 192.168.50.2, 192.168.50.3, fd00:50::2 on uplinks or over eth0 only)")
 	g.Peers = []netip.Addr{peer4b, peer6a}
 	ensure(g, chain+"peers 192.168.50.2 no longer let in")
 	other := VTEPGuard{Network: "other", Port: 4789, Underlay: "eth1", Peers: []netip.Addr{peer4a}}
-	otherWritten := "VTEP guard inet berth " + GuardChain("other") + ": written (port 4789, from the peers 192.168.50.2 or over eth1 only)"
+	otherWritten := "VTEP guard inet berth " + GuardChain("other") + ": written (port 4789, from the peers 192.168.50.2 on uplinks or over eth1 only)"
 	ensure(other, otherWritten)
 	// Rewritten over its sets, one of them without elements.
 	nft(func(c *nftables.Conn) error { c.FlushChain(guardChain("other")); return nil })
@@ -289,5 +310,128 @@ func TestVTEPGuardEnsureAndRemove(t *testing.T) {
 		return err
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// In namespaces, with packets: UDP to the VTEP port from a peer's
+// address passes on a macvlan (an uplink's kind) and on lo (no kind, as
+// a physical NIC: the kind's meta expression does not match) and is
+// dropped on a veth (a container's kind); from an address no peer has it
+// is dropped on every link but the underlay link, which passes it
+// whatever its kind (a veth here, as a nested node's uplink). Both
+// families.
+func TestVTEPGuardLinkKinds(t *testing.T) {
+	node, sender := testenv.NewNS(t), testenv.NewNS(t)
+	testenv.Link(t, sender, "v0", "10.0.0.2/24", node, "v0", "10.0.0.1/24")
+	testenv.AddAddr(t, sender, "v0", "fd00:a::2/64")
+	testenv.AddAddr(t, node, "v0", "fd00:a::1/64")
+	testenv.Link(t, sender, "w1", "10.0.1.2/24", node, "u1", "")
+	for _, a := range []string{"10.0.1.3/24", "fd00:b::2/64", "fd00:b::3/64"} {
+		testenv.AddAddr(t, sender, "w1", a)
+	}
+	var mv1 net.HardwareAddr
+	if err := in(node, func() error {
+		u1, err := netlink.LinkByName("u1")
+		if err != nil {
+			return err
+		}
+		la := netlink.NewLinkAttrs()
+		la.Name, la.ParentIndex = "mv1", u1.Attrs().Index
+		if err := netlink.LinkAdd(&netlink.Macvlan{LinkAttrs: la, Mode: netlink.MACVLAN_MODE_BRIDGE}); err != nil {
+			return err
+		}
+		mv, err := netlink.LinkByName("mv1")
+		mv1 = mv.Attrs().HardwareAddr
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.AddAddr(t, node, "mv1", "10.0.1.1/24")
+	testenv.AddAddr(t, node, "mv1", "fd00:b::1/64")
+	// u1 answers ARP for mv1's address too (arp_ignore 0): the sender is
+	// to reach it at mv1's MAC, so that packets arrive on mv1.
+	if err := in(sender, func() error {
+		w1, err := netlink.LinkByName("w1")
+		if err != nil {
+			return err
+		}
+		for _, ip := range []string{"10.0.1.1", "fd00:b::1"} {
+			if err := netlink.NeighSet(&netlink.Neigh{LinkIndex: w1.Attrs().Index, IP: net.ParseIP(ip), HardwareAddr: mv1, State: netlink.NUD_PERMANENT}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var conn *net.UDPConn
+	if err := in(node, func() (err error) { conn, err = net.ListenUDP("udp", &net.UDPAddr{Port: 8472}); return err }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+
+	addr := netip.MustParseAddr
+	peers := []netip.Addr{addr("10.0.0.2"), addr("10.0.1.2"), addr("127.0.0.1"), addr("fd00:a::2"), addr("fd00:b::2"), addr("::1")}
+	payload := 0
+	for _, tc := range []struct {
+		name     string
+		underlay string
+		from     ns.NetNS
+		src, dst netip.Addr
+		want     bool
+	}{
+		{"a peer on a veth", "eth0", sender, addr("10.0.0.2"), addr("10.0.0.1"), false},
+		{"a peer on a veth, IPv6", "eth0", sender, addr("fd00:a::2"), addr("fd00:a::1"), false},
+		{"a peer on a macvlan", "eth0", sender, addr("10.0.1.2"), addr("10.0.1.1"), true},
+		{"a peer on a macvlan, IPv6", "eth0", sender, addr("fd00:b::2"), addr("fd00:b::1"), true},
+		{"no peer on a macvlan", "eth0", sender, addr("10.0.1.3"), addr("10.0.1.1"), false},
+		{"no peer on a macvlan, IPv6", "eth0", sender, addr("fd00:b::3"), addr("fd00:b::1"), false},
+		{"a peer on lo, without kind", "eth0", node, addr("127.0.0.1"), addr("127.0.0.1"), true},
+		{"a peer on lo, without kind, IPv6", "eth0", node, addr("::1"), addr("::1"), true},
+		{"no peer on lo", "eth0", node, addr("127.0.0.2"), addr("127.0.0.1"), false},
+		{"no peer on the underlay, a veth", "v0", sender, addr("fd00:a::2"), addr("fd00:a::1"), true},
+		{"no peer on the underlay, a veth, IPv4", "v0", sender, addr("10.0.0.2"), addr("10.0.0.1"), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := VTEPGuard{Network: "pods", Port: 8472, Underlay: tc.underlay, Peers: peers}
+			if tc.underlay != "eth0" {
+				g.Peers = nil
+			}
+			if err := in(node, func() error { _, err := EnsureVTEPGuard(g); return err }); err != nil {
+				t.Fatal(err)
+			}
+			payload++
+			want := fmt.Sprint(payload)
+			if err := in(tc.from, func() error {
+				c, err := net.DialUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.src, 0)), net.UDPAddrFromAddrPort(netip.AddrPortFrom(tc.dst, 8472)))
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				for range 3 {
+					if _, err := c.Write([]byte(want)); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			got := false
+			buf := make([]byte, 16)
+			for deadline := time.Now().Add(300 * time.Millisecond); ; {
+				if err := conn.SetReadDeadline(deadline); err != nil {
+					t.Fatal(err)
+				}
+				n, _, err := conn.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					break
+				}
+				got = got || string(buf[:n]) == want
+			}
+			if got != tc.want {
+				t.Errorf("UDP from %s to %s:8472, underlay %s, peers %v: arrived %v, want %v", tc.src, tc.dst, tc.underlay, g.Peers, got, tc.want)
+			}
+		})
 	}
 }
