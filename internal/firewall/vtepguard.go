@@ -32,20 +32,34 @@ import (
 //	  set vtep-<net>-v6 { type ipv6_addr }
 //	  chain vtep-<net>   filter hook prerouting priority raw (-300)
 //	    iifname <underlay> return
+//	    udp dport <port> meta iifkind "veth" drop  and so on: untrustedKinds
 //	    udp dport <port> ip saddr @vtep-<net>-v4 return
 //	    udp dport <port> ip6 saddr @vtep-<net>-v6 return
 //	    udp dport <port> drop
 //
 // As Calico does (felix accepts VXLAN from the set of known hosts'
 // tunnel addresses on any interface, and drops the rest), a peer's VXLAN
-// passes whichever link it arrives on: a multi-homed node may receive it
-// on another link than the VTEP's (asymmetric routing, a second uplink,
-// ARP answered by another NIC of the same segment). The sets hold the
-// node addresses the peers' VTEPs send from (their leases), which netd
-// keeps equal to the leases. A container cannot use a peer's address as
-// its source: berth's source guard drops what a berth container sends
-// from an address not its own (containers of other CNI plugins on the
-// node are their plugin's business).
+// passes on another link than the VTEP's: a multi-homed node may receive
+// it there (asymmetric routing, a second uplink, ARP answered by another
+// NIC of the same segment). The sets hold the node addresses the peers'
+// VTEPs send from (their leases), which netd keeps equal to the leases.
+// A source address proves nothing where something other than the peer
+// can send: berth's source guard keeps berth's containers from using a
+// peer's address, but not a container of another plugin (Docker's
+// docker0, CAP_NET_RAW by default), whose veth or bridge the packet
+// arrives on, nor a container's packet that an operator's tunnel (VXLAN,
+// GRE, WireGuard...) decapsulates. So the peers' addresses are trusted
+// only on links that can be a node's uplink: the VTEP port is dropped
+// first on links of a kind containers or tunnels sit behind
+// (untrustedKinds, matched by nftables' meta iifkind; one rule per kind,
+// which the comparison with the kernel reads like any other). A physical
+// NIC has no kind (the expression does not match: NFT_BREAK), nor has lo;
+// bonds, teams, VLANs, macvlans and VRFs keep the peers. What is left: a
+// link of such a kind that a workload outside berth can send on, e.g. the
+// node's own macvlan on the NIC that bridge-mode macvlan containers sit
+// on too (a macvlan container on the NIC alone does not reach the node:
+// the macvlan driver sends its packets for the NIC's address out on the
+// wire, not into the node's stack).
 //
 // The underlay link stays open to everything, as before: nothing a
 // container sends enters the node there, and every container's packet

@@ -19,8 +19,9 @@ import (
 	"github.com/berthnet/berth/test/testbed"
 )
 
-// TestVXLANMultiHomed: node1 has a second link (eth1) on the underlay
-// segment besides netd's --iface (eth0), and its peers reach its node
+// TestVXLANMultiHomed: node1 has a second link (eth1, a macvlan: a kind
+// an uplink has, which the VTEP guard trusts for peers' addresses) on the
+// underlay segment besides netd's --iface (eth0), and its peers reach its node
 // address through eth1 (their neighbour entry for it has eth1's MAC, as
 // when both NICs answer ARP): the peers' VXLAN arrives on a link that is
 // not the VTEP's. Containers reach each other across the nodes, over the
