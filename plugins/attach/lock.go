@@ -142,14 +142,22 @@ func hasRecord(stateDir string, r *record) bool {
 // whose attachment has no record: those of calls killed before they
 // wrote one.
 func removeStaleLocks(dir string) {
-	paths, _ := filepath.Glob(filepath.Join(dir, "*"+extLock))
-	for _, p := range paths {
+	removeUnheld(filepath.Join(dir, "*"+extLock), func(p string) bool {
 		base := strings.TrimSuffix(p, extLock)
+		return exists(base+extLive) || exists(base+extLeaving)
+	})
+}
+
+// removeUnheld removes the files matching pattern whose flock no process
+// holds (their writer or caller died), unless keep says otherwise.
+func removeUnheld(pattern string, keep func(path string) bool) {
+	paths, _ := filepath.Glob(pattern)
+	for _, p := range paths {
 		f, err := os.Open(p)
 		if err != nil {
 			continue
 		}
-		if taken, _ := tryFlock(f); taken && stillNamed(f, p) && !exists(base+extLive) && !exists(base+extLeaving) {
+		if taken, _ := tryFlock(f); taken && stillNamed(f, p) && !keep(p) {
 			os.Remove(p)
 		}
 		f.Close()

@@ -256,15 +256,7 @@ func networkEmpty(stateDir, network string) bool {
 // records lists the attachments of network, live or leaving (GC only), and removes the
 // temp files of writers that died (their flock is free).
 func records(stateDir, network string) ([]*record, error) {
-	temps, _ := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*.tmp"))
-	for _, p := range temps {
-		if f, err := os.Open(p); err == nil {
-			if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) == nil && stillNamed(f, p) {
-				os.Remove(p)
-			}
-			f.Close()
-		}
-	}
+	removeUnheld(filepath.Join(networkDir(stateDir, network), "*.tmp"), func(string) bool { return false })
 	paths, err := filepath.Glob(filepath.Join(networkDir(stateDir, network), "*"+extLive))
 	if err != nil {
 		return nil, err
