@@ -125,8 +125,6 @@ type guardRule struct {
 
 // rules are the guard's chain, in order, for both families.
 func (g VTEPGuard) rules() []guardRule {
-	ifname := make([]byte, unix.IFNAMSIZ) // as nft writes it: NUL-padded
-	copy(ifname, g.Underlay)
 	dport := []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
@@ -151,13 +149,11 @@ func (g VTEPGuard) rules() []guardRule {
 		}
 	}
 	fromKind := func(kind string) guardRule {
-		name := make([]byte, unix.IFNAMSIZ) // the kernel loads the kind NUL-padded
-		copy(name, kind)
 		return guardRule{
 			text: fmt.Sprintf("udp dport %d meta iifkind %q drop", g.Port, kind),
 			exprs: slices.Concat(dport, []expr.Any{
 				&expr.Meta{Key: metaKeyIIFKIND, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(kind)},
 				&expr.Verdict{Kind: expr.VerdictDrop},
 			}),
 		}
@@ -166,7 +162,7 @@ func (g VTEPGuard) rules() []guardRule {
 		text: fmt.Sprintf("iifname %q return", g.Underlay),
 		exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifnameData(g.Underlay)},
 			&expr.Verdict{Kind: expr.VerdictReturn},
 		},
 	}}
@@ -177,6 +173,14 @@ func (g VTEPGuard) rules() []guardRule {
 		text:  fmt.Sprintf("udp dport %d drop", g.Port),
 		exprs: slices.Concat(dport, []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}),
 	})
+}
+
+// ifnameData is a link's name or kind as nft compares it: the kernel
+// loads both NUL-padded to IFNAMSIZ.
+func ifnameData(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
 }
 
 // untrustedKinds are the kinds of link (rtnl_link_ops->kind, as `ip -d
@@ -267,9 +271,7 @@ type VTEPGuardState struct {
 func (s VTEPGuardState) Exists() bool { return s.Chain == right }
 
 // peers are s.Peers of one family.
-func (s VTEPGuardState) peers(v6 bool) []netip.Addr {
-	return slices.DeleteFunc(slices.Clone(s.Peers), func(a netip.Addr) bool { return a.Is6() != v6 })
-}
+func (s VTEPGuardState) peers(v6 bool) []netip.Addr { return ofFamily(s.Peers, v6) }
 
 // guardChange is what makes the kernel's guard g.
 type guardChange struct {
