@@ -26,6 +26,13 @@ func (d *daemon) guardVTEP(full bool, in backend.Input) ([]string, error) {
 	if !full && d.guarded && want.Equal(d.guard) {
 		return nil, nil
 	}
+	if !full && d.guarded && want.SameChain(d.guard) {
+		if changed, err := firewall.UpdateVTEPGuardPeers(d.guard, want); err == nil {
+			d.guard = want
+			return changed, nil
+		}
+		// The kernel's guard is not the one last written: compare it.
+	}
 	changed, err := firewall.EnsureVTEPGuard(want)
 	d.guarded, d.guard = err == nil, want
 	if err != nil {
