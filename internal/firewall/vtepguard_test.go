@@ -435,3 +435,69 @@ func TestVTEPGuardLinkKinds(t *testing.T) {
 		})
 	}
 }
+
+// UpdateVTEPGuardPeers adds and deletes the peers' elements without
+// reading the kernel, and fails, changing nothing, when the kernel's sets
+// are not the guard it was told was last written; EnsureVTEPGuard then
+// repairs them.
+func TestUpdateVTEPGuardPeers(t *testing.T) {
+	n := testenv.NewNS(t)
+	p := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	base := VTEPGuard{Network: "pods", Port: 8472, Underlay: "eth0"}
+	with := func(peers ...string) VTEPGuard {
+		g := base
+		for _, s := range peers {
+			g.Peers = append(g.Peers, p(s))
+		}
+		return g
+	}
+	kernelPeers := func() []netip.Addr {
+		t.Helper()
+		var s VTEPGuardState
+		if err := in(n, func() (err error) { s, err = ReadVTEPGuard("pods"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return s.Peers
+	}
+	update := func(last, g VTEPGuard) error {
+		return in(n, func() error { _, err := UpdateVTEPGuardPeers(last, g); return err })
+	}
+	first := with("192.168.50.2", "192.168.50.3", "fd00:50::2")
+	if err := in(n, func() error { _, err := EnsureVTEPGuard(first); return err }); err != nil {
+		t.Fatal(err)
+	}
+	second := with("192.168.50.3", "192.168.50.4", "fd00:50::4")
+	if err := update(first, second); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := kernelPeers(), second.peers(false); !slices.Equal(got, append(want, p("fd00:50::4"))) {
+		t.Errorf("after the update the kernel lets in %v, want %v", got, second.Peers)
+	}
+	// By hand: 192.168.50.4 deleted. An update that deletes it fails as a
+	// whole (nothing of it applied), and EnsureVTEPGuard repairs.
+	if err := in(n, func() error {
+		c := newConn()
+		if err := c.SetDeleteElements(guardSet("pods", false), family([]netip.Addr{p("192.168.50.4")}, false)); err != nil {
+			return err
+		}
+		return c.Flush()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	third := with("192.168.50.3", "192.168.50.5")
+	if err := update(second, third); err == nil {
+		t.Fatalf("an update from sets that are not the last guard succeeded; the kernel lets in %v", kernelPeers())
+	}
+	if got := kernelPeers(); !slices.Equal(got, []netip.Addr{p("192.168.50.3"), p("fd00:50::4")}) {
+		t.Errorf("a failed update changed the sets: %v", got)
+	}
+	if err := in(n, func() error { _, err := EnsureVTEPGuard(third); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if got := kernelPeers(); !slices.Equal(got, []netip.Addr{p("192.168.50.3"), p("192.168.50.5")}) {
+		t.Errorf("after EnsureVTEPGuard the kernel lets in %v, want %v", got, third.Peers)
+	}
+	if err := update(third, VTEPGuard{Network: "pods", Port: 4789, Underlay: "eth0"}); err == nil {
+		t.Error("an update of another port succeeded")
+	}
+}
