@@ -2,6 +2,7 @@ package attach
 
 import (
 	"fmt"
+	"os"
 	"sync"
 	"testing"
 )
@@ -45,5 +46,38 @@ func TestSaveRecordWhileGCSweeps(t *testing.T) {
 	got, err := records(dir, "net")
 	if err != nil || len(got) != writers {
 		t.Errorf("records after the saves: %d, %v; want %d", len(got), err, writers)
+	}
+}
+
+// A writer killed between creating its temp file and renaming it into
+// place leaves the file with its flock free: GC's listing of the records
+// removes it, and leaves alone a temp file whose writer holds its lock.
+func TestGCRemovesTempFilesOfDeadWriters(t *testing.T) {
+	dir := t.TempDir()
+	dead := &record{Network: "n", ContainerID: "dead", IfName: "eth0"}
+	writing := &record{Network: "n", ContainerID: "writing", IfName: "eth0"}
+	if err := os.MkdirAll(networkDir(dir, "n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := lockedTemp(recordPath(dir, dead) + ".tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close() // the kernel drops a dead process's flock; its file stays
+	held, err := lockedTemp(recordPath(dir, writing) + ".tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	if _, err := records(dir, "n"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		r    *record
+		want bool
+	}{{dead, false}, {writing, true}} {
+		if got := exists(recordPath(dir, c.r) + ".tmp"); got != c.want {
+			t.Errorf("temp file of %s there: %v, want %v", c.r.ContainerID, got, c.want)
+		}
 	}
 }
