@@ -382,26 +382,7 @@ func TestBGPIPv6WithFRR(t *testing.T) {
 		routedExactlyFamily(c, 3, true, map[string]netip.Addr{block(1): router(3), block(2): router(3)})
 	})
 	pods := bgpPods(t, tb, "bgpfrr6", 1, 2, 3)
-	for _, p := range pods {
-		testenv.Serve(t, p.ctr.Netns, "["+ipv6Of(t, p)+"]:7000")
-	}
-	for _, from := range pods {
-		for _, to := range pods {
-			if from == to {
-				continue
-			}
-			src, dst := ipv6Of(t, from), ipv6Of(t, to)
-			var seen string
-			c.eventually(fmt.Sprintf("%s -> %s over IPv6", from.node.Host, to.node.Host), 15*time.Second, func() error {
-				var err error
-				seen, err = testenv.Dial(from.ctr.Netns, "["+dst+"]:7000")
-				return err
-			})
-			if seen != src {
-				t.Errorf("%s -> %s: server saw %s, want %s", from.node.Host, to.node.Host, seen, src)
-			}
-		}
-	}
+	ipv6Matrix(c, pods)
 
 	t.Run("status counts each family's prefixes as FRR does", func(t *testing.T) {
 		var v6 *backend.Session

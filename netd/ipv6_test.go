@@ -94,7 +94,29 @@ func TestBGPIPv6WithBIRD(t *testing.T) {
 		}
 		return nil
 	})
-	pods := bgpPods(t, tb, "bgp6", 1, 2, 3)
+	ipv6Matrix(c, bgpPods(t, tb, "bgp6", 1, 2, 3))
+
+	t.Run("foreign IPv6 prefixes from BIRD are ignored", func(t *testing.T) {
+		out, _ := bird.Show(context.Background(), "route", "export", "node1v6")
+		if !strings.Contains(out, "::/0") || !strings.Contains(out, "2001:db8:100::/48") {
+			t.Fatalf("BIRD does not offer the hijack routes, the test proves nothing:\n%s", out)
+		}
+		for i := 1; i <= 3; i++ {
+			rs := routes6(t, tb.Node(i))
+			for _, p := range []string{"::/0", "2001:db8:100::/48"} {
+				if r, ok := rs[p]; ok {
+					t.Errorf("node%d installed %s from BIRD: %s", i, p, r)
+				}
+			}
+		}
+	})
+}
+
+// ipv6Matrix checks that each of pods reaches each other over IPv6 with
+// its own source address.
+func ipv6Matrix(c *cluster, pods []*bgpPod) {
+	t := c.t
+	t.Helper()
 	for _, p := range pods {
 		testenv.Serve(t, p.ctr.Netns, "["+ipv6Of(t, p)+"]:7000")
 	}
@@ -115,21 +137,6 @@ func TestBGPIPv6WithBIRD(t *testing.T) {
 			}
 		}
 	}
-
-	t.Run("foreign IPv6 prefixes from BIRD are ignored", func(t *testing.T) {
-		out, _ := bird.Show(context.Background(), "route", "export", "node1v6")
-		if !strings.Contains(out, "::/0") || !strings.Contains(out, "2001:db8:100::/48") {
-			t.Fatalf("BIRD does not offer the hijack routes, the test proves nothing:\n%s", out)
-		}
-		for i := 1; i <= 3; i++ {
-			rs := routes6(t, tb.Node(i))
-			for _, p := range []string{"::/0", "2001:db8:100::/48"} {
-				if r, ok := rs[p]; ok {
-					t.Errorf("node%d installed %s from BIRD: %s", i, p, r)
-				}
-			}
-		}
-	})
 }
 
 // ipv6Of is the IPv6 address of a bgp pod.

@@ -34,7 +34,13 @@ import (
 // the next full pass (passes on a join or leave trust netd's record of
 // the guard, as they do for routes). Datapath under test:
 // BERTH_TEST_DATAPATH.
-func TestVXLANMultiHomed(t *testing.T) {
+func TestVXLANMultiHomed(t *testing.T) { eachUnderlay(t, vxlanMultiHomed) }
+
+// eachUnderlay runs test over an IPv4 underlay and over an IPv6 one
+// (berth6.<vni>), the latter on the iptables datapath only: the eBPF
+// datapath takes no IPv6 network, which the containers need to reach the
+// nodes' IPv6 addresses.
+func eachUnderlay(t *testing.T, test func(t *testing.T, v6 bool)) {
 	for _, v6 := range []bool{false, true} {
 		name := "ipv4 underlay"
 		if v6 {
@@ -44,7 +50,7 @@ func TestVXLANMultiHomed(t *testing.T) {
 			if v6 && testenv.Datapath() == "ebpf" {
 				t.Skip("the eBPF datapath takes no IPv6 network")
 			}
-			vxlanMultiHomed(t, v6)
+			test(t, v6)
 		})
 	}
 }

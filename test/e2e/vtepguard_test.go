@@ -36,20 +36,7 @@ import (
 // netd keeps comes back after its nftables table is flushed or deleted,
 // stays while netd is stopped, is not rewritten by the restarted netd,
 // and goes with netd leave. Datapath under test: BERTH_TEST_DATAPATH.
-func TestVXLANInjection(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
-		name := "ipv4 underlay"
-		if v6 {
-			name = "ipv6 underlay"
-		}
-		t.Run(name, func(t *testing.T) {
-			if v6 && testenv.Datapath() == "ebpf" {
-				t.Skip("the eBPF datapath takes no IPv6 network, and a container needs IPv6 to reach the IPv6 underlay")
-			}
-			vxlanInjection(t, v6)
-		})
-	}
-}
+func TestVXLANInjection(t *testing.T) { eachUnderlay(t, vxlanInjection) }
 
 func vxlanInjection(t *testing.T, v6 bool) {
 	ctx := context.Background()
