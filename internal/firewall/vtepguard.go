@@ -81,11 +81,13 @@ import (
 // cluster), as with Calico.
 //
 // netd of a vxlan network owns the chain and its sets: it compares them
-// with the kernel on its full passes and when its peers change, adds and
-// deletes the sets' elements when only they differ and writes the rest
-// anew otherwise, in one transaction (a flushed or deleted table is
-// repaired), keeps them when it stops (a restart does not open a window)
-// and removes them on netd leave and netd uninstall.
+// with the kernel on its full passes (EnsureVTEPGuard), adds and deletes
+// the sets' elements when only they differ and writes the rest anew
+// otherwise, in one transaction (a flushed or deleted table is
+// repaired); when only its peers change, it adds and deletes their
+// elements without reading the kernel (UpdateVTEPGuardPeers). It keeps
+// them when it stops (a restart does not open a window) and removes them
+// on netd leave and netd uninstall.
 type VTEPGuard struct {
 	Network  string
 	Port     int
