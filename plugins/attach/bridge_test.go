@@ -411,6 +411,32 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	}
 }
 
+// After a downgrade, CHECK of a container a later berth attached (its
+// record's guards of a generation this build does not know) fails with
+// 104 saying so, rather than calling its guards tampered with or passing
+// them unchecked; DEL still removes it.
+func TestCheckOfALaterBerthsAttachment(t *testing.T) {
+	n := newNode(t)
+	rt := testenv.NewRuntime(t, n.ns, n.conflist("later", "berth0", "10.32.0.0/24", ""))
+	c := container(t, "later")
+	res, err := rt.Add(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewriteRecord(t, n.stateDir, "later", c.ID, `,"guards":4`, `,"guards":5`)
+	var ce *types.Error
+	if err := rt.Check(c); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(ce.Details, "attached by a later berth") {
+		t.Errorf("CHECK of a later berth's attachment: %v, want code 104 naming the later berth", err)
+	}
+	if err := rt.Del(c); err != nil {
+		t.Fatalf("DEL of a later berth's attachment: %v", err)
+	}
+	veth := res.Interfaces[1].Name
+	if n.ns.Do(func(ns.NetNS) error { _, err := netlink.LinkByName(veth); return err }) == nil {
+		t.Errorf("host veth %s left after DEL", veth)
+	}
+}
+
 // removeGuard removes the source guard from veth's ingress in node, on
 // TCX or as a tc filter (guardHook).
 func removeGuard(t *testing.T, node ns.NetNS, veth string) {

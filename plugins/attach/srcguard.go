@@ -51,6 +51,12 @@ func (k *call) checkGuard(prev *current.Result) error {
 	if !k.rec.guarded() {
 		return nil
 	}
+	if k.rec.Guards > guardsV4 {
+		// After a downgrade: the guards are a later build's, which this
+		// one cannot judge, rather than ones it would call tampered with.
+		return fmt.Errorf("%w: container %s (%s) was attached by a later berth (guards of generation %d; this build knows %d): its traffic is unaffected; upgrade berth again, or DEL and ADD the container to have this build's guards",
+			cnierr.ErrCheckFailed, k.rec.ContainerID, k.rec.IfName, k.rec.Guards, guardsV4)
+	}
 	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
 	if err != nil {
 		return fmt.Errorf("%w: host veth %s: %v", cnierr.ErrCheckFailed, k.rec.HostVeth, err)
