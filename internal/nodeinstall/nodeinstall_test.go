@@ -506,13 +506,13 @@ func (n *node) berthState(t *testing.T, networks ...string) berthState {
 	return s
 }
 
-func exist(paths ...string) (missing []string) {
-	for _, p := range paths {
-		if _, err := os.Stat(p); err != nil {
-			missing = append(missing, p)
-		}
-	}
-	return missing
+// existing are those of paths that exist, missing the others.
+func existing(paths ...string) []string {
+	return slices.DeleteFunc(slices.Clone(paths), func(p string) bool { _, err := os.Stat(p); return err != nil })
+}
+
+func missing(paths ...string) []string {
+	return slices.DeleteFunc(slices.Clone(paths), func(p string) bool { _, err := os.Stat(p); return err == nil })
 }
 
 // Two vxlan networks on a node, each with its VTEP (over either underlay
@@ -565,10 +565,10 @@ func TestUninstallKeepsOtherVXLANNetwork(t *testing.T) {
 				if got := n.berthState(t, "berth", "other"); !reflect.DeepEqual(got, want) {
 					t.Errorf("run %d: left %+v, want other's only: %+v", run, got, want)
 				}
-				if missing := exist(otherFiles...); len(missing) > 0 {
-					t.Errorf("run %d: removed what network other still needs: %v", run, missing)
+				if m := missing(otherFiles...); len(m) > 0 {
+					t.Errorf("run %d: removed what network other still needs: %v", run, m)
 				}
-				if left := exist(lease.Path(n.runDir, "berth"), filepath.Join(n.dataDir, "berth"), filepath.Join(n.runDir, "networks", "berth")); len(left) < 3 {
+				if left := existing(lease.Path(n.runDir, "berth"), filepath.Join(n.dataDir, "berth"), filepath.Join(n.runDir, "networks", "berth")); len(left) > 0 {
 					t.Errorf("run %d: network berth's files left: %v", run, left)
 				}
 			}
@@ -584,8 +584,8 @@ func TestUninstallKeepsOtherVXLANNetwork(t *testing.T) {
 			if got := n.berthState(t, "berth", "other"); !reflect.DeepEqual(got, berthState{}) {
 				t.Errorf("after the last network: left %+v", got)
 			}
-			if left := exist(otherFiles...); len(left) != len(otherFiles) {
-				t.Errorf("after the last network, left: %v", slices.DeleteFunc(otherFiles, func(p string) bool { return slices.Contains(left, p) }))
+			if left := existing(otherFiles...); len(left) > 0 {
+				t.Errorf("after the last network, left: %v", left)
 			}
 		})
 	}
@@ -690,5 +690,35 @@ func TestOtherNetworks(t *testing.T) {
 				t.Errorf("other networks %v, %v; want %v", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// A run that fails keeps the lease file, which names the network's VTEP
+// and CIDRs for the next run, expired so that no plugin trusts it; the
+// next run finishes.
+func TestUninstallFailedRunKeepsLease(t *testing.T) {
+	n := newNode(t)
+	spec := n.spec("", time.Minute)
+	spec.IPAMDataDir = filepath.Join(t.TempDir(), "not-a-dir")
+	must(t, os.WriteFile(spec.IPAMDataDir, nil, 0o644)) // removing <it>/berth fails
+	if err := n.uninstall(context.Background(), spec); err == nil {
+		t.Fatal("uninstall succeeded with an IPAM data dir that is a file")
+	}
+	path := lease.Path(n.runDir, "berth")
+	if _, err := lease.Read(path, time.Now()); !errors.Is(err, lease.ErrStale) {
+		t.Errorf("lease file after a failed run: %v, want it expired (lease.ErrStale)", err)
+	}
+	if l, err := lease.Read(path, time.Time{}); err != nil || l.VNI != 1 || len(l.CIDRs()) != 1 {
+		t.Errorf("lease file after a failed run: %+v, %v; want it kept whole for the next run", l, err)
+	}
+	spec.IPAMDataDir, spec.StateDir, spec.LeaseDir = n.dataDir, n.runDir, n.runDir
+	if err := n.uninstall(context.Background(), spec); err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+	if left := existing(path, n.runDir); len(left) > 0 {
+		t.Errorf("left after the second run: %v", left)
+	}
+	if s := n.berthState(t, "berth"); !reflect.DeepEqual(s, berthState{}) {
+		t.Errorf("left after the second run: %+v", s)
 	}
 }
