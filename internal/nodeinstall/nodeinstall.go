@@ -150,22 +150,17 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 
 	leasePath := lease.Path(n.LeaseDir, n.Network)
 	own, err := lease.Read(leasePath, time.Time{})
-	switch {
-	case err == nil:
+	if err != nil && !errors.Is(err, lease.ErrMissing) {
+		log.Warn("cannot read the lease file; the network's routes of protocol 73 and its VTEP are left alone", "path", leasePath, "err", err)
+	}
+	var errs []error
+	if own != nil {
 		// No plugin trusts it from now on (an ADD that raced the
 		// conflist's removal is told to try again), but it stays until
 		// the end: it names the network's VTEP and CIDRs.
 		if err := expire(leasePath, own); err != nil {
 			return err
 		}
-	case errors.Is(err, lease.ErrMissing):
-		own = nil
-	default:
-		own = nil
-		log.Warn("cannot read the lease file; the network's routes of protocol 73 and its VTEP are left alone", "path", leasePath, "err", err)
-	}
-	var errs []error
-	if own != nil {
 		errs = append(errs, backend.RemoveRoutes(own.CIDRs()))
 	}
 	// Before the VTEP: its programs go with it, but an earlier pass
@@ -199,13 +194,13 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 	if len(others) > 0 {
 		log.Info("other berth networks are on this node: the plugins and shared directories stay", "networks", others)
 	} else {
-		errs = append(errs, removePlugins(n.CNIBinDir))
+		last := []error{removePlugins(n.CNIBinDir)}
 		for _, dir := range uniq(n.StateDir, n.LeaseDir) {
-			errs = append(errs, os.RemoveAll(dir))
+			last = append(last, os.RemoveAll(dir))
 		}
-	}
-	if err := errors.Join(errs...); err != nil {
-		return err
+		if err := errors.Join(last...); err != nil {
+			return err
+		}
 	}
 	log.Info("network removed from this node", "network", n.Network, "otherNetworks", len(others))
 	return nil
