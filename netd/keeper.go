@@ -62,6 +62,7 @@ func newKeeper(d *daemon, holder cluster.Holder) *keeper {
 			NodeName:      d.cfg.NodeName,
 			NodeIP:        d.node.IP,
 			NodeIPv6:      d.node.IPv6,
+			VNI:           d.network.VNI, // zero but in vxlan mode
 		},
 		path: lease.Path(d.cfg.LeaseDir, d.network.Name),
 		log:  d.log, m: d.m, health: d.health,

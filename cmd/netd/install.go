@@ -27,17 +27,26 @@ Example:
 Flags:
 `
 
-const uninstallUsage = `netd uninstall: remove berth from this node, for the uninstall DaemonSet
-(deploy/kubernetes/uninstall.yaml) or by hand after stopping netd. It waits
-until netd no longer answers on --metrics-address, removes the network's
-conflist (no new pod starts on it), waits until no container is attached to
-the network any more (their DEL needs the plugins: delete or drain the pods),
-then removes the lease file, the routes netd made (protocol 73), the VTEPs
-(berth.<vni>), the bridge, the eBPF datapath (the network's uplink
-programs and its pins), the plugins' state and IPAM data of the network and
-the berth-* plugins in --cni-bin-dir. Paths come from the conflist netd
-wrote. It needs no datastore; with etcd, the node's lease there expires
-after --lease-ttl (or release it with netd leave before).
+const uninstallUsage = `netd uninstall: remove one berth network from this node, and berth with the
+last one, for the uninstall DaemonSet (deploy/kubernetes/uninstall.yaml) or
+by hand after stopping netd. It waits until netd no longer answers on
+--metrics-address, removes the network's conflist (no new pod starts on
+it), waits until no container is attached to the network any more (their
+DEL needs the plugins: delete or drain the pods), then removes the
+network's routes (protocol 73, inside its CIDRs), its VTEP (berth.<vni> or
+berth6.<vni> of the VNI its lease file names) and VTEP guard, its bridge,
+its eBPF datapath (its uplink programs and pins), the plugins' state and
+IPAM data of the network and, last, its lease file (a failed run keeps it,
+expired, for the next one). Other berth networks on the node keep their
+VTEPs, routes, guards and pins; the berth-* plugins in --cni-bin-dir and
+the shared directories go only when no other berth network has a
+conflist, a lease file or attached containers on the node. With a lease
+file from a netd that did not record the VNI, no VTEP is deleted: each one
+that may be the network's is named in a warning with the command to delete
+it. Paths come from the conflist netd wrote; running again after the
+conflist is gone, give --lease-dir. It needs no datastore; with etcd, the
+node's lease there expires after --lease-ttl (or release it with netd leave
+before).
 
 Example:
   netd uninstall --network-name=berth --cni-conf-dir=/etc/cni/net.d --cni-bin-dir=/opt/cni/bin

@@ -43,6 +43,12 @@ type Node struct {
 	NodeName      string       `json:"nodeName"`
 	NodeIP        netip.Addr   `json:"nodeIP,omitzero"`   // IPv4 underlay address
 	NodeIPv6      netip.Addr   `json:"nodeIPv6,omitzero"` // IPv6 underlay address
+	// VNI is the network's VXLAN identifier (vxlan mode), which names
+	// the node's VTEP (berth.<vni>, berth6.<vni> over an IPv6
+	// underlay). The plugins do not need it: netd uninstall does, to
+	// tell the network's VTEP from other networks' on the node. Lease
+	// files of netd before it have none.
+	VNI int `json:"vni,omitempty"`
 	// Expires is when the lease stops being trustworthy unless netd
 	// refreshes the file. Zero means it never expires.
 	Expires time.Time `json:"expires,omitzero"`
@@ -57,6 +63,17 @@ func Path(dir, network string) string {
 func (n *Node) Subnets() []netip.Prefix {
 	var out []netip.Prefix
 	for _, p := range []netip.Prefix{n.Subnet, n.SubnetV6} {
+		if p.IsValid() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// CIDRs are the cluster network's prefixes: IPv4 first, then IPv6.
+func (n *Node) CIDRs() []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range []netip.Prefix{n.NetworkCIDR, n.NetworkCIDRv6} {
 		if p.IsValid() {
 			out = append(out, p)
 		}

@@ -8,6 +8,7 @@ package nodeinstall
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,7 +16,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,6 +33,7 @@ import (
 	"github.com/berthnet/berth/internal/nodebridge"
 	"github.com/berthnet/berth/internal/srcguard"
 	"github.com/berthnet/berth/netd/backend"
+	"github.com/berthnet/berth/netd/backend/vxlan"
 )
 
 // PluginPrefix starts the name of every berth CNI plugin.
@@ -114,19 +115,23 @@ type Node struct {
 	Wait time.Duration
 }
 
-// Uninstall removes berth from the node: the network's conflist first (so
-// the runtime starts no new container on it), then, once netd has stopped
-// and no container is attached any more, the lease file, the routes
-// (protocol 73), VTEPs, the bridge, the plugins' state and IPAM data of the
-// network, its VTEP guard (firewall.VTEPGuard), the source guard's
-// nftables tables once no network's container needs them, and the
-// plugins in the CNI bin dir. It does not ask the datastore for anything, so it works
-// with either; with etcd, the node's
-// lease there expires after netd's --lease-ttl (netd leave releases it at
-// once).
+// Uninstall removes the network from the node, and berth with its last
+// network: the network's conflist first (so the runtime starts no new
+// container on it), then, once netd has stopped and no container is
+// attached any more, its routes (protocol 73, inside its CIDRs), its VTEP
+// (berth.<vni> or berth6.<vni> of the VNI its lease file names), its
+// eBPF datapath, its VTEP guard (firewall.VTEPGuard), its bridge, the
+// plugins' state and IPAM data of the network and its lease file; the
+// source guard's nftables tables once no network's container needs them,
+// and the plugins in the CNI bin dir and the shared directories once no
+// other berth network is on the node. It does not ask the datastore for
+// anything, so it works with either; with etcd, the node's lease there
+// expires after netd's --lease-ttl (netd leave releases it at once).
 //
 // Containers still attached make it wait, because their DEL needs the
-// plugins: delete or drain those pods first.
+// plugins: delete or drain those pods first. A run that fails keeps the
+// lease file, which the next one needs to find the network's VTEP and
+// routes.
 func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 	n.fill()
 	ctx, cancel := context.WithTimeout(ctx, n.Wait)
@@ -143,45 +148,76 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 		return err
 	}
 
-	var errs []error
 	leasePath := lease.Path(n.LeaseDir, n.Network)
-	l, err := lease.Read(leasePath, time.Time{})
-	if err == nil {
-		var cidrs []netip.Prefix
-		for _, c := range []netip.Prefix{l.NetworkCIDR, l.NetworkCIDRv6} {
-			if c.IsValid() {
-				cidrs = append(cidrs, c)
-			}
+	own, err := lease.Read(leasePath, time.Time{})
+	if err != nil && !errors.Is(err, lease.ErrMissing) {
+		log.Warn("cannot read the lease file; the network's routes of protocol 73 and its VTEP are left alone", "path", leasePath, "err", err)
+	}
+	var errs []error
+	if own != nil {
+		// No plugin trusts it from now on (an ADD that raced the
+		// conflist's removal is told to try again), but it stays until
+		// the end: it names the network's VTEP and CIDRs.
+		if err := expire(leasePath, own); err != nil {
+			return err
 		}
-		errs = append(errs, backend.RemoveRoutes(cidrs))
-	} else if !errors.Is(err, lease.ErrMissing) {
-		log.Warn("cannot read the lease file; routes of protocol 73 are left alone", "path", leasePath, "err", err)
+		errs = append(errs, backend.RemoveRoutes(own.CIDRs()))
+	}
+	// Before the VTEP: its programs go with it, but an earlier pass
+	// that deleted it may have stopped here.
+	errs = append(errs, removeFastpath(n.BPFFS, n.Network, log))
+	vtepErr := removeVTEPs(n.Network, own, n.otherLeases(), log)
+	errs = append(errs, vtepErr)
+	if vtepErr == nil { // a VTEP is never left unguarded
+		errs = append(errs, firewall.RemoveVTEPGuard(n.Network))
 	}
 	errs = append(errs,
-		removeFile(leasePath),
-		// Before the VTEPs: their programs go with them, but an
-		// earlier pass that deleted them may have stopped here.
-		removeFastpath(n.BPFFS, n.Network, log),
-		removeVTEPs(log),
-		// After them: a VTEP is never left unguarded.
-		firewall.RemoveVTEPGuard(n.Network),
 		removeBridge(bridgeName, n.Network, log),
 		// The source guard's tables are the node's: they go with the
 		// last guarded host veth of any network.
 		srcguard.RemoveTables(),
 		os.RemoveAll(filepath.Join(n.StateDir, "networks", n.Network)),
 		os.RemoveAll(filepath.Join(n.IPAMDataDir, n.Network)),
-		removePlugins(n.CNIBinDir),
 	)
-	// The directories go, with the plugins' shared files, when no other
-	// berth network uses them.
-	for _, dir := range uniq(n.StateDir, n.LeaseDir) {
-		errs = append(errs, removeIfNoOtherNetwork(dir))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	log.Info("berth removed from this node", "network", n.Network)
+	if err := removeFile(leasePath); err != nil {
+		return err
+	}
+	// The plugins and the directories, with the plugins' shared files,
+	// go with the last berth network on the node.
+	others, err := n.otherNetworks()
+	if err != nil {
+		return err
+	}
+	if len(others) > 0 {
+		log.Info("other berth networks are on this node: the plugins and shared directories stay", "networks", others)
+	} else {
+		last := []error{removePlugins(n.CNIBinDir)}
+		for _, dir := range uniq(n.StateDir, n.LeaseDir) {
+			last = append(last, os.RemoveAll(dir))
+		}
+		if err := errors.Join(last...); err != nil {
+			return err
+		}
+	}
+	log.Info("network removed from this node", "network", n.Network, "otherNetworks", len(others))
+	return nil
+}
+
+// expire makes l's file at path expired, so the plugins refuse an ADD
+// (lease.ErrStale: try again later); DEL and GC work without a lease.
+func expire(path string, l *lease.Node) error {
+	now := time.Now().UTC().Truncate(time.Second)
+	if !l.Expires.IsZero() && l.Expires.Before(now) {
+		return nil
+	}
+	e := *l
+	e.Expires = now.Add(-time.Second)
+	if err := lease.Write(path, &e); err != nil {
+		return fmt.Errorf("expiring the lease file: %w", err)
+	}
 	return nil
 }
 
@@ -342,34 +378,72 @@ func removeFastpath(bpffs, network string, log *slog.Logger) error {
 	return nil
 }
 
-// vtepPrefixes start the names of netd's VTEPs: berth.<vni> over an IPv4
-// underlay, berth6.<vni> over an IPv6 one.
-var vtepPrefixes = []string{"berth.", "berth6."}
-
-func isVTEPName(name string) bool {
-	for _, p := range vtepPrefixes {
-		if strings.HasPrefix(name, p) {
-			return true
-		}
-	}
-	return false
+// vtep is a VXLAN link named as netd names a VTEP: berth.<vni>, or
+// berth6.<vni> over an IPv6 underlay.
+type vtep struct {
+	link netlink.Link
+	vni  int
 }
 
-func removeVTEPs(log *slog.Logger) error {
+func (v vtep) String() string { return v.link.Attrs().Name }
+
+// berthVTEPs are the VTEPs among links.
+func berthVTEPs(links []netlink.Link) []vtep {
+	var out []vtep
+	for _, l := range links {
+		x, ok := l.(*netlink.Vxlan)
+		if !ok {
+			continue
+		}
+		if name := l.Attrs().Name; name == vxlan.VTEPName(x.VxlanId) || name == vxlan.VTEPNameV6(x.VxlanId) {
+			out = append(out, vtep{link: l, vni: x.VxlanId})
+		}
+	}
+	return out
+}
+
+// networkVTEPs sorts the node's VTEPs: the network's, whose VNI its lease
+// own names; and, when own does not say (no lease file, or one from a
+// netd before the lease recorded the VNI), those whose VNI no other
+// network's lease names, which may be the network's. VTEPs of other
+// VNIs than own's are other networks' (two networks of one VNI would
+// share one VTEP name).
+func networkVTEPs(vteps []vtep, own *lease.Node, others []*lease.Node) (ours, unsure []vtep) {
+	if own != nil && own.Mode != lease.ModeVXLAN {
+		return nil, nil
+	}
+	for _, v := range vteps {
+		switch {
+		case own != nil && own.VNI != 0:
+			if v.vni == own.VNI {
+				ours = append(ours, v)
+			}
+		case !slices.ContainsFunc(others, func(o *lease.Node) bool { return o.VNI == v.vni }):
+			unsure = append(unsure, v)
+		}
+	}
+	return ours, unsure
+}
+
+// removeVTEPs deletes network's VTEPs (both underlay families, as netd
+// leave does) and names those it cannot tell from another network's.
+func removeVTEPs(network string, own *lease.Node, others []*lease.Node, log *slog.Logger) error {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return fmt.Errorf("listing links: %w", err)
 	}
+	ours, unsure := networkVTEPs(berthVTEPs(links), own, others)
 	var errs []error
-	for _, l := range links {
-		if _, ok := l.(*netlink.Vxlan); !ok || !isVTEPName(l.Attrs().Name) {
+	for _, v := range ours {
+		if err := netlink.LinkDel(v.link); err != nil {
+			errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", v, err))
 			continue
 		}
-		if err := netlink.LinkDel(l); err != nil {
-			errs = append(errs, fmt.Errorf("deleting VTEP %s: %w", l.Attrs().Name, err))
-			continue
-		}
-		log.Info("deleted VTEP", "link", l.Attrs().Name)
+		log.Info("deleted VTEP", "link", v.String(), "vni", v.vni)
+	}
+	for _, v := range unsure {
+		log.Warn("VTEP left alone: the network's lease file does not name its VNI (no lease file, or one written by a netd before 'vni' was recorded) and no other network's lease names it; if it is this network's, delete it",
+			"network", network, "link", v.String(), "vni", v.vni, "command", "ip link del "+v.String())
 	}
 	return errors.Join(errs...)
 }
@@ -403,25 +477,104 @@ func removePlugins(dir string) error {
 	return errors.Join(errs...)
 }
 
-// removeIfNoOtherNetwork removes dir (berth's lease or state dir) when no
-// other berth network uses it: no other network's lease file (<name>.json)
-// and no attachment record of another network (networks/<name>/*.json).
-// What else is in it (the iptables lock, host port claims, per-namespace
-// directories) belongs to the plugins of the networks there, so it goes
-// with the last of them.
-func removeIfNoOtherNetwork(dir string) error {
-	leases, err := filepath.Glob(filepath.Join(dir, "*.json"))
+// otherLeases are the readable lease files of other networks in the
+// lease dir, whatever their expiry.
+func (n Node) otherLeases() []*lease.Node {
+	names, _ := leaseNames(n.LeaseDir)
+	var out []*lease.Node
+	for _, name := range names {
+		if name == n.Network {
+			continue
+		}
+		if l, err := lease.Read(lease.Path(n.LeaseDir, name), time.Time{}); err == nil {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// leaseNames are the networks with a file in the lease dir
+// (<name>.json).
+func leaseNames(dir string) ([]string, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	var names []string
+	for _, p := range paths {
+		names = append(names, strings.TrimSuffix(filepath.Base(p), ".json"))
+	}
+	return names, err
+}
+
+// otherNetworks are the berth networks on the node other than n's: with
+// a CNI config in the conf dir that runs a berth plugin, a lease file
+// in the lease dir (their netd writes the conflist again when it
+// starts) or attachment records in the state dir (their containers'
+// DEL needs the plugins). They keep the plugins and the shared
+// directories: what else is in those (the iptables lock, host port
+// claims, per-namespace directories) belongs to the plugins of every
+// network there.
+func (n Node) otherNetworks() ([]string, error) {
+	var found []string
+	configs, err := berthConfigs(n.CNIConfDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	records, err := filepath.Glob(filepath.Join(dir, "networks", "*", "*.json"))
+	found = append(found, configs...)
+	leases, err := leaseNames(n.LeaseDir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if len(leases) > 0 || len(records) > 0 {
-		return nil
+	found = append(found, leases...)
+	records, err := filepath.Glob(filepath.Join(n.StateDir, "networks", "*", "*"+attachments.ExtLive))
+	if err != nil {
+		return nil, err
 	}
-	return os.RemoveAll(dir)
+	leaving, err := filepath.Glob(filepath.Join(n.StateDir, "networks", "*", "*"+attachments.ExtLeaving))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range append(records, leaving...) {
+		found = append(found, filepath.Base(filepath.Dir(r)))
+	}
+	found = slices.DeleteFunc(found, func(name string) bool { return name == n.Network })
+	slices.Sort(found)
+	return slices.Compact(found), nil
+}
+
+// berthConfigs are the networks whose CNI config in dir (a conflist or
+// a single plugin's .conf, as libcni reads them) runs a berth plugin.
+func berthConfigs(dir string) ([]string, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading the CNI conf dir: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		if e.IsDir() || !slices.Contains([]string{".conf", ".conflist", ".json"}, filepath.Ext(e.Name())) {
+			continue
+		}
+		var c struct {
+			Name    string `json:"name"`
+			Type    string `json:"type"`
+			Plugins []struct {
+				Type string `json:"type"`
+			} `json:"plugins"`
+		}
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil || json.Unmarshal(data, &c) != nil {
+			continue // not a config a runtime loads either
+		}
+		berth := strings.HasPrefix(c.Type, PluginPrefix)
+		for _, p := range c.Plugins {
+			berth = berth || strings.HasPrefix(p.Type, PluginPrefix)
+		}
+		if berth {
+			out = append(out, cmp.Or(c.Name, e.Name()))
+		}
+	}
+	return out, nil
 }
 
 func uniq(s ...string) []string {
