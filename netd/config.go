@@ -120,7 +120,7 @@ func (c *Config) Flags(fs *flag.FlagSet) (finish func() error) {
 	fs.IntVar(&n.SubnetLen, "subnet-len", 0, fmt.Sprintf("prefix length of each node's IPv4 subnet, e.g. 26 (default %d when creating)", conf.DefaultSubnetLen))
 	fs.IntVar(&n.SubnetLenV6, "subnet-len-v6", 0, fmt.Sprintf("prefix length of each node's IPv6 subnet, e.g. 80 (default %d when the network gets IPv6); the IPv6 network must hold as many subnets as the IPv4 one", conf.DefaultSubnetLenV6))
 	fs.StringVar(&n.Mode, "mode", "", "vxlan, hostgw or bgp, e.g. hostgw (default vxlan when creating)")
-	fs.IntVar(&n.VNI, "vni", 0, fmt.Sprintf("vxlan: VXLAN network identifier, e.g. 42 (default %d when creating)", conf.DefaultVNI))
+	fs.IntVar(&n.VNI, "vni", 0, fmt.Sprintf("vxlan: VXLAN network identifier, e.g. 42 (default %d when creating); each vxlan network on a node needs its own", conf.DefaultVNI))
 	fs.IntVar(&n.Port, "vxlan-port", 0, fmt.Sprintf("vxlan: UDP port, e.g. 4789 (default %d when creating)", conf.DefaultVXLANPort))
 	fs.IntVar(&n.MTU, "mtu", 0, "container MTU, e.g. 1400 (default: underlay MTU, minus 50 in vxlan mode)")
 	fs.Var(optBool{&n.IPMasq}, "ip-masq", "masquerade traffic leaving the network, e.g. --ip-masq=false (default true when creating)")

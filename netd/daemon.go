@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -140,6 +141,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return fmt.Errorf("network %s: %w", n.Name, err)
 	}
 	if err := u.outside(n); err != nil {
+		return err
+	}
+	if err := vniFree(n, lease.Others(cfg.LeaseDir, n.Name)); err != nil {
 		return err
 	}
 	d.node.Network, d.node.BGP = n, cfg.BGP // the rest was set before /status was served
@@ -426,6 +430,23 @@ func (d *daemon) retry(ctx context.Context, what string, f func(context.Context)
 // this node's name held by another node.
 func permanent(err error) bool {
 	return errors.Is(err, cluster.ErrConflict) || errors.Is(err, cnierr.ErrInvalidConfig) || errors.Is(err, cluster.ErrNodeTaken)
+}
+
+// vniFree refuses a vxlan network whose VNI another network on this node
+// has, as its lease file there says (others, by network): the two would
+// share one VTEP, berth.<vni>, which each netd would make its own, and
+// netd uninstall of either would delete the other's.
+func vniFree(n *conf.Network, others map[string]*lease.Node) error {
+	if n.Mode != lease.ModeVXLAN {
+		return nil
+	}
+	for _, name := range slices.Sorted(maps.Keys(others)) {
+		if o := others[name]; o.Mode == lease.ModeVXLAN && o.VNI == n.VNI {
+			return fmt.Errorf("network %s: VNI %d is network %s's on this node too (its lease file is in the lease dir): both would use the VTEP %s; give each network its own VNI (--vni when it is created), or remove network %s from this node first (netd uninstall --network-name %s)",
+				n.Name, n.VNI, name, vxlan.VTEPName(n.VNI), name, name)
+		}
+	}
+	return nil
 }
 
 // poke asks the reconcile loop for a pass; pokes coalesce.

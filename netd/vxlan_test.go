@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/berthnet/berth/internal/lease"
 	"github.com/berthnet/berth/netd/backend"
 	"github.com/berthnet/berth/test/testbed"
 )
@@ -325,4 +327,53 @@ func repairs(t *testing.T, c *cluster, subnets map[int]netip.Prefix) {
 	c.converged(1, 2)
 	ping(t, n1, subnets[1].Addr().Next(), subnets[2].Addr().Next())
 	run("ip", "route", "del", foreign)
+}
+
+// A second vxlan network on a node with the VNI of one already there
+// would share its VTEP (berth.<vni>) and rewrite it as its own: its netd
+// refuses to start, naming the other network, and leaves the first
+// network's VTEP and lease file as they were; a network of another VNI
+// starts beside it.
+func TestRefusesAVNIAnotherNetworkHas(t *testing.T) {
+	tb := testbed.ForTest(t, testbed.Options{Nodes: 1})
+	etcd := startEtcd(t, tb)
+	n1 := tb.Node(1)
+	first := newCluster(t, tb, []string{etcd.ClientURL}, "vnia", 9492, "--network-cidr", "10.244.0.0/16", "--mode", "vxlan", "--vni", "7")
+	first.start(1)
+	first.converged(1, 0)
+	before, _, _ := vtep(t, n1, "berth.7")
+	leaseOf := func(network string) string {
+		l, err := lease.Read(lease.Path(n1.LeaseDir, network), time.Time{})
+		if err != nil {
+			return err.Error()
+		}
+		l.Expires = time.Time{} // netd refreshes it
+		return fmt.Sprintf("%+v", *l)
+	}
+	leaseBefore := leaseOf("vnia")
+
+	second := newCluster(t, tb, []string{etcd.ClientURL}, "vnib", 9493, "--network-cidr", "10.245.0.0/16", "--mode", "vxlan", "--vni", "7")
+	p, err := n1.Start(testbed.ProcSpec{Name: "netd-vnib-node1", Path: second.bin, Args: append(second.flags(1), second.args...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.Wait(ctx); err == nil || !strings.Contains(p.Log(), "VNI 7 is network vnia's on this node too") {
+		t.Errorf("netd of network vnib with vnia's VNI: exit %v, want a refusal naming vnia; log:\n%s", err, p.Log())
+	}
+	after, _, _ := vtep(t, n1, "berth.7")
+	if after.Index != before.Index || !after.SrcAddr.Equal(before.SrcAddr) {
+		t.Errorf("vnia's VTEP changed: %+v, was %+v", after.Attrs(), before.Attrs())
+	}
+	if got := leaseOf("vnia"); got != leaseBefore {
+		t.Errorf("vnia's lease file changed: %s, was %s", got, leaseBefore)
+	}
+	if _, err := os.Stat(lease.Path(n1.LeaseDir, "vnib")); err == nil {
+		t.Error("the refused netd wrote a lease file")
+	}
+
+	third := newCluster(t, tb, []string{etcd.ClientURL}, "vnic", 9494, "--network-cidr", "10.246.0.0/16", "--mode", "vxlan", "--vni", "8")
+	third.start(1)
+	third.converged(1, 0)
 }

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -57,6 +58,33 @@ type Node struct {
 // Path is the lease file of network in dir.
 func Path(dir, network string) string {
 	return filepath.Join(dir, network+".json")
+}
+
+// Networks are the networks with a lease file in dir.
+func Networks(dir string) ([]string, error) {
+	paths, err := filepath.Glob(Path(dir, "*"))
+	var names []string
+	for _, p := range paths {
+		names = append(names, strings.TrimSuffix(filepath.Base(p), ".json"))
+	}
+	return names, err
+}
+
+// Others are the lease files in dir of the networks other than network,
+// by network, whatever their expiry; files that cannot be read or
+// trusted are left out.
+func Others(dir, network string) map[string]*Node {
+	names, _ := Networks(dir)
+	out := map[string]*Node{}
+	for _, name := range names {
+		if name == network {
+			continue
+		}
+		if l, err := Read(Path(dir, name), time.Time{}); err == nil {
+			out[name] = l
+		}
+	}
+	return out
 }
 
 // Subnets are this node's subnets: IPv4 first, then IPv6.

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -166,7 +167,7 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 	// Before the VTEP: its programs go with it, but an earlier pass
 	// that deleted it may have stopped here.
 	errs = append(errs, removeFastpath(n.BPFFS, n.Network, log))
-	vtepErr := removeVTEPs(n.Network, own, n.otherLeases(), log)
+	vtepErr := removeVTEPs(n.Network, own, slices.Collect(maps.Values(lease.Others(n.LeaseDir, n.Network))), log)
 	errs = append(errs, vtepErr)
 	if vtepErr == nil { // a VTEP is never left unguarded
 		errs = append(errs, firewall.RemoveVTEPGuard(n.Network))
@@ -477,33 +478,6 @@ func removePlugins(dir string) error {
 	return errors.Join(errs...)
 }
 
-// otherLeases are the readable lease files of other networks in the
-// lease dir, whatever their expiry.
-func (n Node) otherLeases() []*lease.Node {
-	names, _ := leaseNames(n.LeaseDir)
-	var out []*lease.Node
-	for _, name := range names {
-		if name == n.Network {
-			continue
-		}
-		if l, err := lease.Read(lease.Path(n.LeaseDir, name), time.Time{}); err == nil {
-			out = append(out, l)
-		}
-	}
-	return out
-}
-
-// leaseNames are the networks with a file in the lease dir
-// (<name>.json).
-func leaseNames(dir string) ([]string, error) {
-	paths, err := filepath.Glob(filepath.Join(dir, "*.json"))
-	var names []string
-	for _, p := range paths {
-		names = append(names, strings.TrimSuffix(filepath.Base(p), ".json"))
-	}
-	return names, err
-}
-
 // otherNetworks are the berth networks on the node other than n's: with
 // a CNI config in the conf dir that runs a berth plugin, a lease file
 // in the lease dir (their netd writes the conflist again when it
@@ -519,7 +493,7 @@ func (n Node) otherNetworks() ([]string, error) {
 		return nil, err
 	}
 	found = append(found, configs...)
-	leases, err := leaseNames(n.LeaseDir)
+	leases, err := lease.Networks(n.LeaseDir)
 	if err != nil {
 		return nil, err
 	}
