@@ -334,27 +334,19 @@ func (d Datapath) teardown(k *call) error {
 		return err
 	}
 	// Before the address goes back to IPAM, which may give it to another
-	// container at once.
+	// container at once, and before the host veth, whose index the
+	// endpoint names, goes.
 	if err := k.detachFastpath(); err != nil {
 		return err
 	}
-	if err := k.ipam.del(); err != nil {
-		return err
-	}
-	// Deleting a veth waits for an RCU grace period, and so does the
-	// nf_tables commit: done side by side they cost one wait, not two.
-	var linkErr, fwErr error
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		// Deleting the host end removes the pair, wherever the other end is.
-		linkErr = delLink(k.rec.HostVeth)
-	}()
-	fwErr = firewall.RemoveAttachment(c.Name, k.fwAttachment(),
-		func() bool { return d.lastOfName(c) })
-	wg.Wait()
-	if err := errors.Join(linkErr, fwErr, k.unshape(), unclaimPorts(k.rec)); err != nil {
+	// Deleting a veth returns only once the kernel has run the RCU
+	// callbacks pending on every CPU (rcu_barrier), most of a DEL's time
+	// although the link is gone from the node well before: the rest of
+	// the teardown runs meanwhile. Deleting the host end removes the
+	// pair, wherever the other end is.
+	linkDone := make(chan error, 1)
+	go func() { linkDone <- delLink(k.rec.HostVeth) }()
+	if err := errors.Join(k.release(d.lastOfName), <-linkDone); err != nil {
 		return err
 	}
 	if err := removeRecord(c.StateDir, k.rec); err != nil {
@@ -364,6 +356,18 @@ func (d Datapath) teardown(k *call) error {
 		return d.Links.Release(c)
 	}
 	return nil
+}
+
+// release gives back what k's attachment holds besides its links, in
+// order: its addresses, its rules (and, when isLast says the network has
+// no attachment left, the network's), its shaping, then its host ports,
+// which another container may claim once its rules are gone.
+func (k *call) release(isLast func(*conf.Bridge) bool) error {
+	if err := k.ipam.del(); err != nil {
+		return err
+	}
+	fwErr := firewall.RemoveAttachment(k.c.Name, k.fwAttachment(), func() bool { return isLast(k.c) })
+	return errors.Join(fwErr, k.unshape(), unclaimPorts(k.rec))
 }
 
 // releaseIfEmpty removes the network's rules and what its links made for

@@ -175,3 +175,47 @@ func TestInteropReferenceBandwidthAfterBerthBridge(t *testing.T) {
 		t.Errorf("left after DEL:\n%s", d)
 	}
 }
+
+// Any IPAM plugin but berth-ipam is exec'd the CNI way: the reference
+// host-local gives the container its address, CHECK asks it too, and DEL
+// gives the address back to it (its reservation file goes), leaving the
+// node as it was.
+func TestInteropReferenceHostLocalIPAM(t *testing.T) {
+	testenv.ReferenceCNIDir(t, "host-local")
+	n := newNode(t)
+	hostLocalDir := t.TempDir()
+	list := fmt.Sprintf(`{"cniVersion":"1.0.0","name":"hostlocal","plugins":[
+		{"type":"berth-bridge","bridge":"br-hl","isDefaultGateway":true,"stateDir":%q,%s
+		 "ipam":{"type":"host-local","dataDir":%q,"ranges":[[{"subnet":"10.85.0.0/24"}]]},
+		 "capabilities":{"portMappings":true}}]}`, n.stateDir, n.datapath(), hostLocalDir)
+	rt := testenv.NewRuntime(t, n.ns, list)
+	before := n.snapshot(t)
+	c := container(t, "hl1", port(8089, 80, "tcp"))
+	res, err := rt.Add(c)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	ip := ipOf(t, res)
+	reservation := filepath.Join(hostLocalDir, "hostlocal", ip)
+	if !strings.HasPrefix(ip, "10.85.0.") {
+		t.Errorf("address %s, want one of host-local's range 10.85.0.0/24", ip)
+	}
+	if _, err := os.Stat(reservation); err != nil {
+		t.Errorf("host-local has no reservation of %s: %v", ip, err)
+	}
+	if err := testenv.Ping(c.Netns, "10.85.0.1"); err != nil {
+		t.Errorf("container to its gateway: %v", err)
+	}
+	if err := rt.Check(c); err != nil {
+		t.Errorf("CHECK: %v", err)
+	}
+	if err := rt.Del(c); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	if _, err := os.Stat(reservation); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("after DEL, host-local's reservation of %s: %v, want it gone", ip, err)
+	}
+	if d := diffIgnoringBridge(before, n.snapshot(t)); d != "" {
+		t.Errorf("left after DEL:\n%s", d)
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	cniipam "github.com/containernetworking/plugins/pkg/ipam"
 
 	"github.com/berthnet/berth/conf"
 	"github.com/berthnet/berth/internal/cnierr"
@@ -68,7 +67,7 @@ func (d *delegated) add() (*current.Result, error) {
 	if err := d.find(); err != nil {
 		return nil, err
 	}
-	r, err := cniipam.ExecAdd(d.plugin, d.stdin)
+	r, err := invoke.DelegateAdd(context.Background(), d.plugin, d.stdin, nil)
 	if err != nil {
 		return nil, fmt.Errorf("ipam plugin %s: %w", d.plugin, err)
 	}
@@ -86,21 +85,21 @@ func (d *delegated) del() error {
 	if err := d.find(); err != nil {
 		return err
 	}
-	return wrap(d.plugin, cniipam.ExecDel(d.plugin, d.stdin))
+	return wrap(d.plugin, invoke.DelegateDel(context.Background(), d.plugin, d.stdin, nil))
 }
 
 func (d *delegated) check() error {
 	if err := d.find(); err != nil {
 		return err
 	}
-	return wrap(d.plugin, cniipam.ExecCheck(d.plugin, d.stdin))
+	return wrap(d.plugin, invoke.DelegateCheck(context.Background(), d.plugin, d.stdin, nil))
 }
 
 func (d *delegated) status() error {
 	if err := d.find(); err != nil {
 		return err
 	}
-	return wrap(d.plugin, cniipam.ExecStatus(d.plugin, d.stdin))
+	return wrap(d.plugin, invoke.DelegateStatus(context.Background(), d.plugin, d.stdin, nil))
 }
 
 // gc passes the GC call (with its valid attachments, already in stdin) on.

@@ -12,6 +12,7 @@ import (
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/cnierr"
@@ -267,18 +268,16 @@ func EnableIPv6Forwarding() error {
 	return nil
 }
 
-// delLink removes a link if it exists.
+// delLink removes a link if it exists. By name, in one request: a lookup
+// first would cost another round trip, and a lookup by name then a delete
+// by its index removes the same link.
 func delLink(name string) error {
-	l, err := netlinksafe.LinkByName(name)
-	if errors.As(err, new(netlink.LinkNotFoundError)) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("%w: finding %s: %v", cnierr.ErrDatapath, name, err)
-	}
-	// A DEL and a GC of one attachment may both get here: the loser finds
-	// the link gone (ENODEV).
-	if err := netlink.LinkDel(l); err != nil && !errors.As(err, new(netlink.LinkNotFoundError)) && !errors.Is(err, unix.ENODEV) {
+	req := nl.NewNetlinkRequest(unix.RTM_DELLINK, unix.NLM_F_ACK)
+	req.AddData(nl.NewIfInfomsg(unix.AF_UNSPEC))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	// ENODEV: there is none, or a DEL and a GC of one attachment both
+	// got here and this one lost.
+	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil && !errors.Is(err, unix.ENODEV) {
 		return fmt.Errorf("%w: deleting %s: %v", cnierr.ErrDatapath, name, err)
 	}
 	return nil

@@ -222,8 +222,8 @@ func hasDefaultRoute(routes []*types.Route, v4 bool) bool {
 }
 
 // configureIface runs inside the container namespace: the result's
-// addresses, the link up, then its routes, as cniipam.ConfigureIface does
-// it but without its 50 ms waits. The container's IPv6 addresses skip
+// addresses, the link up, then its routes, as the reference plugins'
+// ipam.ConfigureIface does it but without its 50 ms waits. The container's IPv6 addresses skip
 // duplicate address detection, as with the reference bridge: they come
 // from IPAM and nobody else holds them. They are added with IFA_F_NODAD,
 // so they are usable at once, and accept_dad=0 covers the link-local
