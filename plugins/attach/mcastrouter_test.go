@@ -90,26 +90,36 @@ func TestContainerIsNoMulticastRouter(t *testing.T) {
 }
 
 // CHECK finds a container's bridge port made a multicast router port
-// again by hand, temporarily (1) or for good (2).
+// again by hand, temporarily (1) or for good (2), and only that one: the
+// containers are ADDed at once, as a runtime starting a pod's, and
+// CHECKed at once.
 func TestCheckMulticastRouterPort(t *testing.T) {
 	n := newNode(t)
 	rt := testenv.NewRuntime(t, n.ns, n.conflist("mrcheck", "berth0", "10.97.0.0/24", n.datapath()))
-	c := container(t, "c")
-	res := rt.MustAdd(t, c)
-	t.Cleanup(func() { rt.Del(c) })
-	veth := res.Interfaces[1].Name
-	if err := rt.Check(c); err != nil {
-		t.Fatalf("CHECK: %v", err)
+	cs, veths := make([]*testenv.Attachment, 4), make([]string, 4)
+	for i := range cs {
+		cs[i] = container(t, fmt.Sprintf("c%d", i))
 	}
-	for _, mode := range []string{"1", "2"} {
-		mustRun(t, n.ns, "bridge", "link", "set", "dev", veth, "mcast_router", mode)
-		var ce *types.Error
-		if err := rt.Check(c); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(ce.Details, veth) || !strings.Contains(ce.Details, "mcast_router 0") {
-			t.Errorf("CHECK with mcast_router %s on %s: %v, want code 104 naming the veth and the fix", mode, veth, err)
+	noErrors(t, "ADD", parallel(len(cs), func(i int) error {
+		res, err := rt.Add(cs[i])
+		if err == nil {
+			veths[i] = res.Interfaces[1].Name
 		}
+		return err
+	}))
+	t.Cleanup(func() { parallel(len(cs), func(i int) error { return rt.Del(cs[i]) }) })
+	noErrors(t, "CHECK", parallel(len(cs), func(i int) error { return rt.Check(cs[i]) }))
+	for _, mode := range []string{"1", "2"} {
+		mustRun(t, n.ns, "bridge", "link", "set", "dev", veths[0], "mcast_router", mode)
+		errs := parallel(len(cs), func(i int) error { return rt.Check(cs[i]) })
+		var ce *types.Error
+		if !errors.As(errs[0], &ce) || ce.Code != 104 || !strings.Contains(ce.Details, veths[0]) || !strings.Contains(ce.Details, "mcast_router 0") {
+			t.Errorf("CHECK with mcast_router %s on %s: %v, want code 104 naming the veth and the fix", mode, veths[0], errs[0])
+		}
+		noErrors(t, "CHECK of the other containers", errs[1:])
 	}
-	mustRun(t, n.ns, "bridge", "link", "set", "dev", veth, "mcast_router", "0")
-	if err := rt.Check(c); err != nil {
+	mustRun(t, n.ns, "bridge", "link", "set", "dev", veths[0], "mcast_router", "0")
+	if err := rt.Check(cs[0]); err != nil {
 		t.Errorf("CHECK with mcast_router 0 again: %v", err)
 	}
 }
