@@ -52,11 +52,11 @@ type record struct {
 	// checking IPv6 neighbour discovery's link-layer address options and
 	// fragments; guardsV5, this build's, the same with the host veth's
 	// bridge port never a multicast router port (link.go's setPort).
-	// CHECK asks only
-	// for what the attachment was made with, so that after an upgrade it
-	// passes for the containers of an earlier berth as before: their
-	// network gets its new rules at its next ADD, they get the source
-	// guard when attached again.
+	// CHECK asks only for what the attachment was made with, so that
+	// after an upgrade it passes for the containers of an earlier berth
+	// as before: their network gets its new rules at its next ADD, they
+	// get the source guard (and their port its setting) when attached
+	// again.
 	Guards int `json:"guards,omitempty"`
 }
 
