@@ -69,7 +69,7 @@ func newCall(args *skel.CmdArgs, c *conf.Bridge) (*call, error) {
 	if c.EBPF() {
 		rec.BPFFS = c.BPFFS
 	}
-	rec.Guards = guardsV4
+	rec.Guards = guardsThisBuild
 	rec.Bridge = c.BridgeName
 	return &call{args: args, c: c, rec: rec, ipam: newAddresser(args, c)}, nil
 }

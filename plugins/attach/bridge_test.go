@@ -354,12 +354,13 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 	for i, tc := range []struct {
 		name   string
 		guards string // the record's, as that release wrote it
-		guard  string // the veth's guard from that release: classic BPF, eBPF, eBPF marking
+		guard  string // the veth's guard from that release: classic BPF, eBPF, eBPF marking, this build's
 	}{
 		{"no guard", "", ""},
 		{"classic BPF guard", `,"guards":1`, "classic"},
 		{"eBPF guard without the mark", `,"guards":2`, "ebpf"},
 		{"eBPF guard of an earlier build, marking", `,"guards":3`, "marking"},
+		{"this build's eBPF guard, port a possible multicast router", `,"guards":4`, "current"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := container(t, fmt.Sprintf("old%d", i))
@@ -369,8 +370,12 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 			}
 			defer rt.Del(c)
 			veth := res.Interfaces[1].Name
-			removeGuard(t, n.ns, veth)
-			if tc.guard != "marking" { // the bridge's layer came with it
+			// Before guardsV5 a port could become a multicast router port.
+			mustRun(t, n.ns, "bridge", "link", "set", "dev", veth, "mcast_router", "1")
+			if tc.guard != "current" {
+				removeGuard(t, n.ns, veth)
+			}
+			if tc.guard != "marking" && tc.guard != "current" { // the bridge's layer came with it
 				forgetVeth(t, n.ns, veth)
 			}
 			switch tc.guard {
@@ -383,7 +388,7 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 				// lets everything through, marked or not.
 				passAllGuard(t, n.ns, veth, tc.guard == "marking")
 			}
-			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":4`, tc.guards)
+			rewriteRecord(t, n.stateDir, "old", c.ID, `,"guards":5`, tc.guards)
 			for _, tool := range []string{"iptables", "ip6tables"} {
 				out, _ := testenv.InNS(n.ns, tool+"-save", "-t", "filter")
 				for _, l := range strings.Split(string(out), "\n") {
@@ -404,7 +409,7 @@ func TestCheckAcceptsAnEarlierBerthsAttachment(t *testing.T) {
 				mustRun(t, n.ns, "tc", "filter", "del", "dev", veth, "ingress", "pref", "1")
 				var ce *types.Error
 				if err := rt.Check(c); !errors.As(err, &ce) || ce.Code != 104 {
-					t.Errorf("CHECK without the classic guard: %v, want code 104", err)
+					t.Errorf("CHECK without the guard: %v, want code 104", err)
 				}
 			}
 		})
@@ -423,7 +428,7 @@ func TestCheckOfALaterBerthsAttachment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rewriteRecord(t, n.stateDir, "later", c.ID, `,"guards":4`, `,"guards":5`)
+	rewriteRecord(t, n.stateDir, "later", c.ID, `,"guards":5`, `,"guards":6`)
 	var ce *types.Error
 	if err := rt.Check(c); !errors.As(err, &ce) || ce.Code != 104 || !strings.Contains(ce.Details, "attached by a later berth") {
 		t.Errorf("CHECK of a later berth's attachment: %v, want code 104 naming the later berth", err)

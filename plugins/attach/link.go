@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berthnet/berth/internal/cnierr"
+	"github.com/berthnet/berth/internal/linkinfo"
 )
 
 // VethSpec is the veth pair of one attachment.
@@ -34,8 +35,8 @@ type VethSpec struct {
 
 // SetupVeth creates the pair in the container namespace with the host end
 // in the node's, guards the host end and, with a bridge, closes the host
-// end's own stack (closePortStack) and plugs it in;
-// only then does the host end go up. The container side stays down
+// end's own stack (closePortStack), plugs it in and sets the port
+// (setPort); only then does the host end go up. The container side stays down
 // (configured and set up by the caller): until the host end is up,
 // nothing the container sends gets anywhere, so that no frame of a
 // process already in the namespace (a network added to a running
@@ -91,8 +92,8 @@ func SetupVeth(s VethSpec) (host, cont net.Interface, err error) {
 		if err := netlink.LinkSetMaster(link, s.Bridge); err != nil {
 			return host, cont, fmt.Errorf("%w: attaching %s to %s: %v", cnierr.ErrDatapath, s.HostName, s.Bridge.Name, err)
 		}
-		if err := netlink.LinkSetHairpin(link, s.Hairpin); err != nil {
-			return host, cont, fmt.Errorf("%w: hairpinMode on %s: %v", cnierr.ErrDatapath, s.HostName, err)
+		if err := setPort(link.Attrs().Index, s.Hairpin); err != nil {
+			return host, cont, fmt.Errorf("%w: setting bridge port %s (hairpinMode, no multicast router): %v", cnierr.ErrDatapath, s.HostName, err)
 		}
 	}
 	// The node routes for this interface itself (the reference plugins'
@@ -190,6 +191,58 @@ func checkPortStack(port string) error {
 		}
 	}
 	return nil
+}
+
+// mcastRouterDisabled is the multicast router type
+// (IFLA_BRPORT_MULTICAST_ROUTER, the kernel's MDB_RTR_TYPE_DISABLED) of
+// a port that never becomes a multicast router port.
+const mcastRouterDisabled = 0
+
+// setPort sets the bridge port index's hairpin mode and makes it no
+// multicast router port, in the one request `bridge link set dev <port>
+// hairpin on|off mcast_router 0` sends, which ADD made for the hairpin
+// mode alone before. A snooping bridge sends every group's traffic to its
+// router ports. By default a port becomes one for minutes once a general
+// query, multicast router advertisement or PIM hello comes in on it, all
+// of which any container can send: it would then get the traffic of
+// groups only other containers joined. Disabled, nothing that comes in on
+// the port makes it one; the container still gets the groups it joins.
+func setPort(index int, hairpin bool) error {
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	msg := nl.NewIfInfomsg(unix.AF_BRIDGE)
+	msg.Index = int32(index)
+	req.AddData(msg)
+	port := nl.NewRtAttr(unix.IFLA_PROTINFO|unix.NLA_F_NESTED, nil)
+	mode := uint8(0)
+	if hairpin {
+		mode = 1
+	}
+	port.AddRtAttr(nl.IFLA_BRPORT_MODE, nl.Uint8Attr(mode))
+	port.AddRtAttr(nl.IFLA_BRPORT_MULTICAST_ROUTER, nl.Uint8Attr(mcastRouterDisabled))
+	req.AddData(port)
+	_, err := req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
+// checkNoMulticastRouter fails (CHECK) when the bridge port index,
+// named port, may become a multicast router port again. A kernel without
+// multicast snooping tells no type, and has no router ports.
+func checkNoMulticastRouter(index int, port string) error {
+	data, err := linkinfo.SlaveData(index)
+	if err != nil {
+		return fmt.Errorf("%w: bridge port %s: %v", cnierr.ErrCheckFailed, port, err)
+	}
+	v, ok := data[nl.IFLA_BRPORT_MULTICAST_ROUTER]
+	switch {
+	case !ok:
+		return nil
+	case len(v) != 1:
+		return fmt.Errorf("%w: bridge port %s: the kernel tells its multicast router type in %d bytes, want 1", cnierr.ErrCheckFailed, port, len(v))
+	case v[0] == mcastRouterDisabled:
+		return nil
+	}
+	return fmt.Errorf("%w: bridge port %s may become a multicast router port (mcast_router %d, want 0): a query from its container would bring it every group's traffic; bridge link set dev %s mcast_router 0, or DEL and ADD the container again",
+		cnierr.ErrCheckFailed, port, v[0], port)
 }
 
 // DisableIPv6 turns IPv6 off on a routed host veth of a network without

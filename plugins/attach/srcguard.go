@@ -51,11 +51,11 @@ func (k *call) checkGuard(prev *current.Result) error {
 	if !k.rec.guarded() {
 		return nil
 	}
-	if k.rec.Guards > guardsV4 {
+	if k.rec.Guards > guardsThisBuild {
 		// After a downgrade: the guards are a later build's, which this
 		// one cannot judge, rather than ones it would call tampered with.
 		return fmt.Errorf("%w: container %s (%s) was attached by a later berth (guards of generation %d; this build knows %d): its traffic is unaffected; upgrade berth again, or DEL and ADD the container to have this build's guards",
-			cnierr.ErrCheckFailed, k.rec.ContainerID, k.rec.IfName, k.rec.Guards, guardsV4)
+			cnierr.ErrCheckFailed, k.rec.ContainerID, k.rec.IfName, k.rec.Guards, guardsThisBuild)
 	}
 	host, err := netlinksafe.LinkByName(k.rec.HostVeth)
 	if err != nil {
@@ -69,6 +69,11 @@ func (k *call) checkGuard(prev *current.Result) error {
 			if err := checkPortStack(k.rec.HostVeth); err != nil {
 				return err
 			}
+		}
+	}
+	if k.rec.Guards >= guardsV5 && host.Attrs().MasterIndex != 0 {
+		if err := checkNoMulticastRouter(host.Attrs().Index, k.rec.HostVeth); err != nil {
+			return err
 		}
 	}
 	if k.rec.BPFFS != "" {

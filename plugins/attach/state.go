@@ -48,24 +48,30 @@ type record struct {
 	// TCX) instead of a classic BPF one; guardsV3 the same with the
 	// guard marking what it lets through and the bridge dropping what
 	// comes from the host veth unmarked (srcguard.Require: the veth's
-	// device group, on both datapaths); guardsV4, this build's, the same
-	// with the guard checking IPv6 neighbour discovery's link-layer
-	// address options and fragments. CHECK asks only
-	// for what the attachment was made with, so that after an upgrade it
-	// passes for the containers of an earlier berth as before: their
-	// network gets its new rules at its next ADD, they get the source
-	// guard when attached again.
+	// device group, on both datapaths); guardsV4 the same with the guard
+	// checking IPv6 neighbour discovery's link-layer address options and
+	// fragments; guardsV5, this build's, the same with the host veth's
+	// bridge port never a multicast router port (link.go's setPort).
+	// CHECK asks only for what the attachment was made with, so that
+	// after an upgrade it passes for the containers of an earlier berth
+	// as before: their network gets its new rules at its next ADD, they
+	// get the source guard (and their port its setting) when attached
+	// again.
 	Guards int `json:"guards,omitempty"`
 }
 
-// The generations of guards (record.Guards); guardsV4 is this build's. A
-// build that changes them (the source guard's program included, whose
-// code and constants CHECK compares) makes the next generation.
+// The generations of guards (record.Guards). A build that changes them
+// (the source guard's program included, whose code and constants CHECK
+// compares) makes the next generation and names it guardsThisBuild.
 const (
 	guardsV1 = 1
 	guardsV2 = 2
 	guardsV3 = 3
 	guardsV4 = 4
+	guardsV5 = 5
+	// guardsThisBuild is what ADD gives an attachment and the latest
+	// generation CHECK knows.
+	guardsThisBuild = guardsV5
 )
 
 // guarded reports whether the attachment was made with this build's
