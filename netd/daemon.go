@@ -109,6 +109,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return err // before writing a network config nobody can run
 		}
 	}
+	// A VNI given on the command line is checked before the datastore
+	// stores it as the new network's; one read from there, below.
+	if err := vniFree(&cfg.Network, cfg.LeaseDir); err != nil {
+		return err
+	}
 	u, err := detectUnderlay(cfg.NodeIPs, cfg.Iface)
 	if err != nil {
 		return err
@@ -143,8 +148,8 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err := u.outside(n); err != nil {
 		return err
 	}
-	if err := vniFree(n, lease.Others(cfg.LeaseDir, n.Name)); err != nil {
-		return err
+	if err := vniFree(n, cfg.LeaseDir); err != nil {
+		return fmt.Errorf("%w (the network's config in the datastore holds that VNI now)", err)
 	}
 	d.node.Network, d.node.BGP = n, cfg.BGP // the rest was set before /status was served
 	if d.nw, err = be.Register(ctx, d.node); err != nil {
@@ -433,17 +438,20 @@ func permanent(err error) bool {
 }
 
 // vniFree refuses a vxlan network whose VNI another network on this node
-// has, as its lease file there says (others, by network): the two would
+// has, as that network's lease file in leaseDir says: the two would
 // share one VTEP, berth.<vni>, which each netd would make its own, and
-// netd uninstall of either would delete the other's.
-func vniFree(n *conf.Network, others map[string]*lease.Node) error {
-	if n.Mode != lease.ModeVXLAN {
+// netd uninstall of either would delete the other's. Two netds that
+// start at the same moment on a fresh node both pass (neither has
+// written its lease file yet).
+func vniFree(n *conf.Network, leaseDir string) error {
+	if n.Mode != lease.ModeVXLAN || n.VNI == 0 {
 		return nil
 	}
+	others := lease.Others(leaseDir, n.Name)
 	for _, name := range slices.Sorted(maps.Keys(others)) {
 		if o := others[name]; o.Mode == lease.ModeVXLAN && o.VNI == n.VNI {
-			return fmt.Errorf("network %s: VNI %d is network %s's on this node too (its lease file is in the lease dir): both would use the VTEP %s; give each network its own VNI (--vni when it is created), or remove network %s from this node first (netd uninstall --network-name %s)",
-				n.Name, n.VNI, name, vxlan.VTEPName(n.VNI), name, name)
+			return fmt.Errorf("network %s: VNI %d is network %s's on this node too (lease file %s): both would use the VTEP %s; give each network its own VNI (--vni when it is created), or remove network %s from this node first (netd uninstall --network-name %s)",
+				n.Name, n.VNI, name, lease.Path(leaseDir, name), vxlan.VTEPName(n.VNI), name, name)
 		}
 	}
 	return nil

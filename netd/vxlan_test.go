@@ -372,6 +372,16 @@ func TestRefusesAVNIAnotherNetworkHas(t *testing.T) {
 	if _, err := os.Stat(lease.Path(n1.LeaseDir, "vnib")); err == nil {
 		t.Error("the refused netd wrote a lease file")
 	}
+	// Refused before the datastore stored the new network with that VNI:
+	// started again with another, it is created.
+	cli, err := etcd.Client()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if resp, err := cli.Get(ctx, "/berth/v1/networks/vnib/config"); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("network vnib's config in etcd after the refusal: %v %v", resp, err)
+	}
 
 	third := newCluster(t, tb, []string{etcd.ClientURL}, "vnic", 9494, "--network-cidr", "10.246.0.0/16", "--mode", "vxlan", "--vni", "8")
 	third.start(1)

@@ -167,10 +167,12 @@ func Uninstall(ctx context.Context, n Node, log *slog.Logger) error {
 	// Before the VTEP: its programs go with it, but an earlier pass
 	// that deleted it may have stopped here.
 	errs = append(errs, removeFastpath(n.BPFFS, n.Network, log))
-	vtepErr := removeVTEPs(n.Network, own, slices.Collect(maps.Values(lease.Others(n.LeaseDir, n.Network))), log)
+	left, vtepErr := removeVTEPs(n.Network, own, slices.Collect(maps.Values(lease.Others(n.LeaseDir, n.Network))), log)
 	errs = append(errs, vtepErr)
-	if vtepErr == nil { // a VTEP is never left unguarded
+	if vtepErr == nil && left == 0 { // a VTEP is never left unguarded
 		errs = append(errs, firewall.RemoveVTEPGuard(n.Network))
+	} else if left > 0 {
+		log.Warn("the network's VTEP guard stays while a VTEP it may guard is left; run netd uninstall again once it is deleted", "network", n.Network, "chain", "inet "+firewall.GuardTable+" "+firewall.GuardChain(n.Network))
 	}
 	errs = append(errs,
 		removeBridge(bridgeName, n.Network, log),
@@ -427,11 +429,12 @@ func networkVTEPs(vteps []vtep, own *lease.Node, others []*lease.Node) (ours, un
 }
 
 // removeVTEPs deletes network's VTEPs (both underlay families, as netd
-// leave does) and names those it cannot tell from another network's.
-func removeVTEPs(network string, own *lease.Node, others []*lease.Node, log *slog.Logger) error {
+// leave does) and names those it cannot tell from another network's,
+// returning how many of those it left.
+func removeVTEPs(network string, own *lease.Node, others []*lease.Node, log *slog.Logger) (left int, err error) {
 	links, err := netlink.LinkList()
 	if err != nil {
-		return fmt.Errorf("listing links: %w", err)
+		return 0, fmt.Errorf("listing links: %w", err)
 	}
 	ours, unsure := networkVTEPs(berthVTEPs(links), own, others)
 	var errs []error
@@ -446,7 +449,7 @@ func removeVTEPs(network string, own *lease.Node, others []*lease.Node, log *slo
 		log.Warn("VTEP left alone: the network's lease file does not name its VNI (no lease file, or one written by a netd before 'vni' was recorded) and no other network's lease names it; if it is this network's, delete it",
 			"network", network, "link", v.String(), "vni", v.vni, "command", "ip link del "+v.String())
 	}
-	return errors.Join(errs...)
+	return len(unsure), errors.Join(errs...)
 }
 
 // removeBridge deletes the network's bridge if berth made it for this

@@ -603,6 +603,10 @@ func TestUninstallWithoutRecordedVNI(t *testing.T) {
 	must(t, lease.Write(lease.Path(n.runDir, "berth"), l))
 	n.addVXLANNetwork(t, vxlanNetwork{name: "other", vni: 2, bridge: "berth1"})
 	must(t, n.netns.Do(func(ns.NetNS) error { return addVTEP("berth6.3", 3, true) })) // whose lease is elsewhere
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		_, err := firewall.EnsureVTEPGuard(firewall.VTEPGuard{Network: "berth", Port: 8472, Underlay: "eth0"})
+		return err
+	}))
 
 	var logs strings.Builder
 	if err := n.uninstallLogged(context.Background(), n.spec("", time.Minute), slog.New(slog.NewTextHandler(&logs, nil))); err != nil {
@@ -619,6 +623,14 @@ func TestUninstallWithoutRecordedVNI(t *testing.T) {
 	if strings.Contains(logs.String(), "berth.2") {
 		t.Errorf("warned of berth.2, which network other's lease names:\n%s", logs.String())
 	}
+	// A VTEP left behind, which may be the network's, stays guarded.
+	must(t, n.netns.Do(func(ns.NetNS) error {
+		s, err := firewall.ReadVTEPGuard("berth")
+		if err == nil && !s.Exists() {
+			t.Error("the network's VTEP guard was removed while VTEPs it may guard were left")
+		}
+		return err
+	}))
 }
 
 // The pure sort of VTEPs: the network's by its recorded VNI; without

@@ -339,6 +339,12 @@ func (d Datapath) teardown(k *call) error {
 	if err := k.detachFastpath(); err != nil {
 		return err
 	}
+	// Before the veth: an IPAM plugin may need the container's interface
+	// for its DEL (the reference dhcp plugin sends its DHCPRELEASE from
+	// it), as the reference bridge plugin has it.
+	if err := k.ipam.del(); err != nil {
+		return err
+	}
 	// Deleting a veth returns only once the kernel has run the RCU
 	// callbacks pending on every CPU (rcu_barrier), most of a DEL's time
 	// although the link is gone from the node well before: the rest of
@@ -358,14 +364,12 @@ func (d Datapath) teardown(k *call) error {
 	return nil
 }
 
-// release gives back what k's attachment holds besides its links, in
-// order: its addresses, its rules (and, when isLast says the network has
-// no attachment left, the network's), its shaping, then its host ports,
-// which another container may claim once its rules are gone.
+// release gives back what k's attachment holds besides its links and
+// addresses, while its host veth is being deleted: its rules (and, when
+// isLast says the network has no attachment left, the network's), its
+// shaping, then its host ports, which another container may claim once
+// its rules are gone.
 func (k *call) release(isLast func(*conf.Bridge) bool) error {
-	if err := k.ipam.del(); err != nil {
-		return err
-	}
 	fwErr := firewall.RemoveAttachment(k.c.Name, k.fwAttachment(), func() bool { return isLast(k.c) })
 	return errors.Join(fwErr, k.unshape(), unclaimPorts(k.rec))
 }
