@@ -30,10 +30,8 @@ func (d *daemon) guardVTEP(full bool, in backend.Input) ([]string, error) {
 		return nil, nil
 	}
 	want := g.Guard(in)
-	if !full && d.guarded && want.Equal(d.guard) {
-		return nil, nil
-	}
 	if !full && d.guarded && want.SameChain(d.guard) {
+		// Unchanged peers write nothing.
 		if changed, err := firewall.UpdateVTEPGuardPeers(d.guard, want); err == nil {
 			d.guard = want
 			return changed, nil

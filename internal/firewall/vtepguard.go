@@ -227,12 +227,6 @@ func ofFamily(addrs []netip.Addr, v6 bool) []netip.Addr {
 	return slices.Compact(of)
 }
 
-// Equal reports whether g and o are the same guard: the same network,
-// port and underlay link, and the same peers, whatever their order.
-func (g VTEPGuard) Equal(o VTEPGuard) bool {
-	return g.SameChain(o) && slices.Equal(g.peers(false), o.peers(false)) && slices.Equal(g.peers(true), o.peers(true))
-}
-
 // SameChain reports whether g and o have the same chain and sets, their
 // peers aside: the same network, port and underlay link.
 func (g VTEPGuard) SameChain(o VTEPGuard) bool {
